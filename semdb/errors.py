@@ -1,0 +1,45 @@
+"""Errors semdb raises on bad input. The CLI prints ``str(err)`` as one line and exits with
+``err.exit_code``; the Python API lets them propagate. Each message names the file or argument
+and says what to do."""
+
+
+class SemdbError(Exception):
+    """Base class: a problem the user can fix. Never a bug."""
+
+    exit_code = 1
+
+
+class InputError(SemdbError, ValueError):
+    """A bad argument or input value (empty query, missing query image, NaN embeddings...)."""
+
+    exit_code = 2
+
+
+class ModelError(SemdbError):
+    """The CLIP model cannot be loaded (no network, missing local folder, bad weights)."""
+
+    exit_code = 3
+
+
+class StoreError(SemdbError):
+    """The store is not a store, is corrupt, is from a newer schema, or was made with another model."""
+
+    exit_code = 4
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing to the store."""
+
+    exit_code = 5
+
+
+class CodecError(SemdbError, ValueError):
+    """A codec file is corrupt, or does not fit the embeddings it is given."""
+
+    exit_code = 6
+
+
+class ImageError(SemdbError):
+    """One image cannot be read (truncated, not an image, too large). Ingest lists it as failed."""
+
+    exit_code = 7
