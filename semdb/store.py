@@ -1,0 +1,992 @@
+"""The LMDB store: per-item metadata and fixed-length packed codes, nothing else.
+
+A store is one directory holding an LMDB environment (data.mdb, lock.mdb) and writer.lock.
+
+Named databases (ids are 8-byte big-endian keys, so cursors walk them in id order):
+  meta      utf-8 key -> JSON value: schema, created, generation, next_id, next_segment,
+            code_bytes, codec_id, dim (staging width), model_id, plus any caller keys
+  codec     b"codec" -> the codec bytes (Codec.to_bytes())
+  items     id -> Item record (Item.to_bytes: versioned struct header + hash + fs path bytes)
+  paths     os.fsencode(path) (b"\\0" + sha256 if longer than LMDB's key limit) -> id
+  hashes    content hash -> id, dupsort: duplicates (same content, several paths) share a key
+  codes     segment number -> segment = header <QII (n, code_bytes, crc32 of the body),
+            n little-endian uint64 ids, n*code_bytes codes.  A query reads every code with
+            one cursor pass over a handful of big values instead of one read per item.
+  code_loc  id -> segment number holding its code, so a delete/re-code rewrites one segment
+  staging   id -> float16 embedding (items waiting for a codec; empty after an ingest ends)
+
+Invariant (checked by Store.verify): every item has exactly one of a code or a staging row,
+and paths/hashes/code_loc/segments/staging hold nothing for ids that are not items.
+
+Writes: ``with store.write() as w: ...`` is ONE LMDB write transaction: committed when the
+block ends, aborted if it raises, so a batch lands entirely or not at all (also under
+kill -9).  Codes added in one batch become one new segment.  When the map fills up, the
+batch is aborted, the map doubled and the recorded operations replayed, transparently.
+Only one process writes: a writable Store holds an exclusive flock on writer.lock for its
+lifetime.  Readers never block: each read uses its own short LMDB read transaction and sees
+the last committed state.  One LMDB environment is shared by all Stores on the same
+directory in one process (LMDB forbids opening it twice); a Store is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import lmdb
+import numpy as np
+
+from semdb.errors import InputError, StoreError, StoreLockedError
+
+SCHEMA_VERSION = 1
+DEFAULT_MAP_SIZE = 64 << 20  # grows by doubling when full
+SEGMENT_MAX = 1 << 20  # items per segment when compacting
+COMPACT_AFTER = 64  # more small segments than this -> merge them at the next commit
+_DBS = ("meta", "codec", "items", "paths", "hashes", "codes", "code_loc", "staging")
+_MANAGED_META = {"schema", "created", "generation", "next_id", "next_segment", "code_bytes",
+                 "codec_id", "dim"}  # only the store itself changes these
+_SEG_HEAD = struct.Struct("<QII")
+_ITEM_HEAD = struct.Struct("<BQQqIIddH")
+_ITEM_VERSION = 1
+_MAX_HASH_BYTES = 400  # must fit LMDB's 511-byte key limit
+_MAX_PATH_KEY = 500
+
+
+def default_store_path() -> Path:
+    """$SEMDB_STORE, else <user data dir>/semdb/store."""
+    if os.environ.get("SEMDB_STORE"):
+        return Path(os.environ["SEMDB_STORE"]).expanduser()
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("semdb")) / "store"
+    except ImportError:
+        return Path.home() / ".local" / "share" / "semdb" / "store"
+
+
+class _Corrupt(Exception):
+    """A stored value that cannot be decoded; Store turns it into a StoreError naming the store."""
+
+
+def _k(n: int) -> bytes:
+    return int(n).to_bytes(8, "big")
+
+
+def _fs_bytes(path: str) -> bytes:
+    # The file system's own bytes (surrogateescape), so non-UTF-8 names round-trip exactly.
+    # A str that does not survive fsencode->fsdecode cannot name a file distinctly: refuse it.
+    try:
+        raw = os.fsencode(path)
+    except (UnicodeEncodeError, TypeError):
+        raw = b""
+    if not raw or b"\0" in raw or os.fsdecode(raw) != path:
+        raise InputError(f"{path!r} is not a valid file system path")
+    return raw
+
+
+def _path_key(path: str) -> bytes:
+    raw = _fs_bytes(path)
+    # POSIX paths never contain NUL, so the hashed form cannot collide with a real path.
+    return raw if len(raw) <= _MAX_PATH_KEY else b"\0" + hashlib.sha256(raw).digest()
+
+
+def _hash_key(h: str) -> bytes:
+    try:
+        raw = h.encode("utf-8") if isinstance(h, str) else b""
+    except UnicodeEncodeError:
+        raw = b""
+    if not raw or len(raw) > _MAX_HASH_BYTES:
+        raise InputError(f"content hash {h!r} must be a non-empty UTF-8 string of at most "
+                         f"{_MAX_HASH_BYTES} bytes")
+    return raw
+
+
+@dataclass
+class Item:
+    """One file's metadata. id 0 means "not stored yet" (Writer.add_item assigns one)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    added: float
+    updated: float
+
+    def __post_init__(self):
+        if isinstance(self.path, os.PathLike):
+            self.path = os.fspath(self.path)
+
+    @classmethod
+    def new(cls, path, size, mtime_ns, hash, width, height, now: float | None = None) -> Item:
+        now = time.time() if now is None else now
+        return cls(0, path, size, mtime_ns, hash, width, height, now, now)
+
+    def to_bytes(self) -> bytes:
+        """Deterministic record: <BQQqIIddH header, utf-8 hash, fs path bytes (the rest)."""
+        path_raw, hash_raw = _fs_bytes(self.path), _hash_key(self.hash)
+        try:
+            head = _ITEM_HEAD.pack(_ITEM_VERSION, self.id, self.size, self.mtime_ns, self.width,
+                                   self.height, self.added, self.updated, len(hash_raw))
+        except struct.error as e:
+            raise InputError(f"{self.path}: item field out of range ({e})") from None
+        return head + hash_raw + path_raw
+
+    @classmethod
+    def from_bytes(cls, raw) -> Item:
+        raw = bytes(raw)
+        try:
+            version, id_, size, mtime_ns, w, h, added, updated, hlen = _ITEM_HEAD.unpack_from(raw)
+            if version != _ITEM_VERSION or len(raw) <= _ITEM_HEAD.size + hlen:
+                raise ValueError(f"record version {version}, length {len(raw)}")
+            start = _ITEM_HEAD.size
+            hash_ = raw[start:start + hlen].decode("utf-8")
+        except (struct.error, ValueError) as e:
+            raise _Corrupt(f"bad item record: {e}") from None
+        return cls(id_, os.fsdecode(raw[start + hlen:]), size, mtime_ns, hash_, w, h, added, updated)
+
+
+def _pack_segment(ids: np.ndarray, codes: np.ndarray) -> bytes:
+    body = np.ascontiguousarray(ids, "<u8").tobytes() + np.ascontiguousarray(codes, np.uint8).tobytes()
+    return _SEG_HEAD.pack(len(ids), codes.shape[1], zlib.crc32(body)) + body
+
+
+def _unpack_segment(raw) -> tuple[np.ndarray, np.ndarray]:
+    """Views onto raw (copy them if raw is an LMDB buffer that outlives its transaction)."""
+    try:
+        n, width, crc = _SEG_HEAD.unpack_from(raw)
+    except struct.error:
+        raise _Corrupt("truncated code segment") from None
+    if len(raw) != _SEG_HEAD.size + n * (8 + width) or zlib.crc32(memoryview(raw)[_SEG_HEAD.size:]) != crc:
+        raise _Corrupt("code segment fails its length or checksum test")
+    ids = np.frombuffer(raw, "<u8", n, _SEG_HEAD.size)
+    codes = np.frombuffer(raw, np.uint8, n * width, _SEG_HEAD.size + 8 * n).reshape(n, width)
+    return ids, codes
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+# LMDB forbids opening one environment twice in a process; Stores on one directory share it.
+_ENVS: dict[str, "_Shared"] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+class _Shared:
+    def __init__(self, env, dbs, readonly):
+        self.env, self.dbs, self.readonly, self.users, self.key = env, dbs, readonly, 0, None
+        self.codes_cache = None  # (generation, ids, codes): load_codes skips unchanged stores
+
+
+class _View:
+    """Reads through one transaction: a read snapshot, or a Writer's own (sees its writes)."""
+
+    txn: lmdb.Transaction
+    _db: dict
+
+    def _get(self, key: bytes, db: str) -> bytes | None:
+        value = self.txn.get(key, db=self._db[db])
+        return None if value is None else bytes(value)  # buffers die with the next write
+
+    def get_item(self, id: int) -> Item | None:
+        raw = self._get(_k(id), "items")
+        return None if raw is None else Item.from_bytes(raw)
+
+    def item_by_path(self, path: str) -> Item | None:
+        raw = self._get(_path_key(os.fspath(path)), "paths")
+        return None if raw is None else self.get_item(int.from_bytes(raw, "big"))
+
+    def items_by_hash(self, h: str) -> list[Item]:
+        cur = self.txn.cursor(db=self._db["hashes"])
+        if not cur.set_key(_hash_key(h)):
+            return []
+        ids = [int.from_bytes(v, "big") for v in cur.iternext_dup()]
+        return [it for it in map(self.get_item, ids) if it is not None]
+
+    def _meta_get(self, key: str):
+        raw = self._get(key.encode(), "meta")
+        try:
+            return None if raw is None else json.loads(raw)
+        except ValueError as e:
+            raise _Corrupt(f"bad meta value {key}: {e}") from None
+
+    def _read_meta(self) -> dict:
+        try:
+            return {bytes(k).decode(): json.loads(bytes(v)) for k, v in
+                    self.txn.cursor(db=self._db["meta"])}
+        except ValueError as e:
+            raise _Corrupt(f"bad meta value: {e}") from None
+
+
+class _ReadView(_View):
+    def __init__(self, txn, dbs):
+        self.txn, self._db = txn, dbs
+
+
+class Store:
+    """Open (or create) the store in directory `path` (default: default_store_path())."""
+
+    def __init__(self, path=None, create: bool = False, readonly: bool = False, wait: bool = False,
+                 map_size: int = DEFAULT_MAP_SIZE):
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        self.readonly = readonly
+        self._lock_fd = None
+        self._shared = None
+        self._writer = None
+        data = self.path / "data.mdb"
+        if not data.exists():
+            if self.path.is_dir() and any(p.name not in ("writer.lock", "lock.mdb")
+                                          for p in self.path.iterdir()):
+                raise StoreError(f"{self.path} is not a semdb store (no data.mdb); pass a new or "
+                                 f"empty directory to create one")
+            if self.path.exists() and not self.path.is_dir():
+                raise StoreError(f"{self.path} is a file, not a semdb store directory")
+            if readonly or not create:
+                raise StoreError(f"no semdb store at {self.path}; run `semdb ingest` first")
+            self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            if not readonly:
+                self._lock(wait)
+            self._attach(map_size)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _lock(self, wait: bool) -> None:
+        fd = os.open(self.path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreLockedError(f"{self.path} is being written by another semdb process "
+                                   f"(pid {pid}); wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+    def _attach(self, map_size: int) -> None:
+        key = os.path.realpath(self.path)
+        with _ENVS_LOCK, self._guard():
+            shared = _ENVS.get(key)
+            if shared is None:
+                shared = _ENVS[key] = _Shared(*self._open_env(map_size), self.readonly)
+                shared.key = key
+            elif shared.readonly and not self.readonly:
+                # Readonly Stores of this process share a read-only environment: reopen it
+                # read-write in place (they reach it through `shared`, and hold no txn now).
+                shared.env.close()
+                shared.env, shared.dbs = self._open_env(map_size)
+                shared.readonly, shared.codes_cache = False, None
+            shared.users += 1
+            self._shared = shared
+
+    def _open_env(self, map_size: int) -> tuple:
+        # Readonly Stores open LMDB read-only: then opening the named databases takes a read
+        # transaction, never the LMDB writer mutex that a writing process may be holding.
+        ro = self.readonly
+        try:
+            env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=len(_DBS) + 2,
+                            readonly=ro, create=not ro,
+                            lock=not ro or os.access(self.path / "lock.mdb", os.W_OK))
+        except lmdb.Error as e:
+            raise StoreError(f"{self.path} is corrupt or not a semdb store ({_one_line(e)}); "
+                             f"restore it from a backup or pass a new --store") from None
+        try:
+            if not ro:
+                env.set_mapsize(0)  # adopt the size the file was last grown to...
+                if env.info()["map_size"] < map_size:
+                    env.set_mapsize(map_size)  # ...or the requested one if larger
+            with env.begin() as txn:
+                names = {bytes(k) for k, _ in txn.cursor()}
+            if not names and not ro:
+                return env, self._initialise(env)
+            if not names:
+                raise StoreError(f"no semdb store at {self.path} (empty); run `semdb ingest` first")
+            if b"meta" not in names:
+                raise StoreError(f"{self.path} is not a semdb store (an LMDB environment without "
+                                 f"semdb meta); pass a new or empty directory to create one")
+            if ro:
+                meta_db = env.open_db(b"meta", create=False)
+                with env.begin() as txn:
+                    self._check_schema(txn.get(b"schema", db=meta_db))
+                return env, {n: env.open_db(n.encode(), create=False, dupsort=n == "hashes")
+                             for n in _DBS}
+            with env.begin(write=True) as txn:  # we hold writer.lock: this cannot block
+                self._check_schema(txn.get(b"schema", db=env.open_db(b"meta", txn=txn, create=False)))
+                return env, {n: env.open_db(n.encode(), txn=txn, create=False, dupsort=n == "hashes")
+                             for n in _DBS}
+        except BaseException:
+            env.close()
+            raise
+
+    def _check_schema(self, raw) -> None:
+        try:
+            schema = json.loads(raw)
+        except (TypeError, ValueError):
+            schema = None
+        if not isinstance(schema, int):
+            raise _Corrupt(f"bad schema version {raw!r}")
+        if schema > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was made by a newer semdb (schema {schema} > "
+                             f"{SCHEMA_VERSION}); upgrade semdb")
+
+    @staticmethod
+    def _initialise(env) -> dict:
+        with env.begin(write=True) as txn:  # all databases and meta appear in one commit
+            dbs = {n: env.open_db(n.encode(), txn=txn, dupsort=n == "hashes") for n in _DBS}
+            meta = {"schema": SCHEMA_VERSION, "created": time.time(), "generation": 0,
+                    "next_id": 1, "next_segment": 0, "code_bytes": None, "codec_id": None,
+                    "dim": None, "model_id": None}
+            for k, v in meta.items():
+                txn.put(k.encode(), json.dumps(v).encode(), db=dbs["meta"])
+        return dbs
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        if self._shared is not None:
+            with _ENVS_LOCK:
+                self._shared.users -= 1
+                if self._shared.users == 0:
+                    _ENVS.pop(self._shared.key, None)
+                    self._shared.env.close()
+            self._shared = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    @property
+    def _env(self):
+        if self._shared is None:
+            raise StoreError(f"{self.path}: store is closed")
+        return self._shared.env
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Turn LMDB failures and undecodable values into one-line StoreErrors."""
+        try:
+            yield
+        except _Corrupt as e:
+            raise StoreError(f"{self.path} is corrupt ({e}); restore it from a backup or "
+                             f"rebuild it with `semdb ingest` into a new --store") from None
+        except (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError,
+                lmdb.BadValsizeError, lmdb.IncompatibleError, lmdb.VersionMismatchError) as e:
+            raise StoreError(f"{self.path} is corrupt ({_one_line(e)}); restore it from a backup "
+                             f"or rebuild it with `semdb ingest` into a new --store") from None
+        except (lmdb.MapFullError, lmdb.MapResizedError):
+            raise
+        except lmdb.Error as e:
+            raise StoreError(f"{self.path}: storage error ({_one_line(e)})") from None
+
+    def _begin(self, write: bool = False):
+        try:
+            return self._env.begin(write=write, buffers=True)
+        except lmdb.MapResizedError:  # another process grew the file: adopt its size
+            self._env.set_mapsize(0)
+            return self._env.begin(write=write, buffers=True)
+
+    @contextlib.contextmanager
+    def _read(self):
+        with self._guard():
+            txn = self._begin()
+            try:
+                yield _ReadView(txn, self._shared.dbs)
+            finally:
+                txn.abort()
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get_item(self, id: int) -> Item | None:
+        with self._read() as v:
+            return v.get_item(id)
+
+    def item_by_path(self, path) -> Item | None:
+        with self._read() as v:
+            return v.item_by_path(path)
+
+    def items_by_hash(self, h: str) -> list[Item]:
+        with self._read() as v:
+            return v.items_by_hash(h)
+
+    def items(self, ids: Iterable[int]) -> list[Item | None]:
+        with self._read() as v:
+            return [v.get_item(int(i)) for i in ids]
+
+    def iter_items(self, batch: int = 1024) -> Iterator[Item]:
+        # Short read transactions per chunk: a long-lived one would stop the map from growing
+        # if the caller writes while iterating.
+        for _, raw in self._chunks("items", batch):
+            with self._guard():
+                item = Item.from_bytes(raw)
+            yield item
+
+    def _chunks(self, db: str, batch: int) -> Iterator[tuple[bytes, bytes]]:
+        start = b""
+        while True:
+            with self._read() as v:
+                cur = v.txn.cursor(db=v._db[db])
+                rows = []
+                if cur.set_range(start):
+                    for k, val in cur:
+                        rows.append((bytes(k), bytes(val)))
+                        if len(rows) == batch:
+                            break
+            yield from rows
+            if len(rows) < batch:
+                return
+            start = rows[-1][0] + b"\0"  # smallest key after the last one
+
+    def meta(self) -> dict:
+        with self._read() as v:
+            return v._read_meta()
+
+    def model_id(self) -> dict | None:
+        return self.meta().get("model_id")
+
+    def check_model(self, model_id: dict | None) -> None:
+        """StoreError unless the store is unbound or bound to this CLIP model."""
+        stored = self.model_id()
+        if not stored or not model_id:
+            return
+        d1, d2 = stored.get("digest"), model_id.get("digest")
+        same = stored.get("dim") == model_id.get("dim") and (
+            d1 == d2 if d1 and d2 else
+            (stored.get("name"), stored.get("pretrained")) == (model_id.get("name"), model_id.get("pretrained")))
+        if not same:
+            name, tag = stored.get("name"), stored.get("pretrained")
+            raise StoreError(
+                f"{self.path} was built with CLIP model {name}{'/' + tag if tag else ''} (digest "
+                f"{(d1 or '?')[:16]}, dim {stored.get('dim')}); open it with --model {name}"
+                f"{' --pretrained ' + tag if tag else ''} or use a new --store")
+
+    def codec_bytes(self) -> bytes | None:
+        with self._read() as v:
+            return v._get(b"codec", "codec")
+
+    def count(self) -> int:
+        with self._read() as v:
+            return v.txn.stat(v._db["items"])["entries"]
+
+    def staging_count(self) -> int:
+        with self._read() as v:
+            return v.txn.stat(v._db["staging"])["entries"]
+
+    def iter_staging(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Chunks of (ids uint64 (n,), float16 embeddings (n, dim))."""
+        dim = self.meta().get("dim")
+        rows = []
+        for row in self._chunks("staging", batch):
+            rows.append(row)
+            if len(rows) == batch:
+                yield self._staged(rows, dim)
+                rows = []
+        if rows:
+            yield self._staged(rows, dim)
+
+    def _staged(self, rows, dim) -> tuple[np.ndarray, np.ndarray]:
+        if not dim or any(len(v) != 2 * dim for _, v in rows):
+            with self._guard():
+                raise _Corrupt(f"staging row width differs from dim {dim}")
+        ids = np.array([int.from_bytes(k, "big") for k, _ in rows], np.uint64)
+        return ids, np.frombuffer(b"".join(v for _, v in rows), np.float16).reshape(len(rows), dim)
+
+    def load_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids uint64 (n,), codes uint8 (n, code_bytes)) of every coded item, one snapshot.
+
+        Cached per process until the next commit (keyed by the meta generation counter);
+        the arrays are read-only because they are shared between calls."""
+        with self._read() as v:
+            generation = v._meta_get("generation")
+            cached = self._shared.codes_cache
+            if cached is not None and cached[0] == generation:
+                return cached[1], cached[2]
+            width = v._meta_get("code_bytes") or 0
+            parts = [_unpack_segment(raw) for _, raw in v.txn.cursor(db=v._db["codes"])]
+            if any(codes.shape[1] != width for _, codes in parts):
+                raise _Corrupt(f"a code segment's width differs from code_bytes {width}")
+            # concatenate copies out of the LMDB map before the transaction ends
+            ids = np.concatenate([p[0] for p in parts]).astype(np.uint64, copy=False) if parts \
+                else np.empty(0, np.uint64)
+            codes = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, width), np.uint8)
+        ids.setflags(write=False)
+        codes.setflags(write=False)
+        self._shared.codes_cache = (generation, ids, codes)
+        return ids, codes
+
+    def info(self) -> dict:
+        with self._read() as v:
+            meta, stat = v._read_meta(), lambda db: v.txn.stat(v._db[db])["entries"]
+            counts = {"items": stat("items"), "staging": stat("staging"), "coded": stat("code_loc"),
+                      "segments": stat("codes")}
+        files = [self.path / "data.mdb", self.path / "lock.mdb"]
+        return {"path": str(self.path), **counts, "schema": meta.get("schema"),
+                "code_bytes": meta.get("code_bytes"), "codec_id": meta.get("codec_id"),
+                "model_id": meta.get("model_id"), "generation": meta.get("generation"),
+                "created": meta.get("created"),
+                "bytes_on_disk": sum(f.stat().st_size for f in files if f.exists()),
+                "map_size": self._env.info()["map_size"]}
+
+    def verify(self, structure: bool = True) -> list[str]:
+        """Every problem found, one line each; [] means the store is sound.
+
+        With structure=True and a writable Store (which holds writer.lock, so the file is at
+        rest) the LMDB file's pages are first checked by py-lmdb's pure-Python walker: LMDB
+        itself trusts its pages and may abort the process on some damaged ones, so a store
+        whose pages are damaged is reported without being read through LMDB. Then the
+        databases are checked against each other (see the module docstring's invariant)."""
+        if structure and not self.readonly:
+            try:
+                from lmdb import verify as lmdb_verify  # py-lmdb >= 3.0
+            except ImportError:
+                lmdb_verify = None
+            if lmdb_verify is not None:
+                try:
+                    found = lmdb_verify.verify(str(self.path))
+                except (lmdb_verify.VerifyError, OSError) as e:
+                    found = [str(e)]
+                if found:
+                    return [f"data.mdb: {_one_line(p)}" for p in found]
+        problems: list[str] = []
+        with self._read() as v:
+            txn, db = v.txn, v._db
+            meta = v._read_meta()
+            items: dict[int, Item] = {}
+            pkeys: dict[int, bytes] = {}
+            for k, raw in txn.cursor(db=db["items"]):
+                id_ = int.from_bytes(k, "big")
+                try:
+                    it = Item.from_bytes(raw)
+                    pkey = _path_key(it.path)
+                except (_Corrupt, InputError) as e:
+                    problems.append(f"item {id_}: {e}")
+                    continue
+                items[id_], pkeys[id_] = it, pkey
+                if it.id != id_ or id_ >= meta.get("next_id", 0):
+                    problems.append(f"item {id_}: record id {it.id}, next_id {meta.get('next_id')}")
+                if v._get(pkey, "paths") != _k(id_):
+                    problems.append(f"item {id_}: path {it.path!r} not indexed to it")
+            for k, raw in txn.cursor(db=db["paths"]):
+                if pkeys.get(int.from_bytes(raw, "big")) != bytes(k):
+                    problems.append(f"path key {bytes(k)!r} points to item {int.from_bytes(raw, 'big')} "
+                                    f"which does not have that path")
+            indexed = {(bytes(k).decode(errors="replace"), int.from_bytes(raw, "big"))
+                       for k, raw in txn.cursor(db=db["hashes"])}
+            expected = {(it.hash, id_) for id_, it in items.items()}
+            problems += [f"hash index lacks ({h}, item {i})" for h, i in sorted(expected - indexed)]
+            problems += [f"hash index has stray ({h}, item {i})" for h, i in sorted(indexed - expected)]
+            loc = {int.from_bytes(k, "big"): int.from_bytes(s, "big")
+                   for k, s in txn.cursor(db=db["code_loc"])}
+            coded: dict[int, int] = {}
+            for k, raw in txn.cursor(db=db["codes"]):
+                seg = int.from_bytes(k, "big")
+                try:
+                    ids, codes = _unpack_segment(raw)
+                except _Corrupt as e:
+                    problems.append(f"segment {seg}: {e}")
+                    continue
+                if codes.shape[1] != meta.get("code_bytes"):
+                    problems.append(f"segment {seg}: code width {codes.shape[1]} != "
+                                    f"code_bytes {meta.get('code_bytes')}")
+                if seg >= meta.get("next_segment", 0):
+                    problems.append(f"segment {seg} >= next_segment {meta.get('next_segment')}")
+                for i in ids.tolist():
+                    if i in coded:
+                        problems.append(f"item {i} has codes in segments {coded[i]} and {seg}")
+                    coded[i] = seg
+            problems += [f"item {i}: code_loc says segment {s}, code is in {coded.get(i)}"
+                         for i, s in loc.items() if coded.get(i) != s]
+            problems += [f"item {i}: code in segment {s} but no code_loc"
+                         for i, s in coded.items() if i not in loc]
+            staged = set()
+            for k, raw in txn.cursor(db=db["staging"]):
+                staged.add(int.from_bytes(k, "big"))
+                if len(raw) != 2 * (meta.get("dim") or 0):
+                    problems.append(f"staging row {int.from_bytes(k, 'big')}: {len(raw)} bytes "
+                                    f"for dim {meta.get('dim')}")
+            for id_ in items:
+                if (id_ in coded) + (id_ in staged) != 1:
+                    problems.append(f"item {id_}: {'both a code and' if id_ in coded else 'neither a code nor'} "
+                                    f"a staging row")
+            problems += [f"code for missing item {i}" for i in sorted(set(coded) - set(items))]
+            problems += [f"staging row for missing item {i}" for i in sorted(staged - set(items))]
+            if coded and v._get(b"codec", "codec") is None:
+                problems.append("codes exist but the store has no codec")
+        return problems
+
+    # -- writes -------------------------------------------------------------------------
+
+    def write(self) -> Writer:
+        """One atomic write batch; use as ``with store.write() as w:``."""
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only")
+        if self._writer is not None:
+            raise StoreError(f"{self.path}: a write batch is already open on this store")
+        self._writer = Writer(self)
+        return self._writer
+
+    def finish_staging(self, encode_fn: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Encode every staged embedding (encode_fn: float32 (n, dim) -> uint8 (n, code_bytes)),
+        then in ONE transaction store the codes and delete the staging rows. Returns n."""
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only")
+        if self.staging_count() == 0:
+            return 0
+        width = self.meta().get("code_bytes")
+        if not width:
+            raise InputError(f"{self.path} has no codec yet; set_codec before finish_staging")
+        all_ids, all_codes = [], []
+        for ids, emb in self.iter_staging():  # encode chunk by chunk: only codes accumulate
+            codes = np.asarray(encode_fn(emb.astype(np.float32)))
+            if codes.shape != (len(ids), width) or codes.dtype != np.uint8:
+                raise InputError(f"encode_fn returned {codes.dtype} {codes.shape}, expected uint8 "
+                                 f"({len(ids)}, {width})")
+            all_ids.append(ids)
+            all_codes.append(codes)
+        if not all_ids:
+            return 0
+        with self.write() as w:
+            w.set_codes(np.concatenate(all_ids), np.concatenate(all_codes))
+        return sum(map(len, all_ids))
+
+    def compact(self) -> None:
+        """Merge all small segments into segments of up to SEGMENT_MAX items (one transaction)."""
+        with self.write() as w:
+            w.compact()
+
+
+class Writer(_View):
+    """One LMDB write transaction. Every operation is recorded (with immutable copies of its
+    arguments) so that, when the map fills up, the transaction can be aborted, the map
+    doubled and the batch replayed. Operations validate before they change anything, so an
+    InputError leaves the batch usable; any other failure dooms the batch to abort."""
+
+    def __init__(self, store: Store):
+        self._store, self._env = store, store._env
+        self._ops: list = []
+        self._failed = self._closed = self._compact_requested = False
+        with store._guard():
+            self._begin()
+
+    def _begin(self) -> None:
+        self.txn = self._store._begin(write=True)
+        self._db = self._store._shared.dbs
+        self._meta = self._read_meta()
+        self._meta_dirty: set[str] = set()
+        self._new_codes: dict[int, bytes] = {}  # become one new segment at commit
+        self._dirty_segments: dict[int, list] = {}  # segment -> [ids, codes, keep mask]
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    # -- replay machinery -----------------------------------------------------------------
+
+    def _run(self, op, *args):
+        if self._closed or self._failed:
+            raise StoreError(f"{self._store.path}: this write batch is "
+                             f"{'closed' if self._closed else 'failed and must be aborted'}")
+        try:
+            with self._store._guard():
+                while True:
+                    try:
+                        result = op(*args)
+                        break
+                    except lmdb.MapFullError:
+                        self._grow_and_replay()
+        except InputError:
+            raise
+        except BaseException:
+            self._failed = True
+            raise
+        self._ops.append((op, args))
+        return result
+
+    def _grow_and_replay(self) -> None:
+        while True:
+            self.txn.abort()
+            self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            self._begin()
+            try:
+                for op, args in self._ops:
+                    op(*args)
+                return
+            except lmdb.MapFullError:
+                continue
+
+    def commit(self) -> None:
+        if self._closed:
+            return
+        if self._failed:
+            self.abort()
+            raise StoreError(f"{self._store.path}: write batch failed; nothing was written")
+        try:
+            with self._store._guard():
+                while True:
+                    try:
+                        if not self._ops and not self._compact_requested:
+                            self.txn.abort()
+                        else:
+                            self._flush()
+                            self.txn.commit()
+                        break
+                    except lmdb.MapFullError:
+                        self._grow_and_replay()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._store._writer = None
+
+    def abort(self) -> None:
+        if not self._closed:
+            self.txn.abort()
+            self._closed = True
+            self._store._writer = None
+
+    # -- public operations -------------------------------------------------------------------
+
+    def add_item(self, item: Item, code=None, embedding=None) -> int:
+        """Store a new item with exactly one of a code or a (staging) embedding; returns its id."""
+        if item.id not in (0, None):
+            raise InputError(f"{item.path}: add_item takes an item without id (got {item.id})")
+        if (code is None) == (embedding is None):
+            raise InputError(f"{item.path}: add_item needs exactly one of code= or embedding=")
+        vec = self._code_bytes(code) if code is not None else self._embedding_bytes(embedding)
+        return self._run(self._add, dataclasses.replace(item, id=0), code is not None, vec)
+
+    def update_item(self, item: Item) -> None:
+        """Replace an item's metadata (e.g. a moved file's new path), keeping its code."""
+        self._run(self._update, dataclasses.replace(item))
+
+    def set_code(self, id: int, code) -> None:
+        """Give an item a new code (replacing its old code or staging row)."""
+        self._run(self._set_vectors, (int(id),), True, self._code_bytes(code))
+
+    def set_codes(self, ids, codes) -> None:
+        """set_code for many items: codes uint8 (n, code_bytes)."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or len(codes) != len(ids):
+            raise InputError(f"set_codes: codes shape {codes.shape} does not match {len(ids)} ids")
+        rows = tuple(self._code_bytes(c) for c in codes)
+        self._run(self._set_vectors, tuple(int(i) for i in ids), True, rows, True)
+
+    def set_embedding(self, id: int, embedding) -> None:
+        """Stage a new embedding for an item (replacing its code or staging row)."""
+        self._run(self._set_vectors, (int(id),), False, self._embedding_bytes(embedding))
+
+    def delete_item(self, id: int) -> None:
+        """Remove an item: record, path and hash entries, code or staging row."""
+        self._run(self._delete, int(id))
+
+    def set_meta(self, key: str, value) -> None:
+        if key in _MANAGED_META:
+            raise InputError(f"meta key {key!r} is managed by the store")
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"meta {key!r}: value is not JSON ({e})") from None
+        self._run(self._put_meta, key, json.loads(text))
+
+    def set_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
+        """Embed the codec; codes written afterwards must be code_bytes long."""
+        if self._new_codes and code_bytes != self._meta["code_bytes"]:
+            raise InputError("set_codec: this batch already holds codes of another width")
+        self._run(self._set_codec, bytes(codec_bytes), str(codec_id), int(code_bytes))
+
+    def compact(self) -> None:
+        """Merge small segments when this batch commits."""
+        self._compact_requested = True
+
+    def meta(self) -> dict:
+        return dict(self._meta)
+
+    # -- validation (before anything changes) --------------------------------------------------
+
+    def _code_bytes(self, code) -> bytes:
+        width = self._meta["code_bytes"]
+        if not width:
+            raise InputError(f"{self._store.path} has no codec yet: set_codec first or stage "
+                             f"embeddings instead")
+        if isinstance(code, np.ndarray) and code.dtype != np.uint8:
+            raise InputError(f"code must be uint8, not {code.dtype}")
+        raw = code.tobytes() if isinstance(code, np.ndarray) else bytes(code)
+        if len(raw) != width:
+            raise InputError(f"code is {len(raw)} bytes; this store's codec uses {width}")
+        return raw
+
+    def _embedding_bytes(self, embedding) -> bytes:
+        x = np.asarray(embedding, dtype=np.float32)
+        dim = self._meta["dim"]
+        if x.ndim != 1 or x.size == 0 or (dim and x.shape[0] != dim):
+            raise InputError(f"embedding shape {x.shape} does not fit this store (dim {self._meta['dim']})")
+        x16 = x.astype(np.float16)
+        if not np.isfinite(x16).all():
+            raise InputError("embedding has NaN or infinite values")
+        return x16.tobytes()
+
+    def _require(self, id: int) -> Item:
+        item = self.get_item(id)
+        if item is None:
+            raise InputError(f"{self._store.path} has no item {id}")
+        return item
+
+    # -- operations (validate, then mutate) ------------------------------------------------------
+
+    def _add(self, item: Item, is_code: bool, vec: bytes) -> int:
+        id_ = self._meta["next_id"]
+        item = dataclasses.replace(item, id=id_)
+        record, pkey, hkey = item.to_bytes(), _path_key(item.path), _hash_key(item.hash)
+        other = self._get(pkey, "paths")
+        if other is not None:
+            raise InputError(f"{item.path} is already in the store (item "
+                             f"{int.from_bytes(other, 'big')}); use update_item")
+        # ids only grow: append=True fills pages instead of splitting them half-empty
+        self.txn.put(_k(id_), record, db=self._db["items"], append=True)
+        self.txn.put(pkey, _k(id_), db=self._db["paths"])
+        self.txn.put(hkey, _k(id_), db=self._db["hashes"])
+        self._put_meta("next_id", id_ + 1)
+        self._attach_vector(id_, is_code, vec)
+        return id_
+
+    def _update(self, item: Item) -> None:
+        old = self._require(item.id)
+        record, old_pkey, new_pkey = item.to_bytes(), _path_key(old.path), _path_key(item.path)
+        if new_pkey != old_pkey:
+            other = self._get(new_pkey, "paths")
+            if other is not None:
+                raise InputError(f"{item.path} is already in the store (item "
+                                 f"{int.from_bytes(other, 'big')})")
+            self.txn.delete(old_pkey, db=self._db["paths"])
+            self.txn.put(new_pkey, _k(item.id), db=self._db["paths"])
+        if item.hash != old.hash:
+            new_hkey = _hash_key(item.hash)
+            self.txn.delete(_hash_key(old.hash), _k(item.id), db=self._db["hashes"])
+            self.txn.put(new_hkey, _k(item.id), db=self._db["hashes"])
+        self.txn.put(_k(item.id), record, db=self._db["items"])
+
+    def _set_vectors(self, ids: tuple, is_code: bool, vecs, many: bool = False) -> None:
+        for id_ in ids:
+            self._require(id_)
+        for i, id_ in enumerate(ids):
+            self._detach_vector(id_)
+            self._attach_vector(id_, is_code, vecs[i] if many else vecs)
+
+    def _delete(self, id_: int) -> None:
+        item = self._require(id_)
+        self.txn.delete(_k(id_), db=self._db["items"])
+        pkey = _path_key(item.path)
+        if self._get(pkey, "paths") == _k(id_):
+            self.txn.delete(pkey, db=self._db["paths"])
+        self.txn.delete(_hash_key(item.hash), _k(id_), db=self._db["hashes"])
+        self._detach_vector(id_)
+
+    def _put_meta(self, key: str, value) -> None:
+        self._meta[key] = value
+        self._meta_dirty.add(key)
+
+    def _set_codec(self, codec: bytes, codec_id: str, code_bytes: int) -> None:
+        self.txn.put(b"codec", codec, db=self._db["codec"])
+        self._put_meta("codec_id", codec_id)
+        self._put_meta("code_bytes", code_bytes)
+
+    def _attach_vector(self, id_: int, is_code: bool, vec: bytes) -> None:
+        if is_code:
+            self._new_codes[id_] = vec
+        else:
+            if not self._meta["dim"]:
+                self._put_meta("dim", len(vec) // 2)
+            self.txn.put(_k(id_), vec, db=self._db["staging"])
+
+    def _detach_vector(self, id_: int) -> None:
+        if self._new_codes.pop(id_, None) is not None:
+            return
+        seg = self._get(_k(id_), "code_loc")
+        if seg is None:
+            self.txn.delete(_k(id_), db=self._db["staging"])
+            return
+        self.txn.delete(_k(id_), db=self._db["code_loc"])
+        seg = int.from_bytes(seg, "big")
+        entry = self._dirty_segments.get(seg)
+        if entry is None:  # first touch of this segment in the batch: one read, one rewrite at commit
+            raw = self._get(_k(seg), "codes")
+            if raw is None:
+                raise _Corrupt(f"code_loc points item {id_} to missing segment {seg}")
+            ids, codes = _unpack_segment(raw)
+            entry = self._dirty_segments[seg] = [ids, codes, np.ones(len(ids), bool)]
+        hit = np.flatnonzero((entry[0] == id_) & entry[2])
+        if len(hit) != 1:
+            raise _Corrupt(f"segment {seg} does not hold item {id_}")
+        entry[2][hit] = False
+
+    # -- commit ---------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        codes_db = self._db["codes"]
+        for seg, (ids, codes, keep) in self._dirty_segments.items():
+            if keep.all():
+                continue
+            if keep.any():
+                self.txn.put(_k(seg), _pack_segment(ids[keep], codes[keep]), db=codes_db)
+            else:
+                self.txn.delete(_k(seg), db=codes_db)
+        if self._new_codes:
+            ids = np.fromiter(self._new_codes, np.uint64, len(self._new_codes))
+            codes = np.frombuffer(b"".join(self._new_codes.values()), np.uint8).reshape(len(ids), -1)
+            self._append_segments(ids, codes)
+        if self._compact_requested or self.txn.stat(codes_db)["entries"] > COMPACT_AFTER:
+            self._compact(force=self._compact_requested)
+        self._put_meta("generation", self._meta["generation"] + 1)
+        for key in self._meta_dirty:
+            self.txn.put(key.encode(), json.dumps(self._meta[key]).encode(), db=self._db["meta"])
+
+    def _append_segments(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        for start in range(0, len(ids), SEGMENT_MAX):
+            seg = self._meta["next_segment"]
+            part = slice(start, start + SEGMENT_MAX)
+            self.txn.put(_k(seg), _pack_segment(ids[part], codes[part]), db=self._db["codes"])
+            for id_ in ids[part].tolist():
+                self.txn.put(_k(id_), _k(seg), db=self._db["code_loc"])
+            self._put_meta("next_segment", seg + 1)
+
+    def _compact(self, force: bool) -> None:
+        width = self._meta["code_bytes"]
+        small = []
+        for k, raw in self.txn.cursor(db=self._db["codes"]):
+            n, seg_width, _ = _SEG_HEAD.unpack_from(raw)  # header only: no copy of the body
+            if n < SEGMENT_MAX // 2 and seg_width == width:
+                small.append(bytes(k))
+        if len(small) < 2 or (not force and len(small) <= COMPACT_AFTER):
+            return
+        parts = [_unpack_segment(self._get(k, "codes")) for k in small]  # copies, read before writes
+        for k in small:
+            self.txn.delete(k, db=self._db["codes"])
+        self._append_segments(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
