@@ -1,0 +1,399 @@
+"""The CLIP embedder: the only semdb module that imports open_clip.
+
+``Embedder`` loads an open_clip model through open_clip's own factory
+(``create_model_and_transforms`` / ``get_tokenizer``) from any of:
+
+- a built-in model name plus a pretrained tag (``"ViT-B-32"``, ``"laion2b_s34b_b79k"``), whose
+  weights open_clip fetches from the Hugging Face hub on first use and caches;
+- a built-in model name plus a local weights file (``pretrained="/path/to/weights.bin"``);
+- ``"local-dir:/path/to/folder"``: a folder holding ``open_clip_config.json`` and a weights file
+  (``open_clip_pytorch_model.bin`` or ``*.safetensors``), the offline way to use any model;
+- ``"hf-hub:org/repo"``: an open_clip model repository on the hub.
+
+Loading never starts from random weights, and every failure is a one-line ``ModelError``.
+Without network, a hub download fails within a few seconds instead of retrying for a minute.
+
+``write_tiny_model`` writes a tiny random-init model folder for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+import urllib.error
+import urllib.request
+
+import numpy as np
+import torch
+
+from semdb.errors import InputError, ModelError
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth", "*.pt")
+_LOCAL_HINT = (
+    "pass --model local-dir:/path/to/folder (a folder with open_clip_config.json and "
+    "open_clip_pytorch_model.bin) or set SEMDB_MODEL"
+)
+_PROBE_TIMEOUT_S = 3.0
+
+
+def resolve_model(model: Optional[str] = None, pretrained: Optional[str] = None):
+    """Return ``(model, pretrained)`` after applying SEMDB_MODEL / SEMDB_PRETRAINED and defaults.
+
+    An explicit argument wins over the environment, which wins over the defaults.
+    SEMDB_PRETRAINED only applies when the model itself was not given explicitly (a tag belongs
+    to one model). A built-in model without a tag gets DEFAULT_PRETRAINED if it is the default
+    model, else open_clip's first listed tag for it. ``local-dir:`` and ``hf-hub:`` models carry
+    their weights, so their pretrained is None.
+    """
+    explicit_model = bool(model)
+    model = model or os.environ.get("SEMDB_MODEL") or DEFAULT_MODEL
+    if model.startswith((LOCAL_DIR, HF_HUB)):
+        return model, None
+    if not pretrained and not explicit_model:
+        pretrained = os.environ.get("SEMDB_PRETRAINED") or None
+    if not pretrained:
+        pretrained = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else _first_tag(model)
+    return model, pretrained
+
+
+def _first_tag(model: str) -> Optional[str]:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
+    return tags[0] if tags else None
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    """First line of an exception text, shortened: library errors can be pages long."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[0] if lines else text.__class__.__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _find_weights(folder: Path) -> list[Path]:
+    return sorted(p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern))
+
+
+def state_dict_digest(model: torch.nn.Module) -> str:
+    """sha256 (first 16 hex chars) over the model's tensors, in key order.
+
+    It depends on the weights only (not on the file they came from), so a store can tell
+    whether a query model is the model its codes were made with.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# hub access without network: fail in a second, not after a minute of retries
+
+
+def _hub_reachable() -> bool:
+    """Does the Hugging Face endpoint answer an HTTP request within a few seconds?
+
+    Without this check huggingface_hub retries an unreachable hub with backoff for ~25 s per
+    file. A real HTTP request is used, not a TCP connect: sandboxes and corporate networks often
+    accept any TCP connection and fail later (TLS, proxy). urllib honours the proxy variables.
+    Name resolution has no timeout of its own, so the probe runs in a daemon thread.
+    """
+    from huggingface_hub import constants
+
+    result: list[bool] = []
+
+    def probe():
+        try:
+            request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+            urllib.request.urlopen(request, timeout=_PROBE_TIMEOUT_S).close()
+            result.append(True)
+        except urllib.error.HTTPError:
+            result.append(True)  # any HTTP answer means the hub is there
+        except (OSError, ValueError):  # URLError, timeouts, TLS errors are OSErrors
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_PROBE_TIMEOUT_S + 1.0)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def _hub_guard(needs_hub: bool):
+    """Quiet, fast-failing hub access for the duration of a model load.
+
+    Offline mode (HF_HUB_OFFLINE set now, or the hub unreachable) makes huggingface_hub serve
+    cached files only and fail at once otherwise; the env var is re-read here because
+    huggingface_hub only reads it at import. open_clip and huggingface_hub also log their own
+    errors and retries, which would duplicate our one-line error, so logging is muted.
+    Yields True when running offline.
+    """
+    from huggingface_hub import constants
+
+    saved_offline = constants.HF_HUB_OFFLINE
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    offline = saved_offline or env_offline or (needs_hub and not _hub_reachable())
+    saved_disable = logging.root.manager.disable
+    constants.HF_HUB_OFFLINE = offline
+    logging.disable(logging.ERROR)
+    try:
+        yield offline
+    finally:
+        constants.HF_HUB_OFFLINE = saved_offline
+        logging.disable(saved_disable)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class Embedder:
+    """An open_clip model in eval mode that turns images and texts into unit float32 vectors.
+
+    ``model``/``pretrained`` as in ``resolve_model``. ``device``: torch device string.
+    ``threads``: torch intra-op threads (process-wide torch setting; None leaves it alone).
+
+    Attributes: ``model_id`` ({"name", "pretrained", "digest", "dim"}), ``dim``,
+    ``image_size`` (int input resolution), ``preprocess`` (PIL image -> CHW float tensor),
+    ``context_length``.
+    """
+
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        pretrained: Optional[str] = None,
+        device: str = "cpu",
+        threads: Optional[int] = None,
+    ):
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.name, self.pretrained = resolve_model(model, pretrained)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"unknown torch device {device!r}: use 'cpu' or 'cuda'") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but CUDA is not available here: use 'cpu'")
+        self._label = self.name + (f" ({self.pretrained})" if self.pretrained else "")
+        oc_name, oc_pretrained, needs_hub = self._check_source()
+        self.model, self.preprocess, self.tokenizer = self._load(oc_name, oc_pretrained, needs_hub)
+
+        visual_size = self.model.visual.image_size
+        self.image_size = int(max(visual_size) if isinstance(visual_size, (tuple, list)) else visual_size)
+        self.context_length = int(getattr(self.tokenizer, "context_length", 77) or 77)
+        self.dim = self._embedding_dim()
+        self.model_id = {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "digest": state_dict_digest(self.model),
+            "dim": self.dim,
+        }
+
+    def __repr__(self) -> str:
+        return f"Embedder({self._label}, dim={self.dim}, digest={self.model_id['digest']})"
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _fail(self, reason: str, hint: str = _LOCAL_HINT) -> ModelError:
+        return ModelError(f"cannot load CLIP model {self._label}: {reason}. To fix it, {hint}.")
+
+    def _check_source(self):
+        """Validate what can be validated without loading; return open_clip's arguments."""
+        import open_clip
+
+        if self.name.startswith(LOCAL_DIR):
+            folder = Path(self.name[len(LOCAL_DIR):]).expanduser()
+            if not folder.is_dir():
+                raise self._fail(f"folder {folder} does not exist")
+            config = folder / "open_clip_config.json"
+            if not config.is_file():
+                raise self._fail(f"{config} is missing")
+            try:
+                if "model_cfg" not in json.loads(config.read_text(encoding="utf-8")):
+                    raise ValueError("it has no 'model_cfg' section")
+            except (ValueError, OSError) as exc:
+                raise self._fail(f"{config} is not a valid open_clip config ({_one_line(exc)})")
+            if not _find_weights(folder):
+                raise self._fail(f"no weights file (*.safetensors, *.bin, *.pth) in {folder}")
+            return LOCAL_DIR + str(folder), None, False
+
+        if self.name.startswith(HF_HUB):
+            return self.name, None, True
+
+        arch = self.name.replace("/", "-")
+        if arch not in open_clip.list_models():
+            raise ModelError(
+                f"unknown CLIP model {self.name!r}: not an open_clip model name (see "
+                f"open_clip.list_models(), e.g. {DEFAULT_MODEL}); or {_LOCAL_HINT}."
+            )
+        if not self.pretrained:
+            raise self._fail(
+                "open_clip has no pretrained weights for it",
+                "give a weights file with --pretrained, or " + _LOCAL_HINT,
+            )
+        if open_clip.is_pretrained_cfg(arch, self.pretrained):
+            return arch, self.pretrained, True
+        weights = os.path.expanduser(self.pretrained)
+        if os.path.isfile(weights):
+            # Some architectures (SigLIP...) fetch a Hugging Face tokenizer by name.
+            text_cfg = (open_clip.get_model_config(arch) or {}).get("text_cfg", {})
+            return arch, weights, bool(text_cfg.get("hf_tokenizer_name"))
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise self._fail(
+            f"{self.pretrained!r} is neither a pretrained tag of {arch} (known: {tags}) nor a weights file",
+            "give a known tag or an existing file, or " + _LOCAL_HINT,
+        )
+
+    def _load(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool):
+        import open_clip
+
+        with _hub_guard(needs_hub) as offline:
+            # 1. obtain the files (download or cache), so "no network" is told apart from
+            #    "bad weights" below. open_clip caches what it fetches.
+            if needs_hub:
+                try:
+                    if oc_name.startswith(HF_HUB):
+                        repo = oc_name[len(HF_HUB):]
+                        fetch = open_clip.pretrained.download_pretrained_from_hf
+                        fetch(repo, filename="open_clip_config.json")
+                        fetch(repo)
+                    else:
+                        cfg = open_clip.get_pretrained_cfg(oc_name, oc_pretrained)
+                        open_clip.download_pretrained(cfg)
+                except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+                    why = "no network?" if offline else _one_line(exc, 120)
+                    raise self._fail(
+                        f"weights not found locally and download failed ({why})",
+                        "download them elsewhere and " + _LOCAL_HINT,
+                    ) from None
+            # 2. build the model from those files with open_clip's own factory.
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    oc_name, pretrained=oc_pretrained, device=self.device, require_pretrained=True
+                )
+            except MemoryError:
+                hint = "use a smaller model, or " + _LOCAL_HINT
+                raise self._fail("not enough memory to load it", hint) from None
+            except Exception as exc:  # noqa: BLE001 - torch.load/load_state_dict raise many types
+                raise self._fail(
+                    f"its weights are corrupt or do not match its config ({_one_line(exc, 160)})",
+                    "re-download the weights, or " + _LOCAL_HINT,
+                ) from None
+            try:
+                tokenizer = open_clip.get_tokenizer(oc_name)
+            except Exception as exc:  # noqa: BLE001 - HF tokenizers may need the hub too
+                why = "no network?" if offline else _one_line(exc, 120)
+                raise self._fail(f"its tokenizer cannot be loaded ({why})", _LOCAL_HINT) from None
+        model.eval()
+        return model, preprocess, tokenizer
+
+    def _embedding_dim(self) -> int:
+        """Output dimension: from the image tower when it says, else by encoding one word."""
+        dim = getattr(self.model.visual, "output_dim", None)
+        if isinstance(dim, int) and dim > 0:
+            return dim
+        with torch.inference_mode():
+            return int(self.model.encode_text(self.tokenizer(["a photo"]).to(self.device)).shape[-1])
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode_images(self, images, batch_size: int = 64) -> np.ndarray:
+        """Embed a list of PIL images, or a preprocessed (n, 3, H, W) tensor, as unit rows."""
+        if torch.is_tensor(images):
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise InputError(f"image batch must have shape (n, 3, H, W), got {tuple(images.shape)}")
+            batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        else:
+            images = list(images)
+            batches = (
+                torch.stack([self.preprocess(im) for im in images[i : i + batch_size]])
+                for i in range(0, len(images), batch_size)
+            )
+        return self._run(self.model.encode_image, batches)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Embed texts as unit rows; texts longer than the context are truncated, not refused."""
+        if isinstance(texts, str):
+            texts = [texts]
+        cleaned = []
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise InputError("empty query text: give some words to search for")
+            # The tokenizer keeps context_length tokens and each token covers >= 1 visible
+            # character, so a generous prefix gives the same tokens without tokenizing megabytes.
+            cleaned.append(" ".join(text.split())[: 32 * self.context_length])
+        batches = (
+            self.tokenizer(cleaned[i : i + batch_size]) for i in range(0, len(cleaned), batch_size)
+        )
+        return self._run(self.model.encode_text, batches)
+
+    def _run(self, encode, batches) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for batch in batches:
+                features = encode(batch.to(self.device, non_blocking=True))
+                features = torch.nn.functional.normalize(features.float(), dim=-1)
+                out.append(features.cpu().numpy())
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# dev/test utility
+
+
+def tiny_model_config(
+    image_size: int = 32, patch_size: int = 8, width: int = 64, layers: int = 2, embed_dim: int = 64
+) -> dict:
+    """open_clip_config.json of a tiny ViT CLIP (standard tokenizer, OpenAI mean/std)."""
+    import open_clip
+
+    return {
+        "model_cfg": {
+            "embed_dim": embed_dim,
+            "vision_cfg": {"image_size": image_size, "patch_size": patch_size, "width": width,
+                           "layers": layers, "head_width": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width,
+                         "heads": 2, "layers": layers},
+        },
+        "preprocess_cfg": {
+            "mean": list(open_clip.OPENAI_DATASET_MEAN),
+            "std": list(open_clip.OPENAI_DATASET_STD),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+    }
+
+
+def write_tiny_model(folder, seed: int = 0, **config) -> str:
+    """Write a tiny random-init open_clip model to ``folder`` and return the folder as str.
+
+    For tests and benchmarks (no real CLIP weights are needed): load it with
+    ``Embedder(model="local-dir:" + folder)``. Same seed, same weights (and digest). The
+    caller's torch RNG state is left untouched.
+    """
+    import open_clip
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_model_config(**config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**cfg["model_cfg"])
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    return str(folder)
