@@ -1,0 +1,256 @@
+"""The additive shared-codebook quantiser: semdb's codec.
+
+x_hat = b + sum_m P_m C[k_m] with ONE codebook C (K x d) shared by all M slots. Each slot's
+decoder P_m = s_m * B_j is a scaled orthonormal D x d block: B_j is the j-th "column" of d
+directions inside a band of principal directions, and several slots ("stages") may share a
+column to spend more bits where the embeddings vary most. Because the decoder is additive,
+<q, x_hat> = <q, b> + sum_m LUT[m, k_m] with LUT[m, k] = s_m <B_j^T q, C[k]>, exact ADC.
+
+Training (numpy + FAISS k-means, seconds on a CPU):
+1. centre on the mean b, PCA of the training embeddings;
+2. water-filling: give each principal direction a number of stages from its variance so that
+   the M slots go where they buy the most distortion reduction (reverse water-filling for a
+   Gaussian source), grouped into bands of equal stage count;
+3. a seeded random rotation inside each band spreads its variance evenly over its columns, so
+   every slot sees an isotropic sub-vector and one shared codebook fits them all;
+4. k-means initialises C on the pooled, scale-normalised sub-vectors; then Lloyd iterations
+   alternate exact encoding (beam search over a column's stages) with closed-form updates of
+   C and the slot scales, restarting dead codewords, stopping early on a validation split.
+
+The encoder is the search itself: for a fixed additive decoder, beam search finds (near-)
+optimal indices, which a neural encoder could only approximate (see docs/CODEC.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Layout:
+    """Which column and stage each slot is, in code order."""
+
+    d: int
+    col: np.ndarray  # (M,) int: column (block of d directions of B) that slot m decodes into
+    stage: np.ndarray  # (M,) int: 0 for the first pass over its column, 1 for the next...
+
+    @property
+    def m(self) -> int:
+        return len(self.col)
+
+    @property
+    def n_cols(self) -> int:
+        return int(self.col.max()) + 1
+
+
+def plan_layout(variances: np.ndarray, m: int, k: int, d: int) -> tuple[Layout, list[tuple[int, int]]]:
+    """Greedy reverse water-filling of M slots over groups of d principal directions.
+
+    Each slot added to a group of d directions with variance v cuts its distortion by a factor
+    2**(-2 * log2(k) / d) (high-rate Gaussian approximation). Greedily adding the slot that cuts
+    the most distortion gives the classic water-filling allocation. Groups are then merged into
+    bands of equal stage count (a band is rotated as a whole). Returns the layout and the bands
+    as (first direction, end direction) so the caller can rotate within each band.
+    """
+    n_groups = len(variances) // d
+    if n_groups == 0:
+        raise ValueError(f"sub-vector dim d={d} is larger than the embedding dim {len(variances)}")
+    group_var = variances[: n_groups * d].reshape(n_groups, d).sum(axis=1)
+    gain = 2.0 ** (-2.0 * np.log2(k) / d)
+    stages = np.zeros(n_groups, dtype=int)
+    remaining = group_var.copy()
+    for _ in range(m):
+        g = int(np.argmax(remaining * (1 - gain)))
+        stages[g] += 1
+        remaining[g] *= gain
+    # Variances are sorted descending, so stage counts are (nearly) non-increasing; sorting the
+    # groups by stage count keeps each band contiguous in principal-direction order.
+    order = np.argsort(-stages, kind="stable")
+    order = order[stages[order] > 0]
+    bands, col, stage = [], [], []
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and stages[order[j]] == stages[order[i]]:
+            j += 1
+        bands.append([int(g) for g in order[i:j]])
+        i = j
+    band_dirs = []
+    c = 0
+    for groups in bands:
+        s = stages[groups[0]]
+        for _ in groups:
+            for t in range(s):
+                col.append(c)
+                stage.append(t)
+            c += 1
+        band_dirs.append(np.concatenate([np.arange(g * d, (g + 1) * d) for g in groups]))
+    layout = Layout(d=d, col=np.array(col), stage=np.array(stage))
+    return layout, band_dirs
+
+
+def build_basis(X: np.ndarray, mean: np.ndarray, layout_dirs: list[np.ndarray], rng) -> np.ndarray:
+    """Orthonormal D x (n_cols * d) basis: principal directions, randomly rotated within bands."""
+    cov = np.cov((X - mean).T.astype(np.float64))
+    evals, evecs = np.linalg.eigh(np.atleast_2d(cov))
+    evecs = evecs[:, ::-1]
+    blocks = []
+    for dirs in layout_dirs:
+        q, r = np.linalg.qr(rng.standard_normal((len(dirs), len(dirs))))
+        q *= np.sign(np.diag(r))  # a Haar-random rotation, deterministic for the seed
+        blocks.append(evecs[:, dirs] @ q)
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def principal_variances(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    cov = np.cov((X - mean).T.astype(np.float64))
+    return np.clip(np.linalg.eigvalsh(np.atleast_2d(cov))[::-1], 0, None)
+
+
+def encode_columns(Z: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarray, beam: int) -> np.ndarray:
+    """Exact-as-affordable encoding: per column, beam search over its stages.
+
+    Z: (n, n_cols, d) coordinates of x - b in the basis. Columns are orthogonal, so each column
+    is encoded independently; within a column the stages form a residual quantiser whose joint
+    choice is found by beam search (beam >= K**stages makes it exhaustive).
+    Returns (n, M) int64 indices in slot order.
+    """
+    n = Z.shape[0]
+    K, d = C.shape
+    codes = np.zeros((n, layout.m), dtype=np.int64)
+    c_sq = (C * C).sum(1)
+    for c in range(layout.n_cols):
+        slots = np.flatnonzero(layout.col == c)
+        slots = slots[np.argsort(layout.stage[slots])]
+        target = Z[:, c, :]  # (n, d)
+        # Beam state: partial reconstruction (n, B, d), chosen indices (n, B, t), error (n, B)
+        recon = np.zeros((n, 1, d), dtype=np.float32)
+        chosen = np.zeros((n, 1, 0), dtype=np.int64)
+        for m in slots:
+            cw = scale[m] * C  # (K, d)
+            resid = target[:, None, :] - recon  # (n, B, d)
+            # ||resid - cw||^2 = ||resid||^2 - 2 resid.cw + ||cw||^2
+            err = (resid * resid).sum(-1)[:, :, None] - 2 * resid @ cw.T + (scale[m] ** 2) * c_sq
+            b_now = err.shape[1]
+            flat = err.reshape(n, b_now * K)
+            keep = min(beam, b_now * K)
+            top = np.argpartition(flat, keep - 1, axis=1)[:, :keep] if keep < flat.shape[1] else np.tile(np.arange(flat.shape[1]), (n, 1))
+            parent, k = np.divmod(top, K)
+            rows = np.arange(n)[:, None]
+            recon = recon[rows, parent] + cw[k]
+            chosen = np.concatenate([chosen[rows, parent], k[:, :, None]], axis=2)
+            last_err = flat[rows, top]
+        best = np.argmin(last_err, axis=1)
+        codes[:, slots] = chosen[np.arange(n), best]
+    return codes
+
+
+def decode_coords(codes: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """(n, M) indices -> (n, n_cols, d) coordinates in the basis."""
+    n = codes.shape[0]
+    Z = np.zeros((n, layout.n_cols, C.shape[1]), dtype=np.float32)
+    contrib = scale[None, :, None] * C[codes]  # (n, M, d)
+    np.add.at(Z, (slice(None), layout.col), contrib)
+    return Z
+
+
+def lloyd_update(Z: np.ndarray, codes: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarray, rng):
+    """Closed-form refit of the shared codebook and slot scales for fixed assignments.
+
+    For slot m with index k, its ideal contribution is the column's target minus the other
+    stages' contributions; dividing by the scale puts all slots on the codebook's scale. The
+    new C[k] is the mean of those normalised targets; the new scale the least-squares one.
+    Codewords nobody uses are restarted on the worst-fitted targets (dead-codeword restart).
+    """
+    K, d = C.shape
+    recon = decode_coords(codes, layout, scale, C)
+    targets = np.empty((codes.shape[0], layout.m, d), dtype=np.float32)
+    for m in range(layout.m):
+        c = layout.col[m]
+        own = scale[m] * C[codes[:, m]]
+        targets[:, m] = Z[:, c] - recon[:, c] + own
+    # Scale: least squares of target ~ s * C[k] per slot.
+    cw = C[codes]  # (n, M, d)
+    num = (targets * cw).sum((0, 2))
+    den = (cw * cw).sum((0, 2)) + 1e-12
+    new_scale = np.maximum(num / den, 1e-6).astype(np.float32)
+    normed = (targets / new_scale[None, :, None]).reshape(-1, d)
+    flat_codes = codes.reshape(-1)
+    counts = np.bincount(flat_codes, minlength=K)
+    sums = np.zeros((K, d), dtype=np.float64)
+    np.add.at(sums, flat_codes, normed)
+    new_C = C.copy()
+    used = counts > 0
+    new_C[used] = (sums[used] / counts[used, None]).astype(np.float32)
+    dead = np.flatnonzero(~used)
+    if len(dead):
+        err = ((normed - new_C[flat_codes]) ** 2).sum(1)
+        worst = np.argsort(-err)[: len(dead) * 4]
+        pick = rng.choice(worst, size=len(dead), replace=False)
+        new_C[dead] = normed[pick] + 1e-3 * rng.standard_normal((len(dead), d)).astype(np.float32)
+    return new_C, new_scale, int(len(dead))
+
+
+def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray:
+    import faiss  # FAISS's k-means: fast, seeded, and the field's reference implementation
+
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    if len(points) < k:  # too few points: pad by jittered copies so every codeword starts distinct
+        rng = np.random.default_rng(seed)
+        extra = points[rng.integers(0, len(points), k - len(points))]
+        points = np.concatenate([points, extra + 1e-2 * rng.standard_normal(extra.shape).astype(np.float32)])
+    km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=1 << 20)
+    km.train(points)
+    return km.centroids.copy()
+
+
+def train_additive(X: np.ndarray, m: int, k: int, d: int, seed: int = 0, beam: int = 16,
+                   max_iters: int = 30, val_fraction: float = 0.1, progress=None) -> dict:
+    """Fit the additive codec to unit embeddings X (n, D). Returns its parameters."""
+    rng = np.random.default_rng(seed)
+    n, D = X.shape
+    perm = rng.permutation(n)
+    n_val = int(round(n * val_fraction)) if n >= 50 else 0
+    val, fit = X[perm[:n_val]], X[perm[n_val:]]
+    mean = fit.mean(0).astype(np.float32)
+    layout, band_dirs = plan_layout(principal_variances(fit, mean), m, k, d)
+    basis = build_basis(fit, mean, band_dirs, rng)
+
+    def coords(A):
+        return ((A - mean) @ basis).reshape(len(A), layout.n_cols, d)
+
+    Zfit, Zval = coords(fit), coords(val)
+    # Initial scales: a column's RMS norm, shrinking geometrically with the stage (each stage
+    # removes about the distortion factor 2**(-2 log2 K / d) of what is left).
+    col_rms = np.sqrt((Zfit**2).sum(2).mean(0)) + 1e-8
+    shrink = np.sqrt(2.0 ** (-2.0 * np.log2(k) / d))
+    scale = (col_rms[layout.col] * shrink ** layout.stage).astype(np.float32)
+    first = layout.stage == 0
+    C = kmeans((Zfit[:, layout.col[first]] / scale[first][None, :, None]).reshape(-1, d), k, seed)
+
+    def distortion(Z):
+        if len(Z) == 0:
+            return 0.0
+        codes = encode_columns(Z, layout, scale, C, beam)
+        return float(((Z - decode_coords(codes, layout, scale, C)) ** 2).sum((1, 2)).mean())
+
+    best = (distortion(Zval if n_val else Zfit), C, scale)
+    stale, dead_total = 0, 0
+    for it in range(max_iters):
+        codes = encode_columns(Zfit, layout, scale, C, beam)
+        C, scale, dead = lloyd_update(Zfit, codes, layout, scale, C, rng)
+        dead_total += dead
+        score = distortion(Zval if n_val else Zfit)
+        if progress:
+            progress(it + 1, max_iters, score)
+        if score < best[0] - 1e-6:
+            best, stale = (score, C, scale), 0
+        else:
+            stale += 1
+            if stale >= 3:  # early stop: validation distortion stopped improving
+                break
+    _, C, scale = best
+    return dict(mean=mean, basis=basis, col=layout.col, stage=layout.stage, scale=scale, codebook=C,
+                d=d, k=k, beam=beam, iters=it + 1, dead_restarts=dead_total)

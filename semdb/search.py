@@ -1,0 +1,120 @@
+"""Asymmetric distance computation (ADC) on packed codes: the query stays float, the database
+stays codes.
+
+An additive codec decodes x_hat = b + sum_m T[m, k_m] with tables T (M, K, D). For a query q
+the lookup table LUT[m, k] = <q, T[m, k]> turns scoring into M table look-ups per item:
+<q, x_hat> = <q, b> + sum_m LUT[m, k_m]. The scan runs in FAISS's kernels: 4-bit sub-codes
+(K = 16, or K = 4 with two slots per nibble) use the fast-scan kernel, whose LUT is quantised
+to 8 bits, so its best `shortlist` candidates are re-scored exactly in float; other shapes use
+FAISS's exact LUT scan. Everything here takes and returns numpy arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .codec.pack import unpack
+
+FAST_SCAN_BLOCK = 32  # FAISS fast-scan block size (bbs)
+
+
+def adc_lut(Q: np.ndarray, tables: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nq, D) queries -> LUT (nq, M, K) float32 and the constant <q, b> per query."""
+    lut = np.einsum("qd,mkd->qmk", Q, tables, optimize=True).astype(np.float32)
+    return lut, (Q @ bias).astype(np.float32)
+
+
+def adc_scores(lut: np.ndarray, offset: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Exact ADC: (nq, M, K) LUT and (n, M) indices -> (nq, n) float32 scores."""
+    nq, m, k = lut.shape
+    # Flatten (m, k) so one gather per query picks every slot's entry, then sum over slots.
+    flat = indices + np.arange(m) * k  # (n, M) positions in the flattened LUT
+    out = np.empty((nq, len(indices)), dtype=np.float32)
+    for i in range(nq):
+        out[i] = lut[i].reshape(-1)[flat].sum(axis=1) + offset[i]
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k per row, sorted by descending score; rows shorter than k padded with id -1."""
+    nq, n = scores.shape
+    ids = np.full((nq, k), -1, dtype=np.int64)
+    vals = np.full((nq, k), -np.inf, dtype=np.float32)
+    kk = min(k, n)
+    if kk == 0:
+        return ids, vals
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    ids[:, :kk] = np.take_along_axis(part, order, axis=1)
+    vals[:, :kk] = np.take_along_axis(part_scores, order, axis=1)
+    return ids, vals
+
+
+class AdcIndex:
+    """Packed codes of one additive codec, ready for batched top-k search.
+
+    Build once per code set (the store caches it); `search` then costs one LUT, one FAISS scan
+    and an exact float rerank of the shortlist.
+    """
+
+    def __init__(self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int):
+        import faiss
+
+        self.tables = np.ascontiguousarray(tables, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.m, k, dim = self.tables.shape
+        self.nbits = nbits
+        self.n = len(self.codes)
+        scan_tables, scan_nbits = self.tables, nbits
+        if nbits == 2 and self.m % 2 == 0:
+            # Two 2-bit slots share one nibble of the packed code (low slot in the low bits),
+            # so the pair's table T2[p, a + 4 b] = T[2p, a] + T[2p + 1, b] makes the same bytes
+            # a valid 4-bit code for the fast-scan kernel.
+            t = self.tables.reshape(self.m // 2, 2, 4, dim)
+            scan_tables = (t[:, 0, None, :, :] + t[:, 1, :, None, :]).reshape(self.m // 2, 16, dim)
+            scan_nbits = 4
+        m_scan = scan_tables.shape[0]
+        st = faiss.AdditiveQuantizer.ST_LUT_nonorm  # inner product: no norm term in the code
+        index = faiss.IndexLocalSearchQuantizer(dim, m_scan, scan_nbits, faiss.METRIC_INNER_PRODUCT, st)
+        faiss.copy_array_to_vector(scan_tables.reshape(-1), index.lsq.codebooks)
+        index.lsq.is_trained = index.is_trained = True
+        if index.code_size != self.codes.shape[1]:
+            raise ValueError(f"codes have {self.codes.shape[1]} bytes per item, expected {index.code_size}")
+        faiss.copy_array_to_vector(self.codes.reshape(-1), index.codes)
+        index.ntotal = self.n
+        self.fast_scan = scan_nbits == 4
+        # The fast-scan index points at `index`'s quantizer without owning it: keep it alive.
+        self._lut_index = index
+        self.index = faiss.IndexAdditiveQuantizerFastScan(index, FAST_SCAN_BLOCK) if self.fast_scan else index
+
+    def exact_scores(self, Q: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Exact float ADC scores (nq, n) for all items, or (nq, len(rows)) for chosen rows."""
+        lut, offset = adc_lut(Q, self.tables, self.bias)
+        codes = self.codes if rows is None else self.codes[rows]
+        return adc_scores(lut, offset, unpack(codes, self.m, self.nbits))
+
+    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) per query, each (nq, k); ids are row numbers, -1 past the end."""
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        nq = len(Q)
+        if self.n == 0 or k <= 0:
+            return np.full((nq, max(k, 0)), -1, np.int64), np.full((nq, max(k, 0)), -np.inf, np.float32)
+        if not self.fast_scan:
+            _, cand = self.index.search(Q, min(k, self.n))  # FAISS exact-LUT scan
+        else:
+            short = min(self.n, shortlist or max(4 * k, k + 64))
+            _, cand = self.index.search(Q, short)
+        # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised).
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        lut, offset = adc_lut(Q, self.tables, self.bias)
+        for i in range(nq):
+            rows = cand[i][cand[i] >= 0]
+            s = adc_scores(lut[i : i + 1], offset[i : i + 1], unpack(self.codes[rows], self.m, self.nbits))
+            best, vals = top_k(s, k)
+            valid = best[0] >= 0
+            ids[i, : valid.sum()] = rows[best[0][valid]]
+            scores[i, : valid.sum()] = vals[0][valid]
+        return ids, scores
