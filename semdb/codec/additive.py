@@ -201,7 +201,8 @@ def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray
         rng = np.random.default_rng(seed)
         extra = points[rng.integers(0, len(points), k - len(points))]
         points = np.concatenate([points, extra + 1e-2 * rng.standard_normal(extra.shape).astype(np.float32)])
-    km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=1 << 20)
+    km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=1 << 20,
+                      min_points_per_centroid=1)  # few points is expected for tiny stores: no warning
     km.train(points)
     return km.centroids.copy()
 

@@ -1,0 +1,445 @@
+"""The Python retrieval backend; the CLI is a thin layer over it.
+
+    import semdb
+    with semdb.open("photos.semdb", model="local-dir:/models/clip") as db:
+        summary = db.ingest(["./photos"])
+        hits = db.query("a red bicycle", k=10)        # [Hit(path, score, id), ...]
+
+A `Database` wraps one store (`store.py`), the CLIP model it was built with (`embed.py`,
+loaded on first use) and the codec kept inside the store (`codec/`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
+
+import numpy as np
+
+from .codec import Codec
+from .errors import CodecError, ImageError, InputError, StoreError
+from .images import DEFAULT_MAX_MEGAPIXELS, content_hash, discover, display_path, load_image
+from .search import adc_scores, top_k  # noqa: F401  (re-exported helpers for callers)
+from .store import Item, Store, default_store_path
+
+DEFAULT_BITS = 256
+TRAIN_AT = 50_000  # staged embeddings that trigger codec training during a long first ingest
+MIN_TRAIN = 2  # the codec needs at least this many embeddings to learn from
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class Hit(NamedTuple):
+    path: str
+    score: float
+    id: int
+
+
+@dataclass
+class IngestSummary:
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    duplicate: int = 0
+    failed: int = 0
+    pruned: int = 0
+    missing: int = 0  # items whose files are gone (removed with --prune)
+    embedded: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    items: int = 0
+    codec_trained: bool = False
+    failures: list = field(default_factory=list)  # [{"path", "reason"}]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> "Database":  # noqa: A001
+    """Open (or create) the store at `path` (default: $SEMDB_STORE or the user data dir)."""
+    return Database(path, model=model, pretrained=pretrained, **kwargs)
+
+
+class Database:
+    """A semdb store plus its model and codec. Use as a context manager, or call close()."""
+
+    def __init__(self, path=None, model: str | None = None, pretrained: str | None = None,
+                 readonly: bool = False, wait: bool = False, device: str = "cpu"):
+        self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
+        self.readonly = readonly
+        self._model_args = (model, pretrained)
+        self._device = device
+        if readonly and not (self.path / "data.mdb").exists():
+            raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
+        self.store = Store(self.path, create=not readonly, readonly=readonly, wait=wait)
+        self._embedder = None
+        self._codec = None
+        self._index = None  # (generation, ids, search index)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- model and codec ------------------------------------------------------------------
+    @property
+    def embedder(self):
+        """The CLIP model: the one named at open(), else the store's, else the default."""
+        if self._embedder is None:
+            from .embed import Embedder
+
+            model, pretrained = self._model_args
+            stored = self.store.model_id()
+            if model is None and stored:
+                model, pretrained = stored["name"], stored.get("pretrained")
+            emb = Embedder(model, pretrained, device=self._device)
+            self.store.check_model(emb.model_id)
+            self._embedder = emb
+        return self._embedder
+
+    @property
+    def codec(self) -> Codec | None:
+        raw = self.store.codec_bytes()
+        if raw is None:
+            return None
+        if self._codec is None or self._codec.id != self.store.meta().get("codec_id"):
+            self._codec = Codec.from_bytes(raw, source=f"{self.path} (codec)")
+        return self._codec
+
+    def _install_codec(self, codec: Codec) -> None:
+        """Bind the store to `codec` and turn every staged embedding into codes."""
+        with self.store.write() as w:
+            w.set_codec(codec.to_bytes(), codec.id, codec.code_bytes)
+        self._codec = codec
+        self.store.finish_staging(codec.encode)
+
+    def _train_codec(self, bits: int, progress: Progress | None) -> Codec:
+        X = np.concatenate([emb.astype(np.float32) for _, emb in self.store.iter_staging()])
+        if progress:
+            progress("training codec", 0, 1)
+        codec = Codec.train(X, bits=bits, seed=0, model_id=self.store.model_id())
+        if progress:
+            progress("training codec", 1, 1)
+        return codec
+
+    # --- ingest ---------------------------------------------------------------------------
+    def ingest(self, paths: Iterable, *, bits: int = DEFAULT_BITS, codec=None, batch_size: int = 32,
+               prune: bool = False, workers: int | None = None,
+               max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS, progress: Progress | None = None) -> dict:
+        """Add new and changed images under `paths`; skip unchanged ones; return the summary.
+
+        Every batch commits atomically, so an interrupted ingest resumes where it stopped.
+        `codec`: a Codec or a codec file for a new store (default: train one, `bits` per item,
+        on this ingest's embeddings). `prune`: remove items whose files are gone.
+        """
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only")
+        start = time.perf_counter()
+        summary = IngestSummary()
+        if not self.store.model_id() or codec is not None or self._model_args[0]:
+            self._bind_model()  # otherwise the model loads only if some file needs embedding
+        self._bind_codec(codec)
+        if self.codec is not None and self.store.staging_count():
+            self.store.finish_staging(self.codec.encode)  # resume an ingest killed mid-switch
+
+        def failed(path, reason):
+            summary.failures.append({"path": display_path(path), "reason": reason})
+
+        files = [Path(os.path.abspath(p)) for p in discover(paths, exclude=[self.path], on_error=failed)]
+        seen = {os.fsdecode(p) for p in files}
+        todo = self._skip_unchanged(files, summary, failed)
+        jobs = self._classify(todo, seen, summary, failed, progress)
+        self._embed_and_store(jobs, bits, batch_size, workers, max_megapixels, summary, failed, progress)
+        if self.codec is None and self.store.staging_count() >= MIN_TRAIN:
+            self._install_codec(self._train_codec(bits, progress))
+            summary.codec_trained = True
+        self._prune(seen, prune, summary)
+        summary.failed = len(summary.failures)
+        summary.items = self.store.count()
+        summary.seconds = round(time.perf_counter() - start, 3)
+        if summary.embedded:
+            summary.images_per_second = round(summary.embedded / summary.seconds, 2)
+        return summary.to_dict()
+
+    def _bind_model(self) -> None:
+        emb = self.embedder  # loading it checks it against the store's model
+        if not self.store.model_id():
+            with self.store.write() as w:
+                w.set_meta("model_id", emb.model_id)
+
+    def _bind_codec(self, codec) -> None:
+        if codec is None:
+            return
+        dim = self.embedder.dim
+        if not isinstance(codec, Codec):
+            codec = Codec.load(codec, dim=dim)
+        if codec.dim != dim:
+            raise CodecError(f"codec {codec.id} is for {codec.dim}-d embeddings, but the model gives {dim}-d")
+        mid = codec.model_id or {}
+        if mid.get("digest") and mid["digest"] != self.embedder.model_id["digest"]:
+            raise CodecError(f"codec {codec.id} was trained for CLIP model {mid.get('name')}, not "
+                             f"{self.embedder.model_id['name']}; use a codec trained for this model")
+        current = self.store.meta().get("codec_id")
+        if current and current != codec.id:
+            raise StoreError(f"{self.path} already uses codec {current}; ingest without --codec, or use a new --store")
+        if not current:
+            self._install_codec(codec)
+
+    def _skip_unchanged(self, files, summary, failed) -> list:
+        """Files whose path, size and mtime match the store are skipped without reading them."""
+        todo = []
+        for path in files:
+            try:
+                st = path.stat()
+            except OSError as err:
+                failed(path, err.strerror or str(err))
+                continue
+            item = self.store.item_by_path(os.fsdecode(path))
+            if item and item.size == st.st_size and item.mtime_ns == st.st_mtime_ns:
+                summary.unchanged += 1
+            else:
+                todo.append((path, st, item))
+        return todo
+
+    def _classify(self, todo, seen, summary, failed, progress) -> list:
+        """Hash candidate files; settle touched, moved and duplicate files without embedding.
+
+        Returns the jobs that need CLIP: (path, stat, hash, existing item or None, [duplicate
+        (path, stat)]) with one job per distinct new content. Metadata-only changes are
+        written in batches of `batch` per transaction.
+        """
+        jobs, by_hash, pending = [], {}, []  # pending: (item, code or None) to write
+        codes = None
+        now = time.time()
+
+        def flush():
+            with self.store.write() as w:
+                for item, code in pending:
+                    w.update_item(item) if code is None else w.add_item(item, code=code)
+            pending.clear()
+
+        with ThreadPoolExecutor(max_workers=4) as pool:  # hashing is I/O: a few threads overlap it
+            hashes = pool.map(_try_hash, [p for p, _, _ in todo])
+            for n, ((path, st, item), h) in enumerate(zip(todo, hashes)):
+                if progress:
+                    progress("hashing", n + 1, len(todo))
+                if isinstance(h, OSError):
+                    failed(path, h.strerror or str(h))
+                    continue
+                spath = os.fsdecode(path)
+                same = self.store.items_by_hash(h) if item is None else []
+                gone = [it for it in same if it.path not in seen and not os.path.lexists(it.path)]
+                if item is not None and item.hash == h:  # touched, same content: refresh metadata
+                    pending.append((Item(item.id, spath, st.st_size, st.st_mtime_ns, h, item.width,
+                                         item.height, item.added, now), None))
+                    summary.unchanged += 1
+                elif gone:  # the file moved: keep its code, change its path
+                    it = gone[0]
+                    pending.append((Item(it.id, spath, st.st_size, st.st_mtime_ns, h, it.width, it.height,
+                                         it.added, now), None))
+                    seen.add(it.path)  # one moved file claims one missing item
+                    summary.moved += 1
+                elif same and (codes := codes or self._codes_by_id()).get(same[0].id) is not None:
+                    # a copy of a stored image: reuse its code, no CLIP needed
+                    pending.append((Item.new(spath, st.st_size, st.st_mtime_ns, h, same[0].width,
+                                             same[0].height), np.array(codes[same[0].id])))
+                    summary.duplicate += 1
+                elif item is None and h in by_hash:  # a copy of an image new in this run
+                    by_hash[h][4].append((spath, st))
+                else:
+                    by_hash[h] = (spath, st, h, item, [])
+                    jobs.append(by_hash[h])
+                if len(pending) >= 512:
+                    flush()
+        if pending:
+            flush()
+        return jobs
+
+    def _codes_by_id(self) -> dict:
+        ids, codes = self.store.load_codes()
+        return dict(zip(ids.tolist(), codes))
+
+    def _embed_and_store(self, jobs, bits, batch_size, workers, max_megapixels, summary, failed, progress):
+        if not jobs:
+            return
+        self._bind_model()
+        emb = self.embedder
+        size = emb.image_size
+
+        def prepare(job):  # runs in a worker thread: file read, decode, resize (GIL released)
+            try:
+                img = load_image(job[0], draft_size=size, max_megapixels=max_megapixels)
+                return job, emb.preprocess(img), img.size
+            except ImageError as err:
+                return job, err, None
+
+        done = 0
+        for batch in _prefetch(jobs, prepare, batch_size, workers or min(4, os.cpu_count() or 1)):
+            good = [(job, tensor, wh) for job, tensor, wh in batch if not isinstance(tensor, Exception)]
+            for job, err, _ in batch:
+                if isinstance(err, Exception):  # ImageError reads "PATH: reason"; keep the reason
+                    failed(job[0], str(err).removeprefix(display_path(job[0]) + ": "))
+            if good:
+                import torch
+
+                vectors = emb.encode_images(torch.stack([t for _, t, _ in good]))
+                self._write_batch(good, vectors, summary)
+                summary.embedded += len(good)
+            done += len(batch)
+            if progress:
+                progress("embedding", done, len(jobs))
+            if self.codec is None and self.store.staging_count() >= TRAIN_AT:
+                self._install_codec(self._train_codec(bits, progress))
+                summary.codec_trained = True
+
+    def _write_batch(self, good, vectors, summary) -> None:
+        """One transaction: every item of the batch with its code (or staged embedding)."""
+        codec = self.codec
+        vecs = codec.encode(vectors) if codec is not None else vectors.astype(np.float16)
+        key = "code" if codec is not None else "embedding"
+        now = time.time()
+        with self.store.write() as w:
+            for (job, _, (width, height)), vec in zip(good, vecs):
+                spath, st, h, item, copies = job
+                if item is not None:  # same path, new content: re-encoded
+                    w.update_item(Item(item.id, spath, st.st_size, st.st_mtime_ns, h, width, height, item.added, now))
+                    (w.set_code if codec is not None else w.set_embedding)(item.id, vec)
+                    summary.changed += 1
+                else:
+                    w.add_item(Item.new(spath, st.st_size, st.st_mtime_ns, h, width, height, now), **{key: vec})
+                    summary.new += 1
+                for cpath, cst in copies:
+                    w.add_item(Item.new(cpath, cst.st_size, cst.st_mtime_ns, h, width, height, now), **{key: vec})
+                    summary.duplicate += 1
+
+    def _prune(self, seen, prune: bool, summary) -> None:
+        gone = [it.id for it in self.store.iter_items() if it.path not in seen and not os.path.lexists(it.path)]
+        if prune and gone:
+            with self.store.write() as w:
+                for id_ in gone:
+                    w.delete_item(id_)
+            summary.pruned = len(gone)
+        else:
+            summary.missing = len(gone)
+
+    # --- query ----------------------------------------------------------------------------
+    def query(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
+        """The k items closest to a text query, best first."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("empty query text: give some words to search for")
+        return self.query_vectors(self.embedder.encode_texts([text]), k, min_score)[0]
+
+    def query_image(self, path, k: int = 10, min_score: float | None = None) -> list[Hit]:
+        """The k items closest to an image file (which need not be in the store)."""
+        if not os.path.exists(path):
+            raise InputError(f"{display_path(path)}: query image not found")
+        emb = self.embedder
+        img = load_image(path, draft_size=emb.image_size)
+        return self.query_vectors(emb.encode_images([img]), k, min_score)[0]
+
+    def query_vectors(self, Q, k: int = 10, min_score: float | None = None) -> list[list[Hit]]:
+        """Batched search with precomputed (nq, D) query embeddings of the store's model."""
+        if k <= 0:
+            raise InputError(f"k={k}: ask for at least one result")
+        ids, index = self._search_index()
+        if index is None:
+            return [[] for _ in range(len(Q))]
+        rows, scores = index.search(np.asarray(Q, np.float32), k)
+        results = []
+        for row, score in zip(rows, scores):
+            keep = (row >= 0) & (score >= (min_score if min_score is not None else -np.inf))
+            item_ids = ids[row[keep]]
+            items = self.store.items(item_ids)
+            results.append([Hit(it.path, float(s), int(it.id)) for it, s in zip(items, score[keep]) if it is not None])
+        return results
+
+    def _search_index(self):
+        """(item ids, index) over the last committed codes; rebuilt only after a commit."""
+        generation = self.store.meta().get("generation")
+        if self._index is not None and self._index[0] == generation:
+            return self._index[1], self._index[2]
+        codec = self.codec
+        if codec is None:  # fewer than MIN_TRAIN items: search their staged embeddings exactly
+            staged = list(self.store.iter_staging())
+            ids = np.concatenate([i for i, _ in staged]) if staged else np.empty(0, np.uint64)
+            index = _FloatIndex(np.concatenate([e for _, e in staged]).astype(np.float32)) if staged else None
+        else:
+            ids, codes = self.store.load_codes()
+            index = codec.index(np.asarray(codes)) if len(ids) else None
+        self._index = (generation, ids, index)
+        return ids, index
+
+    # --- info -----------------------------------------------------------------------------
+    def info(self) -> dict:
+        """Counts, rate, size on disk, model and codec of the store."""
+        raw = self.store.info()
+        codec = self.codec
+        out = {
+            "path": raw["path"],
+            "items": raw["items"],
+            "staging": raw["staging"],
+            "bytes_on_disk": raw["bytes_on_disk"],
+            "schema": raw["schema"],
+            "model": raw["model_id"],
+            "codec": None,
+            "bits_per_item": None,
+            "entropy_bits_per_item": None,
+        }
+        if codec is not None:
+            _, codes = self.store.load_codes()
+            out["codec"] = {"id": codec.id, "arch": codec.arch, "bits": codec.bits, "m": codec.m, "k": codec.k,
+                            "d": codec.config.get("d"), "trained_on": codec.config.get("n_train")}
+            out["bits_per_item"] = codec.bits
+            out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
+        return out
+
+
+class _FloatIndex:
+    """Exact search over float vectors: only for a store too small to have trained a codec."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def search(self, Q, k):
+        return top_k(Q @ self.X.T, k)
+
+
+def _try_hash(path):
+    try:
+        return content_hash(path)
+    except OSError as err:
+        return err
+
+
+def _prefetch(jobs, prepare, batch_size: int, workers: int):
+    """Yield lists of prepare(job) results, batch by batch, decoding ahead in worker threads.
+
+    Decoding (threads, GIL released in Pillow) overlaps CLIP inference on the caller's thread;
+    at most two batches are in flight so memory stays bounded.
+    """
+    if not jobs:
+        return
+    out: queue.Queue = queue.Queue(maxsize=2)
+
+    def producer():
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for i in range(0, len(jobs), batch_size):
+                out.put(list(pool.map(prepare, jobs[i:i + batch_size])))
+        out.put(None)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    while (batch := out.get()) is not None:
+        yield batch
+    thread.join()

@@ -1,0 +1,179 @@
+"""`semdb` command line: each command is a thin layer over `semdb.api`.
+
+Results go to stdout (a rich table, or JSON with --json); progress bars and errors go to
+stderr. A SemdbError prints one line and exits with its code (see README: exit codes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import SemdbError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="semdb: a compressed semantic vector database for image collections.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
+MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
+PRETRAINED_HELP = "open_clip pretrained tag or weights file (default: $SEMDB_PRETRAINED or laion2b_s34b_b79k)."
+
+
+@contextmanager
+def _errors():
+    """Turn semdb's errors into one line on stderr and the error's exit code."""
+    try:
+        yield
+    except SemdbError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted: committed batches are kept; run the same command again to resume")
+        raise typer.Exit(130)
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _progress(enabled: bool):
+    """A rich progress display and a callback (stage, done, total) for the API."""
+    progress = Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=err, disable=not enabled, transient=False)
+    tasks = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total, rate="")
+        task = progress.tasks[tasks[stage]]
+        rate = f"{task.speed:.1f} img/s" if stage == "embedding" and task.speed else ""
+        progress.update(tasks[stage], completed=done, total=total, rate=rate)
+
+    return progress, update
+
+
+@app.command()
+def ingest(
+    paths: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
+    codec: Optional[Path] = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
+    prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
+    from .api import Database
+
+    with _errors():
+        progress, update = _progress(enabled=not as_json)
+        with Database(store, model=model, pretrained=pretrained, wait=wait) as db, progress:
+            summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
+                                prune=prune, max_megapixels=max_megapixels or None, progress=update)
+    if as_json:
+        _print_json(summary)
+        return
+    for failure in summary["failures"]:
+        err.print(f"[yellow]failed:[/yellow] {failure['path']}: {failure['reason']}", highlight=False)
+    table = Table(title="ingest summary", show_header=False)
+    for key in ("new", "changed", "unchanged", "moved", "duplicate", "failed", "pruned", "missing", "items",
+                "seconds", "images_per_second"):
+        table.add_row(key.replace("_", " "), str(summary[key]))
+    out.print(table)
+
+
+@app.command()
+def query(
+    text: Optional[str] = typer.Argument(None, help="What to look for, in words."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Search with an image instead of text."),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop results scoring below this."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
+    paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
+):
+    """Find the stored images closest to TEXT (or to --image)."""
+    from .api import Database
+    from .errors import InputError
+
+    with _errors():
+        if (text is None) == (image is None):
+            raise InputError("give exactly one of TEXT or --image PATH")
+        with Database(store, model=model, pretrained=pretrained, readonly=True) as db:
+            hits = db.query(text, k=k, min_score=min_score) if image is None else \
+                db.query_image(image, k=k, min_score=min_score)
+    if as_json:
+        _print_json([{"path": h.path, "score": round(h.score, 6), "id": h.id} for h in hits])
+    elif paths_only:
+        from .images import display_path
+
+        for h in hits:
+            sys.stdout.write(display_path(h.path) + "\n")
+    else:
+        from .images import display_path
+
+        table = Table("rank", "score", "path")
+        for rank, h in enumerate(hits, 1):
+            table.add_row(str(rank), f"{h.score:.4f}", display_path(h.path))
+        out.print(table)
+
+
+@app.command()
+def info(
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+):
+    """Items, bits per item (fixed and entropy-coded), size on disk, model and codec."""
+    from .api import Database
+
+    with _errors():
+        with Database(store, readonly=True) as db:
+            facts = db.info()
+    if as_json:
+        _print_json(facts)
+        return
+    table = Table(show_header=False, title="semdb store")
+    model = facts["model"] or {}
+    codec = facts["codec"] or {}
+    rows = [
+        ("path", facts["path"]),
+        ("items", facts["items"]),
+        ("staging embeddings", facts["staging"]),
+        ("bits per item", facts["bits_per_item"]),
+        ("entropy-coded bits per item", facts["entropy_bits_per_item"]),
+        ("bytes on disk", f"{facts['bytes_on_disk']:,}"),
+        ("model", f"{model.get('name')} {model.get('pretrained') or ''} (dim {model.get('dim')}, "
+                  f"digest {model.get('digest')})" if model else "-"),
+        ("codec", f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "
+                  f"trained on {codec.get('trained_on')}" if codec else "-"),
+    ]
+    for key, value in rows:
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+
+
+def main() -> None:  # pragma: no cover - console script entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
