@@ -208,7 +208,7 @@ def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray
 
 
 def train_additive(X: np.ndarray, m: int, k: int, d: int, seed: int = 0, beam: int = 16,
-                   max_iters: int = 30, val_fraction: float = 0.1, progress=None) -> dict:
+                   max_iters: int = 20, val_fraction: float = 0.1, progress=None) -> dict:
     """Fit the additive codec to unit embeddings X (n, D). Returns its parameters."""
     rng = np.random.default_rng(seed)
     n, D = X.shape

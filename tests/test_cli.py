@@ -1,0 +1,70 @@
+"""The installed `semdb` console script, run in subprocesses as a user would run it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SEMDB = str(Path(sys.executable).with_name("semdb"))
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "search_app.py"
+
+
+def run(*args, input=None, check=True):
+    env = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([SEMDB, *map(str, args)], capture_output=True, text=True, input=input, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"semdb {args} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def test_console_script_ingest_query_info(photos, tmp_path, tiny_model):
+    store = tmp_path / "store"
+    summary = json.loads(run("ingest", photos, "--store", store, "--model", tiny_model, "--bits", "128", "--json").stdout)
+    assert summary["new"] == 12 and summary["items"] == 12 and summary["failures"] == []
+    info = json.loads(run("info", "--store", store, "--json").stdout)
+    assert info["items"] == 12 and info["staging"] == 0 and info["bits_per_item"] == 128
+    hits = json.loads(run("query", "--image", photos / "astronaut.jpg", "--store", store, "-k", "3", "--json").stdout)
+    assert [sorted(h) for h in hits] == [["id", "path", "score"]] * 3 and hits[0]["path"].endswith("astronaut.jpg")
+    paths = run("query", "a rocket", "--store", store, "-k", "4", "--paths-only").stdout.splitlines()
+    assert len(paths) == 4 and all(Path(p).exists() for p in paths)
+    table = run("query", "a rocket", "--store", store, "-k", "2").stdout
+    assert "score" in table and "path" in table
+    again = json.loads(run("ingest", photos, "--store", store, "--json").stdout)
+    assert again["unchanged"] == 12 and again["embedded"] == 0
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["query", "   "], 2, "empty query text"),
+    (["query"], 2, "exactly one of TEXT or --image"),
+    (["query", "--image", "/nonexistent.jpg"], 2, "query image not found"),
+])
+def test_bad_queries_exit_with_one_line(photos, tmp_path, tiny_model, args, code, message):
+    store = tmp_path / "store"
+    run("ingest", photos / "chelsea.jpg", photos / "coffee.jpg", "--store", store, "--model", tiny_model, "--json")
+    proc = run(*args, "--store", store, check=False)
+    assert proc.returncode == code and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_not_a_store_and_missing_model(tmp_path, photos):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("hello")
+    proc = run("query", "a cat", "--store", tmp_path / "junk", check=False)
+    assert proc.returncode == 4 and "no semdb store" in proc.stderr
+    proc = run("ingest", photos, "--store", tmp_path / "s", "--model", "local-dir:" + str(tmp_path / "nomodel"), check=False)
+    assert proc.returncode == 3 and "local-dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_example_app_answers_queries_from_stdin(photos, tmp_path, tiny_model):
+    proc = subprocess.run([sys.executable, EXAMPLE, photos, "--store", tmp_path / "app", "--model", tiny_model, "-k", "2"],
+                          input=f"a cat\n\nimage:{photos / 'chelsea.jpg'}\nimage:/missing.jpg\n",
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0] == {"indexed": 12, "new": 12}
+    assert len(lines[1]["hits"]) == 2
+    assert lines[2]["hits"][0]["path"].endswith("chelsea.jpg")
+    assert "not found" in lines[3]["error"]
