@@ -91,22 +91,21 @@ def plan_layout(variances: np.ndarray, m: int, k: int, d: int) -> tuple[Layout, 
     return layout, band_dirs
 
 
-def build_basis(X: np.ndarray, mean: np.ndarray, layout_dirs: list[np.ndarray], rng) -> np.ndarray:
+def pca(X: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Principal variances (descending, >= 0) and directions (columns) of X around `mean`."""
+    cov = np.atleast_2d(np.cov((X - mean).T.astype(np.float64)))
+    evals, evecs = np.linalg.eigh(cov)
+    return np.clip(evals[::-1], 0, None), evecs[:, ::-1]
+
+
+def build_basis(evecs: np.ndarray, band_dirs: list[np.ndarray], rng) -> np.ndarray:
     """Orthonormal D x (n_cols * d) basis: principal directions, randomly rotated within bands."""
-    cov = np.cov((X - mean).T.astype(np.float64))
-    evals, evecs = np.linalg.eigh(np.atleast_2d(cov))
-    evecs = evecs[:, ::-1]
     blocks = []
-    for dirs in layout_dirs:
+    for dirs in band_dirs:
         q, r = np.linalg.qr(rng.standard_normal((len(dirs), len(dirs))))
         q *= np.sign(np.diag(r))  # a Haar-random rotation, deterministic for the seed
         blocks.append(evecs[:, dirs] @ q)
     return np.concatenate(blocks, axis=1).astype(np.float32)
-
-
-def principal_variances(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    cov = np.cov((X - mean).T.astype(np.float64))
-    return np.clip(np.linalg.eigvalsh(np.atleast_2d(cov))[::-1], 0, None)
 
 
 def encode_columns(Z: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarray, beam: int) -> np.ndarray:
@@ -208,20 +207,29 @@ def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray
 
 
 def train_additive(X: np.ndarray, m: int, k: int, d: int, seed: int = 0, beam: int = 16,
-                   max_iters: int = 20, val_fraction: float = 0.1, progress=None) -> dict:
-    """Fit the additive codec to unit embeddings X (n, D). Returns its parameters."""
+                   max_iters: int = 20, val_fraction: float = 0.1, max_fit: int | None = None,
+                   progress=None) -> dict:
+    """Fit the additive codec to unit embeddings X (n, D). Returns its parameters.
+
+    Mean, PCA and allocation use every training row; the Lloyd iterations use at most
+    `max_fit` of them (the shared codebook still sees max_fit * M sub-vectors).
+    """
     rng = np.random.default_rng(seed)
     n, D = X.shape
     perm = rng.permutation(n)
     n_val = int(round(n * val_fraction)) if n >= 50 else 0
     val, fit = X[perm[:n_val]], X[perm[n_val:]]
     mean = fit.mean(0).astype(np.float32)
-    layout, band_dirs = plan_layout(principal_variances(fit, mean), m, k, d)
-    basis = build_basis(fit, mean, band_dirs, rng)
+    evals, evecs = pca(fit, mean)
+    layout, band_dirs = plan_layout(evals, m, k, d)
+    basis = build_basis(evecs, band_dirs, rng)
 
     def coords(A):
         return ((A - mean) @ basis).reshape(len(A), layout.n_cols, d)
 
+    if max_fit and len(fit) > max_fit:
+        fit = fit[rng.choice(len(fit), max_fit, replace=False)]
+        val = val[: max(1, max_fit // 10)] if n_val else val
     Zfit, Zval = coords(fit), coords(val)
     # Initial scales: a column's RMS norm, shrinking geometrically with the stage (each stage
     # removes about the distortion factor 2**(-2 log2 K / d) of what is left).

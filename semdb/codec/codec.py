@@ -29,7 +29,7 @@ FORMAT = "semdb-codec"
 VERSION = 1
 DEFAULT_K = 16  # 4-bit sub-codes: the shape FAISS's fast-scan kernel scans fastest
 DEFAULT_D = 2
-MAX_FIT = 32768  # Lloyd iterations run on at most this many embeddings (PCA uses all)
+MAX_FIT = 16384  # Lloyd iterations run on at most this many embeddings (PCA uses all)
 
 
 def check_embeddings(X, dim: int | None = None, name: str = "embeddings") -> np.ndarray:
@@ -150,10 +150,7 @@ class Codec:
                 raise CodecError(f"d={d}: the sub-vector dimension cannot exceed the embedding dimension {dim}")
             if n < 2:
                 raise CodecError(f"training embeddings: need at least 2 rows, got {n}")
-            fit = X
-            if n > MAX_FIT:
-                fit = X[np.random.default_rng(seed).choice(n, MAX_FIT, replace=False)]
-            p = train_additive(fit, m, k, d, seed=seed, beam=beam, progress=progress)
+            p = train_additive(X, m, k, d, seed=seed, beam=beam, max_fit=MAX_FIT, progress=progress)
             tensors = {name: np.ascontiguousarray(p[name]) for name in ("mean", "basis", "col", "stage", "scale", "codebook")}
             tensors["col"] = tensors["col"].astype(np.int32)
             tensors["stage"] = tensors["stage"].astype(np.int32)
