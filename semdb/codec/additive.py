@@ -108,12 +108,16 @@ def build_basis(evecs: np.ndarray, band_dirs: list[np.ndarray], rng) -> np.ndarr
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
+EXHAUSTIVE = 4096  # joint choices per column searched exactly rather than by beam
+
+
 def encode_columns(Z: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarray, beam: int) -> np.ndarray:
-    """Exact-as-affordable encoding: per column, beam search over its stages.
+    """Exact-as-affordable encoding of each column's stages.
 
     Z: (n, n_cols, d) coordinates of x - b in the basis. Columns are orthogonal, so each column
-    is encoded independently; within a column the stages form a residual quantiser whose joint
-    choice is found by beam search (beam >= K**stages makes it exhaustive).
+    is encoded independently. Within a column the stages form a residual quantiser: when its
+    K**stages joint choices are few (<= EXHAUSTIVE) the best one is found exactly with one
+    matrix product against all their sums; otherwise by beam search.
     Returns (n, M) int64 indices in slot order.
     """
     n = Z.shape[0]
@@ -123,6 +127,16 @@ def encode_columns(Z: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarr
     for c in range(layout.n_cols):
         slots = np.flatnonzero(layout.col == c)
         slots = slots[np.argsort(layout.stage[slots])]
+        if K ** len(slots) <= EXHAUSTIVE:
+            # Every joint choice (k_1..k_s) as one table row: sum_t scale_t C[k_t], first stage
+            # in the slowest-varying digit. argmin ||z - v||^2 = argmax (z.v - ||v||^2 / 2).
+            combos = np.zeros((1, d), dtype=np.float32)
+            for m in slots:
+                combos = (combos[:, None, :] + scale[m] * C[None, :, :]).reshape(-1, d)
+            best = np.argmax(Z[:, c, :] @ combos.T - 0.5 * (combos * combos).sum(1), axis=1)
+            for t, m in enumerate(slots[::-1]):
+                best, codes[:, m] = np.divmod(best, K)
+            continue
         target = Z[:, c, :]  # (n, d)
         # Beam state: partial reconstruction (n, B, d), chosen indices (n, B, t), error (n, B)
         recon = np.zeros((n, 1, d), dtype=np.float32)
