@@ -268,12 +268,13 @@ def train_additive(X: np.ndarray, m: int, k: int, d: int, seed: int = 0, beam: i
         score = distortion(Zval if n_val else Zfit)
         if progress:
             progress(it + 1, max_iters, score)
-        if score < best[0] - 1e-6:
-            best, stale = (score, C, scale), 0
+        if score < best[0]:
+            improved = score < best[0] * (1 - 5e-4)  # below 0.05% a step is not worth its time
+            best, stale = (score, C, scale), (0 if improved else stale + 1)
         else:
             stale += 1
-            if stale >= 3:  # early stop: validation distortion stopped improving
-                break
+        if stale >= 3:  # early stop: validation distortion stopped improving
+            break
     _, C, scale = best
     return dict(mean=mean, basis=basis, col=layout.col, stage=layout.stage, scale=scale, codebook=C,
                 d=d, k=k, beam=beam, iters=it + 1, dead_restarts=dead_total)
