@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .errors import SemdbError
 
@@ -36,7 +37,8 @@ def _errors():
     try:
         yield
     except SemdbError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        # Text, not markup: paths in messages may hold "[...]" that rich would parse (or choke on)
+        err.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: committed batches are kept; run the same command again to resume")
@@ -91,7 +93,8 @@ def ingest(
         _print_json(summary)
         return
     for failure in summary["failures"]:
-        err.print(f"[yellow]failed:[/yellow] {failure['path']}: {failure['reason']}", highlight=False)
+        err.print(Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
+                  highlight=False, soft_wrap=True)
     table = Table(title="ingest summary", show_header=False)
     for key in ("new", "changed", "unchanged", "moved", "duplicate", "failed", "pruned", "missing", "items",
                 "seconds", "images_per_second"):
@@ -133,7 +136,7 @@ def query(
 
         table = Table("rank", "score", "path")
         for rank, h in enumerate(hits, 1):
-            table.add_row(str(rank), f"{h.score:.4f}", display_path(h.path))
+            table.add_row(str(rank), f"{h.score:.4f}", Text(display_path(h.path)))
         out.print(table)
 
 
@@ -167,8 +170,73 @@ def info(
                   f"trained on {codec.get('trained_on')}" if codec else "-"),
     ]
     for key, value in rows:
-        table.add_row(key, "-" if value is None else str(value))
+        table.add_row(key, Text("-" if value is None else str(value)))
     out.print(table)
+
+
+@app.command()
+def bench(
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help='Class prompt template, e.g. "a photo of a {}." (repeatable; averaged).'),
+    jpeg_quality: str = typer.Option("", "--jpeg-quality", help="JPEG qualities for the image-codec baseline, e.g. 5,10,20."),
+    webp_quality: str = typer.Option("", "--webp-quality", help="WebP qualities for the image-codec baseline."),
+    bits: str = typer.Option("64,128,256,400,512", "--bits", help="Comma-separated bit budgets per item."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method families (default: all)."),
+    train_fraction: float = typer.Option(0.5, "--train-fraction", help="Share of items the codecs train on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random split and of training."),
+    codec: Optional[Path] = typer.Option(None, "--codec", help="Evaluate this codec on all items (no training)."),
+    bpp_pixels: str = typer.Option("224x224", "--bpp-pixels", help="Pixels per image in the bits-per-pixel convention."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result rows as JSON (schema: docs/BENCH.md)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the rows to this Parquet file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also plot accuracy against bits to this PNG."),
+):
+    """Rate-accuracy benchmark: semdb's codec against FAISS quantizers at each bit budget."""
+    from . import bench as B
+    from .errors import InputError
+
+    with _errors():
+        if (embeddings is None) == (images is None):
+            raise InputError("give exactly one of --embeddings FILE or --images DIR")
+        if embeddings is not None:
+            data = B.load_embeddings(embeddings)
+        else:
+            from .bench.images import DEFAULT_PROMPTS, load_image_folder
+            from .embed import Embedder
+
+            def qualities(text, flag):
+                try:
+                    return [int(q) for q in text.split(",") if q.strip()]
+                except ValueError:
+                    raise InputError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+            with Progress(console=err, disable=as_json) as embed_progress:
+                data = load_image_folder(images, Embedder(model, pretrained), prompts=prompt or DEFAULT_PROMPTS,
+                                         jpeg_quality=qualities(jpeg_quality, "--jpeg-quality"),
+                                         webp_quality=qualities(webp_quality, "--webp-quality"),
+                                         progress=embed_progress)
+        given = None
+        if codec is not None:
+            from .codec import Codec
+
+            given = Codec.load(codec, dim=data.dim)
+        progress = Progress(TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=err, disable=as_json)
+        with progress:
+            rows = B.run_bench(data, bits=bits, methods=methods, train_fraction=train_fraction, seed=seed,
+                               codec=given, bpp_pixels=bpp_pixels, progress=progress,
+                               on_message=lambda line: err.print(f"[yellow]{line}[/yellow]", highlight=False))
+        if out_file:
+            B.write_parquet(rows, out_file)
+        if plot:
+            B.write_plot(rows, plot)
+    if as_json:
+        sys.stdout.write(B.to_json(rows) + "\n")
+    else:
+        # A table this wide wraps badly at 80 columns: use the terminal's width, or 200 in a pipe.
+        B.print_table(rows, console=out if out.is_terminal else Console(width=200))
 
 
 def main() -> None:  # pragma: no cover - console script entry point alias

@@ -68,3 +68,21 @@ def test_example_app_answers_queries_from_stdin(photos, tmp_path, tiny_model):
     assert len(lines[1]["hits"]) == 2
     assert lines[2]["hits"][0]["path"].endswith("chelsea.jpg")
     assert "not found" in lines[3]["error"]
+
+
+def test_bench_command_on_embeddings_and_bad_input(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 32)).astype(np.float32) + 1.0
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    T = X + 0.3 * rng.standard_normal(X.shape).astype(np.float32)
+    np.savez(tmp_path / "e.npz", image_emb=X, text_emb=T / np.linalg.norm(T, axis=1, keepdims=True))
+    proc = run("bench", "--embeddings", tmp_path / "e.npz", "--bits", "64", "--methods", "semdb,pq", "--json",
+               "--out", tmp_path / "r.parquet", "--plot", tmp_path / "r.png")
+    rows = {r["method"]: r for r in json.loads(proc.stdout) if r["status"] == "ok"}
+    assert rows["semdb"]["bits"] == 64 and 0 < rows["semdb"]["t2i_recall_1"] <= 1 and "PQ8x8" in rows
+    assert (tmp_path / "r.parquet").stat().st_size > 0 and (tmp_path / "r.png").stat().st_size > 0
+    np.savez(tmp_path / "bad.npz", text_emb=X)
+    proc = run("bench", "--embeddings", tmp_path / "bad.npz", check=False)
+    assert proc.returncode == 2 and "image_emb" in proc.stderr and "Traceback" not in proc.stderr

