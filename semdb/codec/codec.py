@@ -76,9 +76,10 @@ class Codec:
         self.k = int(config["k"])
         self.nbits = _nbits(self.k)
         if self.arch == "paper":
-            from .paper import PaperCodec
+            from .paper import PREFIX, PaperCodec
 
-            self._paper = PaperCodec.from_parts(config["paper"], tensors)
+            self._paper = PaperCodec.from_parts(config["paper"], {k: v for k, v in tensors.items()
+                                                                  if k.startswith(PREFIX)})
         else:
             self.layout = Layout(int(config["d"]), tensors["col"].astype(np.int64), tensors["stage"].astype(np.int64))
             self._tables = None
@@ -134,7 +135,7 @@ class Codec:
                 raise CodecError(f"bits={bits}: the paper architecture has no latent shape for this budget (try 400)")
             codec_p = PaperCodec(train_paper(X, bits, seed=seed, progress=progress))
             pconf, tensors = codec_p.to_parts()
-            m, k = codec_p.m, codec_p.n_e
+            m, k = codec_p.m, codec_p.k
             config = dict(arch="paper", paper=pconf, d=int(pconf["e_dim"]))
         elif arch == "additive":
             k = int(k or DEFAULT_K)
