@@ -28,6 +28,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from semdb.codec import entropy
+from semdb.codec.pack import unpack
+
 #: Method family keys accepted by ``run_bench(methods=...)``, in report order.
 FAMILIES = (
     "semdb",
@@ -76,33 +79,17 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def unpack_subcodes(codes: np.ndarray, m: int, nbits: int) -> np.ndarray:
-    """Split packed codes (n, code_bytes) uint8 into (n, m) sub-code indices of ``nbits`` bits,
-    FAISS bit order (sub-code j occupies bits [j*nbits, (j+1)*nbits) little-endian)."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if nbits == 8:
-        return codes[:, :m].astype(np.int32)
-    bits = np.unpackbits(codes, axis=1, bitorder="little")[:, : m * nbits]
-    bits = bits.reshape(codes.shape[0], m, nbits).astype(np.int32)
-    return (bits << np.arange(nbits, dtype=np.int32)).sum(axis=2, dtype=np.int32)
+    """Packed codes (n, code_bytes) -> (n, m) sub-code indices; FAISS's bit order is semdb's."""
+    return unpack(codes, m, nbits)
 
 
 def categorical_entropy_bits(symbols: np.ndarray, alphabet: int) -> float:
-    """Mean compressed bits per row of ``symbols`` (n, m) when each column is range-coded
-    (constriction) under a static categorical model fitted on that column's symbol counts.
-    The model itself is not charged (it is part of the codec's parameters)."""
-    import constriction
-
-    symbols = np.asarray(symbols)
-    n, m = symbols.shape
-    if n == 0:
+    """Mean range-coded bits per row of ``symbols`` (n, m) under a static per-column categorical
+    model fitted on the symbols themselves (the model is not charged)."""
+    symbols = np.asarray(symbols, dtype=np.int64)
+    if len(symbols) == 0:
         return 0.0
-    enc = constriction.stream.queue.RangeEncoder()
-    for j in range(m):
-        col = np.ascontiguousarray(symbols[:, j], dtype=np.int32)
-        counts = np.bincount(col, minlength=alphabet).astype(np.float64)
-        model = constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
-        enc.encode(col, model)
-    return float(enc.num_bits()) / n
+    return entropy.entropy_bits(symbols, entropy.fit_model(symbols, alphabet, prior=0.0))
 
 
 class Method:
