@@ -24,6 +24,7 @@ import numpy as np
 
 from .codec import Codec
 from .errors import CodecError, ImageError, InputError, StoreError
+from .faults import fault_point
 from .images import DEFAULT_MAX_MEGAPIXELS, content_hash, discover, display_path, load_image
 from .search import adc_scores, top_k  # noqa: F401  (re-exported helpers for callers)
 from .store import Item, Store, default_store_path
@@ -71,14 +72,16 @@ class Database:
     """A semdb store plus its model and codec. Use as a context manager, or call close()."""
 
     def __init__(self, path=None, model: str | None = None, pretrained: str | None = None,
-                 readonly: bool = False, wait: bool = False, device: str = "cpu"):
+                 readonly: bool = False, wait: bool = False, device: str = "cpu",
+                 map_size: int | None = None):
         self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
         self.readonly = readonly
         self._model_args = (model, pretrained)
         self._device = device
         if readonly and not (self.path / "data.mdb").exists():
             raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
-        self.store = Store(self.path, create=not readonly, readonly=readonly, wait=wait)
+        self.store = Store(self.path, create=not readonly, readonly=readonly, wait=wait,
+                           **({"map_size": map_size} if map_size else {}))  # initial LMDB map; grows
         self._embedder = None
         self._codec = None
         self._index = None  # (generation, ids, search index)
@@ -113,21 +116,34 @@ class Database:
         raw = self.store.codec_bytes()
         if raw is None:
             return None
-        if self._codec is None or self._codec.id != self.store.meta().get("codec_id"):
-            self._codec = Codec.from_bytes(raw, source=f"{self.path} (codec)")
+        recorded = self.store.meta().get("codec_id")
+        if self._codec is None or self._codec.id != recorded:
+            # Codec.id digests the codec's config and weights: a codec whose bytes were damaged
+            # on disk no longer matches the id recorded when it was installed.
+            advice = "restore it from a backup or rebuild it with `semdb ingest` into a new --store"
+            try:
+                codec = Codec.from_bytes(raw, source=f"{self.path} (codec)")
+            except CodecError as e:
+                raise StoreError(f"{self.path} is corrupt (its codec does not load: {e}); {advice}") from None
+            if codec.id != recorded:
+                raise StoreError(f"{self.path} is corrupt (its codec's digest {codec.id} is not the "
+                                 f"recorded {recorded}); {advice}")
+            self._codec = codec
         return self._codec
 
     def _install_codec(self, codec: Codec) -> None:
-        """Bind the store to `codec` and turn every staged embedding into codes."""
-        with self.store.write() as w:
-            w.set_codec(codec.to_bytes(), codec.id, codec.code_bytes)
+        """Bind the store to `codec` and turn every staged embedding into codes, in ONE
+        transaction: readers and a re-run after a crash see either staged embeddings and no
+        codec, or the codec and codes only (never a codec with the items still staged)."""
+        fault_point("trained")
+        self.store.finish_staging(codec.encode, codec=(codec.to_bytes(), codec.id, codec.code_bytes))
         self._codec = codec
-        self.store.finish_staging(codec.encode)
 
     def _train_codec(self, bits: int, progress: Progress | None) -> Codec:
         X = np.concatenate([emb.astype(np.float32) for _, emb in self.store.iter_staging()])
         if progress:
             progress("training codec", 0, 1)
+        fault_point("train")
         codec = Codec.train(X, bits=bits, seed=0, model_id=self.store.model_id())
         if progress:
             progress("training codec", 1, 1)
@@ -227,6 +243,7 @@ class Database:
             with self.store.write() as w:
                 for item, code in pending:
                     w.update_item(item) if code is None else w.add_item(item, code=code)
+                fault_point("classify_txn")
             pending.clear()
 
         with ThreadPoolExecutor(max_workers=4) as pool:  # hashing is I/O: a few threads overlap it
@@ -234,8 +251,8 @@ class Database:
             for n, ((path, st, item), h) in enumerate(zip(todo, hashes)):
                 if progress:
                     progress("hashing", n + 1, len(todo))
-                if isinstance(h, OSError):
-                    failed(path, h.strerror or str(h))
+                if isinstance(h, ImageError):  # unreadable, or gone since it was listed
+                    failed(path, str(h).removeprefix(display_path(path) + ": "))
                     continue
                 spath = os.fsdecode(path)
                 same = self.store.items_by_hash(h) if item is None else []
@@ -279,6 +296,7 @@ class Database:
 
         def prepare(job):  # runs in a worker thread: file read, decode, resize (GIL released)
             try:
+                fault_point("decode")
                 img = load_image(job[0], draft_size=size, max_megapixels=max_megapixels)
                 return job, emb.preprocess(img), img.size
             except ImageError as err:
@@ -289,12 +307,17 @@ class Database:
             good = [(job, tensor, wh) for job, tensor, wh in batch if not isinstance(tensor, Exception)]
             for job, err, _ in batch:
                 if isinstance(err, Exception):  # ImageError reads "PATH: reason"; keep the reason
-                    failed(job[0], str(err).removeprefix(display_path(job[0]) + ": "))
+                    reason = str(err).removeprefix(display_path(job[0]) + ": ")
+                    failed(job[0], reason)
+                    for cpath, _ in job[4]:  # byte-identical copies fail for the same reason
+                        failed(cpath, reason)
             if good:
                 import torch
 
                 vectors = emb.encode_images(torch.stack([t for _, t, _ in good]))
+                fault_point("embedded")
                 self._write_batch(good, vectors, summary)
+                fault_point("batch_committed")
                 summary.embedded += len(good)
             done += len(batch)
             if progress:
@@ -322,6 +345,7 @@ class Database:
                 for cpath, cst in copies:
                     w.add_item(Item.new(cpath, cst.st_size, cst.st_mtime_ns, h, width, height, now), **{key: vec})
                     summary.duplicate += 1
+            fault_point("batch_txn")
 
     def _prune(self, seen, prune: bool, summary) -> None:
         gone = [it.id for it in self.store.iter_items() if it.path not in seen and not os.path.lexists(it.path)]
@@ -329,6 +353,7 @@ class Database:
             with self.store.write() as w:
                 for id_ in gone:
                     w.delete_item(id_)
+                fault_point("prune_txn")
             summary.pruned = len(gone)
         else:
             summary.missing = len(gone)
@@ -372,6 +397,10 @@ class Database:
         codec = self.codec
         if codec is None:  # fewer than MIN_TRAIN items: search their staged embeddings exactly
             staged = list(self.store.iter_staging())
+            if self.store.codec_bytes() is not None:
+                # The codec (and with it every code) was committed while staging was read, in
+                # chunks: search the codes instead of a part of the staged rows.
+                return self._search_index()
             ids = np.concatenate([i for i, _ in staged]) if staged else np.empty(0, np.uint64)
             index = _FloatIndex(np.concatenate([e for _, e in staged]).astype(np.float32)) if staged else None
         else:
@@ -417,8 +446,8 @@ class _FloatIndex:
 
 def _try_hash(path):
     try:
-        return content_hash(path)
-    except OSError as err:
+        return content_hash(path)  # raises ImageError("PATH: reason") when the file cannot be read
+    except ImageError as err:
         return err
 
 
@@ -427,19 +456,41 @@ def _prefetch(jobs, prepare, batch_size: int, workers: int):
 
     Decoding (threads, GIL released in Pillow) overlaps CLIP inference on the caller's thread;
     at most two batches are in flight so memory stays bounded.
+    An exception in the producer is re-raised in the caller (else the caller would wait for
+    the next batch forever); when the caller stops early, the producer stops too.
     """
     if not jobs:
         return
     out: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def producer():
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i in range(0, len(jobs), batch_size):
-                out.put(list(pool.map(prepare, jobs[i:i + batch_size])))
-        out.put(None)
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for i in range(0, len(jobs), batch_size):
+                    if not put(list(pool.map(prepare, jobs[i:i + batch_size]))):
+                        return
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            put(e)
+            return
+        put(None)
 
     thread = threading.Thread(target=producer, daemon=True)
     thread.start()
-    while (batch := out.get()) is not None:
-        yield batch
+    try:
+        while (batch := out.get()) is not None:
+            if isinstance(batch, BaseException):
+                raise batch
+            yield batch
+    finally:
+        stop.set()
     thread.join()

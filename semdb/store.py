@@ -48,6 +48,7 @@ import lmdb
 import numpy as np
 
 from semdb.errors import InputError, StoreError, StoreLockedError
+from semdb.faults import fault_point
 
 SCHEMA_VERSION = 1
 DEFAULT_MAP_SIZE = 64 << 20  # grows by doubling when full
@@ -308,6 +309,15 @@ class Store:
             raise StoreError(f"{self.path} is corrupt or not a semdb store ({_one_line(e)}); "
                              f"restore it from a backup or pass a new --store") from None
         try:
+            # LMDB maps the file and trusts its header: reading a page past the end of a
+            # truncated file kills the process with SIGBUS. Writers extend the file before
+            # they commit a header naming the new pages, so a shorter file is damage.
+            size = (self.path / "data.mdb").stat().st_size
+            need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+            if size < need:
+                raise StoreError(f"{self.path} is corrupt (data.mdb is truncated: {size} bytes, its "
+                                 f"header needs {need}); restore it from a backup or rebuild it "
+                                 f"with `semdb ingest` into a new --store")
             if not ro:
                 env.set_mapsize(0)  # adopt the size the file was last grown to...
                 if env.info()["map_size"] < map_size:
@@ -348,14 +358,18 @@ class Store:
 
     @staticmethod
     def _initialise(env) -> dict:
-        with env.begin(write=True) as txn:  # all databases and meta appear in one commit
-            dbs = {n: env.open_db(n.encode(), txn=txn, dupsort=n == "hashes") for n in _DBS}
-            meta = {"schema": SCHEMA_VERSION, "created": time.time(), "generation": 0,
-                    "next_id": 1, "next_segment": 0, "code_bytes": None, "codec_id": None,
-                    "dim": None, "model_id": None}
-            for k, v in meta.items():
-                txn.put(k.encode(), json.dumps(v).encode(), db=dbs["meta"])
-        return dbs
+        while True:
+            try:
+                with env.begin(write=True) as txn:  # all databases and meta appear in one commit
+                    dbs = {n: env.open_db(n.encode(), txn=txn, dupsort=n == "hashes") for n in _DBS}
+                    meta = {"schema": SCHEMA_VERSION, "created": time.time(), "generation": 0,
+                            "next_id": 1, "next_segment": 0, "code_bytes": None, "codec_id": None,
+                            "dim": None, "model_id": None}
+                    for k, v in meta.items():
+                        txn.put(k.encode(), json.dumps(v).encode(), db=dbs["meta"])
+                return dbs
+            except lmdb.MapFullError:  # a map_size too small for even an empty store: grow it
+                env.set_mapsize(env.info()["map_size"] * 2)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -394,7 +408,8 @@ class Store:
             raise StoreError(f"{self.path} is corrupt ({e}); restore it from a backup or "
                              f"rebuild it with `semdb ingest` into a new --store") from None
         except (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError,
-                lmdb.BadValsizeError, lmdb.IncompatibleError, lmdb.VersionMismatchError) as e:
+                lmdb.BadValsizeError, lmdb.IncompatibleError, lmdb.VersionMismatchError,
+                lmdb.BadTxnError) as e:  # BAD_TXN: LMDB met a damaged page earlier in this txn
             raise StoreError(f"{self.path} is corrupt ({_one_line(e)}); restore it from a backup "
                              f"or rebuild it with `semdb ingest` into a new --store") from None
         except (lmdb.MapFullError, lmdb.MapResizedError):
@@ -497,14 +512,17 @@ class Store:
 
     def iter_staging(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Chunks of (ids uint64 (n,), float16 embeddings (n, dim))."""
-        dim = self.meta().get("dim")
-        rows = []
+        # dim is set by the commit that stages the first row: read it after the rows (a
+        # writer may commit between two reads), never before.
+        dim, rows = None, []
         for row in self._chunks("staging", batch):
             rows.append(row)
             if len(rows) == batch:
+                dim = dim or self.meta().get("dim")
                 yield self._staged(rows, dim)
                 rows = []
         if rows:
+            dim = dim or self.meta().get("dim")
             yield self._staged(rows, dim)
 
     def _staged(self, rows, dim) -> tuple[np.ndarray, np.ndarray]:
@@ -648,14 +666,17 @@ class Store:
         self._writer = Writer(self)
         return self._writer
 
-    def finish_staging(self, encode_fn: Callable[[np.ndarray], np.ndarray]) -> int:
+    def finish_staging(self, encode_fn: Callable[[np.ndarray], np.ndarray],
+                       codec: tuple[bytes, str, int] | None = None) -> int:
         """Encode every staged embedding (encode_fn: float32 (n, dim) -> uint8 (n, code_bytes)),
-        then in ONE transaction store the codes and delete the staging rows. Returns n."""
+        then in ONE transaction store the codes and delete the staging rows. Returns n.
+        `codec` = (codec bytes, codec id, code bytes): install that codec in the same
+        transaction (so no reader or crash ever sees the codec without the codes)."""
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only")
-        if self.staging_count() == 0:
+        if self.staging_count() == 0 and codec is None:
             return 0
-        width = self.meta().get("code_bytes")
+        width = codec[2] if codec is not None else self.meta().get("code_bytes")
         if not width:
             raise InputError(f"{self.path} has no codec yet; set_codec before finish_staging")
         all_ids, all_codes = [], []
@@ -666,10 +687,12 @@ class Store:
                                  f"({len(ids)}, {width})")
             all_ids.append(ids)
             all_codes.append(codes)
-        if not all_ids:
-            return 0
         with self.write() as w:
-            w.set_codes(np.concatenate(all_ids), np.concatenate(all_codes))
+            if codec is not None:
+                w.set_codec(*codec)
+            if all_ids:
+                w.set_codes(np.concatenate(all_ids), np.concatenate(all_codes))
+            fault_point("finish_staging_txn")
         return sum(map(len, all_ids))
 
     def compact(self) -> None:
@@ -734,6 +757,7 @@ class Writer(_View):
         while True:
             self.txn.abort()
             self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            fault_point("map_grown")
             self._begin()
             try:
                 for op, args in self._ops:
