@@ -73,11 +73,12 @@ class Database:
 
     def __init__(self, path=None, model: str | None = None, pretrained: str | None = None,
                  readonly: bool = False, wait: bool = False, device: str = "cpu",
-                 map_size: int | None = None):
+                 map_size: int | None = None, threads: int | None = None):
         self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
         self.readonly = readonly
         self._model_args = (model, pretrained)
         self._device = device
+        self._threads = threads  # torch intra-op threads (None: torch's default)
         if readonly and not (self.path / "data.mdb").exists():
             raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
         self.store = Store(self.path, create=not readonly, readonly=readonly, wait=wait,
@@ -106,7 +107,7 @@ class Database:
             stored = self.store.model_id()
             if model is None and stored:
                 model, pretrained = stored["name"], stored.get("pretrained")
-            emb = Embedder(model, pretrained, device=self._device)
+            emb = Embedder(model, pretrained, device=self._device, threads=self._threads)
             self.store.check_model(emb.model_id)
             self._embedder = emb
         return self._embedder

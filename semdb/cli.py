@@ -79,6 +79,7 @@ def ingest(
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
@@ -86,7 +87,7 @@ def ingest(
 
     with _errors():
         progress, update = _progress(enabled=not as_json)
-        with Database(store, model=model, pretrained=pretrained, wait=wait) as db, progress:
+        with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
             summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
                                 prune=prune, max_megapixels=max_megapixels or None, progress=update)
     if as_json:
@@ -113,6 +114,7 @@ def query(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
 ):
     """Find the stored images closest to TEXT (or to --image)."""
     from .api import Database
@@ -121,7 +123,7 @@ def query(
     with _errors():
         if (text is None) == (image is None):
             raise InputError("give exactly one of TEXT or --image PATH")
-        with Database(store, model=model, pretrained=pretrained, readonly=True) as db:
+        with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
             hits = db.query(text, k=k, min_score=min_score) if image is None else \
                 db.query_image(image, k=k, min_score=min_score)
     if as_json:

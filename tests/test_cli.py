@@ -22,7 +22,8 @@ def run(*args, input=None, check=True):
 
 def test_console_script_ingest_query_info(photos, tmp_path, tiny_model):
     store = tmp_path / "store"
-    summary = json.loads(run("ingest", photos, "--store", store, "--model", tiny_model, "--bits", "128", "--json").stdout)
+    summary = json.loads(run("ingest", photos, "--store", store, "--model", tiny_model, "--bits", "128", "--threads", "1",
+                             "--json").stdout)
     assert summary["new"] == 12 and summary["items"] == 12 and summary["failures"] == []
     info = json.loads(run("info", "--store", store, "--json").stdout)
     assert info["items"] == 12 and info["staging"] == 0 and info["bits_per_item"] == 128
