@@ -279,7 +279,7 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
                float_embed_s=round(t_float, 2), float_self_top1=round(float_self1, 3))
     log(f"self-query        top1 {self1:.3f}  top5 {self5:.3f}  (sample {len(sample)}, seed {args.seed}; "
         f"float brute force top1 {float_self1:.3f}; {res['query_image_ms']} ms/query_image)")
-    log(f"overlap@10 vs float brute force: " + (f"query_image {res['overlap10']:.3f}  " if hits10 else "")
+    log("overlap@10 vs float brute force: " + (f"query_image {res['overlap10']:.3f}  " if hits10 else "")
         + f"query_vectors {res['overlap10_query_vectors']:.3f}")
     log(f"  draft-mode effect: semdb vs no-draft float {res['overlap10_vs_nodraft_float']:.3f}; "
         f"float draft vs no-draft {res['float_draft_vs_nodraft_overlap10']:.3f}; "

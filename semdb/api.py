@@ -26,7 +26,7 @@ from .codec import Codec
 from .errors import CodecError, ImageError, InputError, StoreError
 from .faults import fault_point
 from .images import DEFAULT_MAX_MEGAPIXELS, content_hash, discover, display_path, load_image
-from .search import adc_scores, top_k  # noqa: F401  (re-exported helpers for callers)
+from .search import top_k
 from .store import Item, Store, default_store_path
 
 DEFAULT_BITS = 256

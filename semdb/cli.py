@@ -7,7 +7,6 @@ stderr. A SemdbError prints one line and exits with its code (see README: exit c
 from __future__ import annotations
 
 import json
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
