@@ -114,11 +114,13 @@ class Database:
 
     @property
     def codec(self) -> Codec | None:
-        raw = self.store.codec_bytes()
-        if raw is None:
-            return None
+        # Called on every batch and query: compare the recorded id first, and read and parse the
+        # codec bytes only when the store's codec is not the one already loaded.
         recorded = self.store.meta().get("codec_id")
+        if recorded is None:
+            return None
         if self._codec is None or self._codec.id != recorded:
+            raw = self.store.codec_bytes()
             # Codec.id digests the codec's config and weights: a codec whose bytes were damaged
             # on disk no longer matches the id recorded when it was installed.
             advice = "restore it from a backup or rebuild it with `semdb ingest` into a new --store"

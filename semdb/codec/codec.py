@@ -190,10 +190,13 @@ class Codec:
 
     def indices(self, codes) -> np.ndarray:
         """(n, code_bytes) packed codes -> (n, M) int64 codebook indices."""
+        return unpack(self._check_codes(codes), self.m, self.nbits)
+
+    def _check_codes(self, codes) -> np.ndarray:
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[1] != self.code_bytes or codes.dtype != np.uint8:
             raise CodecError(f"codes: expected a uint8 array of shape (n, {self.code_bytes}), got {codes.dtype} {codes.shape}")
-        return unpack(codes, self.m, self.nbits)
+        return codes
 
     def decode_additive(self, codes) -> np.ndarray:
         """x_hat = b + sum_m T[m, k_m], not normalised: the vector ADC scores are inner products with."""
@@ -226,7 +229,7 @@ class Codec:
     # --- search ---------------------------------------------------------------------------
     def index(self, codes):
         """A reusable search structure over `codes` (build once, query many times)."""
-        self.indices(codes)  # validates shape and dtype
+        codes = self._check_codes(codes)  # (unpacking all codes just to validate them would cost M x 8 bytes/item)
         if self.arch == "paper":
             return _DecodedIndex(self.decode(codes))
         from ..search import AdcIndex
