@@ -361,6 +361,180 @@ class Database:
         else:
             summary.missing = len(gone)
 
+    # --- export and import (Arrow / Parquet) -----------------------------------------------
+    def export_batches(self, batch_size: int = 65536):
+        """The store as Arrow record batches in id order: (schema, iterator of batches).
+        The schema's metadata carries the codec, its id and the model identity."""
+        from . import arrow
+
+        codec = self.codec
+        if codec is None:
+            raise StoreError(f"{self.path} has no codec yet (it holds {self.store.staging_count()} staged "
+                             f"embeddings): ingest at least {MIN_TRAIN} images before exporting")
+        sch = arrow.schema(codec.code_bytes, arrow.make_meta(codec.id, codec.code_bytes, self.store.model_id(),
+                                                             codec.to_bytes()))
+        ids, codes = self.store.load_codes()
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+
+        def batches():
+            chunk = []
+            for item in self.store.iter_items(batch=4096):
+                pos = np.searchsorted(sorted_ids, item.id)
+                if pos < len(sorted_ids) and sorted_ids[pos] == item.id:  # else added after the snapshot
+                    chunk.append((item, order[pos]))
+                if len(chunk) == batch_size:
+                    yield self._export_batch(chunk, codes, codec.code_bytes)
+                    chunk = []
+            if chunk:
+                yield self._export_batch(chunk, codes, codec.code_bytes)
+
+        return sch, batches()
+
+    @staticmethod
+    def _export_batch(chunk, codes, code_bytes):
+        from . import arrow
+
+        return arrow.to_batch([it for it, _ in chunk], codes[[row for _, row in chunk]], code_bytes)
+
+    def to_arrow(self):
+        """Every item as a pyarrow Table (columns and metadata: docs/INTERFACES.md#parquet-export)."""
+        import pyarrow as pa
+
+        sch, batches = self.export_batches()
+        return pa.Table.from_batches(list(batches), schema=sch)
+
+    def export(self, out, progress: Progress | None = None) -> dict:
+        """Write every item to the Parquet file `out` (replaced atomically); return a summary."""
+        import pyarrow.parquet as pq
+
+        start = time.perf_counter()
+        out = Path(out)
+        sch, batches = self.export_batches()
+        total, done = self.store.count(), 0
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            with pq.ParquetWriter(tmp, sch, compression="zstd") as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+                    done += batch.num_rows
+                    if progress:
+                        progress("exporting", done, total)
+            os.replace(tmp, out)  # a reader never sees half a file
+        except OSError as e:
+            raise InputError(f"{display_path(out)}: cannot write ({e.strerror or e})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return {"path": os.fspath(out), "items": done, "bytes": out.stat().st_size,
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    def import_arrow(self, table, progress: Progress | None = None) -> dict:
+        """Merge a table written by to_arrow()/export() into this store; see import_parquet."""
+        from . import arrow
+
+        meta = arrow.read_meta(table.schema, "table")
+        arrow.check_columns(table.schema, meta["code_bytes"], "table")
+        self._accept_codec([(meta, "table")])
+        return self._import([(table.to_batches(max_chunksize=4096), table.num_rows)], meta["code_bytes"], progress)
+
+    def import_parquet(self, paths, progress: Progress | None = None) -> dict:
+        """Merge Parquet exports into this store, rows in file order.
+
+        Every file must hold codes of this store's codec (a new store takes the codec the
+        files carry). A row whose path is new adds an item; a row for a stored path replaces
+        that item's metadata and code when they differ. Importing the same file twice adds
+        nothing. Returns {"added", "updated", "unchanged", "items", "seconds"}."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from . import arrow
+
+        files = []
+        for path in paths:  # check every file before writing anything
+            source = display_path(path)
+            try:
+                pf = pq.ParquetFile(path)
+            except FileNotFoundError:
+                raise InputError(f"{source}: no such file") from None
+            except (OSError, pa.ArrowException) as e:
+                raise InputError(f"{source}: not a Parquet file ({str(e).splitlines()[0]})") from None
+            meta = arrow.read_meta(pf.schema_arrow, source)
+            arrow.check_columns(pf.schema_arrow, meta["code_bytes"], source)
+            files.append((pf, meta, source))
+        if not files:
+            raise InputError("no Parquet files given to import")
+        self._accept_codec([(meta, source) for _, meta, source in files])
+        return self._import([(pf.iter_batches(batch_size=4096), pf.metadata.num_rows) for pf, _, _ in files],
+                            files[0][1]["code_bytes"], progress)
+
+    def _accept_codec(self, metas) -> None:
+        """Check that the files' model and codec fit this store; a store without a codec takes
+        the one the files carry (all files must then share it)."""
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only")
+        current = self.store.meta().get("codec_id")
+        want = current or metas[0][0]["codec_id"]
+        for meta, source in metas:
+            self.store.check_model(meta.get("model_id"))
+            if meta["codec_id"] != want:
+                where = f"{self.path} uses codec {want}" if current else f"the first file holds codec {want}"
+                raise CodecError(f"{source} holds codes of codec {meta['codec_id']}, but {where}: import it "
+                                 f"into a new --store (or one built with codec {meta['codec_id']})")
+        if current:
+            return
+        raw = next((meta["codec"] for meta, _ in metas if meta.get("codec")), None)
+        if raw is None:
+            raise CodecError(f"{self.path} has no codec and {metas[0][1]} does not carry one: import a file "
+                             f"written by `semdb export` first")
+        codec = Codec.from_bytes(raw, source=metas[0][1])
+        if codec.id != want:
+            raise CodecError(f"{metas[0][1]}: the codec it carries ({codec.id}) is not the one its codes use ({want})")
+        if not self.store.model_id() and metas[0][0].get("model_id"):
+            with self.store.write() as w:
+                w.set_meta("model_id", metas[0][0]["model_id"])
+        self._install_codec(codec)
+
+    def _import(self, sources, code_bytes: int, progress: Progress | None) -> dict:
+        """Write rows in transactions of one batch (up to 4096 rows): an interrupted import
+        keeps what it committed, and re-running it adds only the rest."""
+        from . import arrow
+
+        start = time.perf_counter()
+        counts = {"added": 0, "updated": 0, "unchanged": 0}
+        total, done = sum(n for _, n in sources), 0
+        codes = None  # id -> code, read only once a row names a stored path
+        for batches, _ in sources:
+            for batch in batches:
+                rows = list(arrow.to_items(batch, code_bytes))
+                if codes is None and any(self.store.item_by_path(item.path) for item, _ in rows):
+                    codes = {i: bytes(c) for i, c in self._codes_by_id().items()}  # (outside the write txn)
+                with self.store.write() as w:
+                    for item, code in rows:
+                        old = w.item_by_path(item.path)
+                        if old is None:
+                            new_id = w.add_item(item, code=code)
+                            if codes is not None:
+                                codes[new_id] = code
+                            counts["added"] += 1
+                            continue
+                        same_code = codes is not None and codes.get(old.id) == code
+                        if same_code and (old.size, old.mtime_ns, old.hash, old.width, old.height) == \
+                                (item.size, item.mtime_ns, item.hash, item.width, item.height):
+                            counts["unchanged"] += 1
+                            continue
+                        w.update_item(Item(old.id, old.path, item.size, item.mtime_ns, item.hash, item.width,
+                                           item.height, old.added, item.updated))
+                        if not same_code:
+                            w.set_code(old.id, code)
+                            if codes is not None:
+                                codes[old.id] = code
+                        counts["updated"] += 1
+                    fault_point("import_txn")
+                done += batch.num_rows
+                if progress:
+                    progress("importing", done, total)
+        return {**counts, "items": self.store.count(), "seconds": round(time.perf_counter() - start, 3)}
+
     # --- query ----------------------------------------------------------------------------
     def query(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
         """The k items closest to a text query, best first."""

@@ -175,6 +175,49 @@ def info(
     out.print(table)
 
 
+@app.command("export")
+def export_(
+    out_path: Path = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Write every item (metadata and packed code) to a Parquet file, with the codec and model."""
+    from .api import Database
+
+    with _errors():
+        progress, update = _progress(enabled=not as_json)
+        with Database(store, readonly=True) as db, progress:
+            summary = db.export(out_path, progress=update)
+    _print_summary(summary, as_json, "export")
+
+
+@app.command("import")
+def import_(
+    files: List[Path] = typer.Argument(..., help="Parquet files written by `semdb export`."),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Merge Parquet exports into a store (same codec; a new store takes theirs). Idempotent."""
+    from .api import Database
+
+    with _errors():
+        progress, update = _progress(enabled=not as_json)
+        with Database(store, wait=wait) as db, progress:
+            summary = db.import_parquet(files, progress=update)
+    _print_summary(summary, as_json, "import")
+
+
+def _print_summary(summary: dict, as_json: bool, title: str) -> None:
+    if as_json:
+        _print_json(summary)
+        return
+    table = Table(title=f"{title} summary", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), Text(str(value)))
+    out.print(table)
+
+
 @app.command()
 def bench(
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."),

@@ -22,6 +22,7 @@ Points (where they are called):
     prune_txn           api: inside the prune transaction, before commit
     map_grown           store: the LMDB map was full and has just been doubled; the batch is
                         about to be replayed
+    import_txn          api: inside an import transaction (up to 4096 rows), before commit
 """
 
 from __future__ import annotations
