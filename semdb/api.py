@@ -155,15 +155,20 @@ class Database:
     # --- ingest ---------------------------------------------------------------------------
     def ingest(self, paths: Iterable, *, bits: int = DEFAULT_BITS, codec=None, batch_size: int = 32,
                prune: bool = False, workers: int | None = None,
-               max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS, progress: Progress | None = None) -> dict:
+               max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS, progress: Progress | None = None,
+               engine: str = "local", ray_address: str | None = None, ray_shards=None) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
         Every batch commits atomically, so an interrupted ingest resumes where it stopped.
         `codec`: a Codec or a codec file for a new store (default: train one, `bits` per item,
         on this ingest's embeddings). `prune`: remove items whose files are gone.
+        `engine="ray"`: hash, decode, embed and encode on a Ray cluster (`ray_address`, default
+        a local instance); shards go to `ray_shards` (default STORE/ray-shards), see ray_ingest.py.
         """
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only")
+        if engine not in ("local", "ray"):
+            raise InputError(f"engine {engine!r}: use 'local' or 'ray'")
         start = time.perf_counter()
         summary = IngestSummary()
         if not self.store.model_id() or codec is not None or self._model_args[0]:
@@ -178,8 +183,18 @@ class Database:
         files = [Path(os.path.abspath(p)) for p in discover(paths, exclude=[self.path], on_error=failed)]
         seen = {os.fsdecode(p) for p in files}
         todo = self._skip_unchanged(files, summary, failed)
-        jobs = self._classify(todo, seen, summary, failed, progress)
-        self._embed_and_store(jobs, bits, batch_size, workers, max_megapixels, summary, failed, progress)
+        if engine == "ray":
+            from .ray_ingest import RayRunner
+
+            ray = RayRunner(Path(ray_shards) if ray_shards else self.path / "ray-shards", ray_address, self._threads)
+            try:
+                jobs = self._classify(todo, seen, summary, failed, progress, ray.hashes([p for p, _, _ in todo]))
+                self._embed_on_ray(ray, jobs, bits, batch_size, max_megapixels, summary, failed, progress)
+            finally:
+                ray.close()
+        else:
+            jobs = self._classify(todo, seen, summary, failed, progress)
+            self._embed_and_store(jobs, bits, batch_size, workers, max_megapixels, summary, failed, progress)
         if self.codec is None and self.store.staging_count() >= MIN_TRAIN:
             self._install_codec(self._train_codec(bits, progress))
             summary.codec_trained = True
@@ -231,8 +246,9 @@ class Database:
                 todo.append((path, st, item))
         return todo
 
-    def _classify(self, todo, seen, summary, failed, progress) -> list:
+    def _classify(self, todo, seen, summary, failed, progress, hashes=None) -> list:
         """Hash candidate files; settle touched, moved and duplicate files without embedding.
+        `hashes`: their content hashes (or ImageErrors) when computed elsewhere (on Ray).
 
         Returns the jobs that need CLIP: (path, stat, hash, existing item or None, [duplicate
         (path, stat)]) with one job per distinct new content. Metadata-only changes are
@@ -250,7 +266,8 @@ class Database:
             pending.clear()
 
         with ThreadPoolExecutor(max_workers=4) as pool:  # hashing is I/O: a few threads overlap it
-            hashes = pool.map(_try_hash, [p for p, _, _ in todo])
+            if hashes is None:
+                hashes = pool.map(_try_hash, [p for p, _, _ in todo])
             for n, ((path, st, item), h) in enumerate(zip(todo, hashes)):
                 if progress:
                     progress("hashing", n + 1, len(todo))
@@ -295,48 +312,74 @@ class Database:
             return
         self._bind_model()
         emb = self.embedder
-        size = emb.image_size
 
         def prepare(job):  # runs in a worker thread: file read, decode, resize (GIL released)
-            try:
-                fault_point("decode")
-                img = load_image(job[0], draft_size=size, max_megapixels=max_megapixels)
-                return job, emb.preprocess(img), img.size
-            except ImageError as err:
-                return job, err, None
+            return prepare_image(emb, job[0], max_megapixels)
 
         done = 0
-        for batch in _prefetch(jobs, prepare, batch_size, workers or min(4, os.cpu_count() or 1)):
-            good = [(job, tensor, wh) for job, tensor, wh in batch if not isinstance(tensor, Exception)]
-            for job, err, _ in batch:
-                if isinstance(err, Exception):  # ImageError reads "PATH: reason"; keep the reason
-                    reason = str(err).removeprefix(display_path(job[0]) + ": ")
-                    failed(job[0], reason)
-                    for cpath, _ in job[4]:  # byte-identical copies fail for the same reason
-                        failed(cpath, reason)
+        for batch, prepared in _prefetch(jobs, prepare, batch_size, workers or min(4, os.cpu_count() or 1)):
+            good = [t for t, _ in prepared if not isinstance(t, Exception)]
+            vectors = None
             if good:
                 import torch
 
-                vectors = emb.encode_images(torch.stack([t for _, t, _ in good]))
+                vectors = emb.encode_images(torch.stack(good))
                 fault_point("embedded")
-                self._write_batch(good, vectors, summary)
-                fault_point("batch_committed")
-                summary.embedded += len(good)
+                vectors = self.codec.encode(vectors) if self.codec is not None else vectors.astype(np.float16)
             done += len(batch)
             if progress:
                 progress("embedding", done, len(jobs))
-            if self.codec is None and self.store.staging_count() >= TRAIN_AT:
-                self._install_codec(self._train_codec(bits, progress))
-                summary.codec_trained = True
+            self._commit_batch(batch, [size for _, size in prepared], vectors, bits, summary, failed, progress)
 
-    def _write_batch(self, good, vectors, summary) -> None:
+    def _embed_on_ray(self, ray, jobs, bits, batch_size, max_megapixels, summary, failed, progress):
+        """The Ray twin of _embed_and_store: the same batches, embedded (and encoded) on the
+        cluster, committed here by _commit_batch. Without a codec, batches are embedded as
+        floats until the codec is trained from them, as a local ingest does."""
+        if not jobs:
+            return
+        self._bind_model()
+        model_id = self.embedder.model_id
+        batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+        done, i = 0, 0
+        while i < len(batches):
+            codec = self.codec
+            # with no codec: a sample just big enough to reach TRAIN_AT; then all the rest
+            n = len(batches) if codec else max(1, -(-(TRAIN_AT - self.store.staging_count()) // batch_size))
+            for batch, sizes, vectors in ray.embed(batches[i:i + n], model_id, codec, max_megapixels):
+                if codec is None and self.codec is not None:  # copies in the sample reached TRAIN_AT early
+                    vectors = self.codec.encode(vectors.astype(np.float32))
+                done += len(batch)
+                if progress:
+                    progress("embedding", done, len(jobs))
+                self._commit_batch(batch, sizes, vectors, bits, summary, failed, progress)
+            i += n
+
+    def _commit_batch(self, batch, sizes, vectors, bits, summary, failed, progress) -> None:
+        """Write one batch: `sizes[j]` is job j's (width, height), or why it failed; `vectors`
+        holds codes (or, before the codec, float16 embeddings) of the jobs that did not fail.
+        Trains the codec once TRAIN_AT embeddings are staged."""
+        good = []
+        for job, size in zip(batch, sizes):
+            if isinstance(size, str):
+                for path in [job[0], *(cpath for cpath, _ in job[4])]:  # byte-identical copies fail alike
+                    failed(path, size)
+            else:
+                good.append((job, size))
+        if good:
+            self._write_batch(good, vectors, summary)
+            fault_point("batch_committed")
+            summary.embedded += len(good)
+        if self.codec is None and self.store.staging_count() >= TRAIN_AT:
+            self._install_codec(self._train_codec(bits, progress))
+            summary.codec_trained = True
+
+    def _write_batch(self, good, vecs, summary) -> None:
         """One transaction: every item of the batch with its code (or staged embedding)."""
         codec = self.codec
-        vecs = codec.encode(vectors) if codec is not None else vectors.astype(np.float16)
         key = "code" if codec is not None else "embedding"
         now = time.time()
         with self.store.write() as w:
-            for (job, _, (width, height)), vec in zip(good, vecs):
+            for (job, (width, height)), vec in zip(good, vecs):
                 spath, st, h, item, copies = job
                 if item is not None:  # same path, new content: re-encoded
                     w.update_item(Item(item.id, spath, st.st_size, st.st_mtime_ns, h, width, height, item.added, now))
@@ -377,25 +420,25 @@ class Database:
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
 
+        def batch(items):
+            want = np.array([it.id for it in items], np.uint64)
+            pos = np.minimum(np.searchsorted(sorted_ids, want), max(len(sorted_ids) - 1, 0))
+            coded = sorted_ids[pos] == want if len(sorted_ids) else np.zeros(len(want), bool)
+            # an item without a code in the snapshot was added after it: left out
+            return arrow.to_batch([it for it, ok in zip(items, coded) if ok], codes[order[pos[coded]]],
+                                  codec.code_bytes)
+
         def batches():
             chunk = []
             for item in self.store.iter_items(batch=4096):
-                pos = np.searchsorted(sorted_ids, item.id)
-                if pos < len(sorted_ids) and sorted_ids[pos] == item.id:  # else added after the snapshot
-                    chunk.append((item, order[pos]))
+                chunk.append(item)
                 if len(chunk) == batch_size:
-                    yield self._export_batch(chunk, codes, codec.code_bytes)
+                    yield batch(chunk)
                     chunk = []
             if chunk:
-                yield self._export_batch(chunk, codes, codec.code_bytes)
+                yield batch(chunk)
 
         return sch, batches()
-
-    @staticmethod
-    def _export_batch(chunk, codes, code_bytes):
-        from . import arrow
-
-        return arrow.to_batch([it for it, _ in chunk], codes[[row for _, row in chunk]], code_bytes)
 
     def to_arrow(self):
         """Every item as a pyarrow Table (columns and metadata: docs/INTERFACES.md#parquet-export)."""
@@ -506,7 +549,7 @@ class Database:
         for batches, _ in sources:
             for batch in batches:
                 rows = list(arrow.to_items(batch, code_bytes))
-                if codes is None and any(self.store.item_by_path(item.path) for item, _ in rows):
+                if codes is None and any(self.store.items_by_paths(item.path for item, _ in rows)):
                     codes = {i: bytes(c) for i, c in self._codes_by_id().items()}  # (outside the write txn)
                 with self.store.write() as w:
                     for item, code in rows:
@@ -621,6 +664,16 @@ class _FloatIndex:
         return top_k(Q @ self.X.T, k)
 
 
+def prepare_image(emb, path, max_megapixels):
+    """(preprocessed tensor, (width, height)) of one image file, or (ImageError, reason)."""
+    try:
+        fault_point("decode")
+        img = load_image(path, draft_size=emb.image_size, max_megapixels=max_megapixels)
+        return emb.preprocess(img), img.size
+    except ImageError as err:  # reads "PATH: reason"; keep the reason
+        return err, str(err).removeprefix(display_path(path) + ": ")
+
+
 def _try_hash(path):
     try:
         return content_hash(path)  # raises ImageError("PATH: reason") when the file cannot be read
@@ -629,7 +682,7 @@ def _try_hash(path):
 
 
 def _prefetch(jobs, prepare, batch_size: int, workers: int):
-    """Yield lists of prepare(job) results, batch by batch, decoding ahead in worker threads.
+    """Yield (jobs, [prepare(job) for each]) batch by batch, decoding ahead in worker threads.
 
     Decoding (threads, GIL released in Pillow) overlaps CLIP inference on the caller's thread;
     at most two batches are in flight so memory stays bounded.
@@ -654,7 +707,8 @@ def _prefetch(jobs, prepare, batch_size: int, workers: int):
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for i in range(0, len(jobs), batch_size):
-                    if not put(list(pool.map(prepare, jobs[i:i + batch_size]))):
+                    batch = jobs[i:i + batch_size]
+                    if not put((batch, list(pool.map(prepare, batch)))):
                         return
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             put(e)

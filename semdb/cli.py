@@ -79,6 +79,9 @@ def ingest(
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."),
+    ray_shards: Optional[Path] = typer.Option(None, "--ray-shards", help="Folder for the Ray workers' Parquet shards; shared by every node (default: STORE/ray-shards)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
@@ -88,7 +91,8 @@ def ingest(
         progress, update = _progress(enabled=not as_json)
         with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
             summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
-                                prune=prune, max_megapixels=max_megapixels or None, progress=update)
+                                prune=prune, max_megapixels=max_megapixels or None, progress=update,
+                                engine=engine, ray_address=ray_address, ray_shards=ray_shards)
     if as_json:
         _print_json(summary)
         return

@@ -1,0 +1,133 @@
+"""Ingest on Ray (`engine="ray"`) on a real local Ray instance: it builds the same store as a
+local ingest of the same folder (items, ids, codec, codes), first run and incremental."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_photos
+
+import semdb
+import semdb.api
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is part of [test]; this only skips a partial install")
+SEMDB = str(Path(sys.executable).with_name("semdb"))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def collection(folder: Path) -> Path:
+    """16 files: 14 distinct images (4 photos, 10 drawings, two of them in a sub-folder), a
+    copy of one photo and an undecodable file."""
+    write_photos(folder, n_generated=8)
+    (folder / "copy_of_chelsea.jpg").write_bytes((folder / "chelsea.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    write_photos(folder / "sub", n_generated=2, seed=3)
+    for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"):
+        (folder / "sub" / name).unlink()
+    return folder
+
+
+def snapshot(path) -> tuple:
+    """The codec id and every item with its id and code: what 'the same store' means."""
+    with semdb.open(path, readonly=True) as db:
+        codes = db._codes_by_id()
+        items = [(it.id, it.path, it.size, it.mtime_ns, it.hash, it.width, it.height, codes[it.id].tobytes())
+                 for it in db.store.iter_items()]
+        assert db.store.verify() == [] and db.store.staging_count() == 0
+        return db.codec.id, items
+
+
+def ingest_both(tmp_path, folder, tiny_model, **kw) -> tuple[dict, dict]:
+    summaries = []
+    for engine in ("local", "ray"):
+        with semdb.open(tmp_path / engine, model=tiny_model, threads=1) as db:
+            summaries.append(db.ingest([folder], engine=engine, batch_size=4, **kw))
+    for s in summaries:
+        s.pop("seconds"), s.pop("images_per_second")
+    return summaries[0], summaries[1]
+
+
+def test_ray_ingest_builds_the_same_store_as_a_local_ingest(local_ray, tmp_path, tiny_model):
+    folder = collection(tmp_path / "photos")
+    local, on_ray = ingest_both(tmp_path, folder, tiny_model)
+    assert local == on_ray
+    assert (local["new"], local["duplicate"], local["failed"], local["items"]) == (14, 1, 1, 15)
+    assert snapshot(tmp_path / "local") == snapshot(tmp_path / "ray")
+    assert not (tmp_path / "ray" / "ray-shards").exists()  # shards are deleted once imported
+
+    # incremental: a moved file, a changed file, a new file, a deleted file
+    os.rename(folder / "shapes_0.png", folder / "sub" / "moved.png")
+    shutil.copy(folder / "rocket.jpg", folder / "shapes_1.png")  # same path, new content
+    write_photos(tmp_path / "more", n_generated=1, seed=9)
+    shutil.copy(tmp_path / "more" / "shapes_0.png", folder / "new.png")
+    (folder / "shapes_2.png").unlink()
+    local, on_ray = ingest_both(tmp_path, folder, tiny_model, prune=True)
+    assert local == on_ray
+    assert (local["moved"], local["changed"], local["new"], local["pruned"], local["embedded"]) == (1, 1, 1, 1, 2)
+    assert snapshot(tmp_path / "local") == snapshot(tmp_path / "ray")
+
+    with semdb.open(tmp_path / "ray", threads=1) as db:  # nothing left to do
+        again = db.ingest([folder], engine="ray")
+        assert again["embedded"] == 0 and again["unchanged"] == 15 and again["failed"] == 1
+        assert db.query_image(folder / "rocket.jpg", k=2)[0].path in {str(folder / "rocket.jpg"),
+                                                                     str(folder / "shapes_1.png")}
+
+
+def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray, tmp_path, tiny_model, monkeypatch):
+    """With TRAIN_AT = 6 and batches of 4, both engines stage 2 batches, train the codec from
+    them, and encode the rest to codes (on the Ray actors for the Ray engine)."""
+    monkeypatch.setattr(semdb.api, "TRAIN_AT", 6)
+    folder = collection(tmp_path / "photos")
+    local, on_ray = ingest_both(tmp_path, folder, tiny_model)
+    assert local == on_ray and local["codec_trained"]
+    codec_id, items = snapshot(tmp_path / "ray")
+    assert (codec_id, items) == snapshot(tmp_path / "local")
+    with semdb.open(tmp_path / "ray", readonly=True) as db:
+        assert db.codec.config["n_train"] == 8  # the sample: two batches of four
+
+
+def test_cli_engine_ray_starts_its_own_local_instance(tmp_path, tiny_model):
+    folder = write_photos(tmp_path / "photos", n_generated=2)
+    env = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1"}
+    args = [SEMDB, "ingest", str(folder), "--store", str(tmp_path / "s"), "--model", tiny_model, "--threads", "1"]
+    proc = subprocess.run([*args, "--engine", "ray", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)  # stdout holds only the JSON, whatever Ray logs
+    assert summary["new"] == 6 and summary["items"] == 6 and summary["codec_trained"]
+    proc = subprocess.run([*args, "--engine", "spark"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "use 'local' or 'ray'" in proc.stderr
+    proc = subprocess.run([*args, "--engine", "ray", "--ray-address", "127.0.0.1:1"], capture_output=True, text=True,
+                          env=env, timeout=300)  # nothing listens there: fail fast, one line
+    assert proc.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_worker_with_other_weights_fails_the_ingest_in_one_line(local_ray, tmp_path, tiny_model, tiny_embedder):
+    """Each actor checks its model against the store's weights digest (nodes may hold other
+    files under the same path); the error raised inside Ray reaches the caller as itself."""
+    from semdb.errors import ModelError
+    from semdb.ray_ingest import RayRunner
+
+    folder = write_photos(tmp_path / "photos", n_generated=1)
+    job = (str(folder / "coffee.jpg"), None, None, None, [])
+    other = {**tiny_embedder.model_id, "digest": "0" * 64}
+    runner = RayRunner(tmp_path / "shards", threads=1)
+    try:
+        with pytest.raises(ModelError, match="loaded other weights") as err:
+            list(runner.embed([[job]], other, None, None))
+        assert "\n" not in str(err.value)
+        (sizes, vectors), = [(s, v) for _, s, v in runner.embed([[job]], tiny_embedder.model_id, None, None)]
+        assert sizes == [semdb.api.prepare_image(tiny_embedder, job[0], None)[1]] and vectors.shape == (1, 64)
+    finally:
+        runner.close()
+    assert not (tmp_path / "shards").exists()
