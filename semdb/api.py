@@ -186,7 +186,8 @@ class Database:
         if engine == "ray":
             from .ray_ingest import RayRunner
 
-            ray = RayRunner(Path(ray_shards) if ray_shards else self.path / "ray-shards", ray_address, self._threads)
+            ray = RayRunner(Path(ray_shards or self.path / "ray-shards"), ray_address, self._threads,
+                            clean=not ray_shards)
             try:
                 jobs = self._classify(todo, seen, summary, failed, progress, ray.hashes([p for p, _, _ in todo]))
                 self._embed_on_ray(ray, jobs, bits, batch_size, max_megapixels, summary, failed, progress)

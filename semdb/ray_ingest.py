@@ -47,13 +47,16 @@ class RayRunner:
     """One Ray connection for one ingest: started here unless Ray is already initialised.
 
     `address`: a cluster address ("auto", "ray://head:10001"); None starts a local instance.
-    `shards`: the folder shards are written to; every node and the driver must see it (a
-    shared filesystem) when the cluster has several nodes. `threads`: torch threads per CPU
-    actor. `actors`: how many embedding actors (default: one per GPU, else CPUs / threads).
+    `shards`: the folder shards are written to (in a sub-folder of this run, removed at the
+    end); every node and the driver must see it when the cluster has several nodes.
+    `clean`: first remove the run folders that killed runs left in `shards` (only when no other
+    ingest can be using it: the store's own folder, under its writer lock). `threads`: torch
+    threads per CPU actor. `actors`: how many embedding actors (default: one per GPU, else
+    CPUs / threads).
     """
 
     def __init__(self, shards: Path, address: str | None = None, threads: int | None = None,
-                 actors: int | None = None):
+                 actors: int | None = None, clean: bool = False):
         ray = _ray()
         self._started = not ray.is_initialized()
         if self._started:
@@ -71,9 +74,10 @@ class RayRunner:
         self.gpus = int(resources.get("GPU", 0))
         self.threads = threads or 1
         self.actors = actors or self.gpus or max(1, int(resources.get("CPU", 1)) // self.threads)
-        self.shards = Path(shards)
-        if self.shards.exists():  # left by a killed run: its batches were not committed
-            shutil.rmtree(self.shards, ignore_errors=True)
+        if clean:  # left by killed runs: their batches were not committed, they are redone
+            for old in Path(shards).glob("semdb-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        self.shards = Path(shards) / f"semdb-{uuid.uuid4().hex}"
 
     def close(self) -> None:
         shutil.rmtree(self.shards, ignore_errors=True)

@@ -63,7 +63,7 @@ def test_ray_ingest_builds_the_same_store_as_a_local_ingest(local_ray, tmp_path,
     assert local == on_ray
     assert (local["new"], local["duplicate"], local["failed"], local["items"]) == (14, 1, 1, 15)
     assert snapshot(tmp_path / "local") == snapshot(tmp_path / "ray")
-    assert not (tmp_path / "ray" / "ray-shards").exists()  # shards are deleted once imported
+    assert not any((tmp_path / "ray" / "ray-shards").iterdir())  # shards are deleted once imported
 
     # incremental: a moved file, a changed file, a new file, a deleted file
     os.rename(folder / "shapes_0.png", folder / "sub" / "moved.png")
@@ -71,7 +71,11 @@ def test_ray_ingest_builds_the_same_store_as_a_local_ingest(local_ray, tmp_path,
     write_photos(tmp_path / "more", n_generated=1, seed=9)
     shutil.copy(tmp_path / "more" / "shapes_0.png", folder / "new.png")
     (folder / "shapes_2.png").unlink()
+    leftover = tmp_path / "ray" / "ray-shards" / "semdb-killedrun"  # as a killed run leaves it
+    leftover.mkdir()
+    (leftover / "000000000.parquet").write_bytes(b"half a shard")
     local, on_ray = ingest_both(tmp_path, folder, tiny_model, prune=True)
+    assert not leftover.exists()
     assert local == on_ray
     assert (local["moved"], local["changed"], local["new"], local["pruned"], local["embedded"]) == (1, 1, 1, 1, 2)
     assert snapshot(tmp_path / "local") == snapshot(tmp_path / "ray")
@@ -121,6 +125,8 @@ def test_a_worker_with_other_weights_fails_the_ingest_in_one_line(local_ray, tmp
     folder = write_photos(tmp_path / "photos", n_generated=1)
     job = (str(folder / "coffee.jpg"), None, None, None, [])
     other = {**tiny_embedder.model_id, "digest": "0" * 64}
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "semdb-user-file.txt").write_text("a --ray-shards folder is not ours to clean")
     runner = RayRunner(tmp_path / "shards", threads=1)
     try:
         with pytest.raises(ModelError, match="loaded other weights") as err:
@@ -130,4 +136,4 @@ def test_a_worker_with_other_weights_fails_the_ingest_in_one_line(local_ray, tmp
         assert sizes == [semdb.api.prepare_image(tiny_embedder, job[0], None)[1]] and vectors.shape == (1, 64)
     finally:
         runner.close()
-    assert not (tmp_path / "shards").exists()
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["semdb-user-file.txt"]
