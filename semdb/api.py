@@ -454,6 +454,8 @@ class Database:
 
         start = time.perf_counter()
         out = Path(out)
+        if not out.parent.is_dir():
+            raise InputError(f"{display_path(out)}: folder {display_path(out.parent)} does not exist")
         sch, batches = self.export_batches()
         total, done = self.store.count(), 0
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -178,6 +178,8 @@ def test_cli_export_import_and_a_killed_import_resumes(tmp_path):
     assert (summary["added"], summary["unchanged"], summary["items"]) == (10_000 - 4096, 4096, 10_000)
     out = json.loads(run("export", "--store", store, "--out", tmp_path / "again.parquet", "--json").stdout)
     assert out["items"] == 10_000 and out["bytes"] == (tmp_path / "again.parquet").stat().st_size
+    proc = run("export", "--store", store, "--out", tmp_path / "nowhere" / "x.parquet", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     a, b = pq.read_table(tmp_path / "big.parquet"), pq.read_table(tmp_path / "again.parquet")
     assert a.drop_columns(["id"]).equals(b.drop_columns(["id"]))
     assert arrow.read_meta(b.schema, "b")["codec_id"] == codec.id
