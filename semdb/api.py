@@ -487,9 +487,9 @@ class Database:
         """Merge Parquet exports into this store, rows in file order.
 
         Every file must hold codes of this store's codec (a new store takes the codec the
-        files carry). A row whose path is new adds an item; a row for a stored path replaces
-        that item's metadata and code when they differ. Importing the same file twice adds
-        nothing. Returns {"added", "updated", "unchanged", "items", "seconds"}."""
+        files carry). A row whose path is new adds an item; a row for a stored path whose
+        file differs (size, mtime, content hash, dimensions) replaces that item's metadata and
+        code. Importing the same file twice adds nothing. Returns {"added", "updated", "unchanged", "items", "seconds"}."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -548,33 +548,22 @@ class Database:
         start = time.perf_counter()
         counts = {"added": 0, "updated": 0, "unchanged": 0}
         total, done = sum(n for _, n in sources), 0
-        codes = None  # id -> code, read only once a row names a stored path
         for batches, _ in sources:
             for batch in batches:
-                rows = list(arrow.to_items(batch, code_bytes))
-                if codes is None and any(self.store.items_by_paths(item.path for item, _ in rows)):
-                    codes = {i: bytes(c) for i, c in self._codes_by_id().items()}  # (outside the write txn)
                 with self.store.write() as w:
-                    for item, code in rows:
+                    for item, code in arrow.to_items(batch, code_bytes):
                         old = w.item_by_path(item.path)
                         if old is None:
-                            new_id = w.add_item(item, code=code)
-                            if codes is not None:
-                                codes[new_id] = code
+                            w.add_item(item, code=code)
                             counts["added"] += 1
-                            continue
-                        same_code = codes is not None and codes.get(old.id) == code
-                        if same_code and (old.size, old.mtime_ns, old.hash, old.width, old.height) == \
+                        elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == \
                                 (item.size, item.mtime_ns, item.hash, item.width, item.height):
-                            counts["unchanged"] += 1
-                            continue
-                        w.update_item(Item(old.id, old.path, item.size, item.mtime_ns, item.hash, item.width,
-                                           item.height, old.added, item.updated))
-                        if not same_code:
+                            counts["unchanged"] += 1  # the same file: its stored code stays
+                        else:
+                            w.update_item(Item(old.id, old.path, item.size, item.mtime_ns, item.hash, item.width,
+                                               item.height, old.added, item.updated))
                             w.set_code(old.id, code)
-                            if codes is not None:
-                                codes[old.id] = code
-                        counts["updated"] += 1
+                            counts["updated"] += 1
                     fault_point("import_txn")
                 done += batch.num_rows
                 if progress:

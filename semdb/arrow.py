@@ -1,4 +1,4 @@
-"""Items as Arrow tables: the Parquet export/import format, also the shards a Ray ingest writes.
+"""Items as Arrow tables: the Parquet format of `semdb export` and `semdb import`.
 
 One row per item (docs/INTERFACES.md#parquet-export):
 

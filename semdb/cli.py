@@ -93,17 +93,12 @@ def ingest(
             summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
                                 prune=prune, max_megapixels=max_megapixels or None, progress=update,
                                 engine=engine, ray_address=ray_address, ray_shards=ray_shards)
-    if as_json:
-        _print_json(summary)
-        return
-    for failure in summary["failures"]:
-        err.print(Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
-                  highlight=False, soft_wrap=True)
-    table = Table(title="ingest summary", show_header=False)
-    for key in ("new", "changed", "unchanged", "moved", "duplicate", "failed", "pruned", "missing", "items",
-                "seconds", "images_per_second"):
-        table.add_row(key.replace("_", " "), str(summary[key]))
-    out.print(table)
+    if not as_json:
+        for failure in summary["failures"]:
+            err.print(Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
+                      highlight=False, soft_wrap=True)
+    _print_summary(summary, as_json, "ingest", keys=("new", "changed", "unchanged", "moved", "duplicate", "failed",
+                                                     "pruned", "missing", "items", "seconds", "images_per_second"))
 
 
 @app.command()
@@ -212,13 +207,14 @@ def import_(
     _print_summary(summary, as_json, "import")
 
 
-def _print_summary(summary: dict, as_json: bool, title: str) -> None:
+def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
+    """The whole summary as JSON, or `keys` of it (default: all) as a table."""
     if as_json:
         _print_json(summary)
         return
     table = Table(title=f"{title} summary", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key.replace("_", " "), Text(str(value)))
+    for key in keys or summary:
+        table.add_row(key.replace("_", " "), Text(str(summary[key])))
     out.print(table)
 
 

@@ -17,6 +17,7 @@ Batches are formed exactly as a local ingest forms them, so both build the same 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -129,12 +130,11 @@ class RayRunner:
                     raise StoreError(f"shard {shard}, written by a Ray worker, is not visible to this driver: "
                                      f"give --ray-shards a folder that every node and the driver share")
                 table = pq.read_table(shard)
-                first = done["first"][0].as_py()
-                for k in range(first, min(first + per_row, len(batches))):
-                    part = table.filter(_equal(table["batch"], k))
-                    sizes = [(w, h) if err is None else err for w, h, err in
-                             zip(*(part[c].to_pylist() for c in ("width", "height", "error")))]
-                    vecs = [v for v in part["vector"].to_pylist() if v is not None]
+                rows = zip(*(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector")))
+                for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
+                    group = list(group)
+                    sizes = [(w, h) if err is None else err for _, w, h, err, _ in group]
+                    vecs = [v for *_, v in group if v is not None]
                     yield batches[k], sizes, _vectors(vecs, codec, model_id["dim"])
                 shard.unlink()
 
@@ -151,12 +151,6 @@ def _check_reachable(address: str | None) -> None:
     except OSError as e:
         raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
                          f"`ray start --head` there, or check --ray-address") from None
-
-
-def _equal(col, value):
-    import pyarrow.compute as pc
-
-    return pc.equal(col, value)
 
 
 def _vectors(raw: list[bytes], codec, dim: int) -> np.ndarray:
@@ -245,7 +239,7 @@ class _EmbedActor:
                                  "error": pa.array(cols["error"], pa.string()),
                                  "vector": pa.array(cols["vector"], pa.binary())}), tmp)
         os.replace(tmp, shard)  # the driver never reads half a shard
-        return pa.table({"first": [first], "shard": [str(shard)]})
+        return pa.table({"shard": [str(shard)]})
 
 
 class _unwrapped:

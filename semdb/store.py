@@ -447,11 +447,6 @@ class Store:
         with self._read() as v:
             return v.items_by_hash(h)
 
-    def items_by_paths(self, paths: Iterable) -> list[Item | None]:
-        """item_by_path for many paths, in one read transaction."""
-        with self._read() as v:
-            return [v.item_by_path(p) for p in paths]
-
     def items(self, ids: Iterable[int]) -> list[Item | None]:
         with self._read() as v:
             return [v.get_item(int(i)) for i in ids]
