@@ -26,7 +26,7 @@ from .codec import Codec
 from .errors import CodecError, ImageError, InputError, StoreError
 from .faults import fault_point
 from .images import DEFAULT_MAX_MEGAPIXELS, content_hash, discover, display_path, load_image
-from .search import top_k
+from .search import FlatIndex
 from .store import Item, Store, default_store_path
 
 DEFAULT_BITS = 256
@@ -614,7 +614,7 @@ class Database:
                 # chunks: search the codes instead of a part of the staged rows.
                 return self._search_index()
             ids = np.concatenate([i for i, _ in staged]) if staged else np.empty(0, np.uint64)
-            index = _FloatIndex(np.concatenate([e for _, e in staged]).astype(np.float32)) if staged else None
+            index = FlatIndex(np.concatenate([e for _, e in staged]).astype(np.float32)) if staged else None
         else:
             ids, codes = self.store.load_codes()
             index = codec.index(np.asarray(codes)) if len(ids) else None
@@ -644,16 +644,6 @@ class Database:
             out["bits_per_item"] = codec.bits
             out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
         return out
-
-
-class _FloatIndex:
-    """Exact search over float vectors: only for a store too small to have trained a codec."""
-
-    def __init__(self, X):
-        self.X = X
-
-    def search(self, Q, k):
-        return top_k(Q @ self.X.T, k)
 
 
 def prepare_image(emb, path, max_megapixels):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codec.pack import unpack
+from .packing import unpack
 
 FAST_SCAN_BLOCK = 32  # FAISS fast-scan block size (bbs)
 
@@ -60,6 +60,17 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, vals
 
 
+class FlatIndex:
+    """Exact inner-product search over float vectors (FAISS's IndexFlatIP, without FAISS):
+    a store's staged embeddings before it has a codec, or the paper codec's decoded vectors."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return top_k(np.asarray(Q, np.float32) @ self.vectors.T, k)
+
+
 class AdcIndex:
     """Packed codes of one additive codec, ready for batched top-k search.
 
@@ -97,12 +108,6 @@ class AdcIndex:
         # The fast-scan index points at `index`'s quantizer without owning it: keep it alive.
         self._lut_index = index
         self.index = faiss.IndexAdditiveQuantizerFastScan(index, FAST_SCAN_BLOCK) if self.fast_scan else index
-
-    def exact_scores(self, Q: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Exact float ADC scores (nq, n) for all items, or (nq, len(rows)) for chosen rows."""
-        lut, offset = adc_lut(Q, self.tables, self.bias)
-        codes = self.codes if rows is None else self.codes[rows]
-        return adc_scores(lut, offset, unpack(codes, self.m, self.nbits))
 
     def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores) per query, each (nq, k); ids are row numbers, -1 past the end."""

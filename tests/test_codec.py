@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semdb import Codec
-from semdb.codec.pack import pack, unpack
+from semdb.packing import pack, unpack
 from semdb.errors import CodecError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings"

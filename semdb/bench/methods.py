@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from semdb.codec import entropy
-from semdb.codec.pack import unpack
+from semdb.packing import unpack
 
 #: Method family keys accepted by ``run_bench(methods=...)``, in report order.
 FAMILIES = (

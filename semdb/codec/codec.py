@@ -22,8 +22,8 @@ import numpy as np
 from ..errors import CodecError
 from . import entropy
 from .additive import Layout, decode_coords, encode_columns, train_additive
-from .pack import code_bytes as _code_bytes
-from .pack import pack, unpack
+from ..packing import code_bytes as _code_bytes
+from ..packing import pack, unpack
 
 FORMAT = "semdb-codec"
 VERSION = 1
@@ -230,9 +230,10 @@ class Codec:
     def index(self, codes):
         """A reusable search structure over `codes` (build once, query many times)."""
         codes = self._check_codes(codes)  # (unpacking all codes just to validate them would cost M x 8 bytes/item)
+        from ..search import AdcIndex, FlatIndex
+
         if self.arch == "paper":
-            return _DecodedIndex(self.decode(codes))
-        from ..search import AdcIndex
+            return FlatIndex(self.decode(codes))
 
         return AdcIndex(self.tables, self.tensors["mean"], codes, self.nbits)
 
@@ -317,15 +318,3 @@ class Codec:
         if dim is not None and codec.dim != dim:
             raise CodecError(f"{path}: codec is for {codec.dim}-d embeddings, but the model gives {dim}-d")
         return codec
-
-
-class _DecodedIndex:
-    """Search structure of the paper architecture: decoded float vectors, exact inner products."""
-
-    def __init__(self, decoded: np.ndarray):
-        self.decoded = decoded
-
-    def search(self, Q, k: int = 10, shortlist=None):
-        from ..search import top_k
-
-        return top_k(np.asarray(Q, np.float32) @ self.decoded.T, k)
