@@ -183,8 +183,7 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
     # ingest into a fresh store (model loaded before the clock starts, as in the bare loop)
     if store.exists():
         shutil.rmtree(store)
-    with semdb.open(store, model=model) as db:
-        db._embedder = emb  # the already-loaded model (same string, same weights): keep load time out
+    with semdb.open(store, embedder=emb) as db:  # the already-loaded model: keep load time out
         clock = StageClock()
         t0 = time.perf_counter()
         summary = db.ingest([str(p) for p in files], batch_size=args.batch_size, workers=args.workers,
@@ -219,7 +218,7 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
         t0 = time.perf_counter()
         again = db.ingest([str(p) for p in files], batch_size=args.batch_size, workers=args.workers)
         t_re = time.perf_counter() - t0
-        model_loaded = db._embedder is not None
+        model_loaded = db.model_loaded
     res.update(reingest_s=round(t_re, 2), reingest_embedded=again["embedded"], reingest_unchanged=again["unchanged"],
                reingest_loaded_model=model_loaded)
     log(f"second ingest     {t_re:8.2f} s  embedded={again['embedded']} unchanged={again['unchanged']} "
@@ -231,8 +230,7 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
         inc = store.with_name(store.name + "_incremental")
         if inc.exists():
             shutil.rmtree(inc)
-        with semdb.open(inc, model=model) as db:
-            db._embedder = emb
+        with semdb.open(inc, embedder=emb) as db:
             db.ingest([str(p) for p in files[:n // 2]], batch_size=args.batch_size, workers=args.workers)
             clock = StageClock()
             t0 = time.perf_counter()
@@ -256,8 +254,7 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
     sample = sorted(random.Random(args.seed).sample(range(n), min(args.sample, n)))
     truth = top_indices(E[sample] @ E.T, 10)
     truth_nodraft = top_indices(bare_vecs[sample] @ bare_vecs.T, 10)
-    with semdb.open(store, model=model, readonly=True) as db:
-        db._embedder = emb  # same weights (digest checked by the ingest above); skip a reload
+    with semdb.open(store, readonly=True, embedder=emb) as db:  # same weights: skip a reload
         t0 = time.perf_counter()
         hits5 = [db.query_image(str(files[i]), k=5) for i in sample]
         t_q = time.perf_counter() - t0

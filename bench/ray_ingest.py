@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ingest_speed import DEFAULT_TAR, extract, log, resolve_model_arg  # noqa: E402
 
 import semdb  # noqa: E402
-import semdb.api  # noqa: E402
 from semdb import arrow  # noqa: E402
 from semdb.codec import Codec  # noqa: E402
 from semdb.images import discover  # noqa: E402
@@ -42,23 +41,24 @@ from semdb.store import Item  # noqa: E402
 
 
 class StageClock:
-    """Wall seconds of the stages of one Ray ingest, by wrapping RayRunner's two calls and the
+    """Wall seconds of the stages of one Ray ingest, by wrapping RayEngine's two calls and the
     codec training: hashes (Ray tasks), embed until its first shard (Ray Data + actor start,
     model load, first batches), the rest of embed split into waiting for shards and the
     driver's commits; training; the rest is the driver's discover, stat and classify."""
 
     def __init__(self):
-        from semdb.ray_ingest import RayRunner
+        import semdb.ingest.run as ingest_run
+        from semdb.ingest.ray import RayEngine
 
         self.seconds = {"ray hashing": 0.0, "embed: first shard": 0.0, "embed: waiting for shards": 0.0,
                         "driver: commit batches": 0.0, "driver: codec training": 0.0}
-        hashes, embed = RayRunner.hashes, RayRunner.embed
+        hashes, embed = RayEngine.hashes, RayEngine.embed
         clock = self
 
-        def timed_hashes(runner, paths):
+        def timed_hashes(runner, files):
             t = time.perf_counter()
             try:
-                return hashes(runner, paths)
+                return hashes(runner, files)
             finally:
                 clock.seconds["ray hashing"] += time.perf_counter() - t
 
@@ -72,16 +72,16 @@ class StageClock:
                 t = time.perf_counter()
                 clock.seconds["driver: commit batches"] += t - now
 
-        train = semdb.api.Database._train_codec
+        train = ingest_run.train_if_due
 
-        def timed_train(db, *a, **kw):
+        def timed_train(*a, **kw):
             t = time.perf_counter()
             try:
-                return train(db, *a, **kw)
+                return train(*a, **kw)
             finally:
                 clock.seconds["driver: codec training"] += time.perf_counter() - t
 
-        RayRunner.hashes, RayRunner.embed, semdb.api.Database._train_codec = timed_hashes, timed_embed, timed_train
+        RayEngine.hashes, RayEngine.embed, ingest_run.train_if_due = timed_hashes, timed_embed, timed_train
 
 
 def ingest(store: Path, folder: Path, model: str, engine: str, threads: int | None) -> dict:

@@ -96,15 +96,14 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
         (pa.types.is_string(src) or pa.types.is_large_string(src)) and pa.types.is_string(dst)
 
 
-def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int, ids=None) -> pa.RecordBatch:
-    """Items and their codes (uint8 (n, code_bytes)) as one record batch of the export schema.
-    `ids`: the id column (default: the items' ids)."""
+def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.RecordBatch:
+    """Items and their codes (uint8 (n, code_bytes)) as one record batch of the export schema."""
     paths = [it.path for it in items]
     exact = [os.fsencode(p) for p in paths]
     shown = [b.decode("utf-8", "replace") for b in exact]
     codes = np.ascontiguousarray(codes, np.uint8).reshape(len(items), code_bytes)
     columns = [
-        pa.array([it.id for it in items] if ids is None else ids, pa.uint64()),
+        pa.array([it.id for it in items], pa.uint64()),
         pa.array(shown, pa.string()),
         pa.array([None if s.encode() == b else b for s, b in zip(shown, exact)], pa.binary()),
         pa.array([it.size for it in items], pa.uint64()),

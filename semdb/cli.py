@@ -283,9 +283,5 @@ def bench(
         B.print_table(rows, console=out if out.is_terminal else Console(width=200))
 
 
-def main() -> None:  # pragma: no cover - console script entry point alias
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -2,6 +2,19 @@
 ``err.exit_code``; the Python API lets them propagate. Each message names the file or argument
 and says what to do."""
 
+import os
+
+
+def display_path(path) -> str:
+    """A printable, single-line form of ``path``, as every message names a file.
+
+    File names may hold bytes that are not UTF-8 (kept by Python as surrogate escapes, which
+    crash ``print``) or newlines (which would break one-line error messages); both are shown
+    escaped instead.
+    """
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
 
 class SemdbError(Exception):
     """Base class: a problem the user can fix. Never a bug."""
@@ -40,6 +53,16 @@ class CodecError(SemdbError, ValueError):
 
 
 class ImageError(SemdbError):
-    """One image cannot be read (truncated, not an image, too large). Ingest lists it as failed."""
+    """One image cannot be read (truncated, not an image, too large). Ingest lists it as failed.
+
+    `path` and `reason` are kept as fields (ingest lists them apart; they survive pickling
+    across Ray); the message is "PATH: reason"."""
 
     exit_code = 7
+
+    def __init__(self, path, reason: str):
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"{display_path(self.path)}: {self.reason}"

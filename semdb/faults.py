@@ -10,19 +10,19 @@ holds comma-separated entries:
                     write transaction, while another process runs)
 
 Points (where they are called):
-    decode              api: a worker thread is decoding one image (inside prepare)
-    embedded            api: a batch has been through CLIP, before its transaction begins
-    batch_txn           api: inside a batch's write transaction, after its writes, before commit
-    batch_committed     api: right after a batch's commit, before the next batch
-    classify_txn        api: inside the transaction that records moved/duplicate/touched files
-    train               api: the staged embeddings are read, the codec is being trained
-    trained             api: the codec is trained, not yet installed
-    finish_staging_txn  store: inside finish_staging's transaction (codec installed, codes
+    decode              ingest/decode: a worker thread is decoding one image
+    embedded            ingest/encode: a batch has been through CLIP, before its transaction begins
+    batch_txn           ingest/commit: inside a batch's write transaction, after its writes, before commit
+    batch_committed     ingest/commit: right after a batch's commit, before the next batch
+    classify_txn        ingest/commit: inside the transaction that records moved/duplicate/touched files
+    train               ingest/training: the staged embeddings are read, the codec is being trained
+    trained             context: the codec is trained, not yet installed
+    finish_staging_txn  context: inside install_codec's transaction (codec installed, codes
                         written, staging deleted), before commit
-    prune_txn           api: inside the prune transaction, before commit
+    prune_txn           ingest/commit: inside the prune transaction, before commit
     map_grown           store: the LMDB map was full and has just been doubled; the batch is
                         about to be replayed
-    import_txn          api: inside an import transaction (up to 4096 rows), before commit
+    import_txn          transfer: inside an import transaction (up to 4096 rows), before commit
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from semdb.errors import ImageError, InputError
+from semdb.errors import ImageError, InputError, display_path  # noqa: F401 - display_path re-exported
 
 try:  # HEIC/HEIF (iPhone photos) need the pillow-heif plugin; without it they fail as unsupported.
     import pillow_heif
@@ -46,19 +46,6 @@ _HASH_CHUNK = 1 << 20
 
 # --------------------------------------------------------------------------------------------
 # paths
-
-
-def display_path(path: PathLike) -> str:
-    """A printable, single-line form of ``path``.
-
-    File names may hold bytes that are not UTF-8 (kept by Python as surrogate escapes, which
-    crash ``print``) or newlines (which would break one-line error messages); both are shown
-    escaped instead.
-    """
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
-    )
 
 
 def is_image_path(path: PathLike) -> bool:
@@ -203,9 +190,7 @@ def _too_big(path: PathLike, limit_mp: float, size=None, pixels=None) -> ImageEr
         what = f"{pixels / 1e6:.0f} MP"
     else:
         what = "too large"
-    return ImageError(
-        f"{display_path(path)}: image is {what}, over the {limit_mp:g} MP limit (--max-megapixels)"
-    )
+    return ImageError(path, f"image is {what}, over the {limit_mp:g} MP limit (--max-megapixels)")
 
 
 def load_image(
@@ -222,16 +207,16 @@ def load_image(
     ``max_megapixels``: refuse images whose header claims more pixels (None: no limit). The
     check happens before decoding, so a decompression bomb costs nothing.
 
-    Raises ``ImageError("PATH: reason")`` for anything that is not a decodable image.
+    Raises ``ImageError(path, reason)`` for anything that is not a decodable image.
     """
     max_pixels = None if not max_megapixels else max_megapixels * 1e6
     _allow_pillow_up_to(max_pixels)
     try:
         with open(path, "rb") as fh:
             if os.fstat(fh.fileno()).st_size == 0:
-                raise ImageError(f"{display_path(path)}: empty file")
+                raise ImageError(path, "empty file")
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ImageError(f"{display_path(path)}: not a regular file")
+                raise ImageError(path, "not a regular file")
             # Pillow warns (DecompressionBombWarning) just before we reject the same image;
             # silence that duplicate. (catch_warnings is process-global state: harmless here.)
             with warnings.catch_warnings():
@@ -243,8 +228,13 @@ def load_image(
         found = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_big(path, max_megapixels or 0, pixels=int(found.group(1)) if found else None)
     except OSError as exc:
-        raise ImageError(f"{display_path(path)}: {_os_reason(exc)}") from None
-    return _to_rgb(_orient(img), path)
+        raise ImageError(path, _os_reason(exc)) from None
+    img = _to_rgb(_orient(img), path)
+    if draft_size and min(img.size) >= 2 * draft_size:
+        # Cheap box-filter reduction of big non-JPEG images (PNG, TIFF, HEIC...), done on the
+        # RGB image: Image.reduce refuses palette, 1-bit and 16-bit modes.
+        img = img.reduce(min(img.size) // draft_size)
+    return img
 
 
 def _decode(fh, path, draft_size, max_pixels, max_megapixels) -> Image.Image:
@@ -254,18 +244,18 @@ def _decode(fh, path, draft_size, max_pixels, max_megapixels) -> Image.Image:
     try:
         img = Image.open(fh)
     except UnidentifiedImageError:
-        raise ImageError(f"{display_path(path)}: not an image or unsupported format") from None
+        raise ImageError(path, "not an image or unsupported format") from None
     except Image.DecompressionBombError:
         raise
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         # Some plugins accept the magic bytes then choke on the rest of the header.
-        raise ImageError(f"{display_path(path)}: truncated or corrupt image data") from exc
+        raise ImageError(path, "truncated or corrupt image data") from exc
 
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
         raise _too_big(path, max_megapixels, size=img.size)
     if w < 1 or h < 1:
-        raise ImageError(f"{display_path(path)}: image has no pixels ({w}x{h})")
+        raise ImageError(path, f"image has no pixels ({w}x{h})")
 
     if draft_size and isinstance(img, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
         # Decode at 1/2, 1/4 or 1/8 scale, Pillow picks the largest reduction that keeps
@@ -276,13 +266,9 @@ def _decode(fh, path, draft_size, max_pixels, max_megapixels) -> Image.Image:
     except Image.DecompressionBombError:
         raise
     except MemoryError:
-        raise ImageError(f"{display_path(path)}: not enough memory to decode") from None
+        raise ImageError(path, "not enough memory to decode") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for corrupt data
-        raise ImageError(f"{display_path(path)}: truncated or corrupt image data") from exc
-
-    if draft_size and min(img.size) >= 2 * draft_size:
-        # Cheap box-filter reduction of big non-JPEG images (PNG, TIFF, HEIC...).
-        img = img.reduce(min(img.size) // draft_size)
+        raise ImageError(path, "truncated or corrupt image data") from exc
     return img
 
 
@@ -320,7 +306,7 @@ def _to_rgb(img: Image.Image, path: PathLike) -> Image.Image:
     try:
         return img.convert("RGB")  # L, 1, CMYK, YCbCr, ...
     except (ValueError, OSError):
-        raise ImageError(f"{display_path(path)}: unsupported color mode {mode}") from None
+        raise ImageError(path, f"unsupported color mode {mode}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,5 +321,5 @@ def content_hash(path: PathLike) -> str:
             for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
                 digest.update(chunk)
     except OSError as exc:
-        raise ImageError(f"{display_path(path)}: {_os_reason(exc)}") from None
+        raise ImageError(path, _os_reason(exc)) from None
     return digest.hexdigest()

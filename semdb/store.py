@@ -42,7 +42,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import lmdb
 import numpy as np
@@ -665,35 +665,6 @@ class Store:
             raise StoreError(f"{self.path}: a write batch is already open on this store")
         self._writer = Writer(self)
         return self._writer
-
-    def finish_staging(self, encode_fn: Callable[[np.ndarray], np.ndarray],
-                       codec: tuple[bytes, str, int] | None = None) -> int:
-        """Encode every staged embedding (encode_fn: float32 (n, dim) -> uint8 (n, code_bytes)),
-        then in ONE transaction store the codes and delete the staging rows. Returns n.
-        `codec` = (codec bytes, codec id, code bytes): install that codec in the same
-        transaction (so no reader or crash ever sees the codec without the codes)."""
-        if self.readonly:
-            raise StoreError(f"{self.path} is open read-only")
-        if self.staging_count() == 0 and codec is None:
-            return 0
-        width = codec[2] if codec is not None else self.meta().get("code_bytes")
-        if not width:
-            raise InputError(f"{self.path} has no codec yet; set_codec before finish_staging")
-        all_ids, all_codes = [], []
-        for ids, emb in self.iter_staging():  # encode chunk by chunk: only codes accumulate
-            codes = np.asarray(encode_fn(emb.astype(np.float32)))
-            if codes.shape != (len(ids), width) or codes.dtype != np.uint8:
-                raise InputError(f"encode_fn returned {codes.dtype} {codes.shape}, expected uint8 "
-                                 f"({len(ids)}, {width})")
-            all_ids.append(ids)
-            all_codes.append(codes)
-        with self.write() as w:
-            if codec is not None:
-                w.set_codec(*codec)
-            if all_ids:
-                w.set_codes(np.concatenate(all_ids), np.concatenate(all_codes))
-            fault_point("finish_staging_txn")
-        return sum(map(len, all_ids))
 
     def compact(self) -> None:
         """Merge all small segments into segments of up to SEGMENT_MAX items (one transaction)."""

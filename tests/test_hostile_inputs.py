@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SEMDB, cli_env, semdb_cli
+
 from semdb.images import display_path
 
-SEMDB = str(Path(sys.executable).with_name("semdb"))
-ENV = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "500"}  # no table wrapping
 # The tests run as root, for whom chmod 000 does not stop reads: this prefix runs a command
 # without the capabilities that override file permissions (CAP_DAC_*), so it does.
 DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
@@ -36,10 +36,7 @@ def cmd(*args, prefix=()):
 
 
 def run(*args, prefix=(), check=None, timeout=300):
-    proc = subprocess.run(cmd(*args, prefix=prefix), capture_output=True, env=ENV, timeout=timeout)
-    if check is not None:
-        assert proc.returncode == check, (args, proc.returncode, proc.stderr.decode(errors="replace"))
-    return proc
+    return semdb_cli(*args, prefix=prefix, check=check, text=False, timeout=timeout)
 
 
 def reasons(failures) -> dict[str, str]:
@@ -202,7 +199,7 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
         "bad_image": cmd("query", "--image", photos / "notes.jpg", "--store", store),
         "other_model": cmd("ingest", photos, "--store", store, "--model", other, "--wait"),  # the 2 writers queue
     }
-    procs = {k: subprocess.Popen(c, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, c in jobs.items()}
+    procs = {k: subprocess.Popen(c, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, c in jobs.items()}
     out = {}
     for k, p in procs.items():
         stdout, stderr = p.communicate(timeout=600)
@@ -237,16 +234,17 @@ def test_files_that_vanish_or_turn_unreadable_during_an_ingest_are_listed(photos
     """A file deleted after discovery (before hashing, or between hashing and decoding) and a
     file that cannot be read are listed as failed; the rest of the ingest goes on."""
     import semdb
-    import semdb.api
+    import semdb.ingest.decode
+    import semdb.ingest.local
     from semdb.errors import ImageError
 
-    real_hash, real_load = semdb.api.content_hash, semdb.api.load_image
+    real_hash, real_load = semdb.ingest.local.content_hash, semdb.ingest.decode.load_image
 
     def content_hash(path):
         if os.path.basename(path) == "rocket.jpg":
             os.unlink(path)
-        if os.path.basename(path) == "coffee.jpg":  # what content_hash raises on EACCES
-            raise ImageError(f"{display_path(path)}: permission denied")
+        if os.path.basename(path) == "coffee.jpg":  # what content_hash raises on EACCES (root is never denied)
+            raise ImageError(path, "permission denied")
         return real_hash(path)
 
     def load_image(path, **kw):
@@ -254,8 +252,8 @@ def test_files_that_vanish_or_turn_unreadable_during_an_ingest_are_listed(photos
             os.unlink(path)
         return real_load(path, **kw)
 
-    monkeypatch.setattr(semdb.api, "content_hash", content_hash)
-    monkeypatch.setattr(semdb.api, "load_image", load_image)
+    monkeypatch.setattr(semdb.ingest.local, "content_hash", content_hash)
+    monkeypatch.setattr(semdb.ingest.decode, "load_image", load_image)
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         s = db.ingest([photos])
         assert {(Path(f["path"]).name, f["reason"]) for f in s["failures"]} == {

@@ -361,3 +361,45 @@ def test_content_hash(tmp_path):
     assert content_hash(b) == h and content_hash(c) != h
     with pytest.raises(ImageError, match="file not found"):
         content_hash(tmp_path / "nope")
+
+
+# Every Pillow mode a real photo folder holds, in the formats that store it. Each is decoded
+# both below and above the draft threshold (2 x the model's input size), where big non-JPEG
+# images are box-reduced: Image.reduce refuses palette, 1-bit and 16-bit modes, so a reduction
+# before the RGB conversion once aborted whole ingests.
+MODES_BY_FORMAT = [
+    ("png", "1"), ("png", "L"), ("png", "LA"), ("png", "P"), ("png", "P+transparency"), ("png", "RGB"),
+    ("png", "RGBA"), ("png", "I;16"), ("gif", "P"), ("gif", "L"), ("bmp", "1"), ("bmp", "P"),
+    ("bmp", "L"), ("bmp", "RGB"), ("tiff", "1"), ("tiff", "L"), ("tiff", "P"), ("tiff", "I;16"), ("tiff", "I"),
+    ("tiff", "F"), ("tiff", "CMYK"), ("tiff", "RGBA"), ("tiff", "LA"), ("jpg", "L"), ("jpg", "CMYK"),
+    ("jpg", "RGB"), ("webp", "RGBA"), ("webp", "RGB"),
+]
+
+
+def _image_in_mode(mode: str, size) -> Image.Image:
+    img = photo("astronaut").resize(size)
+    if mode == "P+transparency":
+        img = img.convert("P")
+        img.info["transparency"] = 0
+        return img
+    if mode in ("I;16", "I", "F"):
+        arr = np.asarray(img.convert("L"), np.uint16) * 257
+        out = Image.fromarray(arr.astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+        assert out.mode == mode
+        return out
+    return img.convert(mode)
+
+
+@pytest.mark.parametrize("size", [(120, 90), (700, 500)], ids=["small", "above-draft"])
+@pytest.mark.parametrize("fmt,mode", MODES_BY_FORMAT, ids=[f"{f}-{m}" for f, m in MODES_BY_FORMAT])
+def test_every_photo_mode_decodes_to_rgb_at_any_size(tmp_path, fmt, mode, size):
+    path = tmp_path / f"img.{fmt}"
+    img = _image_in_mode(mode, size)
+    img.save(path, **({"transparency": 0} if mode == "P+transparency" else {}))
+    out = load_image(path, draft_size=224)
+    assert out.mode == "RGB"
+    if size == (700, 500):
+        assert 224 <= min(out.size) < 500  # reduced, never below the model's input
+    else:
+        assert out.size == size
+    assert np.asarray(out).std() > 5  # the picture survived (not a blank frame)

@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_photos
+from conftest import semdb_cli, store_items, write_photos
 
 import semdb
-import semdb.api
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is part of [test]; this only skips a partial install")
-SEMDB = str(Path(sys.executable).with_name("semdb"))
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +38,7 @@ def collection(folder: Path) -> Path:
 def snapshot(path) -> tuple:
     """The codec id and every item with its id and code: what 'the same store' means."""
     with semdb.open(path, readonly=True) as db:
-        codes = db._codes_by_id()
-        items = [(it.id, it.path, it.size, it.mtime_ns, it.hash, it.width, it.height, codes[it.id].tobytes())
-                 for it in db.store.iter_items()]
+        items = store_items(db)
         assert db.store.verify() == [] and db.store.staging_count() == 0
         return db.codec.id, items
 
@@ -87,12 +83,13 @@ def test_ray_ingest_builds_the_same_store_as_a_local_ingest(local_ray, tmp_path,
                                                                      str(folder / "shapes_1.png")}
 
 
-def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray, tmp_path, tiny_model, monkeypatch):
-    """With TRAIN_AT = 6 and batches of 4, both engines stage 2 batches, train the codec from
+def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray, tmp_path, tiny_model):
+    """With train_at = 6 and batches of 4, both engines stage 2 batches, train the codec from
     them, and encode the rest to codes (on the Ray actors for the Ray engine)."""
-    monkeypatch.setattr(semdb.api, "TRAIN_AT", 6)
+    from semdb.ingest import CodecPolicy
+
     folder = collection(tmp_path / "photos")
-    local, on_ray = ingest_both(tmp_path, folder, tiny_model)
+    local, on_ray = ingest_both(tmp_path, folder, tiny_model, policy=CodecPolicy(train_at=6))
     assert local == on_ray and local["codec_trained"]
     codec_id, items = snapshot(tmp_path / "ray")
     assert (codec_id, items) == snapshot(tmp_path / "local")
@@ -102,38 +99,40 @@ def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray,
 
 def test_cli_engine_ray_starts_its_own_local_instance(tmp_path, tiny_model):
     folder = write_photos(tmp_path / "photos", n_generated=2)
-    env = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1"}
-    args = [SEMDB, "ingest", str(folder), "--store", str(tmp_path / "s"), "--model", tiny_model, "--threads", "1"]
-    proc = subprocess.run([*args, "--engine", "ray", "--json"], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    args = ["ingest", folder, "--store", tmp_path / "s", "--model", tiny_model, "--threads", "1"]
+    proc = semdb_cli(*args, "--engine", "ray", "--json", timeout=600)
     summary = json.loads(proc.stdout)  # stdout holds only the JSON, whatever Ray logs
     assert summary["new"] == 6 and summary["items"] == 6 and summary["codec_trained"]
-    proc = subprocess.run([*args, "--engine", "spark"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 2 and "use 'local' or 'ray'" in proc.stderr
-    proc = subprocess.run([*args, "--engine", "ray", "--ray-address", "127.0.0.1:1"], capture_output=True, text=True,
-                          env=env, timeout=300)  # nothing listens there: fail fast, one line
-    assert proc.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in proc.stderr
+    proc = semdb_cli(*args, "--engine", "spark", check=2)
+    assert "use 'local' or 'ray'" in proc.stderr
+    proc = semdb_cli(*args, "--engine", "ray", "--ray-address", "127.0.0.1:1", check=2)  # nothing listens there: fail fast, one line
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_a_worker_with_other_weights_fails_the_ingest_in_one_line(local_ray, tmp_path, tiny_model, tiny_embedder):
+def test_a_worker_with_other_weights_fails_the_ingest_in_one_line(local_ray, tmp_path):
     """Each actor checks its model against the store's weights digest (nodes may hold other
     files under the same path); the error raised inside Ray reaches the caller as itself."""
+    from semdb.embed import Embedder, write_tiny_model
     from semdb.errors import ModelError
-    from semdb.ray_ingest import RayRunner
+    from semdb.ingest.decode import decode_image
+    from semdb.ingest.ray import RayEngine
+    from semdb.ingest.records import EmbedJob, FileState
 
     folder = write_photos(tmp_path / "photos", n_generated=1)
-    job = (str(folder / "coffee.jpg"), None, None, None, [])
-    other = {**tiny_embedder.model_id, "digest": "0" * 64}
+    job = EmbedJob(FileState(str(folder / "coffee.jpg"), 0, 0, None), "hash")
+    model_dir = tmp_path / "model"
+    embedder = Embedder("local-dir:" + write_tiny_model(model_dir, seed=0))
+    write_tiny_model(model_dir, seed=1)  # the workers now find other weights at the same path
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "semdb-user-file.txt").write_text("a --ray-shards folder is not ours to clean")
-    runner = RayRunner(tmp_path / "shards", threads=1)
-    try:
+    with RayEngine(tmp_path / "shards", threads=1) as engine:
         with pytest.raises(ModelError, match="loaded other weights") as err:
-            list(runner.embed([[job]], other, None, None))
+            list(engine.embed([[job]], None, embedder))
         assert "\n" not in str(err.value)
-        (sizes, vectors), = [(s, v) for _, s, v in runner.embed([[job]], tiny_embedder.model_id, None, None)]
-        assert sizes == [semdb.api.prepare_image(tiny_embedder, job[0], None)[1]] and vectors.shape == (1, 64)
-    finally:
-        runner.close()
+        write_tiny_model(model_dir, seed=0)
+        (batch,) = engine.embed([[job]], None, embedder)
+        expected = decode_image(embedder, job.path, None)
+        assert (batch.images[0].width, batch.images[0].height) == (expected.width, expected.height)
+        assert batch.vectors.embeddings.shape == (1, 64)
     assert [p.name for p in (tmp_path / "shards").iterdir()] == ["semdb-user-file.txt"]

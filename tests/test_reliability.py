@@ -26,18 +26,14 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # conftest, also when run as the fork-server script
+from conftest import SEMDB, cli_env, semdb_cli  # noqa: E402
+
+
+def cli(*args, **kw):
+    return semdb_cli(*args, text=False, **kw)
+
 ROOT = TESTS.parent
-SEMDB = str(Path(sys.executable).with_name("semdb"))
-
-
-def cli(*args, env=None, check=True, timeout=300, **kw):
-    """The installed console script, as a user runs it."""
-    env = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.run([SEMDB, *map(os.fsencode, map(str, args))], capture_output=True, env=env,
-                          timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"semdb {args} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}")
-    return proc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,18 +86,17 @@ def _wait(pid: int, out: str) -> tuple[str, object]:
 def _ingest_child(store, photos, model, fault, batch_size, prune, train_at, map_size=None):
     def run():
         import semdb
-        import semdb.api
         from semdb import faults
+        from semdb.ingest import CodecPolicy
 
         if fault:
             os.environ[faults.ENV] = fault
         else:
             os.environ.pop(faults.ENV, None)
         faults.reset()
-        if train_at:
-            semdb.api.TRAIN_AT = train_at
-        with semdb.open(store, model=model, map_size=map_size) as db:
-            summary = db.ingest([photos], batch_size=batch_size, prune=prune, workers=2)
+        policy = CodecPolicy(train_at=train_at) if train_at else None
+        with semdb.open(store, map_size=map_size, embedder=_PRELOADED) as db:
+            summary = db.ingest([photos], batch_size=batch_size, prune=prune, workers=2, policy=policy)
             if fault:
                 return {"summary": summary}
             hits = db.query("a photo of something", k=5)
@@ -129,20 +124,22 @@ def _modify_incremental(photos: Path) -> dict:
     return {"moved": [str(photos / "rocket.jpg"), str(photos / "rocket moved.jpg")]}
 
 
+_PRELOADED = None  # the fork server's Embedder, handed to every child's Database
+
+
 def _preload(model: str) -> None:
     """Import torch and open_clip and load the model once, in the fork server itself; every
-    child's Database gets this same Embedder. With one intra-op thread no OpenMP team exists in
+    child's Database gets this same Embedder (semdb.open(..., embedder=)). With one intra-op thread no OpenMP team exists in
     this process, so forking stays safe. (Loading happens before any write: it is no part of
     what the faults test.)"""
     import torch
     import open_clip  # noqa: F401
 
-    import semdb.api  # noqa: F401
     from semdb import embed
 
+    global _PRELOADED
     torch.set_num_threads(1)
-    loaded = embed.Embedder(model)
-    embed.Embedder = lambda *a, **kw: loaded
+    _PRELOADED = embed.Embedder(model)
 
 
 def driver(plan_file: str) -> None:
@@ -193,7 +190,7 @@ def _reader_loop(store: str, stop: str, k: int = 5) -> dict:
     log, errors = [], []
     while not os.path.exists(stop):
         try:
-            with semdb.open(store, readonly=True) as db:
+            with semdb.open(store, readonly=True, embedder=_PRELOADED) as db:
                 n = db.store.count()
                 hits = db.query("a photo of something", k=k)
                 items = db.store.items([h.id for h in hits])
@@ -224,7 +221,7 @@ def readers(plan_file: str) -> None:
         os.environ[faults.ENV] = plan["delays"]
         out = []
         for folders in plan["ingests"]:
-            with semdb.open(plan["store"], model=plan["model"]) as db:
+            with semdb.open(plan["store"], embedder=_PRELOADED) as db:
                 out.append(db.ingest(folders, batch_size=plan["batch"]))
         Path(stop).touch()
         return out
@@ -324,32 +321,31 @@ def test_kill_9_at_every_ingest_stage_then_resume(tmp_path, tiny_model):
 # ----------------------------------------------------------------------------------------------
 # the codec switch, map growth: in this process
 
-def _staged_store(path, photos, tiny_model, monkeypatch):
+def _staged_store(path, photos, tiny_model):
     """A store whose items are all still staged, as a first ingest leaves it before training."""
     import semdb
-    import semdb.api
+    from semdb.ingest import CodecPolicy
 
-    with monkeypatch.context() as m:
-        m.setattr(semdb.api, "MIN_TRAIN", 10**9)
-        with semdb.open(path, model=tiny_model) as db:
-            db.ingest([photos])
-            assert db.store.staging_count() == 12 and db.store.codec_bytes() is None
+    with semdb.open(path, model=tiny_model) as db:
+        db.ingest([photos], policy=CodecPolicy(min_train=10**9))
+        assert db.store.staging_count() == 12 and db.store.codec_bytes() is None
 
 
 def test_readers_never_see_the_codec_without_its_codes(photos, tmp_path, tiny_model, monkeypatch):
     """The codec and the codes of every staged item are committed in one transaction, and a
     reader that read 'no codec yet' before the switch and staging after it searches again."""
     import semdb
+    from semdb.ingest import CodecPolicy
 
     path = tmp_path / "s"
-    _staged_store(path, photos, tiny_model, monkeypatch)
+    _staged_store(path, photos, tiny_model)
     reader = semdb.open(path, readonly=True)
     writer = semdb.open(path, model=tiny_model)
     try:
         read_staging = reader.store.iter_staging
 
         def switch_then_read(*a, **kw):  # the writer commits the codec just before this read
-            writer._install_codec(writer._train_codec(64, None))
+            writer.ingest([photos], policy=CodecPolicy(bits=64))  # nothing new: trains, installs
             return read_staging(*a, **kw)
 
         monkeypatch.setattr(reader.store, "iter_staging", switch_then_read)
@@ -389,23 +385,38 @@ def test_a_reader_racing_the_first_staged_batch_does_not_call_the_store_corrupt(
         writer.close()
 
 
-def test_store_left_mid_switch_by_an_older_semdb_is_finished(photos, tmp_path, tiny_model, monkeypatch):
-    """semdb before the one-transaction switch committed the codec first: a kill then left a
-    codec and staged items. The next ingest encodes them before anything else."""
-    import semdb
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs of our own (skips where this process may not mount one)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk test runs in CI as root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
-    path = tmp_path / "s"
-    _staged_store(path, photos, tiny_model, monkeypatch)
-    with semdb.open(path, model=tiny_model) as db:
-        codec = db._train_codec(64, None)
-        with db.store.write() as w:
-            w.set_codec(codec.to_bytes(), codec.id, codec.code_bytes)
-        assert db.store.staging_count() == 12 and db.store.verify() == []
-    with semdb.open(path, model=tiny_model) as db:
-        s = db.ingest([photos])
-        assert (s["unchanged"], s["embedded"], s["items"]) == (12, 0, 12)
-        assert db.store.staging_count() == 0 and len(db.store.load_codes()[0]) == 12
-        assert db.store.verify() == [] and len(db.query("a cat", k=5)) == 5
+
+def test_a_full_disk_is_one_line_exit_4_and_a_rerun_after_freeing_space_finishes(photos, tmp_path, tiny_model,
+                                                                                 small_disk):
+    from conftest import write_photos
+
+    from semdb.store import Store
+
+    store = small_disk / "store"
+    first = json.loads(cli("ingest", photos, "--store", store, "--model", tiny_model, "--json").stdout)
+    more = write_photos(tmp_path / "more", n_generated=300, seed=5)
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(bytes(free - 16384))  # leave 16 KiB
+    proc = cli("ingest", more, "--store", store, "--model", tiny_model, "--json", check=4)
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "storage error" in lines[0] and str(store) in lines[0], proc.stderr
+    with Store(store) as s:
+        assert s.verify() == [] and s.count() >= first["items"]
+    (small_disk / "filler").unlink()
+    again = json.loads(cli("ingest", more, "--store", store, "--model", tiny_model, "--json").stdout)
+    assert again["items"] == first["items"] + len(list(more.iterdir())) and again["failed"] == 0
+    with Store(store) as s:
+        assert s.verify() == [] and s.staging_count() == 0
 
 
 def test_map_grows_during_a_real_ingest(photos, tmp_path, tiny_model):
@@ -424,45 +435,33 @@ def test_map_grows_during_a_real_ingest(photos, tmp_path, tiny_model):
         assert db.store.verify() == [] and len(db.query("a cat", k=40)) == 36
 
 
-def test_an_unexpected_decoder_crash_fails_the_ingest_instead_of_hanging(photos, tmp_path, tiny_model,
-                                                                         monkeypatch):
-    """An exception other than ImageError in a decoding thread reaches the caller (it used to
-    leave the ingest waiting forever for the next batch); committed batches stay; a re-run
-    completes."""
+def test_an_exception_in_the_decoding_threads_reaches_the_caller_instead_of_hanging():
+    """An exception raised while decoding ahead (not a bad file: decode_image turns those into
+    listed failures) reaches the consumer after the batches decoded before it (it used to leave
+    the ingest waiting forever for the next batch)."""
     import threading
 
-    import semdb
-    import semdb.api
+    from semdb.ingest.decode import decode_ahead
 
-    real_load = semdb.api.load_image
-
-    def load_image(path, **kw):
-        if os.path.basename(path) == "shapes_5.png":
+    def decode(x):
+        if x == 5:
             raise RuntimeError("decoder bug")
-        return real_load(path, **kw)
+        return x * 10
 
-    monkeypatch.setattr(semdb.api, "load_image", load_image)
-    outcome = []
+    got, outcome = [], []
 
-    def ingest():
+    def consume():
         try:
-            with semdb.open(tmp_path / "s", model=tiny_model) as db:
-                db.ingest([photos], batch_size=2, workers=1)
+            for batch, decoded in decode_ahead([[1, 2], [3, 4], [5, 6], [7, 8]], decode, workers=1):
+                got.append(decoded)
         except BaseException as e:  # noqa: BLE001
             outcome.append(e)
 
-    thread = threading.Thread(target=ingest, daemon=True)
+    thread = threading.Thread(target=consume, daemon=True)
     thread.start()
     thread.join(120)
-    assert not thread.is_alive(), "ingest hangs after a decoding thread raised"
-    assert len(outcome) == 1 and str(outcome[0]) == "decoder bug"
-    monkeypatch.undo()
-    with semdb.open(tmp_path / "s", model=tiny_model) as db:
-        committed = db.store.count()
-        assert db.store.verify() == [] and 0 < committed < 12
-        s = db.ingest([photos])
-        assert (s["unchanged"], s["new"], s["items"]) == (committed, 12 - committed, 12)
-        assert db.store.verify() == [] and db.store.staging_count() == 0
+    assert not thread.is_alive(), "decode_ahead hangs after a decoding thread raised"
+    assert got == [[10, 20], [30, 40]] and len(outcome) == 1 and str(outcome[0]) == "decoder bug"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,10 +530,9 @@ def test_two_ingests_at_once_refuse_or_wait_and_a_killed_writer_releases_the_loc
 
     photos = write_photos(tmp_path / "photos", n_generated=8)
     store = tmp_path / "store"
-    env = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1"}
     args = [SEMDB, "ingest", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2",
             "--json"]
-    first = subprocess.Popen(args, env={**env, "SEMDB_FAULT_POINT": "batch_txn:delay=0.3,batch_committed:3"},
+    first = subprocess.Popen(args, env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.3,batch_committed:3"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lock = store / "writer.lock"
     deadline = time.monotonic() + 120
@@ -545,7 +543,7 @@ def test_two_ingests_at_once_refuse_or_wait_and_a_killed_writer_releases_the_loc
     lines = second.stderr.decode().strip().splitlines()
     assert second.returncode == 5 and len(lines) == 1, second.stderr
     assert f"is being written by another semdb process (pid {first.pid}); wait for it or stop it" in lines[0]
-    waiting = subprocess.Popen(args + ["--wait"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    waiting = subprocess.Popen(args + ["--wait"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     info = cli("info", "--store", store, "--json", check=False)  # readers are never locked out
     assert info.returncode in (0, 4), info.stderr  # 4: the writer has not committed the store yet
     first.communicate(timeout=300)
@@ -572,7 +570,7 @@ def test_ctrl_c_keeps_committed_batches_and_exits_130(tmp_path, tiny_model):
     store = tmp_path / "store"
     proc = subprocess.Popen(
         [SEMDB, "ingest", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2", "--json"],
-        env={**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "SEMDB_FAULT_POINT": "batch_txn:delay=0.5"},
+        env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.5"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while True:  # until two batches are committed

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import lmdb
@@ -248,7 +247,6 @@ def test_kill_9_mid_ingest_leaves_whole_batches_only(path):
         with Store(sys.argv[1], create=True) as s:
             with s.write() as w:
                 w.set_codec(b"c", "c", 8)
-            print("ready", flush=True)
             for b in range(100000):
                 with s.write() as w:
                     for i in range(50):
@@ -257,9 +255,10 @@ def test_kill_9_mid_ingest_leaves_whole_batches_only(path):
                             w.add_item(it, code=bytes(8))
                         else:
                             w.add_item(it, embedding=np.ones(4, np.float32) / 2)
+                print("committed", b, flush=True)
         """, path)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(1.5)
+    for _ in range(20):  # kill it while it writes batch 21 or a later one
+        assert proc.stdout.readline().startswith("committed")
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     with Store(path) as s:
@@ -367,33 +366,38 @@ def test_map_grows_when_full(tmp_path):
         assert s.item_by_path("/big/4999.jpg") is not None
 
 
-def test_finish_staging_encodes_all_in_one_batch(path):
+def test_codec_and_codes_of_all_staged_items_commit_in_one_batch(path):
+    """The store stores what it is given: the codec and the codes of every staged item in one
+    write batch (the codec itself runs in the caller: StoreContext.install_codec)."""
     with Store(path, create=True) as s:
         for b in range(3):
             with s.write() as w:
                 for i in range(7):
                     w.add_item(new_item(f"/{b}/{i}.jpg"), embedding=emb_for(b * 7 + i))
         assert s.staging_count() == 21
-        with s.write() as w:
-            w.set_codec(b"trained", "codec-1", CB)
 
         def encode(x):
             assert x.dtype == np.float32 and x.shape[1] == 16
             return (np.abs(x[:, :CB]) * 255).astype(np.uint8)
 
-        with pytest.raises(InputError, match="encode_fn returned"):
-            s.finish_staging(lambda x: np.zeros((len(x), CB + 1), np.uint8))
-        assert s.staging_count() == 21
         staged = {int(i): e for ids, embs in s.iter_staging(batch=5) for i, e in zip(ids, embs)}
         assert len(staged) == 21
-        assert s.finish_staging(encode) == 21
+        ids = np.array(sorted(staged), np.uint64)
+        X = np.stack([staged[int(i)] for i in ids]).astype(np.float32)
+        with pytest.raises(InputError, match="code is"):
+            with s.write() as w:
+                w.set_codec(b"trained", "codec-1", CB)
+                w.set_codes(ids, np.zeros((len(ids), CB + 1), np.uint8))
+        assert s.staging_count() == 21 and s.codec_bytes() is None
+        with s.write() as w:
+            w.set_codec(b"trained", "codec-1", CB)
+            w.set_codes(ids, encode(X))
         assert s.staging_count() == 0
         codes = code_map(s)
         assert set(codes) == set(staged)
         for i, e in staged.items():
             assert codes[i] == encode(e[None].astype(np.float32)).tobytes()
         assert s.verify() == []
-        assert s.finish_staging(encode) == 0
 
 
 # -- opening, errors, model binding ----------------------------------------------------------
@@ -575,14 +579,20 @@ def test_second_writer_process_is_refused_while_readers_proceed(path, store):
 
 
 def test_wait_true_blocks_until_the_writer_leaves(path, store):
+    import threading
+
     store.close()
-    holder = run_py(HOLDER, path, "1.0")
+    holder = run_py(HOLDER, path, "stdin")
     assert holder.stdout.readline().strip() == "locked"
-    t = time.monotonic()
-    with Store(path, wait=True) as s:
-        assert time.monotonic() - t > 0.3
-        assert s.count() == 0
-    holder.communicate(timeout=30)
+    opened = []
+    waiter = threading.Thread(target=lambda: opened.append(Store(path, wait=True)), daemon=True)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not opened  # still waiting: the holder has the lock
+    holder.communicate("", timeout=30)  # the holder closes its store and exits
+    waiter.join(30)
+    assert len(opened) == 1 and opened[0].count() == 0
+    opened[0].close()
 
 
 def test_same_process_second_writer_is_refused(path, store):

@@ -18,23 +18,15 @@ from semdb.codec import Codec
 from semdb.errors import CodecError, InputError, StoreError
 from semdb.store import Item
 
-SEMDB = str(Path(sys.executable).with_name("semdb"))
-QUERIES = ["a cat", "a rocket on the launch pad", "coffee", "colourful shapes", "an astronaut"]
-
-
-def run(*args, check=True, env=None):
-    env = {**os.environ, "SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.run([SEMDB, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"semdb {args} exited {proc.returncode}: {proc.stderr}")
-    return proc
+from conftest import semdb_cli as run
+from conftest import store_items
 
 
 def snapshot(db) -> list:
-    """Everything an import must carry over, per item in id order (ids are store-local)."""
-    codes = db._codes_by_id()
-    return [(it.path, it.size, it.mtime_ns, it.hash, it.width, it.height, bytes(codes[it.id]))
-            for it in db.store.iter_items()]
+    return store_items(db, ids=False)
+
+
+QUERIES = ["a cat", "a rocket on the launch pad", "coffee", "colourful shapes", "an astronaut"]
 
 
 def synthetic_export(path, n: int, seed: int = 0, dim: int = 32) -> Codec:
@@ -111,7 +103,7 @@ def test_import_merges_new_items_and_updates_changed_ones(built, photos, tmp_pat
         assert (summary["added"], summary["updated"]) == (0, 1)
         now = db.store.item_by_path(str(photos / "chelsea.jpg"))
         assert now.id == cat.id and now.hash == old.hash and now.added == cat.added
-        assert db._codes_by_id()[cat.id].tobytes() == row["code"][0].as_py()
+        assert db.codes()[cat.id].tobytes() == row["code"][0].as_py()
         assert db.store.verify() == []
 
 

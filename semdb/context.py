@@ -1,0 +1,101 @@
+"""`StoreContext`: one store with the CLIP model it was built with and the codec kept inside it.
+
+Ingest, query, transfer and info all work through one context (the `Database` facade owns it):
+the model loads on first use (a re-run that finds nothing to embed never loads it), and the
+codec is read from the store only when the store's recorded codec id changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .codec import Codec
+from .errors import CodecError, StoreError
+from .faults import fault_point
+from .store import Store
+
+
+class StoreContext:
+    def __init__(self, store: Store, model: str | None = None, pretrained: str | None = None,
+                 device: str = "cpu", threads: int | None = None, embedder=None):
+        self.store = store
+        self.model_args = (model, pretrained)
+        self.device = device
+        self.threads = threads  # torch intra-op threads (None: torch's default)
+        self._embedder = embedder
+        if embedder is not None:
+            store.check_model(embedder.model_id)
+        self._codec: Codec | None = None
+
+    @property
+    def path(self):
+        return self.store.path
+
+    @property
+    def embedder(self):
+        """The CLIP model: the one given or named at open(), else the store's, else the default."""
+        if self._embedder is None:
+            from .embed import Embedder
+
+            model, pretrained = self.model_args
+            stored = self.store.model_id()
+            if model is None and stored:
+                model, pretrained = stored["name"], stored.get("pretrained")
+            emb = Embedder(model, pretrained, device=self.device, threads=self.threads)
+            self.store.check_model(emb.model_id)
+            self._embedder = emb
+        return self._embedder
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._embedder is not None
+
+    @property
+    def model_named(self) -> bool:
+        """Whether the caller chose the model (given, or named at open())."""
+        return self._embedder is not None or self.model_args[0] is not None
+
+    def bind_model(self) -> None:
+        """Load the model (checked against the store's) and record it in a store that has none."""
+        emb = self.embedder
+        if not self.store.model_id():
+            with self.store.write() as w:
+                w.set_meta("model_id", emb.model_id)
+
+    @property
+    def codec(self) -> Codec | None:
+        # Called on every batch and query: compare the recorded id first, and read and parse the
+        # codec bytes only when the store's codec is not the one already loaded.
+        recorded = self.store.meta().get("codec_id")
+        if recorded is None:
+            return None
+        if self._codec is None or self._codec.id != recorded:
+            raw = self.store.codec_bytes()
+            # Codec.id digests the codec's config and weights: a codec whose bytes were damaged
+            # on disk no longer matches the id recorded when it was installed.
+            advice = "restore it from a backup or rebuild it with `semdb ingest` into a new --store"
+            try:
+                codec = Codec.from_bytes(raw, source=f"{self.path} (codec)")
+            except CodecError as e:
+                raise StoreError(f"{self.path} is corrupt (its codec does not load: {e}); {advice}") from None
+            if codec.id != recorded:
+                raise StoreError(f"{self.path} is corrupt (its codec's digest {codec.id} is not the "
+                                 f"recorded {recorded}); {advice}")
+            self._codec = codec
+        return self._codec
+
+    def install_codec(self, codec: Codec) -> None:
+        """Bind the store to `codec` and turn every staged embedding into its code, in ONE
+        transaction: readers and a re-run after a crash see either staged embeddings and no
+        codec, or the codec and codes only (never a codec with items still staged)."""
+        fault_point("trained")
+        ids, codes = [], []
+        for chunk_ids, embeddings in self.store.iter_staging():  # chunk by chunk: only codes accumulate
+            ids.append(chunk_ids)
+            codes.append(codec.encode(embeddings.astype(np.float32)))
+        with self.store.write() as w:
+            w.set_codec(codec.to_bytes(), codec.id, codec.code_bytes)
+            if ids:
+                w.set_codes(np.concatenate(ids), np.concatenate(codes))
+            fault_point("finish_staging_txn")
+        self._codec = codec

@@ -1,0 +1,76 @@
+"""Stage 2, classify: hash each candidate file and settle what needs no CLIP.
+
+    touched   same path, same content (only mtime changed)  -> refresh the item's metadata
+    moved     content of an item whose file is gone          -> the item takes the new path
+    duplicate content of a stored item                       -> a new item reusing its code
+    copy      content met earlier in this run                -> rides along with that job
+    else      new or changed content                         -> an EmbedJob
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..errors import ImageError
+from ..progress import Progress, report
+from ..store import Item, Store
+from .commit import SettledItem, write_settled
+from .records import EmbedJob, FileState, IngestSummary
+
+SETTLE_BATCH = 512  # settled items written per transaction
+
+
+def classify(store: Store, todo: list[FileState], seen: set[str], hashes, summary: IngestSummary,
+             progress: Progress | None) -> list[EmbedJob]:
+    """`hashes`: the content hash (or ImageError) of each file of `todo`, in order, from the
+    engine. `seen` (updated here): discovered paths, plus items claimed by a moved file.
+    Returns one job per distinct content that needs embedding."""
+    jobs: list[EmbedJob] = []
+    first_job: dict[str, int] = {}  # content hash -> position in jobs
+    settled: list[SettledItem] = []
+    codes = None  # {id: code}, read once, on the first duplicate of a stored image
+    now = time.time()
+    for n, (file, h) in enumerate(zip(todo, hashes)):
+        report(progress, "hashing", n + 1, len(todo))
+        if isinstance(h, ImageError):  # unreadable, or gone since it was listed
+            summary.fail(h)
+            continue
+        old = file.item
+        same = store.items_by_hash(h) if old is None else []
+        gone = [it for it in same if it.path not in seen and not os.path.lexists(it.path)]
+        if old is not None and old.hash == h:  # touched, same content: refresh metadata
+            settled.append(SettledItem(_item(old, file, h, now)))
+            summary.unchanged += 1
+        elif gone:  # the file moved: keep its code, change its path
+            settled.append(SettledItem(_item(gone[0], file, h, now)))
+            seen.add(gone[0].path)  # one moved file claims one missing item
+            summary.moved += 1
+        elif same and (codes := codes or _codes_by_id(store)).get(same[0].id) is not None:
+            # a copy of a stored image: reuse its code, no CLIP needed
+            item = Item.new(file.path, file.size, file.mtime_ns, h, same[0].width, same[0].height, now)
+            settled.append(SettledItem(item, np.array(codes[same[0].id])))
+            summary.duplicate += 1
+        elif old is None and h in first_job:  # a copy of an image new in this run
+            job = jobs[first_job[h]]
+            jobs[first_job[h]] = EmbedJob(job.file, h, job.copies + (file,))
+        else:
+            first_job[h] = len(jobs)
+            jobs.append(EmbedJob(file, h))
+        if len(settled) >= SETTLE_BATCH:
+            write_settled(store, settled)
+            settled = []
+    write_settled(store, settled)
+    return jobs
+
+
+def _item(item: Item, file: FileState, h: str, now: float) -> Item:
+    """`item` (its id, size in pixels and first-added time) now at `file`."""
+    return Item(item.id, file.path, file.size, file.mtime_ns, h, item.width, item.height, item.added, now)
+
+
+def _codes_by_id(store: Store) -> dict:
+    ids, codes = store.load_codes()
+    return dict(zip(ids.tolist(), codes))

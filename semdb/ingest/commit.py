@@ -1,0 +1,101 @@
+"""Stage 5, commit: every write ingest makes, each batch ONE store transaction.
+
+Here, and only here, it is decided whether an item gets a code or a staged embedding
+(`stored_rows`): codes when the store has a codec, staged float16 embeddings before.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..codec import Codec
+from ..errors import ImageError
+from ..faults import fault_point
+from ..store import Item, Store
+from .records import EmbeddedBatch, IngestSummary, Vectors
+
+
+@dataclass(frozen=True)
+class SettledItem:
+    """An item classify settled without CLIP: `code` given for a new item (a duplicate of a
+    stored image), None for a metadata update of an existing item (touched or moved)."""
+
+    item: Item
+    code: Optional[np.ndarray] = None
+
+
+def write_settled(store: Store, settled: list[SettledItem]) -> None:
+    if not settled:
+        return
+    with store.write() as w:
+        for s in settled:
+            w.update_item(s.item) if s.code is None else w.add_item(s.item, code=s.code)
+        fault_point("classify_txn")
+
+
+def stored_rows(vectors: Vectors, codec: Optional[Codec]) -> tuple[str, np.ndarray]:
+    """("code", uint8 codes) or ("embedding", float16 rows) to store for a batch's images.
+    Embeddings that arrive after the codec was trained (an engine embedded them before) are
+    encoded here; codes must be of the store's codec."""
+    if codec is None:
+        if vectors.embeddings is None:
+            raise ValueError("codes given for a store without a codec")
+        return "embedding", vectors.embeddings.astype(np.float16)
+    if vectors.codes is not None:
+        if vectors.codec_id != codec.id:
+            raise ValueError(f"codes of codec {vectors.codec_id} given for a store on codec {codec.id}")
+        return "code", vectors.codes
+    return "code", codec.encode(vectors.embeddings.astype(np.float32))
+
+
+def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], summary: IngestSummary) -> None:
+    """One transaction: every decodable job's item (and its copies') with its code or staged
+    embedding. Jobs whose image failed are listed in the summary, with their copies."""
+    good = []
+    for job, image in zip(batch.jobs, batch.images):
+        if image.error is not None:
+            for path in [job.path, *(c.path for c in job.copies)]:  # byte-identical copies fail alike
+                summary.fail(ImageError(path, image.error.reason))
+        else:
+            good.append((job, image))
+    if not good:
+        return
+    kind, rows = stored_rows(batch.vectors, codec)
+    now = time.time()
+    with store.write() as w:
+        for (job, image), row in zip(good, rows):
+            f, old = job.file, job.file.item
+            if old is not None:  # same path, new content: re-encoded
+                w.update_item(Item(old.id, f.path, f.size, f.mtime_ns, job.hash, image.width, image.height,
+                                   old.added, now))
+                (w.set_code if kind == "code" else w.set_embedding)(old.id, row)
+                summary.changed += 1
+            else:
+                w.add_item(Item.new(f.path, f.size, f.mtime_ns, job.hash, image.width, image.height, now),
+                           **{kind: row})
+                summary.new += 1
+            for c in job.copies:
+                w.add_item(Item.new(c.path, c.size, c.mtime_ns, job.hash, image.width, image.height, now),
+                           **{kind: row})
+                summary.duplicate += 1
+        fault_point("batch_txn")
+    fault_point("batch_committed")
+    summary.embedded += len(good)
+
+
+def prune_missing(store: Store, seen: set[str], prune: bool, summary: IngestSummary) -> None:
+    """Items whose files are gone: removed (one transaction) with `prune`, else counted."""
+    gone = [it.id for it in store.iter_items() if it.path not in seen and not os.path.lexists(it.path)]
+    if prune and gone:
+        with store.write() as w:
+            for id_ in gone:
+                w.delete_item(id_)
+            fault_point("prune_txn")
+        summary.pruned = len(gone)
+    else:
+        summary.missing = len(gone)

@@ -1,0 +1,83 @@
+"""Stage 3, decode: read, decode and preprocess images in worker threads, ahead of CLIP.
+
+Pillow releases the GIL while it decodes, so a few threads keep the model busy; at most two
+batches are in flight so memory stays bounded. Used by both engines (the local one, and each
+embedding actor on Ray).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from ..errors import ImageError
+from ..faults import fault_point
+from ..images import load_image
+from .records import DecodedImage
+
+T = TypeVar("T")
+
+
+def decode_image(embedder, path: str, max_megapixels) -> DecodedImage:
+    """One image file, preprocessed for `embedder`; never raises for a bad file."""
+    try:
+        fault_point("decode")
+        img = load_image(path, draft_size=embedder.image_size, max_megapixels=max_megapixels)
+        return DecodedImage(embedder.preprocess(img), img.width, img.height)
+    except ImageError as err:
+        return DecodedImage(None, error=err)
+    except Exception as err:  # noqa: BLE001 - a Pillow bug on one odd file must not stop the run
+        return DecodedImage(None, error=ImageError(path, f"cannot decode ({type(err).__name__}: {err})"))
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def decode_ahead(batches: Sequence[Sequence[T]], decode: Callable[[T], DecodedImage],
+                 workers: int | None = None) -> Iterator[tuple[Sequence[T], list[DecodedImage]]]:
+    """Yield (batch, [decode(x) for x in batch]) batch by batch, decoding in worker threads.
+
+    An exception in the producer is re-raised in the caller (else the caller would wait for
+    the next batch forever); when the caller stops early (or fails, e.g. on a full disk), the
+    producer stops too, and is joined: a decoding thread still running while the interpreter
+    exits can abort the process ("terminate called without an active exception").
+    """
+    if not batches:
+        return
+    out: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def producer():
+        try:
+            with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+                for batch in batches:
+                    if not put((batch, list(pool.map(decode, batch)))):
+                        return
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            put(e)
+            return
+        put(None)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

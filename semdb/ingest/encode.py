@@ -1,0 +1,27 @@
+"""Stage 4, embed and encode: CLIP on a batch of decoded images, then the codec when there
+is one. The one function both engines run (the local engine on this thread, Ray actors on
+the cluster)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..codec import Codec
+from ..faults import fault_point
+from .records import DecodedImage, Vectors
+
+
+def embed_and_encode(embedder, images: Sequence[DecodedImage], codec: Optional[Codec]) -> Optional[Vectors]:
+    """Vectors of the images that decoded (in order), or None if none did."""
+    good = [img.pixels for img in images if img.error is None]
+    if not good:
+        return None
+    import torch
+
+    embeddings = embedder.encode_images(torch.stack(good))
+    fault_point("embedded")
+    if codec is None:
+        return Vectors(embeddings=embeddings.astype(np.float16))
+    return Vectors(codes=codec.encode(embeddings), codec_id=codec.id)

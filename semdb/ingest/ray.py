@@ -1,0 +1,244 @@
+"""The Ray engine of ingest: `Database.ingest(..., engine="ray")`, `semdb ingest --engine ray`.
+
+Needs the optional extra: pip install 'semdb[ray]'. Who does what (docs/SCALE.md):
+
+    driver   discover + stat (skip unchanged files), look hashes up in the store (moved,
+             touched, duplicate files need no CLIP), write results into the store
+    cluster  content hashes (Ray Data tasks); decode + CLIP + codec encode (Ray Data actors,
+             one per GPU, else one per `threads` CPUs); each actor writes a Parquet shard of
+             codes per block of ingest batches
+
+The actors run the stages a local ingest runs (decode_ahead, decode_image, embed_and_encode);
+the driver reads every shard as it is finished, in order, hands its batches to ingest's commit
+stage (one transaction per batch), then deletes the shard. Before a store has a codec, ingest
+asks for float embeddings of a training sample, trains the codec on the driver, then asks for
+codes. Batches are formed exactly as a local ingest forms them, so both build the same store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError
+from .records import DecodedImage, EmbeddedBatch, EmbedJob, FileState, Vectors
+
+BATCHES_PER_SHARD = 8  # at most this many ingest batches per Ray row, actor call and Parquet shard
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise InputError("--engine ray needs Ray: pip install 'semdb[ray]' (or pip install 'ray[data]')") from None
+    return ray
+
+
+class RayEngine:
+    """One Ray connection for one ingest: started here unless Ray is already initialised.
+
+    `address`: a cluster address ("auto", "ray://head:10001"); None starts a local instance.
+    `shards`: the folder shards are written to (in a sub-folder of this run, removed at the
+    end); every node and the driver must see it when the cluster has several nodes.
+    `clean`: first remove the run folders that killed runs left in `shards` (only when no other
+    ingest can be using it: the store's own folder, under its writer lock). `threads`: torch
+    threads per CPU actor. `actors`: how many embedding actors (default: one per GPU, else
+    CPUs / threads).
+    """
+
+    def __init__(self, shards: Path, address: Optional[str] = None, threads: Optional[int] = None,
+                 max_megapixels=None, actors: Optional[int] = None, clean: bool = False):
+        ray = _ray()
+        self.max_megapixels = max_megapixels
+        self._started = not ray.is_initialized()
+        if self._started:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
+                         log_to_driver=False)
+            except ConnectionError as e:
+                raise InputError(f"cannot reach the Ray cluster at {address}: {e}") from None
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        data_ctx = ray.data.DataContext.get_current()
+        data_ctx.execution_options.preserve_order = True  # results come back in job order
+        data_ctx.enable_progress_bars = False  # the ingest's own progress bar reports
+        resources = ray.cluster_resources()
+        self.gpus = int(resources.get("GPU", 0))
+        self.threads = threads or 1
+        self.actors = actors or self.gpus or max(1, int(resources.get("CPU", 1)) // self.threads)
+        if clean:  # left by killed runs: their batches were not committed, they are redone
+            for old in Path(shards).glob("semdb-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        self.shards = Path(shards) / f"semdb-{uuid.uuid4().hex}"
+
+    def __enter__(self) -> "RayEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.shards, ignore_errors=True)
+        if self._started:
+            _ray().shutdown()
+
+    def hashes(self, files: list[FileState]) -> list:
+        """content_hash of each file (or the ImageError), computed by Ray tasks, in order."""
+        if not files:
+            return []
+        ray = _ray()
+        ds = ray.data.from_items([{"path": os.fsencode(f.path)} for f in files])
+        ds = ds.map_batches(_hash_rows, batch_size=256, batch_format="pyarrow")
+        out = []
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=4096):
+            for path, h, err in zip(*(batch[c].to_pylist() for c in ("path", "hash", "error"))):
+                out.append(h if err is None else ImageError(os.fsdecode(path), err))
+        return out
+
+    def embed(self, batches: list[list[EmbedJob]], codec, embedder) -> Iterator[EmbeddedBatch]:
+        """Each batch decoded, embedded and (given a codec) encoded on the cluster, in order.
+        The actors load `embedder`'s model themselves and check they got the same weights."""
+        if not batches:
+            return
+        ray = _ray()
+        model_id = embedder.model_id
+        run = self.shards / uuid.uuid4().hex
+        run.mkdir(parents=True, exist_ok=True)
+        # rows of up to BATCHES_PER_SHARD batches, but at least 4 rows per actor when there are
+        # enough batches: one long row on one actor would leave the others idle
+        per_row = max(1, min(BATCHES_PER_SHARD, len(batches) // (4 * self.actors)))
+        rows = [{"first": i, "paths": [[os.fsencode(job.path) for job in b] for b in batches[i:i + per_row]]}
+                for i in range(0, len(batches), per_row)]
+        device = "cuda" if self.gpus else "cpu"
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            _EmbedActor, batch_size=1, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(self.actors, len(rows))),
+            num_gpus=1 if self.gpus else 0, num_cpus=0 if self.gpus else self.threads,
+            fn_constructor_kwargs={"model_id": model_id, "codec": codec.to_bytes() if codec else None,
+                                   "max_megapixels": self.max_megapixels, "threads": self.threads,
+                                   "device": device, "out": str(run)})
+        import pyarrow.parquet as pq
+
+        for done in ds.iter_batches(batch_format="pyarrow", batch_size=1):
+            failure = done["failure"][0].as_py()
+            if failure is not None:
+                raise pickle.loads(failure)  # a SemdbError of an actor, class and fields kept
+            shard = Path(done["shard"][0].as_py())
+            if not shard.exists():
+                raise StoreError(f"shard {shard}, written by a Ray worker, is not visible to this driver: "
+                                 f"give --ray-shards a folder that every node and the driver share")
+            table = pq.read_table(shard)
+            rows = zip(*(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector")))
+            for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
+                jobs, group = batches[k], list(group)
+                images = tuple(DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err))
+                               for job, (_, w, h, err, _) in zip(jobs, group))
+                raw = [v for *_, v in group if v is not None]
+                yield EmbeddedBatch(tuple(jobs), images, _vectors(raw, codec, model_id["dim"]) if raw else None)
+            shard.unlink()
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds on a wrong HOST:PORT (ray.init would retry for many minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except ValueError:
+        raise InputError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto") from None
+    except OSError as e:
+        raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
+                         f"`ray start --head` there, or check --ray-address") from None
+
+
+def _vectors(raw: list[bytes], codec, dim: int) -> Vectors:
+    if codec is not None:
+        return Vectors(codes=np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), codec.code_bytes),
+                       codec_id=codec.id)
+    return Vectors(embeddings=np.frombuffer(b"".join(raw), np.float16).reshape(len(raw), dim))
+
+
+def _hash_rows(batch):
+    """Ray Data task: blake2b of each file; the error's reason when it cannot be read."""
+    import pyarrow as pa
+
+    from .local import try_hash
+
+    hashes = [try_hash(os.fsdecode(raw)) for raw in batch["path"].to_pylist()]
+    return pa.table({"path": batch["path"],
+                     "hash": pa.array([None if isinstance(h, ImageError) else h for h in hashes], pa.string()),
+                     "error": pa.array([h.reason if isinstance(h, ImageError) else None for h in hashes], pa.string())})
+
+
+class _EmbedActor:
+    """Ray Data actor: loads the store's CLIP model (and codec) once; each call takes one row
+    of ingest batches, writes their vectors to one Parquet shard and returns the shard's path.
+
+    A semdb error (other weights, no model, ...) is returned as data, the pickled exception:
+    raised, Ray would hand the driver only its traceback's text, not the error itself."""
+
+    def __init__(self, model_id: dict, codec: bytes | None, max_megapixels, threads: int, device: str, out: str):
+        from ..codec import Codec
+        from ..embed import Embedder
+
+        self.failure = None
+        try:
+            self.emb = Embedder(model_id["name"], model_id.get("pretrained"), device=device, threads=threads)
+            if self.emb.model_id["digest"] != model_id["digest"]:
+                raise ModelError(f"the Ray worker on {os.uname().nodename} loaded other weights for "
+                                 f"{model_id['name']} (digest {self.emb.model_id['digest'][:16]}, the store's is "
+                                 f"{model_id['digest'][:16]}): give every node the same model files")
+            self.codec = Codec.from_bytes(codec) if codec else None
+        except SemdbError as e:
+            self.failure = e
+        self.max_megapixels = max_megapixels
+        self.out = Path(out)
+
+    def __call__(self, row):
+        import pyarrow as pa
+
+        if self.failure is None:
+            try:
+                return pa.table({"shard": [self._embed(row)], "failure": pa.array([None], pa.binary())})
+            except SemdbError as e:
+                self.failure = e
+        return pa.table({"shard": pa.array([None], pa.string()), "failure": [pickle.dumps(self.failure)]})
+
+    def _embed(self, row) -> str:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .decode import decode_ahead, decode_image
+        from .encode import embed_and_encode
+
+        first = row["first"][0].as_py()
+        batches = [[os.fsdecode(p) for p in paths] for paths in row["paths"][0].as_py()]
+        cols = {"batch": [], "width": [], "height": [], "error": [], "vector": []}
+        decoded = decode_ahead(batches, lambda path: decode_image(self.emb, path, self.max_megapixels))
+        for k, (_, images) in enumerate(decoded, start=first):
+            vectors = embed_and_encode(self.emb, images, self.codec)
+            rows = iter(() if vectors is None else vectors.codes if self.codec else vectors.embeddings)
+            for img in images:
+                bad = img.error is not None
+                cols["batch"].append(k)
+                cols["width"].append(None if bad else img.width)
+                cols["height"].append(None if bad else img.height)
+                cols["error"].append(img.error.reason if bad else None)
+                cols["vector"].append(None if bad else next(rows).tobytes())
+        shard = self.out / f"{first:09d}.parquet"
+        tmp = shard.with_suffix(".tmp")
+        pq.write_table(pa.table({"batch": pa.array(cols["batch"], pa.int64()),
+                                 "width": pa.array(cols["width"], pa.uint32()),
+                                 "height": pa.array(cols["height"], pa.uint32()),
+                                 "error": pa.array(cols["error"], pa.string()),
+                                 "vector": pa.array(cols["vector"], pa.binary())}), tmp)
+        os.replace(tmp, shard)  # the driver never reads half a shard
+        return str(shard)

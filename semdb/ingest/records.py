@@ -1,0 +1,104 @@
+"""The records ingest's stages hand each other (and nothing else): immutable, named fields.
+
+    FileState ----classify (hash)----> EmbedJob ----decode----> DecodedImage
+        ----embed (+ encode)----> EmbeddedBatch ----commit----> store
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import ImageError
+from ..store import Item
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A file found by discovery that is new, or whose size or mtime differ from its item."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    item: Optional[Item]  # the stored item at this path, if any
+
+    @classmethod
+    def of(cls, path, st: os.stat_result, item: Optional[Item]) -> "FileState":
+        return cls(os.fsdecode(path), st.st_size, st.st_mtime_ns, item)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One distinct content that needs CLIP: the file, its content hash, and byte-identical
+    copies new in this run (they get the same code without being embedded again)."""
+
+    file: FileState
+    hash: str
+    copies: tuple[FileState, ...] = ()
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One job's image, preprocessed for CLIP (`pixels`), or why it could not be decoded."""
+
+    pixels: Any  # torch tensor (3, H, W); None when `error` is set
+    width: int = 0
+    height: int = 0
+    error: Optional[ImageError] = None
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """What a batch stores for its decodable images, row by row: codes of the codec
+    `codec_id`, or float embeddings (staged until the store has a codec)."""
+
+    codes: Optional[np.ndarray] = None  # uint8 (n, code_bytes)
+    embeddings: Optional[np.ndarray] = None  # float (n, D)
+    codec_id: Optional[str] = None
+
+    def __len__(self) -> int:
+        return len(self.codes if self.codes is not None else self.embeddings)
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """An ingest batch after CLIP: `images[j]` is job j's decoding outcome; `vectors` holds one
+    row per job whose image decoded, in job order."""
+
+    jobs: tuple[EmbedJob, ...]
+    images: tuple[DecodedImage, ...]
+    vectors: Optional[Vectors]  # None when no image of the batch decoded
+
+
+@dataclass
+class IngestSummary:
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    duplicate: int = 0
+    failed: int = 0
+    pruned: int = 0
+    missing: int = 0  # items whose files are gone (removed with --prune)
+    embedded: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    items: int = 0
+    codec_trained: bool = False
+    failures: list = field(default_factory=list)  # [{"path", "reason"}]
+
+    def fail(self, error: ImageError) -> None:
+        from ..errors import display_path
+
+        self.failures.append({"path": display_path(error.path), "reason": error.reason})
+        self.failed = len(self.failures)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,90 @@
+"""The whole ingest, top to bottom (`ingest`), and its options."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..context import StoreContext
+from ..errors import InputError, StoreError
+from ..images import DEFAULT_MAX_MEGAPIXELS
+from ..progress import Progress, report
+from .classify import classify
+from .commit import commit_batch, prune_missing
+from .records import IngestSummary
+from .scan import scan
+from .training import CodecPolicy, adopt_codec, train_if_due
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    batch_size: int = 32  # images per CLIP batch and per commit
+    workers: Optional[int] = None  # decoding threads
+    max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS
+    prune: bool = False  # remove items whose files are gone
+    codec: object = None  # a Codec or codec file for a new store (default: train one)
+    policy: CodecPolicy = field(default_factory=CodecPolicy)
+    engine: str = "local"  # or "ray"
+    ray_address: Optional[str] = None
+    ray_shards: Optional[Path] = None  # default STORE/ray-shards
+
+    def __post_init__(self):
+        if self.engine not in ("local", "ray"):
+            raise InputError(f"engine {self.engine!r}: use 'local' or 'ray'")
+
+
+def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress | None = None) -> IngestSummary:
+    """Add new and changed images under `paths` to the store, skip unchanged ones.
+
+    scan (stat) -> classify (hash; settle touched, moved, duplicate files) -> per batch:
+    decode -> embed (+ encode) -> commit; the codec is trained when due; prune.
+    Every batch commits atomically, so an interrupted ingest resumes where it stopped.
+    """
+    if ctx.store.readonly:
+        raise StoreError(f"{ctx.path} is open read-only")
+    start = time.perf_counter()
+    summary = IngestSummary()
+    policy = options.policy
+    if not ctx.store.model_id() or options.codec is not None or ctx.model_named:
+        ctx.bind_model()  # otherwise the model loads only if some file needs embedding
+    if options.codec is not None:
+        adopt_codec(ctx, options.codec)
+    found = scan(ctx.store, paths, summary)
+    seen = set(found.seen)
+    with _engine(ctx, options) as engine:
+        jobs = classify(ctx.store, found.todo, seen, engine.hashes(found.todo), summary, progress)
+        batches = [jobs[i:i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
+        if batches:
+            ctx.bind_model()
+        done = embedded = 0
+        while done < len(batches):
+            codec = ctx.codec
+            # Without a codec, embed just the batches that reach train_at, train, then go on
+            # with codes (a Ray engine ships the new codec to its actors).
+            n = len(batches) - done if codec else policy.batches_to_stage(ctx.store.staging_count(), options.batch_size)
+            for batch in engine.embed(batches[done:done + n], codec, ctx.embedder):
+                commit_batch(ctx.store, batch, ctx.codec, summary)
+                embedded += len(batch.jobs)
+                report(progress, "embedding", embedded, len(jobs))
+            done += n
+            summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
+    summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
+    prune_missing(ctx.store, seen, options.prune, summary)
+    summary.items = ctx.store.count()
+    summary.seconds = round(time.perf_counter() - start, 3)
+    if summary.embedded:
+        summary.images_per_second = round(summary.embedded / summary.seconds, 2)
+    return summary
+
+
+def _engine(ctx: StoreContext, options: IngestOptions):
+    if options.engine == "ray":
+        from .ray import RayEngine
+
+        return RayEngine(Path(options.ray_shards or ctx.path / "ray-shards"), options.ray_address, ctx.threads,
+                         options.max_megapixels, clean=not options.ray_shards)
+    from .local import LocalEngine
+
+    return LocalEngine(options.workers, options.max_megapixels)

@@ -1,0 +1,169 @@
+"""Export a store to Arrow/Parquet and import such files into a store (row format: arrow.py).
+
+    store --export_batches--> Arrow record batches (schema metadata: codec, its id, model)
+          --export--> Parquet file (written to a temp name, then renamed)
+    Parquet files / Arrow table --import--> merged into a store, one transaction per 4096 rows
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import arrow
+from .codec import Codec
+from .context import StoreContext
+from .errors import CodecError, InputError, StoreError, display_path
+from .faults import fault_point
+from .progress import Progress, report
+from .store import Item
+
+IMPORT_BATCH = 4096  # rows per import transaction
+
+
+def export_batches(ctx: StoreContext, batch_size: int = 65536):
+    """The store as Arrow record batches in id order: (schema, iterator of batches)."""
+    codec = ctx.codec
+    if codec is None:
+        raise StoreError(f"{ctx.path} has no codec yet (it holds {ctx.store.staging_count()} staged "
+                         f"embeddings): ingest more images, or train it with `semdb ingest --train-now`")
+    sch = arrow.schema(codec.code_bytes, arrow.make_meta(codec.id, codec.code_bytes, ctx.store.model_id(),
+                                                         codec.to_bytes()))
+    ids, codes = ctx.store.load_codes()
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+
+    def batch(items):
+        want = np.array([it.id for it in items], np.uint64)
+        pos = np.minimum(np.searchsorted(sorted_ids, want), max(len(sorted_ids) - 1, 0))
+        coded = sorted_ids[pos] == want if len(sorted_ids) else np.zeros(len(want), bool)
+        # an item without a code in the snapshot was added after it: left out
+        return arrow.to_batch([it for it, ok in zip(items, coded) if ok], codes[order[pos[coded]]], codec.code_bytes)
+
+    def batches():
+        chunk = []
+        for item in ctx.store.iter_items(batch=4096):
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                yield batch(chunk)
+                chunk = []
+        if chunk:
+            yield batch(chunk)
+
+    return sch, batches()
+
+
+def export(ctx: StoreContext, out, progress: Progress | None = None) -> dict:
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"{display_path(out)}: folder {display_path(out.parent)} does not exist")
+    sch, batches = export_batches(ctx)
+    total, done = ctx.store.count(), 0
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, sch, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                done += batch.num_rows
+                report(progress, "exporting", done, total)
+        os.replace(tmp, out)  # a reader never sees half a file
+    except OSError as e:
+        raise InputError(f"{display_path(out)}: cannot write ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": os.fspath(out), "items": done, "bytes": out.stat().st_size,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def import_arrow(ctx: StoreContext, table, progress: Progress | None = None) -> dict:
+    meta = arrow.read_meta(table.schema, "table")
+    arrow.check_columns(table.schema, meta["code_bytes"], "table")
+    _accept_codec(ctx, [(meta, "table")])
+    return _merge(ctx, [(table.to_batches(max_chunksize=IMPORT_BATCH), table.num_rows)], meta["code_bytes"], progress)
+
+
+def import_parquet(ctx: StoreContext, paths, progress: Progress | None = None) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = []
+    for path in paths:  # check every file before writing anything
+        source = display_path(path)
+        try:
+            pf = pq.ParquetFile(path)
+        except FileNotFoundError:
+            raise InputError(f"{source}: no such file") from None
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{source}: not a Parquet file ({str(e).splitlines()[0]})") from None
+        meta = arrow.read_meta(pf.schema_arrow, source)
+        arrow.check_columns(pf.schema_arrow, meta["code_bytes"], source)
+        files.append((pf, meta, source))
+    if not files:
+        raise InputError("no Parquet files given to import")
+    _accept_codec(ctx, [(meta, source) for _, meta, source in files])
+    return _merge(ctx, [(pf.iter_batches(batch_size=IMPORT_BATCH), pf.metadata.num_rows) for pf, _, _ in files],
+                  files[0][1]["code_bytes"], progress)
+
+
+def _accept_codec(ctx: StoreContext, metas) -> None:
+    """Check that the files' model and codec fit this store; a store without a codec takes
+    the one the files carry (all files must then share it)."""
+    store = ctx.store
+    if store.readonly:
+        raise StoreError(f"{ctx.path} is open read-only")
+    current = store.meta().get("codec_id")
+    want = current or metas[0][0]["codec_id"]
+    for meta, source in metas:
+        store.check_model(meta.get("model_id"))
+        if meta["codec_id"] != want:
+            where = f"{ctx.path} uses codec {want}" if current else f"the first file holds codec {want}"
+            raise CodecError(f"{source} holds codes of codec {meta['codec_id']}, but {where}: import it "
+                             f"into a new --store (or one built with codec {meta['codec_id']})")
+    if current:
+        return
+    raw = next((meta["codec"] for meta, _ in metas if meta.get("codec")), None)
+    if raw is None:
+        raise CodecError(f"{ctx.path} has no codec and {metas[0][1]} does not carry one: import a file "
+                         f"written by `semdb export` first")
+    codec = Codec.from_bytes(raw, source=metas[0][1])
+    if codec.id != want:
+        raise CodecError(f"{metas[0][1]}: the codec it carries ({codec.id}) is not the one its codes use ({want})")
+    if not store.model_id() and metas[0][0].get("model_id"):
+        with store.write() as w:
+            w.set_meta("model_id", metas[0][0]["model_id"])
+    ctx.install_codec(codec)
+
+
+def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | None) -> dict:
+    """Write rows in transactions of one batch: an interrupted import keeps what it committed,
+    and re-running it adds only the rest. A stored path keeps its code when its file is the
+    same (size, mtime, content hash, dimensions), else takes the row's metadata and code."""
+    start = time.perf_counter()
+    counts = {"added": 0, "updated": 0, "unchanged": 0}
+    total, done = sum(n for _, n in sources), 0
+    for batches, _ in sources:
+        for batch in batches:
+            with ctx.store.write() as w:
+                for item, code in arrow.to_items(batch, code_bytes):
+                    old = w.item_by_path(item.path)
+                    if old is None:
+                        w.add_item(item, code=code)
+                        counts["added"] += 1
+                    elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == \
+                            (item.size, item.mtime_ns, item.hash, item.width, item.height):
+                        counts["unchanged"] += 1
+                    else:
+                        w.update_item(Item(old.id, old.path, item.size, item.mtime_ns, item.hash, item.width,
+                                           item.height, old.added, item.updated))
+                        w.set_code(old.id, code)
+                        counts["updated"] += 1
+                fault_point("import_txn")
+            done += batch.num_rows
+            report(progress, "importing", done, total)
+    return {**counts, "items": ctx.store.count(), "seconds": round(time.perf_counter() - start, 3)}
