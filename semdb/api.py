@@ -17,11 +17,11 @@ from typing import Iterable
 
 import numpy as np
 
-from . import transfer
-from .context import StoreContext
+from .context import STATS_KEY, StoreContext
 from .errors import StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
+from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice
 from .progress import Progress
 from .query import Hit, Searcher
 from .store import Store, default_store_path
@@ -85,7 +85,7 @@ class Database:
                prune: bool = False, workers: int | None = None,
                max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS, progress: Progress | None = None,
                engine: str = "local", ray_address: str | None = None, ray_shards=None,
-               policy: CodecPolicy | None = None) -> dict:
+               train_now: bool = False, policy: CodecPolicy | None = None) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
         Every batch commits atomically, so an interrupted ingest resumes where it stopped.
@@ -93,14 +93,51 @@ class Database:
         on this ingest's embeddings). `prune`: remove items whose files are gone.
         `engine="ray"`: hash, decode, embed and encode on a Ray cluster (`ray_address`, default
         a local instance); shards go to `ray_shards` (default STORE/ray-shards), see ingest/ray.py.
-        `policy`: when the codec is trained (default CodecPolicy(bits=bits)).
+        A new store keeps its embeddings staged (searched exactly) until it holds enough images
+        to train a codec that generalises (CodecPolicy.min_train); `train_now` trains on what
+        is staged. `policy`: when the codec is trained (default CodecPolicy(bits, train_now)).
         """
         from .ingest import ingest
 
         options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
-                                prune=prune, codec=codec, policy=policy or CodecPolicy(bits=bits),
+                                prune=prune, codec=codec, policy=policy or CodecPolicy(bits=bits, train_now=train_now),
                                 engine=engine, ray_address=ray_address, ray_shards=ray_shards)
         return ingest(self._ctx, paths, options, progress).to_dict()
+
+    def add_embeddings(self, paths, embeddings=None, *, model: str | None = None, pretrained: str | None = None,
+                       bits: int = DEFAULT_BITS, train_now: bool = False, policy: CodecPolicy | None = None,
+                       progress: Progress | None = None) -> dict:
+        """Store precomputed CLIP image embeddings (n, D) of the files `paths`, as an ingest
+        would (codes, or staged until the codec is due). `paths` may instead be a source to
+        read: a clip-retrieval output folder, a .npz, or a .npy (then `embeddings` is the paths
+        file). `model` / `pretrained` name the CLIP model they come from (default: the
+        store's); its weights are bound when the model is first loaded. Everything is checked
+        before anything is written. Returns the ingest summary."""
+        from .ingest.embeddings import EmbeddingSet, _validated, add_embeddings, read_embeddings
+
+        if embeddings is None or isinstance(embeddings, (str, os.PathLike)):
+            data = read_embeddings(paths, embeddings)
+        else:
+            data = _validated(list(paths), embeddings, "embeddings")
+        model_id = None
+        if model or pretrained:
+            from .embed import resolve_model
+
+            name, tag = resolve_model(model, pretrained)
+            model_id = {"name": name, "pretrained": tag}
+        return add_embeddings(self._ctx, data, model_id, policy or CodecPolicy(bits=bits, train_now=train_now),
+                              progress).to_dict()
+
+    def retrain(self, bits: int | None = None, sample: int | None = None, batch_size: int = 32,
+                workers: int | None = None, max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
+                progress: Progress | None = None) -> dict:
+        """Train a new codec on (a sample of, re-embedded) stored files and re-encode every item;
+        items whose file is gone or unreadable are transcoded from their old code. Resumable and
+        crash-safe; queries keep using the old codes until the switch. See ingest/retrain.py."""
+        from .ingest.retrain import RETRAIN_SAMPLE, retrain
+
+        return retrain(self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels,
+                       progress).to_dict()
 
     # --- query ----------------------------------------------------------------------------
     def query(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
@@ -119,6 +156,8 @@ class Database:
     def export_batches(self, batch_size: int = 65536):
         """The store as Arrow record batches in id order: (schema, iterator of batches).
         The schema's metadata carries the codec, its id and the model identity."""
+        from . import transfer  # pyarrow: imported only when used
+
         return transfer.export_batches(self._ctx, batch_size)
 
     def to_arrow(self):
@@ -130,10 +169,14 @@ class Database:
 
     def export(self, out, progress: Progress | None = None) -> dict:
         """Write every item to the Parquet file `out` (replaced atomically); return a summary."""
+        from . import transfer  # pyarrow: imported only when used
+
         return transfer.export(self._ctx, out, progress)
 
     def import_arrow(self, table, progress: Progress | None = None) -> dict:
         """Merge a table written by to_arrow()/export() into this store; see import_parquet."""
+        from . import transfer  # pyarrow: imported only when used
+
         return transfer.import_arrow(self._ctx, table, progress)
 
     def import_parquet(self, paths, progress: Progress | None = None) -> dict:
@@ -143,6 +186,8 @@ class Database:
         files carry). A row whose path is new adds an item; a row for a stored path whose
         file differs (size, mtime, content hash, dimensions) replaces that item's metadata and
         code. Importing the same file twice adds nothing. Returns {"added", "updated", "unchanged", "items", "seconds"}."""
+        from . import transfer  # pyarrow: imported only when used
+
         return transfer.import_parquet(self._ctx, paths, progress)
 
     # --- info -----------------------------------------------------------------------------
@@ -158,10 +203,21 @@ class Database:
         out = {"path": raw["path"], "items": raw["items"], "staging": raw["staging"],
                "bytes_on_disk": raw["bytes_on_disk"], "schema": raw["schema"], "model": raw["model_id"],
                "codec": None, "bits_per_item": None, "entropy_bits_per_item": None}
+        meta = self.store.meta()
         if codec is not None:
             _, codes = self.store.load_codes()
+            stats = meta.get(STATS_KEY) or {}
+            ratio = drift_ratio(stats)
             out["codec"] = {"id": codec.id, "arch": codec.arch, "bits": codec.bits, "m": codec.m, "k": codec.k,
-                            "d": codec.config.get("d"), "trained_on": codec.config.get("n_train")}
+                            "d": codec.config.get("d"), "trained_on": codec.config.get("n_train"),
+                            "encoded_since": stats.get("encoded"),
+                            "drift_ratio": None if ratio is None else round(ratio, 3)}
             out["bits_per_item"] = codec.bits
             out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
+        out["compressed"] = codec is not None
+        out["codec_trains_at"] = None if codec is not None else MIN_TRAIN  # items (or `ingest --train-now`)
+        out["retrain_advice"] = retrain_advice(meta, raw["items"])
+        pending = meta.get("pending_codec")
+        out["retrain_pending"] = None if not pending else {
+            "codec": pending["id"], "recoded": len(self.store.recoded_ids()), "items": raw["items"]}
         return out

@@ -44,6 +44,9 @@ def _errors():
         raise typer.Exit(130)
 
 
+RATED_STAGES = {"embedding", "re-embedding sample", "re-encoding", "adding embeddings"}  # shown with img/s
+
+
 def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -59,7 +62,7 @@ def _progress(enabled: bool):
         if stage not in tasks:
             tasks[stage] = progress.add_task(stage, total=total, rate="")
         task = progress.tasks[tasks[stage]]
-        rate = f"{task.speed:.1f} img/s" if stage == "embedding" and task.speed else ""
+        rate = f"{task.speed:.1f} img/s" if stage in RATED_STAGES and task.speed else ""
         progress.update(tasks[stage], completed=done, total=total, rate=rate)
 
     return progress, update
@@ -67,38 +70,85 @@ def _progress(enabled: bool):
 
 @app.command()
 def ingest(
-    paths: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (searched recursively)."),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
     codec: Optional[Path] = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
+    train_now: bool = typer.Option(False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, metadata/), a .npz (image_emb + image_path) or a .npy with --paths."),
+    paths_file: Optional[Path] = typer.Option(None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
-    engine: str = typer.Option("local", "--engine", help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb[ray]')."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb\\[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."),
     ray_shards: Optional[Path] = typer.Option(None, "--ray-shards", help="Folder for the Ray workers' Parquet shards; shared by every node (default: STORE/ray-shards)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
     from .api import Database
+    from .errors import InputError
 
     with _errors():
+        if bool(paths) == (embeddings is not None):
+            raise InputError("give image PATHS, or --embeddings SOURCE (not both)")
         progress, update = _progress(enabled=not as_json)
         with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
-            summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
-                                prune=prune, max_megapixels=max_megapixels or None, progress=update,
-                                engine=engine, ray_address=ray_address, ray_shards=ray_shards)
+            if embeddings is not None:
+                summary = db.add_embeddings(embeddings, paths_file, model=model, pretrained=pretrained, bits=bits,
+                                            train_now=train_now, progress=update)
+            else:
+                summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
+                                    prune=prune, max_megapixels=max_megapixels or None, progress=update,
+                                    engine=engine, ray_address=ray_address, ray_shards=ray_shards,
+                                    train_now=train_now)
     if not as_json:
         for failure in summary["failures"]:
             err.print(Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
                       highlight=False, soft_wrap=True)
+        _print_codec_notes(summary, store)
     _print_summary(summary, as_json, "ingest", keys=("new", "changed", "unchanged", "moved", "duplicate", "failed",
-                                                     "pruned", "missing", "items", "seconds", "images_per_second"))
+                                                     "pruned", "missing", "items", "staged", "seconds",
+                                                     "images_per_second"))
+
+
+def _print_codec_notes(facts: dict, store) -> None:
+    """What the user should know about the store's codec: not trained yet, or due a retrain."""
+    where = f" --store {store}" if store else ""
+    if facts.get("staged"):
+        from .ingest.training import MIN_TRAIN
+
+        err.print(Text(f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
+                       f"holds {MIN_TRAIN}; `semdb ingest --train-now{where} PATH` compresses them now"), soft_wrap=True)
+    if facts.get("retrain_advice"):
+        err.print(Text.assemble(("note:", "yellow"), f" {facts['retrain_advice']}: run `semdb retrain{where}`"),
+                  soft_wrap=True)
+
+
+@app.command()
+def retrain(
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Bits per image of the new codec (default: the current codec's)."),
+    sample: Optional[int] = typer.Option(None, "--sample", min=2, help="Stored files re-embedded to train on (default 20000)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Train a new codec on what the store holds now and re-encode every item (resumable)."""
+    from .api import Database
+
+    with _errors():
+        progress, update = _progress(enabled=not as_json)
+        with Database(store, wait=wait, threads=threads) as db, progress:
+            summary = db.retrain(bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update)
+    _print_summary(summary, as_json, "retrain")
 
 
 @app.command()
@@ -167,7 +217,14 @@ def info(
         ("model", f"{model.get('name')} {model.get('pretrained') or ''} (dim {model.get('dim')}, "
                   f"digest {model.get('digest')})" if model else "-"),
         ("codec", f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "
-                  f"trained on {codec.get('trained_on')}" if codec else "-"),
+                  f"trained on {codec.get('trained_on')}" if codec else
+                  f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
+                  f"(or `semdb ingest --train-now`)"),
+        ("encoded since training", codec.get("encoded_since")),
+        ("drift ratio", codec.get("drift_ratio")),
+        ("retrain", facts["retrain_advice"] or (
+            f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} re-encoded; "
+            f"run `semdb retrain` to finish" if facts["retrain_pending"] else "not needed")),
     ]
     for key, value in rows:
         table.add_row(key, Text("-" if value is None else str(value)))

@@ -7,12 +7,16 @@ codec is read from the store only when the store's recorded codec id changes.
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 
 from .codec import Codec
 from .errors import CodecError, StoreError
 from .faults import fault_point
 from .store import Store
+
+STATS_KEY = "codec_stats"  # store meta: {trained_on, train_error, encoded, error_sum} of its codec
 
 
 class StoreContext:
@@ -44,6 +48,10 @@ class StoreContext:
             emb = Embedder(model, pretrained, device=self.device, threads=self.threads)
             self.store.check_model(emb.model_id)
             self._embedder = emb
+            if stored and not stored.get("digest") and not self.store.readonly:
+                # a store built from imported embeddings knew the model by name: bind its weights now
+                with self.store.write() as w:
+                    w.set_meta("model_id", emb.model_id)
         return self._embedder
 
     @property
@@ -84,18 +92,21 @@ class StoreContext:
             self._codec = codec
         return self._codec
 
-    def install_codec(self, codec: Codec) -> None:
+    def install_codec(self, codec: Codec, stats: Optional[Callable[[np.ndarray], dict]] = None) -> None:
         """Bind the store to `codec` and turn every staged embedding into its code, in ONE
         transaction: readers and a re-run after a crash see either staged embeddings and no
-        codec, or the codec and codes only (never a codec with items still staged)."""
+        codec, or the codec and codes only (never a codec with items still staged).
+        `stats(codes of the staged rows, in id order)`: the codec's stats to record with it."""
         fault_point("trained")
-        ids, codes = [], []
+        ids, codes = [np.empty(0, np.uint64)], [np.empty((0, codec.code_bytes), np.uint8)]
         for chunk_ids, embeddings in self.store.iter_staging():  # chunk by chunk: only codes accumulate
             ids.append(chunk_ids)
             codes.append(codec.encode(embeddings.astype(np.float32)))
+        ids, codes = np.concatenate(ids), np.concatenate(codes)
         with self.store.write() as w:
             w.set_codec(codec.to_bytes(), codec.id, codec.code_bytes)
-            if ids:
-                w.set_codes(np.concatenate(ids), np.concatenate(codes))
+            if len(ids):
+                w.set_codes(ids, codes)
+            w.set_meta(STATS_KEY, stats(codes) if stats else {"trained_on": codec.config.get("n_train")})
             fault_point("finish_staging_txn")
         self._codec = codec

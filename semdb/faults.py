@@ -23,6 +23,10 @@ Points (where they are called):
     map_grown           store: the LMDB map was full and has just been doubled; the batch is
                         about to be replayed
     import_txn          transfer: inside an import transaction (up to 4096 rows), before commit
+    pending_txn         ingest/retrain: inside the transaction that commits the new (pending)
+                        codec and its training sample's codes
+    recode_txn          ingest/retrain: inside a batch of codes under the pending codec
+    switch_txn          ingest/retrain: inside the switch to the pending codec
 """
 
 from __future__ import annotations

@@ -14,9 +14,15 @@ Named databases (ids are 8-byte big-endian keys, so cursors walk them in id orde
             one cursor pass over a handful of big values instead of one read per item.
   code_loc  id -> segment number holding its code, so a delete/re-code rewrites one segment
   staging   id -> float16 embedding (items waiting for a codec; empty after an ingest ends)
+  recode    id -> code under the PENDING codec of an unfinished retrain (codec db key b"pending",
+            meta pending_codec = {id, code_bytes}); queries never read it. The switch moves
+            every row into codes and installs the pending codec in one transaction. (Created
+            on the first writable open, so stores written before it need no migration.)
 
 Invariant (checked by Store.verify): every item has exactly one of a code or a staging row,
-and paths/hashes/code_loc/segments/staging hold nothing for ids that are not items.
+and paths/hashes/code_loc/segments/staging/recode hold nothing for ids that are not items;
+recode rows exist only while a pending codec does. Changing an item's code or staging row, or
+deleting it, drops its recode row (a resumed retrain encodes it again).
 
 Writes: ``with store.write() as w: ...`` is ONE LMDB write transaction: committed when the
 block ends, aborted if it raises, so a batch lands entirely or not at all (also under
@@ -54,9 +60,10 @@ SCHEMA_VERSION = 1
 DEFAULT_MAP_SIZE = 64 << 20  # grows by doubling when full
 SEGMENT_MAX = 1 << 20  # items per segment when compacting
 COMPACT_AFTER = 64  # more small segments than this -> merge them at the next commit
-_DBS = ("meta", "codec", "items", "paths", "hashes", "codes", "code_loc", "staging")
+_DBS = ("meta", "codec", "items", "paths", "hashes", "codes", "code_loc", "staging", "recode")
+_LATER_DBS = {"recode"}  # added after schema 1 was released: created on the first writable open
 _MANAGED_META = {"schema", "created", "generation", "next_id", "next_segment", "code_bytes",
-                 "codec_id", "dim"}  # only the store itself changes these
+                 "codec_id", "dim", "pending_codec"}  # only the store itself changes these
 _SEG_HEAD = struct.Struct("<QII")
 _ITEM_HEAD = struct.Struct("<BQQqIIddH")
 _ITEM_VERSION = 1
@@ -336,10 +343,10 @@ class Store:
                 with env.begin() as txn:
                     self._check_schema(txn.get(b"schema", db=meta_db))
                 return env, {n: env.open_db(n.encode(), create=False, dupsort=n == "hashes")
-                             for n in _DBS}
+                             if n not in _LATER_DBS or n.encode() in names else None for n in _DBS}
             with env.begin(write=True) as txn:  # we hold writer.lock: this cannot block
                 self._check_schema(txn.get(b"schema", db=env.open_db(b"meta", txn=txn, create=False)))
-                return env, {n: env.open_db(n.encode(), txn=txn, create=False, dupsort=n == "hashes")
+                return env, {n: env.open_db(n.encode(), txn=txn, create=n in _LATER_DBS, dupsort=n == "hashes")
                              for n in _DBS}
         except BaseException:
             env.close()
@@ -502,6 +509,19 @@ class Store:
         with self._read() as v:
             return v._get(b"codec", "codec")
 
+    def pending_codec_bytes(self) -> bytes | None:
+        """The codec an unfinished retrain is moving the store to (None: no retrain pending)."""
+        with self._read() as v:
+            return v._get(b"pending", "codec")
+
+    def recoded_ids(self) -> np.ndarray:
+        """Ids (uint64, ascending) that already have a code under the pending codec."""
+        with self._read() as v:
+            if v._db["recode"] is None:  # a read-only open of a store from before the recode db
+                return np.empty(0, np.uint64)
+            return np.array([int.from_bytes(k, "big") for k in v.txn.cursor(db=v._db["recode"]).iternext(values=False)],
+                            np.uint64)
+
     def count(self) -> int:
         with self._read() as v:
             return v.txn.stat(v._db["items"])["entries"]
@@ -651,6 +671,17 @@ class Store:
                                     f"a staging row")
             problems += [f"code for missing item {i}" for i in sorted(set(coded) - set(items))]
             problems += [f"staging row for missing item {i}" for i in sorted(staged - set(items))]
+            if db["recode"] is not None:
+                pending = meta.get("pending_codec")
+                recoded = set()
+                for k, raw in txn.cursor(db=db["recode"]):
+                    recoded.add(int.from_bytes(k, "big"))
+                    if not pending or len(raw) != pending["code_bytes"]:
+                        problems.append(f"recode row {int.from_bytes(k, 'big')}: {len(raw)} bytes, pending codec "
+                                        f"{pending}")
+                problems += [f"recode row for missing item {i}" for i in sorted(recoded - set(items))]
+            if bool(meta.get("pending_codec")) != (v._get(b"pending", "codec") is not None):
+                problems.append("the pending codec's bytes and its meta record disagree")
             if coded and v._get(b"codec", "codec") is None:
                 problems.append("codes exist but the store has no codec")
         return problems
@@ -817,6 +848,34 @@ class Writer(_View):
             raise InputError("set_codec: this batch already holds codes of another width")
         self._run(self._set_codec, bytes(codec_bytes), str(codec_id), int(code_bytes))
 
+    def set_pending_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
+        """Begin moving the store to another codec (a retrain): queries keep the current codec
+        and codes until switch_codec(); any earlier pending codec and its recodes are dropped."""
+        if not self._meta["codec_id"]:
+            raise InputError(f"{self._store.path} has no codec yet: set_codec instead")
+        self._run(self._set_pending, bytes(codec_bytes), str(codec_id), int(code_bytes))
+
+    def set_recodes(self, ids, codes) -> None:
+        """Codes of items under the pending codec: uint8 (n, pending code_bytes)."""
+        pending = self._meta.get("pending_codec")
+        if not pending:
+            raise InputError(f"{self._store.path} has no pending codec: set_pending_codec first")
+        codes = np.asarray(codes)
+        if codes.dtype != np.uint8 or codes.shape != (len(ids), pending["code_bytes"]):
+            raise InputError(f"set_recodes: codes {codes.dtype} {codes.shape}, expected uint8 "
+                             f"({len(ids)}, {pending['code_bytes']})")
+        self._run(self._set_recodes, tuple(int(i) for i in ids), tuple(c.tobytes() for c in codes))
+
+    def switch_codec(self) -> None:
+        """Install the pending codec with every item's recode as its code, in this batch."""
+        if not self._meta.get("pending_codec"):
+            raise InputError(f"{self._store.path} has no pending codec to switch to")
+        self._run(self._switch)
+
+    def discard_pending(self) -> None:
+        """Drop a pending codec and its recodes (the store stays on its codec)."""
+        self._run(self._discard_pending)
+
     def compact(self) -> None:
         """Merge small segments when this batch commits."""
         self._compact_requested = True
@@ -913,6 +972,47 @@ class Writer(_View):
         self._put_meta("codec_id", codec_id)
         self._put_meta("code_bytes", code_bytes)
 
+    def _set_pending(self, codec: bytes, codec_id: str, code_bytes: int) -> None:
+        self.txn.drop(self._db["recode"], delete=False)
+        self.txn.put(b"pending", codec, db=self._db["codec"])
+        self._put_meta("pending_codec", {"id": codec_id, "code_bytes": code_bytes})
+
+    def _set_recodes(self, ids: tuple, codes: tuple) -> None:
+        for id_ in ids:
+            self._require(id_)
+        for id_, code in zip(ids, codes):
+            self.txn.put(_k(id_), code, db=self._db["recode"])
+
+    def _switch(self) -> None:
+        db = self._db
+        n_items, n_recoded = (self.txn.stat(db[d])["entries"] for d in ("items", "recode"))
+        if n_recoded != n_items or self.txn.stat(db["staging"])["entries"]:
+            raise InputError(f"{self._store.path}: {n_items - n_recoded} of {n_items} items have no code under "
+                             f"the pending codec yet")
+        pending = self._meta["pending_codec"]
+        ids, codes = [], []
+        for k, code in self.txn.cursor(db=db["recode"]):
+            ids.append(int.from_bytes(k, "big"))
+            codes.append(bytes(code))
+        self.txn.drop(db["codes"], delete=False)
+        self.txn.drop(db["code_loc"], delete=False)
+        self.txn.drop(db["recode"], delete=False)
+        self._new_codes.clear()
+        self._dirty_segments.clear()
+        self.txn.put(b"codec", self._get(b"pending", "codec"), db=db["codec"])
+        self.txn.delete(b"pending", db=db["codec"])
+        self._put_meta("codec_id", pending["id"])
+        self._put_meta("code_bytes", pending["code_bytes"])
+        self._put_meta("pending_codec", None)
+        if ids:
+            self._append_segments(np.array(ids, np.uint64),
+                                  np.frombuffer(b"".join(codes), np.uint8).reshape(len(ids), -1))
+
+    def _discard_pending(self) -> None:
+        self.txn.drop(self._db["recode"], delete=False)
+        self.txn.delete(b"pending", db=self._db["codec"])
+        self._put_meta("pending_codec", None)
+
     def _attach_vector(self, id_: int, is_code: bool, vec: bytes) -> None:
         if is_code:
             self._new_codes[id_] = vec
@@ -922,6 +1022,7 @@ class Writer(_View):
             self.txn.put(_k(id_), vec, db=self._db["staging"])
 
     def _detach_vector(self, id_: int) -> None:
+        self.txn.delete(_k(id_), db=self._db["recode"])  # its new content needs a new recode
         if self._new_codes.pop(id_, None) is not None:
             return
         seg = self._get(_k(id_), "code_loc")

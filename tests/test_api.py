@@ -14,7 +14,7 @@ from semdb.errors import InputError, StoreError
 def test_ingest_query_and_incremental_reruns(photos, tmp_path, tiny_model):
     store = tmp_path / "store"
     with semdb.open(store, model=tiny_model) as db:
-        s = db.ingest([photos])
+        s = db.ingest([photos], train_now=True)
         assert (s["new"], s["failed"], s["items"], s["codec_trained"]) == (12, 0, 12, True)
         info = db.info()
         assert info["items"] == 12 and info["staging"] == 0 and info["bits_per_item"] == 256
@@ -24,7 +24,7 @@ def test_ingest_query_and_incremental_reruns(photos, tmp_path, tiny_model):
         assert len(db.query("a cat", k=5)) == 5
         assert db.query("a cat", k=5, min_score=10.0) == []
 
-        again = db.ingest([photos])
+        again = db.ingest([photos], train_now=True)
         assert (again["unchanged"], again["embedded"], again["new"]) == (12, 0, 0)
 
         shutil.copy(photos / "coffee.jpg", photos / "coffee copy.jpg")          # duplicate
@@ -33,10 +33,10 @@ def test_ingest_query_and_incremental_reruns(photos, tmp_path, tiny_model):
         from PIL import Image
         Image.new("RGB", (40, 40), (255, 0, 0)).save(photos / "shapes_1.png")   # changed
         (photos / "notes.jpg").write_text("not an image")                      # failed
-        s = db.ingest([photos])
+        s = db.ingest([photos], train_now=True)
         assert (s["duplicate"], s["moved"], s["changed"], s["missing"], s["failed"], s["embedded"]) == (1, 1, 1, 1, 1, 1)
         assert s["failures"][0]["path"].endswith("notes.jpg")
-        s = db.ingest([photos], prune=True)
+        s = db.ingest([photos], prune=True, train_now=True)
         assert s["pruned"] == 1 and s["items"] == 12
         paths = {h.path for h in db.query("anything", k=50)}
         assert str(photos / "rocket moved.jpg") in paths and str(photos / "rocket.jpg") not in paths
@@ -47,7 +47,7 @@ def test_adc_results_agree_with_brute_force_float_ranking(photos, tmp_path, tiny
     from semdb.images import discover, load_image
 
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
-        db.ingest([photos])
+        db.ingest([photos], train_now=True)
         files = [str(p) for p in discover([photos])]
         X = tiny_embedder.encode_images([load_image(p, draft_size=tiny_embedder.image_size) for p in files])
         q = tiny_embedder.encode_texts(["a photo of a rocket"])
@@ -64,7 +64,7 @@ def test_given_codec_and_model_binding(photos, tmp_path, tiny_model, tiny_embedd
     codec = Codec.train(X, bits=64, model_id=tiny_embedder.model_id)
     codec.save(tmp_path / "c.safetensors")
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
-        s = db.ingest([photos], codec=tmp_path / "c.safetensors")
+        s = db.ingest([photos], codec=tmp_path / "c.safetensors", train_now=True)
         assert not s["codec_trained"] and db.info()["codec"]["id"] == codec.id and db.info()["bits_per_item"] == 64
     other = "local-dir:" + write_tiny_model(tmp_path / "other", seed=1)
     with pytest.raises(StoreError, match="was built with CLIP model"):
@@ -74,7 +74,7 @@ def test_given_codec_and_model_binding(photos, tmp_path, tiny_model, tiny_embedd
 
 def test_bad_queries(photos, tmp_path, tiny_model):
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
-        db.ingest([photos])
+        db.ingest([photos], train_now=True)
         with pytest.raises(InputError, match="empty query"):
             db.query("   ")
         with pytest.raises(InputError, match="not found"):

@@ -15,7 +15,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "search_app.py"
 
 def test_console_script_ingest_query_info(photos, tmp_path, tiny_model):
     store = tmp_path / "store"
-    summary = json.loads(run("ingest", photos, "--store", store, "--model", tiny_model, "--bits", "128", "--threads", "1",
+    summary = json.loads(run("ingest", "--train-now", photos, "--store", store, "--model", tiny_model, "--bits", "128", "--threads", "1",
                              "--json").stdout)
     assert summary["new"] == 12 and summary["items"] == 12 and summary["failures"] == []
     info = json.loads(run("info", "--store", store, "--json").stdout)
@@ -26,7 +26,7 @@ def test_console_script_ingest_query_info(photos, tmp_path, tiny_model):
     assert len(paths) == 4 and all(Path(p).exists() for p in paths)
     table = run("query", "a rocket", "--store", store, "-k", "2").stdout
     assert "score" in table and "path" in table
-    again = json.loads(run("ingest", photos, "--store", store, "--json").stdout)
+    again = json.loads(run("ingest", "--train-now", photos, "--store", store, "--json").stdout)
     assert again["unchanged"] == 12 and again["embedded"] == 0
 
 
@@ -37,7 +37,7 @@ def test_console_script_ingest_query_info(photos, tmp_path, tiny_model):
 ])
 def test_bad_queries_exit_with_one_line(photos, tmp_path, tiny_model, args, code, message):
     store = tmp_path / "store"
-    run("ingest", photos / "chelsea.jpg", photos / "coffee.jpg", "--store", store, "--model", tiny_model, "--json")
+    run("ingest", "--train-now", photos / "chelsea.jpg", photos / "coffee.jpg", "--store", store, "--model", tiny_model, "--json")
     proc = run(*args, "--store", store, check=False)
     assert proc.returncode == code and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
@@ -48,7 +48,7 @@ def test_not_a_store_and_missing_model(tmp_path, photos):
     (tmp_path / "junk" / "file.txt").write_text("hello")
     proc = run("query", "a cat", "--store", tmp_path / "junk", check=False)
     assert proc.returncode == 4 and "no semdb store" in proc.stderr
-    proc = run("ingest", photos, "--store", tmp_path / "s", "--model", "local-dir:" + str(tmp_path / "nomodel"), check=False)
+    proc = run("ingest", "--train-now", photos, "--store", tmp_path / "s", "--model", "local-dir:" + str(tmp_path / "nomodel"), check=False)
     assert proc.returncode == 3 and "local-dir" in proc.stderr and "Traceback" not in proc.stderr
 
 

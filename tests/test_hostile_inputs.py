@@ -158,12 +158,12 @@ def test_hostile_collection_through_the_api(tmp_path, tiny_model):
 
     good, fail = hostile_folder(tmp_path / "photos", unreadable=os.geteuid() != 0)  # root reads chmod 000
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
-        s = db.ingest([tmp_path / "photos"])
+        s = db.ingest([tmp_path / "photos"], train_now=True)
         assert reasons(s["failures"]) == fail
         assert (s["failed"], s["items"]) == (len(fail), len(good))
         assert {it.path for it in db.store.iter_items()} == good and db.store.verify() == []
         assert len(db.query("x" * 10_000, k=50)) == len(good)
-        again = db.ingest([tmp_path / "photos"])
+        again = db.ingest([tmp_path / "photos"], train_now=True)
         assert (again["unchanged"], again["failed"], again["items"]) == (len(good), len(fail), len(good))
 
 
@@ -180,7 +180,7 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
     photos, store = tmp_path / "photos", tmp_path / "store"
     good, fail = hostile_folder(photos, unreadable=unreadable)
 
-    first = run("ingest", photos, "--store", store, "--model", tiny_model, prefix=prefix, check=0)
+    first = run("ingest", "--train-now", photos, "--store", store, "--model", tiny_model, prefix=prefix, check=0)
     err = first.stderr.decode("utf-8")
     assert "Traceback" not in err
     listed = {re.sub(r"\d+x\d+ \((\d+ MP)\)", r"\1", line[len("failed: "):])
@@ -192,12 +192,12 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
 
     other = "local-dir:" + write_tiny_model(tmp_path / "other_model", seed=1)
     jobs = {
-        "json": cmd("ingest", photos, "--store", store, "--json", "--wait", prefix=prefix),
+        "json": cmd("ingest", "--train-now", photos, "--store", store, "--json", "--wait", prefix=prefix),
         "query_json": cmd("query", "a photo", "-k", 50, "--store", store, "--json"),
         "paths_only": cmd("query", "a photo", "-k", 50, "--store", store, "--paths-only"),
         "table": cmd("query", "x" * 10_000, "-k", 50, "--store", store),
         "bad_image": cmd("query", "--image", photos / "notes.jpg", "--store", store),
-        "other_model": cmd("ingest", photos, "--store", store, "--model", other, "--wait"),  # the 2 writers queue
+        "other_model": cmd("ingest", "--train-now", photos, "--store", store, "--model", other, "--wait"),  # the 2 writers queue
     }
     procs = {k: subprocess.Popen(c, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, c in jobs.items()}
     out = {}
@@ -255,7 +255,7 @@ def test_files_that_vanish_or_turn_unreadable_during_an_ingest_are_listed(photos
     monkeypatch.setattr(semdb.ingest.local, "content_hash", content_hash)
     monkeypatch.setattr(semdb.ingest.decode, "load_image", load_image)
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
-        s = db.ingest([photos])
+        s = db.ingest([photos], train_now=True)
         assert {(Path(f["path"]).name, f["reason"]) for f in s["failures"]} == {
             ("rocket.jpg", "file not found"), ("coffee.jpg", "permission denied"), ("shapes_2.png", "file not found")}
         assert s["items"] == 9 and db.store.verify() == []
@@ -266,7 +266,7 @@ def test_bad_queries_exit_2_with_one_line(tmp_path, tiny_model, photos):
     import semdb
 
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
-        db.ingest([photos / "chelsea.jpg", photos / "coffee.jpg"])
+        db.ingest([photos / "chelsea.jpg", photos / "coffee.jpg"], train_now=True)
     store = tmp_path / "s"
     before = stored_paths(store)
     one_line_error(run("query", "", "--store", store), 2, "empty query text")
@@ -277,7 +277,7 @@ def test_bad_queries_exit_2_with_one_line(tmp_path, tiny_model, photos):
                    "[/x].jpg: query image not found")
     one_line_error(run("query", "a", "--image", photos / "chelsea.jpg", "--store", store), 2,
                    "exactly one of TEXT or --image")
-    one_line_error(run("ingest", tmp_path / "missing", "--store", store), 2,
+    one_line_error(run("ingest", "--train-now", tmp_path / "missing", "--store", store), 2,
                    "missing: no such file or directory")
     proc = run("query", "a cat", "-k", 0, "--store", store)
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr  # click's own usage error
@@ -295,7 +295,7 @@ def good_store(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("good")
     photos = write_photos(root / "photos")
     with semdb.open(root / "store", model=tiny_model) as db:
-        db.ingest([photos])
+        db.ingest([photos], train_now=True)
     return root / "store", photos
 
 
@@ -353,7 +353,7 @@ def test_damaged_or_newer_store_exits_4_and_is_left_as_it_was(good_store, tmp_pa
     bad = damaged(good_store, tmp_path, how)
     photos = good_store[1]
     before = digest(bad)
-    one_line_error(run("ingest", photos, "--store", bad), 4, *fragments)
+    one_line_error(run("ingest", "--train-now", photos, "--store", bad), 4, *fragments)
     if how != "item pages":  # info reads meta, codec and codes, not item records
         one_line_error(run("info", "--store", bad), 4, *fragments)
     assert digest(bad) == before
@@ -375,7 +375,7 @@ def test_not_a_store_exits_4_and_creates_nothing(good_store, tmp_path):
     env.close()
     for store, fragment in ((folder, "is not a semdb store (no data.mdb)"), (afile, "is a file, not a semdb store"),
                             (foreign, "is not a semdb store (an LMDB environment without semdb meta)")):
-        one_line_error(run("ingest", photos, "--store", store), 4, fragment)
+        one_line_error(run("ingest", "--train-now", photos, "--store", store), 4, fragment)
         for args in (("info",), ("query", "a cat")):  # read-only commands check for data.mdb first
             expected = fragment if store == foreign else "no semdb store here yet"
             one_line_error(run(*args, "--store", store), 4, expected)

@@ -47,7 +47,7 @@ def ingest_both(tmp_path, folder, tiny_model, **kw) -> tuple[dict, dict]:
     summaries = []
     for engine in ("local", "ray"):
         with semdb.open(tmp_path / engine, model=tiny_model, threads=1) as db:
-            summaries.append(db.ingest([folder], engine=engine, batch_size=4, **kw))
+            summaries.append(db.ingest([folder], engine=engine, batch_size=4, train_now=True, **kw))
     for s in summaries:
         s.pop("seconds"), s.pop("images_per_second")
     return summaries[0], summaries[1]
@@ -77,7 +77,7 @@ def test_ray_ingest_builds_the_same_store_as_a_local_ingest(local_ray, tmp_path,
     assert snapshot(tmp_path / "local") == snapshot(tmp_path / "ray")
 
     with semdb.open(tmp_path / "ray", threads=1) as db:  # nothing left to do
-        again = db.ingest([folder], engine="ray")
+        again = db.ingest([folder], engine="ray", train_now=True)
         assert again["embedded"] == 0 and again["unchanged"] == 15 and again["failed"] == 1
         assert db.query_image(folder / "rocket.jpg", k=2)[0].path in {str(folder / "rocket.jpg"),
                                                                      str(folder / "shapes_1.png")}
@@ -89,7 +89,7 @@ def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray,
     from semdb.ingest import CodecPolicy
 
     folder = collection(tmp_path / "photos")
-    local, on_ray = ingest_both(tmp_path, folder, tiny_model, policy=CodecPolicy(train_at=6))
+    local, on_ray = ingest_both(tmp_path, folder, tiny_model, policy=CodecPolicy(train_at=6, train_now=True))
     assert local == on_ray and local["codec_trained"]
     codec_id, items = snapshot(tmp_path / "ray")
     assert (codec_id, items) == snapshot(tmp_path / "local")
@@ -99,7 +99,7 @@ def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray,
 
 def test_cli_engine_ray_starts_its_own_local_instance(tmp_path, tiny_model):
     folder = write_photos(tmp_path / "photos", n_generated=2)
-    args = ["ingest", folder, "--store", tmp_path / "s", "--model", tiny_model, "--threads", "1"]
+    args = ["ingest", "--train-now", folder, "--store", tmp_path / "s", "--model", tiny_model, "--threads", "1"]
     proc = semdb_cli(*args, "--engine", "ray", "--json", timeout=600)
     summary = json.loads(proc.stdout)  # stdout holds only the JSON, whatever Ray logs
     assert summary["new"] == 6 and summary["items"] == 6 and summary["codec_trained"]

@@ -94,7 +94,7 @@ def _ingest_child(store, photos, model, fault, batch_size, prune, train_at, map_
         else:
             os.environ.pop(faults.ENV, None)
         faults.reset()
-        policy = CodecPolicy(train_at=train_at) if train_at else None
+        policy = CodecPolicy(train_at=train_at or CodecPolicy.train_at, train_now=True)
         with semdb.open(store, map_size=map_size, embedder=_PRELOADED) as db:
             summary = db.ingest([photos], batch_size=batch_size, prune=prune, workers=2, policy=policy)
             if fault:
@@ -222,7 +222,7 @@ def readers(plan_file: str) -> None:
         out = []
         for folders in plan["ingests"]:
             with semdb.open(plan["store"], embedder=_PRELOADED) as db:
-                out.append(db.ingest(folders, batch_size=plan["batch"]))
+                out.append(db.ingest(folders, batch_size=plan["batch"], train_now=True))
         Path(stop).touch()
         return out
 
@@ -345,7 +345,7 @@ def test_readers_never_see_the_codec_without_its_codes(photos, tmp_path, tiny_mo
         read_staging = reader.store.iter_staging
 
         def switch_then_read(*a, **kw):  # the writer commits the codec just before this read
-            writer.ingest([photos], policy=CodecPolicy(bits=64))  # nothing new: trains, installs
+            writer.ingest([photos], policy=CodecPolicy(bits=64, train_now=True))  # nothing new: trains, installs
             return read_staging(*a, **kw)
 
         monkeypatch.setattr(reader.store, "iter_staging", switch_then_read)
@@ -403,17 +403,17 @@ def test_a_full_disk_is_one_line_exit_4_and_a_rerun_after_freeing_space_finishes
     from semdb.store import Store
 
     store = small_disk / "store"
-    first = json.loads(cli("ingest", photos, "--store", store, "--model", tiny_model, "--json").stdout)
+    first = json.loads(cli("ingest", "--train-now", photos, "--store", store, "--model", tiny_model, "--json").stdout)
     more = write_photos(tmp_path / "more", n_generated=300, seed=5)
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     (small_disk / "filler").write_bytes(bytes(free - 16384))  # leave 16 KiB
-    proc = cli("ingest", more, "--store", store, "--model", tiny_model, "--json", check=4)
+    proc = cli("ingest", "--train-now", more, "--store", store, "--model", tiny_model, "--json", check=4)
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "storage error" in lines[0] and str(store) in lines[0], proc.stderr
     with Store(store) as s:
         assert s.verify() == [] and s.count() >= first["items"]
     (small_disk / "filler").unlink()
-    again = json.loads(cli("ingest", more, "--store", store, "--model", tiny_model, "--json").stdout)
+    again = json.loads(cli("ingest", "--train-now", more, "--store", store, "--model", tiny_model, "--json").stdout)
     assert again["items"] == first["items"] + len(list(more.iterdir())) and again["failed"] == 0
     with Store(store) as s:
         assert s.verify() == [] and s.staging_count() == 0
@@ -427,8 +427,8 @@ def test_map_grows_during_a_real_ingest(photos, tmp_path, tiny_model):
 
     more = write_photos(tmp_path / "more", n_generated=20, seed=7)
     with semdb.open(tmp_path / "s", model=tiny_model, map_size=1 << 14) as db:
-        assert db.ingest([photos], batch_size=2)["items"] == 12
-        s = db.ingest([photos, more], batch_size=2)  # coded batches now
+        assert db.ingest([photos], batch_size=2, train_now=True)["items"] == 12
+        s = db.ingest([photos, more], batch_size=2, train_now=True)  # coded batches now
         info = db.store.info()
         assert (s["new"], s["duplicate"], s["items"]) == (20, 4, 36)
         assert info["map_size"] >= 1 << 17 and info["coded"] == 36 and info["staging"] == 0
@@ -530,7 +530,7 @@ def test_two_ingests_at_once_refuse_or_wait_and_a_killed_writer_releases_the_loc
 
     photos = write_photos(tmp_path / "photos", n_generated=8)
     store = tmp_path / "store"
-    args = [SEMDB, "ingest", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2",
+    args = [SEMDB, "ingest", "--train-now", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2",
             "--json"]
     first = subprocess.Popen(args, env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.3,batch_committed:3"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -569,7 +569,7 @@ def test_ctrl_c_keeps_committed_batches_and_exits_130(tmp_path, tiny_model):
     photos = write_photos(tmp_path / "photos", n_generated=8)
     store = tmp_path / "store"
     proc = subprocess.Popen(
-        [SEMDB, "ingest", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2", "--json"],
+        [SEMDB, "ingest", "--train-now", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2", "--json"],
         env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.5"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -45,7 +45,7 @@ def synthetic_export(path, n: int, seed: int = 0, dim: int = 32) -> Codec:
 @pytest.fixture()
 def built(photos, tmp_path, tiny_model):
     with semdb.open(tmp_path / "a", model=tiny_model, threads=1) as db:
-        db.ingest([photos])
+        db.ingest([photos], train_now=True)
     return tmp_path / "a"
 
 
@@ -87,7 +87,7 @@ def test_import_merges_new_items_and_updates_changed_ones(built, photos, tmp_pat
     (other / "rocket2.jpg").write_bytes((photos / "rocket.jpg").read_bytes())
     (other / "coffee.jpg").write_bytes((photos / "coffee.jpg").read_bytes())
     with semdb.open(tmp_path / "b", model=tiny_model, threads=1) as db:  # same codec, other files
-        db.ingest([other], codec=tmp_path / "codec.safetensors")
+        db.ingest([other], codec=tmp_path / "codec.safetensors", train_now=True)
         table = db.to_arrow()
     with semdb.open(built, threads=1) as db:
         summary = db.import_arrow(table)
@@ -114,7 +114,7 @@ def test_non_utf8_paths_survive_the_round_trip(tmp_path, tiny_model, photos):
         with open(folder + b"/" + name, "wb") as fh:
             fh.write((photos / "coffee.jpg").read_bytes() if name == b"plain.jpg" else (photos / "chelsea.jpg").read_bytes())
     with semdb.open(tmp_path / "a", model=tiny_model, threads=1) as db:
-        db.ingest([os.fsdecode(folder)])
+        db.ingest([os.fsdecode(folder)], train_now=True)
         table = db.to_arrow()
         paths = sorted(it.path for it in db.store.iter_items())
     assert table["path_bytes"].null_count == 1 and "\ufffd" in "".join(table["path"].to_pylist())
@@ -150,7 +150,7 @@ def test_codec_mismatch_and_bad_files_fail_clearly_and_change_nothing(built, tmp
             db.import_parquet([tmp_path / "a.parquet", tmp_path / "other.parquet"])
         assert db.store.count() == 0 and db.codec is None
     with semdb.open(tmp_path / "staged", model=tiny_model, threads=1) as db:  # one image: no codec yet
-        db.ingest([photos / "coffee.jpg"])
+        db.ingest([photos / "coffee.jpg"], train_now=True)
         with pytest.raises(StoreError, match="no codec yet"):
             db.to_arrow()
     with semdb.open(tmp_path / "plain") as db:

@@ -14,9 +14,11 @@ from typing import Optional
 import numpy as np
 
 from ..codec import Codec
+from ..context import STATS_KEY
 from ..errors import ImageError
 from ..faults import fault_point
 from ..store import Item, Store
+from .encode import encode
 from .records import EmbeddedBatch, IngestSummary, Vectors
 
 
@@ -38,19 +40,19 @@ def write_settled(store: Store, settled: list[SettledItem]) -> None:
         fault_point("classify_txn")
 
 
-def stored_rows(vectors: Vectors, codec: Optional[Codec]) -> tuple[str, np.ndarray]:
-    """("code", uint8 codes) or ("embedding", float16 rows) to store for a batch's images.
-    Embeddings that arrive after the codec was trained (an engine embedded them before) are
-    encoded here; codes must be of the store's codec."""
+def stored_rows(vectors: Vectors, codec: Optional[Codec]) -> Vectors:
+    """What to store for a batch's images: codes when the store has a codec, else float16
+    embeddings (staged). Embeddings that arrive after the codec was trained (an engine embedded
+    them before) are encoded here; codes must be of the store's codec."""
     if codec is None:
         if vectors.embeddings is None:
             raise ValueError("codes given for a store without a codec")
-        return "embedding", vectors.embeddings.astype(np.float16)
+        return Vectors(embeddings=vectors.embeddings.astype(np.float16))
     if vectors.codes is not None:
         if vectors.codec_id != codec.id:
             raise ValueError(f"codes of codec {vectors.codec_id} given for a store on codec {codec.id}")
-        return "code", vectors.codes
-    return "code", codec.encode(vectors.embeddings.astype(np.float32))
+        return vectors
+    return encode(codec, vectors.embeddings)
 
 
 def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], summary: IngestSummary) -> None:
@@ -65,7 +67,8 @@ def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], sum
             good.append((job, image))
     if not good:
         return
-    kind, rows = stored_rows(batch.vectors, codec)
+    stored = stored_rows(batch.vectors, codec)
+    kind, rows = ("code", stored.codes) if stored.codes is not None else ("embedding", stored.embeddings)
     now = time.time()
     with store.write() as w:
         for (job, image), row in zip(good, rows):
@@ -83,9 +86,19 @@ def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], sum
                 w.add_item(Item.new(c.path, c.size, c.mtime_ns, job.hash, image.width, image.height, now),
                            **{kind: row})
                 summary.duplicate += 1
+        if stored.errors is not None:
+            _count_drift(w, stored.errors)
         fault_point("batch_txn")
     fault_point("batch_committed")
     summary.embedded += len(good)
+
+
+def _count_drift(w, errors: np.ndarray) -> None:
+    """Add newly encoded items' reconstruction errors to the codec's stats (same transaction)."""
+    stats = w.meta().get(STATS_KEY)
+    if stats:
+        w.set_meta(STATS_KEY, {**stats, "encoded": stats.get("encoded", 0) + len(errors),
+                               "error_sum": stats.get("error_sum", 0.0) + float(errors.sum())})
 
 
 def prune_missing(store: Store, seen: set[str], prune: bool, summary: IngestSummary) -> None:

@@ -24,4 +24,18 @@ def embed_and_encode(embedder, images: Sequence[DecodedImage], codec: Optional[C
     fault_point("embedded")
     if codec is None:
         return Vectors(embeddings=embeddings.astype(np.float16))
-    return Vectors(codes=codec.encode(embeddings), codec_id=codec.id)
+    return encode(codec, embeddings)
+
+
+def encode(codec: Codec, embeddings: np.ndarray) -> Vectors:
+    """Codes of `embeddings`, with the reconstruction errors drift is measured in."""
+    X = np.asarray(embeddings, np.float32)
+    codes = codec.encode(X)
+    return Vectors(codes=codes, codec_id=codec.id, errors=reconstruction_errors(codec, X, codes))
+
+
+def reconstruction_errors(codec: Codec, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Squared distance of each unit embedding to its decoded code: what drift is measured in."""
+    X = np.asarray(X, np.float32)
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return ((X - codec.decode(codes)) ** 2).sum(1)

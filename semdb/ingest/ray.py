@@ -135,13 +135,13 @@ class RayEngine:
                 raise StoreError(f"shard {shard}, written by a Ray worker, is not visible to this driver: "
                                  f"give --ray-shards a folder that every node and the driver share")
             table = pq.read_table(shard)
-            rows = zip(*(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector")))
+            rows = zip(*(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector", "drift")))
             for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
                 jobs, group = batches[k], list(group)
                 images = tuple(DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err))
-                               for job, (_, w, h, err, _) in zip(jobs, group))
-                raw = [v for *_, v in group if v is not None]
-                yield EmbeddedBatch(tuple(jobs), images, _vectors(raw, codec, model_id["dim"]) if raw else None)
+                               for job, (_, w, h, err, _, _) in zip(jobs, group))
+                good = [(v, d) for *_, v, d in group if v is not None]
+                yield EmbeddedBatch(tuple(jobs), images, _vectors(good, codec, model_id["dim"]) if good else None)
             shard.unlink()
 
 
@@ -159,11 +159,13 @@ def _check_reachable(address: str | None) -> None:
                          f"`ray start --head` there, or check --ray-address") from None
 
 
-def _vectors(raw: list[bytes], codec, dim: int) -> Vectors:
+def _vectors(rows: list[tuple[bytes, float]], codec, dim: int) -> Vectors:
+    """(vector bytes, reconstruction error) of a batch's decodable images -> Vectors."""
+    raw = b"".join(v for v, _ in rows)
     if codec is not None:
-        return Vectors(codes=np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), codec.code_bytes),
-                       codec_id=codec.id)
-    return Vectors(embeddings=np.frombuffer(b"".join(raw), np.float16).reshape(len(raw), dim))
+        return Vectors(codes=np.frombuffer(raw, np.uint8).reshape(len(rows), codec.code_bytes), codec_id=codec.id,
+                       errors=np.array([d for _, d in rows], np.float64))
+    return Vectors(embeddings=np.frombuffer(raw, np.float16).reshape(len(rows), dim))
 
 
 def _hash_rows(batch):
@@ -221,11 +223,12 @@ class _EmbedActor:
 
         first = row["first"][0].as_py()
         batches = [[os.fsdecode(p) for p in paths] for paths in row["paths"][0].as_py()]
-        cols = {"batch": [], "width": [], "height": [], "error": [], "vector": []}
+        cols = {"batch": [], "width": [], "height": [], "error": [], "vector": [], "drift": []}
         decoded = decode_ahead(batches, lambda path: decode_image(self.emb, path, self.max_megapixels))
         for k, (_, images) in enumerate(decoded, start=first):
             vectors = embed_and_encode(self.emb, images, self.codec)
             rows = iter(() if vectors is None else vectors.codes if self.codec else vectors.embeddings)
+            drift = iter(() if vectors is None or vectors.errors is None else vectors.errors.tolist())
             for img in images:
                 bad = img.error is not None
                 cols["batch"].append(k)
@@ -233,12 +236,14 @@ class _EmbedActor:
                 cols["height"].append(None if bad else img.height)
                 cols["error"].append(img.error.reason if bad else None)
                 cols["vector"].append(None if bad else next(rows).tobytes())
+                cols["drift"].append(None if bad else next(drift, None))
         shard = self.out / f"{first:09d}.parquet"
         tmp = shard.with_suffix(".tmp")
         pq.write_table(pa.table({"batch": pa.array(cols["batch"], pa.int64()),
                                  "width": pa.array(cols["width"], pa.uint32()),
                                  "height": pa.array(cols["height"], pa.uint32()),
                                  "error": pa.array(cols["error"], pa.string()),
-                                 "vector": pa.array(cols["vector"], pa.binary())}), tmp)
+                                 "vector": pa.array(cols["vector"], pa.binary()),
+                                 "drift": pa.array(cols["drift"], pa.float64())}), tmp)
         os.replace(tmp, shard)  # the driver never reads half a shard
         return str(shard)

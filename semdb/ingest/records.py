@@ -62,6 +62,7 @@ class Vectors:
     codes: Optional[np.ndarray] = None  # uint8 (n, code_bytes)
     embeddings: Optional[np.ndarray] = None  # float (n, D)
     codec_id: Optional[str] = None
+    errors: Optional[np.ndarray] = None  # with codes: each embedding's reconstruction error (drift)
 
     def __len__(self) -> int:
         return len(self.codes if self.codes is not None else self.embeddings)
@@ -91,7 +92,9 @@ class IngestSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     items: int = 0
+    staged: int = 0  # items not compressed yet (the store has no codec)
     codec_trained: bool = False
+    retrain_advice: Optional[str] = None  # why `semdb retrain` should run, if it should
     failures: list = field(default_factory=list)  # [{"path", "reason"}]
 
     def fail(self, error: ImageError) -> None:

@@ -15,7 +15,7 @@ from .classify import classify
 from .commit import commit_batch, prune_missing
 from .records import IngestSummary
 from .scan import scan
-from .training import CodecPolicy, adopt_codec, train_if_due
+from .training import CodecPolicy, adopt_codec, retrain_advice, train_if_due
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
             summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
-    summary.items = ctx.store.count()
+    summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
+    summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)
     if summary.embedded:
         summary.images_per_second = round(summary.embedded / summary.seconds, 2)

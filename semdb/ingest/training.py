@@ -1,26 +1,37 @@
 """When a store trains its codec, and on what: the one place that decides it.
 
-A store without a codec stages its new embeddings (float16). The codec is trained from every
-staged embedding when `train_at` are staged (a long first ingest then encodes the rest
-directly), or when an ingest ends with at least `min_train` staged; training, encoding the
-staged rows and installing the codec commit as one transaction (StoreContext.install_codec).
+A store without a codec keeps its new embeddings staged (float16) and searches them exactly.
+A codec trained on a handful of images is useless for the thousands that follow (docs/CODEC.md,
+"How many images a codec needs"), so the codec is trained only once the store holds
+`min_train` embeddings (when an ingest ends), or `train_at` during a long first ingest (which
+then encodes the rest directly); `train_now` trains whatever is staged (at least 2). Training,
+encoding the staged rows and installing the codec commit as one transaction.
+
+Later, `retrain_advice` says when the codec has become the wrong one: the store has grown
+several-fold since it was trained, or newly encoded items reconstruct markedly worse than its
+training items did (drift). `semdb retrain` (ingest/retrain.py) then replaces it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from ..codec import Codec
-from ..context import StoreContext
+from ..context import STATS_KEY, StoreContext
 from ..errors import CodecError, StoreError
 from ..faults import fault_point
 from ..progress import Progress, report
+from .encode import reconstruction_errors
 
 DEFAULT_BITS = 256
-TRAIN_AT = 50_000  # staged embeddings that trigger codec training during a long first ingest
-MIN_TRAIN = 2  # the codec needs at least this many embeddings to learn from
+MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/CODEC.md, "How many images")
+TRAIN_AT = 50_000  # staged embeddings that trigger training during a long first ingest
+RETRAIN_GROWTH = 4.0  # the store has grown this many times since training: retrain
+DRIFT_RATIO = 1.5  # new items reconstruct this much worse than the training items: retrain
+DRIFT_MIN_ITEMS = 100  # ...measured on at least this many new items
 
 
 @dataclass(frozen=True)
@@ -28,13 +39,23 @@ class CodecPolicy:
     bits: int = DEFAULT_BITS  # bits per item of a codec trained for a new store
     min_train: int = MIN_TRAIN
     train_at: int = TRAIN_AT
+    train_now: bool = False  # train on what is staged when the ingest ends, however few
 
     def batches_to_stage(self, staged: int, batch_size: int) -> int:
         """Batches to embed before training is due, for a store without a codec."""
         return max(1, -(-(self.train_at - staged) // batch_size))
 
     def due(self, staged: int, ingest_ended: bool) -> bool:
-        return staged >= (self.min_train if ingest_ended else self.train_at)
+        if ingest_ended:
+            return staged >= (2 if self.train_now else self.min_train)
+        return staged >= self.train_at
+
+
+def codec_stats(codec: Codec, X: np.ndarray, codes: np.ndarray) -> dict:
+    """The stats a store keeps beside a freshly trained codec (its training error: the baseline
+    of drift)."""
+    return {"trained_on": len(X), "train_error": float(reconstruction_errors(codec, X, codes).mean()),
+            "encoded": 0, "error_sum": 0.0}
 
 
 def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, progress: Progress | None) -> bool:
@@ -46,8 +67,30 @@ def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, pro
     fault_point("train")
     codec = Codec.train(X, bits=policy.bits, seed=0, model_id=ctx.store.model_id())
     report(progress, "training codec", 1, 1)
-    ctx.install_codec(codec)
+    ctx.install_codec(codec, stats=lambda codes: codec_stats(codec, X, codes))
     return True
+
+
+def retrain_advice(meta: dict, items: int) -> Optional[str]:
+    """Why the store's codec should be retrained, or None."""
+    stats = meta.get(STATS_KEY) or {}
+    trained_on = stats.get("trained_on")
+    if not meta.get("codec_id") or not trained_on:
+        return None
+    if items >= RETRAIN_GROWTH * trained_on and trained_on < TRAIN_AT:
+        return f"the store has grown {items / trained_on:.1f}x since its codec was trained on {trained_on} images"
+    ratio = drift_ratio(stats)
+    if ratio is not None and stats["encoded"] >= DRIFT_MIN_ITEMS and ratio >= DRIFT_RATIO:
+        return (f"the {stats['encoded']} images encoded since the codec was trained reconstruct {ratio:.1f}x worse "
+                f"than its training images")
+    return None
+
+
+def drift_ratio(stats: dict) -> Optional[float]:
+    """Mean reconstruction error of items encoded since training / that of the training items."""
+    if not stats.get("encoded") or not stats.get("train_error"):
+        return None
+    return stats["error_sum"] / stats["encoded"] / stats["train_error"]
 
 
 def adopt_codec(ctx: StoreContext, codec) -> None:

@@ -1,0 +1,226 @@
+"""Codec lifecycle: a store stays uncompressed until it holds enough images to train a codec
+that generalises, is told when (and retrains) as it grows or drifts, and takes precomputed
+embeddings. Real open_clip (tiny model), real FAISS, real LMDB, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import semdb_cli, write_photos
+
+import semdb
+from semdb.errors import InputError, StoreError
+from semdb.ingest import CodecPolicy
+from semdb.ingest.training import MIN_TRAIN
+from semdb.store import Store
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings"
+
+
+def test_a_small_store_stays_uncompressed_and_is_searched_exactly(photos, tmp_path, tiny_model, tiny_embedder):
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        s = db.ingest([photos])
+        assert (s["items"], s["staged"], s["codec_trained"]) == (12, 12, False)
+        info = db.info()
+        assert not info["compressed"] and info["codec_trains_at"] == MIN_TRAIN and info["codec"] is None
+        q = tiny_embedder.encode_texts(["a photo of a rocket"])
+        X = np.concatenate([e for _, e in db.store.iter_staging()]).astype(np.float32)
+        ids = np.concatenate([i for i, _ in db.store.iter_staging()])
+        hits = db.query_vectors(q, k=12)[0]
+        assert [h.id for h in hits] == ids[np.argsort(-(X @ q[0]), kind="stable")].tolist()  # exact ranking
+        s = db.ingest([photos], train_now=True)  # nothing new: trains on what is staged
+        assert s["codec_trained"] and s["staged"] == 0 and db.info()["compressed"]
+        assert db.store.verify() == [] and len(db.query("a cat", k=5)) == 5
+
+
+def test_info_and_ingest_say_when_the_store_will_be_compressed(photos, tmp_path, tiny_model):
+    store = tmp_path / "s"
+    proc = semdb_cli("ingest", photos, "--store", store, "--model", tiny_model, "--threads", 1)
+    assert f"12 images are stored uncompressed (searched exactly) until the store holds {MIN_TRAIN}" in proc.stderr
+    assert "--train-now" in proc.stderr
+    info = semdb_cli("info", "--store", store).stdout
+    assert f"not compressed until the store holds {MIN_TRAIN} images" in info
+    facts = json.loads(semdb_cli("info", "--store", store, "--json").stdout)
+    assert facts["compressed"] is False and facts["staging"] == 12
+    summary = json.loads(semdb_cli("ingest", photos, "--store", store, "--train-now", "--json").stdout)
+    assert summary["codec_trained"] and summary["staged"] == 0
+
+
+def test_growth_and_drift_are_reported_with_the_command(photos, tmp_path, tiny_model):
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        db.ingest([photos], policy=CodecPolicy(bits=64, min_train=12))
+        assert db.info()["codec"]["trained_on"] == 12 and db.info()["retrain_advice"] is None
+        more = write_photos(tmp_path / "more", n_generated=40, seed=3)
+        s = db.ingest([more])
+        assert s["items"] == 12 + 44 and s["retrain_advice"].startswith("the store has grown 4.7x")
+        info = db.info()
+        assert info["codec"]["encoded_since"] == 40 and info["codec"]["drift_ratio"] > 0  # 4 copies need no CLIP
+    proc = semdb_cli("info", "--store", tmp_path / "s")
+    assert "grown 4.7x" in proc.stdout
+
+
+def test_retrain_reembeds_files_and_transcodes_the_missing(photos, tmp_path, tiny_model):
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        db.ingest([photos], policy=CodecPolicy(bits=64, min_train=12))
+        old = db.codec.id
+        before = {it.path: it.id for it in db.store.iter_items()}
+    (photos / "shapes_0.png").unlink()
+    (photos / "shapes_1.png").write_bytes((photos / "rocket.jpg").read_bytes())  # changed since stored
+    reader = semdb.open(tmp_path / "s", readonly=True)
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        s = db.retrain(sample=6)
+        assert (s["items"], s["reembedded"], s["transcoded"]) == (12, 10, 2)
+        assert 2 <= s["trained_on"] <= 6  # the readable files of a sample of 6
+        assert s["old_codec"] == old and s["codec"] == db.codec.id != old and not s["resumed"]
+        assert {it.path: it.id for it in db.store.iter_items()} == before  # ids, paths unchanged
+        assert db.store.verify() == [] and db.info()["retrain_pending"] is None
+        assert db.info()["codec"]["trained_on"] == s["trained_on"] and db.info()["codec"]["encoded_since"] == 0
+    assert len(reader.query("a photo", k=12)) == 12  # an open reader moves to the new codes
+    assert reader.codec.id == s["codec"]
+    reader.close()
+
+
+def test_retrain_of_a_store_without_a_codec_trains_it(photos, tmp_path, tiny_model):
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        db.ingest([photos])
+        s = db.retrain()
+        assert s["codec"] and db.store.staging_count() == 0 and s["trained_on"] == 12
+
+
+RETRAIN_FAULTS = ["decode:2", "embedded:1", "train:1", "pending_txn:1", "recode_txn:1", "recode_txn:2",
+                  "switch_txn:1"]
+
+
+@pytest.mark.slow
+def test_retrain_survives_kill_9_at_every_stage(tmp_path, tiny_model):
+    """kill -9 of `semdb retrain` at each stage: the store is on the old codec or the new one for
+    every item (verify, every item coded, queries work), and re-running it finishes."""
+    photos = write_photos(tmp_path / "photos", n_generated=12)
+    base = tmp_path / "base"
+    with semdb.open(base, model=tiny_model) as db:
+        db.ingest([photos], policy=CodecPolicy(bits=64, min_train=2))
+        base_codec, n = db.codec.id, db.store.count()
+    (photos / "shapes_3.png").unlink()  # one item is transcoded
+    tried = []
+    for fault in RETRAIN_FAULTS:
+        store = tmp_path / "store"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(base, store)
+        args = ("retrain", "--store", store, "--sample", 5, "--batch-size", 4, "--threads", 1, "--json")
+        killed = semdb_cli(*args, env={"SEMDB_FAULT_POINT": fault}, check=-signal.SIGKILL)
+        with Store(store) as s:
+            assert s.verify() == [], (fault, s.verify())
+            assert len(s.load_codes()[0]) == s.count() == n and s.staging_count() == 0
+            on = s.meta()["codec_id"]
+        with semdb.open(store, readonly=True, embedder=None) as db:
+            assert len(db.query_vectors(np.ones((1, 64), np.float32), k=n)[0]) == n
+        rerun = json.loads(semdb_cli(*args).stdout)
+        with Store(store) as s:
+            assert s.verify() == [] and s.meta()["codec_id"] == rerun["codec"] != base_codec
+            assert s.meta().get("pending_codec") is None and len(s.load_codes()[0]) == n
+        assert rerun["resumed"] == (fault in ("recode_txn:1", "recode_txn:2", "switch_txn:1")), (fault, rerun)
+        tried.append((fault, on == base_codec, killed.returncode))
+    assert len(tried) == len(RETRAIN_FAULTS)
+
+
+# -- bring your own embeddings ----------------------------------------------------------------
+
+def _unit(n, d=64, seed=0):
+    X = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def test_clip_retrieval_layout_and_npz_are_imported(tmp_path, tiny_model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "clip_out"
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    X = _unit(30)
+    for part, rows in enumerate((slice(0, 20), slice(20, 30))):
+        np.save(folder / "img_emb" / f"img_emb_{part}.npy", X[rows].astype(np.float16))
+        pq.write_table(pa.table({"image_path": [f"/photos/{i}.jpg" for i in range(30)][rows]}),
+                       folder / "metadata" / f"metadata_{part}.parquet")
+    with semdb.open(tmp_path / "s") as db:
+        s = db.add_embeddings(folder, model=tiny_model, train_now=True)
+        assert (s["new"], s["items"], s["staged"], s["codec_trained"]) == (30, 30, 0, True)
+        assert db.store.model_id()["name"] == tiny_model and db.store.model_id()["digest"] is None
+        hit = db.query_vectors(X[7:8], k=1)[0][0]
+        assert hit.path == "/photos/7.jpg"
+        again = db.add_embeddings(folder)  # the store's model; known paths are left alone
+        assert (again["new"], again["unchanged"]) == (0, 30)
+    np.savez(tmp_path / "more.npz", image_emb=_unit(5, seed=1), image_path=[f"/more/{i}.jpg" for i in range(5)])
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:  # loading the model binds its digest
+        assert db.add_embeddings(tmp_path / "more.npz")["new"] == 5
+        db.query("a cat", k=3)
+        assert db.store.model_id()["digest"] == db.embedder.model_id["digest"]
+
+
+def test_bad_embeddings_are_refused_in_one_line_before_anything_is_written(tmp_path, tiny_model):
+    with semdb.open(tmp_path / "s") as db:
+        db.add_embeddings([f"/p/{i}.jpg" for i in range(4)], _unit(4), model=tiny_model)
+    before = (tmp_path / "s" / "data.mdb").read_bytes()
+    nan = _unit(6)
+    nan[3, 5] = np.nan
+    np.save(tmp_path / "x.npy", _unit(3))
+    (tmp_path / "two.txt").write_text("/a.jpg\n/b.jpg\n")
+    np.savez(tmp_path / "nopaths.npz", image_emb=_unit(3))
+    cases = [
+        (lambda db: db.add_embeddings([f"/q/{i}.jpg" for i in range(3)], _unit(3, d=32)), StoreError, "dim"),
+        (lambda db: db.add_embeddings([f"/q/{i}.jpg" for i in range(6)], nan), InputError, "row 3 is NaN"),
+        (lambda db: db.add_embeddings(["/q/a.jpg"], _unit(2)), InputError, "2 embeddings but 1 paths"),
+        (lambda db: db.add_embeddings(tmp_path / "missing.npz"), InputError, "no such file"),
+        (lambda db: db.add_embeddings(tmp_path / "x.npy", tmp_path / "two.txt"), InputError, "3 embeddings but 2"),
+        (lambda db: db.add_embeddings(tmp_path / "x.npy"), InputError, "--paths"),
+        (lambda db: db.add_embeddings(tmp_path / "nopaths.npz"), InputError, "image_path"),
+        (lambda db: db.add_embeddings(["/q/a.jpg", "/q/a.jpg"], _unit(2)), InputError, "appears twice"),
+    ]
+    with semdb.open(tmp_path / "s") as db:
+        for call, error, needle in cases:
+            with pytest.raises(error, match=needle) as e:
+                call(db)
+            assert "\n" not in str(e.value)
+    assert (tmp_path / "s" / "data.mdb").read_bytes() == before
+    proc = semdb_cli("ingest", "--embeddings", tmp_path / "x.npy", "--store", tmp_path / "s", check=2)
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--paths" in proc.stderr
+    semdb_cli("ingest", "--store", tmp_path / "s", check=2)  # neither PATHS nor --embeddings
+
+
+def _shopsphere():
+    path = DATA / "shopsphere_fashionclip_pairs.npz"
+    if not path.exists():
+        pytest.skip(f"real embeddings not found at {path}")
+    d = np.load(path)
+    return d["image_emb"], d["text_emb"]
+
+
+def _r1(db, T) -> float:
+    hits = db.query_vectors(T, k=1)
+    return float(np.mean([h[0].path == f"/shop/{i}.jpg" for i, h in enumerate(hits)]))
+
+
+@pytest.mark.parametrize("first", [20, 300])
+def test_a_store_grown_from_a_few_images_matches_one_built_in_one_go(tmp_path, first):
+    """FashionCLIP's 1126 image embeddings imported as FIRST, then the rest, against all at
+    once: text->image R@1 over all 1126 (the paired texts as queries) within 0.02, no float
+    embedding left."""
+    X, T = _shopsphere()
+    paths = [f"/shop/{i}.jpg" for i in range(len(X))]
+    with semdb.open(tmp_path / "once") as db:
+        db.add_embeddings(paths, X, model="fashion-clip")
+        once = _r1(db, T)
+    with semdb.open(tmp_path / "grown") as db:
+        s = db.add_embeddings(paths[:first], X[:first], model="fashion-clip")
+        assert s["staged"] == first and not s["codec_trained"]  # below the threshold: not compressed
+        s = db.add_embeddings(paths[first:], X[first:])
+        assert s["staged"] == 0 and db.store.staging_count() == 0 and db.codec.config["n_train"] >= MIN_TRAIN
+        grown = _r1(db, T)
+    float_r1 = float(np.mean((T @ X.T).argmax(1) == np.arange(len(X))))
+    assert abs(grown - once) <= 0.02 and grown > 0.9 * float_r1, (grown, once, float_r1)
