@@ -32,15 +32,40 @@ def codec(data):
     return Codec.train(data[0], bits=64, seed=0)
 
 
-@pytest.mark.parametrize("k,bits", [(4, 64), (16, 128), (256, 64), (16, 400), (4, 128)])
-def test_adc_scores_equal_inner_product_with_additive_decode(data, k, bits):
+def _queries_for(X, seed=5):
+    """Text-like queries: the images pushed along a shared offset (a modality gap) plus noise."""
+    rng = np.random.default_rng(seed)
+    gap = rng.standard_normal(X.shape[1]) * 0.05
+    T = X + gap + 0.05 * rng.standard_normal(X.shape).astype(np.float32)
+    return (T / np.linalg.norm(T, axis=1, keepdims=True)).astype(np.float32)
+
+
+SHAPES = [(4, 64, {}), (16, 128, {}), (256, 64, {}), (16, 400, {}), (4, 128, {}), (16, 256, {"coarse": True}),
+          (16, 64, {"coarse": False}), (16, 128, {"queries": "unpaired"}), (16, 256, {"queries": "paired"})]
+
+
+@pytest.mark.parametrize("k,bits,kw", SHAPES)
+def test_adc_scores_equal_cosine_to_additive_decode(data, k, bits, kw):
     Xtr, Xte = data
-    c = Codec.train(Xtr, bits=bits, k=k, seed=0)
-    assert c.bits == bits and c.code_bytes == bits // 8
+    kw = dict(kw)
+    if kw.get("queries") == "paired":
+        kw.update(queries=_queries_for(Xtr), paired=True)
+    elif kw.get("queries") == "unpaired":
+        kw.update(queries=_queries_for(Xtr)[::-1][:150])
+    c = Codec.train(Xtr, bits=bits, k=k, seed=0, **kw)
+    assert c.bits == bits and c.code_bytes == bits // 8 and c.scoring == "cosine"
     codes = c.encode(Xte)
     assert codes.shape == (len(Xte), c.code_bytes) and codes.dtype == np.uint8
     Q = clip_like(7, seed=2)
-    np.testing.assert_allclose(c.scores(Q, codes), Q @ c.decode_additive(codes).T, atol=1e-4)
+    xh = c.decode_additive(codes)
+    # The tables are exact: LUT sums give <q, x_hat> for the additive decode ...
+    from semdb.search import adc_lut, adc_scores
+
+    lut, off = adc_lut(Q, c.tables, c.tensors["mean"])
+    np.testing.assert_allclose(adc_scores(lut, off, c.indices(codes)), Q @ xh.T, atol=1e-4)
+    # ... ||x_hat|| comes from the code alone, and the codec scores by cosine to x_hat.
+    np.testing.assert_allclose(c.norms(c.indices(codes)), np.linalg.norm(xh, axis=1), rtol=1e-4)
+    np.testing.assert_allclose(c.scores(Q, codes), Q @ c.decode(codes).T, atol=1e-4)
     # The search returns the exact top-k of those scores (fast-scan shortlist + exact rerank).
     # (Compared by score: identical codes tie, and ties may come in any order.)
     ids, scores = c.search(Q, codes, k=10)
