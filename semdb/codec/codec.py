@@ -32,11 +32,12 @@ DEFAULT_K = 16  # 4-bit sub-codes: the shape FAISS's fast-scan kernel scans fast
 DEFAULT_D = 2
 MAX_FIT = 16384  # Lloyd iterations run on at most this many embeddings (PCA uses all)
 COARSE_MAX_BITS = 128  # default: a full-dimension k-means first slot at this budget and below
+COARSE_CANDIDATES = 4  # coarse words tried per item (each with its residual encoded)
 # Queries (docs/CODEC.md): the query metric's shrinkage towards I, the anisotropic weight eta,
 # coordinate-descent sweeps, the ridge lambda of the image -> text map, the softmax temperature
 # of an unpaired bag of texts, and at most this many texts in the bag's mixture.
 METRIC_SHRINK = 0.5
-ETA = 4.0
+ETA = 10.0
 SWEEPS = 2
 RIDGE_LAMBDA = 0.1
 TAU = 0.03
@@ -221,16 +222,35 @@ class Codec:
 
     def _encode_batch(self, X: np.ndarray) -> np.ndarray:
         t, lay = self.tensors, self.layout
-        R = X
+        beam = int(self.config["beam"])
         parts = []
         if self.n_coarse:
+            # The coarse word and the slots are chosen together: the best few coarse words by
+            # distance, each with its residual encoded, keep the one of least total error.
             C0 = t["coarse"]
-            a0 = np.argmax(X @ C0.T - 0.5 * (C0 * C0).sum(1), axis=1)
-            R = X - C0[a0]
+            near = X @ C0.T - 0.5 * (C0 * C0).sum(1)
+            n_cand = min(COARSE_CANDIDATES, len(C0))
+            cand = np.argpartition(-near, n_cand - 1, axis=1)[:, :n_cand] if n_cand < len(C0) else \
+                np.tile(np.arange(len(C0)), (len(X), 1))
+            best_err = np.full(len(X), np.inf)
+            a0 = np.zeros(len(X), np.int64)
+            idx = np.zeros((len(X), lay.m), np.int64)
+            for j in range(cand.shape[1]):
+                aj = cand[:, j]
+                Rc = X - C0[aj] - t["mean"]
+                Z = (Rc @ t["basis"]).reshape(len(X), lay.n_cols, lay.d)
+                ij = encode_columns(Z, lay, t["scale"], t["codebook"], beam)
+                Zh = decode_coords(ij, lay, t["scale"], t["codebook"]).reshape(len(X), -1)
+                err = ((Rc - Zh @ self._decoder.T) ** 2).sum(1)
+                better = err < best_err
+                best_err[better], a0[better], idx[better] = err[better], aj[better], ij[better]
+            Rc = X - C0[a0] - t["mean"]
+            Z = (Rc @ t["basis"]).reshape(len(X), lay.n_cols, lay.d)
             parts.append(a0[:, None])
-        Rc = R - t["mean"]
-        Z = (Rc @ t["basis"]).reshape(len(X), lay.n_cols, lay.d)
-        idx = encode_columns(Z, lay, t["scale"], t["codebook"], int(self.config["beam"]))
+        else:
+            Rc = X - t["mean"]
+            Z = (Rc @ t["basis"]).reshape(len(X), lay.n_cols, lay.d)
+            idx = encode_columns(Z, lay, t["scale"], t["codebook"], beam)
         if "text_map" in t:
             U = X @ t["text_map"]
             U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
