@@ -321,3 +321,10 @@ def test_flickr8k_image_neighbours_do_not_regress():
         got = np.argsort(-S, 1)[:, :10]
         recall = np.mean([len(np.intersect1d(top[i], got[i])) / 10 for i in range(len(top))])
         assert recall >= before - 0.02, (bits, recall)
+
+
+def test_training_reports_through_the_progress_protocol(data):
+    calls = []
+    Codec.train(data[0], bits=64, seed=0, progress=lambda *a: calls.append(a))
+    assert calls and all(stage == "training codec" and 0 < done <= total for stage, done, total in calls)
+    assert [done for _, done, _ in calls] == list(range(1, len(calls) + 1))
