@@ -165,9 +165,15 @@ def encode_columns(Z: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarr
 def decode_coords(codes: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarray) -> np.ndarray:
     """(n, M) indices -> (n, n_cols, d) coordinates in the basis."""
     n = codes.shape[0]
-    Z = np.zeros((n, layout.n_cols, C.shape[1]), dtype=np.float32)
     contrib = scale[None, :, None] * C[codes]  # (n, M, d)
-    np.add.at(Z, (slice(None), layout.col), contrib)
+    col = layout.col
+    if n and len(col) and col[0] == 0 and (np.diff(col) == 1).sum() == layout.n_cols - 1 and (np.diff(col) >= 0).all():
+        # plan_layout emits each column's stages side by side: one segmented sum (the hot path
+        # of the cosine rerank, ~10x faster than np.add.at)
+        starts = np.flatnonzero(np.r_[True, col[1:] != col[:-1]])
+        return np.add.reduceat(contrib, starts, axis=1).astype(np.float32, copy=False)
+    Z = np.zeros((n, layout.n_cols, C.shape[1]), dtype=np.float32)
+    np.add.at(Z, (slice(None), col), contrib)
     return Z
 
 
