@@ -19,6 +19,11 @@ Training (numpy + FAISS k-means, seconds on a CPU):
 
 The encoder is the search itself: for a fixed additive decoder, beam search finds (near-)
 optimal indices, which a neural encoder could only approximate (see docs/CODEC.md).
+
+Where text queries look (issue 12, used by codec.py): `query_metric_sqrt` (train in the
+queries' metric), `ridge_map` / `text_mixture` (each image's predicted text direction, from
+paired or unpaired texts) and `refine_anisotropic` (score-aware re-encoding on the fixed
+decoder).
 """
 
 from __future__ import annotations

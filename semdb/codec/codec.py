@@ -1,7 +1,10 @@
 """`Codec`: the public face of semdb's learned codec (numpy arrays in, numpy arrays out).
 
 Two architectures share this API:
-- "additive" (default): the shared-codebook quantiser of `additive.py`; ADC search on codes.
+- "additive" (default): the shared-codebook quantiser of `additive.py`; ADC search on codes,
+  scored by cosine to the additive reconstruction (||x_hat|| comes from the code); optionally
+  a coarse full-dimension first slot, and trained with a sample of text `queries` (their
+  metric, score-aware re-encoding). docs/CODEC.md has the method and its measurements.
 - "paper": the paper-faithful PQ-VAE (`paper.py`), conv encoder/decoder, scored by
   decode-then-inner-product; kept as the baseline the additive design must beat.
 
