@@ -288,6 +288,8 @@ def bench(
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method families (default: all)."),
     train_fraction: float = typer.Option(0.5, "--train-fraction", help="Share of items the codecs train on."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random split and of training."),
+    protocol: str = typer.Option("held-out", "--protocol", help="held-out (random split) or ood: train on some classes (label) or k-means clusters, evaluate on the others."),
+    ood_groups: int = typer.Option(10, "--ood-groups", min=2, help="k-means clusters of the ood protocol when the data has no labels."),
     codec: Optional[Path] = typer.Option(None, "--codec", help="Evaluate this codec on all items (no training)."),
     bpp_pixels: str = typer.Option("224x224", "--bpp-pixels", help="Pixels per image in the bits-per-pixel convention."),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as JSON (schema: docs/BENCH.md)."),
@@ -313,21 +315,22 @@ def bench(
                 except ValueError:
                     raise InputError(f"{flag} {text!r}: expected comma-separated integers") from None
 
-            with Progress(console=err, disable=as_json) as embed_progress:
+            embed_progress, update = _progress(enabled=not as_json)
+            with embed_progress:
                 data = load_image_folder(images, Embedder(model, pretrained), prompts=prompt or DEFAULT_PROMPTS,
                                          jpeg_quality=qualities(jpeg_quality, "--jpeg-quality"),
                                          webp_quality=qualities(webp_quality, "--webp-quality"),
-                                         progress=embed_progress)
+                                         progress=update)
         given = None
         if codec is not None:
             from .codec import Codec
 
             given = Codec.load(codec, dim=data.dim)
-        progress = Progress(TextColumn("{task.description:>28}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=err, disable=as_json)
+        progress, update = _progress(enabled=not as_json)
         with progress:
             rows = B.run_bench(data, bits=bits, methods=methods, train_fraction=train_fraction, seed=seed,
-                               codec=given, bpp_pixels=bpp_pixels, progress=progress,
+                               codec=given, bpp_pixels=bpp_pixels, protocol=protocol, ood_groups=ood_groups,
+                               progress=update,
                                on_message=lambda line: err.print(f"[yellow]{line}[/yellow]", highlight=False))
         if out_file:
             B.write_parquet(rows, out_file)

@@ -78,7 +78,9 @@ class AdcIndex:
     and an exact float rerank of the shortlist.
     """
 
-    def __init__(self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int):
+    def __init__(self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None):
+        """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat||: the
+        shortlist is then re-scored by cosine, <q, x_hat> / ||x_hat|| (norms come from the codes)."""
         import faiss
 
         self.tables = np.ascontiguousarray(tables, dtype=np.float32)
@@ -86,6 +88,7 @@ class AdcIndex:
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self.m, k, dim = self.tables.shape
         self.nbits = nbits
+        self.norms = norms
         self.n = len(self.codes)
         scan_tables, scan_nbits = self.tables, nbits
         if nbits == 2 and self.m % 2 == 0:
@@ -115,18 +118,22 @@ class AdcIndex:
         nq = len(Q)
         if self.n == 0 or k <= 0:
             return np.full((nq, max(k, 0)), -1, np.int64), np.full((nq, max(k, 0)), -np.inf, np.float32)
-        if not self.fast_scan:
+        if not self.fast_scan and self.norms is None:
             _, cand = self.index.search(Q, min(k, self.n))  # FAISS exact-LUT scan
         else:
             short = min(self.n, shortlist or max(4 * k, k + 64))
             _, cand = self.index.search(Q, short)
-        # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised).
+        # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised; a cosine
+        # score divides by ||x_hat||, which the inner-product scan does not know).
         ids = np.full((nq, k), -1, dtype=np.int64)
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         lut, offset = adc_lut(Q, self.tables, self.bias)
         for i in range(nq):
             rows = cand[i][cand[i] >= 0]
-            s = adc_scores(lut[i : i + 1], offset[i : i + 1], unpack(self.codes[rows], self.m, self.nbits))
+            idx = unpack(self.codes[rows], self.m, self.nbits)
+            s = adc_scores(lut[i : i + 1], offset[i : i + 1], idx)
+            if self.norms is not None:
+                s /= self.norms(idx)[None, :]
             best, vals = top_k(s, k)
             valid = best[0] >= 0
             ids[i, : valid.sum()] = rows[best[0][valid]]

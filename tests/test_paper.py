@@ -107,3 +107,10 @@ def test_bad_inputs(data, params):
         codec.encode(data[:, :10])
     with pytest.raises(ValueError):
         codec.decode(np.full((2, codec.m), 4))
+
+
+def test_progress_protocol(data):
+    calls = []
+    train_paper(data[:120], bits=400, seed=0, progress=lambda *a: calls.append(a), **dict(FAST, max_epochs=3))
+    assert [c[0] for c in calls] == ["training paper codec"] * len(calls) and calls[-1][2] == 3
+    assert [c[1] for c in calls] == list(range(1, len(calls) + 1))

@@ -8,8 +8,8 @@
 ``report`` turns them into a rich table, JSON, Parquet and a plot.
 """
 
-from .data import BenchData, Variant, load_embeddings, save_embeddings, split_indices, validate
-from .methods import FAMILIES, FAMILY_LABELS, REFERENCE_FAMILIES, Method, MethodSkipped, codec_available
+from .data import BenchData, Variant, load_embeddings, ood_split, save_embeddings, split_indices, validate
+from .methods import FAMILIES, FAMILY_LABELS, QUERY_FAMILIES, REFERENCE_FAMILIES, Method, MethodSkipped
 from .report import (
     header,
     make_table,
@@ -30,14 +30,15 @@ __all__ = [
     "FAMILY_LABELS",
     "Method",
     "MethodSkipped",
+    "QUERY_FAMILIES",
     "REFERENCE_FAMILIES",
     "ROW_KEYS",
     "SCHEMA_VERSION",
     "Variant",
-    "codec_available",
     "header",
     "load_embeddings",
     "make_table",
+    "ood_split",
     "print_table",
     "run_bench",
     "save_embeddings",

@@ -81,19 +81,6 @@ class BenchData:
     def has_zeroshot(self) -> bool:
         return self.label is not None and self.class_text_emb is not None
 
-    def describe(self) -> str:
-        parts = [f"{self.n} images", f"D={self.dim}"]
-        if self.has_pairs:
-            parts.append("paired text")
-        if self.has_labels:
-            n_cls = len(self.class_names) if self.class_names is not None else len(np.unique(self.label))
-            parts.append(f"labels ({n_cls} classes)")
-        if self.has_zeroshot:
-            parts.append("zero-shot prompts")
-        if self.variants:
-            parts.append(f"{len(self.variants)} image-codec variants")
-        return ", ".join(parts)
-
 
 # --------------------------------------------------------------------------------------------
 # validation
@@ -350,3 +337,35 @@ def split_indices(n: int, train_fraction: float = 0.5, seed: int = 0) -> tuple[n
         )
     return perm[:n_train], perm[n_train:]
 
+
+
+def ood_split(data: BenchData, train_fraction: float = 0.5, seed: int = 0,
+              groups: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Out-of-distribution split: whole groups train, the other groups evaluate.
+
+    Groups are the data's classes (``label``) when it has them, else ``groups`` k-means
+    clusters of ``image_emb`` (FAISS k-means, seeded). ``default_rng(seed).permutation`` of the
+    groups; the first ``max(1, round(G * train_fraction))`` train. Returns (train rows, eval rows,
+    the group of every row, "ood-class" or "ood-cluster")."""
+    if not (0.0 < float(train_fraction) < 1.0):
+        raise InputError(f"--train-fraction {train_fraction}: must be strictly between 0 and 1")
+    if data.label is not None:
+        group, kind = data.label, "ood-class"
+    else:
+        if int(groups) < 2 or int(groups) > data.n // 2:
+            raise InputError(f"--ood-groups {groups}: need between 2 and n/2 = {data.n // 2} clusters")
+        import faiss
+
+        km = faiss.Kmeans(data.dim, int(groups), niter=25, seed=int(seed), verbose=False)
+        km.train(np.ascontiguousarray(data.image_emb))
+        group, kind = km.index.search(np.ascontiguousarray(data.image_emb), 1)[1][:, 0].astype(np.int64), "ood-cluster"
+    present = np.unique(group)
+    if len(present) < 2:
+        raise InputError("--protocol ood: the data has a single class; need at least 2 groups")
+    order = present[np.random.default_rng(seed).permutation(len(present))]
+    n_train_groups = min(len(present) - 1, max(1, int(round(len(present) * float(train_fraction)))))
+    train_mask = np.isin(group, order[:n_train_groups])
+    train_idx, eval_idx = np.flatnonzero(train_mask), np.flatnonzero(~train_mask)
+    if len(train_idx) < 2 or len(eval_idx) < 2:
+        raise InputError("--protocol ood: a side of the split has fewer than 2 rows; use more groups")
+    return train_idx, eval_idx, group, kind

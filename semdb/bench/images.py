@@ -91,13 +91,13 @@ def load_image_folder(
     Returns a :class:`BenchData` with ``image_emb``, ``label``, ``class_names``,
     ``class_text_emb`` (prompt-ensembled) and one :class:`Variant` per codec quality
     (``jpeg-q10``, ``webp-q50``...). Unreadable images are skipped with a message.
-    ``progress``: callable(done, total, description) or a rich Progress.
+    ``progress``: ``progress(stage, done, total)`` (semdb.progress), stage "embedding images".
     """
     from PIL import features
 
     from semdb.images import discover, load_image
 
-    from .runner import _Progress
+    from semdb.progress import report
 
     root = Path(folder)
     if not root.is_dir():
@@ -136,7 +136,7 @@ def load_image_folder(
         raise InputError(f"--images {root}: two sub-folders give the same class name; rename one")
 
     say = on_message or (lambda msg: None)
-    prog = _Progress(progress, len(files))
+    done = 0
     emb_parts: list[np.ndarray] = []
     labels: list[int] = []
     pixels: list[int] = []
@@ -152,7 +152,8 @@ def load_image_folder(
             except ImageError as exc:
                 skipped += 1
                 say(f"skipped: {exc}")
-            prog.advance(f"embedding {path.parent.name}/{path.name}")
+            done += 1
+            report(progress, "embedding images", done, len(files))
         if not batch:
             continue
         imgs = [im for im, _ in batch]

@@ -34,6 +34,8 @@ from semdb.packing import unpack
 #: Method family keys accepted by ``run_bench(methods=...)``, in report order.
 FAMILIES = (
     "semdb",
+    "semdb-paired",
+    "semdb-unpaired",
     "pqvae-paper",
     "pq",
     "pqfs",
@@ -46,12 +48,16 @@ FAMILIES = (
     "fp16",
     "float32",
 )
+#: semdb trained with the training split's text embeddings as `queries` (need text_emb).
+QUERY_FAMILIES = {"semdb-paired": True, "semdb-unpaired": False}  # family -> paired
 #: Families that are reported once, regardless of the budgets (references).
 REFERENCE_FAMILIES = ("int8", "fp16", "float32")
 
 #: Plot / table label of each family.
 FAMILY_LABELS = {
-    "semdb": "semdb (additive PQ-VAE)",
+    "semdb": "semdb (pair-free)",
+    "semdb-paired": "semdb + paired texts",
+    "semdb-unpaired": "semdb + unpaired texts",
     "pqvae-paper": "PQ-VAE paper",
     "pq": "PQ Mx8",
     "pqfs": "PQ Mx4 fast-scan",
@@ -407,13 +413,18 @@ class FloatMethod(Method):
 class CodecMethod(Method):
     """semdb's own codec (semdb.codec.Codec), trained by the runner or given ready-made.
 
-    Scored with its ADC (``Codec.scores``); mean cosine from ``Codec.decode``."""
+    Scored with its ADC (``Codec.scores``: cosine to the additive decode); mean cosine from
+    ``Codec.decode``. ``paired`` None: trained without queries (pair-free); True/False: trained
+    with ``queries`` (set by the runner to the training split's text embeddings)."""
 
     scoring = "adc"
     cost_exponent = 0.0
 
-    def __init__(self, family: str, dim: int, budget: int | None, arch: str | None = None, seed: int = 0, codec=None):
+    def __init__(self, family: str, dim: int, budget: int | None, arch: str | None = None, seed: int = 0, codec=None,
+                 paired: bool | None = None):
         self.family = family
+        self.paired = paired
+        self.queries = None
         self.name = family
         self.dim = dim
         self.budget = budget
@@ -424,15 +435,24 @@ class CodecMethod(Method):
         if family == "pqvae-paper":
             self.scoring = "Codec.scores (decode, then cosine)"
         else:
-            self.scoring = "Codec.scores (ADC)"
+            self.scoring = "Codec.scores (ADC, cosine to x_hat)"
 
     def fit(self, X: np.ndarray) -> None:
         if self.codec is not None:
             return
         from semdb.codec import Codec  # noqa: PLC0415 - optional at import time
 
-        self.codec = Codec.train(np.ascontiguousarray(X, dtype=np.float32), bits=self.budget, seed=self.seed, arch=self.arch)
+        kw = {}
+        if self.paired is not None:
+            if self.queries is None:
+                raise MethodSkipped("needs text_emb (the training split's texts are its queries)")
+            kw = dict(queries=self.queries, paired=self.paired)
+        self.codec = Codec.train(np.ascontiguousarray(X, dtype=np.float32), bits=self.budget, seed=self.seed,
+                                 arch=self.arch, **kw)
         self.bits = float(self.codec.bits)
+        if self.paired is not None:
+            self.note = (f"queries: the {len(self.queries)} training texts, "
+                         + ("paired with their images" if self.paired else "as an unpaired bag"))
         if self.budget is not None and self.codec.bits != self.budget:
             self.note = f"codec chose {self.codec.bits} bits for budget {self.budget}"
 
@@ -491,15 +511,6 @@ class VariantMethod(Method):
 # which methods fit a budget
 
 
-def codec_available() -> tuple[bool, str]:
-    """Whether ``from semdb.codec import Codec`` works (and why not)."""
-    try:
-        from semdb.codec import Codec  # noqa: F401, PLC0415
-    except Exception as exc:  # ImportError, or a half-written package
-        return False, f"semdb.codec is not importable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    return True, ""
-
-
 def rabitq_available() -> bool:
     try:
         import faiss
@@ -553,12 +564,10 @@ def plan_budget(family: str, budget: int, dim: int, seed: int = 0) -> Planned | 
         if not (1 <= b <= dim):
             return None
         return Planned(family, b, f"PCA{b},sign", lambda: SignBitsMethod(dim, b, b))
-    if family in ("semdb", "pqvae-paper"):
-        arch = "additive" if family == "semdb" else "paper"
-        ok, why = codec_available()
-        if not ok:
-            return Planned(family, b, family, None, why)
-        return Planned(family, b, family, lambda: CodecMethod(family, dim, b, arch=arch, seed=seed))
+    if family in ("semdb", "pqvae-paper") or family in QUERY_FAMILIES:
+        arch = "paper" if family == "pqvae-paper" else "additive"
+        paired = QUERY_FAMILIES.get(family)
+        return Planned(family, b, family, lambda: CodecMethod(family, dim, b, arch=arch, seed=seed, paired=paired))
     return None
 
 
@@ -574,8 +583,7 @@ def plan_reference(family: str, dim: int) -> Planned:
 
 def fits_anything(budget: int, dim: int, families) -> bool:
     """Whether any non-reference family of ``families`` has a configuration of ``budget`` bits
-    (semdb's codec counts only if it is importable; whether it accepts the budget is known only
-    when it trains)."""
+    (whether semdb's codec accepts the budget is known only when it trains)."""
     for f in families:
         if f in REFERENCE_FAMILIES:
             continue

@@ -43,6 +43,8 @@ PLOT_METRICS = (
 #: Fixed colour and marker per family, so plots of different runs read alike.
 FAMILY_STYLE = {
     "semdb": ("black", "o"),
+    "semdb-paired": ("black", "*"),
+    "semdb-unpaired": ("gray", "d"),
     "codec": ("black", "o"),
     "pqvae-paper": ("dimgray", "s"),
     "pq": ("tab:blue", "o"),
@@ -92,6 +94,11 @@ def header(rows: Sequence[dict[str, Any]]) -> str:
     r = ok[0]
     if r["protocol"] == "given-codec":
         split = f"all {r['n_eval']} items (given codec; no split)"
+    elif r["protocol"].startswith("ood"):
+        n_train = max((x["n_train"] or 0) for x in ok)
+        groups = "classes" if r["protocol"] == "ood-class" else "k-means clusters"
+        split = (f"out of distribution: train {n_train} rows of some {groups} / evaluate {r['n_eval']} of the "
+                 f"others (seed {r['split_seed']}, group fraction {r['train_fraction']})")
     else:
         n_train = max((x["n_train"] or 0) for x in ok)
         split = f"train {n_train} / held-out {r['n_eval']} (seed {r['split_seed']}, fraction {r['train_fraction']})"
@@ -225,7 +232,7 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str | No
     spare = iter(range(10))
     style = {}
     for f in families:
-        main = f in ("semdb", "codec")
+        main = f in ("semdb", "semdb-paired", "semdb-unpaired", "codec")
         color, marker = FAMILY_STYLE.get(f, (None, "o"))
         style[f] = dict(
             color=color or cmap(next(spare, 0)),

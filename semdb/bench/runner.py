@@ -3,6 +3,7 @@ held-out split, measure, and return one result dict per job (schema: docs/BENCH.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -12,9 +13,12 @@ import numpy as np
 from semdb.errors import InputError
 
 from . import metrics as M
-from .data import BenchData, load_embeddings, split_indices
+from semdb.progress import report
+
+from .data import BenchData, load_embeddings, ood_split, split_indices
 from .methods import (
     FAMILIES,
+    QUERY_FAMILIES,
     REFERENCE_FAMILIES,
     CodecMethod,
     Method,
@@ -67,41 +71,6 @@ ROW_KEYS = (
     "size_bytes",
 )
 
-ProgressCallback = Callable[[int, int, str], None]
-
-
-class _Progress:
-    """Adapts ``progress`` (None, a callable(done, total, description) or a rich Progress)."""
-
-    def __init__(self, progress, total: int):
-        self.total = total
-        self.done = 0
-        self._rich = None
-        self._fn: ProgressCallback | None = None
-        if progress is None:
-            return
-        if hasattr(progress, "add_task") and hasattr(progress, "update"):
-            self._rich = progress
-            self._task = progress.add_task("bench", total=total)
-        elif callable(progress):
-            self._fn = progress
-        else:
-            raise InputError("progress: expected a callable(done, total, description) or a rich Progress")
-
-    def describe(self, description: str) -> None:
-        if self._rich is not None:
-            self._rich.update(self._task, description=description)
-        elif self._fn is not None:
-            self._fn(self.done, self.total, description)
-
-    def advance(self, description: str) -> None:
-        self.done += 1
-        if self._rich is not None:
-            self._rich.update(self._task, completed=self.done, description=description)
-        elif self._fn is not None:
-            self._fn(self.done, self.total, description)
-
-
 def _check_bits(bits) -> list[int]:
     if isinstance(bits, str):
         bits = [b.strip() for b in bits.split(",") if b.strip()]
@@ -121,9 +90,11 @@ def _check_bits(bits) -> list[int]:
     return sorted(set(out))
 
 
-def _check_methods(methods, codec_given: bool) -> list[str]:
+def _check_methods(methods, codec_given: bool, has_pairs: bool = True) -> list[str]:
     if methods is None:
-        return list(REFERENCE_FAMILIES) if codec_given else list(FAMILIES)
+        if codec_given:
+            return list(REFERENCE_FAMILIES)
+        return [f for f in FAMILIES if has_pairs or f not in QUERY_FAMILIES]
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     out = []
@@ -217,6 +188,8 @@ def run_bench(
     bpp_pixels: tuple[int, int] | str = DEFAULT_BPP_PIXELS,
     max_train_seconds: float | None = 60.0,
     threads: int | None = 1,
+    protocol: str = "held-out",
+    ood_groups: int = 10,
     progress=None,
     on_message: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -226,8 +199,8 @@ def run_bench(
         the path of a .npz / .parquet embeddings file.
     bits: bit budgets per item (or "64,128"); each method runs where it has a configuration of exactly that
         size (float32/fp16/int8 are references, reported once regardless of budget).
-    methods: families to run (default all, see ``FAMILIES``); "semdb" and "pqvae-paper" train
-        ``semdb.codec.Codec`` and are skipped with a note while it is not importable.
+    methods: families to run (default all, see ``FAMILIES``; "semdb-paired" / "semdb-unpaired",
+        semdb trained with the training split's texts as queries, only when the data has text_emb).
     train_fraction, seed: split ``default_rng(seed).permutation(n)``; methods train on the first
         ``int(n * train_fraction)`` rows and are evaluated on the rest.
     codec: a trained ``Codec``: evaluate it on ALL rows (no training, no split). Other
@@ -239,7 +212,11 @@ def run_bench(
     threads: FAISS OpenMP threads during the run (None: FAISS default, all cores). Default 1:
         the training sets are small, and FAISS's OpenMP loops slow down several-fold (measured
         6-10x on 2 cores) when other processes compete for the cores.
-    progress: callable(done, total, description) or a rich ``Progress`` (a task is added).
+    protocol: "held-out" (the seeded random split) or "ood": whole classes (``label``) or, without
+        labels, ``ood_groups`` k-means clusters train, the other groups evaluate (see
+        :func:`semdb.bench.data.ood_split`); without labels, the clusters are the labels of 1-NN accuracy.
+    progress: ``progress(stage, done, total)`` (semdb.progress), one stage per job such as
+        "semdb @ 256 bits", 3 steps each (train, encode, evaluate).
     on_message: called with one line per skipped/failed method.
 
     Raises InputError for bad arguments and data (one line naming it).
@@ -247,7 +224,11 @@ def run_bench(
     if not isinstance(data, BenchData):
         data = load_embeddings(data)
     codec_given = codec is not None
-    families = _check_methods(methods, codec_given)
+    if protocol not in ("held-out", "ood"):
+        raise InputError(f"--protocol {protocol!r}: choose 'held-out' or 'ood'")
+    if codec_given and protocol == "ood":
+        raise InputError("--protocol ood trains on some groups and evaluates on the others; not with --codec")
+    families = _check_methods(methods, codec_given, data.has_pairs)
     budgets = _check_bits(bits)
     w, h = _check_pixels(bpp_pixels)
     pixels = float(w * h)
@@ -263,9 +244,12 @@ def run_bench(
             raise InputError(f"--codec: codec is for {cdim}-d embeddings but image_emb has {dim} dims")
         train_idx = eval_idx = np.arange(data.n)
         protocol = "given-codec"
+    elif protocol == "ood":
+        train_idx, eval_idx, group, protocol = ood_split(data, train_fraction, seed, ood_groups)
+        if data.label is None:  # the clusters are the labels 1-NN accuracy is measured on
+            data = dataclasses.replace(data, label=group)
     else:
         train_idx, eval_idx = split_indices(data.n, train_fraction, seed)
-        protocol = "held-out"
 
     # ---- plan
     jobs: list[Planned] = []
@@ -305,7 +289,6 @@ def run_bench(
     }
     X_train = data.image_emb[train_idx]
     X_eval = data.image_emb[eval_idx]
-    prog = _Progress(progress, len(jobs))
     say = on_message or (lambda msg: None)
     last_fit: dict[str, tuple[int, float, str]] = {}  # family -> (size_param, seconds, name)
     rows: list[dict[str, Any]] = []
@@ -330,8 +313,9 @@ def run_bench(
             if p.skip:
                 rows.append(new_row(p, "skipped", p.skip))
                 say(f"{label}: skipped: {p.skip}")
-                prog.advance(label)
+                report(progress, label, 3, 3)
                 continue
+            report(progress, label, 0, 3)
             try:
                 method = p.make()
                 if isinstance(method, VariantMethod):
@@ -350,16 +334,17 @@ def run_bench(
                                 f"predicted training time ~{predicted:.0f}s exceeds the {max_train_seconds:.0f}s limit "
                                 f"({prev[2]} took {prev[1]:.1f}s)"
                             )
-                    prog.describe(f"{label}: training")
+                    if isinstance(method, CodecMethod) and method.paired is not None and data.text_emb is not None:
+                        method.queries = data.text_emb[train_idx]
                     t0 = time.perf_counter()
                     method.fit(X_train)  # a given codec does not train
                     train_s = time.perf_counter() - t0
                     last_fit[p.family] = (method.size_param, train_s, method.name)
-                    prog.describe(f"{label}: encoding")
+                    report(progress, label, 1, 3)
                     t0 = time.perf_counter()
                     codes = method.encode(X_eval)
                     enc_s = time.perf_counter() - t0
-                    prog.describe(f"{label}: evaluating")
+                    report(progress, label, 2, 3)
                     row = new_row(p, "ok", method.note)
                     if codec_given and p.family != "codec":
                         row["note"] = "; ".join(filter(None, [method.note, "trained on the evaluated items"]))
@@ -384,7 +369,7 @@ def run_bench(
                 row = new_row(p, "error", msg)
                 say(f"{label}: failed: {msg}")
             rows.append(row)
-            prog.advance(label)
+            report(progress, label, 3, 3)
     return sort_rows(rows)
 
 

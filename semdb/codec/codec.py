@@ -1,7 +1,10 @@
 """`Codec`: the public face of semdb's learned codec (numpy arrays in, numpy arrays out).
 
 Two architectures share this API:
-- "additive" (default): the shared-codebook quantiser of `additive.py`; ADC search on codes.
+- "additive" (default): the shared-codebook quantiser of `additive.py`; ADC search on codes,
+  scored by cosine to the additive reconstruction (||x_hat|| comes from the code); optionally
+  a coarse full-dimension first slot, and trained with a sample of text `queries` (their
+  metric, score-aware re-encoding). docs/CODEC.md has the method and its measurements.
 - "paper": the paper-faithful PQ-VAE (`paper.py`), conv encoder/decoder, scored by
   decode-then-inner-product; kept as the baseline the additive design must beat.
 
@@ -21,15 +24,27 @@ import numpy as np
 
 from ..errors import CodecError
 from . import entropy
-from .additive import Layout, decode_coords, encode_columns, train_additive
+from .additive import (Layout, column_combos, decode_coords, encode_columns, kmeans, query_metric_sqrt,
+                       refine_anisotropic, ridge_map, text_mixture, train_additive)
 from ..packing import code_bytes as _code_bytes
 from ..packing import pack, unpack
 
 FORMAT = "semdb-codec"
-VERSION = 1
+VERSION = 2  # 2: cosine scoring, coarse slot, query metric and text map (version 1 files still load)
 DEFAULT_K = 16  # 4-bit sub-codes: the shape FAISS's fast-scan kernel scans fastest
 DEFAULT_D = 2
 MAX_FIT = 16384  # Lloyd iterations run on at most this many embeddings (PCA uses all)
+COARSE_MAX_BITS = 128  # default: a full-dimension k-means first slot at this budget and below
+COARSE_CANDIDATES = 4  # coarse words tried per item (each with its residual encoded)
+# Queries (docs/CODEC.md): the query metric's shrinkage towards I, the anisotropic weight eta,
+# coordinate-descent sweeps, the ridge lambda of the image -> text map, the softmax temperature
+# of an unpaired bag of texts, and at most this many texts in the bag's mixture.
+METRIC_SHRINK = 0.5
+ETA = 10.0
+SWEEPS = 2
+RIDGE_LAMBDA = 0.1
+TAU = 0.03
+MAX_BAG = 8192
 
 
 def check_embeddings(X, dim: int | None = None, name: str = "embeddings") -> np.ndarray:
@@ -82,7 +97,10 @@ class Codec:
                                                                   if k.startswith(PREFIX)})
         else:
             self.layout = Layout(int(config["d"]), tensors["col"].astype(np.int64), tensors["stage"].astype(np.int64))
+            self.n_coarse = int(config.get("coarse", 0))
             self._tables = None
+            self._combos = None
+            self._norm_parts = None
         self._id = None
 
     # --- identity and shape -------------------------------------------------------------
@@ -118,19 +136,38 @@ class Codec:
     @classmethod
     def train(cls, X, bits: int | None = 256, *, m: int | None = None, k: int | None = None, d: int | None = None,
               arch: str = "additive", seed: int = 0, model_id: dict | None = None, beam: int | None = None,
-              progress=None) -> "Codec":
+              queries=None, paired: bool = False, coarse: bool | None = None, progress=None) -> "Codec":
         """Learn a codec from (n, D) unit CLIP embeddings.
 
         Give a budget `bits` (then K = 16 and M = bits / 4) or an explicit shape m, k (and d,
         the sub-vector dimension). arch="paper" trains the paper-faithful baseline instead.
-        `progress(step, total, validation_distortion)` is called after each iteration.
+
+        `queries`: optional (n_q, D) sample of the text query embeddings the store will be
+        searched with (captions, a prompt vocabulary, past queries). They need not describe the
+        training images; with `paired=True` and n_q == n, row i describes X[i]. With them the
+        codec measures its error in the queries' metric and re-encodes every item score-aware
+        along its predicted text direction (docs/CODEC.md); without them it uses the pair-free
+        default. Either way ADC stays exact and the codes are scanned by FAISS fast-scan.
+        `coarse`: spend the first slot on a full-dimension k-means codeword (default: at 128
+        bits and below). `progress(stage, done, total)`: the semdb.progress protocol.
         """
         X = check_embeddings(X, name="training embeddings")
         n, dim = X.shape
         start = time.perf_counter()
+        Q = None
+        if queries is not None:
+            Q = check_embeddings(queries, dim, name="queries")
+            if len(Q) < 2:
+                raise CodecError(f"queries: need at least 2 rows, got {len(Q)}")
+            if paired and len(Q) != n:
+                raise CodecError(f"queries: paired=True needs one query per training embedding ({n}), got {len(Q)}")
+        elif paired:
+            raise CodecError("paired=True needs queries")
         if arch == "paper":
             from .paper import PaperCodec, paper_shape, train_paper
 
+            if Q is not None:
+                raise CodecError("queries: only the additive architecture uses query embeddings")
             if bits is None or paper_shape(bits, dim) is None:
                 raise CodecError(f"bits={bits}: the paper architecture has no latent shape for this budget (try 400)")
             codec_p = PaperCodec(train_paper(X, bits, seed=seed, progress=progress))
@@ -153,11 +190,10 @@ class Codec:
                 raise CodecError(f"d={d}: the sub-vector dimension cannot exceed the embedding dimension {dim}")
             if n < 2:
                 raise CodecError(f"training embeddings: need at least 2 rows, got {n}")
-            p = train_additive(X, m, k, d, seed=seed, beam=beam, max_fit=MAX_FIT, progress=progress)
-            tensors = {name: np.ascontiguousarray(p[name]) for name in ("mean", "basis", "col", "stage", "scale", "codebook")}
-            tensors["col"] = tensors["col"].astype(np.int32)
-            tensors["stage"] = tensors["stage"].astype(np.int32)
-            config = dict(arch="additive", d=d, beam=beam, iters=p["iters"], dead_restarts=p["dead_restarts"])
+            n_coarse = int(coarse if coarse is not None else (m * nbits <= COARSE_MAX_BITS and m >= 2))
+            if n_coarse and m < 2:
+                raise CodecError("coarse=True needs at least 2 slots")
+            tensors, config = _train_additive_parts(X, Q, paired, int(m), k, d, n_coarse, seed, beam, progress)
         else:
             raise CodecError(f"arch={arch!r}: choose 'additive' or 'paper'")
         config.update(format=FORMAT, version=VERSION, dim=dim, m=int(m), k=int(k), seed=seed, model_id=model_id,
@@ -171,17 +207,70 @@ class Codec:
         return codec
 
     # --- encode / decode ------------------------------------------------------------------
-    def _coords(self, X: np.ndarray) -> np.ndarray:
-        t = self.tensors
-        return ((X - t["mean"]) @ t["basis"]).reshape(len(X), self.layout.n_cols, self.layout.d)
+    @property
+    def query_source(self) -> str:
+        """What the codec was trained with: "none" (pair-free), "unpaired" or "paired" queries."""
+        return self.config.get("query_source", "none")
 
-    def _encode_indices(self, X: np.ndarray, batch: int = 8192) -> np.ndarray:
+    @property
+    def scoring(self) -> str:
+        """"cosine" (q.x_hat / ||x_hat||, the default since codec version 2) or "ip" (<q, x_hat>)."""
+        return self.config.get("scoring", "ip")
+
+    def _encode_indices(self, X: np.ndarray, batch: int = 4096) -> np.ndarray:
         if self.arch == "paper":
             return self._paper.encode(X)
-        t = self.tensors
-        out = [encode_columns(self._coords(X[i:i + batch]), self.layout, t["scale"], t["codebook"],
-                              int(self.config["beam"])) for i in range(0, len(X), batch)]
+        out = [self._encode_batch(X[i:i + batch]) for i in range(0, len(X), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.m), np.int64)
+
+    def _encode_batch(self, X: np.ndarray) -> np.ndarray:
+        t, lay = self.tensors, self.layout
+        beam = int(self.config["beam"])
+        parts = []
+        if self.n_coarse:
+            # The coarse word and the slots are chosen together: the best few coarse words by
+            # distance, each with its residual encoded, keep the one of least total error.
+            C0 = t["coarse"]
+            near = X @ C0.T - 0.5 * (C0 * C0).sum(1)
+            n_cand = min(COARSE_CANDIDATES, len(C0))
+            cand = np.argpartition(-near, n_cand - 1, axis=1)[:, :n_cand] if n_cand < len(C0) else \
+                np.tile(np.arange(len(C0)), (len(X), 1))
+            best_err = np.full(len(X), np.inf)
+            a0 = np.zeros(len(X), np.int64)
+            idx = np.zeros((len(X), lay.m), np.int64)
+            for j in range(cand.shape[1]):
+                aj = cand[:, j]
+                Rc = X - C0[aj] - t["mean"]
+                Z = (Rc @ t["basis"]).reshape(len(X), lay.n_cols, lay.d)
+                ij = encode_columns(Z, lay, t["scale"], t["codebook"], beam)
+                Zh = decode_coords(ij, lay, t["scale"], t["codebook"]).reshape(len(X), -1)
+                err = ((Rc - Zh @ self._decoder.T) ** 2).sum(1)
+                better = err < best_err
+                best_err[better], a0[better], idx[better] = err[better], aj[better], ij[better]
+            Rc = X - C0[a0] - t["mean"]
+            Z = (Rc @ t["basis"]).reshape(len(X), lay.n_cols, lay.d)
+            parts.append(a0[:, None])
+        else:
+            Rc = X - t["mean"]
+            Z = (Rc @ t["basis"]).reshape(len(X), lay.n_cols, lay.d)
+            idx = encode_columns(Z, lay, t["scale"], t["codebook"], beam)
+        if "text_map" in t:
+            U = X @ t["text_map"]
+            U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
+            W = (U @ self._decoder).reshape(Z.shape)
+            r = (Rc * U).sum(1) - (W * Z).sum((1, 2))  # u . (the part of x the slots cannot reach)
+            if self._combos is None:
+                self._combos = column_combos(lay, t["scale"], t["codebook"])
+            idx = refine_anisotropic(Z, W, r, idx, lay, t["scale"], t["codebook"], float(self.config["eta"]),
+                                     int(self.config["sweeps"]), self._combos)
+        parts.append(idx)
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else idx
+
+    @property
+    def _decoder(self) -> np.ndarray:
+        """P (D, n_cols * d): x_hat = b (+ coarse word) + P z_hat. The encoding basis itself unless
+        the codec was trained in a query metric (then P = S^(-1/2) B, E = S^(1/2) B)."""
+        return self.tensors.get("decoder", self.tensors["basis"])
 
     def encode(self, X) -> np.ndarray:
         """(n, D) embeddings -> (n, code_bytes) uint8 packed codes."""
@@ -198,14 +287,19 @@ class Codec:
             raise CodecError(f"codes: expected a uint8 array of shape (n, {self.code_bytes}), got {codes.dtype} {codes.shape}")
         return codes
 
+    def _decode_indices(self, idx: np.ndarray) -> np.ndarray:
+        t = self.tensors
+        Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"])
+        X = t["mean"] + Z.reshape(len(idx), -1) @ self._decoder.T
+        if self.n_coarse:
+            X += t["coarse"][idx[:, 0]]
+        return X
+
     def decode_additive(self, codes) -> np.ndarray:
         """x_hat = b + sum_m T[m, k_m], not normalised: the vector ADC scores are inner products with."""
         if self.arch == "paper":
             return self.decode(codes)
-        idx = self.indices(codes)
-        t = self.tensors
-        Z = decode_coords(idx, self.layout, t["scale"], t["codebook"])
-        return t["mean"] + Z.reshape(len(idx), -1) @ t["basis"].T
+        return self._decode_indices(self.indices(codes))
 
     def decode(self, codes) -> np.ndarray:
         """(n, code_bytes) codes -> (n, D) float32 unit-norm reconstructions."""
@@ -214,6 +308,22 @@ class Codec:
         X = self.decode_additive(codes)
         return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
+    def norms(self, idx: np.ndarray) -> np.ndarray:
+        """||x_hat|| of (n, M) indices, from the code alone (no stored bits): with a = b + coarse
+        word, ||x_hat||^2 = ||a||^2 + 2 (P^T a).z + z^T P^T P z, z the slots' coordinates."""
+        t = self.tensors
+        if self._norm_parts is None:
+            P = self._decoder
+            A = t["mean"][None, :] + (t["coarse"] if self.n_coarse else 0.0)  # (K or 1, D)
+            orthonormal = "decoder" not in t  # B has orthonormal columns: P^T P = I
+            self._norm_parts = ((A * A).sum(1), A @ P, None if orthonormal else P.T @ P)
+        a_sq, AP, G = self._norm_parts
+        j = idx[:, 0] if self.n_coarse else np.zeros(len(idx), np.int64)
+        Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1)
+        zz = (Z * Z).sum(1) if G is None else ((Z @ G) * Z).sum(1)
+        sq = a_sq[j] + 2.0 * (AP[j] * Z).sum(1) + zz
+        return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
+
     @property
     def tables(self) -> np.ndarray:
         """T (M, K, D): slot m's contribution to x_hat when it holds index k (additive only)."""
@@ -221,9 +331,11 @@ class Codec:
             raise CodecError("the paper architecture has no additive tables; it scores by decoding")
         if self._tables is None:
             t, lay = self.tensors, self.layout
-            blocks = t["basis"].reshape(self.dim, lay.n_cols, lay.d)[:, lay.col, :]  # (D, M, d)
-            self._tables = np.einsum("dmj,kj->mkd", blocks, t["codebook"]) * t["scale"][:, None, None]
-            self._tables = np.ascontiguousarray(self._tables, dtype=np.float32)
+            blocks = self._decoder.reshape(self.dim, lay.n_cols, lay.d)[:, lay.col, :]  # (D, M', d)
+            T = np.einsum("dmj,kj->mkd", blocks, t["codebook"]) * t["scale"][:, None, None]
+            if self.n_coarse:
+                T = np.concatenate([t["coarse"][None], T])
+            self._tables = np.ascontiguousarray(T, dtype=np.float32)
         return self._tables
 
     # --- search ---------------------------------------------------------------------------
@@ -234,18 +346,23 @@ class Codec:
 
         if self.arch == "paper":
             return FlatIndex(self.decode(codes))
-
-        return AdcIndex(self.tables, self.tensors["mean"], codes, self.nbits)
+        return AdcIndex(self.tables, self.tensors["mean"], codes, self.nbits,
+                        norms=self.norms if self.scoring == "cosine" else None)
 
     def scores(self, Q, codes) -> np.ndarray:
-        """(nq, n) scores of float queries against codes: exact ADC <q, x_hat> (paper: decode then score)."""
+        """(nq, n) scores of float queries against codes: exact ADC <q, x_hat>, divided by
+        ||x_hat|| for a cosine-scored codec (paper: decode then score)."""
         Q = check_embeddings(np.atleast_2d(Q), self.dim, name="queries")
         if self.arch == "paper":
             return Q @ self.decode(codes).T
         from ..search import adc_lut, adc_scores
 
+        idx = self.indices(codes)
         lut, offset = adc_lut(Q, self.tables, self.tensors["mean"])
-        return adc_scores(lut, offset, self.indices(codes))
+        S = adc_scores(lut, offset, idx)
+        if self.scoring == "cosine":
+            S /= self.norms(idx)[None, :]
+        return S
 
     def search(self, Q, codes, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k row ids (nq, k) int64 (-1 past the end) and scores (nq, k): ADC shortlist, exact rerank."""
@@ -298,9 +415,13 @@ class Codec:
         if self.arch != "additive":
             return
         t, lay = self.tensors, self.layout
+        width = lay.n_cols * lay.d
         ok = (t["mean"].shape == (self.dim,) and t["codebook"].shape == (self.k, lay.d)
-              and t["basis"].shape == (self.dim, lay.n_cols * lay.d) and len(t["scale"]) == self.m
-              and len(lay.col) == self.m and np.isfinite(t["basis"]).all() and np.isfinite(t["codebook"]).all())
+              and t["basis"].shape == (self.dim, width) and self._decoder.shape == (self.dim, width)
+              and len(t["scale"]) == self.m - self.n_coarse and len(lay.col) == self.m - self.n_coarse
+              and (not self.n_coarse or t.get("coarse", np.zeros(0)).shape == (self.k, self.dim))
+              and ("text_map" not in t or t["text_map"].shape == (self.dim, self.dim))
+              and np.isfinite(t["basis"]).all() and np.isfinite(t["codebook"]).all())
         if not ok:
             raise CodecError("codec tensors do not match its config (corrupt codec)")
 
@@ -318,3 +439,52 @@ class Codec:
         if dim is not None and codec.dim != dim:
             raise CodecError(f"{path}: codec is for {codec.dim}-d embeddings, but the model gives {dim}-d")
         return codec
+
+
+def _train_additive_parts(X, Q, paired: bool, m: int, k: int, d: int, n_coarse: int, seed: int, beam: int,
+                          progress) -> tuple[dict, dict]:
+    """Tensors and config of an additive codec (see Codec.train and docs/CODEC.md).
+
+    1. coarse slot (optional): k-means of the images in full dimension; the rest codes x - c.
+    2. metric (with queries): the slots are trained on y = r S^(1/2), S the shrunk query second
+       moment, and decode through P = S^(-1/2) B: still one linear map, ADC exact.
+    3. text map (with queries): A predicts each item's text direction u = normalize(x A): a ridge
+       regression to the paired texts, or to each image's softmax mixture of an unpaired bag.
+       Encoding then re-encodes score-aware along u (refine_anisotropic).
+    """
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, np.ndarray] = {}
+    R = X
+    if n_coarse:
+        C0 = kmeans(X, k, seed)
+        R = X - C0[np.argmax(X @ C0.T - 0.5 * (C0 * C0).sum(1), axis=1)]
+        tensors["coarse"] = np.ascontiguousarray(C0, dtype=np.float32)
+    Sh = None
+    if Q is not None:
+        Sh = query_metric_sqrt(Q, METRIC_SHRINK)
+    Y = R if Sh is None else (R @ Sh).astype(np.float32)
+    p = train_additive(Y, m - n_coarse, k, d, seed=seed, beam=beam, max_fit=MAX_FIT, progress=progress)
+    basis = p["basis"]
+    if Sh is None:
+        tensors["mean"], tensors["basis"] = p["mean"], basis
+    else:
+        w, V = np.linalg.eigh(Sh.astype(np.float64))
+        Shi = (V / w) @ V.T
+        tensors["mean"] = (p["mean"] @ Shi).astype(np.float32)
+        tensors["basis"] = (Sh @ basis).astype(np.float32)  # encoder E: z = (r - b) E
+        tensors["decoder"] = (Shi @ basis).astype(np.float32)  # decoder P: r_hat = b + P z
+    tensors.update(col=p["col"].astype(np.int32), stage=p["stage"].astype(np.int32), scale=p["scale"],
+                   codebook=p["codebook"])
+    config = dict(arch="additive", d=d, beam=beam, iters=p["iters"], dead_restarts=p["dead_restarts"],
+                  scoring="cosine", coarse=n_coarse, query_source="none", n_queries=0)
+    if Q is not None:
+        if paired:
+            target = Q
+        else:
+            bag = Q if len(Q) <= MAX_BAG else Q[rng.choice(len(Q), MAX_BAG, replace=False)]
+            target = text_mixture(X, bag, TAU)
+        tensors["text_map"] = ridge_map(X, target, RIDGE_LAMBDA)
+        config.update(query_source="paired" if paired else "unpaired", n_queries=int(len(Q)),
+                      metric_shrink=METRIC_SHRINK, eta=ETA, sweeps=SWEEPS, ridge_lambda=RIDGE_LAMBDA,
+                      tau=None if paired else TAU)
+    return {name: np.ascontiguousarray(v) for name, v in tensors.items()}, config

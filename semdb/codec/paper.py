@@ -60,6 +60,8 @@ import time
 
 import numpy as np
 
+from ..progress import report
+
 # Latent-shape search space of paper_shape, in order of preference (see its docstring).
 GRIDS = (5, 4)
 N_ES = (4, 16, 2, 256)
@@ -229,7 +231,7 @@ def train_paper(X: np.ndarray, bits: int, seed: int = 0, progress=None, **overri
 
     ``overrides`` may set any key of ``DEFAULTS`` (hidden, feat, dropout, lr, weight_decay,
     batch_size, max_epochs, patience, ...) and the shape (grid, channels, e_dim, n_e) directly.
-    ``progress(epoch, max_epochs, val_cos)`` is called after every epoch.
+    ``progress(stage, epoch, max_epochs)`` (the semdb.progress protocol) is called after every epoch.
 
     Returns a flat dict: every state-dict tensor as a float32 numpy array under "paper.<name>",
     plus the config scalars (dim, grid, channels, e_dim, n_e, hidden, feat, dropout, seed,
@@ -342,8 +344,7 @@ def _fit(torch, F, cfg, hp, X, gen, progress):
                 if key in st:
                     st[key][dead] = 0
         cos = val_cos()
-        if progress:
-            progress(epoch, int(hp["max_epochs"]), cos)
+        report(progress, "training paper codec", epoch, int(hp["max_epochs"]))
         if cos > best_cos + 1e-5:
             best_cos, best_state, best_epoch, bad = cos, copy.deepcopy(net.state_dict()), epoch, 0
         else:
