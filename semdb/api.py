@@ -85,7 +85,7 @@ class Database:
                prune: bool = False, workers: int | None = None,
                max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS, progress: Progress | None = None,
                engine: str = "local", ray_address: str | None = None, ray_shards=None,
-               train_now: bool = False, policy: CodecPolicy | None = None) -> dict:
+               train_now: bool = False, captions=None, policy: CodecPolicy | None = None) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
         Every batch commits atomically, so an interrupted ingest resumes where it stopped.
@@ -95,13 +95,16 @@ class Database:
         a local instance); shards go to `ray_shards` (default STORE/ray-shards), see ingest/ray.py.
         A new store keeps its embeddings staged (searched exactly) until it holds enough images
         to train a codec that generalises (CodecPolicy.min_train); `train_now` trains on what
-        is staged. `policy`: when the codec is trained (default CodecPolicy(bits, train_now)).
+        is staged. `captions`: a text file (one per line) or list of texts that show how the
+        store is searched (captions, past queries); the codec is then trained to rank well for
+        such texts (now and at each retrain). `policy`: when the codec is trained (default
+        CodecPolicy(bits, train_now)).
         """
         from .ingest import ingest
 
         options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
                                 prune=prune, codec=codec, policy=policy or CodecPolicy(bits=bits, train_now=train_now),
-                                engine=engine, ray_address=ray_address, ray_shards=ray_shards)
+                                engine=engine, ray_address=ray_address, ray_shards=ray_shards, captions=captions)
         return ingest(self._ctx, paths, options, progress).to_dict()
 
     def add_embeddings(self, paths, embeddings=None, *, model: str | None = None, pretrained: str | None = None,
@@ -210,6 +213,7 @@ class Database:
             ratio = drift_ratio(stats)
             out["codec"] = {"id": codec.id, "arch": codec.arch, "bits": codec.bits, "m": codec.m, "k": codec.k,
                             "d": codec.config.get("d"), "trained_on": codec.config.get("n_train"),
+                            "query_source": codec.config.get("query_source", "none"),
                             "encoded_since": stats.get("encoded"),
                             "drift_ratio": None if ratio is None else round(ratio, 3)}
             out["bits_per_item"] = codec.bits

@@ -77,6 +77,7 @@ def ingest(
     bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
     codec: Optional[Path] = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
     train_now: bool = typer.Option(False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, metadata/), a .npz (image_emb + image_path) or a .npy with --paths."),
     paths_file: Optional[Path] = typer.Option(None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
@@ -106,7 +107,7 @@ def ingest(
                 summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
                                     prune=prune, max_megapixels=max_megapixels or None, progress=update,
                                     engine=engine, ray_address=ray_address, ray_shards=ray_shards,
-                                    train_now=train_now)
+                                    train_now=train_now, captions=captions)
     if not as_json:
         for failure in summary["failures"]:
             err.print(Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
@@ -277,6 +278,7 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
 
 @app.command()
 def bench(
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."),
     images: Optional[Path] = typer.Option(None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),
