@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from .context import STATS_KEY, StoreContext
-from .errors import StoreError
+from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice
@@ -143,17 +143,72 @@ class Database:
                        progress).to_dict()
 
     # --- query ----------------------------------------------------------------------------
+    def search(self, query: str | None = None, *, k: int = 10, like=None, image=None, under=None, after=None,
+               before=None, within: float | None = None, min_score: float | None = None) -> list[Hit]:
+        """The k items closest to a query, best first; a query reads left to right:
+
+        what: `query` text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms,
+        image files by path, added or subtracted), and/or `image` (a file or PIL image), and/or
+        `like` (a stored item's id or path: more like it, from its stored code, itself left out);
+        where: `under` a folder, `after` / `before` a date taken (EXIF, else mtime; "YYYY-MM-DD",
+        ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
+        `within` (keep hits within this of the best score), `min_score`."""
+        from .query import Term, Where, parse_terms
+
+        terms, exclude = [], []
+        if query is not None:
+            terms += parse_terms(query)
+        if image is not None:
+            terms.append(Term("image", image))
+        if like is not None:
+            item = self.item(like) if isinstance(like, (int, np.integer)) else self.store.item_by_path(
+                os.path.abspath(os.fsdecode(like)))
+            if item is None:
+                raise InputError(f"--like {like}: not an item of {self.path} (give a stored id or path)")
+            terms.append(Term("item", item.id))
+            exclude.append(item.id)
+        return self._searcher.search(terms, k, Where.of(under, after, before), within, min_score, exclude)
+
+    def similar(self, item_id: int, *, k: int = 10, under=None, after=None, before=None,
+                within: float | None = None) -> list[Hit]:
+        """More like a stored item (from its stored code: no file read, no CLIP), itself left out."""
+        return self.search(like=int(item_id), k=k, under=under, after=after, before=before, within=within)
+
+    def search_image(self, image, *, k: int = 10, **where) -> list[Hit]:
+        """The k items closest to an image (a file path or a PIL image), with search()'s filters."""
+        return self.search(image=image, k=k, **where)
+
     def query(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
-        """The k items closest to a text query, best first."""
-        return self._searcher.text(text, k, min_score)
+        """The k items closest to a text query, best first (the text as it is: no arithmetic)."""
+        from .query import Term
+
+        return self._searcher.search([Term("text", text)], k, min_score=min_score)
 
     def query_image(self, path, k: int = 10, min_score: float | None = None) -> list[Hit]:
         """The k items closest to an image file (which need not be in the store)."""
-        return self._searcher.image(path, k, min_score)
+        from .query import Term
+
+        return self._searcher.search([Term("image", path)], k, min_score=min_score)
 
     def query_vectors(self, Q, k: int = 10, min_score: float | None = None) -> list[list[Hit]]:
         """Batched search with precomputed (nq, D) query embeddings of the store's model."""
         return self._searcher.vectors(Q, k, min_score)
+
+    def item(self, item_id: int):
+        """The stored item with this id (path, size, mtime, hash, width, height, taken...), or None."""
+        return self.store.get_item(int(item_id))
+
+    def duplicates(self, threshold: float | None = None) -> list[dict]:
+        """Groups of near-duplicate images, found from the codes; see semdb/duplicates.py."""
+        from .duplicates import find_duplicates
+
+        return find_duplicates(self._ctx, self._searcher, threshold)
+
+    def classify(self, labels, prompt: str = "a photo of a {}.") -> list[dict]:
+        """Zero-shot label of every item: [{"id", "path", "label", "score"}] in id order."""
+        from .tagging import classify
+
+        return classify(self._ctx, self._searcher, labels, prompt)
 
     # --- export and import (Arrow / Parquet) -----------------------------------------------
     def export_batches(self, batch_size: int = 65536):

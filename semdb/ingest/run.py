@@ -12,7 +12,7 @@ from ..errors import InputError, StoreError
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from .classify import classify
-from .commit import commit_batch, prune_missing
+from .commit import commit_batch, fill_dates, prune_missing
 from .records import IngestSummary
 from .scan import scan
 from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
@@ -55,6 +55,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     if options.captions is not None:
         record_captions(ctx, options.captions)
     found = scan(ctx.store, paths, summary)
+    fill_dates(ctx.store, found.undated)
     seen = set(found.seen)
     with _engine(ctx, options) as engine:
         jobs = classify(ctx.store, found.todo, seen, engine.hashes(found.todo), summary, progress)
