@@ -116,12 +116,12 @@ class Database:
         file). `model` / `pretrained` name the CLIP model they come from (default: the
         store's); its weights are bound when the model is first loaded. Everything is checked
         before anything is written. Returns the ingest summary."""
-        from .ingest.embeddings import EmbeddingSet, _validated, add_embeddings, read_embeddings
+        from .ingest.embeddings import EmbeddingSet, validated, add_embeddings, read_embeddings
 
         if embeddings is None or isinstance(embeddings, (str, os.PathLike)):
             data = read_embeddings(paths, embeddings)
         else:
-            data = _validated(list(paths), embeddings, "embeddings")
+            data = validated(list(paths), embeddings, "embeddings")
         model_id = None
         if model or pretrained:
             from .embed import resolve_model
