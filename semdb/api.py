@@ -116,7 +116,7 @@ class Database:
         file). `model` / `pretrained` name the CLIP model they come from (default: the
         store's); its weights are bound when the model is first loaded. Everything is checked
         before anything is written. Returns the ingest summary."""
-        from .ingest.embeddings import EmbeddingSet, validated, add_embeddings, read_embeddings
+        from .ingest.embeddings import add_embeddings, read_embeddings, validated
 
         if embeddings is None or isinstance(embeddings, (str, os.PathLike)):
             data = read_embeddings(paths, embeddings)
