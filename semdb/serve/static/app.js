@@ -119,7 +119,7 @@ $("search").addEventListener("submit", (e) => {
 });
 $("upload").addEventListener("change", () => { const f = $("upload").files[0]; if (f) run({ image: f }); $("upload").value = ""; });
 $("filters").addEventListener("change", rerun);
-$("filters").addEventListener("submit", (e) => { e.preventDefault(); rerun(); });
+$("filters").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); rerun(); } });
 $("clear").addEventListener("click", () => { for (const name of FILTERS) $(name).value = ""; rerun(); });
 $("full-close").addEventListener("click", closeView);
 $("viewer").addEventListener("click", (e) => { if (e.target === $("viewer")) closeView(); });
