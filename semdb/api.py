@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from .context import STATS_KEY, StoreContext
-from .errors import StoreError
+from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice
@@ -85,7 +85,7 @@ class Database:
                prune: bool = False, workers: int | None = None,
                max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS, progress: Progress | None = None,
                engine: str = "local", ray_address: str | None = None, ray_shards=None,
-               train_now: bool = False, policy: CodecPolicy | None = None) -> dict:
+               train_now: bool = False, captions=None, policy: CodecPolicy | None = None) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
         Every batch commits atomically, so an interrupted ingest resumes where it stopped.
@@ -95,13 +95,16 @@ class Database:
         a local instance); shards go to `ray_shards` (default STORE/ray-shards), see ingest/ray.py.
         A new store keeps its embeddings staged (searched exactly) until it holds enough images
         to train a codec that generalises (CodecPolicy.min_train); `train_now` trains on what
-        is staged. `policy`: when the codec is trained (default CodecPolicy(bits, train_now)).
+        is staged. `captions`: a text file (one per line) or list of texts that show how the
+        store is searched (captions, past queries); the codec is then trained to rank well for
+        such texts (now and at each retrain). `policy`: when the codec is trained (default
+        CodecPolicy(bits, train_now)).
         """
         from .ingest import ingest
 
         options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
                                 prune=prune, codec=codec, policy=policy or CodecPolicy(bits=bits, train_now=train_now),
-                                engine=engine, ray_address=ray_address, ray_shards=ray_shards)
+                                engine=engine, ray_address=ray_address, ray_shards=ray_shards, captions=captions)
         return ingest(self._ctx, paths, options, progress).to_dict()
 
     def add_embeddings(self, paths, embeddings=None, *, model: str | None = None, pretrained: str | None = None,
@@ -140,17 +143,72 @@ class Database:
                        progress).to_dict()
 
     # --- query ----------------------------------------------------------------------------
+    def search(self, query: str | None = None, *, k: int = 10, like=None, image=None, under=None, after=None,
+               before=None, within: float | None = None, min_score: float | None = None) -> list[Hit]:
+        """The k items closest to a query, best first; a query reads left to right:
+
+        what: `query` text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms,
+        image files by path, added or subtracted), and/or `image` (a file or PIL image), and/or
+        `like` (a stored item's id or path: more like it, from its stored code, itself left out);
+        where: `under` a folder, `after` / `before` a date taken (EXIF, else mtime; "YYYY-MM-DD",
+        ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
+        `within` (keep hits within this of the best score), `min_score`."""
+        from .query import Term, Where, parse_terms
+
+        terms, exclude = [], []
+        if query is not None:
+            terms += parse_terms(query)
+        if image is not None:
+            terms.append(Term("image", image))
+        if like is not None:
+            item = self.item(like) if isinstance(like, (int, np.integer)) else self.store.item_by_path(
+                os.path.abspath(os.fsdecode(like)))
+            if item is None:
+                raise InputError(f"--like {like}: not an item of {self.path} (give a stored id or path)")
+            terms.append(Term("item", item.id))
+            exclude.append(item.id)
+        return self._searcher.search(terms, k, Where.of(under, after, before), within, min_score, exclude)
+
+    def similar(self, item_id: int, *, k: int = 10, under=None, after=None, before=None,
+                within: float | None = None) -> list[Hit]:
+        """More like a stored item (from its stored code: no file read, no CLIP), itself left out."""
+        return self.search(like=int(item_id), k=k, under=under, after=after, before=before, within=within)
+
+    def search_image(self, image, *, k: int = 10, **where) -> list[Hit]:
+        """The k items closest to an image (a file path or a PIL image), with search()'s filters."""
+        return self.search(image=image, k=k, **where)
+
     def query(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
-        """The k items closest to a text query, best first."""
-        return self._searcher.text(text, k, min_score)
+        """The k items closest to a text query, best first (the text as it is: no arithmetic)."""
+        from .query import Term
+
+        return self._searcher.search([Term("text", text)], k, min_score=min_score)
 
     def query_image(self, path, k: int = 10, min_score: float | None = None) -> list[Hit]:
         """The k items closest to an image file (which need not be in the store)."""
-        return self._searcher.image(path, k, min_score)
+        from .query import Term
+
+        return self._searcher.search([Term("image", path)], k, min_score=min_score)
 
     def query_vectors(self, Q, k: int = 10, min_score: float | None = None) -> list[list[Hit]]:
         """Batched search with precomputed (nq, D) query embeddings of the store's model."""
         return self._searcher.vectors(Q, k, min_score)
+
+    def item(self, item_id: int):
+        """The stored item with this id (path, size, mtime, hash, width, height, taken...), or None."""
+        return self.store.get_item(int(item_id))
+
+    def duplicates(self, threshold: float | None = None) -> list[dict]:
+        """Groups of near-duplicate images, found from the codes; see semdb/duplicates.py."""
+        from .duplicates import find_duplicates
+
+        return find_duplicates(self._ctx, self._searcher, threshold)
+
+    def classify(self, labels, prompt: str = "a photo of a {}.") -> list[dict]:
+        """Zero-shot label of every item: [{"id", "path", "label", "score"}] in id order."""
+        from .tagging import classify
+
+        return classify(self._ctx, self._searcher, labels, prompt)
 
     # --- export and import (Arrow / Parquet) -----------------------------------------------
     def export_batches(self, batch_size: int = 65536):
@@ -210,6 +268,7 @@ class Database:
             ratio = drift_ratio(stats)
             out["codec"] = {"id": codec.id, "arch": codec.arch, "bits": codec.bits, "m": codec.m, "k": codec.k,
                             "d": codec.config.get("d"), "trained_on": codec.config.get("n_train"),
+                            "query_source": codec.config.get("query_source", "none"),
                             "encoded_since": stats.get("encoded"),
                             "drift_ratio": None if ratio is None else round(ratio, 3)}
             out["bits_per_item"] = codec.bits

@@ -13,6 +13,8 @@ One row per item (docs/INTERFACES.md#parquet-export):
     added       timestamp[us, UTC]  when the item entered the store
     updated     timestamp[us, UTC]  its last change
     code        fixed_size_binary   the packed code (Codec.code_bytes bytes)
+    taken       timestamp[us, UTC], nullable   when the photo was taken (EXIF, else mtime);
+                                    optional on import (exports of older semdb have none)
 
 The schema metadata key b"semdb" holds JSON: format, codec_id, code_bytes, model_id and, in
 exports, the codec itself (base64) so that a new store can be built from the file alone.
@@ -33,7 +35,9 @@ from .store import Item
 
 FORMAT = 1
 META_KEY = b"semdb"
-_COLUMNS = ("id", "path", "path_bytes", "size", "mtime", "hash", "width", "height", "added", "updated", "code")
+_COLUMNS = ("id", "path", "path_bytes", "size", "mtime", "hash", "width", "height", "added", "updated", "code",
+            "taken")
+_OPTIONAL = {"path_bytes", "taken"}  # may be null; "taken" may be missing altogether
 
 
 def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
@@ -49,6 +53,7 @@ def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
         pa.field("added", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("updated", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("code", pa.binary(code_bytes), nullable=False),
+        pa.field("taken", pa.timestamp("us", tz="UTC")),
     ]
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()} if meta else None)
 
@@ -82,6 +87,8 @@ def check_columns(sch: pa.Schema, code_bytes: int, source: str) -> None:
     """InputError unless the schema has every column with a type that casts to ours."""
     want = schema(code_bytes)
     for field in want:
+        if field.name == "taken" and field.name not in sch.names:
+            continue
         if field.name not in sch.names:
             raise InputError(f"{source}: no {field.name!r} column (a semdb export has {', '.join(_COLUMNS)})")
         got = sch.field(field.name).type
@@ -115,13 +122,16 @@ def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.Record
         _seconds([it.updated for it in items]),
         pa.FixedSizeBinaryArray.from_buffers(pa.binary(code_bytes), len(items),
                                              [None, pa.py_buffer(codes.tobytes())]),
+        _seconds([it.taken for it in items]),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema(code_bytes))
 
 
 def _seconds(values) -> pa.Array:
-    us = np.round(np.asarray(values, np.float64) * 1e6).astype(np.int64)
-    return pa.array(us, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    """POSIX seconds (None: null) as a microsecond timestamp column."""
+    known = [v is not None for v in values]
+    us = np.round(np.array([v if v is not None else 0.0 for v in values], np.float64) * 1e6).astype(np.int64)
+    return pa.array(us, pa.int64(), mask=~np.array(known, bool)).cast(pa.timestamp("us", tz="UTC"))
 
 
 def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tuple[Item, bytes]]:
@@ -129,18 +139,23 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
     target = schema(code_bytes)
     cols = {}
     for field in target:
+        if field.name not in batch.schema.names:  # "taken": exports of older semdb have none
+            cols[field.name] = pa.nulls(batch.num_rows, field.type)
+            continue
         col = batch.column(field.name)
         cols[field.name] = col if col.type == field.type or field.name == "path_bytes" else col.cast(field.type)
-    if any(cols[name].null_count for name in _COLUMNS if name != "path_bytes"):
-        bad = [name for name in _COLUMNS if name != "path_bytes" and cols[name].null_count]
+    if any(cols[name].null_count for name in _COLUMNS if name not in _OPTIONAL):
+        bad = [name for name in _COLUMNS if name not in _OPTIONAL and cols[name].null_count]
         raise InputError(f"column(s) {', '.join(bad)} hold nulls; every item needs them")
     ints = {name: _ints(cols[name]) for name in ("size", "mtime", "width", "height", "added", "updated")}
     paths, exact = cols["path"].to_pylist(), cols["path_bytes"].to_pylist()
     hashes, codes = cols["hash"].to_pylist(), cols["code"].to_pylist()
+    taken = cols["taken"].cast(pa.int64()).to_pylist()
     for i in range(len(paths)):
         path = os.fsdecode(exact[i]) if exact[i] is not None else paths[i]
         yield Item(0, path, int(ints["size"][i]), int(ints["mtime"][i]), hashes[i], int(ints["width"][i]),
-                   int(ints["height"][i]), ints["added"][i] / 1e6, ints["updated"][i] / 1e6), codes[i]
+                   int(ints["height"][i]), ints["added"][i] / 1e6, ints["updated"][i] / 1e6,
+                   None if taken[i] is None else taken[i] / 1e6), codes[i]
 
 
 def _ints(col) -> np.ndarray:

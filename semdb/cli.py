@@ -77,6 +77,7 @@ def ingest(
     bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
     codec: Optional[Path] = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
     train_now: bool = typer.Option(False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, metadata/), a .npz (image_emb + image_path) or a .npy with --paths."),
     paths_file: Optional[Path] = typer.Option(None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
@@ -106,7 +107,7 @@ def ingest(
                 summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
                                     prune=prune, max_megapixels=max_megapixels or None, progress=update,
                                     engine=engine, ray_address=ray_address, ray_shards=ray_shards,
-                                    train_now=train_now)
+                                    train_now=train_now, captions=captions)
     if not as_json:
         for failure in summary["failures"]:
             err.print(Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
@@ -153,8 +154,13 @@ def retrain(
 
 @app.command()
 def query(
-    text: Optional[str] = typer.Argument(None, help="What to look for, in words."),
+    text: Optional[List[str]] = typer.Argument(None, help='What to look for, in words; rclip\'s arithmetic works: "2:cat" + ./x.jpg - dog.'),
     image: Optional[Path] = typer.Option(None, "--image", help="Search with an image instead of text."),
+    like: Optional[str] = typer.Option(None, "--like", help="More like this stored item (its id or path), from its stored code."),
+    under: Optional[Path] = typer.Option(None, "--under", help="Only items whose file is under this folder."),
+    after: Optional[str] = typer.Option(None, "--after", help="Only photos taken on or after this date (YYYY-MM-DD; EXIF, else file time)."),
+    before: Optional[str] = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
+    within: Optional[float] = typer.Option(None, "--within", help="Keep hits within this much of the best score."),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop results scoring below this."),
@@ -165,38 +171,99 @@ def query(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
     no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a `semdb serve` runs for the store."),
 ):
-    """Find the stored images closest to TEXT (or to --image)."""
+    """Find the stored images closest to TEXT (and/or --image, --like), optionally filtered."""
     from .errors import InputError
 
     with _errors():
-        if (text is None) == (image is None):
-            raise InputError("give exactly one of TEXT or --image PATH")
+        if bool(text) == (image is not None) and not (like is not None and image is None):
+            # (an image joins a text query inside TEXT: "cat + ./x.jpg")
+            raise InputError("give exactly one of TEXT or --image PATH (or --like ID_OR_PATH)")
+        like_item = int(like) if like is not None and like.isdigit() else like
+        query = dict(image=image, like=like_item, k=k, under=under, after=after, before=before, within=within,
+                     min_score=min_score)
         hits = None
         if not no_server and model is None and pretrained is None:
-            hits = _query_server(store, text=text, image=image, k=k, min_score=min_score)
+            hits = _query_server(store, " ".join(text) if text else None, **query)
         if hits is None:
             from .api import Database
 
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
-                hits = db.query(text, k=k, min_score=min_score) if image is None else \
-                    db.query_image(image, k=k, min_score=min_score)
+                hits = db.search(" ".join(text) if text else None, **query)
+    _print_hits(hits, as_json, paths_only)
+
+
+def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
+    from .images import display_path
+
     if as_json:
         _print_json([{"path": h.path, "score": round(h.score, 6), "id": h.id} for h in hits])
     elif paths_only:
-        from .images import display_path
-
         for h in hits:
             sys.stdout.write(display_path(h.path) + "\n")
     else:
-        from .images import display_path
-
-        table = Table("rank", "score", "path")
+        table = Table("rank", "score", "id", "path")
         for rank, h in enumerate(hits, 1):
-            table.add_row(str(rank), f"{h.score:.4f}", Text(display_path(h.path)))
+            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(display_path(h.path)))
         out.print(table)
 
 
-def _query_server(store, **query):
+@app.command()
+def duplicates(
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Cosine above which two images are near-duplicates (default: 0.95 less the codec's quantisation noise)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
+):
+    """Groups of near-duplicate images, found from the codes (exact copies are flagged)."""
+    from .api import Database
+    from .images import display_path
+
+    with _errors():
+        with Database(store, readonly=True) as db:
+            found = db.duplicates(threshold)
+    if as_json:
+        _print_json(found)
+        return
+    for n, group in enumerate(found["groups"], 1):
+        kind = "exact copies" if group["exact"] else f"similarity >= {group['min_similarity']:.3f}"
+        out.print(Text(f"group {n} ({len(group['ids'])} images, {kind}):"))
+        for id_, path in zip(group["ids"], group["paths"]):
+            out.print(Text(f"  {id_}\t{display_path(path)}"))
+    err.print(Text(f"{len(found['groups'])} groups at threshold {found['threshold']}"))
+
+
+@app.command()
+def tag(
+    labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "cat,dog,car".'),
+    prompt: str = typer.Option("a photo of a {}.", "--prompt", help="Template each label is put into."),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV: id,path,label,score."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+):
+    """Zero-shot classification of every item: its best label and score."""
+    import csv
+
+    from .api import Database
+    from .images import display_path
+
+    with _errors():
+        with Database(store, readonly=True, threads=threads) as db:
+            rows = db.classify(labels, prompt)
+    if as_json:
+        _print_json(rows)
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["id", "path", "label", "score"])
+        for r in rows:
+            writer.writerow([r["id"], display_path(r["path"]), r["label"], r["score"]])
+    else:
+        table = Table("id", "label", "score", "path")
+        for r in rows:
+            table.add_row(str(r["id"]), r["label"], f"{r['score']:.4f}", Text(display_path(r["path"])))
+        out.print(table)
+
+
+def _query_server(store, text, **query):
     """Hits from a running `semdb serve` for this store (semdb/serve/client.py), or None."""
     import os
 
@@ -204,7 +271,7 @@ def _query_server(store, **query):
     from .store import default_store_path
 
     path = os.path.abspath(Path(store).expanduser() if store else default_store_path())
-    return query_server(path, **query)
+    return query_server(path, text, **query)
 
 
 @app.command()
@@ -314,6 +381,7 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
 
 @app.command()
 def bench(
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."),
     images: Optional[Path] = typer.Option(None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),

@@ -309,6 +309,26 @@ def _to_rgb(img: Image.Image, path: PathLike) -> Image.Image:
         raise ImageError(path, f"unsupported color mode {mode}") from None
 
 
+_EXIF_IFD, _DATE_TIME_ORIGINAL, _DATE_TIME = 0x8769, 36867, 306
+
+
+def date_taken(path: PathLike) -> Optional[float]:
+    """When the photo was taken, from its EXIF DateTimeOriginal (else DateTime), as POSIX
+    seconds in local time; None when the file has no readable date. Reads the header only."""
+    import datetime
+
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
+    except Exception:  # noqa: BLE001 - no EXIF, or a broken one: the caller falls back to mtime
+        return None
+    try:
+        return datetime.datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # hashing
 

@@ -1,13 +1,19 @@
-"""Search a store: query embeddings in, hits out.
+"""Search a store: a query reads left to right, terms -> vector -> where -> limit -> refine.
 
-    text / image --CLIP--> q --index over the last committed codes (ADC shortlist + exact
-    rerank; a store without a codec yet: exact search of its staged embeddings)--> Hits
+    terms ("2:cat + ./x.jpg - dog", a stored item) --CLIP, or the item's stored code-->
+    one query vector q --where: rows whose path is under a folder / taken in a date range-->
+    index over the last committed codes (ADC shortlist + exact rerank; a store without a
+    codec yet: exact search of its staged embeddings) --limit k--> --within X of the best-->
+    Hits (path, score, id)
 """
 
 from __future__ import annotations
 
+import datetime
 import os
-from typing import NamedTuple, Optional
+import re
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -16,6 +22,8 @@ from .errors import InputError, display_path
 from .images import load_image
 from .search import FlatIndex
 
+MAX_K = 10_000  # a larger k is refused: nobody reads that many hits, and it costs memory
+
 
 class Hit(NamedTuple):
     path: str
@@ -23,39 +31,186 @@ class Hit(NamedTuple):
     id: int
 
 
+@dataclass(frozen=True)
+class Term:
+    """One term of a query: a text, an image file, or a stored item (by id), with a weight
+    (negative: subtracted)."""
+
+    kind: str  # "text" | "image" | "item"
+    value: Union[str, int, object]  # text, image path (or PIL image), item id
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Where:
+    """Which items a search may return. `under`: an absolute folder; `after` / `before`:
+    POSIX seconds of the date taken (after inclusive, before exclusive)."""
+
+    under: Optional[str] = None
+    after: Optional[float] = None
+    before: Optional[float] = None
+
+    @classmethod
+    def of(cls, under=None, after=None, before=None) -> "Where":
+        w = cls(os.path.abspath(os.path.expanduser(os.fsdecode(under))).rstrip(os.sep) or os.sep if under else None,
+                parse_date(after, "after"), parse_date(before, "before"))
+        if w.after is not None and w.before is not None and w.after >= w.before:
+            raise InputError(f"--after {after} is not before --before {before}: no date is in between")
+        return w
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.under, self.after, self.before))
+
+
+def parse_date(value, flag: str) -> Optional[float]:
+    """A date or datetime (or "YYYY-MM-DD" / ISO 8601 text, local time) as POSIX seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, datetime.date):
+        return datetime.datetime(value.year, value.month, value.day).timestamp()
+    try:
+        return datetime.datetime.fromisoformat(str(value).strip()).timestamp()
+    except ValueError:
+        raise InputError(f"--{flag} {value!r}: not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+
+
+_SPLIT = re.compile(r"\s+([+-])\s+")
+
+
+def parse_terms(text: str) -> list[Term]:
+    """rclip's query arithmetic: terms joined by " + " or " - ", each optionally "WEIGHT:term";
+    a term naming an existing image file is that image, anything else is text.
+    "2:cat + ./x.jpg - dog" -> cat (x2) plus the image minus dog."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("empty query text: give some words to search for")
+    parts = _SPLIT.split(" " + text.strip() + " ")
+    terms, sign = [], 1.0
+    for i, part in enumerate(parts):
+        if i % 2:
+            sign = 1.0 if part == "+" else -1.0
+            continue
+        part = part.strip()
+        if not part:
+            raise InputError(f"query {text!r}: a '+' or '-' has no term beside it")
+        weight, _, rest = part.partition(":")
+        try:
+            w, part = (float(weight), rest.strip()) if rest and not os.path.exists(part) else (1.0, part)
+        except ValueError:
+            w = 1.0
+        if not part:
+            raise InputError(f"query {text!r}: the weight {weight}: has no term")
+        kind = "image" if os.path.isfile(os.path.expanduser(part)) else "text"
+        terms.append(Term(kind, os.path.expanduser(part) if kind == "image" else part, sign * w))
+    return terms
+
+
 class Searcher:
-    """Queries over one store; the search index is rebuilt only after a commit."""
+    """Queries over one store; the index (and the metadata filters read) are rebuilt only after
+    a commit."""
 
     def __init__(self, ctx: StoreContext):
         self.ctx = ctx
         self._index = None  # (generation, ids, search index)
+        self._meta = None  # (generation, paths, taken) aligned with the index's ids
 
-    def text(self, text: str, k: int = 10, min_score: Optional[float] = None) -> list[Hit]:
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("empty query text: give some words to search for")
-        return self.vectors(self.ctx.embedder.encode_texts([text]), k, min_score)[0]
+    # --- the query vector -------------------------------------------------------------------
+    def vector(self, terms: Sequence[Term]) -> np.ndarray:
+        """The unit query vector of weighted terms (1, D)."""
+        if not terms:
+            raise InputError("empty query: give text, an image or a stored item")
+        total = None
+        for term in terms:
+            v = self._embed(term)[0]
+            total = term.weight * v if total is None else total + term.weight * v
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise InputError("the query's terms cancel out: nothing is left to search for")
+        return (total / norm)[None, :].astype(np.float32)
 
-    def image(self, path, k: int = 10, min_score: Optional[float] = None) -> list[Hit]:
-        if not os.path.exists(path):
-            raise InputError(f"{display_path(path)}: query image not found")
-        emb = self.ctx.embedder
-        img = load_image(path, draft_size=emb.image_size)
-        return self.vectors(emb.encode_images([img]), k, min_score)[0]
+    def _embed(self, term: Term) -> np.ndarray:
+        emb = self.ctx.embedder if term.kind != "item" else None
+        if term.kind == "text":
+            if not str(term.value).strip():
+                raise InputError("empty query text: give some words to search for")
+            return emb.encode_texts([str(term.value)])
+        if term.kind == "image":
+            img = term.value
+            if isinstance(img, (str, bytes, os.PathLike)):
+                if not os.path.exists(img):
+                    raise InputError(f"{display_path(img)}: query image not found")
+                img = load_image(img, draft_size=emb.image_size)
+            return emb.encode_images([img])
+        return self.item_vector(int(term.value))
 
-    def vectors(self, Q, k: int = 10, min_score: Optional[float] = None) -> list[list[Hit]]:
-        if k <= 0:
-            raise InputError(f"k={k}: ask for at least one result")
+    def item_vector(self, item_id: int) -> np.ndarray:
+        """A stored item's vector from what the store keeps: its decoded code (or staged
+        embedding). No file is read, no CLIP runs."""
+        ids, index = self.index()
+        row = np.flatnonzero(ids == item_id)
+        if not len(row):
+            raise InputError(f"no item {item_id} in {self.ctx.path}")
+        codec = self.ctx.codec
+        if codec is None:
+            return index.vectors[row[:1]]
+        _, codes = self.ctx.store.load_codes()
+        return codec.decode(np.asarray(codes)[row[:1]])
+
+    # --- search -----------------------------------------------------------------------------
+    def search(self, terms: Sequence[Term], k: int = 10, where: Where = Where(), within: Optional[float] = None,
+               min_score: Optional[float] = None, exclude: Sequence[int] = ()) -> list[Hit]:
+        _check_k(k)
+        q = self.vector(terms)
+        return self._search(q, k, where, within, min_score, exclude)[0]
+
+    def vectors(self, Q, k: int = 10, min_score: Optional[float] = None, where: Where = Where(),
+                within: Optional[float] = None) -> list[list[Hit]]:
+        _check_k(k)
+        return self._search(np.asarray(Q, np.float32), k, where, within, min_score, ())
+
+    def _search(self, Q, k, where, within, min_score, exclude) -> list[list[Hit]]:
         ids, index = self.index()
         if index is None:
             return [[] for _ in range(len(Q))]
-        rows, scores = index.search(np.asarray(Q, np.float32), k)
-        floor = -np.inf if min_score is None else min_score
+        rows = self._rows(where, ids, exclude)
+        if rows is not None and not len(rows):
+            return [[] for _ in range(len(Q))]
+        found, scores = index.search(Q, k, rows=rows)
         results = []
-        for row, score in zip(rows, scores):
-            keep = (row >= 0) & (score >= floor)
+        for row, score in zip(found, scores):
+            keep = row >= 0
+            if min_score is not None:
+                keep &= score >= min_score
+            if within is not None and keep.any():
+                keep &= score >= score[keep].max() - within
             items = self.ctx.store.items(ids[row[keep]])
             results.append([Hit(it.path, float(s), int(it.id)) for it, s in zip(items, score[keep]) if it is not None])
         return results
+
+    def _rows(self, where: Where, ids: np.ndarray, exclude) -> Optional[np.ndarray]:
+        """Index rows the search may return (None: all)."""
+        if not where and not len(exclude):
+            return None
+        keep = ~np.isin(ids, np.asarray(list(exclude), np.uint64))
+        if where:
+            paths, taken = self._metadata(ids)
+            if where.under is not None:
+                prefix = where.under if where.under.endswith(os.sep) else where.under + os.sep
+                keep &= np.array([p.startswith(prefix) for p in paths], bool)
+            if where.after is not None:
+                keep &= taken >= where.after  # NaN (date unknown) never passes
+            if where.before is not None:
+                keep &= taken < where.before
+        return np.flatnonzero(keep)
+
+    def _metadata(self, ids: np.ndarray) -> tuple[list[str], np.ndarray]:
+        generation = self._index[0]
+        if self._meta is None or self._meta[0] != generation:
+            items = self.ctx.store.items(ids)
+            self._meta = (generation, [it.path if it else "" for it in items],
+                          np.array([np.nan if it is None or it.taken is None else it.taken for it in items]))
+        return self._meta[1], self._meta[2]
 
     def index(self):
         """(item ids, index) over the last committed codes (or staged embeddings)."""
@@ -77,3 +232,10 @@ class Searcher:
             index = codec.index(np.asarray(codes)) if len(ids) else None
         self._index = (generation, ids, index)
         return ids, index
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise InputError(f"k={k}: ask for at least one result")
+    if k > MAX_K:
+        raise InputError(f"k={k}: at most {MAX_K} results per query")

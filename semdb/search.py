@@ -67,8 +67,19 @@ class FlatIndex:
     def __init__(self, vectors: np.ndarray):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return top_k(np.asarray(Q, np.float32) @ self.vectors.T, k)
+    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (row ids, scores); `rows`: search only these rows (a filter)."""
+        Q = np.asarray(Q, np.float32)
+        if rows is None:
+            return top_k(Q @ self.vectors.T, k)
+        return _in_rows(top_k(Q @ self.vectors[rows].T, k), rows)
+
+
+def _in_rows(found: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map top_k positions within `rows` back to row ids (keeping -1 padding)."""
+    ids, scores = found
+    return np.where(ids >= 0, np.asarray(rows)[np.maximum(ids, 0)], -1), scores
 
 
 class AdcIndex:
@@ -112,30 +123,38 @@ class AdcIndex:
         self._lut_index = index
         self.index = faiss.IndexAdditiveQuantizerFastScan(index, FAST_SCAN_BLOCK) if self.fast_scan else index
 
-    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (ids, scores) per query, each (nq, k); ids are row numbers, -1 past the end."""
+    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) per query, each (nq, k); ids are row numbers, -1 past the end.
+        `rows`: search only these rows (a filter): scored exactly, without the fast-scan pass."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         nq = len(Q)
         if self.n == 0 or k <= 0:
             return np.full((nq, max(k, 0)), -1, np.int64), np.full((nq, max(k, 0)), -np.inf, np.float32)
+        if rows is not None:
+            return _in_rows(top_k(self.exact_scores(Q, rows), k), rows)
         if not self.fast_scan and self.norms is None:
             _, cand = self.index.search(Q, min(k, self.n))  # FAISS exact-LUT scan
         else:
-            short = min(self.n, shortlist or max(4 * k, k + 64))
+            short = shortlist or max(4 * k, k + 64)
+            if short >= self.n:  # the shortlist is everything: score it all exactly (fast-scan
+                return self.search(Q, k, rows=np.arange(self.n))  # may drop ties at k = n)
             _, cand = self.index.search(Q, short)
         # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised; a cosine
         # score divides by ||x_hat||, which the inner-product scan does not know).
         ids = np.full((nq, k), -1, dtype=np.int64)
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
-        lut, offset = adc_lut(Q, self.tables, self.bias)
         for i in range(nq):
-            rows = cand[i][cand[i] >= 0]
-            idx = unpack(self.codes[rows], self.m, self.nbits)
-            s = adc_scores(lut[i : i + 1], offset[i : i + 1], idx)
-            if self.norms is not None:
-                s /= self.norms(idx)[None, :]
-            best, vals = top_k(s, k)
-            valid = best[0] >= 0
-            ids[i, : valid.sum()] = rows[best[0][valid]]
-            scores[i, : valid.sum()] = vals[0][valid]
+            found = _in_rows(top_k(self.exact_scores(Q[i:i + 1], cand[i][cand[i] >= 0]), k), cand[i][cand[i] >= 0])
+            ids[i], scores[i] = found[0][0], found[1][0]
         return ids, scores
+
+    def exact_scores(self, Q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact scores (nq, len(rows)) of the chosen rows: float ADC, divided by ||x_hat|| for
+        cosine codecs."""
+        lut, offset = adc_lut(Q, self.tables, self.bias)
+        idx = unpack(self.codes[rows], self.m, self.nbits)
+        s = adc_scores(lut, offset, idx)
+        if self.norms is not None:
+            s /= self.norms(idx)[None, :]
+        return s

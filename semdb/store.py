@@ -5,7 +5,9 @@ A store is one directory holding an LMDB environment (data.mdb, lock.mdb) and wr
 Named databases (ids are 8-byte big-endian keys, so cursors walk them in id order):
   meta      utf-8 key -> JSON value: schema, created, generation, next_id, next_segment,
             code_bytes, codec_id, dim (staging width), model_id, plus any caller keys
-  codec     b"codec" -> the codec bytes (Codec.to_bytes())
+  codec     b"codec" -> the codec bytes (Codec.to_bytes()); b"pending" -> a retrain's new codec;
+            b"queries" -> float16 text query embeddings the codec trains with (meta
+            training_queries = their shape), e.g. from `semdb ingest --captions`
   items     id -> Item record (Item.to_bytes: versioned struct header + hash + fs path bytes)
   paths     os.fsencode(path) (b"\\0" + sha256 if longer than LMDB's key limit) -> id
   hashes    content hash -> id, dupsort: duplicates (same content, several paths) share a key
@@ -48,7 +50,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import lmdb
 import numpy as np
@@ -63,10 +65,11 @@ COMPACT_AFTER = 64  # more small segments than this -> merge them at the next co
 _DBS = ("meta", "codec", "items", "paths", "hashes", "codes", "code_loc", "staging", "recode")
 _LATER_DBS = {"recode"}  # added after schema 1 was released: created on the first writable open
 _MANAGED_META = {"schema", "created", "generation", "next_id", "next_segment", "code_bytes",
-                 "codec_id", "dim", "pending_codec"}  # only the store itself changes these
+                 "codec_id", "dim", "pending_codec", "training_queries"}  # only the store itself changes these
 _SEG_HEAD = struct.Struct("<QII")
-_ITEM_HEAD = struct.Struct("<BQQqIIddH")
-_ITEM_VERSION = 1
+_ITEM_HEADS = {1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
+               2: struct.Struct("<BQQqIIdddH")}  # + taken (NaN: not known)
+_ITEM_VERSION = 2
 _MAX_HASH_BYTES = 400  # must fit LMDB's 511-byte key limit
 _MAX_PATH_KEY = 500
 
@@ -122,7 +125,9 @@ def _hash_key(h: str) -> bytes:
 
 @dataclass
 class Item:
-    """One file's metadata. id 0 means "not stored yet" (Writer.add_item assigns one)."""
+    """One file's metadata. id 0 means "not stored yet" (Writer.add_item assigns one).
+    `taken`: when the photo was taken (EXIF DateTimeOriginal, else the file's mtime), POSIX
+    seconds; None in records written before semdb kept it (the next ingest fills it)."""
 
     id: int
     path: str
@@ -133,22 +138,25 @@ class Item:
     height: int
     added: float
     updated: float
+    taken: Optional[float] = None
 
     def __post_init__(self):
         if isinstance(self.path, os.PathLike):
             self.path = os.fspath(self.path)
 
     @classmethod
-    def new(cls, path, size, mtime_ns, hash, width, height, now: float | None = None) -> Item:
+    def new(cls, path, size, mtime_ns, hash, width, height, now: float | None = None,
+            taken: float | None = None) -> Item:
         now = time.time() if now is None else now
-        return cls(0, path, size, mtime_ns, hash, width, height, now, now)
+        return cls(0, path, size, mtime_ns, hash, width, height, now, now, taken)
 
     def to_bytes(self) -> bytes:
-        """Deterministic record: <BQQqIIddH header, utf-8 hash, fs path bytes (the rest)."""
+        """Deterministic record: <BQQqIIdddH header, utf-8 hash, fs path bytes (the rest)."""
         path_raw, hash_raw = _fs_bytes(self.path), _hash_key(self.hash)
+        taken = float("nan") if self.taken is None else self.taken
         try:
-            head = _ITEM_HEAD.pack(_ITEM_VERSION, self.id, self.size, self.mtime_ns, self.width,
-                                   self.height, self.added, self.updated, len(hash_raw))
+            head = _ITEM_HEADS[_ITEM_VERSION].pack(_ITEM_VERSION, self.id, self.size, self.mtime_ns, self.width,
+                                                   self.height, self.added, self.updated, taken, len(hash_raw))
         except struct.error as e:
             raise InputError(f"{self.path}: item field out of range ({e})") from None
         return head + hash_raw + path_raw
@@ -157,14 +165,18 @@ class Item:
     def from_bytes(cls, raw) -> Item:
         raw = bytes(raw)
         try:
-            version, id_, size, mtime_ns, w, h, added, updated, hlen = _ITEM_HEAD.unpack_from(raw)
-            if version != _ITEM_VERSION or len(raw) <= _ITEM_HEAD.size + hlen:
+            head = _ITEM_HEADS.get(raw[0] if raw else 0)
+            if head is None:
+                raise ValueError(f"record version {raw[0] if raw else None}")
+            version, id_, size, mtime_ns, w, h, added, updated, *taken, hlen = head.unpack_from(raw)
+            if len(raw) <= head.size + hlen:
                 raise ValueError(f"record version {version}, length {len(raw)}")
-            start = _ITEM_HEAD.size
+            start = head.size
             hash_ = raw[start:start + hlen].decode("utf-8")
         except (struct.error, ValueError) as e:
             raise _Corrupt(f"bad item record: {e}") from None
-        return cls(id_, os.fsdecode(raw[start + hlen:]), size, mtime_ns, hash_, w, h, added, updated)
+        taken = taken[0] if taken and taken[0] == taken[0] else None  # NaN: not known
+        return cls(id_, os.fsdecode(raw[start + hlen:]), size, mtime_ns, hash_, w, h, added, updated, taken)
 
 
 def _pack_segment(ids: np.ndarray, codes: np.ndarray) -> bytes:
@@ -509,6 +521,12 @@ class Store:
         with self._read() as v:
             return v._get(b"codec", "codec")
 
+    def training_queries(self) -> np.ndarray | None:
+        """Text query embeddings (float16 (n, dim)) recorded for training the codec, or None."""
+        with self._read() as v:
+            raw, shape = v._get(b"queries", "codec"), v._meta_get("training_queries")
+        return None if raw is None or not shape else np.frombuffer(raw, np.float16).reshape(shape)
+
     def pending_codec_bytes(self) -> bytes | None:
         """The codec an unfinished retrain is moving the store to (None: no retrain pending)."""
         with self._read() as v:
@@ -848,6 +866,13 @@ class Writer(_View):
             raise InputError("set_codec: this batch already holds codes of another width")
         self._run(self._set_codec, bytes(codec_bytes), str(codec_id), int(code_bytes))
 
+    def set_training_queries(self, queries) -> None:
+        """Record text query embeddings (n, dim) that codec training (and retraining) will use."""
+        Q = np.asarray(queries, np.float32)
+        if Q.ndim != 2 or not len(Q) or not np.isfinite(Q).all():
+            raise InputError(f"training queries: expected a finite (n, dim) array, got {Q.shape}")
+        self._run(self._set_queries, Q.astype(np.float16).tobytes(), list(Q.shape))
+
     def set_pending_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
         """Begin moving the store to another codec (a retrain): queries keep the current codec
         and codes until switch_codec(); any earlier pending codec and its recodes are dropped."""
@@ -971,6 +996,10 @@ class Writer(_View):
         self.txn.put(b"codec", codec, db=self._db["codec"])
         self._put_meta("codec_id", codec_id)
         self._put_meta("code_bytes", code_bytes)
+
+    def _set_queries(self, raw: bytes, shape: list) -> None:
+        self.txn.put(b"queries", raw, db=self._db["codec"])
+        self._put_meta("training_queries", shape)
 
     def _set_pending(self, codec: bytes, codec_id: str, code_bytes: int) -> None:
         self.txn.drop(self._db["recode"], delete=False)

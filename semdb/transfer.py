@@ -160,7 +160,7 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
                         counts["unchanged"] += 1
                     else:
                         w.update_item(Item(old.id, old.path, item.size, item.mtime_ns, item.hash, item.width,
-                                           item.height, old.added, item.updated))
+                                           item.height, old.added, item.updated, item.taken))
                         w.set_code(old.id, code)
                         counts["updated"] += 1
                 fault_point("import_txn")

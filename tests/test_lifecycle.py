@@ -86,6 +86,21 @@ def test_retrain_reembeds_files_and_transcodes_the_missing(photos, tmp_path, tin
     reader.close()
 
 
+def test_captions_make_the_codec_train_in_the_text_query_metric_now_and_at_retrain(photos, tmp_path, tiny_model):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a cat on a sofa\n\na rocket at launch\na cup of coffee\nan astronaut in space\n")
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        db.ingest([photos], captions=captions, train_now=True)
+        assert db.store.training_queries().shape == (4, 64)
+        assert db.info()["codec"]["query_source"] == "unpaired" and db.codec.config["n_queries"] == 4
+        assert db.retrain()["codec"] == db.codec.id and db.codec.config["query_source"] == "unpaired"
+        with pytest.raises(InputError, match="at least 2 captions"):
+            db.ingest([photos], captions=["only one"])
+    with semdb.open(tmp_path / "plain", model=tiny_model) as db:
+        db.ingest([photos], train_now=True)
+        assert db.info()["codec"]["query_source"] == "none"
+
+
 def test_retrain_of_a_store_without_a_codec_trains_it(photos, tmp_path, tiny_model):
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         db.ingest([photos])

@@ -82,6 +82,55 @@ def test_text_search_is_the_stores_search(served, tiny_model):
     assert np.allclose([h["score"] for h in hits], [h.score for h in local], atol=1e-5)
 
 
+def _same(http_hits, local_hits):
+    assert [(h["id"], h["path"]) for h in http_hits] == [(h.id, h.path) for h in local_hits]
+    assert np.allclose([h["score"] for h in http_hits], [h.score for h in local_hits], atol=1e-5)
+
+
+def test_steering_means_what_database_search_means(served, tiny_model):
+    """Arithmetic, folder and date filters, within, like: the server answers as db.search does."""
+    server, store, photos, items = served
+    import datetime
+
+    import semdb
+
+    tomorrow = (datetime.date.today() + datetime.timedelta(days=1)).isoformat()
+    astronaut = items["a", "astronaut.jpg"].id
+    cases = [
+        ({"q": "2:cat + dog - car"}, {"query": "2:cat + dog - car"}),
+        ({"q": "0.5:a rocket - 3:sky"}, {"query": "0.5:a rocket - 3:sky"}),
+        ({"q": "shapes", "under": str(photos / "b")}, {"query": "shapes", "under": str(photos / "b")}),
+        ({"q": "shapes", "under": str(photos / "b") + "/"}, {"query": "shapes", "under": str(photos / "b")}),
+        ({"q": "shapes", "after": "2001-01-01", "before": tomorrow},
+         {"query": "shapes", "after": "2001-01-01", "before": tomorrow}),
+        ({"q": "shapes", "after": tomorrow}, {"query": "shapes", "after": tomorrow}),
+        ({"q": "shapes", "before": "2001-01-01T00:00"}, {"query": "shapes", "before": "2001-01-01T00:00"}),
+        ({"q": "shapes", "within": "0.01"}, {"query": "shapes", "within": 0.01}),
+        ({"like": str(astronaut)}, {"like": astronaut}),
+        ({"like": str(astronaut), "q": "a rocket", "under": str(photos / "a")},
+         {"like": astronaut, "query": "a rocket", "under": str(photos / "a")}),
+    ]
+    with semdb.open(store, readonly=True, model=tiny_model) as db:
+        for params, kwargs in cases:
+            http_hits = _hits(server, "/api/search?" + urllib.parse.urlencode({"k": 30, **params}))
+            _same(http_hits, db.search(k=30, **kwargs))
+        assert not _hits(server, "/api/search?q=shapes&after=" + tomorrow)
+        under_b = _hits(server, "/api/search?" + urllib.parse.urlencode({"q": "x", "k": 100, "under": str(photos / "b")}))
+        assert len(under_b) == 10 and all(h["path"].startswith(str(photos / "b") + "/") for h in under_b)
+        # a term naming a file of the server is text: the server never opens a file named in a URL
+        named = str(photos / "a" / "chelsea.jpg")
+        _same(_hits(server, "/api/search?" + urllib.parse.urlencode({"q": named, "k": 5})), db.query(named, k=5))
+        from semdb.query import Term
+
+        as_text = [Term("text", named, 2.0), Term("text", "cat", -1.0)]
+        _same(_hits(server, "/api/search?" + urllib.parse.urlencode({"q": f"2:{named} - cat", "k": 5})),
+              db._searcher.search(as_text, 5))
+        # similar: from the stored code, with filters, itself left out
+        sim = _hits(server, f"/api/similar/{astronaut}?k=30&under=" + urllib.parse.quote(str(photos / "b")))
+        _same(sim, db.similar(astronaut, k=30, under=str(photos / "b")))
+        assert astronaut not in [h["id"] for h in sim]
+
+
 def test_default_k_and_min_score(served):
     server = served[0]
     assert len(_hits(server, "/api/search?q=dog")) == 10
@@ -176,7 +225,11 @@ BAD_GETS = [
     ("/api/search?q=cat&after=yesterday", 400), ("/api/search?q=cat&before=2024-13-45", 400),
     ("/api/search?q=cat&after=2024-02-30", 400),
     ("/api/search?q=cat&within=nan", 400), ("/api/search?q=cat&within=abc", 400),
-    ("/api/search?q=cat&min_score=inf", 400),
+    ("/api/search?q=cat&min_score=inf", 400), ("/api/search?q=cat&under=photos/a", 400),
+    ("/api/search?q=cat&under=..%2F..", 400), ("/api/search?q=cat&after=2024-05-01&before=2024-01-01", 400),
+    ("/api/search?q=cat+%2B+", 400), ("/api/search?q=inf%3Acat", 400),
+    ("/api/search?like=999999", 404), ("/api/search?like=..%2Fetc", 400), ("/api/search?q=cat&like=abc", 400),
+    ("/api/search?q=cat+-+cat", 400),
     ("/api/similar/999999", 404), ("/api/similar/abc", 400), ("/api/similar/-1", 400),
     ("/api/similar/1.5", 400), ("/api/similar/1e3", 400), ("/api/similar/99999999999999999999999", 400),
     ("/api/item/999999", 404), ("/api/item/0x10", 400),
@@ -279,7 +332,8 @@ def test_a_concurrent_ingest_is_seen(tmp_path, tiny_model):
         assert status == 200 and json.loads(raw)["hits"][0]["path"] == str(second / "shapes_2.png")
         new_id = json.loads(raw)["hits"][0]["id"]
         assert server.get(f"/thumb/{new_id}")[0] == 200
-        assert _hits(server, f"/api/similar/{new_id}?k=1")[0]["id"] == new_id
+        similar = _hits(server, f"/api/similar/{new_id}?k=3")
+        assert len(similar) == 3 and new_id not in [h["id"] for h in similar]  # itself left out
     finally:
         assert server.stop() == 0, server.output()
 

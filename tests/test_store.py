@@ -125,9 +125,18 @@ def test_item_record_rejects_out_of_range_fields(field, value):
 
 def test_truncated_or_foreign_record_is_corrupt():
     raw = dataclass_item("/a.jpg").to_bytes()
-    for bad in (raw[:10], b"\x09" + raw[1:], raw[: store_mod._ITEM_HEAD.size + 1]):
+    for bad in (raw[:10], b"\x09" + raw[1:], raw[: store_mod._ITEM_HEADS[store_mod._ITEM_VERSION].size + 1]):
         with pytest.raises(store_mod._Corrupt):
             Item.from_bytes(bad)
+
+
+def test_records_of_schema_1_read_with_no_date_taken():
+    import struct
+
+    v1 = struct.pack("<BQQqIIddH", 1, 1, 2, 3, 4, 5, 6.0, 7.0, 1) + b"h" + b"/a.jpg"
+    assert Item.from_bytes(v1) == Item(1, "/a.jpg", 2, 3, "h", 4, 5, 6.0, 7.0, None)
+    dated = Item(1, "/a.jpg", 2, 3, "h", 4, 5, 6.0, 7.0, 1.6e9)
+    assert Item.from_bytes(dated.to_bytes()) == dated
 
 
 def test_odd_paths_are_stored_and_found(store):

@@ -50,7 +50,7 @@ def classify(store: Store, todo: list[FileState], seen: set[str], hashes, summar
             summary.moved += 1
         elif same and (codes := codes or _codes_by_id(store)).get(same[0].id) is not None:
             # a copy of a stored image: reuse its code, no CLIP needed
-            item = Item.new(file.path, file.size, file.mtime_ns, h, same[0].width, same[0].height, now)
+            item = Item.new(file.path, file.size, file.mtime_ns, h, same[0].width, same[0].height, now, same[0].taken)
             settled.append(SettledItem(item, np.array(codes[same[0].id])))
             summary.duplicate += 1
         elif old is None and h in first_job:  # a copy of an image new in this run
@@ -68,7 +68,8 @@ def classify(store: Store, todo: list[FileState], seen: set[str], hashes, summar
 
 def _item(item: Item, file: FileState, h: str, now: float) -> Item:
     """`item` (its id, size in pixels and first-added time) now at `file`."""
-    return Item(item.id, file.path, file.size, file.mtime_ns, h, item.width, item.height, item.added, now)
+    return Item(item.id, file.path, file.size, file.mtime_ns, h, item.width, item.height, item.added, now,
+                item.taken)
 
 
 def _codes_by_id(store: Store) -> dict:

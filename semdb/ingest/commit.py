@@ -6,6 +6,7 @@ Here, and only here, it is decided whether an item gets a code or a staged embed
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ..codec import Codec
 from ..context import STATS_KEY
 from ..errors import ImageError
 from ..faults import fault_point
+from ..images import date_taken
 from ..store import Item, Store
 from .encode import encode
 from .records import EmbeddedBatch, IngestSummary, Vectors
@@ -75,22 +77,38 @@ def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], sum
             f, old = job.file, job.file.item
             if old is not None:  # same path, new content: re-encoded
                 w.update_item(Item(old.id, f.path, f.size, f.mtime_ns, job.hash, image.width, image.height,
-                                   old.added, now))
+                                   old.added, now, _taken(image, f)))
                 (w.set_code if kind == "code" else w.set_embedding)(old.id, row)
                 summary.changed += 1
             else:
-                w.add_item(Item.new(f.path, f.size, f.mtime_ns, job.hash, image.width, image.height, now),
-                           **{kind: row})
+                w.add_item(Item.new(f.path, f.size, f.mtime_ns, job.hash, image.width, image.height, now,
+                                    _taken(image, f)), **{kind: row})
                 summary.new += 1
             for c in job.copies:
-                w.add_item(Item.new(c.path, c.size, c.mtime_ns, job.hash, image.width, image.height, now),
-                           **{kind: row})
+                w.add_item(Item.new(c.path, c.size, c.mtime_ns, job.hash, image.width, image.height, now,
+                                    _taken(image, c)), **{kind: row})
                 summary.duplicate += 1
         if stored.errors is not None:
             _count_drift(w, stored.errors)
         fault_point("batch_txn")
     fault_point("batch_committed")
     summary.embedded += len(good)
+
+
+def _taken(image, file) -> Optional[float]:
+    """The photo's EXIF date taken, else its file's mtime (None for a file never seen): what
+    date filters compare."""
+    return image.taken if image.taken is not None else (file.mtime_ns / 1e9 if file.mtime_ns else None)
+
+
+def fill_dates(store: Store, items: list[Item]) -> None:
+    """Give items stored before semdb kept the date taken one (read from the file's header)."""
+    for i in range(0, len(items), 512):
+        with store.write() as w:
+            for it in items[i:i + 512]:
+                taken = date_taken(it.path)
+                w.update_item(dataclasses.replace(it, taken=taken if taken is not None else it.mtime_ns / 1e9))
+            fault_point("classify_txn")
 
 
 def _count_drift(w, errors: np.ndarray) -> None:

@@ -135,12 +135,12 @@ class RayEngine:
                 raise StoreError(f"shard {shard}, written by a Ray worker, is not visible to this driver: "
                                  f"give --ray-shards a folder that every node and the driver share")
             table = pq.read_table(shard)
-            rows = zip(*(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector", "drift")))
+            rows = zip(*(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector", "drift", "taken")))
             for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
                 jobs, group = batches[k], list(group)
-                images = tuple(DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err))
-                               for job, (_, w, h, err, _, _) in zip(jobs, group))
-                good = [(v, d) for *_, v, d in group if v is not None]
+                images = tuple(DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err),
+                                            taken) for job, (_, w, h, err, _, _, taken) in zip(jobs, group))
+                good = [(v, d) for *_, v, d, _ in group if v is not None]
                 yield EmbeddedBatch(tuple(jobs), images, _vectors(good, codec, model_id["dim"]) if good else None)
             shard.unlink()
 
@@ -223,7 +223,7 @@ class _EmbedActor:
 
         first = row["first"][0].as_py()
         batches = [[os.fsdecode(p) for p in paths] for paths in row["paths"][0].as_py()]
-        cols = {"batch": [], "width": [], "height": [], "error": [], "vector": [], "drift": []}
+        cols = {"batch": [], "width": [], "height": [], "error": [], "vector": [], "drift": [], "taken": []}
         decoded = decode_ahead(batches, lambda path: decode_image(self.emb, path, self.max_megapixels))
         for k, (_, images) in enumerate(decoded, start=first):
             vectors = embed_and_encode(self.emb, images, self.codec)
@@ -237,6 +237,7 @@ class _EmbedActor:
                 cols["error"].append(img.error.reason if bad else None)
                 cols["vector"].append(None if bad else next(rows).tobytes())
                 cols["drift"].append(None if bad else next(drift, None))
+                cols["taken"].append(img.taken)
         shard = self.out / f"{first:09d}.parquet"
         tmp = shard.with_suffix(".tmp")
         pq.write_table(pa.table({"batch": pa.array(cols["batch"], pa.int64()),
@@ -244,6 +245,7 @@ class _EmbedActor:
                                  "height": pa.array(cols["height"], pa.uint32()),
                                  "error": pa.array(cols["error"], pa.string()),
                                  "vector": pa.array(cols["vector"], pa.binary()),
-                                 "drift": pa.array(cols["drift"], pa.float64())}), tmp)
+                                 "drift": pa.array(cols["drift"], pa.float64()),
+                                 "taken": pa.array(cols["taken"], pa.float64())}), tmp)
         os.replace(tmp, shard)  # the driver never reads half a shard
         return str(shard)

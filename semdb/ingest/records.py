@@ -52,6 +52,7 @@ class DecodedImage:
     width: int = 0
     height: int = 0
     error: Optional[ImageError] = None
+    taken: Optional[float] = None  # EXIF date taken, if the file has one
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ..store import Item
 from .encode import encode
 from .local import LocalEngine
 from .records import EmbedJob, FileState
-from .training import CodecPolicy, codec_stats, train_if_due
+from .training import CodecPolicy, codec_stats, train_codec, train_if_due
 
 RETRAIN_SAMPLE = 20_000  # stored files re-embedded to train the new codec (Lloyd uses at most 16k)
 PENDING_STATS = "pending_codec_stats"  # store meta: the pending codec's stats, installed at the switch
@@ -138,10 +138,7 @@ def _train_pending(ctx, engine, bits, sample, batch_size, summary, progress) -> 
         raise InputError(f"{ctx.path}: only {len(ids)} of the {len(picked)} sampled files can still be read; "
                          f"a codec needs at least 2 (are the photos on an unmounted drive?)")
     X = np.concatenate(parts)
-    report(progress, "training codec", 0, 1)
-    fault_point("train")
-    new = Codec.train(X, bits=bits, seed=0, model_id=store.model_id())
-    report(progress, "training codec", 1, 1)
+    new = train_codec(ctx, X, bits, progress)
     codes = new.encode(X)
     with store.write() as w:
         w.set_pending_codec(new.to_bytes(), new.id, new.code_bytes)

@@ -12,10 +12,10 @@ from ..errors import InputError, StoreError
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from .classify import classify
-from .commit import commit_batch, prune_missing
+from .commit import commit_batch, fill_dates, prune_missing
 from .records import IngestSummary
 from .scan import scan
-from .training import CodecPolicy, adopt_codec, retrain_advice, train_if_due
+from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class IngestOptions:
     engine: str = "local"  # or "ray"
     ray_address: Optional[str] = None
     ray_shards: Optional[Path] = None  # default STORE/ray-shards
+    captions: object = None  # text queries for the codec's training: a file (one per line) or list[str]
 
     def __post_init__(self):
         if self.engine not in ("local", "ray"):
@@ -51,7 +52,10 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         ctx.bind_model()  # otherwise the model loads only if some file needs embedding
     if options.codec is not None:
         adopt_codec(ctx, options.codec)
+    if options.captions is not None:
+        record_captions(ctx, options.captions)
     found = scan(ctx.store, paths, summary)
+    fill_dates(ctx.store, found.undated)
     seen = set(found.seen)
     with _engine(ctx, options) as engine:
         jobs = classify(ctx.store, found.todo, seen, engine.hashes(found.todo), summary, progress)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ImageError
 from ..images import discover
-from ..store import Store
+from ..store import Item, Store
 from .records import FileState, IngestSummary
 
 
@@ -17,12 +17,13 @@ from .records import FileState, IngestSummary
 class Scan:
     todo: list[FileState]  # new or changed (by size or mtime): to hash
     seen: frozenset[str]  # every path discovered, unchanged ones included
+    undated: list[Item]  # unchanged items stored before semdb kept the date taken
 
 
 def scan(store: Store, paths, summary: IngestSummary) -> Scan:
     files = [Path(os.path.abspath(p)) for p in
              discover(paths, exclude=[store.path], on_error=lambda p, why: summary.fail(ImageError(p, why)))]
-    todo = []
+    todo, undated = [], []
     for path in files:
         try:
             st = path.stat()
@@ -32,6 +33,8 @@ def scan(store: Store, paths, summary: IngestSummary) -> Scan:
         item = store.item_by_path(os.fsdecode(path))
         if item and item.size == st.st_size and item.mtime_ns == st.st_mtime_ns:
             summary.unchanged += 1
+            if item.taken is None:
+                undated.append(item)
         else:
             todo.append(FileState.of(path, st, item))
-    return Scan(todo, frozenset(os.fsdecode(p) for p in files))
+    return Scan(todo, frozenset(os.fsdecode(p) for p in files), undated)

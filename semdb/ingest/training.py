@@ -14,14 +14,16 @@ training items did (drift). `semdb retrain` (ingest/retrain.py) then replaces it
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..codec import Codec
 from ..context import STATS_KEY, StoreContext
-from ..errors import CodecError, StoreError
+from ..errors import CodecError, InputError, StoreError, display_path
 from ..faults import fault_point
 from ..progress import Progress, report
 from .encode import reconstruction_errors
@@ -63,12 +65,39 @@ def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, pro
     if ctx.codec is not None or not policy.due(ctx.store.staging_count(), ingest_ended):
         return False
     X = np.concatenate([emb.astype(np.float32) for _, emb in ctx.store.iter_staging()])
-    report(progress, "training codec", 0, 1)
-    fault_point("train")
-    codec = Codec.train(X, bits=policy.bits, seed=0, model_id=ctx.store.model_id())
-    report(progress, "training codec", 1, 1)
+    codec = train_codec(ctx, X, policy.bits, progress)
     ctx.install_codec(codec, stats=lambda codes: codec_stats(codec, X, codes))
     return True
+
+
+def record_captions(ctx: StoreContext, captions) -> int:
+    """Embed `captions` (a text file, one per line, or a list of str) with the store's text tower
+    and record them as the text queries the codec trains with (now, or at its next retrain).
+    They need not describe the stored images one by one: a sample of how the store is searched."""
+    if isinstance(captions, (str, os.PathLike)):
+        try:
+            captions = Path(captions).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--captions {display_path(captions)}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    texts = [t.strip() for t in captions if t.strip()]
+    if len(texts) < 2:
+        raise InputError(f"--captions: {len(texts)} non-empty lines; give at least 2 captions (one per line)")
+    Q = ctx.embedder.encode_texts(texts)
+    with ctx.store.write() as w:
+        w.set_training_queries(Q)
+    return len(texts)
+
+
+def train_codec(ctx: StoreContext, X: np.ndarray, bits: int, progress: Progress | None) -> Codec:
+    """A codec for the store's images X, in the metric of the store's recorded text queries
+    (`semdb ingest --captions`) when it has some, else the pair-free default."""
+    queries = ctx.store.training_queries()
+    report(progress, "training codec", 0, 1)
+    fault_point("train")
+    codec = Codec.train(X, bits=bits, seed=0, model_id=ctx.store.model_id(), progress=progress,
+                        queries=None if queries is None else queries.astype(np.float32))
+    report(progress, "training codec", 1, 1)
+    return codec
 
 
 def retrain_advice(meta: dict, items: int) -> Optional[str]:

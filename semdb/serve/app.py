@@ -83,7 +83,7 @@ def _status_of(exc: SemdbError) -> int:
 
 def _item_id(raw: str) -> int:
     if not _ID.fullmatch(raw or ""):
-        raise ApiError(404 if raw and "/" in raw else 400, f"{raw[:40]!r} is not an item id (ids are integers)")
+        raise ApiError(400, f"{raw[:40]!r} is not an item id (ids are integers)")
     return int(raw)
 
 
@@ -114,6 +114,7 @@ def _float_param(params, name: str):
 
 
 def _filters(params) -> dict:
+    """under, after, before, within, min_score and like from the query string."""
     out = {}
     for name in ("under", "after", "before"):
         raw = params.get(name)
@@ -121,15 +122,58 @@ def _filters(params) -> dict:
             if len(raw) > 4096 or "\0" in raw:
                 raise ApiError(400, f"{name}: not a valid value")
             out[name] = raw
-    within = _float_param(params, "within")
-    if within is not None:
-        out["within"] = within
+    if "under" in out and not os.path.isabs(out["under"]):
+        raise ApiError(400, f"under={out['under'][:80]!r}: give an absolute folder")
+    for name in ("within", "min_score"):
+        value = _float_param(params, name)
+        if value is not None:
+            out[name] = value
+    like = params.get("like")
+    if like:
+        out["like"] = _item_id(like)
     return out
 
 
-def _no_filters(filters):  # TEMP
-    if filters:
-        raise ApiError(501, "filters need the steering API")
+def text_terms(text: str):
+    """rclip's arithmetic ("2:cat + dog - car") with every term taken as text (query.py's
+    parse_terms also reads terms naming files as images, which a server must not do)."""
+    from ..query import _SPLIT, Term
+
+    if not text.strip():
+        raise ApiError(400, "empty query: give some words to search for (?q=...)")
+    parts = _SPLIT.split(" " + text.strip() + " ")
+    terms, sign = [], 1.0
+    for i, part in enumerate(parts):
+        if i % 2:
+            sign = 1.0 if part == "+" else -1.0
+            continue
+        part = part.strip()
+        if not part:
+            raise ApiError(400, f"query {text[:80]!r}: a '+' or '-' has no term beside it")
+        weight, _, rest = part.partition(":")
+        w = 1.0
+        if rest:
+            try:
+                w, part = float(weight), rest.strip()
+            except ValueError:
+                pass
+        if not part:
+            raise ApiError(400, f"query {text[:80]!r}: the weight {weight}: has no term")
+        if not math.isfinite(w):
+            raise ApiError(400, f"query {text[:80]!r}: the weight {weight} is not a finite number")
+        terms.append(Term("text", part, sign * w))
+    return terms
+
+
+def _text(params):
+    text = params.get("q")
+    if text is None or text == "":
+        return None
+    if not text.strip():
+        raise ApiError(400, "empty query: give some words to search for (?q=...)")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ApiError(400, f"query of {len(text)} characters: at most {MAX_QUERY_CHARS}")
+    return text
 
 
 def _hits_json(hits) -> dict:
@@ -159,36 +203,30 @@ class Service:
             self.db._searcher.index()
 
     # --- search ---
-    def search(self, text: str, k: int, min_score, filters: dict):
-        with self.lock:
-            if not hasattr(self.db, "search"):  # TEMP until the steering API is merged
-                _no_filters(filters)
-                return self.db.query(text, k=k, min_score=min_score)
-            return self.db.search(text, k=k, min_score=min_score, **filters)
+    def search(self, text: str | None, k: int, *, image=None, like: int | None = None, min_score=None,
+               within=None, under=None, after=None, before=None):
+        """Database.search's meaning, except that every term of `text` is text: a URL never
+        makes the server open a file by its name."""
+        from ..query import Term, Where
 
-    def search_image(self, image, k: int, min_score, filters: dict):
+        terms = text_terms(text) if text is not None else []
+        if image is not None:
+            terms.append(Term("image", image))
         with self.lock:
-            if not hasattr(self.db, "search_image"):  # TEMP
-                _no_filters(filters)
-                return self.db.query_vectors(self.db.embedder.encode_images([image]), k=k, min_score=min_score)[0]
-            return self.db.search_image(image, k=k, min_score=min_score, **filters)
-
-    def similar(self, item_id: int, k: int, filters: dict):
-        with self.lock:
-            if self._item(item_id) is None:
-                raise ApiError(404, f"no item {item_id} in this store")
-            if not hasattr(self.db, "similar"):  # TEMP
-                _no_filters(filters)
-                code = self.db.codes()[item_id]
-                return self.db.query_vectors(self.db.codec.decode(code[None]), k=k)[0]
-            return self.db.similar(item_id, k=k, **filters)
-
-    def _item(self, item_id):
-        return self.db.item(item_id) if hasattr(self.db, "item") else self.db.store.get_item(item_id)
+            exclude = []
+            if like is not None:
+                if self.db.item(like) is None:
+                    raise ApiError(404, f"no item {like} in this store")
+                terms.append(Term("item", like))
+                exclude.append(like)
+            if not terms:
+                raise ApiError(400, "empty query: give q=TEXT, like=ID or an image")
+            where = Where.of(under, after, before)
+            return self.db._searcher.search(terms, k, where, within, min_score, exclude)
 
     def item(self, item_id: int):
         with self.lock:
-            item = self._item(item_id)
+            item = self.db.item(item_id)
         if item is None:
             raise ApiError(404, f"no item {item_id} in this store")
         return item
@@ -266,21 +304,17 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
 
     def search_get(request: Request):
         params = request.query_params
-        text = params.get("q", "")
-        if not text.strip():
-            raise ApiError(400, "empty query: give some words to search for (?q=...)")
-        if len(text) > MAX_QUERY_CHARS:
-            raise ApiError(400, f"query of {len(text)} characters: at most {MAX_QUERY_CHARS}")
-        k = _int_param(params, "k", DEFAULT_K, 1, MAX_K)
+        text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
+        if text is None and "like" not in where:
+            raise ApiError(400, "empty query: give some words to search for (?q=...) or like=ID")
         t0 = time.perf_counter()
-        hits = service.search(text, k, _float_param(params, "min_score"), _filters(params))
+        hits = service.search(text, k, **where)
         return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
     async def search_post(request: Request):
         params = request.query_params
         try:
-            k = _int_param(params, "k", DEFAULT_K, 1, MAX_K)
-            min_score, filters = _float_param(params, "min_score"), _filters(params)
+            text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
             data = await _upload(request)
         except ApiError as e:
             return _error(e.status, e.message)
@@ -294,7 +328,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
                 except ImageError as e:
                     raise ApiError(415, f"upload: {e.reason}") from None
             t0 = time.perf_counter()
-            hits = service.search_image(img, k, min_score, filters)
+            hits = service.search(text, k, image=img, **where)
             return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
         return await guarded(run)(request)
@@ -302,9 +336,10 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
     def similar(request: Request):
         item_id = _item_id(request.path_params["id"])
         params = request.query_params
-        k = _int_param(params, "k", DEFAULT_K, 1, MAX_K)
+        k, where = _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
+        where.pop("like", None)
         t0 = time.perf_counter()
-        hits = service.similar(item_id, k, _filters(params))
+        hits = service.search(None, k, like=item_id, **where)
         return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
     def item(request: Request):
@@ -340,6 +375,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
 
     routes = [
         Route("/", page),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/search", guarded(search_get), methods=["GET"]),
         Route("/api/search", search_post, methods=["POST"]),
         Route("/api/similar/{id}", guarded(similar)),

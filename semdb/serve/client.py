@@ -123,31 +123,44 @@ def request(store, method: str, target: str, body: bytes | None = None,
         conn.close()
 
 
-def query_server(store, text: str | None = None, image=None, k: int = 10,
-                 min_score: float | None = None, **filters) -> Optional[list[ServerHit]]:
-    """Hits from the store's running server, or None when there is no usable server.
+def query_server(store, text: str | None = None, *, image=None, like=None, k: int = 10,
+                 min_score: float | None = None, under=None, after=None, before=None,
+                 within: float | None = None) -> Optional[list[ServerHit]]:
+    """Hits from the store's running server, or None when there is no usable server (or the
+    query is one the server does not take: an image file inside the text's arithmetic, --like
+    by path), so the caller searches locally with the same meaning.
 
-    A 4xx answer (the query itself is bad) raises InputError with the server's message, as
-    the local search would; any other failure returns None (search locally)."""
+    A 4xx answer (the query itself is bad) raises InputError (ImageError for an undecodable
+    --image) with the server's message, as the local search would; any other failure returns None."""
+    if like is not None and not isinstance(like, int):
+        return None
+    if text is not None:
+        from ..query import parse_terms  # the local meaning: a term naming a file is an image
+
+        if any(term.kind != "text" for term in parse_terms(text)):
+            return None
     params = {"k": str(k)}
-    if min_score is not None:
-        params["min_score"] = repr(float(min_score))
-    for key, value in filters.items():
-        if value is not None:
-            params[key] = str(value)
-    if image is None:
+    if text is not None:
         params["q"] = text
-        answer = request(store, "GET", "/api/search?" + urllib.parse.urlencode(params))
+    if like is not None:
+        params["like"] = str(like)
+    if under is not None:
+        params["under"] = os.path.abspath(os.path.expanduser(os.fsdecode(under)))
+    for key, value in (("after", after), ("before", before), ("within", within), ("min_score", min_score)):
+        if value is not None:
+            params[key] = repr(float(value)) if isinstance(value, float) else str(value)
+    target = "/api/search?" + urllib.parse.urlencode(params)
+    if image is None:
+        answer = request(store, "GET", target)
     else:
         try:
             data = Path(image).read_bytes()
         except OSError:
             return None  # the local path reports a missing or unreadable query image
-        answer = request(store, "POST", "/api/search?" + urllib.parse.urlencode(params), body=data,
-                         headers={"Content-Type": "application/octet-stream"})
+        answer = request(store, "POST", target, body=data, headers={"Content-Type": "application/octet-stream"})
     if answer is None:
         return None
-    if 400 <= answer.status < 500 and answer.status not in (404, 408, 429):
+    if 400 <= answer.status < 500 and answer.status not in (408, 421, 429):
         from ..errors import ImageError, InputError
 
         message = str(answer.body.get("error") or f"the server refused the query ({answer.status})")

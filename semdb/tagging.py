@@ -1,0 +1,40 @@
+"""Zero-shot tagging: the best of a list of labels for every item, scored on the codes.
+
+    labels --prompt ("a photo of a {}.")--> CLIP text embeddings (L, D) --ADC on every code
+        (or the staged embeddings)--> per item: best label and its score
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .context import StoreContext
+from .errors import InputError
+
+CHUNK = 65536  # items scored at once
+
+
+def classify(ctx: StoreContext, searcher, labels, prompt: str = "a photo of a {}.") -> list[dict]:
+    labels = [str(label).strip() for label in (labels.split(",") if isinstance(labels, str) else labels)]
+    labels = [label for label in labels if label]
+    if not labels:
+        raise InputError("--labels: give at least one label, e.g. --labels 'cat,dog,car'")
+    if "{}" not in prompt:
+        raise InputError(f"--prompt {prompt!r}: the template needs '{{}}' where the label goes")
+    T = ctx.embedder.encode_texts([prompt.format(label) for label in labels])
+    ids, index = searcher.index()
+    if index is None:
+        return []
+    codec = ctx.codec
+    _, codes = ctx.store.load_codes() if codec is not None else (None, None)
+    best, score = [], []
+    for i in range(0, len(ids), CHUNK):
+        rows = np.arange(i, min(i + CHUNK, len(ids)))
+        S = index.vectors[rows] @ T.T if codec is None else codec.scores(T, np.asarray(codes)[rows]).T  # (n, L)
+        best.append(S.argmax(1))
+        score.append(S.max(1))
+    best, score = np.concatenate(best), np.concatenate(score)
+    order = np.argsort(ids, kind="stable")
+    items = ctx.store.items(ids[order])
+    return [{"id": int(it.id), "path": it.path, "label": labels[int(best[r])], "score": round(float(score[r]), 6)}
+            for it, r in zip(items, order) if it is not None]
