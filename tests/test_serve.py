@@ -361,6 +361,26 @@ def test_semdb_query_uses_the_running_server(tmp_path, tiny_model_dir):
         out = semdb_cli("query", "--image", photos / "rocket.jpg", "--store", store, "-k", "1", "--paths-only").stdout
         assert out.splitlines() == [str(photos / "rocket.jpg")]
         assert "rank" in semdb_cli("query", "a rocket", "--store", store).stdout
+        # steering goes through the server too, with the local meaning (--under from this cwd)
+        want = server.get_json("/api/search?" + urllib.parse.urlencode(
+            {"q": "2:shapes - cat", "under": str(photos), "after": "2001-01-01", "within": 0.5, "k": 4}))["hits"]
+        out = subprocess.run([sys.executable, "-m", "semdb.cli", "query", "2:shapes - cat", "--under", photos.name,
+                              "--after", "2001-01-01", "--within", "0.5", "-k", "4", "--store", store, "--json"],
+                             cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert [h["id"] for h in json.loads(out.stdout)] == [h["id"] for h in want]
+        like = semdb_cli("query", "--like", str(expected[0]["id"]), "--store", store, "--json").stdout
+        assert [h["id"] for h in json.loads(like)] == \
+            [h["id"] for h in server.get_json(f"/api/similar/{expected[0]['id']}")["hits"]]
+        semdb_cli("query", "--like", "999999", "--store", store, check=2)
+        # what a URL cannot say is searched locally: a term naming a file (which fails here,
+        # without the model), --like by path (from the stored code: no model needed)
+        semdb_cli("query", f"cat + {photos / 'rocket.jpg'}", "--store", store, check=3)
+        every = server.get_json("/api/search?q=x&k=100")["hits"]
+        rocket = next(h["id"] for h in every if h["path"] == str(photos / "rocket.jpg"))
+        by_path = semdb_cli("query", "--like", photos / "rocket.jpg", "--store", store, "--json").stdout
+        assert [h["id"] for h in json.loads(by_path)] == \
+            [h["id"] for h in server.get_json(f"/api/similar/{rocket}")["hits"]]
         # the server's refusals are the CLI's: one line, exit 2 (7 for an undecodable image)
         bad = semdb_cli("query", "  ", "--store", store, check=2)
         assert bad.stderr.count("\n") == 1 and "empty query" in bad.stderr
