@@ -85,8 +85,14 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
     def search(self, text: str, k: int) -> dict:
-        self.conn.request("GET", "/api/search?" + urllib.parse.urlencode({"q": text, "k": k}))
-        resp = self.conn.getresponse()
+        target = "/api/search?" + urllib.parse.urlencode({"q": text, "k": k})
+        try:
+            self.conn.request("GET", target)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError):  # keep-alive expired: reconnect (timed)
+            self.conn.close()
+            self.conn.request("GET", target)
+            resp = self.conn.getresponse()
         body = json.loads(resp.read())
         if resp.status != 200:
             raise RuntimeError(f"server answered {resp.status}: {body}")

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -195,12 +196,27 @@ class Service:
         self._thumb_lock = threading.Lock()
         self._decode = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
         self._info = None  # (generation, facts)
+        # Every model call runs on this one thread: torch's OpenMP pool belongs to the thread
+        # that calls it, and a new request thread each time would build (and keep) a new pool.
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="semdb-model")
+
+    def on_model_thread(self, fn, *args, **kwargs):
+        def locked():
+            with self.lock:
+                return fn(*args, **kwargs)
+
+        return self._model_thread.submit(locked).result()
 
     def warm(self) -> None:
         """Load the model, build the index and run one text through the model."""
-        with self.lock:
+        def warm():
             self.db.embedder.encode_texts(["warm up"])
             self.db._searcher.index()
+
+        self.on_model_thread(warm)
+
+    def close(self) -> None:
+        self._model_thread.shutdown(wait=True)
 
     # --- search ---
     def search(self, text: str | None, k: int, *, image=None, like: int | None = None, min_score=None,
@@ -212,7 +228,7 @@ class Service:
         terms = text_terms(text) if text is not None else []
         if image is not None:
             terms.append(Term("image", image))
-        with self.lock:
+        def run():
             exclude = []
             if like is not None:
                 if self.db.item(like) is None:
@@ -223,6 +239,8 @@ class Service:
                 raise ApiError(400, "empty query: give q=TEXT, like=ID or an image")
             where = Where.of(under, after, before)
             return self.db._searcher.search(terms, k, where, within, min_score, exclude)
+
+        return self.on_model_thread(run)
 
     def item(self, item_id: int):
         with self.lock:

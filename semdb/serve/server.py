@@ -100,5 +100,6 @@ def run(store, host: str = "127.0.0.1", port: int = 8765, *, allow_remote: bool 
                 pass
             finally:
                 client.remove_beacon(db.path, instance)
+                app.state.service.close()
     finally:
         sock.close()
