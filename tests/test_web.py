@@ -88,7 +88,7 @@ def test_search_view_more_like_this_and_folder_filter(browser, site, tmp_path):
     # type a query: a grid of thumbnails that load, with scores and paths
     page.fill("#q", "a rocket on the launch pad")
     page.press("#q", "Enter")
-    hits = _wait_for_results(page, "results for")
+    hits = _wait_for_results(page, "results for “a rocket on the launch pad”")
     assert len(hits) == 21  # the page asks for 24
     assert all(h["width"] > 0 for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
@@ -125,13 +125,13 @@ def test_search_view_more_like_this_and_folder_filter(browser, site, tmp_path):
     page.fill("#under", "")
     page.fill("#q", "shapes")
     page.press("#q", "Enter")
-    hits = _wait_for_results(page, "results for")
+    hits = _wait_for_results(page, "results for “shapes”")
     trip = next(h for h in hits if "/trips/" in h["path"])
     page.click(f"#grid .hit[data-id='{trip['id']}'] button.folder")
     trips = str(photos / "trips") + "/"
     page.wait_for_function("(d) => { const p = [...document.querySelectorAll('#grid .hit .path')];"
                            " return p.length > 0 && p.every(e => e.textContent.startsWith(d)); }", arg=trips)
     assert page.input_value("#under") == trips
-    assert len(_wait_for_results(page, "results for")) == 12
+    assert len(_wait_for_results(page, "results for “shapes”")) == 12
     assert not errors, errors
     page.close()
