@@ -37,7 +37,9 @@ class StoreContext:
 
     @property
     def embedder(self):
-        """The CLIP model: the one given or named at open(), else the store's, else the default."""
+        """The CLIP model: the one given or named at open(), else the store's, else the default.
+        Loaded text tower first: its image tower loads when an image is first encoded, so a
+        text query never reads or holds it."""
         if self._embedder is None:
             from .embed import Embedder
 
@@ -45,7 +47,7 @@ class StoreContext:
             stored = self.store.model_id()
             if model is None and stored:
                 model, pretrained = stored["name"], stored.get("pretrained")
-            emb = Embedder(model, pretrained, device=self.device, threads=self.threads)
+            emb = Embedder(model, pretrained, device=self.device, threads=self.threads, text_only=True)
             self.store.check_model(emb.model_id)
             self._embedder = emb
             if stored and not stored.get("digest") and not self.store.readonly:
