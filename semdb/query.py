@@ -33,7 +33,7 @@ class Searcher:
     def text(self, text: str, k: int = 10, min_score: Optional[float] = None) -> list[Hit]:
         if not isinstance(text, str) or not text.strip():
             raise InputError("empty query text: give some words to search for")
-        return self.vectors(self.ctx.embedder.encode_texts([text]), k, min_score)[0]
+        return self.vectors(self.ctx.text_encoder.encode_texts([text]), k, min_score)[0]
 
     def image(self, path, k: int = 10, min_score: Optional[float] = None) -> list[Hit]:
         if not os.path.exists(path):
