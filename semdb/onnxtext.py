@@ -126,7 +126,8 @@ def exportable(embedder) -> bool:
 def export(embedder, force: bool = False) -> Optional[Path]:
     """Export `embedder`'s text tower to the cache (once per digest); the folder, or None when
     the model cannot be exported or the export does not match torch (nothing is kept then)."""
-    if not enabled() or embedder.device.type != "cpu" or not exportable(embedder):
+    if not enabled() or embedder.device.type != "cpu" or importlib.util.find_spec("onnx") is None \
+            or not exportable(embedder):
         return None
     digest = embedder.model_id["digest"]
     folder = model_dir(digest)
