@@ -21,7 +21,7 @@ only; the image tower is loaded from the same file when an image is first encode
 digest is cached per weights file (``semdb.modelcache``), so a text-only load reads neither
 the image tower nor the whole file to hash it. ``semdb.onnxtext`` (torch-free, optional)
 exports and runs the text tower with onnxruntime; ``semdb.tokenizer`` is CLIP's tokenizer
-without torch. This module and ``onnxtext``'s exporter are the only importers of open_clip.
+without torch (it reads open_clip's vocabulary file without importing open_clip).
 
 ``write_tiny_model`` writes a tiny random-init model folder for tests and benchmarks.
 """

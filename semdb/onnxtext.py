@@ -11,8 +11,8 @@ Only models with open_clip's standard tokenizer (``SimpleTokenizer``, lower-case
 truncation) are exported; others keep the torch path. ``SEMDB_ONNX=0`` turns the ONNX path off
 (neither used nor built).
 
-This module imports no torch at import time; ``export`` (which runs where a torch Embedder is
-loaded) imports torch and open_clip.
+This module imports no torch at import time (``export``, which runs where a torch Embedder is
+already loaded, imports torch) and never imports open_clip.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from . import modelcache
 from .errors import InputError
 
-FORMAT = 1
+FORMAT = 2  # 2: weights in text.onnx.data
 MAX_ABS_DIFF = 1e-4  # an export that differs more from torch on the check texts is not kept
 _CHECK_TEXTS = ["a photo of a cat", "a red bicycle leaning against a wall at night", "x"]
 
@@ -116,10 +116,10 @@ def load(name: str, pretrained: Optional[str], threads: Optional[int] = None) ->
 
 def exportable(embedder) -> bool:
     """The model's tokenizer is open_clip's standard one, which semdb.tokenizer reproduces."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    tok = embedder.tokenizer
-    return (type(tok) is SimpleTokenizer and tok.reduction_fn is None and tok.vocab_size == 49408
+    tok = embedder.tokenizer  # checked by name: embed.py stays the only importer of open_clip
+    kind = (type(tok).__module__, type(tok).__name__)
+    return (kind == ("open_clip.tokenizer", "SimpleTokenizer") and tok.reduction_fn is None
+            and tok.vocab_size == 49408
             and getattr(tok.clean_fn, "__name__", "") == "_clean_lower")
 
 
@@ -149,10 +149,19 @@ def export(embedder, force: bool = False) -> Optional[Path]:
         tokens = embedder.tokenizer(_CHECK_TEXTS)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(TextTower(embedder.model).eval(), (tokens,), str(tmp / "text.onnx"),
+            torch.onnx.export(TextTower(embedder.model).eval(), (tokens,), str(tmp / "export.onnx"),
                               input_names=["tokens"], output_names=["embedding"],
                               dynamic_axes={"tokens": {0: "batch"}, "embedding": {0: "batch"}},
                               opset_version=17, dynamo=False)
+        # weights in a separate file: onnxruntime maps it instead of parsing it out of the
+        # protobuf (measured: session start 0.35-0.5 s instead of 0.85-1.0 s for ViT-B-32)
+        import onnx
+
+        graph = onnx.load(str(tmp / "export.onnx"))
+        onnx.save_model(graph, str(tmp / "text.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="text.onnx.data", size_threshold=1024)
+        del graph
+        (tmp / "export.onnx").unlink()
         meta = {"format": FORMAT, "digest": digest, "dim": embedder.dim,
                 "context_length": embedder.context_length, "tokenizer": "open_clip.SimpleTokenizer",
                 "torch": torch.__version__}
