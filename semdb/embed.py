@@ -145,6 +145,10 @@ def _params_on_meta():
 _META_LOCK = threading.Lock()
 
 
+class _NeedsLegacy(Exception):
+    """The meta-device build left a tensor unmade: load with open_clip's own loader."""
+
+
 def _build_on_meta(model_cfg: dict) -> torch.nn.Module:
     """open_clip's model class for `model_cfg`, built as open_clip.create_model builds it
     (fp32, no pretrained tower weights: the checkpoint has them), parameters on meta."""
@@ -454,6 +458,11 @@ class Embedder:
             config_fp = modelcache.config_fingerprint(model_cfg)
             try:
                 model = _build_on_meta(model_cfg)
+            except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta
+                model = None
+            if model is None:
+                return self._load_legacy(oc_name, oc_pretrained, offline)
+            try:
                 state = _read_state_dict(weights, model)
                 _check_keys(model, state)
                 digest = modelcache.cached_digest(weights, config_fp) if text_only else None
@@ -462,7 +471,11 @@ class Embedder:
                     modelcache.store_digest(weights, config_fp, digest)
                 _assign(model, state, (lambda k: not _is_visual(k)) if text_only else None, self.device)
                 del state
+                if any(b.is_meta for b in model.buffers()):
+                    raise _NeedsLegacy  # a buffer made from parameters at build time: build it for real
                 modelcache.store_source(self.name, self.pretrained, weights, config_fp)
+            except _NeedsLegacy:
+                return self._load_legacy(oc_name, oc_pretrained, offline)
             except MemoryError:
                 hint = "use a smaller model, or " + _LOCAL_HINT
                 raise self._fail("not enough memory to load it", hint) from None
@@ -488,6 +501,31 @@ class Embedder:
                 raise self._fail(f"its tokenizer cannot be loaded ({why})", _LOCAL_HINT) from None
         model.eval()
         return model, preprocess, tokenizer, digest
+
+    def _load_legacy(self, oc_name: str, oc_pretrained: Optional[str], offline: bool):
+        """open_clip's own loader (random init, then the weights; both towers), for a model
+        the meta-device build cannot make. Called inside _hub_guard."""
+        import open_clip
+
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                oc_name, pretrained=oc_pretrained, device=self.device, require_pretrained=True
+            )
+        except MemoryError:
+            raise self._fail("not enough memory to load it", "use a smaller model, or " + _LOCAL_HINT) from None
+        except Exception as exc:  # noqa: BLE001 - torch.load/load_state_dict raise many types
+            raise self._fail(
+                f"its weights are corrupt or do not match its config ({_one_line(exc, 160)})",
+                "re-download the weights, or " + _LOCAL_HINT,
+            ) from None
+        try:
+            tokenizer = open_clip.get_tokenizer(oc_name)
+        except Exception as exc:  # noqa: BLE001 - HF tokenizers may need the hub too
+            why = "no network?" if offline else _one_line(exc, 120)
+            raise self._fail(f"its tokenizer cannot be loaded ({why})", _LOCAL_HINT) from None
+        self.image_tower_loaded = True
+        model.eval()
+        return model, preprocess, tokenizer, state_dict_digest(model)
 
     def _files(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool):
         """(model config, preprocess config, weights file) as open_clip.create_model finds them."""

@@ -84,6 +84,8 @@ def _update(section: str, key: str, value) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         data = _read() or {"format": FORMAT}
         entries = data.setdefault(section, {})
+        if entries.get(key) == value:
+            return  # nothing new: no write (a read-only cache dir stays quiet)
         entries[key] = value
         if len(entries) > 256:  # bounded: drop the oldest entries
             for old in list(entries)[: len(entries) - 256]:

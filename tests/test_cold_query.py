@@ -105,6 +105,20 @@ def test_a_text_query_does_not_load_the_image_tower(tiny_store, monkeypatch):
         assert image_hits[0].path == hits[0].path and emb.image_tower_loaded
 
 
+def test_open_clip_loader_is_the_fallback(tiny_model, tiny_embedder, monkeypatch):
+    """An architecture that cannot be built on the meta device loads with open_clip's own
+    loader (random init, then the weights): the same model either way."""
+    from semdb import embed
+
+    def cannot(cfg):
+        raise NotImplementedError("not on meta")
+
+    monkeypatch.setattr(embed, "_build_on_meta", cannot)
+    legacy = embed.Embedder(model=tiny_model, text_only=True)
+    assert legacy.model_id == tiny_embedder.model_id and legacy.image_tower_loaded
+    np.testing.assert_allclose(legacy.encode_texts(TEXTS), tiny_embedder.encode_texts(TEXTS), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- digest cache
 
 
