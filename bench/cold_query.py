@@ -157,7 +157,7 @@ def main() -> None:
             summary.update({"semdb_onnx": med["onnx"],
                             "ratio_onnx": round(med["onnx"]["wall_s"] / med["bare"]["wall_s"], 3),
                             "rss_ratio_onnx": round(med["onnx"]["max_rss_mb"] / med["bare"]["max_rss_mb"], 3),
-                            "onnx_file_mb": round(exported[0].stat().st_size / 1e6, 1)})
+                            "onnx_mb": round(sum(p.stat().st_size for p in exported[0].parent.iterdir()) / 1e6, 1)})
         log("\nsummary (median wall, max RSS)")
         log(f"  bare open_clip text encode : {med['bare']['wall_s']:.2f} s, {med['bare']['max_rss_mb']:.0f} MB")
         log(f"  semdb query, torch text    : {med['torch']['wall_s']:.2f} s, {med['torch']['max_rss_mb']:.0f} MB "

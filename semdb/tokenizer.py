@@ -41,7 +41,7 @@ def bytes_to_unicode() -> dict:
 
 
 def _pairs(word):
-    return {(a, b) for a, b in zip(word, word[1:])}
+    return {a + " " + b for a, b in zip(word, word[1:])}
 
 
 def _clean(text: str) -> str:
@@ -56,13 +56,13 @@ class SimpleTokenizer:
         import regex
 
         self.byte_encoder = bytes_to_unicode()
-        merges = gzip.open(bpe_path or default_bpe()).read().decode("utf-8").split("\n")
-        merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]
+        merges = gzip.open(bpe_path or default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
         vocab = list(self.byte_encoder.values())
-        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+        vocab = vocab + [v + "</w>" for v in vocab] + [m.replace(" ", "") for m in merges]
         special = ["<start_of_text>", "<end_of_text>"]
         vocab.extend(special)
         self.encoder = dict(zip(vocab, range(len(vocab))))
+        # ranks keyed by the merge line "first second" (symbols hold no spaces): no tuples to build
         self.bpe_ranks = dict(zip(merges, range(len(merges))))
         self.cache = {t: t for t in special}
         self.pat = regex.compile("|".join(special) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
@@ -82,7 +82,7 @@ class SimpleTokenizer:
             bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
             if bigram not in self.bpe_ranks:
                 break
-            first, second = bigram
+            first, second = bigram.split(" ")
             new_word, i = [], 0
             while i < len(word):
                 try:

@@ -186,6 +186,8 @@ def test_tokenizer_matches_open_clip():
     texts = TEXTS + ["", "  spaces   and\ttabs\n", "it's they're I'll", "日本語のテキスト", "x" * 500,
                      "<start_of_text> hi", "emoji 🚲🚲 and 3.14159"]
     np.testing.assert_array_equal(ours(texts), theirs(texts).numpy())
+    assert ours.encoder == theirs.encoder  # the whole vocabulary and every merge rule
+    assert ours.bpe_ranks == {f"{a} {b}": rank for (a, b), rank in theirs.bpe_ranks.items()}
     assert ours(texts, context_length=16).shape == (len(texts), 16)
 
 
