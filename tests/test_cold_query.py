@@ -165,6 +165,19 @@ def test_config_change_misses_the_digest_cache(tmp_path):
     assert modelcache.cached_digest(weights, "cfg-b") is None
 
 
+def test_hub_models_resolve_through_the_source_cache(tmp_path):
+    """A model named by tag resolves to its weights file without open_clip, while unchanged."""
+    weights = tmp_path / "open_clip_model.safetensors"
+    weights.write_bytes(b"weights v1")
+    assert modelcache.digest_of("ViT-B-32", "some_tag") is None
+    modelcache.store_source("ViT-B-32", "some_tag", weights, "cfg")
+    modelcache.store_digest(weights, "cfg", "00112233aabbccdd")
+    assert modelcache.digest_of("ViT-B-32", "some_tag") == "00112233aabbccdd"
+    assert modelcache.digest_of("ViT-B-32", "other_tag") is None
+    weights.write_bytes(b"weights v2, longer")
+    assert modelcache.digest_of("ViT-B-32", "some_tag") is None
+
+
 # ---------------------------------------------------------------------------- lazy imports
 
 
