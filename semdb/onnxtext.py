@@ -110,7 +110,8 @@ def load(name: str, pretrained: Optional[str], threads: Optional[int] = None) ->
     model_id = {"name": name, "pretrained": pretrained, "digest": digest, "dim": int(meta["dim"])}
     try:
         return OnnxTextEncoder(folder, meta, model_id, threads)
-    except Exception:  # noqa: BLE001 - a damaged cached export: fall back to torch
+    except Exception:  # noqa: BLE001 - a damaged cached export: drop it (the torch path re-exports)
+        shutil.rmtree(folder, ignore_errors=True)
         return None
 
 

@@ -224,6 +224,9 @@ def test_onnx_export_matches_torch(onnx_ready, tiny_model, tiny_embedder):
     np.testing.assert_allclose(x, tiny_embedder.encode_texts(TEXTS), atol=1e-5)
     with pytest.raises(semdb.errors.InputError):
         enc.encode_texts(["  "])
+    (folder / "text.onnx.data").write_bytes(b"damaged")  # a damaged export is dropped, then rebuilt
+    assert onnxtext.load(tiny_model, None) is None and not folder.exists()
+    assert onnxtext.export(emb) == folder and onnxtext.load(tiny_model, None) is not None
 
 
 def test_onnx_is_not_used_for_changed_weights(onnx_ready, tmp_path):
