@@ -461,7 +461,7 @@ class Embedder:
             except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta
                 model = None
             if model is None:
-                return self._load_legacy(oc_name, oc_pretrained, offline)
+                return self._load_legacy(oc_name, oc_pretrained, offline, config_fp)
             try:
                 state = _read_state_dict(weights, model)
                 _check_keys(model, state)
@@ -475,7 +475,7 @@ class Embedder:
                     raise _NeedsLegacy  # a buffer made from parameters at build time: build it for real
                 modelcache.store_source(self.name, self.pretrained, weights, config_fp)
             except _NeedsLegacy:
-                return self._load_legacy(oc_name, oc_pretrained, offline)
+                return self._load_legacy(oc_name, oc_pretrained, offline, config_fp)
             except MemoryError:
                 hint = "use a smaller model, or " + _LOCAL_HINT
                 raise self._fail("not enough memory to load it", hint) from None
@@ -502,7 +502,7 @@ class Embedder:
         model.eval()
         return model, preprocess, tokenizer, digest
 
-    def _load_legacy(self, oc_name: str, oc_pretrained: Optional[str], offline: bool):
+    def _load_legacy(self, oc_name: str, oc_pretrained: Optional[str], offline: bool, config_fp: str):
         """open_clip's own loader (random init, then the weights; both towers), for a model
         the meta-device build cannot make. Called inside _hub_guard."""
         import open_clip
@@ -525,7 +525,10 @@ class Embedder:
             raise self._fail(f"its tokenizer cannot be loaded ({why})", _LOCAL_HINT) from None
         self.image_tower_loaded = True
         model.eval()
-        return model, preprocess, tokenizer, state_dict_digest(model)
+        digest = state_dict_digest(model)
+        modelcache.store_digest(self.weights_path, config_fp, digest)
+        modelcache.store_source(self.name, self.pretrained, self.weights_path, config_fp)
+        return model, preprocess, tokenizer, digest
 
     def _files(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool):
         """(model config, preprocess config, weights file) as open_clip.create_model finds them."""

@@ -105,6 +105,36 @@ def test_a_text_query_does_not_load_the_image_tower(tiny_store, monkeypatch):
         assert image_hits[0].path == hits[0].path and emb.image_tower_loaded
 
 
+@pytest.mark.parametrize("half", [False, True])
+def test_safetensors_and_half_precision_checkpoints(tmp_path, tiny_model_dir, tiny_embedder, half):
+    """.safetensors files are memory-mapped too; fp16 weights load into the fp32 model as
+    open_clip loads them (same digest, same embeddings)."""
+    import shutil
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from semdb.embed import Embedder, state_dict_digest
+
+    state = torch.load(Path(tiny_model_dir) / "open_clip_pytorch_model.bin", weights_only=True)
+    folder = tmp_path / "st"
+    folder.mkdir()
+    shutil.copy(Path(tiny_model_dir) / "open_clip_config.json", folder)
+    save_file({k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state.items()},
+              folder / "open_clip_model.safetensors")
+    model = "local-dir:" + str(folder)
+    emb = Embedder(model=model, text_only=True)
+    ref, _, _ = open_clip.create_model_and_transforms(model)
+    ref.eval()
+    assert emb.model_id["digest"] == state_dict_digest(ref)
+    assert (emb.model_id["digest"] == tiny_embedder.model_id["digest"]) == (not half)
+    tokens = open_clip.get_tokenizer(model)(TEXTS)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(ref.encode_text(tokens), dim=-1).numpy()
+    np.testing.assert_allclose(emb.encode_texts(TEXTS), expected, atol=1e-5)
+
+
 def test_open_clip_loader_is_the_fallback(tiny_model, tiny_embedder, monkeypatch):
     """An architecture that cannot be built on the meta device loads with open_clip's own
     loader (random init, then the weights): the same model either way."""
