@@ -130,12 +130,12 @@ class Searcher:
         return (total / norm)[None, :].astype(np.float32)
 
     def _embed(self, term: Term) -> np.ndarray:
-        emb = self.ctx.embedder if term.kind != "item" else None
-        if term.kind == "text":
+        if term.kind == "text":  # the text tower only (a cached ONNX export when there is one)
             if not str(term.value).strip():
                 raise InputError("empty query text: give some words to search for")
-            return emb.encode_texts([str(term.value)])
+            return self.ctx.text_encoder.encode_texts([str(term.value)])
         if term.kind == "image":
+            emb = self.ctx.embedder
             img = term.value
             if isinstance(img, (str, bytes, os.PathLike)):
                 if not os.path.exists(img):
