@@ -144,7 +144,8 @@ class Database:
 
     # --- query ----------------------------------------------------------------------------
     def search(self, query: str | None = None, *, k: int = 10, like=None, image=None, under=None, after=None,
-               before=None, within: float | None = None, min_score: float | None = None) -> list[Hit]:
+               before=None, within: float | None = None, min_score: float | None = None,
+               files: bool = True) -> list[Hit]:
         """The k items closest to a query, best first; a query reads left to right:
 
         what: `query` text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms,
@@ -152,12 +153,13 @@ class Database:
         `like` (a stored item's id or path: more like it, from its stored code, itself left out);
         where: `under` a folder, `after` / `before` a date taken (EXIF, else mtime; "YYYY-MM-DD",
         ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
-        `within` (keep hits within this of the best score), `min_score`."""
+        `within` (keep hits within this of the best score), `min_score`. `files=False`: every
+        term of `query` is text, never a file (what a server answering URLs needs)."""
         from .query import Term, Where, parse_terms
 
         terms, exclude = [], []
         if query is not None:
-            terms += parse_terms(query)
+            terms += parse_terms(query, files)
         if image is not None:
             terms.append(Term("image", image))
         if like is not None:

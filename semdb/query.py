@@ -79,10 +79,10 @@ def parse_date(value, flag: str) -> Optional[float]:
 _SPLIT = re.compile(r"\s+([+-])\s+")
 
 
-def parse_terms(text: str) -> list[Term]:
+def parse_terms(text: str, files: bool = True) -> list[Term]:
     """rclip's query arithmetic: terms joined by " + " or " - ", each optionally "WEIGHT:term";
-    a term naming an existing image file is that image, anything else is text.
-    "2:cat + ./x.jpg - dog" -> cat (x2) plus the image minus dog."""
+    a term naming an existing image file is that image (`files=False`: every term is text, as a
+    server needs), anything else is text. "2:cat + ./x.jpg - dog" -> cat (x2) + image - dog."""
     if not isinstance(text, str) or not text.strip():
         raise InputError("empty query text: give some words to search for")
     parts = _SPLIT.split(" " + text.strip() + " ")
@@ -96,12 +96,14 @@ def parse_terms(text: str) -> list[Term]:
             raise InputError(f"query {text!r}: a '+' or '-' has no term beside it")
         weight, _, rest = part.partition(":")
         try:
-            w, part = (float(weight), rest.strip()) if rest and not os.path.exists(part) else (1.0, part)
+            w, part = (float(weight), rest.strip()) if rest and not (files and os.path.exists(part)) else (1.0, part)
         except ValueError:
             w = 1.0
         if not part:
             raise InputError(f"query {text!r}: the weight {weight}: has no term")
-        kind = "image" if os.path.isfile(os.path.expanduser(part)) else "text"
+        if not np.isfinite(w):
+            raise InputError(f"query {text!r}: the weight {weight} is not a finite number")
+        kind = "image" if files and os.path.isfile(os.path.expanduser(part)) else "text"
         terms.append(Term(kind, os.path.expanduser(part) if kind == "image" else part, sign * w))
     return terms
 

@@ -135,37 +135,6 @@ def _filters(params) -> dict:
     return out
 
 
-def text_terms(text: str):
-    """rclip's arithmetic ("2:cat + dog - car") with every term taken as text (query.py's
-    parse_terms also reads terms naming files as images, which a server must not do)."""
-    from ..query import _SPLIT, Term
-
-    if not text.strip():
-        raise ApiError(400, "empty query: give some words to search for (?q=...)")
-    parts = _SPLIT.split(" " + text.strip() + " ")
-    terms, sign = [], 1.0
-    for i, part in enumerate(parts):
-        if i % 2:
-            sign = 1.0 if part == "+" else -1.0
-            continue
-        part = part.strip()
-        if not part:
-            raise ApiError(400, f"query {text[:80]!r}: a '+' or '-' has no term beside it")
-        weight, _, rest = part.partition(":")
-        w = 1.0
-        if rest:
-            try:
-                w, part = float(weight), rest.strip()
-            except ValueError:
-                pass
-        if not part:
-            raise ApiError(400, f"query {text[:80]!r}: the weight {weight}: has no term")
-        if not math.isfinite(w):
-            raise ApiError(400, f"query {text[:80]!r}: the weight {weight} is not a finite number")
-        terms.append(Term("text", part, sign * w))
-    return terms
-
-
 def _text(params):
     text = params.get("q")
     if text is None or text == "":
@@ -210,7 +179,9 @@ class Service:
     def warm(self) -> None:
         """Load the model, build the index and run one text through the model."""
         def warm():
-            self.db.embedder.encode_texts(["warm up"])
+            emb = self.db.embedder
+            emb.load_image_tower()  # image queries and uploads too: load both towers once, up front
+            emb.encode_texts(["warm up"])
             self.db._searcher.index()
 
         self.on_model_thread(warm)
@@ -223,22 +194,13 @@ class Service:
                within=None, under=None, after=None, before=None):
         """Database.search's meaning, except that every term of `text` is text: a URL never
         makes the server open a file by its name."""
-        from ..query import Term, Where
-
-        terms = text_terms(text) if text is not None else []
-        if image is not None:
-            terms.append(Term("image", image))
         def run():
-            exclude = []
-            if like is not None:
-                if self.db.item(like) is None:
-                    raise ApiError(404, f"no item {like} in this store")
-                terms.append(Term("item", like))
-                exclude.append(like)
-            if not terms:
+            if like is not None and self.db.item(like) is None:
+                raise ApiError(404, f"no item {like} in this store")
+            if text is None and image is None and like is None:
                 raise ApiError(400, "empty query: give q=TEXT, like=ID or an image")
-            where = Where.of(under, after, before)
-            return self.db._searcher.search(terms, k, where, within, min_score, exclude)
+            return self.db.search(text, image=image, like=like, k=k, under=under, after=after, before=before,
+                                  within=within, min_score=min_score, files=False)
 
         return self.on_model_thread(run)
 
