@@ -10,7 +10,7 @@ wait4), interleaved round by round so a shared machine's load hits all alike:
 - semdb: `python -m semdb.cli query TEXT --store S -k 10 --json` on a small store built once
   (`--images` generated photos, `ingest --train-now`, so the query runs the real ADC search
   over codes). Two variants: the default path (the cached ONNX text tower run by
-  onnxruntime, no torch; needs `pip install 'semdb[onnx]'`) and `SEMDB_ONNX=0` (torch, text
+  onnxruntime, no torch) and `SEMDB_ONNX=0` (torch, text
   tower only, cached digest).
 - The first query after the ingest is reported on its own: it loads the text tower with torch
   and caches the ONNX export.

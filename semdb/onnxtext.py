@@ -1,6 +1,6 @@
 """The CLIP text tower as a cached ONNX model run by onnxruntime: text queries without torch.
 
-Optional (``pip install 'semdb[onnx]'``: onnxruntime and onnx). When a text query has to load
+With onnxruntime and onnx (dependencies of semdb): when a text query has to load
 the model with torch, ``export`` writes the text tower (tokens -> unit embedding) with
 ``torch.onnx.export``, checks it against torch on a few texts, and caches it per weights digest
 in the cache dir (``semdb.modelcache.cache_dir()/onnx/DIGEST/``). The next cold text query of
