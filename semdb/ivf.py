@@ -1,0 +1,197 @@
+"""IVF over the stored codes: search a few coarse lists instead of every code.
+
+    decoded sample --spherical k-means--> nlist coarse centroids (unit, CLIP space)
+    every code --argmax_j <c_j, x_hat>--> its list (persisted by the store, per code segment)
+    query q --<q, c_j>, best nprobe lists--> FAISS fast-scan of those lists' codes
+        --best max(4k, k + 64)--> exact float ADC rerank (cosine via the codec's norms)
+
+The fine codes are the store's packed codes bit for bit: FAISS
+`IndexIVFAdditiveQuantizerFastScan` with the codec's tables as its codebooks, `by_residual =
+False` (a code means the same vector in every list), inner product and `ST_LUT_nonorm`, so the
+score of an item in a list is the flat fast-scan score of the same code (tests/test_ivf.py).
+The store keeps no floats: the centroids are trained on decoded codes. An item's list depends
+only on its code and the centroids, so it is computed once (when the code is written) and
+stored; see Store (`ivf` db) and `assigner`.
+
+Only 4-bit codecs (K = 16, the default) use IVF; other shapes keep the exhaustive scan.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .search import FAST_SCAN_BLOCK, AdcIndex, _in_rows, top_k
+
+# Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below this many coded items the
+# exhaustive fast-scan is fast enough (under ~1 ms) that IVF's recall loss buys nothing.
+MIN_ITEMS = 200_000
+REBUILD_GROWTH = 4  # rebuild (new centroids, every code reassigned) when the store has grown 4x
+DEFAULT_NPROBE_FRACTION = 1 / 32  # default nprobe = nlist / 32 (measured: recall@10 >= 0.95)
+KMEANS_ITER = 10
+KMEANS_POINTS_PER_LIST = 64  # decoded codes per centroid for k-means (a sample)
+FILTER_EXACT_MAX = 50_000  # a filter keeping at most this many rows: score them exactly
+
+
+def nlist_for(n: int) -> int:
+    """Coarse lists for n items: a power of two near 2 sqrt(n), between 64 and 8192."""
+    target = 2.0 * np.sqrt(max(n, 1))
+    return int(min(8192, max(64, 2 ** round(np.log2(target)))))
+
+
+def default_nprobe(nlist: int) -> int:
+    return max(1, int(round(nlist * DEFAULT_NPROBE_FRACTION)))
+
+
+def supported(codec) -> bool:
+    """Whether IVF can scan this codec's codes (additive, 4-bit sub-codes)."""
+    return codec is not None and codec.arch == "additive" and codec.nbits == 4
+
+
+def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """(nlist, D) unit centroids: spherical k-means of a seeded sample of decoded codes."""
+    import faiss
+
+    n = len(codes)
+    rng = np.random.default_rng(seed)
+    take = min(n, nlist * KMEANS_POINTS_PER_LIST)
+    sample = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
+    X = np.concatenate([codec.decode(codes[sample[i:i + 65536]]) for i in range(0, len(sample), 65536)])
+    km = faiss.Kmeans(codec.dim, nlist, niter=KMEANS_ITER, spherical=True, seed=seed,
+                      max_points_per_centroid=KMEANS_POINTS_PER_LIST, verbose=False)
+    km.train(np.ascontiguousarray(X, np.float32))
+    C = km.centroids.astype(np.float32)
+    return C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+
+
+class Assigner:
+    """codes -> list numbers (uint32): argmax_j <c_j, x_hat>, computed in the codec's own
+    coordinates. x_hat = a + P z (a: the mean, plus the coarse word if any; z: the slots'
+    coordinates, n_cols * d of them, fewer than D), so <c_j, x_hat> = <c_j, a> + <P^T c_j, z>."""
+
+    def __init__(self, codec, centroids: np.ndarray):
+        from .codec.additive import decode_coords
+
+        self.codec, self._decode_coords = codec, decode_coords
+        t = codec.tensors
+        C = np.asarray(centroids, np.float32)
+        self.nlist = len(C)
+        A = t["mean"][None, :] + (t["coarse"] if codec.n_coarse else 0.0)  # (K or 1, D)
+        self.CA = (A @ C.T).astype(np.float32)  # (K or 1, nlist)
+        self.CP = np.ascontiguousarray((C @ codec._decoder).T, np.float32)  # (n_cols * d, nlist)
+
+    def __call__(self, codes: np.ndarray, chunk: int = 32768) -> np.ndarray:
+        codec, t = self.codec, self.codec.tensors
+        out = np.empty(len(codes), np.uint32)
+        for i in range(0, len(codes), chunk):
+            idx = codec.indices(np.asarray(codes[i:i + chunk]))
+            Z = self._decode_coords(idx[:, codec.n_coarse:], codec.layout, t["scale"], t["codebook"])
+            S = Z.reshape(len(idx), -1).astype(np.float32) @ self.CP
+            S += self.CA[idx[:, 0]] if codec.n_coarse else self.CA[0]
+            out[i:i + chunk] = np.argmax(S, axis=1)
+        return out
+
+
+class IvfIndex(AdcIndex):
+    """An AdcIndex whose fast-scan pass visits the `nprobe` lists nearest the query instead of
+    every code. Row ids, `rows=` filters and the exact rerank are those of AdcIndex."""
+
+    def __init__(self, tables, bias, codes, nbits, norms, centroids: np.ndarray, lists: np.ndarray,
+                 nprobe: int | None = None):
+        import faiss
+
+        if nbits != 4:
+            raise ValueError("IVF scans 4-bit codes only")
+        self.tables = np.ascontiguousarray(tables, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.m, k, dim = self.tables.shape
+        self.nbits, self.norms, self.n, self.fast_scan = nbits, norms, len(self.codes), True
+        self.centroids = np.ascontiguousarray(centroids, np.float32)
+        self.nlist = len(self.centroids)
+        lists = np.asarray(lists, np.int64)
+        if len(lists) != self.n or (self.n and (lists.min() < 0 or lists.max() >= self.nlist)):
+            raise ValueError(f"{len(lists)} list numbers for {self.n} codes and {self.nlist} lists")
+        self.nprobe = nprobe or default_nprobe(self.nlist)
+        t0 = time.perf_counter()
+        self.quantizer = faiss.IndexFlatIP(dim)
+        self.quantizer.add(self.centroids)
+        st = faiss.AdditiveQuantizer.ST_LUT_nonorm
+        flat = faiss.IndexIVFLocalSearchQuantizer(self.quantizer, dim, self.nlist, self.m, nbits,
+                                                  faiss.METRIC_INNER_PRODUCT, st)
+        flat.by_residual = False
+        faiss.copy_array_to_vector(self.tables.reshape(-1), flat.lsq.codebooks)
+        flat.lsq.is_trained = flat.is_trained = True
+        if flat.code_size != self.codes.shape[1]:
+            raise ValueError(f"codes have {self.codes.shape[1]} bytes per item, expected {flat.code_size}")
+        order = np.argsort(lists, kind="stable")
+        # Held in variables until add_entries has copied them: swig_ptr does not keep them alive.
+        ids_sorted = np.ascontiguousarray(order, np.int64)
+        codes_sorted = np.ascontiguousarray(self.codes[order])
+        bounds = np.searchsorted(lists[order], np.arange(self.nlist + 1))
+        for j in np.flatnonzero(np.diff(bounds)):
+            a, e = int(bounds[j]), int(bounds[j + 1])
+            flat.invlists.add_entries(int(j), e - a, faiss.swig_ptr(ids_sorted[a:e]), faiss.swig_ptr(codes_sorted[a:e]))
+        flat.ntotal = self.n
+        del ids_sorted, codes_sorted
+        self.index = faiss.IndexIVFAdditiveQuantizerFastScan(flat, FAST_SCAN_BLOCK)  # packs every list
+        self.index.by_residual = False  # the converting constructor sets it back to True
+        # The fast-scan index points at `flat`'s quantizer (its codebooks) without owning it:
+        # keep `flat` alive, but drop its copy of the codes (and the fast-scan's pointer to it).
+        self.index.orig_invlists = None
+        flat.replace_invlists(faiss.ArrayInvertedLists(self.nlist, flat.code_size), True)
+        self._flat = flat
+        self.list_sizes = np.diff(bounds)
+        self.build_seconds = time.perf_counter() - t0
+
+    def memory_bytes(self) -> int:
+        """Bytes the IVF structure holds besides the codes array: packed codes (lists padded
+        to 32-item blocks), 8-byte ids, centroids."""
+        padded = int((-(-self.list_sizes // FAST_SCAN_BLOCK) * FAST_SCAN_BLOCK).sum())
+        return padded * self.index.M2 // 2 + self.n * 8 + self.centroids.nbytes
+
+    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
+               rows: np.ndarray | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) per query: the nprobe nearest lists (default self.nprobe;
+        nprobe >= nlist scans every list), shortlist reranked exactly. `rows`: a filter; at most
+        FILTER_EXACT_MAX rows are scored exactly, more go through FAISS's IDSelector."""
+        import faiss
+
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        nq = len(Q)
+        if self.n == 0 or k <= 0:
+            return np.full((nq, max(k, 0)), -1, np.int64), np.full((nq, max(k, 0)), -np.inf, np.float32)
+        rows = None if rows is None else np.asarray(rows, np.int64)
+        if rows is not None and len(rows) <= FILTER_EXACT_MAX:
+            return _in_rows(top_k(self.exact_scores(Q, rows), k), rows)
+        short = shortlist or max(4 * k, k + 64)
+        if short >= (self.n if rows is None else len(rows)):
+            return super().search(Q, k, rows=np.arange(self.n) if rows is None else rows)
+        nprobe = min(int(nprobe or self.nprobe), self.nlist)
+        Dq, Iq = self.quantizer.search(Q, nprobe)  # contiguous, and named while FAISS reads them
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        self.index.nprobe = nprobe  # FAISS sizes buffers by the index's nprobe, not the params'
+        if rows is not None:
+            keep = np.zeros(self.n, bool)
+            keep[rows] = True
+            bitmap = np.packbits(keep, bitorder="little")  # a named array: swig_ptr does not keep it alive
+            sel = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
+            params.sel = sel
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        D = np.empty((1, short), np.float32)
+        cand = np.empty((1, short), np.int64)
+        for i in range(nq):
+            # One query per FAISS call: batched calls of the IVF fast-scan with by_residual=False
+            # return lists that differ from the flat scan's (faiss 1.15, tests/test_ivf.py), single
+            # queries match it exactly.
+            q, iq, dq = Q[i:i + 1], np.ascontiguousarray(Iq[i:i + 1]), np.ascontiguousarray(Dq[i:i + 1])
+            self.index.search_preassigned_c(1, faiss.swig_ptr(q), short, faiss.swig_ptr(iq), faiss.swig_ptr(dq),
+                                            faiss.swig_ptr(D), faiss.swig_ptr(cand), False, params)
+            c = cand[0][cand[0] >= 0].copy()
+            if len(c):
+                found = _in_rows(top_k(self.exact_scores(q, c), k), c)
+                ids[i], scores[i] = found[0][0], found[1][0]
+        return ids, scores
