@@ -169,6 +169,7 @@ def query(
     as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to scan in a large store (default nlist/32; more: slower, closer to exhaustive)."),
 ):
     """Find the stored images closest to TEXT (and/or --image, --like), optionally filtered."""
     from .api import Database
@@ -181,7 +182,7 @@ def query(
         like_item = int(like) if like is not None and like.isdigit() else like
         with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
             hits = db.search(" ".join(text) if text else None, image=image, like=like_item, k=k, under=under,
-                             after=after, before=before, within=within, min_score=min_score)
+                             after=after, before=before, within=within, min_score=min_score, nprobe=nprobe)
     _print_hits(hits, as_json, paths_only)
 
 

@@ -59,7 +59,7 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     sample = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
     X = np.concatenate([codec.decode(codes[sample[i:i + 65536]]) for i in range(0, len(sample), 65536)])
     km = faiss.Kmeans(codec.dim, nlist, niter=KMEANS_ITER, spherical=True, seed=seed,
-                      max_points_per_centroid=KMEANS_POINTS_PER_LIST, verbose=False)
+                      max_points_per_centroid=KMEANS_POINTS_PER_LIST, min_points_per_centroid=1, verbose=False)
     km.train(np.ascontiguousarray(X, np.float32))
     C = km.centroids.astype(np.float32)
     return C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
@@ -140,7 +140,8 @@ class IvfIndex(AdcIndex):
         # The fast-scan index points at `flat`'s quantizer (its codebooks) without owning it:
         # keep `flat` alive, but drop its copy of the codes (and the fast-scan's pointer to it).
         self.index.orig_invlists = None
-        flat.replace_invlists(faiss.ArrayInvertedLists(self.nlist, flat.code_size), True)
+        self._empty = faiss.ArrayInvertedLists(self.nlist, flat.code_size)  # owned here, not by `flat`
+        flat.replace_invlists(self._empty, False)  # frees the old lists
         self._flat = flat
         self.list_sizes = np.diff(bounds)
         self.build_seconds = time.perf_counter() - t0
@@ -195,3 +196,71 @@ class IvfIndex(AdcIndex):
                 found = _in_rows(top_k(self.exact_scores(q, c), k), c)
                 ids[i], scores[i] = found[0][0], found[1][0]
         return ids, scores
+
+
+# --- the store's IVF: built past MIN_ITEMS, kept up to date, rebuilt ------------------------------
+
+def _digest(C: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(C, np.float32).tobytes()).hexdigest()[:16]
+
+
+def build(ctx, nlist: int | None = None, seed: int = 0, progress=None) -> dict:
+    """Train the store's coarse centroids on its decoded codes, assign every code, and install
+    both in one transaction (replacing any earlier IVF). Returns the IVF's meta record."""
+    from .progress import report
+
+    store, codec = ctx.store, ctx.codec
+    if not supported(codec):
+        raise ValueError("IVF needs an additive codec with 4-bit sub-codes")
+    ids, codes = store.load_codes()
+    nlist = int(nlist or nlist_for(len(ids)))
+    report(progress, "ivf: coarse centroids", 0, 2)
+    C = train_centroids(codec, codes, nlist, seed)
+    report(progress, "ivf: assigning codes", 1, 2)
+    lists = Assigner(codec, C)(codes)
+    info = {"nlist": nlist, "dim": codec.dim, "codec_id": codec.id, "built_on": int(len(ids)), "id": _digest(C)}
+    with store.write() as w:
+        w.set_ivf(C, info, ids, lists)
+    report(progress, "ivf: assigning codes", 2, 2)
+    return info
+
+
+def rebuild(ctx, old: dict, progress=None) -> dict | None:
+    """A new IVF for a store that had `old` (after retrain's switch): nlist for its size past
+    MIN_ITEMS, else the old nlist."""
+    if not supported(ctx.codec) or ctx.store.readonly:
+        return None
+    n = ctx.store.info()["coded"]
+    return build(ctx, nlist=nlist_for(n) if n >= MIN_ITEMS else old["nlist"], progress=progress)
+
+
+def maintain(ctx, progress=None) -> str | None:
+    """After an ingest, import or retrain: build the IVF when the store first holds MIN_ITEMS
+    codes, rebuild it when the store has grown REBUILD_GROWTH x since, or when its codec changed;
+    else give codes whose segment has no list row theirs (normally none: commits assign new
+    codes in their own transaction). Returns "built", "rebuilt", "filled" or None."""
+    store, codec = ctx.store, ctx.codec
+    if store.readonly or not supported(codec):
+        return None
+    info = store.ivf_meta()
+    n = store.info()["coded"]
+    if info is None:
+        if n < MIN_ITEMS:
+            return None
+        build(ctx, progress=progress)
+        return "built"
+    if info.get("codec_id") != codec.id or n >= REBUILD_GROWTH * max(info.get("built_on") or 1, 1):
+        build(ctx, progress=progress)
+        return "rebuilt"
+    got = store.load_ivf()
+    ids, codes = store.load_codes()
+    if got is None or len(got[3]) != len(ids):
+        return None
+    missing = got[3] < 0
+    if not missing.any():
+        return None
+    with store.write() as w:
+        w.fill_ivf(ids[missing], ctx.ivf_assigner(store.meta()["codec_id"], info, lambda: got[2])(codes[missing]))
+    return "filled"
