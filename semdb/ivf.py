@@ -30,7 +30,8 @@ MIN_ITEMS = 200_000
 REBUILD_GROWTH = 4  # rebuild (new centroids, every code reassigned) when the store has grown 4x
 DEFAULT_NPROBE_FRACTION = 1 / 32  # default nprobe = nlist / 32 (measured: recall@10 >= 0.95)
 KMEANS_ITER = 10
-KMEANS_POINTS_PER_LIST = 64  # decoded codes per centroid for k-means (a sample)
+KMEANS_POINTS_PER_LIST = 64  # decoded codes per centroid for k-means (a sample)...
+KMEANS_MAX_POINTS = 131_072  # ...and at most this many in all (k-means time grows as points x nlist)
 FILTER_EXACT_MAX = 50_000  # a filter keeping at most this many rows: score them exactly
 
 
@@ -49,47 +50,100 @@ def supported(codec) -> bool:
     return codec is not None and codec.arch == "additive" and codec.nbits == 4
 
 
+def _coords(codec, codes: np.ndarray) -> np.ndarray:
+    """The slots' coordinates z of codes (x_hat = mean + P z), float32 (n, n_cols * d)."""
+    from .codec.additive import decode_coords
+
+    t = codec.tensors
+    idx = codec.indices(codes)[:, codec.n_coarse:]
+    return decode_coords(idx, codec.layout, t["scale"], t["codebook"]).reshape(len(codes), -1).astype(np.float32)
+
+
 def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
-    """(nlist, D) unit centroids: spherical k-means of a seeded sample of decoded codes."""
+    """(nlist, D) unit centroids: k-means of a seeded sample of decoded codes (at most
+    KMEANS_POINTS_PER_LIST per list and KMEANS_MAX_POINTS in all). For a codec whose decoder
+    is orthonormal and has no coarse slot (the pair-free default above 128 bits), x_hat =
+    mean + P z is an isometry of z, so k-means runs on z (n_cols * d < D coordinates) and the
+    centroids are mapped back; otherwise spherical k-means on the decoded unit vectors."""
     import faiss
 
     n = len(codes)
     rng = np.random.default_rng(seed)
-    take = min(n, nlist * KMEANS_POINTS_PER_LIST)
+    take = min(n, nlist * KMEANS_POINTS_PER_LIST, max(KMEANS_MAX_POINTS, nlist))
     sample = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
-    X = np.concatenate([codec.decode(codes[sample[i:i + 65536]]) for i in range(0, len(sample), 65536)])
-    km = faiss.Kmeans(codec.dim, nlist, niter=KMEANS_ITER, spherical=True, seed=seed,
+    in_z = codec.n_coarse == 0 and "decoder" not in codec.tensors
+    part = (lambda c: _coords(codec, c)) if in_z else codec.decode
+    X = np.concatenate([part(codes[sample[i:i + 65536]]) for i in range(0, len(sample), 65536)])
+    km = faiss.Kmeans(X.shape[1], nlist, niter=KMEANS_ITER, spherical=not in_z, seed=seed,
                       max_points_per_centroid=KMEANS_POINTS_PER_LIST, min_points_per_centroid=1, verbose=False)
     km.train(np.ascontiguousarray(X, np.float32))
     C = km.centroids.astype(np.float32)
-    return C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    if in_z:
+        C = codec.tensors["mean"][None, :] + C @ codec._decoder.T
+    return (C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 class Assigner:
     """codes -> list numbers (uint32): argmax_j <c_j, x_hat>, computed in the codec's own
     coordinates. x_hat = a + P z (a: the mean, plus the coarse word if any; z: the slots'
-    coordinates, n_cols * d of them, fewer than D), so <c_j, x_hat> = <c_j, a> + <P^T c_j, z>."""
+    coordinates, n_cols * d of them, fewer than D), so <c_j, x_hat> = <c_j, a> + <P^T c_j, z>.
+    Past EXACT_NLIST lists the search is two-level: the centroids are grouped (k-means of the
+    centroids), an item is compared with the centroids of its GROUPS_PROBED best groups only
+    (the list it gets is then nearly always, not always, its nearest; searching stays exact
+    in the sense that matters: every code is in exactly one list)."""
+
+    EXACT_NLIST = 1024
+    GROUPS_PROBED = 4
 
     def __init__(self, codec, centroids: np.ndarray):
-        from .codec.additive import decode_coords
-
-        self.codec, self._decode_coords = codec, decode_coords
+        self.codec = codec
         t = codec.tensors
         C = np.asarray(centroids, np.float32)
         self.nlist = len(C)
         A = t["mean"][None, :] + (t["coarse"] if codec.n_coarse else 0.0)  # (K or 1, D)
         self.CA = (A @ C.T).astype(np.float32)  # (K or 1, nlist)
         self.CP = np.ascontiguousarray((C @ codec._decoder).T, np.float32)  # (n_cols * d, nlist)
+        self.groups = None
+        if self.nlist > self.EXACT_NLIST:
+            import faiss
+
+            n_groups = int(np.sqrt(self.nlist))
+            km = faiss.Kmeans(C.shape[1], n_groups, niter=10, spherical=True, seed=0, min_points_per_centroid=1,
+                              verbose=False)
+            km.train(C)
+            G = km.centroids.astype(np.float32)
+            member = np.argmax(C @ G.T, axis=1)
+            self.groups = [np.flatnonzero(member == g) for g in range(n_groups)]
+            self.GA = (A @ G.T).astype(np.float32)
+            self.GP = np.ascontiguousarray((G @ codec._decoder).T, np.float32)
 
     def __call__(self, codes: np.ndarray, chunk: int = 32768) -> np.ndarray:
-        codec, t = self.codec, self.codec.tensors
+        codec = self.codec
         out = np.empty(len(codes), np.uint32)
         for i in range(0, len(codes), chunk):
-            idx = codec.indices(np.asarray(codes[i:i + chunk]))
-            Z = self._decode_coords(idx[:, codec.n_coarse:], codec.layout, t["scale"], t["codebook"])
-            S = Z.reshape(len(idx), -1).astype(np.float32) @ self.CP
-            S += self.CA[idx[:, 0]] if codec.n_coarse else self.CA[0]
-            out[i:i + chunk] = np.argmax(S, axis=1)
+            part = np.asarray(codes[i:i + chunk])
+            idx = codec.indices(part)
+            Z = _coords(codec, part)
+            a = idx[:, 0] if codec.n_coarse else np.zeros(len(idx), np.int64)
+            if self.groups is None:
+                S = Z @ self.CP
+                S += self.CA[a]
+                out[i:i + chunk] = np.argmax(S, axis=1)
+                continue
+            SG = Z @ self.GP + self.GA[a]
+            near = np.argpartition(-SG, min(self.GROUPS_PROBED, len(self.groups)) - 1, axis=1)[:, :self.GROUPS_PROBED]
+            best = np.full(len(Z), -np.inf, np.float32)
+            arg = np.zeros(len(Z), np.int64)
+            for g, members in enumerate(self.groups):
+                rows = np.flatnonzero((near == g).any(axis=1))
+                if not len(rows) or not len(members):
+                    continue
+                S = Z[rows] @ self.CP[:, members] + self.CA[a[rows]][:, members]
+                j = np.argmax(S, axis=1)
+                s = S[np.arange(len(rows)), j]
+                better = s > best[rows]
+                best[rows[better]], arg[rows[better]] = s[better], members[j[better]]
+            out[i:i + chunk] = arg
         return out
 
 
@@ -98,7 +152,10 @@ class IvfIndex(AdcIndex):
     every code. Row ids, `rows=` filters and the exact rerank are those of AdcIndex."""
 
     def __init__(self, tables, bias, codes, nbits, norms, centroids: np.ndarray, lists: np.ndarray,
-                 nprobe: int | None = None):
+                 nprobe: int | None = None, span: np.ndarray | None = None):
+        """`span`: the codec's decoder P (D, r): when every centroid lies in the plane
+        spanned by P and the mean (the k-means of train_centroids on z), the lists are ranked
+        in those r < D coordinates (reading nlist x r floats per query instead of nlist x D)."""
         import faiss
 
         if nbits != 4:
@@ -117,6 +174,7 @@ class IvfIndex(AdcIndex):
         t0 = time.perf_counter()
         self.quantizer = faiss.IndexFlatIP(dim)
         self.quantizer.add(self.centroids)
+        self._plane = self._in_plane(span) if span is not None else None
         st = faiss.AdditiveQuantizer.ST_LUT_nonorm
         flat = faiss.IndexIVFLocalSearchQuantizer(self.quantizer, dim, self.nlist, self.m, nbits,
                                                   faiss.METRIC_INNER_PRODUCT, st)
@@ -146,6 +204,37 @@ class IvfIndex(AdcIndex):
         self.list_sizes = np.diff(bounds)
         self.build_seconds = time.perf_counter() - t0
 
+    def _in_plane(self, span):
+        """(U, W, m_perp, s) with <q, c_j> = <U^T q, W_j> + <q, m_perp> s_j, or None."""
+        U, _ = np.linalg.qr(np.asarray(span, np.float64))
+        C = self.centroids.astype(np.float64)
+        m_perp = self.bias - U @ (U.T @ self.bias)
+        mm = float(m_perp @ m_perp)
+        if mm < 1e-12:
+            return None
+        W = C @ U
+        C_perp = C - W @ U.T
+        s = C_perp @ m_perp / mm
+        if np.abs(C_perp - s[:, None] * m_perp[None, :]).max() > 1e-4:
+            return None  # e.g. a coarse slot: centroids leave the plane
+        f = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+        return f(U), f(W), f(m_perp), f(s)
+
+    def rank_lists(self, Q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, lists) (nq, nprobe): the lists whose centroid is nearest each query, best first."""
+        if self._plane is None:
+            return self.quantizer.search(Q, nprobe)
+        U, W, m_perp, s = self._plane
+        S = (Q @ U) @ W.T + (Q @ m_perp)[:, None] * s[None, :]
+        if nprobe < self.nlist:
+            part = np.argpartition(-S, nprobe - 1, axis=1)[:, :nprobe]
+        else:
+            part = np.tile(np.arange(self.nlist), (len(Q), 1))
+        ps = np.take_along_axis(S, part, axis=1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        return (np.ascontiguousarray(np.take_along_axis(ps, order, axis=1), np.float32),
+                np.ascontiguousarray(np.take_along_axis(part, order, axis=1), np.int64))
+
     def memory_bytes(self) -> int:
         """Bytes the IVF structure holds besides the codes array: packed codes (lists padded
         to 32-item blocks), 8-byte ids, centroids."""
@@ -170,7 +259,7 @@ class IvfIndex(AdcIndex):
         if short >= (self.n if rows is None else len(rows)):
             return super().search(Q, k, rows=np.arange(self.n) if rows is None else rows)
         nprobe = min(int(nprobe or self.nprobe), self.nlist)
-        Dq, Iq = self.quantizer.search(Q, nprobe)  # contiguous, and named while FAISS reads them
+        Dq, Iq = self.rank_lists(Q, nprobe)  # contiguous, and named while FAISS reads them
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe
         self.index.nprobe = nprobe  # FAISS sizes buffers by the index's nprobe, not the params'

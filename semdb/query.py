@@ -260,8 +260,7 @@ class Searcher:
         if missing.any():
             lists = lists.copy()
             lists[missing] = ivf.Assigner(codec, C)(np.asarray(codes)[missing])
-        return ivf.IvfIndex(codec.tables, codec.tensors["mean"], np.asarray(codes), codec.nbits,
-                            codec.norms if codec.scoring == "cosine" else None, C, lists)
+        return codec.index(np.asarray(codes), ivf=(C, lists))
 
 
 def _check_nprobe(nprobe) -> None:

@@ -16,11 +16,11 @@ from semdb.store import Item
 DIM = 64
 
 
-def clustered(n, seed=0, centers=40, spread=0.35):
+def clustered(n, seed=0, centers=40, spread=0.35, dim=DIM):
     """Unit vectors around `centers` random directions (photo collections are clustered)."""
     rng = np.random.default_rng(seed)
-    C = np.random.default_rng(123).standard_normal((centers, DIM))
-    X = C[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, DIM)) * np.sqrt(DIM / 8)
+    C = np.random.default_rng(123).standard_normal((centers, dim))
+    X = C[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim)) * np.sqrt(dim / 8)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     return X.astype(np.float32)
 
@@ -34,7 +34,7 @@ def coded():
 
 def _ivf(codec, codes, nlist):
     C = train_centroids(codec, codes, nlist)
-    return IvfIndex(codec.tables, codec.tensors["mean"], codes, codec.nbits, codec.norms, C, Assigner(codec, C)(codes))
+    return codec.index(codes, ivf=(C, Assigner(codec, C)(codes)))
 
 
 def test_assignment_is_the_nearest_centroid_of_the_decoded_code(coded):
@@ -199,3 +199,23 @@ def test_a_store_from_before_the_ivf_still_reads(tmp_path):
     with _db(tmp_path / "s") as db:  # the first writable open creates it
         ivf.build(db._ctx, nlist=8)
         assert isinstance(Searcher(db._ctx).index()[1], IvfIndex) and db.store.verify() == []
+
+
+def test_two_level_assignment_and_plane_ranking(coded, monkeypatch):
+    codec, codes, Q = coded
+    C = train_centroids(codec, codes, 64)
+    exact = Assigner(codec, C)(codes)
+    monkeypatch.setattr(Assigner, "EXACT_NLIST", 8)
+    assert (Assigner(codec, C)(codes) == exact).mean() > 0.9  # nearly always the nearest list
+    X = clustered(3000, seed=5, dim=256)
+    plain = Codec.train(X[:1500], bits=160, seed=0)  # no coarse slot, 80 < 256 coordinates: k-means and
+    Q = clustered(30, seed=8, dim=256)  # list ranking on z
+    pc = plain.encode(X)
+    Cz = train_centroids(plain, pc, 32)
+    index = plain.index(pc, ivf=(Cz, Assigner(plain, Cz)(pc)))
+    assert index._plane is not None
+    Dq, Iq = index.quantizer.search(Q, 8)
+    Dp, Ip = index.rank_lists(Q, 8)
+    assert (Ip == Iq).mean() > 0.99
+    np.testing.assert_allclose(Dp, Dq, atol=1e-5)
+    assert np.array_equal(index.search(Q, 10, nprobe=32)[0], plain.index(pc).search(Q, 10)[0])
