@@ -93,8 +93,8 @@ def real_check(nprobes, k=10):
     r1 = lambda ids: float(np.mean(ids[:, 0] == truth))  # noqa: E731
     out = {"items": len(codes), "nlist": nlist, "default_nprobe": ivf.nprobe,
            "r1_exhaustive": r1(exhaustive.search(Q, k)[0]), "r1_ivf": {}}
-    for p in sorted({ivf.nprobe, *nprobes}):
-        if p <= nlist:
+    for p in sorted({ivf.nprobe, nlist // 16, nlist // 8, nlist // 4, nlist}):
+        if 0 < p <= nlist:
             out["r1_ivf"][p] = r1(ivf.search(Q, k, nprobe=p)[0])
     return out
 

@@ -60,7 +60,7 @@ def _coords(codec, codes: np.ndarray) -> np.ndarray:
 
 
 def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
-    """(nlist, D) unit centroids: k-means of a seeded sample of decoded codes (at most
+    """(nlist, D) centroids: k-means of a seeded sample of decoded codes (at most
     KMEANS_POINTS_PER_LIST per list and KMEANS_MAX_POINTS in all). For a codec whose decoder
     is orthonormal and has no coarse slot (the pair-free default above 128 bits), x_hat =
     mean + P z is an isometry of z, so k-means runs on z (n_cols * d < D coordinates) and the
@@ -78,15 +78,16 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
                       max_points_per_centroid=KMEANS_POINTS_PER_LIST, min_points_per_centroid=1, verbose=False)
     km.train(np.ascontiguousarray(X, np.float32))
     C = km.centroids.astype(np.float32)
-    if in_z:
-        C = codec.tensors["mean"][None, :] + C @ codec._decoder.T
+    if in_z:  # the lists' mean decoded vectors (not normalised: codes go to the nearest in L2)
+        return (codec.tensors["mean"][None, :] + C @ codec._decoder.T).astype(np.float32)
     return (C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 class Assigner:
-    """codes -> list numbers (uint32): argmax_j <c_j, x_hat>, computed in the codec's own
-    coordinates. x_hat = a + P z (a: the mean, plus the coarse word if any; z: the slots'
-    coordinates, n_cols * d of them, fewer than D), so <c_j, x_hat> = <c_j, a> + <P^T c_j, z>.
+    """codes -> list numbers (uint32): the nearest centroid, argmax_j <c_j, x_hat> - |c_j|^2 / 2
+    (the k-means rule), computed in the codec's own coordinates. x_hat = a + P z (a: the mean,
+    plus the coarse word if any; z: the slots' coordinates, n_cols * d of them, fewer than D),
+    so <c_j, x_hat> = <c_j, a> + <P^T c_j, z>.
     Past EXACT_NLIST lists the search is two-level: the centroids are grouped (k-means of the
     centroids), an item is compared with the centroids of its GROUPS_PROBED best groups only
     (the list it gets is then nearly always, not always, its nearest; searching stays exact
@@ -101,20 +102,20 @@ class Assigner:
         C = np.asarray(centroids, np.float32)
         self.nlist = len(C)
         A = t["mean"][None, :] + (t["coarse"] if codec.n_coarse else 0.0)  # (K or 1, D)
-        self.CA = (A @ C.T).astype(np.float32)  # (K or 1, nlist)
+        self.CA = (A @ C.T - 0.5 * (C * C).sum(1)[None, :]).astype(np.float32)  # (K or 1, nlist)
         self.CP = np.ascontiguousarray((C @ codec._decoder).T, np.float32)  # (n_cols * d, nlist)
         self.groups = None
         if self.nlist > self.EXACT_NLIST:
             import faiss
 
             n_groups = int(np.sqrt(self.nlist))
-            km = faiss.Kmeans(C.shape[1], n_groups, niter=10, spherical=True, seed=0, min_points_per_centroid=1,
+            km = faiss.Kmeans(C.shape[1], n_groups, niter=10, seed=0, min_points_per_centroid=1,
                               verbose=False)
             km.train(C)
             G = km.centroids.astype(np.float32)
-            member = np.argmax(C @ G.T, axis=1)
+            member = np.argmax(C @ G.T - 0.5 * (G * G).sum(1)[None, :], axis=1)
             self.groups = [np.flatnonzero(member == g) for g in range(n_groups)]
-            self.GA = (A @ G.T).astype(np.float32)
+            self.GA = (A @ G.T - 0.5 * (G * G).sum(1)[None, :]).astype(np.float32)
             self.GP = np.ascontiguousarray((G @ codec._decoder).T, np.float32)
 
     def __call__(self, codes: np.ndarray, chunk: int = 32768) -> np.ndarray:
@@ -138,7 +139,7 @@ class Assigner:
                 rows = np.flatnonzero((near == g).any(axis=1))
                 if not len(rows) or not len(members):
                     continue
-                S = Z[rows] @ self.CP[:, members] + self.CA[a[rows]][:, members]
+                S = Z[rows] @ self.CP[:, members] + self.CA[:, members][a[rows]]
                 j = np.argmax(S, axis=1)
                 s = S[np.arange(len(rows)), j]
                 better = s > best[rows]
