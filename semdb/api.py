@@ -155,7 +155,7 @@ class Database:
         where: `under` a folder, `after` / `before` a date taken (EXIF, else mtime; "YYYY-MM-DD",
         ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
         `within` (keep hits within this of the best score), `min_score`. `nprobe`: IVF lists to
-        scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 32; more lists:
+        scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 8; more lists:
         slower, closer to the exhaustive result); smaller stores scan every code and ignore it."""
         from .query import Term, Where, parse_terms
 

@@ -24,11 +24,12 @@ import numpy as np
 
 from .search import FAST_SCAN_BLOCK, AdcIndex, _in_rows, top_k
 
-# Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below this many coded items the
-# exhaustive fast-scan is fast enough (under ~1 ms) that IVF's recall loss buys nothing.
-MIN_ITEMS = 200_000
+# Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below a million codes the exhaustive
+# scan takes at most ~2.3 ms per query on one core, and IVF at recall@10 >= 0.95 saved about
+# 1 ms of it (its own floor, ranking lists + LUT + rerank, is ~0.8 ms) for a build of minutes.
+MIN_ITEMS = 1_000_000
 REBUILD_GROWTH = 4  # rebuild (new centroids, every code reassigned) when the store has grown 4x
-DEFAULT_NPROBE_FRACTION = 1 / 32  # default nprobe = nlist / 32 (measured: recall@10 >= 0.95)
+DEFAULT_NPROBE_FRACTION = 1 / 8  # default nprobe = nlist / 8 (docs/SCALE.md#ivf: recall@10 0.93 at 10M)
 KMEANS_ITER = 10
 KMEANS_POINTS_PER_LIST = 64  # decoded codes per centroid for k-means (a sample)...
 KMEANS_MAX_POINTS = 131_072  # ...and at most this many in all (k-means time grows as points x nlist)
