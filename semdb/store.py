@@ -1187,7 +1187,10 @@ class Writer(_View):
                 self._ivf_rows.append((bytes(k), _pack_lists(sorted_lists[pos], crc)))
             elif every:
                 self._ivf_rows.append((bytes(k), None))
-        for k, row in self._ivf_rows:  # written after the cursor walk
+        for k in self.txn.cursor(db=self._db["ivf"]).iternext(values=False):
+            if len(k) == 8 and self.txn.get(bytes(k), db=self._db["codes"]) is None:
+                self._ivf_rows.append((bytes(k), None))  # e.g. left by a writer that knew no IVF
+        for k, row in self._ivf_rows:  # written after the cursor walks
             if row is None:
                 self.txn.delete(k, db=self._db["ivf"])
             else:
