@@ -186,7 +186,7 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
     with semdb.open(store, embedder=emb) as db:  # the already-loaded model: keep load time out
         clock = StageClock()
         t0 = time.perf_counter()
-        summary = db.ingest([str(p) for p in files], batch_size=args.batch_size, workers=args.workers,
+        summary = db.ingest([str(p) for p in files], batch_size=args.batch_size, workers=args.workers, train_now=True,
                             progress=clock)
         t_ingest = time.perf_counter() - t0
         info = db.info()
@@ -231,7 +231,7 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
         if inc.exists():
             shutil.rmtree(inc)
         with semdb.open(inc, embedder=emb) as db:
-            db.ingest([str(p) for p in files[:n // 2]], batch_size=args.batch_size, workers=args.workers)
+            db.ingest([str(p) for p in files[:n // 2]], batch_size=args.batch_size, workers=args.workers, train_now=True)
             clock = StageClock()
             t0 = time.perf_counter()
             more = db.ingest([str(p) for p in files], batch_size=args.batch_size, workers=args.workers,

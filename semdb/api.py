@@ -117,12 +117,12 @@ class Database:
         file). `model` / `pretrained` name the CLIP model they come from (default: the
         store's); its weights are bound when the model is first loaded. Everything is checked
         before anything is written. Returns the ingest summary."""
-        from .ingest.embeddings import EmbeddingSet, _validated, add_embeddings, read_embeddings
+        from .ingest.embeddings import add_embeddings, read_embeddings, validated
 
         if embeddings is None or isinstance(embeddings, (str, os.PathLike)):
             data = read_embeddings(paths, embeddings)
         else:
-            data = _validated(list(paths), embeddings, "embeddings")
+            data = validated(list(paths), embeddings, "embeddings")
         model_id = None
         if model or pretrained:
             from .embed import resolve_model
@@ -146,7 +146,7 @@ class Database:
     # --- query ----------------------------------------------------------------------------
     def search(self, query: str | None = None, *, k: int = 10, like=None, image=None, under=None, after=None,
                before=None, within: float | None = None, min_score: float | None = None,
-               nprobe: int | None = None) -> list[Hit]:
+               files: bool = True, nprobe: int | None = None) -> list[Hit]:
         """The k items closest to a query, best first; a query reads left to right:
 
         what: `query` text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms,
@@ -154,14 +154,15 @@ class Database:
         `like` (a stored item's id or path: more like it, from its stored code, itself left out);
         where: `under` a folder, `after` / `before` a date taken (EXIF, else mtime; "YYYY-MM-DD",
         ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
-        `within` (keep hits within this of the best score), `min_score`. `nprobe`: IVF lists to
-        scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 8; more lists:
-        slower, closer to the exhaustive result); smaller stores scan every code and ignore it."""
+        `within` (keep hits within this of the best score), `min_score`. `files=False`: every
+        term of `query` is text, never a file (what a server answering URLs needs). `nprobe`: IVF
+        lists to scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 8; more
+        lists: slower, closer to the exhaustive result); smaller stores scan every code and ignore it."""
         from .query import Term, Where, parse_terms
 
         terms, exclude = [], []
         if query is not None:
-            terms += parse_terms(query)
+            terms += parse_terms(query, files)
         if image is not None:
             terms.append(Term("image", image))
         if like is not None:

@@ -170,9 +170,9 @@ def query(
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to scan in a large store (default nlist/8; more: slower, closer to exhaustive)."),
+    no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a `semdb serve` runs for the store."),
 ):
     """Find the stored images closest to TEXT (and/or --image, --like), optionally filtered."""
-    from .api import Database
     from .errors import InputError
 
     with _errors():
@@ -180,9 +180,16 @@ def query(
             # (an image joins a text query inside TEXT: "cat + ./x.jpg")
             raise InputError("give exactly one of TEXT or --image PATH (or --like ID_OR_PATH)")
         like_item = int(like) if like is not None and like.isdigit() else like
-        with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
-            hits = db.search(" ".join(text) if text else None, image=image, like=like_item, k=k, under=under,
-                             after=after, before=before, within=within, min_score=min_score, nprobe=nprobe)
+        query = dict(image=image, like=like_item, k=k, under=under, after=after, before=before, within=within,
+                     min_score=min_score)
+        hits = None
+        if not no_server and model is None and pretrained is None and nprobe is None:  # (serve: no nprobe yet)
+            hits = _query_server(store, " ".join(text) if text else None, **query)
+        if hits is None:
+            from .api import Database
+
+            with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
+                hits = db.search(" ".join(text) if text else None, nprobe=nprobe, **query)
     _print_hits(hits, as_json, paths_only)
 
 
@@ -255,6 +262,37 @@ def tag(
         for r in rows:
             table.add_row(str(r["id"]), r["label"], f"{r['score']:.4f}", Text(display_path(r["path"])))
         out.print(table)
+
+
+def _query_server(store, text, **query):
+    """Hits from a running `semdb serve` for this store (semdb/serve/client.py), or None."""
+    import os
+
+    from .serve.client import query_server
+    from .store import default_store_path
+
+    path = os.path.abspath(Path(store).expanduser() if store else default_store_path())
+    return query_server(path, text, **query)
+
+
+@app.command()
+def serve(
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other than loopback: anyone who reaches it can search and view the photos."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
+):
+    """Search the store from a web page and a JSON API: the model loaded once, the index warm,
+    new commits of a running ingest seen at once (API: docs/INTERFACES.md, HTTP API)."""
+    from .serve.server import run
+
+    with _errors():
+        run(store, host, port, allow_remote=allow_remote, model=model, pretrained=pretrained, threads=threads,
+            access_log=access_log, say=lambda line: err.print(Text(line), highlight=False, soft_wrap=True))
 
 
 @app.command()

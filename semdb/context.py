@@ -27,6 +27,7 @@ class StoreContext:
         self.device = device
         self.threads = threads  # torch intra-op threads (None: torch's default)
         self._embedder = embedder
+        self._text_encoder = None
         if embedder is not None:
             store.check_model(embedder.model_id)
         self._codec: Codec | None = None
@@ -52,7 +53,9 @@ class StoreContext:
 
     @property
     def embedder(self):
-        """The CLIP model: the one given or named at open(), else the store's, else the default."""
+        """The CLIP model: the one given or named at open(), else the store's, else the default.
+        Loaded text tower first: its image tower loads when an image is first encoded, so a
+        text query never reads or holds it."""
         if self._embedder is None:
             from .embed import Embedder
 
@@ -60,7 +63,7 @@ class StoreContext:
             stored = self.store.model_id()
             if model is None and stored:
                 model, pretrained = stored["name"], stored.get("pretrained")
-            emb = Embedder(model, pretrained, device=self.device, threads=self.threads)
+            emb = Embedder(model, pretrained, device=self.device, threads=self.threads, text_only=True)
             self.store.check_model(emb.model_id)
             self._embedder = emb
             if stored and not stored.get("digest") and not self.store.readonly:
@@ -68,6 +71,41 @@ class StoreContext:
                 with self.store.write() as w:
                     w.set_meta("model_id", emb.model_id)
         return self._embedder
+
+    @property
+    def text_encoder(self):
+        """What encodes text queries, the cheapest that gives the model's embeddings: the
+        loaded model if there is one; else the cached ONNX export of the store's text tower
+        (semdb.onnxtext: no torch imported), else the model, text tower only (and then its
+        ONNX export is cached for the next cold query, when onnxruntime is installed)."""
+        if self._embedder is not None:
+            return self._embedder
+        if self._text_encoder is None:
+            from . import onnxtext
+
+            if self.device == "cpu" and onnxtext.enabled():
+                stored = self.store.model_id() or {}
+                named = self._named_source(stored)
+                if named is not None and stored.get("digest"):
+                    enc = onnxtext.load(*named, threads=self.threads)
+                    if enc is not None and enc.model_id["digest"] == stored["digest"] \
+                            and enc.dim == stored.get("dim"):
+                        self._text_encoder = enc
+                        return enc
+            emb = self.embedder
+            onnxtext.export(emb)
+            return emb
+        return self._text_encoder
+
+    def _named_source(self, stored: dict):
+        """(model, pretrained) as the model would be resolved, when that needs no open_clip
+        (the store's model, or a model given with its weights); else None."""
+        model, pretrained = self.model_args
+        if model is None:
+            return (stored["name"], stored.get("pretrained")) if stored.get("name") else None
+        if model.startswith(("local-dir:", "hf-hub:")):
+            return model, None
+        return (model, pretrained) if pretrained else None
 
     @property
     def model_loaded(self) -> bool:

@@ -13,12 +13,24 @@
 Loading never starts from random weights, and every failure is a one-line ``ModelError``.
 Without network, a hub download fails within a few seconds instead of retrying for a minute.
 
+The model is built with its parameters on torch's meta device (no random initialisation, no
+memory) from open_clip's own model classes and config, then the weights file's tensors are
+memory-mapped and assigned (``load_state_dict(assign=True)``) after open_clip's checkpoint
+conversions, so only what is used is read. ``Embedder(text_only=True)`` assigns the text tower
+only; the image tower is loaded from the same file when an image is first encoded. The weights
+digest is cached per weights file (``semdb.modelcache``), so a text-only load reads neither
+the image tower nor the whole file to hash it. ``semdb.onnxtext`` (torch-free, optional)
+exports and runs the text tower with onnxruntime; ``semdb.tokenizer`` is CLIP's tokenizer
+without torch (it reads open_clip's vocabulary file without importing open_clip).
+
 ``write_tiny_model`` writes a tiny random-init model folder for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +44,7 @@ import urllib.request
 import numpy as np
 import torch
 
+from semdb import modelcache
 from semdb.errors import InputError, ModelError
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -92,12 +105,171 @@ def state_dict_digest(model: torch.nn.Module) -> str:
     It depends on the weights only (not on the file they came from), so a store can tell
     whether a query model is the model its codes were made with.
     """
+    return _digest_items(sorted(model.state_dict().items()))
+
+
+def _digest_items(items) -> str:
     digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
+    for key, tensor in items:
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# loading without random init: parameters on the meta device, the file's tensors assigned
+
+
+@contextlib.contextmanager
+def _params_on_meta():
+    """Modules built inside get their parameters on the meta device (no memory, and their
+    initialisers run on nothing); buffers stay real (non-persistent ones, like the causal
+    attention mask, are not in a checkpoint). Process-wide while it lasts (as accelerate's
+    init_empty_weights): no other thread should build modules meanwhile."""
+    original = torch.nn.Module.register_parameter
+
+    def register(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    with _META_LOCK:
+        torch.nn.Module.register_parameter = register
+        try:
+            yield
+        finally:
+            torch.nn.Module.register_parameter = original
+
+
+_META_LOCK = threading.Lock()
+
+
+class _NeedsLegacy(Exception):
+    """The meta-device build left a tensor unmade: load with open_clip's own loader."""
+
+
+def _build_on_meta(model_cfg: dict) -> torch.nn.Module:
+    """open_clip's model class for `model_cfg`, built as open_clip.create_model builds it
+    (fp32, no pretrained tower weights: the checkpoint has them), parameters on meta."""
+    from open_clip.coca_model import CoCa
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = copy.deepcopy(model_cfg)
+    if "timm_model_name" in cfg.get("vision_cfg", {}):
+        cfg["vision_cfg"]["timm_model_pretrained"] = False
+    is_hf_text = "hf_model_name" in cfg.get("text_cfg", {})
+    if is_hf_text:
+        cfg["text_cfg"]["hf_model_pretrained"] = False
+    custom_text = cfg.pop("custom_text", False) or is_hf_text
+    cls = (CoCa if "multimodal_cfg" in cfg else CustomTextCLIP) if custom_text else CLIP
+    with _params_on_meta():
+        return cls(**cfg, cast_dtype=None)
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _mmap_safetensors(path: str) -> dict:
+    """A .safetensors file's tensors as views of a private memory map (read when touched)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    raw = torch.from_file(path, shared=False, size=os.path.getsize(path), dtype=torch.uint8)
+    base, out = 8 + n, {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _ST_DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        chunk = raw[base + start: base + end]
+        if (base + start) % dtype.itemsize:
+            chunk = chunk.clone()  # unaligned: a copy of this tensor only
+        out[name] = chunk.view(dtype).reshape(info["shape"])
+    return out
+
+
+def _read_state_dict(path, model: torch.nn.Module) -> dict:
+    """The checkpoint's state dict, memory-mapped, after the conversions open_clip's
+    load_checkpoint applies (third-party formats, old text layout, logit shapes, resized
+    position embeddings)."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    path = str(path)
+    if path.endswith(".safetensors"):
+        state = _mmap_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint (legacy format): read it whole
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not state:
+            raise ValueError("the file holds no state dict")
+        if next(iter(state)).startswith("module"):
+            state = {k[7:]: v for k, v in state.items()}
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        ref = getattr(model, key, None)
+        if key in state and ref is not None and ref.ndim != state[key].ndim:
+            state[key] = state[key].reshape(ref.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    position_id_key = "text.transformer.embeddings.position_ids"
+    if position_id_key in state and not hasattr(model, position_id_key):
+        del state[position_id_key]
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    return state
+
+
+def _check_keys(model: torch.nn.Module, state: dict) -> None:
+    """What a strict load_state_dict checks: the same keys, the same shapes (names and shapes
+    only: no tensor is read)."""
+    target = model.state_dict(keep_vars=True)
+    missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
+    if missing or unexpected:
+        raise RuntimeError(f"Error(s) in loading state_dict: missing keys {missing[:3]}, "
+                           f"unexpected keys {unexpected[:3]}")
+    for key, ref in target.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise RuntimeError(f"size mismatch for {key}: the checkpoint has shape {tuple(state[key].shape)}, "
+                               f"the model {tuple(ref.shape)}")
+
+
+def _digest_of_state(model: torch.nn.Module, state: dict) -> str:
+    """state_dict_digest of `model` as it would be after a full strict load of `state`."""
+    target = model.state_dict(keep_vars=True)
+    return _digest_items((k, state[k].to(target[k].dtype)) for k in sorted(target))
+
+
+def _is_visual(key: str) -> bool:
+    return key.startswith("visual.")
+
+
+def _assign(model: torch.nn.Module, state: dict, keep, device: torch.device) -> None:
+    """Give `model` the checkpoint's tensors for the keys `keep` accepts (None: all), cast to
+    the model's dtypes and copied out of the file's memory map (a weights file rewritten in
+    place under a running process would otherwise crash it)."""
+    target = model.state_dict(keep_vars=True)
+    part = {}
+    for key, ref in target.items():
+        if keep is None or keep(key):
+            tensor = state[key]
+            tensor = tensor.to(ref.dtype) if tensor.dtype != ref.dtype else tensor.clone()
+            part[key] = tensor.to(device) if device.type != "cpu" else tensor
+    model.load_state_dict(part, strict=False, assign=True)
+    if device.type != "cpu":  # buffers that are not in a checkpoint (causal masks) follow
+        for module in model.modules():
+            for name, buf in module._buffers.items():
+                if buf is not None and buf.device.type not in ("meta", device.type):
+                    module._buffers[name] = buf.to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +338,13 @@ class Embedder:
     ``model``/``pretrained`` as in ``resolve_model``. ``device``: torch device string.
     ``threads``: torch intra-op threads (process-wide torch setting; None leaves it alone).
 
+    ``text_only``: assign the text tower's weights only; the image tower (built on the meta
+    device, holding no memory) is loaded on the first ``encode_images``. Same ``model_id``
+    and the same embeddings as a full load.
+
     Attributes: ``model_id`` ({"name", "pretrained", "digest", "dim"}), ``dim``,
     ``image_size`` (int input resolution), ``preprocess`` (PIL image -> CHW float tensor),
-    ``context_length``.
+    ``context_length``, ``weights_path``, ``image_tower_loaded``.
     """
 
     def __init__(
@@ -177,6 +353,7 @@ class Embedder:
         pretrained: Optional[str] = None,
         device: str = "cpu",
         threads: Optional[int] = None,
+        text_only: bool = False,
     ):
         if threads:
             torch.set_num_threads(int(threads))
@@ -188,8 +365,10 @@ class Embedder:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {device!r} asked for, but CUDA is not available here: use 'cpu'")
         self._label = self.name + (f" ({self.pretrained})" if self.pretrained else "")
+        self._lock = threading.Lock()
         oc_name, oc_pretrained, needs_hub = self._check_source()
-        self.model, self.preprocess, self.tokenizer = self._load(oc_name, oc_pretrained, needs_hub)
+        self.model, self.preprocess, self.tokenizer, digest = self._load(
+            oc_name, oc_pretrained, needs_hub, text_only)
 
         visual_size = self.model.visual.image_size
         self.image_size = int(max(visual_size) if isinstance(visual_size, (tuple, list)) else visual_size)
@@ -198,7 +377,7 @@ class Embedder:
         self.model_id = {
             "name": self.name,
             "pretrained": self.pretrained,
-            "digest": state_dict_digest(self.model),
+            "digest": digest,
             "dim": self.dim,
         }
 
@@ -257,33 +436,46 @@ class Embedder:
             "give a known tag or an existing file, or " + _LOCAL_HINT,
         )
 
-    def _load(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool):
+    def _load(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool, text_only: bool):
         import open_clip
 
         with _hub_guard(needs_hub) as offline:
             # 1. obtain the files (download or cache), so "no network" is told apart from
             #    "bad weights" below. open_clip caches what it fetches.
-            if needs_hub:
-                try:
-                    if oc_name.startswith(HF_HUB):
-                        repo = oc_name[len(HF_HUB):]
-                        fetch = open_clip.pretrained.download_pretrained_from_hf
-                        fetch(repo, filename="open_clip_config.json")
-                        fetch(repo)
-                    else:
-                        cfg = open_clip.get_pretrained_cfg(oc_name, oc_pretrained)
-                        open_clip.download_pretrained(cfg)
-                except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-                    why = "no network?" if offline else _one_line(exc, 120)
-                    raise self._fail(
-                        f"weights not found locally and download failed ({why})",
-                        "download them elsewhere and " + _LOCAL_HINT,
-                    ) from None
-            # 2. build the model from those files with open_clip's own factory.
             try:
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    oc_name, pretrained=oc_pretrained, device=self.device, require_pretrained=True
-                )
+                model_cfg, pp_cfg, weights = self._files(oc_name, oc_pretrained, needs_hub)
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+                why = "no network?" if offline else _one_line(exc, 120)
+                raise self._fail(
+                    f"weights not found locally and download failed ({why})",
+                    "download them elsewhere and " + _LOCAL_HINT,
+                ) from None
+            # 2. build the model on the meta device and assign the file's tensors to it.
+            self.weights_path = str(weights)
+            self._weights_key = modelcache.file_key(weights)
+            config_fp = modelcache.config_fingerprint(model_cfg)
+            try:
+                model = _build_on_meta(model_cfg)
+            except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta
+                model = None
+            if model is None:
+                return self._load_legacy(oc_name, oc_pretrained, offline, config_fp)
+            try:
+                state = _read_state_dict(weights, model)
+                _check_keys(model, state)
+                digest = modelcache.cached_digest(weights, config_fp) if text_only else None
+                if digest is None:
+                    digest = _digest_of_state(model, state)
+                    modelcache.store_digest(weights, config_fp, digest)
+                _assign(model, state, (lambda k: not _is_visual(k)) if text_only else None, self.device)
+                del state
+                if any(b.is_meta for b in model.buffers()):
+                    raise _NeedsLegacy  # a buffer made from parameters at build time: build it for real
+                modelcache.store_source(self.name, self.pretrained, weights, config_fp)
+            except _NeedsLegacy:
+                return self._load_legacy(oc_name, oc_pretrained, offline, config_fp)
             except MemoryError:
                 hint = "use a smaller model, or " + _LOCAL_HINT
                 raise self._fail("not enough memory to load it", hint) from None
@@ -292,13 +484,104 @@ class Embedder:
                     f"its weights are corrupt or do not match its config ({_one_line(exc, 160)})",
                     "re-download the weights, or " + _LOCAL_HINT,
                 ) from None
+            self.image_tower_loaded = not text_only
+            # 3. preprocessing as open_clip.create_model_and_transforms sets it up
+            from open_clip.factory import set_model_preprocess_cfg
+            from open_clip.transform import PreprocessCfg, image_transform_v2
+
+            visual = getattr(model, "visual", None)
+            if visual is not None and hasattr(visual, "image_size"):
+                pp_cfg["size"] = visual.image_size
+            set_model_preprocess_cfg(model, pp_cfg)
+            preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
             try:
                 tokenizer = open_clip.get_tokenizer(oc_name)
             except Exception as exc:  # noqa: BLE001 - HF tokenizers may need the hub too
                 why = "no network?" if offline else _one_line(exc, 120)
                 raise self._fail(f"its tokenizer cannot be loaded ({why})", _LOCAL_HINT) from None
         model.eval()
-        return model, preprocess, tokenizer
+        return model, preprocess, tokenizer, digest
+
+    def _load_legacy(self, oc_name: str, oc_pretrained: Optional[str], offline: bool, config_fp: str):
+        """open_clip's own loader (random init, then the weights; both towers), for a model
+        the meta-device build cannot make. Called inside _hub_guard."""
+        import open_clip
+
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                oc_name, pretrained=oc_pretrained, device=self.device, require_pretrained=True
+            )
+        except MemoryError:
+            raise self._fail("not enough memory to load it", "use a smaller model, or " + _LOCAL_HINT) from None
+        except Exception as exc:  # noqa: BLE001 - torch.load/load_state_dict raise many types
+            raise self._fail(
+                f"its weights are corrupt or do not match its config ({_one_line(exc, 160)})",
+                "re-download the weights, or " + _LOCAL_HINT,
+            ) from None
+        try:
+            tokenizer = open_clip.get_tokenizer(oc_name)
+        except Exception as exc:  # noqa: BLE001 - HF tokenizers may need the hub too
+            why = "no network?" if offline else _one_line(exc, 120)
+            raise self._fail(f"its tokenizer cannot be loaded ({why})", _LOCAL_HINT) from None
+        self.image_tower_loaded = True
+        model.eval()
+        digest = state_dict_digest(model)
+        modelcache.store_digest(self.weights_path, config_fp, digest)
+        modelcache.store_source(self.name, self.pretrained, self.weights_path, config_fp)
+        return model, preprocess, tokenizer, digest
+
+    def _files(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool):
+        """(model config, preprocess config, weights file) as open_clip.create_model finds them."""
+        import open_clip
+        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+        pp_cfg = dataclasses.asdict(PreprocessCfg())
+        if oc_name.startswith(LOCAL_DIR):
+            folder = Path(oc_name[len(LOCAL_DIR):])
+            config = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+            weights = modelcache.pick_checkpoint(folder)
+        elif oc_name.startswith(HF_HUB):
+            repo = oc_name[len(HF_HUB):]
+            fetch = open_clip.pretrained.download_pretrained_from_hf
+            config = json.loads(Path(fetch(repo, filename="open_clip_config.json")).read_text(encoding="utf-8"))
+            weights = fetch(repo)
+        else:
+            config = {"model_cfg": open_clip.get_model_config(oc_name)}
+            cfg = open_clip.get_pretrained_cfg(oc_name, oc_pretrained)
+            if cfg:
+                weights = open_clip.download_pretrained(cfg)
+                pp_cfg = merge_preprocess_dict(pp_cfg, cfg)
+            else:
+                weights = oc_pretrained
+        if "model_cfg" not in config or not config["model_cfg"]:
+            raise self._fail("its open_clip config has no 'model_cfg' section")
+        pp_cfg = merge_preprocess_dict(pp_cfg, config.get("preprocess_cfg", {}))
+        if not weights:
+            raise self._fail("no weights file found")
+        if str(weights).endswith((".npz", ".npy")):
+            raise self._fail("big_vision .npz weights are not supported", "convert them to an open_clip "
+                             "checkpoint, or " + _LOCAL_HINT)
+        return config["model_cfg"], pp_cfg, Path(weights)
+
+    def load_image_tower(self) -> None:
+        """Assign the image tower's weights (a ``text_only`` Embedder does it on first use)."""
+        if self.image_tower_loaded:
+            return
+        with self._lock:
+            if self.image_tower_loaded:
+                return
+            if modelcache.file_key(self.weights_path) != self._weights_key:
+                raise self._fail(f"its weights file {self.weights_path} changed since the model was loaded",
+                                 "run the command again")
+            try:
+                state = _read_state_dict(self.weights_path, self.model)
+                _assign(self.model, state, _is_visual, self.device)
+            except MemoryError:
+                raise self._fail("not enough memory to load its image tower", "use a smaller model") from None
+            except Exception as exc:  # noqa: BLE001
+                raise self._fail(f"its image tower's weights do not load ({_one_line(exc, 160)})",
+                                 "re-download the weights, or " + _LOCAL_HINT) from None
+            self.image_tower_loaded = True
 
     def _embedding_dim(self) -> int:
         """Output dimension: from the image tower when it says, else by encoding one word."""
@@ -312,6 +595,7 @@ class Embedder:
 
     def encode_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Embed a list of PIL images, or a preprocessed (n, 3, H, W) tensor, as unit rows."""
+        self.load_image_tower()
         if torch.is_tensor(images):
             if images.ndim != 4 or images.shape[1] != 3:
                 raise InputError(f"image batch must have shape (n, 3, H, W), got {tuple(images.shape)}")

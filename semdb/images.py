@@ -17,7 +17,7 @@ import re
 import stat
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -309,24 +309,40 @@ def _to_rgb(img: Image.Image, path: PathLike) -> Image.Image:
         raise ImageError(path, f"unsupported color mode {mode}") from None
 
 
-_EXIF_IFD, _DATE_TIME_ORIGINAL, _DATE_TIME = 0x8769, 36867, 306
+_EXIF_IFD, _DATE_TIME_ORIGINAL, _DATE_TIME, _ORIENTATION = 0x8769, 36867, 306, 0x0112
 
 
-def date_taken(path: PathLike) -> Optional[float]:
-    """When the photo was taken, from its EXIF DateTimeOriginal (else DateTime), as POSIX
-    seconds in local time; None when the file has no readable date. Reads the header only."""
+class Header(NamedTuple):
+    """What an image file's header says: its size as shown (EXIF orientation applied) and when
+    it was taken (EXIF DateTimeOriginal, else DateTime; POSIX seconds, local time; or None)."""
+
+    width: int
+    height: int
+    taken: Optional[float]
+
+
+def read_header(path: PathLike) -> Optional[Header]:
+    """The file's Header, read without decoding any pixel; None when it cannot be read."""
     import datetime
 
     try:
         with Image.open(path) as img:
-            exif = img.getexif()
+            (w, h), exif = img.size, img.getexif()
             raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
-    except Exception:  # noqa: BLE001 - no EXIF, or a broken one: the caller falls back to mtime
+            turned = exif.get(_ORIENTATION) in (5, 6, 7, 8)  # stored sideways: shown w and h swap
+    except Exception:  # noqa: BLE001 - the decoder reports unreadable files; this is only metadata
         return None
     try:
-        return datetime.datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp()
+        taken = datetime.datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp()
     except (ValueError, OverflowError, OSError):
-        return None
+        taken = None
+    return Header(h, w, taken) if turned else Header(w, h, taken)
+
+
+def date_taken(path: PathLike) -> Optional[float]:
+    """When the photo was taken, from its EXIF header (None: no readable date)."""
+    header = read_header(path)
+    return header.taken if header else None
 
 
 # --------------------------------------------------------------------------------------------

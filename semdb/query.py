@@ -82,10 +82,10 @@ def parse_date(value, flag: str) -> Optional[float]:
 _SPLIT = re.compile(r"\s+([+-])\s+")
 
 
-def parse_terms(text: str) -> list[Term]:
+def parse_terms(text: str, files: bool = True) -> list[Term]:
     """rclip's query arithmetic: terms joined by " + " or " - ", each optionally "WEIGHT:term";
-    a term naming an existing image file is that image, anything else is text.
-    "2:cat + ./x.jpg - dog" -> cat (x2) plus the image minus dog."""
+    a term naming an existing image file is that image (`files=False`: every term is text, as a
+    server needs), anything else is text. "2:cat + ./x.jpg - dog" -> cat (x2) + image - dog."""
     if not isinstance(text, str) or not text.strip():
         raise InputError("empty query text: give some words to search for")
     parts = _SPLIT.split(" " + text.strip() + " ")
@@ -99,12 +99,14 @@ def parse_terms(text: str) -> list[Term]:
             raise InputError(f"query {text!r}: a '+' or '-' has no term beside it")
         weight, _, rest = part.partition(":")
         try:
-            w, part = (float(weight), rest.strip()) if rest and not os.path.exists(part) else (1.0, part)
+            w, part = (float(weight), rest.strip()) if rest and not (files and os.path.exists(part)) else (1.0, part)
         except ValueError:
             w = 1.0
         if not part:
             raise InputError(f"query {text!r}: the weight {weight}: has no term")
-        kind = "image" if os.path.isfile(os.path.expanduser(part)) else "text"
+        if not np.isfinite(w):
+            raise InputError(f"query {text!r}: the weight {weight} is not a finite number")
+        kind = "image" if files and os.path.isfile(os.path.expanduser(part)) else "text"
         terms.append(Term(kind, os.path.expanduser(part) if kind == "image" else part, sign * w))
     return terms
 
@@ -133,12 +135,12 @@ class Searcher:
         return (total / norm)[None, :].astype(np.float32)
 
     def _embed(self, term: Term) -> np.ndarray:
-        emb = self.ctx.embedder if term.kind != "item" else None
-        if term.kind == "text":
+        if term.kind == "text":  # the text tower only (a cached ONNX export when there is one)
             if not str(term.value).strip():
                 raise InputError("empty query text: give some words to search for")
-            return emb.encode_texts([str(term.value)])
+            return self.ctx.text_encoder.encode_texts([str(term.value)])
         if term.kind == "image":
+            emb = self.ctx.embedder
             img = term.value
             if isinstance(img, (str, bytes, os.PathLike)):
                 if not os.path.exists(img):

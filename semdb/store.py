@@ -524,12 +524,15 @@ class Store:
     def iter_items(self, batch: int = 1024) -> Iterator[Item]:
         # Short read transactions per chunk: a long-lived one would stop the map from growing
         # if the caller writes while iterating.
-        for _, raw in self._chunks("items", batch):
-            with self._guard():
-                item = Item.from_bytes(raw)
-            yield item
+        for rows, _ in self._chunks("items", batch):
+            for _, raw in rows:
+                with self._guard():
+                    item = Item.from_bytes(raw)
+                yield item
 
-    def _chunks(self, db: str, batch: int) -> Iterator[tuple[bytes, bytes]]:
+    def _chunks(self, db: str, batch: int) -> Iterator[tuple[list, dict]]:
+        """(up to `batch` (key, value) rows, the meta) per short read transaction, in key order:
+        the rows and the meta of one chunk are one snapshot."""
         start = b""
         while True:
             with self._read() as v:
@@ -540,7 +543,9 @@ class Store:
                         rows.append((bytes(k), bytes(val)))
                         if len(rows) == batch:
                             break
-            yield from rows
+                meta = v._read_meta()
+            if rows:
+                yield rows, meta
             if len(rows) < batch:
                 return
             start = rows[-1][0] + b"\0"  # smallest key after the last one
@@ -601,18 +606,10 @@ class Store:
 
     def iter_staging(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Chunks of (ids uint64 (n,), float16 embeddings (n, dim))."""
-        # dim is set by the commit that stages the first row: read it after the rows (a
-        # writer may commit between two reads), never before.
-        dim, rows = None, []
-        for row in self._chunks("staging", batch):
-            rows.append(row)
-            if len(rows) == batch:
-                dim = dim or self.meta().get("dim")
-                yield self._staged(rows, dim)
-                rows = []
-        if rows:
-            dim = dim or self.meta().get("dim")
-            yield self._staged(rows, dim)
+        # dim is set by the commit that stages the first row: each chunk's rows and dim are read
+        # in one transaction (a writer may commit between two reads).
+        for rows, meta in self._chunks("staging", batch):
+            yield self._staged(rows, meta.get("dim"))
 
     def _staged(self, rows, dim) -> tuple[np.ndarray, np.ndarray]:
         if not dim or any(len(v) != 2 * dim for _, v in rows):

@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 
 SEMDB = str(Path(sys.executable).with_name("semdb"))  # the installed console script
+
+
+def pytest_configure(config):
+    """The digest cache and ONNX exports of every test's models go to a temp folder, not ~/.cache."""
+    import tempfile
+
+    os.environ.setdefault("SEMDB_CACHE_DIR", tempfile.mkdtemp(prefix="semdb-test-cache-"))
 CLI_ENV = {"SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "500"}  # offline, no default store, no wrapping
 
 

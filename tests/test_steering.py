@@ -161,3 +161,19 @@ def test_older_items_get_their_date_taken_on_the_next_ingest(tmp_path, tiny_mode
         coffee = db.store.item_by_path(str(photos / "coffee.jpg"))
         assert coffee.taken == datetime.datetime(2018, 1, 2, 3, 4, 5).timestamp()
         assert all(it.taken is not None for it in db.store.iter_items())
+
+
+def test_items_keep_the_files_own_size_not_the_decoded_one(tmp_path, tiny_model):
+    """Big images are decoded at a reduced scale (JPEG draft mode, box reduction) for CLIP; the
+    item records the file's size as shown (EXIF orientation applied)."""
+    photos = write_photos(tmp_path / "p", n_generated=1)
+    img = Image.open(photos / "coffee.jpg")  # 600 x 400
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown 400 x 600
+    img.save(photos / "turned.jpg", exif=exif)
+    img.resize((1200, 800)).save(photos / "big.png")
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        db.ingest([photos])
+        size = {os.path.basename(it.path): (it.width, it.height) for it in db.store.iter_items()}
+    assert size["coffee.jpg"] == (600, 400) and size["turned.jpg"] == (400, 600) and size["big.png"] == (1200, 800)
+    assert size["astronaut.jpg"] == (512, 512)

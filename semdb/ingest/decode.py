@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from ..errors import ImageError
 from ..faults import fault_point
-from ..images import date_taken, load_image
+from ..images import Header, load_image, read_header
 from .records import DecodedImage
 
 T = TypeVar("T")
@@ -26,7 +26,9 @@ def decode_image(embedder, path: str, max_megapixels) -> DecodedImage:
     try:
         fault_point("decode")
         img = load_image(path, draft_size=embedder.image_size, max_megapixels=max_megapixels)
-        return DecodedImage(embedder.preprocess(img), img.width, img.height, taken=date_taken(path))
+        # the file's own size and date (the decoded image may be draft-reduced)
+        header = read_header(path) or Header(img.width, img.height, None)
+        return DecodedImage(embedder.preprocess(img), header.width, header.height, taken=header.taken)
     except ImageError as err:
         return DecodedImage(None, error=err)
     except Exception as err:  # noqa: BLE001 - a Pillow bug on one odd file must not stop the run

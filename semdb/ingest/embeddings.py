@@ -69,7 +69,7 @@ def read_embeddings(source, paths_file=None) -> EmbeddingSet:
             raise InputError(f"{display_path(paths_file)}: cannot read ({e.strerror})") from None
     if paths is None:
         raise InputError(f"{shown}: a .npy holds no paths; give --paths FILE (one image path per line)")
-    return _validated(paths, X, shown)
+    return validated(paths, X, shown)
 
 
 def _clip_retrieval(folder: Path) -> tuple[list[str], np.ndarray]:
@@ -96,7 +96,7 @@ def _clip_retrieval(folder: Path) -> tuple[list[str], np.ndarray]:
     return paths, np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _validated(paths: Sequence, X, shown: str) -> EmbeddingSet:
+def validated(paths: Sequence, X, shown: str) -> EmbeddingSet:
     X = np.asarray(X)
     if X.ndim != 2 or not len(X) or not np.issubdtype(X.dtype, np.floating):
         raise InputError(f"{shown}: expected a non-empty (n, D) float array of embeddings, got {X.dtype} {X.shape}")

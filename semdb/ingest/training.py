@@ -64,8 +64,13 @@ def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, pro
     """Train and install the codec if the store has none and the policy says it is time."""
     if ctx.codec is not None or not policy.due(ctx.store.staging_count(), ingest_ended):
         return False
-    X = np.concatenate([emb.astype(np.float32) for _, emb in ctx.store.iter_staging()])
-    codec = train_codec(ctx, X, policy.bits, progress)
+    staged = list(ctx.store.iter_staging())
+    ids = np.concatenate([i for i, _ in staged])
+    X = np.concatenate([emb.astype(np.float32) for _, emb in staged])
+    # Train on the images in content-hash order, not arrival order: a store grown over several
+    # ingests gets the very codec of one built in one go from the same images.
+    order = np.argsort([it.hash if it else "" for it in ctx.store.items(ids)], kind="stable")
+    codec = train_codec(ctx, X[order], policy.bits, progress)
     ctx.install_codec(codec, stats=lambda codes: codec_stats(codec, X, codes))
     return True
 

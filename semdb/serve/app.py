@@ -1,0 +1,450 @@
+"""The `semdb serve` application: a JSON API, thumbnails and the web page over one store.
+
+One read-only `Database` with its model loaded is shared by every request, behind one lock
+(a Store is not thread-safe); its search index is rebuilt only when the store's generation
+changes, so commits of a concurrent ingest are seen by the next query. Items are addressed
+by integer id only: no URL carries a path, and only files that are items of the store are
+read (through semdb.images.load_image: megapixel guard, EXIF orientation, RGB). Every error
+is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
+
+    GET  /                      the web page (static/)
+    GET  /api/search?q=TEXT     text search; k, under, after, before, within, min_score
+    POST /api/search            image search: multipart field "image", or the raw image body
+    GET  /api/similar/{id}      more like a stored item (from its stored code)
+    GET  /api/item/{id}         one item's metadata
+    GET  /api/info              the store: items, model, codec, generation
+    GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
+    GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
+from ..images import load_image
+from .client import INSTANCE_HEADER
+
+log = logging.getLogger("semdb.serve")
+
+MAX_K = 1000
+DEFAULT_K = 10
+MAX_QUERY_CHARS = 1000
+MAX_UPLOAD_BYTES = 32 << 20
+THUMB_SIZES = (32, 1024)  # allowed ?size= range
+DEFAULT_THUMB = 256
+VIEW_MAX_SIDE = 4096
+THUMB_CACHE_BYTES = 64 << 20
+_ID = re.compile(r"[0-9]{1,18}")
+FILTERS = ("under", "after", "before", "within")
+
+
+class ApiError(Exception):
+    """An error answered as {"error": message} with `status`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, " ".join(str(message).split())
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+def _status_of(exc: SemdbError) -> int:
+    if isinstance(exc, ImageError):
+        return 415
+    if isinstance(exc, InputError):
+        return 400
+    if isinstance(exc, (StoreError, ModelError)):
+        return 503
+    return 500
+
+
+# --- request parsing ----------------------------------------------------------------------------
+
+
+def _item_id(raw: str) -> int:
+    if not _ID.fullmatch(raw or ""):
+        raise ApiError(400, f"{raw[:40]!r} is not an item id (ids are integers)")
+    return int(raw)
+
+
+def _int_param(params, name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}={raw[:40]!r}: expected an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name}={value}: must be between {lo} and {hi}")
+    return value
+
+
+def _float_param(params, name: str):
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}={raw[:40]!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name}={raw[:40]!r}: expected a finite number")
+    return value
+
+
+def _filters(params) -> dict:
+    """under, after, before, within, min_score and like from the query string."""
+    out = {}
+    for name in ("under", "after", "before"):
+        raw = params.get(name)
+        if raw:
+            if len(raw) > 4096 or "\0" in raw:
+                raise ApiError(400, f"{name}: not a valid value")
+            out[name] = raw
+    if "under" in out and not os.path.isabs(out["under"]):
+        raise ApiError(400, f"under={out['under'][:80]!r}: give an absolute folder")
+    for name in ("within", "min_score"):
+        value = _float_param(params, name)
+        if value is not None:
+            out[name] = value
+    like = params.get("like")
+    if like:
+        out["like"] = _item_id(like)
+    return out
+
+
+def _text(params):
+    text = params.get("q")
+    if text is None or text == "":
+        return None
+    if not text.strip():
+        raise ApiError(400, "empty query: give some words to search for (?q=...)")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ApiError(400, f"query of {len(text)} characters: at most {MAX_QUERY_CHARS}")
+    return text
+
+
+def _hits_json(hits) -> dict:
+    return {"hits": [{"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)}
+                     for h in hits]}
+
+
+# --- the warm state -----------------------------------------------------------------------------
+
+
+class Service:
+    """The shared Database (model loaded, index warm), its lock and a thumbnail cache."""
+
+    def __init__(self, db):
+        self.db = db
+        self.lock = threading.Lock()
+        self._thumbs: OrderedDict = OrderedDict()
+        self._thumb_bytes = 0
+        self._thumb_lock = threading.Lock()
+        self._decode = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        self._info = None  # (generation, facts)
+        # Every model call runs on this one thread: torch's OpenMP pool belongs to the thread
+        # that calls it, and a new request thread each time would build (and keep) a new pool.
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="semdb-model")
+
+    def on_model_thread(self, fn, *args, **kwargs):
+        def locked():
+            with self.lock:
+                return fn(*args, **kwargs)
+
+        return self._model_thread.submit(locked).result()
+
+    def warm(self) -> None:
+        """Load the model, build the index and run one text through the model."""
+        def warm():
+            emb = self.db.embedder
+            emb.load_image_tower()  # image queries and uploads too: load both towers once, up front
+            emb.encode_texts(["warm up"])
+            self.db._searcher.index()
+
+        self.on_model_thread(warm)
+
+    def close(self) -> None:
+        self._model_thread.shutdown(wait=True)
+
+    # --- search ---
+    def search(self, text: str | None, k: int, *, image=None, like: int | None = None, min_score=None,
+               within=None, under=None, after=None, before=None):
+        """Database.search's meaning, except that every term of `text` is text: a URL never
+        makes the server open a file by its name."""
+        def run():
+            if like is not None and self.db.item(like) is None:
+                raise ApiError(404, f"no item {like} in this store")
+            if text is None and image is None and like is None:
+                raise ApiError(400, "empty query: give q=TEXT, like=ID or an image")
+            return self.db.search(text, image=image, like=like, k=k, under=under, after=after, before=before,
+                                  within=within, min_score=min_score, files=False)
+
+        return self.on_model_thread(run)
+
+    def item(self, item_id: int):
+        with self.lock:
+            item = self.db.item(item_id)
+        if item is None:
+            raise ApiError(404, f"no item {item_id} in this store")
+        return item
+
+    def info(self) -> dict:
+        with self.lock:
+            generation = self.db.store.meta().get("generation")
+            if self._info is None or self._info[0] != generation:
+                facts = self.db.info()
+                facts["generation"] = generation
+                self._info = (generation, facts)
+            return self._info[1]
+
+    # --- pictures ---
+    def picture(self, item_id: int, max_side: int, quality: int, cache: bool) -> bytes:
+        item = self.item(item_id)
+        try:
+            st = os.stat(item.path)
+        except OSError:
+            raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
+        key = (item_id, max_side, st.st_size, st.st_mtime_ns)
+        if cache:
+            with self._thumb_lock:
+                if key in self._thumbs:
+                    self._thumbs.move_to_end(key)
+                    return self._thumbs[key]
+        with self._decode:
+            try:
+                img = load_image(item.path, draft_size=max_side)
+            except ImageError as e:
+                if not os.path.exists(item.path):
+                    raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
+                raise ApiError(422, f"item {item_id}: {e}") from None
+            if max(img.size) > max_side:
+                from PIL import Image
+
+                img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=quality)
+        data = buf.getvalue()
+        if cache:
+            with self._thumb_lock:
+                self._thumbs[key] = data
+                self._thumb_bytes += len(data)
+                while self._thumb_bytes > THUMB_CACHE_BYTES and self._thumbs:
+                    _, old = self._thumbs.popitem(last=False)
+                    self._thumb_bytes -= len(old)
+        return data
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
+    """The ASGI app over an open (read-only) Database. `allowed_hosts`: Host header names
+    accepted (DNS-rebinding guard for a loopback server); None accepts any. `lifespan`: an
+    async context manager factory run around serving (server.py writes serve.json in it)."""
+    service = Service(db)
+
+    def guarded(fn):
+        """Run a sync handler in the thread pool; semdb and API errors become JSON."""
+
+        async def endpoint(request: Request):
+            try:
+                return await run_in_threadpool(fn, request)
+            except ApiError as e:
+                return _error(e.status, e.message)
+            except SemdbError as e:
+                return _error(_status_of(e), str(e))
+            except Exception as e:  # a bug: logged with its traceback, answered in one line
+                log.exception("unexpected error on %s", request.url.path)
+                return _error(500, f"internal error ({type(e).__name__}); see the server's log")
+
+        return endpoint
+
+    def search_get(request: Request):
+        params = request.query_params
+        text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
+        if text is None and "like" not in where:
+            raise ApiError(400, "empty query: give some words to search for (?q=...) or like=ID")
+        t0 = time.perf_counter()
+        hits = service.search(text, k, **where)
+        return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
+
+    async def search_post(request: Request):
+        params = request.query_params
+        try:
+            text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
+            data = await _upload(request)
+        except ApiError as e:
+            return _error(e.status, e.message)
+
+        def run(_request):
+            with tempfile.NamedTemporaryFile(prefix="semdb-upload-", suffix=".img") as tmp:
+                tmp.write(data)
+                tmp.flush()
+                try:
+                    img = load_image(tmp.name, draft_size=db.embedder.image_size)
+                except ImageError as e:
+                    raise ApiError(415, f"upload: {e.reason}") from None
+            t0 = time.perf_counter()
+            hits = service.search(text, k, image=img, **where)
+            return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
+
+        return await guarded(run)(request)
+
+    def similar(request: Request):
+        item_id = _item_id(request.path_params["id"])
+        params = request.query_params
+        k, where = _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
+        where.pop("like", None)
+        t0 = time.perf_counter()
+        hits = service.search(None, k, like=item_id, **where)
+        return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
+
+    def item(request: Request):
+        it = service.item(_item_id(request.path_params["id"]))
+        return JSONResponse({"id": int(it.id), "path": display_path(it.path), "width": it.width,
+                             "height": it.height, "size": it.size, "taken": getattr(it, "taken", None)})
+
+    def info(request: Request):
+        return JSONResponse(service.info())
+
+    def thumb(request: Request):
+        item_id = _item_id(request.path_params["id"])
+        size = _int_param(request.query_params, "size", DEFAULT_THUMB, *THUMB_SIZES)
+        data = service.picture(item_id, size, 82, cache=True)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    def image(request: Request):
+        item_id = _item_id(request.path_params["id"])
+        data = service.picture(item_id, VIEW_MAX_SIDE, 90, cache=False)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    static = resources.files("semdb.serve") / "static"
+
+    def page(request: Request):
+        return Response((static / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
+
+    async def not_found(request: Request, exc: HTTPException):
+        return _error(exc.status_code, exc.detail if exc.status_code != 404 else
+                      f"no such page: {request.url.path[:80]}")
+
+    async def server_error(request: Request, exc: Exception):  # uvicorn logs the traceback
+        return _error(500, f"internal error ({type(exc).__name__}); see the server's log")
+
+    routes = [
+        Route("/", page),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
+        Route("/api/search", guarded(search_get), methods=["GET"]),
+        Route("/api/search", search_post, methods=["POST"]),
+        Route("/api/similar/{id}", guarded(similar)),
+        Route("/api/item/{id}", guarded(item)),
+        Route("/api/info", guarded(info)),
+        Route("/thumb/{id}", guarded(thumb)),
+        Route("/image/{id}", guarded(image)),
+        Mount("/static", StaticFiles(directory=str(static)), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: server_error},
+                    lifespan=lifespan)
+    app.state.service = service
+    hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+    return _Guard(app, instance, hosts)
+
+
+_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                                 b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+]
+
+
+class _Guard:
+    """ASGI wrapper: refuse unexpected Host headers (DNS rebinding onto a loopback server) and
+    add the instance token and the security headers to every response."""
+
+    def __init__(self, app: Starlette, instance: str, hosts):
+        self.app, self.hosts = app, hosts
+        self.state = app.state
+        self.extra = [(INSTANCE_HEADER.lower().encode(), instance.encode()), *_HEADERS]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.extra]}
+            await send(message)
+
+        if self.hosts is not None:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if _host_name(host) not in self.hosts:
+                response = _error(421, "unexpected Host header: this server answers only to "
+                                  + ", ".join(sorted(self.hosts)))
+                return await response(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers)
+
+
+def _host_name(header: str) -> str:
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8765
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+async def _upload(request: Request) -> bytes:
+    """The uploaded image's bytes: multipart field "image" (or the first file), or the raw body."""
+    length = request.headers.get("content-length")
+    if length is None:
+        raise ApiError(411, "send the image with a Content-Length (no chunked uploads)")
+    try:
+        n = int(length)
+    except ValueError:
+        raise ApiError(400, "bad Content-Length") from None
+    if n > MAX_UPLOAD_BYTES:
+        raise ApiError(413, f"upload of {n} bytes: at most {MAX_UPLOAD_BYTES} bytes")
+    if n == 0:
+        raise ApiError(400, "empty upload: send an image file (multipart field 'image', or the raw body)")
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1, max_fields=20)
+        except Exception as e:  # malformed multipart: python-multipart's own errors
+            raise ApiError(400, f"malformed multipart upload ({type(e).__name__})") from None
+        try:
+            part = form.get("image")
+            if part is None or isinstance(part, str):
+                part = next((v for v in form.values() if not isinstance(v, str)), None)
+            if part is None:
+                raise ApiError(400, "no file in the upload: send it as multipart field 'image'")
+            data = await part.read()
+        finally:
+            await form.close()
+    else:
+        data = await request.body()
+    if not data:
+        raise ApiError(400, "empty upload: the image file has no bytes")
+    return data

@@ -1,0 +1,175 @@
+"""Find a running `semdb serve` for a store and query it: the fast path of `semdb query`.
+
+A server writes STORE/serve.json ({"host", "port", "pid", "instance", "store"}) once it listens
+and removes it when it stops. `query_server` reads it, checks that the process is alive,
+connects with a short timeout and sends the query; the response must carry the same
+`instance` token in its X-Semdb-Instance header (so a stale file whose port another program
+now uses is never believed). Anything short of that returns None and the caller searches
+locally. Standard library only: this module must not import torch, open_clip or starlette.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import urllib.parse
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+BEACON = "serve.json"
+INSTANCE_HEADER = "X-Semdb-Instance"
+CONNECT_TIMEOUT = 0.5  # seconds: a server that does not accept by then is not used
+QUERY_TIMEOUT = 120.0  # seconds for the answer once connected
+
+
+class ServerHit(NamedTuple):
+    path: str
+    score: float
+    id: int
+
+
+class ServerAnswer(NamedTuple):
+    status: int
+    body: dict
+
+
+def beacon_path(store) -> Path:
+    return Path(store) / BEACON
+
+
+def new_instance() -> str:
+    return secrets.token_hex(8)
+
+
+def write_beacon(store, host: str, port: int, instance: str) -> Optional[Path]:
+    """Write STORE/serve.json atomically; None (and no file) if the store folder is not writable."""
+    path = beacon_path(store)
+    tmp = path.with_name(f".{BEACON}.{os.getpid()}.tmp")
+    facts = {"host": host, "port": port, "pid": os.getpid(), "instance": instance,
+             "store": os.path.realpath(store)}
+    try:
+        tmp.write_text(json.dumps(facts), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        return None
+    return path
+
+
+def remove_beacon(store, instance: str) -> None:
+    """Remove STORE/serve.json if it is still this server's."""
+    path = beacon_path(store)
+    if (read_beacon(store) or {}).get("instance") == instance:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def read_beacon(store) -> Optional[dict]:
+    try:
+        facts = json.loads(beacon_path(store).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(facts, dict) or not isinstance(facts.get("port"), int) or \
+            not isinstance(facts.get("host"), str) or not isinstance(facts.get("pid"), int) or \
+            not isinstance(facts.get("instance"), str):
+        return None
+    return facts
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
+def _connect_host(host: str) -> str:
+    # a server bound to every interface is reached on loopback
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def request(store, method: str, target: str, body: bytes | None = None,
+            headers: dict | None = None) -> Optional[ServerAnswer]:
+    """One request to the store's running server; None if there is none (or it is not ours)."""
+    facts = read_beacon(store)
+    if facts is None or not _alive(facts["pid"]):
+        return None
+    conn = http.client.HTTPConnection(_connect_host(facts["host"]), facts["port"], timeout=CONNECT_TIMEOUT)
+    try:
+        conn.connect()
+        conn.sock.settimeout(QUERY_TIMEOUT)
+        conn.request(method, target, body=body, headers={"Accept": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.getheader(INSTANCE_HEADER) != facts["instance"]:
+            return None
+        answer = json.loads(raw)
+        return ServerAnswer(resp.status, answer) if isinstance(answer, dict) else None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def query_server(store, text: str | None = None, *, image=None, like=None, k: int = 10,
+                 min_score: float | None = None, under=None, after=None, before=None,
+                 within: float | None = None) -> Optional[list[ServerHit]]:
+    """Hits from the store's running server, or None when there is no usable server (or the
+    query is one the server does not take: an image file inside the text's arithmetic, --like
+    by path), so the caller searches locally with the same meaning.
+
+    A 4xx answer (the query itself is bad) raises InputError (ImageError for an undecodable
+    --image) with the server's message, as the local search would; any other failure returns None."""
+    if like is not None and not isinstance(like, int):
+        return None
+    if text is not None:
+        from ..query import parse_terms  # the local meaning: a term naming a file is an image
+
+        if any(term.kind != "text" for term in parse_terms(text)):
+            return None
+    params = {"k": str(k)}
+    if text is not None:
+        params["q"] = text
+    if like is not None:
+        params["like"] = str(like)
+    if under is not None:
+        params["under"] = os.path.abspath(os.path.expanduser(os.fsdecode(under)))
+    for key, value in (("after", after), ("before", before), ("within", within), ("min_score", min_score)):
+        if value is not None:
+            params[key] = repr(float(value)) if isinstance(value, float) else str(value)
+    target = "/api/search?" + urllib.parse.urlencode(params)
+    if image is None:
+        answer = request(store, "GET", target)
+    else:
+        try:
+            data = Path(image).read_bytes()
+        except OSError:
+            return None  # the local path reports a missing or unreadable query image
+        answer = request(store, "POST", target, body=data, headers={"Content-Type": "application/octet-stream"})
+    if answer is None:
+        return None
+    if 400 <= answer.status < 500 and answer.status not in (408, 421, 429):
+        from ..errors import ImageError, InputError
+
+        message = str(answer.body.get("error") or f"the server refused the query ({answer.status})")
+        if image is not None and answer.status == 415:
+            raise ImageError(image, message.split(": ", 1)[-1])
+        raise InputError(message)
+    if answer.status != 200 or not isinstance(answer.body.get("hits"), list):
+        return None
+    try:
+        return [ServerHit(str(h["path"]), float(h["score"]), int(h["id"])) for h in answer.body["hits"]]
+    except (KeyError, TypeError, ValueError):
+        return None
