@@ -23,6 +23,7 @@ from .images import DEFAULT_MAX_MEGAPIXELS
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice
 from .progress import Progress
+from .ivf import default_nprobe
 from .query import Hit, Searcher
 from .store import Store, default_store_path
 
@@ -145,7 +146,7 @@ class Database:
     # --- query ----------------------------------------------------------------------------
     def search(self, query: str | None = None, *, k: int = 10, like=None, image=None, under=None, after=None,
                before=None, within: float | None = None, min_score: float | None = None,
-               files: bool = True) -> list[Hit]:
+               files: bool = True, nprobe: int | None = None) -> list[Hit]:
         """The k items closest to a query, best first; a query reads left to right:
 
         what: `query` text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms,
@@ -154,7 +155,9 @@ class Database:
         where: `under` a folder, `after` / `before` a date taken (EXIF, else mtime; "YYYY-MM-DD",
         ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
         `within` (keep hits within this of the best score), `min_score`. `files=False`: every
-        term of `query` is text, never a file (what a server answering URLs needs)."""
+        term of `query` is text, never a file (what a server answering URLs needs). `nprobe`: IVF
+        lists to scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 8; more
+        lists: slower, closer to the exhaustive result); smaller stores scan every code and ignore it."""
         from .query import Term, Where, parse_terms
 
         terms, exclude = [], []
@@ -169,7 +172,7 @@ class Database:
                 raise InputError(f"--like {like}: not an item of {self.path} (give a stored id or path)")
             terms.append(Term("item", item.id))
             exclude.append(item.id)
-        return self._searcher.search(terms, k, Where.of(under, after, before), within, min_score, exclude)
+        return self._searcher.search(terms, k, Where.of(under, after, before), within, min_score, exclude, nprobe)
 
     def similar(self, item_id: int, *, k: int = 10, under=None, after=None, before=None,
                 within: float | None = None) -> list[Hit]:
@@ -180,11 +183,11 @@ class Database:
         """The k items closest to an image (a file path or a PIL image), with search()'s filters."""
         return self.search(image=image, k=k, **where)
 
-    def query(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
+    def query(self, text: str, k: int = 10, min_score: float | None = None, nprobe: int | None = None) -> list[Hit]:
         """The k items closest to a text query, best first (the text as it is: no arithmetic)."""
         from .query import Term
 
-        return self._searcher.search([Term("text", text)], k, min_score=min_score)
+        return self._searcher.search([Term("text", text)], k, min_score=min_score, nprobe=nprobe)
 
     def query_image(self, path, k: int = 10, min_score: float | None = None) -> list[Hit]:
         """The k items closest to an image file (which need not be in the store)."""
@@ -192,9 +195,10 @@ class Database:
 
         return self._searcher.search([Term("image", path)], k, min_score=min_score)
 
-    def query_vectors(self, Q, k: int = 10, min_score: float | None = None) -> list[list[Hit]]:
-        """Batched search with precomputed (nq, D) query embeddings of the store's model."""
-        return self._searcher.vectors(Q, k, min_score)
+    def query_vectors(self, Q, k: int = 10, min_score: float | None = None, nprobe: int | None = None) -> list[list[Hit]]:
+        """Batched search with precomputed (nq, D) query embeddings of the store's model
+        (`nprobe`: as in search())."""
+        return self._searcher.vectors(Q, k, min_score, nprobe=nprobe)
 
     def item(self, item_id: int):
         """The stored item with this id (path, size, mtime, hash, width, height, taken...), or None."""
@@ -276,6 +280,9 @@ class Database:
             out["bits_per_item"] = codec.bits
             out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
         out["compressed"] = codec is not None
+        ivf_info = meta.get("ivf")
+        out["ivf"] = None if not ivf_info else {"nlist": ivf_info["nlist"], "built_on": ivf_info["built_on"],
+                                                "default_nprobe": default_nprobe(ivf_info["nlist"])}
         out["codec_trains_at"] = None if codec is not None else MIN_TRAIN  # items (or `ingest --train-now`)
         out["retrain_advice"] = retrain_advice(meta, raw["items"])
         pending = meta.get("pending_codec")

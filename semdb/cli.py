@@ -169,6 +169,7 @@ def query(
     as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to scan in a large store (default nlist/8; more: slower, closer to exhaustive)."),
     no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a `semdb serve` runs for the store."),
 ):
     """Find the stored images closest to TEXT (and/or --image, --like), optionally filtered."""
@@ -182,13 +183,13 @@ def query(
         query = dict(image=image, like=like_item, k=k, under=under, after=after, before=before, within=within,
                      min_score=min_score)
         hits = None
-        if not no_server and model is None and pretrained is None:
+        if not no_server and model is None and pretrained is None and nprobe is None:  # (serve: no nprobe yet)
             hits = _query_server(store, " ".join(text) if text else None, **query)
         if hits is None:
             from .api import Database
 
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
-                hits = db.search(" ".join(text) if text else None, **query)
+                hits = db.search(" ".join(text) if text else None, nprobe=nprobe, **query)
     _print_hits(hits, as_json, paths_only)
 
 

@@ -31,6 +31,21 @@ class StoreContext:
         if embedder is not None:
             store.check_model(embedder.model_id)
         self._codec: Codec | None = None
+        self._assigner = None  # ((codec id, ivf id), semdb.ivf.Assigner)
+        store.ivf_assigner = self.ivf_assigner  # new codes get their IVF list in their own commit
+
+    def ivf_assigner(self, codec_id: str, info: dict, centroids: Callable[[], np.ndarray]):
+        """codes -> IVF list numbers for the store's IVF `info`, or None when the codec loaded
+        here is not the one the codes are of (the Writer then leaves their list row out)."""
+        from . import ivf
+
+        codec = self._codec
+        if codec is None or codec.id != codec_id or info.get("codec_id") != codec_id or not ivf.supported(codec):
+            return None
+        key = (codec_id, info.get("id"))
+        if self._assigner is None or self._assigner[0] != key:
+            self._assigner = (key, ivf.Assigner(codec, centroids()))
+        return self._assigner[1]
 
     @property
     def path(self):

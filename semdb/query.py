@@ -2,8 +2,9 @@
 
     terms ("2:cat + ./x.jpg - dog", a stored item) --CLIP, or the item's stored code-->
     one query vector q --where: rows whose path is under a folder / taken in a date range-->
-    index over the last committed codes (ADC shortlist + exact rerank; a store without a
-    codec yet: exact search of its staged embeddings) --limit k--> --within X of the best-->
+    index over the last committed codes (ADC shortlist + exact rerank; past semdb.ivf.MIN_ITEMS
+    codes the shortlist comes from the `nprobe` IVF lists nearest q; a store without a codec
+    yet: exact search of its staged embeddings) --limit k--> --within X of the best-->
     Hits (path, score, id)
 """
 
@@ -20,6 +21,8 @@ import numpy as np
 from .context import StoreContext
 from .errors import InputError, display_path
 from .images import load_image
+from . import ivf
+from .ivf import IvfIndex
 from .search import FlatIndex
 
 MAX_K = 10_000  # a larger k is refused: nobody reads that many hits, and it costs memory
@@ -161,24 +164,27 @@ class Searcher:
 
     # --- search -----------------------------------------------------------------------------
     def search(self, terms: Sequence[Term], k: int = 10, where: Where = Where(), within: Optional[float] = None,
-               min_score: Optional[float] = None, exclude: Sequence[int] = ()) -> list[Hit]:
+               min_score: Optional[float] = None, exclude: Sequence[int] = (), nprobe: Optional[int] = None) -> list[Hit]:
         _check_k(k)
+        _check_nprobe(nprobe)
         q = self.vector(terms)
-        return self._search(q, k, where, within, min_score, exclude)[0]
+        return self._search(q, k, where, within, min_score, exclude, nprobe)[0]
 
     def vectors(self, Q, k: int = 10, min_score: Optional[float] = None, where: Where = Where(),
-                within: Optional[float] = None) -> list[list[Hit]]:
+                within: Optional[float] = None, nprobe: Optional[int] = None) -> list[list[Hit]]:
         _check_k(k)
-        return self._search(np.asarray(Q, np.float32), k, where, within, min_score, ())
+        _check_nprobe(nprobe)
+        return self._search(np.asarray(Q, np.float32), k, where, within, min_score, (), nprobe)
 
-    def _search(self, Q, k, where, within, min_score, exclude) -> list[list[Hit]]:
+    def _search(self, Q, k, where, within, min_score, exclude, nprobe=None) -> list[list[Hit]]:
         ids, index = self.index()
         if index is None:
             return [[] for _ in range(len(Q))]
         rows = self._rows(where, ids, exclude)
         if rows is not None and not len(rows):
             return [[] for _ in range(len(Q))]
-        found, scores = index.search(Q, k, rows=rows)
+        # nprobe only means something to an IVF index (a smaller store scans every code)
+        found, scores = index.search(Q, k, rows=rows, **({"nprobe": nprobe} if isinstance(index, IvfIndex) else {}))
         results = []
         for row, score in zip(found, scores):
             keep = row >= 0
@@ -231,9 +237,37 @@ class Searcher:
             index = FlatIndex(np.concatenate([e for _, e in staged])) if staged else None
         else:
             ids, codes = store.load_codes()
-            index = codec.index(np.asarray(codes)) if len(ids) else None
+            index = self._ivf_index(codec, ids, codes, generation)
+            if index is False:  # a commit came in between: exhaustive now, the IVF next time
+                self._index = (None, ids, codec.index(np.asarray(codes)))
+                return ids, self._index[2]
+            if index is None:
+                index = codec.index(np.asarray(codes)) if len(ids) else None
         self._index = (generation, ids, index)
         return ids, index
+
+    def _ivf_index(self, codec, ids, codes, generation):
+        """The IVF index over these codes when the store keeps an IVF for this codec (codes
+        whose segment has no list row are assigned here), else None; False when the IVF read
+        is of another commit than the codes."""
+        if not len(ids) or not ivf.supported(codec):
+            return None
+        got = self.ctx.store.load_ivf()
+        if got is None or got[1].get("codec_id") != codec.id:
+            return None
+        got_generation, info, C, lists = got
+        if got_generation != generation or len(lists) != len(ids):
+            return False
+        missing = lists < 0
+        if missing.any():
+            lists = lists.copy()
+            lists[missing] = ivf.Assigner(codec, C)(np.asarray(codes)[missing])
+        return codec.index(np.asarray(codes), ivf=(C, lists))
+
+
+def _check_nprobe(nprobe) -> None:
+    if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe <= 0):
+        raise InputError(f"nprobe={nprobe}: give a positive number of IVF lists to scan")
 
 
 def _check_k(k: int) -> None:

@@ -20,6 +20,14 @@ Named databases (ids are 8-byte big-endian keys, so cursors walk them in id orde
             meta pending_codec = {id, code_bytes}); queries never read it. The switch moves
             every row into codes and installs the pending codec in one transaction. (Created
             on the first writable open, so stores written before it need no migration.)
+  ivf       b"centroids" -> float32 (nlist, dim) coarse centroids of the IVF (meta ivf = {nlist,
+            dim, codec_id, built_on, id}); segment number -> list row = header <QI (n, crc32 of
+            that segment's body), n little-endian uint32 list numbers aligned with the
+            segment's ids. Written with the segment it describes: a rewritten segment keeps the
+            lists of its remaining rows, merged segments concatenate theirs, new codes get
+            theirs from `Store.ivf_assigner` (semdb/ivf.py; none registered: no row). A missing
+            or stale row (n or crc differs, e.g. written by an older semdb) only means those
+            codes are assigned when the index is built. (Created on the first writable open.)
 
 Invariant (checked by Store.verify): every item has exactly one of a code or a staging row,
 and paths/hashes/code_loc/segments/staging/recode hold nothing for ids that are not items;
@@ -62,11 +70,12 @@ SCHEMA_VERSION = 1
 DEFAULT_MAP_SIZE = 64 << 20  # grows by doubling when full
 SEGMENT_MAX = 1 << 20  # items per segment when compacting
 COMPACT_AFTER = 64  # more small segments than this -> merge them at the next commit
-_DBS = ("meta", "codec", "items", "paths", "hashes", "codes", "code_loc", "staging", "recode")
-_LATER_DBS = {"recode"}  # added after schema 1 was released: created on the first writable open
+_DBS = ("meta", "codec", "items", "paths", "hashes", "codes", "code_loc", "staging", "recode", "ivf")
+_LATER_DBS = {"recode", "ivf"}  # added after schema 1 was released: created on the first writable open
 _MANAGED_META = {"schema", "created", "generation", "next_id", "next_segment", "code_bytes",
-                 "codec_id", "dim", "pending_codec", "training_queries"}  # only the store itself changes these
+                 "codec_id", "dim", "pending_codec", "training_queries", "ivf"}  # only the store itself changes these
 _SEG_HEAD = struct.Struct("<QII")
+_IVF_HEAD = struct.Struct("<QI")
 _ITEM_HEADS = {1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
                2: struct.Struct("<BQQqIIdddH")}  # + taken (NaN: not known)
 _ITEM_VERSION = 2
@@ -197,6 +206,45 @@ def _unpack_segment(raw) -> tuple[np.ndarray, np.ndarray]:
     return ids, codes
 
 
+def _pack_lists(lists: np.ndarray, seg_crc: int) -> bytes:
+    return _IVF_HEAD.pack(len(lists), seg_crc) + np.ascontiguousarray(lists, "<u4").tobytes()
+
+
+def _unpack_lists(raw, n: int, seg_crc: int) -> np.ndarray | None:
+    """A segment's list numbers (a copy), or None if the row is missing or not this segment's."""
+    if raw is None or len(raw) < _IVF_HEAD.size:
+        return None
+    rn, rcrc = _IVF_HEAD.unpack_from(raw)
+    if rn != n or rcrc != seg_crc or len(raw) != _IVF_HEAD.size + 4 * n:
+        return None
+    return np.frombuffer(raw, "<u4", n, _IVF_HEAD.size).copy()
+
+
+def _verify_ivf(txn, db, meta) -> list[str]:
+    """IVF rows: centroids match the meta record; every list row belongs to an existing segment,
+    has its length and checksum, and names lists below nlist. (A segment without a row is fine:
+    its codes are assigned when the index is built.)"""
+    info, problems = meta.get("ivf"), []
+    rows = {bytes(k): bytes(raw) for k, raw in txn.cursor(db=db["ivf"])}
+    centroids = rows.pop(b"centroids", None)
+    if not info:
+        return ["IVF rows exist but meta has no ivf record"] if rows or centroids else []
+    if centroids is None or len(centroids) != 4 * info["nlist"] * info["dim"]:
+        problems.append(f"IVF centroids missing or not ({info['nlist']}, {info['dim']}) float32")
+    for k, raw in rows.items():
+        seg = txn.get(k, db=db["codes"])
+        if seg is None:
+            problems.append(f"IVF list row for missing segment {int.from_bytes(k, 'big')}")
+            continue
+        n, _, crc = _SEG_HEAD.unpack_from(seg)
+        lists = _unpack_lists(raw, n, crc)
+        if lists is None:
+            problems.append(f"IVF list row of segment {int.from_bytes(k, 'big')} does not match the segment")
+        elif len(lists) and int(lists.max()) >= info["nlist"]:
+            problems.append(f"IVF list row of segment {int.from_bytes(k, 'big')} names list {int(lists.max())}")
+    return problems
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
@@ -267,6 +315,9 @@ class Store:
         self._lock_fd = None
         self._shared = None
         self._writer = None
+        # ivf_assigner(codec_id, ivf meta, centroids()) -> (codes -> uint32 lists) or None: how
+        # the Writer gives new codes their IVF list (set by StoreContext; None: rows left out)
+        self.ivf_assigner = None
         data = self.path / "data.mdb"
         if not data.exists():
             if self.path.is_dir() and any(p.name not in ("writer.lock", "lock.mdb")
@@ -590,6 +641,31 @@ class Store:
         self._shared.codes_cache = (generation, ids, codes)
         return ids, codes
 
+    def ivf_meta(self) -> dict | None:
+        return self.meta().get("ivf")
+
+    def load_ivf(self):
+        """(generation, ivf meta, centroids float32 (nlist, dim), lists int64 aligned with
+        load_codes() of that generation, -1 where a segment has no valid list row), or None
+        when the store has no IVF."""
+        with self._read() as v:
+            meta = v._read_meta()
+            info = meta.get("ivf")
+            if not info or v._db["ivf"] is None:
+                return None
+            raw = v._get(b"centroids", "ivf")
+            if raw is None:
+                raise _Corrupt("the IVF's meta record has no centroids")
+            C = np.frombuffer(raw, np.float32).reshape(info["nlist"], info["dim"])
+            parts = []
+            for k, seg in v.txn.cursor(db=v._db["codes"]):
+                n, _, crc = _SEG_HEAD.unpack_from(seg)
+                row = v.txn.get(bytes(k), db=v._db["ivf"])
+                lists = _unpack_lists(row, n, crc)
+                parts.append(np.full(n, -1, np.int64) if lists is None else lists.astype(np.int64))
+        lists = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        return meta.get("generation"), info, C, lists
+
     def info(self) -> dict:
         with self._read() as v:
             meta, stat = v._read_meta(), lambda db: v.txn.stat(v._db[db])["entries"]
@@ -695,6 +771,8 @@ class Store:
                         problems.append(f"recode row {int.from_bytes(k, 'big')}: {len(raw)} bytes, pending codec "
                                         f"{pending}")
                 problems += [f"recode row for missing item {i}" for i in sorted(recoded - set(items))]
+            if db["ivf"] is not None:
+                problems += _verify_ivf(txn, db, meta)
             if bool(meta.get("pending_codec")) != (v._get(b"pending", "codec") is not None):
                 problems.append("the pending codec's bytes and its meta record disagree")
             if coded and v._get(b"codec", "codec") is None:
@@ -737,7 +815,8 @@ class Writer(_View):
         self._meta = self._read_meta()
         self._meta_dirty: set[str] = set()
         self._new_codes: dict[int, bytes] = {}  # become one new segment at commit
-        self._dirty_segments: dict[int, list] = {}  # segment -> [ids, codes, keep mask]
+        self._dirty_segments: dict[int, list] = {}  # segment -> [ids, codes, keep mask, crc]
+        self._ivf_fill = None  # (ids, lists, every segment?): list rows to write at commit
 
     def __enter__(self) -> Writer:
         return self
@@ -898,6 +977,27 @@ class Writer(_View):
         """Drop a pending codec and its recodes (the store stays on its codec)."""
         self._run(self._discard_pending)
 
+    def set_ivf(self, centroids, info: dict, ids, lists) -> None:
+        """Install an IVF: coarse centroids (nlist, dim) float32, its meta record `info`
+        ({nlist, dim, codec_id, built_on, id}) and the list of every coded item (ids, lists);
+        every segment's list row is rewritten when the batch commits."""
+        C = np.ascontiguousarray(centroids, np.float32)
+        ids, lists = np.asarray(ids, np.uint64), np.asarray(lists, np.uint32)
+        if C.ndim != 2 or C.shape != (info.get("nlist"), info.get("dim")) or len(ids) != len(lists):
+            raise InputError(f"set_ivf: centroids {C.shape}, info {info}, {len(ids)} ids, {len(lists)} lists")
+        if len(lists) and int(lists.max()) >= len(C):
+            raise InputError(f"set_ivf: list {int(lists.max())} >= nlist {len(C)}")
+        self._run(self._set_ivf, C.tobytes(), json.loads(json.dumps(info)), ids.tobytes(), lists.tobytes(), True)
+
+    def fill_ivf(self, ids, lists) -> None:
+        """List numbers of coded items whose segment has no valid list row (written at commit)."""
+        self._run(self._set_ivf, None, None, np.asarray(ids, np.uint64).tobytes(),
+                  np.asarray(lists, np.uint32).tobytes(), False)
+
+    def drop_ivf(self) -> None:
+        """Remove the IVF (centroids and every list row): the store is searched exhaustively."""
+        self._run(self._drop_ivf)
+
     def compact(self) -> None:
         """Merge small segments when this batch commits."""
         self._compact_requested = True
@@ -1023,6 +1123,7 @@ class Writer(_View):
         self.txn.drop(db["codes"], delete=False)
         self.txn.drop(db["code_loc"], delete=False)
         self.txn.drop(db["recode"], delete=False)
+        self._drop_ivf()  # its lists belong to the old codes (retrain builds a new IVF)
         self._new_codes.clear()
         self._dirty_segments.clear()
         self.txn.put(b"codec", self._get(b"pending", "codec"), db=db["codec"])
@@ -1033,6 +1134,64 @@ class Writer(_View):
         if ids:
             self._append_segments(np.array(ids, np.uint64),
                                   np.frombuffer(b"".join(codes), np.uint8).reshape(len(ids), -1))
+
+    def _set_ivf(self, centroids, info, ids, lists, every: bool) -> None:
+        if centroids is not None:
+            self.txn.put(b"centroids", centroids, db=self._db["ivf"])
+            self._put_meta("ivf", info)
+        elif not self._meta.get("ivf"):
+            raise InputError(f"{self._store.path} has no IVF to fill")
+        self._ivf_fill = (np.frombuffer(ids, np.uint64), np.frombuffer(lists, np.uint32), every)
+
+    def _drop_ivf(self) -> None:
+        self.txn.drop(self._db["ivf"], delete=False)
+        self._put_meta("ivf", None)
+        self._ivf_fill = None
+
+    def _assign(self, codes: np.ndarray) -> np.ndarray | None:
+        """IVF lists of new codes from the store's assigner, or None (no IVF, no assigner)."""
+        info, hook = self._meta.get("ivf"), self._store.ivf_assigner
+        if not info or hook is None:
+            return None
+        centroids = lambda: np.frombuffer(self._get(b"centroids", "ivf"), np.float32).reshape(  # noqa: E731
+            info["nlist"], info["dim"])
+        fn = hook(self._meta["codec_id"], info, centroids)
+        return None if fn is None else np.asarray(fn(codes), np.uint32)
+
+    def _put_segment(self, seg: int, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray | None) -> None:
+        packed = _pack_segment(ids, codes)
+        self.txn.put(_k(seg), packed, db=self._db["codes"])
+        if lists is not None and self._meta.get("ivf"):
+            self.txn.put(_k(seg), _pack_lists(lists, _SEG_HEAD.unpack_from(packed)[2]), db=self._db["ivf"])
+        else:
+            self.txn.delete(_k(seg), db=self._db["ivf"])
+
+    def _segment_lists(self, seg: int, n: int, crc: int) -> np.ndarray | None:
+        return _unpack_lists(self.txn.get(_k(seg), db=self._db["ivf"]), n, crc) if self._meta.get("ivf") else None
+
+    def _fill_ivf_rows(self) -> None:
+        ids_in, lists_in, every = self._ivf_fill
+        order = np.argsort(ids_in, kind="stable")
+        sorted_ids, sorted_lists = ids_in[order], lists_in[order]
+        for k, raw in self.txn.cursor(db=self._db["codes"]):
+            seg = int.from_bytes(k, "big")
+            n, _, crc = _SEG_HEAD.unpack_from(raw)
+            if not every and self._segment_lists(seg, n, crc) is not None:
+                continue
+            ids, _ = _unpack_segment(raw)
+            pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+            if len(sorted_ids) and (sorted_ids[pos] == ids).all():
+                self._ivf_rows.append((bytes(k), _pack_lists(sorted_lists[pos], crc)))
+            elif every:
+                self._ivf_rows.append((bytes(k), None))
+        for k in self.txn.cursor(db=self._db["ivf"]).iternext(values=False):
+            if len(k) == 8 and self.txn.get(bytes(k), db=self._db["codes"]) is None:
+                self._ivf_rows.append((bytes(k), None))  # e.g. left by a writer that knew no IVF
+        for k, row in self._ivf_rows:  # written after the cursor walks
+            if row is None:
+                self.txn.delete(k, db=self._db["ivf"])
+            else:
+                self.txn.put(k, row, db=self._db["ivf"])
 
     def _discard_pending(self) -> None:
         self.txn.drop(self._db["recode"], delete=False)
@@ -1063,7 +1222,7 @@ class Writer(_View):
             if raw is None:
                 raise _Corrupt(f"code_loc points item {id_} to missing segment {seg}")
             ids, codes = _unpack_segment(raw)
-            entry = self._dirty_segments[seg] = [ids, codes, np.ones(len(ids), bool)]
+            entry = self._dirty_segments[seg] = [ids, codes, np.ones(len(ids), bool), _SEG_HEAD.unpack_from(raw)[2]]
         hit = np.flatnonzero((entry[0] == id_) & entry[2])
         if len(hit) != 1:
             raise _Corrupt(f"segment {seg} does not hold item {id_}")
@@ -1073,28 +1232,33 @@ class Writer(_View):
 
     def _flush(self) -> None:
         codes_db = self._db["codes"]
-        for seg, (ids, codes, keep) in self._dirty_segments.items():
+        for seg, (ids, codes, keep, crc) in self._dirty_segments.items():
             if keep.all():
                 continue
             if keep.any():
-                self.txn.put(_k(seg), _pack_segment(ids[keep], codes[keep]), db=codes_db)
+                lists = self._segment_lists(seg, len(ids), crc)
+                self._put_segment(seg, ids[keep], codes[keep], None if lists is None else lists[keep])
             else:
                 self.txn.delete(_k(seg), db=codes_db)
+                self.txn.delete(_k(seg), db=self._db["ivf"])
         if self._new_codes:
             ids = np.fromiter(self._new_codes, np.uint64, len(self._new_codes))
             codes = np.frombuffer(b"".join(self._new_codes.values()), np.uint8).reshape(len(ids), -1)
-            self._append_segments(ids, codes)
+            self._append_segments(ids, codes, self._assign(codes))
         if self._compact_requested or self.txn.stat(codes_db)["entries"] > COMPACT_AFTER:
             self._compact(force=self._compact_requested)
+        self._ivf_rows = []
+        if self._ivf_fill is not None:
+            self._fill_ivf_rows()
         self._put_meta("generation", self._meta["generation"] + 1)
         for key in self._meta_dirty:
             self.txn.put(key.encode(), json.dumps(self._meta[key]).encode(), db=self._db["meta"])
 
-    def _append_segments(self, ids: np.ndarray, codes: np.ndarray) -> None:
+    def _append_segments(self, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray | None = None) -> None:
         for start in range(0, len(ids), SEGMENT_MAX):
             seg = self._meta["next_segment"]
             part = slice(start, start + SEGMENT_MAX)
-            self.txn.put(_k(seg), _pack_segment(ids[part], codes[part]), db=self._db["codes"])
+            self._put_segment(seg, ids[part], codes[part], None if lists is None else lists[part])
             for id_ in ids[part].tolist():
                 self.txn.put(_k(id_), _k(seg), db=self._db["code_loc"])
             self._put_meta("next_segment", seg + 1)
@@ -1108,7 +1272,12 @@ class Writer(_View):
                 small.append(bytes(k))
         if len(small) < 2 or (not force and len(small) <= COMPACT_AFTER):
             return
-        parts = [_unpack_segment(self._get(k, "codes")) for k in small]  # copies, read before writes
+        raws = [self._get(k, "codes") for k in small]  # copies, read before writes
+        parts = [_unpack_segment(raw) for raw in raws]
+        lists = [self._segment_lists(int.from_bytes(k, "big"), len(p[0]), _SEG_HEAD.unpack_from(raw)[2])
+                 for k, p, raw in zip(small, parts, raws)]
         for k in small:
             self.txn.delete(k, db=self._db["codes"])
-        self._append_segments(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+            self.txn.delete(k, db=self._db["ivf"])
+        self._append_segments(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                              None if any(x is None for x in lists) else np.concatenate(lists))

@@ -339,13 +339,21 @@ class Codec:
         return self._tables
 
     # --- search ---------------------------------------------------------------------------
-    def index(self, codes):
-        """A reusable search structure over `codes` (build once, query many times)."""
+    def index(self, codes, ivf=None):
+        """A reusable search structure over `codes` (build once, query many times). `ivf`:
+        (centroids, lists) of an IVF over these codes (semdb.ivf): an IvfIndex, whose search
+        scans the nearest `nprobe` lists; else every code is scanned."""
         codes = self._check_codes(codes)  # (unpacking all codes just to validate them would cost M x 8 bytes/item)
         from ..search import AdcIndex, FlatIndex
 
         if self.arch == "paper":
             return FlatIndex(self.decode(codes))
+        if ivf is not None:
+            from ..ivf import IvfIndex
+
+            return IvfIndex(self.tables, self.tensors["mean"], codes, self.nbits,
+                            self.norms if self.scoring == "cosine" else None, ivf[0], ivf[1],
+                            span=None if self.n_coarse else self._decoder)
         return AdcIndex(self.tables, self.tensors["mean"], codes, self.nbits,
                         norms=self.norms if self.scoring == "cosine" else None)
 

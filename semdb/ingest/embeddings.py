@@ -26,6 +26,7 @@ from ..errors import InputError, StoreError, display_path
 from ..progress import Progress, report
 from .commit import commit_batch
 from .records import DecodedImage, EmbeddedBatch, EmbedJob, FileState, IngestSummary, Vectors
+from .. import ivf
 from .training import CodecPolicy, retrain_advice, train_if_due
 
 BATCH = 4096  # embeddings per transaction
@@ -156,6 +157,7 @@ def add_embeddings(ctx: StoreContext, data: EmbeddingSet, model_id: Optional[dic
         report(progress, "adding embeddings", i + len(part), len(todo))
         summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
+    ivf.maintain(ctx, progress)
     summary.items, summary.staged = store.count(), store.staging_count()
     summary.retrain_advice = retrain_advice(store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)

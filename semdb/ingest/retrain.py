@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import ivf
 from ..codec import Codec
 from ..context import STATS_KEY, StoreContext
 from ..errors import InputError, StoreError
@@ -77,12 +78,15 @@ def retrain(ctx: StoreContext, bits: Optional[int] = None, sample: int = RETRAIN
             new = _train_pending(ctx, engine, bits or old.bits, sample, batch_size, summary, progress)
         summary.trained_on = int((store.meta().get(PENDING_STATS) or {}).get("trained_on") or 0)
         _recode_rest(ctx, engine, old, new, batch_size, summary, progress)
+    had_ivf = store.ivf_meta()
     with store.write() as w:
         stats = w.meta().get(PENDING_STATS)
         w.switch_codec()
         w.set_meta(STATS_KEY, stats)
         w.set_meta(PENDING_STATS, None)
         fault_point("switch_txn")
+    # The switch dropped the old codes' IVF: a store that had one gets a new one for the new codes.
+    ivf.rebuild(ctx, had_ivf, progress) if had_ivf else ivf.maintain(ctx, progress)
     summary.codec = new.id
     summary.seconds = round(time.perf_counter() - start, 3)
     return summary

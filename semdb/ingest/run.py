@@ -15,6 +15,7 @@ from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
 from .records import IngestSummary
 from .scan import scan
+from .. import ivf
 from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
 
 
@@ -76,6 +77,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
             summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
+    ivf.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)

@@ -1,0 +1,357 @@
+"""IVF over the stored codes: search a few coarse lists instead of every code.
+
+    decoded sample --spherical k-means--> nlist coarse centroids (unit, CLIP space)
+    every code --argmax_j <c_j, x_hat>--> its list (persisted by the store, per code segment)
+    query q --<q, c_j>, best nprobe lists--> FAISS fast-scan of those lists' codes
+        --best max(4k, k + 64)--> exact float ADC rerank (cosine via the codec's norms)
+
+The fine codes are the store's packed codes bit for bit: FAISS
+`IndexIVFAdditiveQuantizerFastScan` with the codec's tables as its codebooks, `by_residual =
+False` (a code means the same vector in every list), inner product and `ST_LUT_nonorm`, so the
+score of an item in a list is the flat fast-scan score of the same code (tests/test_ivf.py).
+The store keeps no floats: the centroids are trained on decoded codes. An item's list depends
+only on its code and the centroids, so it is computed once (when the code is written) and
+stored; see Store (`ivf` db) and `assigner`.
+
+Only 4-bit codecs (K = 16, the default) use IVF; other shapes keep the exhaustive scan.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .search import FAST_SCAN_BLOCK, AdcIndex, _in_rows, top_k
+
+# Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below a million codes the exhaustive
+# scan takes at most ~2.3 ms per query on one core, and IVF at recall@10 >= 0.95 saved about
+# 1 ms of it (its own floor, ranking lists + LUT + rerank, is ~0.8 ms) for a build of minutes.
+MIN_ITEMS = 1_000_000
+REBUILD_GROWTH = 4  # rebuild (new centroids, every code reassigned) when the store has grown 4x
+DEFAULT_NPROBE_FRACTION = 1 / 8  # default nprobe = nlist / 8 (docs/SCALE.md#ivf: recall@10 0.93 at 10M)
+KMEANS_ITER = 10
+KMEANS_POINTS_PER_LIST = 64  # decoded codes per centroid for k-means (a sample)...
+KMEANS_MAX_POINTS = 131_072  # ...and at most this many in all (k-means time grows as points x nlist)
+FILTER_EXACT_MAX = 50_000  # a filter keeping at most this many rows: score them exactly
+
+
+def nlist_for(n: int) -> int:
+    """Coarse lists for n items: a power of two near 2 sqrt(n), between 64 and 8192."""
+    target = 2.0 * np.sqrt(max(n, 1))
+    return int(min(8192, max(64, 2 ** round(np.log2(target)))))
+
+
+def default_nprobe(nlist: int) -> int:
+    return max(1, int(round(nlist * DEFAULT_NPROBE_FRACTION)))
+
+
+def supported(codec) -> bool:
+    """Whether IVF can scan this codec's codes (additive, 4-bit sub-codes)."""
+    return codec is not None and codec.arch == "additive" and codec.nbits == 4
+
+
+def _coords(codec, codes: np.ndarray) -> np.ndarray:
+    """The slots' coordinates z of codes (x_hat = mean + P z), float32 (n, n_cols * d)."""
+    from .codec.additive import decode_coords
+
+    t = codec.tensors
+    idx = codec.indices(codes)[:, codec.n_coarse:]
+    return decode_coords(idx, codec.layout, t["scale"], t["codebook"]).reshape(len(codes), -1).astype(np.float32)
+
+
+def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """(nlist, D) centroids: k-means of a seeded sample of decoded codes (at most
+    KMEANS_POINTS_PER_LIST per list and KMEANS_MAX_POINTS in all). For a codec whose decoder
+    is orthonormal and has no coarse slot (the pair-free default above 128 bits), x_hat =
+    mean + P z is an isometry of z, so k-means runs on z (n_cols * d < D coordinates) and the
+    centroids are mapped back; otherwise spherical k-means on the decoded unit vectors."""
+    import faiss
+
+    n = len(codes)
+    rng = np.random.default_rng(seed)
+    take = min(n, nlist * KMEANS_POINTS_PER_LIST, max(KMEANS_MAX_POINTS, nlist))
+    sample = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
+    in_z = codec.n_coarse == 0 and "decoder" not in codec.tensors
+    part = (lambda c: _coords(codec, c)) if in_z else codec.decode
+    X = np.concatenate([part(codes[sample[i:i + 65536]]) for i in range(0, len(sample), 65536)])
+    km = faiss.Kmeans(X.shape[1], nlist, niter=KMEANS_ITER, spherical=not in_z, seed=seed,
+                      max_points_per_centroid=KMEANS_POINTS_PER_LIST, min_points_per_centroid=1, verbose=False)
+    km.train(np.ascontiguousarray(X, np.float32))
+    C = km.centroids.astype(np.float32)
+    if in_z:  # the lists' mean decoded vectors (not normalised: codes go to the nearest in L2)
+        return (codec.tensors["mean"][None, :] + C @ codec._decoder.T).astype(np.float32)
+    return (C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class Assigner:
+    """codes -> list numbers (uint32): the nearest centroid, argmax_j <c_j, x_hat> - |c_j|^2 / 2
+    (the k-means rule), computed in the codec's own coordinates. x_hat = a + P z (a: the mean,
+    plus the coarse word if any; z: the slots' coordinates, n_cols * d of them, fewer than D),
+    so <c_j, x_hat> = <c_j, a> + <P^T c_j, z>.
+    Past EXACT_NLIST lists the search is two-level: the centroids are grouped (k-means of the
+    centroids), an item is compared with the centroids of its GROUPS_PROBED best groups only
+    (the list it gets is then nearly always, not always, its nearest; searching stays exact
+    in the sense that matters: every code is in exactly one list)."""
+
+    EXACT_NLIST = 1024
+    GROUPS_PROBED = 4
+
+    def __init__(self, codec, centroids: np.ndarray):
+        self.codec = codec
+        t = codec.tensors
+        C = np.asarray(centroids, np.float32)
+        self.nlist = len(C)
+        A = t["mean"][None, :] + (t["coarse"] if codec.n_coarse else 0.0)  # (K or 1, D)
+        self.CA = (A @ C.T - 0.5 * (C * C).sum(1)[None, :]).astype(np.float32)  # (K or 1, nlist)
+        self.CP = np.ascontiguousarray((C @ codec._decoder).T, np.float32)  # (n_cols * d, nlist)
+        self.groups = None
+        if self.nlist > self.EXACT_NLIST:
+            import faiss
+
+            n_groups = int(np.sqrt(self.nlist))
+            km = faiss.Kmeans(C.shape[1], n_groups, niter=10, seed=0, min_points_per_centroid=1,
+                              verbose=False)
+            km.train(C)
+            G = km.centroids.astype(np.float32)
+            member = np.argmax(C @ G.T - 0.5 * (G * G).sum(1)[None, :], axis=1)
+            self.groups = [np.flatnonzero(member == g) for g in range(n_groups)]
+            self.GA = (A @ G.T - 0.5 * (G * G).sum(1)[None, :]).astype(np.float32)
+            self.GP = np.ascontiguousarray((G @ codec._decoder).T, np.float32)
+
+    def __call__(self, codes: np.ndarray, chunk: int = 32768) -> np.ndarray:
+        codec = self.codec
+        out = np.empty(len(codes), np.uint32)
+        for i in range(0, len(codes), chunk):
+            part = np.asarray(codes[i:i + chunk])
+            idx = codec.indices(part)
+            Z = _coords(codec, part)
+            a = idx[:, 0] if codec.n_coarse else np.zeros(len(idx), np.int64)
+            if self.groups is None:
+                S = Z @ self.CP
+                S += self.CA[a]
+                out[i:i + chunk] = np.argmax(S, axis=1)
+                continue
+            SG = Z @ self.GP + self.GA[a]
+            near = np.argpartition(-SG, min(self.GROUPS_PROBED, len(self.groups)) - 1, axis=1)[:, :self.GROUPS_PROBED]
+            best = np.full(len(Z), -np.inf, np.float32)
+            arg = np.zeros(len(Z), np.int64)
+            for g, members in enumerate(self.groups):
+                rows = np.flatnonzero((near == g).any(axis=1))
+                if not len(rows) or not len(members):
+                    continue
+                S = Z[rows] @ self.CP[:, members] + self.CA[:, members][a[rows]]
+                j = np.argmax(S, axis=1)
+                s = S[np.arange(len(rows)), j]
+                better = s > best[rows]
+                best[rows[better]], arg[rows[better]] = s[better], members[j[better]]
+            out[i:i + chunk] = arg
+        return out
+
+
+class IvfIndex(AdcIndex):
+    """An AdcIndex whose fast-scan pass visits the `nprobe` lists nearest the query instead of
+    every code. Row ids, `rows=` filters and the exact rerank are those of AdcIndex."""
+
+    def __init__(self, tables, bias, codes, nbits, norms, centroids: np.ndarray, lists: np.ndarray,
+                 nprobe: int | None = None, span: np.ndarray | None = None):
+        """`span`: the codec's decoder P (D, r): when every centroid lies in the plane
+        spanned by P and the mean (the k-means of train_centroids on z), the lists are ranked
+        in those r < D coordinates (reading nlist x r floats per query instead of nlist x D)."""
+        import faiss
+
+        if nbits != 4:
+            raise ValueError("IVF scans 4-bit codes only")
+        self.tables = np.ascontiguousarray(tables, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.m, k, dim = self.tables.shape
+        self.nbits, self.norms, self.n, self.fast_scan = nbits, norms, len(self.codes), True
+        self.centroids = np.ascontiguousarray(centroids, np.float32)
+        self.nlist = len(self.centroids)
+        lists = np.asarray(lists, np.int64)
+        if len(lists) != self.n or (self.n and (lists.min() < 0 or lists.max() >= self.nlist)):
+            raise ValueError(f"{len(lists)} list numbers for {self.n} codes and {self.nlist} lists")
+        self.nprobe = nprobe or default_nprobe(self.nlist)
+        t0 = time.perf_counter()
+        self.quantizer = faiss.IndexFlatIP(dim)
+        self.quantizer.add(self.centroids)
+        self._plane = self._in_plane(span) if span is not None else None
+        st = faiss.AdditiveQuantizer.ST_LUT_nonorm
+        flat = faiss.IndexIVFLocalSearchQuantizer(self.quantizer, dim, self.nlist, self.m, nbits,
+                                                  faiss.METRIC_INNER_PRODUCT, st)
+        flat.by_residual = False
+        faiss.copy_array_to_vector(self.tables.reshape(-1), flat.lsq.codebooks)
+        flat.lsq.is_trained = flat.is_trained = True
+        if flat.code_size != self.codes.shape[1]:
+            raise ValueError(f"codes have {self.codes.shape[1]} bytes per item, expected {flat.code_size}")
+        order = np.argsort(lists, kind="stable")
+        # Held in variables until add_entries has copied them: swig_ptr does not keep them alive.
+        ids_sorted = np.ascontiguousarray(order, np.int64)
+        codes_sorted = np.ascontiguousarray(self.codes[order])
+        bounds = np.searchsorted(lists[order], np.arange(self.nlist + 1))
+        for j in np.flatnonzero(np.diff(bounds)):
+            a, e = int(bounds[j]), int(bounds[j + 1])
+            flat.invlists.add_entries(int(j), e - a, faiss.swig_ptr(ids_sorted[a:e]), faiss.swig_ptr(codes_sorted[a:e]))
+        flat.ntotal = self.n
+        del ids_sorted, codes_sorted
+        self.index = faiss.IndexIVFAdditiveQuantizerFastScan(flat, FAST_SCAN_BLOCK)  # packs every list
+        self.index.by_residual = False  # the converting constructor sets it back to True
+        # The fast-scan index points at `flat`'s quantizer (its codebooks) without owning it:
+        # keep `flat` alive, but drop its copy of the codes (and the fast-scan's pointer to it).
+        self.index.orig_invlists = None
+        self._empty = faiss.ArrayInvertedLists(self.nlist, flat.code_size)  # owned here, not by `flat`
+        flat.replace_invlists(self._empty, False)  # frees the old lists
+        self._flat = flat
+        self.list_sizes = np.diff(bounds)
+        self.build_seconds = time.perf_counter() - t0
+
+    def _in_plane(self, span):
+        """(U, W, m_perp, s) with <q, c_j> = <U^T q, W_j> + <q, m_perp> s_j, or None."""
+        U, _ = np.linalg.qr(np.asarray(span, np.float64))
+        C = self.centroids.astype(np.float64)
+        m_perp = self.bias - U @ (U.T @ self.bias)
+        mm = float(m_perp @ m_perp)
+        if mm < 1e-12:
+            return None
+        W = C @ U
+        C_perp = C - W @ U.T
+        s = C_perp @ m_perp / mm
+        if np.abs(C_perp - s[:, None] * m_perp[None, :]).max() > 1e-4:
+            return None  # e.g. a coarse slot: centroids leave the plane
+        f = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+        return f(U), f(W), f(m_perp), f(s)
+
+    def rank_lists(self, Q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, lists) (nq, nprobe): the lists whose centroid is nearest each query, best first."""
+        if self._plane is None:
+            return self.quantizer.search(Q, nprobe)
+        U, W, m_perp, s = self._plane
+        S = (Q @ U) @ W.T + (Q @ m_perp)[:, None] * s[None, :]
+        if nprobe < self.nlist:
+            part = np.argpartition(-S, nprobe - 1, axis=1)[:, :nprobe]
+        else:
+            part = np.tile(np.arange(self.nlist), (len(Q), 1))
+        ps = np.take_along_axis(S, part, axis=1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        return (np.ascontiguousarray(np.take_along_axis(ps, order, axis=1), np.float32),
+                np.ascontiguousarray(np.take_along_axis(part, order, axis=1), np.int64))
+
+    def memory_bytes(self) -> int:
+        """Bytes the IVF structure holds besides the codes array: packed codes (lists padded
+        to 32-item blocks), 8-byte ids, centroids."""
+        padded = int((-(-self.list_sizes // FAST_SCAN_BLOCK) * FAST_SCAN_BLOCK).sum())
+        return padded * self.index.M2 // 2 + self.n * 8 + self.centroids.nbytes
+
+    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
+               rows: np.ndarray | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) per query: the nprobe nearest lists (default self.nprobe;
+        nprobe >= nlist scans every list), shortlist reranked exactly. `rows`: a filter; at most
+        FILTER_EXACT_MAX rows are scored exactly, more go through FAISS's IDSelector."""
+        import faiss
+
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        nq = len(Q)
+        if self.n == 0 or k <= 0:
+            return np.full((nq, max(k, 0)), -1, np.int64), np.full((nq, max(k, 0)), -np.inf, np.float32)
+        rows = None if rows is None else np.asarray(rows, np.int64)
+        if rows is not None and len(rows) <= FILTER_EXACT_MAX:
+            return _in_rows(top_k(self.exact_scores(Q, rows), k), rows)
+        short = shortlist or max(4 * k, k + 64)
+        if short >= (self.n if rows is None else len(rows)):
+            return super().search(Q, k, rows=np.arange(self.n) if rows is None else rows)
+        nprobe = min(int(nprobe or self.nprobe), self.nlist)
+        Dq, Iq = self.rank_lists(Q, nprobe)  # contiguous, and named while FAISS reads them
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        self.index.nprobe = nprobe  # FAISS sizes buffers by the index's nprobe, not the params'
+        if rows is not None:
+            keep = np.zeros(self.n, bool)
+            keep[rows] = True
+            bitmap = np.packbits(keep, bitorder="little")  # a named array: swig_ptr does not keep it alive
+            sel = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
+            params.sel = sel
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        D = np.empty((1, short), np.float32)
+        cand = np.empty((1, short), np.int64)
+        for i in range(nq):
+            # One query per FAISS call: batched calls of the IVF fast-scan with by_residual=False
+            # return lists that differ from the flat scan's (faiss 1.15, tests/test_ivf.py), single
+            # queries match it exactly.
+            q, iq, dq = Q[i:i + 1], np.ascontiguousarray(Iq[i:i + 1]), np.ascontiguousarray(Dq[i:i + 1])
+            self.index.search_preassigned_c(1, faiss.swig_ptr(q), short, faiss.swig_ptr(iq), faiss.swig_ptr(dq),
+                                            faiss.swig_ptr(D), faiss.swig_ptr(cand), False, params)
+            c = cand[0][cand[0] >= 0].copy()
+            if len(c):
+                found = _in_rows(top_k(self.exact_scores(q, c), k), c)
+                ids[i], scores[i] = found[0][0], found[1][0]
+        return ids, scores
+
+
+# --- the store's IVF: built past MIN_ITEMS, kept up to date, rebuilt ------------------------------
+
+def _digest(C: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(C, np.float32).tobytes()).hexdigest()[:16]
+
+
+def build(ctx, nlist: int | None = None, seed: int = 0, progress=None) -> dict:
+    """Train the store's coarse centroids on its decoded codes, assign every code, and install
+    both in one transaction (replacing any earlier IVF). Returns the IVF's meta record."""
+    from .progress import report
+
+    store, codec = ctx.store, ctx.codec
+    if not supported(codec):
+        raise ValueError("IVF needs an additive codec with 4-bit sub-codes")
+    ids, codes = store.load_codes()
+    nlist = int(nlist or nlist_for(len(ids)))
+    report(progress, "ivf: coarse centroids", 0, 2)
+    C = train_centroids(codec, codes, nlist, seed)
+    report(progress, "ivf: assigning codes", 1, 2)
+    lists = Assigner(codec, C)(codes)
+    info = {"nlist": nlist, "dim": codec.dim, "codec_id": codec.id, "built_on": int(len(ids)), "id": _digest(C)}
+    with store.write() as w:
+        w.set_ivf(C, info, ids, lists)
+    report(progress, "ivf: assigning codes", 2, 2)
+    return info
+
+
+def rebuild(ctx, old: dict, progress=None) -> dict | None:
+    """A new IVF for a store that had `old` (after retrain's switch): nlist for its size past
+    MIN_ITEMS, else the old nlist."""
+    if not supported(ctx.codec) or ctx.store.readonly:
+        return None
+    n = ctx.store.info()["coded"]
+    return build(ctx, nlist=nlist_for(n) if n >= MIN_ITEMS else old["nlist"], progress=progress)
+
+
+def maintain(ctx, progress=None) -> str | None:
+    """After an ingest, import or retrain: build the IVF when the store first holds MIN_ITEMS
+    codes, rebuild it when the store has grown REBUILD_GROWTH x since, or when its codec changed;
+    else give codes whose segment has no list row theirs (normally none: commits assign new
+    codes in their own transaction). Returns "built", "rebuilt", "filled" or None."""
+    store, codec = ctx.store, ctx.codec
+    if store.readonly or not supported(codec):
+        return None
+    info = store.ivf_meta()
+    n = store.info()["coded"]
+    if info is None:
+        if n < MIN_ITEMS:
+            return None
+        build(ctx, progress=progress)
+        return "built"
+    if info.get("codec_id") != codec.id or n >= REBUILD_GROWTH * max(info.get("built_on") or 1, 1):
+        build(ctx, progress=progress)
+        return "rebuilt"
+    got = store.load_ivf()
+    ids, codes = store.load_codes()
+    if got is None or len(got[3]) != len(ids):
+        return None
+    missing = got[3] < 0
+    if not missing.any():
+        return None
+    with store.write() as w:
+        w.fill_ivf(ids[missing], ctx.ivf_assigner(store.meta()["codec_id"], info, lambda: got[2])(codes[missing]))
+    return "filled"
