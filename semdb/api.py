@@ -156,7 +156,7 @@ class Database:
         ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
         `within` (keep hits within this of the best score), `min_score`. `files=False`: every
         term of `query` is text, never a file (what a server answering URLs needs). `nprobe`: IVF
-        lists to scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 8; more
+        lists to scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 4; more
         lists: slower, closer to the exhaustive result); smaller stores scan every code and ignore it."""
         from .query import Term, Where, parse_terms
 
