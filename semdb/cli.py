@@ -181,15 +181,15 @@ def query(
             raise InputError("give exactly one of TEXT or --image PATH (or --like ID_OR_PATH)")
         like_item = int(like) if like is not None and like.isdigit() else like
         query = dict(image=image, like=like_item, k=k, under=under, after=after, before=before, within=within,
-                     min_score=min_score)
+                     min_score=min_score, nprobe=nprobe)
         hits = None
-        if not no_server and model is None and pretrained is None and nprobe is None:  # (serve: no nprobe yet)
+        if not no_server and model is None and pretrained is None:
             hits = _query_server(store, " ".join(text) if text else None, **query)
         if hits is None:
             from .api import Database
 
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
-                hits = db.search(" ".join(text) if text else None, nprobe=nprobe, **query)
+                hits = db.search(" ".join(text) if text else None, **query)
     _print_hits(hits, as_json, paths_only)
 
 

@@ -8,7 +8,7 @@ read (through semdb.images.load_image: megapixel guard, EXIF orientation, RGB). 
 is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 
     GET  /                      the web page (static/)
-    GET  /api/search?q=TEXT     text search; k, under, after, before, within, min_score
+    GET  /api/search?q=TEXT     text search; k, under, after, before, within, min_score, nprobe
     POST /api/search            image search: multipart field "image", or the raw image body
     GET  /api/similar/{id}      more like a stored item (from its stored code)
     GET  /api/item/{id}         one item's metadata
@@ -132,6 +132,8 @@ def _filters(params) -> dict:
     like = params.get("like")
     if like:
         out["like"] = _item_id(like)
+    if params.get("nprobe"):
+        out["nprobe"] = _int_param(params, "nprobe", 0, 1, 1 << 20)
     return out
 
 
@@ -191,7 +193,7 @@ class Service:
 
     # --- search ---
     def search(self, text: str | None, k: int, *, image=None, like: int | None = None, min_score=None,
-               within=None, under=None, after=None, before=None):
+               within=None, under=None, after=None, before=None, nprobe=None):
         """Database.search's meaning, except that every term of `text` is text: a URL never
         makes the server open a file by its name."""
         def run():
@@ -200,7 +202,7 @@ class Service:
             if text is None and image is None and like is None:
                 raise ApiError(400, "empty query: give q=TEXT, like=ID or an image")
             return self.db.search(text, image=image, like=like, k=k, under=under, after=after, before=before,
-                                  within=within, min_score=min_score, files=False)
+                                  within=within, min_score=min_score, files=False, nprobe=nprobe)
 
         return self.on_model_thread(run)
 

@@ -125,7 +125,7 @@ def request(store, method: str, target: str, body: bytes | None = None,
 
 def query_server(store, text: str | None = None, *, image=None, like=None, k: int = 10,
                  min_score: float | None = None, under=None, after=None, before=None,
-                 within: float | None = None) -> Optional[list[ServerHit]]:
+                 within: float | None = None, nprobe: int | None = None) -> Optional[list[ServerHit]]:
     """Hits from the store's running server, or None when there is no usable server (or the
     query is one the server does not take: an image file inside the text's arithmetic, --like
     by path), so the caller searches locally with the same meaning.
@@ -146,7 +146,8 @@ def query_server(store, text: str | None = None, *, image=None, like=None, k: in
         params["like"] = str(like)
     if under is not None:
         params["under"] = os.path.abspath(os.path.expanduser(os.fsdecode(under)))
-    for key, value in (("after", after), ("before", before), ("within", within), ("min_score", min_score)):
+    for key, value in (("after", after), ("before", before), ("within", within), ("min_score", min_score),
+                       ("nprobe", nprobe)):
         if value is not None:
             params[key] = repr(float(value)) if isinstance(value, float) else str(value)
     target = "/api/search?" + urllib.parse.urlencode(params)
