@@ -610,15 +610,9 @@ class Embedder:
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Embed texts as unit rows; texts longer than the context are truncated, not refused."""
-        if isinstance(texts, str):
-            texts = [texts]
-        cleaned = []
-        for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise InputError("empty query text: give some words to search for")
-            # The tokenizer keeps context_length tokens and each token covers >= 1 visible
-            # character, so a generous prefix gives the same tokens without tokenizing megabytes.
-            cleaned.append(" ".join(text.split())[: 32 * self.context_length])
+        from .tokenizer import clean_texts
+
+        cleaned = clean_texts(texts, self.context_length)
         batches = (
             self.tokenizer(cleaned[i : i + batch_size]) for i in range(0, len(cleaned), batch_size)
         )

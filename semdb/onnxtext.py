@@ -29,7 +29,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import modelcache
-from .errors import InputError
 
 FORMAT = 2  # 2: weights in text.onnx.data
 MAX_ABS_DIFF = 1e-4  # an export that differs more from torch on the check texts is not kept
@@ -70,13 +69,9 @@ class OnnxTextEncoder:
         return f"OnnxTextEncoder({self.model_id['name']}, dim={self.dim}, digest={self.model_id['digest']})"
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        cleaned = []
-        for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise InputError("empty query text: give some words to search for")
-            cleaned.append(" ".join(text.split())[: 32 * self.context_length])  # as Embedder does
+        from .tokenizer import clean_texts
+
+        cleaned = clean_texts(texts, self.context_length)  # as Embedder does
         out = [self.session.run(None, {"tokens": self.tokenizer(cleaned[i:i + batch_size])})[0]
                for i in range(0, len(cleaned), batch_size)]
         if not out:

@@ -126,3 +126,20 @@ class SimpleTokenizer:
                 tokens[-1] = self.eot_token_id
             out[i, : len(tokens)] = tokens
         return out
+
+
+def clean_texts(texts, context_length: int) -> list:
+    """Texts as the CLIP text towers take them: whitespace collapsed, and a generous prefix of
+    each (the tokenizer keeps context_length tokens and each token covers >= 1 visible
+    character, so the prefix gives the same tokens without tokenizing megabytes). An empty
+    text is an InputError."""
+    from .errors import InputError
+
+    if isinstance(texts, str):
+        texts = [texts]
+    cleaned = []
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("empty query text: give some words to search for")
+        cleaned.append(" ".join(text.split())[: 32 * context_length])
+    return cleaned
