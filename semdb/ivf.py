@@ -51,15 +51,6 @@ def supported(codec) -> bool:
     return codec is not None and codec.arch == "additive" and codec.nbits == 4
 
 
-def _coords(codec, codes: np.ndarray) -> np.ndarray:
-    """The slots' coordinates z of codes (x_hat = mean + P z), float32 (n, n_cols * d)."""
-    from .codec.additive import decode_coords
-
-    t = codec.tensors
-    idx = codec.indices(codes)[:, codec.n_coarse:]
-    return decode_coords(idx, codec.layout, t["scale"], t["codebook"]).reshape(len(codes), -1).astype(np.float32)
-
-
 def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
     """(nlist, D) centroids: k-means of a seeded sample of decoded codes (at most
     KMEANS_POINTS_PER_LIST per list and KMEANS_MAX_POINTS in all). For a codec whose decoder
@@ -73,7 +64,7 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     take = min(n, nlist * KMEANS_POINTS_PER_LIST, max(KMEANS_MAX_POINTS, nlist))
     sample = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
     in_z = codec.n_coarse == 0 and "decoder" not in codec.tensors
-    part = (lambda c: _coords(codec, c)) if in_z else codec.decode
+    part = codec.slot_coords if in_z else codec.decode
     X = np.concatenate([part(codes[sample[i:i + 65536]]) for i in range(0, len(sample), 65536)])
     km = faiss.Kmeans(X.shape[1], nlist, niter=KMEANS_ITER, spherical=not in_z, seed=seed,
                       max_points_per_centroid=KMEANS_POINTS_PER_LIST, min_points_per_centroid=1, verbose=False)
@@ -125,7 +116,7 @@ class Assigner:
         for i in range(0, len(codes), chunk):
             part = np.asarray(codes[i:i + chunk])
             idx = codec.indices(part)
-            Z = _coords(codec, part)
+            Z = codec.slot_coords(part)
             a = idx[:, 0] if codec.n_coarse else np.zeros(len(idx), np.int64)
             if self.groups is None:
                 S = Z @ self.CP

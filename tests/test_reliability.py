@@ -531,10 +531,13 @@ def test_two_ingests_at_once_refuse_or_wait_and_a_killed_writer_releases_the_loc
     first = subprocess.Popen(args, env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.3,batch_committed:3"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lock = store / "writer.lock"
-    deadline = time.monotonic() + 120
-    while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+    for _ in range(2400):  # wait for the first writer to take the lock (at most ~2 minutes)
+        if lock.exists() and lock.read_text().strip() == str(first.pid):
+            break
+        assert first.poll() is None, first.communicate()
         time.sleep(0.05)
+    else:
+        pytest.fail(f"the first ingest never took the writer lock: {first.communicate()}")
     second = cli(*args[1:], check=False)
     lines = second.stderr.decode().strip().splitlines()
     assert second.returncode == 5 and len(lines) == 1, second.stderr
@@ -568,9 +571,8 @@ def test_ctrl_c_keeps_committed_batches_and_exits_130(tmp_path, tiny_model):
         [SEMDB, "ingest", "--train-now", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2", "--json"],
         env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.5"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while True:  # until two batches are committed
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+    for attempt in range(2400):  # until two batches are committed (at most ~2 minutes)
+        assert proc.poll() is None and attempt < 2399, proc.communicate()
         if (store / "data.mdb").exists():
             try:
                 with Store(store, readonly=True) as s:

@@ -295,6 +295,13 @@ class Codec:
             X += t["coarse"][idx[:, 0]]
         return X
 
+    def slot_coords(self, codes) -> np.ndarray:
+        """The PCA slots' coordinates z of codes (x_hat = mean + coarse + basis z), float32
+        (n, n_cols * d): where the IVF clusters the codes (semdb.ivf)."""
+        t = self.tensors
+        idx = self.indices(codes)[:, self.n_coarse:]
+        return decode_coords(idx, self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1).astype(np.float32)
+
     def decode_additive(self, codes) -> np.ndarray:
         """x_hat = b + sum_m T[m, k_m], not normalised: the vector ADC scores are inner products with."""
         if self.arch == "paper":
