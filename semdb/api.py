@@ -257,8 +257,7 @@ class Database:
     # --- info -----------------------------------------------------------------------------
     def codes(self) -> dict:
         """{item id: packed code} of every coded item (one snapshot)."""
-        ids, codes = self.store.load_codes()
-        return dict(zip(ids.tolist(), codes))
+        return self.store.codes_by_id()
 
     def info(self) -> dict:
         """Counts, rate, size on disk, model and codec of the store."""

@@ -58,7 +58,7 @@ class Where:
         w = cls(os.path.abspath(os.path.expanduser(os.fsdecode(under))).rstrip(os.sep) or os.sep if under else None,
                 parse_date(after, "after"), parse_date(before, "before"))
         if w.after is not None and w.before is not None and w.after >= w.before:
-            raise InputError(f"--after {after} is not before --before {before}: no date is in between")
+            raise InputError(f"after {after} is not earlier than before {before}: no date is in between")
         return w
 
     def __bool__(self) -> bool:

@@ -666,6 +666,11 @@ class Store:
         lists = np.concatenate(parts) if parts else np.empty(0, np.int64)
         return meta.get("generation"), info, C, lists
 
+    def codes_by_id(self) -> dict:
+        """{item id: packed code (a row of load_codes)} of every coded item, one snapshot."""
+        ids, codes = self.load_codes()
+        return dict(zip(ids.tolist(), codes))
+
     def info(self) -> dict:
         with self._read() as v:
             meta, stat = v._read_meta(), lambda db: v.txn.stat(v._db[db])["entries"]

@@ -48,7 +48,7 @@ def classify(store: Store, todo: list[FileState], seen: set[str], hashes, summar
             settled.append(SettledItem(_item(gone[0], file, h, now)))
             seen.add(gone[0].path)  # one moved file claims one missing item
             summary.moved += 1
-        elif same and (codes := codes or _codes_by_id(store)).get(same[0].id) is not None:
+        elif same and (codes := codes or store.codes_by_id()).get(same[0].id) is not None:
             # a copy of a stored image: reuse its code, no CLIP needed
             item = Item.new(file.path, file.size, file.mtime_ns, h, same[0].width, same[0].height, now, same[0].taken)
             settled.append(SettledItem(item, np.array(codes[same[0].id])))
@@ -70,8 +70,3 @@ def _item(item: Item, file: FileState, h: str, now: float) -> Item:
     """`item` (its id, size in pixels and first-added time) now at `file`."""
     return Item(item.id, file.path, file.size, file.mtime_ns, h, item.width, item.height, item.added, now,
                 item.taken)
-
-
-def _codes_by_id(store: Store) -> dict:
-    ids, codes = store.load_codes()
-    return dict(zip(ids.tolist(), codes))
