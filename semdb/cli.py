@@ -172,7 +172,7 @@ def query(
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to scan in a large store (default nlist/4; more: slower, closer to exhaustive)."),
     no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a `semdb serve` runs for the store."),
 ):
-    """Find the stored images closest to TEXT (and/or --image, --like), optionally filtered."""
+    """Find the stored images closest to TEXT (or --image), and/or more like a stored item (--like), filtered."""
     from .errors import InputError
 
     with _errors():
