@@ -291,7 +291,7 @@ class Cluster:
     specs: list[ShardSpec]
     apps: list[str]
     router: object = field(repr=False)  # the router's DeploymentHandle
-    started_ray: bool = False
+    started_ray: str = ""  # "": Ray was joined by the caller; "local": started here; "joined": connected here
     timeout: float = DEFAULT_TIMEOUT
 
     @classmethod
@@ -316,10 +316,11 @@ class Cluster:
             raise InputError("give at least one shard (a store folder)")
         if len(set(stores)) != len(stores):
             raise InputError("a store is given twice as a shard: its hits would be counted twice")
-        started = not ray.is_initialized()
-        if started:
-            import logging
+        import logging
 
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would drown the results
+        started = "" if ray.is_initialized() else "joined" if address else "local"
+        if started:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             http = {"host": http_host or "127.0.0.1", "port": http_port} if http_port is not None else None
@@ -402,8 +403,9 @@ class Cluster:
                     serve.delete(app)
                 except Exception:  # already gone
                     pass
-            if self.started_ray:
+            if self.started_ray == "local":  # Serve runs in our own instance: stop both
                 serve.shutdown()
+            if self.started_ray:  # a cluster we connected to keeps running (and its Serve)
                 ray.shutdown()
 
     def __enter__(self) -> "Cluster":

@@ -205,3 +205,22 @@ def _in_shard(path: str, j: int) -> bool:
 def test_import_semdb_does_not_import_ray():
     code = "import sys, semdb, semdb.cluster; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_query_shards_on_a_running_cluster(ray_cluster, stores):
+    """`semdb query --shards A,B,C TEXT --ray-address HEAD`: a thin layer over Cluster.start +
+    search (its own Serve applications, removed when it exits; the cluster stays up)."""
+    from conftest import semdb_cli
+    from ray import serve
+
+    shards = ",".join(str(s) for s in stores["shards"])
+    proc = semdb_cli("query", "a photo of a cat", "--shards", shards, "--ray-address", ray_cluster.address,
+                     "-k", "4", "--under", "/photos/city", "--json", timeout=600)
+    hits = json.loads(proc.stdout)
+    with semdb.open(stores["full"], readonly=True) as db:
+        want = db.search("a photo of a cat", k=4, under="/photos/city", files=False)
+    assert [h["path"] for h in hits] == [h.path for h in want] and all("shard" in h for h in hits)
+    assert not any(name.startswith("semdb-") for name in serve.status().applications)
+    odd = f"{stores['shards'][0]},{stores['odd']}"
+    proc = semdb_cli("query", "cat", "--shards", odd, "--ray-address", ray_cluster.address, check=4, timeout=600)
+    assert "shard 1" in proc.stderr and "codec" in proc.stderr
