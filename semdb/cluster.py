@@ -199,12 +199,12 @@ class EncoderReplica:
 class Router:
     """The ingress: one query in, one text encoding, every shard asked at once, one merge."""
 
-    def __init__(self, shard_apps: Sequence[str], stores: Sequence[str], encoder_app: str):
+    def __init__(self, shard_apps: Sequence[str], stores: Sequence[str], encoder_app: Optional[str]):
         from ray import serve
 
         self.shards = [serve.get_deployment_handle("shard", app_name=a) for a in shard_apps]
         self.stores = list(stores)
-        self.encoder = serve.get_deployment_handle("encoder", app_name=encoder_app)
+        self.encoder = serve.get_deployment_handle("encoder", app_name=encoder_app) if encoder_app else None
 
     async def describe(self) -> list:
         """Each shard's spec, or its failure to answer."""
@@ -215,6 +215,8 @@ class Router:
     async def search(self, request: SearchRequest) -> ShardedResult:
         vector = request.vector
         if vector is None:
+            if self.encoder is None:
+                raise InputError("this cluster was started with text=False: search it with a vector")
             vector = await self.encoder.encode.remote(request.text)
         query = ShardQuery(np.asarray(vector, np.float32).reshape(1, -1), request.k, request.where,
                            request.min_score, request.nprobe)
@@ -298,7 +300,7 @@ class Cluster:
     def start(cls, shards: Sequence, address: Optional[str] = None, *, name: str = "semdb",
               threads: Optional[int] = 1, num_cpus: float = 0.25, shard_resources: Optional[Sequence[dict]] = None,
               http_host: Optional[str] = None, http_port: Optional[int] = None,
-              timeout: float = DEFAULT_TIMEOUT) -> "Cluster":
+              timeout: float = DEFAULT_TIMEOUT, text: bool = True) -> "Cluster":
         """Deploy one Serve application per shard (`shards`: store folders, as every node sees
         them), a text encoder and the router; check that the shards can be searched as one
         (ShardError naming the odd shard otherwise, and nothing is left deployed).
@@ -309,7 +311,8 @@ class Cluster:
         shard, Ray resources its replica needs (e.g. {"node:10.0.0.5": 0.01} to run it on the
         node whose disk holds that store). `http_host`/`http_port`: start Serve's HTTP proxy
         there (GET /api/search), when this call starts Serve. `timeout`: seconds a shard may
-        take to answer before it counts as down."""
+        take to answer before it counts as down. `text=False`: no text encoder (no model is
+        loaded anywhere): vector queries only."""
         ray, serve = _ray()
         stores = [os.path.abspath(os.fsdecode(s)) for s in shards]
         if not stores:
@@ -337,18 +340,19 @@ class Cluster:
             router = serve.deployment(Router, name="router", ray_actor_options={"num_cpus": num_cpus})
             encoder_app, router_app = f"{name}-encoder", f"{name}-router"
             encoder_target = serve.RunTarget(encoder.bind(stores[0], threads), name=encoder_app, route_prefix=None)
-            router_target = serve.RunTarget(router.bind(list(apps), stores, encoder_app), name=router_app,
-                                            route_prefix="/" if http else None)
+            router_target = serve.RunTarget(router.bind(list(apps), stores, encoder_app if text else None),
+                                            name=router_app, route_prefix="/" if http else None)
             # The shards first, alone: a store that does not fit is refused before the encoder
             # loads a model for it; the router last (it asks Serve for the others' handles).
-            cluster = cls(name, [], apps + [encoder_app, router_app], None, started, timeout)
+            cluster = cls(name, [], apps + ([encoder_app] if text else []) + [router_app], None, started, timeout)
             try:
                 handles = serve.run_many(targets)
                 specs = [h.describe.remote().result(timeout_s=timeout) for h in handles]
                 check_specs(specs)
                 cluster.specs = specs
                 try:
-                    serve.run_many([encoder_target])
+                    if text:
+                        serve.run_many([encoder_target])
                 except RuntimeError as e:  # the encoder's constructor raised: Serve gave up on it
                     raise ShardError(f"the text encoder (over {display_path(stores[0])}) did not start: "
                                      f"{str(e).strip().splitlines()[-1]}") from None
@@ -384,12 +388,14 @@ class Cluster:
         request = SearchRequest(text, vector, k, Where.of(under, after, before), within, min_score, nprobe, self.timeout)
         try:
             result = self.router.search.remote(request).result()
-        except SemdbError:
-            raise
-        except Exception as e:  # the encoder's own error (a bad query text), raised inside Ray
+        except Exception as e:
+            # a semdb error raised inside Ray (a bad query text, at the encoder) comes back
+            # wrapped with its remote traceback: raise the error itself, one line
             cause = getattr(e, "cause", None)
             if isinstance(cause, SemdbError):
                 raise cause from None
+            if isinstance(e, SemdbError):
+                raise
             raise ShardError(f"the sharded search failed: {_reason(e)}") from None
         if result.partial and not allow_partial:
             raise ShardError(_missing_message(result.missing))
