@@ -139,6 +139,8 @@ def main():
             db.import_arrow(table.slice(bounds[j], bounds[j + 1] - bounds[j]))
         shards.append(tmp / f"shard{j}")
     build["shards_s"] = round(time.perf_counter() - t, 1)
+    with semdb.open(tmp / "one", readonly=True) as db:
+        build["bytes_per_item_on_disk"] = round(db.info()["bytes_on_disk"] / args.n, 1)
     log(f"stores built: {build}")
     del table
     Q = synthetic(args.queries, seed=2)[0]
@@ -184,6 +186,10 @@ def main():
         ray.shutdown()
         nodes.shutdown()
     result["load_after"] = os.getloadavg()
+    if not args.tmp:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     n_label = f"serve_{args.shards}"
     result["ratio_serve_n_over_local"] = round(result[n_label]["median_ms"] / result["local"]["median_ms"], 2)
     result["ratio_serve_n_over_serve_1"] = round(result[n_label]["median_ms"] / result["serve_1"]["median_ms"], 2)
