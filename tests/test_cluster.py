@@ -139,6 +139,9 @@ def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
         cluster.search(vector=Q[0][:10], k=3)
     with pytest.raises(InputError, match="at least one"):
         cluster.search("cat", k=0)
+    with pytest.raises(InputError, match="empty query") as err:  # raised by the encoder, inside Ray
+        cluster.search("   ")
+    assert "\n" not in str(err.value)
 
 
 def test_shards_are_placed_across_nodes(cluster):
