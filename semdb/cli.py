@@ -329,7 +329,8 @@ def serve(
 
 
 def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> None:
-    """`semdb serve --shards`: Cluster.start with Serve's HTTP proxy, until Ctrl-C."""
+    """`semdb serve --shards`: Cluster.start with Serve's HTTP proxy, until Ctrl-C or SIGTERM."""
+    import signal
     import time
 
     from .cluster import Cluster
@@ -342,6 +343,10 @@ def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> Non
         items = sum(s.items for s in cluster.specs)
         err.print(Text(f"semdb serve: http://{host}:{port}/api/search?q=...  ({len(stores)} shards, {items} items, "
                        f"Ray Serve); Ctrl-C to stop"), highlight=False, soft_wrap=True)
+        def stop(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)  # like Ctrl-C: remove the deployments, then exit
         try:
             while True:
                 time.sleep(3600)

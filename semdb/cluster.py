@@ -270,6 +270,22 @@ def _open_searcher(store: str, threads: Optional[int]):
     return Searcher(StoreContext(Store(store, readonly=True), threads=threads))
 
 
+def _check_listening(host: str, port: int) -> None:
+    """Serve keeps the HTTP options it was first started with: on a cluster whose Serve already
+    runs without a proxy, or on another port, nothing would answer where we say it does."""
+    import socket
+    import time
+
+    for _ in range(20):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise ShardError(f"nothing listens on {host}:{port}: Ray Serve already runs on this cluster with other "
+                     f"HTTP options (it keeps the first ones); use its port, or `serve shutdown` it first")
+
+
 def _node() -> str:
     import ray
 
@@ -357,6 +373,8 @@ class Cluster:
                     raise ShardError(f"the text encoder (over {display_path(stores[0])}) did not start: "
                                      f"{str(e).strip().splitlines()[-1]}") from None
                 cluster.router = serve.run_many([router_target])[0]
+                if http:
+                    _check_listening(http["host"], http["port"])
                 return cluster
             except BaseException:
                 cluster.close()
@@ -403,14 +421,15 @@ class Cluster:
 
     def close(self) -> None:
         ray, serve = _ray()
-        if ray.is_initialized():
+        if ray.is_initialized() and self.started_ray == "local":  # our own instance: stop it all
+            serve.shutdown()
+            ray.shutdown()
+        elif ray.is_initialized():
             for app in reversed(self.apps):
                 try:
                     serve.delete(app)
                 except Exception:  # already gone
                     pass
-            if self.started_ray == "local":  # Serve runs in our own instance: stop both
-                serve.shutdown()
             if self.started_ray:  # a cluster we connected to keeps running (and its Serve)
                 ray.shutdown()
 
