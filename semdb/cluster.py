@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -140,14 +140,19 @@ def merge(answers: Sequence[Sequence[ShardHit]], k: int, within: Optional[float]
     return tuple(hits)
 
 
+def _unwrapped(exc: BaseException) -> BaseException:
+    """A semdb error raised inside a Ray actor comes back wrapped, its message holding the remote
+    traceback (the wrapper also subclasses the error's class): the error itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def _reason(exc: BaseException) -> str:
     """One line for a shard's failure: the shard's own semdb error when it raised one (Ray wraps
     it with its traceback), else the kind of failure."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "did not answer in time (its replica is down or restarting)"
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        exc = cause
+    exc = _unwrapped(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
@@ -206,12 +211,6 @@ class Router:
         self.stores = list(stores)
         self.encoder = serve.get_deployment_handle("encoder", app_name=encoder_app) if encoder_app else None
 
-    async def describe(self) -> list:
-        """Each shard's spec, or its failure to answer."""
-        got = await asyncio.gather(*(h.describe.remote() for h in self.shards), return_exceptions=True)
-        return [g if isinstance(g, ShardSpec) else ShardSpec(i, self.stores[i], error=_reason(g))
-                for i, g in enumerate(got)]
-
     async def search(self, request: SearchRequest) -> ShardedResult:
         vector = request.vector
         if vector is None:
@@ -221,10 +220,10 @@ class Router:
         query = ShardQuery(np.asarray(vector, np.float32).reshape(1, -1), request.k, request.where,
                            request.min_score, request.nprobe)
 
-        async def ask(i, handle):
+        async def ask(handle):
             return await asyncio.wait_for(handle.search.remote(query), request.timeout)
 
-        got = await asyncio.gather(*(ask(i, h) for i, h in enumerate(self.shards)), return_exceptions=True)
+        got = await asyncio.gather(*(ask(h) for h in self.shards), return_exceptions=True)
         missing = tuple(ShardFailure(i, self.stores[i], _reason(g)) for i, g in enumerate(got)
                         if isinstance(g, BaseException))
         answers = [g for g in got if not isinstance(g, BaseException)]
@@ -254,10 +253,10 @@ class Router:
                 raise ApiError(503, _missing_message(result.missing))
         except ApiError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
-        except InputError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
-        return JSONResponse({"hits": [h.__dict__ for h in result.hits], "partial": result.partial,
-                             "missing": [m.__dict__ for m in result.missing]})
+        except InputError as e:  # raised here, or by the encoder inside Ray (then wrapped)
+            return JSONResponse({"error": str(_unwrapped(e))}, status_code=400)
+        return JSONResponse({"hits": [asdict(h) for h in result.hits], "partial": result.partial,
+                             "missing": [asdict(m) for m in result.missing]})
 
 
 def _open_searcher(store: str, threads: Optional[int]):
@@ -266,7 +265,7 @@ def _open_searcher(store: str, threads: Optional[int]):
     from .store import Store
 
     if not os.path.exists(os.path.join(store, "data.mdb")):
-        raise StoreError(f"{display_path(store)}: no semdb store here")
+        raise StoreError("no semdb store here")
     return Searcher(StoreContext(Store(store, readonly=True), threads=threads))
 
 
@@ -406,14 +405,10 @@ class Cluster:
         request = SearchRequest(text, vector, k, Where.of(under, after, before), within, min_score, nprobe, self.timeout)
         try:
             result = self.router.search.remote(request).result()
-        except Exception as e:
-            # a semdb error raised inside Ray (a bad query text, at the encoder) comes back
-            # wrapped with its remote traceback: raise the error itself, one line
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, SemdbError):
-                raise cause from None
-            if isinstance(e, SemdbError):
-                raise
+        except Exception as e:  # e.g. a bad query text, refused by the encoder inside Ray
+            own = _unwrapped(e)
+            if isinstance(own, SemdbError):
+                raise own from None
             raise ShardError(f"the sharded search failed: {_reason(e)}") from None
         if result.partial and not allow_partial:
             raise ShardError(_missing_message(result.missing))
