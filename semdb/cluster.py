@@ -123,7 +123,11 @@ def check_specs(specs: Sequence[ShardSpec]) -> None:
             raise ShardError(f"{name} uses codec {s.codec_id}, {than} codec {first.codec_id}: shards must "
                              f"share one codec (import each shard's items from one export)")
         a, b = s.model or {}, first.model or {}
-        if a.get("dim") != b.get("dim") or (a.get("digest") and b.get("digest") and a["digest"] != b["digest"]):
+        # the weights digest when both stores have bound one (stores built from imported
+        # embeddings know their model by name until it is first loaded), else the name
+        same_model = a["digest"] == b["digest"] if a.get("digest") and b.get("digest") else \
+            (a.get("name"), a.get("pretrained")) == (b.get("name"), b.get("pretrained"))
+        if a.get("dim") != b.get("dim") or not same_model:
             raise ShardError(f"{name} was built with model {a.get('name')} (digest {str(a.get('digest'))[:16]}), "
                              f"{than} with {b.get('name')} (digest {str(b.get('digest'))[:16]}): shards must share one model")
         if s.ivf_id != first.ivf_id:

@@ -231,3 +231,41 @@ def test_cli_query_shards_on_a_running_cluster(ray_cluster, stores):
     odd = f"{stores['shards'][0]},{stores['odd']}"
     proc = semdb_cli("query", "cat", "--shards", odd, "--ray-address", ray_cluster.address, check=4, timeout=600)
     assert "shard 1" in proc.stderr and "codec" in proc.stderr
+
+
+def test_the_start_up_check_names_the_odd_shard_in_one_line():
+    from semdb.cluster import ShardSpec, check_specs
+
+    model = {"name": "m", "digest": "d" * 64, "dim": 64}
+    good = [ShardSpec(i, f"/s{i}", "c1", model, "ivf1", 10) for i in range(3)]
+    check_specs(good)
+    cases = [(replace_at(good, 2, codec_id="c2"), "shard 2 (/s2) uses codec c2"),
+             (replace_at(good, 1, model={**model, "digest": "e" * 64}), "shard 1 (/s1) was built with model m"),
+             (replace_at(good, 1, model={**model, "dim": 32}), "shard 1 (/s1) was built with model"),
+             (replace_at(good, 2, ivf_id=None), "shard 2 (/s2) has IVF centroids None"),
+             (replace_at(good, 0, codec_id=None), "shard 0 (/s0) has no codec yet"),
+             (replace_at(good, 1, error="corrupt"), "shard 1 (/s1): corrupt")]
+    for specs, message in cases:
+        with pytest.raises(ShardError) as err:
+            check_specs(specs)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    check_specs(replace_at(good, 1, model={**model, "digest": None}))  # not bound yet: the name decides
+    with pytest.raises(ShardError, match="shard 1"):
+        check_specs(replace_at(good, 1, model={**model, "digest": None, "name": "other"}))
+
+
+def replace_at(specs, i, **changes):
+    from dataclasses import replace
+
+    return [replace(s, **changes) if j == i else s for j, s in enumerate(specs)]
+
+
+def test_merge_is_the_exact_top_k_with_ties_by_shard_then_id():
+    from semdb.cluster import merge
+
+    a = [ShardHit("/a1", 0.9, 5, 0, "A"), ShardHit("/a2", 0.5, 2, 0, "A")]
+    b = [ShardHit("/b1", 0.9, 1, 1, "B"), ShardHit("/b2", 0.7, 3, 1, "B")]
+    c = [ShardHit("/c1", 0.9, 4, 0, "A")]  # same shard as a: ties by id
+    assert [h.path for h in merge([b, a, c], 4)] == ["/c1", "/a1", "/b1", "/b2"]
+    assert [h.path for h in merge([a, b], 10, within=0.25)] == ["/a1", "/b1", "/b2"]
+    assert merge([[], []], 3) == ()
