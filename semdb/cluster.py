@@ -161,6 +161,26 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
+def share_ivf(source, shards: Sequence) -> dict:
+    """Give every store in `shards` the IVF coarse centroids of `source` (a store of the same
+    codec that keeps an IVF, e.g. the one the shards were exported from), each shard's codes
+    assigned to them: Cluster.start requires shards to share their centroids. Returns the
+    IVF's meta record. Runs here, on stores this process can write."""
+    from . import ivf
+    from .context import StoreContext
+    from .store import Store
+
+    with Store(source, readonly=True) as store:
+        got = store.load_ivf()
+    if got is None:
+        raise StoreError(f"{display_path(source)} keeps no IVF to share (semdb.ivf.build makes one)")
+    _, info, C, _ = got
+    for shard in shards:
+        with Store(shard) as store:
+            ivf.adopt(StoreContext(store), C, info)
+    return info
+
+
 # --- the replicas (plain classes: wrapped with serve.deployment in Cluster.start) -------------
 
 class ShardReplica:

@@ -269,3 +269,35 @@ def test_merge_is_the_exact_top_k_with_ties_by_shard_then_id():
     assert [h.path for h in merge([b, a, c], 4)] == ["/c1", "/a1", "/b1", "/b2"]
     assert [h.path for h in merge([a, b], 10, within=0.25)] == ["/a1", "/b1", "/b2"]
     assert merge([[], []], 3) == ()
+
+
+def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, stores, tmp_path):
+    """An IVF (built here on small copies: nlist 8) shared with share_ivf: the same nprobe lists
+    in every shard. Shards with centroids of their own are refused."""
+    import shutil
+
+    from semdb import ivf
+    from semdb.cluster import share_ivf
+    from semdb.context import StoreContext
+    from semdb.ivf import IvfIndex
+    from semdb.query import Searcher
+    from semdb.store import Store
+
+    full = tmp_path / "full"
+    shutil.copytree(stores["full"], full)
+    shards = [shutil.copytree(s, tmp_path / s.name) for s in stores["shards"]]
+    with Store(full) as store:
+        ivf.build(StoreContext(store), nlist=8)
+    info = share_ivf(full, shards)
+    with Store(shards[1], readonly=True) as store:
+        assert store.ivf_meta()["id"] == info["id"]
+        assert isinstance(Searcher(StoreContext(store)).index()[1], IvfIndex)  # searched through the IVF
+    with Cluster.start(shards, name="ivf") as c, semdb.open(full, readonly=True) as db:
+        for nprobe in (2, 8):
+            for where in ({}, {"under": "/photos/beach"}):
+                same(c.search("a photo of a cat", k=5, nprobe=nprobe, **where).hits,
+                     db.search("a photo of a cat", k=5, nprobe=nprobe, files=False, **where))
+    with Store(shards[2]) as store:  # centroids of its own
+        ivf.build(StoreContext(store), nlist=8, seed=1)
+    with pytest.raises(ShardError, match="shard 2 .* has IVF centroids"):
+        Cluster.start(shards, name="ivf2")
