@@ -385,7 +385,10 @@ class Cluster:
             # loads a model for it; the router last (it asks Serve for the others' handles).
             cluster = cls(name, [], apps + ([encoder_app] if text else []) + [router_app], None, started, timeout)
             try:
-                handles = serve.run_many(targets)
+                try:
+                    handles = serve.run_many(targets)
+                except RuntimeError as e:  # a replica's constructor crashed (not a semdb error)
+                    raise ShardError(f"a shard's replica did not start: {str(e).strip().splitlines()[-1]}") from None
                 specs = [h.describe.remote().result(timeout_s=timeout) for h in handles]
                 check_specs(specs)
                 cluster.specs = specs
@@ -428,7 +431,10 @@ class Cluster:
                 raise InputError("the query vector holds NaN or infinite values")
         request = SearchRequest(text, vector, k, Where.of(under, after, before), within, min_score, nprobe, self.timeout)
         try:
-            result = self.router.search.remote(request).result()
+            # the router waits `timeout` for the shards; this bounds a router that is down too
+            result = self.router.search.remote(request).result(timeout_s=2 * self.timeout + 10)
+        except TimeoutError:
+            raise ShardError(f"the router ({self.name}-router) did not answer in {2 * self.timeout + 10:.0f} s") from None
         except Exception as e:  # e.g. a bad query text, refused by the encoder inside Ray
             own = _unwrapped(e)
             if isinstance(own, SemdbError):
