@@ -171,11 +171,26 @@ def query(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to scan in a large store (default nlist/4; more: slower, closer to exhaustive)."),
     no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a `semdb serve` runs for the store."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Comma-separated stores that share one codec: search them as one on Ray Serve (TEXT only; docs/SCALE.md#sharded-search)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="With --shards: if a shard does not answer, print the others' hits (flagged partial) instead of failing."),
 ):
     """Find the stored images closest to TEXT (or --image), and/or more like a stored item (--like), filtered."""
     from .errors import InputError
 
     with _errors():
+        if shards is not None:
+            if not text or image is not None or like is not None or store is not None:
+                raise InputError("--shards searches with TEXT only (no --image, --like or --store)")
+            from .cluster import Cluster
+
+            with Cluster.start(_shard_list(shards), address=ray_address, threads=threads or 1) as cluster:
+                result = cluster.search(" ".join(text), k=k, under=under, after=after, before=before, within=within,
+                                        min_score=min_score, nprobe=nprobe, allow_partial=allow_partial)
+            for m in result.missing:
+                err.print(Text(f"partial: shard {m.shard} ({m.store}) is missing: {m.reason}"), highlight=False)
+            _print_hits(result.hits, as_json, paths_only)
+            return
         if bool(text) == (image is not None) and not (like is not None and image is None):
             # (an image joins a text query inside TEXT: "cat + ./x.jpg")
             raise InputError("give exactly one of TEXT or --image PATH (or --like ID_OR_PATH)")
@@ -193,11 +208,21 @@ def query(
     _print_hits(hits, as_json, paths_only)
 
 
+def _shard_list(shards: str) -> list[str]:
+    from .errors import InputError
+
+    stores = [s.strip() for s in shards.split(",") if s.strip()]
+    if not stores:
+        raise InputError("--shards: give store folders separated by commas")
+    return stores
+
+
 def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
     from .images import display_path
 
-    if as_json:
-        _print_json([{"path": h.path, "score": round(h.score, 6), "id": h.id} for h in hits])
+    if as_json:  # a sharded search's hits also name their shard
+        _print_json([{"path": h.path, "score": round(h.score, 6), "id": h.id,
+                      **({"shard": h.shard} if hasattr(h, "shard") else {})} for h in hits])
     elif paths_only:
         for h in hits:
             sys.stdout.write(display_path(h.path) + "\n")
@@ -285,14 +310,48 @@ def serve(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve (docs/SCALE.md#sharded-search)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."),
 ):
     """Search the store from a web page and a JSON API: the model loaded once, the index warm,
     new commits of a running ingest seen at once (API: docs/INTERFACES.md, HTTP API)."""
+    from .errors import InputError
     from .serve.server import run
 
     with _errors():
+        if shards is not None:
+            if store is not None or model is not None or pretrained is not None:
+                raise InputError("--shards serves the stores it names, with their own model (no --store or --model)")
+            _serve_shards(_shard_list(shards), host, port, allow_remote, ray_address, threads)
+            return
         run(store, host, port, allow_remote=allow_remote, model=model, pretrained=pretrained, threads=threads,
             access_log=access_log, say=lambda line: err.print(Text(line), highlight=False, soft_wrap=True))
+
+
+def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> None:
+    """`semdb serve --shards`: Cluster.start with Serve's HTTP proxy, until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    from .cluster import Cluster
+    from .errors import InputError
+    from .serve.server import is_loopback
+
+    if not is_loopback(host) and not allow_remote:
+        raise InputError(f"--host {host} would expose the shards' search to the network: pass --allow-remote as well")
+    with Cluster.start(stores, address=ray_address, threads=threads or 1, http_host=host, http_port=port) as cluster:
+        items = sum(s.items for s in cluster.specs)
+        err.print(Text(f"semdb serve: http://{host}:{port}/api/search?q=...  ({len(stores)} shards, {items} items, "
+                       f"Ray Serve); Ctrl-C to stop"), highlight=False, soft_wrap=True)
+        def stop(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)  # like Ctrl-C: remove the deployments, then exit
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command()

@@ -46,6 +46,10 @@ class StoreLockedError(StoreError):
     exit_code = 5
 
 
+class ShardError(StoreError):
+    """A shard of a sharded search (semdb.cluster) does not fit the others, or did not answer."""
+
+
 class CodecError(SemdbError, ValueError):
     """A codec file is corrupt, or does not fit the embeddings it is given."""
 

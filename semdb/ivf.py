@@ -309,6 +309,26 @@ def build(ctx, nlist: int | None = None, seed: int = 0, progress=None) -> dict:
     return info
 
 
+def adopt(ctx, centroids: np.ndarray, info: dict) -> dict:
+    """Install another store's IVF centroids (its meta record `info`, for this store's codec) as
+    this store's, every code assigned to them, in one transaction. Shards searched as one
+    (semdb.cluster) need the same centroids: then a query ranks the same lists in every shard.
+    `built_on` is kept (the whole collection's size), so a shard's growth alone does not
+    rebuild it with centroids of its own until it holds REBUILD_GROWTH x that."""
+    from .errors import CodecError
+
+    store, codec = ctx.store, ctx.codec
+    if not supported(codec) or info.get("codec_id") != codec.id:
+        raise CodecError(f"{ctx.path}: these IVF centroids are for codec {info.get('codec_id')}, the store's "
+                         f"codec is {codec.id if codec else None}")
+    C = np.ascontiguousarray(centroids, np.float32)
+    ids, codes = store.load_codes()
+    lists = Assigner(codec, C)(codes)
+    with store.write() as w:
+        w.set_ivf(C, dict(info), ids, lists)
+    return dict(info)
+
+
 def rebuild(ctx, old: dict, progress=None) -> dict | None:
     """A new IVF for a store that had `old` (after retrain's switch): nlist for its size past
     MIN_ITEMS, else the old nlist."""

@@ -1,0 +1,474 @@
+"""Sharded search on Ray Serve: several stores that share one codec, searched as one.
+
+    import semdb.cluster
+    with semdb.cluster.Cluster.start(["/data/a.semdb", "/data/b.semdb"]) as cluster:
+        result = cluster.search("a red bicycle", k=10, under="/photos/2024")
+        for hit in result.hits:                    # ShardHit(path, score, id, shard, store)
+            print(hit.score, hit.path, hit.shard)
+
+Serve applications (one Ray actor each; docs/SCALE.md#sharded-search):
+
+    NAME-shard<i>  ShardReplica: one store opened read-only, its codes, index and metadata
+                   held in RAM; answers the top k for a query vector and a `Where` with the
+                   exact rerank scores and each hit's path and id (query.Searcher)
+    NAME-encoder   EncoderReplica: the stores' CLIP text tower, loaded once (the same
+                   StoreContext.text_encoder a one-store query uses: ONNX export or torch)
+    NAME-router    Router, the ingress: encodes the text once, fans the vector out to every
+                   shard at once, merges the exact top k (score, then shard index, then id);
+                   also answers HTTP GET /api/search when Serve's proxy listens
+
+A shard that is down, unreachable or raises is named in `ShardedResult.missing`; `search`
+then raises ShardError unless `allow_partial=True`, which returns the other shards' hits with
+`partial` set. Nothing here imports Ray until a cluster is started (`import semdb` never does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError, SemdbError, ShardError, StoreError, display_path
+from .query import Where, _check_k, _check_nprobe
+
+DEFAULT_TIMEOUT = 30.0  # seconds a shard may take to answer before it counts as down
+
+
+# --- the records passed between driver, router and shards ------------------------------------
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What must agree across shards: codec, model weights, IVF centroids; and the counts."""
+
+    shard: int
+    store: str
+    codec_id: Optional[str] = None
+    model: Optional[dict] = None  # the store's model_id: name, pretrained, digest, dim
+    ivf_id: Optional[str] = None  # digest of the IVF's coarse centroids, None without an IVF
+    items: int = 0
+    node: str = ""  # the Ray node the shard's replica runs on
+    error: Optional[str] = None  # why the shard could not be opened
+
+
+@dataclass(frozen=True)
+class ShardQuery:
+    """One fan-out request: the query vector and what limits the hits (query.Searcher's terms)."""
+
+    vector: np.ndarray  # (1, D) float32
+    k: int
+    where: Where = Where()
+    min_score: Optional[float] = None
+    nprobe: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ShardHit:
+    path: str
+    score: float
+    id: int  # the item's id in its own store (ids are store-local)
+    shard: int  # index of its store in the cluster's shard list
+    store: str  # that store's path
+
+
+@dataclass(frozen=True)
+class ShardFailure:
+    shard: int
+    store: str
+    reason: str  # one line
+
+
+@dataclass(frozen=True)
+class ShardedResult:
+    hits: tuple[ShardHit, ...]
+    missing: tuple[ShardFailure, ...] = ()  # shards that did not answer: hits are then partial
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Driver -> router: a text (rclip arithmetic, every term text) or a vector, and the limits."""
+
+    text: Optional[str] = None
+    vector: Optional[np.ndarray] = None
+    k: int = 10
+    where: Where = Where()
+    within: Optional[float] = None
+    min_score: Optional[float] = None
+    nprobe: Optional[int] = None
+    timeout: float = DEFAULT_TIMEOUT
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+def check_specs(specs: Sequence[ShardSpec]) -> None:
+    """One-line ShardError naming the first shard that cannot be searched with shard 0: not
+    open, no codec, another codec, other model weights or dimension, other IVF centroids."""
+    first = specs[0]
+    for s in specs:
+        name = f"shard {s.shard} ({display_path(s.store)})"
+        if s.error:
+            raise ShardError(f"{name}: {s.error}")
+        if s.codec_id is None:
+            raise ShardError(f"{name} has no codec yet (its embeddings are staged): shards must share one codec")
+    for s in specs[1:]:
+        name = f"shard {s.shard} ({display_path(s.store)})"
+        than = f"shard 0 ({display_path(first.store)})"
+        if s.codec_id != first.codec_id:
+            raise ShardError(f"{name} uses codec {s.codec_id}, {than} codec {first.codec_id}: shards must "
+                             f"share one codec (import each shard's items from one export)")
+        a, b = s.model or {}, first.model or {}
+        # the weights digest when both stores have bound one (stores built from imported
+        # embeddings know their model by name until it is first loaded), else the name
+        same_model = a["digest"] == b["digest"] if a.get("digest") and b.get("digest") else \
+            (a.get("name"), a.get("pretrained")) == (b.get("name"), b.get("pretrained"))
+        if a.get("dim") != b.get("dim") or not same_model:
+            raise ShardError(f"{name} was built with model {a.get('name')} (digest {str(a.get('digest'))[:16]}), "
+                             f"{than} with {b.get('name')} (digest {str(b.get('digest'))[:16]}): shards must share one model")
+        if s.ivf_id != first.ivf_id:
+            raise ShardError(f"{name} has IVF centroids {s.ivf_id}, {than} {first.ivf_id}: shards must share "
+                             f"one set of coarse centroids (or none)")
+
+
+def merge(answers: Sequence[Sequence[ShardHit]], k: int, within: Optional[float] = None) -> tuple[ShardHit, ...]:
+    """The exact top k of the shards' top k's: by score, ties by (shard, id), so the order does
+    not depend on which shard answered first. `within` applies to the merged best score."""
+    hits = sorted((h for answer in answers for h in answer), key=lambda h: (-h.score, h.shard, h.id))[:k]
+    if within is not None and hits:
+        hits = [h for h in hits if h.score >= hits[0].score - within]
+    return tuple(hits)
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """A semdb error raised inside a Ray actor comes back wrapped, its message holding the remote
+    traceback (the wrapper also subclasses the error's class): the error itself."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a shard's failure: the shard's own semdb error when it raised one (Ray wraps
+    it with its traceback), else the kind of failure."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "did not answer in time (its replica is down or restarting)"
+    exc = _unwrapped(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+
+
+def share_ivf(source, shards: Sequence) -> dict:
+    """Give every store in `shards` the IVF coarse centroids of `source` (a store of the same
+    codec that keeps an IVF, e.g. the one the shards were exported from), each shard's codes
+    assigned to them: Cluster.start requires shards to share their centroids. Returns the
+    IVF's meta record. Runs here, on stores this process can write."""
+    from . import ivf
+    from .context import StoreContext
+    from .store import Store
+
+    with Store(source, readonly=True) as store:
+        got = store.load_ivf()
+    if got is None:
+        raise StoreError(f"{display_path(source)} keeps no IVF to share (semdb.ivf.build makes one)")
+    _, info, C, _ = got
+    for shard in shards:
+        with Store(shard) as store:
+            ivf.adopt(StoreContext(store), C, info)
+    return info
+
+
+# --- the replicas (plain classes: wrapped with serve.deployment in Cluster.start) -------------
+
+class ShardReplica:
+    """One store, read-only. The constructor never raises: a store that cannot be opened is
+    reported by describe() (Serve would otherwise retry the constructor and fail the whole
+    deployment with a traceback that names no shard)."""
+
+    def __init__(self, shard: int, store: str, threads: Optional[int] = None):
+        self.spec = ShardSpec(shard, store)
+        self.searcher = None
+        try:
+            self.searcher = _open_searcher(store, threads)
+            ctx = self.searcher.ctx
+            ivf_meta = ctx.store.ivf_meta()
+            self.searcher.index()  # warm: the codes and the index are in RAM before the first query
+            self.spec = ShardSpec(shard, store, ctx.store.meta().get("codec_id"), ctx.store.model_id(),
+                                  ivf_meta.get("id") if ivf_meta else None, ctx.store.count(), _node())
+        except SemdbError as e:
+            self.spec = replace(self.spec, error=str(e), node=_node())
+
+    def describe(self) -> ShardSpec:
+        return self.spec
+
+    def search(self, query: ShardQuery) -> list[ShardHit]:
+        if self.searcher is None:
+            raise StoreError(self.spec.error)
+        (hits,) = self.searcher.vectors(query.vector, query.k, query.min_score, query.where, nprobe=query.nprobe)
+        return [ShardHit(h.path, h.score, h.id, self.spec.shard, self.spec.store) for h in hits]
+
+
+class EncoderReplica:
+    """The CLIP text tower of the shards' model, loaded once, through the store context of one
+    shard (its model record says which weights; the node needs that store and the model)."""
+
+    def __init__(self, store: str, threads: Optional[int] = None):
+        self.searcher = _open_searcher(store, threads)
+        self.encode("a photo")  # warm: the model is loaded before the first query
+
+    def encode(self, text: str) -> np.ndarray:
+        from .query import parse_terms
+
+        return self.searcher.vector(parse_terms(text, files=False))
+
+
+class Router:
+    """The ingress: one query in, one text encoding, every shard asked at once, one merge."""
+
+    def __init__(self, shard_apps: Sequence[str], stores: Sequence[str], encoder_app: Optional[str]):
+        from ray import serve
+
+        self.shards = [serve.get_deployment_handle("shard", app_name=a) for a in shard_apps]
+        self.stores = list(stores)
+        self.encoder = serve.get_deployment_handle("encoder", app_name=encoder_app) if encoder_app else None
+
+    async def search(self, request: SearchRequest) -> ShardedResult:
+        vector = request.vector
+        if vector is None:
+            if self.encoder is None:
+                raise InputError("this cluster was started with text=False: search it with a vector")
+            vector = await self.encoder.encode.remote(request.text)
+        query = ShardQuery(np.asarray(vector, np.float32).reshape(1, -1), request.k, request.where,
+                           request.min_score, request.nprobe)
+
+        async def ask(handle):
+            return await asyncio.wait_for(handle.search.remote(query), request.timeout)
+
+        got = await asyncio.gather(*(ask(h) for h in self.shards), return_exceptions=True)
+        missing = tuple(ShardFailure(i, self.stores[i], _reason(g)) for i, g in enumerate(got)
+                        if isinstance(g, BaseException))
+        answers = [g for g in got if not isinstance(g, BaseException)]
+        return ShardedResult(merge(answers, request.k, request.within), missing)
+
+    async def __call__(self, http_request):
+        """GET /api/search?q=TEXT (k, under, after, before, within, min_score, nprobe,
+        allow_partial=1): {"hits": [...], "partial", "missing"}; errors as {"error"} with 400
+        (bad input) or 503 (a shard is down and partial results were not asked for)."""
+        from starlette.responses import JSONResponse
+
+        from .serve.app import ApiError, _filters, _int_param, _text
+
+        params = http_request.query_params
+        try:
+            if http_request.url.path.rstrip("/") != "/api/search":
+                raise ApiError(404, "not found: GET /api/search?q=TEXT")
+            text = _text(params)
+            if text is None:
+                raise ApiError(400, "give a query: /api/search?q=TEXT")
+            f = _filters(params)
+            request = SearchRequest(text=text, k=_int_param(params, "k", 10, 1, 1000),
+                                    where=Where.of(f.get("under"), f.get("after"), f.get("before")),
+                                    within=f.get("within"), min_score=f.get("min_score"), nprobe=f.get("nprobe"))
+            result = await self.search(request)
+            if result.partial and params.get("allow_partial") not in ("1", "true", "yes"):
+                raise ApiError(503, _missing_message(result.missing))
+        except ApiError as e:
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        except InputError as e:  # raised here, or by the encoder inside Ray (then wrapped)
+            return JSONResponse({"error": str(_unwrapped(e))}, status_code=400)
+        return JSONResponse({"hits": [asdict(h) for h in result.hits], "partial": result.partial,
+                             "missing": [asdict(m) for m in result.missing]})
+
+
+def _open_searcher(store: str, threads: Optional[int]):
+    from .context import StoreContext
+    from .query import Searcher
+    from .store import Store
+
+    if not os.path.exists(os.path.join(store, "data.mdb")):
+        raise StoreError("no semdb store here")
+    return Searcher(StoreContext(Store(store, readonly=True), threads=threads))
+
+
+def _check_listening(host: str, port: int) -> None:
+    """Serve keeps the HTTP options it was first started with: on a cluster whose Serve already
+    runs without a proxy, or on another port, nothing would answer where we say it does."""
+    import socket
+    import time
+
+    for _ in range(20):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise ShardError(f"nothing listens on {host}:{port}: Ray Serve already runs on this cluster with other "
+                     f"HTTP options (it keeps the first ones); use its port, or `serve shutdown` it first")
+
+
+def _node() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _missing_message(missing: Sequence[ShardFailure]) -> str:
+    named = "; ".join(f"shard {m.shard} ({display_path(m.store)}) {m.reason}" for m in missing)
+    return f"{len(missing)} shard(s) did not answer, so the hits would be partial: {named}; pass allow_partial " \
+           f"to get the other shards' hits, flagged partial"
+
+
+# --- the driver's side ------------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    """A sharded search deployed on Ray Serve; `Cluster.start(...)` deploys it, `close()` (or
+    leaving the `with` block) removes it (and stops Ray if start() started it)."""
+
+    name: str
+    specs: list[ShardSpec]
+    apps: list[str]
+    router: object = field(repr=False)  # the router's DeploymentHandle
+    started_ray: str = ""  # "": Ray was joined by the caller; "local": started here; "joined": connected here
+    timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def start(cls, shards: Sequence, address: Optional[str] = None, *, name: str = "semdb",
+              threads: Optional[int] = 1, num_cpus: float = 0.25, shard_resources: Optional[Sequence[dict]] = None,
+              http_host: Optional[str] = None, http_port: Optional[int] = None,
+              timeout: float = DEFAULT_TIMEOUT, text: bool = True) -> "Cluster":
+        """Deploy one Serve application per shard (`shards`: store folders, as every node sees
+        them), a text encoder and the router; check that the shards can be searched as one
+        (ShardError naming the odd shard otherwise, and nothing is left deployed).
+
+        `address`: a Ray cluster to connect to (None: the one this process already joined, else
+        a new local instance). `threads`: torch/onnx threads per replica. `num_cpus`: CPUs each
+        replica reserves (a shard mostly waits; its scan is one thread). `shard_resources`: per
+        shard, Ray resources its replica needs (e.g. {"node:10.0.0.5": 0.01} to run it on the
+        node whose disk holds that store). `http_host`/`http_port`: start Serve's HTTP proxy
+        there (GET /api/search), when this call starts Serve. `timeout`: seconds a shard may
+        take to answer before it counts as down. `text=False`: no text encoder (no model is
+        loaded anywhere): vector queries only."""
+        ray, serve = _ray()
+        stores = [os.path.abspath(os.fsdecode(s)) for s in shards]
+        if not stores:
+            raise InputError("give at least one shard (a store folder)")
+        if len(set(stores)) != len(stores):
+            raise InputError("a store is given twice as a shard: its hits would be counted twice")
+        import logging
+
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would drown the results
+        started = "" if ray.is_initialized() else "joined" if address else "local"
+        if started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            http = {"host": http_host or "127.0.0.1", "port": http_port} if http_port is not None else None
+            # One proxy at most, on the head: on one machine (a local test cluster) proxies on
+            # every node would all bind the same port.
+            serve.start(proxy_location="HeadOnly" if http else "Disabled", **({"http_options": http} if http else {}))
+            apps = [f"{name}-shard{i}" for i in range(len(stores))]
+            targets = []
+            for i, store in enumerate(stores):
+                options = {"num_cpus": num_cpus, **({"resources": shard_resources[i]} if shard_resources else {})}
+                dep = serve.deployment(ShardReplica, name="shard", ray_actor_options=options)
+                targets.append(serve.RunTarget(dep.bind(i, store, threads), name=apps[i], route_prefix=None))
+            encoder = serve.deployment(EncoderReplica, name="encoder", ray_actor_options={"num_cpus": num_cpus})
+            router = serve.deployment(Router, name="router", ray_actor_options={"num_cpus": num_cpus})
+            encoder_app, router_app = f"{name}-encoder", f"{name}-router"
+            encoder_target = serve.RunTarget(encoder.bind(stores[0], threads), name=encoder_app, route_prefix=None)
+            router_target = serve.RunTarget(router.bind(list(apps), stores, encoder_app if text else None),
+                                            name=router_app, route_prefix="/" if http else None)
+            # The shards first, alone: a store that does not fit is refused before the encoder
+            # loads a model for it; the router last (it asks Serve for the others' handles).
+            cluster = cls(name, [], apps + ([encoder_app] if text else []) + [router_app], None, started, timeout)
+            try:
+                try:
+                    handles = serve.run_many(targets)
+                except RuntimeError as e:  # a replica's constructor crashed (not a semdb error)
+                    raise ShardError(f"a shard's replica did not start: {str(e).strip().splitlines()[-1]}") from None
+                specs = [h.describe.remote().result(timeout_s=timeout) for h in handles]
+                check_specs(specs)
+                cluster.specs = specs
+                try:
+                    if text:
+                        serve.run_many([encoder_target])
+                except RuntimeError as e:  # the encoder's constructor raised: Serve gave up on it
+                    raise ShardError(f"the text encoder (over {display_path(stores[0])}) did not start: "
+                                     f"{str(e).strip().splitlines()[-1]}") from None
+                cluster.router = serve.run_many([router_target])[0]
+                if http:
+                    _check_listening(http["host"], http["port"])
+                return cluster
+            except BaseException:
+                cluster.close()
+                raise
+        except BaseException:
+            if started and ray.is_initialized():
+                ray.shutdown()
+            raise
+
+    def search(self, text: Optional[str] = None, *, vector=None, k: int = 10, under=None, after=None, before=None,
+               within: Optional[float] = None, min_score: Optional[float] = None, nprobe: Optional[int] = None,
+               allow_partial: bool = False) -> ShardedResult:
+        """The k best items of all shards, as one store holding them all would rank them:
+        `text` (rclip arithmetic, every term text) or `vector` (a (D,) or (1, D) query
+        embedding of the shards' model), with Database.search's filters and refinements.
+        A shard that does not answer: ShardError, or with `allow_partial` the other shards'
+        hits with `result.partial` set and `result.missing` naming the shards left out."""
+        _check_k(k)
+        _check_nprobe(nprobe)
+        if (text is None) == (vector is None):
+            raise InputError("give a text or a vector to search with (one of them)")
+        if vector is not None:
+            vector = np.asarray(vector, np.float32).reshape(1, -1)
+            dim = (self.specs[0].model or {}).get("dim")
+            if dim and vector.shape[1] != dim:
+                raise InputError(f"the query vector has {vector.shape[1]} values, the shards' model gives {dim}")
+            if not np.isfinite(vector).all():
+                raise InputError("the query vector holds NaN or infinite values")
+        request = SearchRequest(text, vector, k, Where.of(under, after, before), within, min_score, nprobe, self.timeout)
+        try:
+            # the router waits `timeout` for the shards; this bounds a router that is down too
+            result = self.router.search.remote(request).result(timeout_s=2 * self.timeout + 10)
+        except TimeoutError:
+            raise ShardError(f"the router ({self.name}-router) did not answer in {2 * self.timeout + 10:.0f} s") from None
+        except Exception as e:  # e.g. a bad query text, refused by the encoder inside Ray
+            own = _unwrapped(e)
+            if isinstance(own, SemdbError):
+                raise own from None
+            raise ShardError(f"the sharded search failed: {_reason(e)}") from None
+        if result.partial and not allow_partial:
+            raise ShardError(_missing_message(result.missing))
+        return result
+
+    def close(self) -> None:
+        ray, serve = _ray()
+        if ray.is_initialized() and self.started_ray == "local":  # our own instance: stop it all
+            serve.shutdown()
+            ray.shutdown()
+        elif ray.is_initialized():
+            for app in reversed(self.apps):
+                try:
+                    serve.delete(app)
+                except Exception:  # already gone
+                    pass
+            if self.started_ray:  # a cluster we connected to keeps running (and its Serve)
+                ray.shutdown()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ray():
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise InputError("sharded search needs Ray Serve: pip install 'semdb[ray]' (or 'ray[serve]')") from None
+    return ray, serve

@@ -1,0 +1,303 @@
+"""Sharded search (semdb.cluster) on a real local multi-node Ray cluster (head + 2 workers, one
+CPU each): 3 stores that share one codec, searched as one, give the hits of one store holding
+every item; a shard with another codec is refused; a shard that is down gives an error or,
+asked for, partial results flagged as such."""
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve", reason="sharded search needs Ray Serve (the [ray] extra)")
+
+import semdb  # noqa: E402
+from semdb.cluster import Cluster, ShardHit  # noqa: E402
+from semdb.errors import InputError, ShardError  # noqa: E402
+
+N, SHARDS = 600, 3
+FOLDERS = ("/photos/beach", "/photos/city", "/photos/forest")
+DAY = 86400.0
+T0 = 1_577_836_800.0  # 2020-01-01 UTC
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, tiny_model):
+    """One store of N items ("full") and SHARDS stores holding disjoint, interleaved subsets of
+    the same items under the same codec: one export of the full store, imported row subsets
+    (an import into a new store takes the codec the file carries). Items have folders and
+    dates, for the filters. Also a store with another codec ("odd")."""
+    import pyarrow as pa
+
+    root = tmp_path_factory.mktemp("cluster")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, 64)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    paths = [f"{FOLDERS[i % 3]}/img_{i:04d}.jpg" for i in range(N)]
+    with semdb.open(root / "seed", model=tiny_model) as db:
+        db.add_embeddings(paths, X, model=tiny_model, bits=64)
+        db.embedder  # binds the weights digest, which the export carries
+        table = db.to_arrow()
+    taken = pa.array([(T0 + i * DAY) * 1e6 for i in range(N)], pa.timestamp("us", tz="UTC"))
+    table = table.set_column(table.schema.get_field_index("taken"), table.schema.field("taken"), taken)
+    table = table.replace_schema_metadata(db_meta := table.schema.metadata)
+    full = root / "full"
+    with semdb.open(full) as db:
+        db.import_arrow(table)
+    shards = []
+    for j in range(SHARDS):
+        rows = [i for i in range(N) if (i * 7) % SHARDS == j]
+        with semdb.open(root / f"shard{j}") as db:
+            db.import_arrow(table.take(rows).replace_schema_metadata(db_meta))
+        shards.append(root / f"shard{j}")
+    with semdb.open(root / "odd", model=tiny_model) as db:
+        db.add_embeddings(paths[:550], X[::-1][:550].copy(), model=tiny_model, bits=64)
+    return {"full": full, "shards": shards, "odd": root / "odd", "X": X}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster as RayCluster
+
+    nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
+    yield nodes
+    serve.shutdown()
+    ray.shutdown()
+    nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster, stores):
+    port = _free_port()
+    c = Cluster.start(stores["shards"], name="t", http_port=port, timeout=10)
+    c.port = port
+    yield c
+    c.close()
+
+
+def one_store(stores):
+    from semdb.context import StoreContext
+    from semdb.query import Searcher
+    from semdb.store import Store
+
+    return Searcher(StoreContext(Store(stores["full"], readonly=True)))
+
+
+def same(sharded: tuple, single: list) -> None:
+    assert [h.path for h in sharded] == [h.path for h in single]
+    np.testing.assert_allclose([h.score for h in sharded], [h.score for h in single], rtol=0, atol=1e-5)
+
+
+FILTERS = [{}, {"under": "/photos/city"}, {"after": "2020-03-01", "before": "2020-09-01"},
+           {"under": "/photos/beach", "after": "2020-06-01"}]
+
+
+@pytest.mark.parametrize("k", [5, 40])
+def test_text_queries_give_the_hits_of_one_store(cluster, stores, k):
+    with semdb.open(stores["full"], readonly=True) as db:
+        for text in ("a photo of a cat", "2:red car - blue sky"):
+            for where in FILTERS:
+                got = cluster.search(text, k=k, **where)
+                assert not got.partial and len(got.hits) == k
+                same(got.hits, db.search(text, k=k, files=False, **where))
+                assert {h.shard for h in got.hits} <= set(range(SHARDS))
+                for h in got.hits:  # a hit names its shard and its id there
+                    assert isinstance(h, ShardHit) and h.store == str(stores["shards"][h.shard])
+        same(cluster.search("a photo of a cat", k=k, min_score=0.1).hits,
+             db.search("a photo of a cat", k=k, min_score=0.1))
+        same(cluster.search("a photo of a cat", k=k, within=0.05).hits,
+             db.search("a photo of a cat", k=k, within=0.05))
+
+
+def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
+    from semdb.query import Where
+
+    single = one_store(stores)
+    Q = np.random.default_rng(1).normal(size=(4, 64)).astype(np.float32)
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    Q[3] = stores["X"][17]  # a stored item's own embedding: it comes first
+    for q in Q:
+        for where in FILTERS:
+            (expected,) = single.vectors(q[None], 10, where=Where.of(**where))
+            same(cluster.search(vector=q, k=10, **where).hits, expected)
+    assert cluster.search(vector=Q[3], k=1).hits[0].path.endswith("img_0017.jpg")
+    with pytest.raises(InputError, match="values"):
+        cluster.search(vector=Q[0][:10], k=3)
+    with pytest.raises(InputError, match="at least one"):
+        cluster.search("cat", k=0)
+    with pytest.raises(InputError, match="empty query") as err:  # raised by the encoder, inside Ray
+        cluster.search("   ")
+    assert "\n" not in str(err.value)
+
+
+def test_shards_are_placed_across_nodes(cluster):
+    assert len({s.node for s in cluster.specs}) >= 2
+    assert sum(s.items for s in cluster.specs) == N
+
+
+def test_http_ingress_answers_like_the_api(cluster, stores):
+    url = f"http://127.0.0.1:{cluster.port}/api/search?q=a+photo+of+a+cat&k=7&under=/photos/forest"
+    body = json.loads(urllib.request.urlopen(url, timeout=60).read())
+    want = cluster.search("a photo of a cat", k=7, under="/photos/forest").hits
+    assert [h["path"] for h in body["hits"]] == [h.path for h in want] and body["partial"] is False
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{cluster.port}/api/search?q=cat&k=0", timeout=60)
+    assert err.value.code == 400
+    with pytest.raises(urllib.error.HTTPError) as err:  # refused by the encoder, inside Ray
+        urllib.request.urlopen(f"http://127.0.0.1:{cluster.port}/api/search?q=cat+%2B", timeout=60)
+    message = json.loads(err.value.read())["error"]
+    assert err.value.code == 400 and "no term beside it" in message and "\n" not in message
+
+
+def test_a_shard_with_another_codec_is_refused_in_one_line(ray_cluster, stores):
+    with pytest.raises(ShardError) as err:
+        Cluster.start([stores["shards"][0], stores["odd"]], name="odd")
+    message = str(err.value)
+    assert "\n" not in message and "shard 1" in message and "odd" in message and "codec" in message
+    from ray import serve
+
+    assert not any(name.startswith("odd-") for name in serve.status().applications)  # nothing left deployed
+    with pytest.raises(ShardError, match="no semdb store"):
+        Cluster.start([stores["shards"][0], stores["full"].parent / "nowhere"], name="gone")
+
+
+def test_a_shard_that_goes_down_gives_an_error_or_flagged_partial_hits(ray_cluster, stores):
+    import ray
+    from ray import serve
+
+    with Cluster.start(stores["shards"], name="down", timeout=5) as c, \
+            semdb.open(stores["full"], readonly=True) as db:
+        everything = db.search("a photo of a cat", k=N, files=False)
+        assert [h.path for h in c.search("a photo of a cat", k=10).hits] == [h.path for h in everything[:10]]
+
+        serve.delete("down-shard1")  # shard 1 is gone
+        with pytest.raises(ShardError) as err:
+            c.search("a photo of a cat", k=10)
+        assert "\n" not in str(err.value) and "shard 1" in str(err.value) and "allow_partial" in str(err.value)
+        got = c.search("a photo of a cat", k=10, allow_partial=True)
+        assert got.partial and [m.shard for m in got.missing] == [1]
+        assert got.missing[0].store == str(stores["shards"][1])
+        same(got.hits, [h for h in everything if not _in_shard(h.path, 1)][:10])
+
+        # a killed replica: Serve restarts it; meanwhile the shard is missing (never wrong)
+        (replica,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["name"].startswith("SERVE_REPLICA::down-shard2#")]
+        ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+        got = c.search("a photo of a cat", k=10, allow_partial=True)
+        missing = {m.shard for m in got.missing}
+        assert 1 in missing and missing <= {1, 2}
+        expected = [h for h in everything if not any(_in_shard(h.path, j) for j in missing)][:10]
+        same(got.hits, expected)
+
+
+def _in_shard(path: str, j: int) -> bool:
+    i = int(path.rsplit("_", 1)[1].split(".")[0])
+    return (i * 7) % SHARDS == j
+
+
+def test_import_semdb_does_not_import_ray():
+    code = "import sys, semdb, semdb.cluster; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_query_shards_on_a_running_cluster(ray_cluster, stores):
+    """`semdb query --shards A,B,C TEXT --ray-address HEAD`: a thin layer over Cluster.start +
+    search (its own Serve applications, removed when it exits; the cluster stays up)."""
+    from conftest import semdb_cli
+    from ray import serve
+
+    shards = ",".join(str(s) for s in stores["shards"])
+    proc = semdb_cli("query", "a photo of a cat", "--shards", shards, "--ray-address", ray_cluster.address,
+                     "-k", "4", "--under", "/photos/city", "--json", timeout=600)
+    hits = json.loads(proc.stdout)
+    with semdb.open(stores["full"], readonly=True) as db:
+        want = db.search("a photo of a cat", k=4, under="/photos/city", files=False)
+    assert [h["path"] for h in hits] == [h.path for h in want] and all("shard" in h for h in hits)
+    assert not any(name.startswith("semdb-") for name in serve.status().applications)
+    odd = f"{stores['shards'][0]},{stores['odd']}"
+    proc = semdb_cli("query", "cat", "--shards", odd, "--ray-address", ray_cluster.address, check=4, timeout=600)
+    assert "shard 1" in proc.stderr and "codec" in proc.stderr
+
+
+def test_the_start_up_check_names_the_odd_shard_in_one_line():
+    from semdb.cluster import ShardSpec, check_specs
+
+    model = {"name": "m", "digest": "d" * 64, "dim": 64}
+    good = [ShardSpec(i, f"/s{i}", "c1", model, "ivf1", 10) for i in range(3)]
+    check_specs(good)
+    cases = [(replace_at(good, 2, codec_id="c2"), "shard 2 (/s2) uses codec c2"),
+             (replace_at(good, 1, model={**model, "digest": "e" * 64}), "shard 1 (/s1) was built with model m"),
+             (replace_at(good, 1, model={**model, "dim": 32}), "shard 1 (/s1) was built with model"),
+             (replace_at(good, 2, ivf_id=None), "shard 2 (/s2) has IVF centroids None"),
+             (replace_at(good, 0, codec_id=None), "shard 0 (/s0) has no codec yet"),
+             (replace_at(good, 1, error="corrupt"), "shard 1 (/s1): corrupt")]
+    for specs, message in cases:
+        with pytest.raises(ShardError) as err:
+            check_specs(specs)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    check_specs(replace_at(good, 1, model={**model, "digest": None}))  # not bound yet: the name decides
+    with pytest.raises(ShardError, match="shard 1"):
+        check_specs(replace_at(good, 1, model={**model, "digest": None, "name": "other"}))
+
+
+def replace_at(specs, i, **changes):
+    from dataclasses import replace
+
+    return [replace(s, **changes) if j == i else s for j, s in enumerate(specs)]
+
+
+def test_merge_is_the_exact_top_k_with_ties_by_shard_then_id():
+    from semdb.cluster import merge
+
+    a = [ShardHit("/a1", 0.9, 5, 0, "A"), ShardHit("/a2", 0.5, 2, 0, "A")]
+    b = [ShardHit("/b1", 0.9, 1, 1, "B"), ShardHit("/b2", 0.7, 3, 1, "B")]
+    c = [ShardHit("/c1", 0.9, 4, 0, "A")]  # same shard as a: ties by id
+    assert [h.path for h in merge([b, a, c], 4)] == ["/c1", "/a1", "/b1", "/b2"]
+    assert [h.path for h in merge([a, b], 10, within=0.25)] == ["/a1", "/b1", "/b2"]
+    assert merge([[], []], 3) == ()
+
+
+def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, stores, tmp_path):
+    """An IVF (built here on small copies: nlist 8) shared with share_ivf: the same nprobe lists
+    in every shard. Shards with centroids of their own are refused."""
+    import shutil
+
+    from semdb import ivf
+    from semdb.cluster import share_ivf
+    from semdb.context import StoreContext
+    from semdb.ivf import IvfIndex
+    from semdb.query import Searcher
+    from semdb.store import Store
+
+    full = tmp_path / "full"
+    shutil.copytree(stores["full"], full)
+    shards = [shutil.copytree(s, tmp_path / s.name) for s in stores["shards"]]
+    with Store(full) as store:
+        ivf.build(StoreContext(store), nlist=8)
+    info = share_ivf(full, shards)
+    with Store(shards[1], readonly=True) as store:
+        assert store.ivf_meta()["id"] == info["id"]
+        assert isinstance(Searcher(StoreContext(store)).index()[1], IvfIndex)  # searched through the IVF
+    with Cluster.start(shards, name="ivf") as c, semdb.open(full, readonly=True) as db:
+        for nprobe in (2, 8):
+            for where in ({}, {"under": "/photos/beach"}):
+                same(c.search("a photo of a cat", k=5, nprobe=nprobe, **where).hits,
+                     db.search("a photo of a cat", k=5, nprobe=nprobe, files=False, **where))
+    with Store(shards[2]) as store:  # centroids of its own
+        ivf.build(StoreContext(store), nlist=8, seed=1)
+    with pytest.raises(ShardError, match="shard 2 .* has IVF centroids"):
+        Cluster.start(shards, name="ivf2")
