@@ -14,10 +14,9 @@ Timed per query (median and p90 ms, one query at a time, one FAISS thread everyw
 - serve 1: the one store as a single shard behind the Ray Serve router (the serving overhead);
 - serve N: the N shards behind the router, each shard's replica on its own 1-CPU node.
 The hits of serve 1 and serve N are compared with local's: identical lists (same paths,
-scores within 1e-5), and lists at least as good (every rank's score >= local's: a shard's
-fast-scan shortlist holds every item of the one store's shortlist that lives there, so the
-merged rerank can only find better). Also recall@k of each against the exact top k (every
-code scored in float). The last line is JSON.
+scores within 1e-5; the router cuts the union of the shards' shortlists as the one store's scan
+cuts its own, semdb.cluster.merge), and lists at least as good (every rank's score >= local's).
+Also recall@k of each against the exact top k (every code scored in float). The last line is JSON.
 """
 
 import argparse

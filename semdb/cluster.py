@@ -9,12 +9,14 @@
 Serve applications (one Ray actor each; docs/SCALE.md#sharded-search):
 
     NAME-shard<i>  ShardReplica: one store opened read-only, its codes, index and metadata
-                   held in RAM; answers the top k for a query vector and a `Where` with the
-                   exact rerank scores and each hit's path and id (query.Searcher)
+                   held in RAM; answers a query vector and a `Where` with its candidates:
+                   the scan's shortlist, each with its scan score, exact score, path and id
+                   (query.Searcher.candidates)
     NAME-encoder   EncoderReplica: the stores' CLIP text tower, loaded once (the same
                    StoreContext.text_encoder a one-store query uses: ONNX export or torch)
     NAME-router    Router, the ingress: encodes the text once, fans the vector out to every
-                   shard at once, merges the exact top k (score, then shard index, then id);
+                   shard at once, cuts the union of their shortlists as one store's scan would
+                   and ranks it by exact score (then shard index, then id): `merge`;
                    also answers HTTP GET /api/search when Serve's proxy listens
 
 A shard that is down, unreachable or raises is named in `ShardedResult.missing`; `search`
@@ -33,6 +35,7 @@ import numpy as np
 
 from .errors import InputError, SemdbError, ShardError, StoreError, display_path
 from .query import Where, _check_k, _check_nprobe
+from .search import shortlist_size
 
 DEFAULT_TIMEOUT = 30.0  # seconds a shard may take to answer before it counts as down
 
@@ -55,12 +58,11 @@ class ShardSpec:
 
 @dataclass(frozen=True)
 class ShardQuery:
-    """One fan-out request: the query vector and what limits the hits (query.Searcher's terms)."""
+    """One fan-out request: the query vector and what limits the candidates (query.Searcher's terms)."""
 
     vector: np.ndarray  # (1, D) float32
     k: int
     where: Where = Where()
-    min_score: Optional[float] = None
     nprobe: Optional[int] = None
 
 
@@ -71,6 +73,16 @@ class ShardHit:
     id: int  # the item's id in its own store (ids are store-local)
     shard: int  # index of its store in the cluster's shard list
     store: str  # that store's path
+
+
+@dataclass(frozen=True)
+class ShardAnswer:
+    """A shard's candidates for one query (query.Searcher.candidates): hits scored exactly,
+    each with its scan score in `approx`; `complete`: all the shard's allowed items are here."""
+
+    hits: tuple[ShardHit, ...]
+    approx: tuple[float, ...]
+    complete: bool
 
 
 @dataclass(frozen=True)
@@ -135,10 +147,20 @@ def check_specs(specs: Sequence[ShardSpec]) -> None:
                              f"one set of coarse centroids (or none)")
 
 
-def merge(answers: Sequence[Sequence[ShardHit]], k: int, within: Optional[float] = None) -> tuple[ShardHit, ...]:
-    """The exact top k of the shards' top k's: by score, ties by (shard, id), so the order does
-    not depend on which shard answered first. `within` applies to the merged best score."""
-    hits = sorted((h for answer in answers for h in answer), key=lambda h: (-h.score, h.shard, h.id))[:k]
+def merge(answers: Sequence[ShardAnswer], k: int, within: Optional[float] = None,
+          min_score: Optional[float] = None) -> tuple[ShardHit, ...]:
+    """One store's top k from its shards' candidates. One store cuts its scan at the best
+    shortlist_size(k) by scan score and ranks those by exact score; the union of the shards'
+    shortlists holds that cut, so the same cut of the union gives the same hits (unless
+    every shard's answer is complete: then nothing was cut). Ties by (shard, id), so the order
+    does not depend on which shard answered first. Then min_score and `within` of the best,
+    as Searcher applies them."""
+    pool = [(a, h) for answer in answers for a, h in zip(answer.approx, answer.hits)]
+    if not all(answer.complete for answer in answers):
+        pool = sorted(pool, key=lambda p: (-p[0], p[1].shard, p[1].id))[:shortlist_size(k)]
+    hits = sorted((h for _, h in pool), key=lambda h: (-h.score, h.shard, h.id))[:k]
+    if min_score is not None:
+        hits = [h for h in hits if h.score >= min_score]
     if within is not None and hits:
         hits = [h for h in hits if h.score >= hits[0].score - within]
     return tuple(hits)
@@ -204,11 +226,15 @@ class ShardReplica:
     def describe(self) -> ShardSpec:
         return self.spec
 
-    def search(self, query: ShardQuery) -> list[ShardHit]:
+    def search(self, query: ShardQuery) -> ShardAnswer:
         if self.searcher is None:
             raise StoreError(self.spec.error)
-        (hits,) = self.searcher.vectors(query.vector, query.k, query.min_score, query.where, nprobe=query.nprobe)
-        return [ShardHit(h.path, h.score, h.id, self.spec.shard, self.spec.store) for h in hits]
+        (found,) = self.searcher.candidates(query.vector, query.k, query.where, query.nprobe)
+        items = self.searcher.ctx.store.items(found.rows)
+        kept = [i for i, it in enumerate(items) if it is not None]  # deleted since the index was read
+        return ShardAnswer(tuple(ShardHit(items[i].path, float(found.exact[i]), int(items[i].id), self.spec.shard,
+                                          self.spec.store) for i in kept),
+                           tuple(float(found.approx[i]) for i in kept), found.complete)
 
 
 class EncoderReplica:
@@ -241,8 +267,7 @@ class Router:
             if self.encoder is None:
                 raise InputError("this cluster was started with text=False: search it with a vector")
             vector = await self.encoder.encode.remote(request.text)
-        query = ShardQuery(np.asarray(vector, np.float32).reshape(1, -1), request.k, request.where,
-                           request.min_score, request.nprobe)
+        query = ShardQuery(np.asarray(vector, np.float32).reshape(1, -1), request.k, request.where, request.nprobe)
 
         async def ask(handle):
             return await asyncio.wait_for(handle.search.remote(query), request.timeout)
@@ -251,7 +276,7 @@ class Router:
         missing = tuple(ShardFailure(i, self.stores[i], _reason(g)) for i, g in enumerate(got)
                         if isinstance(g, BaseException))
         answers = [g for g in got if not isinstance(g, BaseException)]
-        return ShardedResult(merge(answers, request.k, request.within), missing)
+        return ShardedResult(merge(answers, request.k, request.within, request.min_score), missing)
 
     async def __call__(self, http_request):
         """GET /api/search?q=TEXT (k, under, after, before, within, min_score, nprobe,

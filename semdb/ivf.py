@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .search import FAST_SCAN_BLOCK, AdcIndex, _in_rows, top_k
+from .search import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
 
 # Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below a million codes the exhaustive
 # scan takes at most ~2.3 ms per query on one core, and IVF at recall@10 >= 0.95 saved about
@@ -239,18 +239,28 @@ class IvfIndex(AdcIndex):
         """Top-k (ids, scores) per query: the nprobe nearest lists (default self.nprobe;
         nprobe >= nlist scans every list), shortlist reranked exactly. `rows`: a filter; at most
         FILTER_EXACT_MAX rows are scored exactly, more go through FAISS's IDSelector."""
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        ids = np.full((len(Q), max(k, 0)), -1, np.int64)
+        scores = np.full((len(Q), max(k, 0)), -np.inf, np.float32)
+        if self.n == 0 or k <= 0:
+            return ids, scores
+        for i, found in enumerate(self.candidates(Q, k, shortlist, rows, nprobe)):
+            ids[i], scores[i] = found.top(k)
+        return ids, scores
+
+    def candidates(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
+                   rows: np.ndarray | None = None, nprobe: int | None = None) -> list[Candidates]:
+        """Per query: the shortlist of the nprobe nearest lists and its exact rerank (see search)."""
         import faiss
 
         Q = np.ascontiguousarray(Q, dtype=np.float32)
-        nq = len(Q)
-        if self.n == 0 or k <= 0:
-            return np.full((nq, max(k, 0)), -1, np.int64), np.full((nq, max(k, 0)), -np.inf, np.float32)
-        rows = None if rows is None else np.asarray(rows, np.int64)
-        if rows is not None and len(rows) <= FILTER_EXACT_MAX:
-            return _in_rows(top_k(self.exact_scores(Q, rows), k), rows)
-        short = shortlist or max(4 * k, k + 64)
+        if rows is not None:
+            rows = np.asarray(rows, np.int64)
+            if len(rows) <= FILTER_EXACT_MAX:
+                return [self._exactly(Q[i:i + 1], rows) for i in range(len(Q))]
+        short = shortlist or shortlist_size(k)
         if short >= (self.n if rows is None else len(rows)):
-            return super().search(Q, k, rows=np.arange(self.n) if rows is None else rows)
+            return super().candidates(Q, k, rows=np.arange(self.n) if rows is None else rows)
         nprobe = min(int(nprobe or self.nprobe), self.nlist)
         Dq, Iq = self.rank_lists(Q, nprobe)  # contiguous, and named while FAISS reads them
         params = faiss.SearchParametersIVF()
@@ -262,22 +272,18 @@ class IvfIndex(AdcIndex):
             bitmap = np.packbits(keep, bitorder="little")  # a named array: swig_ptr does not keep it alive
             sel = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
             params.sel = sel
-        ids = np.full((nq, k), -1, dtype=np.int64)
-        scores = np.full((nq, k), -np.inf, dtype=np.float32)
-        D = np.empty((1, short), np.float32)
-        cand = np.empty((1, short), np.int64)
-        for i in range(nq):
+        found = []
+        for i in range(len(Q)):
+            D = np.empty((1, short), np.float32)
+            cand = np.empty((1, short), np.int64)
             # One query per FAISS call: batched calls of the IVF fast-scan with by_residual=False
             # return lists that differ from the flat scan's (faiss 1.15, tests/test_ivf.py), single
             # queries match it exactly.
             q, iq, dq = Q[i:i + 1], np.ascontiguousarray(Iq[i:i + 1]), np.ascontiguousarray(Dq[i:i + 1])
             self.index.search_preassigned_c(1, faiss.swig_ptr(q), short, faiss.swig_ptr(iq), faiss.swig_ptr(dq),
                                             faiss.swig_ptr(D), faiss.swig_ptr(cand), False, params)
-            c = cand[0][cand[0] >= 0].copy()
-            if len(c):
-                found = _in_rows(top_k(self.exact_scores(q, c), k), c)
-                ids[i], scores[i] = found[0][0], found[1][0]
-        return ids, scores
+            found.append(self._reranked(q, cand[0], D[0]))
+        return found
 
 
 # --- the store's IVF: built past MIN_ITEMS, kept up to date, rebuilt ------------------------------

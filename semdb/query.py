@@ -23,7 +23,7 @@ from .errors import InputError, display_path
 from .images import load_image
 from . import ivf
 from .ivf import IvfIndex
-from .search import FlatIndex
+from .search import Candidates, FlatIndex
 
 MAX_K = 10_000  # a larger k is refused: nobody reads that many hits, and it costs memory
 
@@ -195,6 +195,25 @@ class Searcher:
             items = self.ctx.store.items(ids[row[keep]])
             results.append([Hit(it.path, float(s), int(it.id)) for it, s in zip(items, score[keep]) if it is not None])
         return results
+
+    def candidates(self, Q, k: int = 10, where: Where = Where(), nprobe: Optional[int] = None) -> list[Candidates]:
+        """Per query, the search's two stages before its top k is cut: search.Candidates whose
+        `rows` are item ids. What a sharded search merges (semdb/cluster.py): the union of its
+        shards' candidates, cut as one store's scan cuts them, gives one store's hits."""
+        _check_k(k)
+        _check_nprobe(nprobe)
+        Q = np.asarray(Q, np.float32)
+        ids, index = self.index()
+        rows = None if index is None else self._rows(where, ids, ())
+        if index is None or (rows is not None and not len(rows)):
+            none = np.empty(0, np.float32)
+            return [Candidates(np.empty(0, np.uint64), none, none, True) for _ in range(len(Q))]
+        if isinstance(index, FlatIndex):  # staged embeddings: every row scored exactly
+            rows = np.arange(len(ids)) if rows is None else rows
+            scores = Q @ index.vectors[rows].T
+            return [Candidates(ids[rows], s, s, True) for s in scores]
+        found = index.candidates(Q, k, rows=rows, **({"nprobe": nprobe} if isinstance(index, IvfIndex) else {}))
+        return [Candidates(ids[c.rows], c.approx, c.exact, c.complete) for c in found]
 
     def _rows(self, where: Where, ids: np.ndarray, exclude) -> Optional[np.ndarray]:
         """Index rows the search may return (None: all)."""

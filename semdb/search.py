@@ -11,11 +11,39 @@ FAISS's exact LUT scan. Everything here takes and returns numpy arrays.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .packing import unpack
 
 FAST_SCAN_BLOCK = 32  # FAISS fast-scan block size (bbs)
+
+
+def shortlist_size(k: int) -> int:
+    """Candidates the approximate scan keeps for the exact rerank of a top k (one rule for one
+    store and for the merge of a sharded search, semdb/cluster.py)."""
+    return max(4 * k, k + 64)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One query's candidates, the two stages of a search side by side: index `rows`, their
+    `approx` scan scores (inner product; the fast-scan kernel's 8-bit-LUT estimate) and their
+    `exact` scores (float ADC, cosine for cosine codecs). `complete`: every row the search may
+    return is here, scored exactly (no shortlist was cut), so the top k by `exact` is final.
+    Otherwise the rows are the best shortlist_size(k) by `approx`; a sharded search cuts the
+    union of its shards' candidates the same way before it ranks by `exact`."""
+
+    rows: np.ndarray  # int64
+    approx: np.ndarray  # float32
+    exact: np.ndarray  # float32
+    complete: bool
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores), each (k,): the best k by exact score, -1 / -inf past the end."""
+        ids, scores = _in_rows(top_k(self.exact[None, :], k), self.rows)
+        return ids[0], scores[0]
 
 
 def adc_lut(Q: np.ndarray, tables: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,33 +156,49 @@ class AdcIndex:
         """Top-k (ids, scores) per query, each (nq, k); ids are row numbers, -1 past the end.
         `rows`: search only these rows (a filter): scored exactly, without the fast-scan pass."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
-        nq = len(Q)
+        ids = np.full((len(Q), max(k, 0)), -1, dtype=np.int64)
+        scores = np.full((len(Q), max(k, 0)), -np.inf, dtype=np.float32)
         if self.n == 0 or k <= 0:
-            return np.full((nq, max(k, 0)), -1, np.int64), np.full((nq, max(k, 0)), -np.inf, np.float32)
+            return ids, scores
+        for i, found in enumerate(self.candidates(Q, k, shortlist, rows)):
+            ids[i], scores[i] = found.top(k)
+        return ids, scores
+
+    def candidates(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
+                   rows: np.ndarray | None = None) -> list[Candidates]:
+        """Per query: the scan's shortlist (one FAISS call for every query) and its exact rerank."""
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
         if rows is not None:
-            return _in_rows(top_k(self.exact_scores(Q, rows), k), rows)
+            return [self._exactly(Q[i:i + 1], np.asarray(rows, np.int64)) for i in range(len(Q))]
         if not self.fast_scan and self.norms is None:
-            _, cand = self.index.search(Q, min(k, self.n))  # FAISS exact-LUT scan
-        else:
-            short = shortlist or max(4 * k, k + 64)
-            if short >= self.n:  # the shortlist is everything: score it all exactly (fast-scan
-                return self.search(Q, k, rows=np.arange(self.n))  # may drop ties at k = n)
-            _, cand = self.index.search(Q, short)
+            approx, cand = self.index.search(Q, min(k, self.n))  # FAISS exact-LUT scan: exact already
+            return [Candidates(c[c >= 0], a[c >= 0], a[c >= 0], True) for a, c in zip(approx, cand)]
+        short = shortlist or shortlist_size(k)
+        if short >= self.n:  # the shortlist is everything: score it all exactly (fast-scan
+            return self.candidates(Q, k, rows=np.arange(self.n))  # may drop ties at k = n)
+        approx, cand = self.index.search(Q, short)
         # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised; a cosine
         # score divides by ||x_hat||, which the inner-product scan does not know).
-        ids = np.full((nq, k), -1, dtype=np.int64)
-        scores = np.full((nq, k), -np.inf, dtype=np.float32)
-        for i in range(nq):
-            found = _in_rows(top_k(self.exact_scores(Q[i:i + 1], cand[i][cand[i] >= 0]), k), cand[i][cand[i] >= 0])
-            ids[i], scores[i] = found[0][0], found[1][0]
-        return ids, scores
+        return [self._reranked(Q[i:i + 1], cand[i], approx[i]) for i in range(len(Q))]
+
+    def _reranked(self, q: np.ndarray, cand: np.ndarray, approx: np.ndarray) -> Candidates:
+        keep = cand >= 0
+        rows = cand[keep]
+        return Candidates(rows, approx[keep], self.exact_scores(q, rows)[0], False)
+
+    def _exactly(self, q: np.ndarray, rows: np.ndarray) -> Candidates:
+        """Every row scored exactly (a filter, or a shortlist as long as the index)."""
+        ip, exact = self._scores(q, rows)
+        return Candidates(rows, ip[0], exact[0], True)
 
     def exact_scores(self, Q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact scores (nq, len(rows)) of the chosen rows: float ADC, divided by ||x_hat|| for
         cosine codecs."""
+        return self._scores(Q, rows)[1]
+
+    def _scores(self, Q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inner product, exact score) of the chosen rows, each (nq, len(rows))."""
         lut, offset = adc_lut(Q, self.tables, self.bias)
         idx = unpack(self.codes[rows], self.m, self.nbits)
-        s = adc_scores(lut, offset, idx)
-        if self.norms is not None:
-            s /= self.norms(idx)[None, :]
-        return s
+        ip = adc_scores(lut, offset, idx)
+        return ip, (ip / self.norms(idx)[None, :] if self.norms is not None else ip)

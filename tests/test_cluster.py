@@ -260,15 +260,59 @@ def replace_at(specs, i, **changes):
     return [replace(s, **changes) if j == i else s for j, s in enumerate(specs)]
 
 
-def test_merge_is_the_exact_top_k_with_ties_by_shard_then_id():
-    from semdb.cluster import merge
+def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_then_id():
+    from semdb.cluster import ShardAnswer, merge
 
-    a = [ShardHit("/a1", 0.9, 5, 0, "A"), ShardHit("/a2", 0.5, 2, 0, "A")]
-    b = [ShardHit("/b1", 0.9, 1, 1, "B"), ShardHit("/b2", 0.7, 3, 1, "B")]
-    c = [ShardHit("/c1", 0.9, 4, 0, "A")]  # same shard as a: ties by id
-    assert [h.path for h in merge([b, a, c], 4)] == ["/c1", "/a1", "/b1", "/b2"]
-    assert [h.path for h in merge([a, b], 10, within=0.25)] == ["/a1", "/b1", "/b2"]
-    assert merge([[], []], 3) == ()
+    def answer(shard, rows, complete=False):  # rows: (path, approx, exact, id)
+        return ShardAnswer(tuple(ShardHit(p, e, i, shard, "AB"[shard]) for p, _, e, i in rows),
+                           tuple(a for _, a, _, _ in rows), complete)
+
+    a = answer(0, [("/a1", 0.8, 0.9, 5), ("/a2", 0.4, 0.5, 2), ("/c1", 0.8, 0.9, 4)])  # same shard: ties by id
+    b = answer(1, [("/b1", 0.8, 0.9, 1), ("/b2", 0.7, 0.7, 3)])
+    assert [h.path for h in merge([b, a], 4)] == ["/c1", "/a1", "/b1", "/b2"]
+    assert [h.path for h in merge([a, b], 10, within=0.25)] == ["/c1", "/a1", "/b1", "/b2"]
+    assert [h.path for h in merge([a, b], 10, min_score=0.8)] == ["/c1", "/a1", "/b1"]
+    assert merge([answer(0, [], True), answer(1, [], True)], 3) == ()
+    # Past the shortlist (shortlist_size(1) = 65), the union is cut by scan score first: an item
+    # with the best exact score but a scan score below 65 others is not a hit, as in one store.
+    many = answer(0, [(f"/x{i}", 0.5 + i / 1000, 0.5, 100 + i) for i in range(70)])
+    late = answer(1, [("/late", 0.1, 0.99, 1)])
+    assert merge([many, late], 1)[0].path != "/late"
+    assert merge([answer(0, many.hits and [(f"/x{i}", 0.5, 0.5, i) for i in range(3)], True),
+                  answer(1, [("/late", 0.1, 0.99, 1)], True)], 1)[0].path == "/late"  # complete: no cut
+
+
+def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tiny_model):
+    """Without Ray: 3 shards of 1,500 items against one store of 4,500 (the shortlist, 74 for
+    k = 10, is a small part of each), 300 random query vectors: the merge of the shards'
+    Searcher.candidates gives exactly one store's hits. (Merging the shards' own top k's
+    instead differed from one store on most of these queries.)"""
+    from semdb.cluster import ShardAnswer, merge
+    from semdb.context import StoreContext
+    from semdb.query import Searcher
+    from semdb.store import Store
+
+    n, rng = 4500, np.random.default_rng(1)
+    X = rng.normal(size=(n, 64)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    with semdb.open(tmp_path / "full", model=tiny_model) as db:
+        db.add_embeddings([f"/p/{i:05d}.jpg" for i in range(n)], X, model=tiny_model, bits=256)
+        table = db.to_arrow()
+    for j in range(3):
+        with semdb.open(tmp_path / f"s{j}") as db:
+            db.import_arrow(table.take(list(range(j, n, 3))).replace_schema_metadata(table.schema.metadata))
+    searchers = [Searcher(StoreContext(Store(tmp_path / name, readonly=True))) for name in ("full", "s0", "s1", "s2")]
+    Q = rng.normal(size=(300, 64)).astype(np.float32)
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    single = searchers[0].vectors(Q, 10)
+    for i, q in enumerate(Q):
+        answers = []
+        for j, s in enumerate(searchers[1:]):
+            (c,) = s.candidates(q[None], 10)
+            items = s.ctx.store.items(c.rows)
+            answers.append(ShardAnswer(tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact)),
+                                       tuple(c.approx.tolist()), c.complete))
+        assert [h.path for h in merge(answers, 10)] == [h.path for h in single[i]], f"query {i}"
 
 
 def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, stores, tmp_path):
