@@ -64,7 +64,12 @@ def test_round_trip_gives_identical_query_results(built, tmp_path):
             summary = db.import_arrow(source) if name == "b" else db.import_parquet([source])
             assert (summary["added"], summary["updated"], summary["unchanged"], summary["items"]) == (12, 0, 0, 12)
             assert snapshot(db) == before and db.codec.id == codec_id
-            assert [db.query(q, k=12) for q in QUERIES] == hits  # same paths, scores, order (and ids)
+            got = [db.query(q, k=12) for q in QUERIES]
+            # same paths, ids and order; scores to float precision (the first text query of a
+            # model runs its torch text tower and caches the ONNX export the later ones use)
+            assert [[(h.path, h.id) for h in g] for g in got] == [[(h.path, h.id) for h in g] for g in hits]
+            np.testing.assert_allclose([[h.score for h in g] for g in got], [[h.score for h in g] for g in hits],
+                                       rtol=0, atol=1e-5)
             assert db.store.verify() == []
 
 
