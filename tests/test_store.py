@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import random
 import shutil
 import signal
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from semdb import segments
 from semdb import store as store_mod
 from semdb.errors import InputError, StoreError, StoreLockedError
 from semdb.store import SCHEMA_VERSION, Item, Store, default_store_path
@@ -481,9 +483,14 @@ def test_corrupt_header_is_a_store_error(tmp_path):
 
 def test_corrupt_code_bytes_are_caught_by_the_segment_checksum(tmp_path):
     data = _filled_store(tmp_path / "good")
-    offset = data.find(code_for(123))
-    assert offset > 0
-    bad = _corrupt_copy(tmp_path / "good", tmp_path / "bad", offset, bytes(CB))
+    # copy-on-write leaves stale copies of the segment's page in free pages: damage them all
+    offsets = [m.start() for m in re.finditer(re.escape(code_for(123)), data)]
+    assert offsets
+    bad = _corrupt_copy(tmp_path / "good", tmp_path / "bad", offsets[0], bytes(CB))
+    for offset in offsets[1:]:
+        with open(bad / "data.mdb", "r+b") as f:
+            f.seek(offset)
+            f.write(bytes(CB))
     with Store(bad, readonly=True) as s:
         assert s.count() == 800  # metadata still reads
         with pytest.raises(StoreError, match="corrupt .*checksum"):
@@ -511,8 +518,11 @@ PROBE = """
 @pytest.mark.parametrize("fill", [b"\xff", b"\x00", None])
 def test_corrupt_pages_in_the_middle_are_reported_not_crashed_on(tmp_path, fill):
     data = _filled_store(tmp_path / "good")
-    # the page holding some item records (its path strings are in the record)
-    page = data.find(b"/dir1/img0100.jpg") // 4096 * 4096
+    # the first page of the live item segment (compressed: found by its stored bytes; older
+    # copies of it left in free pages hold fewer items, so another header)
+    with Store(tmp_path / "good", readonly=True) as s, s._read() as v:
+        live = bytes(next(iter(v.txn.cursor(db=v._db["itemsegs"])))[1])
+    page = data.find(live[:64]) // 4096 * 4096
     assert page >= 2 * 4096
     patch = fill * 4096 if fill else random.Random(1).randbytes(4096)
     bad = _corrupt_copy(tmp_path / "good", tmp_path / "bad", page, patch)
@@ -674,17 +684,22 @@ def test_verify_reports_each_kind_of_inconsistency(store):
         b = w.add_item(new_item("/b.jpg"), code=code_for(2))
         c = w.add_item(new_item("/c.jpg"), embedding=emb_for(3))
     assert store.verify() == []
+    with store.write() as w:
+        d = w.add_item(new_item("/d.jpg"), code=code_for(4))  # its own code segment
     env, dbs = store._shared.env, store._shared.dbs
     k = store_mod._k
-    with env.begin(write=True) as txn:  # damage the indices behind the store's back
-        txn.delete(b"/a.jpg", db=dbs["paths"])
-        txn.delete(k(b), db=dbs["code_loc"])
-        txn.put(k(c), code_for(3), db=dbs["code_loc"])
+    seg_d = max(raw_segments(store))
+    with env.begin(write=True) as txn:  # damage the store behind its back
+        txn.delete(k(seg_d), db=dbs["codes"])  # d loses its code
+        txn.put(k(a), np.zeros(16, np.float16).tobytes(), db=dbs["staging"])  # a: code and staging
         txn.put(k(77), np.zeros(16, np.float16).tobytes(), db=dbs["staging"])
-        txn.put(b"sha256:zzz", k(a), db=dbs["hashes"])
+        # a segment whose ids run past next_id and whose path repeats item b's
+        row = (90, b"/b.jpg", "sha256:zzz", 1, 2, 3, 4, 5.0, 6.0, None)
+        txn.put(k(90), segments.encode([row]), db=dbs["itemsegs"])
     problems = "\n".join(store.verify())
-    assert f"item {a}: path '/a.jpg' not indexed" in problems
-    assert f"item {b}: code in segment" in problems and "no code_loc" in problems
-    assert f"item {c}: code_loc says segment" in problems
+    assert f"item {d}: neither a code nor a staging row" in problems
+    assert f"item {a}: both a code and a staging row" in problems
     assert "staging row for missing item 77" in problems
-    assert f"hash index has stray (sha256:zzz, item {a})" in problems
+    assert "item segment 90: ids [90]..[90] outside [90, 5)" in problems
+    assert f"item 90: path '/b.jpg' is also item {b}" in problems
+    assert c  # still sound: staged, no code

@@ -1,0 +1,246 @@
+"""Columnar item segments (store schema 2) and the in-memory lookups built from them.
+
+An item segment is one LMDB value holding the metadata of up to ITEMSEG_MAX items with
+ascending ids. Its layout:
+
+    header <BIII: format version, n, length of the uncompressed body, crc32 of the stored body
+    body (zlib): columns, each for all n items in id order
+        ids         <u8, first id then deltas (consecutive ids compress to almost nothing)
+        hash kind   u1: 1 = the hash is 32 lowercase hex chars, stored as 16 bytes; 0 = raw utf-8
+        hash bytes  16 bytes per kind-1 item
+        raw hashes  <u2 length per kind-0 item, then their bytes (imports may carry other hashes)
+        size <u8, mtime_ns <i8, width <u4, height <u4, added <f8, updated <f8, taken <f8 (NaN:
+                    unknown): numeric columns are stored byte-transposed (all first bytes, then
+                    all second bytes, ...) so that the high bytes, nearly equal across a
+                    folder or a batch, sit together and compress away
+        path length <u4 per item, then the paths' file system bytes (os.fsencode: exact bytes)
+
+Paths of one folder share prefixes and the times of one batch are equal, so zlib takes a
+typical item to ~40 bytes plus its code. The crc covers the stored (compressed) body:
+damage is found before zlib sees it.
+
+KeyMultimap is the sorted uint64 key -> ids structure behind the store's in-memory path,
+content-hash and code-location lookups: a base of two sorted numpy arrays plus a small
+overlay of a write batch's changes, merged into new arrays when the batch commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+ITEMSEG_MAX = 4096  # items per item segment: one get_item decompresses at most this many
+_HEAD = struct.Struct("<BIII")
+_VERSION = 1
+_HEX32 = re.compile(rb"[0-9a-f]{32}")
+_NUMERIC = (("size", "<u8"), ("mtime_ns", "<i8"), ("width", "<u4"), ("height", "<u4"),
+            ("added", "<f8"), ("updated", "<f8"), ("taken", "<f8"))
+
+
+class SegmentError(Exception):
+    """A stored item segment that cannot be decoded (the store reports it as corruption)."""
+
+
+@dataclass
+class Columns:
+    """One decoded item segment: numpy columns (see the module doc) plus the hash strings and
+    path bytes, aligned by row."""
+
+    ids: np.ndarray
+    hashes: list
+    paths: list
+    size: np.ndarray
+    mtime_ns: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    added: np.ndarray
+    updated: np.ndarray
+    taken: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, id_: int) -> int | None:
+        i = int(np.searchsorted(self.ids, np.uint64(id_)))
+        return i if i < len(self.ids) and int(self.ids[i]) == id_ else None
+
+
+def header(raw) -> tuple[int, int, int, int]:
+    """(version, n, body length, crc) without decompressing; SegmentError if truncated."""
+    try:
+        return _HEAD.unpack_from(raw)
+    except struct.error:
+        raise SegmentError("truncated item segment") from None
+
+
+def _transpose(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a.view(np.uint8).reshape(len(a), a.itemsize).T).tobytes()
+
+
+def _untranspose(raw: bytes, n: int, dtype: str) -> np.ndarray:
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(raw, np.uint8).reshape(width, n).T.copy().view(dtype).reshape(n)
+
+
+def encode(rows) -> bytes:
+    """rows: (id, path bytes, hash str, size, mtime_ns, width, height, added, updated, taken|None)
+    in ascending id order. ValueError (struct/numpy overflow) for out-of-range fields."""
+    n = len(rows)
+    ids = np.array([r[0] for r in rows], np.uint64)
+    if n > 1 and not (np.diff(ids.astype(np.int64)) > 0).all():
+        raise ValueError("item segment ids must ascend")
+    hashes = [r[2].encode("utf-8") for r in rows]
+    kind = np.array([len(h) == 32 and _HEX32.fullmatch(h) is not None for h in hashes], np.uint8)
+    raw_hashes = [h for h, k in zip(hashes, kind) if not k]
+    paths = [r[1] for r in rows]
+    deltas = ids.copy()
+    deltas[1:] -= ids[:-1]
+    parts = [deltas.astype("<u8").tobytes(), kind.tobytes(),
+             b"".join(bytes.fromhex(h.decode()) for h, k in zip(hashes, kind) if k),
+             np.array([len(h) for h in raw_hashes], "<u2").tobytes(), b"".join(raw_hashes)]
+    for col, (name, dtype) in enumerate(_NUMERIC, start=3):
+        values = [r[col] for r in rows]
+        if name == "taken":
+            values = [np.nan if v is None else v for v in values]
+        info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+        if info is not None and any(not info.min <= v <= info.max for v in values):
+            raise ValueError(f"{name} out of range")
+        parts.append(_transpose(np.array(values, dtype)))
+    parts += [np.array([len(p) for p in paths], "<u4").tobytes(), b"".join(paths)]
+    body = b"".join(parts)
+    packed = zlib.compress(body, 6)
+    return _HEAD.pack(_VERSION, n, len(body), zlib.crc32(packed)) + packed
+
+
+def decode(raw) -> Columns:
+    version, n, length, crc = header(raw)
+    packed = memoryview(raw)[_HEAD.size:]
+    if version != _VERSION or zlib.crc32(packed) != crc:
+        raise SegmentError(f"item segment (format {version}) fails its checksum test")
+    try:
+        body = zlib.decompress(packed)
+    except zlib.error as e:
+        raise SegmentError(f"item segment does not decompress ({e})") from None
+    if len(body) != length:
+        raise SegmentError("item segment has the wrong length")
+    pos = 0
+
+    def take(size: int) -> bytes:
+        nonlocal pos
+        if pos + size > len(body):
+            raise SegmentError("item segment is shorter than its columns")
+        pos += size
+        return body[pos - size:pos]
+
+    ids = np.cumsum(np.frombuffer(take(8 * n), "<u8"), dtype=np.uint64)
+    kind = np.frombuffer(take(n), np.uint8)
+    n_hex = int(kind.sum())
+    hexes = take(16 * n_hex)
+    raw_lens = np.frombuffer(take(2 * (n - n_hex)), "<u2").tolist()
+    raw_blob = take(sum(raw_lens))
+    hashes, hi, ri, ro = [], 0, 0, 0
+    try:
+        for k in kind.tolist():
+            if k:
+                hashes.append(hexes[16 * hi:16 * hi + 16].hex())
+                hi += 1
+            else:
+                hashes.append(raw_blob[ro:ro + raw_lens[ri]].decode("utf-8"))
+                ro += raw_lens[ri]
+                ri += 1
+    except UnicodeDecodeError:
+        raise SegmentError("item segment holds a hash that is not utf-8") from None
+    cols = {name: _untranspose(take(np.dtype(dtype).itemsize * n), n, dtype) for name, dtype in _NUMERIC}
+    lens = np.frombuffer(take(4 * n), "<u4")
+    ends = np.cumsum(lens, dtype=np.int64).tolist()
+    blob = take(ends[-1] if ends else 0)
+    if pos != len(body):
+        raise SegmentError("item segment is longer than its columns")
+    paths = [blob[s:e] for s, e in zip([0] + ends[:-1], ends)]
+    return Columns(ids=ids, hashes=hashes, paths=paths, **cols)
+
+
+# -- in-memory lookups -----------------------------------------------------------------------
+
+def path_key(raw: bytes) -> int:
+    """64-bit key of a path's bytes (a hit is checked against the stored path)."""
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
+def hash_key(h: str) -> int:
+    """64-bit key of a content hash: its first 8 bytes if hex (already uniform), else blake2b."""
+    raw = h.encode("utf-8", "surrogatepass")
+    if len(raw) == 32 and _HEX32.fullmatch(raw):
+        return int(raw[:16], 16)
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
+class KeyMultimap:
+    """uint64 key -> uint64 values (several values may share a key; the pairs are a set).
+
+    `keys`/`values` are sorted by key and never modified in place (other readers may hold
+    them); a writer records its changes in `added`/`removed` and `merged()` makes new arrays."""
+
+    def __init__(self, keys: np.ndarray | None = None, values: np.ndarray | None = None):
+        self.keys = np.empty(0, np.uint64) if keys is None else keys
+        self.values = np.empty(0, np.uint64) if values is None else values
+        self.added: dict[int, set] = {}
+        self.removed: set = set()
+
+    @classmethod
+    def build(cls, keys, values) -> KeyMultimap:
+        keys, values = np.asarray(keys, np.uint64), np.asarray(values, np.uint64)
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], values[order])
+
+    def overlay(self) -> KeyMultimap:
+        """The same base with an empty change set (for one write batch)."""
+        return KeyMultimap(self.keys, self.values)
+
+    def get(self, key: int) -> list[int]:
+        k = np.uint64(key)
+        lo, hi = np.searchsorted(self.keys, k, "left"), np.searchsorted(self.keys, k, "right")
+        found = [v for v in self.values[lo:hi].tolist() if (key, v) not in self.removed]
+        return found + sorted(self.added.get(key, ()))
+
+    def add(self, key: int, value: int) -> None:
+        if (key, value) in self.removed:
+            self.removed.discard((key, value))
+        else:
+            self.added.setdefault(key, set()).add(value)
+
+    def remove(self, key: int, value: int) -> None:
+        got = self.added.get(key)
+        if got is not None and value in got:
+            got.discard(value)
+            if not got:
+                del self.added[key]
+        else:
+            self.removed.add((key, value))
+
+    def merged(self) -> KeyMultimap:
+        keys, values = self.keys, self.values
+        if self.removed:
+            drop = []
+            for key, value in self.removed:
+                k = np.uint64(key)
+                lo, hi = np.searchsorted(keys, k, "left"), np.searchsorted(keys, k, "right")
+                drop += [lo + i for i, v in enumerate(values[lo:hi].tolist()) if v == value]
+            keys, values = np.delete(keys, drop), np.delete(values, drop)
+        if self.added:
+            pairs = sorted((k, v) for k, vs in self.added.items() for v in vs)
+            add_k = np.array([p[0] for p in pairs], np.uint64)
+            add_v = np.array([p[1] for p in pairs], np.uint64)
+            at = np.searchsorted(keys, add_k, "right")
+            keys, values = np.insert(keys, at, add_k), np.insert(values, at, add_v)
+        return KeyMultimap(keys, values)
+
+
+def fs_bytes_ok(raw: bytes) -> bool:
+    return bool(raw) and b"\0" not in raw and os.fsencode(os.fsdecode(raw)) == raw
