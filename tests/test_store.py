@@ -567,6 +567,130 @@ def test_info(store):
     assert info["bytes_on_disk"] > 0 and info["map_size"] >= store_mod.DEFAULT_MAP_SIZE
 
 
+def test_info_reports_bytes_per_item(store):
+    with store.write() as w:
+        for i in range(50):
+            w.add_item(new_item(f"/p/{i}.jpg"), code=code_for(i))
+    info = store.info()
+    assert info["schema"] == SCHEMA_VERSION and info["item_segments"] == 1
+    assert info["bytes_per_item"] == round((store.path / "data.mdb").stat().st_size / 50, 1)
+
+
+# -- the compact layout (schema 2): item segments and the in-memory lookups ----------------------
+
+def _every_field_item(path: str, h: str, taken) -> Item:
+    return Item(0, path, 2**64 - 1, -(2**63), h, 2**32 - 1, 0, 1.25, -3.5e9, taken)
+
+
+def test_item_segments_round_trip_every_field(store):
+    odd = [(os.fsdecode(b"/photos/caf\xe9-\xff\x80.jpg"), "0123456789abcdef0123456789abcdef", None),
+           ("/" + "deep/" * 120 + "x.jpg", "sha256:" + "ab" * 32, 1.5e9 + 0.123456),  # > 500 bytes
+           ("/u/ç😀.jpg", "0123456789ABCDEF0123456789ABCDEF", -1.0),  # upper-case hex: kept as text
+           ("/n/x.jpg", "path:" + "é" * 150, float("inf"))]
+    with store.write() as w:
+        ids = [w.add_item(_every_field_item(p, h, t), code=code_for(i)) for i, (p, h, t) in enumerate(odd)]
+    again = Store(store.path, readonly=True)  # a fresh decode: a second Store shares the env, so clear the cache
+    again._shared.seg_cache.clear()
+    for id_, (p, h, t) in zip(ids, odd):
+        assert again.get_item(id_) == Item(id_, p, 2**64 - 1, -(2**63), h, 2**32 - 1, 0, 1.25, -3.5e9, t)
+        assert again.item_by_path(p).id == id_
+        assert [it.id for it in again.items_by_hash(h)] == [id_]
+    again.close()
+    assert store.items_by_hash("0123456789abcdef0123456789abcdeF") == []
+    assert store.verify() == []
+
+
+def test_lookups_after_adds_updates_deletes_and_compaction(store):
+    with store.write() as w:
+        ids = [w.add_item(new_item(f"/f/{i}.jpg", "%032x" % (i % 7)), code=code_for(i)) for i in range(9000)]
+    # 9000 items in one batch: three segments of at most ITEMSEG_MAX, in id order
+    assert store.info()["item_segments"] == 3
+    with store.write() as w:
+        moved = w.get_item(ids[10])
+        moved.path, moved.hash = "/g/moved.jpg", "NEW"
+        w.update_item(moved)
+        assert w.item_by_path("/g/moved.jpg").id == ids[10] and w.item_by_path("/f/10.jpg") is None
+        for i in range(4000, 8500):  # empties most of the second segment and part of the third
+            w.delete_item(ids[i])
+        late = w.add_item(new_item("/f/4000.jpg", "LATE"), code=code_for(1))  # a deleted path, reused
+        w.delete_item(w.add_item(new_item("/tmp/gone.jpg"), code=code_for(2)))  # added and gone in one batch
+    for s in (store, Store(store.path, readonly=True)):
+        s._shared.item_index = None if s is not store else s._shared.item_index  # readonly: rebuilt
+        assert s.item_by_path("/f/10.jpg") is None and s.item_by_path("/g/moved.jpg").id == ids[10]
+        assert [it.id for it in s.items_by_hash("NEW")] == [ids[10]]
+        assert s.item_by_path("/f/4000.jpg").id == late and s.item_by_path("/tmp/gone.jpg") is None
+        assert s.get_item(ids[5000]) is None and s.get_item(ids[8600]).path == "/f/8600.jpg"
+        assert [it.id for it in s.items_by_hash("%032x" % 3)] == [i for n, i in enumerate(ids)
+                                                                 if n % 7 == 3 and not 4000 <= n < 8500 and n != 10]
+        if s is not store:
+            s.close()
+    assert store.count() == 9000 - 4500 + 1 and store.verify() == []
+    before = [(it.id, it.path) for it in store.iter_items()]
+    store.compact()
+    assert [(it.id, it.path) for it in store.iter_items()] == before
+    assert store.info()["item_segments"] == 2  # 4501 items: the small middle segments merged
+    assert store.item_by_path("/f/8999.jpg").id == ids[8999] and store.verify() == []
+
+
+def test_small_batches_fill_the_last_segment(store):
+    for b in range(50):
+        with store.write() as w:
+            for i in range(100):
+                w.add_item(new_item(f"/b{b}/{i}.jpg"), code=code_for(i))
+    assert store.info()["item_segments"] == 2  # 5000 items: one full segment and the rest
+    assert [it.path for it in store.iter_items(batch=10)][4095:4097] == ["/b40/95.jpg", "/b40/96.jpg"]
+
+
+LOOKER = """
+    import sys
+    from semdb.store import Store
+    s = Store(sys.argv[1], readonly=True)
+    for line in sys.stdin:  # one path per line: print the id stored for it
+        it = s.item_by_path(line[:-1])
+        print(it.id if it else None, flush=True)
+"""
+
+
+def test_another_process_sees_a_writers_commits(store):
+    with store.write() as w:
+        a = w.add_item(new_item("/a.jpg"), code=code_for(1))
+    reader = run_py(LOOKER, store.path)
+    try:
+        reader.stdin.write("/a.jpg\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == str(a)  # its lookups are built now
+        moved = store.get_item(a)
+        moved.path = "/moved.jpg"
+        with store.write() as w:
+            w.update_item(moved)
+            b = w.add_item(new_item("/b.jpg"), code=code_for(2))
+        for p, want in (("/a.jpg", None), ("/moved.jpg", a), ("/b.jpg", b)):
+            reader.stdin.write(p + "\n")
+            reader.stdin.flush()
+            assert reader.stdout.readline().strip() == str(want)
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+
+
+def test_a_damaged_item_segment_is_corruption(store):
+    with store.write() as w:
+        ids = [w.add_item(new_item(f"/d/{i}.jpg"), code=code_for(i)) for i in range(100)]
+    env, db = store._shared.env, store._shared.dbs["itemsegs"]
+    with env.begin(write=True) as txn:
+        key, raw = next(iter(txn.cursor(db=db)))
+        raw = bytearray(raw)
+        raw[40] ^= 0x10
+        txn.put(bytes(key), bytes(raw), db=db)
+    store._shared.reset()
+    with pytest.raises(StoreError, match="is corrupt \\(item segment .*checksum.*restore it from a backup"):
+        store.get_item(ids[3])
+    with pytest.raises(StoreError, match="is corrupt"):
+        list(store.iter_items())
+    assert any(p.startswith(f"item segment {ids[0]}: ") and "checksum" in p for p in store.verify())
+    assert code_map(store)  # codes (what a query reads) are not in item segments
+
+
 # -- concurrency -----------------------------------------------------------------------------
 
 HOLDER = """
