@@ -2,19 +2,22 @@
 
 A store is one directory holding an LMDB environment (data.mdb, lock.mdb) and writer.lock.
 
-Named databases (ids are 8-byte big-endian keys, so cursors walk them in id order):
+Schema 2 (the compact store). Named databases (ids are 8-byte big-endian keys, so cursors
+walk them in id order):
   meta      utf-8 key -> JSON value: schema, created, generation, next_id, next_segment,
             code_bytes, codec_id, dim (staging width), model_id, plus any caller keys
   codec     b"codec" -> the codec bytes (Codec.to_bytes()); b"pending" -> a retrain's new codec;
             b"queries" -> float16 text query embeddings the codec trains with (meta
             training_queries = their shape), e.g. from `semdb ingest --captions`
-  items     id -> Item record (Item.to_bytes: versioned struct header + hash + fs path bytes)
-  paths     os.fsencode(path) (b"\\0" + sha256 if longer than LMDB's key limit) -> id
-  hashes    content hash -> id, dupsort: duplicates (same content, several paths) share a key
+  itemsegs  first id -> item segment (semdb/segments.py): the metadata of up to ITEMSEG_MAX
+            items with ascending, disjoint id ranges, columnar and zlib-compressed, with a
+            crc32. get_item(id) = one cursor step to the largest key <= id + one decode (a few
+            decoded segments are cached per process). A batch's new items (new ids are always
+            larger) fill the last segment, then new ones; a changed or deleted item rewrites its
+            segment in the batch's transaction; Writer.compact merges adjacent small segments.
   codes     segment number -> segment = header <QII (n, code_bytes, crc32 of the body),
             n little-endian uint64 ids, n*code_bytes codes.  A query reads every code with
             one cursor pass over a handful of big values instead of one read per item.
-  code_loc  id -> segment number holding its code, so a delete/re-code rewrites one segment
   staging   id -> float16 embedding (items waiting for a codec; empty after an ingest ends)
   recode    id -> code under the PENDING codec of an unfinished retrain (codec db key b"pending",
             meta pending_codec = {id, code_bytes}); queries never read it. The switch moves
@@ -29,10 +32,26 @@ Named databases (ids are 8-byte big-endian keys, so cursors walk them in id orde
             or stale row (n or crc differs, e.g. written by an older semdb) only means those
             codes are assigned when the index is built. (Created on the first writable open.)
 
-Invariant (checked by Store.verify): every item has exactly one of a code or a staging row,
-and paths/hashes/code_loc/segments/staging/recode hold nothing for ids that are not items;
-recode rows exist only while a pending codec does. Changing an item's code or staging row, or
-deleting it, drops its recode row (a resumed retrain encodes it again).
+No path, content-hash or code-location index is stored (each would cost an LMDB entry, ~25+
+bytes, per item): they are built in memory when first needed (path -> id and content hash ->
+ids as sorted 64-bit keys, id -> code segment from the segments' id columns), cached per
+process by the meta generation and carried forward by this process's own commits (a Writer
+records its changes in an overlay and merges them when it commits), so a long ingest of small
+batches builds them once. A query needs none of them (load_codes + get_item of the hits).
+About 40 bytes per item plus its code on disk (docs/SCALE.md, "A compact store").
+
+Schema 1 (items id -> record, paths path -> id, hashes hash -> ids, code_loc id -> segment)
+is converted by the first writable open, in ONE write transaction (fault point migrate_txn),
+then data.mdb is rewritten without the freed pages (a compacting copy renamed over it; meta
+`reclaim` marks a rewrite still to do, fault point reclaim_copied). A read-only open of a
+schema-1 store migrates it the same way first when it can take writer.lock, else fails with
+one line saying so. An older semdb refuses a schema-2 store (its schema check).
+
+Invariant (checked by Store.verify): every item has exactly one of a code or a staging row;
+item segments decode, their ids lie in [key, next key) and below next_id, no path is stored
+twice; segments/staging/recode hold nothing for ids that are not items; recode rows exist
+only while a pending codec does. Changing an item's code or staging row, or deleting it,
+drops its recode row (a resumed retrain encodes it again).
 
 Writes: ``with store.write() as w: ...`` is ONE LMDB write transaction: committed when the
 block ends, aborted if it raises, so a batch lands entirely or not at all (also under
@@ -49,7 +68,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import struct
@@ -81,8 +99,7 @@ _IVF_HEAD = struct.Struct("<QI")
 _ITEM_HEADS = {1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
                2: struct.Struct("<BQQqIIdddH")}  # + taken (NaN: not known)
 _ITEM_VERSION = 2
-_MAX_HASH_BYTES = 400  # must fit LMDB's 511-byte key limit
-_MAX_PATH_KEY = 500
+_MAX_HASH_BYTES = 400  # schema 1 kept hashes as LMDB keys (511-byte limit); kept for old readers
 _SEG_CACHE = 16  # decoded item segments kept per process (get_item of a query's hits)
 
 
@@ -120,12 +137,6 @@ def _fs_bytes(path: str) -> bytes:
     if not raw or b"\0" in raw or os.fsdecode(raw) != path:
         raise InputError(f"{path!r} is not a valid file system path")
     return raw
-
-
-def _path_key(path: str) -> bytes:
-    raw = _fs_bytes(path)
-    # POSIX paths never contain NUL, so the hashed form cannot collide with a real path.
-    return raw if len(raw) <= _MAX_PATH_KEY else b"\0" + hashlib.sha256(raw).digest()
 
 
 def _hash_key(h: str) -> bytes:
