@@ -32,6 +32,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -41,6 +42,28 @@ _VERSION = 1
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _NUMERIC = (("size", "<u8"), ("mtime_ns", "<i8"), ("width", "<u4"), ("height", "<u4"),
             ("added", "<f8"), ("updated", "<f8"), ("taken", "<f8"))
+
+
+class Row(NamedTuple):
+    """One item as a segment stores it (path: its exact file system bytes)."""
+
+    id: int
+    path: bytes
+    hash: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+    added: float
+    updated: float
+    taken: Optional[float]
+
+
+class Header(NamedTuple):
+    version: int
+    n: int  # items
+    length: int  # of the uncompressed body
+    crc: int  # crc32 of the stored (compressed) body
 
 
 class SegmentError(Exception):
@@ -71,10 +94,10 @@ class Columns:
         return i if i < len(self.ids) and int(self.ids[i]) == id_ else None
 
 
-def header(raw) -> tuple[int, int, int, int]:
-    """(version, n, body length, crc) without decompressing; SegmentError if truncated."""
+def header(raw) -> Header:
+    """The segment's header, without decompressing; SegmentError if truncated."""
     try:
-        return _HEAD.unpack_from(raw)
+        return Header._make(_HEAD.unpack_from(raw))
     except struct.error:
         raise SegmentError("truncated item segment") from None
 
@@ -88,24 +111,23 @@ def _untranspose(raw: bytes, n: int, dtype: str) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(width, n).T.copy().view(dtype).reshape(n)
 
 
-def encode(rows) -> bytes:
-    """rows: (id, path bytes, hash str, size, mtime_ns, width, height, added, updated, taken|None)
-    in ascending id order. ValueError (struct/numpy overflow) for out-of-range fields."""
+def encode(rows: list[Row]) -> bytes:
+    """Rows in ascending id order as one segment; ValueError for out-of-range fields."""
     n = len(rows)
-    ids = np.array([r[0] for r in rows], np.uint64)
+    ids = np.array([r.id for r in rows], np.uint64)
     if n > 1 and not (np.diff(ids.astype(np.int64)) > 0).all():
         raise ValueError("item segment ids must ascend")
-    hashes = [r[2].encode("utf-8") for r in rows]
+    hashes = [r.hash.encode("utf-8") for r in rows]
     kind = np.array([len(h) == 32 and _HEX32.fullmatch(h) is not None for h in hashes], np.uint8)
     raw_hashes = [h for h, k in zip(hashes, kind) if not k]
-    paths = [r[1] for r in rows]
+    paths = [r.path for r in rows]
     deltas = ids.copy()
     deltas[1:] -= ids[:-1]
     parts = [deltas.astype("<u8").tobytes(), kind.tobytes(),
              b"".join(bytes.fromhex(h.decode()) for h, k in zip(hashes, kind) if k),
              np.array([len(h) for h in raw_hashes], "<u2").tobytes(), b"".join(raw_hashes)]
-    for col, (name, dtype) in enumerate(_NUMERIC, start=3):
-        values = [r[col] for r in rows]
+    for name, dtype in _NUMERIC:
+        values = [getattr(r, name) for r in rows]
         if name == "taken":
             values = [np.nan if v is None else v for v in values]
         info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None

@@ -267,7 +267,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def _row(item: Item) -> tuple:
+def _row(item: Item) -> segments.Row:
     """An item as an item segment row (see semdb/segments.py), validated: InputError if a
     field cannot be stored, before anything changes."""
     raw = _fs_bytes(item.path)
@@ -281,18 +281,26 @@ def _row(item: Item) -> tuple:
     if any(not lo <= v < hi for v, (lo, hi) in zip(ints, limits)):
         raise InputError(f"{item.path}: item field out of range (size {ints[0]}, mtime_ns {ints[1]}, "
                          f"{ints[2]}x{ints[3]})")
-    return (int(item.id), raw, item.hash, *ints, *floats)
+    return segments.Row(int(item.id), raw, item.hash, *ints, *floats)
 
 
-def _rows_of(cols: segments.Columns) -> list[tuple]:
+def _rows_of(cols: segments.Columns) -> list[segments.Row]:
     taken = [None if t != t else t for t in cols.taken.tolist()]  # NaN: not known
-    return list(zip(cols.ids.tolist(), cols.paths, cols.hashes, cols.size.tolist(), cols.mtime_ns.tolist(),
-                    cols.width.tolist(), cols.height.tolist(), cols.added.tolist(), cols.updated.tolist(), taken))
+    return list(map(segments.Row._make, zip(
+        cols.ids.tolist(), cols.paths, cols.hashes, cols.size.tolist(), cols.mtime_ns.tolist(),
+        cols.width.tolist(), cols.height.tolist(), cols.added.tolist(), cols.updated.tolist(), taken)))
 
 
-def _item_of(row: tuple) -> Item:
-    id_, raw, hash_, size, mtime_ns, width, height, added, updated, taken = row
-    return Item(id_, os.fsdecode(raw), size, mtime_ns, hash_, width, height, added, updated, taken)
+def _row_at(cols: segments.Columns, i: int) -> segments.Row:
+    taken = float(cols.taken[i])
+    return segments.Row(int(cols.ids[i]), cols.paths[i], cols.hashes[i], int(cols.size[i]), int(cols.mtime_ns[i]),
+            int(cols.width[i]), int(cols.height[i]), float(cols.added[i]), float(cols.updated[i]),
+            None if taken != taken else taken)
+
+
+def _item_of(r: segments.Row) -> Item:
+    return Item(r.id, os.fsdecode(r.path), r.size, r.mtime_ns, r.hash, r.width, r.height, r.added, r.updated,
+                r.taken)
 
 
 def _items_of(cols: segments.Columns) -> list[Item]:
@@ -368,12 +376,12 @@ class _View:
         if raw is None:
             raise _Corrupt(f"item segment {int.from_bytes(key, 'big')} vanished")
         try:
-            version, n, _, crc = segments.header(raw)
+            head = segments.header(raw)
         except segments.SegmentError as e:
             raise _Corrupt(str(e)) from None
         # crc32 of the stored body + zlib's adler32 of the plain one (its last 4 bytes): a
         # rewritten segment (this process's or another's) never reuses a stale decoding
-        cache, tag = self._shared.seg_cache, (key, crc, bytes(raw[-4:]), n, len(raw))
+        cache, tag = self._shared.seg_cache, (key, head.crc, bytes(raw[-4:]), head.n, len(raw))
         cols = cache.get(tag)
         if cols is None:
             cols = _decode_segment(raw)
@@ -388,12 +396,12 @@ class _View:
             return None
         cols = self._segment(key)
         i = cols.row(id)
-        return None if i is None else _item_of(_rows_of_one(cols, i))
+        return None if i is None else _item_of(_row_at(cols, i))
 
     def get_item(self, id: int) -> Item | None:
         return self._stored_item(int(id))
 
-    def _index(self) -> _ItemIndex:
+    def _index(self) -> _ItemIndex:  # a read snapshot's: the process's; a Writer's: + its batch
         raise NotImplementedError
 
     def item_by_path(self, path: str) -> Item | None:
@@ -415,7 +423,7 @@ class _View:
         total = 0
         for _, raw in self.txn.cursor(db=self._db["itemsegs"]):
             try:
-                total += segments.header(raw)[1]
+                total += segments.header(raw).n
             except segments.SegmentError as e:
                 raise _Corrupt(str(e)) from None
         return total
@@ -471,13 +479,6 @@ class _View:
                     self.txn.cursor(db=self._db["meta"])}
         except ValueError as e:
             raise _Corrupt(f"bad meta value: {e}") from None
-
-
-def _rows_of_one(cols: segments.Columns, i: int) -> tuple:
-    taken = float(cols.taken[i])
-    return (int(cols.ids[i]), cols.paths[i], cols.hashes[i], int(cols.size[i]), int(cols.mtime_ns[i]),
-            int(cols.width[i]), int(cols.height[i]), float(cols.added[i]), float(cols.updated[i]),
-            None if taken != taken else taken)
 
 
 class _ReadView(_View):
@@ -655,10 +656,10 @@ class Store:
 
     def _convert_v1(self, env, txn, dbs) -> None:
         old = {n: env.open_db(n.encode(), txn=txn, create=False, dupsort=n == "hashes") for n in _V1_DBS}
-        chunk: list[tuple] = []
+        chunk: list[segments.Row] = []
 
         def put():
-            txn.put(_k(chunk[0][0]), segments.encode(chunk), db=dbs["itemsegs"], append=True)
+            txn.put(_k(chunk[0].id), segments.encode(chunk), db=dbs["itemsegs"], append=True)
             chunk.clear()
 
         with self._guard():
@@ -1611,7 +1612,7 @@ class Writer(_View):
         db = self._db["itemsegs"]
         cur = self.txn.cursor(db=db)
         last = bytes(cur.key()) if cur.last() else None
-        touched: dict[bytes, dict[int, tuple | None]] = {}
+        touched: dict[bytes, dict[int, segments.Row | None]] = {}
         for id_, item in self._items.items():
             if id_ < self._first_new:
                 key = self._segment_key(id_)
@@ -1621,23 +1622,23 @@ class Writer(_View):
         new = [_row(it) for id_, it in sorted(self._items.items()) if id_ >= self._first_new and it is not None]
         if new and last is not None and last not in touched:
             touched[last] = {}
-        out: dict[bytes, list[tuple]] = {}
+        out: dict[bytes, list[segments.Row]] = {}
         for key, changes in touched.items():
             stored = _rows_of(self._segment(key))
-            if not set(changes) <= {r[0] for r in stored}:
+            if not set(changes) <= {r.id for r in stored}:
                 raise _Corrupt(f"item segment {int.from_bytes(key, 'big')} lacks items it should hold")
-            out[key] = [r for r in (changes.get(r[0], r) for r in stored) if r is not None]
+            out[key] = [r for r in (changes.get(r.id, r) for r in stored) if r is not None]
         if new and last is not None:
             room = max(segments.ITEMSEG_MAX - len(out[last]), 0)
             out[last] += new[:room]
             new = new[room:]
         for start in range(0, len(new), segments.ITEMSEG_MAX):
             part = new[start:start + segments.ITEMSEG_MAX]
-            out[_k(part[0][0])] = part
+            out[_k(part[0].id)] = part
         for key, rows in out.items():
             self._put_item_segment(key, rows)
 
-    def _put_item_segment(self, key: bytes, rows: list[tuple]) -> None:
+    def _put_item_segment(self, key: bytes, rows: list[segments.Row]) -> None:
         if not rows:
             self.txn.delete(key, db=self._db["itemsegs"])
             return
@@ -1650,7 +1651,7 @@ class Writer(_View):
     def _merge_item_segments(self) -> None:
         """Merge runs of adjacent item segments that together fit in one (deletes shrink them)."""
         db = self._db["itemsegs"]
-        heads = [(bytes(k), segments.header(raw)[1]) for k, raw in self.txn.cursor(db=db)]
+        heads = [(bytes(k), segments.header(raw).n) for k, raw in self.txn.cursor(db=db)]
         runs, run, size = [], [], 0
         for key, n in heads:
             if run and size + n > segments.ITEMSEG_MAX:

@@ -818,7 +818,7 @@ def test_verify_reports_each_kind_of_inconsistency(store):
         txn.put(k(a), np.zeros(16, np.float16).tobytes(), db=dbs["staging"])  # a: code and staging
         txn.put(k(77), np.zeros(16, np.float16).tobytes(), db=dbs["staging"])
         # a segment whose ids run past next_id and whose path repeats item b's
-        row = (90, b"/b.jpg", "sha256:zzz", 1, 2, 3, 4, 5.0, 6.0, None)
+        row = segments.Row(90, b"/b.jpg", "sha256:zzz", 1, 2, 3, 4, 5.0, 6.0, None)
         txn.put(k(90), segments.encode([row]), db=dbs["itemsegs"])
     problems = "\n".join(store.verify())
     assert f"item {d}: neither a code nor a staging row" in problems
