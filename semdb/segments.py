@@ -85,6 +85,8 @@ class Columns:
     added: np.ndarray
     updated: np.ndarray
     taken: np.ndarray
+    hash_kind: np.ndarray  # 1: hex hash, stored as the 16 bytes of hash_bin's row
+    hash_bin: np.ndarray  # uint8 (number of hex hashes, 16)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -166,18 +168,18 @@ def decode(raw) -> Columns:
     hexes = take(16 * n_hex)
     raw_lens = np.frombuffer(take(2 * (n - n_hex)), "<u2").tolist()
     raw_blob = take(sum(raw_lens))
-    hashes, hi, ri, ro = [], 0, 0, 0
-    try:
-        for k in kind.tolist():
-            if k:
-                hashes.append(hexes[16 * hi:16 * hi + 16].hex())
-                hi += 1
-            else:
-                hashes.append(raw_blob[ro:ro + raw_lens[ri]].decode("utf-8"))
-                ro += raw_lens[ri]
-                ri += 1
-    except UnicodeDecodeError:
-        raise SegmentError("item segment holds a hash that is not utf-8") from None
+    text = hexes.hex()  # one call for all hex hashes, then cut: per-row hex() is the slow part
+    hexed = [text[i:i + 32] for i in range(0, len(text), 32)]
+    if n_hex == n:
+        hashes = hexed
+    else:
+        ends = np.cumsum(raw_lens, dtype=np.int64).tolist()
+        try:
+            raws = iter([raw_blob[s:e].decode("utf-8") for s, e in zip([0] + ends[:-1], ends)])
+        except UnicodeDecodeError:
+            raise SegmentError("item segment holds a hash that is not utf-8") from None
+        hexed_it = iter(hexed)
+        hashes = [next(hexed_it) if k else next(raws) for k in kind.tolist()]
     cols = {name: _untranspose(take(np.dtype(dtype).itemsize * n), n, dtype) for name, dtype in _NUMERIC}
     lens = np.frombuffer(take(4 * n), "<u4")
     ends = np.cumsum(lens, dtype=np.int64).tolist()
@@ -185,7 +187,8 @@ def decode(raw) -> Columns:
     if pos != len(body):
         raise SegmentError("item segment is longer than its columns")
     paths = [blob[s:e] for s, e in zip([0] + ends[:-1], ends)]
-    return Columns(ids=ids, hashes=hashes, paths=paths, **cols)
+    return Columns(ids=ids, hashes=hashes, paths=paths, **cols, hash_kind=kind,
+                   hash_bin=np.frombuffer(hexes, np.uint8).reshape(n_hex, 16))
 
 
 # -- in-memory lookups -----------------------------------------------------------------------
@@ -201,6 +204,21 @@ def hash_key(h: str) -> int:
     if len(raw) == 32 and _HEX32.fullmatch(raw):
         return int(raw[:16], 16)
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
+def path_keys(cols: Columns) -> np.ndarray:
+    """path_key of every row (what building the in-memory index spends its time on)."""
+    blake = hashlib.blake2b
+    return np.frombuffer(b"".join([blake(p, digest_size=8).digest() for p in cols.paths]), "<u8", len(cols))
+
+
+def hash_keys(cols: Columns) -> np.ndarray:
+    """hash_key of every row: hex hashes straight from their stored bytes."""
+    keys = np.empty(len(cols), np.uint64)
+    hexed = cols.hash_kind == 1
+    keys[hexed] = cols.hash_bin[:, :8].copy().view(">u8")[:, 0]
+    keys[~hexed] = [hash_key(h) for h, k in zip(cols.hashes, hexed.tolist()) if not k]
+    return keys
 
 
 class KeyMultimap:

@@ -432,15 +432,17 @@ class _View:
         return sum(_SEG_HEAD.unpack_from(raw)[0] for _, raw in self.txn.cursor(db=self._db["codes"]))
 
     def _build_item_index(self) -> _ItemIndex:
-        pk, pv, hk, hv = [], [], [], []
+        pk, hk, ids = [], [], []
         for _, raw in self.txn.cursor(db=self._db["itemsegs"]):
             cols = _decode_segment(raw)
-            ids = cols.ids.tolist()
-            pk += [segments.path_key(p) for p in cols.paths]
-            hk += [segments.hash_key(h) for h in cols.hashes]
-            pv += ids
-            hv += ids
-        return _ItemIndex(segments.KeyMultimap.build(pk, pv), segments.KeyMultimap.build(hk, hv))
+            pk.append(segments.path_keys(cols))
+            hk.append(segments.hash_keys(cols))
+            ids.append(cols.ids)
+        if not ids:
+            return _ItemIndex(segments.KeyMultimap(), segments.KeyMultimap())
+        ids = np.concatenate(ids)
+        return _ItemIndex(segments.KeyMultimap.build(np.concatenate(pk), ids),
+                          segments.KeyMultimap.build(np.concatenate(hk), ids))
 
     def _build_code_loc(self) -> segments.KeyMultimap:
         ks, vs = [], []
