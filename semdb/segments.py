@@ -132,10 +132,11 @@ def encode(rows: list[Row]) -> bytes:
         values = [getattr(r, name) for r in rows]
         if name == "taken":
             values = [np.nan if v is None else v for v in values]
-        info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
-        if info is not None and any(not info.min <= v <= info.max for v in values):
-            raise ValueError(f"{name} out of range")
-        parts.append(_transpose(np.array(values, dtype)))
+        try:
+            column = np.array(values, dtype)
+        except OverflowError:  # numpy refuses integers outside the column's type
+            raise ValueError(f"{name} out of range") from None
+        parts.append(_transpose(column))
     parts += [np.array([len(p) for p in paths], "<u4").tobytes(), b"".join(paths)]
     body = b"".join(parts)
     packed = zlib.compress(body, 6)
@@ -245,9 +246,13 @@ class KeyMultimap:
 
     def get(self, key: int) -> list[int]:
         k = np.uint64(key)
-        lo, hi = np.searchsorted(self.keys, k, "left"), np.searchsorted(self.keys, k, "right")
-        found = [v for v in self.values[lo:hi].tolist() if (key, v) not in self.removed]
-        return found + sorted(self.added.get(key, ()))
+        lo = self.keys.searchsorted(k)
+        found = []
+        if lo < len(self.keys) and self.keys[lo] == k:  # most lookups (a new path) miss: one search
+            hi = self.keys.searchsorted(k, "right")
+            found = [v for v in self.values[lo:hi].tolist() if (key, v) not in self.removed]
+        added = self.added.get(key)
+        return found + sorted(added) if added else found
 
     def add(self, key: int, value: int) -> None:
         if (key, value) in self.removed:

@@ -267,9 +267,9 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def _row(item: Item) -> segments.Row:
-    """An item as an item segment row (see semdb/segments.py), validated: InputError if a
-    field cannot be stored, before anything changes."""
+def _row(item: Item, id_: int | None = None) -> segments.Row:
+    """An item (with id `id_` if given) as an item segment row (see semdb/segments.py),
+    validated: InputError if a field cannot be stored, before anything changes."""
     raw = _fs_bytes(item.path)
     _hash_key(item.hash)
     try:
@@ -277,11 +277,12 @@ def _row(item: Item) -> segments.Row:
         floats = [float(item.added), float(item.updated), None if item.taken is None else float(item.taken)]
     except (TypeError, ValueError, OverflowError) as e:
         raise InputError(f"{item.path}: item field is not a number ({e})") from None
-    limits = ((0, 1 << 64), (-(1 << 63), 1 << 63), (0, 1 << 32), (0, 1 << 32))
-    if any(not lo <= v < hi for v, (lo, hi) in zip(ints, limits)):
+    size, mtime_ns, width, height = ints
+    if not (0 <= size < 1 << 64 and -(1 << 63) <= mtime_ns < 1 << 63 and 0 <= width < 1 << 32
+            and 0 <= height < 1 << 32):
         raise InputError(f"{item.path}: item field out of range (size {ints[0]}, mtime_ns {ints[1]}, "
                          f"{ints[2]}x{ints[3]})")
-    return segments.Row(int(item.id), raw, item.hash, *ints, *floats)
+    return segments.Row(int(item.id if id_ is None else id_), raw, item.hash, *ints, *floats)
 
 
 def _rows_of(cols: segments.Columns) -> list[segments.Row]:
@@ -405,11 +406,13 @@ class _View:
         raise NotImplementedError
 
     def item_by_path(self, path: str) -> Item | None:
-        path = os.fspath(path)
-        raw = _fs_bytes(path)
-        for id_ in self._index().paths.get(segments.path_key(raw)):
+        raw = _fs_bytes(os.fspath(path))
+        return self._find_path(raw, segments.path_key(raw))
+
+    def _find_path(self, raw: bytes, key: int) -> Item | None:
+        for id_ in self._index().paths.get(key):
             item = self.get_item(id_)
-            if item is not None and item.path == path:
+            if item is not None and os.fsencode(item.path) == raw:
                 return item
         return None
 
@@ -1120,7 +1123,7 @@ class Writer(_View):
         self._shared = self._store._shared
         self._start_generation = self._meta["generation"]
         self._first_new = self._meta["next_id"]  # ids from here on are this batch's new items
-        self._items: dict[int, Item | None] = {}  # changed items (None: deleted), written at commit
+        self._rows: dict[int, segments.Row | None] = {}  # changed items (None: deleted), written at commit
         self._ix: _ItemIndex | None = None  # the process's lookups + this batch's changes
         self._loc: segments.KeyMultimap | None = None  # id -> code segment, + this batch's changes
         self._codes_touched = False  # a code segment was written or deleted
@@ -1137,9 +1140,9 @@ class Writer(_View):
 
     def get_item(self, id: int) -> Item | None:
         id = int(id)
-        if id in self._items:
-            item = self._items[id]
-            return None if item is None else dataclasses.replace(item)
+        if id in self._rows:
+            row = self._rows[id]
+            return None if row is None else _item_of(row)
         return self._stored_item(id)
 
     def __enter__(self) -> Writer:
@@ -1217,7 +1220,7 @@ class Writer(_View):
         shared, generation = self._shared, self._meta["generation"]
         if self._ix is not None:
             shared.item_index = (generation, self._ix.merged())
-        elif shared.item_index is not None and shared.item_index[0] == self._start_generation and not self._items:
+        elif shared.item_index is not None and shared.item_index[0] == self._start_generation and not self._rows:
             shared.item_index = (generation, shared.item_index[1])
         else:
             shared.item_index = None
@@ -1381,14 +1384,14 @@ class Writer(_View):
 
     def _add(self, item: Item, is_code: bool, vec: bytes) -> int:
         id_ = self._meta["next_id"]
-        item = dataclasses.replace(item, id=id_)
-        raw = _row(item)[1]
-        other = self.item_by_path(item.path)
+        row = _row(item, id_)
+        pkey = segments.path_key(row.path)
+        other = self._find_path(row.path, pkey)
         if other is not None:
             raise InputError(f"{item.path} is already in the store (item {other.id}); use update_item")
         ix = self._index()
-        self._items[id_] = item
-        ix.paths.add(segments.path_key(raw), id_)
+        self._rows[id_] = row
+        ix.paths.add(pkey, id_)
         ix.hashes.add(segments.hash_key(item.hash), id_)
         self._put_meta("next_id", id_ + 1)
         self._attach_vector(id_, is_code, vec)
@@ -1396,7 +1399,8 @@ class Writer(_View):
 
     def _update(self, item: Item) -> None:
         old = self._require(item.id)
-        raw, old_raw = _row(item)[1], _fs_bytes(old.path)
+        row = _row(item)
+        raw, old_raw = row.path, _fs_bytes(old.path)
         ix = self._index()
         if raw != old_raw:
             other = self.item_by_path(item.path)
@@ -1407,7 +1411,7 @@ class Writer(_View):
         if item.hash != old.hash:
             ix.hashes.remove(segments.hash_key(old.hash), item.id)
             ix.hashes.add(segments.hash_key(item.hash), item.id)
-        self._items[item.id] = item
+        self._rows[item.id] = row
 
     def _set_vectors(self, ids: tuple, is_code: bool, vecs, many: bool = False) -> None:
         for id_ in ids:
@@ -1421,7 +1425,7 @@ class Writer(_View):
         ix = self._index()
         ix.paths.remove(segments.path_key(_fs_bytes(item.path)), id_)
         ix.hashes.remove(segments.hash_key(item.hash), id_)
-        self._items[id_] = None
+        self._rows[id_] = None
         self._detach_vector(id_)
 
     def _put_meta(self, key: str, value) -> None:
@@ -1452,7 +1456,7 @@ class Writer(_View):
         db = self._db
         n_recoded = self.txn.stat(db["recode"])["entries"]
         n_items = self._item_count() + sum(
-            (it is not None) if id_ >= self._first_new else -(it is None) for id_, it in self._items.items())
+            (r is not None) if id_ >= self._first_new else -(r is None) for id_, r in self._rows.items())
         if n_recoded != n_items or self.txn.stat(db["staging"])["entries"]:
             raise InputError(f"{self._store.path}: {n_items - n_recoded} of {n_items} items have no code under "
                              f"the pending codec yet")
@@ -1609,19 +1613,19 @@ class Writer(_View):
     def _write_items(self) -> None:
         """Rewrite the item segments holding this batch's changed or deleted items, and append
         its new items to the last segment (while it has room), then to new segments."""
-        if not self._items:
+        if not self._rows:
             return
         db = self._db["itemsegs"]
         cur = self.txn.cursor(db=db)
         last = bytes(cur.key()) if cur.last() else None
         touched: dict[bytes, dict[int, segments.Row | None]] = {}
-        for id_, item in self._items.items():
+        for id_, row in self._rows.items():
             if id_ < self._first_new:
                 key = self._segment_key(id_)
                 if key is None:
                     raise _Corrupt(f"no item segment holds item {id_}")
-                touched.setdefault(key, {})[id_] = None if item is None else _row(item)
-        new = [_row(it) for id_, it in sorted(self._items.items()) if id_ >= self._first_new and it is not None]
+                touched.setdefault(key, {})[id_] = row
+        new = [row for id_, row in sorted(self._rows.items()) if id_ >= self._first_new and row is not None]
         if new and last is not None and last not in touched:
             touched[last] = {}
         out: dict[bytes, list[segments.Row]] = {}
