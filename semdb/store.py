@@ -324,6 +324,13 @@ class _ItemIndex:
         return _ItemIndex(self.paths.merged(), self.hashes.merged())
 
 
+def _seg_header(raw) -> segments.Header:
+    try:
+        return segments.header(raw)
+    except segments.SegmentError as e:
+        raise _Corrupt(str(e)) from None
+
+
 def _decode_segment(raw) -> segments.Columns:
     try:
         return segments.decode(raw)
@@ -376,10 +383,7 @@ class _View:
         raw = self.txn.get(key, db=self._db["itemsegs"])
         if raw is None:
             raise _Corrupt(f"item segment {int.from_bytes(key, 'big')} vanished")
-        try:
-            head = segments.header(raw)
-        except segments.SegmentError as e:
-            raise _Corrupt(str(e)) from None
+        head = _seg_header(raw)
         # crc32 of the stored body + zlib's adler32 of the plain one (its last 4 bytes): a
         # rewritten segment (this process's or another's) never reuses a stale decoding
         cache, tag = self._shared.seg_cache, (key, head.crc, bytes(raw[-4:]), head.n, len(raw))
@@ -423,13 +427,7 @@ class _View:
 
     def _item_count(self) -> int:
         """Items in the committed item segments of this transaction (headers only)."""
-        total = 0
-        for _, raw in self.txn.cursor(db=self._db["itemsegs"]):
-            try:
-                total += segments.header(raw).n
-            except segments.SegmentError as e:
-                raise _Corrupt(str(e)) from None
-        return total
+        return sum(_seg_header(raw).n for _, raw in self.txn.cursor(db=self._db["itemsegs"]))
 
     def _coded_count(self) -> int:
         return sum(_SEG_HEAD.unpack_from(raw)[0] for _, raw in self.txn.cursor(db=self._db["codes"]))
@@ -1617,7 +1615,8 @@ class Writer(_View):
             return
         db = self._db["itemsegs"]
         cur = self.txn.cursor(db=db)
-        last = bytes(cur.key()) if cur.last() else None
+        # the last segment takes new items while it has room (a full one is left alone)
+        last = bytes(cur.key()) if cur.last() and _seg_header(cur.value()).n < segments.ITEMSEG_MAX else None
         touched: dict[bytes, dict[int, segments.Row | None]] = {}
         for id_, row in self._rows.items():
             if id_ < self._first_new:
@@ -1635,7 +1634,7 @@ class Writer(_View):
                 raise _Corrupt(f"item segment {int.from_bytes(key, 'big')} lacks items it should hold")
             out[key] = [r for r in (changes.get(r.id, r) for r in stored) if r is not None]
         if new and last is not None:
-            room = max(segments.ITEMSEG_MAX - len(out[last]), 0)
+            room = max(segments.ITEMSEG_MAX - len(out[last]), 0)  # deletions in this batch may add room
             out[last] += new[:room]
             new = new[room:]
         for start in range(0, len(new), segments.ITEMSEG_MAX):
@@ -1657,7 +1656,7 @@ class Writer(_View):
     def _merge_item_segments(self) -> None:
         """Merge runs of adjacent item segments that together fit in one (deletes shrink them)."""
         db = self._db["itemsegs"]
-        heads = [(bytes(k), segments.header(raw).n) for k, raw in self.txn.cursor(db=db)]
+        heads = [(bytes(k), _seg_header(raw).n) for k, raw in self.txn.cursor(db=db)]
         runs, run, size = [], [], 0
         for key, n in heads:
             if run and size + n > segments.ITEMSEG_MAX:

@@ -172,3 +172,15 @@ def test_kill_9_during_migration_then_reopen(v1_store, tmp_path, fault):
         # the copy: schema 2, its space given back by the next writable open
         assert s.count() == len(v1_store[2])
     _check_migrated(path, v1_store)
+
+
+def test_the_schema1_semdb_refuses_a_schema2_store(v1_semdb, v1_store, tmp_path):
+    path = _copy(v1_store[0], tmp_path / "s")
+    Store(path).close()  # migrated
+    for ro in (True, False):
+        r = subprocess.run([sys.executable, "-c", "import sys; from semdb.store import Store; "
+                            "Store(sys.argv[1], readonly=sys.argv[2] == 'ro')", str(path), "ro" if ro else "rw"],
+                           env={**os.environ, "PYTHONPATH": str(v1_semdb)}, cwd=v1_semdb, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and "was made by a newer semdb (schema 2 > 1); upgrade semdb" in r.stderr, r.stderr
+    _check_migrated(path, v1_store)  # and it was left as it was
