@@ -38,7 +38,8 @@ ids as sorted 64-bit keys, id -> code segment from the segments' id columns), ca
 process by the meta generation and carried forward by this process's own commits (a Writer
 records its changes in an overlay and merges them when it commits), so a long ingest of small
 batches builds them once. A query needs none of them (load_codes + get_item of the hits).
-About 40 bytes per item plus its code on disk (docs/SCALE.md, "A compact store").
+About 46 bytes per item plus its code on disk, its path included (docs/SCALE.md, "A compact
+store").
 
 Schema 1 (items id -> record, paths path -> id, hashes hash -> ids, code_loc id -> segment)
 is converted by the first writable open, in ONE write transaction (fault point migrate_txn),
