@@ -380,14 +380,18 @@ class _View:
             return bytes(cur.key()) if cur.prev() else None
         return bytes(cur.key()) if cur.last() else None
 
-    def _segment(self, key: bytes) -> segments.Columns:
+    def _segment_raw(self, key: bytes):
         raw = self.txn.get(key, db=self._db["itemsegs"])
         if raw is None:
             raise _Corrupt(f"item segment {int.from_bytes(key, 'big')} vanished")
         head = _seg_header(raw)
         # crc32 of the stored body + zlib's adler32 of the plain one (its last 4 bytes): a
         # rewritten segment (this process's or another's) never reuses a stale decoding
-        cache, tag = self._shared.seg_cache, (key, head.crc, bytes(raw[-4:]), head.n, len(raw))
+        return raw, (key, head.crc, bytes(raw[-4:]), head.n, len(raw))
+
+    def _segment(self, key: bytes) -> segments.Columns:
+        raw, tag = self._segment_raw(key)
+        cache = self._shared.seg_cache
         cols = cache.get(tag)
         if cols is None:
             cols = _decode_segment(raw)
@@ -400,7 +404,14 @@ class _View:
         key = self._segment_key(id)
         if key is None:
             return None
-        cols = self._segment(key)
+        raw, tag = self._segment_raw(key)
+        cols = self._shared.seg_cache.get(tag)
+        if cols is None:  # one row of a segment not decoded yet: build only that row
+            try:
+                row = segments.decode_row(raw, id)
+            except segments.SegmentError as e:
+                raise _Corrupt(str(e)) from None
+            return None if row is None else _item_of(row)
         i = cols.row(id)
         return None if i is None else _item_of(_row_at(cols, i))
 

@@ -114,6 +114,8 @@ def test_item_segment_round_trips_exactly(batch):
     raw = segments.encode(rows)
     assert raw == segments.encode(rows)  # deterministic
     assert store_mod._rows_of(segments.decode(raw)) == rows
+    assert [segments.decode_row(raw, r.id) for r in rows] == rows  # get_item's one-row decode
+    assert segments.decode_row(raw, rows[-1].id + 1) is None and segments.decode_row(raw, 0) is None
 
 
 @given(st.text(min_size=1, max_size=50))
@@ -615,7 +617,8 @@ def test_item_segments_round_trip_every_field(store):
     assert store.verify() == []
 
 
-def test_lookups_after_adds_updates_deletes_and_compaction(store):
+def test_lookups_after_adds_updates_deletes_and_compaction(store, monkeypatch):
+    monkeypatch.setattr(segments, "ITEMSEG_MAX", 4096)  # the segment boundaries below assume it
     with store.write() as w:
         ids = [w.add_item(new_item(f"/f/{i}.jpg", "%032x" % (i % 7)), code=code_for(i)) for i in range(9000)]
     # 9000 items in one batch: three segments of at most ITEMSEG_MAX, in id order
@@ -647,7 +650,8 @@ def test_lookups_after_adds_updates_deletes_and_compaction(store):
     assert store.item_by_path("/f/8999.jpg").id == ids[8999] and store.verify() == []
 
 
-def test_small_batches_fill_the_last_segment(store):
+def test_small_batches_fill_the_last_segment(store, monkeypatch):
+    monkeypatch.setattr(segments, "ITEMSEG_MAX", 4096)
     for b in range(50):
         with store.write() as w:
             for i in range(100):
