@@ -16,7 +16,7 @@ ascending ids. Its layout:
         path length <u4 per item, then the paths' file system bytes (os.fsencode: exact bytes)
 
 Paths of one folder share prefixes and the times of one batch are equal, so zlib takes a
-typical item (43-byte path, hex hash) to ~35 bytes. The crc covers the stored (compressed) body:
+typical item (43-byte path, hex hash) to ~36 bytes. The crc covers the stored (compressed) body:
 damage is found before zlib sees it.
 
 KeyMultimap is the sorted uint64 key -> ids structure behind the store's in-memory path,

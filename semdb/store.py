@@ -11,8 +11,9 @@ walk them in id order):
             training_queries = their shape), e.g. from `semdb ingest --captions`
   itemsegs  first id -> item segment (semdb/segments.py): the metadata of up to ITEMSEG_MAX
             items with ascending, disjoint id ranges, columnar and zlib-compressed, with a
-            crc32. get_item(id) = one cursor step to the largest key <= id + one decode (a few
-            decoded segments are cached per process). A batch's new items (new ids are always
+            crc32. get_item(id) = one cursor step to the largest key <= id + one decompression,
+            only that row decoded (segments decoded whole, for iter_items and writers, are
+            cached per process, a few). A batch's new items (new ids are always
             larger) fill the last segment, then new ones; a changed or deleted item rewrites its
             segment in the batch's transaction; Writer.compact merges adjacent small segments.
   codes     segment number -> segment = header <QII (n, code_bytes, crc32 of the body),
@@ -38,7 +39,7 @@ ids as sorted 64-bit keys, id -> code segment from the segments' id columns), ca
 process by the meta generation and carried forward by this process's own commits (a Writer
 records its changes in an overlay and merges them when it commits), so a long ingest of small
 batches builds them once. A query needs none of them (load_codes + get_item of the hits).
-About 46 bytes per item plus its code on disk, its path included (docs/SCALE.md, "A compact
+About 50 bytes per item plus its code on disk, its path included (docs/SCALE.md, "A compact
 store").
 
 Schema 1 (items id -> record, paths path -> id, hashes hash -> ids, code_loc id -> segment)
