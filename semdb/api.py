@@ -264,7 +264,8 @@ class Database:
         raw = self.store.info()
         codec = self.codec
         out = {"path": raw["path"], "items": raw["items"], "staging": raw["staging"],
-               "bytes_on_disk": raw["bytes_on_disk"], "schema": raw["schema"], "model": raw["model_id"],
+               "bytes_on_disk": raw["bytes_on_disk"], "bytes_per_item": raw["bytes_per_item"],
+               "schema": raw["schema"], "model": raw["model_id"],
                "codec": None, "bits_per_item": None, "entropy_bits_per_item": None}
         meta = self.store.meta()
         if codec is not None:

@@ -378,6 +378,7 @@ def info(
         ("bits per item", facts["bits_per_item"]),
         ("entropy-coded bits per item", facts["entropy_bits_per_item"]),
         ("bytes on disk", f"{facts['bytes_on_disk']:,}"),
+        ("bytes per item on disk", facts["bytes_per_item"]),
         ("model", f"{model.get('name')} {model.get('pretrained') or ''} (dim {model.get('dim')}, "
                   f"digest {model.get('digest')})" if model else "-"),
         ("codec", f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "

@@ -27,6 +27,9 @@ Points (where they are called):
                         codec and its training sample's codes
     recode_txn          ingest/retrain: inside a batch of codes under the pending codec
     switch_txn          ingest/retrain: inside the switch to the pending codec
+    migrate_txn         store: inside the transaction converting a schema-1 store, before commit
+    reclaim_copied      store: the compacted copy of data.mdb is written and synced, not yet
+                        renamed over data.mdb
 """
 
 from __future__ import annotations

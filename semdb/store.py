@@ -2,19 +2,23 @@
 
 A store is one directory holding an LMDB environment (data.mdb, lock.mdb) and writer.lock.
 
-Named databases (ids are 8-byte big-endian keys, so cursors walk them in id order):
+Schema 2 (the compact store). Named databases (ids are 8-byte big-endian keys, so cursors
+walk them in id order):
   meta      utf-8 key -> JSON value: schema, created, generation, next_id, next_segment,
             code_bytes, codec_id, dim (staging width), model_id, plus any caller keys
   codec     b"codec" -> the codec bytes (Codec.to_bytes()); b"pending" -> a retrain's new codec;
             b"queries" -> float16 text query embeddings the codec trains with (meta
             training_queries = their shape), e.g. from `semdb ingest --captions`
-  items     id -> Item record (Item.to_bytes: versioned struct header + hash + fs path bytes)
-  paths     os.fsencode(path) (b"\\0" + sha256 if longer than LMDB's key limit) -> id
-  hashes    content hash -> id, dupsort: duplicates (same content, several paths) share a key
+  itemsegs  first id -> item segment (semdb/segments.py): the metadata of up to ITEMSEG_MAX
+            items with ascending, disjoint id ranges, columnar and zlib-compressed, with a
+            crc32. get_item(id) = one cursor step to the largest key <= id + one decompression,
+            only that row decoded (segments decoded whole, for iter_items and writers, are
+            cached per process, a few). A batch's new items (new ids are always
+            larger) fill the last segment, then new ones; a changed or deleted item rewrites its
+            segment in the batch's transaction; Writer.compact merges adjacent small segments.
   codes     segment number -> segment = header <QII (n, code_bytes, crc32 of the body),
             n little-endian uint64 ids, n*code_bytes codes.  A query reads every code with
             one cursor pass over a handful of big values instead of one read per item.
-  code_loc  id -> segment number holding its code, so a delete/re-code rewrites one segment
   staging   id -> float16 embedding (items waiting for a codec; empty after an ingest ends)
   recode    id -> code under the PENDING codec of an unfinished retrain (codec db key b"pending",
             meta pending_codec = {id, code_bytes}); queries never read it. The switch moves
@@ -29,10 +33,27 @@ Named databases (ids are 8-byte big-endian keys, so cursors walk them in id orde
             or stale row (n or crc differs, e.g. written by an older semdb) only means those
             codes are assigned when the index is built. (Created on the first writable open.)
 
-Invariant (checked by Store.verify): every item has exactly one of a code or a staging row,
-and paths/hashes/code_loc/segments/staging/recode hold nothing for ids that are not items;
-recode rows exist only while a pending codec does. Changing an item's code or staging row, or
-deleting it, drops its recode row (a resumed retrain encodes it again).
+No path, content-hash or code-location index is stored (each would cost an LMDB entry, ~25+
+bytes, per item): they are built in memory when first needed (path -> id and content hash ->
+ids as sorted 64-bit keys, id -> code segment from the segments' id columns), cached per
+process by the meta generation and carried forward by this process's own commits (a Writer
+records its changes in an overlay and merges them when it commits), so a long ingest of small
+batches builds them once. A query needs none of them (load_codes + get_item of the hits).
+About 50 bytes per item plus its code on disk, its path included (docs/SCALE.md, "A compact
+store").
+
+Schema 1 (items id -> record, paths path -> id, hashes hash -> ids, code_loc id -> segment)
+is converted by the first writable open, in ONE write transaction (fault point migrate_txn),
+then data.mdb is rewritten without the freed pages (a compacting copy renamed over it; meta
+`reclaim` marks a rewrite still to do, fault point reclaim_copied). A read-only open of a
+schema-1 store migrates it the same way first when it can take writer.lock, else fails with
+one line saying so. An older semdb refuses a schema-2 store (its schema check).
+
+Invariant (checked by Store.verify): every item has exactly one of a code or a staging row;
+item segments decode, their ids lie in [key, next key) and below next_id, no path is stored
+twice; segments/staging/recode hold nothing for ids that are not items; recode rows exist
+only while a pending codec does. Changing an item's code or staging row, or deleting it,
+drops its recode row (a resumed retrain encodes it again).
 
 Writes: ``with store.write() as w: ...`` is ONE LMDB write transaction: committed when the
 block ends, aborted if it raises, so a batch lands entirely or not at all (also under
@@ -49,7 +70,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import struct
@@ -64,23 +84,25 @@ import lmdb
 import numpy as np
 
 from semdb.errors import InputError, StoreError, StoreLockedError
+from semdb import segments
 from semdb.faults import fault_point
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: columnar item segments; 1: items/paths/hashes/code_loc (migrated on open)
 DEFAULT_MAP_SIZE = 64 << 20  # grows by doubling when full
 SEGMENT_MAX = 1 << 20  # items per segment when compacting
 COMPACT_AFTER = 64  # more small segments than this -> merge them at the next commit
-_DBS = ("meta", "codec", "items", "paths", "hashes", "codes", "code_loc", "staging", "recode", "ivf")
+_DBS = ("meta", "codec", "itemsegs", "codes", "staging", "recode", "ivf")
+_V1_DBS = ("items", "paths", "hashes", "code_loc")  # schema 1's item databases: dropped by the migration
 _LATER_DBS = {"recode", "ivf"}  # added after schema 1 was released: created on the first writable open
 _MANAGED_META = {"schema", "created", "generation", "next_id", "next_segment", "code_bytes",
-                 "codec_id", "dim", "pending_codec", "training_queries", "ivf"}  # only the store itself changes these
+                 "codec_id", "dim", "pending_codec", "training_queries", "ivf", "reclaim"}  # only the store itself changes these
 _SEG_HEAD = struct.Struct("<QII")
 _IVF_HEAD = struct.Struct("<QI")
 _ITEM_HEADS = {1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
                2: struct.Struct("<BQQqIIdddH")}  # + taken (NaN: not known)
 _ITEM_VERSION = 2
-_MAX_HASH_BYTES = 400  # must fit LMDB's 511-byte key limit
-_MAX_PATH_KEY = 500
+_MAX_HASH_BYTES = 400  # schema 1 kept hashes as LMDB keys (511-byte limit); kept for old readers
+_SEG_CACHE = 16  # decoded item segments kept per process (get_item of a query's hits)
 
 
 def default_store_path() -> Path:
@@ -99,6 +121,10 @@ class _Corrupt(Exception):
     """A stored value that cannot be decoded; Store turns it into a StoreError naming the store."""
 
 
+class _OldSchema(Exception):
+    """A read-only open met a store of an older schema (Store.__init__ migrates it first)."""
+
+
 def _k(n: int) -> bytes:
     return int(n).to_bytes(8, "big")
 
@@ -113,12 +139,6 @@ def _fs_bytes(path: str) -> bytes:
     if not raw or b"\0" in raw or os.fsdecode(raw) != path:
         raise InputError(f"{path!r} is not a valid file system path")
     return raw
-
-
-def _path_key(path: str) -> bytes:
-    raw = _fs_bytes(path)
-    # POSIX paths never contain NUL, so the hashed form cannot collide with a real path.
-    return raw if len(raw) <= _MAX_PATH_KEY else b"\0" + hashlib.sha256(raw).digest()
 
 
 def _hash_key(h: str) -> bytes:
@@ -249,6 +269,77 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def _row(item: Item, id_: int | None = None) -> segments.Row:
+    """An item (with id `id_` if given) as an item segment row (see semdb/segments.py),
+    validated: InputError if a field cannot be stored, before anything changes."""
+    raw = _fs_bytes(item.path)
+    _hash_key(item.hash)
+    try:
+        ints = [int(item.size), int(item.mtime_ns), int(item.width), int(item.height)]
+        floats = [float(item.added), float(item.updated), None if item.taken is None else float(item.taken)]
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InputError(f"{item.path}: item field is not a number ({e})") from None
+    size, mtime_ns, width, height = ints
+    if not (0 <= size < 1 << 64 and -(1 << 63) <= mtime_ns < 1 << 63 and 0 <= width < 1 << 32
+            and 0 <= height < 1 << 32):
+        raise InputError(f"{item.path}: item field out of range (size {ints[0]}, mtime_ns {ints[1]}, "
+                         f"{ints[2]}x{ints[3]})")
+    return segments.Row(int(item.id if id_ is None else id_), raw, item.hash, *ints, *floats)
+
+
+def _rows_of(cols: segments.Columns) -> list[segments.Row]:
+    taken = [None if t != t else t for t in cols.taken.tolist()]  # NaN: not known
+    return list(map(segments.Row._make, zip(
+        cols.ids.tolist(), cols.paths, cols.hashes, cols.size.tolist(), cols.mtime_ns.tolist(),
+        cols.width.tolist(), cols.height.tolist(), cols.added.tolist(), cols.updated.tolist(), taken)))
+
+
+def _row_at(cols: segments.Columns, i: int) -> segments.Row:
+    taken = float(cols.taken[i])
+    return segments.Row(int(cols.ids[i]), cols.paths[i], cols.hashes[i], int(cols.size[i]), int(cols.mtime_ns[i]),
+            int(cols.width[i]), int(cols.height[i]), float(cols.added[i]), float(cols.updated[i]),
+            None if taken != taken else taken)
+
+
+def _item_of(r: segments.Row) -> Item:
+    return Item(r.id, os.fsdecode(r.path), r.size, r.mtime_ns, r.hash, r.width, r.height, r.added, r.updated,
+                r.taken)
+
+
+def _items_of(cols: segments.Columns) -> list[Item]:
+    return [_item_of(r) for r in _rows_of(cols)]
+
+
+@dataclass
+class _ItemIndex:
+    """The in-memory lookups that replace schema 1's paths and hashes databases, built from the
+    item segments: path_key(path bytes) -> ids and hash_key(content hash) -> ids (candidates:
+    a hit is checked against the stored item)."""
+
+    paths: segments.KeyMultimap
+    hashes: segments.KeyMultimap
+
+    def overlay(self) -> _ItemIndex:
+        return _ItemIndex(self.paths.overlay(), self.hashes.overlay())
+
+    def merged(self) -> _ItemIndex:
+        return _ItemIndex(self.paths.merged(), self.hashes.merged())
+
+
+def _seg_header(raw) -> segments.Header:
+    try:
+        return segments.header(raw)
+    except segments.SegmentError as e:
+        raise _Corrupt(str(e)) from None
+
+
+def _decode_segment(raw) -> segments.Columns:
+    try:
+        return segments.decode(raw)
+    except segments.SegmentError as e:
+        raise _Corrupt(str(e)) from None
+
+
 # LMDB forbids opening one environment twice in a process; Stores on one directory share it.
 _ENVS: dict[str, "_Shared"] = {}
 _ENVS_LOCK = threading.Lock()
@@ -258,6 +349,15 @@ class _Shared:
     def __init__(self, env, dbs, readonly):
         self.env, self.dbs, self.readonly, self.users, self.key = env, dbs, readonly, 0, None
         self.codes_cache = None  # (generation, ids, codes): load_codes skips unchanged stores
+        # (generation, _ItemIndex) and (generation, KeyMultimap id -> code segment): built when
+        # first needed, carried forward by this process's own commits, rebuilt after others'
+        self.item_index = None
+        self.code_loc = None
+        self.seg_cache: dict = {}  # (key, crc) -> decoded item segment; insertion order = age
+
+    def reset(self) -> None:
+        self.codes_cache = self.item_index = self.code_loc = None
+        self.seg_cache = {}
 
 
 class _View:
@@ -265,25 +365,122 @@ class _View:
 
     txn: lmdb.Transaction
     _db: dict
+    _shared: _Shared
 
     def _get(self, key: bytes, db: str) -> bytes | None:
         value = self.txn.get(key, db=self._db[db])
         return None if value is None else bytes(value)  # buffers die with the next write
 
+    def _segment_key(self, id: int) -> bytes | None:
+        """Key of the item segment whose id range holds `id`: the largest key <= id."""
+        cur = self.txn.cursor(db=self._db["itemsegs"])
+        key = _k(id)
+        if cur.set_range(key):
+            if bytes(cur.key()) == key:
+                return key
+            return bytes(cur.key()) if cur.prev() else None
+        return bytes(cur.key()) if cur.last() else None
+
+    def _segment_raw(self, key: bytes):
+        raw = self.txn.get(key, db=self._db["itemsegs"])
+        if raw is None:
+            raise _Corrupt(f"item segment {int.from_bytes(key, 'big')} vanished")
+        head = _seg_header(raw)
+        # crc32 of the stored body + zlib's adler32 of the plain one (its last 4 bytes): a
+        # rewritten segment (this process's or another's) never reuses a stale decoding
+        return raw, (key, head.crc, bytes(raw[-4:]), head.n, len(raw))
+
+    def _segment(self, key: bytes) -> segments.Columns:
+        raw, tag = self._segment_raw(key)
+        cache = self._shared.seg_cache
+        cols = cache.get(tag)
+        if cols is None:
+            cols = _decode_segment(raw)
+            if len(cache) >= _SEG_CACHE:
+                del cache[next(iter(cache))]
+            cache[tag] = cols
+        return cols
+
+    def _stored_item(self, id: int) -> Item | None:
+        key = self._segment_key(id)
+        if key is None:
+            return None
+        raw, tag = self._segment_raw(key)
+        cols = self._shared.seg_cache.get(tag)
+        if cols is None:  # one row of a segment not decoded yet: build only that row
+            try:
+                row = segments.decode_row(raw, id)
+            except segments.SegmentError as e:
+                raise _Corrupt(str(e)) from None
+            return None if row is None else _item_of(row)
+        i = cols.row(id)
+        return None if i is None else _item_of(_row_at(cols, i))
+
     def get_item(self, id: int) -> Item | None:
-        raw = self._get(_k(id), "items")
-        return None if raw is None else Item.from_bytes(raw)
+        return self._stored_item(int(id))
+
+    def _index(self) -> _ItemIndex:  # a read snapshot's: the process's; a Writer's: + its batch
+        raise NotImplementedError
 
     def item_by_path(self, path: str) -> Item | None:
-        raw = self._get(_path_key(os.fspath(path)), "paths")
-        return None if raw is None else self.get_item(int.from_bytes(raw, "big"))
+        raw = _fs_bytes(os.fspath(path))
+        return self._find_path(raw, segments.path_key(raw))
+
+    def _find_path(self, raw: bytes, key: int) -> Item | None:
+        for id_ in self._index().paths.get(key):
+            item = self.get_item(id_)
+            if item is not None and os.fsencode(item.path) == raw:
+                return item
+        return None
 
     def items_by_hash(self, h: str) -> list[Item]:
-        cur = self.txn.cursor(db=self._db["hashes"])
-        if not cur.set_key(_hash_key(h)):
-            return []
-        ids = [int.from_bytes(v, "big") for v in cur.iternext_dup()]
-        return [it for it in map(self.get_item, ids) if it is not None]
+        _hash_key(h)
+        found = (self.get_item(i) for i in sorted(self._index().hashes.get(segments.hash_key(h))))
+        return [it for it in found if it is not None and it.hash == h]
+
+    def _item_count(self) -> int:
+        """Items in the committed item segments of this transaction (headers only)."""
+        return sum(_seg_header(raw).n for _, raw in self.txn.cursor(db=self._db["itemsegs"]))
+
+    def _coded_count(self) -> int:
+        return sum(_SEG_HEAD.unpack_from(raw)[0] for _, raw in self.txn.cursor(db=self._db["codes"]))
+
+    def _build_item_index(self) -> _ItemIndex:
+        pk, hk, ids = [], [], []
+        for _, raw in self.txn.cursor(db=self._db["itemsegs"]):
+            cols = _decode_segment(raw)
+            pk.append(segments.path_keys(cols))
+            hk.append(segments.hash_keys(cols))
+            ids.append(cols.ids)
+        if not ids:
+            return _ItemIndex(segments.KeyMultimap(), segments.KeyMultimap())
+        ids = np.concatenate(ids)
+        return _ItemIndex(segments.KeyMultimap.build(np.concatenate(pk), ids),
+                          segments.KeyMultimap.build(np.concatenate(hk), ids))
+
+    def _build_code_loc(self) -> segments.KeyMultimap:
+        ks, vs = [], []
+        for k, raw in self.txn.cursor(db=self._db["codes"]):
+            ids, _ = _unpack_segment(raw)
+            ks.append(ids.astype(np.uint64))
+            vs.append(np.full(len(ids), int.from_bytes(k, "big"), np.uint64))
+        if not ks:
+            return segments.KeyMultimap()
+        return segments.KeyMultimap.build(np.concatenate(ks), np.concatenate(vs))
+
+    def _cached_item_index(self) -> _ItemIndex:
+        generation = self._meta_get("generation")
+        cached = self._shared.item_index
+        if cached is None or cached[0] != generation:
+            cached = self._shared.item_index = (generation, self._build_item_index())
+        return cached[1]
+
+    def _cached_code_loc(self) -> segments.KeyMultimap:
+        generation = self._meta_get("generation")
+        cached = self._shared.code_loc
+        if cached is None or cached[0] != generation:
+            cached = self._shared.code_loc = (generation, self._build_code_loc())
+        return cached[1]
 
     def _meta_get(self, key: str):
         raw = self._get(key.encode(), "meta")
@@ -301,8 +498,11 @@ class _View:
 
 
 class _ReadView(_View):
-    def __init__(self, txn, dbs):
-        self.txn, self._db = txn, dbs
+    def __init__(self, txn, dbs, shared):
+        self.txn, self._db, self._shared = txn, dbs, shared
+
+    def _index(self) -> _ItemIndex:
+        return self._cached_item_index()
 
 
 class Store:
@@ -332,10 +532,26 @@ class Store:
         try:
             if not readonly:
                 self._lock(wait)
-            self._attach(map_size)
+            try:
+                self._attach(map_size)
+            except _OldSchema as old:
+                self._migrate_then_attach(old.args[0], map_size)
         except BaseException:
             self.close()
             raise
+
+    def _migrate_then_attach(self, schema: int, map_size: int) -> None:
+        """A read-only open of an older store: migrate it through a short writable open (as any
+        writing command would), then open it read-only. If that cannot be done now (another
+        process is writing it, or no write access) say so in one line."""
+        try:
+            Store(self.path, map_size=map_size).close()
+        except (StoreError, OSError) as e:
+            raise StoreError(f"{self.path} uses store schema {schema}; semdb converts it to schema "
+                             f"{SCHEMA_VERSION} the first time it opens it for writing, and that failed "
+                             f"now ({_one_line(e)}): run `semdb import` or `semdb ingest` on it when "
+                             f"nothing else is writing it, with write access to {self.path}") from None
+        self._attach(map_size)
 
     # -- opening ------------------------------------------------------------------------
 
@@ -363,7 +579,8 @@ class Store:
                 # read-write in place (they reach it through `shared`, and hold no txn now).
                 shared.env.close()
                 shared.env, shared.dbs = self._open_env(map_size)
-                shared.readonly, shared.codes_cache = False, None
+                shared.readonly = False
+                shared.reset()
             shared.users += 1
             self._shared = shared
 
@@ -372,7 +589,7 @@ class Store:
         # transaction, never the LMDB writer mutex that a writing process may be holding.
         ro = self.readonly
         try:
-            env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=len(_DBS) + 2,
+            env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=len(_DBS) + len(_V1_DBS) + 2,
                             readonly=ro, create=not ro,
                             lock=not ro or os.access(self.path / "lock.mdb", os.W_OK))
         except lmdb.Error as e:
@@ -404,34 +621,119 @@ class Store:
             if ro:
                 meta_db = env.open_db(b"meta", create=False)
                 with env.begin() as txn:
-                    self._check_schema(txn.get(b"schema", db=meta_db))
-                return env, {n: env.open_db(n.encode(), create=False, dupsort=n == "hashes")
+                    schema = self._check_schema(txn.get(b"schema", db=meta_db))
+                if schema < SCHEMA_VERSION:
+                    raise _OldSchema(schema)
+                return env, {n: env.open_db(n.encode(), create=False)
                              if n not in _LATER_DBS or n.encode() in names else None for n in _DBS}
-            with env.begin(write=True) as txn:  # we hold writer.lock: this cannot block
-                self._check_schema(txn.get(b"schema", db=env.open_db(b"meta", txn=txn, create=False)))
-                return env, {n: env.open_db(n.encode(), txn=txn, create=n in _LATER_DBS, dupsort=n == "hashes")
-                             for n in _DBS}
+            env, dbs = self._migrate(env)
+            return env, dbs
         except BaseException:
             env.close()
             raise
 
-    def _check_schema(self, raw) -> None:
+    def _check_schema(self, raw) -> int:
         try:
             schema = json.loads(raw)
         except (TypeError, ValueError):
             schema = None
-        if not isinstance(schema, int):
+        if not isinstance(schema, int) or schema < 1:
             raise _Corrupt(f"bad schema version {raw!r}")
         if schema > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was made by a newer semdb (schema {schema} > "
                              f"{SCHEMA_VERSION}); upgrade semdb")
+        return schema
+
+    def _migrate(self, env):
+        """Open the databases of a writable store, converting a schema-1 store to schema 2 first.
+
+        The conversion is ONE write transaction (a kill -9 leaves schema 1, converted again by
+        the next open); it sets meta `reclaim`, and the space the old databases held is then
+        given back by _reclaim (LMDB never shrinks its file). We hold writer.lock: no other
+        writer can interleave."""
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    meta_db = env.open_db(b"meta", txn=txn, create=False)
+                    schema = self._check_schema(txn.get(b"schema", db=meta_db))
+                    dbs = {n: env.open_db(n.encode(), txn=txn, create=n in _LATER_DBS or n == "itemsegs")
+                           for n in _DBS}
+                    if schema == 1:
+                        self._convert_v1(env, txn, dbs)
+                        fault_point("migrate_txn")
+                    reclaim = txn.get(b"reclaim", db=meta_db) is not None
+                break
+            except lmdb.MapFullError:  # old and new item records side by side: grow and redo
+                env.set_mapsize(env.info()["map_size"] * 2)
+        if reclaim:
+            env = self._reclaim(env)
+            dbs = {n: env.open_db(n.encode(), create=False) for n in _DBS}
+        return env, dbs
+
+    def _convert_v1(self, env, txn, dbs) -> None:
+        old = {n: env.open_db(n.encode(), txn=txn, create=False, dupsort=n == "hashes") for n in _V1_DBS}
+        chunk: list[segments.Row] = []
+
+        def put():
+            txn.put(_k(chunk[0].id), segments.encode(chunk), db=dbs["itemsegs"], append=True)
+            chunk.clear()
+
+        with self._guard():
+            for _, raw in txn.cursor(db=old["items"]):  # id order: segments' ranges ascend
+                chunk.append(_row(Item.from_bytes(raw)))
+                if len(chunk) == segments.ITEMSEG_MAX:
+                    put()
+            if chunk:
+                put()
+        for db in old.values():
+            txn.drop(db, delete=True)
+        meta = dbs["meta"]
+        generation = json.loads(txn.get(b"generation", db=meta))
+        txn.put(b"generation", json.dumps(generation + 1).encode(), db=meta)
+        txn.put(b"schema", json.dumps(SCHEMA_VERSION).encode(), db=meta)
+        txn.put(b"reclaim", b"true", db=meta)
+
+    def _reclaim(self, env):
+        """Rewrite data.mdb without its free pages: a compacting copy into a temporary folder,
+        fsync, then an atomic rename over data.mdb while no environment is open on it. A crash
+        at any point leaves the old or the new file whole; meta `reclaim` stays set until the
+        new file is in place, so an interrupted reclaim is redone by the next open. (A process
+        that had the store open before this keeps reading the file it opened: reopen it.)"""
+        tmp = self.path / ".reclaim.tmp"
+        if tmp.exists():
+            for f in tmp.iterdir():
+                f.unlink()
+        else:
+            tmp.mkdir()
+        map_size = env.info()["map_size"]
+        env.copy(str(tmp), compact=True)
+        fd = os.open(tmp / "data.mdb", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        env.close()
+        fault_point("reclaim_copied")
+        os.replace(tmp / "data.mdb", self.path / "data.mdb")
+        dfd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+        env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=len(_DBS) + len(_V1_DBS) + 2)
+        with env.begin(write=True) as txn:
+            txn.delete(b"reclaim", db=env.open_db(b"meta", txn=txn, create=False))
+        return env
 
     @staticmethod
     def _initialise(env) -> dict:
         while True:
             try:
                 with env.begin(write=True) as txn:  # all databases and meta appear in one commit
-                    dbs = {n: env.open_db(n.encode(), txn=txn, dupsort=n == "hashes") for n in _DBS}
+                    dbs = {n: env.open_db(n.encode(), txn=txn) for n in _DBS}
                     meta = {"schema": SCHEMA_VERSION, "created": time.time(), "generation": 0,
                             "next_id": 1, "next_segment": 0, "code_bytes": None, "codec_id": None,
                             "dim": None, "model_id": None}
@@ -499,7 +801,7 @@ class Store:
         with self._guard():
             txn = self._begin()
             try:
-                yield _ReadView(txn, self._shared.dbs)
+                yield _ReadView(txn, self._shared.dbs, self._shared)
             finally:
                 txn.abort()
 
@@ -522,13 +824,23 @@ class Store:
             return [v.get_item(int(i)) for i in ids]
 
     def iter_items(self, batch: int = 1024) -> Iterator[Item]:
-        # Short read transactions per chunk: a long-lived one would stop the map from growing
-        # if the caller writes while iterating.
-        for rows, _ in self._chunks("items", batch):
-            for _, raw in rows:
-                with self._guard():
-                    item = Item.from_bytes(raw)
-                yield item
+        """Every item in id order. Short read transactions of about `batch` items (whole
+        segments): a long-lived one would stop the map from growing if the caller writes while
+        iterating."""
+        start = b""
+        while True:
+            got: list[Item] = []
+            with self._read() as v:
+                cur = v.txn.cursor(db=v._db["itemsegs"])
+                more = cur.set_range(start)
+                while more and len(got) < batch:
+                    key = bytes(cur.key())
+                    got += _items_of(v._segment(key))
+                    start = _k(int.from_bytes(key, "big") + 1)
+                    more = cur.next()
+            yield from got
+            if not more:
+                return
 
     def _chunks(self, db: str, batch: int) -> Iterator[tuple[list, dict]]:
         """(up to `batch` (key, value) rows, the meta) per short read transaction, in key order:
@@ -598,7 +910,7 @@ class Store:
 
     def count(self) -> int:
         with self._read() as v:
-            return v.txn.stat(v._db["items"])["entries"]
+            return v._item_count()
 
     def staging_count(self) -> int:
         with self._read() as v:
@@ -673,15 +985,18 @@ class Store:
 
     def info(self) -> dict:
         with self._read() as v:
-            meta, stat = v._read_meta(), lambda db: v.txn.stat(v._db[db])["entries"]
-            counts = {"items": stat("items"), "staging": stat("staging"), "coded": stat("code_loc"),
-                      "segments": stat("codes")}
+            meta = v._read_meta()
+            counts = {"items": v._item_count(), "staging": v.txn.stat(v._db["staging"])["entries"],
+                      "coded": v._coded_count(), "segments": v.txn.stat(v._db["codes"])["entries"],
+                      "item_segments": v.txn.stat(v._db["itemsegs"])["entries"]}
         files = [self.path / "data.mdb", self.path / "lock.mdb"]
+        data = files[0].stat().st_size if files[0].exists() else 0
         return {"path": str(self.path), **counts, "schema": meta.get("schema"),
                 "code_bytes": meta.get("code_bytes"), "codec_id": meta.get("codec_id"),
                 "model_id": meta.get("model_id"), "generation": meta.get("generation"),
                 "created": meta.get("created"),
                 "bytes_on_disk": sum(f.stat().st_size for f in files if f.exists()),
+                "bytes_per_item": round(data / counts["items"], 1) if counts["items"] else None,
                 "map_size": self._env.info()["map_size"]}
 
     def verify(self, structure: bool = True) -> list[str]:
@@ -708,32 +1023,30 @@ class Store:
         with self._read() as v:
             txn, db = v.txn, v._db
             meta = v._read_meta()
-            items: dict[int, Item] = {}
-            pkeys: dict[int, bytes] = {}
-            for k, raw in txn.cursor(db=db["items"]):
-                id_ = int.from_bytes(k, "big")
+            items: set[int] = set()
+            paths: dict[bytes, int] = {}
+            keys = [bytes(k) for k in txn.cursor(db=db["itemsegs"]).iternext(values=False)]
+            for n_seg, key in enumerate(keys):
+                first = int.from_bytes(key, "big")
+                limit = int.from_bytes(keys[n_seg + 1], "big") if n_seg + 1 < len(keys) else meta.get("next_id", 0)
                 try:
-                    it = Item.from_bytes(raw)
-                    pkey = _path_key(it.path)
-                except (_Corrupt, InputError) as e:
-                    problems.append(f"item {id_}: {e}")
+                    cols = _decode_segment(txn.get(key, db=db["itemsegs"]))
+                except _Corrupt as e:
+                    problems.append(f"item segment {first}: {e}")
                     continue
-                items[id_], pkeys[id_] = it, pkey
-                if it.id != id_ or id_ >= meta.get("next_id", 0):
-                    problems.append(f"item {id_}: record id {it.id}, next_id {meta.get('next_id')}")
-                if v._get(pkey, "paths") != _k(id_):
-                    problems.append(f"item {id_}: path {it.path!r} not indexed to it")
-            for k, raw in txn.cursor(db=db["paths"]):
-                if pkeys.get(int.from_bytes(raw, "big")) != bytes(k):
-                    problems.append(f"path key {bytes(k)!r} points to item {int.from_bytes(raw, 'big')} "
-                                    f"which does not have that path")
-            indexed = {(bytes(k).decode(errors="replace"), int.from_bytes(raw, "big"))
-                       for k, raw in txn.cursor(db=db["hashes"])}
-            expected = {(it.hash, id_) for id_, it in items.items()}
-            problems += [f"hash index lacks ({h}, item {i})" for h, i in sorted(expected - indexed)]
-            problems += [f"hash index has stray ({h}, item {i})" for h, i in sorted(indexed - expected)]
-            loc = {int.from_bytes(k, "big"): int.from_bytes(s, "big")
-                   for k, s in txn.cursor(db=db["code_loc"])}
+                ids = cols.ids.tolist()
+                if not ids or ids[0] < first or ids[-1] >= limit:
+                    problems.append(f"item segment {first}: ids {ids[:1]}..{ids[-1:]} outside [{first}, {limit})")
+                for id_, raw, h in zip(ids, cols.paths, cols.hashes):
+                    items.add(id_)
+                    if not segments.fs_bytes_ok(raw):
+                        problems.append(f"item {id_}: stored path {raw!r} is not a valid file system path")
+                    elif raw in paths:
+                        problems.append(f"item {id_}: path {os.fsdecode(raw)!r} is also item {paths[raw]}")
+                    else:
+                        paths[raw] = id_
+                    if not h or len(h.encode("utf-8", "surrogatepass")) > _MAX_HASH_BYTES:
+                        problems.append(f"item {id_}: bad content hash {h!r}")
             coded: dict[int, int] = {}
             for k, raw in txn.cursor(db=db["codes"]):
                 seg = int.from_bytes(k, "big")
@@ -751,10 +1064,6 @@ class Store:
                     if i in coded:
                         problems.append(f"item {i} has codes in segments {coded[i]} and {seg}")
                     coded[i] = seg
-            problems += [f"item {i}: code_loc says segment {s}, code is in {coded.get(i)}"
-                         for i, s in loc.items() if coded.get(i) != s]
-            problems += [f"item {i}: code in segment {s} but no code_loc"
-                         for i, s in coded.items() if i not in loc]
             staged = set()
             for k, raw in txn.cursor(db=db["staging"]):
                 staged.add(int.from_bytes(k, "big"))
@@ -822,6 +1131,30 @@ class Writer(_View):
         self._new_codes: dict[int, bytes] = {}  # become one new segment at commit
         self._dirty_segments: dict[int, list] = {}  # segment -> [ids, codes, keep mask, crc]
         self._ivf_fill = None  # (ids, lists, every segment?): list rows to write at commit
+        self._shared = self._store._shared
+        self._start_generation = self._meta["generation"]
+        self._first_new = self._meta["next_id"]  # ids from here on are this batch's new items
+        self._rows: dict[int, segments.Row | None] = {}  # changed items (None: deleted), written at commit
+        self._ix: _ItemIndex | None = None  # the process's lookups + this batch's changes
+        self._loc: segments.KeyMultimap | None = None  # id -> code segment, + this batch's changes
+        self._codes_touched = False  # a code segment was written or deleted
+
+    def _index(self) -> _ItemIndex:
+        if self._ix is None:
+            self._ix = self._cached_item_index().overlay()
+        return self._ix
+
+    def _code_loc(self) -> segments.KeyMultimap:
+        if self._loc is None:
+            self._loc = self._cached_code_loc().overlay()
+        return self._loc
+
+    def get_item(self, id: int) -> Item | None:
+        id = int(id)
+        if id in self._rows:
+            row = self._rows[id]
+            return None if row is None else _item_of(row)
+        return self._stored_item(id)
 
     def __enter__(self) -> Writer:
         return self
@@ -882,6 +1215,7 @@ class Writer(_View):
                         else:
                             self._flush()
                             self.txn.commit()
+                            self._publish()
                         break
                     except lmdb.MapFullError:
                         self._grow_and_replay()
@@ -890,6 +1224,23 @@ class Writer(_View):
             raise
         self._closed = True
         self._store._writer = None
+
+    def _publish(self) -> None:
+        """After a commit: hand this batch's lookups to the process (so the next batch, and
+        this process's readers, need not rebuild them), keyed by the new generation."""
+        shared, generation = self._shared, self._meta["generation"]
+        if self._ix is not None:
+            shared.item_index = (generation, self._ix.merged())
+        elif shared.item_index is not None and shared.item_index[0] == self._start_generation and not self._rows:
+            shared.item_index = (generation, shared.item_index[1])
+        else:
+            shared.item_index = None
+        if self._loc is not None:
+            shared.code_loc = (generation, self._loc.merged())
+        elif shared.code_loc is not None and shared.code_loc[0] == self._start_generation and not self._codes_touched:
+            shared.code_loc = (generation, shared.code_loc[1])
+        else:
+            shared.code_loc = None
 
     def abort(self) -> None:
         if not self._closed:
@@ -1044,35 +1395,34 @@ class Writer(_View):
 
     def _add(self, item: Item, is_code: bool, vec: bytes) -> int:
         id_ = self._meta["next_id"]
-        item = dataclasses.replace(item, id=id_)
-        record, pkey, hkey = item.to_bytes(), _path_key(item.path), _hash_key(item.hash)
-        other = self._get(pkey, "paths")
+        row = _row(item, id_)
+        pkey = segments.path_key(row.path)
+        other = self._find_path(row.path, pkey)
         if other is not None:
-            raise InputError(f"{item.path} is already in the store (item "
-                             f"{int.from_bytes(other, 'big')}); use update_item")
-        # ids only grow: append=True fills pages instead of splitting them half-empty
-        self.txn.put(_k(id_), record, db=self._db["items"], append=True)
-        self.txn.put(pkey, _k(id_), db=self._db["paths"])
-        self.txn.put(hkey, _k(id_), db=self._db["hashes"])
+            raise InputError(f"{item.path} is already in the store (item {other.id}); use update_item")
+        ix = self._index()
+        self._rows[id_] = row
+        ix.paths.add(pkey, id_)
+        ix.hashes.add(segments.hash_key(item.hash), id_)
         self._put_meta("next_id", id_ + 1)
         self._attach_vector(id_, is_code, vec)
         return id_
 
     def _update(self, item: Item) -> None:
         old = self._require(item.id)
-        record, old_pkey, new_pkey = item.to_bytes(), _path_key(old.path), _path_key(item.path)
-        if new_pkey != old_pkey:
-            other = self._get(new_pkey, "paths")
+        row = _row(item)
+        raw, old_raw = row.path, _fs_bytes(old.path)
+        ix = self._index()
+        if raw != old_raw:
+            other = self.item_by_path(item.path)
             if other is not None:
-                raise InputError(f"{item.path} is already in the store (item "
-                                 f"{int.from_bytes(other, 'big')})")
-            self.txn.delete(old_pkey, db=self._db["paths"])
-            self.txn.put(new_pkey, _k(item.id), db=self._db["paths"])
+                raise InputError(f"{item.path} is already in the store (item {other.id})")
+            ix.paths.remove(segments.path_key(old_raw), item.id)
+            ix.paths.add(segments.path_key(raw), item.id)
         if item.hash != old.hash:
-            new_hkey = _hash_key(item.hash)
-            self.txn.delete(_hash_key(old.hash), _k(item.id), db=self._db["hashes"])
-            self.txn.put(new_hkey, _k(item.id), db=self._db["hashes"])
-        self.txn.put(_k(item.id), record, db=self._db["items"])
+            ix.hashes.remove(segments.hash_key(old.hash), item.id)
+            ix.hashes.add(segments.hash_key(item.hash), item.id)
+        self._rows[item.id] = row
 
     def _set_vectors(self, ids: tuple, is_code: bool, vecs, many: bool = False) -> None:
         for id_ in ids:
@@ -1083,11 +1433,10 @@ class Writer(_View):
 
     def _delete(self, id_: int) -> None:
         item = self._require(id_)
-        self.txn.delete(_k(id_), db=self._db["items"])
-        pkey = _path_key(item.path)
-        if self._get(pkey, "paths") == _k(id_):
-            self.txn.delete(pkey, db=self._db["paths"])
-        self.txn.delete(_hash_key(item.hash), _k(id_), db=self._db["hashes"])
+        ix = self._index()
+        ix.paths.remove(segments.path_key(_fs_bytes(item.path)), id_)
+        ix.hashes.remove(segments.hash_key(item.hash), id_)
+        self._rows[id_] = None
         self._detach_vector(id_)
 
     def _put_meta(self, key: str, value) -> None:
@@ -1116,7 +1465,9 @@ class Writer(_View):
 
     def _switch(self) -> None:
         db = self._db
-        n_items, n_recoded = (self.txn.stat(db[d])["entries"] for d in ("items", "recode"))
+        n_recoded = self.txn.stat(db["recode"])["entries"]
+        n_items = self._item_count() + sum(
+            (r is not None) if id_ >= self._first_new else -(r is None) for id_, r in self._rows.items())
         if n_recoded != n_items or self.txn.stat(db["staging"])["entries"]:
             raise InputError(f"{self._store.path}: {n_items - n_recoded} of {n_items} items have no code under "
                              f"the pending codec yet")
@@ -1126,7 +1477,9 @@ class Writer(_View):
             ids.append(int.from_bytes(k, "big"))
             codes.append(bytes(code))
         self.txn.drop(db["codes"], delete=False)
-        self.txn.drop(db["code_loc"], delete=False)
+        self._codes_touched = True
+        if self._loc is not None:
+            self._loc = segments.KeyMultimap()  # every code is rewritten below
         self.txn.drop(db["recode"], delete=False)
         self._drop_ivf()  # its lists belong to the old codes (retrain builds a new IVF)
         self._new_codes.clear()
@@ -1164,6 +1517,7 @@ class Writer(_View):
         return None if fn is None else np.asarray(fn(codes), np.uint32)
 
     def _put_segment(self, seg: int, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray | None) -> None:
+        self._codes_touched = True
         packed = _pack_segment(ids, codes)
         self.txn.put(_k(seg), packed, db=self._db["codes"])
         if lists is not None and self._meta.get("ivf"):
@@ -1215,12 +1569,16 @@ class Writer(_View):
         self.txn.delete(_k(id_), db=self._db["recode"])  # its new content needs a new recode
         if self._new_codes.pop(id_, None) is not None:
             return
-        seg = self._get(_k(id_), "code_loc")
-        if seg is None:
+        if id_ >= self._first_new:  # added in this batch: its code is in _new_codes or staging
             self.txn.delete(_k(id_), db=self._db["staging"])
             return
-        self.txn.delete(_k(id_), db=self._db["code_loc"])
-        seg = int.from_bytes(seg, "big")
+        loc = self._code_loc()
+        segs = loc.get(id_)
+        if not segs:
+            self.txn.delete(_k(id_), db=self._db["staging"])
+            return
+        seg = segs[0]
+        loc.remove(id_, seg)
         entry = self._dirty_segments.get(seg)
         if entry is None:  # first touch of this segment in the batch: one read, one rewrite at commit
             raw = self._get(_k(seg), "codes")
@@ -1244,6 +1602,7 @@ class Writer(_View):
                 lists = self._segment_lists(seg, len(ids), crc)
                 self._put_segment(seg, ids[keep], codes[keep], None if lists is None else lists[keep])
             else:
+                self._codes_touched = True
                 self.txn.delete(_k(seg), db=codes_db)
                 self.txn.delete(_k(seg), db=self._db["ivf"])
         if self._new_codes:
@@ -1252,6 +1611,9 @@ class Writer(_View):
             self._append_segments(ids, codes, self._assign(codes))
         if self._compact_requested or self.txn.stat(codes_db)["entries"] > COMPACT_AFTER:
             self._compact(force=self._compact_requested)
+        self._write_items()
+        if self._compact_requested:
+            self._merge_item_segments()
         self._ivf_rows = []
         if self._ivf_fill is not None:
             self._fill_ivf_rows()
@@ -1259,13 +1621,79 @@ class Writer(_View):
         for key in self._meta_dirty:
             self.txn.put(key.encode(), json.dumps(self._meta[key]).encode(), db=self._db["meta"])
 
+    def _write_items(self) -> None:
+        """Rewrite the item segments holding this batch's changed or deleted items, and append
+        its new items to the last segment (while it has room), then to new segments."""
+        if not self._rows:
+            return
+        db = self._db["itemsegs"]
+        cur = self.txn.cursor(db=db)
+        # the last segment takes new items while it has room (a full one is left alone)
+        last = bytes(cur.key()) if cur.last() and _seg_header(cur.value()).n < segments.ITEMSEG_MAX else None
+        touched: dict[bytes, dict[int, segments.Row | None]] = {}
+        for id_, row in self._rows.items():
+            if id_ < self._first_new:
+                key = self._segment_key(id_)
+                if key is None:
+                    raise _Corrupt(f"no item segment holds item {id_}")
+                touched.setdefault(key, {})[id_] = row
+        new = [row for id_, row in sorted(self._rows.items()) if id_ >= self._first_new and row is not None]
+        if new and last is not None and last not in touched:
+            touched[last] = {}
+        out: dict[bytes, list[segments.Row]] = {}
+        for key, changes in touched.items():
+            stored = _rows_of(self._segment(key))
+            if not set(changes) <= {r.id for r in stored}:
+                raise _Corrupt(f"item segment {int.from_bytes(key, 'big')} lacks items it should hold")
+            out[key] = [r for r in (changes.get(r.id, r) for r in stored) if r is not None]
+        if new and last is not None:
+            room = max(segments.ITEMSEG_MAX - len(out[last]), 0)  # deletions in this batch may add room
+            out[last] += new[:room]
+            new = new[room:]
+        for start in range(0, len(new), segments.ITEMSEG_MAX):
+            part = new[start:start + segments.ITEMSEG_MAX]
+            out[_k(part[0].id)] = part
+        for key, rows in out.items():
+            self._put_item_segment(key, rows)
+
+    def _put_item_segment(self, key: bytes, rows: list[segments.Row]) -> None:
+        if not rows:
+            self.txn.delete(key, db=self._db["itemsegs"])
+            return
+        try:
+            packed = segments.encode(rows)
+        except ValueError as e:  # _row checked every field: this is a bug, not bad input
+            raise _Corrupt(f"cannot encode item segment {int.from_bytes(key, 'big')}: {e}") from None
+        self.txn.put(key, packed, db=self._db["itemsegs"])
+
+    def _merge_item_segments(self) -> None:
+        """Merge runs of adjacent item segments that together fit in one (deletes shrink them)."""
+        db = self._db["itemsegs"]
+        heads = [(bytes(k), _seg_header(raw).n) for k, raw in self.txn.cursor(db=db)]
+        runs, run, size = [], [], 0
+        for key, n in heads:
+            if run and size + n > segments.ITEMSEG_MAX:
+                runs.append(run)
+                run, size = [], 0
+            run.append(key)
+            size += n
+        if run:
+            runs.append(run)
+        for run in runs:
+            if len(run) > 1:
+                rows = [r for key in run for r in _rows_of(self._segment(key))]
+                for key in run[1:]:
+                    self.txn.delete(key, db=db)
+                self._put_item_segment(run[0], rows)
+
     def _append_segments(self, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray | None = None) -> None:
         for start in range(0, len(ids), SEGMENT_MAX):
             seg = self._meta["next_segment"]
             part = slice(start, start + SEGMENT_MAX)
             self._put_segment(seg, ids[part], codes[part], None if lists is None else lists[part])
-            for id_ in ids[part].tolist():
-                self.txn.put(_k(id_), _k(seg), db=self._db["code_loc"])
+            if self._loc is not None:  # else the process's code_loc is dropped at commit
+                for id_ in ids[part].tolist():
+                    self._loc.add(id_, seg)
             self._put_meta("next_segment", seg + 1)
 
     def _compact(self, force: bool) -> None:
@@ -1281,8 +1709,11 @@ class Writer(_View):
         parts = [_unpack_segment(raw) for raw in raws]
         lists = [self._segment_lists(int.from_bytes(k, "big"), len(p[0]), _SEG_HEAD.unpack_from(raw)[2])
                  for k, p, raw in zip(small, parts, raws)]
-        for k in small:
+        for k, (ids, _) in zip(small, parts):
             self.txn.delete(k, db=self._db["codes"])
             self.txn.delete(k, db=self._db["ivf"])
+            if self._loc is not None:
+                for id_ in ids.tolist():
+                    self._loc.remove(id_, int.from_bytes(k, "big"))
         self._append_segments(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                               None if any(x is None for x in lists) else np.concatenate(lists))

@@ -309,9 +309,14 @@ def damaged(good_store, tmp_path, how) -> Path:
         raw[:8192] = random.Random(0).randbytes(8192)
     elif how == "truncated":
         raw = raw[:5000]
-    elif how == "item pages":  # every page (live or stale) holding a record of this path
-        needle = os.fsencode(photos / "shapes_3.png")
-        pages = {i // 4096 for i in range(len(raw)) if raw.startswith(needle, i)}
+    elif how == "item pages":  # the first page of every item segment (compressed: found by its bytes)
+        import lmdb
+
+        env = lmdb.open(str(bad), readonly=True, lock=False, max_dbs=10)
+        with env.begin() as txn:
+            segs = [bytes(v) for _, v in txn.cursor(db=env.open_db(b"itemsegs", txn=txn, create=False))]
+        env.close()
+        pages = {bytes(raw).index(seg[:64]) // 4096 for seg in segs}
         assert pages
         for p in pages:
             raw[p * 4096:(p + 1) * 4096] = random.Random(p).randbytes(4096)
@@ -345,7 +350,7 @@ def digest(store: Path) -> str:
     ("truncated", ["is corrupt", "restore it from a backup"]),
     ("item pages", ["is corrupt", "restore it from a backup"]),
     ("codec bytes", ["is corrupt (its codec", "restore it from a backup"]),
-    ("newer schema", ["was made by a newer semdb (schema 99 > 1); upgrade semdb"]),
+    ("newer schema", ["was made by a newer semdb (schema 99 > 2); upgrade semdb"]),
 ])
 def test_damaged_or_newer_store_exits_4_and_is_left_as_it_was(good_store, tmp_path, how, fragments):
     """`semdb ingest` (no --model: the store's own model, loaded only if a file needs it) and

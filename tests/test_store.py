@@ -1,8 +1,10 @@
 """Tests for semdb.store: real LMDB environments in tmp dirs, real second processes."""
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import random
 import shutil
 import signal
@@ -17,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from semdb import segments
 from semdb import store as store_mod
 from semdb.errors import InputError, StoreError, StoreLockedError
 from semdb.store import SCHEMA_VERSION, Item, Store, default_store_path
@@ -97,6 +100,22 @@ def test_item_record_round_trips_exactly(item):
     back = Item.from_bytes(raw)
     assert back == item
     assert os.fsencode(back.path) == os.fsencode(item.path)
+
+
+hex_hashes = st.binary(min_size=16, max_size=16).map(bytes.hex)
+
+
+@given(st.lists(st.builds(dataclasses.replace, items, hash=st.one_of(hex_hashes, items.map(lambda it: it.hash)),
+                          taken=st.one_of(st.none(), st.floats(allow_nan=False))), min_size=1, max_size=20))
+@settings(max_examples=200)
+def test_item_segment_round_trips_exactly(batch):
+    """Any items (any path bytes, hashes hex or not, every field's range) survive a segment."""
+    rows = [store_mod._row(dataclasses.replace(it, id=1 + n * (2**33 + 7))) for n, it in enumerate(batch)]  # big gaps
+    raw = segments.encode(rows)
+    assert raw == segments.encode(rows)  # deterministic
+    assert store_mod._rows_of(segments.decode(raw)) == rows
+    assert [segments.decode_row(raw, r.id) for r in rows] == rows  # get_item's one-row decode
+    assert segments.decode_row(raw, rows[-1].id + 1) is None and segments.decode_row(raw, 0) is None
 
 
 @given(st.text(min_size=1, max_size=50))
@@ -481,9 +500,14 @@ def test_corrupt_header_is_a_store_error(tmp_path):
 
 def test_corrupt_code_bytes_are_caught_by_the_segment_checksum(tmp_path):
     data = _filled_store(tmp_path / "good")
-    offset = data.find(code_for(123))
-    assert offset > 0
-    bad = _corrupt_copy(tmp_path / "good", tmp_path / "bad", offset, bytes(CB))
+    # copy-on-write leaves stale copies of the segment's page in free pages: damage them all
+    offsets = [m.start() for m in re.finditer(re.escape(code_for(123)), data)]
+    assert offsets
+    bad = _corrupt_copy(tmp_path / "good", tmp_path / "bad", offsets[0], bytes(CB))
+    for offset in offsets[1:]:
+        with open(bad / "data.mdb", "r+b") as f:
+            f.seek(offset)
+            f.write(bytes(CB))
     with Store(bad, readonly=True) as s:
         assert s.count() == 800  # metadata still reads
         with pytest.raises(StoreError, match="corrupt .*checksum"):
@@ -511,8 +535,11 @@ PROBE = """
 @pytest.mark.parametrize("fill", [b"\xff", b"\x00", None])
 def test_corrupt_pages_in_the_middle_are_reported_not_crashed_on(tmp_path, fill):
     data = _filled_store(tmp_path / "good")
-    # the page holding some item records (its path strings are in the record)
-    page = data.find(b"/dir1/img0100.jpg") // 4096 * 4096
+    # the first page of the live item segment (compressed: found by its stored bytes; older
+    # copies of it left in free pages hold fewer items, so another header)
+    with Store(tmp_path / "good", readonly=True) as s, s._read() as v:
+        live = bytes(next(iter(v.txn.cursor(db=v._db["itemsegs"])))[1])
+    page = data.find(live[:64]) // 4096 * 4096
     assert page >= 2 * 4096
     patch = fill * 4096 if fill else random.Random(1).randbytes(4096)
     bad = _corrupt_copy(tmp_path / "good", tmp_path / "bad", page, patch)
@@ -555,6 +582,132 @@ def test_info(store):
     assert info["items"] == 1 and info["coded"] == 1 and info["staging"] == 0
     assert info["segments"] == 1 and info["code_bytes"] == CB and info["codec_id"] == "codec-1"
     assert info["bytes_on_disk"] > 0 and info["map_size"] >= store_mod.DEFAULT_MAP_SIZE
+
+
+def test_info_reports_bytes_per_item(store):
+    with store.write() as w:
+        for i in range(50):
+            w.add_item(new_item(f"/p/{i}.jpg"), code=code_for(i))
+    info = store.info()
+    assert info["schema"] == SCHEMA_VERSION and info["item_segments"] == 1
+    assert info["bytes_per_item"] == round((store.path / "data.mdb").stat().st_size / 50, 1)
+
+
+# -- the compact layout (schema 2): item segments and the in-memory lookups ----------------------
+
+def _every_field_item(path: str, h: str, taken) -> Item:
+    return Item(0, path, 2**64 - 1, -(2**63), h, 2**32 - 1, 0, 1.25, -3.5e9, taken)
+
+
+def test_item_segments_round_trip_every_field(store):
+    odd = [(os.fsdecode(b"/photos/caf\xe9-\xff\x80.jpg"), "0123456789abcdef0123456789abcdef", None),
+           ("/" + "deep/" * 120 + "x.jpg", "sha256:" + "ab" * 32, 1.5e9 + 0.123456),  # > 500 bytes
+           ("/u/ç😀.jpg", "0123456789ABCDEF0123456789ABCDEF", -1.0),  # upper-case hex: kept as text
+           ("/n/x.jpg", "path:" + "é" * 150, float("inf"))]
+    with store.write() as w:
+        ids = [w.add_item(_every_field_item(p, h, t), code=code_for(i)) for i, (p, h, t) in enumerate(odd)]
+    again = Store(store.path, readonly=True)  # a fresh decode: a second Store shares the env, so clear the cache
+    again._shared.seg_cache.clear()
+    for id_, (p, h, t) in zip(ids, odd):
+        assert again.get_item(id_) == Item(id_, p, 2**64 - 1, -(2**63), h, 2**32 - 1, 0, 1.25, -3.5e9, t)
+        assert again.item_by_path(p).id == id_
+        assert [it.id for it in again.items_by_hash(h)] == [id_]
+    again.close()
+    assert store.items_by_hash("0123456789abcdef0123456789abcdeF") == []
+    assert store.verify() == []
+
+
+def test_lookups_after_adds_updates_deletes_and_compaction(store, monkeypatch):
+    monkeypatch.setattr(segments, "ITEMSEG_MAX", 4096)  # the segment boundaries below assume it
+    with store.write() as w:
+        ids = [w.add_item(new_item(f"/f/{i}.jpg", "%032x" % (i % 7)), code=code_for(i)) for i in range(9000)]
+    # 9000 items in one batch: three segments of at most ITEMSEG_MAX, in id order
+    assert store.info()["item_segments"] == 3
+    with store.write() as w:
+        moved = w.get_item(ids[10])
+        moved.path, moved.hash = "/g/moved.jpg", "NEW"
+        w.update_item(moved)
+        assert w.item_by_path("/g/moved.jpg").id == ids[10] and w.item_by_path("/f/10.jpg") is None
+        for i in range(4000, 8500):  # empties most of the second segment and part of the third
+            w.delete_item(ids[i])
+        late = w.add_item(new_item("/f/4000.jpg", "LATE"), code=code_for(1))  # a deleted path, reused
+        w.delete_item(w.add_item(new_item("/tmp/gone.jpg"), code=code_for(2)))  # added and gone in one batch
+    for s in (store, Store(store.path, readonly=True)):
+        s._shared.item_index = None if s is not store else s._shared.item_index  # readonly: rebuilt
+        assert s.item_by_path("/f/10.jpg") is None and s.item_by_path("/g/moved.jpg").id == ids[10]
+        assert [it.id for it in s.items_by_hash("NEW")] == [ids[10]]
+        assert s.item_by_path("/f/4000.jpg").id == late and s.item_by_path("/tmp/gone.jpg") is None
+        assert s.get_item(ids[5000]) is None and s.get_item(ids[8600]).path == "/f/8600.jpg"
+        assert [it.id for it in s.items_by_hash("%032x" % 3)] == [i for n, i in enumerate(ids)
+                                                                 if n % 7 == 3 and not 4000 <= n < 8500 and n != 10]
+        if s is not store:
+            s.close()
+    assert store.count() == 9000 - 4500 + 1 and store.verify() == []
+    before = [(it.id, it.path) for it in store.iter_items()]
+    store.compact()
+    assert [(it.id, it.path) for it in store.iter_items()] == before
+    assert store.info()["item_segments"] == 2  # 4501 items: the small middle segments merged
+    assert store.item_by_path("/f/8999.jpg").id == ids[8999] and store.verify() == []
+
+
+def test_small_batches_fill_the_last_segment(store, monkeypatch):
+    monkeypatch.setattr(segments, "ITEMSEG_MAX", 4096)
+    for b in range(50):
+        with store.write() as w:
+            for i in range(100):
+                w.add_item(new_item(f"/b{b}/{i}.jpg"), code=code_for(i))
+    assert store.info()["item_segments"] == 2  # 5000 items: one full segment and the rest
+    assert [it.path for it in store.iter_items(batch=10)][4095:4097] == ["/b40/95.jpg", "/b40/96.jpg"]
+
+
+LOOKER = """
+    import sys
+    from semdb.store import Store
+    s = Store(sys.argv[1], readonly=True)
+    for line in sys.stdin:  # one path per line: print the id stored for it
+        it = s.item_by_path(line[:-1])
+        print(it.id if it else None, flush=True)
+"""
+
+
+def test_another_process_sees_a_writers_commits(store):
+    with store.write() as w:
+        a = w.add_item(new_item("/a.jpg"), code=code_for(1))
+    reader = run_py(LOOKER, store.path)
+    try:
+        reader.stdin.write("/a.jpg\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == str(a)  # its lookups are built now
+        moved = store.get_item(a)
+        moved.path = "/moved.jpg"
+        with store.write() as w:
+            w.update_item(moved)
+            b = w.add_item(new_item("/b.jpg"), code=code_for(2))
+        for p, want in (("/a.jpg", None), ("/moved.jpg", a), ("/b.jpg", b)):
+            reader.stdin.write(p + "\n")
+            reader.stdin.flush()
+            assert reader.stdout.readline().strip() == str(want)
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+
+
+def test_a_damaged_item_segment_is_corruption(store):
+    with store.write() as w:
+        ids = [w.add_item(new_item(f"/d/{i}.jpg"), code=code_for(i)) for i in range(100)]
+    env, db = store._shared.env, store._shared.dbs["itemsegs"]
+    with env.begin(write=True) as txn:
+        key, raw = next(iter(txn.cursor(db=db)))
+        raw = bytearray(raw)
+        raw[40] ^= 0x10
+        txn.put(bytes(key), bytes(raw), db=db)
+    store._shared.reset()
+    with pytest.raises(StoreError, match="is corrupt \\(item segment .*checksum.*restore it from a backup"):
+        store.get_item(ids[3])
+    with pytest.raises(StoreError, match="is corrupt"):
+        list(store.iter_items())
+    assert any(p.startswith(f"item segment {ids[0]}: ") and "checksum" in p for p in store.verify())
+    assert code_map(store)  # codes (what a query reads) are not in item segments
 
 
 # -- concurrency -----------------------------------------------------------------------------
@@ -674,17 +827,22 @@ def test_verify_reports_each_kind_of_inconsistency(store):
         b = w.add_item(new_item("/b.jpg"), code=code_for(2))
         c = w.add_item(new_item("/c.jpg"), embedding=emb_for(3))
     assert store.verify() == []
+    with store.write() as w:
+        d = w.add_item(new_item("/d.jpg"), code=code_for(4))  # its own code segment
     env, dbs = store._shared.env, store._shared.dbs
     k = store_mod._k
-    with env.begin(write=True) as txn:  # damage the indices behind the store's back
-        txn.delete(b"/a.jpg", db=dbs["paths"])
-        txn.delete(k(b), db=dbs["code_loc"])
-        txn.put(k(c), code_for(3), db=dbs["code_loc"])
+    seg_d = max(raw_segments(store))
+    with env.begin(write=True) as txn:  # damage the store behind its back
+        txn.delete(k(seg_d), db=dbs["codes"])  # d loses its code
+        txn.put(k(a), np.zeros(16, np.float16).tobytes(), db=dbs["staging"])  # a: code and staging
         txn.put(k(77), np.zeros(16, np.float16).tobytes(), db=dbs["staging"])
-        txn.put(b"sha256:zzz", k(a), db=dbs["hashes"])
+        # a segment whose ids run past next_id and whose path repeats item b's
+        row = segments.Row(90, b"/b.jpg", "sha256:zzz", 1, 2, 3, 4, 5.0, 6.0, None)
+        txn.put(k(90), segments.encode([row]), db=dbs["itemsegs"])
     problems = "\n".join(store.verify())
-    assert f"item {a}: path '/a.jpg' not indexed" in problems
-    assert f"item {b}: code in segment" in problems and "no code_loc" in problems
-    assert f"item {c}: code_loc says segment" in problems
+    assert f"item {d}: neither a code nor a staging row" in problems
+    assert f"item {a}: both a code and a staging row" in problems
     assert "staging row for missing item 77" in problems
-    assert f"hash index has stray (sha256:zzz, item {a})" in problems
+    assert "item segment 90: ids [90]..[90] outside [90, 5)" in problems
+    assert f"item 90: path '/b.jpg' is also item {b}" in problems
+    assert c  # still sound: staged, no code
