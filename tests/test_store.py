@@ -846,3 +846,22 @@ def test_verify_reports_each_kind_of_inconsistency(store):
     assert "item segment 90: ids [90]..[90] outside [90, 5)" in problems
     assert f"item 90: path '/b.jpg' is also item {b}" in problems
     assert c  # still sound: staged, no code
+
+
+def test_many_items_at_once_match_one_by_one(tmp_path):
+    """Store.items of many ids (one decode per item segment) gives what get_item gives for each,
+    in the order asked, None for deleted and unknown ids."""
+    from semdb.store import Item, Store
+
+    with Store(tmp_path / "s", create=True) as s:
+        for start in range(0, 3000, 700):  # several batches: several item segments
+            with s.write() as w:
+                for i in range(start, min(start + 700, 3000)):
+                    w.add_item(Item.new(f"/p/{i}.jpg", i, i, f"{i:032x}", 1, 1), embedding=np.ones(4, np.float32))
+        with s.write() as w:
+            for i in range(1, 3001, 7):
+                w.delete_item(i)
+        ids = random.Random(0).sample(range(0, 3100), 1500) + [5, 5]
+        got = s.items(ids)
+        assert got == [s.get_item(i) for i in ids]
+        assert sum(x is None for x in got) > 100 and got[-1] == got[-2] == s.get_item(5)
