@@ -311,7 +311,8 @@ def _shopsphere_split(seed=0):
     (128, "paired", 0.80),     # every FAISS quantizer at 256 bits: <= 0.691
     (64, "paired", 0.69),      # every FAISS quantizer at 64 bits: <= 0.652
     (128, "none", 0.76),       # pair-free, coarse slot + cosine
-    (64, "none", 0.65),        # pair-free, residual stages + beam + cosine
+    (64, "none", 0.62),        # pair-free, residual stages in the image metric (seed 0: 0.627;
+                               # seeds 0-3 mean 0.663 against RQ8x8's 0.667, docs/CODEC.md)
 ])
 def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, source, min_r1):
     train, train_text, gallery, queries = _shopsphere_split()
@@ -323,6 +324,20 @@ def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, sour
     # the search (fast-scan shortlist by <q, x_hat>, cosine rerank) finds the same top-1
     ids, _ = codec.search(queries, codes, k=1)
     assert float((ids[:, 0] == np.arange(len(queries))).mean()) == pytest.approx(_recall_at(S, 1), abs=0.002)
+
+
+def test_pair_free_64_bit_image_neighbours_on_held_out_fashionclip():
+    # issue 12: LSQ8x8's image kNN@10 is 0.758 on this split; semdb 0.759 in the bench, 0.746 here
+    # (the bench re-normalises the rows: 6e-8 of input change gives another codec; docs/CODEC.md)
+    train, _, gallery, _ = _shopsphere_split()
+    codec = Codec.train(train, bits=64, seed=0)
+    assert codec.residual and codec.config["residual_metric_shrink"] == 0.8
+    truth = gallery @ gallery.T
+    np.fill_diagonal(truth, -np.inf)
+    S = codec.scores(gallery, codec.encode(gallery))
+    np.fill_diagonal(S, -np.inf)
+    top, got = np.argsort(-truth, 1)[:, :10], np.argsort(-S, 1)[:, :10]
+    assert np.mean([len(np.intersect1d(top[i], got[i])) / 10 for i in range(len(top))]) >= 0.74
 
 
 def test_flickr8k_image_neighbours_do_not_regress():

@@ -46,6 +46,10 @@ RESIDUAL_BEAM = 16
 RESIDUAL_TRAIN_BEAM = 8
 RESIDUAL_MIN_TRAIN = 64
 RESIDUAL_DIMS = None  # principal directions the stages live in (None: min(D, n - 1))
+# The stages are trained and encoded in the image-query metric y = (x - b) S^(1/2), S the
+# training images' second moment E[x x^T] shrunk this far towards I (as METRIC_SHRINK does for
+# text queries): the error an image query's score sees is e^T E[q q^T] e.
+RESIDUAL_METRIC_SHRINK = 0.8
 # Queries (docs/CODEC.md): the query metric's shrinkage towards I, the anisotropic weight eta,
 # coordinate-descent sweeps, the ridge lambda of the image -> text map, the softmax temperature
 # of an unpaired bag of texts, and at most this many texts in the bag's mixture.
@@ -352,7 +356,7 @@ class Codec:
     def _decode_indices(self, idx: np.ndarray) -> np.ndarray:
         t = self.tensors
         if self.layout is None:
-            return t["mean"] + self._stage_coords(idx) @ t["basis"].T
+            return t["mean"] + self._stage_coords(idx) @ self._decoder.T
         Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"])
         X = t["mean"] + Z.reshape(len(idx), -1) @ self._decoder.T
         if self.n_coarse:
@@ -406,7 +410,7 @@ class Codec:
         if self.arch == "paper":
             raise CodecError("the paper architecture has no additive tables; it scores by decoding")
         if self._tables is None and self.layout is None:
-            T = np.einsum("mkp,dp->mkd", self.tensors["stages"], self.tensors["basis"])
+            T = np.einsum("mkp,dp->mkd", self.tensors["stages"], self._decoder)
             self._tables = np.ascontiguousarray(T, dtype=np.float32)
         if self._tables is None:
             t, lay = self.tensors, self.layout
@@ -505,7 +509,8 @@ class Codec:
         if lay is None:
             S, B = t.get("stages"), t["basis"]
             ok = (S is not None and S.ndim == 3 and S.shape[:2] == (self.m, self.k) and t["mean"].shape == (self.dim,)
-                  and B.shape == (self.dim, S.shape[2]) and np.isfinite(S).all() and np.isfinite(B).all())
+                  and B.shape == (self.dim, S.shape[2]) and self._decoder.shape == B.shape
+                  and np.isfinite(S).all() and np.isfinite(B).all())
             if not ok:
                 raise CodecError("codec tensors do not match its config (corrupt codec)")
             return
@@ -587,11 +592,13 @@ def _train_additive_parts(X, Q, paired: bool, m: int, k: int, d: int, n_coarse: 
 def _train_residual_parts(X, m: int, k: int, seed: int, progress) -> tuple[dict, dict]:
     """Tensors and config of a residual-stage codec (the pair-free default at 64 bits).
 
-    Centre on the mean, rotate onto the principal directions (p = min(D, n - 1) of them), and
-    train M full-dimension residual stages of K words with FAISS's residual quantiser (beam
-    RESIDUAL_TRAIN_BEAM, progressive-dimension k-means). x_hat = mean + basis * sum_m S[m, k_m]
-    is additive (tables T[m] = S[m] basis^T): ADC exact, fast-scan unchanged. Encoding is the
-    same quantiser's beam search (RESIDUAL_BEAM) with its codebook-product LUT.
+    Centre on the mean, map into the image-query metric (S^(1/2), S the shrunk second moment
+    of the training images), rotate onto its principal directions (p = min(D, n - 1) of them):
+    encoder E = S^(1/2) R, decoder P = S^(-1/2) R. Train M full-dimension residual stages of K
+    words on y = (x - b) E with FAISS's residual quantiser (beam RESIDUAL_TRAIN_BEAM,
+    progressive-dimension k-means). x_hat = b + P sum_m S[m, k_m] is additive (tables
+    T[m] = S[m] P^T): ADC exact, fast-scan unchanged. Encoding is the same quantiser's beam
+    search (RESIDUAL_BEAM) with its codebook-product LUT.
     """
     import faiss
 
@@ -600,10 +607,16 @@ def _train_residual_parts(X, m: int, k: int, seed: int, progress) -> tuple[dict,
     rng = np.random.default_rng(seed)
     mean = X.mean(0).astype(np.float32)
     p = int(min(X.shape[1], len(X) - 1, RESIDUAL_DIMS or X.shape[1]))
-    _, evecs = pca(X, mean)
-    basis = np.ascontiguousarray(evecs[:, :p], dtype=np.float32)
+    Sh = query_metric_sqrt(X, RESIDUAL_METRIC_SHRINK).astype(np.float64)  # images as their own queries
+    w, V = np.linalg.eigh(Sh)
+    Shi = (V / w) @ V.T
+    M_ = (X - mean) @ Sh
+    _, evecs = pca(M_, M_.mean(0))
+    rot = evecs[:, :p]
+    encoder = np.ascontiguousarray(Sh @ rot, dtype=np.float32)  # y = (x - b) E
+    decoder = np.ascontiguousarray(Shi @ rot, dtype=np.float32)  # x_hat = b + P y_hat
     fit = X if len(X) <= MAX_FIT else X[np.sort(rng.choice(len(X), MAX_FIT, replace=False))]
-    Y = np.ascontiguousarray((fit - mean) @ basis, dtype=np.float32)
+    Y = np.ascontiguousarray((fit - mean) @ encoder, dtype=np.float32)
     rq = faiss.ResidualQuantizer(p, m, _nbits(k))
     rq.max_beam_size = RESIDUAL_TRAIN_BEAM
     rq.cp.seed = int(seed) % (1 << 31)
@@ -613,7 +626,8 @@ def _train_residual_parts(X, m: int, k: int, seed: int, progress) -> tuple[dict,
     rq.train(Y)
     stages = faiss.vector_to_array(rq.codebooks).reshape(m, k, p).astype(np.float32)
     report(progress, "training codec", 1, 1)
-    tensors = dict(mean=mean, basis=basis, stages=stages)
+    tensors = dict(mean=mean, basis=encoder, decoder=decoder, stages=stages)
     config = dict(arch="additive", residual=1, d=p, beam=RESIDUAL_BEAM, train_beam=RESIDUAL_TRAIN_BEAM, p=p,
+                  residual_metric_shrink=RESIDUAL_METRIC_SHRINK,
                   scoring="cosine", coarse=0, query_source="none", n_queries=0)
     return {name: np.ascontiguousarray(v) for name, v in tensors.items()}, config
