@@ -28,7 +28,7 @@ def clustered(n, seed=0, centers=40, spread=0.35, dim=DIM):
 @pytest.fixture(scope="module")
 def coded():
     X = clustered(6000)
-    codec = Codec.train(X[:2000], bits=64, seed=0)  # 64 bits: also a coarse first slot
+    codec = Codec.train(X[:2000], bits=64, seed=0)  # 64 bits: full-dimension residual stages
     return codec, codec.encode(X), clustered(30, seed=7)
 
 
@@ -39,9 +39,13 @@ def _ivf(codec, codes, nlist):
 
 def test_assignment_is_the_nearest_centroid_of_the_decoded_code(coded):
     codec, codes, _ = coded
-    C = train_centroids(codec, codes, 16)
-    brute = np.argmin(((codec.decode_additive(codes[:500])[:, None, :] - C[None]) ** 2).sum(-1), axis=1)
-    assert (Assigner(codec, C)(codes[:500]) == brute).mean() > 0.999  # float ties aside
+    assert codec.residual
+    X = clustered(2000)
+    coarse = Codec.train(X, bits=64, seed=0, coarse=True)  # a coarse first slot + PCA slots
+    for c, cc in ((codec, codes), (coarse, coarse.encode(X))):
+        C = train_centroids(c, cc, 16)
+        brute = np.argmin(((c.decode_additive(cc[:500])[:, None, :] - C[None]) ** 2).sum(-1), axis=1)
+        assert (Assigner(c, C)(cc[:500]) == brute).mean() > 0.999  # float ties aside
 
 
 def test_every_list_probed_gives_the_exhaustive_results(coded):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CodecError
+from ..progress import report
 from . import entropy
 from .additive import (Layout, column_combos, decode_coords, encode_columns, kmeans, query_metric_sqrt,
                        refine_anisotropic, ridge_map, text_mixture, train_additive)
@@ -36,6 +37,19 @@ DEFAULT_D = 2
 MAX_FIT = 16384  # Lloyd iterations run on at most this many embeddings (PCA uses all)
 COARSE_MAX_BITS = 128  # default: a full-dimension k-means first slot at this budget and below
 COARSE_CANDIDATES = 4  # coarse words tried per item (each with its residual encoded)
+# Pair-free default at this budget and below (docs/CODEC.md): every slot is a full-dimension
+# residual stage (K = 16, still a 4-bit fast-scan slot) of the PCA-rotated, centred embeddings,
+# trained by FAISS's residual quantiser with beam RESIDUAL_TRAIN_BEAM and encoded with beam
+# RESIDUAL_BEAM; needs at least RESIDUAL_MIN_TRAIN training embeddings (else the PCA slots).
+RESIDUAL_MAX_BITS = 64
+RESIDUAL_BEAM = 16
+RESIDUAL_TRAIN_BEAM = 8
+RESIDUAL_MIN_TRAIN = 64
+RESIDUAL_DIMS = None  # principal directions the stages live in (None: min(D, n - 1))
+# The stages are trained and encoded in the image-query metric y = (x - b) S^(1/2), S the
+# training images' second moment E[x x^T] shrunk this far towards I (as METRIC_SHRINK does for
+# text queries): the error an image query's score sees is e^T E[q q^T] e.
+RESIDUAL_METRIC_SHRINK = 0.8
 # Queries (docs/CODEC.md): the query metric's shrinkage towards I, the anisotropic weight eta,
 # coordinate-descent sweeps, the ridge lambda of the image -> text map, the softmax temperature
 # of an unpaired bag of texts, and at most this many texts in the bag's mixture.
@@ -95,6 +109,12 @@ class Codec:
 
             self._paper = PaperCodec.from_parts(config["paper"], {k: v for k, v in tensors.items()
                                                                   if k.startswith(PREFIX)})
+        elif int(config.get("residual", 0)):
+            self.layout = None  # every slot a full-dimension residual stage (tensor "stages")
+            self.n_coarse = 0
+            self._tables = None
+            self._rq = None
+            self._norm_parts = None
         else:
             self.layout = Layout(int(config["d"]), tensors["col"].astype(np.int64), tensors["stage"].astype(np.int64))
             self.n_coarse = int(config.get("coarse", 0))
@@ -136,7 +156,8 @@ class Codec:
     @classmethod
     def train(cls, X, bits: int | None = 256, *, m: int | None = None, k: int | None = None, d: int | None = None,
               arch: str = "additive", seed: int = 0, model_id: dict | None = None, beam: int | None = None,
-              queries=None, paired: bool = False, coarse: bool | None = None, progress=None) -> "Codec":
+              queries=None, paired: bool = False, coarse: bool | None = None, residual: bool | None = None,
+              progress=None) -> "Codec":
         """Learn a codec from (n, D) unit CLIP embeddings.
 
         Give a budget `bits` (then K = 16 and M = bits / 4) or an explicit shape m, k (and d,
@@ -149,7 +170,10 @@ class Codec:
         along its predicted text direction (docs/CODEC.md); without them it uses the pair-free
         default. Either way ADC stays exact and the codes are scanned by FAISS fast-scan.
         `coarse`: spend the first slot on a full-dimension k-means codeword (default: at 128
-        bits and below). `progress(stage, done, total)`: the semdb.progress protocol.
+        bits and below). `residual`: make every slot a full-dimension residual stage, beam-encoded
+        (default: without queries, at 64 bits and below, from RESIDUAL_MIN_TRAIN embeddings, when
+        neither `coarse` nor `d` is given). `progress(stage, done, total)`: the semdb.progress
+        protocol.
         """
         X = check_embeddings(X, name="training embeddings")
         n, dim = X.shape
@@ -183,6 +207,7 @@ class Codec:
                 m = bits // nbits
             elif bits is not None and m * nbits != bits:
                 raise CodecError(f"m={m} slots of {nbits} bits make {m * nbits} bits, not bits={bits}")
+            d_given = d
             d = int(d or DEFAULT_D)
             # Beam width of the encoder's search: ~256 candidates per slot whatever K is.
             beam = int(beam or max(4, 256 // k))
@@ -190,10 +215,20 @@ class Codec:
                 raise CodecError(f"d={d}: the sub-vector dimension cannot exceed the embedding dimension {dim}")
             if n < 2:
                 raise CodecError(f"training embeddings: need at least 2 rows, got {n}")
-            n_coarse = int(coarse if coarse is not None else (m * nbits <= COARSE_MAX_BITS and m >= 2))
-            if n_coarse and m < 2:
-                raise CodecError("coarse=True needs at least 2 slots")
-            tensors, config = _train_additive_parts(X, Q, paired, int(m), k, d, n_coarse, seed, beam, progress)
+            if residual is None:
+                residual = (Q is None and coarse is None and d_given is None and m * nbits <= RESIDUAL_MAX_BITS
+                            and n >= RESIDUAL_MIN_TRAIN)
+            if residual:
+                if Q is not None:
+                    raise CodecError("residual=True: the residual stages are the pair-free design; not with queries")
+                if coarse:
+                    raise CodecError("residual=True and coarse=True: choose one")
+                tensors, config = _train_residual_parts(X, int(m), k, seed, progress)
+            else:
+                n_coarse = int(coarse if coarse is not None else (m * nbits <= COARSE_MAX_BITS and m >= 2))
+                if n_coarse and m < 2:
+                    raise CodecError("coarse=True needs at least 2 slots")
+                tensors, config = _train_additive_parts(X, Q, paired, int(m), k, d, n_coarse, seed, beam, progress)
         else:
             raise CodecError(f"arch={arch!r}: choose 'additive' or 'paper'")
         config.update(format=FORMAT, version=VERSION, dim=dim, m=int(m), k=int(k), seed=seed, model_id=model_id,
@@ -223,8 +258,31 @@ class Codec:
         out = [self._encode_batch(X[i:i + batch]) for i in range(0, len(X), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.m), np.int64)
 
+    @property
+    def residual(self) -> bool:
+        """Every slot a full-dimension residual stage (the pair-free default at 64 bits)."""
+        return self.arch == "additive" and self.layout is None
+
+    def _residual_quantizer(self):
+        """FAISS's residual quantiser over the stored stages (beam search with its LUT), built once."""
+        if self._rq is None:
+            import faiss
+
+            S = self.tensors["stages"]
+            rq = faiss.ResidualQuantizer(S.shape[2], self.m, self.nbits)
+            faiss.copy_array_to_vector(np.ascontiguousarray(S, np.float32).ravel(), rq.codebooks)
+            rq.is_trained = True
+            rq.max_beam_size = int(self.config["beam"])
+            rq.use_beam_LUT = 1
+            rq.compute_codebook_tables()
+            self._rq = rq
+        return self._rq
+
     def _encode_batch(self, X: np.ndarray) -> np.ndarray:
         t, lay = self.tensors, self.layout
+        if lay is None:
+            Y = np.ascontiguousarray((X - t["mean"]) @ t["basis"], dtype=np.float32)
+            return unpack(self._residual_quantizer().compute_codes(Y), self.m, self.nbits).astype(np.int64)
         beam = int(self.config["beam"])
         parts = []
         if self.n_coarse:
@@ -287,8 +345,18 @@ class Codec:
             raise CodecError(f"codes: expected a uint8 array of shape (n, {self.code_bytes}), got {codes.dtype} {codes.shape}")
         return codes
 
+    def _stage_coords(self, idx: np.ndarray) -> np.ndarray:
+        """(n, M) indices -> (n, p) coordinates y_hat of a residual-stage codec (x_hat = mean + basis y_hat)."""
+        S = self.tensors["stages"]
+        Y = np.zeros((len(idx), S.shape[2]), np.float32)
+        for m in range(self.m):
+            Y += S[m][idx[:, m]]
+        return Y
+
     def _decode_indices(self, idx: np.ndarray) -> np.ndarray:
         t = self.tensors
+        if self.layout is None:
+            return t["mean"] + self._stage_coords(idx) @ self._decoder.T
         Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"])
         X = t["mean"] + Z.reshape(len(idx), -1) @ self._decoder.T
         if self.n_coarse:
@@ -299,6 +367,8 @@ class Codec:
         """The PCA slots' coordinates z of codes (x_hat = mean + coarse + basis z), float32
         (n, n_cols * d): where the IVF clusters the codes (semdb.ivf)."""
         t = self.tensors
+        if self.layout is None:
+            return self._stage_coords(self.indices(codes))
         idx = self.indices(codes)[:, self.n_coarse:]
         return decode_coords(idx, self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1).astype(np.float32)
 
@@ -326,7 +396,10 @@ class Codec:
             self._norm_parts = ((A * A).sum(1), A @ P, None if orthonormal else P.T @ P)
         a_sq, AP, G = self._norm_parts
         j = idx[:, 0] if self.n_coarse else np.zeros(len(idx), np.int64)
-        Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1)
+        if self.layout is None:
+            Z = self._stage_coords(idx)
+        else:
+            Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1)
         zz = (Z * Z).sum(1) if G is None else ((Z @ G) * Z).sum(1)
         sq = a_sq[j] + 2.0 * (AP[j] * Z).sum(1) + zz
         return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
@@ -336,6 +409,9 @@ class Codec:
         """T (M, K, D): slot m's contribution to x_hat when it holds index k (additive only)."""
         if self.arch == "paper":
             raise CodecError("the paper architecture has no additive tables; it scores by decoding")
+        if self._tables is None and self.layout is None:
+            T = np.einsum("mkp,dp->mkd", self.tensors["stages"], self._decoder)
+            self._tables = np.ascontiguousarray(T, dtype=np.float32)
         if self._tables is None:
             t, lay = self.tensors, self.layout
             blocks = self._decoder.reshape(self.dim, lay.n_cols, lay.d)[:, lay.col, :]  # (D, M', d)
@@ -430,6 +506,14 @@ class Codec:
         if self.arch != "additive":
             return
         t, lay = self.tensors, self.layout
+        if lay is None:
+            S, B = t.get("stages"), t["basis"]
+            ok = (S is not None and S.ndim == 3 and S.shape[:2] == (self.m, self.k) and t["mean"].shape == (self.dim,)
+                  and B.shape == (self.dim, S.shape[2]) and self._decoder.shape == B.shape
+                  and np.isfinite(S).all() and np.isfinite(B).all())
+            if not ok:
+                raise CodecError("codec tensors do not match its config (corrupt codec)")
+            return
         width = lay.n_cols * lay.d
         ok = (t["mean"].shape == (self.dim,) and t["codebook"].shape == (self.k, lay.d)
               and t["basis"].shape == (self.dim, width) and self._decoder.shape == (self.dim, width)
@@ -502,4 +586,48 @@ def _train_additive_parts(X, Q, paired: bool, m: int, k: int, d: int, n_coarse: 
         config.update(query_source="paired" if paired else "unpaired", n_queries=int(len(Q)),
                       metric_shrink=METRIC_SHRINK, eta=ETA, sweeps=SWEEPS, ridge_lambda=RIDGE_LAMBDA,
                       tau=None if paired else TAU)
+    return {name: np.ascontiguousarray(v) for name, v in tensors.items()}, config
+
+
+def _train_residual_parts(X, m: int, k: int, seed: int, progress) -> tuple[dict, dict]:
+    """Tensors and config of a residual-stage codec (the pair-free default at 64 bits).
+
+    Centre on the mean, map into the image-query metric (S^(1/2), S the shrunk second moment
+    of the training images), rotate onto its principal directions (p = min(D, n - 1) of them):
+    encoder E = S^(1/2) R, decoder P = S^(-1/2) R. Train M full-dimension residual stages of K
+    words on y = (x - b) E with FAISS's residual quantiser (beam RESIDUAL_TRAIN_BEAM,
+    progressive-dimension k-means). x_hat = b + P sum_m S[m, k_m] is additive (tables
+    T[m] = S[m] P^T): ADC exact, fast-scan unchanged. Encoding is the same quantiser's beam
+    search (RESIDUAL_BEAM) with its codebook-product LUT.
+    """
+    import faiss
+
+    from .additive import pca
+
+    rng = np.random.default_rng(seed)
+    mean = X.mean(0).astype(np.float32)
+    p = int(min(X.shape[1], len(X) - 1, RESIDUAL_DIMS or X.shape[1]))
+    Sh = query_metric_sqrt(X, RESIDUAL_METRIC_SHRINK).astype(np.float64)  # images as their own queries
+    w, V = np.linalg.eigh(Sh)
+    Shi = (V / w) @ V.T
+    M_ = (X - mean) @ Sh
+    _, evecs = pca(M_, M_.mean(0))
+    rot = evecs[:, :p]
+    encoder = np.ascontiguousarray(Sh @ rot, dtype=np.float32)  # y = (x - b) E
+    decoder = np.ascontiguousarray(Shi @ rot, dtype=np.float32)  # x_hat = b + P y_hat
+    fit = X if len(X) <= MAX_FIT else X[np.sort(rng.choice(len(X), MAX_FIT, replace=False))]
+    Y = np.ascontiguousarray((fit - mean) @ encoder, dtype=np.float32)
+    rq = faiss.ResidualQuantizer(p, m, _nbits(k))
+    rq.max_beam_size = RESIDUAL_TRAIN_BEAM
+    rq.cp.seed = int(seed) % (1 << 31)
+    rq.cp.min_points_per_centroid = 1  # few points per word is expected for small stores: no warning
+    rq.cp.verbose = False
+    rq.verbose = False
+    rq.train(Y)
+    stages = faiss.vector_to_array(rq.codebooks).reshape(m, k, p).astype(np.float32)
+    report(progress, "training codec", 1, 1)
+    tensors = dict(mean=mean, basis=encoder, decoder=decoder, stages=stages)
+    config = dict(arch="additive", residual=1, d=p, beam=RESIDUAL_BEAM, train_beam=RESIDUAL_TRAIN_BEAM, p=p,
+                  residual_metric_shrink=RESIDUAL_METRIC_SHRINK,
+                  scoring="cosine", coarse=0, query_source="none", n_queries=0)
     return {name: np.ascontiguousarray(v) for name, v in tensors.items()}, config
