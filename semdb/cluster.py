@@ -166,6 +166,27 @@ def merge(answers: Sequence[ShardAnswer], k: int, within: Optional[float] = None
     return tuple(hits)
 
 
+def may_be_hits(approx: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Which of one shard's candidates can be among the merged top k (bool mask). A candidate
+    that k others of its shard precede both in merge's cut order (scan score desc, then id) and
+    in its ranking (exact score desc, then id) cannot: whenever it survives the cut they do
+    too, and they rank before it. Scores are correlated, so few are left (a shard that scored
+    all of its thousands of filtered rows exactly sends a handful)."""
+    import heapq
+
+    order = np.lexsort((np.asarray(ids, np.uint64), -np.asarray(approx, np.float64)))  # the cut order
+    keep = np.zeros(len(order), bool)
+    best: list = []  # min-heap of the k best (exact, -id) among the candidates before this one
+    for p in order.tolist():
+        key = (float(exact[p]), -int(ids[p]))
+        keep[p] = len(best) < k or key > best[0]
+        if len(best) < k:
+            heapq.heappush(best, key)
+        elif key > best[0]:
+            heapq.heapreplace(best, key)
+    return keep
+
+
 def _unwrapped(exc: BaseException) -> BaseException:
     """A semdb error raised inside a Ray actor comes back wrapped, its message holding the remote
     traceback (the wrapper also subclasses the error's class): the error itself."""
@@ -230,11 +251,12 @@ class ShardReplica:
         if self.searcher is None:
             raise StoreError(self.spec.error)
         (found,) = self.searcher.candidates(query.vector, query.k, query.where, query.nprobe)
-        items = self.searcher.ctx.store.items(found.rows)
-        kept = [i for i, it in enumerate(items) if it is not None]  # deleted since the index was read
-        return ShardAnswer(tuple(ShardHit(items[i].path, float(found.exact[i]), int(items[i].id), self.spec.shard,
-                                          self.spec.store) for i in kept),
-                           tuple(float(found.approx[i]) for i in kept), found.complete)
+        may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, query.k))
+        items = self.searcher.ctx.store.items(found.rows[may])  # paths of those only: a read each
+        kept = [(p, it) for p, it in zip(may.tolist(), items) if it is not None]  # None: deleted since
+        return ShardAnswer(tuple(ShardHit(it.path, float(found.exact[p]), int(it.id), self.spec.shard, self.spec.store)
+                                 for p, it in kept),
+                           tuple(float(found.approx[p]) for p, _ in kept), found.complete)
 
 
 class EncoderReplica:

@@ -420,21 +420,31 @@ class _View:
         return self._stored_item(int(id))
 
     def _stored_items(self, ids: list[int]) -> list[Item | None]:
-        """Many items in id order, each item segment they fall in decoded once (a filtered
-        query reads every item: one decompression per id would cost minutes at 1M)."""
+        """Many items at once: an item segment that holds several of them is decoded once (a
+        filtered query reads every item: one decompression per id would cost minutes at 1M);
+        one that holds a few gives just their rows (a query's candidates are spread thinly)."""
         out: list[Item | None] = [None] * len(ids)
-        cols, lo, hi = None, 0, -1  # the decoded segment and the ids it holds, [lo, hi)
-        for j in sorted(range(len(ids)), key=ids.__getitem__):
-            id_ = ids[j]
-            if not lo <= id_ < hi:
-                key = self._segment_key(id_)
-                if key is None:
-                    continue
+        order = np.argsort(np.array(ids, np.uint64), kind="stable")
+        sorted_ids = np.array(ids, np.uint64)[order]
+        cur = self.txn.cursor(db=self._db["itemsegs"])
+        i = 0
+        while i < len(ids):
+            key = self._segment_key(int(sorted_ids[i]))
+            if key is None:  # below the first segment
+                i += 1
+                continue
+            cur.set_key(key)
+            end = int.from_bytes(cur.key(), "big") if cur.next() else None  # the next segment's first id
+            j = len(ids) if end is None else int(np.searchsorted(sorted_ids, np.uint64(end)))
+            if j - i >= 8:
                 cols = self._segment(key)
-                lo, hi = int.from_bytes(key, "big"), int(cols.ids[-1]) + 1 if len(cols) else 0
-            i = cols.row(id_)
-            if i is not None:
-                out[j] = _item_of(_row_at(cols, i))
+                for p in order[i:j]:
+                    row = cols.row(ids[p])
+                    out[p] = None if row is None else _item_of(_row_at(cols, row))
+            else:
+                for p in order[i:j]:
+                    out[p] = self._stored_item(ids[p])
+            i = j
         return out
 
     def _index(self) -> _ItemIndex:  # a read snapshot's: the process's; a Writer's: + its batch

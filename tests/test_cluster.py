@@ -278,6 +278,12 @@ def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_t
     many = answer(0, [(f"/x{i}", 0.5 + i / 1000, 0.5, 100 + i) for i in range(70)])
     late = answer(1, [("/late", 0.1, 0.99, 1)])
     assert merge([many, late], 1)[0].path != "/late"
+    from semdb.cluster import may_be_hits  # k others before it in both orders: never a hit
+
+    mask = may_be_hits(np.array([0.9, 0.8, 0.7, 0.7]), np.array([0.5, 0.9, 0.4, 0.95]), np.array([1, 2, 3, 4]), 1)
+    assert mask.tolist() == [True, True, False, True]  # 4: after 1, 2, 3 in the cut, before them by score
+    assert may_be_hits(np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.9, 0.4]), np.array([1, 2, 3]), 2).tolist() == \
+        [True, True, False]
     assert merge([answer(0, many.hits and [(f"/x{i}", 0.5, 0.5, i) for i in range(3)], True),
                   answer(1, [("/late", 0.1, 0.99, 1)], True)], 1)[0].path == "/late"  # complete: no cut
 
@@ -285,9 +291,8 @@ def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_t
 def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tiny_model):
     """Without Ray: 3 shards of 1,500 items against one store of 4,500 (the shortlist, 74 for
     k = 10, is a small part of each), 300 random query vectors: the merge of the shards'
-    Searcher.candidates gives exactly one store's hits. (Merging the shards' own top k's
-    instead differed from one store on most of these queries.)"""
-    from semdb.cluster import ShardAnswer, merge
+    Searcher.candidates, less those may_be_hits rules out, gives exactly one store's hits."""
+    from semdb.cluster import ShardAnswer, may_be_hits, merge
     from semdb.context import StoreContext
     from semdb.query import Searcher
     from semdb.store import Store
@@ -305,14 +310,18 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
     Q = rng.normal(size=(300, 64)).astype(np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
     single = searchers[0].vectors(Q, 10)
+    sent = 0
     for i, q in enumerate(Q):
         answers = []
         for j, s in enumerate(searchers[1:]):
             (c,) = s.candidates(q[None], 10)
-            items = s.ctx.store.items(c.rows)
-            answers.append(ShardAnswer(tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact)),
-                                       tuple(c.approx.tolist()), c.complete))
+            may = may_be_hits(c.approx, c.exact, c.rows, 10)  # what a shard replica sends
+            sent += int(may.sum())
+            items = s.ctx.store.items(c.rows[may])
+            answers.append(ShardAnswer(tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact[may])),
+                                       tuple(c.approx[may].tolist()), c.complete))
         assert [h.path for h in merge(answers, 10)] == [h.path for h in single[i]], f"query {i}"
+    assert sent < 0.5 * 3 * 74 * len(Q)  # most candidates cannot be hits and stay on their shard
 
 
 def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, stores, tmp_path):
