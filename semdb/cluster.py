@@ -77,12 +77,17 @@ class ShardHit:
 
 @dataclass(frozen=True)
 class ShardAnswer:
-    """A shard's candidates for one query (query.Searcher.candidates): hits scored exactly,
-    each with its scan score in `approx`; `complete`: all the shard's allowed items are here."""
+    """A shard's candidates for one query (query.Searcher.candidates): those that can be hits
+    (may_be_hits), scored exactly, each with its scan score in `approx`; `cut`: the (scan
+    score, id) of the shard's best shortlist_size(k) candidates in merge's cut order, every
+    one of them, so the router finds where one store's shortlist would end; `complete`: the
+    shard's candidates are all its allowed items."""
 
+    shard: int
     hits: tuple[ShardHit, ...]
     approx: tuple[float, ...]
     complete: bool
+    cut: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,13 +156,16 @@ def merge(answers: Sequence[ShardAnswer], k: int, within: Optional[float] = None
           min_score: Optional[float] = None) -> tuple[ShardHit, ...]:
     """One store's top k from its shards' candidates. One store cuts its scan at the best
     shortlist_size(k) by scan score and ranks those by exact score; the union of the shards'
-    shortlists holds that cut, so the same cut of the union gives the same hits (unless
-    every shard's answer is complete: then nothing was cut). Ties by (shard, id), so the order
+    shortlists holds that cut, so the same cut of the union (found from the answers' `cut`
+    keys; the hits sent are the candidates inside it that may_be_hits keeps) gives the same
+    hits, unless every shard's answer is complete: then nothing was cut. Ties by (shard, id), so the order
     does not depend on which shard answered first. Then min_score and `within` of the best,
     as Searcher applies them."""
     pool = [(a, h) for answer in answers for a, h in zip(answer.approx, answer.hits)]
     if not all(answer.complete for answer in answers):
-        pool = sorted(pool, key=lambda p: (-p[0], p[1].shard, p[1].id))[:shortlist_size(k)]
+        order = sorted((-a, answer.shard, i) for answer in answers for a, i in answer.cut)
+        edge = order[shortlist_size(k) - 1] if len(order) >= shortlist_size(k) else None  # the cut's last key
+        pool = [(a, h) for a, h in pool if edge is None or (-a, h.shard, h.id) <= edge]
     hits = sorted((h for _, h in pool), key=lambda h: (-h.score, h.shard, h.id))[:k]
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
@@ -254,9 +262,12 @@ class ShardReplica:
         may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, query.k))
         items = self.searcher.ctx.store.items(found.rows[may])  # paths of those only: a read each
         kept = [(p, it) for p, it in zip(may.tolist(), items) if it is not None]  # None: deleted since
-        return ShardAnswer(tuple(ShardHit(it.path, float(found.exact[p]), int(it.id), self.spec.shard, self.spec.store)
+        first = np.lexsort((found.rows, -found.approx.astype(np.float64)))[:shortlist_size(query.k)]
+        return ShardAnswer(self.spec.shard,
+                           tuple(ShardHit(it.path, float(found.exact[p]), int(it.id), self.spec.shard, self.spec.store)
                                  for p, it in kept),
-                           tuple(float(found.approx[p]) for p, _ in kept), found.complete)
+                           tuple(float(found.approx[p]) for p, _ in kept), found.complete,
+                           tuple((float(found.approx[p]), int(found.rows[p])) for p in first.tolist()))
 
 
 class EncoderReplica:

@@ -263,9 +263,10 @@ def replace_at(specs, i, **changes):
 def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_then_id():
     from semdb.cluster import ShardAnswer, merge
 
-    def answer(shard, rows, complete=False):  # rows: (path, approx, exact, id)
-        return ShardAnswer(tuple(ShardHit(p, e, i, shard, "AB"[shard]) for p, _, e, i in rows),
-                           tuple(a for _, a, _, _ in rows), complete)
+    def answer(shard, rows, complete=False, dropped=()):  # rows: (path, approx, exact, id); dropped: (approx, id)
+        return ShardAnswer(shard, tuple(ShardHit(p, e, i, shard, "AB"[shard]) for p, _, e, i in rows),
+                           tuple(a for _, a, _, _ in rows), complete,
+                           tuple(sorted([(a, i) for _, a, _, i in rows] + list(dropped), key=lambda c: (-c[0], c[1]))))
 
     a = answer(0, [("/a1", 0.8, 0.9, 5), ("/a2", 0.4, 0.5, 2), ("/c1", 0.8, 0.9, 4)])  # same shard: ties by id
     b = answer(1, [("/b1", 0.8, 0.9, 1), ("/b2", 0.7, 0.7, 3)])
@@ -278,6 +279,10 @@ def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_t
     many = answer(0, [(f"/x{i}", 0.5 + i / 1000, 0.5, 100 + i) for i in range(70)])
     late = answer(1, [("/late", 0.1, 0.99, 1)])
     assert merge([many, late], 1)[0].path != "/late"
+    # Candidates a shard did not send as hits (may_be_hits ruled them out) still hold their
+    # places in the cut: "/late" stays outside it.
+    filled = answer(0, [("/x0", 0.9, 0.9, 1)], dropped=[(0.8, 100 + i) for i in range(70)])
+    assert [h.path for h in merge([filled, late], 2)] == ["/x0"]
     from semdb.cluster import may_be_hits  # k others before it in both orders: never a hit
 
     mask = may_be_hits(np.array([0.9, 0.8, 0.7, 0.7]), np.array([0.5, 0.9, 0.4, 0.95]), np.array([1, 2, 3, 4]), 1)
@@ -318,8 +323,10 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
             may = may_be_hits(c.approx, c.exact, c.rows, 10)  # what a shard replica sends
             sent += int(may.sum())
             items = s.ctx.store.items(c.rows[may])
-            answers.append(ShardAnswer(tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact[may])),
-                                       tuple(c.approx[may].tolist()), c.complete))
+            first = np.lexsort((c.rows, -c.approx.astype(np.float64)))[:74]
+            answers.append(ShardAnswer(j, tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact[may])),
+                                       tuple(c.approx[may].tolist()), c.complete,
+                                       tuple(zip(c.approx[first].tolist(), c.rows[first].tolist()))))
         assert [h.path for h in merge(answers, 10)] == [h.path for h in single[i]], f"query {i}"
     assert sent < 0.5 * 3 * 74 * len(Q)  # most candidates cannot be hits and stay on their shard
 
