@@ -81,7 +81,7 @@ class ShardAnswer:
     (may_be_hits), scored exactly, each with its scan score in `approx`; `cut`: the (scan
     score, id) of the shard's best shortlist_size(k) candidates in merge's cut order, every
     one of them, so the router finds where one store's shortlist would end; `complete`: the
-    shard's candidates are all its allowed items."""
+    shard cut no shortlist by scan score (search.Candidates.complete)."""
 
     shard: int
     hits: tuple[ShardHit, ...]

@@ -30,8 +30,9 @@ def shortlist_size(k: int) -> int:
 class Candidates:
     """One query's candidates, the two stages of a search side by side: index `rows`, their
     `approx` scan scores (inner product; the fast-scan kernel's 8-bit-LUT estimate) and their
-    `exact` scores (float ADC, cosine for cosine codecs). `complete`: every row the search may
-    return is here, scored exactly (no shortlist was cut), so the top k by `exact` is final.
+    `exact` scores (float ADC, cosine for cosine codecs). `complete`: no shortlist was cut by
+    scan score (every allowed row was scored exactly, or the scan itself was exact), so the top
+    k by `exact` is final.
     Otherwise the rows are the best shortlist_size(k) by `approx`; a sharded search cuts the
     union of its shards' candidates the same way before it ranks by `exact`."""
 
