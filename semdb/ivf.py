@@ -257,7 +257,7 @@ class IvfIndex(AdcIndex):
         if rows is not None:
             rows = np.asarray(rows, np.int64)
             if len(rows) <= FILTER_EXACT_MAX:
-                return [self._exactly(Q[i:i + 1], rows) for i in range(len(Q))]
+                return self._exactly(Q, rows)
         short = shortlist or shortlist_size(k)
         if short >= (self.n if rows is None else len(rows)):
             return super().candidates(Q, k, rows=np.arange(self.n) if rows is None else rows)

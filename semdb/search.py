@@ -170,7 +170,7 @@ class AdcIndex:
         """Per query: the scan's shortlist (one FAISS call for every query) and its exact rerank."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         if rows is not None:
-            return [self._exactly(Q[i:i + 1], np.asarray(rows, np.int64)) for i in range(len(Q))]
+            return self._exactly(Q, np.asarray(rows, np.int64))
         if not self.fast_scan and self.norms is None:
             approx, cand = self.index.search(Q, min(k, self.n))  # FAISS exact-LUT scan: exact already
             return [Candidates(c[c >= 0], a[c >= 0], a[c >= 0], True) for a, c in zip(approx, cand)]
@@ -187,10 +187,11 @@ class AdcIndex:
         rows = cand[keep]
         return Candidates(rows, approx[keep], self.exact_scores(q, rows)[0], False)
 
-    def _exactly(self, q: np.ndarray, rows: np.ndarray) -> Candidates:
-        """Every row scored exactly (a filter, or a shortlist as long as the index)."""
-        ip, exact = self._scores(q, rows)
-        return Candidates(rows, ip[0], exact[0], True)
+    def _exactly(self, Q: np.ndarray, rows: np.ndarray) -> list[Candidates]:
+        """Every row scored exactly, for every query at once (a filter, or a shortlist as long
+        as the index)."""
+        ip, exact = self._scores(Q, rows)
+        return [Candidates(rows, ip[i], exact[i], True) for i in range(len(Q))]
 
     def exact_scores(self, Q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact scores (nq, len(rows)) of the chosen rows: float ADC, divided by ||x_hat|| for
