@@ -21,6 +21,7 @@ migrated size. The last output line is JSON.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -134,10 +135,7 @@ def main():
     np.save(query, synthetic(1, seed=9)[0])
 
     store = args.out / "store"
-    if store.exists():
-        for f in store.iterdir():
-            f.unlink()
-        store.rmdir()
+    shutil.rmtree(store, ignore_errors=True)
     t = time.perf_counter()
     with Database(store) as db:
         summary = db.import_parquet([parquet])
@@ -160,10 +158,7 @@ def main():
             with tarfile.open(tar) as f:
                 f.extractall(v1, filter="data")
         old = args.out / "store_v1"
-        if old.exists():
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+        shutil.rmtree(old, ignore_errors=True)
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import sys; from semdb.api import Database; "
                         "db = Database(sys.argv[1]); db.import_parquet([sys.argv[2]]); db.close()",

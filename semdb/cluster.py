@@ -174,6 +174,11 @@ def merge(answers: Sequence[ShardAnswer], k: int, within: Optional[float] = None
     return tuple(hits)
 
 
+def cut_order(approx: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of one shard's candidates in merge's cut order: scan score desc, then id."""
+    return np.lexsort((np.asarray(ids, np.uint64), -np.asarray(approx, np.float64)))
+
+
 def may_be_hits(approx: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     """Which of one shard's candidates can be among the merged top k (bool mask). A candidate
     that k others of its shard precede both in merge's cut order (scan score desc, then id) and
@@ -182,7 +187,7 @@ def may_be_hits(approx: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int) 
     all of its thousands of filtered rows exactly sends a handful)."""
     import heapq
 
-    order = np.lexsort((np.asarray(ids, np.uint64), -np.asarray(approx, np.float64)))  # the cut order
+    order = cut_order(approx, ids)
     keep = np.zeros(len(order), bool)
     best: list = []  # min-heap of the k best (exact, -id) among the candidates before this one
     for p in order.tolist():
@@ -262,7 +267,7 @@ class ShardReplica:
         may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, query.k))
         items = self.searcher.ctx.store.items(found.rows[may])  # paths of those only: a read each
         kept = [(p, it) for p, it in zip(may.tolist(), items) if it is not None]  # None: deleted since
-        first = np.lexsort((found.rows, -found.approx.astype(np.float64)))[:shortlist_size(query.k)]
+        first = cut_order(found.approx, found.rows)[:shortlist_size(query.k)]
         return ShardAnswer(self.spec.shard,
                            tuple(ShardHit(it.path, float(found.exact[p]), int(it.id), self.spec.shard, self.spec.store)
                                  for p, it in kept),

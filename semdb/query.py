@@ -208,10 +208,6 @@ class Searcher:
         if index is None or (rows is not None and not len(rows)):
             none = np.empty(0, np.float32)
             return [Candidates(np.empty(0, np.uint64), none, none, True) for _ in range(len(Q))]
-        if isinstance(index, FlatIndex):  # staged embeddings: every row scored exactly
-            rows = np.arange(len(ids)) if rows is None else rows
-            scores = Q @ index.vectors[rows].T
-            return [Candidates(ids[rows], s, s, True) for s in scores]
         found = index.candidates(Q, k, rows=rows, **({"nprobe": nprobe} if isinstance(index, IvfIndex) else {}))
         return [Candidates(ids[c.rows], c.approx, c.exact, c.complete) for c in found]
 

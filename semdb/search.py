@@ -104,6 +104,13 @@ class FlatIndex:
             return top_k(Q @ self.vectors.T, k)
         return _in_rows(top_k(Q @ self.vectors[rows].T, k), rows)
 
+    def candidates(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
+                   rows: np.ndarray | None = None) -> list[Candidates]:
+        """Every row (or every one of `rows`) scored exactly: nothing is cut (AdcIndex.candidates)."""
+        rows = np.arange(len(self.vectors)) if rows is None else np.asarray(rows, np.int64)
+        scores = np.asarray(Q, np.float32) @ self.vectors[rows].T
+        return [Candidates(rows, s, s, True) for s in scores]
+
 
 def _in_rows(found: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map top_k positions within `rows` back to row ids (keeping -1 padding)."""
