@@ -8,8 +8,10 @@ when that folder is absent), L2-normalised. Measured per single query, median mi
 - semdb: LUT + FAISS fast-scan over the packed codes + exact float rerank of the shortlist;
 - faiss_flat: IndexFlatIP over the float32 vectors (the uncompressed baseline);
 - faiss_pqfs: IndexPQFastScan with 4-bit sub-codes at the same bits (FAISS's fastest PQ scan).
-Also codec training time on --train-n embeddings (all cores) and encode throughput.
-The last output line is JSON.
+Also codec training time on --train-n embeddings (all cores) and encode throughput, and with
+--shortlists 74,300,...: per shortlist size, semdb's ms per query and its recall@k against the
+float top k and against the exact cosine top k of every code (the shortlist is cut by the
+scan's inner product, the hits ranked by cosine). The last output line is JSON.
 """
 
 import argparse
@@ -51,6 +53,36 @@ def median_ms(fn, queries):
     return float(np.median(times))
 
 
+def shortlist_recall(codec, codes, index, Q, float_top, k, sizes):
+    """Per shortlist size: ms per query, recall@k against the float top k and against the exact
+    cosine top k of every code; plus the exact rankings of every code against the float top k."""
+    if not sizes:
+        return None
+    from semdb.search import adc_lut, adc_scores
+
+    rec = lambda a, b: round(float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)])), 3)  # noqa: E731
+    idx = codec.indices(codes)
+    norms = np.concatenate([codec.norms(idx[i:i + 100_000]) for i in range(0, len(idx), 100_000)])
+    lut, offset = adc_lut(Q, index.tables, index.bias)
+    cos_top, ip_top = [], []
+    for i in range(len(Q)):
+        ip = adc_scores(lut[i:i + 1], offset[i:i + 1], idx)[0]
+        cos_top.append(np.argsort(-ip / norms, kind="stable")[:k])
+        ip_top.append(np.argsort(-ip, kind="stable")[:k])
+    out = dict(every_code_cosine_vs_float=rec(cos_top, float_top), every_code_ip_vs_float=rec(ip_top, float_top),
+               rows=[])
+    for size in sizes:
+        got = index.search(Q, k, shortlist=size)[0]
+        ms = median_ms(lambda q: index.search(q, k, shortlist=size), Q)
+        out["rows"].append(dict(shortlist=size, ms=round(ms, 3), recall_vs_float=rec(got, float_top),
+                                recall_vs_every_code_cosine=rec(got, cos_top)))
+        print(f"shortlist {size}: {ms:.2f} ms, recall@{k} {rec(got, float_top):.3f} against the float top {k}, "
+              f"{rec(got, cos_top):.3f} against the exact cosine top {k} of every code", flush=True)
+    print(f"every code scored exactly: cosine {out['every_code_cosine_vs_float']:.3f}, inner product "
+          f"{out['every_code_ip_vs_float']:.3f} against the float top {k}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -58,6 +90,7 @@ def main():
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--train-n", type=int, default=100_000)
     ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--shortlists", default="", help="e.g. 74,150,300,600: shortlist sizes to compare")
     args = ap.parse_args()
 
     X, source = synthetic(args.n)
@@ -92,11 +125,13 @@ def main():
     got, _ = index.search(Q, args.k)
     overlap = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ref, got)]))
 
+    shortlists = shortlist_recall(codec, codes, index, Q, ref, args.k,
+                                  [int(s) for s in args.shortlists.split(",") if s])
     result = dict(n=args.n, bits=args.bits, data="synthetic", k=args.k, semdb_ms=round(semdb_ms, 3),
                   faiss_flat_ms=round(flat_ms, 3), faiss_pqfs_ms=round(pqfs_ms, 3),
                   speedup_vs_flat=round(flat_ms / semdb_ms, 2), ratio_vs_pqfs=round(semdb_ms / pqfs_ms, 2),
                   train_seconds=round(train_s, 1), train_n=args.train_n, encode_items_per_s=round(encode_rate),
-                  overlap_at_k_vs_float=round(overlap, 3))
+                  overlap_at_k_vs_float=round(overlap, 3), shortlists=shortlists)
     print(f"semdb {semdb_ms:.2f} ms | FAISS flat {flat_ms:.2f} ms ({result['speedup_vs_flat']}x slower) | "
           f"FAISS PQ fast-scan {pqfs_ms:.2f} ms (semdb/pqfs = {result['ratio_vs_pqfs']})")
     print(json.dumps(result))
