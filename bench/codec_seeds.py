@@ -1,15 +1,16 @@
-"""The 64-bit pair-free codec against FAISS RQ8x8 and LSQ8x8, averaged over training seeds.
+"""The pair-free codec against FAISS RQ and LSQ at equal bits, averaged over training seeds.
 
-    OMP_NUM_THREADS=1 python bench/codec64_seeds.py [--splits 0,1,2,3] [--train-seeds 6] [--shrinks 0.8,0.9,1.0]
+    OMP_NUM_THREADS=1 python bench/codec_seeds.py [--bits 64] [--splits 0,1,2,3] [--train-seeds 6]
+                                                  [--shrinks 0.8,0.9,1.0]
 
 At 64 bits one training seed moves text->image R@1 by up to 0.05 on a split, for every method;
 `semdb bench` trains each method once per split (FAISS with its default seed). Here, per split
 of ../shared/data/embeddings/shopsphere_fashionclip_pairs.npz (the bench's own split and
 metrics: R@1 of each held-out image's paired text, kNN@10 of each held-out image), every
-method is trained with --train-seeds seeds: semdb's `Codec` (S + 100 j) at each residual-metric
-shrinkage in --shrinks (0.8 is the default, 1.0 no image metric), FAISS RQ8x8 (k-means seed
-1234 + S + 100 j) and LSQ8x8 (2 training iterations as in the bench; half the seeds, it is
-slow). Prints each run as JSON, then the per-split means and their mean. One thread: FAISS's
+method is trained with --train-seeds seeds: semdb's `Codec` (S + 100 j; at 64 bits at each
+residual-metric shrinkage in --shrinks, 0.8 being the default and 1.0 no image metric), FAISS
+RQ{bits/8}x8 (k-means seed 1234 + S + 100 j) and LSQ{bits/8}x8 (2 training iterations as in the
+bench; half the seeds, it is slow). Prints each run as JSON, then the per-split means and their mean. One thread: FAISS's
 k-means and the BLAS give other codecs on other thread counts (R@1 moves by up to 0.01).
 """
 
@@ -41,15 +42,16 @@ def faiss_scorer(factory, seed, X_train, X_eval):
     return lambda Q: Q @ R.T
 
 
-def semdb_scorer(shrink, seed, X_train, X_eval):
-    codec_module.RESIDUAL_METRIC_SHRINK = shrink  # the module constant Codec.train reads
-    codec = Codec.train(X_train, bits=64, seed=seed)
+def semdb_scorer(bits, shrink, seed, X_train, X_eval):
+    codec_module.RESIDUAL_METRIC_SHRINK = shrink  # the module constant Codec.train reads (64 bits)
+    codec = Codec.train(X_train, bits=bits, seed=seed)
     codes = codec.encode(X_eval)
     return lambda Q: codec.scores(Q, codes)
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--splits", default="0,1,2,3")
     ap.add_argument("--train-seeds", type=int, default=6)
     ap.add_argument("--shrinks", default="0.8,0.9,1.0")
@@ -57,7 +59,9 @@ def main():
     faiss.omp_set_num_threads(1)
     data = load_embeddings(PAIRS)
     X, T = data.image_emb, data.text_emb
-    methods = ["RQ8x8", "LSQ8x8"] + [f"semdb shrink {s}" for s in args.shrinks.split(",")]
+    m = args.bits // 8
+    semdb = [f"semdb shrink {s}" for s in args.shrinks.split(",")] if args.bits == 64 else ["semdb"]
+    methods = [f"RQ{m}x8", f"LSQ{m}x8"] + semdb
     runs = []
     for split in [int(s) for s in args.splits.split(",")]:
         train, held_out = split_indices(len(X), 0.5, split)
@@ -66,15 +70,16 @@ def main():
         for j in range(args.train_seeds):
             seed = split + 100 * j
             for method in methods:
-                if method == "LSQ8x8" and j >= (args.train_seeds + 1) // 2:
+                if method.startswith("LSQ") and j >= (args.train_seeds + 1) // 2:
                     continue
                 if method.startswith("semdb"):
-                    score = semdb_scorer(float(method.split()[-1]), seed, X_train, X_eval)
+                    shrink = float(method.split()[-1]) if args.bits == 64 else codec_module.RESIDUAL_METRIC_SHRINK
+                    score = semdb_scorer(args.bits, shrink, seed, X_train, X_eval)
                 else:
                     score = faiss_scorer(method, 1234 + seed, X_train, X_eval)
                 r1 = float(np.mean(np.argmax(score(T_eval), 1) == np.arange(n)))
                 knn = metrics.knn_recall(X_eval @ X_eval.T, score(X_eval), 10, np.arange(n))
-                runs.append(dict(split=split, train_seed=seed, method=method, r1=round(r1, 4), knn=round(knn, 4)))
+                runs.append(dict(bits=args.bits, split=split, train_seed=seed, method=method, r1=round(r1, 4), knn=round(knn, 4)))
                 print(json.dumps(runs[-1]), flush=True)
     summary = {}
     for method in methods:
