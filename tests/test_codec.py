@@ -327,11 +327,11 @@ def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, sour
 
 
 def test_pair_free_64_bit_image_neighbours_on_held_out_fashionclip():
-    # issue 12: LSQ8x8's image kNN@10 is 0.758 on this split; semdb 0.759 in the bench, 0.746 here
+    # issue 12: LSQ8x8's image kNN@10 is 0.758 on this split (0.754 over training seeds)
     # (the bench re-normalises the rows: 6e-8 of input change gives another codec; docs/CODEC.md)
     train, _, gallery, _ = _shopsphere_split()
     codec = Codec.train(train, bits=64, seed=0)
-    assert codec.residual and codec.config["residual_metric_shrink"] == 0.8
+    assert codec.residual and codec.config["residual_metric_shrink"] == 0.95
     truth = gallery @ gallery.T
     np.fill_diagonal(truth, -np.inf)
     S = codec.scores(gallery, codec.encode(gallery))
