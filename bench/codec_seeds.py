@@ -80,7 +80,7 @@ def main():
                     score = semdb_scorer(args.bits, shrink, seed, X_train, X_eval)
                 else:
                     score = faiss_scorer(method, 1234 + seed, X_train, X_eval)
-                r1 = None if T is None else float(np.mean(np.argmax(score(T[held_out]), 1) == np.arange(n)))
+                r1 = None if T is None else metrics.paired_recall(score(T[held_out]), (1,))[1]
                 knn = metrics.knn_recall(X_eval @ X_eval.T, score(X_eval), 10, np.arange(n))
                 runs.append(dict(bits=args.bits, split=split, train_seed=seed, method=method,
                                  r1=None if r1 is None else round(r1, 4), knn=round(knn, 4)))

@@ -31,8 +31,8 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ivf_speed import recall, synthetic_codes  # noqa: E402
-from scan_speed import median_ms, synthetic  # noqa: E402
+from ivf_speed import synthetic_codes  # noqa: E402
+from scan_speed import median_ms, recall, synthetic  # noqa: E402
 
 from semdb import Codec  # noqa: E402
 from semdb.ivf import Assigner, train_centroids  # noqa: E402

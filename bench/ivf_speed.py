@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_speed import median_ms, synthetic  # noqa: E402
+from scan_speed import median_ms, recall, synthetic  # noqa: E402
 
 from semdb import Codec  # noqa: E402
 from semdb.ivf import Assigner, IvfIndex, default_nprobe, nlist_for, train_centroids  # noqa: E402
@@ -69,10 +69,6 @@ def resampled_codes(codec, pool, n, seed=0, chunk=1_000_000):
         out[i:i + m] = pack(idx, codec.nbits)
         print(f"  drawn {i + m:,} / {n:,}", flush=True)
     return out
-
-
-def recall(ref, got, k):
-    return float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / k for a, b in zip(ref, got)]))
 
 
 def real_check(nprobes, k=10):

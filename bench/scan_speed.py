@@ -53,6 +53,11 @@ def median_ms(fn, queries):
     return float(np.median(times))
 
 
+def recall(ref, got, k):
+    """Mean share of each row of `ref` (top-k ids, -1 padding ignored) found in `got`'s row."""
+    return float(np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / k for a, b in zip(np.asarray(ref), np.asarray(got))]))
+
+
 def shortlist_recall(codec, codes, index, Q, float_top, k, sizes):
     """Per shortlist size: ms per query, recall@k against the float top k and against the exact
     cosine top k of every code; plus the exact rankings of every code against the float top k."""
@@ -60,7 +65,7 @@ def shortlist_recall(codec, codes, index, Q, float_top, k, sizes):
         return None
     from semdb.search import adc_lut, adc_scores
 
-    rec = lambda a, b: round(float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)])), 3)  # noqa: E731
+    rec = lambda a, b: round(recall(a, b, k), 3)  # noqa: E731
     idx = codec.indices(codes)
     norms = np.concatenate([codec.norms(idx[i:i + 100_000]) for i in range(0, len(idx), 100_000)])
     lut, offset = adc_lut(Q, index.tables, index.bias)
@@ -123,7 +128,7 @@ def main():
     # How much of the float top-k the codes find (synthetic data: a sanity figure, not accuracy).
     _, ref = flat.search(Q, args.k)
     got, _ = index.search(Q, args.k)
-    overlap = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ref, got)]))
+    overlap = recall(ref, got, args.k)
 
     shortlists = shortlist_recall(codec, codes, index, Q, ref, args.k,
                                   [int(s) for s in args.shortlists.split(",") if s])

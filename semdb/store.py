@@ -1257,19 +1257,20 @@ class Writer(_View):
     def _publish(self) -> None:
         """After a commit: hand this batch's lookups to the process (so the next batch, and
         this process's readers, need not rebuild them), keyed by the new generation."""
-        shared, generation = self._shared, self._meta["generation"]
-        if self._ix is not None:
-            shared.item_index = (generation, self._ix.merged())
-        elif shared.item_index is not None and shared.item_index[0] == self._start_generation and not self._rows:
-            shared.item_index = (generation, shared.item_index[1])
-        else:
-            shared.item_index = None
-        if self._loc is not None:
-            shared.code_loc = (generation, self._loc.merged())
-        elif shared.code_loc is not None and shared.code_loc[0] == self._start_generation and not self._codes_touched:
-            shared.code_loc = (generation, shared.code_loc[1])
-        else:
-            shared.code_loc = None
+        shared = self._shared
+        shared.item_index = self._carried(shared.item_index, self._ix, untouched=not self._rows)
+        shared.code_loc = self._carried(shared.code_loc, self._loc, untouched=not self._codes_touched)
+
+    def _carried(self, cached, mine, untouched: bool):
+        """One lookup at the new generation: this batch's own (merged), else the process's one
+        when it was current at the batch's start and the batch did not change what it maps,
+        else None (rebuilt at the next need)."""
+        generation = self._meta["generation"]
+        if mine is not None:
+            return (generation, mine.merged())
+        if cached is not None and cached[0] == self._start_generation and untouched:
+            return (generation, cached[1])
+        return None
 
     def abort(self) -> None:
         if not self._closed:
