@@ -1,7 +1,7 @@
 """The pair-free codec against FAISS RQ and LSQ at equal bits, averaged over training seeds.
 
-    OMP_NUM_THREADS=1 python bench/codec_seeds.py [--bits 64] [--splits 0,1,2,3] [--train-seeds 6]
-                                                  [--shrinks 0.8,0.9,0.95,0.97,1.0] [--embeddings FILE.npz] [--faiss RQ,LSQ]
+    python bench/codec_seeds.py [--bits 64] [--splits 0,1,2,3] [--train-seeds 6]
+                                [--shrinks 0.8,0.9,0.95,0.97,1.0] [--embeddings FILE.npz] [--faiss RQ,LSQ]
 
 At 64 bits one training seed moves text->image R@1 by up to 0.05 on a split, for every method;
 `semdb bench` trains each method once per split (FAISS with its default seed). Here, per split
@@ -11,8 +11,8 @@ method is trained with --train-seeds seeds (--embeddings: another file in the be
 texts, as flickr8k_openai_vitb32_images.npz, only kNN@10): semdb's `Codec` (S + 100 j; at 64 bits at each
 residual-metric shrinkage in --shrinks, 0.95 being the default and 1.0 no image metric), FAISS
 RQ{bits/8}x8 (k-means seed 1234 + S + 100 j) and LSQ{bits/8}x8 (2 training iterations as in the
-bench; half the seeds, it is slow). Prints each run as JSON, then the per-split means and their mean. One thread: FAISS's
-k-means and the BLAS give other codecs on other thread counts (R@1 moves by up to 0.01).
+bench; half the seeds, it is slow). Prints each run as JSON, then the per-split means and their mean. One thread for every
+library (semdb.threads): FAISS's k-means and the BLAS give other codecs on other thread counts.
 """
 
 import argparse
@@ -27,6 +27,7 @@ from semdb.bench import metrics
 from semdb.bench.data import load_embeddings, split_indices
 from semdb.bench.methods import unit_rows
 from semdb.codec import Codec
+from semdb.threads import limited
 
 PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings" / "shopsphere_fashionclip_pairs.npz"
 
@@ -59,7 +60,11 @@ def main():
     ap.add_argument("--embeddings", default=str(PAIRS))
     ap.add_argument("--faiss", default="RQ,LSQ", help="FAISS families to compare (RQ, LSQ)")
     args = ap.parse_args()
-    faiss.omp_set_num_threads(1)
+    with limited(1):
+        run(args)
+
+
+def run(args):
     data = load_embeddings(args.embeddings)
     X, T = data.image_emb, data.text_emb
     m = args.bits // 8

@@ -109,6 +109,19 @@ def test_same_seed_same_codes_other_seed_other_codec(data, codec):
     assert Codec.train(data[0], bits=64, seed=1).id != codec.id
 
 
+def test_training_does_not_depend_on_the_thread_count():
+    # On 2 threads FAISS's k-means and the BLAS round sums differently and train another 64-bit
+    # codec from these images (semdb/threads.py); a store's codec must not depend on that.
+    from threadpoolctl import threadpool_limits
+
+    X = clip_like(2000, dim=512)
+    ids = set()
+    for n in (1, 2):
+        with threadpool_limits(limits=n):
+            ids.add(Codec.train(X, bits=64, seed=0).id)
+    assert len(ids) == 1
+
+
 def test_utilisation_and_entropy_rate(codec, data):
     assert 0.5 <= codec.config["utilisation"] <= 1.0
     codes = codec.encode(data[1])

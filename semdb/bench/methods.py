@@ -22,9 +22,8 @@ Method names follow FAISS index_factory strings (``PQ32x8``, ``OPQ32,PQ32x8``, `
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -149,22 +148,6 @@ class Method:
 
 # --------------------------------------------------------------------------------------------
 # FAISS-backed methods
-
-
-@contextlib.contextmanager
-def faiss_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set FAISS's OpenMP thread count (None: leave it)."""
-    if n is None:
-        yield
-        return
-    import faiss
-
-    old = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(old)
 
 
 def _quiet_clustering(cp) -> None:

@@ -14,6 +14,7 @@ from semdb.errors import InputError
 
 from . import metrics as M
 from semdb.progress import report
+from semdb.threads import limited
 
 from .data import BenchData, load_embeddings, ood_split, split_indices
 from .methods import (
@@ -25,7 +26,6 @@ from .methods import (
     MethodSkipped,
     Planned,
     VariantMethod,
-    faiss_threads,
     fits_anything,
     plan_budget,
     plan_reference,
@@ -209,8 +209,10 @@ def run_bench(
     bpp_pixels: (width, height) of the bits-per-pixel convention: bpp = bits / (w*h).
     max_train_seconds: skip a fit whose time, predicted from the same method's previous
         (smaller) budget, exceeds this (None: never skip). semdb's codec is never skipped.
-    threads: FAISS OpenMP threads during the run (None: FAISS default, all cores). Default 1:
-        the training sets are small, and FAISS's OpenMP loops slow down several-fold (measured
+    threads: BLAS and OpenMP threads during the run (numpy's, FAISS's; None: leave them, all
+        cores). Default 1: the same figures on any machine (a sum split over threads rounds
+        differently, and k-means turns that into another quantizer; semdb/threads.py), and the
+        training sets are small while FAISS's OpenMP loops slow down several-fold (measured
         6-10x on 2 cores) when other processes compete for the cores.
     protocol: "held-out" (the seeded random split) or "ood": whole classes (``label``) or, without
         labels, ``ood_groups`` k-means clusters train, the other groups evaluate (see
@@ -307,7 +309,7 @@ def run_bench(
         )
         return r
 
-    with faiss_threads(threads):
+    with limited(threads):
         for p in jobs:
             label = f"{p.name}" + (f" @ {p.budget} bits" if p.budget else "")
             if p.skip:

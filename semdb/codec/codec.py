@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import CodecError
 from ..progress import report
+from ..threads import single_threaded
 from . import entropy
 from .additive import (Layout, column_combos, decode_coords, encode_columns, kmeans, query_metric_sqrt,
                        refine_anisotropic, ridge_map, text_mixture, train_additive)
@@ -156,6 +157,7 @@ class Codec:
 
     # --- training -------------------------------------------------------------------------
     @classmethod
+    @single_threaded  # a codec must not depend on the trainer's core count (semdb/threads.py)
     def train(cls, X, bits: int | None = 256, *, m: int | None = None, k: int | None = None, d: int | None = None,
               arch: str = "additive", seed: int = 0, model_id: dict | None = None, beam: int | None = None,
               queries=None, paired: bool = False, coarse: bool | None = None, residual: bool | None = None,
