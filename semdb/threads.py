@@ -5,13 +5,22 @@ searches turn one flipped near-tie into another codec: the same 563 shopsphere i
 trained a 64-bit codec of text R@1 0.645 on 2 threads and 0.627 on one. Codec training
 therefore runs on one thread (`Codec.train`), so a store's codec depends on its training
 embeddings, shape and seed, not on the core count of the machine that happened to train it.
+
+OpenBLAS's thread count is one setting for the whole process, so blocks in different threads
+take turns (one lock): otherwise one block's exit would restore the count while another's
+training still runs, and the last to exit could leave the process capped for good. Only one
+thread at a time can set it (threadpoolctl's rule): while another thread of the process holds
+a threadpoolctl limit of its own, that limit is the one numpy's BLAS keeps.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from contextlib import contextmanager
 from typing import Iterator
+
+_lock = threading.RLock()  # re-entrant: a capped bench trains capped codecs in the same thread
 
 
 @contextmanager
@@ -23,7 +32,7 @@ def limited(n: int | None) -> Iterator[None]:
     import faiss  # noqa: F401  (threadpoolctl caps only the libraries already loaded: FAISS's own
     from threadpoolctl import threadpool_limits  # OpenMP and OpenBLAS are loaded by this import)
 
-    with threadpool_limits(limits=int(n)):
+    with _lock, threadpool_limits(limits=int(n)):
         yield
 
 

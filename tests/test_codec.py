@@ -112,14 +112,25 @@ def test_same_seed_same_codes_other_seed_other_codec(data, codec):
 def test_training_does_not_depend_on_the_thread_count():
     # On 2 threads FAISS's k-means and the BLAS round sums differently and train another 64-bit
     # codec from these images (semdb/threads.py); a store's codec must not depend on that.
-    from threadpoolctl import threadpool_limits
+    import threading
+
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     X = clip_like(2000, dim=512)
-    ids = set()
+    ids = []
     for n in (1, 2):
         with threadpool_limits(limits=n):
-            ids.add(Codec.train(X, bits=64, seed=0).id)
-    assert len(ids) == 1
+            ids.append(Codec.train(X, bits=64, seed=0).id)
+    # concurrent trainings share one process-wide BLAS setting: still the same codec, and the
+    # pools are given back as they were
+    before = [p["num_threads"] for p in threadpool_info()]
+    trainers = [threading.Thread(target=lambda: ids.append(Codec.train(X, bits=64, seed=0).id)) for _ in range(2)]
+    for t in trainers:
+        t.start()
+    for t in trainers:
+        t.join()
+    assert [p["num_threads"] for p in threadpool_info()] == before
+    assert len(ids) == 4 and len(set(ids)) == 1, ids
 
 
 def test_utilisation_and_entropy_rate(codec, data):
