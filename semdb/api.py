@@ -134,14 +134,16 @@ class Database:
 
     def retrain(self, bits: int | None = None, sample: int | None = None, batch_size: int = 32,
                 workers: int | None = None, max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
-                progress: Progress | None = None) -> dict:
+                progress: Progress | None = None, captions=None) -> dict:
         """Train a new codec on (a sample of, re-embedded) stored files and re-encode every item;
         items whose file is gone or unreadable are transcoded from their old code. Resumable and
-        crash-safe; queries keep using the old codes until the switch. See ingest/retrain.py."""
+        crash-safe; queries keep using the old codes until the switch. `captions`: as for
+        `ingest`, texts that show how the store is searched, recorded before training. See
+        ingest/retrain.py."""
         from .ingest.retrain import RETRAIN_SAMPLE, retrain
 
         return retrain(self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels,
-                       progress).to_dict()
+                       progress, captions).to_dict()
 
     # --- query ----------------------------------------------------------------------------
     def search(self, query: str | None = None, *, k: int = 10, like=None, image=None, under=None, after=None,

@@ -28,6 +28,7 @@ err = Console(stderr=True)
 STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
 MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
 PRETRAINED_HELP = "open_clip pretrained tag or weights file (default: $SEMDB_PRETRAINED or laion2b_s34b_b79k)."
+CAPTIONS_HELP = "Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."
 
 
 @contextmanager
@@ -77,7 +78,7 @@ def ingest(
     bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
     codec: Optional[Path] = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
     train_now: bool = typer.Option(False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help="Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help=CAPTIONS_HELP),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, metadata/), a .npz (image_emb + image_path) or a .npy with --paths."),
     paths_file: Optional[Path] = typer.Option(None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
@@ -140,6 +141,7 @@ def retrain(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help=CAPTIONS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Train a new codec on what the store holds now and re-encode every item (resumable)."""
@@ -148,7 +150,8 @@ def retrain(
     with _errors():
         progress, update = _progress(enabled=not as_json)
         with Database(store, wait=wait, threads=threads) as db, progress:
-            summary = db.retrain(bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update)
+            summary = db.retrain(bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update,
+                                 captions=captions)
     _print_summary(summary, as_json, "retrain")
 
 
@@ -442,7 +445,6 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
 
 @app.command()
 def bench(
-    captions: Optional[Path] = typer.Option(None, "--captions", help="Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."),
     images: Optional[Path] = typer.Option(None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),

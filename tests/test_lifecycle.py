@@ -99,6 +99,16 @@ def test_captions_make_the_codec_train_in_the_text_query_metric_now_and_at_retra
     with semdb.open(tmp_path / "plain", model=tiny_model) as db:
         db.ingest([photos], train_now=True)
         assert db.info()["codec"]["query_source"] == "none"
+    # past searches given to the retrain itself (semdb retrain --captions): an interrupted
+    # retrain's pending pair-free codec is trained again with them, not resumed
+    plain, searches = tmp_path / "plain", tmp_path / "searches.txt"
+    searches.write_text("a red rocket\na mug\nan astronaut\n")
+    args = ("retrain", "--store", plain, "--sample", 3, "--batch-size", 2, "--json")
+    semdb_cli(*args, env={"SEMDB_FAULT_POINT": "recode_txn:1"}, check=-signal.SIGKILL)
+    s = json.loads(semdb_cli(*args, "--captions", searches).stdout)
+    with semdb.open(plain, model=tiny_model) as db:
+        assert not s["resumed"] and s["codec"] == db.codec.id and db.codec.config["query_source"] == "unpaired"
+        assert db.codec.config["n_queries"] == 3 and db.store.verify() == []
 
 
 def test_retrain_of_a_store_without_a_codec_trains_it(photos, tmp_path, tiny_model):

@@ -32,7 +32,7 @@ from ..store import Item
 from .encode import encode
 from .local import LocalEngine
 from .records import EmbedJob, FileState
-from .training import CodecPolicy, codec_stats, train_codec, train_if_due
+from .training import CodecPolicy, codec_stats, record_captions, train_codec, train_if_due
 
 RETRAIN_SAMPLE = 20_000  # stored files re-embedded to train the new codec (Lloyd uses at most 16k)
 PENDING_STATS = "pending_codec_stats"  # store meta: the pending codec's stats, installed at the switch
@@ -55,10 +55,15 @@ class RetrainSummary:
 
 def retrain(ctx: StoreContext, bits: Optional[int] = None, sample: int = RETRAIN_SAMPLE, batch_size: int = 32,
             workers: Optional[int] = None, max_megapixels=DEFAULT_MAX_MEGAPIXELS,
-            progress: Progress | None = None) -> RetrainSummary:
+            progress: Progress | None = None, captions=None) -> RetrainSummary:
+    """`captions` (a text file, one per line, or a list of str): texts like the store's queries,
+    recorded first (as `semdb ingest --captions` does), so the new codec trains in their metric;
+    an interrupted retrain is then trained again rather than resumed with its older codec."""
     store = ctx.store
     if store.readonly:
         raise StoreError(f"{ctx.path} is open read-only")
+    if captions is not None:
+        record_captions(ctx, captions)
     start = time.perf_counter()
     summary = RetrainSummary(items=store.count())
     old = ctx.codec
@@ -72,7 +77,7 @@ def retrain(ctx: StoreContext, bits: Optional[int] = None, sample: int = RETRAIN
     engine = LocalEngine(workers, max_megapixels)
     with engine:
         new = _pending(ctx)
-        if new is not None and (bits is None or new.bits == bits):
+        if new is not None and (bits is None or new.bits == bits) and captions is None:
             summary.resumed = True
         else:
             new = _train_pending(ctx, engine, bits or old.bits, sample, batch_size, summary, progress)
