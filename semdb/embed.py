@@ -443,7 +443,7 @@ class Embedder:
             # 1. obtain the files (download or cache), so "no network" is told apart from
             #    "bad weights" below. open_clip caches what it fetches.
             try:
-                model_cfg, pp_cfg, weights = self._files(oc_name, oc_pretrained, needs_hub)
+                model_cfg, pp_cfg, weights = self._files(oc_name, oc_pretrained)
             except ModelError:
                 raise
             except Exception as exc:  # noqa: BLE001 - hub errors come in many types
@@ -530,7 +530,7 @@ class Embedder:
         modelcache.store_source(self.name, self.pretrained, self.weights_path, config_fp)
         return model, preprocess, tokenizer, digest
 
-    def _files(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool):
+    def _files(self, oc_name: str, oc_pretrained: Optional[str]):
         """(model config, preprocess config, weights file) as open_clip.create_model finds them."""
         import open_clip
         from open_clip.transform import PreprocessCfg, merge_preprocess_dict
