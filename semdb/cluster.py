@@ -322,12 +322,14 @@ class Router:
         (bad input) or 503 (a shard is down and partial results were not asked for)."""
         from starlette.responses import JSONResponse
 
-        from .serve.app import ApiError, _filters, _int_param, _text
+        from .serve.app import SEARCH_PARAMS, ApiError, _filters, _int_param, _only, _text
 
         params = http_request.query_params
         try:
             if http_request.url.path.rstrip("/") != "/api/search":
                 raise ApiError(404, "not found: GET /api/search?q=TEXT")
+            # a sharded search takes text queries only (no like=, no uploads)
+            _only(params, [name for name in SEARCH_PARAMS if name != "like"] + ["allow_partial"])
             text = _text(params)
             if text is None:
                 raise ApiError(400, "give a query: /api/search?q=TEXT")

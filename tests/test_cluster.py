@@ -161,6 +161,9 @@ def test_http_ingress_answers_like_the_api(cluster, stores):
         urllib.request.urlopen(f"http://127.0.0.1:{cluster.port}/api/search?q=cat+%2B", timeout=60)
     message = json.loads(err.value.read())["error"]
     assert err.value.code == 400 and "no term beside it" in message and "\n" not in message
+    with pytest.raises(urllib.error.HTTPError) as err:  # like= is not a sharded search's: refused, not ignored
+        urllib.request.urlopen(f"http://127.0.0.1:{cluster.port}/api/search?q=cat&like=3", timeout=60)
+    assert err.value.code == 400 and "unknown parameter 'like'" in json.loads(err.value.read())["error"]
 
 
 def test_a_shard_with_another_codec_is_refused_in_one_line(ray_cluster, stores):

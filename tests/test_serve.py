@@ -230,6 +230,10 @@ BAD_GETS = [
     ("/api/search?q=cat+%2B+", 400), ("/api/search?q=inf%3Acat", 400),
     ("/api/search?like=999999", 404), ("/api/search?like=..%2Fetc", 400), ("/api/search?q=cat&like=abc", 400),
     ("/api/search?q=cat+-+cat", 400),
+    # a misspelt or unsupported parameter is refused, never ignored (the answer would be to
+    # another question): under/k spelt wrong, like= on similar, anything on thumbnails but size
+    ("/api/search?q=cat&undr=%2Fphotos", 400), ("/api/search?q=cat&limit=5", 400),
+    ("/api/similar/1?like=2", 400), ("/thumb/1?width=64", 400),
     ("/api/similar/999999", 404), ("/api/similar/abc", 400), ("/api/similar/-1", 400),
     ("/api/similar/1.5", 400), ("/api/similar/1e3", 400), ("/api/similar/99999999999999999999999", 400),
     ("/api/item/999999", 404), ("/api/item/0x10", 400),

@@ -114,6 +114,18 @@ def _float_param(params, name: str):
     return value
 
 
+FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe")  # what _filters reads
+SEARCH_PARAMS = ("q", "k") + FILTER_PARAMS
+
+
+def _only(params, allowed) -> None:
+    """400 for a query parameter the endpoint does not take: a misspelt filter would otherwise
+    be ignored, and the answer would be to another question than the one asked."""
+    unknown = sorted(set(params.keys()) - set(allowed))
+    if unknown:
+        raise ApiError(400, f"unknown parameter {unknown[0][:40]!r}: this endpoint takes {', '.join(allowed)}")
+
+
 def _filters(params) -> dict:
     """under, after, before, within, min_score and like from the query string."""
     out = {}
@@ -286,6 +298,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
 
     def search_get(request: Request):
         params = request.query_params
+        _only(params, SEARCH_PARAMS)
         text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
         if text is None and "like" not in where:
             raise ApiError(400, "empty query: give some words to search for (?q=...) or like=ID")
@@ -296,6 +309,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
     async def search_post(request: Request):
         params = request.query_params
         try:
+            _only(params, SEARCH_PARAMS)
             text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
             data = await _upload(request)
         except ApiError as e:
@@ -318,8 +332,8 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
     def similar(request: Request):
         item_id = _item_id(request.path_params["id"])
         params = request.query_params
+        _only(params, [name for name in SEARCH_PARAMS if name not in ("q", "like")])
         k, where = _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
-        where.pop("like", None)
         t0 = time.perf_counter()
         hits = service.search(None, k, like=item_id, **where)
         return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
@@ -334,6 +348,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
 
     def thumb(request: Request):
         item_id = _item_id(request.path_params["id"])
+        _only(request.query_params, ("size",))
         size = _int_param(request.query_params, "size", DEFAULT_THUMB, *THUMB_SIZES)
         data = service.picture(item_id, size, 82, cache=True)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
