@@ -1,6 +1,6 @@
 """Why IVF cannot reach 10x at recall@10 0.95 on the synthetic codes (docs/SCALE.md#ivf).
 
-    python bench/ivf_limits.py [--n 1000000] [--queries 300] [--nlist 1024,4096] [--hnsw]
+    python bench/ivf_limits.py [--n 1000000] [--queries 300] [--nlist 1024,4096] [--hnsw] [--prefix]
 
 The same synthetic 256-bit codes as bench/ivf_speed.py (a Gaussian with the mean and covariance
 of real CLIP embeddings, encoded). Three measurements, each against the exhaustive search's
@@ -17,7 +17,10 @@ top 10 (semdb's AdcIndex, the same reference as ivf_speed):
 2. the cost per code and per list of FAISS's IVF fast-scan (semdb's IvfIndex), single thread:
    the same share of the codes scanned in lists of different sizes;
 3. with --hnsw, a graph instead of lists: FAISS IndexHNSWFlat (M 32) over the codes' slot
-   coordinates (floats in RAM: 4 bytes per coordinate and item), then semdb's exact rerank.
+   coordinates (floats in RAM: 4 bytes per coordinate and item), then semdb's exact rerank;
+4. with --prefix, a cheaper scan of part of each code: the rank, under the inner product of
+   only the P slots of most score variance, of every item of the exhaustive top 10 (100
+   queries): how long a shortlist a prefix scan would need to keep them.
 The last output line is JSON.
 """
 
@@ -36,6 +39,7 @@ from scan_speed import median_ms, recall, synthetic  # noqa: E402
 
 from semdb import Codec  # noqa: E402
 from semdb.ivf import Assigner, train_centroids  # noqa: E402
+from semdb.search import adc_lut  # noqa: E402
 
 NPROBE_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 
@@ -74,12 +78,30 @@ def spilled(Z, Cz, first, lam, candidates=16):
     return second
 
 
+def prefix_ranks(codec, codes, Q, ref, prefixes=(8, 16, 24, 32)):
+    """{P: quantiles (50/90/95/99%) of the ref items' ranks under the score of P slots}."""
+    idx = codec.indices(codes)
+    lut, _ = adc_lut(Q, codec.tables, codec.tensors["mean"])  # (nq, M, K)
+    sample = idx[:200_000]
+    var = np.mean([[lut[q, m][sample[:, m]].var() for m in range(idx.shape[1])] for q in range(min(20, len(Q)))], axis=0)
+    order = np.argsort(-var)  # slots by the variance of their share of the score
+    out, S, used = {}, np.zeros((len(Q), len(idx)), np.float32), 0
+    for p in sorted(prefixes):
+        for m in order[used:p]:
+            S += lut[:, m, :][:, idx[:, m]]
+        used = p
+        ranks = [(S[q][None, :] > S[q][ref[q]][:, None]).sum(1) for q in range(len(Q))]
+        out[p] = [int(np.quantile(ranks, f)) for f in (0.5, 0.9, 0.95, 0.99)]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--nlist", default="1024,4096")
     ap.add_argument("--hnsw", action="store_true")
+    ap.add_argument("--prefix", action="store_true")
     args = ap.parse_args()
 
     train, _ = synthetic(50_000, seed=1)
@@ -91,7 +113,11 @@ def main():
     Z = np.concatenate([codec.slot_coords(codes[i:i + 100_000]) for i in range(0, len(codes), 100_000)])
     Z = np.ascontiguousarray(Z, np.float32)
     mean, P = codec.tensors["mean"], codec._decoder
-    result = dict(n=args.n, queries=args.queries, coverage={}, per_list={}, hnsw=None)
+    result = dict(n=args.n, queries=args.queries, coverage={}, per_list={}, hnsw=None, prefix=None)
+    if args.prefix:
+        result["prefix"] = prefix_ranks(codec, codes, Q[:100], ref[:100])
+        for p, q in result["prefix"].items():
+            print(f"{p} of {codec.m} slots: ranks of the exhaustive top 10, 50/90/95/99%: {q}", flush=True)
 
     for nlist in [int(x) for x in args.nlist.split(",")]:
         C = train_centroids(codec, codes, nlist)
