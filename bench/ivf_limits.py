@@ -3,7 +3,7 @@
     python bench/ivf_limits.py [--n 1000000] [--queries 300] [--nlist 1024,4096] [--hnsw] [--prefix]
 
 The same synthetic 256-bit codes as bench/ivf_speed.py (a Gaussian with the mean and covariance
-of real CLIP embeddings, encoded). Three measurements, each against the exhaustive search's
+of real CLIP embeddings, encoded). Four measurements, each against the exhaustive search's
 top 10 (semdb's AdcIndex, the same reference as ivf_speed):
 1. coverage: the share of the exhaustive top 10 that lies in the nprobe lists a query visits,
    against the share of the codes those lists hold (an upper bound on any IVF's recall@10 at

@@ -324,12 +324,14 @@ class Router:
 
         from .serve.app import SEARCH_PARAMS, ApiError, _filters, _int_param, _only, _text
 
+        # a sharded search takes text queries only (no like=, no uploads)
+        allowed = tuple(name for name in SEARCH_PARAMS if name != "like") + ("allow_partial",)
+
         params = http_request.query_params
         try:
             if http_request.url.path.rstrip("/") != "/api/search":
                 raise ApiError(404, "not found: GET /api/search?q=TEXT")
-            # a sharded search takes text queries only (no like=, no uploads)
-            _only(params, [name for name in SEARCH_PARAMS if name != "like"] + ["allow_partial"])
+            _only(params, allowed)
             text = _text(params)
             if text is None:
                 raise ApiError(400, "give a query: /api/search?q=TEXT")

@@ -115,7 +115,8 @@ def _float_param(params, name: str):
 
 
 FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe")  # what _filters reads
-SEARCH_PARAMS = ("q", "k") + FILTER_PARAMS
+SEARCH_PARAMS = ("q", "k") + FILTER_PARAMS  # /api/search, GET and POST
+SIMILAR_PARAMS = ("k",) + tuple(name for name in FILTER_PARAMS if name != "like")  # /api/similar/{id}
 
 
 def _only(params, allowed) -> None:
@@ -127,7 +128,7 @@ def _only(params, allowed) -> None:
 
 
 def _filters(params) -> dict:
-    """under, after, before, within, min_score and like from the query string."""
+    """under, after, before, within, min_score, like and nprobe (FILTER_PARAMS) from the query string."""
     out = {}
     for name in ("under", "after", "before"):
         raw = params.get(name)
@@ -332,7 +333,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
     def similar(request: Request):
         item_id = _item_id(request.path_params["id"])
         params = request.query_params
-        _only(params, [name for name in SEARCH_PARAMS if name not in ("q", "like")])
+        _only(params, SIMILAR_PARAMS)
         k, where = _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
         t0 = time.perf_counter()
         hits = service.search(None, k, like=item_id, **where)
