@@ -87,20 +87,36 @@ def run(args):
                     score = faiss_scorer(method, 1234 + seed, X_train, X_eval)
                 r1 = None if T is None else metrics.paired_recall(score(T[held_out]), (1,))[1]
                 knn = metrics.knn_recall(X_eval @ X_eval.T, score(X_eval), 10, np.arange(n))
-                runs.append(dict(bits=args.bits, split=split, train_seed=seed, method=method,
-                                 r1=None if r1 is None else round(r1, 4), knn=round(knn, 4)))
+                runs.append(
+                    dict(
+                        bits=args.bits,
+                        split=split,
+                        train_seed=seed,
+                        method=method,
+                        r1=None if r1 is None else round(r1, 4),
+                        knn=round(knn, 4),
+                    )
+                )
                 print(json.dumps(runs[-1]), flush=True)
     summary = {}
     splits = sorted({r["split"] for r in runs})
     for method in methods:
         summary[method] = {}
         for metric in ("r1", "knn") if T is not None else ("knn",):
-            per_split = [float(np.mean([r[metric] for r in runs if r["method"] == method and r["split"] == split]))
-                         for split in splits]
+            per_split = [
+                float(np.mean([r[metric] for r in runs if r["method"] == method and r["split"] == split]))
+                for split in splits
+            ]
             summary[method][metric] = [round(v, 3) for v in per_split]
             summary[method][f"{metric}_mean"] = round(float(np.mean(per_split)), 3)
-        print(f"{method:18s} " + " | ".join(f"{metric} {summary[method][metric]} mean {summary[method][metric + '_mean']:.3f}"
-                                            for metric in ("r1", "knn") if metric in summary[method]))
+        print(
+            f"{method:18s} "
+            + " | ".join(
+                f"{metric} {summary[method][metric]} mean {summary[method][metric + '_mean']:.3f}"
+                for metric in ("r1", "knn")
+                if metric in summary[method]
+            )
+        )
     print(json.dumps(summary))
 
 

@@ -49,12 +49,14 @@ def main() -> None:
     shop = np.load(DATA / "shopsphere_fashionclip_pairs.npz")
     flickr = np.load(DATA / "flickr8k_openai_vitb32_images.npz")
     t0 = time.perf_counter()
-    for name, X, T in (("shopsphere_t2i_r1", shop["image_emb"], shop["text_emb"]),
-                       ("flickr_knn10", flickr["image_emb"].astype(np.float32), None)):
+    for name, X, T in (
+        ("shopsphere_t2i_r1", shop["image_emb"], shop["text_emb"]),
+        ("flickr_knn10", flickr["image_emb"].astype(np.float32), None),
+    ):
         table = {}
         for seed in seeds:
             perm = np.random.default_rng(seed).permutation(len(X))
-            train, held = perm[: len(X) // 2], perm[len(X) // 2:]
+            train, held = perm[: len(X) // 2], perm[len(X) // 2 :]
             Xe = X[held]
             ref = recall_at_1(T[held] @ Xe.T) if T is not None else 1.0
             table.setdefault("float32", []).append(ref)

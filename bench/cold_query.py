@@ -63,8 +63,9 @@ def run_measured(cmd, env) -> tuple[float, float, str]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd[:5]))} exited {proc.returncode}: "
-                           f"{err.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, cmd[:5]))} exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
+        )
     return wall, usage.ru_maxrss / 1024, out.decode()
 
 
@@ -95,7 +96,9 @@ print(desc)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="vit-b-32", help="vit-b-32 (random init, default), tiny, or a semdb model string")
+    ap.add_argument(
+        "--model", default="vit-b-32", help="vit-b-32 (random init, default), tiny, or a semdb model string"
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--images", type=int, default=40, help="generated photos in the store")
     args = ap.parse_args()
@@ -103,19 +106,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="semdb-cold-") as tmp:
         tmp = Path(tmp)
         load = os.getloadavg()
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "HF_HUB_OFFLINE": "1", "SEMDB_STORE": "", "SEMDB_CACHE_DIR": str(tmp / "cache"), "COLUMNS": "200"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "HF_HUB_OFFLINE": "1",
+            "SEMDB_STORE": "",
+            "SEMDB_CACHE_DIR": str(tmp / "cache"),
+            "COLUMNS": "200",
+        }
         store = tmp / "store"
         # model folder and photos made in a child: this process stays small, because a child's
         # peak RSS (wait4) starts from its parent's RSS at fork
-        _, _, out = run_measured([sys.executable, "-c", SETUP, str(ROOT), str(Path(__file__).resolve().parent),
-                                  str(tmp), args.model, str(args.images)], env)
+        _, _, out = run_measured(
+            [
+                sys.executable,
+                "-c",
+                SETUP,
+                str(ROOT),
+                str(Path(__file__).resolve().parent),
+                str(tmp),
+                args.model,
+                str(args.images),
+            ],
+            env,
+        )
         model, desc = out.strip().splitlines()[-2:]
         photos = tmp / "photos"
         semdb = [sys.executable, "-m", "semdb.cli"]
         t0 = time.perf_counter()
-        run_measured(semdb + ["ingest", str(photos), "--store", str(store), "--model", model, "--train-now",
-                              "--json"], env)
+        run_measured(
+            semdb + ["ingest", str(photos), "--store", str(store), "--model", model, "--train-now", "--json"], env
+        )
         log(f"model: {desc}; store of {args.images} generated photos built in {time.perf_counter() - t0:.1f} s")
 
         bare = [sys.executable, "-c", BARE, model, QUERY]
@@ -123,8 +144,10 @@ def main() -> None:
         onnx = os.environ.get("SEMDB_ONNX", "") not in ("0",)
         first_wall, first_rss, first_out = run_measured(query, env)
         exported = list((tmp / "cache" / "onnx").glob("*/text.onnx")) if (tmp / "cache" / "onnx").exists() else []
-        log(f"first query after ingest (torch text tower; caches the ONNX export: {bool(exported)}): "
-            f"{first_wall:.2f} s, {first_rss:.0f} MB")
+        log(
+            f"first query after ingest (torch text tower; caches the ONNX export: {bool(exported)}): "
+            f"{first_wall:.2f} s, {first_rss:.0f} MB"
+        )
         onnx = onnx and bool(exported)
 
         variants = {"bare": (bare, env), "torch": (query, {**env, "SEMDB_ONNX": "0"})}
@@ -139,32 +162,50 @@ def main() -> None:
                 results[name]["rss"].append(rss)
                 if name != "bare":
                     hits[name] = [(h["id"], h["score"]) for h in json.loads(out)]
-            log(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['wall'][-1]:.2f} s / {results[n]['rss'][-1]:.0f} MB"
-                                                 for n in variants))
+            log(
+                f"round {r + 1}: "
+                + ", ".join(f"{n} {results[n]['wall'][-1]:.2f} s / {results[n]['rss'][-1]:.0f} MB" for n in variants)
+            )
         if onnx:
             assert [i for i, _ in hits["onnx"]] == [i for i, _ in hits["torch"]], "ONNX and torch hits differ"
 
-        med = {n: {"wall_s": round(statistics.median(v["wall"]), 3), "max_rss_mb": round(max(v["rss"]), 1)}
-               for n, v in results.items()}
-        summary = {"model": desc, "images": args.images, "repeats": args.repeats, "cpus": os.cpu_count(),
-                   "load_avg_start": [round(x, 2) for x in load],
-                   "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-                   "bare": med["bare"], "semdb_torch": med["torch"],
-                   "first_query_after_ingest": {"wall_s": round(first_wall, 3), "max_rss_mb": round(first_rss, 1)},
-                   "ratio_torch": round(med["torch"]["wall_s"] / med["bare"]["wall_s"], 3),
-                   "rss_ratio_torch": round(med["torch"]["max_rss_mb"] / med["bare"]["max_rss_mb"], 3)}
+        med = {
+            n: {"wall_s": round(statistics.median(v["wall"]), 3), "max_rss_mb": round(max(v["rss"]), 1)}
+            for n, v in results.items()
+        }
+        summary = {
+            "model": desc,
+            "images": args.images,
+            "repeats": args.repeats,
+            "cpus": os.cpu_count(),
+            "load_avg_start": [round(x, 2) for x in load],
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+            "bare": med["bare"],
+            "semdb_torch": med["torch"],
+            "first_query_after_ingest": {"wall_s": round(first_wall, 3), "max_rss_mb": round(first_rss, 1)},
+            "ratio_torch": round(med["torch"]["wall_s"] / med["bare"]["wall_s"], 3),
+            "rss_ratio_torch": round(med["torch"]["max_rss_mb"] / med["bare"]["max_rss_mb"], 3),
+        }
         if onnx:
-            summary.update({"semdb_onnx": med["onnx"],
-                            "ratio_onnx": round(med["onnx"]["wall_s"] / med["bare"]["wall_s"], 3),
-                            "rss_ratio_onnx": round(med["onnx"]["max_rss_mb"] / med["bare"]["max_rss_mb"], 3),
-                            "onnx_mb": round(sum(p.stat().st_size for p in exported[0].parent.iterdir()) / 1e6, 1)})
+            summary.update(
+                {
+                    "semdb_onnx": med["onnx"],
+                    "ratio_onnx": round(med["onnx"]["wall_s"] / med["bare"]["wall_s"], 3),
+                    "rss_ratio_onnx": round(med["onnx"]["max_rss_mb"] / med["bare"]["max_rss_mb"], 3),
+                    "onnx_mb": round(sum(p.stat().st_size for p in exported[0].parent.iterdir()) / 1e6, 1),
+                }
+            )
         log("\nsummary (median wall, max RSS)")
         log(f"  bare open_clip text encode : {med['bare']['wall_s']:.2f} s, {med['bare']['max_rss_mb']:.0f} MB")
-        log(f"  semdb query, torch text    : {med['torch']['wall_s']:.2f} s, {med['torch']['max_rss_mb']:.0f} MB "
-            f"(ratio {summary['ratio_torch']:.2f}, memory {summary['rss_ratio_torch']:.2f})")
+        log(
+            f"  semdb query, torch text    : {med['torch']['wall_s']:.2f} s, {med['torch']['max_rss_mb']:.0f} MB "
+            f"(ratio {summary['ratio_torch']:.2f}, memory {summary['rss_ratio_torch']:.2f})"
+        )
         if onnx:
-            log(f"  semdb query, ONNX text     : {med['onnx']['wall_s']:.2f} s, {med['onnx']['max_rss_mb']:.0f} MB "
-                f"(ratio {summary['ratio_onnx']:.2f}, memory {summary['rss_ratio_onnx']:.2f}; target <= 0.3)")
+            log(
+                f"  semdb query, ONNX text     : {med['onnx']['wall_s']:.2f} s, {med['onnx']['max_rss_mb']:.0f} MB "
+                f"(ratio {summary['ratio_onnx']:.2f}, memory {summary['rss_ratio_onnx']:.2f}; target <= 0.3)"
+            )
         print(json.dumps(summary))
 
 

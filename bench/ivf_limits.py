@@ -57,7 +57,13 @@ def coverage(Q, C, ref, assigned, nlist, score=None):
         hit = np.zeros(ref.shape, bool)
         for a in assigned:
             hit |= np.take_along_axis(probed, a[ref], axis=1)
-        out.append((p, round(float(hit.mean()), 3), round(float(sizes[order[:, :p]].sum(1).mean() / sizes.sum() * len(assigned)), 4)))
+        out.append(
+            (
+                p,
+                round(float(hit.mean()), 3),
+                round(float(sizes[order[:, :p]].sum(1).mean() / sizes.sum() * len(assigned)), 4),
+            )
+        )
     return out
 
 
@@ -83,7 +89,9 @@ def prefix_ranks(codec, codes, Q, ref, prefixes=(8, 16, 24, 32)):
     idx = codec.indices(codes)
     lut, _ = adc_lut(Q, codec.tables, codec.tensors["mean"])  # (nq, M, K)
     sample = idx[:200_000]
-    var = np.mean([[lut[q, m][sample[:, m]].var() for m in range(idx.shape[1])] for q in range(min(20, len(Q)))], axis=0)
+    var = np.mean(
+        [[lut[q, m][sample[:, m]].var() for m in range(idx.shape[1])] for q in range(min(20, len(Q)))], axis=0
+    )
     order = np.argsort(-var)  # slots by the variance of their share of the score
     out, S, used = {}, np.zeros((len(Q), len(idx)), np.float32), 0
     for p in sorted(prefixes):
@@ -110,7 +118,7 @@ def main():
     Q, _ = synthetic(args.queries, seed=2)
     exhaustive = codec.index(codes)
     ref = exhaustive.search(Q, 10)[0]
-    Z = np.concatenate([codec.slot_coords(codes[i:i + 100_000]) for i in range(0, len(codes), 100_000)])
+    Z = np.concatenate([codec.slot_coords(codes[i : i + 100_000]) for i in range(0, len(codes), 100_000)])
     Z = np.ascontiguousarray(Z, np.float32)
     mean, P = codec.tensors["mean"], codec._decoder
     result = dict(n=args.n, queries=args.queries, coverage={}, per_list={}, hnsw=None, prefix=None)
@@ -135,8 +143,10 @@ def main():
             rows[f"spread-aware, beta {beta:g}"] = coverage(Q, C, ref, [first], nlist, Q @ C.T + beta * spread)
         result["coverage"][nlist] = rows
         for name, row in rows.items():
-            print(f"nlist {nlist:5d} {name:24s} " + "  ".join(f"p{p}: {c:.3f} of top 10 / {s:.1%}" for p, c, s in row),
-                  flush=True)
+            print(
+                f"nlist {nlist:5d} {name:24s} " + "  ".join(f"p{p}: {c:.3f} of top 10 / {s:.1%}" for p, c, s in row),
+                flush=True,
+            )
 
     faiss.omp_set_num_threads(1)
     result["exhaustive_ms"] = ex_ms = median_ms(lambda q: exhaustive.search(q, 10), Q[:100])
@@ -149,9 +159,14 @@ def main():
         scanned = float(ivf.list_sizes[np.argsort(-(Q @ C.T), axis=1)[:, :p]].sum(1).mean())
         ms = median_ms(lambda q: ivf.search(q, 10, nprobe=p), Q[:100])
         ms1 = median_ms(lambda q: ivf.search(q, 10, nprobe=1), Q[:100])
-        result["per_list"][nlist] = dict(nprobe=p, codes_scanned=round(scanned), ms=round(ms, 3), ms_nprobe_1=round(ms1, 3))
-        print(f"IVF nlist {nlist:5d} nprobe {p:4d}: {scanned:,.0f} codes, {ms:.3f} ms (nprobe 1: {ms1:.3f} ms): "
-              f"{(ms - ms1) * 1e6 / scanned:.2f} ns per code scanned; exhaustive {ex_ms:.3f} ms", flush=True)
+        result["per_list"][nlist] = dict(
+            nprobe=p, codes_scanned=round(scanned), ms=round(ms, 3), ms_nprobe_1=round(ms1, 3)
+        )
+        print(
+            f"IVF nlist {nlist:5d} nprobe {p:4d}: {scanned:,.0f} codes, {ms:.3f} ms (nprobe 1: {ms1:.3f} ms): "
+            f"{(ms - ms1) * 1e6 / scanned:.2f} ns per code scanned; exhaustive {ex_ms:.3f} ms",
+            flush=True,
+        )
 
     if args.hnsw:
         faiss.omp_set_num_threads(2)
@@ -173,8 +188,10 @@ def main():
             got = np.array([search(q[None]) for q in Q])
             ms = median_ms(search, Q[:100])
             result["hnsw"]["rows"].append(dict(ef=ef, recall_at_10=round(recall(ref, got, 10), 3), ms=round(ms, 3)))
-            print(f"HNSW ef {ef}: recall@10 {recall(ref, got, 10):.3f}, {ms:.3f} ms ({ex_ms / ms:.1f}x the exhaustive)",
-                  flush=True)
+            print(
+                f"HNSW ef {ef}: recall@10 {recall(ref, got, 10):.3f}, {ms:.3f} ms ({ex_ms / ms:.1f}x the exhaustive)",
+                flush=True,
+            )
     print(json.dumps(result))
 
 

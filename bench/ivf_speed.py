@@ -28,10 +28,10 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_speed import median_ms, recall, synthetic  # noqa: E402
+from scan_speed import recall, synthetic  # noqa: E402
 
 from semdb import Codec  # noqa: E402
-from semdb.ivf import Assigner, IvfIndex, default_nprobe, nlist_for, train_centroids  # noqa: E402
+from semdb.ivf import Assigner, default_nprobe, nlist_for, train_centroids  # noqa: E402
 
 PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings" / "shopsphere_fashionclip_pairs.npz"
 
@@ -41,7 +41,7 @@ def synthetic_codes(codec, n, chunk=200_000):
     out = np.empty((n, codec.code_bytes), np.uint8)
     for i in range(0, n, chunk):
         X, _ = synthetic(min(chunk, n - i), seed=1000 + i // chunk)
-        out[i:i + len(X)] = codec.encode(X)
+        out[i : i + len(X)] = codec.encode(X)
         print(f"  encoded {i + len(X):,} / {n:,}", flush=True)
     return out
 
@@ -66,7 +66,7 @@ def resampled_codes(codec, pool, n, seed=0, chunk=1_000_000):
         for S in slots:
             rows = rng.integers(0, len(pool), m)
             idx[:, S] = pool_idx[rows[:, None], S[None, :]]
-        out[i:i + m] = pack(idx, codec.nbits)
+        out[i : i + m] = pack(idx, codec.nbits)
         print(f"  drawn {i + m:,} / {n:,}", flush=True)
     return out
 
@@ -77,7 +77,7 @@ def real_check(nprobes, k=10):
     data = np.load(PAIRS)
     X, T = data["image_emb"].astype(np.float32), data["text_emb"].astype(np.float32)
     perm = np.random.default_rng(0).permutation(len(X))
-    train, test = perm[:len(X) // 2], perm[len(X) // 2:]
+    train, test = perm[: len(X) // 2], perm[len(X) // 2 :]
     codec = Codec.train(X[train], bits=256, seed=0)
     codes = codec.encode(X[test])
     Q = T[test]
@@ -87,8 +87,13 @@ def real_check(nprobes, k=10):
     ivf = codec.index(codes, ivf=(C, Assigner(codec, C)(codes)))
     truth = np.arange(len(test))
     r1 = lambda ids: float(np.mean(ids[:, 0] == truth))  # noqa: E731
-    out = {"items": len(codes), "nlist": nlist, "default_nprobe": ivf.nprobe,
-           "r1_exhaustive": r1(exhaustive.search(Q, k)[0]), "r1_ivf": {}}
+    out = {
+        "items": len(codes),
+        "nlist": nlist,
+        "default_nprobe": ivf.nprobe,
+        "r1_exhaustive": r1(exhaustive.search(Q, k)[0]),
+        "r1_ivf": {},
+    }
     for p in sorted({ivf.nprobe, nlist // 16, nlist // 8, nlist // 4, nlist}):
         if 0 < p <= nlist:
             out["r1_ivf"][p] = r1(ivf.search(Q, k, nprobe=p)[0])
@@ -104,8 +109,12 @@ def main():
     ap.add_argument("--nlist", type=int, default=None, help="default: semdb.ivf.nlist_for(n)")
     ap.add_argument("--nprobe", default="16,32,64,128,256")
     ap.add_argument("--cache", default=None, help="a .npy file (outside the repo) to keep the codes in")
-    ap.add_argument("--pool", type=int, default=None,
-                    help="encode only this many; draw the n codes column by column from them (resampled_codes)")
+    ap.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="encode only this many; draw the n codes column by column from them (resampled_codes)",
+    )
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args()
     nprobes = [int(p) for p in args.nprobe.split(",")]
@@ -113,12 +122,19 @@ def main():
     train, source = synthetic(args.train_n, seed=1)
     t = time.perf_counter()
     codec = Codec.train(train, bits=args.bits, seed=0)
-    print(f"data: {args.n:,} synthetic codes ({source}), {args.bits} bits; codec trained on {args.train_n:,} "
-          f"in {time.perf_counter() - t:.0f} s", flush=True)
+    print(
+        f"data: {args.n:,} synthetic codes ({source}), {args.bits} bits; codec trained on {args.train_n:,} "
+        f"in {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
     n_encoded = args.pool or args.n
     cache = Path(args.cache) if args.cache else None
-    if cache and cache.exists() and cache.with_suffix(".codec").exists() \
-            and Codec.from_bytes(cache.with_suffix(".codec").read_bytes()).id == codec.id:
+    if (
+        cache
+        and cache.exists()
+        and cache.with_suffix(".codec").exists()
+        and Codec.from_bytes(cache.with_suffix(".codec").read_bytes()).id == codec.id
+    ):
         codes = np.load(cache, mmap_mode="r")[:n_encoded]
         codes = np.ascontiguousarray(codes) if len(codes) == n_encoded else None
     else:
@@ -142,8 +158,11 @@ def main():
     t = time.perf_counter()
     lists = Assigner(codec, C)(codes)
     assign_s = time.perf_counter() - t
-    print(f"ivf: nlist {nlist}, k-means {kmeans_s:.1f} s, assignment {assign_s:.1f} s "
-          f"({args.n / assign_s:,.0f} items/s, {os.cpu_count()} cores)", flush=True)
+    print(
+        f"ivf: nlist {nlist}, k-means {kmeans_s:.1f} s, assignment {assign_s:.1f} s "
+        f"({args.n / assign_s:,.0f} items/s, {os.cpu_count()} cores)",
+        flush=True,
+    )
 
     faiss.omp_set_num_threads(1)
     t = time.perf_counter()
@@ -153,9 +172,12 @@ def main():
     ivf = codec.index(codes, ivf=(C, lists))
     ivf_build_s = time.perf_counter() - t
     sizes = ivf.list_sizes
-    print(f"index build: exhaustive {flat_build_s:.1f} s, ivf {ivf_build_s:.1f} s; list sizes min {sizes.min()} "
-          f"median {int(np.median(sizes))} max {sizes.max()}; ivf memory {ivf.memory_bytes() / 2**20:.0f} MiB "
-          f"(+ codes {codes.nbytes / 2**20:.0f} MiB for the rerank)", flush=True)
+    print(
+        f"index build: exhaustive {flat_build_s:.1f} s, ivf {ivf_build_s:.1f} s; list sizes min {sizes.min()} "
+        f"median {int(np.median(sizes))} max {sizes.max()}; ivf memory {ivf.memory_bytes() / 2**20:.0f} MiB "
+        f"(+ codes {codes.nbytes / 2**20:.0f} MiB for the rerank)",
+        flush=True,
+    )
 
     k = args.k
     ref, _ = exhaustive.search(Q, k)
@@ -167,7 +189,11 @@ def main():
         got[p] = ivf.search(Q, k, nprobe=p)[0]
     for q in Q:
         for key in times:
-            fn = (lambda x: exhaustive.search(x, k)) if key == "exhaustive" else (lambda x, p=key: ivf.search(x, k, nprobe=p))
+            fn = (
+                (lambda x: exhaustive.search(x, k))
+                if key == "exhaustive"
+                else (lambda x, p=key: ivf.search(x, k, nprobe=p))
+            )
             s = time.perf_counter()
             fn(q[None])
             times[key].append((time.perf_counter() - s) * 1e3)
@@ -178,18 +204,40 @@ def main():
         ms = float(np.median(times[p]))
         rec = recall(ref, got[p], k)
         scanned = float(sizes[np.argsort(-(Q @ C.T), axis=1)[:, :p]].sum(1).mean()) / args.n
-        rows.append(dict(nprobe=p, ms=round(ms, 3), speedup=round(ex_ms / ms, 1), recall_at_10=round(rec, 4),
-                         scanned_fraction=round(scanned, 4)))
+        rows.append(
+            dict(
+                nprobe=p,
+                ms=round(ms, 3),
+                speedup=round(ex_ms / ms, 1),
+                recall_at_10=round(rec, 4),
+                scanned_fraction=round(scanned, 4),
+            )
+        )
         print(f"ivf nprobe {p:5d}: {ms:7.3f} ms  {ex_ms / ms:6.1f}x  recall@{k} {rec:.4f}  scans {scanned:.2%}")
     real = real_check(nprobes)
     if real:
-        print(f"real (FashionCLIP, {real['items']} stored, nlist {real['nlist']}): R@1 exhaustive "
-              f"{real['r1_exhaustive']:.3f}, ivf {real['r1_ivf']}")
-    result = dict(n=args.n, bits=args.bits, data="synthetic" + (f" (columns drawn from {args.pool:,} encoded)" if args.pool else ""), k=k, queries=args.queries, nlist=nlist,
-                  default_nprobe=default_nprobe(nlist), exhaustive_ms=round(ex_ms, 3), ivf=rows,
-                  kmeans_s=round(kmeans_s, 1), assign_s=round(assign_s, 1), ivf_build_s=round(ivf_build_s, 1),
-                  exhaustive_build_s=round(flat_build_s, 1), ivf_memory_bytes=ivf.memory_bytes(),
-                  codes_bytes=int(codes.nbytes), real=real)
+        print(
+            f"real (FashionCLIP, {real['items']} stored, nlist {real['nlist']}): R@1 exhaustive "
+            f"{real['r1_exhaustive']:.3f}, ivf {real['r1_ivf']}"
+        )
+    result = dict(
+        n=args.n,
+        bits=args.bits,
+        data="synthetic" + (f" (columns drawn from {args.pool:,} encoded)" if args.pool else ""),
+        k=k,
+        queries=args.queries,
+        nlist=nlist,
+        default_nprobe=default_nprobe(nlist),
+        exhaustive_ms=round(ex_ms, 3),
+        ivf=rows,
+        kmeans_s=round(kmeans_s, 1),
+        assign_s=round(assign_s, 1),
+        ivf_build_s=round(ivf_build_s, 1),
+        exhaustive_build_s=round(flat_build_s, 1),
+        ivf_memory_bytes=ivf.memory_bytes(),
+        codes_bytes=int(codes.nbytes),
+        real=real,
+    )
     print(json.dumps(result))
 
 

@@ -35,9 +35,28 @@ from semdb.images import discover  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "embeddings"
 SEMDB = str(Path(sys.executable).with_name("semdb"))
-TEXTS = ["a photo of an airplane", "a face", "a motorbike", "a leopard", "a watch", "a bonsai tree", "a piano",
-         "a car", "a chair", "an elephant", "a butterfly", "a ketch", "a lamp", "a helicopter", "a starfish",
-         "a sunflower", "a camera", "a brain", "a kangaroo", "a laptop"]
+TEXTS = [
+    "a photo of an airplane",
+    "a face",
+    "a motorbike",
+    "a leopard",
+    "a watch",
+    "a bonsai tree",
+    "a piano",
+    "a car",
+    "a chair",
+    "an elephant",
+    "a butterfly",
+    "a ketch",
+    "a lamp",
+    "a helicopter",
+    "a starfish",
+    "a sunflower",
+    "a camera",
+    "a brain",
+    "a kangaroo",
+    "a laptop",
+]
 
 
 def real_embeddings(tmp: Path) -> dict:
@@ -56,8 +75,11 @@ def real_embeddings(tmp: Path) -> dict:
         with semdb.open(tmp / f"grown{first}") as db:
             db.add_embeddings(paths[:first], X[:first], model="fashion-clip")
             db.add_embeddings(paths[first:], X[first:])
-            out[f"grown_{first}"] = {"r1": round(r1(db), 3), "staging": db.store.staging_count(),
-                                     "trained_on": db.codec.config["n_train"]}
+            out[f"grown_{first}"] = {
+                "r1": round(r1(db), 3),
+                "staging": db.store.staging_count(),
+                "trained_on": db.codec.config["n_train"],
+            }
     return out
 
 
@@ -78,16 +100,22 @@ def cli_growth(tmp: Path, tar: str, first: int, model: str) -> dict:
     s_all = semdb_cli("ingest", photos, "--store", grown, "--threads", 1)
     semdb_cli("ingest", photos, "--store", once, "--model", model, "--threads", 1)
     sample = random.Random(0).sample(files, 200)
-    out = {"first_ingest": {k: s_few[k] for k in ("new", "staged", "codec_trained")},
-           "second_ingest": {k: s_all[k] for k in ("new", "duplicate", "staged", "codec_trained", "items")}}
+    out = {
+        "first_ingest": {k: s_few[k] for k in ("new", "staged", "codec_trained")},
+        "second_ingest": {k: s_all[k] for k in ("new", "duplicate", "staged", "codec_trained", "items")},
+    }
     with semdb.open(grown, readonly=True) as g, semdb.open(once, readonly=True, embedder=g.embedder) as o:
         info = g.info()
-        out.update(trained_on=info["codec"]["trained_on"], staging=info["staging"], items=info["items"],
-                   image_overlap10=round(float(np.mean([overlap(g.query_image(f, k=10), o.query_image(f, k=10))
-                                                        for f in sample])), 3),
-                   text_overlap10=round(float(np.mean([overlap(g.query(t, k=10), o.query(t, k=10))
-                                                       for t in TEXTS])), 3),
-                   same_codec=g.codec.id == o.codec.id)
+        out.update(
+            trained_on=info["codec"]["trained_on"],
+            staging=info["staging"],
+            items=info["items"],
+            image_overlap10=round(
+                float(np.mean([overlap(g.query_image(f, k=10), o.query_image(f, k=10)) for f in sample])), 3
+            ),
+            text_overlap10=round(float(np.mean([overlap(g.query(t, k=10), o.query(t, k=10)) for t in TEXTS])), 3),
+            same_codec=g.codec.id == o.codec.id,
+        )
     return out
 
 

@@ -50,8 +50,13 @@ class StageClock:
         import semdb.ingest.run as ingest_run
         from semdb.ingest.ray import RayEngine
 
-        self.seconds = {"ray hashing": 0.0, "embed: first shard": 0.0, "embed: waiting for shards": 0.0,
-                        "driver: commit batches": 0.0, "driver: codec training": 0.0}
+        self.seconds = {
+            "ray hashing": 0.0,
+            "embed: first shard": 0.0,
+            "embed: waiting for shards": 0.0,
+            "driver: commit batches": 0.0,
+            "driver: codec training": 0.0,
+        }
         hashes, embed = RayEngine.hashes, RayEngine.embed
         clock = self
 
@@ -97,12 +102,28 @@ def import_rates(tmp: Path, n: int) -> dict:
     rng = np.random.default_rng(0)
     codec = Codec.train(rng.standard_normal((4096, 512)).astype(np.float32), bits=256, seed=0)
     codes = codec.encode(rng.standard_normal((n, 512)).astype(np.float32))
-    items = [Item(i + 1, f"/photos/2026/{i // 1000:04d}/img_{i:07d}.jpg", 2_000_000 + i, 1_700_000_000 * 10**9 + i,
-                  f"{i:032x}", 4000, 3000, 1.7e9, 1.7e9) for i in range(n)]
+    items = [
+        Item(
+            i + 1,
+            f"/photos/2026/{i // 1000:04d}/img_{i:07d}.jpg",
+            2_000_000 + i,
+            1_700_000_000 * 10**9 + i,
+            f"{i:032x}",
+            4000,
+            3000,
+            1.7e9,
+            1.7e9,
+        )
+        for i in range(n)
+    ]
     meta = arrow.make_meta(codec.id, codec.code_bytes, None, codec.to_bytes())
     src = tmp / "synthetic.parquet"
-    pq.write_table(pa.Table.from_batches([arrow.to_batch(items, codes, codec.code_bytes)],
-                                         schema=arrow.schema(codec.code_bytes, meta)), src)
+    pq.write_table(
+        pa.Table.from_batches(
+            [arrow.to_batch(items, codes, codec.code_bytes)], schema=arrow.schema(codec.code_bytes, meta)
+        ),
+        src,
+    )
     with semdb.open(tmp / "imported") as db:
         t = time.perf_counter()
         db.import_parquet([src])
@@ -114,8 +135,13 @@ def import_rates(tmp: Path, n: int) -> dict:
         db.export(tmp / "again.parquet")
         t_export = time.perf_counter() - t
     assert again["unchanged"] == n
-    return {"rows": n, "parquet_bytes": src.stat().st_size, "import_rows_per_s": round(n / t_import),
-            "reimport_rows_per_s": round(n / t_again), "export_rows_per_s": round(n / t_export)}
+    return {
+        "rows": n,
+        "parquet_bytes": src.stat().st_size,
+        "import_rows_per_s": round(n / t_import),
+        "reimport_rows_per_s": round(n / t_again),
+        "export_rows_per_s": round(n / t_export),
+    }
 
 
 def main(argv=None) -> int:
@@ -134,7 +160,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp_name)
         folder = Path(args.images) if args.images else extract(args.caltech_tar, tmp / "photos")
         if args.limit:
-            files = list(discover([folder]))[:args.limit]
+            files = list(discover([folder]))[: args.limit]
             folder = tmp / "subset"
             folder.mkdir()
             for i, f in enumerate(files):
@@ -162,16 +188,22 @@ def main(argv=None) -> int:
             (small / f.name).symlink_to(f.resolve())
         overhead = ingest(tmp / "overhead", small, model, "ray", None)["wall"]
         ray.shutdown()
-        result.update({
-            "local_seconds": round(local["wall"], 2), "local_images_per_s": round(n / local["wall"], 2),
-            "ray_seconds": round(on_ray["wall"], 2), "ray_images_per_s": round(n / on_ray["wall"], 2),
-            "ray_over_local": round(local["wall"] / on_ray["wall"], 3),
-            "local_codec_training_seconds": round(local_train, 2),
-            "ray_over_local_without_training": round((local["wall"] - local_train) / (on_ray["wall"] - ray_train), 3),
-            "ray_stage_seconds": stages,
-            "codec_trained_in_both": local["codec_trained"] and on_ray["codec_trained"],
-            "ray_seconds_for_32_images": round(overhead, 2),
-        })
+        result.update(
+            {
+                "local_seconds": round(local["wall"], 2),
+                "local_images_per_s": round(n / local["wall"], 2),
+                "ray_seconds": round(on_ray["wall"], 2),
+                "ray_images_per_s": round(n / on_ray["wall"], 2),
+                "ray_over_local": round(local["wall"] / on_ray["wall"], 3),
+                "local_codec_training_seconds": round(local_train, 2),
+                "ray_over_local_without_training": round(
+                    (local["wall"] - local_train) / (on_ray["wall"] - ray_train), 3
+                ),
+                "ray_stage_seconds": stages,
+                "codec_trained_in_both": local["codec_trained"] and on_ray["codec_trained"],
+                "ray_seconds_for_32_images": round(overhead, 2),
+            }
+        )
         log(f"ray/local speed {result['ray_over_local']}")
         result["import"] = import_rates(tmp, args.import_rows)
         log(f"import/export: {result['import']}")

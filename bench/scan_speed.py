@@ -40,7 +40,7 @@ def synthetic(n, seed=0, chunk=100_000):
     out = np.empty((n, len(mean)), np.float32)
     for i in range(0, n, chunk):
         X = mean + rng.standard_normal((min(chunk, n - i), len(mean))) @ L.T
-        out[i:i + chunk] = X / np.linalg.norm(X, axis=1, keepdims=True)
+        out[i : i + chunk] = X / np.linalg.norm(X, axis=1, keepdims=True)
     return out, source
 
 
@@ -67,24 +67,36 @@ def shortlist_recall(codec, codes, index, Q, float_top, k, sizes):
 
     rec = lambda a, b: round(recall(a, b, k), 3)  # noqa: E731
     idx = codec.indices(codes)
-    norms = np.concatenate([codec.norms(idx[i:i + 100_000]) for i in range(0, len(idx), 100_000)])
+    norms = np.concatenate([codec.norms(idx[i : i + 100_000]) for i in range(0, len(idx), 100_000)])
     lut, offset = adc_lut(Q, index.tables, index.bias)
     cos_top, ip_top = [], []
     for i in range(len(Q)):
-        ip = adc_scores(lut[i:i + 1], offset[i:i + 1], idx)[0]
+        ip = adc_scores(lut[i : i + 1], offset[i : i + 1], idx)[0]
         cos_top.append(np.argsort(-ip / norms, kind="stable")[:k])
         ip_top.append(np.argsort(-ip, kind="stable")[:k])
-    out = dict(every_code_cosine_vs_float=rec(cos_top, float_top), every_code_ip_vs_float=rec(ip_top, float_top),
-               rows=[])
+    out = dict(
+        every_code_cosine_vs_float=rec(cos_top, float_top), every_code_ip_vs_float=rec(ip_top, float_top), rows=[]
+    )
     for size in sizes:
         got = index.search(Q, k, shortlist=size)[0]
         ms = median_ms(lambda q: index.search(q, k, shortlist=size), Q)
-        out["rows"].append(dict(shortlist=size, ms=round(ms, 3), recall_vs_float=rec(got, float_top),
-                                recall_vs_every_code_cosine=rec(got, cos_top)))
-        print(f"shortlist {size}: {ms:.2f} ms, recall@{k} {rec(got, float_top):.3f} against the float top {k}, "
-              f"{rec(got, cos_top):.3f} against the exact cosine top {k} of every code", flush=True)
-    print(f"every code scored exactly: cosine {out['every_code_cosine_vs_float']:.3f}, inner product "
-          f"{out['every_code_ip_vs_float']:.3f} against the float top {k}")
+        out["rows"].append(
+            dict(
+                shortlist=size,
+                ms=round(ms, 3),
+                recall_vs_float=rec(got, float_top),
+                recall_vs_every_code_cosine=rec(got, cos_top),
+            )
+        )
+        print(
+            f"shortlist {size}: {ms:.2f} ms, recall@{k} {rec(got, float_top):.3f} against the float top {k}, "
+            f"{rec(got, cos_top):.3f} against the exact cosine top {k} of every code",
+            flush=True,
+        )
+    print(
+        f"every code scored exactly: cosine {out['every_code_cosine_vs_float']:.3f}, inner product "
+        f"{out['every_code_ip_vs_float']:.3f} against the float top {k}"
+    )
     return out
 
 
@@ -130,15 +142,29 @@ def main():
     got, _ = index.search(Q, args.k)
     overlap = recall(ref, got, args.k)
 
-    shortlists = shortlist_recall(codec, codes, index, Q, ref, args.k,
-                                  [int(s) for s in args.shortlists.split(",") if s])
-    result = dict(n=args.n, bits=args.bits, data="synthetic", k=args.k, semdb_ms=round(semdb_ms, 3),
-                  faiss_flat_ms=round(flat_ms, 3), faiss_pqfs_ms=round(pqfs_ms, 3),
-                  speedup_vs_flat=round(flat_ms / semdb_ms, 2), ratio_vs_pqfs=round(semdb_ms / pqfs_ms, 2),
-                  train_seconds=round(train_s, 1), train_n=args.train_n, encode_items_per_s=round(encode_rate),
-                  overlap_at_k_vs_float=round(overlap, 3), shortlists=shortlists)
-    print(f"semdb {semdb_ms:.2f} ms | FAISS flat {flat_ms:.2f} ms ({result['speedup_vs_flat']}x slower) | "
-          f"FAISS PQ fast-scan {pqfs_ms:.2f} ms (semdb/pqfs = {result['ratio_vs_pqfs']})")
+    shortlists = shortlist_recall(
+        codec, codes, index, Q, ref, args.k, [int(s) for s in args.shortlists.split(",") if s]
+    )
+    result = dict(
+        n=args.n,
+        bits=args.bits,
+        data="synthetic",
+        k=args.k,
+        semdb_ms=round(semdb_ms, 3),
+        faiss_flat_ms=round(flat_ms, 3),
+        faiss_pqfs_ms=round(pqfs_ms, 3),
+        speedup_vs_flat=round(flat_ms / semdb_ms, 2),
+        ratio_vs_pqfs=round(semdb_ms / pqfs_ms, 2),
+        train_seconds=round(train_s, 1),
+        train_n=args.train_n,
+        encode_items_per_s=round(encode_rate),
+        overlap_at_k_vs_float=round(overlap, 3),
+        shortlists=shortlists,
+    )
+    print(
+        f"semdb {semdb_ms:.2f} ms | FAISS flat {flat_ms:.2f} ms ({result['speedup_vs_flat']}x slower) | "
+        f"FAISS PQ fast-scan {pqfs_ms:.2f} ms (semdb/pqfs = {result['ratio_vs_pqfs']})"
+    )
     print(json.dumps(result))
 
 

@@ -42,9 +42,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest_speed import DEFAULT_TAR, log, resolve_model_arg  # noqa: E402
 
-ADJECTIVES = ["a photo of", "a close-up photo of", "a blurry picture of", "a drawing of", "a bright photo of",
-              "an old photo of", "a cropped photo of", "a photo of the small", "a photo of the large",
-              "a low-light photo of"]
+ADJECTIVES = [
+    "a photo of",
+    "a close-up photo of",
+    "a blurry picture of",
+    "a drawing of",
+    "a bright photo of",
+    "an old photo of",
+    "a cropped photo of",
+    "a photo of the small",
+    "a photo of the large",
+    "a low-light photo of",
+]
 
 
 def extract_sample(tar_path: str, dest: Path, limit: int, seed: int) -> list[Path]:
@@ -76,8 +85,12 @@ def pct(values, q):
 
 
 def summary(ms: list[float]) -> dict:
-    return {"p50_ms": round(statistics.median(ms), 2), "p90_ms": round(pct(ms, 0.9), 2),
-            "mean_ms": round(statistics.fmean(ms), 2), "n": len(ms)}
+    return {
+        "p50_ms": round(statistics.median(ms), 2),
+        "p90_ms": round(pct(ms, 0.9), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "n": len(ms),
+    }
 
 
 class Client:
@@ -146,10 +159,12 @@ def main(argv=None) -> int:
     server = None
     try:
         load = os.getloadavg()
-        log(f"host: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-            f"torch threads {torch.get_num_threads()}")
+        log(
+            f"host: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+            f"torch threads {torch.get_num_threads()}"
+        )
         if args.images:
-            files = list(discover([Path(args.images)]))[:args.limit]
+            files = list(discover([Path(args.images)]))[: args.limit]
         else:
             files = extract_sample(args.caltech_tar, tmp / "photos", args.limit, args.seed)
         classes = sorted({p.parent.name.replace("_", " ") for p in files}) or ["thing"]
@@ -164,12 +179,16 @@ def main(argv=None) -> int:
 
         rng = random.Random(args.seed)
         combos = [f"{a} {c}" for a in ADJECTIVES for c in classes]  # distinct texts: nothing is cached
-        texts = rng.sample(combos, args.queries + 5) if len(combos) >= args.queries + 5 else \
-            [f"{combos[i % len(combos)]} {i}" for i in range(args.queries + 5)]
+        texts = (
+            rng.sample(combos, args.queries + 5)
+            if len(combos) >= args.queries + 5
+            else [f"{combos[i % len(combos)]} {i}" for i in range(args.queries + 5)]
+        )
 
         server, port = start_server(store, args.threads, tmp / "serve.log")
         client = Client(port)
         with semdb.open(store, readonly=True, embedder=emb) as db:
+
             def bare(text):
                 t = time.perf_counter()
                 hits = db.query_vectors(emb.encode_texts([text]), k=args.k)[0]
@@ -196,32 +215,52 @@ def main(argv=None) -> int:
                         t_inside.append(out["ms"])
                         served = [h["id"] for h in out["hits"]]
                 same += served == local
-        res = {"model": desc, "items": facts["items"], "k": args.k, "queries": len(t_bare),
-               "torch_threads": torch.get_num_threads(),
-               "server_http": summary(t_http), "server_inside": summary(t_inside), "bare_encode_scan": summary(t_bare),
-               "same_hits": same}
+        res = {
+            "model": desc,
+            "items": facts["items"],
+            "k": args.k,
+            "queries": len(t_bare),
+            "torch_threads": torch.get_num_threads(),
+            "server_http": summary(t_http),
+            "server_inside": summary(t_inside),
+            "bare_encode_scan": summary(t_bare),
+            "same_hits": same,
+        }
         res["ratio_p50"] = round(res["server_http"]["p50_ms"] / res["bare_encode_scan"]["p50_ms"], 3)
         log(f"\nwarm text query, {len(t_bare)} queries each, interleaved, k={args.k}, {facts['items']} items:")
-        for name, key in (("server (HTTP GET, JSON)", "server_http"), ("  of which inside the server", "server_inside"),
-                          ("bare encode_texts + query_vectors", "bare_encode_scan")):
+        for name, key in (
+            ("server (HTTP GET, JSON)", "server_http"),
+            ("  of which inside the server", "server_inside"),
+            ("bare encode_texts + query_vectors", "bare_encode_scan"),
+        ):
             s = res[key]
             log(f"  {name:36s} p50 {s['p50_ms']:8.2f} ms  p90 {s['p90_ms']:8.2f} ms  mean {s['mean_ms']:8.2f} ms")
-        log(f"  ratio server / bare (p50): {res['ratio_p50']:.3f} (target <= 1.3); "
-            f"same hits in {same} of {len(t_bare)} queries")
+        log(
+            f"  ratio server / bare (p50): {res['ratio_p50']:.3f} (target <= 1.3); "
+            f"same hits in {same} of {len(t_bare)} queries"
+        )
 
         if args.cli_runs:
             walls = []
             for i in range(args.cli_runs):
                 t = time.perf_counter()
-                out = subprocess.run([sys.executable, "-m", "semdb.cli", "query", texts[i], "--store", str(store),
-                                      "--json"], capture_output=True, text=True, timeout=600)
+                out = subprocess.run(
+                    [sys.executable, "-m", "semdb.cli", "query", texts[i], "--store", str(store), "--json"],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
                 walls.append(time.perf_counter() - t)
                 if out.returncode != 0:
                     raise RuntimeError(out.stderr)
-            res["cli_query_via_server_s"] = {"p50": round(statistics.median(walls), 3),
-                                             "all": [round(w, 3) for w in walls]}
-            log(f"  `semdb query` (new process) answered by the server: p50 {statistics.median(walls):.2f} s "
-                f"over {len(walls)} runs")
+            res["cli_query_via_server_s"] = {
+                "p50": round(statistics.median(walls), 3),
+                "all": [round(w, 3) for w in walls],
+            }
+            log(
+                f"  `semdb query` (new process) answered by the server: p50 {statistics.median(walls):.2f} s "
+                f"over {len(walls)} runs"
+            )
         res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(res), flush=True)
         return 0

@@ -61,13 +61,16 @@ def table_of(codec, codes):
         "hash": pa.array([f"{i:032x}" for i in idx], pa.string()),
         "width": pa.array(np.full(n, 640), pa.uint32()),
         "height": pa.array(np.full(n, 480), pa.uint32()),
-        "added": now, "updated": now,
-        "code": pa.FixedSizeBinaryArray.from_buffers(pa.binary(codec.code_bytes), n,
-                                                     [None, pa.py_buffer(np.ascontiguousarray(codes).tobytes())]),
+        "added": now,
+        "updated": now,
+        "code": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(codec.code_bytes), n, [None, pa.py_buffer(np.ascontiguousarray(codes).tobytes())]
+        ),
         "taken": now,
     }
-    meta = arrow.make_meta(codec.id, codec.code_bytes, {"name": "ViT-B-32", "pretrained": "synthetic", "dim": codec.dim},
-                           codec.to_bytes())
+    meta = arrow.make_meta(
+        codec.id, codec.code_bytes, {"name": "ViT-B-32", "pretrained": "synthetic", "dim": codec.dim}, codec.to_bytes()
+    )
     sch = arrow.schema(codec.code_bytes, meta)
     return pa.Table.from_arrays([cols[f.name] for f in sch], schema=sch)
 
@@ -94,8 +97,10 @@ def exact_top_k(searcher, Q, k, chunk=200_000):
         R = np.concatenate([best_r, np.broadcast_to(rows, (len(Q), len(rows)))], axis=1)
         top = np.argsort(-S, axis=1, kind="stable")[:, :k]
         best_s, best_r = np.take_along_axis(S, top, 1), np.take_along_axis(R, top, 1)
-    return [[Hit(it.path, float(sc), int(it.id)) for it, sc in zip(searcher.ctx.store.items(ids[r]), s)]
-            for r, s in zip(best_r, best_s)]
+    return [
+        [Hit(it.path, float(sc), int(it.id)) for it, sc in zip(searcher.ctx.store.items(ids[r]), s)]
+        for r, s in zip(best_r, best_s)
+    ]
 
 
 def at_least_as_good(a, b) -> bool:
@@ -103,13 +108,15 @@ def at_least_as_good(a, b) -> bool:
 
 
 def recall(hits, exact) -> float:
-    return float(np.mean([len({h.path for h in a} & {h.path for h in b}) / max(len(b), 1)
-                          for a, b in zip(hits, exact)]))
+    return float(
+        np.mean([len({h.path for h in a} & {h.path for h in b}) / max(len(b), 1) for a, b in zip(hits, exact)])
+    )
 
 
 def same(a, b) -> bool:
-    return [h.path for h in a] == [h.path for h in b] and np.allclose([h.score for h in a], [h.score for h in b],
-                                                                      atol=1e-5, rtol=0)
+    return [h.path for h in a] == [h.path for h in b] and np.allclose(
+        [h.score for h in a], [h.score for h in b], atol=1e-5, rtol=0
+    )
 
 
 def main():
@@ -163,8 +170,14 @@ def main():
 
     local = Searcher(StoreContext(Store(tmp / "one", readonly=True)))
     local.index()  # warm, as a serving shard is
-    result = {"n": args.n, "shards": args.shards, "k": args.k, "queries": args.queries, "build": build,
-              "load_before": os.getloadavg()}
+    result = {
+        "n": args.n,
+        "shards": args.shards,
+        "k": args.k,
+        "queries": args.queries,
+        "build": build,
+        "load_before": os.getloadavg(),
+    }
     result["local"], ref = timed(lambda q: local.vectors(q[None], args.k)[0], Q)
     exact = exact_top_k(local, Q, args.k)
     result["local"]["recall_vs_exact"] = round(recall(ref, exact), 4)

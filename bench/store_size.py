@@ -73,11 +73,16 @@ def write_parquet(path: Path, codec: Codec, n: int, chunk: int = 100_000) -> flo
             i = np.arange(start, start + m)
             year = 2005 + i * 20 // n  # 20 years of photos, in import order
             month = 1 + (i * 240 // n) % 12
-            taken = (np.datetime64("2005-01-01", "s").astype(np.int64) + i * (20 * 365 * 86400 // n)
-                     + rng.integers(0, 3600, m))
+            taken = (
+                np.datetime64("2005-01-01", "s").astype(np.int64)
+                + i * (20 * 365 * 86400 // n)
+                + rng.integers(0, 3600, m)
+            )
             stamp = taken.astype("datetime64[s]").astype(str)  # 2019-07-12T15:30:12
-            paths = [f"/photos/{y}/{mo:02d}-Holiday/IMG_{s[11:13]}{s[14:16]}{s[17:19]}_{k % 10000:04d}.jpg"
-                     for y, mo, s, k in zip(year.tolist(), month.tolist(), stamp.tolist(), i.tolist())]
+            paths = [
+                f"/photos/{y}/{mo:02d}-Holiday/IMG_{s[11:13]}{s[14:16]}{s[17:19]}_{k % 10000:04d}.jpg"
+                for y, mo, s, k in zip(year.tolist(), month.tolist(), stamp.tolist(), i.tolist())
+            ]
             total_len += sum(len(p) for p in paths)
             mtime_ns = (taken + rng.integers(0, 86400 * 30, m)) * 1_000_000_000 + rng.integers(0, 1e9, m)
             added_us = np.full(m, 1_760_000_000_000_000) + start  # one import: nearly equal times
@@ -92,8 +97,9 @@ def write_parquet(path: Path, codec: Codec, n: int, chunk: int = 100_000) -> flo
                 pa.array(np.full(m, 3024, np.uint32)),
                 pa.array(added_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
                 pa.array(added_us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                pa.FixedSizeBinaryArray.from_buffers(pa.binary(codec.code_bytes), m,
-                                                     [None, pa.py_buffer(codes[start:start + m].tobytes())]),
+                pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(codec.code_bytes), m, [None, pa.py_buffer(codes[start : start + m].tobytes())]
+                ),
                 pa.array(taken * 1_000_000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
             ]
             w.write_batch(pa.RecordBatch.from_arrays(cols, schema=sch))
@@ -103,9 +109,14 @@ def write_parquet(path: Path, codec: Codec, n: int, chunk: int = 100_000) -> flo
 def first_query(store: Path, query: Path, pythonpath: Path) -> dict:
     t = time.perf_counter()
     # cwd: `python -c` puts it first on sys.path, so it must not hold another semdb
-    r = subprocess.run([sys.executable, "-c", FIRST_QUERY, str(store), str(query)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(pythonpath), "SEMDB_STORE": ""}, cwd=pythonpath,
-                       check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", FIRST_QUERY, str(store), str(query)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(pythonpath), "SEMDB_STORE": ""},
+        cwd=pythonpath,
+        check=True,
+    )
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["process_wall_s"] = time.perf_counter() - t
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
@@ -130,7 +141,9 @@ def main():
     parquet = args.out / f"items_{args.n}.parquet"
     t = time.perf_counter()
     mean_path = write_parquet(parquet, codec, args.n)
-    print(f"wrote {parquet} ({args.n:,} rows, mean path {mean_path:.1f} B) in {time.perf_counter() - t:.1f} s", flush=True)
+    print(
+        f"wrote {parquet} ({args.n:,} rows, mean path {mean_path:.1f} B) in {time.perf_counter() - t:.1f} s", flush=True
+    )
     query = args.out / "query.npy"
     np.save(query, synthetic(1, seed=9)[0])
 
@@ -141,40 +154,72 @@ def main():
         summary = db.import_parquet([parquet])
     import_s = time.perf_counter() - t
     budget = codec.code_bytes + mean_path + 40
-    result = {"n": args.n, "bits": args.bits, "code_bytes": codec.code_bytes, "mean_path_bytes": round(mean_path, 1),
-              "budget_bytes_per_item": round(budget, 1), "bytes_per_item": per_item(store, args.n),
-              "import_s": round(import_s, 1), "added": summary["added"],
-              "first_query": first_query(store, query, ROOT), "embeddings": source}
-    print(f"schema 2: {result['bytes_per_item']} B/item (budget {budget:.1f}), import {import_s:.1f} s, "
-          f"first query {result['first_query']}", flush=True)
+    result = {
+        "n": args.n,
+        "bits": args.bits,
+        "code_bytes": codec.code_bytes,
+        "mean_path_bytes": round(mean_path, 1),
+        "budget_bytes_per_item": round(budget, 1),
+        "bytes_per_item": per_item(store, args.n),
+        "import_s": round(import_s, 1),
+        "added": summary["added"],
+        "first_query": first_query(store, query, ROOT),
+        "embeddings": source,
+    }
+    print(
+        f"schema 2: {result['bytes_per_item']} B/item (budget {budget:.1f}), import {import_s:.1f} s, "
+        f"first query {result['first_query']}",
+        flush=True,
+    )
 
     if args.schema1:
         v1 = args.out / "semdb_v1"
         if not v1.exists():
             v1.mkdir()
             tar = args.out / "v1.tar"
-            tar.write_bytes(subprocess.run(["git", "archive", V1, "semdb"], cwd=ROOT, capture_output=True,
-                                           check=True).stdout)
+            tar.write_bytes(
+                subprocess.run(["git", "archive", V1, "semdb"], cwd=ROOT, capture_output=True, check=True).stdout
+            )
             with tarfile.open(tar) as f:
                 f.extractall(v1, filter="data")
         old = args.out / "store_v1"
         shutil.rmtree(old, ignore_errors=True)
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import sys; from semdb.api import Database; "
-                        "db = Database(sys.argv[1]); db.import_parquet([sys.argv[2]]); db.close()",
-                        str(old), str(parquet)], env={**os.environ, "PYTHONPATH": str(v1), "SEMDB_STORE": ""},
-                       cwd=v1, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from semdb.api import Database; "
+                "db = Database(sys.argv[1]); db.import_parquet([sys.argv[2]]); db.close()",
+                str(old),
+                str(parquet),
+            ],
+            env={**os.environ, "PYTHONPATH": str(v1), "SEMDB_STORE": ""},
+            cwd=v1,
+            check=True,
+        )
         v1_import = time.perf_counter() - t
         v1_size = per_item(old, args.n)
         v1_query = first_query(old, query, v1)
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import sys; from semdb.store import Store; Store(sys.argv[1]).close()",
-                        str(old)], env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=True)
-        result["schema1"] = {"bytes_per_item": v1_size, "import_s": round(v1_import, 1), "first_query": v1_query,
-                             "migrate_s": round(time.perf_counter() - t, 1),
-                             "migrated_bytes_per_item": per_item(old, args.n)}
-        print(f"schema 1: {v1_size} B/item, import {v1_import:.1f} s, first query {v1_query}; migrated in "
-              f"{result['schema1']['migrate_s']} s to {result['schema1']['migrated_bytes_per_item']} B/item", flush=True)
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from semdb.store import Store; Store(sys.argv[1]).close()", str(old)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            check=True,
+        )
+        result["schema1"] = {
+            "bytes_per_item": v1_size,
+            "import_s": round(v1_import, 1),
+            "first_query": v1_query,
+            "migrate_s": round(time.perf_counter() - t, 1),
+            "migrated_bytes_per_item": per_item(old, args.n),
+        }
+        print(
+            f"schema 1: {v1_size} B/item, import {v1_import:.1f} s, first query {v1_query}; migrated in "
+            f"{result['schema1']['migrate_s']} s to {result['schema1']['migrated_bytes_per_item']} B/item",
+            flush=True,
+        )
     print(json.dumps(result))
 
 

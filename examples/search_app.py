@@ -33,7 +33,7 @@ def main() -> int:
                 continue
             try:
                 if line.startswith("image:"):
-                    hits = db.query_image(line[len("image:"):].strip(), k=args.k)
+                    hits = db.query_image(line[len("image:") :].strip(), k=args.k)
                 else:
                     hits = db.query(line, k=args.k)
                 reply = {"query": line, "hits": [{"path": h.path, "score": round(h.score, 4)} for h in hits]}

@@ -1,10 +1,10 @@
 """semdb: a compressed semantic vector database for image collections.
 
-    import semdb
-    with semdb.open("photos.semdb") as db:
-        db.ingest(["./photos"])
-        for hit in db.query("a red bicycle", k=5):
-            print(hit.score, hit.path)
+import semdb
+with semdb.open("photos.semdb") as db:
+    db.ingest(["./photos"])
+    for hit in db.query("a red bicycle", k=5):
+        print(hit.score, hit.path)
 """
 
 from .api import Database, Hit, open

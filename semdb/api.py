@@ -12,8 +12,8 @@ each call to the module that does the work: `ingest/`, `query.py`, `transfer.py`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -22,15 +22,15 @@ from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice
-from .progress import Progress
 from .ivf import default_nprobe
+from .progress import Progress
 from .query import Hit, Searcher
 from .store import Store, default_store_path
 
 __all__ = ["Database", "Hit", "open"]
 
 
-def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> "Database":  # noqa: A001
+def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> Database:  # noqa: A001
     """Open (or create) the store at `path` (default: $SEMDB_STORE or the user data dir)."""
     return Database(path, model=model, pretrained=pretrained, **kwargs)
 
@@ -41,15 +41,25 @@ class Database:
     `embedder`: an already loaded `semdb.embed.Embedder` to use instead of loading `model`
     (it must be the store's model)."""
 
-    def __init__(self, path=None, model: str | None = None, pretrained: str | None = None,
-                 readonly: bool = False, wait: bool = False, device: str = "cpu",
-                 map_size: int | None = None, threads: int | None = None, embedder=None):
+    def __init__(
+        self,
+        path=None,
+        model: str | None = None,
+        pretrained: str | None = None,
+        readonly: bool = False,
+        wait: bool = False,
+        device: str = "cpu",
+        map_size: int | None = None,
+        threads: int | None = None,
+        embedder=None,
+    ):
         self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
         self.readonly = readonly
         if readonly and not (self.path / "data.mdb").exists():
             raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
-        self.store = Store(self.path, create=not readonly, readonly=readonly, wait=wait,
-                           **({"map_size": map_size} if map_size else {}))  # initial LMDB map; grows
+        self.store = Store(
+            self.path, create=not readonly, readonly=readonly, wait=wait, **({"map_size": map_size} if map_size else {})
+        )  # initial LMDB map; grows
         try:
             self._ctx = StoreContext(self.store, model, pretrained, device=device, threads=threads, embedder=embedder)
         except BaseException:
@@ -60,7 +70,7 @@ class Database:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Database":
+    def __enter__(self) -> Database:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -82,11 +92,24 @@ class Database:
         return self._ctx.codec
 
     # --- ingest ---------------------------------------------------------------------------
-    def ingest(self, paths: Iterable, *, bits: int = DEFAULT_BITS, codec=None, batch_size: int = 32,
-               prune: bool = False, workers: int | None = None,
-               max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS, progress: Progress | None = None,
-               engine: str = "local", ray_address: str | None = None, ray_shards=None,
-               train_now: bool = False, captions=None, policy: CodecPolicy | None = None) -> dict:
+    def ingest(
+        self,
+        paths: Iterable,
+        *,
+        bits: int = DEFAULT_BITS,
+        codec=None,
+        batch_size: int = 32,
+        prune: bool = False,
+        workers: int | None = None,
+        max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
+        progress: Progress | None = None,
+        engine: str = "local",
+        ray_address: str | None = None,
+        ray_shards=None,
+        train_now: bool = False,
+        captions=None,
+        policy: CodecPolicy | None = None,
+    ) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
         Every batch commits atomically, so an interrupted ingest resumes where it stopped.
@@ -103,14 +126,32 @@ class Database:
         """
         from .ingest import ingest
 
-        options = IngestOptions(batch_size=batch_size, workers=workers, max_megapixels=max_megapixels,
-                                prune=prune, codec=codec, policy=policy or CodecPolicy(bits=bits, train_now=train_now),
-                                engine=engine, ray_address=ray_address, ray_shards=ray_shards, captions=captions)
+        options = IngestOptions(
+            batch_size=batch_size,
+            workers=workers,
+            max_megapixels=max_megapixels,
+            prune=prune,
+            codec=codec,
+            policy=policy or CodecPolicy(bits=bits, train_now=train_now),
+            engine=engine,
+            ray_address=ray_address,
+            ray_shards=ray_shards,
+            captions=captions,
+        )
         return ingest(self._ctx, paths, options, progress).to_dict()
 
-    def add_embeddings(self, paths, embeddings=None, *, model: str | None = None, pretrained: str | None = None,
-                       bits: int = DEFAULT_BITS, train_now: bool = False, policy: CodecPolicy | None = None,
-                       progress: Progress | None = None) -> dict:
+    def add_embeddings(
+        self,
+        paths,
+        embeddings=None,
+        *,
+        model: str | None = None,
+        pretrained: str | None = None,
+        bits: int = DEFAULT_BITS,
+        train_now: bool = False,
+        policy: CodecPolicy | None = None,
+        progress: Progress | None = None,
+    ) -> dict:
         """Store precomputed CLIP image embeddings (n, D) of the files `paths`, as an ingest
         would (codes, or staged until the codec is due). `paths` may instead be a source to
         read: a clip-retrieval output folder, a .npz, or a .npy (then `embeddings` is the paths
@@ -129,12 +170,20 @@ class Database:
 
             name, tag = resolve_model(model, pretrained)
             model_id = {"name": name, "pretrained": tag}
-        return add_embeddings(self._ctx, data, model_id, policy or CodecPolicy(bits=bits, train_now=train_now),
-                              progress).to_dict()
+        return add_embeddings(
+            self._ctx, data, model_id, policy or CodecPolicy(bits=bits, train_now=train_now), progress
+        ).to_dict()
 
-    def retrain(self, bits: int | None = None, sample: int | None = None, batch_size: int = 32,
-                workers: int | None = None, max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
-                progress: Progress | None = None, captions=None) -> dict:
+    def retrain(
+        self,
+        bits: int | None = None,
+        sample: int | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+        max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
+        progress: Progress | None = None,
+        captions=None,
+    ) -> dict:
         """Train a new codec on (a sample of, re-embedded) stored files and re-encode every item;
         items whose file is gone or unreadable are transcoded from their old code. Resumable and
         crash-safe; queries keep using the old codes until the switch. `captions`: as for
@@ -142,13 +191,26 @@ class Database:
         ingest/retrain.py."""
         from .ingest.retrain import RETRAIN_SAMPLE, retrain
 
-        return retrain(self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels,
-                       progress, captions).to_dict()
+        return retrain(
+            self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels, progress, captions
+        ).to_dict()
 
     # --- query ----------------------------------------------------------------------------
-    def search(self, query: str | None = None, *, k: int = 10, like=None, image=None, under=None, after=None,
-               before=None, within: float | None = None, min_score: float | None = None,
-               files: bool = True, nprobe: int | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        k: int = 10,
+        like=None,
+        image=None,
+        under=None,
+        after=None,
+        before=None,
+        within: float | None = None,
+        min_score: float | None = None,
+        files: bool = True,
+        nprobe: int | None = None,
+    ) -> list[Hit]:
         """The k items closest to a query, best first; a query reads left to right:
 
         what: `query` text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms,
@@ -168,16 +230,20 @@ class Database:
         if image is not None:
             terms.append(Term("image", image))
         if like is not None:
-            item = self.item(like) if isinstance(like, (int, np.integer)) else self.store.item_by_path(
-                os.path.abspath(os.fsdecode(like)))
+            item = (
+                self.item(like)
+                if isinstance(like, (int, np.integer))
+                else self.store.item_by_path(os.path.abspath(os.fsdecode(like)))
+            )
             if item is None:
                 raise InputError(f"--like {like}: not an item of {self.path} (give a stored id or path)")
             terms.append(Term("item", item.id))
             exclude.append(item.id)
         return self._searcher.search(terms, k, Where.of(under, after, before), within, min_score, exclude, nprobe)
 
-    def similar(self, item_id: int, *, k: int = 10, under=None, after=None, before=None,
-                within: float | None = None) -> list[Hit]:
+    def similar(
+        self, item_id: int, *, k: int = 10, under=None, after=None, before=None, within: float | None = None
+    ) -> list[Hit]:
         """More like a stored item (from its stored code: no file read, no CLIP), itself left out."""
         return self.search(like=int(item_id), k=k, under=under, after=after, before=before, within=within)
 
@@ -197,7 +263,9 @@ class Database:
 
         return self._searcher.search([Term("image", path)], k, min_score=min_score)
 
-    def query_vectors(self, Q, k: int = 10, min_score: float | None = None, nprobe: int | None = None) -> list[list[Hit]]:
+    def query_vectors(
+        self, Q, k: int = 10, min_score: float | None = None, nprobe: int | None = None
+    ) -> list[list[Hit]]:
         """Batched search with precomputed (nq, D) query embeddings of the store's model
         (`nprobe`: as in search())."""
         return self._searcher.vectors(Q, k, min_score, nprobe=nprobe)
@@ -265,29 +333,54 @@ class Database:
         """Counts, rate, size on disk, model and codec of the store."""
         raw = self.store.info()
         codec = self.codec
-        out = {"path": raw["path"], "items": raw["items"], "staging": raw["staging"],
-               "bytes_on_disk": raw["bytes_on_disk"], "bytes_per_item": raw["bytes_per_item"],
-               "schema": raw["schema"], "model": raw["model_id"],
-               "codec": None, "bits_per_item": None, "entropy_bits_per_item": None}
+        out = {
+            "path": raw["path"],
+            "items": raw["items"],
+            "staging": raw["staging"],
+            "bytes_on_disk": raw["bytes_on_disk"],
+            "bytes_per_item": raw["bytes_per_item"],
+            "schema": raw["schema"],
+            "model": raw["model_id"],
+            "codec": None,
+            "bits_per_item": None,
+            "entropy_bits_per_item": None,
+        }
         meta = self.store.meta()
         if codec is not None:
             _, codes = self.store.load_codes()
             stats = meta.get(STATS_KEY) or {}
             ratio = drift_ratio(stats)
-            out["codec"] = {"id": codec.id, "arch": codec.arch, "bits": codec.bits, "m": codec.m, "k": codec.k,
-                            "d": codec.config.get("d"), "trained_on": codec.config.get("n_train"),
-                            "query_source": codec.config.get("query_source", "none"),
-                            "encoded_since": stats.get("encoded"),
-                            "drift_ratio": None if ratio is None else round(ratio, 3)}
+            out["codec"] = {
+                "id": codec.id,
+                "arch": codec.arch,
+                "bits": codec.bits,
+                "m": codec.m,
+                "k": codec.k,
+                "d": codec.config.get("d"),
+                "trained_on": codec.config.get("n_train"),
+                "query_source": codec.config.get("query_source", "none"),
+                "encoded_since": stats.get("encoded"),
+                "drift_ratio": None if ratio is None else round(ratio, 3),
+            }
             out["bits_per_item"] = codec.bits
             out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
         out["compressed"] = codec is not None
         ivf_info = meta.get("ivf")
-        out["ivf"] = None if not ivf_info else {"nlist": ivf_info["nlist"], "built_on": ivf_info["built_on"],
-                                                "default_nprobe": default_nprobe(ivf_info["nlist"])}
+        out["ivf"] = (
+            None
+            if not ivf_info
+            else {
+                "nlist": ivf_info["nlist"],
+                "built_on": ivf_info["built_on"],
+                "default_nprobe": default_nprobe(ivf_info["nlist"]),
+            }
+        )
         out["codec_trains_at"] = None if codec is not None else MIN_TRAIN  # items (or `ingest --train-now`)
         out["retrain_advice"] = retrain_advice(meta, raw["items"])
         pending = meta.get("pending_codec")
-        out["retrain_pending"] = None if not pending else {
-            "codec": pending["id"], "recoded": len(self.store.recoded_ids()), "items": raw["items"]}
+        out["retrain_pending"] = (
+            None
+            if not pending
+            else {"codec": pending["id"], "recoded": len(self.store.recoded_ids()), "items": raw["items"]}
+        )
         return out

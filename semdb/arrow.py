@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,7 @@ from .store import Item
 
 FORMAT = 1
 META_KEY = b"semdb"
-_COLUMNS = ("id", "path", "path_bytes", "size", "mtime", "hash", "width", "height", "added", "updated", "code",
-            "taken")
+_COLUMNS = ("id", "path", "path_bytes", "size", "mtime", "hash", "width", "height", "added", "updated", "code", "taken")
 _OPTIONAL = {"path_bytes", "taken"}  # may be null; "taken" may be missing altogether
 
 
@@ -69,8 +68,10 @@ def read_meta(sch: pa.Schema, source: str) -> dict:
     """The semdb metadata of a table or file schema; InputError if it is not a semdb export."""
     raw = (sch.metadata or {}).get(META_KEY)
     if raw is None:
-        raise InputError(f"{source} is not a semdb export (its schema has no semdb metadata); "
-                         f"write it with `semdb export` or Database.to_arrow()")
+        raise InputError(
+            f"{source} is not a semdb export (its schema has no semdb metadata); "
+            f"write it with `semdb export` or Database.to_arrow()"
+        )
     try:
         meta = json.loads(raw)
         if meta.get("format") != FORMAT:
@@ -98,9 +99,12 @@ def check_columns(sch: pa.Schema, code_bytes: int, source: str) -> None:
 
 
 def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
-    return (pa.types.is_integer(src) and pa.types.is_integer(dst)) or \
-        (pa.types.is_timestamp(src) and pa.types.is_timestamp(dst)) or \
-        (pa.types.is_string(src) or pa.types.is_large_string(src)) and pa.types.is_string(dst)
+    return (
+        (pa.types.is_integer(src) and pa.types.is_integer(dst))
+        or (pa.types.is_timestamp(src) and pa.types.is_timestamp(dst))
+        or (pa.types.is_string(src) or pa.types.is_large_string(src))
+        and pa.types.is_string(dst)
+    )
 
 
 def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.RecordBatch:
@@ -120,8 +124,7 @@ def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.Record
         pa.array([it.height for it in items], pa.uint32()),
         _seconds([it.added for it in items]),
         _seconds([it.updated for it in items]),
-        pa.FixedSizeBinaryArray.from_buffers(pa.binary(code_bytes), len(items),
-                                             [None, pa.py_buffer(codes.tobytes())]),
+        pa.FixedSizeBinaryArray.from_buffers(pa.binary(code_bytes), len(items), [None, pa.py_buffer(codes.tobytes())]),
         _seconds([it.taken for it in items]),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema(code_bytes))
@@ -153,9 +156,21 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
     taken = cols["taken"].cast(pa.int64()).to_pylist()
     for i in range(len(paths)):
         path = os.fsdecode(exact[i]) if exact[i] is not None else paths[i]
-        yield Item(0, path, int(ints["size"][i]), int(ints["mtime"][i]), hashes[i], int(ints["width"][i]),
-                   int(ints["height"][i]), ints["added"][i] / 1e6, ints["updated"][i] / 1e6,
-                   None if taken[i] is None else taken[i] / 1e6), codes[i]
+        yield (
+            Item(
+                0,
+                path,
+                int(ints["size"][i]),
+                int(ints["mtime"][i]),
+                hashes[i],
+                int(ints["width"][i]),
+                int(ints["height"][i]),
+                ints["added"][i] / 1e6,
+                ints["updated"][i] / 1e6,
+                None if taken[i] is None else taken[i] / 1e6,
+            ),
+            codes[i],
+        )
 
 
 def _ints(col) -> np.ndarray:

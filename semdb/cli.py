@@ -10,7 +10,6 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -20,8 +19,11 @@ from rich.text import Text
 
 from .errors import SemdbError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="semdb: a compressed semantic vector database for image collections.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="semdb: a compressed semantic vector database for image collections.",
+)
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -54,9 +56,17 @@ def _print_json(obj) -> None:
 
 def _progress(enabled: bool):
     """A rich progress display and a callback (stage, done, total) for the API."""
-    progress = Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err, disable=not enabled, transient=False)
+    progress = Progress(
+        TextColumn("{task.description:>16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
     tasks = {}
 
     def update(stage: str, done: int, total: int) -> None:
@@ -71,25 +81,45 @@ def _progress(enabled: bool):
 
 @app.command()
 def ingest(
-    paths: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (searched recursively)."),
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    paths: list[Path] | None = typer.Argument(None, help="Image files or folders (searched recursively)."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
-    codec: Optional[Path] = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
-    train_now: bool = typer.Option(False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help=CAPTIONS_HELP),
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, metadata/), a .npz (image_emb + image_path) or a .npy with --paths."),
-    paths_file: Optional[Path] = typer.Option(None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."),
+    codec: Path | None = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
+    train_now: bool = typer.Option(
+        False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."
+    ),
+    captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    embeddings: Path | None = typer.Option(
+        None,
+        "--embeddings",
+        help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, metadata/), a .npz (image_emb + image_path) or a .npy with --paths.",
+    ),
+    paths_file: Path | None = typer.Option(
+        None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
-    engine: str = typer.Option("local", "--engine", help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb\\[ray]')."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."),
-    ray_shards: Optional[Path] = typer.Option(None, "--ray-shards", help="Folder for the Ray workers' Parquet shards; shared by every node (default: STORE/ray-shards)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb\\[ray]').",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."
+    ),
+    ray_shards: Path | None = typer.Option(
+        None,
+        "--ray-shards",
+        help="Folder for the Ray workers' Parquet shards; shared by every node (default: STORE/ray-shards).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
@@ -102,21 +132,58 @@ def ingest(
         progress, update = _progress(enabled=not as_json)
         with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
             if embeddings is not None:
-                summary = db.add_embeddings(embeddings, paths_file, model=model, pretrained=pretrained, bits=bits,
-                                            train_now=train_now, progress=update)
+                summary = db.add_embeddings(
+                    embeddings,
+                    paths_file,
+                    model=model,
+                    pretrained=pretrained,
+                    bits=bits,
+                    train_now=train_now,
+                    progress=update,
+                )
             else:
-                summary = db.ingest(paths, bits=bits, codec=codec, batch_size=batch_size, workers=workers,
-                                    prune=prune, max_megapixels=max_megapixels or None, progress=update,
-                                    engine=engine, ray_address=ray_address, ray_shards=ray_shards,
-                                    train_now=train_now, captions=captions)
+                summary = db.ingest(
+                    paths,
+                    bits=bits,
+                    codec=codec,
+                    batch_size=batch_size,
+                    workers=workers,
+                    prune=prune,
+                    max_megapixels=max_megapixels or None,
+                    progress=update,
+                    engine=engine,
+                    ray_address=ray_address,
+                    ray_shards=ray_shards,
+                    train_now=train_now,
+                    captions=captions,
+                )
     if not as_json:
         for failure in summary["failures"]:
-            err.print(Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
-                      highlight=False, soft_wrap=True)
+            err.print(
+                Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
+                highlight=False,
+                soft_wrap=True,
+            )
         _print_codec_notes(summary, store)
-    _print_summary(summary, as_json, "ingest", keys=("new", "changed", "unchanged", "moved", "duplicate", "failed",
-                                                     "pruned", "missing", "items", "staged", "seconds",
-                                                     "images_per_second"))
+    _print_summary(
+        summary,
+        as_json,
+        "ingest",
+        keys=(
+            "new",
+            "changed",
+            "unchanged",
+            "moved",
+            "duplicate",
+            "failed",
+            "pruned",
+            "missing",
+            "items",
+            "staged",
+            "seconds",
+            "images_per_second",
+        ),
+    )
 
 
 def _print_codec_notes(facts: dict, store) -> None:
@@ -125,23 +192,34 @@ def _print_codec_notes(facts: dict, store) -> None:
     if facts.get("staged"):
         from .ingest.training import MIN_TRAIN
 
-        err.print(Text(f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
-                       f"holds {MIN_TRAIN}; `semdb ingest --train-now{where} PATH` compresses them now"), soft_wrap=True)
+        err.print(
+            Text(
+                f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
+                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where} PATH` compresses them now"
+            ),
+            soft_wrap=True,
+        )
     if facts.get("retrain_advice"):
-        err.print(Text.assemble(("note:", "yellow"), f" {facts['retrain_advice']}: run `semdb retrain{where}`"),
-                  soft_wrap=True)
+        err.print(
+            Text.assemble(("note:", "yellow"), f" {facts['retrain_advice']}: run `semdb retrain{where}`"),
+            soft_wrap=True,
+        )
 
 
 @app.command()
 def retrain(
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
-    bits: Optional[int] = typer.Option(None, "--bits", help="Bits per image of the new codec (default: the current codec's)."),
-    sample: Optional[int] = typer.Option(None, "--sample", min=2, help="Stored files re-embedded to train on (default 20000)."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    bits: int | None = typer.Option(
+        None, "--bits", help="Bits per image of the new codec (default: the current codec's)."
+    ),
+    sample: int | None = typer.Option(
+        None, "--sample", min=2, help="Stored files re-embedded to train on (default 20000)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Train a new codec on what the store holds now and re-encode every item (resumable)."""
@@ -150,33 +228,59 @@ def retrain(
     with _errors():
         progress, update = _progress(enabled=not as_json)
         with Database(store, wait=wait, threads=threads) as db, progress:
-            summary = db.retrain(bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update,
-                                 captions=captions)
+            summary = db.retrain(
+                bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update, captions=captions
+            )
     _print_summary(summary, as_json, "retrain")
 
 
 @app.command()
 def query(
-    text: Optional[List[str]] = typer.Argument(None, help='What to look for, in words; rclip\'s arithmetic works: "2:cat" + ./x.jpg - dog.'),
-    image: Optional[Path] = typer.Option(None, "--image", help="Search with an image instead of text."),
-    like: Optional[str] = typer.Option(None, "--like", help="More like this stored item (its id or path), from its stored code."),
-    under: Optional[Path] = typer.Option(None, "--under", help="Only items whose file is under this folder."),
-    after: Optional[str] = typer.Option(None, "--after", help="Only photos taken on or after this date (YYYY-MM-DD; EXIF, else file time)."),
-    before: Optional[str] = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
-    within: Optional[float] = typer.Option(None, "--within", help="Keep hits within this much of the best score."),
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    text: list[str] | None = typer.Argument(
+        None, help='What to look for, in words; rclip\'s arithmetic works: "2:cat" + ./x.jpg - dog.'
+    ),
+    image: Path | None = typer.Option(None, "--image", help="Search with an image instead of text."),
+    like: str | None = typer.Option(
+        None, "--like", help="More like this stored item (its id or path), from its stored code."
+    ),
+    under: Path | None = typer.Option(None, "--under", help="Only items whose file is under this folder."),
+    after: str | None = typer.Option(
+        None, "--after", help="Only photos taken on or after this date (YYYY-MM-DD; EXIF, else file time)."
+    ),
+    before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
+    within: float | None = typer.Option(None, "--within", help="Keep hits within this much of the best score."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop results scoring below this."),
-    model: Optional[str] = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
+    model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
-    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists to scan in a large store (default nlist/4; more: slower, closer to exhaustive)."),
-    no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a `semdb serve` runs for the store."),
-    shards: Optional[str] = typer.Option(None, "--shards", help="Comma-separated stores that share one codec: search them as one on Ray Serve (TEXT only; docs/SCALE.md#sharded-search)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."),
-    allow_partial: bool = typer.Option(False, "--allow-partial", help="With --shards: if a shard does not answer, print the others' hits (flagged partial) instead of failing."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
+    ),
+    nprobe: int | None = typer.Option(
+        None,
+        "--nprobe",
+        min=1,
+        help="IVF lists to scan in a large store (default nlist/4; more: slower, closer to exhaustive).",
+    ),
+    no_server: bool = typer.Option(
+        False, "--no-server", help="Search in this process even when a `semdb serve` runs for the store."
+    ),
+    shards: str | None = typer.Option(
+        None,
+        "--shards",
+        help="Comma-separated stores that share one codec: search them as one on Ray Serve (TEXT only; docs/SCALE.md#sharded-search).",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
+    ),
+    allow_partial: bool = typer.Option(
+        False,
+        "--allow-partial",
+        help="With --shards: if a shard does not answer, print the others' hits (flagged partial) instead of failing.",
+    ),
 ):
     """Find the stored images closest to TEXT (or --image), and/or more like a stored item (--like), filtered."""
     from .errors import InputError
@@ -188,8 +292,17 @@ def query(
             from .cluster import Cluster
 
             with Cluster.start(_shard_list(shards), address=ray_address, threads=threads or 1) as cluster:
-                result = cluster.search(" ".join(text), k=k, under=under, after=after, before=before, within=within,
-                                        min_score=min_score, nprobe=nprobe, allow_partial=allow_partial)
+                result = cluster.search(
+                    " ".join(text),
+                    k=k,
+                    under=under,
+                    after=after,
+                    before=before,
+                    within=within,
+                    min_score=min_score,
+                    nprobe=nprobe,
+                    allow_partial=allow_partial,
+                )
             for m in result.missing:
                 err.print(Text(f"partial: shard {m.shard} ({m.store}) is missing: {m.reason}"), highlight=False)
             _print_hits(result.hits, as_json, paths_only)
@@ -198,8 +311,17 @@ def query(
             # (an image joins a text query inside TEXT: "cat + ./x.jpg")
             raise InputError("give exactly one of TEXT or --image PATH (or --like ID_OR_PATH)")
         like_item = int(like) if like is not None and like.isdigit() else like
-        query = dict(image=image, like=like_item, k=k, under=under, after=after, before=before, within=within,
-                     min_score=min_score, nprobe=nprobe)
+        query = dict(
+            image=image,
+            like=like_item,
+            k=k,
+            under=under,
+            after=after,
+            before=before,
+            within=within,
+            min_score=min_score,
+            nprobe=nprobe,
+        )
         hits = None
         if not no_server and model is None and pretrained is None:
             hits = _query_server(store, " ".join(text) if text else None, **query)
@@ -224,8 +346,17 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
     from .images import display_path
 
     if as_json:  # a sharded search's hits also name their shard
-        _print_json([{"path": h.path, "score": round(h.score, 6), "id": h.id,
-                      **({"shard": h.shard} if hasattr(h, "shard") else {})} for h in hits])
+        _print_json(
+            [
+                {
+                    "path": h.path,
+                    "score": round(h.score, 6),
+                    "id": h.id,
+                    **({"shard": h.shard} if hasattr(h, "shard") else {}),
+                }
+                for h in hits
+            ]
+        )
     elif paths_only:
         for h in hits:
             sys.stdout.write(display_path(h.path) + "\n")
@@ -238,8 +369,12 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
 
 @app.command()
 def duplicates(
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Cosine above which two images are near-duplicates (default: 0.95 less the codec's quantisation noise)."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        help="Cosine above which two images are near-duplicates (default: 0.95 less the codec's quantisation noise).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
 ):
     """Groups of near-duplicate images, found from the codes (exact copies are flagged)."""
@@ -264,10 +399,10 @@ def duplicates(
 def tag(
     labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "cat,dog,car".'),
     prompt: str = typer.Option("a photo of a {}.", "--prompt", help="Template each label is put into."),
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: id,path,label,score."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
 ):
     """Zero-shot classification of every item: its best label and score."""
     import csv
@@ -305,16 +440,28 @@ def _query_server(store, text, **query):
 
 @app.command()
 def serve(
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
-    port: int = typer.Option(8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."),
-    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host other than loopback: anyone who reaches it can search and view the photos."),
-    model: Optional[str] = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    port: int = typer.Option(
+        8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."
+    ),
+    allow_remote: bool = typer.Option(
+        False,
+        "--allow-remote",
+        help="Allow a --host other than loopback: anyone who reaches it can search and view the photos.",
+    ),
+    model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
-    shards: Optional[str] = typer.Option(None, "--shards", help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve (docs/SCALE.md#sharded-search)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."),
+    shards: str | None = typer.Option(
+        None,
+        "--shards",
+        help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve (docs/SCALE.md#sharded-search).",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
+    ),
 ):
     """Search the store from a web page and a JSON API: the model loaded once, the index warm,
     new commits of a running ingest seen at once (API: docs/INTERFACES.md, HTTP API)."""
@@ -327,8 +474,17 @@ def serve(
                 raise InputError("--shards serves the stores it names, with their own model (no --store or --model)")
             _serve_shards(_shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
-        run(store, host, port, allow_remote=allow_remote, model=model, pretrained=pretrained, threads=threads,
-            access_log=access_log, say=lambda line: err.print(Text(line), highlight=False, soft_wrap=True))
+        run(
+            store,
+            host,
+            port,
+            allow_remote=allow_remote,
+            model=model,
+            pretrained=pretrained,
+            threads=threads,
+            access_log=access_log,
+            say=lambda line: err.print(Text(line), highlight=False, soft_wrap=True),
+        )
 
 
 def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> None:
@@ -344,8 +500,15 @@ def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> Non
         raise InputError(f"--host {host} would expose the shards' search to the network: pass --allow-remote as well")
     with Cluster.start(stores, address=ray_address, threads=threads or 1, http_host=host, http_port=port) as cluster:
         items = sum(s.items for s in cluster.specs)
-        err.print(Text(f"semdb serve: http://{host}:{port}/api/search?q=...  ({len(stores)} shards, {items} items, "
-                       f"Ray Serve); Ctrl-C to stop"), highlight=False, soft_wrap=True)
+        err.print(
+            Text(
+                f"semdb serve: http://{host}:{port}/api/search?q=...  ({len(stores)} shards, {items} items, "
+                f"Ray Serve); Ctrl-C to stop"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+
         def stop(*_):
             raise KeyboardInterrupt
 
@@ -359,7 +522,7 @@ def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> Non
 
 @app.command()
 def info(
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ):
     """Items, bits per item (fixed and entropy-coded), size on disk, model and codec."""
@@ -382,17 +545,33 @@ def info(
         ("entropy-coded bits per item", facts["entropy_bits_per_item"]),
         ("bytes on disk", f"{facts['bytes_on_disk']:,}"),
         ("bytes per item on disk", facts["bytes_per_item"]),
-        ("model", f"{model.get('name')} {model.get('pretrained') or ''} (dim {model.get('dim')}, "
-                  f"digest {model.get('digest')})" if model else "-"),
-        ("codec", f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "
-                  f"trained on {codec.get('trained_on')}" if codec else
-                  f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
-                  f"(or `semdb ingest --train-now`)"),
+        (
+            "model",
+            f"{model.get('name')} {model.get('pretrained') or ''} (dim {model.get('dim')}, "
+            f"digest {model.get('digest')})"
+            if model
+            else "-",
+        ),
+        (
+            "codec",
+            f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "
+            f"trained on {codec.get('trained_on')}"
+            if codec
+            else f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
+            f"(or `semdb ingest --train-now`)",
+        ),
         ("encoded since training", codec.get("encoded_since")),
         ("drift ratio", codec.get("drift_ratio")),
-        ("retrain", facts["retrain_advice"] or (
-            f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} re-encoded; "
-            f"run `semdb retrain` to finish" if facts["retrain_pending"] else "not needed")),
+        (
+            "retrain",
+            facts["retrain_advice"]
+            or (
+                f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} re-encoded; "
+                f"run `semdb retrain` to finish"
+                if facts["retrain_pending"]
+                else "not needed"
+            ),
+        ),
     ]
     for key, value in rows:
         table.add_row(key, Text("-" if value is None else str(value)))
@@ -402,7 +581,7 @@ def info(
 @app.command("export")
 def export_(
     out_path: Path = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Write every item (metadata and packed code) to a Parquet file, with the codec and model."""
@@ -417,8 +596,8 @@ def export_(
 
 @app.command("import")
 def import_(
-    files: List[Path] = typer.Argument(..., help="Parquet files written by `semdb export`."),
-    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+    files: list[Path] = typer.Argument(..., help="Parquet files written by `semdb export`."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
@@ -445,24 +624,40 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
 
 @app.command()
 def bench(
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help='Class prompt template, e.g. "a photo of a {}." (repeatable; averaged).'),
-    jpeg_quality: str = typer.Option("", "--jpeg-quality", help="JPEG qualities for the image-codec baseline, e.g. 5,10,20."),
+    embeddings: Path | None = typer.Option(
+        None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."
+    ),
+    images: Path | None = typer.Option(
+        None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."
+    ),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    prompt: list[str] | None = typer.Option(
+        None, "--prompt", help='Class prompt template, e.g. "a photo of a {}." (repeatable; averaged).'
+    ),
+    jpeg_quality: str = typer.Option(
+        "", "--jpeg-quality", help="JPEG qualities for the image-codec baseline, e.g. 5,10,20."
+    ),
     webp_quality: str = typer.Option("", "--webp-quality", help="WebP qualities for the image-codec baseline."),
     bits: str = typer.Option("64,128,256,400,512", "--bits", help="Comma-separated bit budgets per item."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method families (default: all)."),
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated method families (default: all)."),
     train_fraction: float = typer.Option(0.5, "--train-fraction", help="Share of items the codecs train on."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random split and of training."),
-    protocol: str = typer.Option("held-out", "--protocol", help="held-out (random split) or ood: train on some classes (label) or k-means clusters, evaluate on the others."),
-    ood_groups: int = typer.Option(10, "--ood-groups", min=2, help="k-means clusters of the ood protocol when the data has no labels."),
-    codec: Optional[Path] = typer.Option(None, "--codec", help="Evaluate this codec on all items (no training)."),
-    bpp_pixels: str = typer.Option("224x224", "--bpp-pixels", help="Pixels per image in the bits-per-pixel convention."),
+    protocol: str = typer.Option(
+        "held-out",
+        "--protocol",
+        help="held-out (random split) or ood: train on some classes (label) or k-means clusters, evaluate on the others.",
+    ),
+    ood_groups: int = typer.Option(
+        10, "--ood-groups", min=2, help="k-means clusters of the ood protocol when the data has no labels."
+    ),
+    codec: Path | None = typer.Option(None, "--codec", help="Evaluate this codec on all items (no training)."),
+    bpp_pixels: str = typer.Option(
+        "224x224", "--bpp-pixels", help="Pixels per image in the bits-per-pixel convention."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as JSON (schema: docs/BENCH.md)."),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the rows to this Parquet file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also plot accuracy against bits to this PNG."),
+    out_file: Path | None = typer.Option(None, "--out", help="Also write the rows to this Parquet file."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also plot accuracy against bits to this PNG."),
 ):
     """Rate-accuracy benchmark: semdb's codec against FAISS quantizers at each bit budget."""
     from . import bench as B
@@ -485,10 +680,14 @@ def bench(
 
             embed_progress, update = _progress(enabled=not as_json)
             with embed_progress:
-                data = load_image_folder(images, Embedder(model, pretrained), prompts=prompt or DEFAULT_PROMPTS,
-                                         jpeg_quality=qualities(jpeg_quality, "--jpeg-quality"),
-                                         webp_quality=qualities(webp_quality, "--webp-quality"),
-                                         progress=update)
+                data = load_image_folder(
+                    images,
+                    Embedder(model, pretrained),
+                    prompts=prompt or DEFAULT_PROMPTS,
+                    jpeg_quality=qualities(jpeg_quality, "--jpeg-quality"),
+                    webp_quality=qualities(webp_quality, "--webp-quality"),
+                    progress=update,
+                )
         given = None
         if codec is not None:
             from .codec import Codec
@@ -496,10 +695,19 @@ def bench(
             given = Codec.load(codec, dim=data.dim)
         progress, update = _progress(enabled=not as_json)
         with progress:
-            rows = B.run_bench(data, bits=bits, methods=methods, train_fraction=train_fraction, seed=seed,
-                               codec=given, bpp_pixels=bpp_pixels, protocol=protocol, ood_groups=ood_groups,
-                               progress=update,
-                               on_message=lambda line: err.print(f"[yellow]{line}[/yellow]", highlight=False))
+            rows = B.run_bench(
+                data,
+                bits=bits,
+                methods=methods,
+                train_fraction=train_fraction,
+                seed=seed,
+                codec=given,
+                bpp_pixels=bpp_pixels,
+                protocol=protocol,
+                ood_groups=ood_groups,
+                progress=update,
+                on_message=lambda line: err.print(f"[yellow]{line}[/yellow]", highlight=False),
+            )
         if out_file:
             B.write_parquet(rows, out_file)
         if plot:

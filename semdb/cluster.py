@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -42,18 +42,19 @@ DEFAULT_TIMEOUT = 30.0  # seconds a shard may take to answer before it counts as
 
 # --- the records passed between driver, router and shards ------------------------------------
 
+
 @dataclass(frozen=True)
 class ShardSpec:
     """What must agree across shards: codec, model weights, IVF centroids; and the counts."""
 
     shard: int
     store: str
-    codec_id: Optional[str] = None
-    model: Optional[dict] = None  # the store's model_id: name, pretrained, digest, dim
-    ivf_id: Optional[str] = None  # digest of the IVF's coarse centroids, None without an IVF
+    codec_id: str | None = None
+    model: dict | None = None  # the store's model_id: name, pretrained, digest, dim
+    ivf_id: str | None = None  # digest of the IVF's coarse centroids, None without an IVF
     items: int = 0
     node: str = ""  # the Ray node the shard's replica runs on
-    error: Optional[str] = None  # why the shard could not be opened
+    error: str | None = None  # why the shard could not be opened
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class ShardQuery:
     vector: np.ndarray  # (1, D) float32
     k: int
     where: Where = Where()
-    nprobe: Optional[int] = None
+    nprobe: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,17 +112,18 @@ class ShardedResult:
 class SearchRequest:
     """Driver -> router: a text (rclip arithmetic, every term text) or a vector, and the limits."""
 
-    text: Optional[str] = None
-    vector: Optional[np.ndarray] = None
+    text: str | None = None
+    vector: np.ndarray | None = None
     k: int = 10
     where: Where = Where()
-    within: Optional[float] = None
-    min_score: Optional[float] = None
-    nprobe: Optional[int] = None
+    within: float | None = None
+    min_score: float | None = None
+    nprobe: int | None = None
     timeout: float = DEFAULT_TIMEOUT
 
 
 # --- checks -----------------------------------------------------------------------------------
+
 
 def check_specs(specs: Sequence[ShardSpec]) -> None:
     """One-line ShardError naming the first shard that cannot be searched with shard 0: not
@@ -137,23 +139,33 @@ def check_specs(specs: Sequence[ShardSpec]) -> None:
         name = f"shard {s.shard} ({display_path(s.store)})"
         than = f"shard 0 ({display_path(first.store)})"
         if s.codec_id != first.codec_id:
-            raise ShardError(f"{name} uses codec {s.codec_id}, {than} codec {first.codec_id}: shards must "
-                             f"share one codec (import each shard's items from one export)")
+            raise ShardError(
+                f"{name} uses codec {s.codec_id}, {than} codec {first.codec_id}: shards must "
+                f"share one codec (import each shard's items from one export)"
+            )
         a, b = s.model or {}, first.model or {}
         # the weights digest when both stores have bound one (stores built from imported
         # embeddings know their model by name until it is first loaded), else the name
-        same_model = a["digest"] == b["digest"] if a.get("digest") and b.get("digest") else \
-            (a.get("name"), a.get("pretrained")) == (b.get("name"), b.get("pretrained"))
+        same_model = (
+            a["digest"] == b["digest"]
+            if a.get("digest") and b.get("digest")
+            else (a.get("name"), a.get("pretrained")) == (b.get("name"), b.get("pretrained"))
+        )
         if a.get("dim") != b.get("dim") or not same_model:
-            raise ShardError(f"{name} was built with model {a.get('name')} (digest {str(a.get('digest'))[:16]}), "
-                             f"{than} with {b.get('name')} (digest {str(b.get('digest'))[:16]}): shards must share one model")
+            raise ShardError(
+                f"{name} was built with model {a.get('name')} (digest {str(a.get('digest'))[:16]}), "
+                f"{than} with {b.get('name')} (digest {str(b.get('digest'))[:16]}): shards must share one model"
+            )
         if s.ivf_id != first.ivf_id:
-            raise ShardError(f"{name} has IVF centroids {s.ivf_id}, {than} {first.ivf_id}: shards must share "
-                             f"one set of coarse centroids (or none)")
+            raise ShardError(
+                f"{name} has IVF centroids {s.ivf_id}, {than} {first.ivf_id}: shards must share "
+                f"one set of coarse centroids (or none)"
+            )
 
 
-def merge(answers: Sequence[ShardAnswer], k: int, within: Optional[float] = None,
-          min_score: Optional[float] = None) -> tuple[ShardHit, ...]:
+def merge(
+    answers: Sequence[ShardAnswer], k: int, within: float | None = None, min_score: float | None = None
+) -> tuple[ShardHit, ...]:
     """One store's top k from its shards' candidates. One store cuts its scan at the best
     shortlist_size(k) by scan score and ranks those by exact score; the union of the shards'
     shortlists holds that cut, so the same cut of the union (found from the answers' `cut`
@@ -239,12 +251,13 @@ def share_ivf(source, shards: Sequence) -> dict:
 
 # --- the replicas (plain classes: wrapped with serve.deployment in Cluster.start) -------------
 
+
 class ShardReplica:
     """One store, read-only. The constructor never raises: a store that cannot be opened is
     reported by describe() (Serve would otherwise retry the constructor and fail the whole
     deployment with a traceback that names no shard)."""
 
-    def __init__(self, shard: int, store: str, threads: Optional[int] = None):
+    def __init__(self, shard: int, store: str, threads: int | None = None):
         self.spec = ShardSpec(shard, store)
         self.searcher = None
         try:
@@ -252,8 +265,15 @@ class ShardReplica:
             ctx = self.searcher.ctx
             ivf_meta = ctx.store.ivf_meta()
             self.searcher.index()  # warm: the codes and the index are in RAM before the first query
-            self.spec = ShardSpec(shard, store, ctx.store.meta().get("codec_id"), ctx.store.model_id(),
-                                  ivf_meta.get("id") if ivf_meta else None, ctx.store.count(), _node())
+            self.spec = ShardSpec(
+                shard,
+                store,
+                ctx.store.meta().get("codec_id"),
+                ctx.store.model_id(),
+                ivf_meta.get("id") if ivf_meta else None,
+                ctx.store.count(),
+                _node(),
+            )
         except SemdbError as e:
             self.spec = replace(self.spec, error=str(e), node=_node())
 
@@ -267,19 +287,23 @@ class ShardReplica:
         may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, query.k))
         items = self.searcher.ctx.store.items(found.rows[may])  # paths of those only: a read each
         kept = [(p, it) for p, it in zip(may.tolist(), items) if it is not None]  # None: deleted since
-        first = cut_order(found.approx, found.rows)[:shortlist_size(query.k)]
-        return ShardAnswer(self.spec.shard,
-                           tuple(ShardHit(it.path, float(found.exact[p]), int(it.id), self.spec.shard, self.spec.store)
-                                 for p, it in kept),
-                           tuple(float(found.approx[p]) for p, _ in kept), found.complete,
-                           tuple((float(found.approx[p]), int(found.rows[p])) for p in first.tolist()))
+        first = cut_order(found.approx, found.rows)[: shortlist_size(query.k)]
+        return ShardAnswer(
+            self.spec.shard,
+            tuple(
+                ShardHit(it.path, float(found.exact[p]), int(it.id), self.spec.shard, self.spec.store) for p, it in kept
+            ),
+            tuple(float(found.approx[p]) for p, _ in kept),
+            found.complete,
+            tuple((float(found.approx[p]), int(found.rows[p])) for p in first.tolist()),
+        )
 
 
 class EncoderReplica:
     """The CLIP text tower of the shards' model, loaded once, through the store context of one
     shard (its model record says which weights; the node needs that store and the model)."""
 
-    def __init__(self, store: str, threads: Optional[int] = None):
+    def __init__(self, store: str, threads: int | None = None):
         self.searcher = _open_searcher(store, threads)
         self.encode("a photo")  # warm: the model is loaded before the first query
 
@@ -292,7 +316,7 @@ class EncoderReplica:
 class Router:
     """The ingress: one query in, one text encoding, every shard asked at once, one merge."""
 
-    def __init__(self, shard_apps: Sequence[str], stores: Sequence[str], encoder_app: Optional[str]):
+    def __init__(self, shard_apps: Sequence[str], stores: Sequence[str], encoder_app: str | None):
         from ray import serve
 
         self.shards = [serve.get_deployment_handle("shard", app_name=a) for a in shard_apps]
@@ -311,8 +335,9 @@ class Router:
             return await asyncio.wait_for(handle.search.remote(query), request.timeout)
 
         got = await asyncio.gather(*(ask(h) for h in self.shards), return_exceptions=True)
-        missing = tuple(ShardFailure(i, self.stores[i], _reason(g)) for i, g in enumerate(got)
-                        if isinstance(g, BaseException))
+        missing = tuple(
+            ShardFailure(i, self.stores[i], _reason(g)) for i, g in enumerate(got) if isinstance(g, BaseException)
+        )
         answers = [g for g in got if not isinstance(g, BaseException)]
         return ShardedResult(merge(answers, request.k, request.within, request.min_score), missing)
 
@@ -336,9 +361,14 @@ class Router:
             if text is None:
                 raise ApiError(400, "give a query: /api/search?q=TEXT")
             f = _filters(params)
-            request = SearchRequest(text=text, k=_int_param(params, "k", 10, 1, 1000),
-                                    where=Where.of(f.get("under"), f.get("after"), f.get("before")),
-                                    within=f.get("within"), min_score=f.get("min_score"), nprobe=f.get("nprobe"))
+            request = SearchRequest(
+                text=text,
+                k=_int_param(params, "k", 10, 1, 1000),
+                where=Where.of(f.get("under"), f.get("after"), f.get("before")),
+                within=f.get("within"),
+                min_score=f.get("min_score"),
+                nprobe=f.get("nprobe"),
+            )
             result = await self.search(request)
             if result.partial and params.get("allow_partial") not in ("1", "true", "yes"):
                 raise ApiError(503, _missing_message(result.missing))
@@ -346,11 +376,16 @@ class Router:
             return JSONResponse({"error": e.message}, status_code=e.status)
         except InputError as e:  # raised here, or by the encoder inside Ray (then wrapped)
             return JSONResponse({"error": str(_unwrapped(e))}, status_code=400)
-        return JSONResponse({"hits": [asdict(h) for h in result.hits], "partial": result.partial,
-                             "missing": [asdict(m) for m in result.missing]})
+        return JSONResponse(
+            {
+                "hits": [asdict(h) for h in result.hits],
+                "partial": result.partial,
+                "missing": [asdict(m) for m in result.missing],
+            }
+        )
 
 
-def _open_searcher(store: str, threads: Optional[int]):
+def _open_searcher(store: str, threads: int | None):
     from .context import StoreContext
     from .query import Searcher
     from .store import Store
@@ -372,8 +407,10 @@ def _check_listening(host: str, port: int) -> None:
             return
         except OSError:
             time.sleep(0.5)
-    raise ShardError(f"nothing listens on {host}:{port}: Ray Serve already runs on this cluster with other "
-                     f"HTTP options (it keeps the first ones); use its port, or `serve shutdown` it first")
+    raise ShardError(
+        f"nothing listens on {host}:{port}: Ray Serve already runs on this cluster with other "
+        f"HTTP options (it keeps the first ones); use its port, or `serve shutdown` it first"
+    )
 
 
 def _node() -> str:
@@ -384,11 +421,14 @@ def _node() -> str:
 
 def _missing_message(missing: Sequence[ShardFailure]) -> str:
     named = "; ".join(f"shard {m.shard} ({display_path(m.store)}) {m.reason}" for m in missing)
-    return f"{len(missing)} shard(s) did not answer, so the hits would be partial: {named}; pass allow_partial " \
-           f"to get the other shards' hits, flagged partial"
+    return (
+        f"{len(missing)} shard(s) did not answer, so the hits would be partial: {named}; pass allow_partial "
+        f"to get the other shards' hits, flagged partial"
+    )
 
 
 # --- the driver's side ------------------------------------------------------------------------
+
 
 @dataclass
 class Cluster:
@@ -403,10 +443,20 @@ class Cluster:
     timeout: float = DEFAULT_TIMEOUT
 
     @classmethod
-    def start(cls, shards: Sequence, address: Optional[str] = None, *, name: str = "semdb",
-              threads: Optional[int] = 1, num_cpus: float = 0.25, shard_resources: Optional[Sequence[dict]] = None,
-              http_host: Optional[str] = None, http_port: Optional[int] = None,
-              timeout: float = DEFAULT_TIMEOUT, text: bool = True) -> "Cluster":
+    def start(
+        cls,
+        shards: Sequence,
+        address: str | None = None,
+        *,
+        name: str = "semdb",
+        threads: int | None = 1,
+        num_cpus: float = 0.25,
+        shard_resources: Sequence[dict] | None = None,
+        http_host: str | None = None,
+        http_port: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        text: bool = True,
+    ) -> Cluster:
         """Deploy one Serve application per shard (`shards`: store folders, as every node sees
         them), a text encoder and the router; check that the shards can be searched as one
         (ShardError naming the odd shard otherwise, and nothing is left deployed).
@@ -446,8 +496,11 @@ class Cluster:
             router = serve.deployment(Router, name="router", ray_actor_options={"num_cpus": num_cpus})
             encoder_app, router_app = f"{name}-encoder", f"{name}-router"
             encoder_target = serve.RunTarget(encoder.bind(stores[0], threads), name=encoder_app, route_prefix=None)
-            router_target = serve.RunTarget(router.bind(list(apps), stores, encoder_app if text else None),
-                                            name=router_app, route_prefix="/" if http else None)
+            router_target = serve.RunTarget(
+                router.bind(list(apps), stores, encoder_app if text else None),
+                name=router_app,
+                route_prefix="/" if http else None,
+            )
             # The shards first, alone: a store that does not fit is refused before the encoder
             # loads a model for it; the router last (it asks Serve for the others' handles).
             cluster = cls(name, [], apps + ([encoder_app] if text else []) + [router_app], None, started, timeout)
@@ -463,8 +516,10 @@ class Cluster:
                     if text:
                         serve.run_many([encoder_target])
                 except RuntimeError as e:  # the encoder's constructor raised: Serve gave up on it
-                    raise ShardError(f"the text encoder (over {display_path(stores[0])}) did not start: "
-                                     f"{str(e).strip().splitlines()[-1]}") from None
+                    raise ShardError(
+                        f"the text encoder (over {display_path(stores[0])}) did not start: "
+                        f"{str(e).strip().splitlines()[-1]}"
+                    ) from None
                 cluster.router = serve.run_many([router_target])[0]
                 if http:
                     _check_listening(http["host"], http["port"])
@@ -477,9 +532,20 @@ class Cluster:
                 ray.shutdown()
             raise
 
-    def search(self, text: Optional[str] = None, *, vector=None, k: int = 10, under=None, after=None, before=None,
-               within: Optional[float] = None, min_score: Optional[float] = None, nprobe: Optional[int] = None,
-               allow_partial: bool = False) -> ShardedResult:
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        vector=None,
+        k: int = 10,
+        under=None,
+        after=None,
+        before=None,
+        within: float | None = None,
+        min_score: float | None = None,
+        nprobe: int | None = None,
+        allow_partial: bool = False,
+    ) -> ShardedResult:
         """The k best items of all shards, as one store holding them all would rank them:
         `text` (rclip arithmetic, every term text) or `vector` (a (D,) or (1, D) query
         embedding of the shards' model), with Database.search's filters and refinements.
@@ -496,12 +562,16 @@ class Cluster:
                 raise InputError(f"the query vector has {vector.shape[1]} values, the shards' model gives {dim}")
             if not np.isfinite(vector).all():
                 raise InputError("the query vector holds NaN or infinite values")
-        request = SearchRequest(text, vector, k, Where.of(under, after, before), within, min_score, nprobe, self.timeout)
+        request = SearchRequest(
+            text, vector, k, Where.of(under, after, before), within, min_score, nprobe, self.timeout
+        )
         try:
             # the router waits `timeout` for the shards; this bounds a router that is down too
             result = self.router.search.remote(request).result(timeout_s=2 * self.timeout + 10)
         except TimeoutError:
-            raise ShardError(f"the router ({self.name}-router) did not answer in {2 * self.timeout + 10:.0f} s") from None
+            raise ShardError(
+                f"the router ({self.name}-router) did not answer in {2 * self.timeout + 10:.0f} s"
+            ) from None
         except Exception as e:  # e.g. a bad query text, refused by the encoder inside Ray
             own = _unwrapped(e)
             if isinstance(own, SemdbError):
@@ -525,7 +595,7 @@ class Cluster:
             if self.started_ray:  # a cluster we connected to keeps running (and its Serve)
                 ray.shutdown()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc) -> None:

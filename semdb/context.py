@@ -7,7 +7,7 @@ codec is read from the store only when the store's recorded codec id changes.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,8 +20,15 @@ STATS_KEY = "codec_stats"  # store meta: {trained_on, train_error, encoded, erro
 
 
 class StoreContext:
-    def __init__(self, store: Store, model: str | None = None, pretrained: str | None = None,
-                 device: str = "cpu", threads: int | None = None, embedder=None):
+    def __init__(
+        self,
+        store: Store,
+        model: str | None = None,
+        pretrained: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        embedder=None,
+    ):
         self.store = store
         self.model_args = (model, pretrained)
         self.device = device
@@ -88,8 +95,7 @@ class StoreContext:
                 named = self._named_source(stored)
                 if named is not None and stored.get("digest"):
                     enc = onnxtext.load(*named, threads=self.threads)
-                    if enc is not None and enc.model_id["digest"] == stored["digest"] \
-                            and enc.dim == stored.get("dim"):
+                    if enc is not None and enc.model_id["digest"] == stored["digest"] and enc.dim == stored.get("dim"):
                         self._text_encoder = enc
                         return enc
             emb = self.embedder
@@ -140,12 +146,13 @@ class StoreContext:
             except CodecError as e:
                 raise StoreError(f"{self.path} is corrupt (its codec does not load: {e}); {advice}") from None
             if codec.id != recorded:
-                raise StoreError(f"{self.path} is corrupt (its codec's digest {codec.id} is not the "
-                                 f"recorded {recorded}); {advice}")
+                raise StoreError(
+                    f"{self.path} is corrupt (its codec's digest {codec.id} is not the recorded {recorded}); {advice}"
+                )
             self._codec = codec
         return self._codec
 
-    def install_codec(self, codec: Codec, stats: Optional[Callable[[np.ndarray], dict]] = None) -> None:
+    def install_codec(self, codec: Codec, stats: Callable[[np.ndarray], dict] | None = None) -> None:
         """Bind the store to `codec` and turn every staged embedding into its code, in ONE
         transaction: readers and a re-run after a crash see either staged embeddings and no
         codec, or the codec and codes only (never a codec with items still staged).

@@ -42,7 +42,7 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
         X = index.vectors / np.linalg.norm(index.vectors, axis=1, keepdims=True)
     else:
         _, codes = ctx.store.load_codes()
-        X = np.concatenate([codec.decode(np.asarray(codes[i:i + CHUNK])) for i in range(0, len(codes), CHUNK)])
+        X = np.concatenate([codec.decode(np.asarray(codes[i : i + CHUNK])) for i in range(0, len(codes), CHUNK)])
     flat = faiss.IndexFlatIP(X.shape[1])
     flat.add(np.ascontiguousarray(X, np.float32))
     parent = np.arange(len(X))
@@ -54,9 +54,9 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
         return i
 
     for start in range(0, len(X), CHUNK):
-        lims, sims, found = flat.range_search(X[start:start + CHUNK], float(threshold))
+        lims, sims, found = flat.range_search(X[start : start + CHUNK], float(threshold))
         for q in range(len(lims) - 1):
-            for j in found[lims[q]:lims[q + 1]]:
+            for j in found[lims[q] : lims[q + 1]]:
                 a, b = root(start + q), root(int(j))
                 if a != b:
                     parent[max(a, b)] = min(a, b)
@@ -69,8 +69,13 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
             continue
         items = ctx.store.items(ids[rows])
         sim = X[rows] @ X[rows].T
-        out.append({"ids": [it.id for it in items], "paths": [it.path for it in items],
-                    "min_similarity": round(float(sim.min()), 4),
-                    "exact": len({it.hash for it in items}) == 1})
+        out.append(
+            {
+                "ids": [it.id for it in items],
+                "paths": [it.path for it in items],
+                "min_similarity": round(float(sim.min()), 4),
+                "exact": len({it.hash for it in items}) == 1,
+            }
+        )
     out.sort(key=lambda g: (-len(g["ids"]), g["ids"][0]))
     return {"threshold": round(threshold, 4), "groups": out}

@@ -36,10 +36,10 @@ import json
 import logging
 import os
 import threading
-from pathlib import Path
-from typing import Optional, Sequence
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ _LOCAL_HINT = (
 _PROBE_TIMEOUT_S = 3.0
 
 
-def resolve_model(model: Optional[str] = None, pretrained: Optional[str] = None):
+def resolve_model(model: str | None = None, pretrained: str | None = None):
     """Return ``(model, pretrained)`` after applying SEMDB_MODEL / SEMDB_PRETRAINED and defaults.
 
     An explicit argument wins over the environment, which wins over the defaults.
@@ -81,7 +81,7 @@ def resolve_model(model: Optional[str] = None, pretrained: Optional[str] = None)
     return model, pretrained
 
 
-def _first_tag(model: str) -> Optional[str]:
+def _first_tag(model: str) -> str | None:
     import open_clip
 
     tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
@@ -167,9 +167,18 @@ def _build_on_meta(model_cfg: dict) -> torch.nn.Module:
         return cls(**cfg, cast_dtype=None)
 
 
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _mmap_safetensors(path: str) -> dict:
@@ -184,7 +193,7 @@ def _mmap_safetensors(path: str) -> dict:
             continue
         dtype = _ST_DTYPES[info["dtype"]]
         start, end = info["data_offsets"]
-        chunk = raw[base + start: base + end]
+        chunk = raw[base + start : base + end]
         if (base + start) % dtype.itemsize:
             chunk = chunk.clone()  # unaligned: a copy of this tensor only
         out[name] = chunk.view(dtype).reshape(info["shape"])
@@ -235,12 +244,15 @@ def _check_keys(model: torch.nn.Module, state: dict) -> None:
     target = model.state_dict(keep_vars=True)
     missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
     if missing or unexpected:
-        raise RuntimeError(f"Error(s) in loading state_dict: missing keys {missing[:3]}, "
-                           f"unexpected keys {unexpected[:3]}")
+        raise RuntimeError(
+            f"Error(s) in loading state_dict: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
+        )
     for key, ref in target.items():
         if tuple(state[key].shape) != tuple(ref.shape):
-            raise RuntimeError(f"size mismatch for {key}: the checkpoint has shape {tuple(state[key].shape)}, "
-                               f"the model {tuple(ref.shape)}")
+            raise RuntimeError(
+                f"size mismatch for {key}: the checkpoint has shape {tuple(state[key].shape)}, "
+                f"the model {tuple(ref.shape)}"
+            )
 
 
 def _digest_of_state(model: torch.nn.Module, state: dict) -> str:
@@ -349,10 +361,10 @@ class Embedder:
 
     def __init__(
         self,
-        model: Optional[str] = None,
-        pretrained: Optional[str] = None,
+        model: str | None = None,
+        pretrained: str | None = None,
         device: str = "cpu",
-        threads: Optional[int] = None,
+        threads: int | None = None,
         text_only: bool = False,
     ):
         if threads:
@@ -367,8 +379,7 @@ class Embedder:
         self._label = self.name + (f" ({self.pretrained})" if self.pretrained else "")
         self._lock = threading.Lock()
         oc_name, oc_pretrained, needs_hub = self._check_source()
-        self.model, self.preprocess, self.tokenizer, digest = self._load(
-            oc_name, oc_pretrained, needs_hub, text_only)
+        self.model, self.preprocess, self.tokenizer, digest = self._load(oc_name, oc_pretrained, needs_hub, text_only)
 
         visual_size = self.model.visual.image_size
         self.image_size = int(max(visual_size) if isinstance(visual_size, (tuple, list)) else visual_size)
@@ -394,7 +405,7 @@ class Embedder:
         import open_clip
 
         if self.name.startswith(LOCAL_DIR):
-            folder = Path(self.name[len(LOCAL_DIR):]).expanduser()
+            folder = Path(self.name[len(LOCAL_DIR) :]).expanduser()
             if not folder.is_dir():
                 raise self._fail(f"folder {folder} does not exist")
             config = folder / "open_clip_config.json"
@@ -436,7 +447,7 @@ class Embedder:
             "give a known tag or an existing file, or " + _LOCAL_HINT,
         )
 
-    def _load(self, oc_name: str, oc_pretrained: Optional[str], needs_hub: bool, text_only: bool):
+    def _load(self, oc_name: str, oc_pretrained: str | None, needs_hub: bool, text_only: bool):
         import open_clip
 
         with _hub_guard(needs_hub) as offline:
@@ -502,7 +513,7 @@ class Embedder:
         model.eval()
         return model, preprocess, tokenizer, digest
 
-    def _load_legacy(self, oc_name: str, oc_pretrained: Optional[str], offline: bool, config_fp: str):
+    def _load_legacy(self, oc_name: str, oc_pretrained: str | None, offline: bool, config_fp: str):
         """open_clip's own loader (random init, then the weights; both towers), for a model
         the meta-device build cannot make. Called inside _hub_guard."""
         import open_clip
@@ -530,18 +541,18 @@ class Embedder:
         modelcache.store_source(self.name, self.pretrained, self.weights_path, config_fp)
         return model, preprocess, tokenizer, digest
 
-    def _files(self, oc_name: str, oc_pretrained: Optional[str]):
+    def _files(self, oc_name: str, oc_pretrained: str | None):
         """(model config, preprocess config, weights file) as open_clip.create_model finds them."""
         import open_clip
         from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
         pp_cfg = dataclasses.asdict(PreprocessCfg())
         if oc_name.startswith(LOCAL_DIR):
-            folder = Path(oc_name[len(LOCAL_DIR):])
+            folder = Path(oc_name[len(LOCAL_DIR) :])
             config = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
             weights = modelcache.pick_checkpoint(folder)
         elif oc_name.startswith(HF_HUB):
-            repo = oc_name[len(HF_HUB):]
+            repo = oc_name[len(HF_HUB) :]
             fetch = open_clip.pretrained.download_pretrained_from_hf
             config = json.loads(Path(fetch(repo, filename="open_clip_config.json")).read_text(encoding="utf-8"))
             weights = fetch(repo)
@@ -559,8 +570,10 @@ class Embedder:
         if not weights:
             raise self._fail("no weights file found")
         if str(weights).endswith((".npz", ".npy")):
-            raise self._fail("big_vision .npz weights are not supported", "convert them to an open_clip "
-                             "checkpoint, or " + _LOCAL_HINT)
+            raise self._fail(
+                "big_vision .npz weights are not supported",
+                "convert them to an open_clip checkpoint, or " + _LOCAL_HINT,
+            )
         return config["model_cfg"], pp_cfg, Path(weights)
 
     def load_image_tower(self) -> None:
@@ -571,16 +584,19 @@ class Embedder:
             if self.image_tower_loaded:
                 return
             if modelcache.file_key(self.weights_path) != self._weights_key:
-                raise self._fail(f"its weights file {self.weights_path} changed since the model was loaded",
-                                 "run the command again")
+                raise self._fail(
+                    f"its weights file {self.weights_path} changed since the model was loaded", "run the command again"
+                )
             try:
                 state = _read_state_dict(self.weights_path, self.model)
                 _assign(self.model, state, _is_visual, self.device)
             except MemoryError:
                 raise self._fail("not enough memory to load its image tower", "use a smaller model") from None
             except Exception as exc:  # noqa: BLE001
-                raise self._fail(f"its image tower's weights do not load ({_one_line(exc, 160)})",
-                                 "re-download the weights, or " + _LOCAL_HINT) from None
+                raise self._fail(
+                    f"its image tower's weights do not load ({_one_line(exc, 160)})",
+                    "re-download the weights, or " + _LOCAL_HINT,
+                ) from None
             self.image_tower_loaded = True
 
     def _embedding_dim(self) -> int:
@@ -613,9 +629,7 @@ class Embedder:
         from .tokenizer import clean_texts
 
         cleaned = clean_texts(texts, self.context_length)
-        batches = (
-            self.tokenizer(cleaned[i : i + batch_size]) for i in range(0, len(cleaned), batch_size)
-        )
+        batches = (self.tokenizer(cleaned[i : i + batch_size]) for i in range(0, len(cleaned), batch_size))
         return self._run(self.model.encode_text, batches)
 
     def _run(self, encode, batches) -> np.ndarray:
@@ -643,10 +657,14 @@ def tiny_model_config(
     return {
         "model_cfg": {
             "embed_dim": embed_dim,
-            "vision_cfg": {"image_size": image_size, "patch_size": patch_size, "width": width,
-                           "layers": layers, "head_width": 32},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width,
-                         "heads": 2, "layers": layers},
+            "vision_cfg": {
+                "image_size": image_size,
+                "patch_size": patch_size,
+                "width": width,
+                "layers": layers,
+                "head_width": 32,
+            },
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": layers},
         },
         "preprocess_cfg": {
             "mean": list(open_clip.OPENAI_DATASET_MEAN),

@@ -60,7 +60,7 @@ def _plan(spec: str) -> dict:
         for entry in filter(None, (e.strip() for e in spec.split(","))):
             point, _, arg = entry.partition(":")
             if arg.startswith("delay="):
-                plan[point] = ("delay", float(arg[len("delay="):]))
+                plan[point] = ("delay", float(arg[len("delay=") :]))
             else:
                 plan[point] = ("kill", int(arg or 1))
         _parsed = (spec, plan)

@@ -16,8 +16,9 @@ import os
 import re
 import stat
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -34,9 +35,7 @@ except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
 PathLike = Union[str, bytes, os.PathLike]
 
 #: Lower-case file extensions (without the dot) that discovery treats as images.
-IMAGE_EXTENSIONS = frozenset(
-    {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"}
-)
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"})
 
 #: Default upper bound on header width*height, in megapixels (1 MP = 10**6 pixels).
 DEFAULT_MAX_MEGAPIXELS = 100.0
@@ -54,7 +53,7 @@ def is_image_path(path: PathLike) -> bool:
     return suffix[1:].lower() in IMAGE_EXTENSIONS
 
 
-def _inode(path: PathLike) -> Optional[tuple[int, int]]:
+def _inode(path: PathLike) -> tuple[int, int] | None:
     """(st_dev, st_ino) of what ``path`` points to, or None if it cannot be stat'ed."""
     try:
         st = os.stat(path)
@@ -66,7 +65,7 @@ def _inode(path: PathLike) -> Optional[tuple[int, int]]:
 def discover(
     paths: Iterable[PathLike],
     exclude: Iterable[PathLike] = (),
-    on_error: Optional[Callable[[Path, str], None]] = None,
+    on_error: Callable[[Path, str], None] | None = None,
 ) -> Iterator[Path]:
     """Return an iterator over every image file under ``paths``, each exactly once.
 
@@ -111,11 +110,11 @@ def _walk(
     root: Path,
     excluded: set[tuple[int, int]],
     visited: set[tuple[int, int]],
-    on_error: Optional[Callable[[Path, str], None]],
+    on_error: Callable[[Path, str], None] | None,
 ) -> Iterator[Path]:
     """Depth-first walk of one directory tree (iterative: deep trees cannot hit recursion limits)."""
 
-    def enter(directory: Path) -> Optional[Iterator[os.DirEntry]]:
+    def enter(directory: Path) -> Iterator[os.DirEntry] | None:
         key = _inode(directory)
         if key is None or key in visited or key in excluded:
             return None
@@ -166,7 +165,7 @@ def _os_reason(exc: OSError) -> str:
     return f"cannot read file ({exc.strerror or exc.__class__.__name__})"
 
 
-def _allow_pillow_up_to(max_pixels: Optional[float]) -> None:
+def _allow_pillow_up_to(max_pixels: float | None) -> None:
     """Make Pillow's own global bomb guard at least as permissive as ours.
 
     Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that, whatever
@@ -195,8 +194,8 @@ def _too_big(path: PathLike, limit_mp: float, size=None, pixels=None) -> ImageEr
 
 def load_image(
     path: PathLike,
-    draft_size: Optional[int] = None,
-    max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS,
+    draft_size: int | None = None,
+    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
 ) -> Image.Image:
     """Decode ``path`` into an RGB image, oriented as its EXIF tag says.
 
@@ -318,10 +317,10 @@ class Header(NamedTuple):
 
     width: int
     height: int
-    taken: Optional[float]
+    taken: float | None
 
 
-def read_header(path: PathLike) -> Optional[Header]:
+def read_header(path: PathLike) -> Header | None:
     """The file's Header, read without decoding any pixel; None when it cannot be read."""
     import datetime
 
@@ -339,7 +338,7 @@ def read_header(path: PathLike) -> Optional[Header]:
     return Header(h, w, taken) if turned else Header(w, h, taken)
 
 
-def date_taken(path: PathLike) -> Optional[float]:
+def date_taken(path: PathLike) -> float | None:
     """When the photo was taken, from its EXIF header (None: no readable date)."""
     header = read_header(path)
     return header.taken if header else None

@@ -65,9 +65,17 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     sample = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
     in_z = codec.n_coarse == 0 and "decoder" not in codec.tensors
     part = codec.slot_coords if in_z else codec.decode
-    X = np.concatenate([part(codes[sample[i:i + 65536]]) for i in range(0, len(sample), 65536)])
-    km = faiss.Kmeans(X.shape[1], nlist, niter=KMEANS_ITER, spherical=not in_z, seed=seed,
-                      max_points_per_centroid=KMEANS_POINTS_PER_LIST, min_points_per_centroid=1, verbose=False)
+    X = np.concatenate([part(codes[sample[i : i + 65536]]) for i in range(0, len(sample), 65536)])
+    km = faiss.Kmeans(
+        X.shape[1],
+        nlist,
+        niter=KMEANS_ITER,
+        spherical=not in_z,
+        seed=seed,
+        max_points_per_centroid=KMEANS_POINTS_PER_LIST,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
     km.train(np.ascontiguousarray(X, np.float32))
     C = km.centroids.astype(np.float32)
     if in_z:  # the lists' mean decoded vectors (not normalised: codes go to the nearest in L2)
@@ -101,8 +109,7 @@ class Assigner:
             import faiss
 
             n_groups = int(np.sqrt(self.nlist))
-            km = faiss.Kmeans(C.shape[1], n_groups, niter=10, seed=0, min_points_per_centroid=1,
-                              verbose=False)
+            km = faiss.Kmeans(C.shape[1], n_groups, niter=10, seed=0, min_points_per_centroid=1, verbose=False)
             km.train(C)
             G = km.centroids.astype(np.float32)
             member = np.argmax(C @ G.T - 0.5 * (G * G).sum(1)[None, :], axis=1)
@@ -114,17 +121,17 @@ class Assigner:
         codec = self.codec
         out = np.empty(len(codes), np.uint32)
         for i in range(0, len(codes), chunk):
-            part = np.asarray(codes[i:i + chunk])
+            part = np.asarray(codes[i : i + chunk])
             idx = codec.indices(part)
             Z = codec.slot_coords(part)
             a = idx[:, 0] if codec.n_coarse else np.zeros(len(idx), np.int64)
             if self.groups is None:
                 S = Z @ self.CP
                 S += self.CA[a]
-                out[i:i + chunk] = np.argmax(S, axis=1)
+                out[i : i + chunk] = np.argmax(S, axis=1)
                 continue
             SG = Z @ self.GP + self.GA[a]
-            near = np.argpartition(-SG, min(self.GROUPS_PROBED, len(self.groups)) - 1, axis=1)[:, :self.GROUPS_PROBED]
+            near = np.argpartition(-SG, min(self.GROUPS_PROBED, len(self.groups)) - 1, axis=1)[:, : self.GROUPS_PROBED]
             best = np.full(len(Z), -np.inf, np.float32)
             arg = np.zeros(len(Z), np.int64)
             for g, members in enumerate(self.groups):
@@ -136,7 +143,7 @@ class Assigner:
                 s = S[np.arange(len(rows)), j]
                 better = s > best[rows]
                 best[rows[better]], arg[rows[better]] = s[better], members[j[better]]
-            out[i:i + chunk] = arg
+            out[i : i + chunk] = arg
         return out
 
 
@@ -144,8 +151,18 @@ class IvfIndex(AdcIndex):
     """An AdcIndex whose fast-scan pass visits the `nprobe` lists nearest the query instead of
     every code. Row ids, `rows=` filters and the exact rerank are those of AdcIndex."""
 
-    def __init__(self, tables, bias, codes, nbits, norms, centroids: np.ndarray, lists: np.ndarray,
-                 nprobe: int | None = None, span: np.ndarray | None = None):
+    def __init__(
+        self,
+        tables,
+        bias,
+        codes,
+        nbits,
+        norms,
+        centroids: np.ndarray,
+        lists: np.ndarray,
+        nprobe: int | None = None,
+        span: np.ndarray | None = None,
+    ):
         """`span`: the codec's decoder P (D, r): when every centroid lies in the plane
         spanned by P and the mean (the k-means of train_centroids on z), the lists are ranked
         in those r < D coordinates (reading nlist x r floats per query instead of nlist x D)."""
@@ -169,8 +186,9 @@ class IvfIndex(AdcIndex):
         self.quantizer.add(self.centroids)
         self._plane = self._in_plane(span) if span is not None else None
         st = faiss.AdditiveQuantizer.ST_LUT_nonorm
-        flat = faiss.IndexIVFLocalSearchQuantizer(self.quantizer, dim, self.nlist, self.m, nbits,
-                                                  faiss.METRIC_INNER_PRODUCT, st)
+        flat = faiss.IndexIVFLocalSearchQuantizer(
+            self.quantizer, dim, self.nlist, self.m, nbits, faiss.METRIC_INNER_PRODUCT, st
+        )
         flat.by_residual = False
         faiss.copy_array_to_vector(self.tables.reshape(-1), flat.lsq.codebooks)
         flat.lsq.is_trained = flat.is_trained = True
@@ -225,8 +243,10 @@ class IvfIndex(AdcIndex):
             part = np.tile(np.arange(self.nlist), (len(Q), 1))
         ps = np.take_along_axis(S, part, axis=1)
         order = np.argsort(-ps, axis=1, kind="stable")
-        return (np.ascontiguousarray(np.take_along_axis(ps, order, axis=1), np.float32),
-                np.ascontiguousarray(np.take_along_axis(part, order, axis=1), np.int64))
+        return (
+            np.ascontiguousarray(np.take_along_axis(ps, order, axis=1), np.float32),
+            np.ascontiguousarray(np.take_along_axis(part, order, axis=1), np.int64),
+        )
 
     def memory_bytes(self) -> int:
         """Bytes the IVF structure holds besides the codes array: packed codes (lists padded
@@ -234,8 +254,14 @@ class IvfIndex(AdcIndex):
         padded = int((-(-self.list_sizes // FAST_SCAN_BLOCK) * FAST_SCAN_BLOCK).sum())
         return padded * self.index.M2 // 2 + self.n * 8 + self.centroids.nbytes
 
-    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
-               rows: np.ndarray | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        Q: np.ndarray,
+        k: int = 10,
+        shortlist: int | None = None,
+        rows: np.ndarray | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores) per query: the nprobe nearest lists (default self.nprobe;
         nprobe >= nlist scans every list), shortlist reranked exactly. `rows`: a filter; at most
         FILTER_EXACT_MAX rows are scored exactly, more go through FAISS's IDSelector."""
@@ -248,8 +274,14 @@ class IvfIndex(AdcIndex):
             ids[i], scores[i] = found.top(k)
         return ids, scores
 
-    def candidates(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
-                   rows: np.ndarray | None = None, nprobe: int | None = None) -> list[Candidates]:
+    def candidates(
+        self,
+        Q: np.ndarray,
+        k: int = 10,
+        shortlist: int | None = None,
+        rows: np.ndarray | None = None,
+        nprobe: int | None = None,
+    ) -> list[Candidates]:
         """Per query: the shortlist of the nprobe nearest lists and its exact rerank (see search)."""
         import faiss
 
@@ -279,14 +311,24 @@ class IvfIndex(AdcIndex):
             # One query per FAISS call: batched calls of the IVF fast-scan with by_residual=False
             # return lists that differ from the flat scan's (faiss 1.15, tests/test_ivf.py), single
             # queries match it exactly.
-            q, iq, dq = Q[i:i + 1], np.ascontiguousarray(Iq[i:i + 1]), np.ascontiguousarray(Dq[i:i + 1])
-            self.index.search_preassigned_c(1, faiss.swig_ptr(q), short, faiss.swig_ptr(iq), faiss.swig_ptr(dq),
-                                            faiss.swig_ptr(D), faiss.swig_ptr(cand), False, params)
+            q, iq, dq = Q[i : i + 1], np.ascontiguousarray(Iq[i : i + 1]), np.ascontiguousarray(Dq[i : i + 1])
+            self.index.search_preassigned_c(
+                1,
+                faiss.swig_ptr(q),
+                short,
+                faiss.swig_ptr(iq),
+                faiss.swig_ptr(dq),
+                faiss.swig_ptr(D),
+                faiss.swig_ptr(cand),
+                False,
+                params,
+            )
             found.append(self._reranked(q, cand[0], D[0]))
         return found
 
 
 # --- the store's IVF: built past MIN_ITEMS, kept up to date, rebuilt ------------------------------
+
 
 def _digest(C: np.ndarray) -> str:
     import hashlib
@@ -325,8 +367,10 @@ def adopt(ctx, centroids: np.ndarray, info: dict) -> dict:
 
     store, codec = ctx.store, ctx.codec
     if not supported(codec) or info.get("codec_id") != codec.id:
-        raise CodecError(f"{ctx.path}: these IVF centroids are for codec {info.get('codec_id')}, the store's "
-                         f"codec is {codec.id if codec else None}")
+        raise CodecError(
+            f"{ctx.path}: these IVF centroids are for codec {info.get('codec_id')}, the store's "
+            f"codec is {codec.id if codec else None}"
+        )
     C = np.ascontiguousarray(centroids, np.float32)
     ids, codes = store.load_codes()
     lists = Assigner(codec, C)(codes)

@@ -19,16 +19,22 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 FORMAT = 1  # bump when the digest definition or what a key means changes
 _INDEX = "models.json"
 
 LOCAL_DIR = "local-dir:"
 # open_clip's own choice of checkpoint in a model folder (factory._find_checkpoint_in_dir)
-_PREFERRED = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-              "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
-              "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+_PREFERRED = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
 
 
 def cache_dir() -> Path:
@@ -44,7 +50,7 @@ def config_fingerprint(model_cfg: dict) -> str:
     return hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def file_key(path) -> Optional[list]:
+def file_key(path) -> list | None:
     """[real path, size, mtime_ns, inode] of a file, or None if it cannot be stat'ed."""
     try:
         real = os.path.realpath(path)
@@ -54,7 +60,7 @@ def file_key(path) -> Optional[list]:
     return [real, st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def pick_checkpoint(folder) -> Optional[Path]:
+def pick_checkpoint(folder) -> Path | None:
     """The weights file open_clip loads from a `local-dir:` folder (same order as open_clip)."""
     folder = Path(folder)
     found = [p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern)]
@@ -98,12 +104,12 @@ def _update(section: str, key: str, value) -> None:
         pass
 
 
-def _digest_key(weights, config_fp: str) -> Optional[str]:
+def _digest_key(weights, config_fp: str) -> str | None:
     key = file_key(weights)
     return None if key is None else json.dumps(key + [config_fp])
 
 
-def cached_digest(weights, config_fp: str) -> Optional[str]:
+def cached_digest(weights, config_fp: str) -> str | None:
     """The digest recorded for this weights file (unchanged since) and config, or None."""
     key = _digest_key(weights, config_fp)
     return None if key is None else _read().get("digests", {}).get(key)
@@ -115,7 +121,7 @@ def store_digest(weights, config_fp: str, digest: str) -> None:
         _update("digests", key, digest)
 
 
-def _source_key(name: str, pretrained: Optional[str]) -> str:
+def _source_key(name: str, pretrained: str | None) -> str:
     return json.dumps([name, pretrained, _open_clip_version()])
 
 
@@ -128,15 +134,15 @@ def _open_clip_version() -> str:
         return "?"
 
 
-def store_source(name: str, pretrained: Optional[str], weights, config_fp: str) -> None:
+def store_source(name: str, pretrained: str | None, weights, config_fp: str) -> None:
     if not name.startswith(LOCAL_DIR):
         _update("sources", _source_key(name, pretrained), [os.path.realpath(weights), config_fp])
 
 
-def resolve_source(name: str, pretrained: Optional[str]) -> Optional[tuple[Path, str]]:
+def resolve_source(name: str, pretrained: str | None) -> tuple[Path, str] | None:
     """(weights file, config fingerprint) of a model without open_clip, or None if unknown."""
     if name.startswith(LOCAL_DIR):
-        folder = Path(name[len(LOCAL_DIR):]).expanduser()
+        folder = Path(name[len(LOCAL_DIR) :]).expanduser()
         try:
             cfg = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -149,7 +155,7 @@ def resolve_source(name: str, pretrained: Optional[str]) -> Optional[tuple[Path,
     return Path(entry[0]), entry[1]
 
 
-def digest_of(name: str, pretrained: Optional[str]) -> Optional[str]:
+def digest_of(name: str, pretrained: str | None) -> str | None:
     """The weights digest of a model from the cache alone (None: load it to know)."""
     source = resolve_source(name, pretrained)
     return None if source is None else cached_digest(*source)

@@ -23,8 +23,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class OnnxTextEncoder:
     """``encode_texts`` as ``Embedder.encode_texts`` (same cleaning, truncation and unit rows),
     from a cached export. Attributes: ``model_id``, ``dim``, ``context_length``."""
 
-    def __init__(self, folder: Path, meta: dict, model_id: dict, threads: Optional[int] = None):
+    def __init__(self, folder: Path, meta: dict, model_id: dict, threads: int | None = None):
         import onnxruntime as ort
 
         from .tokenizer import SimpleTokenizer
@@ -72,8 +72,10 @@ class OnnxTextEncoder:
         from .tokenizer import clean_texts
 
         cleaned = clean_texts(texts, self.context_length)  # as Embedder does
-        out = [self.session.run(None, {"tokens": self.tokenizer(cleaned[i:i + batch_size])})[0]
-               for i in range(0, len(cleaned), batch_size)]
+        out = [
+            self.session.run(None, {"tokens": self.tokenizer(cleaned[i : i + batch_size])})[0]
+            for i in range(0, len(cleaned), batch_size)
+        ]
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = np.concatenate(out).astype(np.float32, copy=False)
@@ -81,7 +83,7 @@ class OnnxTextEncoder:
         return np.ascontiguousarray(x)
 
 
-def _read_meta(folder: Path, digest: str) -> Optional[dict]:
+def _read_meta(folder: Path, digest: str) -> dict | None:
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -90,7 +92,7 @@ def _read_meta(folder: Path, digest: str) -> Optional[dict]:
     return meta if ok else None
 
 
-def load(name: str, pretrained: Optional[str], threads: Optional[int] = None) -> Optional[OnnxTextEncoder]:
+def load(name: str, pretrained: str | None, threads: int | None = None) -> OnnxTextEncoder | None:
     """The cached ONNX text tower of this model, if its weights file is unchanged since its
     digest was cached and an export exists; else None (load the model with torch)."""
     if not enabled():
@@ -114,16 +116,23 @@ def exportable(embedder) -> bool:
     """The model's tokenizer is open_clip's standard one, which semdb.tokenizer reproduces."""
     tok = embedder.tokenizer  # checked by name: embed.py stays the only importer of open_clip
     kind = (type(tok).__module__, type(tok).__name__)
-    return (kind == ("open_clip.tokenizer", "SimpleTokenizer") and tok.reduction_fn is None
-            and tok.vocab_size == 49408
-            and getattr(tok.clean_fn, "__name__", "") == "_clean_lower")
+    return (
+        kind == ("open_clip.tokenizer", "SimpleTokenizer")
+        and tok.reduction_fn is None
+        and tok.vocab_size == 49408
+        and getattr(tok.clean_fn, "__name__", "") == "_clean_lower"
+    )
 
 
-def export(embedder, force: bool = False) -> Optional[Path]:
+def export(embedder, force: bool = False) -> Path | None:
     """Export `embedder`'s text tower to the cache (once per digest); the folder, or None when
     the model cannot be exported or the export does not match torch (nothing is kept then)."""
-    if not enabled() or embedder.device.type != "cpu" or importlib.util.find_spec("onnx") is None \
-            or not exportable(embedder):
+    if (
+        not enabled()
+        or embedder.device.type != "cpu"
+        or importlib.util.find_spec("onnx") is None
+        or not exportable(embedder)
+    ):
         return None
     digest = embedder.model_id["digest"]
     folder = model_dir(digest)
@@ -145,22 +154,39 @@ def export(embedder, force: bool = False) -> Optional[Path]:
         tokens = embedder.tokenizer(_CHECK_TEXTS)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(TextTower(embedder.model).eval(), (tokens,), str(tmp / "export.onnx"),
-                              input_names=["tokens"], output_names=["embedding"],
-                              dynamic_axes={"tokens": {0: "batch"}, "embedding": {0: "batch"}},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                TextTower(embedder.model).eval(),
+                (tokens,),
+                str(tmp / "export.onnx"),
+                input_names=["tokens"],
+                output_names=["embedding"],
+                dynamic_axes={"tokens": {0: "batch"}, "embedding": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
         # weights in a separate file: onnxruntime maps it instead of parsing it out of the
         # protobuf (measured: session start 0.35-0.5 s instead of 0.85-1.0 s for ViT-B-32)
         import onnx
 
         graph = onnx.load(str(tmp / "export.onnx"))
-        onnx.save_model(graph, str(tmp / "text.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="text.onnx.data", size_threshold=1024)
+        onnx.save_model(
+            graph,
+            str(tmp / "text.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="text.onnx.data",
+            size_threshold=1024,
+        )
         del graph
         (tmp / "export.onnx").unlink()
-        meta = {"format": FORMAT, "digest": digest, "dim": embedder.dim,
-                "context_length": embedder.context_length, "tokenizer": "open_clip.SimpleTokenizer",
-                "torch": torch.__version__}
+        meta = {
+            "format": FORMAT,
+            "digest": digest,
+            "dim": embedder.dim,
+            "context_length": embedder.context_length,
+            "tokenizer": "open_clip.SimpleTokenizer",
+            "torch": torch.__version__,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         check = OnnxTextEncoder(tmp, meta, dict(embedder.model_id))
         diff = float(np.abs(check.encode_texts(_CHECK_TEXTS) - embedder.encode_texts(_CHECK_TEXTS)).max())

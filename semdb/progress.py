@@ -8,12 +8,12 @@ or None for silence.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 Progress = Callable[[str, int, int], None]
 
 
-def report(progress: Optional[Progress], stage: str, done: int, total: int) -> None:
+def report(progress: Progress | None, stage: str, done: int, total: int) -> None:
     """Call `progress` if there is one (so callers need no `if progress:` of their own)."""
     if progress is not None:
         progress(stage, done, total)

@@ -1,11 +1,11 @@
 """Search a store: a query reads left to right, terms -> vector -> where -> limit -> refine.
 
-    terms ("2:cat + ./x.jpg - dog", a stored item) --CLIP, or the item's stored code-->
-    one query vector q --where: rows whose path is under a folder / taken in a date range-->
-    index over the last committed codes (ADC shortlist + exact rerank; past semdb.ivf.MIN_ITEMS
-    codes the shortlist comes from the `nprobe` IVF lists nearest q; a store without a codec
-    yet: exact search of its staged embeddings) --limit k--> --within X of the best-->
-    Hits (path, score, id)
+terms ("2:cat + ./x.jpg - dog", a stored item) --CLIP, or the item's stored code-->
+one query vector q --where: rows whose path is under a folder / taken in a date range-->
+index over the last committed codes (ADC shortlist + exact rerank; past semdb.ivf.MIN_ITEMS
+codes the shortlist comes from the `nprobe` IVF lists nearest q; a store without a codec
+yet: exact search of its staged embeddings) --limit k--> --within X of the best-->
+Hits (path, score, id)
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from __future__ import annotations
 import datetime
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple
 
 import numpy as np
 
+from . import ivf
 from .context import StoreContext
 from .errors import InputError, display_path
 from .images import load_image
-from . import ivf
 from .ivf import IvfIndex
 from .search import Candidates, FlatIndex
 
@@ -40,7 +41,7 @@ class Term:
     (negative: subtracted)."""
 
     kind: str  # "text" | "image" | "item"
-    value: Union[str, int, object]  # text, image path (or PIL image), item id
+    value: str | int | object  # text, image path (or PIL image), item id
     weight: float = 1.0
 
 
@@ -49,14 +50,17 @@ class Where:
     """Which items a search may return. `under`: an absolute folder; `after` / `before`:
     POSIX seconds of the date taken (after inclusive, before exclusive)."""
 
-    under: Optional[str] = None
-    after: Optional[float] = None
-    before: Optional[float] = None
+    under: str | None = None
+    after: float | None = None
+    before: float | None = None
 
     @classmethod
-    def of(cls, under=None, after=None, before=None) -> "Where":
-        w = cls(os.path.abspath(os.path.expanduser(os.fsdecode(under))).rstrip(os.sep) or os.sep if under else None,
-                parse_date(after, "after"), parse_date(before, "before"))
+    def of(cls, under=None, after=None, before=None) -> Where:
+        w = cls(
+            os.path.abspath(os.path.expanduser(os.fsdecode(under))).rstrip(os.sep) or os.sep if under else None,
+            parse_date(after, "after"),
+            parse_date(before, "before"),
+        )
         if w.after is not None and w.before is not None and w.after >= w.before:
             raise InputError(f"after {after} is not earlier than before {before}: no date is in between")
         return w
@@ -65,7 +69,7 @@ class Where:
         return any(v is not None for v in (self.under, self.after, self.before))
 
 
-def parse_date(value, flag: str) -> Optional[float]:
+def parse_date(value, flag: str) -> float | None:
     """A date or datetime (or "YYYY-MM-DD" / ISO 8601 text, local time) as POSIX seconds."""
     if value is None or value == "":
         return None
@@ -163,15 +167,30 @@ class Searcher:
         return codec.decode(np.asarray(codes)[row[:1]])
 
     # --- search -----------------------------------------------------------------------------
-    def search(self, terms: Sequence[Term], k: int = 10, where: Where = Where(), within: Optional[float] = None,
-               min_score: Optional[float] = None, exclude: Sequence[int] = (), nprobe: Optional[int] = None) -> list[Hit]:
+    def search(
+        self,
+        terms: Sequence[Term],
+        k: int = 10,
+        where: Where = Where(),
+        within: float | None = None,
+        min_score: float | None = None,
+        exclude: Sequence[int] = (),
+        nprobe: int | None = None,
+    ) -> list[Hit]:
         _check_k(k)
         _check_nprobe(nprobe)
         q = self.vector(terms)
         return self._search(q, k, where, within, min_score, exclude, nprobe)[0]
 
-    def vectors(self, Q, k: int = 10, min_score: Optional[float] = None, where: Where = Where(),
-                within: Optional[float] = None, nprobe: Optional[int] = None) -> list[list[Hit]]:
+    def vectors(
+        self,
+        Q,
+        k: int = 10,
+        min_score: float | None = None,
+        where: Where = Where(),
+        within: float | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[Hit]]:
         _check_k(k)
         _check_nprobe(nprobe)
         return self._search(np.asarray(Q, np.float32), k, where, within, min_score, (), nprobe)
@@ -196,7 +215,7 @@ class Searcher:
             results.append([Hit(it.path, float(s), int(it.id)) for it, s in zip(items, score[keep]) if it is not None])
         return results
 
-    def candidates(self, Q, k: int = 10, where: Where = Where(), nprobe: Optional[int] = None) -> list[Candidates]:
+    def candidates(self, Q, k: int = 10, where: Where = Where(), nprobe: int | None = None) -> list[Candidates]:
         """Per query, the search's two stages before its top k is cut: search.Candidates whose
         `rows` are item ids. What a sharded search merges (semdb/cluster.py): the union of its
         shards' candidates, cut as one store's scan cuts them, gives one store's hits."""
@@ -211,7 +230,7 @@ class Searcher:
         found = index.candidates(Q, k, rows=rows, **({"nprobe": nprobe} if isinstance(index, IvfIndex) else {}))
         return [Candidates(ids[c.rows], c.approx, c.exact, c.complete) for c in found]
 
-    def _rows(self, where: Where, ids: np.ndarray, exclude) -> Optional[np.ndarray]:
+    def _rows(self, where: Where, ids: np.ndarray, exclude) -> np.ndarray | None:
         """Index rows the search may return (None: all)."""
         if not where and not len(exclude):
             return None
@@ -231,8 +250,11 @@ class Searcher:
         generation = self._index[0]
         if self._meta is None or self._meta[0] != generation:
             items = self.ctx.store.items(ids)
-            self._meta = (generation, [it.path if it else "" for it in items],
-                          np.array([np.nan if it is None or it.taken is None else it.taken for it in items]))
+            self._meta = (
+                generation,
+                [it.path if it else "" for it in items],
+                np.array([np.nan if it is None or it.taken is None else it.taken for it in items]),
+            )
         return self._meta[1], self._meta[2]
 
     def index(self):

@@ -96,16 +96,18 @@ class FlatIndex:
     def __init__(self, vectors: np.ndarray):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
-               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, Q: np.ndarray, k: int = 10, shortlist: int | None = None, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (row ids, scores); `rows`: search only these rows (a filter)."""
         Q = np.asarray(Q, np.float32)
         if rows is None:
             return top_k(Q @ self.vectors.T, k)
         return _in_rows(top_k(Q @ self.vectors[rows].T, k), rows)
 
-    def candidates(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
-                   rows: np.ndarray | None = None) -> list[Candidates]:
+    def candidates(
+        self, Q: np.ndarray, k: int = 10, shortlist: int | None = None, rows: np.ndarray | None = None
+    ) -> list[Candidates]:
         """Every row (or every one of `rows`) scored exactly: nothing is cut (AdcIndex.candidates)."""
         rows = np.arange(len(self.vectors)) if rows is None else np.asarray(rows, np.int64)
         scores = np.asarray(Q, np.float32) @ self.vectors[rows].T
@@ -159,8 +161,9 @@ class AdcIndex:
         self._lut_index = index
         self.index = faiss.IndexAdditiveQuantizerFastScan(index, FAST_SCAN_BLOCK) if self.fast_scan else index
 
-    def search(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
-               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, Q: np.ndarray, k: int = 10, shortlist: int | None = None, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores) per query, each (nq, k); ids are row numbers, -1 past the end.
         `rows`: search only these rows (a filter): scored exactly, without the fast-scan pass."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
@@ -172,8 +175,9 @@ class AdcIndex:
             ids[i], scores[i] = found.top(k)
         return ids, scores
 
-    def candidates(self, Q: np.ndarray, k: int = 10, shortlist: int | None = None,
-                   rows: np.ndarray | None = None) -> list[Candidates]:
+    def candidates(
+        self, Q: np.ndarray, k: int = 10, shortlist: int | None = None, rows: np.ndarray | None = None
+    ) -> list[Candidates]:
         """Per query: the scan's shortlist (one FAISS call for every query) and its exact rerank."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         if rows is not None:
@@ -187,7 +191,7 @@ class AdcIndex:
         approx, cand = self.index.search(Q, short)
         # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised; a cosine
         # score divides by ||x_hat||, which the inner-product scan does not know).
-        return [self._reranked(Q[i:i + 1], cand[i], approx[i]) for i in range(len(Q))]
+        return [self._reranked(Q[i : i + 1], cand[i], approx[i]) for i in range(len(Q))]
 
     def _reranked(self, q: np.ndarray, cand: np.ndarray, approx: np.ndarray) -> Candidates:
         keep = cand >= 0

@@ -32,7 +32,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,8 +42,15 @@ ITEMSEG_MAX = 1024
 _HEAD = struct.Struct("<BIII")
 _VERSION = 1
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
-_NUMERIC = (("size", "<u8"), ("mtime_ns", "<i8"), ("width", "<u4"), ("height", "<u4"),
-            ("added", "<f8"), ("updated", "<f8"), ("taken", "<f8"))
+_NUMERIC = (
+    ("size", "<u8"),
+    ("mtime_ns", "<i8"),
+    ("width", "<u4"),
+    ("height", "<u4"),
+    ("added", "<f8"),
+    ("updated", "<f8"),
+    ("taken", "<f8"),
+)
 
 
 class Row(NamedTuple):
@@ -58,7 +65,7 @@ class Row(NamedTuple):
     height: int
     added: float
     updated: float
-    taken: Optional[float]
+    taken: float | None
 
 
 class Header(NamedTuple):
@@ -127,9 +134,13 @@ def encode(rows: list[Row]) -> bytes:
     paths = [r.path for r in rows]
     deltas = ids.copy()
     deltas[1:] -= ids[:-1]
-    parts = [deltas.astype("<u8").tobytes(), kind.tobytes(),
-             b"".join(bytes.fromhex(h.decode()) for h, k in zip(hashes, kind) if k),
-             np.array([len(h) for h in raw_hashes], "<u2").tobytes(), b"".join(raw_hashes)]
+    parts = [
+        deltas.astype("<u8").tobytes(),
+        kind.tobytes(),
+        b"".join(bytes.fromhex(h.decode()) for h, k in zip(hashes, kind) if k),
+        np.array([len(h) for h in raw_hashes], "<u2").tobytes(),
+        b"".join(raw_hashes),
+    ]
     for name, dtype in _NUMERIC:
         values = [getattr(r, name) for r in rows]
         if name == "taken":
@@ -148,7 +159,7 @@ def encode(rows: list[Row]) -> bytes:
 def _columns(raw) -> tuple[bytes, int, dict]:
     """The checked, decompressed body, n, and {column: (start, end)} in the body."""
     version, n, length, crc = header(raw)
-    packed = memoryview(raw)[_HEAD.size:]
+    packed = memoryview(raw)[_HEAD.size :]
     if version != _VERSION or zlib.crc32(packed) != crc:
         raise SegmentError(f"item segment (format {version}) fails its checksum test")
     try:
@@ -166,7 +177,7 @@ def _columns(raw) -> tuple[bytes, int, dict]:
             raise SegmentError("item segment is shorter than its columns")
         spans[name] = (pos, pos + size)
         pos += size
-        return body[pos - size:pos]
+        return body[pos - size : pos]
 
     take("ids", 8 * n)
     n_hex = int(np.frombuffer(take("kind", n), np.uint8).sum())
@@ -186,7 +197,7 @@ def decode(raw) -> Columns:
     ids = np.cumsum(np.frombuffer(col["ids"], "<u8"), dtype=np.uint64)
     kind = np.frombuffer(col["kind"], np.uint8)
     text = col["hexes"].hex()  # one call for all hex hashes, then cut: per-row hex() is the slow part
-    hexed = [text[i:i + 32] for i in range(0, len(text), 32)]
+    hexed = [text[i : i + 32] for i in range(0, len(text), 32)]
     if len(hexed) == n:
         hashes = hexed
     else:
@@ -200,8 +211,14 @@ def decode(raw) -> Columns:
     numeric = {name: _untranspose(col[name], n, dtype) for name, dtype in _NUMERIC}
     ends = np.cumsum(np.frombuffer(col["path_lens"], "<u4"), dtype=np.int64).tolist()
     paths = [col["paths"][s:e] for s, e in zip([0] + ends[:-1], ends)]
-    return Columns(ids=ids, hashes=hashes, paths=paths, **numeric, hash_kind=kind,
-                   hash_bin=np.frombuffer(col["hexes"], np.uint8).reshape(len(hexed), 16))
+    return Columns(
+        ids=ids,
+        hashes=hashes,
+        paths=paths,
+        **numeric,
+        hash_kind=kind,
+        hash_bin=np.frombuffer(col["hexes"], np.uint8).reshape(len(hexed), 16),
+    )
 
 
 def decode_row(raw, id_: int) -> Row | None:
@@ -216,26 +233,27 @@ def decode_row(raw, id_: int) -> Row | None:
     before = int(kind[:i].sum())  # hex hashes before row i
     if kind[i]:
         at = spans["hexes"][0] + 16 * before
-        hash_ = body[at:at + 16].hex()
+        hash_ = body[at : at + 16].hex()
     else:
         lens = np.frombuffer(body, "<u2", n - int(kind.sum()), spans["raw_lens"][0])
         j = i - before
         at = spans["raw_hashes"][0] + int(lens[:j].sum(dtype=np.int64))
         try:
-            hash_ = body[at:at + int(lens[j])].decode("utf-8")
+            hash_ = body[at : at + int(lens[j])].decode("utf-8")
         except UnicodeDecodeError:
             raise SegmentError("item segment holds a hash that is not utf-8") from None
     values = []
     for name, dtype in _NUMERIC:  # byte-transposed: row i's bytes are every n-th from i
         start, end = spans[name]
-        values.append(np.frombuffer(body[start + i:end:n], dtype)[0].item())
+        values.append(np.frombuffer(body[start + i : end : n], dtype)[0].item())
     lens = np.frombuffer(body, "<u4", n, spans["path_lens"][0])
     at = spans["paths"][0] + int(lens[:i].sum(dtype=np.int64))
     taken = values[-1]
-    return Row(id_, body[at:at + int(lens[i])], hash_, *values[:-1], None if taken != taken else taken)
+    return Row(id_, body[at : at + int(lens[i])], hash_, *values[:-1], None if taken != taken else taken)
 
 
 # -- in-memory lookups -----------------------------------------------------------------------
+
 
 def path_key(raw: bytes) -> int:
     """64-bit key of a path's bytes (a hit is checked against the stored path)."""

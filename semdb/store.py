@@ -76,15 +76,15 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 import lmdb
 import numpy as np
 
-from semdb.errors import InputError, StoreError, StoreLockedError
 from semdb import segments
+from semdb.errors import InputError, StoreError, StoreLockedError
 from semdb.faults import fault_point
 
 SCHEMA_VERSION = 2  # 2: columnar item segments; 1: items/paths/hashes/code_loc (migrated on open)
@@ -94,12 +94,26 @@ COMPACT_AFTER = 64  # more small segments than this -> merge them at the next co
 _DBS = ("meta", "codec", "itemsegs", "codes", "staging", "recode", "ivf")
 _V1_DBS = ("items", "paths", "hashes", "code_loc")  # schema 1's item databases: dropped by the migration
 _LATER_DBS = {"recode", "ivf"}  # added after schema 1 was released: created on the first writable open
-_MANAGED_META = {"schema", "created", "generation", "next_id", "next_segment", "code_bytes",
-                 "codec_id", "dim", "pending_codec", "training_queries", "ivf", "reclaim"}  # only the store itself changes these
+_MANAGED_META = {
+    "schema",
+    "created",
+    "generation",
+    "next_id",
+    "next_segment",
+    "code_bytes",
+    "codec_id",
+    "dim",
+    "pending_codec",
+    "training_queries",
+    "ivf",
+    "reclaim",
+}  # only the store itself changes these
 _SEG_HEAD = struct.Struct("<QII")
 _IVF_HEAD = struct.Struct("<QI")
-_ITEM_HEADS = {1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
-               2: struct.Struct("<BQQqIIdddH")}  # + taken (NaN: not known)
+_ITEM_HEADS = {
+    1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
+    2: struct.Struct("<BQQqIIdddH"),
+}  # + taken (NaN: not known)
 _ITEM_VERSION = 2
 _MAX_HASH_BYTES = 400  # schema 1 kept hashes as LMDB keys (511-byte limit); kept for old readers
 _SEG_CACHE = 16  # decoded item segments kept per process (get_item of a query's hits)
@@ -147,8 +161,7 @@ def _hash_key(h: str) -> bytes:
     except UnicodeEncodeError:
         raw = b""
     if not raw or len(raw) > _MAX_HASH_BYTES:
-        raise InputError(f"content hash {h!r} must be a non-empty UTF-8 string of at most "
-                         f"{_MAX_HASH_BYTES} bytes")
+        raise InputError(f"content hash {h!r} must be a non-empty UTF-8 string of at most {_MAX_HASH_BYTES} bytes")
     return raw
 
 
@@ -167,15 +180,16 @@ class Item:
     height: int
     added: float
     updated: float
-    taken: Optional[float] = None
+    taken: float | None = None
 
     def __post_init__(self):
         if isinstance(self.path, os.PathLike):
             self.path = os.fspath(self.path)
 
     @classmethod
-    def new(cls, path, size, mtime_ns, hash, width, height, now: float | None = None,
-            taken: float | None = None) -> Item:
+    def new(
+        cls, path, size, mtime_ns, hash, width, height, now: float | None = None, taken: float | None = None
+    ) -> Item:
         now = time.time() if now is None else now
         return cls(0, path, size, mtime_ns, hash, width, height, now, now, taken)
 
@@ -184,8 +198,18 @@ class Item:
         path_raw, hash_raw = _fs_bytes(self.path), _hash_key(self.hash)
         taken = float("nan") if self.taken is None else self.taken
         try:
-            head = _ITEM_HEADS[_ITEM_VERSION].pack(_ITEM_VERSION, self.id, self.size, self.mtime_ns, self.width,
-                                                   self.height, self.added, self.updated, taken, len(hash_raw))
+            head = _ITEM_HEADS[_ITEM_VERSION].pack(
+                _ITEM_VERSION,
+                self.id,
+                self.size,
+                self.mtime_ns,
+                self.width,
+                self.height,
+                self.added,
+                self.updated,
+                taken,
+                len(hash_raw),
+            )
         except struct.error as e:
             raise InputError(f"{self.path}: item field out of range ({e})") from None
         return head + hash_raw + path_raw
@@ -201,11 +225,11 @@ class Item:
             if len(raw) <= head.size + hlen:
                 raise ValueError(f"record version {version}, length {len(raw)}")
             start = head.size
-            hash_ = raw[start:start + hlen].decode("utf-8")
+            hash_ = raw[start : start + hlen].decode("utf-8")
         except (struct.error, ValueError) as e:
             raise _Corrupt(f"bad item record: {e}") from None
         taken = taken[0] if taken and taken[0] == taken[0] else None  # NaN: not known
-        return cls(id_, os.fsdecode(raw[start + hlen:]), size, mtime_ns, hash_, w, h, added, updated, taken)
+        return cls(id_, os.fsdecode(raw[start + hlen :]), size, mtime_ns, hash_, w, h, added, updated, taken)
 
 
 def _pack_segment(ids: np.ndarray, codes: np.ndarray) -> bytes:
@@ -219,7 +243,7 @@ def _unpack_segment(raw) -> tuple[np.ndarray, np.ndarray]:
         n, width, crc = _SEG_HEAD.unpack_from(raw)
     except struct.error:
         raise _Corrupt("truncated code segment") from None
-    if len(raw) != _SEG_HEAD.size + n * (8 + width) or zlib.crc32(memoryview(raw)[_SEG_HEAD.size:]) != crc:
+    if len(raw) != _SEG_HEAD.size + n * (8 + width) or zlib.crc32(memoryview(raw)[_SEG_HEAD.size :]) != crc:
         raise _Corrupt("code segment fails its length or checksum test")
     ids = np.frombuffer(raw, "<u8", n, _SEG_HEAD.size)
     codes = np.frombuffer(raw, np.uint8, n * width, _SEG_HEAD.size + 8 * n).reshape(n, width)
@@ -280,30 +304,54 @@ def _row(item: Item, id_: int | None = None) -> segments.Row:
     except (TypeError, ValueError, OverflowError) as e:
         raise InputError(f"{item.path}: item field is not a number ({e})") from None
     size, mtime_ns, width, height = ints
-    if not (0 <= size < 1 << 64 and -(1 << 63) <= mtime_ns < 1 << 63 and 0 <= width < 1 << 32
-            and 0 <= height < 1 << 32):
-        raise InputError(f"{item.path}: item field out of range (size {ints[0]}, mtime_ns {ints[1]}, "
-                         f"{ints[2]}x{ints[3]})")
+    if not (
+        0 <= size < 1 << 64 and -(1 << 63) <= mtime_ns < 1 << 63 and 0 <= width < 1 << 32 and 0 <= height < 1 << 32
+    ):
+        raise InputError(
+            f"{item.path}: item field out of range (size {ints[0]}, mtime_ns {ints[1]}, {ints[2]}x{ints[3]})"
+        )
     return segments.Row(int(item.id if id_ is None else id_), raw, item.hash, *ints, *floats)
 
 
 def _rows_of(cols: segments.Columns) -> list[segments.Row]:
     taken = [None if t != t else t for t in cols.taken.tolist()]  # NaN: not known
-    return list(map(segments.Row._make, zip(
-        cols.ids.tolist(), cols.paths, cols.hashes, cols.size.tolist(), cols.mtime_ns.tolist(),
-        cols.width.tolist(), cols.height.tolist(), cols.added.tolist(), cols.updated.tolist(), taken)))
+    return list(
+        map(
+            segments.Row._make,
+            zip(
+                cols.ids.tolist(),
+                cols.paths,
+                cols.hashes,
+                cols.size.tolist(),
+                cols.mtime_ns.tolist(),
+                cols.width.tolist(),
+                cols.height.tolist(),
+                cols.added.tolist(),
+                cols.updated.tolist(),
+                taken,
+            ),
+        )
+    )
 
 
 def _row_at(cols: segments.Columns, i: int) -> segments.Row:
     taken = float(cols.taken[i])
-    return segments.Row(int(cols.ids[i]), cols.paths[i], cols.hashes[i], int(cols.size[i]), int(cols.mtime_ns[i]),
-            int(cols.width[i]), int(cols.height[i]), float(cols.added[i]), float(cols.updated[i]),
-            None if taken != taken else taken)
+    return segments.Row(
+        int(cols.ids[i]),
+        cols.paths[i],
+        cols.hashes[i],
+        int(cols.size[i]),
+        int(cols.mtime_ns[i]),
+        int(cols.width[i]),
+        int(cols.height[i]),
+        float(cols.added[i]),
+        float(cols.updated[i]),
+        None if taken != taken else taken,
+    )
 
 
 def _item_of(r: segments.Row) -> Item:
-    return Item(r.id, os.fsdecode(r.path), r.size, r.mtime_ns, r.hash, r.width, r.height, r.added, r.updated,
-                r.taken)
+    return Item(r.id, os.fsdecode(r.path), r.size, r.mtime_ns, r.hash, r.width, r.height, r.added, r.updated, r.taken)
 
 
 def _items_of(cols: segments.Columns) -> list[Item]:
@@ -341,7 +389,7 @@ def _decode_segment(raw) -> segments.Columns:
 
 
 # LMDB forbids opening one environment twice in a process; Stores on one directory share it.
-_ENVS: dict[str, "_Shared"] = {}
+_ENVS: dict[str, _Shared] = {}
 _ENVS_LOCK = threading.Lock()
 
 
@@ -483,8 +531,9 @@ class _View:
         if not ids:
             return _ItemIndex(segments.KeyMultimap(), segments.KeyMultimap())
         ids = np.concatenate(ids)
-        return _ItemIndex(segments.KeyMultimap.build(np.concatenate(pk), ids),
-                          segments.KeyMultimap.build(np.concatenate(hk), ids))
+        return _ItemIndex(
+            segments.KeyMultimap.build(np.concatenate(pk), ids), segments.KeyMultimap.build(np.concatenate(hk), ids)
+        )
 
     def _build_code_loc(self) -> segments.KeyMultimap:
         ks, vs = [], []
@@ -519,8 +568,7 @@ class _View:
 
     def _read_meta(self) -> dict:
         try:
-            return {bytes(k).decode(): json.loads(bytes(v)) for k, v in
-                    self.txn.cursor(db=self._db["meta"])}
+            return {bytes(k).decode(): json.loads(bytes(v)) for k, v in self.txn.cursor(db=self._db["meta"])}
         except ValueError as e:
             raise _Corrupt(f"bad meta value: {e}") from None
 
@@ -536,8 +584,14 @@ class _ReadView(_View):
 class Store:
     """Open (or create) the store in directory `path` (default: default_store_path())."""
 
-    def __init__(self, path=None, create: bool = False, readonly: bool = False, wait: bool = False,
-                 map_size: int = DEFAULT_MAP_SIZE):
+    def __init__(
+        self,
+        path=None,
+        create: bool = False,
+        readonly: bool = False,
+        wait: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
+    ):
         self.path = Path(path).expanduser() if path is not None else default_store_path()
         self.readonly = readonly
         self._lock_fd = None
@@ -548,10 +602,10 @@ class Store:
         self.ivf_assigner = None
         data = self.path / "data.mdb"
         if not data.exists():
-            if self.path.is_dir() and any(p.name not in ("writer.lock", "lock.mdb")
-                                          for p in self.path.iterdir()):
-                raise StoreError(f"{self.path} is not a semdb store (no data.mdb); pass a new or "
-                                 f"empty directory to create one")
+            if self.path.is_dir() and any(p.name not in ("writer.lock", "lock.mdb") for p in self.path.iterdir()):
+                raise StoreError(
+                    f"{self.path} is not a semdb store (no data.mdb); pass a new or empty directory to create one"
+                )
             if self.path.exists() and not self.path.is_dir():
                 raise StoreError(f"{self.path} is a file, not a semdb store directory")
             if readonly or not create:
@@ -575,10 +629,12 @@ class Store:
         try:
             Store(self.path, map_size=map_size).close()
         except (StoreError, OSError) as e:
-            raise StoreError(f"{self.path} uses store schema {schema}; semdb converts it to schema "
-                             f"{SCHEMA_VERSION} the first time it opens it for writing, and that failed "
-                             f"now ({_one_line(e)}): run `semdb import` or `semdb ingest` on it when "
-                             f"nothing else is writing it, with write access to {self.path}") from None
+            raise StoreError(
+                f"{self.path} uses store schema {schema}; semdb converts it to schema "
+                f"{SCHEMA_VERSION} the first time it opens it for writing, and that failed "
+                f"now ({_one_line(e)}): run `semdb import` or `semdb ingest` on it when "
+                f"nothing else is writing it, with write access to {self.path}"
+            ) from None
         self._attach(map_size)
 
     # -- opening ------------------------------------------------------------------------
@@ -590,8 +646,9 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreLockedError(f"{self.path} is being written by another semdb process "
-                                   f"(pid {pid}); wait for it or stop it") from None
+            raise StoreLockedError(
+                f"{self.path} is being written by another semdb process (pid {pid}); wait for it or stop it"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
 
@@ -617,12 +674,20 @@ class Store:
         # transaction, never the LMDB writer mutex that a writing process may be holding.
         ro = self.readonly
         try:
-            env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=len(_DBS) + len(_V1_DBS) + 2,
-                            readonly=ro, create=not ro,
-                            lock=not ro or os.access(self.path / "lock.mdb", os.W_OK))
+            env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                subdir=True,
+                max_dbs=len(_DBS) + len(_V1_DBS) + 2,
+                readonly=ro,
+                create=not ro,
+                lock=not ro or os.access(self.path / "lock.mdb", os.W_OK),
+            )
         except lmdb.Error as e:
-            raise StoreError(f"{self.path} is corrupt or not a semdb store ({_one_line(e)}); "
-                             f"restore it from a backup or pass a new --store") from None
+            raise StoreError(
+                f"{self.path} is corrupt or not a semdb store ({_one_line(e)}); "
+                f"restore it from a backup or pass a new --store"
+            ) from None
         try:
             # LMDB maps the file and trusts its header: reading a page past the end of a
             # truncated file kills the process with SIGBUS. Writers extend the file before
@@ -630,9 +695,11 @@ class Store:
             size = (self.path / "data.mdb").stat().st_size
             need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
             if size < need:
-                raise StoreError(f"{self.path} is corrupt (data.mdb is truncated: {size} bytes, its "
-                                 f"header needs {need}); restore it from a backup or rebuild it "
-                                 f"with `semdb ingest` into a new --store")
+                raise StoreError(
+                    f"{self.path} is corrupt (data.mdb is truncated: {size} bytes, its "
+                    f"header needs {need}); restore it from a backup or rebuild it "
+                    f"with `semdb ingest` into a new --store"
+                )
             if not ro:
                 env.set_mapsize(0)  # adopt the size the file was last grown to...
                 if env.info()["map_size"] < map_size:
@@ -644,16 +711,20 @@ class Store:
             if not names:
                 raise StoreError(f"no semdb store at {self.path} (empty); run `semdb ingest` first")
             if b"meta" not in names:
-                raise StoreError(f"{self.path} is not a semdb store (an LMDB environment without "
-                                 f"semdb meta); pass a new or empty directory to create one")
+                raise StoreError(
+                    f"{self.path} is not a semdb store (an LMDB environment without "
+                    f"semdb meta); pass a new or empty directory to create one"
+                )
             if ro:
                 meta_db = env.open_db(b"meta", create=False)
                 with env.begin() as txn:
                     schema = self._check_schema(txn.get(b"schema", db=meta_db))
                 if schema < SCHEMA_VERSION:
                     raise _OldSchema(schema)
-                return env, {n: env.open_db(n.encode(), create=False)
-                             if n not in _LATER_DBS or n.encode() in names else None for n in _DBS}
+                return env, {
+                    n: env.open_db(n.encode(), create=False) if n not in _LATER_DBS or n.encode() in names else None
+                    for n in _DBS
+                }
             env, dbs = self._migrate(env)
             return env, dbs
         except BaseException:
@@ -668,8 +739,9 @@ class Store:
         if not isinstance(schema, int) or schema < 1:
             raise _Corrupt(f"bad schema version {raw!r}")
         if schema > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} was made by a newer semdb (schema {schema} > "
-                             f"{SCHEMA_VERSION}); upgrade semdb")
+            raise StoreError(
+                f"{self.path} was made by a newer semdb (schema {schema} > {SCHEMA_VERSION}); upgrade semdb"
+            )
         return schema
 
     def _migrate(self, env):
@@ -684,8 +756,7 @@ class Store:
                 with env.begin(write=True) as txn:
                     meta_db = env.open_db(b"meta", txn=txn, create=False)
                     schema = self._check_schema(txn.get(b"schema", db=meta_db))
-                    dbs = {n: env.open_db(n.encode(), txn=txn, create=n in _LATER_DBS or n == "itemsegs")
-                           for n in _DBS}
+                    dbs = {n: env.open_db(n.encode(), txn=txn, create=n in _LATER_DBS or n == "itemsegs") for n in _DBS}
                     if schema == 1:
                         self._convert_v1(env, txn, dbs)
                         fault_point("migrate_txn")
@@ -762,9 +833,17 @@ class Store:
             try:
                 with env.begin(write=True) as txn:  # all databases and meta appear in one commit
                     dbs = {n: env.open_db(n.encode(), txn=txn) for n in _DBS}
-                    meta = {"schema": SCHEMA_VERSION, "created": time.time(), "generation": 0,
-                            "next_id": 1, "next_segment": 0, "code_bytes": None, "codec_id": None,
-                            "dim": None, "model_id": None}
+                    meta = {
+                        "schema": SCHEMA_VERSION,
+                        "created": time.time(),
+                        "generation": 0,
+                        "next_id": 1,
+                        "next_segment": 0,
+                        "code_bytes": None,
+                        "codec_id": None,
+                        "dim": None,
+                        "model_id": None,
+                    }
                     for k, v in meta.items():
                         txn.put(k.encode(), json.dumps(v).encode(), db=dbs["meta"])
                 return dbs
@@ -805,13 +884,23 @@ class Store:
         try:
             yield
         except _Corrupt as e:
-            raise StoreError(f"{self.path} is corrupt ({e}); restore it from a backup or "
-                             f"rebuild it with `semdb ingest` into a new --store") from None
-        except (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError,
-                lmdb.BadValsizeError, lmdb.IncompatibleError, lmdb.VersionMismatchError,
-                lmdb.BadTxnError) as e:  # BAD_TXN: LMDB met a damaged page earlier in this txn
-            raise StoreError(f"{self.path} is corrupt ({_one_line(e)}); restore it from a backup "
-                             f"or rebuild it with `semdb ingest` into a new --store") from None
+            raise StoreError(
+                f"{self.path} is corrupt ({e}); restore it from a backup or "
+                f"rebuild it with `semdb ingest` into a new --store"
+            ) from None
+        except (
+            lmdb.CorruptedError,
+            lmdb.InvalidError,
+            lmdb.PageNotFoundError,
+            lmdb.BadValsizeError,
+            lmdb.IncompatibleError,
+            lmdb.VersionMismatchError,
+            lmdb.BadTxnError,
+        ) as e:  # BAD_TXN: LMDB met a damaged page earlier in this txn
+            raise StoreError(
+                f"{self.path} is corrupt ({_one_line(e)}); restore it from a backup "
+                f"or rebuild it with `semdb ingest` into a new --store"
+            ) from None
         except (lmdb.MapFullError, lmdb.MapResizedError):
             raise
         except lmdb.Error as e:
@@ -905,14 +994,17 @@ class Store:
             return
         d1, d2 = stored.get("digest"), model_id.get("digest")
         same = stored.get("dim") == model_id.get("dim") and (
-            d1 == d2 if d1 and d2 else
-            (stored.get("name"), stored.get("pretrained")) == (model_id.get("name"), model_id.get("pretrained")))
+            d1 == d2
+            if d1 and d2
+            else (stored.get("name"), stored.get("pretrained")) == (model_id.get("name"), model_id.get("pretrained"))
+        )
         if not same:
             name, tag = stored.get("name"), stored.get("pretrained")
             raise StoreError(
                 f"{self.path} was built with CLIP model {name}{'/' + tag if tag else ''} (digest "
                 f"{(d1 or '?')[:16]}, dim {stored.get('dim')}); open it with --model {name}"
-                f"{' --pretrained ' + tag if tag else ''} or use a new --store")
+                f"{' --pretrained ' + tag if tag else ''} or use a new --store"
+            )
 
     def codec_bytes(self) -> bytes | None:
         with self._read() as v:
@@ -934,8 +1026,9 @@ class Store:
         with self._read() as v:
             if v._db["recode"] is None:  # a read-only open of a store from before the recode db
                 return np.empty(0, np.uint64)
-            return np.array([int.from_bytes(k, "big") for k in v.txn.cursor(db=v._db["recode"]).iternext(values=False)],
-                            np.uint64)
+            return np.array(
+                [int.from_bytes(k, "big") for k in v.txn.cursor(db=v._db["recode"]).iternext(values=False)], np.uint64
+            )
 
     def count(self) -> int:
         with self._read() as v:
@@ -974,8 +1067,9 @@ class Store:
             if any(codes.shape[1] != width for _, codes in parts):
                 raise _Corrupt(f"a code segment's width differs from code_bytes {width}")
             # concatenate copies out of the LMDB map before the transaction ends
-            ids = np.concatenate([p[0] for p in parts]).astype(np.uint64, copy=False) if parts \
-                else np.empty(0, np.uint64)
+            ids = (
+                np.concatenate([p[0] for p in parts]).astype(np.uint64, copy=False) if parts else np.empty(0, np.uint64)
+            )
             codes = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, width), np.uint8)
         ids.setflags(write=False)
         codes.setflags(write=False)
@@ -1015,18 +1109,28 @@ class Store:
     def info(self) -> dict:
         with self._read() as v:
             meta = v._read_meta()
-            counts = {"items": v._item_count(), "staging": v.txn.stat(v._db["staging"])["entries"],
-                      "coded": v._coded_count(), "segments": v.txn.stat(v._db["codes"])["entries"],
-                      "item_segments": v.txn.stat(v._db["itemsegs"])["entries"]}
+            counts = {
+                "items": v._item_count(),
+                "staging": v.txn.stat(v._db["staging"])["entries"],
+                "coded": v._coded_count(),
+                "segments": v.txn.stat(v._db["codes"])["entries"],
+                "item_segments": v.txn.stat(v._db["itemsegs"])["entries"],
+            }
         files = [self.path / "data.mdb", self.path / "lock.mdb"]
         data = files[0].stat().st_size if files[0].exists() else 0
-        return {"path": str(self.path), **counts, "schema": meta.get("schema"),
-                "code_bytes": meta.get("code_bytes"), "codec_id": meta.get("codec_id"),
-                "model_id": meta.get("model_id"), "generation": meta.get("generation"),
-                "created": meta.get("created"),
-                "bytes_on_disk": sum(f.stat().st_size for f in files if f.exists()),
-                "bytes_per_item": round(data / counts["items"], 1) if counts["items"] else None,
-                "map_size": self._env.info()["map_size"]}
+        return {
+            "path": str(self.path),
+            **counts,
+            "schema": meta.get("schema"),
+            "code_bytes": meta.get("code_bytes"),
+            "codec_id": meta.get("codec_id"),
+            "model_id": meta.get("model_id"),
+            "generation": meta.get("generation"),
+            "created": meta.get("created"),
+            "bytes_on_disk": sum(f.stat().st_size for f in files if f.exists()),
+            "bytes_per_item": round(data / counts["items"], 1) if counts["items"] else None,
+            "map_size": self._env.info()["map_size"],
+        }
 
     def verify(self, structure: bool = True) -> list[str]:
         """Every problem found, one line each; [] means the store is sound.
@@ -1085,8 +1189,9 @@ class Store:
                     problems.append(f"segment {seg}: {e}")
                     continue
                 if codes.shape[1] != meta.get("code_bytes"):
-                    problems.append(f"segment {seg}: code width {codes.shape[1]} != "
-                                    f"code_bytes {meta.get('code_bytes')}")
+                    problems.append(
+                        f"segment {seg}: code width {codes.shape[1]} != code_bytes {meta.get('code_bytes')}"
+                    )
                 if seg >= meta.get("next_segment", 0):
                     problems.append(f"segment {seg} >= next_segment {meta.get('next_segment')}")
                 for i in ids.tolist():
@@ -1097,12 +1202,14 @@ class Store:
             for k, raw in txn.cursor(db=db["staging"]):
                 staged.add(int.from_bytes(k, "big"))
                 if len(raw) != 2 * (meta.get("dim") or 0):
-                    problems.append(f"staging row {int.from_bytes(k, 'big')}: {len(raw)} bytes "
-                                    f"for dim {meta.get('dim')}")
+                    problems.append(
+                        f"staging row {int.from_bytes(k, 'big')}: {len(raw)} bytes for dim {meta.get('dim')}"
+                    )
             for id_ in items:
                 if (id_ in coded) + (id_ in staged) != 1:
-                    problems.append(f"item {id_}: {'both a code and' if id_ in coded else 'neither a code nor'} "
-                                    f"a staging row")
+                    problems.append(
+                        f"item {id_}: {'both a code and' if id_ in coded else 'neither a code nor'} a staging row"
+                    )
             problems += [f"code for missing item {i}" for i in sorted(set(coded) - set(items))]
             problems += [f"staging row for missing item {i}" for i in sorted(staged - set(items))]
             if db["recode"] is not None:
@@ -1111,8 +1218,9 @@ class Store:
                 for k, raw in txn.cursor(db=db["recode"]):
                     recoded.add(int.from_bytes(k, "big"))
                     if not pending or len(raw) != pending["code_bytes"]:
-                        problems.append(f"recode row {int.from_bytes(k, 'big')}: {len(raw)} bytes, pending codec "
-                                        f"{pending}")
+                        problems.append(
+                            f"recode row {int.from_bytes(k, 'big')}: {len(raw)} bytes, pending codec {pending}"
+                        )
                 problems += [f"recode row for missing item {i}" for i in sorted(recoded - set(items))]
             if db["ivf"] is not None:
                 problems += _verify_ivf(txn, db, meta)
@@ -1198,8 +1306,9 @@ class Writer(_View):
 
     def _run(self, op, *args):
         if self._closed or self._failed:
-            raise StoreError(f"{self._store.path}: this write batch is "
-                             f"{'closed' if self._closed else 'failed and must be aborted'}")
+            raise StoreError(
+                f"{self._store.path}: this write batch is {'closed' if self._closed else 'failed and must be aborted'}"
+            )
         try:
             with self._store._guard():
                 while True:
@@ -1349,8 +1458,9 @@ class Writer(_View):
             raise InputError(f"{self._store.path} has no pending codec: set_pending_codec first")
         codes = np.asarray(codes)
         if codes.dtype != np.uint8 or codes.shape != (len(ids), pending["code_bytes"]):
-            raise InputError(f"set_recodes: codes {codes.dtype} {codes.shape}, expected uint8 "
-                             f"({len(ids)}, {pending['code_bytes']})")
+            raise InputError(
+                f"set_recodes: codes {codes.dtype} {codes.shape}, expected uint8 ({len(ids)}, {pending['code_bytes']})"
+            )
         self._run(self._set_recodes, tuple(int(i) for i in ids), tuple(c.tobytes() for c in codes))
 
     def switch_codec(self) -> None:
@@ -1377,8 +1487,14 @@ class Writer(_View):
 
     def fill_ivf(self, ids, lists) -> None:
         """List numbers of coded items whose segment has no valid list row (written at commit)."""
-        self._run(self._set_ivf, None, None, np.asarray(ids, np.uint64).tobytes(),
-                  np.asarray(lists, np.uint32).tobytes(), False)
+        self._run(
+            self._set_ivf,
+            None,
+            None,
+            np.asarray(ids, np.uint64).tobytes(),
+            np.asarray(lists, np.uint32).tobytes(),
+            False,
+        )
 
     def drop_ivf(self) -> None:
         """Remove the IVF (centroids and every list row): the store is searched exhaustively."""
@@ -1396,8 +1512,7 @@ class Writer(_View):
     def _code_bytes(self, code) -> bytes:
         width = self._meta["code_bytes"]
         if not width:
-            raise InputError(f"{self._store.path} has no codec yet: set_codec first or stage "
-                             f"embeddings instead")
+            raise InputError(f"{self._store.path} has no codec yet: set_codec first or stage embeddings instead")
         if isinstance(code, np.ndarray) and code.dtype != np.uint8:
             raise InputError(f"code must be uint8, not {code.dtype}")
         raw = code.tobytes() if isinstance(code, np.ndarray) else bytes(code)
@@ -1497,10 +1612,12 @@ class Writer(_View):
         db = self._db
         n_recoded = self.txn.stat(db["recode"])["entries"]
         n_items = self._item_count() + sum(
-            (r is not None) if id_ >= self._first_new else -(r is None) for id_, r in self._rows.items())
+            (r is not None) if id_ >= self._first_new else -(r is None) for id_, r in self._rows.items()
+        )
         if n_recoded != n_items or self.txn.stat(db["staging"])["entries"]:
-            raise InputError(f"{self._store.path}: {n_items - n_recoded} of {n_items} items have no code under "
-                             f"the pending codec yet")
+            raise InputError(
+                f"{self._store.path}: {n_items - n_recoded} of {n_items} items have no code under the pending codec yet"
+            )
         pending = self._meta["pending_codec"]
         ids, codes = [], []
         for k, code in self.txn.cursor(db=db["recode"]):
@@ -1520,8 +1637,9 @@ class Writer(_View):
         self._put_meta("code_bytes", pending["code_bytes"])
         self._put_meta("pending_codec", None)
         if ids:
-            self._append_segments(np.array(ids, np.uint64),
-                                  np.frombuffer(b"".join(codes), np.uint8).reshape(len(ids), -1))
+            self._append_segments(
+                np.array(ids, np.uint64), np.frombuffer(b"".join(codes), np.uint8).reshape(len(ids), -1)
+            )
 
     def _set_ivf(self, centroids, info, ids, lists, every: bool) -> None:
         if centroids is not None:
@@ -1542,7 +1660,8 @@ class Writer(_View):
         if not info or hook is None:
             return None
         centroids = lambda: np.frombuffer(self._get(b"centroids", "ivf"), np.float32).reshape(  # noqa: E731
-            info["nlist"], info["dim"])
+            info["nlist"], info["dim"]
+        )
         fn = hook(self._meta["codec_id"], info, centroids)
         return None if fn is None else np.asarray(fn(codes), np.uint32)
 
@@ -1681,7 +1800,7 @@ class Writer(_View):
             out[last] += new[:room]
             new = new[room:]
         for start in range(0, len(new), segments.ITEMSEG_MAX):
-            part = new[start:start + segments.ITEMSEG_MAX]
+            part = new[start : start + segments.ITEMSEG_MAX]
             out[_k(part[0].id)] = part
         for key, rows in out.items():
             self._put_item_segment(key, rows)
@@ -1737,13 +1856,18 @@ class Writer(_View):
             return
         raws = [self._get(k, "codes") for k in small]  # copies, read before writes
         parts = [_unpack_segment(raw) for raw in raws]
-        lists = [self._segment_lists(int.from_bytes(k, "big"), len(p[0]), _SEG_HEAD.unpack_from(raw)[2])
-                 for k, p, raw in zip(small, parts, raws)]
+        lists = [
+            self._segment_lists(int.from_bytes(k, "big"), len(p[0]), _SEG_HEAD.unpack_from(raw)[2])
+            for k, p, raw in zip(small, parts, raws)
+        ]
         for k, (ids, _) in zip(small, parts):
             self.txn.delete(k, db=self._db["codes"])
             self.txn.delete(k, db=self._db["ivf"])
             if self._loc is not None:
                 for id_ in ids.tolist():
                     self._loc.remove(id_, int.from_bytes(k, "big"))
-        self._append_segments(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                              None if any(x is None for x in lists) else np.concatenate(lists))
+        self._append_segments(
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            None if any(x is None for x in lists) else np.concatenate(lists),
+        )

@@ -1,7 +1,7 @@
 """Zero-shot tagging: the best of a list of labels for every item, scored on the codes.
 
-    labels --prompt ("a photo of a {}.")--> CLIP text embeddings (L, D) --ADC on every code
-        (or the staged embeddings)--> per item: best label and its score
+labels --prompt ("a photo of a {}.")--> CLIP text embeddings (L, D) --ADC on every code
+    (or the staged embeddings)--> per item: best label and its score
 """
 
 from __future__ import annotations
@@ -36,5 +36,8 @@ def classify(ctx: StoreContext, searcher, labels, prompt: str = "a photo of a {}
     best, score = np.concatenate(best), np.concatenate(score)
     order = np.argsort(ids, kind="stable")
     items = ctx.store.items(ids[order])
-    return [{"id": int(it.id), "path": it.path, "label": labels[int(best[r])], "score": round(float(score[r]), 6)}
-            for it, r in zip(items, order) if it is not None]
+    return [
+        {"id": int(it.id), "path": it.path, "label": labels[int(best[r])], "score": round(float(score[r]), 6)}
+        for it, r in zip(items, order)
+        if it is not None
+    ]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 _lock = threading.RLock()  # re-entrant: a capped bench trains capped codecs in the same thread
 

@@ -27,7 +27,7 @@ def default_bpe() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "bpe_simple_vocab_16e6.txt.gz")
 
 
-@lru_cache()
+@lru_cache
 def bytes_to_unicode() -> dict:
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -56,7 +56,7 @@ class SimpleTokenizer:
         import regex
 
         self.byte_encoder = bytes_to_unicode()
-        merges = gzip.open(bpe_path or default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+        merges = gzip.open(bpe_path or default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
         vocab = list(self.byte_encoder.values())
         vocab = vocab + [v + "</w>" for v in vocab] + [m.replace(" ", "") for m in merges]
         special = ["<start_of_text>", "<end_of_text>"]
@@ -65,8 +65,9 @@ class SimpleTokenizer:
         # ranks keyed by the merge line "first second" (symbols hold no spaces): no tuples to build
         self.bpe_ranks = dict(zip(merges, range(len(merges))))
         self.cache = {t: t for t in special}
-        self.pat = regex.compile("|".join(special) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                                 regex.IGNORECASE)
+        self.pat = regex.compile(
+            "|".join(special) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
+        )
         self.sot_token_id, self.eot_token_id = self.encoder[special[0]], self.encoder[special[1]]
         self.vocab_size = len(self.encoder)
         self.context_length = context_length

@@ -1,8 +1,8 @@
 """Export a store to Arrow/Parquet and import such files into a store (row format: arrow.py).
 
-    store --export_batches--> Arrow record batches (schema metadata: codec, its id, model)
-          --export--> Parquet file (written to a temp name, then renamed)
-    Parquet files / Arrow table --import--> merged into a store, one transaction per 4096 rows
+store --export_batches--> Arrow record batches (schema metadata: codec, its id, model)
+      --export--> Parquet file (written to a temp name, then renamed)
+Parquet files / Arrow table --import--> merged into a store, one transaction per 4096 rows
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ def export_batches(ctx: StoreContext, batch_size: int = 65536):
     """The store as Arrow record batches in id order: (schema, iterator of batches)."""
     codec = ctx.codec
     if codec is None:
-        raise StoreError(f"{ctx.path} has no codec yet (it holds {ctx.store.staging_count()} staged "
-                         f"embeddings): ingest more images, or train it with `semdb ingest --train-now`")
-    sch = arrow.schema(codec.code_bytes, arrow.make_meta(codec.id, codec.code_bytes, ctx.store.model_id(),
-                                                         codec.to_bytes()))
+        raise StoreError(
+            f"{ctx.path} has no codec yet (it holds {ctx.store.staging_count()} staged "
+            f"embeddings): ingest more images, or train it with `semdb ingest --train-now`"
+        )
+    sch = arrow.schema(
+        codec.code_bytes, arrow.make_meta(codec.id, codec.code_bytes, ctx.store.model_id(), codec.to_bytes())
+    )
     ids, codes = ctx.store.load_codes()
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
@@ -77,8 +80,12 @@ def export(ctx: StoreContext, out, progress: Progress | None = None) -> dict:
         raise InputError(f"{display_path(out)}: cannot write ({e.strerror or e})") from None
     finally:
         tmp.unlink(missing_ok=True)
-    return {"path": os.fspath(out), "items": done, "bytes": out.stat().st_size,
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "path": os.fspath(out),
+        "items": done,
+        "bytes": out.stat().st_size,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def import_arrow(ctx: StoreContext, table, progress: Progress | None = None) -> dict:
@@ -107,8 +114,12 @@ def import_parquet(ctx: StoreContext, paths, progress: Progress | None = None) -
     if not files:
         raise InputError("no Parquet files given to import")
     _accept_codec(ctx, [(meta, source) for _, meta, source in files])
-    return _merge(ctx, [(pf.iter_batches(batch_size=IMPORT_BATCH), pf.metadata.num_rows) for pf, _, _ in files],
-                  files[0][1]["code_bytes"], progress)
+    return _merge(
+        ctx,
+        [(pf.iter_batches(batch_size=IMPORT_BATCH), pf.metadata.num_rows) for pf, _, _ in files],
+        files[0][1]["code_bytes"],
+        progress,
+    )
 
 
 def _accept_codec(ctx: StoreContext, metas) -> None:
@@ -123,14 +134,18 @@ def _accept_codec(ctx: StoreContext, metas) -> None:
         store.check_model(meta.get("model_id"))
         if meta["codec_id"] != want:
             where = f"{ctx.path} uses codec {want}" if current else f"the first file holds codec {want}"
-            raise CodecError(f"{source} holds codes of codec {meta['codec_id']}, but {where}: import it "
-                             f"into a new --store (or one built with codec {meta['codec_id']})")
+            raise CodecError(
+                f"{source} holds codes of codec {meta['codec_id']}, but {where}: import it "
+                f"into a new --store (or one built with codec {meta['codec_id']})"
+            )
     if current:
         return
     raw = next((meta["codec"] for meta, _ in metas if meta.get("codec")), None)
     if raw is None:
-        raise CodecError(f"{ctx.path} has no codec and {metas[0][1]} does not carry one: import a file "
-                         f"written by `semdb export` first")
+        raise CodecError(
+            f"{ctx.path} has no codec and {metas[0][1]} does not carry one: import a file "
+            f"written by `semdb export` first"
+        )
     codec = Codec.from_bytes(raw, source=metas[0][1])
     if codec.id != want:
         raise CodecError(f"{metas[0][1]}: the codec it carries ({codec.id}) is not the one its codes use ({want})")
@@ -155,12 +170,29 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
                     if old is None:
                         w.add_item(item, code=code)
                         counts["added"] += 1
-                    elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == \
-                            (item.size, item.mtime_ns, item.hash, item.width, item.height):
+                    elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == (
+                        item.size,
+                        item.mtime_ns,
+                        item.hash,
+                        item.width,
+                        item.height,
+                    ):
                         counts["unchanged"] += 1
                     else:
-                        w.update_item(Item(old.id, old.path, item.size, item.mtime_ns, item.hash, item.width,
-                                           item.height, old.added, item.updated, item.taken))
+                        w.update_item(
+                            Item(
+                                old.id,
+                                old.path,
+                                item.size,
+                                item.mtime_ns,
+                                item.hash,
+                                item.width,
+                                item.height,
+                                old.added,
+                                item.updated,
+                                item.taken,
+                            )
+                        )
                         w.set_code(old.id, code)
                         counts["updated"] += 1
                 fault_point("import_txn")

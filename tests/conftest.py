@@ -21,6 +21,8 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("SEMDB_CACHE_DIR", tempfile.mkdtemp(prefix="semdb-test-cache-"))
+
+
 CLI_ENV = {"SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "500"}  # offline, no default store, no wrapping
 
 
@@ -61,7 +63,9 @@ def write_photos(folder, n_generated: int = 8, seed: int = 0):
         draw = ImageDraw.Draw(img)
         for _ in range(4):
             x, y = rng.integers(0, 80, 2)
-            draw.ellipse([int(x), int(y), int(x) + 30, int(y) + 20], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+            draw.ellipse(
+                [int(x), int(y), int(x) + 30, int(y) + 20], fill=tuple(int(c) for c in rng.integers(0, 255, 3))
+            )
         img.save(folder / f"shapes_{i}.png")
     return folder
 
@@ -80,9 +84,14 @@ def semdb_cli(*args, check=True, text=True, env=None, timeout=300, input=None, p
     """Run the installed `semdb` command as a user does; args may be str, Path or bytes.
     `check`: True fails unless it exits 0, an int fails unless it exits with that code, None
     checks nothing. `prefix`: a command to run it under (e.g. setpriv)."""
-    proc = subprocess.run([*prefix, SEMDB, *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args)],
-                          capture_output=True, text=text, input=input, env=cli_env(**(env or {})),
-                          timeout=timeout)
+    proc = subprocess.run(
+        [*prefix, SEMDB, *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args)],
+        capture_output=True,
+        text=text,
+        input=input,
+        env=cli_env(**(env or {})),
+        timeout=timeout,
+    )
     want = 0 if check is True else check
     if want is not None and want is not False and proc.returncode != want:
         stderr = proc.stderr if text else proc.stderr.decode(errors="replace")
@@ -94,8 +103,10 @@ def store_items(db, ids: bool = True) -> list:
     """Every item of an open Database with its code, in id order: what "the same store" means
     (ids are store-local: leave them out to compare stores built by different routes)."""
     codes = db.codes()
-    return [((it.id,) if ids else ()) + (it.path, it.size, it.mtime_ns, it.hash, it.width, it.height,
-                                         bytes(codes[it.id])) for it in db.store.iter_items()]
+    return [
+        ((it.id,) if ids else ()) + (it.path, it.size, it.mtime_ns, it.hash, it.width, it.height, bytes(codes[it.id]))
+        for it in db.store.iter_items()
+    ]
 
 
 # The run's exit status, kept for pytest_unconfigure (below).

@@ -26,10 +26,13 @@ class Server:
         self.store = Path(store)
         self.log = Path(log_dir or self.store.parent) / f"serve-{os.getpid()}-{time.monotonic_ns()}.log"
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "semdb.cli", "serve", "--store", str(store),
-                                      "--port", "0", *map(str, args)],
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=cli_env(**(env or {})))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "semdb.cli", "serve", "--store", str(store), "--port", "0", *map(str, args)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(**(env or {})),
+        )
         deadline = time.monotonic() + START_TIMEOUT
         beacon = self.store / "serve.json"
         while True:
@@ -65,8 +68,9 @@ class Server:
         return self.proc.returncode
 
     # --- HTTP ---
-    def request(self, method: str, target: str, body: bytes | None = None, headers: dict | None = None,
-                timeout: float = 120):
+    def request(
+        self, method: str, target: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 120
+    ):
         """(status, headers dict with lower-case names, body bytes). `target` is sent as is."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
@@ -89,8 +93,14 @@ class Server:
 def multipart(field: str, filename: str, data: bytes, content_type: str = "application/octet-stream"):
     """(body, headers) of a multipart/form-data upload of one file."""
     boundary = "semdbtestboundary7d1e"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 

@@ -27,14 +27,22 @@ def test_ingest_query_and_incremental_reruns(photos, tmp_path, tiny_model):
         again = db.ingest([photos], train_now=True)
         assert (again["unchanged"], again["embedded"], again["new"]) == (12, 0, 0)
 
-        shutil.copy(photos / "coffee.jpg", photos / "coffee copy.jpg")          # duplicate
-        os.rename(photos / "rocket.jpg", photos / "rocket moved.jpg")           # moved
-        (photos / "shapes_0.png").unlink()                                      # gone
+        shutil.copy(photos / "coffee.jpg", photos / "coffee copy.jpg")  # duplicate
+        os.rename(photos / "rocket.jpg", photos / "rocket moved.jpg")  # moved
+        (photos / "shapes_0.png").unlink()  # gone
         from PIL import Image
-        Image.new("RGB", (40, 40), (255, 0, 0)).save(photos / "shapes_1.png")   # changed
-        (photos / "notes.jpg").write_text("not an image")                      # failed
+
+        Image.new("RGB", (40, 40), (255, 0, 0)).save(photos / "shapes_1.png")  # changed
+        (photos / "notes.jpg").write_text("not an image")  # failed
         s = db.ingest([photos], train_now=True)
-        assert (s["duplicate"], s["moved"], s["changed"], s["missing"], s["failed"], s["embedded"]) == (1, 1, 1, 1, 1, 1)
+        assert (s["duplicate"], s["moved"], s["changed"], s["missing"], s["failed"], s["embedded"]) == (
+            1,
+            1,
+            1,
+            1,
+            1,
+            1,
+        )
         assert s["failures"][0]["path"].endswith("notes.jpg")
         s = db.ingest([photos], prune=True, train_now=True)
         assert s["pruned"] == 1 and s["items"] == 12

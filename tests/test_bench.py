@@ -163,8 +163,13 @@ def _synthetic(n=600, dim=32, classes=8, seed=0):
     X = centers[label] + 0.8 * rng.standard_normal((n, dim))
     T = X + 0.6 * rng.standard_normal((n, dim))
     names = np.array([f"class {i}" for i in range(classes)])
-    return dict(image_emb=X.astype(np.float32), text_emb=T.astype(np.float32), label=label,
-                class_names=names, class_text_emb=centers.astype(np.float32))
+    return dict(
+        image_emb=X.astype(np.float32),
+        text_emb=T.astype(np.float32),
+        label=label,
+        class_names=names,
+        class_text_emb=centers.astype(np.float32),
+    )
 
 
 def test_split_is_the_documented_permutation():
@@ -189,8 +194,9 @@ def test_save_load_round_trip(tmp_path, suffix):
 def test_string_labels_map_to_class_names():
     arr = _synthetic(n=20, dim=8, classes=3)
     names = arr["class_names"]
-    data = validate(arr["image_emb"], label=names[arr["label"]], class_names=names,
-                    class_text_emb=arr["class_text_emb"])
+    data = validate(
+        arr["image_emb"], label=names[arr["label"]], class_names=names, class_text_emb=arr["class_text_emb"]
+    )
     assert data.label.tolist() == arr["label"].tolist()
 
 
@@ -278,17 +284,37 @@ def test_synthetic_run_rows(synthetic_rows):
     assert len(finished) == len(rows) and "PQ8x8 @ 64 bits" in finished and "float32" in finished
     names = [(r["budget"], r["method"]) for r in rows]
     assert names == [
-        (16, "PQ2x8"), (16, "PQ4x4fs"), (16, "RQ2x8"), (16, "PCA16,sign"),
-        (32, "PQ4x8"), (32, "PQ8x4fs"), (32, "RQ4x8"), (32, "RaBitQ"), (32, "PCA32,sign"),
-        (64, "PQ8x8"), (64, "PQ16x4fs"), (64, "RQ8x8"),
-        (None, "SQ8"), (None, "fp16"), (None, "float32"),
+        (16, "PQ2x8"),
+        (16, "PQ4x4fs"),
+        (16, "RQ2x8"),
+        (16, "PCA16,sign"),
+        (32, "PQ4x8"),
+        (32, "PQ8x4fs"),
+        (32, "RQ4x8"),
+        (32, "RaBitQ"),
+        (32, "PCA32,sign"),
+        (64, "PQ8x8"),
+        (64, "PQ16x4fs"),
+        (64, "RQ8x8"),
+        (None, "SQ8"),
+        (None, "fp16"),
+        (None, "float32"),
     ]
     for r in rows:
         assert tuple(r) == ROW_KEYS
         assert r["status"] == "ok", r
         assert r["n_eval"] == 300 and r["dataset"] == "synthetic"
-        for key in ("t2i_recall_1", "t2i_recall_5", "knn_recall_10", "zeroshot_top1", "zeroshot_top5",
-                    "nn1_accuracy", "mean_cosine", "entropy_bits", "encode_us_per_item"):
+        for key in (
+            "t2i_recall_1",
+            "t2i_recall_5",
+            "knn_recall_10",
+            "zeroshot_top1",
+            "zeroshot_top5",
+            "nn1_accuracy",
+            "mean_cosine",
+            "entropy_bits",
+            "encode_us_per_item",
+        ):
             assert r[key] is not None, (r["method"], key)
         assert r["bpp"] == pytest.approx(r["bits"] / (224 * 224))
         assert r["entropy_bits"] <= r["bits"] + 1.0
@@ -400,8 +426,9 @@ def test_shopsphere_issue2_anchors():
 @pytest.mark.parametrize("path", [SHOP, FLICKR], ids=["shopsphere", "flickr8k"])
 def test_ood_image_neighbours_beat_pq_at_256_bits(path):
     # issue 12: trained on 5 of 10 k-means clusters, evaluated on the other 5
-    rows = run_bench(load_embeddings(path), bits=[256], methods=["semdb", "pq", "pqfs", "float32"], protocol="ood",
-                     seed=0, threads=1)
+    rows = run_bench(
+        load_embeddings(path), bits=[256], methods=["semdb", "pq", "pqfs", "float32"], protocol="ood", seed=0, threads=1
+    )
     by = {r["method"]: r for r in rows}
     assert {r["protocol"] for r in rows} == {"ood-cluster"}
     semdb = by["semdb"]
@@ -456,8 +483,11 @@ def test_image_folder_with_jpeg_baseline(class_folder, tiny_embedder):
 
     messages = []
     data = load_image_folder(
-        class_folder, tiny_embedder, prompts=["a photo of a {}.", "a picture of {}"],
-        jpeg_quality=[10, 50], on_message=messages.append,
+        class_folder,
+        tiny_embedder,
+        prompts=["a photo of a {}.", "a picture of {}"],
+        jpeg_quality=[10, 50],
+        on_message=messages.append,
     )
     assert data.class_names == ["blue things", "photos", "red things"]
     assert data.n == 12 and data.dim == tiny_embedder.dim
@@ -515,8 +545,12 @@ def test_progress_protocol_and_query_families():
     # semdb with and without the training split's texts as queries; progress(stage, done, total)
     data = validate(**_synthetic(n=400, dim=32, classes=4))
     calls = []
-    rows = run_bench(data, bits=[64], methods=["semdb", "semdb-paired", "semdb-unpaired", "float32"],
-                     progress=lambda *a: calls.append(a))
+    rows = run_bench(
+        data,
+        bits=[64],
+        methods=["semdb", "semdb-paired", "semdb-unpaired", "float32"],
+        progress=lambda *a: calls.append(a),
+    )
     by = {r["method"]: r for r in rows}
     assert set(by) == {"semdb", "semdb-paired", "semdb-unpaired", "float32"}
     assert all(r["status"] == "ok" for r in rows), [r["note"] for r in rows]

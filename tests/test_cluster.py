@@ -102,8 +102,12 @@ def same(sharded: tuple, single: list) -> None:
     np.testing.assert_allclose([h.score for h in sharded], [h.score for h in single], rtol=0, atol=1e-5)
 
 
-FILTERS = [{}, {"under": "/photos/city"}, {"after": "2020-03-01", "before": "2020-09-01"},
-           {"under": "/photos/beach", "after": "2020-06-01"}]
+FILTERS = [
+    {},
+    {"under": "/photos/city"},
+    {"after": "2020-03-01", "before": "2020-09-01"},
+    {"under": "/photos/beach", "after": "2020-06-01"},
+]
 
 
 @pytest.mark.parametrize("k", [5, 40])
@@ -117,10 +121,11 @@ def test_text_queries_give_the_hits_of_one_store(cluster, stores, k):
                 assert {h.shard for h in got.hits} <= set(range(SHARDS))
                 for h in got.hits:  # a hit names its shard and its id there
                     assert isinstance(h, ShardHit) and h.store == str(stores["shards"][h.shard])
-        same(cluster.search("a photo of a cat", k=k, min_score=0.1).hits,
-             db.search("a photo of a cat", k=k, min_score=0.1))
-        same(cluster.search("a photo of a cat", k=k, within=0.05).hits,
-             db.search("a photo of a cat", k=k, within=0.05))
+        same(
+            cluster.search("a photo of a cat", k=k, min_score=0.1).hits,
+            db.search("a photo of a cat", k=k, min_score=0.1),
+        )
+        same(cluster.search("a photo of a cat", k=k, within=0.05).hits, db.search("a photo of a cat", k=k, within=0.05))
 
 
 def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
@@ -182,8 +187,7 @@ def test_a_shard_that_goes_down_gives_an_error_or_flagged_partial_hits(ray_clust
     import ray
     from ray import serve
 
-    with Cluster.start(stores["shards"], name="down", timeout=5) as c, \
-            semdb.open(stores["full"], readonly=True) as db:
+    with Cluster.start(stores["shards"], name="down", timeout=5) as c, semdb.open(stores["full"], readonly=True) as db:
         everything = db.search("a photo of a cat", k=N, files=False)
         assert [h.path for h in c.search("a photo of a cat", k=10).hits] == [h.path for h in everything[:10]]
 
@@ -197,8 +201,11 @@ def test_a_shard_that_goes_down_gives_an_error_or_flagged_partial_hits(ray_clust
         same(got.hits, [h for h in everything if not _in_shard(h.path, 1)][:10])
 
         # a killed replica: Serve restarts it; meanwhile the shard is missing (never wrong)
-        (replica,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                      if a["name"].startswith("SERVE_REPLICA::down-shard2#")]
+        (replica,) = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::down-shard2#")
+        ]
         ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
         got = c.search("a photo of a cat", k=10, allow_partial=True)
         missing = {m.shard for m in got.missing}
@@ -224,8 +231,20 @@ def test_cli_query_shards_on_a_running_cluster(ray_cluster, stores):
     from ray import serve
 
     shards = ",".join(str(s) for s in stores["shards"])
-    proc = semdb_cli("query", "a photo of a cat", "--shards", shards, "--ray-address", ray_cluster.address,
-                     "-k", "4", "--under", "/photos/city", "--json", timeout=600)
+    proc = semdb_cli(
+        "query",
+        "a photo of a cat",
+        "--shards",
+        shards,
+        "--ray-address",
+        ray_cluster.address,
+        "-k",
+        "4",
+        "--under",
+        "/photos/city",
+        "--json",
+        timeout=600,
+    )
     hits = json.loads(proc.stdout)
     with semdb.open(stores["full"], readonly=True) as db:
         want = db.search("a photo of a cat", k=4, under="/photos/city", files=False)
@@ -242,12 +261,14 @@ def test_the_start_up_check_names_the_odd_shard_in_one_line():
     model = {"name": "m", "digest": "d" * 64, "dim": 64}
     good = [ShardSpec(i, f"/s{i}", "c1", model, "ivf1", 10) for i in range(3)]
     check_specs(good)
-    cases = [(replace_at(good, 2, codec_id="c2"), "shard 2 (/s2) uses codec c2"),
-             (replace_at(good, 1, model={**model, "digest": "e" * 64}), "shard 1 (/s1) was built with model m"),
-             (replace_at(good, 1, model={**model, "dim": 32}), "shard 1 (/s1) was built with model"),
-             (replace_at(good, 2, ivf_id=None), "shard 2 (/s2) has IVF centroids None"),
-             (replace_at(good, 0, codec_id=None), "shard 0 (/s0) has no codec yet"),
-             (replace_at(good, 1, error="corrupt"), "shard 1 (/s1): corrupt")]
+    cases = [
+        (replace_at(good, 2, codec_id="c2"), "shard 2 (/s2) uses codec c2"),
+        (replace_at(good, 1, model={**model, "digest": "e" * 64}), "shard 1 (/s1) was built with model m"),
+        (replace_at(good, 1, model={**model, "dim": 32}), "shard 1 (/s1) was built with model"),
+        (replace_at(good, 2, ivf_id=None), "shard 2 (/s2) has IVF centroids None"),
+        (replace_at(good, 0, codec_id=None), "shard 0 (/s0) has no codec yet"),
+        (replace_at(good, 1, error="corrupt"), "shard 1 (/s1): corrupt"),
+    ]
     for specs, message in cases:
         with pytest.raises(ShardError) as err:
             check_specs(specs)
@@ -267,9 +288,13 @@ def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_t
     from semdb.cluster import ShardAnswer, merge
 
     def answer(shard, rows, complete=False, dropped=()):  # rows: (path, approx, exact, id); dropped: (approx, id)
-        return ShardAnswer(shard, tuple(ShardHit(p, e, i, shard, "AB"[shard]) for p, _, e, i in rows),
-                           tuple(a for _, a, _, _ in rows), complete,
-                           tuple(sorted([(a, i) for _, a, _, i in rows] + list(dropped), key=lambda c: (-c[0], c[1]))))
+        return ShardAnswer(
+            shard,
+            tuple(ShardHit(p, e, i, shard, "AB"[shard]) for p, _, e, i in rows),
+            tuple(a for _, a, _, _ in rows),
+            complete,
+            tuple(sorted([(a, i) for _, a, _, i in rows] + list(dropped), key=lambda c: (-c[0], c[1]))),
+        )
 
     a = answer(0, [("/a1", 0.8, 0.9, 5), ("/a2", 0.4, 0.5, 2), ("/c1", 0.8, 0.9, 4)])  # same shard: ties by id
     b = answer(1, [("/b1", 0.8, 0.9, 1), ("/b2", 0.7, 0.7, 3)])
@@ -290,10 +315,21 @@ def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_t
 
     mask = may_be_hits(np.array([0.9, 0.8, 0.7, 0.7]), np.array([0.5, 0.9, 0.4, 0.95]), np.array([1, 2, 3, 4]), 1)
     assert mask.tolist() == [True, True, False, True]  # 4: after 1, 2, 3 in the cut, before them by score
-    assert may_be_hits(np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.9, 0.4]), np.array([1, 2, 3]), 2).tolist() == \
-        [True, True, False]
-    assert merge([answer(0, many.hits and [(f"/x{i}", 0.5, 0.5, i) for i in range(3)], True),
-                  answer(1, [("/late", 0.1, 0.99, 1)], True)], 1)[0].path == "/late"  # complete: no cut
+    assert may_be_hits(np.array([0.9, 0.8, 0.7]), np.array([0.5, 0.9, 0.4]), np.array([1, 2, 3]), 2).tolist() == [
+        True,
+        True,
+        False,
+    ]
+    assert (
+        merge(
+            [
+                answer(0, many.hits and [(f"/x{i}", 0.5, 0.5, i) for i in range(3)], True),
+                answer(1, [("/late", 0.1, 0.99, 1)], True),
+            ],
+            1,
+        )[0].path
+        == "/late"
+    )  # complete: no cut
 
 
 def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tiny_model):
@@ -327,9 +363,15 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
             sent += int(may.sum())
             items = s.ctx.store.items(c.rows[may])
             first = np.lexsort((c.rows, -c.approx.astype(np.float64)))[:74]
-            answers.append(ShardAnswer(j, tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact[may])),
-                                       tuple(c.approx[may].tolist()), c.complete,
-                                       tuple(zip(c.approx[first].tolist(), c.rows[first].tolist()))))
+            answers.append(
+                ShardAnswer(
+                    j,
+                    tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact[may])),
+                    tuple(c.approx[may].tolist()),
+                    c.complete,
+                    tuple(zip(c.approx[first].tolist(), c.rows[first].tolist())),
+                )
+            )
         assert [h.path for h in merge(answers, 10)] == [h.path for h in single[i]], f"query {i}"
     assert sent < 0.5 * 3 * 74 * len(Q)  # most candidates cannot be hits and stay on their shard
 
@@ -358,8 +400,10 @@ def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, st
     with Cluster.start(shards, name="ivf") as c, semdb.open(full, readonly=True) as db:
         for nprobe in (2, 8):
             for where in ({}, {"under": "/photos/beach"}):
-                same(c.search("a photo of a cat", k=5, nprobe=nprobe, **where).hits,
-                     db.search("a photo of a cat", k=5, nprobe=nprobe, files=False, **where))
+                same(
+                    c.search("a photo of a cat", k=5, nprobe=nprobe, **where).hits,
+                    db.search("a photo of a cat", k=5, nprobe=nprobe, files=False, **where),
+                )
     with Store(shards[2]) as store:  # centroids of its own
         ivf.build(StoreContext(store), nlist=8, seed=1)
     with pytest.raises(ShardError, match="shard 2 .* has IVF centroids"):

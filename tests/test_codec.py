@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semdb import Codec
-from semdb.packing import pack, unpack
 from semdb.errors import CodecError
+from semdb.packing import pack, unpack
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings"
 
@@ -40,8 +40,18 @@ def _queries_for(X, seed=5):
     return (T / np.linalg.norm(T, axis=1, keepdims=True)).astype(np.float32)
 
 
-SHAPES = [(4, 64, {}), (16, 128, {}), (256, 64, {}), (16, 64, {}), (16, 400, {}), (4, 128, {}), (16, 256, {"coarse": True}),
-          (16, 64, {"coarse": False}), (16, 128, {"queries": "unpaired"}), (16, 256, {"queries": "paired"})]
+SHAPES = [
+    (4, 64, {}),
+    (16, 128, {}),
+    (256, 64, {}),
+    (16, 64, {}),
+    (16, 400, {}),
+    (4, 128, {}),
+    (16, 256, {"coarse": True}),
+    (16, 64, {"coarse": False}),
+    (16, 128, {"queries": "unpaired"}),
+    (16, 256, {"queries": "paired"}),
+]
 
 
 @pytest.mark.parametrize("k,bits,kw", SHAPES)
@@ -145,14 +155,17 @@ def test_non_unit_rows_are_normalised(codec, data):
     np.testing.assert_array_equal(codec.encode(3.5 * data[1]), codec.encode(data[1]))
 
 
-@pytest.mark.parametrize("bad,msg", [
-    (np.zeros((0, 128), np.float32), "non-empty"),
-    (np.ones((3, 64), np.float32), "dimension 64"),
-    (np.array([[np.nan] * 128], np.float32), "NaN"),
-    (np.array([[np.inf] * 128], np.float32), "NaN or inf"),
-    (np.zeros((2, 128), np.float32), "all zeros"),
-    (np.ones((3,), np.float32), "(n, D)"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (np.zeros((0, 128), np.float32), "non-empty"),
+        (np.ones((3, 64), np.float32), "dimension 64"),
+        (np.array([[np.nan] * 128], np.float32), "NaN"),
+        (np.array([[np.inf] * 128], np.float32), "NaN or inf"),
+        (np.zeros((2, 128), np.float32), "all zeros"),
+        (np.ones((3,), np.float32), "(n, D)"),
+    ],
+)
 def test_bad_embeddings_raise_clear_value_errors(codec, bad, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         codec.encode(bad)
@@ -195,6 +208,7 @@ def test_search_pads_when_fewer_items_than_k(codec, data):
 
 # --- real CLIP embeddings (skip when ../shared/data is absent) --------------------------------
 
+
 def _shopsphere():
     path = DATA / "shopsphere_fashionclip_pairs.npz"
     if not path.exists():
@@ -222,18 +236,27 @@ def test_text_to_image_recall_on_held_out_fashionclip(bits, min_r1, min_r5):
 
 # --- text queries, cosine scoring, the coarse slot -------------------------------------------
 
+
 def test_config_records_what_the_codec_was_trained_with(data, tmp_path):
     Xtr, Xte = data
     T = _queries_for(Xtr)
     free = Codec.train(Xtr, bits=64, seed=0)
-    assert (free.query_source, free.config["n_queries"], free.scoring, free.config["residual"]) == ("none", 0, "cosine", 1)
+    assert (free.query_source, free.config["n_queries"], free.scoring, free.config["residual"]) == (
+        "none",
+        0,
+        "cosine",
+        1,
+    )
     assert Codec.train(Xtr, bits=128, seed=0).config["coarse"] == 1
     assert "text_map" not in free.tensors and Codec.train(Xtr, bits=256, seed=0).config["coarse"] == 0
     bag = Codec.train(Xtr, bits=128, seed=0, queries=T[:100])
     assert (bag.query_source, bag.config["n_queries"]) == ("unpaired", 100) and bag.config["tau"] > 0
     paired = Codec.train(Xtr, bits=128, seed=0, queries=T, paired=True)
     assert (paired.query_source, paired.config["n_queries"]) == ("paired", len(T))
-    assert paired.tensors["text_map"].shape == (128, 128) and paired.tensors["decoder"].shape == paired.tensors["basis"].shape
+    assert (
+        paired.tensors["text_map"].shape == (128, 128)
+        and paired.tensors["decoder"].shape == paired.tensors["basis"].shape
+    )
     assert len({free.id, bag.id, paired.id}) == 3
     assert Codec.train(Xtr, bits=64, seed=0, queries=T[:100]).config.get("residual", 0) == 0  # queries: PCA slots
     for c in (free, bag, paired):  # every new tensor persists: a loaded codec encodes identically
@@ -319,25 +342,29 @@ def test_score_aware_refinement_never_raises_its_loss(data):
 
 # --- real CLIP embeddings: the figures of docs/CODEC.md ---------------------------------------
 
+
 def _shopsphere_split(seed=0):
     path = DATA / "shopsphere_fashionclip_pairs.npz"
     if not path.exists():
         pytest.skip(f"real embeddings not found at {path}")
     z = np.load(path)
     perm = np.random.default_rng(seed).permutation(len(z["image_emb"]))
-    tr, te = perm[: len(perm) // 2], perm[len(perm) // 2:]
+    tr, te = perm[: len(perm) // 2], perm[len(perm) // 2 :]
     return z["image_emb"][tr], z["text_emb"][tr], z["image_emb"][te], z["text_emb"][te]
 
 
-@pytest.mark.parametrize("bits,source,min_r1", [
-    (256, "paired", 0.837),    # 0.95 x float (0.881)
-    (256, "unpaired", 0.837),
-    (128, "paired", 0.80),     # every FAISS quantizer at 256 bits: <= 0.691
-    (64, "paired", 0.69),      # every FAISS quantizer at 64 bits: <= 0.652
-    (128, "none", 0.76),       # pair-free, coarse slot + cosine
-    (64, "none", 0.62),        # pair-free, residual stages in the image metric (seed 0: 0.627;
-                               # seeds 0-3 mean 0.663 against RQ8x8's 0.667, docs/CODEC.md)
-])
+@pytest.mark.parametrize(
+    "bits,source,min_r1",
+    [
+        (256, "paired", 0.837),  # 0.95 x float (0.881)
+        (256, "unpaired", 0.837),
+        (128, "paired", 0.80),  # every FAISS quantizer at 256 bits: <= 0.691
+        (64, "paired", 0.69),  # every FAISS quantizer at 64 bits: <= 0.652
+        (128, "none", 0.76),  # pair-free, coarse slot + cosine
+        (64, "none", 0.62),  # pair-free, residual stages in the image metric (seed 0: 0.627;
+        # seeds 0-3 mean 0.663 against RQ8x8's 0.667, docs/CODEC.md)
+    ],
+)
 def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, source, min_r1):
     train, train_text, gallery, queries = _shopsphere_split()
     kw = {} if source == "none" else dict(queries=train_text, paired=source == "paired")

@@ -121,8 +121,10 @@ def test_safetensors_and_half_precision_checkpoints(tmp_path, tiny_model_dir, ti
     folder = tmp_path / "st"
     folder.mkdir()
     shutil.copy(Path(tiny_model_dir) / "open_clip_config.json", folder)
-    save_file({k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state.items()},
-              folder / "open_clip_model.safetensors")
+    save_file(
+        {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state.items()},
+        folder / "open_clip_model.safetensors",
+    )
     model = "local-dir:" + str(folder)
     emb = Embedder(model=model, text_only=True)
     ref, _, _ = open_clip.create_model_and_transforms(model)
@@ -212,8 +214,10 @@ def test_hub_models_resolve_through_the_source_cache(tmp_path):
 
 
 def test_import_semdb_does_not_import_torch():
-    out = run_python("import sys, semdb, semdb.cli, semdb.api; "
-                     "print(sorted(m for m in ('torch', 'open_clip', 'onnxruntime', 'faiss') if m in sys.modules))")
+    out = run_python(
+        "import sys, semdb, semdb.cli, semdb.api; "
+        "print(sorted(m for m in ('torch', 'open_clip', 'onnxruntime', 'faiss') if m in sys.modules))"
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -226,8 +230,15 @@ def test_tokenizer_matches_open_clip():
     from semdb.tokenizer import SimpleTokenizer
 
     theirs, ours = open_clip.get_tokenizer("ViT-B-32"), SimpleTokenizer()
-    texts = TEXTS + ["", "  spaces   and\ttabs\n", "it's they're I'll", "日本語のテキスト", "x" * 500,
-                     "<start_of_text> hi", "emoji 🚲🚲 and 3.14159"]
+    texts = TEXTS + [
+        "",
+        "  spaces   and\ttabs\n",
+        "it's they're I'll",
+        "日本語のテキスト",
+        "x" * 500,
+        "<start_of_text> hi",
+        "emoji 🚲🚲 and 3.14159",
+    ]
     np.testing.assert_array_equal(ours(texts), theirs(texts).numpy())
     assert ours.encoder == theirs.encoder  # the whole vocabulary and every merge rule
     assert ours.bpe_ranks == {f"{a} {b}": rank for (a, b), rank in theirs.bpe_ranks.items()}
@@ -274,18 +285,25 @@ def test_onnx_is_not_used_for_changed_weights(onnx_ready, tmp_path):
 def test_cold_text_query_runs_without_torch(onnx_ready, tiny_store, cache):
     """torch path (SEMDB_ONNX=0), then a CLI query (torch; caches the export), then the ONNX
     path: no torch, no open_clip, the same hits."""
-    code = ("import json, sys, semdb\n"
-            "with semdb.open(%r, readonly=True) as db:\n"
-            "    hits = db.query('a red bicycle', k=4)\n"
-            "print(json.dumps({'hits': [[h.id, h.score] for h in hits],\n"
-            "                  'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}))\n"
-            % str(tiny_store))
+    code = (
+        "import json, sys, semdb\n"
+        "with semdb.open(%r, readonly=True) as db:\n"
+        "    hits = db.query('a red bicycle', k=4)\n"
+        "print(json.dumps({'hits': [[h.id, h.score] for h in hits],\n"
+        "                  'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}))\n"
+        % str(tiny_store)
+    )
     off = json.loads(run_python(code, SEMDB_ONNX="0").stdout)
     assert off["torch"] and not (cache / "onnx").exists()
 
     env = {**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "500"}
-    proc = subprocess.run([sys.executable, "-m", "semdb.cli", "query", "a red bicycle", "--store", str(tiny_store),
-                           "-k", "4", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "semdb.cli", "query", "a red bicycle", "--store", str(tiny_store), "-k", "4", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert_same_hits([[h["id"], h["score"]] for h in json.loads(proc.stdout)], off["hits"])
     assert [p.name for p in (cache / "onnx").iterdir()]  # the export is cached

@@ -14,21 +14,18 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import SEMDB, cli_env, semdb_cli
+from PIL import Image
 
 from semdb.images import display_path
 
 # The tests run as root, for whom chmod 000 does not stop reads: this prefix runs a command
 # without the capabilities that override file permissions (CAP_DAC_*), so it does.
-DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search"]
+DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
 
 
 def cmd(*args, prefix=()):
@@ -61,12 +58,13 @@ def one_line_error(proc, code: int, *fragments: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # a collection with every kind of hostile file
 
+
 def jpeg_bomb(path: Path, size: int = 60_000) -> None:
     """A real 16x16 JPEG whose frame header (SOF0) claims size x size pixels."""
     Image.new("RGB", (16, 16), (9, 9, 9)).save(path, quality=80)
     data = bytearray(path.read_bytes())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = size.to_bytes(2, "big") * 2  # height, width
+    data[sof + 5 : sof + 9] = size.to_bytes(2, "big") * 2  # height, width
     path.write_bytes(bytes(data))
 
 
@@ -183,8 +181,11 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
     first = run("ingest", "--train-now", photos, "--store", store, "--model", tiny_model, prefix=prefix, check=0)
     err = first.stderr.decode("utf-8")
     assert "Traceback" not in err
-    listed = {re.sub(r"\d+x\d+ \((\d+ MP)\)", r"\1", line[len("failed: "):])
-              for line in err.splitlines() if line.startswith("failed: ")}
+    listed = {
+        re.sub(r"\d+x\d+ \((\d+ MP)\)", r"\1", line[len("failed: ") :])
+        for line in err.splitlines()
+        if line.startswith("failed: ")
+    }
     assert listed == {f"{path}: {reason}" for path, reason in fail.items()}
     assert f"│ failed            │ {len(fail)} " in first.stdout.decode()
     before = stored_paths(store)
@@ -197,9 +198,13 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
         "paths_only": cmd("query", "a photo", "-k", 50, "--store", store, "--paths-only"),
         "table": cmd("query", "x" * 10_000, "-k", 50, "--store", store),
         "bad_image": cmd("query", "--image", photos / "notes.jpg", "--store", store),
-        "other_model": cmd("ingest", "--train-now", photos, "--store", store, "--model", other, "--wait"),  # the 2 writers queue
+        "other_model": cmd(
+            "ingest", "--train-now", photos, "--store", store, "--model", other, "--wait"
+        ),  # the 2 writers queue
     }
-    procs = {k: subprocess.Popen(c, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, c in jobs.items()}
+    procs = {
+        k: subprocess.Popen(c, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, c in jobs.items()
+    }
     out = {}
     for k, p in procs.items():
         stdout, stderr = p.communicate(timeout=600)
@@ -229,8 +234,7 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
     assert stored_paths(store) == before
 
 
-def test_files_that_vanish_or_turn_unreadable_during_an_ingest_are_listed(photos, tmp_path, tiny_model,
-                                                                          monkeypatch):
+def test_files_that_vanish_or_turn_unreadable_during_an_ingest_are_listed(photos, tmp_path, tiny_model, monkeypatch):
     """A file deleted after discovery (before hashing, or between hashing and decoding) and a
     file that cannot be read are listed as failed; the rest of the ingest goes on."""
     import semdb
@@ -257,7 +261,10 @@ def test_files_that_vanish_or_turn_unreadable_during_an_ingest_are_listed(photos
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         s = db.ingest([photos], train_now=True)
         assert {(Path(f["path"]).name, f["reason"]) for f in s["failures"]} == {
-            ("rocket.jpg", "file not found"), ("coffee.jpg", "permission denied"), ("shapes_2.png", "file not found")}
+            ("rocket.jpg", "file not found"),
+            ("coffee.jpg", "permission denied"),
+            ("shapes_2.png", "file not found"),
+        }
         assert s["items"] == 9 and db.store.verify() == []
 
 
@@ -271,14 +278,18 @@ def test_bad_queries_exit_2_with_one_line(tmp_path, tiny_model, photos):
     before = stored_paths(store)
     one_line_error(run("query", "", "--store", store), 2, "empty query text")
     one_line_error(run("query", " \t ", "--store", store), 2, "empty query text")
-    one_line_error(run("query", "--image", tmp_path / "no\nsuch.jpg", "--store", store), 2,
-                   "no\\nsuch.jpg: query image not found")
-    one_line_error(run("query", "--image", tmp_path / "[/x].jpg", "--store", store), 2,
-                   "[/x].jpg: query image not found")
-    one_line_error(run("query", "a", "--image", photos / "chelsea.jpg", "--store", store), 2,
-                   "exactly one of TEXT or --image")
-    one_line_error(run("ingest", "--train-now", tmp_path / "missing", "--store", store), 2,
-                   "missing: no such file or directory")
+    one_line_error(
+        run("query", "--image", tmp_path / "no\nsuch.jpg", "--store", store), 2, "no\\nsuch.jpg: query image not found"
+    )
+    one_line_error(
+        run("query", "--image", tmp_path / "[/x].jpg", "--store", store), 2, "[/x].jpg: query image not found"
+    )
+    one_line_error(
+        run("query", "a", "--image", photos / "chelsea.jpg", "--store", store), 2, "exactly one of TEXT or --image"
+    )
+    one_line_error(
+        run("ingest", "--train-now", tmp_path / "missing", "--store", store), 2, "missing: no such file or directory"
+    )
     proc = run("query", "a cat", "-k", 0, "--store", store)
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr  # click's own usage error
     assert stored_paths(store) == before
@@ -287,10 +298,12 @@ def test_bad_queries_exit_2_with_one_line(tmp_path, tiny_model, photos):
 # ----------------------------------------------------------------------------------------------
 # stores that are not stores, damaged stores, foreign stores
 
+
 @pytest.fixture(scope="module")
 def good_store(tmp_path_factory, tiny_model):
-    import semdb
     from conftest import write_photos
+
+    import semdb
 
     root = tmp_path_factory.mktemp("good")
     photos = write_photos(root / "photos")
@@ -319,7 +332,7 @@ def damaged(good_store, tmp_path, how) -> Path:
         pages = {bytes(raw).index(seg[:64]) // 4096 for seg in segs}
         assert pages
         for p in pages:
-            raw[p * 4096:(p + 1) * 4096] = random.Random(p).randbytes(4096)
+            raw[p * 4096 : (p + 1) * 4096] = random.Random(p).randbytes(4096)
     elif how == "codec bytes":  # a stretch inside the codec's weights
         import lmdb
 
@@ -328,7 +341,7 @@ def damaged(good_store, tmp_path, how) -> Path:
             codec = bytes(txn.get(b"codec", db=env.open_db(b"codec", txn=txn, create=False)))
         env.close()
         at = bytes(raw).index(codec[-256:])
-        raw[at:at + 64] = bytes(b ^ 0x5A for b in raw[at:at + 64])
+        raw[at : at + 64] = bytes(b ^ 0x5A for b in raw[at : at + 64])
     elif how == "newer schema":
         import lmdb
 
@@ -345,13 +358,16 @@ def digest(store: Path) -> str:
     return hashlib.sha256((store / "data.mdb").read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("how,fragments", [
-    ("meta pages", ["is corrupt", "restore it from a backup"]),
-    ("truncated", ["is corrupt", "restore it from a backup"]),
-    ("item pages", ["is corrupt", "restore it from a backup"]),
-    ("codec bytes", ["is corrupt (its codec", "restore it from a backup"]),
-    ("newer schema", ["was made by a newer semdb (schema 99 > 2); upgrade semdb"]),
-])
+@pytest.mark.parametrize(
+    "how,fragments",
+    [
+        ("meta pages", ["is corrupt", "restore it from a backup"]),
+        ("truncated", ["is corrupt", "restore it from a backup"]),
+        ("item pages", ["is corrupt", "restore it from a backup"]),
+        ("codec bytes", ["is corrupt (its codec", "restore it from a backup"]),
+        ("newer schema", ["was made by a newer semdb (schema 99 > 2); upgrade semdb"]),
+    ],
+)
 def test_damaged_or_newer_store_exits_4_and_is_left_as_it_was(good_store, tmp_path, how, fragments):
     """`semdb ingest` (no --model: the store's own model, loaded only if a file needs it) and
     `semdb info` on a damaged store: one line, exit 4, and not a byte of data.mdb changed."""
@@ -378,8 +394,11 @@ def test_not_a_store_exits_4_and_creates_nothing(good_store, tmp_path):
     with env.begin(write=True) as txn:
         txn.put(b"k", b"v")
     env.close()
-    for store, fragment in ((folder, "is not a semdb store (no data.mdb)"), (afile, "is a file, not a semdb store"),
-                            (foreign, "is not a semdb store (an LMDB environment without semdb meta)")):
+    for store, fragment in (
+        (folder, "is not a semdb store (no data.mdb)"),
+        (afile, "is a file, not a semdb store"),
+        (foreign, "is not a semdb store (an LMDB environment without semdb meta)"),
+    ):
         one_line_error(run("ingest", "--train-now", photos, "--store", store), 4, fragment)
         for args in (("info",), ("query", "a cat")):  # read-only commands check for data.mdb first
             expected = fragment if store == foreign else "no semdb store here yet"

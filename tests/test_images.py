@@ -157,8 +157,9 @@ def test_non_utf8_and_newline_names(tmp_path):
 # -------------------------------------------------------------------------------- load_image
 
 
-@pytest.mark.parametrize("fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("BMP", "bmp"),
-                                     ("TIFF", "tif"), ("GIF", "gif")])
+@pytest.mark.parametrize(
+    "fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tif"), ("GIF", "gif")]
+)
 def test_formats_round_trip_to_rgb(tmp_path, fmt, ext):
     path = tmp_path / f"chelsea.{ext}"
     photo("chelsea").save(path, format=fmt)
@@ -368,11 +369,34 @@ def test_content_hash(tmp_path):
 # images are box-reduced: Image.reduce refuses palette, 1-bit and 16-bit modes, so a reduction
 # before the RGB conversion once aborted whole ingests.
 MODES_BY_FORMAT = [
-    ("png", "1"), ("png", "L"), ("png", "LA"), ("png", "P"), ("png", "P+transparency"), ("png", "RGB"),
-    ("png", "RGBA"), ("png", "I;16"), ("gif", "P"), ("gif", "L"), ("bmp", "1"), ("bmp", "P"),
-    ("bmp", "L"), ("bmp", "RGB"), ("tiff", "1"), ("tiff", "L"), ("tiff", "P"), ("tiff", "I;16"), ("tiff", "I"),
-    ("tiff", "F"), ("tiff", "CMYK"), ("tiff", "RGBA"), ("tiff", "LA"), ("jpg", "L"), ("jpg", "CMYK"),
-    ("jpg", "RGB"), ("webp", "RGBA"), ("webp", "RGB"),
+    ("png", "1"),
+    ("png", "L"),
+    ("png", "LA"),
+    ("png", "P"),
+    ("png", "P+transparency"),
+    ("png", "RGB"),
+    ("png", "RGBA"),
+    ("png", "I;16"),
+    ("gif", "P"),
+    ("gif", "L"),
+    ("bmp", "1"),
+    ("bmp", "P"),
+    ("bmp", "L"),
+    ("bmp", "RGB"),
+    ("tiff", "1"),
+    ("tiff", "L"),
+    ("tiff", "P"),
+    ("tiff", "I;16"),
+    ("tiff", "I"),
+    ("tiff", "F"),
+    ("tiff", "CMYK"),
+    ("tiff", "RGBA"),
+    ("tiff", "LA"),
+    ("jpg", "L"),
+    ("jpg", "CMYK"),
+    ("jpg", "RGB"),
+    ("webp", "RGBA"),
+    ("webp", "RGB"),
 ]
 
 

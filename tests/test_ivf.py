@@ -64,8 +64,17 @@ def test_every_list_probed_gives_the_exhaustive_results(coded):
     params = faiss.SearchParametersIVF()
     params.nprobe = index.index.nprobe = 32
     D, Ids = np.empty((1, 50), np.float32), np.empty((1, 50), np.int64)
-    index.index.search_preassigned_c(1, faiss.swig_ptr(q), 50, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
-                                     faiss.swig_ptr(D), faiss.swig_ptr(Ids), False, params)
+    index.index.search_preassigned_c(
+        1,
+        faiss.swig_ptr(q),
+        50,
+        faiss.swig_ptr(Iq),
+        faiss.swig_ptr(Dq),
+        faiss.swig_ptr(D),
+        faiss.swig_ptr(Ids),
+        False,
+        params,
+    )
     flat_D, flat_I = exhaustive.index.search(q, 50)
     flat = dict(zip(flat_I[0].tolist(), flat_D[0].tolist()))
     shared = [i for i in Ids[0].tolist() if i in flat]
@@ -127,7 +136,7 @@ def test_store_builds_keeps_and_updates_the_ivf(tmp_path, monkeypatch):
         db.add_embeddings(_paths(400, 2000), X[2000:])
         got = db.store.load_ivf()
         assert got[1]["built_on"] == 2000 and (got[3] >= 0).all() and len(got[3]) == 2400
-        found = [db.query_vectors(X[i:i + 1], k=1)[0][0].path for i in range(2000, 2400, 40)]
+        found = [db.query_vectors(X[i : i + 1], k=1)[0][0].path for i in range(2000, 2400, 40)]
         assert found == [_paths(1, i)[0] for i in range(2000, 2400, 40)]
         gone = [db.store.item_by_path(p).id for p in _paths(50, 2000)]
         with db.store.write() as w:

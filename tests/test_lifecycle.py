@@ -5,7 +5,6 @@ embeddings. Real open_clip (tiny model), real FAISS, real LMDB, real files."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -118,8 +117,7 @@ def test_retrain_of_a_store_without_a_codec_trains_it(photos, tmp_path, tiny_mod
         assert s["codec"] and db.store.staging_count() == 0 and s["trained_on"] == 12
 
 
-RETRAIN_FAULTS = ["decode:2", "embedded:1", "train:1", "pending_txn:1", "recode_txn:1", "recode_txn:2",
-                  "switch_txn:1"]
+RETRAIN_FAULTS = ["decode:2", "embedded:1", "train:1", "pending_txn:1", "recode_txn:1", "recode_txn:2", "switch_txn:1"]
 
 
 @pytest.mark.slow
@@ -156,6 +154,7 @@ def test_retrain_survives_kill_9_at_every_stage(tmp_path, tiny_model):
 
 # -- bring your own embeddings ----------------------------------------------------------------
 
+
 def _unit(n, d=64, seed=0):
     X = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     return X / np.linalg.norm(X, axis=1, keepdims=True)
@@ -171,8 +170,10 @@ def test_clip_retrieval_layout_and_npz_are_imported(tmp_path, tiny_model):
     X = _unit(30)
     for part, rows in enumerate((slice(0, 20), slice(20, 30))):
         np.save(folder / "img_emb" / f"img_emb_{part}.npy", X[rows].astype(np.float16))
-        pq.write_table(pa.table({"image_path": [f"/photos/{i}.jpg" for i in range(30)][rows]}),
-                       folder / "metadata" / f"metadata_{part}.parquet")
+        pq.write_table(
+            pa.table({"image_path": [f"/photos/{i}.jpg" for i in range(30)][rows]}),
+            folder / "metadata" / f"metadata_{part}.parquet",
+        )
     with semdb.open(tmp_path / "s") as db:
         s = db.add_embeddings(folder, model=tiny_model, train_now=True)
         assert (s["new"], s["items"], s["staged"], s["codec_trained"]) == (30, 30, 0, True)

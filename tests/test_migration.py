@@ -56,8 +56,21 @@ print(json.dumps({"hits": hits, "Q": Q.tolist()}))
 
 
 def _items(s: Store) -> list:
-    return [(it.id, os.fsencode(it.path), it.size, it.mtime_ns, it.hash, it.width, it.height, it.added,
-             it.updated, it.taken) for it in s.iter_items()]
+    return [
+        (
+            it.id,
+            os.fsencode(it.path),
+            it.size,
+            it.mtime_ns,
+            it.hash,
+            it.width,
+            it.height,
+            it.added,
+            it.updated,
+            it.taken,
+        )
+        for it in s.iter_items()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +92,17 @@ def v1_store(v1_semdb, tmp_path_factory):
     """(a schema-1 store folder, what the old semdb answered, its items, its codes, staging count)."""
     store = tmp_path_factory.mktemp("v1") / "store"
     env = {**os.environ, "PYTHONPATH": str(v1_semdb), "SEMDB_STORE": ""}
-    r = subprocess.run([sys.executable, "-c", BUILD, str(store)], env=env, capture_output=True, text=True,
-                       cwd=v1_semdb, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", BUILD, str(store)], env=env, capture_output=True, text=True, cwd=v1_semdb, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     answered = json.loads(r.stdout.strip().splitlines()[-1])
     # what the old store holds, read by the old code (a subprocess: its own LMDB environment)
-    dump = subprocess.run([sys.executable, "-c", textwrap.dedent(r"""
+    dump = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(r"""
         import json, os, sys
         from semdb.store import Store
         with Store(sys.argv[1], readonly=True) as s:
@@ -93,7 +111,15 @@ def v1_store(v1_semdb, tmp_path_factory):
             ids, codes = s.load_codes()
             print(json.dumps({"schema": s.meta()["schema"], "items": items, "staging": s.staging_count(),
                               "codes": {int(i): c.tobytes().hex() for i, c in zip(ids, codes)}}))
-        """), str(store)], env=env, capture_output=True, text=True, cwd=v1_semdb, timeout=120)
+        """),
+            str(store),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=v1_semdb,
+        timeout=120,
+    )
     assert dump.returncode == 0, dump.stderr
     old = json.loads(dump.stdout)
     assert old["schema"] == 1
@@ -118,14 +144,19 @@ def _check_migrated(path: Path, v1_store) -> None:
         ids, got = s.load_codes()
         assert {int(i): c.tobytes() for i, c in zip(ids, got)} == codes
         assert s.staging_count() == staging
-        hits = [[[h.id, round(h.score, 5)] for h in row] for row in
-                db.query_vectors(np.array(answered["Q"], np.float32), k=10)]
+        hits = [
+            [[h.id, round(h.score, 5)] for h in row]
+            for row in db.query_vectors(np.array(answered["Q"], np.float32), k=10)
+        ]
         assert hits == answered["hits"]
         # the lookups schema 1 kept as databases, now built in memory
         for it in s.iter_items():
             assert s.item_by_path(it.path).id == it.id
             assert it.id in [x.id for x in s.items_by_hash(it.hash)]
-        assert s.item_by_path("/gone.jpg") is None and s.item_by_path("/home/user/Pictures/2019/00-Holiday/IMG_00007.jpg") is None
+        assert (
+            s.item_by_path("/gone.jpg") is None
+            and s.item_by_path("/home/user/Pictures/2019/00-Holiday/IMG_00007.jpg") is None
+        )
     assert not (path / ".reclaim.tmp").exists()
 
 
@@ -146,9 +177,18 @@ def test_read_only_open_migrates_when_it_can(v1_store, tmp_path):
 
 def test_read_only_open_says_why_it_cannot_migrate(v1_store, tmp_path):
     path = _copy(v1_store[0], tmp_path / "s")
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
-                               "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
-                               "time.sleep(60)", str(path / "writer.lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+            "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+            "time.sleep(60)",
+            str(path / "writer.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreError, match="uses store schema 1; .*being written by another") as e:
@@ -163,9 +203,13 @@ def test_read_only_open_says_why_it_cannot_migrate(v1_store, tmp_path):
 @pytest.mark.parametrize("fault", ["migrate_txn:1", "reclaim_copied:1"])
 def test_kill_9_during_migration_then_reopen(v1_store, tmp_path, fault):
     path = _copy(v1_store[0], tmp_path / "s")
-    r = subprocess.run([sys.executable, "-c", "import sys; from semdb.store import Store; Store(sys.argv[1]).close()",
-                        str(path)], env={**os.environ, "PYTHONPATH": str(ROOT), "SEMDB_FAULT_POINT": fault},
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys; from semdb.store import Store; Store(sys.argv[1]).close()", str(path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SEMDB_FAULT_POINT": fault},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     with Store(path, readonly=True) if fault == "reclaim_copied:1" else Store(path) as s:
         # killed inside the transaction: still schema 1 (migrated by this open); killed after
@@ -178,9 +222,19 @@ def test_the_schema1_semdb_refuses_a_schema2_store(v1_semdb, v1_store, tmp_path)
     path = _copy(v1_store[0], tmp_path / "s")
     Store(path).close()  # migrated
     for ro in (True, False):
-        r = subprocess.run([sys.executable, "-c", "import sys; from semdb.store import Store; "
-                            "Store(sys.argv[1], readonly=sys.argv[2] == 'ro')", str(path), "ro" if ro else "rw"],
-                           env={**os.environ, "PYTHONPATH": str(v1_semdb)}, cwd=v1_semdb, capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from semdb.store import Store; Store(sys.argv[1], readonly=sys.argv[2] == 'ro')",
+                str(path),
+                "ro" if ro else "rw",
+            ],
+            env={**os.environ, "PYTHONPATH": str(v1_semdb)},
+            cwd=v1_semdb,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 1 and "was made by a newer semdb (schema 2 > 1); upgrade semdb" in r.stderr, r.stderr
     _check_migrated(path, v1_store)  # and it was left as it was

@@ -4,8 +4,6 @@ local ingest of the same folder (items, ids, codec, codes), first run and increm
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -79,8 +77,10 @@ def test_ray_ingest_builds_the_same_store_as_a_local_ingest(local_ray, tmp_path,
     with semdb.open(tmp_path / "ray", threads=1) as db:  # nothing left to do
         again = db.ingest([folder], engine="ray", train_now=True)
         assert again["embedded"] == 0 and again["unchanged"] == 15 and again["failed"] == 1
-        assert db.query_image(folder / "rocket.jpg", k=2)[0].path in {str(folder / "rocket.jpg"),
-                                                                     str(folder / "shapes_1.png")}
+        assert db.query_image(folder / "rocket.jpg", k=2)[0].path in {
+            str(folder / "rocket.jpg"),
+            str(folder / "shapes_1.png"),
+        }
 
 
 def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray, tmp_path, tiny_model):
@@ -105,7 +105,9 @@ def test_cli_engine_ray_starts_its_own_local_instance(tmp_path, tiny_model):
     assert summary["new"] == 6 and summary["items"] == 6 and summary["codec_trained"]
     proc = semdb_cli(*args, "--engine", "spark", check=2)
     assert "use 'local' or 'ray'" in proc.stderr
-    proc = semdb_cli(*args, "--engine", "ray", "--ray-address", "127.0.0.1:1", check=2)  # nothing listens there: fail fast, one line
+    proc = semdb_cli(
+        *args, "--engine", "ray", "--ray-address", "127.0.0.1:1", check=2
+    )  # nothing listens there: fail fast, one line
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

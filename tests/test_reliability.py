@@ -33,20 +33,27 @@ from conftest import SEMDB, cli_env, semdb_cli  # noqa: E402
 def cli(*args, **kw):
     return semdb_cli(*args, text=False, **kw)
 
+
 ROOT = TESTS.parent
 
 
 # ----------------------------------------------------------------------------------------------
 # the fork-server driver (runs in a subprocess: `python test_reliability.py driver PLAN.json`)
 
+
 def _store_state(store_path) -> dict:
     """{path: id} of the committed items, and the store's own consistency check (no CLIP)."""
     from semdb.store import Store
 
     with Store(store_path) as s:  # writable: verify() also walks the LMDB pages
-        return {"ids": {it.path: it.id for it in s.iter_items()}, "verify": s.verify(),
-                "staging": s.staging_count(), "coded": len(s.load_codes()[0]), "count": s.count(),
-                "codec": s.meta().get("codec_id")}
+        return {
+            "ids": {it.path: it.id for it in s.iter_items()},
+            "verify": s.verify(),
+            "staging": s.staging_count(),
+            "coded": len(s.load_codes()[0]),
+            "count": s.count(),
+            "codec": s.meta().get("codec_id"),
+        }
 
 
 def _fork(fn) -> tuple[str, object]:
@@ -68,8 +75,7 @@ def _spawn(fn) -> tuple[int, str]:
         except BaseException as e:  # noqa: BLE001 - report everything to the parent
             import traceback
 
-            Path(out).write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
-                                             "traceback": traceback.format_exc()}))
+            Path(out).write_text(json.dumps({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}))
             code = 1
         os._exit(code)
     return pid, out
@@ -103,6 +109,7 @@ def _ingest_child(store, photos, model, fault, batch_size, prune, train_at, map_
             img = sorted(Path(photos).glob("*.jpg"))[0]
             ihits = db.query_image(img, k=3)
             return {"summary": summary, "hits": [h.path for h in hits + ihits]}
+
     return run
 
 
@@ -132,8 +139,8 @@ def _preload(model: str) -> None:
     child's Database gets this same Embedder (semdb.open(..., embedder=)). With one intra-op thread no OpenMP team exists in
     this process, so forking stays safe. (Loading happens before any write: it is no part of
     what the faults test.)"""
-    import torch
     import open_clip  # noqa: F401
+    import torch
 
     from semdb import embed
 
@@ -145,6 +152,7 @@ def _preload(model: str) -> None:
 def driver(plan_file: str) -> None:
     """Execute the kill plan in PLAN.json; print one JSON line per attempt."""
     from conftest import write_photos
+
     from semdb.images import discover
 
     plan = json.loads(Path(plan_file).read_text())
@@ -168,17 +176,34 @@ def driver(plan_file: str) -> None:
             files = {os.fsdecode(p) for p in discover([photos])}
             before = _store_state(store) if store.exists() else {"ids": {}}
             t = time.perf_counter()
-            killed, _ = _fork(_ingest_child(store, photos, model, fault, sc["batch"], sc["prune"],
-                                            sc.get("train_at"), sc.get("map_size")))
+            killed, _ = _fork(
+                _ingest_child(
+                    store, photos, model, fault, sc["batch"], sc["prune"], sc.get("train_at"), sc.get("map_size")
+                )
+            )
             after_kill = _store_state(store) if store.exists() else None
-            rerun, result = _fork(_ingest_child(store, photos, model, None, sc["batch"], sc["prune"],
-                                                sc.get("train_at")))
+            rerun, result = _fork(
+                _ingest_child(store, photos, model, None, sc["batch"], sc["prune"], sc.get("train_at"))
+            )
             final = _store_state(store)
-            print(json.dumps({"scenario": sc["name"], "fault": fault, "killed": killed,
-                              "before": before["ids"], "after_kill": after_kill, "rerun": rerun,
-                              "result": result, "final": final, "files": sorted(files),
-                              "extra": extra, "seconds": round(time.perf_counter() - t, 2)}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "scenario": sc["name"],
+                        "fault": fault,
+                        "killed": killed,
+                        "before": before["ids"],
+                        "after_kill": after_kill,
+                        "rerun": rerun,
+                        "result": result,
+                        "final": final,
+                        "files": sorted(files),
+                        "extra": extra,
+                        "seconds": round(time.perf_counter() - t, 2),
+                    }
+                ),
+                flush=True,
+            )
 
 
 def _reader_loop(store: str, stop: str, k: int = 5) -> dict:
@@ -242,25 +267,84 @@ if __name__ == "__main__" and sys.argv[1:2] in (["driver"], ["readers"]):
 BATCH = 4
 SCENARIOS = [
     # a new store: 12 files in 3 batches, staged as embeddings, codec trained when ingest ends
-    {"name": "first", "generated": 8, "base": False, "modify": False, "batch": BATCH, "prune": False,
-     "faults": ["decode:1", "decode:5", "decode:12", "embedded:1", "embedded:3",
-                "batch_txn:1", "batch_txn:2", "batch_txn:3",
-                "batch_committed:1", "batch_committed:2", "batch_committed:3",
-                "train:1", "trained:1", "finish_staging_txn:1"]},
+    {
+        "name": "first",
+        "generated": 8,
+        "base": False,
+        "modify": False,
+        "batch": BATCH,
+        "prune": False,
+        "faults": [
+            "decode:1",
+            "decode:5",
+            "decode:12",
+            "embedded:1",
+            "embedded:3",
+            "batch_txn:1",
+            "batch_txn:2",
+            "batch_txn:3",
+            "batch_committed:1",
+            "batch_committed:2",
+            "batch_committed:3",
+            "train:1",
+            "trained:1",
+            "finish_staging_txn:1",
+        ],
+    },
     # a long first ingest: the codec is trained mid-way (TRAIN_AT lowered to 6), later batches
     # are encoded straight to codes
-    {"name": "midway", "generated": 12, "base": False, "modify": False, "batch": BATCH, "prune": False,
-     "train_at": 6,
-     "faults": ["train:1", "trained:1", "finish_staging_txn:1", "embedded:4", "batch_txn:3",
-                "batch_txn:4", "batch_committed:2", "batch_committed:3"]},
+    {
+        "name": "midway",
+        "generated": 12,
+        "base": False,
+        "modify": False,
+        "batch": BATCH,
+        "prune": False,
+        "train_at": 6,
+        "faults": [
+            "train:1",
+            "trained:1",
+            "finish_staging_txn:1",
+            "embedded:4",
+            "batch_txn:3",
+            "batch_txn:4",
+            "batch_committed:2",
+            "batch_committed:3",
+        ],
+    },
     # an incremental re-run with --prune on a coded store: 6 new files, a duplicate, a moved,
     # a changed and a deleted file
-    {"name": "incremental", "generated": 8, "base": True, "modify": True, "batch": BATCH, "prune": True,
-     "faults": ["classify_txn:1", "decode:1", "decode:4", "embedded:1", "embedded:2", "batch_txn:1",
-                "batch_txn:2", "batch_committed:1", "batch_committed:2", "prune_txn:1"]},
+    {
+        "name": "incremental",
+        "generated": 8,
+        "base": True,
+        "modify": True,
+        "batch": BATCH,
+        "prune": True,
+        "faults": [
+            "classify_txn:1",
+            "decode:1",
+            "decode:4",
+            "embedded:1",
+            "embedded:2",
+            "batch_txn:1",
+            "batch_txn:2",
+            "batch_committed:1",
+            "batch_committed:2",
+            "prune_txn:1",
+        ],
+    },
     # a store opened with a 32 KiB LMDB map: killed right after the map is doubled
-    {"name": "tinymap", "generated": 8, "base": False, "modify": False, "batch": BATCH, "prune": False,
-     "map_size": 1 << 15, "faults": ["map_grown:1", "map_grown:2"]},
+    {
+        "name": "tinymap",
+        "generated": 8,
+        "base": False,
+        "modify": False,
+        "batch": BATCH,
+        "prune": False,
+        "map_size": 1 << 15,
+        "faults": ["map_grown:1", "map_grown:2"],
+    },
 ]
 KILL_POINTS = sum(len(sc["faults"]) for sc in SCENARIOS)
 
@@ -281,11 +365,12 @@ def _check_attempt(r: dict) -> list[str]:
     if final["verify"]:
         bad.append(f"store inconsistent after the re-run: {final['verify'][:3]}")
     if set(final["ids"]) != files:  # {path: id}: each path once; == files: none lost, none extra
-        bad.append(f"paths in store != files: missing {sorted(files - set(final['ids']))[:3]}, "
-                   f"extra {sorted(set(final['ids']) - files)[:3]}")
+        bad.append(
+            f"paths in store != files: missing {sorted(files - set(final['ids']))[:3]}, "
+            f"extra {sorted(set(final['ids']) - files)[:3]}"
+        )
     if final["count"] != len(files) or final["staging"] != 0 or final["coded"] != final["count"]:
-        bad.append(f"items {final['count']}, staging {final['staging']}, coded {final['coded']} "
-                   f"for {len(files)} files")
+        bad.append(f"items {final['count']}, staging {final['staging']}, coded {final['coded']} for {len(files)} files")
     for when, ids in (("before the ingest", r["before"]), ("before the kill", (after or {}).get("ids", {}))):
         for path, id_ in ids.items():
             if path in files and final["ids"].get(path) != id_:
@@ -309,8 +394,14 @@ def test_kill_9_at_every_ingest_stage_then_resume(tmp_path, tiny_model):
     the kill changes id, no staging row remains, every item has a code, queries work."""
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"model": tiny_model, "work": str(tmp_path), "scenarios": SCENARIOS}))
-    proc = subprocess.run([sys.executable, __file__, "driver", str(plan)], capture_output=True, text=True,
-                          timeout=900, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, __file__, "driver", str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(results) == KILL_POINTS == 34
@@ -320,6 +411,7 @@ def test_kill_9_at_every_ingest_stage_then_resume(tmp_path, tiny_model):
 
 # ----------------------------------------------------------------------------------------------
 # the codec switch, map growth: in this process
+
 
 def _staged_store(path, photos, tiny_model):
     """A store whose items are all still staged, as a first ingest leaves it before training."""
@@ -392,8 +484,9 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_a_full_disk_is_one_line_exit_4_and_a_rerun_after_freeing_space_finishes(photos, tmp_path, tiny_model,
-                                                                                 small_disk):
+def test_a_full_disk_is_one_line_exit_4_and_a_rerun_after_freeing_space_finishes(
+    photos, tmp_path, tiny_model, small_disk
+):
     from conftest import write_photos
 
     from semdb.store import Store
@@ -418,8 +511,9 @@ def test_a_full_disk_is_one_line_exit_4_and_a_rerun_after_freeing_space_finishes
 def test_map_grows_during_a_real_ingest(photos, tmp_path, tiny_model):
     """A store opened with a 16 KiB LMDB map (too small even for an empty store) grows it by
     doubling, replaying the batch that did not fit, through a real ingest and codec switch."""
-    import semdb
     from conftest import write_photos
+
+    import semdb
 
     more = write_photos(tmp_path / "more", n_generated=20, seed=7)
     with semdb.open(tmp_path / "s", model=tiny_model, map_size=1 << 14) as db:
@@ -463,6 +557,7 @@ def test_an_exception_in_the_decoding_threads_reaches_the_caller_instead_of_hang
 # ----------------------------------------------------------------------------------------------
 # readers during writes, two writers: separate processes
 
+
 @pytest.mark.slow
 def test_queries_in_other_processes_while_an_ingest_writes(tmp_path, tiny_model):
     """Two reader processes query in a loop (a fresh read-only open each time, like `semdb query`)
@@ -476,12 +571,28 @@ def test_queries_in_other_processes_while_an_ingest_writes(tmp_path, tiny_model)
     b = write_photos(tmp_path / "b", n_generated=16, seed=3)  # + 4 duplicates of a's photos
     store, stop = tmp_path / "store", tmp_path / "stop"
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({
-        "model": tiny_model, "store": str(store), "stop": str(stop), "readers": 2, "batch": 2,
-        "writer_start": 0.5, "ingests": [[str(a)], [str(a), str(b)]],
-        "delays": "batch_txn:delay=0.15,train:delay=0.5,finish_staging_txn:delay=1.0"}))
-    proc = subprocess.Popen([sys.executable, __file__, "readers", str(plan)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    plan.write_text(
+        json.dumps(
+            {
+                "model": tiny_model,
+                "store": str(store),
+                "stop": str(stop),
+                "readers": 2,
+                "batch": 2,
+                "writer_start": 0.5,
+                "ingests": [[str(a)], [str(a), str(b)]],
+                "delays": "batch_txn:delay=0.15,train:delay=0.5,finish_staging_txn:delay=1.0",
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "readers", str(plan)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     info_counts = []
     while proc.poll() is None:  # the console script as a reader too
         r = cli("info", "--store", store, "--json", check=False, timeout=60)
@@ -495,8 +606,13 @@ def test_queries_in_other_processes_while_an_ingest_writes(tmp_path, tiny_model)
     results = json.loads(out.splitlines()[-1])
     assert results["writer"][0] == ["exit", 0], results["writer"]
     first, second = results["writer"][1]
-    assert (first["new"], first["codec_trained"], second["new"], second["duplicate"], second["items"]) == \
-           (12, True, 16, 4, 32)
+    assert (first["new"], first["codec_trained"], second["new"], second["duplicate"], second["items"]) == (
+        12,
+        True,
+        16,
+        4,
+        32,
+    )
     seen = set()
     for name in ("reader0", "reader1"):
         how, res = results[name]
@@ -507,8 +623,10 @@ def test_queries_in_other_processes_while_an_ingest_writes(tmp_path, tiny_model)
         assert not short, f"{name}: queries returned fewer hits than committed items: {short}"
         seen |= set(counts)
     assert len(seen) >= 3 and min(seen) < 32, f"the readers did not overlap the writes: {sorted(seen)}"
-    print(f"readers: {sum(len(results[r][1]['log']) for r in ('reader0', 'reader1'))} queries, item counts "
-          f"seen {sorted(seen)}; semdb info: {len(info_counts)} runs, counts {sorted(set(info_counts))}")
+    print(
+        f"readers: {sum(len(results[r][1]['log']) for r in ('reader0', 'reader1'))} queries, item counts "
+        f"seen {sorted(seen)}; semdb info: {len(info_counts)} runs, counts {sorted(set(info_counts))}"
+    )
     assert info_counts == sorted(info_counts)
     from semdb.store import Store
 
@@ -526,10 +644,25 @@ def test_two_ingests_at_once_refuse_or_wait_and_a_killed_writer_releases_the_loc
 
     photos = write_photos(tmp_path / "photos", n_generated=8)
     store = tmp_path / "store"
-    args = [SEMDB, "ingest", "--train-now", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2",
-            "--json"]
-    first = subprocess.Popen(args, env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.3,batch_committed:3"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [
+        SEMDB,
+        "ingest",
+        "--train-now",
+        str(photos),
+        "--store",
+        str(store),
+        "--model",
+        tiny_model,
+        "--batch-size",
+        "2",
+        "--json",
+    ]
+    first = subprocess.Popen(
+        args,
+        env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.3,batch_committed:3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     lock = store / "writer.lock"
     for _ in range(2400):  # wait for the first writer to take the lock (at most ~2 minutes)
         if lock.exists() and lock.read_text().strip() == str(first.pid):
@@ -563,14 +696,30 @@ def test_ctrl_c_keeps_committed_batches_and_exits_130(tmp_path, tiny_model):
     """SIGINT (Ctrl-C) during `semdb ingest`: exit 130 with one line saying how to resume; the
     batches committed so far are kept and the store is consistent."""
     from conftest import write_photos
+
     from semdb.store import Store
 
     photos = write_photos(tmp_path / "photos", n_generated=8)
     store = tmp_path / "store"
     proc = subprocess.Popen(
-        [SEMDB, "ingest", "--train-now", str(photos), "--store", str(store), "--model", tiny_model, "--batch-size", "2", "--json"],
+        [
+            SEMDB,
+            "ingest",
+            "--train-now",
+            str(photos),
+            "--store",
+            str(store),
+            "--model",
+            tiny_model,
+            "--batch-size",
+            "2",
+            "--json",
+        ],
         env=cli_env(SEMDB_FAULT_POINT="batch_txn:delay=0.5"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for attempt in range(2400):  # until two batches are committed (at most ~2 minutes)
         assert proc.poll() is None and attempt < 2399, proc.communicate()
         if (store / "data.mdb").exists():
@@ -584,7 +733,10 @@ def test_ctrl_c_keeps_committed_batches_and_exits_130(tmp_path, tiny_model):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == ("interrupted: committed batches are kept; run the same command "
-                                           "again to resume") and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == ("interrupted: committed batches are kept; run the same command again to resume")
+        and "Traceback" not in err
+    )
     with Store(store) as s:
         assert s.verify() == [] and 4 <= s.count() < 12 and s.staging_count() == s.count()

@@ -16,9 +16,8 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import cli_env, semdb_cli, write_photos
+from PIL import Image
 from serve_helpers import Server, multipart
 
 
@@ -101,21 +100,27 @@ def test_steering_means_what_database_search_means(served, tiny_model):
         ({"q": "0.5:a rocket - 3:sky"}, {"query": "0.5:a rocket - 3:sky"}),
         ({"q": "shapes", "under": str(photos / "b")}, {"query": "shapes", "under": str(photos / "b")}),
         ({"q": "shapes", "under": str(photos / "b") + "/"}, {"query": "shapes", "under": str(photos / "b")}),
-        ({"q": "shapes", "after": "2001-01-01", "before": tomorrow},
-         {"query": "shapes", "after": "2001-01-01", "before": tomorrow}),
+        (
+            {"q": "shapes", "after": "2001-01-01", "before": tomorrow},
+            {"query": "shapes", "after": "2001-01-01", "before": tomorrow},
+        ),
         ({"q": "shapes", "after": tomorrow}, {"query": "shapes", "after": tomorrow}),
         ({"q": "shapes", "before": "2001-01-01T00:00"}, {"query": "shapes", "before": "2001-01-01T00:00"}),
         ({"q": "shapes", "within": "0.01"}, {"query": "shapes", "within": 0.01}),
         ({"like": str(astronaut)}, {"like": astronaut}),
-        ({"like": str(astronaut), "q": "a rocket", "under": str(photos / "a")},
-         {"like": astronaut, "query": "a rocket", "under": str(photos / "a")}),
+        (
+            {"like": str(astronaut), "q": "a rocket", "under": str(photos / "a")},
+            {"like": astronaut, "query": "a rocket", "under": str(photos / "a")},
+        ),
     ]
     with semdb.open(store, readonly=True, model=tiny_model) as db:
         for params, kwargs in cases:
             http_hits = _hits(server, "/api/search?" + urllib.parse.urlencode({"k": 30, **params}))
             _same(http_hits, db.search(k=30, **kwargs))
         assert not _hits(server, "/api/search?q=shapes&after=" + tomorrow)
-        under_b = _hits(server, "/api/search?" + urllib.parse.urlencode({"q": "x", "k": 100, "under": str(photos / "b")}))
+        under_b = _hits(
+            server, "/api/search?" + urllib.parse.urlencode({"q": "x", "k": 100, "under": str(photos / "b")})
+        )
         assert len(under_b) == 10 and all(h["path"].startswith(str(photos / "b") + "/") for h in under_b)
         # a term naming a file of the server is text: the server never opens a file named in a URL
         named = str(photos / "a" / "chelsea.jpg")
@@ -123,8 +128,10 @@ def test_steering_means_what_database_search_means(served, tiny_model):
         from semdb.query import Term
 
         as_text = [Term("text", named, 2.0), Term("text", "cat", -1.0)]
-        _same(_hits(server, "/api/search?" + urllib.parse.urlencode({"q": f"2:{named} - cat", "k": 5})),
-              db._searcher.search(as_text, 5))
+        _same(
+            _hits(server, "/api/search?" + urllib.parse.urlencode({"q": f"2:{named} - cat", "k": 5})),
+            db._searcher.search(as_text, 5),
+        )
         # similar: from the stored code, with filters, itself left out
         sim = _hits(server, f"/api/similar/{astronaut}?k=30&under=" + urllib.parse.quote(str(photos / "b")))
         _same(sim, db.similar(astronaut, k=30, under=str(photos / "b")))
@@ -218,31 +225,61 @@ def test_the_page_and_its_assets(served):
 # --- bad requests -----------------------------------------------------------------------------
 
 BAD_GETS = [
-    ("/api/search?q=", 400), ("/api/search?q=%20%20", 400), ("/api/search", 400),
-    ("/api/search?q=cat&k=100000", 400), ("/api/search?q=cat&k=0", 400), ("/api/search?q=cat&k=-3", 400),
-    ("/api/search?q=cat&k=ten", 400), ("/api/search?q=cat&k=1e9", 400),
+    ("/api/search?q=", 400),
+    ("/api/search?q=%20%20", 400),
+    ("/api/search", 400),
+    ("/api/search?q=cat&k=100000", 400),
+    ("/api/search?q=cat&k=0", 400),
+    ("/api/search?q=cat&k=-3", 400),
+    ("/api/search?q=cat&k=ten", 400),
+    ("/api/search?q=cat&k=1e9", 400),
     ("/api/search?q=" + "x" * 5000, 400),
-    ("/api/search?q=cat&after=yesterday", 400), ("/api/search?q=cat&before=2024-13-45", 400),
+    ("/api/search?q=cat&after=yesterday", 400),
+    ("/api/search?q=cat&before=2024-13-45", 400),
     ("/api/search?q=cat&after=2024-02-30", 400),
-    ("/api/search?q=cat&within=nan", 400), ("/api/search?q=cat&within=abc", 400),
-    ("/api/search?q=cat&min_score=inf", 400), ("/api/search?q=cat&under=photos/a", 400),
-    ("/api/search?q=cat&under=..%2F..", 400), ("/api/search?q=cat&after=2024-05-01&before=2024-01-01", 400),
-    ("/api/search?q=cat+%2B+", 400), ("/api/search?q=inf%3Acat", 400),
-    ("/api/search?like=999999", 404), ("/api/search?like=..%2Fetc", 400), ("/api/search?q=cat&like=abc", 400),
+    ("/api/search?q=cat&within=nan", 400),
+    ("/api/search?q=cat&within=abc", 400),
+    ("/api/search?q=cat&min_score=inf", 400),
+    ("/api/search?q=cat&under=photos/a", 400),
+    ("/api/search?q=cat&under=..%2F..", 400),
+    ("/api/search?q=cat&after=2024-05-01&before=2024-01-01", 400),
+    ("/api/search?q=cat+%2B+", 400),
+    ("/api/search?q=inf%3Acat", 400),
+    ("/api/search?like=999999", 404),
+    ("/api/search?like=..%2Fetc", 400),
+    ("/api/search?q=cat&like=abc", 400),
     ("/api/search?q=cat+-+cat", 400),
     # a misspelt or unsupported parameter is refused, never ignored (the answer would be to
     # another question): under/k spelt wrong, like= on similar, anything on thumbnails but size
-    ("/api/search?q=cat&undr=%2Fphotos", 400), ("/api/search?q=cat&limit=5", 400),
-    ("/api/similar/1?like=2", 400), ("/thumb/1?width=64", 400),
-    ("/api/similar/999999", 404), ("/api/similar/abc", 400), ("/api/similar/-1", 400),
-    ("/api/similar/1.5", 400), ("/api/similar/1e3", 400), ("/api/similar/99999999999999999999999", 400),
-    ("/api/item/999999", 404), ("/api/item/0x10", 400),
-    ("/thumb/999999", 404), ("/thumb/abc", 400), ("/thumb/%2e%2e", 400), ("/thumb/..", 400),
-    ("/thumb/..%2F..%2Fetc%2Fpasswd", 404), ("/thumb/../../etc/passwd", 404), ("/thumb/%2Fetc%2Fpasswd", 404),
-    ("/thumb/1?size=100000", 400), ("/thumb/1?size=0", 400), ("/thumb/1?size=big", 400),
-    ("/image/999999", 404), ("/image/..%2Fetc", 404), ("/image/etc%00", 400),
-    ("/static/../../../etc/passwd", 404), ("/static/..%2F..%2F..%2Fetc%2Fpasswd", 404),
-    ("/etc/passwd", 404), ("/api/nothing", 404),
+    ("/api/search?q=cat&undr=%2Fphotos", 400),
+    ("/api/search?q=cat&limit=5", 400),
+    ("/api/similar/1?like=2", 400),
+    ("/thumb/1?width=64", 400),
+    ("/api/similar/999999", 404),
+    ("/api/similar/abc", 400),
+    ("/api/similar/-1", 400),
+    ("/api/similar/1.5", 400),
+    ("/api/similar/1e3", 400),
+    ("/api/similar/99999999999999999999999", 400),
+    ("/api/item/999999", 404),
+    ("/api/item/0x10", 400),
+    ("/thumb/999999", 404),
+    ("/thumb/abc", 400),
+    ("/thumb/%2e%2e", 400),
+    ("/thumb/..", 400),
+    ("/thumb/..%2F..%2Fetc%2Fpasswd", 404),
+    ("/thumb/../../etc/passwd", 404),
+    ("/thumb/%2Fetc%2Fpasswd", 404),
+    ("/thumb/1?size=100000", 400),
+    ("/thumb/1?size=0", 400),
+    ("/thumb/1?size=big", 400),
+    ("/image/999999", 404),
+    ("/image/..%2Fetc", 404),
+    ("/image/etc%00", 400),
+    ("/static/../../../etc/passwd", 404),
+    ("/static/..%2F..%2F..%2Fetc%2Fpasswd", 404),
+    ("/etc/passwd", 404),
+    ("/api/nothing", 404),
 ]
 
 
@@ -279,7 +316,7 @@ def test_bad_uploads(served, tmp_path):
     conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
     conn.putrequest("POST", "/api/search")
     conn.putheader("Content-Type", "image/jpeg")
-    conn.putheader("Content-Length", str(10 ** 10))
+    conn.putheader("Content-Length", str(10**10))
     conn.endheaders()
     resp = conn.getresponse()
     _assert_json_error(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(), 413)
@@ -366,16 +403,43 @@ def test_semdb_query_uses_the_running_server(tmp_path, tiny_model_dir):
         assert out.splitlines() == [str(photos / "rocket.jpg")]
         assert "rank" in semdb_cli("query", "a rocket", "--store", store).stdout
         # steering goes through the server too, with the local meaning (--under from this cwd)
-        want = server.get_json("/api/search?" + urllib.parse.urlencode(
-            {"q": "2:shapes - cat", "under": str(photos), "after": "2001-01-01", "within": 0.5, "k": 4}))["hits"]
-        out = subprocess.run([sys.executable, "-m", "semdb.cli", "query", "2:shapes - cat", "--under", photos.name,
-                              "--after", "2001-01-01", "--within", "0.5", "-k", "4", "--store", store, "--json"],
-                             cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=300)
+        want = server.get_json(
+            "/api/search?"
+            + urllib.parse.urlencode(
+                {"q": "2:shapes - cat", "under": str(photos), "after": "2001-01-01", "within": 0.5, "k": 4}
+            )
+        )["hits"]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "semdb.cli",
+                "query",
+                "2:shapes - cat",
+                "--under",
+                photos.name,
+                "--after",
+                "2001-01-01",
+                "--within",
+                "0.5",
+                "-k",
+                "4",
+                "--store",
+                store,
+                "--json",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         assert [h["id"] for h in json.loads(out.stdout)] == [h["id"] for h in want]
         like = semdb_cli("query", "--like", str(expected[0]["id"]), "--store", store, "--json").stdout
-        assert [h["id"] for h in json.loads(like)] == \
-            [h["id"] for h in server.get_json(f"/api/similar/{expected[0]['id']}")["hits"]]
+        assert [h["id"] for h in json.loads(like)] == [
+            h["id"] for h in server.get_json(f"/api/similar/{expected[0]['id']}")["hits"]
+        ]
         semdb_cli("query", "--like", "999999", "--store", store, check=2)
         # what a URL cannot say is searched locally: a term naming a file (which fails here,
         # without the model), --like by path (from the stored code: no model needed)
@@ -383,8 +447,9 @@ def test_semdb_query_uses_the_running_server(tmp_path, tiny_model_dir):
         every = server.get_json("/api/search?q=x&k=100")["hits"]
         rocket = next(h["id"] for h in every if h["path"] == str(photos / "rocket.jpg"))
         by_path = semdb_cli("query", "--like", photos / "rocket.jpg", "--store", store, "--json").stdout
-        assert [h["id"] for h in json.loads(by_path)] == \
-            [h["id"] for h in server.get_json(f"/api/similar/{rocket}")["hits"]]
+        assert [h["id"] for h in json.loads(by_path)] == [
+            h["id"] for h in server.get_json(f"/api/similar/{rocket}")["hits"]
+        ]
         # the server's refusals are the CLI's: one line, exit 2 (7 for an undecodable image)
         bad = semdb_cli("query", "  ", "--store", store, check=2)
         assert bad.stderr.count("\n") == 1 and "empty query" in bad.stderr
@@ -410,9 +475,11 @@ def test_semdb_query_ignores_a_stale_beacon(tmp_path, tiny_model):
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     local = semdb_cli("query", "a rocket", "--store", store, "--json", "--no-server").stdout
-    for facts in ({"host": "127.0.0.1", "port": free, "pid": dead.pid, "instance": "x"},     # dead process
-                  {"host": "127.0.0.1", "port": free, "pid": os.getpid(), "instance": "x"},  # nobody listening
-                  "not json"):
+    for facts in (
+        {"host": "127.0.0.1", "port": free, "pid": dead.pid, "instance": "x"},  # dead process
+        {"host": "127.0.0.1", "port": free, "pid": os.getpid(), "instance": "x"},  # nobody listening
+        "not json",
+    ):
         (store / "serve.json").write_text(json.dumps(facts) if isinstance(facts, dict) else facts)
         assert semdb_cli("query", "a rocket", "--store", store, "--json").stdout == local
 

@@ -91,8 +91,11 @@ def test_query_arithmetic_adds_and_subtracts_weighted_terms(library, tiny_embedd
         got = db.search(f"2:a cat + {img} - a dog", k=12)
         from semdb.images import load_image
 
-        v = (2 * tiny_embedder.encode_texts(["a cat"])[0] - tiny_embedder.encode_texts(["a dog"])[0]
-             + tiny_embedder.encode_images([load_image(img, draft_size=tiny_embedder.image_size)])[0])
+        v = (
+            2 * tiny_embedder.encode_texts(["a cat"])[0]
+            - tiny_embedder.encode_texts(["a dog"])[0]
+            + tiny_embedder.encode_images([load_image(img, draft_size=tiny_embedder.image_size)])[0]
+        )
         want = db.query_vectors((v / np.linalg.norm(v))[None], k=12)[0]
         assert [h.id for h in got] == [h.id for h in want]
         assert [h.id for h in db.search("a t-shirt", k=3)] == [h.id for h in db.query("a t-shirt", k=3)]  # no split

@@ -4,8 +4,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -39,8 +39,7 @@ def emb_for(i: int, dim: int = 16) -> np.ndarray:
 
 def new_item(path: str, h: str | None = None) -> Item:
     h = h or "sha256:" + hashlib.sha256(os.fsencode(path)).hexdigest()
-    return Item.new(path, size=len(path), mtime_ns=1_700_000_000_000_000_000, hash=h,
-                    width=640, height=480)
+    return Item.new(path, size=len(path), mtime_ns=1_700_000_000_000_000_000, hash=h, width=640, height=480)
 
 
 def code_map(s: Store) -> dict[int, bytes]:
@@ -56,8 +55,13 @@ def raw_segments(s: Store) -> dict[int, bytes]:
 
 
 def snapshot(s: Store):
-    return ([(it.id, it.path, it.hash) for it in s.iter_items()], code_map(s), s.meta(),
-            raw_segments(s), s.staging_count())
+    return (
+        [(it.id, it.path, it.hash) for it in s.iter_items()],
+        code_map(s),
+        s.meta(),
+        raw_segments(s),
+        s.staging_count(),
+    )
 
 
 @pytest.fixture
@@ -75,10 +79,16 @@ def store(path):
 
 
 def run_py(code: str, *args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 # -- item records ---------------------------------------------------------------------------
@@ -86,10 +96,17 @@ def run_py(code: str, *args, **kw) -> subprocess.Popen:
 fs_paths = st.binary(min_size=1, max_size=300).filter(lambda b: b"\0" not in b).map(os.fsdecode)
 u64 = st.integers(0, 2**64 - 1)
 items = st.builds(
-    Item, id=u64, path=fs_paths, size=u64, mtime_ns=st.integers(-(2**63), 2**63 - 1),
+    Item,
+    id=u64,
+    path=fs_paths,
+    size=u64,
+    mtime_ns=st.integers(-(2**63), 2**63 - 1),
     hash=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=100),
-    width=st.integers(0, 2**32 - 1), height=st.integers(0, 2**32 - 1),
-    added=st.floats(allow_nan=False), updated=st.floats(allow_nan=False))
+    width=st.integers(0, 2**32 - 1),
+    height=st.integers(0, 2**32 - 1),
+    added=st.floats(allow_nan=False),
+    updated=st.floats(allow_nan=False),
+)
 
 
 @given(items)
@@ -105,8 +122,18 @@ def test_item_record_round_trips_exactly(item):
 hex_hashes = st.binary(min_size=16, max_size=16).map(bytes.hex)
 
 
-@given(st.lists(st.builds(dataclasses.replace, items, hash=st.one_of(hex_hashes, items.map(lambda it: it.hash)),
-                          taken=st.one_of(st.none(), st.floats(allow_nan=False))), min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.builds(
+            dataclasses.replace,
+            items,
+            hash=st.one_of(hex_hashes, items.map(lambda it: it.hash)),
+            taken=st.one_of(st.none(), st.floats(allow_nan=False)),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 @settings(max_examples=200)
 def test_item_segment_round_trips_exactly(batch):
     """Any items (any path bytes, hashes hex or not, every field's range) survive a segment."""
@@ -132,9 +159,19 @@ def dataclass_item(path):
     return Item(1, path, 2, 3, "h", 4, 5, 6.0, 7.0)
 
 
-@pytest.mark.parametrize("field,value", [("size", -1), ("width", 2**32), ("id", 2**64),
-                                         ("mtime_ns", 2**63), ("hash", ""), ("path", ""),
-                                         ("path", "a\0b"), ("hash", "x" * 500)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("size", -1),
+        ("width", 2**32),
+        ("id", 2**64),
+        ("mtime_ns", 2**63),
+        ("hash", ""),
+        ("path", ""),
+        ("path", "a\0b"),
+        ("hash", "x" * 500),
+    ],
+)
 def test_item_record_rejects_out_of_range_fields(field, value):
     item = dataclass_item("/a.jpg")
     setattr(item, field, value)
@@ -159,8 +196,12 @@ def test_records_of_schema_1_read_with_no_date_taken():
 
 
 def test_odd_paths_are_stored_and_found(store):
-    odd = [os.fsdecode(b"/photos/caf\xe9.jpg"), "/a/line\nbreak.png", "/ünï/ç😀.jpg",
-           "/" + "long/" * 150 + "x.jpg"]  # the last is longer than LMDB's 511-byte key limit
+    odd = [
+        os.fsdecode(b"/photos/caf\xe9.jpg"),
+        "/a/line\nbreak.png",
+        "/ünï/ç😀.jpg",
+        "/" + "long/" * 150 + "x.jpg",
+    ]  # the last is longer than LMDB's 511-byte key limit
     with store.write() as w:
         ids = [w.add_item(new_item(p), code=code_for(i)) for i, p in enumerate(odd)]
     for i, p in zip(ids, odd):
@@ -171,6 +212,7 @@ def test_odd_paths_are_stored_and_found(store):
 
 
 # -- add / update / delete -------------------------------------------------------------------
+
 
 def test_add_update_delete_keep_every_index_consistent(store):
     with store.write() as w:
@@ -269,7 +311,8 @@ def test_exception_inside_write_leaves_store_unchanged(store):
 
 
 def test_kill_9_mid_ingest_leaves_whole_batches_only(path):
-    proc = run_py("""
+    proc = run_py(
+        """
         import sys, numpy as np
         from semdb.store import Store, Item
         with Store(sys.argv[1], create=True) as s:
@@ -284,7 +327,9 @@ def test_kill_9_mid_ingest_leaves_whole_batches_only(path):
                         else:
                             w.add_item(it, embedding=np.ones(4, np.float32) / 2)
                 print("committed", b, flush=True)
-        """, path)
+        """,
+        path,
+    )
     for _ in range(20):  # kill it while it writes batch 21 or a later one
         assert proc.stdout.readline().startswith("committed")
     proc.send_signal(signal.SIGKILL)
@@ -297,6 +342,7 @@ def test_kill_9_mid_ingest_leaves_whole_batches_only(path):
 
 
 # -- codes, segments, cache ------------------------------------------------------------------
+
 
 def test_load_codes_returns_exactly_the_coded_items_and_is_cached(store):
     expected = {}
@@ -326,8 +372,7 @@ def test_delete_and_recode_rewrite_only_the_segment_holding_the_item(store):
     batches = []
     for b in range(3):
         with store.write() as w:
-            batches.append([w.add_item(new_item(f"/{b}/{i}.jpg"), code=code_for(b * 10 + i))
-                            for i in range(10)])
+            batches.append([w.add_item(new_item(f"/{b}/{i}.jpg"), code=code_for(b * 10 + i)) for i in range(10)])
     before = raw_segments(store)
     assert len(before) == 3  # one segment per batch
     with store.write() as w:
@@ -358,8 +403,7 @@ def test_compaction_merges_small_segments_and_preserves_codes(store, monkeypatch
     for b in range(12):
         with store.write() as w:
             for i in range(3):
-                expected[w.add_item(new_item(f"/{b}/{i}.jpg"), code=code_for(b * 3 + i))] = \
-                    code_for(b * 3 + i)
+                expected[w.add_item(new_item(f"/{b}/{i}.jpg"), code=code_for(b * 3 + i))] = code_for(b * 3 + i)
         assert sum(len(v) < 16 * (8 + CB) for v in raw_segments(store).values()) <= 5
         assert code_map(store) == expected
     with store.write() as w:
@@ -430,6 +474,7 @@ def test_codec_and_codes_of_all_staged_items_commit_in_one_batch(path):
 
 # -- opening, errors, model binding ----------------------------------------------------------
 
+
 def test_open_errors(tmp_path):
     with pytest.raises(StoreError, match="run `semdb ingest` first"):
         Store(tmp_path / "missing", readonly=True)
@@ -464,8 +509,10 @@ def test_newer_schema_is_refused(path, store):
         txn.put(b"schema", json.dumps(SCHEMA_VERSION + 1).encode(), db=db)
     store.close()
     for kw in ({}, {"readonly": True}):
-        with pytest.raises(StoreError, match=f"made by a newer semdb \\(schema {SCHEMA_VERSION + 1} "
-                                             f"> {SCHEMA_VERSION}\\); upgrade semdb"):
+        with pytest.raises(
+            StoreError,
+            match=f"made by a newer semdb \\(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\\); upgrade semdb",
+        ):
             Store(path, **kw)
 
 
@@ -561,8 +608,9 @@ def test_check_model(store):
     assert store.model_id() == mid
     store.check_model(dict(mid))
     for other in ({**mid, "digest": "fff"}, {**mid, "dim": 768}):
-        with pytest.raises(StoreError, match="was built with CLIP model ViT-B-32/laion2b .*"
-                                             "--model ViT-B-32 .*or use a new --store"):
+        with pytest.raises(
+            StoreError, match="was built with CLIP model ViT-B-32/laion2b .*--model ViT-B-32 .*or use a new --store"
+        ):
             store.check_model(other)
     store.check_model({**mid, "digest": None})  # unknown digest: same name/tag/dim is enough
 
@@ -595,15 +643,18 @@ def test_info_reports_bytes_per_item(store):
 
 # -- the compact layout (schema 2): item segments and the in-memory lookups ----------------------
 
+
 def _every_field_item(path: str, h: str, taken) -> Item:
     return Item(0, path, 2**64 - 1, -(2**63), h, 2**32 - 1, 0, 1.25, -3.5e9, taken)
 
 
 def test_item_segments_round_trip_every_field(store):
-    odd = [(os.fsdecode(b"/photos/caf\xe9-\xff\x80.jpg"), "0123456789abcdef0123456789abcdef", None),
-           ("/" + "deep/" * 120 + "x.jpg", "sha256:" + "ab" * 32, 1.5e9 + 0.123456),  # > 500 bytes
-           ("/u/ç😀.jpg", "0123456789ABCDEF0123456789ABCDEF", -1.0),  # upper-case hex: kept as text
-           ("/n/x.jpg", "path:" + "é" * 150, float("inf"))]
+    odd = [
+        (os.fsdecode(b"/photos/caf\xe9-\xff\x80.jpg"), "0123456789abcdef0123456789abcdef", None),
+        ("/" + "deep/" * 120 + "x.jpg", "sha256:" + "ab" * 32, 1.5e9 + 0.123456),  # > 500 bytes
+        ("/u/ç😀.jpg", "0123456789ABCDEF0123456789ABCDEF", -1.0),  # upper-case hex: kept as text
+        ("/n/x.jpg", "path:" + "é" * 150, float("inf")),
+    ]
     with store.write() as w:
         ids = [w.add_item(_every_field_item(p, h, t), code=code_for(i)) for i, (p, h, t) in enumerate(odd)]
     again = Store(store.path, readonly=True)  # a fresh decode: a second Store shares the env, so clear the cache
@@ -638,8 +689,9 @@ def test_lookups_after_adds_updates_deletes_and_compaction(store, monkeypatch):
         assert [it.id for it in s.items_by_hash("NEW")] == [ids[10]]
         assert s.item_by_path("/f/4000.jpg").id == late and s.item_by_path("/tmp/gone.jpg") is None
         assert s.get_item(ids[5000]) is None and s.get_item(ids[8600]).path == "/f/8600.jpg"
-        assert [it.id for it in s.items_by_hash("%032x" % 3)] == [i for n, i in enumerate(ids)
-                                                                 if n % 7 == 3 and not 4000 <= n < 8500 and n != 10]
+        assert [it.id for it in s.items_by_hash("%032x" % 3)] == [
+            i for n, i in enumerate(ids) if n % 7 == 3 and not 4000 <= n < 8500 and n != 10
+        ]
         if s is not store:
             s.close()
     assert store.count() == 9000 - 4500 + 1 and store.verify() == []
@@ -729,8 +781,10 @@ def test_second_writer_process_is_refused_while_readers_proceed(path, store):
     holder = run_py(HOLDER, path, "stdin")
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(StoreLockedError, match=f"being written by another semdb process "
-                                                   f"\\(pid {holder.pid}\\); wait for it or stop it"):
+        with pytest.raises(
+            StoreLockedError,
+            match=f"being written by another semdb process \\(pid {holder.pid}\\); wait for it or stop it",
+        ):
             Store(path)
         with Store(path, readonly=True) as r:  # readers take no writer lock
             assert r.count() == 1

@@ -2,24 +2,20 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import semdb_cli as run
+from conftest import store_items
 
 import semdb
 from semdb import arrow
 from semdb.codec import Codec
 from semdb.errors import CodecError, InputError, StoreError
 from semdb.store import Item
-
-from conftest import semdb_cli as run
-from conftest import store_items
 
 
 def snapshot(db) -> list:
@@ -34,11 +30,17 @@ def synthetic_export(path, n: int, seed: int = 0, dim: int = 32) -> Codec:
     rng = np.random.default_rng(seed)
     codec = Codec.train(rng.standard_normal((512, dim)).astype(np.float32), bits=64, seed=seed)
     codes = codec.encode(rng.standard_normal((n, dim)).astype(np.float32))
-    items = [Item(i + 1, f"/data/img_{i:06d}.jpg", 1000 + i, 10**18 + i, f"{i:032x}", 640, 480, 1.7e9, 1.7e9)
-             for i in range(n)]
+    items = [
+        Item(i + 1, f"/data/img_{i:06d}.jpg", 1000 + i, 10**18 + i, f"{i:032x}", 640, 480, 1.7e9, 1.7e9)
+        for i in range(n)
+    ]
     meta = arrow.make_meta(codec.id, codec.code_bytes, None, codec.to_bytes())
-    pq.write_table(pa.Table.from_batches([arrow.to_batch(items, codes, codec.code_bytes)],
-                                         schema=arrow.schema(codec.code_bytes, meta)), path)
+    pq.write_table(
+        pa.Table.from_batches(
+            [arrow.to_batch(items, codes, codec.code_bytes)], schema=arrow.schema(codec.code_bytes, meta)
+        ),
+        path,
+    )
     return codec
 
 
@@ -58,7 +60,11 @@ def test_round_trip_gives_identical_query_results(built, tmp_path):
         codec_id = db.codec.id
     assert table.num_rows == 12 and table.column_names == list(arrow._COLUMNS)
     meta = arrow.read_meta(pq.read_schema(tmp_path / "a.parquet"), "file")
-    assert meta["codec_id"] == codec_id and meta["model_id"]["dim"] == 64 and Codec.from_bytes(meta["codec"]).id == codec_id
+    assert (
+        meta["codec_id"] == codec_id
+        and meta["model_id"]["dim"] == 64
+        and Codec.from_bytes(meta["codec"]).id == codec_id
+    )
     for source, name in ((table, "b"), (tmp_path / "a.parquet", "c")):
         with semdb.open(tmp_path / name, threads=1) as db:
             summary = db.import_arrow(source) if name == "b" else db.import_parquet([source])
@@ -68,8 +74,9 @@ def test_round_trip_gives_identical_query_results(built, tmp_path):
             # same paths, ids and order; scores to float precision (the first text query of a
             # model runs its torch text tower and caches the ONNX export the later ones use)
             assert [[(h.path, h.id) for h in g] for g in got] == [[(h.path, h.id) for h in g] for g in hits]
-            np.testing.assert_allclose([[h.score for h in g] for g in got], [[h.score for h in g] for g in hits],
-                                       rtol=0, atol=1e-5)
+            np.testing.assert_allclose(
+                [[h.score for h in g] for g in got], [[h.score for h in g] for g in hits], rtol=0, atol=1e-5
+            )
             assert db.store.verify() == []
 
 
@@ -97,8 +104,10 @@ def test_import_merges_new_items_and_updates_changed_ones(built, photos, tmp_pat
     with semdb.open(built, threads=1) as db:
         summary = db.import_arrow(table)
         assert (summary["added"], summary["updated"], summary["items"]) == (2, 0, 14)
-        assert {h.path for h in db.query_image(photos / "rocket.jpg", k=2)} == \
-            {str(photos / "rocket.jpg"), str(other / "rocket2.jpg")}
+        assert {h.path for h in db.query_image(photos / "rocket.jpg", k=2)} == {
+            str(photos / "rocket.jpg"),
+            str(other / "rocket2.jpg"),
+        }
         # the same path with new content and code: the item keeps its id, takes the new row
         old = db.store.item_by_path(str(photos / "coffee.jpg"))
         row = table.filter(pc.equal(table["path"], str(other / "coffee.jpg")))
@@ -117,7 +126,9 @@ def test_non_utf8_paths_survive_the_round_trip(tmp_path, tiny_model, photos):
     os.mkdir(folder)
     for name in (b"caf\xe9 \xff.jpg", b"plain.jpg"):
         with open(folder + b"/" + name, "wb") as fh:
-            fh.write((photos / "coffee.jpg").read_bytes() if name == b"plain.jpg" else (photos / "chelsea.jpg").read_bytes())
+            fh.write(
+                (photos / "coffee.jpg").read_bytes() if name == b"plain.jpg" else (photos / "chelsea.jpg").read_bytes()
+            )
     with semdb.open(tmp_path / "a", model=tiny_model, threads=1) as db:
         db.ingest([os.fsdecode(folder)], train_now=True)
         table = db.to_arrow()
@@ -166,8 +177,9 @@ def test_codec_mismatch_and_bad_files_fail_clearly_and_change_nothing(built, tmp
 def test_cli_export_import_and_a_killed_import_resumes(tmp_path):
     codec = synthetic_export(tmp_path / "big.parquet", 10_000)
     store = tmp_path / "s"
-    proc = run("import", tmp_path / "big.parquet", "--store", store, check=False,
-               env={"SEMDB_FAULT_POINT": "import_txn:2"})  # SIGKILL inside the second transaction
+    proc = run(
+        "import", tmp_path / "big.parquet", "--store", store, check=False, env={"SEMDB_FAULT_POINT": "import_txn:2"}
+    )  # SIGKILL inside the second transaction
     assert proc.returncode == -9
     with semdb.open(store, readonly=True) as db:
         assert db.store.count() == 4096 and db.store.verify() == []  # the first batch, whole

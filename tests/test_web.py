@@ -10,12 +10,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import write_photos
 from serve_helpers import Server
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 TIMEOUT_MS = 60_000
 
 
@@ -63,15 +69,19 @@ def site(tmp_path_factory, tiny_model):
 
 
 def _wait_for_results(page, status_contains: str):
-    page.wait_for_function("(s) => document.querySelector('#status').textContent.includes(s)",
-                           arg=status_contains, timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "(s) => document.querySelector('#status').textContent.includes(s)", arg=status_contains, timeout=TIMEOUT_MS
+    )
     page.wait_for_function(
         "() => { const imgs = [...document.querySelectorAll('#grid .hit img')];"
         " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-        timeout=TIMEOUT_MS)
+        timeout=TIMEOUT_MS,
+    )
     return page.eval_on_selector_all(
-        "#grid .hit", "cards => cards.map(c => ({id: +c.dataset.id, path: c.querySelector('.path').textContent,"
-                      " score: +c.querySelector('.score').textContent, width: c.querySelector('img').naturalWidth}))")
+        "#grid .hit",
+        "cards => cards.map(c => ({id: +c.dataset.id, path: c.querySelector('.path').textContent,"
+        " score: +c.querySelector('.score').textContent, width: c.querySelector('img').naturalWidth}))",
+    )
 
 
 def test_search_view_more_like_this_and_folder_filter(browser, site, tmp_path):
@@ -99,9 +109,11 @@ def test_search_view_more_like_this_and_folder_filter(browser, site, tmp_path):
 
     # the full-size view
     page.click("#grid .hit:first-child img")
-    page.wait_for_function("() => !document.querySelector('#viewer').hidden"
-                           " && document.querySelector('#full').complete"
-                           " && document.querySelector('#full').naturalWidth > 0")
+    page.wait_for_function(
+        "() => !document.querySelector('#viewer').hidden"
+        " && document.querySelector('#full').complete"
+        " && document.querySelector('#full').naturalWidth > 0"
+    )
     page.keyboard.press("Escape")
     page.wait_for_function("() => document.querySelector('#viewer').hidden")
 
@@ -116,8 +128,11 @@ def test_search_view_more_like_this_and_folder_filter(browser, site, tmp_path):
     home = str(photos / "home") + "/"
     page.fill("#under", home)
     page.press("#under", "Enter")
-    page.wait_for_function("(home) => { const p = [...document.querySelectorAll('#grid .hit .path')];"
-                           " return p.length > 0 && p.every(e => e.textContent.startsWith(home)); }", arg=home)
+    page.wait_for_function(
+        "(home) => { const p = [...document.querySelectorAll('#grid .hit .path')];"
+        " return p.length > 0 && p.every(e => e.textContent.startsWith(home)); }",
+        arg=home,
+    )
     filtered = _wait_for_results(page, "more like item")
     assert all(h["path"].startswith(home) for h in filtered) and len(filtered) == 9
 
@@ -129,8 +144,11 @@ def test_search_view_more_like_this_and_folder_filter(browser, site, tmp_path):
     trip = next(h for h in hits if "/trips/" in h["path"])
     page.click(f"#grid .hit[data-id='{trip['id']}'] button.folder")
     trips = str(photos / "trips") + "/"
-    page.wait_for_function("(d) => { const p = [...document.querySelectorAll('#grid .hit .path')];"
-                           " return p.length > 0 && p.every(e => e.textContent.startsWith(d)); }", arg=trips)
+    page.wait_for_function(
+        "(d) => { const p = [...document.querySelectorAll('#grid .hit .path')];"
+        " return p.length > 0 && p.every(e => e.textContent.startsWith(d)); }",
+        arg=trips,
+    )
     assert page.input_value("#under") == trips
     assert len(_wait_for_results(page, "results for “shapes”")) == 12
     assert not errors, errors

@@ -12,9 +12,9 @@ argument and what to do.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -139,9 +139,7 @@ def _labels(label, n: int, class_names: list[str] | None) -> tuple[np.ndarray, l
     if (lab < 0).any():
         raise InputError(f"label: negative class index {int(lab.min())}; use indices 0..C-1")
     if class_names is not None and lab.max() >= len(class_names):
-        raise InputError(
-            f"label: class index {int(lab.max())} out of range for {len(class_names)} class_names"
-        )
+        raise InputError(f"label: class index {int(lab.max())} out of range for {len(class_names)} class_names")
     return lab, class_names
 
 
@@ -168,9 +166,7 @@ def validate(
     if text_emb is not None:
         txt = _float_matrix(text_emb, "text_emb", dim)
         if txt.shape[0] != n:
-            raise InputError(
-                f"text_emb: has {txt.shape[0]} rows but image_emb has {n}; row i must describe image i"
-            )
+            raise InputError(f"text_emb: has {txt.shape[0]} rows but image_emb has {n}; row i must describe image i")
     names = None
     if class_names is not None:
         cn = np.asarray(class_names)
@@ -192,9 +188,7 @@ def validate(
     if label is not None:
         lab, names = _labels(label, n, names)
         if cte is not None and lab.max() >= cte.shape[0]:
-            raise InputError(
-                f"label: class index {int(lab.max())} out of range for {cte.shape[0]} class_text_emb rows"
-            )
+            raise InputError(f"label: class index {int(lab.max())} out of range for {cte.shape[0]} class_text_emb rows")
     checked: list[Variant] = []
     for v in variants:
         emb = _float_matrix(v.emb, f"variant {v.name}: emb", dim)
@@ -338,9 +332,9 @@ def split_indices(n: int, train_fraction: float = 0.5, seed: int = 0) -> tuple[n
     return perm[:n_train], perm[n_train:]
 
 
-
-def ood_split(data: BenchData, train_fraction: float = 0.5, seed: int = 0,
-              groups: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def ood_split(
+    data: BenchData, train_fraction: float = 0.5, seed: int = 0, groups: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Out-of-distribution split: whole groups train, the other groups evaluate.
 
     Groups are the data's classes (``label``) when it has them, else ``groups`` k-means

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,7 +96,6 @@ def load_image_folder(
     from PIL import features
 
     from semdb.images import discover, load_image
-
     from semdb.progress import report
 
     root = Path(folder)

@@ -22,8 +22,8 @@ Method names follow FAISS index_factory strings (``PQ32x8``, ``OPQ32,PQ32x8``, `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -193,7 +193,7 @@ class FaissMethod(Method):
     def fit(self, X: np.ndarray) -> None:
         if X.shape[0] < self.min_train:
             raise MethodSkipped(
-                f"needs >= {self.min_train} training vectors ({2 ** self.nbits} centroids per codebook), has {X.shape[0]}"
+                f"needs >= {self.min_train} training vectors ({2**self.nbits} centroids per codebook), has {X.shape[0]}"
             )
         if self.needs_n_ge_dim and X.shape[0] < self.dim:
             # Whole copies of the training set leave the k-means / Procrustes / PCA objectives
@@ -403,8 +403,16 @@ class CodecMethod(Method):
     scoring = "adc"
     cost_exponent = 0.0
 
-    def __init__(self, family: str, dim: int, budget: int | None, arch: str | None = None, seed: int = 0, codec=None,
-                 paired: bool | None = None):
+    def __init__(
+        self,
+        family: str,
+        dim: int,
+        budget: int | None,
+        arch: str | None = None,
+        seed: int = 0,
+        codec=None,
+        paired: bool | None = None,
+    ):
         self.family = family
         self.paired = paired
         self.queries = None
@@ -430,12 +438,14 @@ class CodecMethod(Method):
             if self.queries is None:
                 raise MethodSkipped("needs text_emb (the training split's texts are its queries)")
             kw = dict(queries=self.queries, paired=self.paired)
-        self.codec = Codec.train(np.ascontiguousarray(X, dtype=np.float32), bits=self.budget, seed=self.seed,
-                                 arch=self.arch, **kw)
+        self.codec = Codec.train(
+            np.ascontiguousarray(X, dtype=np.float32), bits=self.budget, seed=self.seed, arch=self.arch, **kw
+        )
         self.bits = float(self.codec.bits)
         if self.paired is not None:
-            self.note = (f"queries: the {len(self.queries)} training texts, "
-                         + ("paired with their images" if self.paired else "as an unpaired bag"))
+            self.note = f"queries: the {len(self.queries)} training texts, " + (
+                "paired with their images" if self.paired else "as an unpaired bag"
+            )
         if self.budget is not None and self.codec.bits != self.budget:
             self.note = f"codec chose {self.codec.bits} bits for budget {self.budget}"
 

@@ -8,7 +8,7 @@ scores everything equal gets recall 0, not 1.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

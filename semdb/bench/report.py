@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .methods import FAMILY_LABELS
 from .runner import ROW_KEYS, sort_rows
@@ -97,8 +98,10 @@ def header(rows: Sequence[dict[str, Any]]) -> str:
     elif r["protocol"].startswith("ood"):
         n_train = max((x["n_train"] or 0) for x in ok)
         groups = "classes" if r["protocol"] == "ood-class" else "k-means clusters"
-        split = (f"out of distribution: train {n_train} rows of some {groups} / evaluate {r['n_eval']} of the "
-                 f"others (seed {r['split_seed']}, group fraction {r['train_fraction']})")
+        split = (
+            f"out of distribution: train {n_train} rows of some {groups} / evaluate {r['n_eval']} of the "
+            f"others (seed {r['split_seed']}, group fraction {r['train_fraction']})"
+        )
     else:
         n_train = max((x["n_train"] or 0) for x in ok)
         split = f"train {n_train} / held-out {r['n_eval']} (seed {r['split_seed']}, fraction {r['train_fraction']})"
@@ -117,9 +120,7 @@ def make_table(rows: Sequence[dict[str, Any]], title: str | None = None):
 
     rows = sort_rows(list(rows))
     ok = [r for r in rows if r["status"] == "ok"]
-    cols = [
-        c for c in TABLE_COLUMNS if c[2] in ("budget", "str") or any(r.get(c[0]) is not None for r in ok)
-    ]
+    cols = [c for c in TABLE_COLUMNS if c[2] in ("budget", "str") or any(r.get(c[0]) is not None for r in ok)]
     table = Table(
         title=title or header(rows), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1)
     )
@@ -138,15 +139,20 @@ def make_table(rows: Sequence[dict[str, Any]], title: str | None = None):
             else:
                 cells.append(_fmt(r.get(key), kind))
         table.add_row(*cells)
-    notes = [f"{r['method']}" + (f" @ {r['budget']}" if r["budget"] else "") + f": {r['status']}: {r['note']}"
-             for r in rows if r["status"] != "ok"]
+    notes = [
+        f"{r['method']}" + (f" @ {r['budget']}" if r["budget"] else "") + f": {r['status']}: {r['note']}"
+        for r in rows
+        if r["status"] != "ok"
+    ]
     if notes:
         table.caption = "\n".join(notes)
         table.caption_justify = "left"
     return table
 
 
-def print_table(rows: Sequence[dict[str, Any]], console=None, title: str | None = None, width: int | None = None) -> None:
+def print_table(
+    rows: Sequence[dict[str, Any]], console=None, title: str | None = None, width: int | None = None
+) -> None:
     """Print the table (to ``console``, or a new rich Console of ``width`` columns)."""
     from rich.console import Console
 
@@ -259,8 +265,14 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str | No
         ax.set_title(label)
         ax.grid(True, which="major", alpha=0.3)
         ax.set_ylim(top=min(1.02, ax.get_ylim()[1] + 0.02))
-    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(0.995 - 1.75 / fig.get_figwidth(), 0.5),
-               fontsize=8, frameon=False)
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="center left",
+        bbox_to_anchor=(0.995 - 1.75 / fig.get_figwidth(), 0.5),
+        fontsize=8,
+        frameon=False,
+    )
     text = textwrap.fill(title or header(rows), width=int(fig.get_figwidth() * 12))
     fig.suptitle(text, fontsize=10)
     lines = text.count("\n") + 1

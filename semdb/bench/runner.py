@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from semdb.errors import InputError
-
-from . import metrics as M
 from semdb.progress import report
 from semdb.threads import limited
 
+from . import metrics as M
 from .data import BenchData, load_embeddings, ood_split, split_indices
 from .methods import (
     FAMILIES,
@@ -70,6 +70,7 @@ ROW_KEYS = (
     "train_seconds",
     "size_bytes",
 )
+
 
 def _check_bits(bits) -> list[int]:
     if isinstance(bits, str):
@@ -128,9 +129,7 @@ def _block_rows(n_cols: int) -> int:
     return int(max(1, min(2048, 4_000_000 // max(n_cols, 1))))
 
 
-def _evaluate(
-    method: Method, codes, data: BenchData, eval_idx: np.ndarray
-) -> dict[str, Any]:
+def _evaluate(method: Method, codes, data: BenchData, eval_idx: np.ndarray) -> dict[str, Any]:
     """Accuracy metrics of one encoded evaluation set."""
     out: dict[str, Any] = {}
     X = data.image_emb[eval_idx]
@@ -272,7 +271,9 @@ def run_bench(
     if codec_given:
         cid = getattr(codec, "id", None)
         name = f"codec:{cid}" if cid else "codec"
-        jobs.insert(0, Planned("codec", int(codec.bits), name, lambda: CodecMethod("codec", dim, int(codec.bits), codec=codec)))
+        jobs.insert(
+            0, Planned("codec", int(codec.bits), name, lambda: CodecMethod("codec", dim, int(codec.bits), codec=codec))
+        )
     for f in families:
         if f in REFERENCE_FAMILIES:
             jobs.append(plan_reference(f, dim))

@@ -156,7 +156,11 @@ def encode_columns(Z: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarr
             b_now = err.shape[1]
             flat = err.reshape(n, b_now * K)
             keep = min(beam, b_now * K)
-            top = np.argpartition(flat, keep - 1, axis=1)[:, :keep] if keep < flat.shape[1] else np.tile(np.arange(flat.shape[1]), (n, 1))
+            top = (
+                np.argpartition(flat, keep - 1, axis=1)[:, :keep]
+                if keep < flat.shape[1]
+                else np.tile(np.arange(flat.shape[1]), (n, 1))
+            )
             parent, k = np.divmod(top, K)
             rows = np.arange(n)[:, None]
             recon = recon[rows, parent] + cw[k]
@@ -227,15 +231,32 @@ def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray
         rng = np.random.default_rng(seed)
         extra = points[rng.integers(0, len(points), k - len(points))]
         points = np.concatenate([points, extra + 1e-2 * rng.standard_normal(extra.shape).astype(np.float32)])
-    km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=1 << 20,
-                      min_points_per_centroid=1)  # few points is expected for tiny stores: no warning
+    km = faiss.Kmeans(
+        points.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        verbose=False,
+        max_points_per_centroid=1 << 20,
+        min_points_per_centroid=1,
+    )  # few points is expected for tiny stores: no warning
     km.train(points)
     return km.centroids.copy()
 
 
-def train_additive(X: np.ndarray, m: int, k: int, d: int, seed: int = 0, beam: int = 16,
-                   max_iters: int = 20, val_fraction: float = 0.1, max_fit: int | None = None,
-                   progress=None, stage: str = "training codec") -> dict:
+def train_additive(
+    X: np.ndarray,
+    m: int,
+    k: int,
+    d: int,
+    seed: int = 0,
+    beam: int = 16,
+    max_iters: int = 20,
+    val_fraction: float = 0.1,
+    max_fit: int | None = None,
+    progress=None,
+    stage: str = "training codec",
+) -> dict:
     """Fit the additive codec to unit embeddings X (n, D). Returns its parameters.
 
     Mean, PCA and allocation use every training row; the Lloyd iterations use at most
@@ -262,7 +283,7 @@ def train_additive(X: np.ndarray, m: int, k: int, d: int, seed: int = 0, beam: i
     # removes about the distortion factor 2**(-2 log2 K / d) of what is left).
     col_rms = np.sqrt((Zfit**2).sum(2).mean(0)) + 1e-8
     shrink = np.sqrt(2.0 ** (-2.0 * np.log2(k) / d))
-    scale = (col_rms[layout.col] * shrink ** layout.stage).astype(np.float32)
+    scale = (col_rms[layout.col] * shrink**layout.stage).astype(np.float32)
     first = layout.stage == 0
     C = kmeans((Zfit[:, layout.col[first]] / scale[first][None, :, None]).reshape(-1, d), k, seed)
 
@@ -288,8 +309,19 @@ def train_additive(X: np.ndarray, m: int, k: int, d: int, seed: int = 0, beam: i
         if stale >= 3:  # early stop: validation distortion stopped improving
             break
     _, C, scale = best
-    return dict(mean=mean, basis=basis, col=layout.col, stage=layout.stage, scale=scale, codebook=C,
-                d=d, k=k, beam=beam, iters=it + 1, dead_restarts=dead_total)
+    return dict(
+        mean=mean,
+        basis=basis,
+        col=layout.col,
+        stage=layout.stage,
+        scale=scale,
+        codebook=C,
+        d=d,
+        k=k,
+        beam=beam,
+        iters=it + 1,
+        dead_restarts=dead_total,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,19 +353,20 @@ def text_mixture(X: np.ndarray, Q: np.ndarray, tau: float, batch: int = 4096) ->
     weighted mean of the bag, unit length."""
     out = np.empty((len(X), Q.shape[1]), np.float32)
     for i in range(0, len(X), batch):
-        S = X[i:i + batch] @ Q.T / tau
+        S = X[i : i + batch] @ Q.T / tau
         S -= S.max(1, keepdims=True)
         P = np.exp(S)
         P /= P.sum(1, keepdims=True)
-        out[i:i + batch] = P @ Q
+        out[i : i + batch] = P @ Q
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 REFINE_COMBOS = 256  # score-aware re-encoding revisits columns of at most this many joint choices
 
 
-def column_combos(layout: Layout, scale: np.ndarray, C: np.ndarray,
-                  limit: int = REFINE_COMBOS) -> list[tuple[np.ndarray, np.ndarray | None]]:
+def column_combos(
+    layout: Layout, scale: np.ndarray, C: np.ndarray, limit: int = REFINE_COMBOS
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Per column: its slots (stage order) and every joint choice's sum (K**stages, d), or None
     for a column with more than `limit` joint choices (measured: revisiting the 4096-choice
     three-stage columns too doubles the encoding time and changes R@1 by < 0.003)."""
@@ -352,8 +385,18 @@ def column_combos(layout: Layout, scale: np.ndarray, C: np.ndarray,
     return out
 
 
-def refine_anisotropic(Z: np.ndarray, W: np.ndarray, r: np.ndarray, codes: np.ndarray, layout: Layout,
-                       scale: np.ndarray, C: np.ndarray, eta: float, sweeps: int, combos=None) -> np.ndarray:
+def refine_anisotropic(
+    Z: np.ndarray,
+    W: np.ndarray,
+    r: np.ndarray,
+    codes: np.ndarray,
+    layout: Layout,
+    scale: np.ndarray,
+    C: np.ndarray,
+    eta: float,
+    sweeps: int,
+    combos=None,
+) -> np.ndarray:
     """Score-aware re-encoding (ScaNN's anisotropic loss, on a fixed additive decoder).
 
     Minimises ||z - z_hat||^2 + (eta - 1) (w.(z - z_hat) + r)^2 per item by coordinate descent

@@ -23,13 +23,23 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CodecError
+from ..packing import code_bytes as _code_bytes
+from ..packing import pack, unpack
 from ..progress import report
 from ..threads import single_threaded
 from . import entropy
-from .additive import (Layout, column_combos, decode_coords, encode_columns, kmeans, query_metric_sqrt,
-                       refine_anisotropic, ridge_map, text_mixture, train_additive)
-from ..packing import code_bytes as _code_bytes
-from ..packing import pack, unpack
+from .additive import (
+    Layout,
+    column_combos,
+    decode_coords,
+    encode_columns,
+    kmeans,
+    query_metric_sqrt,
+    refine_anisotropic,
+    ridge_map,
+    text_mixture,
+    train_additive,
+)
 
 FORMAT = "semdb-codec"
 VERSION = 2  # 2: cosine scoring, coarse slot, query metric and text map (version 1 files still load)
@@ -110,8 +120,9 @@ class Codec:
         if self.arch == "paper":
             from .paper import PREFIX, PaperCodec
 
-            self._paper = PaperCodec.from_parts(config["paper"], {k: v for k, v in tensors.items()
-                                                                  if k.startswith(PREFIX)})
+            self._paper = PaperCodec.from_parts(
+                config["paper"], {k: v for k, v in tensors.items() if k.startswith(PREFIX)}
+            )
         elif int(config.get("residual", 0)):
             self.layout = None  # every slot a full-dimension residual stage (tensor "stages")
             self.n_coarse = 0
@@ -158,10 +169,24 @@ class Codec:
     # --- training -------------------------------------------------------------------------
     @classmethod
     @single_threaded  # a codec must not depend on the trainer's core count (semdb/threads.py)
-    def train(cls, X, bits: int | None = 256, *, m: int | None = None, k: int | None = None, d: int | None = None,
-              arch: str = "additive", seed: int = 0, model_id: dict | None = None, beam: int | None = None,
-              queries=None, paired: bool = False, coarse: bool | None = None, residual: bool | None = None,
-              progress=None) -> "Codec":
+    def train(
+        cls,
+        X,
+        bits: int | None = 256,
+        *,
+        m: int | None = None,
+        k: int | None = None,
+        d: int | None = None,
+        arch: str = "additive",
+        seed: int = 0,
+        model_id: dict | None = None,
+        beam: int | None = None,
+        queries=None,
+        paired: bool = False,
+        coarse: bool | None = None,
+        residual: bool | None = None,
+        progress=None,
+    ) -> Codec:
         """Learn a codec from (n, D) unit CLIP embeddings.
 
         Give a budget `bits` (then K = 16 and M = bits / 4) or an explicit shape m, k (and d,
@@ -220,8 +245,13 @@ class Codec:
             if n < 2:
                 raise CodecError(f"training embeddings: need at least 2 rows, got {n}")
             if residual is None:
-                residual = (Q is None and coarse is None and d_given is None and m * nbits <= RESIDUAL_MAX_BITS
-                            and n >= RESIDUAL_MIN_TRAIN)
+                residual = (
+                    Q is None
+                    and coarse is None
+                    and d_given is None
+                    and m * nbits <= RESIDUAL_MAX_BITS
+                    and n >= RESIDUAL_MIN_TRAIN
+                )
             if residual:
                 if Q is not None:
                     raise CodecError("residual=True: the residual stages are the pair-free design; not with queries")
@@ -235,8 +265,9 @@ class Codec:
                 tensors, config = _train_additive_parts(X, Q, paired, int(m), k, d, n_coarse, seed, beam, progress)
         else:
             raise CodecError(f"arch={arch!r}: choose 'additive' or 'paper'")
-        config.update(format=FORMAT, version=VERSION, dim=dim, m=int(m), k=int(k), seed=seed, model_id=model_id,
-                      n_train=n)
+        config.update(
+            format=FORMAT, version=VERSION, dim=dim, m=int(m), k=int(k), seed=seed, model_id=model_id, n_train=n
+        )
         codec = cls(config, tensors)
         indices = codec._encode_indices(X)
         codec.tensors["entropy_probs"] = entropy.fit_model(indices, codec.k).astype(np.float32)
@@ -253,13 +284,13 @@ class Codec:
 
     @property
     def scoring(self) -> str:
-        """"cosine" (q.x_hat / ||x_hat||, the default since codec version 2) or "ip" (<q, x_hat>)."""
+        """ "cosine" (q.x_hat / ||x_hat||, the default since codec version 2) or "ip" (<q, x_hat>)."""
         return self.config.get("scoring", "ip")
 
     def _encode_indices(self, X: np.ndarray, batch: int = 4096) -> np.ndarray:
         if self.arch == "paper":
             return self._paper.encode(X)
-        out = [self._encode_batch(X[i:i + batch]) for i in range(0, len(X), batch)]
+        out = [self._encode_batch(X[i : i + batch]) for i in range(0, len(X), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.m), np.int64)
 
     @property
@@ -295,8 +326,11 @@ class Codec:
             C0 = t["coarse"]
             near = X @ C0.T - 0.5 * (C0 * C0).sum(1)
             n_cand = min(COARSE_CANDIDATES, len(C0))
-            cand = np.argpartition(-near, n_cand - 1, axis=1)[:, :n_cand] if n_cand < len(C0) else \
-                np.tile(np.arange(len(C0)), (len(X), 1))
+            cand = (
+                np.argpartition(-near, n_cand - 1, axis=1)[:, :n_cand]
+                if n_cand < len(C0)
+                else np.tile(np.arange(len(C0)), (len(X), 1))
+            )
             best_err = np.full(len(X), np.inf)
             a0 = np.zeros(len(X), np.int64)
             idx = np.zeros((len(X), lay.m), np.int64)
@@ -323,8 +357,18 @@ class Codec:
             r = (Rc * U).sum(1) - (W * Z).sum((1, 2))  # u . (the part of x the slots cannot reach)
             if self._combos is None:
                 self._combos = column_combos(lay, t["scale"], t["codebook"])
-            idx = refine_anisotropic(Z, W, r, idx, lay, t["scale"], t["codebook"], float(self.config["eta"]),
-                                     int(self.config["sweeps"]), self._combos)
+            idx = refine_anisotropic(
+                Z,
+                W,
+                r,
+                idx,
+                lay,
+                t["scale"],
+                t["codebook"],
+                float(self.config["eta"]),
+                int(self.config["sweeps"]),
+                self._combos,
+            )
         parts.append(idx)
         return np.concatenate(parts, axis=1) if len(parts) > 1 else idx
 
@@ -346,7 +390,9 @@ class Codec:
     def _check_codes(self, codes) -> np.ndarray:
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[1] != self.code_bytes or codes.dtype != np.uint8:
-            raise CodecError(f"codes: expected a uint8 array of shape (n, {self.code_bytes}), got {codes.dtype} {codes.shape}")
+            raise CodecError(
+                f"codes: expected a uint8 array of shape (n, {self.code_bytes}), got {codes.dtype} {codes.shape}"
+            )
         return codes
 
     def _stage_coords(self, idx: np.ndarray) -> np.ndarray:
@@ -361,7 +407,7 @@ class Codec:
         t = self.tensors
         if self.layout is None:
             return t["mean"] + self._stage_coords(idx) @ self._decoder.T
-        Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"])
+        Z = decode_coords(idx[:, self.n_coarse :], self.layout, t["scale"], t["codebook"])
         X = t["mean"] + Z.reshape(len(idx), -1) @ self._decoder.T
         if self.n_coarse:
             X += t["coarse"][idx[:, 0]]
@@ -373,7 +419,7 @@ class Codec:
         t = self.tensors
         if self.layout is None:
             return self._stage_coords(self.indices(codes))
-        idx = self.indices(codes)[:, self.n_coarse:]
+        idx = self.indices(codes)[:, self.n_coarse :]
         return decode_coords(idx, self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1).astype(np.float32)
 
     def decode_additive(self, codes) -> np.ndarray:
@@ -403,7 +449,7 @@ class Codec:
         if self.layout is None:
             Z = self._stage_coords(idx)
         else:
-            Z = decode_coords(idx[:, self.n_coarse:], self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1)
+            Z = decode_coords(idx[:, self.n_coarse :], self.layout, t["scale"], t["codebook"]).reshape(len(idx), -1)
         zz = (Z * Z).sum(1) if G is None else ((Z @ G) * Z).sum(1)
         sq = a_sq[j] + 2.0 * (AP[j] * Z).sum(1) + zz
         return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
@@ -438,11 +484,19 @@ class Codec:
         if ivf is not None:
             from ..ivf import IvfIndex
 
-            return IvfIndex(self.tables, self.tensors["mean"], codes, self.nbits,
-                            self.norms if self.scoring == "cosine" else None, ivf[0], ivf[1],
-                            span=None if self.n_coarse else self._decoder)
-        return AdcIndex(self.tables, self.tensors["mean"], codes, self.nbits,
-                        norms=self.norms if self.scoring == "cosine" else None)
+            return IvfIndex(
+                self.tables,
+                self.tensors["mean"],
+                codes,
+                self.nbits,
+                self.norms if self.scoring == "cosine" else None,
+                ivf[0],
+                ivf[1],
+                span=None if self.n_coarse else self._decoder,
+            )
+        return AdcIndex(
+            self.tables, self.tensors["mean"], codes, self.nbits, norms=self.norms if self.scoring == "cosine" else None
+        )
 
     def scores(self, Q, codes) -> np.ndarray:
         """(nq, n) scores of float queries against codes: exact ADC <q, x_hat>, divided by
@@ -479,16 +533,18 @@ class Codec:
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save
 
-        return save({k: np.ascontiguousarray(v) for k, v in self.tensors.items()},
-                    metadata={"semdb_codec": json.dumps(self.config, sort_keys=True)})
+        return save(
+            {k: np.ascontiguousarray(v) for k, v in self.tensors.items()},
+            metadata={"semdb_codec": json.dumps(self.config, sort_keys=True)},
+        )
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "codec") -> "Codec":
+    def from_bytes(cls, data: bytes, source: str = "codec") -> Codec:
         from safetensors.numpy import load
 
         try:
             (header_len,) = struct.unpack("<Q", data[:8])
-            header = json.loads(data[8:8 + header_len])
+            header = json.loads(data[8 : 8 + header_len])
             config = json.loads(header["__metadata__"]["semdb_codec"])
             tensors = load(bytes(data))
         except Exception as err:  # any parse failure means the bytes are not a codec
@@ -512,19 +568,32 @@ class Codec:
         t, lay = self.tensors, self.layout
         if lay is None:
             S, B = t.get("stages"), t["basis"]
-            ok = (S is not None and S.ndim == 3 and S.shape[:2] == (self.m, self.k) and t["mean"].shape == (self.dim,)
-                  and B.shape == (self.dim, S.shape[2]) and self._decoder.shape == B.shape
-                  and np.isfinite(S).all() and np.isfinite(B).all())
+            ok = (
+                S is not None
+                and S.ndim == 3
+                and S.shape[:2] == (self.m, self.k)
+                and t["mean"].shape == (self.dim,)
+                and B.shape == (self.dim, S.shape[2])
+                and self._decoder.shape == B.shape
+                and np.isfinite(S).all()
+                and np.isfinite(B).all()
+            )
             if not ok:
                 raise CodecError("codec tensors do not match its config (corrupt codec)")
             return
         width = lay.n_cols * lay.d
-        ok = (t["mean"].shape == (self.dim,) and t["codebook"].shape == (self.k, lay.d)
-              and t["basis"].shape == (self.dim, width) and self._decoder.shape == (self.dim, width)
-              and len(t["scale"]) == self.m - self.n_coarse and len(lay.col) == self.m - self.n_coarse
-              and (not self.n_coarse or t.get("coarse", np.zeros(0)).shape == (self.k, self.dim))
-              and ("text_map" not in t or t["text_map"].shape == (self.dim, self.dim))
-              and np.isfinite(t["basis"]).all() and np.isfinite(t["codebook"]).all())
+        ok = (
+            t["mean"].shape == (self.dim,)
+            and t["codebook"].shape == (self.k, lay.d)
+            and t["basis"].shape == (self.dim, width)
+            and self._decoder.shape == (self.dim, width)
+            and len(t["scale"]) == self.m - self.n_coarse
+            and len(lay.col) == self.m - self.n_coarse
+            and (not self.n_coarse or t.get("coarse", np.zeros(0)).shape == (self.k, self.dim))
+            and ("text_map" not in t or t["text_map"].shape == (self.dim, self.dim))
+            and np.isfinite(t["basis"]).all()
+            and np.isfinite(t["codebook"]).all()
+        )
         if not ok:
             raise CodecError("codec tensors do not match its config (corrupt codec)")
 
@@ -532,7 +601,7 @@ class Codec:
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod
-    def load(cls, path, dim: int | None = None) -> "Codec":
+    def load(cls, path, dim: int | None = None) -> Codec:
         """Read a codec file; with `dim`, also check it serves embeddings of that dimension."""
         try:
             data = Path(path).read_bytes()
@@ -544,8 +613,9 @@ class Codec:
         return codec
 
 
-def _train_additive_parts(X, Q, paired: bool, m: int, k: int, d: int, n_coarse: int, seed: int, beam: int,
-                          progress) -> tuple[dict, dict]:
+def _train_additive_parts(
+    X, Q, paired: bool, m: int, k: int, d: int, n_coarse: int, seed: int, beam: int, progress
+) -> tuple[dict, dict]:
     """Tensors and config of an additive codec (see Codec.train and docs/CODEC.md).
 
     1. coarse slot (optional): k-means of the images in full dimension; the rest codes x - c.
@@ -576,10 +646,20 @@ def _train_additive_parts(X, Q, paired: bool, m: int, k: int, d: int, n_coarse: 
         tensors["mean"] = (p["mean"] @ Shi).astype(np.float32)
         tensors["basis"] = (Sh @ basis).astype(np.float32)  # encoder E: z = (r - b) E
         tensors["decoder"] = (Shi @ basis).astype(np.float32)  # decoder P: r_hat = b + P z
-    tensors.update(col=p["col"].astype(np.int32), stage=p["stage"].astype(np.int32), scale=p["scale"],
-                   codebook=p["codebook"])
-    config = dict(arch="additive", d=d, beam=beam, iters=p["iters"], dead_restarts=p["dead_restarts"],
-                  scoring="cosine", coarse=n_coarse, query_source="none", n_queries=0)
+    tensors.update(
+        col=p["col"].astype(np.int32), stage=p["stage"].astype(np.int32), scale=p["scale"], codebook=p["codebook"]
+    )
+    config = dict(
+        arch="additive",
+        d=d,
+        beam=beam,
+        iters=p["iters"],
+        dead_restarts=p["dead_restarts"],
+        scoring="cosine",
+        coarse=n_coarse,
+        query_source="none",
+        n_queries=0,
+    )
     if Q is not None:
         if paired:
             target = Q
@@ -587,9 +667,15 @@ def _train_additive_parts(X, Q, paired: bool, m: int, k: int, d: int, n_coarse: 
             bag = Q if len(Q) <= MAX_BAG else Q[rng.choice(len(Q), MAX_BAG, replace=False)]
             target = text_mixture(X, bag, TAU)
         tensors["text_map"] = ridge_map(X, target, RIDGE_LAMBDA)
-        config.update(query_source="paired" if paired else "unpaired", n_queries=int(len(Q)),
-                      metric_shrink=METRIC_SHRINK, eta=ETA, sweeps=SWEEPS, ridge_lambda=RIDGE_LAMBDA,
-                      tau=None if paired else TAU)
+        config.update(
+            query_source="paired" if paired else "unpaired",
+            n_queries=int(len(Q)),
+            metric_shrink=METRIC_SHRINK,
+            eta=ETA,
+            sweeps=SWEEPS,
+            ridge_lambda=RIDGE_LAMBDA,
+            tau=None if paired else TAU,
+        )
     return {name: np.ascontiguousarray(v) for name, v in tensors.items()}, config
 
 
@@ -631,7 +717,17 @@ def _train_residual_parts(X, m: int, k: int, seed: int, progress) -> tuple[dict,
     stages = faiss.vector_to_array(rq.codebooks).reshape(m, k, p).astype(np.float32)
     report(progress, "training codec", 1, 1)
     tensors = dict(mean=mean, basis=encoder, decoder=decoder, stages=stages)
-    config = dict(arch="additive", residual=1, d=p, beam=RESIDUAL_BEAM, train_beam=RESIDUAL_TRAIN_BEAM, p=p,
-                  residual_metric_shrink=RESIDUAL_METRIC_SHRINK,
-                  scoring="cosine", coarse=0, query_source="none", n_queries=0)
+    config = dict(
+        arch="additive",
+        residual=1,
+        d=p,
+        beam=RESIDUAL_BEAM,
+        train_beam=RESIDUAL_TRAIN_BEAM,
+        p=p,
+        residual_metric_shrink=RESIDUAL_METRIC_SHRINK,
+        scoring="cosine",
+        coarse=0,
+        query_source="none",
+        n_queries=0,
+    )
     return {name: np.ascontiguousarray(v) for name, v in tensors.items()}, config

@@ -79,21 +79,21 @@ TRAIN_KEYS = ("seed", "epochs", "best_epoch", "val_cos")
 DEFAULTS = dict(
     # Tuned on 563 FashionCLIP image embeddings (D=512) at 256 and 400 bits; see the module
     # docstring for what was tried.
-    hidden=256,          # MLP width on both sides
-    feat=16,             # channels of the small feature map between MLP and conv stack
-    dropout=0.3,         # on the hidden MLP layer of encoder and decoder
-    lr=1e-3,             # AdamW; 2e-3 is noisier, 5e-3 collapses to the mean
+    hidden=256,  # MLP width on both sides
+    feat=16,  # channels of the small feature map between MLP and conv stack
+    dropout=0.3,  # on the hidden MLP layer of encoder and decoder
+    lr=1e-3,  # AdamW; 2e-3 is noisier, 5e-3 collapses to the mean
     weight_decay=1e-2,
     batch_size=64,
     max_epochs=300,
-    patience=30,         # epochs without a better validation cosine before stopping
+    patience=30,  # epochs without a better validation cosine before stopping
     val_fraction=0.1,
     kmeans_iters=20,
-    beta=0.25,           # commitment weight (paper)
-    cos_weight=10.0,     # weight of 1 - cos(x, x_hat) (paper)
-    noise=0.15,          # encoder-input noise (denoising regulariser): x + noise * N(0, I/D), renormalised
-    center=True,         # standardise the encoder input / decoder output around the training mean
-    plateau=0,           # halve the learning rate after this many epochs without improvement (0: off)
+    beta=0.25,  # commitment weight (paper)
+    cos_weight=10.0,  # weight of 1 - cos(x, x_hat) (paper)
+    noise=0.15,  # encoder-input noise (denoising regulariser): x + noise * N(0, I/D), renormalised
+    center=True,  # standardise the encoder input / decoder output around the training mean
+    plateau=0,  # halve the learning rate after this many epochs without improvement (0: off)
 )
 
 
@@ -128,16 +128,17 @@ def paper_shape(bits: int, dim: int) -> dict | None:
                     continue
                 e_dim = channels // slots
                 if e_dim in E_DIMS:
-                    return dict(grid=grid, channels=channels, e_dim=e_dim, n_e=n_e, dim=int(dim),
-                                m=pos * slots, bits=bits)
+                    return dict(
+                        grid=grid, channels=channels, e_dim=e_dim, n_e=n_e, dim=int(dim), m=pos * slots, bits=bits
+                    )
     return None
 
 
 def _build(cfg: dict):
     """The torch module for an architecture config (imports torch lazily)."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class PaperNet(nn.Module):
         def __init__(self, dim, grid, channels, e_dim, n_e, hidden, feat, dropout):
@@ -145,16 +146,18 @@ def _build(cfg: dict):
             self.grid, self.channels, self.e_dim, self.n_e, self.feat = grid, channels, e_dim, n_e, feat
             self.m = grid * grid * channels // e_dim
             self.enc_mlp = nn.Sequential(
-                nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, feat * grid * grid))
+                nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, feat * grid * grid)
+            )
             self.enc_conv = nn.Sequential(
-                nn.GELU(), nn.Conv2d(feat, feat, 3, padding=1), nn.GELU(),
-                nn.Conv2d(feat, channels, 3, padding=1))
+                nn.GELU(), nn.Conv2d(feat, feat, 3, padding=1), nn.GELU(), nn.Conv2d(feat, channels, 3, padding=1)
+            )
             self.codebook = nn.Parameter(F.normalize(torch.randn(n_e, e_dim), dim=1))
             self.dec_conv = nn.Sequential(
-                nn.Conv2d(channels, feat, 3, padding=1), nn.GELU(),
-                nn.Conv2d(feat, feat, 3, padding=1), nn.GELU())
+                nn.Conv2d(channels, feat, 3, padding=1), nn.GELU(), nn.Conv2d(feat, feat, 3, padding=1), nn.GELU()
+            )
             self.dec_mlp = nn.Sequential(
-                nn.Linear(feat * grid * grid, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+                nn.Linear(feat * grid * grid, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+            )
             # Fixed input standardisation (set from the training data when training with
             # center=True; identity otherwise): the encoder sees (x - mean) * scale, the decoder
             # outputs normalize(mean + mlp(h) / scale).
@@ -259,9 +262,16 @@ def train_paper(X: np.ndarray, bits: int, seed: int = 0, progress=None, **overri
         if shape is None:
             raise ValueError(f"no paper latent shape gives exactly {bits} bits; try 400 or 256")
     hp.update({k: v for k, v in overrides.items() if k not in shape_keys})
-    cfg = dict(dim=int(dim), grid=shape["grid"], channels=shape["channels"], e_dim=shape["e_dim"],
-               n_e=shape["n_e"], hidden=int(hp["hidden"]), feat=int(hp["feat"]),
-               dropout=float(hp["dropout"]))
+    cfg = dict(
+        dim=int(dim),
+        grid=shape["grid"],
+        channels=shape["channels"],
+        e_dim=shape["e_dim"],
+        n_e=shape["n_e"],
+        hidden=int(hp["hidden"]),
+        feat=int(hp["feat"]),
+        dropout=float(hp["dropout"]),
+    )
 
     t0 = time.perf_counter()
     prev_det = torch.are_deterministic_algorithms_enabled()
@@ -317,7 +327,7 @@ def _fit(torch, F, cfg, hp, X, gen, progress):
         usage = torch.zeros(n_e, dtype=torch.long)
         last_zn = None
         for s in range(0, ntr, bs):
-            xb = Xtr[order[s:s + bs]]
+            xb = Xtr[order[s : s + bs]]
             if not initialised:
                 with torch.no_grad():
                     zn = net.subvectors(xb).reshape(-1, cfg["e_dim"])
@@ -325,7 +335,9 @@ def _fit(torch, F, cfg, hp, X, gen, progress):
                 initialised = True
             xin = xb
             if hp["noise"]:
-                xin = F.normalize(xb + hp["noise"] / math.sqrt(xb.shape[1]) * torch.randn(xb.shape, generator=gen), dim=1)
+                xin = F.normalize(
+                    xb + hp["noise"] / math.sqrt(xb.shape[1]) * torch.randn(xb.shape, generator=gen), dim=1
+                )
             xh, idx, zn, cb_loss, commit = net(xin)
             rec = (1 - (xh * xb).sum(1)).mean()
             loss = hp["cos_weight"] * rec + cb_loss + hp["beta"] * commit
@@ -367,16 +379,17 @@ class PaperCodec:
     """
 
     def __init__(self, params: dict):
-        tensors = {k[len(PREFIX):]: np.asarray(v, dtype=np.float32)
-                   for k, v in params.items() if k.startswith(PREFIX)}
+        tensors = {k[len(PREFIX) :]: np.asarray(v, dtype=np.float32) for k, v in params.items() if k.startswith(PREFIX)}
         config = {k: v for k, v in params.items() if not k.startswith(PREFIX)}
         self._init(config, tensors)
 
     @classmethod
-    def from_parts(cls, config: dict, tensors: dict) -> "PaperCodec":
+    def from_parts(cls, config: dict, tensors: dict) -> PaperCodec:
         self = cls.__new__(cls)
-        tensors = {(k[len(PREFIX):] if k.startswith(PREFIX) else k): np.asarray(v, dtype=np.float32)
-                   for k, v in tensors.items()}
+        tensors = {
+            (k[len(PREFIX) :] if k.startswith(PREFIX) else k): np.asarray(v, dtype=np.float32)
+            for k, v in tensors.items()
+        }
         self._init(dict(config), tensors)
         return self
 
@@ -398,8 +411,9 @@ class PaperCodec:
         # Codecs written before the standardisation buffers existed: identity standardisation.
         tensors.setdefault("mean", np.zeros(self.config["dim"], dtype=np.float32))
         tensors.setdefault("scale", np.ones(1, dtype=np.float32))
-        self.net.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32))
-                                  for k, v in tensors.items()}, strict=True)
+        self.net.load_state_dict(
+            {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()}, strict=True
+        )
         self.net.eval()
 
     dim = property(lambda self: self.config["dim"])
@@ -409,8 +423,9 @@ class PaperCodec:
 
     def to_parts(self) -> tuple[dict, dict]:
         """(config: JSON-able dict, tensors: name -> float32 numpy array)."""
-        tensors = {PREFIX + k: v.detach().cpu().numpy().astype(np.float32).copy()
-                   for k, v in self.net.state_dict().items()}
+        tensors = {
+            PREFIX + k: v.detach().cpu().numpy().astype(np.float32).copy() for k, v in self.net.state_dict().items()
+        }
         return dict(self.config), tensors
 
     def encode(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -423,8 +438,8 @@ class PaperCodec:
         out = np.empty((len(X), self.m), dtype=np.int64)
         with torch.inference_mode():
             for s in range(0, len(X), batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size]))
-                out[s:s + batch_size] = self.net.quantise(self.net.subvectors(xb)).numpy()
+                xb = torch.from_numpy(np.ascontiguousarray(X[s : s + batch_size]))
+                out[s : s + batch_size] = self.net.quantise(self.net.subvectors(xb)).numpy()
         return out
 
     def decode(self, indices: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -439,8 +454,8 @@ class PaperCodec:
         out = np.empty((len(idx), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for s in range(0, len(idx), batch_size):
-                ib = torch.from_numpy(np.ascontiguousarray(idx[s:s + batch_size], dtype=np.int64))
-                out[s:s + batch_size] = self.net.decode_indices(ib).numpy()
+                ib = torch.from_numpy(np.ascontiguousarray(idx[s : s + batch_size], dtype=np.int64))
+                out[s : s + batch_size] = self.net.decode_indices(ib).numpy()
         return out
 
 

@@ -1,10 +1,10 @@
 """Stage 2, classify: hash each candidate file and settle what needs no CLIP.
 
-    touched   same path, same content (only mtime changed)  -> refresh the item's metadata
-    moved     content of an item whose file is gone          -> the item takes the new path
-    duplicate content of a stored item                       -> a new item reusing its code
-    copy      content met earlier in this run                -> rides along with that job
-    else      new or changed content                         -> an EmbedJob
+touched   same path, same content (only mtime changed)  -> refresh the item's metadata
+moved     content of an item whose file is gone          -> the item takes the new path
+duplicate content of a stored item                       -> a new item reusing its code
+copy      content met earlier in this run                -> rides along with that job
+else      new or changed content                         -> an EmbedJob
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from .records import EmbedJob, FileState, IngestSummary
 SETTLE_BATCH = 512  # settled items written per transaction
 
 
-def classify(store: Store, todo: list[FileState], seen: set[str], hashes, summary: IngestSummary,
-             progress: Progress | None) -> list[EmbedJob]:
+def classify(
+    store: Store, todo: list[FileState], seen: set[str], hashes, summary: IngestSummary, progress: Progress | None
+) -> list[EmbedJob]:
     """`hashes`: the content hash (or ImageError) of each file of `todo`, in order, from the
     engine. `seen` (updated here): discovered paths, plus items claimed by a moved file.
     Returns one job per distinct content that needs embedding."""
@@ -68,5 +69,4 @@ def classify(store: Store, todo: list[FileState], seen: set[str], hashes, summar
 
 def _item(item: Item, file: FileState, h: str, now: float) -> Item:
     """`item` (its id, size in pixels and first-added time) now at `file`."""
-    return Item(item.id, file.path, file.size, file.mtime_ns, h, item.width, item.height, item.added, now,
-                item.taken)
+    return Item(item.id, file.path, file.size, file.mtime_ns, h, item.width, item.height, item.added, now, item.taken)

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -30,7 +29,7 @@ class SettledItem:
     stored image), None for a metadata update of an existing item (touched or moved)."""
 
     item: Item
-    code: Optional[np.ndarray] = None
+    code: np.ndarray | None = None
 
 
 def write_settled(store: Store, settled: list[SettledItem]) -> None:
@@ -42,7 +41,7 @@ def write_settled(store: Store, settled: list[SettledItem]) -> None:
         fault_point("classify_txn")
 
 
-def stored_rows(vectors: Vectors, codec: Optional[Codec]) -> Vectors:
+def stored_rows(vectors: Vectors, codec: Codec | None) -> Vectors:
     """What to store for a batch's images: codes when the store has a codec, else float16
     embeddings (staged). Embeddings that arrive after the codec was trained (an engine embedded
     them before) are encoded here; codes must be of the store's codec."""
@@ -57,7 +56,7 @@ def stored_rows(vectors: Vectors, codec: Optional[Codec]) -> Vectors:
     return encode(codec, vectors.embeddings)
 
 
-def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], summary: IngestSummary) -> None:
+def commit_batch(store: Store, batch: EmbeddedBatch, codec: Codec | None, summary: IngestSummary) -> None:
     """One transaction: every decodable job's item (and its copies') with its code or staged
     embedding. Jobs whose image failed are listed in the summary, with their copies."""
     good = []
@@ -76,17 +75,33 @@ def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], sum
         for (job, image), row in zip(good, rows):
             f, old = job.file, job.file.item
             if old is not None:  # same path, new content: re-encoded
-                w.update_item(Item(old.id, f.path, f.size, f.mtime_ns, job.hash, image.width, image.height,
-                                   old.added, now, _taken(image, f)))
+                w.update_item(
+                    Item(
+                        old.id,
+                        f.path,
+                        f.size,
+                        f.mtime_ns,
+                        job.hash,
+                        image.width,
+                        image.height,
+                        old.added,
+                        now,
+                        _taken(image, f),
+                    )
+                )
                 (w.set_code if kind == "code" else w.set_embedding)(old.id, row)
                 summary.changed += 1
             else:
-                w.add_item(Item.new(f.path, f.size, f.mtime_ns, job.hash, image.width, image.height, now,
-                                    _taken(image, f)), **{kind: row})
+                w.add_item(
+                    Item.new(f.path, f.size, f.mtime_ns, job.hash, image.width, image.height, now, _taken(image, f)),
+                    **{kind: row},
+                )
                 summary.new += 1
             for c in job.copies:
-                w.add_item(Item.new(c.path, c.size, c.mtime_ns, job.hash, image.width, image.height, now,
-                                    _taken(image, c)), **{kind: row})
+                w.add_item(
+                    Item.new(c.path, c.size, c.mtime_ns, job.hash, image.width, image.height, now, _taken(image, c)),
+                    **{kind: row},
+                )
                 summary.duplicate += 1
         if stored.errors is not None:
             _count_drift(w, stored.errors)
@@ -95,7 +110,7 @@ def commit_batch(store: Store, batch: EmbeddedBatch, codec: Optional[Codec], sum
     summary.embedded += len(good)
 
 
-def _taken(image, file) -> Optional[float]:
+def _taken(image, file) -> float | None:
     """The photo's EXIF date taken, else its file's mtime (None for a file never seen): what
     date filters compare."""
     return image.taken if image.taken is not None else (file.mtime_ns / 1e9 if file.mtime_ns else None)
@@ -105,7 +120,7 @@ def fill_dates(store: Store, items: list[Item]) -> None:
     """Give items stored before semdb kept the date taken one (read from the file's header)."""
     for i in range(0, len(items), 512):
         with store.write() as w:
-            for it in items[i:i + 512]:
+            for it in items[i : i + 512]:
                 taken = date_taken(it.path)
                 w.update_item(dataclasses.replace(it, taken=taken if taken is not None else it.mtime_ns / 1e9))
             fault_point("classify_txn")
@@ -115,8 +130,14 @@ def _count_drift(w, errors: np.ndarray) -> None:
     """Add newly encoded items' reconstruction errors to the codec's stats (same transaction)."""
     stats = w.meta().get(STATS_KEY)
     if stats:
-        w.set_meta(STATS_KEY, {**stats, "encoded": stats.get("encoded", 0) + len(errors),
-                               "error_sum": stats.get("error_sum", 0.0) + float(errors.sum())})
+        w.set_meta(
+            STATS_KEY,
+            {
+                **stats,
+                "encoded": stats.get("encoded", 0) + len(errors),
+                "error_sum": stats.get("error_sum", 0.0) + float(errors.sum()),
+            },
+        )
 
 
 def prune_missing(store: Store, seen: set[str], prune: bool, summary: IngestSummary) -> None:

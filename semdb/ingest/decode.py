@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 from ..errors import ImageError
 from ..faults import fault_point
@@ -39,8 +40,9 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def decode_ahead(batches: Sequence[Sequence[T]], decode: Callable[[T], DecodedImage],
-                 workers: int | None = None) -> Iterator[tuple[Sequence[T], list[DecodedImage]]]:
+def decode_ahead(
+    batches: Sequence[Sequence[T]], decode: Callable[[T], DecodedImage], workers: int | None = None
+) -> Iterator[tuple[Sequence[T], list[DecodedImage]]]:
     """Yield (batch, [decode(x) for x in batch]) batch by batch, decoding in worker threads.
 
     An exception in the producer is re-raised in the caller (else the caller would wait for

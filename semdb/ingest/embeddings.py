@@ -15,18 +15,18 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import ivf
 from ..context import StoreContext
 from ..errors import InputError, StoreError, display_path
 from ..progress import Progress, report
 from .commit import commit_batch
 from .records import DecodedImage, EmbeddedBatch, EmbedJob, FileState, IngestSummary, Vectors
-from .. import ivf
 from .training import CodecPolicy, retrain_advice, train_if_due
 
 BATCH = 4096  # embeddings per transaction
@@ -53,8 +53,10 @@ def read_embeddings(source, paths_file=None) -> EmbeddingSet:
             emb_key = next((k for k in EMBEDDING_KEYS if k in z.files), None)
             path_key = next((k for k in PATH_KEYS if k in z.files), None)
             if emb_key is None or (path_key is None and paths_file is None):
-                raise InputError(f"{shown}: expected arrays {'/'.join(EMBEDDING_KEYS)} and {'/'.join(PATH_KEYS)} "
-                                 f"(it has {', '.join(z.files) or 'none'})")
+                raise InputError(
+                    f"{shown}: expected arrays {'/'.join(EMBEDDING_KEYS)} and {'/'.join(PATH_KEYS)} "
+                    f"(it has {', '.join(z.files) or 'none'})"
+                )
             X = z[emb_key]
             paths = [str(p) for p in z[path_key]] if path_key else None
     elif source.suffix == ".npy":
@@ -117,8 +119,13 @@ def validated(paths: Sequence, X, shown: str) -> EmbeddingSet:
     return EmbeddingSet(paths, X / norms[:, None])
 
 
-def add_embeddings(ctx: StoreContext, data: EmbeddingSet, model_id: Optional[dict] = None,
-                   policy: CodecPolicy = CodecPolicy(), progress: Progress | None = None) -> IngestSummary:
+def add_embeddings(
+    ctx: StoreContext,
+    data: EmbeddingSet,
+    model_id: dict | None = None,
+    policy: CodecPolicy = CodecPolicy(),
+    progress: Progress | None = None,
+) -> IngestSummary:
     """Store precomputed CLIP image embeddings. `model_id` names the CLIP model they come from
     ({"name", "pretrained"}; its weights digest is bound when the model is first loaded); a
     store that already has a model must be given embeddings of that model. Paths already in
@@ -135,8 +142,9 @@ def add_embeddings(ctx: StoreContext, data: EmbeddingSet, model_id: Optional[dic
             model = {**stored, "dim": dim}
         store.check_model(model)
     elif not model["name"]:
-        raise InputError("name the CLIP model the embeddings come from (--model, --pretrained): the store "
-                         "uses it for text queries")
+        raise InputError(
+            "name the CLIP model the embeddings come from (--model, --pretrained): the store uses it for text queries"
+        )
     summary = IngestSummary()
     todo = []
     for path, x in zip(data.paths, data.embeddings):
@@ -148,11 +156,14 @@ def add_embeddings(ctx: StoreContext, data: EmbeddingSet, model_id: Optional[dic
         with store.write() as w:
             w.set_meta("model_id", model)
     for i in range(0, len(todo), BATCH):
-        part = todo[i:i + BATCH]
-        jobs = tuple(EmbedJob(_file_state(path), "path:" + hashlib.blake2b(os.fsencode(path), digest_size=16).hexdigest())
-                     for path, _ in part)
-        batch = EmbeddedBatch(jobs, tuple(DecodedImage(None) for _ in part),
-                              Vectors(embeddings=np.stack([x for _, x in part])))
+        part = todo[i : i + BATCH]
+        jobs = tuple(
+            EmbedJob(_file_state(path), "path:" + hashlib.blake2b(os.fsencode(path), digest_size=16).hexdigest())
+            for path, _ in part
+        )
+        batch = EmbeddedBatch(
+            jobs, tuple(DecodedImage(None) for _ in part), Vectors(embeddings=np.stack([x for _, x in part]))
+        )
         commit_batch(store, batch, ctx.codec, summary)
         report(progress, "adding embeddings", i + len(part), len(todo))
         summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)

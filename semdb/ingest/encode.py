@@ -4,7 +4,7 @@ the cluster)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from ..faults import fault_point
 from .records import DecodedImage, Vectors
 
 
-def embed_and_encode(embedder, images: Sequence[DecodedImage], codec: Optional[Codec]) -> Optional[Vectors]:
+def embed_and_encode(embedder, images: Sequence[DecodedImage], codec: Codec | None) -> Vectors | None:
     """Vectors of the images that decoded (in order), or None if none did."""
     good = [img.pixels for img in images if img.error is None]
     if not good:

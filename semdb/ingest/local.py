@@ -3,8 +3,8 @@ CLIP runs on the calling thread."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional
 
 from ..codec import Codec
 from ..errors import ImageError
@@ -17,11 +17,11 @@ HASH_THREADS = 4  # hashing is I/O: a few threads overlap it
 
 
 class LocalEngine:
-    def __init__(self, workers: Optional[int] = None, max_megapixels=None):
+    def __init__(self, workers: int | None = None, max_megapixels=None):
         self.workers, self.max_megapixels = workers, max_megapixels
         self._pool = ThreadPoolExecutor(max_workers=HASH_THREADS)
 
-    def __enter__(self) -> "LocalEngine":
+    def __enter__(self) -> LocalEngine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -31,7 +31,7 @@ class LocalEngine:
         """content_hash of each file (or the ImageError), in order."""
         return self._pool.map(try_hash, [f.path for f in files])
 
-    def embed(self, batches: list[list[EmbedJob]], codec: Optional[Codec], emb) -> Iterator[EmbeddedBatch]:
+    def embed(self, batches: list[list[EmbedJob]], codec: Codec | None, emb) -> Iterator[EmbeddedBatch]:
         """Each batch decoded (worker threads), embedded by `emb` and encoded by `codec`, in order."""
         decoded = decode_ahead(batches, lambda job: decode_image(emb, job.path, self.max_megapixels), self.workers)
         for jobs, images in decoded:

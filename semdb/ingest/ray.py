@@ -24,8 +24,8 @@ import pickle
 import shutil
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -56,16 +56,22 @@ class RayEngine:
     CPUs / threads).
     """
 
-    def __init__(self, shards: Path, address: Optional[str] = None, threads: Optional[int] = None,
-                 max_megapixels=None, actors: Optional[int] = None, clean: bool = False):
+    def __init__(
+        self,
+        shards: Path,
+        address: str | None = None,
+        threads: int | None = None,
+        max_megapixels=None,
+        actors: int | None = None,
+        clean: bool = False,
+    ):
         ray = _ray()
         self.max_megapixels = max_megapixels
         self._started = not ray.is_initialized()
         if self._started:
             _check_reachable(address)
             try:
-                ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False,
-                         log_to_driver=False)
+                ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False, log_to_driver=False)
             except ConnectionError as e:
                 raise InputError(f"cannot reach the Ray cluster at {address}: {e}") from None
         logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -81,7 +87,7 @@ class RayEngine:
                 shutil.rmtree(old, ignore_errors=True)
         self.shards = Path(shards) / f"semdb-{uuid.uuid4().hex}"
 
-    def __enter__(self) -> "RayEngine":
+    def __enter__(self) -> RayEngine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -114,16 +120,27 @@ class RayEngine:
         # rows of up to BATCHES_PER_SHARD batches, but at least 4 rows per actor when there are
         # enough batches: one long row on one actor would leave the others idle
         per_row = max(1, min(BATCHES_PER_SHARD, len(batches) // (4 * self.actors)))
-        rows = [{"first": i, "paths": [[os.fsencode(job.path) for job in b] for b in batches[i:i + per_row]]}
-                for i in range(0, len(batches), per_row)]
+        rows = [
+            {"first": i, "paths": [[os.fsencode(job.path) for job in b] for b in batches[i : i + per_row]]}
+            for i in range(0, len(batches), per_row)
+        ]
         device = "cuda" if self.gpus else "cpu"
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            _EmbedActor, batch_size=1, batch_format="pyarrow",
+            _EmbedActor,
+            batch_size=1,
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=min(self.actors, len(rows))),
-            num_gpus=1 if self.gpus else 0, num_cpus=0 if self.gpus else self.threads,
-            fn_constructor_kwargs={"model_id": model_id, "codec": codec.to_bytes() if codec else None,
-                                   "max_megapixels": self.max_megapixels, "threads": self.threads,
-                                   "device": device, "out": str(run)})
+            num_gpus=1 if self.gpus else 0,
+            num_cpus=0 if self.gpus else self.threads,
+            fn_constructor_kwargs={
+                "model_id": model_id,
+                "codec": codec.to_bytes() if codec else None,
+                "max_megapixels": self.max_megapixels,
+                "threads": self.threads,
+                "device": device,
+                "out": str(run),
+            },
+        )
         import pyarrow.parquet as pq
 
         for done in ds.iter_batches(batch_format="pyarrow", batch_size=1):
@@ -132,14 +149,20 @@ class RayEngine:
                 raise pickle.loads(failure)  # a SemdbError of an actor, class and fields kept
             shard = Path(done["shard"][0].as_py())
             if not shard.exists():
-                raise StoreError(f"shard {shard}, written by a Ray worker, is not visible to this driver: "
-                                 f"give --ray-shards a folder that every node and the driver share")
+                raise StoreError(
+                    f"shard {shard}, written by a Ray worker, is not visible to this driver: "
+                    f"give --ray-shards a folder that every node and the driver share"
+                )
             table = pq.read_table(shard)
-            rows = zip(*(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector", "drift", "taken")))
+            rows = zip(
+                *(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector", "drift", "taken"))
+            )
             for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
                 jobs, group = batches[k], list(group)
-                images = tuple(DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err),
-                                            taken) for job, (_, w, h, err, _, _, taken) in zip(jobs, group))
+                images = tuple(
+                    DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err), taken)
+                    for job, (_, w, h, err, _, _, taken) in zip(jobs, group)
+                )
                 good = [(v, d) for *_, v, d, _ in group if v is not None]
                 yield EmbeddedBatch(tuple(jobs), images, _vectors(good, codec, model_id["dim"]) if good else None)
             shard.unlink()
@@ -155,16 +178,21 @@ def _check_reachable(address: str | None) -> None:
     except ValueError:
         raise InputError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto") from None
     except OSError as e:
-        raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
-                         f"`ray start --head` there, or check --ray-address") from None
+        raise InputError(
+            f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
+            f"`ray start --head` there, or check --ray-address"
+        ) from None
 
 
 def _vectors(rows: list[tuple[bytes, float]], codec, dim: int) -> Vectors:
     """(vector bytes, reconstruction error) of a batch's decodable images -> Vectors."""
     raw = b"".join(v for v, _ in rows)
     if codec is not None:
-        return Vectors(codes=np.frombuffer(raw, np.uint8).reshape(len(rows), codec.code_bytes), codec_id=codec.id,
-                       errors=np.array([d for _, d in rows], np.float64))
+        return Vectors(
+            codes=np.frombuffer(raw, np.uint8).reshape(len(rows), codec.code_bytes),
+            codec_id=codec.id,
+            errors=np.array([d for _, d in rows], np.float64),
+        )
     return Vectors(embeddings=np.frombuffer(raw, np.float16).reshape(len(rows), dim))
 
 
@@ -175,9 +203,13 @@ def _hash_rows(batch):
     from .local import try_hash
 
     hashes = [try_hash(os.fsdecode(raw)) for raw in batch["path"].to_pylist()]
-    return pa.table({"path": batch["path"],
-                     "hash": pa.array([None if isinstance(h, ImageError) else h for h in hashes], pa.string()),
-                     "error": pa.array([h.reason if isinstance(h, ImageError) else None for h in hashes], pa.string())})
+    return pa.table(
+        {
+            "path": batch["path"],
+            "hash": pa.array([None if isinstance(h, ImageError) else h for h in hashes], pa.string()),
+            "error": pa.array([h.reason if isinstance(h, ImageError) else None for h in hashes], pa.string()),
+        }
+    )
 
 
 class _EmbedActor:
@@ -195,9 +227,11 @@ class _EmbedActor:
         try:
             self.emb = Embedder(model_id["name"], model_id.get("pretrained"), device=device, threads=threads)
             if self.emb.model_id["digest"] != model_id["digest"]:
-                raise ModelError(f"the Ray worker on {os.uname().nodename} loaded other weights for "
-                                 f"{model_id['name']} (digest {self.emb.model_id['digest'][:16]}, the store's is "
-                                 f"{model_id['digest'][:16]}): give every node the same model files")
+                raise ModelError(
+                    f"the Ray worker on {os.uname().nodename} loaded other weights for "
+                    f"{model_id['name']} (digest {self.emb.model_id['digest'][:16]}, the store's is "
+                    f"{model_id['digest'][:16]}): give every node the same model files"
+                )
             self.codec = Codec.from_bytes(codec) if codec else None
         except SemdbError as e:
             self.failure = e
@@ -240,12 +274,19 @@ class _EmbedActor:
                 cols["taken"].append(img.taken)
         shard = self.out / f"{first:09d}.parquet"
         tmp = shard.with_suffix(".tmp")
-        pq.write_table(pa.table({"batch": pa.array(cols["batch"], pa.int64()),
-                                 "width": pa.array(cols["width"], pa.uint32()),
-                                 "height": pa.array(cols["height"], pa.uint32()),
-                                 "error": pa.array(cols["error"], pa.string()),
-                                 "vector": pa.array(cols["vector"], pa.binary()),
-                                 "drift": pa.array(cols["drift"], pa.float64()),
-                                 "taken": pa.array(cols["taken"], pa.float64())}), tmp)
+        pq.write_table(
+            pa.table(
+                {
+                    "batch": pa.array(cols["batch"], pa.int64()),
+                    "width": pa.array(cols["width"], pa.uint32()),
+                    "height": pa.array(cols["height"], pa.uint32()),
+                    "error": pa.array(cols["error"], pa.string()),
+                    "vector": pa.array(cols["vector"], pa.binary()),
+                    "drift": pa.array(cols["drift"], pa.float64()),
+                    "taken": pa.array(cols["taken"], pa.float64()),
+                }
+            ),
+            tmp,
+        )
         os.replace(tmp, shard)  # the driver never reads half a shard
         return str(shard)

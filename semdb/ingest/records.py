@@ -1,14 +1,14 @@
 """The records ingest's stages hand each other (and nothing else): immutable, named fields.
 
-    FileState ----classify (hash)----> EmbedJob ----decode----> DecodedImage
-        ----embed (+ encode)----> EmbeddedBatch ----commit----> store
+FileState ----classify (hash)----> EmbedJob ----decode----> DecodedImage
+    ----embed (+ encode)----> EmbeddedBatch ----commit----> store
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +23,10 @@ class FileState:
     path: str
     size: int
     mtime_ns: int
-    item: Optional[Item]  # the stored item at this path, if any
+    item: Item | None  # the stored item at this path, if any
 
     @classmethod
-    def of(cls, path, st: os.stat_result, item: Optional[Item]) -> "FileState":
+    def of(cls, path, st: os.stat_result, item: Item | None) -> FileState:
         return cls(os.fsdecode(path), st.st_size, st.st_mtime_ns, item)
 
 
@@ -51,8 +51,8 @@ class DecodedImage:
     pixels: Any  # torch tensor (3, H, W); None when `error` is set
     width: int = 0
     height: int = 0
-    error: Optional[ImageError] = None
-    taken: Optional[float] = None  # EXIF date taken, if the file has one
+    error: ImageError | None = None
+    taken: float | None = None  # EXIF date taken, if the file has one
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,10 @@ class Vectors:
     """What a batch stores for its decodable images, row by row: codes of the codec
     `codec_id`, or float embeddings (staged until the store has a codec)."""
 
-    codes: Optional[np.ndarray] = None  # uint8 (n, code_bytes)
-    embeddings: Optional[np.ndarray] = None  # float (n, D)
-    codec_id: Optional[str] = None
-    errors: Optional[np.ndarray] = None  # with codes: each embedding's reconstruction error (drift)
+    codes: np.ndarray | None = None  # uint8 (n, code_bytes)
+    embeddings: np.ndarray | None = None  # float (n, D)
+    codec_id: str | None = None
+    errors: np.ndarray | None = None  # with codes: each embedding's reconstruction error (drift)
 
     def __len__(self) -> int:
         return len(self.codes if self.codes is not None else self.embeddings)
@@ -76,7 +76,7 @@ class EmbeddedBatch:
 
     jobs: tuple[EmbedJob, ...]
     images: tuple[DecodedImage, ...]
-    vectors: Optional[Vectors]  # None when no image of the batch decoded
+    vectors: Vectors | None  # None when no image of the batch decoded
 
 
 @dataclass
@@ -95,7 +95,7 @@ class IngestSummary:
     items: int = 0
     staged: int = 0  # items not compressed yet (the store has no codec)
     codec_trained: bool = False
-    retrain_advice: Optional[str] = None  # why `semdb retrain` should run, if it should
+    retrain_advice: str | None = None  # why `semdb retrain` should run, if it should
     failures: list = field(default_factory=list)  # [{"path", "reason"}]
 
     def fail(self, error: ImageError) -> None:

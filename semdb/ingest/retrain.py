@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -44,8 +43,8 @@ class RetrainSummary:
     trained_on: int = 0
     reembedded: int = 0  # items whose file was embedded again
     transcoded: int = 0  # items whose file is gone, changed or unreadable: re-encoded from their old code
-    old_codec: Optional[str] = None
-    codec: Optional[str] = None
+    old_codec: str | None = None
+    codec: str | None = None
     resumed: bool = False  # an interrupted retrain was finished
     seconds: float = 0.0
 
@@ -53,9 +52,16 @@ class RetrainSummary:
         return asdict(self)
 
 
-def retrain(ctx: StoreContext, bits: Optional[int] = None, sample: int = RETRAIN_SAMPLE, batch_size: int = 32,
-            workers: Optional[int] = None, max_megapixels=DEFAULT_MAX_MEGAPIXELS,
-            progress: Progress | None = None, captions=None) -> RetrainSummary:
+def retrain(
+    ctx: StoreContext,
+    bits: int | None = None,
+    sample: int = RETRAIN_SAMPLE,
+    batch_size: int = 32,
+    workers: int | None = None,
+    max_megapixels=DEFAULT_MAX_MEGAPIXELS,
+    progress: Progress | None = None,
+    captions=None,
+) -> RetrainSummary:
     """`captions` (a text file, one per line, or a list of str): texts like the store's queries,
     recorded first (as `semdb ingest --captions` does), so the new codec trains in their metric;
     an interrupted retrain is then trained again rather than resumed with its older codec."""
@@ -97,7 +103,7 @@ def retrain(ctx: StoreContext, bits: Optional[int] = None, sample: int = RETRAIN
     return summary
 
 
-def _pending(ctx: StoreContext) -> Optional[Codec]:
+def _pending(ctx: StoreContext) -> Codec | None:
     raw = ctx.store.pending_codec_bytes()
     return None if raw is None else Codec.from_bytes(raw, source=f"{ctx.path} (pending codec)")
 
@@ -121,7 +127,7 @@ def _unchanged_files(items: list[Item]) -> tuple[list[EmbedJob], list[Item]]:
 
 def _embed(ctx, engine, jobs, batch_size):
     """Per batch: (items whose file decoded, their float32 embeddings, items whose did not)."""
-    batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     for batch in engine.embed(batches, None, ctx.embedder):
         good = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is None]
         bad = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is not None]
@@ -144,8 +150,10 @@ def _train_pending(ctx, engine, bits, sample, batch_size, summary, progress) -> 
         done += len(good) + len(bad)
         report(progress, "re-embedding sample", done, len(jobs))
     if len(ids) < 2:
-        raise InputError(f"{ctx.path}: only {len(ids)} of the {len(picked)} sampled files can still be read; "
-                         f"a codec needs at least 2 (are the photos on an unmounted drive?)")
+        raise InputError(
+            f"{ctx.path}: only {len(ids)} of the {len(picked)} sampled files can still be read; "
+            f"a codec needs at least 2 (are the photos on an unmounted drive?)"
+        )
     X = np.concatenate(parts)
     new = train_codec(ctx, X, bits, progress)
     codes = new.encode(X)
@@ -185,6 +193,6 @@ def _recode_rest(ctx, engine, old: Codec, new: Codec, batch_size, summary, progr
     ids, codes = store.load_codes()
     row = {int(i): r for r, i in enumerate(ids.tolist())}
     for i in range(0, len(others), 4096):  # gone, changed or unreadable files: from the old code
-        part = others[i:i + 4096]
+        part = others[i : i + 4096]
         commit(part, new.encode(old.decode(codes[[row[it.id] for it in part]])))
         summary.transcoded += len(part)

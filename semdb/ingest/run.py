@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
+from .. import ivf
 from ..context import StoreContext
 from ..errors import InputError, StoreError
 from ..images import DEFAULT_MAX_MEGAPIXELS
@@ -15,21 +15,20 @@ from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
 from .records import IngestSummary
 from .scan import scan
-from .. import ivf
 from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
 
 
 @dataclass(frozen=True)
 class IngestOptions:
     batch_size: int = 32  # images per CLIP batch and per commit
-    workers: Optional[int] = None  # decoding threads
-    max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS
+    workers: int | None = None  # decoding threads
+    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS
     prune: bool = False  # remove items whose files are gone
     codec: object = None  # a Codec or codec file for a new store (default: train one)
     policy: CodecPolicy = field(default_factory=CodecPolicy)
     engine: str = "local"  # or "ray"
-    ray_address: Optional[str] = None
-    ray_shards: Optional[Path] = None  # default STORE/ray-shards
+    ray_address: str | None = None
+    ray_shards: Path | None = None  # default STORE/ray-shards
     captions: object = None  # text queries for the codec's training: a file (one per line) or list[str]
 
     def __post_init__(self):
@@ -60,7 +59,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     seen = set(found.seen)
     with _engine(ctx, options) as engine:
         jobs = classify(ctx.store, found.todo, seen, engine.hashes(found.todo), summary, progress)
-        batches = [jobs[i:i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
+        batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
         if batches:
             ctx.bind_model()
         done = embedded = 0
@@ -69,7 +68,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
             # Without a codec, embed just the batches that reach train_at, train, then go on
             # with codes (a Ray engine ships the new codec to its actors).
             n = len(batches) - done if codec else policy.batches_to_stage(ctx.store.staging_count(), options.batch_size)
-            for batch in engine.embed(batches[done:done + n], codec, ctx.embedder):
+            for batch in engine.embed(batches[done : done + n], codec, ctx.embedder):
                 commit_batch(ctx.store, batch, ctx.codec, summary)
                 embedded += len(batch.jobs)
                 report(progress, "embedding", embedded, len(jobs))
@@ -90,8 +89,13 @@ def _engine(ctx: StoreContext, options: IngestOptions):
     if options.engine == "ray":
         from .ray import RayEngine
 
-        return RayEngine(Path(options.ray_shards or ctx.path / "ray-shards"), options.ray_address, ctx.threads,
-                         options.max_megapixels, clean=not options.ray_shards)
+        return RayEngine(
+            Path(options.ray_shards or ctx.path / "ray-shards"),
+            options.ray_address,
+            ctx.threads,
+            options.max_megapixels,
+            clean=not options.ray_shards,
+        )
     from .local import LocalEngine
 
     return LocalEngine(options.workers, options.max_megapixels)

@@ -21,8 +21,10 @@ class Scan:
 
 
 def scan(store: Store, paths, summary: IngestSummary) -> Scan:
-    files = [Path(os.path.abspath(p)) for p in
-             discover(paths, exclude=[store.path], on_error=lambda p, why: summary.fail(ImageError(p, why)))]
+    files = [
+        Path(os.path.abspath(p))
+        for p in discover(paths, exclude=[store.path], on_error=lambda p, why: summary.fail(ImageError(p, why)))
+    ]
     todo, undated = [], []
     for path in files:
         try:

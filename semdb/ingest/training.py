@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -56,8 +55,12 @@ class CodecPolicy:
 def codec_stats(codec: Codec, X: np.ndarray, codes: np.ndarray) -> dict:
     """The stats a store keeps beside a freshly trained codec (its training error: the baseline
     of drift)."""
-    return {"trained_on": len(X), "train_error": float(reconstruction_errors(codec, X, codes).mean()),
-            "encoded": 0, "error_sum": 0.0}
+    return {
+        "trained_on": len(X),
+        "train_error": float(reconstruction_errors(codec, X, codes).mean()),
+        "encoded": 0,
+        "error_sum": 0.0,
+    }
 
 
 def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, progress: Progress | None) -> bool:
@@ -83,7 +86,9 @@ def record_captions(ctx: StoreContext, captions) -> int:
         try:
             captions = Path(captions).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--captions {display_path(captions)}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+            raise InputError(
+                f"--captions {display_path(captions)}: cannot read ({getattr(e, 'strerror', None) or e})"
+            ) from None
     texts = [t.strip() for t in captions if t.strip()]
     if len(texts) < 2:
         raise InputError(f"--captions: {len(texts)} non-empty lines; give at least 2 captions (one per line)")
@@ -99,13 +104,19 @@ def train_codec(ctx: StoreContext, X: np.ndarray, bits: int, progress: Progress 
     queries = ctx.store.training_queries()
     report(progress, "training codec", 0, 1)
     fault_point("train")
-    codec = Codec.train(X, bits=bits, seed=0, model_id=ctx.store.model_id(), progress=progress,
-                        queries=None if queries is None else queries.astype(np.float32))
+    codec = Codec.train(
+        X,
+        bits=bits,
+        seed=0,
+        model_id=ctx.store.model_id(),
+        progress=progress,
+        queries=None if queries is None else queries.astype(np.float32),
+    )
     report(progress, "training codec", 1, 1)
     return codec
 
 
-def retrain_advice(meta: dict, items: int) -> Optional[str]:
+def retrain_advice(meta: dict, items: int) -> str | None:
     """Why the store's codec should be retrained, or None."""
     stats = meta.get(STATS_KEY) or {}
     trained_on = stats.get("trained_on")
@@ -115,12 +126,14 @@ def retrain_advice(meta: dict, items: int) -> Optional[str]:
         return f"the store has grown {items / trained_on:.1f}x since its codec was trained on {trained_on} images"
     ratio = drift_ratio(stats)
     if ratio is not None and stats["encoded"] >= DRIFT_MIN_ITEMS and ratio >= DRIFT_RATIO:
-        return (f"the {stats['encoded']} images encoded since the codec was trained reconstruct {ratio:.1f}x worse "
-                f"than its training images")
+        return (
+            f"the {stats['encoded']} images encoded since the codec was trained reconstruct {ratio:.1f}x worse "
+            f"than its training images"
+        )
     return None
 
 
-def drift_ratio(stats: dict) -> Optional[float]:
+def drift_ratio(stats: dict) -> float | None:
     """Mean reconstruction error of items encoded since training / that of the training items."""
     if not stats.get("encoded") or not stats.get("train_error"):
         return None
@@ -137,8 +150,10 @@ def adopt_codec(ctx: StoreContext, codec) -> None:
         raise CodecError(f"codec {codec.id} is for {codec.dim}-d embeddings, but the model gives {dim}-d")
     trained_for = codec.model_id or {}
     if trained_for.get("digest") and trained_for["digest"] != ctx.embedder.model_id["digest"]:
-        raise CodecError(f"codec {codec.id} was trained for CLIP model {trained_for.get('name')}, not "
-                         f"{ctx.embedder.model_id['name']}; use a codec trained for this model")
+        raise CodecError(
+            f"codec {codec.id} was trained for CLIP model {trained_for.get('name')}, not "
+            f"{ctx.embedder.model_id['name']}; use a codec trained for this model"
+        )
     current = ctx.store.meta().get("codec_id")
     if current and current != codec.id:
         raise StoreError(f"{ctx.path} already uses codec {current}; ingest without --codec, or use a new --store")

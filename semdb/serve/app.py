@@ -162,8 +162,7 @@ def _text(params):
 
 
 def _hits_json(hits) -> dict:
-    return {"hits": [{"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)}
-                     for h in hits]}
+    return {"hits": [{"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)} for h in hits]}
 
 
 # --- the warm state -----------------------------------------------------------------------------
@@ -193,6 +192,7 @@ class Service:
 
     def warm(self) -> None:
         """Load the model, build the index and run one text through the model."""
+
         def warm():
             emb = self.db.embedder
             emb.load_image_tower()  # image queries and uploads too: load both towers once, up front
@@ -205,17 +205,41 @@ class Service:
         self._model_thread.shutdown(wait=True)
 
     # --- search ---
-    def search(self, text: str | None, k: int, *, image=None, like: int | None = None, min_score=None,
-               within=None, under=None, after=None, before=None, nprobe=None):
+    def search(
+        self,
+        text: str | None,
+        k: int,
+        *,
+        image=None,
+        like: int | None = None,
+        min_score=None,
+        within=None,
+        under=None,
+        after=None,
+        before=None,
+        nprobe=None,
+    ):
         """Database.search's meaning, except that every term of `text` is text: a URL never
         makes the server open a file by its name."""
+
         def run():
             if like is not None and self.db.item(like) is None:
                 raise ApiError(404, f"no item {like} in this store")
             if text is None and image is None and like is None:
                 raise ApiError(400, "empty query: give q=TEXT, like=ID or an image")
-            return self.db.search(text, image=image, like=like, k=k, under=under, after=after, before=before,
-                                  within=within, min_score=min_score, files=False, nprobe=nprobe)
+            return self.db.search(
+                text,
+                image=image,
+                like=like,
+                k=k,
+                under=under,
+                after=after,
+                before=before,
+                within=within,
+                min_score=min_score,
+                files=False,
+                nprobe=nprobe,
+            )
 
         return self.on_model_thread(run)
 
@@ -341,8 +365,16 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
 
     def item(request: Request):
         it = service.item(_item_id(request.path_params["id"]))
-        return JSONResponse({"id": int(it.id), "path": display_path(it.path), "width": it.width,
-                             "height": it.height, "size": it.size, "taken": getattr(it, "taken", None)})
+        return JSONResponse(
+            {
+                "id": int(it.id),
+                "path": display_path(it.path),
+                "width": it.width,
+                "height": it.height,
+                "size": it.size,
+                "taken": getattr(it, "taken", None),
+            }
+        )
 
     def info(request: Request):
         return JSONResponse(service.info())
@@ -365,8 +397,9 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         return Response((static / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
 
     async def not_found(request: Request, exc: HTTPException):
-        return _error(exc.status_code, exc.detail if exc.status_code != 404 else
-                      f"no such page: {request.url.path[:80]}")
+        return _error(
+            exc.status_code, exc.detail if exc.status_code != 404 else f"no such page: {request.url.path[:80]}"
+        )
 
     async def server_error(request: Request, exc: Exception):  # uvicorn logs the traceback
         return _error(500, f"internal error ({type(exc).__name__}); see the server's log")
@@ -383,8 +416,9 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         Route("/image/{id}", guarded(image)),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found, Exception: server_error},
-                    lifespan=lifespan)
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: not_found, Exception: server_error}, lifespan=lifespan
+    )
     app.state.service = service
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
     return _Guard(app, instance, hosts)
@@ -394,8 +428,11 @@ _HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-                                 b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+        b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
 ]
 
 
@@ -420,8 +457,9 @@ class _Guard:
         if self.hosts is not None:
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             if _host_name(host) not in self.hosts:
-                response = _error(421, "unexpected Host header: this server answers only to "
-                                  + ", ".join(sorted(self.hosts)))
+                response = _error(
+                    421, "unexpected Host header: this server answers only to " + ", ".join(sorted(self.hosts))
+                )
                 return await response(scope, receive, send_with_headers)
         await self.app(scope, receive, send_with_headers)
 
@@ -429,7 +467,7 @@ class _Guard:
 def _host_name(header: str) -> str:
     header = header.strip().lower()
     if header.startswith("["):  # [::1]:8765
-        return header[1:header.find("]")] if "]" in header else header
+        return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 

@@ -16,7 +16,7 @@ import os
 import secrets
 import urllib.parse
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 BEACON = "serve.json"
 INSTANCE_HEADER = "X-Semdb-Instance"
@@ -43,12 +43,11 @@ def new_instance() -> str:
     return secrets.token_hex(8)
 
 
-def write_beacon(store, host: str, port: int, instance: str) -> Optional[Path]:
+def write_beacon(store, host: str, port: int, instance: str) -> Path | None:
     """Write STORE/serve.json atomically; None (and no file) if the store folder is not writable."""
     path = beacon_path(store)
     tmp = path.with_name(f".{BEACON}.{os.getpid()}.tmp")
-    facts = {"host": host, "port": port, "pid": os.getpid(), "instance": instance,
-             "store": os.path.realpath(store)}
+    facts = {"host": host, "port": port, "pid": os.getpid(), "instance": instance, "store": os.path.realpath(store)}
     try:
         tmp.write_text(json.dumps(facts), encoding="utf-8")
         os.replace(tmp, path)
@@ -71,14 +70,18 @@ def remove_beacon(store, instance: str) -> None:
             pass
 
 
-def read_beacon(store) -> Optional[dict]:
+def read_beacon(store) -> dict | None:
     try:
         facts = json.loads(beacon_path(store).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(facts, dict) or not isinstance(facts.get("port"), int) or \
-            not isinstance(facts.get("host"), str) or not isinstance(facts.get("pid"), int) or \
-            not isinstance(facts.get("instance"), str):
+    if (
+        not isinstance(facts, dict)
+        or not isinstance(facts.get("port"), int)
+        or not isinstance(facts.get("host"), str)
+        or not isinstance(facts.get("pid"), int)
+        or not isinstance(facts.get("instance"), str)
+    ):
         return None
     return facts
 
@@ -100,8 +103,9 @@ def _connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
-def request(store, method: str, target: str, body: bytes | None = None,
-            headers: dict | None = None) -> Optional[ServerAnswer]:
+def request(
+    store, method: str, target: str, body: bytes | None = None, headers: dict | None = None
+) -> ServerAnswer | None:
     """One request to the store's running server; None if there is none (or it is not ours)."""
     facts = read_beacon(store)
     if facts is None or not _alive(facts["pid"]):
@@ -123,9 +127,20 @@ def request(store, method: str, target: str, body: bytes | None = None,
         conn.close()
 
 
-def query_server(store, text: str | None = None, *, image=None, like=None, k: int = 10,
-                 min_score: float | None = None, under=None, after=None, before=None,
-                 within: float | None = None, nprobe: int | None = None) -> Optional[list[ServerHit]]:
+def query_server(
+    store,
+    text: str | None = None,
+    *,
+    image=None,
+    like=None,
+    k: int = 10,
+    min_score: float | None = None,
+    under=None,
+    after=None,
+    before=None,
+    within: float | None = None,
+    nprobe: int | None = None,
+) -> list[ServerHit] | None:
     """Hits from the store's running server, or None when there is no usable server (or the
     query is one the server does not take: an image file inside the text's arithmetic, --like
     by path), so the caller searches locally with the same meaning.
@@ -146,8 +161,13 @@ def query_server(store, text: str | None = None, *, image=None, like=None, k: in
         params["like"] = str(like)
     if under is not None:
         params["under"] = os.path.abspath(os.path.expanduser(os.fsdecode(under)))
-    for key, value in (("after", after), ("before", before), ("within", within), ("min_score", min_score),
-                       ("nprobe", nprobe)):
+    for key, value in (
+        ("after", after),
+        ("before", before),
+        ("within", within),
+        ("min_score", min_score),
+        ("nprobe", nprobe),
+    ):
         if value is not None:
             params[key] = repr(float(value)) if isinstance(value, float) else str(value)
     target = "/api/search?" + urllib.parse.urlencode(params)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import socket
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ..errors import InputError
 from . import client
@@ -55,13 +54,24 @@ def bind(host: str, port: int) -> socket.socket:
     raise InputError(f"cannot listen on {host}:{port} ({last.strerror if last else 'no address'})")
 
 
-def run(store, host: str = "127.0.0.1", port: int = 8765, *, allow_remote: bool = False,
-        model: Optional[str] = None, pretrained: Optional[str] = None, threads: Optional[int] = None,
-        access_log: bool = False, say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
+def run(
+    store,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    allow_remote: bool = False,
+    model: str | None = None,
+    pretrained: str | None = None,
+    threads: int | None = None,
+    access_log: bool = False,
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> None:
     """Serve the store until interrupted (SIGINT/SIGTERM)."""
     if not is_loopback(host) and not allow_remote:
-        raise InputError(f"--host {host} would expose every photo of the store to the network: "
-                         f"pass --allow-remote as well to do that (default: 127.0.0.1)")
+        raise InputError(
+            f"--host {host} would expose every photo of the store to the network: "
+            f"pass --allow-remote as well to do that (default: 127.0.0.1)"
+        )
     import uvicorn
 
     from ..api import Database
@@ -78,12 +88,16 @@ def run(store, host: str = "127.0.0.1", port: int = 8765, *, allow_remote: bool 
             async def lifespan(_app):
                 beacon = client.write_beacon(db.path, host, bound_port, instance)
                 shown = f"[{host}]" if ":" in host else host
-                say(f"semdb serve: http://{shown}:{bound_port}/  (store {db.path}, "
+                say(
+                    f"semdb serve: http://{shown}:{bound_port}/  (store {db.path}, "
                     f"{db.store.count()} items){'' if beacon else '; store folder not writable: semdb query will not find this server'}"
-                    f"; Ctrl-C to stop")
+                    f"; Ctrl-C to stop"
+                )
                 if not is_loopback(host):
-                    say(f"warning: listening on {host}: anyone who can reach this machine can search and "
-                        f"view the store's photos (no authentication)")
+                    say(
+                        f"warning: listening on {host}: anyone who can reach this machine can search and "
+                        f"view the store's photos (no authentication)"
+                    )
                 try:
                     yield
                 finally:
@@ -91,8 +105,14 @@ def run(store, host: str = "127.0.0.1", port: int = 8765, *, allow_remote: bool 
 
             app = create_app(db, instance=instance, allowed_hosts=allowed, lifespan=lifespan)
             app.state.service.warm()
-            config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="on",
-                                    timeout_graceful_shutdown=3, server_header=False)
+            config = uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=access_log,
+                lifespan="on",
+                timeout_graceful_shutdown=3,
+                server_header=False,
+            )
             server = uvicorn.Server(config)
             try:
                 server.run(sockets=[sock])
