@@ -562,6 +562,7 @@ def info(
         ),
         ("encoded since training", codec.get("encoded_since")),
         ("drift ratio", codec.get("drift_ratio")),
+        ("shift ratio", codec.get("shift_ratio")),
         (
             "retrain",
             facts["retrain_advice"]
@@ -630,6 +631,10 @@ def bench(
     images: Path | None = typer.Option(
         None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."
     ),
+    train_file: Path | None = typer.Option(
+        None, "--train", help="With --eval: train on this embeddings file, score on the other (two collections)."
+    ),
+    eval_file: Path | None = typer.Option(None, "--eval", help="With --train: the collection to score on."),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     prompt: list[str] | None = typer.Option(
@@ -646,7 +651,14 @@ def bench(
     protocol: str = typer.Option(
         "held-out",
         "--protocol",
-        help="held-out (random split) or ood: train on some classes (label) or k-means clusters, evaluate on the others.",
+        help="held-out (random split); ood: train on some classes (label) or k-means clusters, evaluate on the "
+        "others; shift: held-out photos turned to vary where the training photos did not (see --shift).",
+    ),
+    shift: float = typer.Option(
+        0.5,
+        "--shift",
+        help="With --protocol shift: share of the evaluated photos' spread left in the training photos' main "
+        "directions (about 0.75 in distribution, 0.5 for unfamiliar web photos).",
     ),
     ood_groups: int = typer.Option(
         10, "--ood-groups", min=2, help="k-means clusters of the ood protocol when the data has no labels."
@@ -664,9 +676,15 @@ def bench(
     from .errors import InputError
 
     with _errors():
-        if (embeddings is None) == (images is None):
-            raise InputError("give exactly one of --embeddings FILE or --images DIR")
-        if embeddings is not None:
+        if (train_file is None) != (eval_file is None):
+            raise InputError("--train FILE and --eval FILE go together: train on one collection, score on the other")
+        if (embeddings is not None) + (images is not None) + (train_file is not None) != 1:
+            raise InputError("give exactly one of --embeddings FILE, --images DIR or --train FILE --eval FILE")
+        eval_data = None
+        if train_file is not None:
+            data, eval_data = B.load_embeddings(train_file), B.load_embeddings(eval_file)
+            protocol = "transfer"
+        elif embeddings is not None:
             data = B.load_embeddings(embeddings)
         else:
             from .bench.images import DEFAULT_PROMPTS, load_image_folder
@@ -705,6 +723,8 @@ def bench(
                 bpp_pixels=bpp_pixels,
                 protocol=protocol,
                 ood_groups=ood_groups,
+                shift=shift,
+                eval_data=eval_data,
                 progress=update,
                 on_message=lambda line: err.print(f"[yellow]{line}[/yellow]", highlight=False),
             )

@@ -70,6 +70,22 @@ def write_photos(folder, n_generated: int = 8, seed: int = 0):
     return folder
 
 
+def clip_like_embeddings(n=400, dim=64, seed=0, classes=6):
+    """Rows shaped like CLIP image embeddings: around a common mean, a decaying spectrum, a few
+    classes; with noisy paired texts and the labels. (dict of image_emb, text_emb, label)"""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(np.random.default_rng(1234).standard_normal((dim, dim)))[0]  # one geometry for all seeds
+    label = rng.integers(0, classes, n)
+    centers = np.random.default_rng(99).standard_normal((classes, dim - 1)) * 0.5 / np.arange(1, dim) ** 0.5
+    Z = centers[label] + rng.standard_normal((n, dim - 1)) / np.arange(1, dim) ** 0.8
+    X = 2.0 * basis[:, 0] + Z @ basis[:, 1:].T
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    T = X + 0.3 * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return dict(image_emb=X.astype(np.float32), text_emb=T.astype(np.float32), label=label)
+
+
 @pytest.fixture()
 def photos(tmp_path):
     return write_photos(tmp_path / "photos")

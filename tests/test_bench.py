@@ -9,14 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import clip_like_embeddings
 
 from semdb.bench import (
     ROW_KEYS,
     Variant,
     load_embeddings,
+    make_split,
     make_table,
     run_bench,
     save_embeddings,
+    source_shift,
     split_indices,
     to_json,
     validate,
@@ -336,7 +339,7 @@ def test_reports_json_parquet_plot(synthetic_rows, tmp_path):
     rows, _ = synthetic_rows
     records = json.loads(to_json(rows))
     assert [list(r) for r in records] == [list(ROW_KEYS)] * len(rows)
-    assert records[0]["schema_version"] == 1
+    assert records[0]["schema_version"] == 2
     write_json(rows, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == records
 
@@ -581,3 +584,84 @@ def test_ood_protocol_trains_on_other_groups():
     assert rows[0]["protocol"] == "ood-cluster" and rows[0]["nn1_accuracy"] is not None
     with pytest.raises(InputError, match="--protocol"):
         run_bench(data, protocol="sideways")
+
+
+def _pair_ranks(data):
+    S = data.text_emb @ data.image_emb.T
+    return (S >= np.diag(S)[:, None]).sum(1)
+
+
+def test_shift_turns_spread_out_of_the_training_subspace():
+    data = validate(**clip_like_embeddings())
+    split = make_split(data, "held-out", seed=2)
+    shifted = make_split(data, "shift", seed=2, shift=0.4)
+    rotation = source_shift(split.train.image_emb, split.eval.image_emb, 0.4, seed=2)
+    before = rotation.share(split.eval.image_emb)
+    assert before > 0.5 and shifted.shift_share == pytest.approx(0.4, abs=1e-3) and rotation.moved > 0
+    assert shifted.protocol == "shift" and np.array_equal(shifted.train.image_emb, split.train.image_emb)
+    ev, base = shifted.eval, split.eval
+    # a rotation that keeps the training mean: unit rows, every inner product (so the float
+    # ground truth: image neighbours, the pairs' text->image ranks, zero-shot) unchanged
+    assert np.allclose(np.linalg.norm(ev.image_emb, axis=1), 1, atol=1e-5)
+    assert np.allclose(ev.image_emb @ ev.image_emb.T, base.image_emb @ base.image_emb.T, atol=1e-5)
+    assert np.array_equal(_pair_ranks(ev), _pair_ranks(base)) and np.array_equal(ev.label, base.label)
+    assert not np.allclose(ev.image_emb, base.image_emb, atol=1e-2)
+    mean = split.train.image_emb.mean(0)
+    assert np.allclose(rotation.apply(mean[None])[0] * np.linalg.norm(mean), mean, atol=1e-5)
+    # a share the data already has below it turns nothing
+    assert source_shift(split.train.image_emb, split.eval.image_emb, 0.99).moved == 0
+    with pytest.raises(InputError, match="--shift 1.5"):
+        make_split(data, "shift", shift=1.5)
+
+
+def test_shift_protocol_rows_report_the_share_and_cost_a_pca_codec():
+    data = validate(**clip_like_embeddings(n=600))
+    rows = {
+        protocol: {r["method"]: r for r in run_bench(data, bits=[64], methods=["semdb", "float32"], protocol=protocol)}
+        for protocol in ("held-out", "shift")
+    }
+    assert rows["shift"]["semdb"]["shift_share"] == pytest.approx(0.5, abs=1e-3)
+    assert rows["held-out"]["semdb"]["shift_share"] is None
+    assert rows["shift"]["float32"]["knn_recall_1"] == rows["held-out"]["float32"]["knn_recall_1"] == 1.0
+    assert rows["shift"]["semdb"]["knn_recall_10"] < rows["held-out"]["semdb"]["knn_recall_10"]
+
+
+def test_transfer_protocol_trains_on_one_collection_and_scores_another(tmp_path):
+    a = validate(**_synthetic(n=300, dim=32, classes=4, seed=1), name="a")
+    b = validate(**_synthetic(n=120, dim=32, classes=3, seed=2), name="b")
+    rows = run_bench(a, bits=[64], methods=["pqfs", "float32"], protocol="transfer", eval_data=b)
+    pq = next(r for r in rows if r["method"] == "PQ16x4fs")
+    assert pq["protocol"] == "transfer" and pq["dataset"] == "a -> b" and pq["n_train"] == 300 and pq["n_eval"] == 120
+    assert pq["t2i_recall_1"] is not None and pq["nn1_accuracy"] is not None and pq["train_fraction"] is None
+    with pytest.raises(InputError, match="--eval FILE goes with --protocol transfer"):
+        run_bench(a, bits=[64], methods=["pqfs"], eval_data=b)
+    with pytest.raises(InputError, match="16-d embeddings"):
+        run_bench(a, bits=[64], methods=["pqfs"], protocol="transfer", eval_data=validate(**_synthetic(n=50, dim=16)))
+
+
+def test_cli_trains_on_one_file_and_scores_another(tmp_path):
+    from conftest import semdb_cli
+
+    a = save_embeddings(tmp_path / "mine.npz", **clip_like_embeddings(n=300, seed=1))
+    b = save_embeddings(tmp_path / "theirs.npz", **clip_like_embeddings(n=100, seed=2))
+    proc = semdb_cli("bench", "--train", a, "--eval", b, "--bits", "64", "--methods", "pqfs", "--json")
+    (row,) = json.loads(proc.stdout)
+    assert row["protocol"] == "transfer" and row["n_train"] == 300 and row["n_eval"] == 100
+    assert row["knn_recall_1"] is not None and row["t2i_recall_1"] is not None
+    bad = semdb_cli("bench", "--train", a, "--bits", "64", check=False)
+    assert bad.returncode != 0 and "--train FILE and --eval FILE go together" in bad.stderr
+    shifted = semdb_cli(
+        "bench",
+        "--embeddings",
+        a,
+        "--protocol",
+        "shift",
+        "--shift",
+        "0.45",
+        "--bits",
+        "64",
+        "--methods",
+        "pqfs",
+        "--json",
+    )
+    assert json.loads(shifted.stdout)[0]["shift_share"] == pytest.approx(0.45, abs=1e-3)

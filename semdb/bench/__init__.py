@@ -8,7 +8,17 @@
 ``report`` turns them into a rich table, JSON, Parquet and a plot.
 """
 
-from .data import BenchData, Variant, load_embeddings, ood_split, save_embeddings, split_indices, validate
+from .data import (
+    BenchData,
+    Shift,
+    Variant,
+    load_embeddings,
+    ood_split,
+    save_embeddings,
+    source_shift,
+    split_indices,
+    validate,
+)
 from .methods import FAMILIES, FAMILY_LABELS, QUERY_FAMILIES, REFERENCE_FAMILIES, Method, MethodSkipped
 from .report import (
     header,
@@ -20,7 +30,17 @@ from .report import (
     write_parquet,
     write_plot,
 )
-from .runner import DEFAULT_BITS, DEFAULT_BPP_PIXELS, ROW_KEYS, SCHEMA_VERSION, run_bench, sort_rows
+from .runner import (
+    DEFAULT_BITS,
+    DEFAULT_BPP_PIXELS,
+    PROTOCOLS,
+    ROW_KEYS,
+    SCHEMA_VERSION,
+    Split,
+    make_split,
+    run_bench,
+    sort_rows,
+)
 
 __all__ = [
     "BenchData",
@@ -30,19 +50,24 @@ __all__ = [
     "FAMILY_LABELS",
     "Method",
     "MethodSkipped",
+    "PROTOCOLS",
     "QUERY_FAMILIES",
     "REFERENCE_FAMILIES",
     "ROW_KEYS",
     "SCHEMA_VERSION",
+    "Shift",
+    "Split",
     "Variant",
     "header",
     "load_embeddings",
+    "make_split",
     "make_table",
     "ood_split",
     "print_table",
     "run_bench",
     "save_embeddings",
     "sort_rows",
+    "source_shift",
     "split_indices",
     "to_json",
     "to_records",

@@ -20,8 +20,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, features
 
 from semdb.errors import ImageError, InputError
+from semdb.images import discover, load_image
+from semdb.progress import report
 
 from .data import BenchData, Variant, validate
 
@@ -54,7 +57,6 @@ def _check_qualities(values, what: str) -> list[int]:
 
 def reencode(img, fmt: str, quality: int):
     """(decoded re-encoded image, size in bits) of ``img`` saved as ``fmt`` at ``quality``."""
-    from PIL import Image
 
     buf = io.BytesIO()
     img.save(buf, format=fmt, quality=int(quality))
@@ -93,10 +95,6 @@ def load_image_folder(
     (``jpeg-q10``, ``webp-q50``...). Unreadable images are skipped with a message.
     ``progress``: ``progress(stage, done, total)`` (semdb.progress), stage "embedding images".
     """
-    from PIL import features
-
-    from semdb.images import discover, load_image
-    from semdb.progress import report
 
     root = Path(folder)
     if not root.is_dir():

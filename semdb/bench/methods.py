@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from semdb.codec import entropy
@@ -177,8 +178,6 @@ class FaissMethod(Method):
         self.index = None
 
     def _make(self):
-        import faiss
-
         index = faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT)
         self._configure(index)
         return index
@@ -216,8 +215,6 @@ class FaissMethod(Method):
 
     @property
     def size_bytes(self) -> int:
-        import faiss
-
         return int(faiss.serialize_index(self.index).size) if self.index is not None else 0
 
 
@@ -231,8 +228,6 @@ class PQMethod(FaissMethod):
         self.min_train = 2**nbits
 
     def _configure(self, index) -> None:
-        import faiss
-
         index = faiss.downcast_index(index)
         # index_factory turns on polysemous training for PQ x8: it only permutes centroids
         # (for Hamming filtering, unused here) and costs minutes.
@@ -252,8 +247,6 @@ class OPQMethod(FaissMethod):
         self.note = f"OPQ niter={niter}"
 
     def _configure(self, index) -> None:
-        import faiss
-
         opq = faiss.downcast_VectorTransform(index.chain.at(0))
         opq.niter = self.niter
         opq.verbose = False
@@ -304,7 +297,6 @@ class RaBitQMethod(FaissMethod):
 
     def __init__(self, dim: int, budget: int | None):
         super().__init__("RaBitQ", dim, budget, dim, 1, "rabitq")
-        import faiss
 
         code_size = faiss.IndexRaBitQ(dim, faiss.METRIC_INNER_PRODUCT).code_size
         self.bits = float(code_size * 8)
@@ -505,12 +497,7 @@ class VariantMethod(Method):
 
 
 def rabitq_available() -> bool:
-    try:
-        import faiss
-
-        return hasattr(faiss, "IndexRaBitQ")
-    except ImportError:  # pragma: no cover
-        return False
+    return hasattr(faiss, "IndexRaBitQ")  # FAISS >= 1.11
 
 
 @dataclass

@@ -9,6 +9,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from .methods import FAMILY_LABELS
 from .runner import ROW_KEYS, sort_rows
 
@@ -115,8 +124,6 @@ def header(rows: Sequence[dict[str, Any]]) -> str:
 def make_table(rows: Sequence[dict[str, Any]], title: str | None = None):
     """A rich Table of the 'ok' rows, sorted by budget then method; skipped and failed
     methods are listed in the caption."""
-    from rich import box
-    from rich.table import Table
 
     rows = sort_rows(list(rows))
     ok = [r for r in rows if r["status"] == "ok"]
@@ -124,7 +131,7 @@ def make_table(rows: Sequence[dict[str, Any]], title: str | None = None):
     table = Table(
         title=title or header(rows), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1)
     )
-    for key, head, kind in cols:
+    for _, head, kind in cols:
         table.add_column(head, justify="left" if kind == "str" else "right", no_wrap=True)
     prev_budget = object()
     for r in ok:
@@ -154,7 +161,6 @@ def print_table(
     rows: Sequence[dict[str, Any]], console=None, title: str | None = None, width: int | None = None
 ) -> None:
     """Print the table (to ``console``, or a new rich Console of ``width`` columns)."""
-    from rich.console import Console
 
     (console or Console(width=width)).print(make_table(rows, title))
 
@@ -183,7 +189,6 @@ def write_json(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
 
 
 def arrow_schema():
-    import pyarrow as pa
 
     types = {
         "schema_version": pa.int32(),
@@ -207,8 +212,6 @@ def arrow_schema():
 
 
 def write_parquet(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     p = Path(path)
     table = pa.Table.from_pylist(to_records(rows), schema=arrow_schema())
@@ -220,9 +223,6 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str | No
     """Accuracy against bits per item (log x), one panel per available accuracy metric, one
     line per method family, float32 as a dashed horizontal reference."""
     # a bare Figure renders with Agg and leaves pyplot's global backend alone
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
 
     ok = [r for r in rows if r["status"] == "ok"]
     panels = [(k, t) for k, t in PLOT_METRICS if any(r.get(k) is not None for r in ok)]

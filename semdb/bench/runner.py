@@ -16,7 +16,7 @@ from semdb.progress import report
 from semdb.threads import limited
 
 from . import metrics as M
-from .data import BenchData, load_embeddings, ood_split, split_indices
+from .data import BenchData, load_embeddings, ood_split, source_shift, split_indices
 from .methods import (
     FAMILIES,
     QUERY_FAMILIES,
@@ -31,10 +31,11 @@ from .methods import (
     plan_reference,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: knn_recall_1, shift_share; protocols shift and transfer
 DEFAULT_BITS = (64, 128, 256, 400, 512)
 DEFAULT_BPP_PIXELS = (224, 224)
-KNN_K = 10
+KNN_KS = (1, 10)
+PROTOCOLS = ("held-out", "ood", "shift", "transfer")
 RECALL_KS = (1, 5, 10)
 
 #: Every result row has exactly these keys, in this order (None where not applicable).
@@ -43,6 +44,7 @@ ROW_KEYS = (
     "dataset",
     "dim",
     "protocol",
+    "shift_share",
     "split_seed",
     "train_fraction",
     "n_train",
@@ -62,6 +64,7 @@ ROW_KEYS = (
     "t2i_recall_1",
     "t2i_recall_5",
     "t2i_recall_10",
+    "knn_recall_1",
     "knn_recall_10",
     "zeroshot_top1",
     "zeroshot_top5",
@@ -129,10 +132,10 @@ def _block_rows(n_cols: int) -> int:
     return int(max(1, min(2048, 4_000_000 // max(n_cols, 1))))
 
 
-def _evaluate(method: Method, codes, data: BenchData, eval_idx: np.ndarray) -> dict[str, Any]:
-    """Accuracy metrics of one encoded evaluation set."""
+def _evaluate(method: Method, codes, ev: BenchData) -> dict[str, Any]:
+    """Accuracy metrics of one encoded evaluation set (``ev``: its rows, in code order)."""
     out: dict[str, Any] = {}
-    X = data.image_emb[eval_idx]
+    X = ev.image_emb
     n = X.shape[0]
     if method.decodes:
         xh = method.decode(codes)
@@ -141,39 +144,92 @@ def _evaluate(method: Method, codes, data: BenchData, eval_idx: np.ndarray) -> d
     score = method.scorer(codes)
     step = _block_rows(n)
 
-    if data.text_emb is not None:
-        T = data.text_emb[eval_idx]
+    if ev.text_emb is not None:
+        T = ev.text_emb
         ranks = np.concatenate(
             [M.target_ranks(score(T[i : i + step]), np.arange(i, min(i + step, n))) for i in range(0, n, step)]
         )
         for k in RECALL_KS:
             out[f"t2i_recall_{k}"] = float((ranks < k).mean()) if k < n else None
 
-    want_knn = n > KNN_K
-    want_nn1 = data.label is not None and n > 1
-    if want_knn or want_nn1:
-        hits = 0.0
+    knn_ks = [k for k in KNN_KS if n > k]
+    want_nn1 = ev.label is not None and n > 1
+    if knn_ks or want_nn1:
+        hits = dict.fromkeys(knn_ks, 0.0)
         nn_correct = 0
-        labels = data.label[eval_idx] if want_nn1 else None
         for i in range(0, n, step):
             rows = np.arange(i, min(i + step, n))
             S_apx = score(X[rows])
-            if want_knn:
+            if knn_ks:
                 S_true = X[rows] @ X.T
-                hits += M.knn_recall(S_true, S_apx, KNN_K, rows) * len(rows)
+                for k in knn_ks:
+                    hits[k] += M.knn_recall(S_true, S_apx, k, rows) * len(rows)
             if want_nn1:
-                nn_correct += M.nn1_accuracy(S_apx, labels, rows) * len(rows)
-        if want_knn:
-            out[f"knn_recall_{KNN_K}"] = hits / n
+                nn_correct += M.nn1_accuracy(S_apx, ev.label, rows) * len(rows)
+        for k in knn_ks:
+            out[f"knn_recall_{k}"] = hits[k] / n
         if want_nn1:
             out["nn1_accuracy"] = nn_correct / n
 
-    if data.class_text_emb is not None and data.label is not None:
-        S = score(data.class_text_emb)  # (C, n)
-        zs = M.zero_shot(S, data.label[eval_idx], (1, 5))
+    if ev.class_text_emb is not None and ev.label is not None:
+        S = score(ev.class_text_emb)  # (C, n)
+        zs = M.zero_shot(S, ev.label, (1, 5))
         out["zeroshot_top1"] = zs[1]
-        out["zeroshot_top5"] = zs[5] if data.class_text_emb.shape[0] > 5 else None
+        out["zeroshot_top5"] = zs[5] if ev.class_text_emb.shape[0] > 5 else None
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """What the methods train on and what they are evaluated on."""
+
+    train: BenchData
+    eval: BenchData
+    protocol: str
+    shift_share: float | None = None  # the evaluation set's spread inside the training subspace
+
+
+def make_split(
+    data: BenchData,
+    protocol: str,
+    *,
+    eval_data: BenchData | None = None,
+    train_fraction: float = 0.5,
+    seed: int = 0,
+    groups: int = 10,
+    shift: float = 0.5,
+) -> Split:
+    """The protocol's split (docs/BENCH.md):
+
+    - held-out: a seeded random split of ``data``;
+    - ood: whole classes or k-means clusters train, the others evaluate;
+    - shift: the held-out split, with the evaluation side rotated so that only ``shift`` of its
+      spread stays in the training set's principal subspace (:func:`source_shift`);
+    - transfer: all of ``data`` trains, all of ``eval_data`` evaluates (another collection).
+
+    1-NN label accuracy needs labels; ood, without them, takes its clusters as the labels."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    if (protocol == "transfer") != (eval_data is not None):
+        raise InputError("--eval FILE goes with --protocol transfer (train on one collection, score another)")
+    if protocol == "transfer":
+        if eval_data.dim != data.dim:
+            raise InputError(
+                f"--eval: {eval_data.dim}-d embeddings, but the training file has {data.dim}-d; use the same model"
+            )
+        return Split(data, eval_data, "transfer")
+    if protocol == "ood":
+        train_idx, eval_idx, group, kind = ood_split(data, train_fraction, seed, groups)
+        if data.label is None:  # the clusters are the labels 1-NN accuracy is measured on
+            data = dataclasses.replace(data, label=group)
+        return Split(data.take(train_idx), data.take(eval_idx), kind)
+    train_idx, eval_idx = split_indices(data.n, train_fraction, seed)
+    train, ev = data.take(train_idx), data.take(eval_idx)
+    if protocol == "held-out":
+        return Split(train, ev, protocol)
+    rotation = source_shift(train.image_emb, ev.image_emb, shift, seed)
+    ev = ev.transformed(rotation.apply)
+    return Split(train, ev, protocol, rotation.share(ev.image_emb))
 
 
 def run_bench(
@@ -189,6 +245,8 @@ def run_bench(
     threads: int | None = 1,
     protocol: str = "held-out",
     ood_groups: int = 10,
+    shift: float = 0.5,
+    eval_data: BenchData | str | Path | None = None,
     progress=None,
     on_message: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -213,9 +271,15 @@ def run_bench(
         differently, and k-means turns that into another quantizer; semdb/threads.py), and the
         training sets are small while FAISS's OpenMP loops slow down several-fold (measured
         6-10x on 2 cores) when other processes compete for the cores.
-    protocol: "held-out" (the seeded random split) or "ood": whole classes (``label``) or, without
-        labels, ``ood_groups`` k-means clusters train, the other groups evaluate (see
-        :func:`semdb.bench.data.ood_split`); without labels, the clusters are the labels of 1-NN accuracy.
+    protocol: "held-out" (the seeded random split), "ood" (whole classes or ``ood_groups``
+        k-means clusters train, the others evaluate), "shift" (the held-out split with the
+        evaluated items rotated until ``shift`` of their spread stays in the training set's
+        principal subspace) or "transfer" (``data`` trains, ``eval_data`` evaluates); see
+        :func:`make_split`.
+    shift: with protocol "shift", the share of the evaluated items' spread left inside the
+        training set's top principal directions (about 0.75 in distribution; 0.5 was measured
+        on unfamiliar web photos).
+    eval_data: with protocol "transfer", the collection (BenchData or file) to evaluate on.
     progress: ``progress(stage, done, total)`` (semdb.progress), one stage per job such as
         "semdb @ 256 bits", 3 steps each (train, encode, evaluate).
     on_message: called with one line per skipped/failed method.
@@ -224,11 +288,11 @@ def run_bench(
     """
     if not isinstance(data, BenchData):
         data = load_embeddings(data)
+    if eval_data is not None and not isinstance(eval_data, BenchData):
+        eval_data = load_embeddings(eval_data)
     codec_given = codec is not None
-    if protocol not in ("held-out", "ood"):
-        raise InputError(f"--protocol {protocol!r}: choose 'held-out' or 'ood'")
-    if codec_given and protocol == "ood":
-        raise InputError("--protocol ood trains on some groups and evaluates on the others; not with --codec")
+    if codec_given and protocol != "held-out":
+        raise InputError(f"--protocol {protocol} trains on one part and evaluates on another; not with --codec")
     families = _check_methods(methods, codec_given, data.has_pairs)
     budgets = _check_bits(bits)
     w, h = _check_pixels(bpp_pixels)
@@ -243,14 +307,18 @@ def run_bench(
         cdim = getattr(codec, "dim", dim)
         if cdim != dim:
             raise InputError(f"--codec: codec is for {cdim}-d embeddings but image_emb has {dim} dims")
-        train_idx = eval_idx = np.arange(data.n)
-        protocol = "given-codec"
-    elif protocol == "ood":
-        train_idx, eval_idx, group, protocol = ood_split(data, train_fraction, seed, ood_groups)
-        if data.label is None:  # the clusters are the labels 1-NN accuracy is measured on
-            data = dataclasses.replace(data, label=group)
+        split = Split(data, data, "given-codec")
     else:
-        train_idx, eval_idx = split_indices(data.n, train_fraction, seed)
+        split = make_split(
+            data,
+            protocol,
+            eval_data=eval_data,
+            train_fraction=train_fraction,
+            seed=seed,
+            groups=ood_groups,
+            shift=shift,
+        )
+    train, ev = split.train, split.eval
 
     # ---- plan
     jobs: list[Planned] = []
@@ -277,21 +345,22 @@ def run_bench(
     for f in families:
         if f in REFERENCE_FAMILIES:
             jobs.append(plan_reference(f, dim))
-    for v in data.variants:
+    for v in ev.variants:
         jobs.append(Planned(v.family, None, v.name, lambda v=v: VariantMethod(v)))
 
-    n_eval = int(eval_idx.size)
+    n_eval = ev.n
     base = {
         "schema_version": SCHEMA_VERSION,
-        "dataset": data.name,
+        "dataset": data.name if split.protocol != "transfer" else f"{data.name} -> {ev.name}",
         "dim": dim,
-        "protocol": protocol,
+        "protocol": split.protocol,
+        "shift_share": split.shift_share,
         "split_seed": None if codec_given else int(seed),
-        "train_fraction": None if codec_given else float(train_fraction),
+        "train_fraction": float(train_fraction) if split.protocol in ("held-out", "ood", "shift") else None,
         "n_eval": n_eval,
     }
-    X_train = data.image_emb[train_idx]
-    X_eval = data.image_emb[eval_idx]
+    X_train = train.image_emb
+    X_eval = ev.image_emb
     say = on_message or (lambda msg: None)
     last_fit: dict[str, tuple[int, float, str]] = {}  # family -> (size_param, seconds, name)
     rows: list[dict[str, Any]] = []
@@ -322,7 +391,7 @@ def run_bench(
             try:
                 method = p.make()
                 if isinstance(method, VariantMethod):
-                    row = _run_variant(method, data, eval_idx, new_row(p, "ok", method.note))
+                    row = _run_variant(method, ev, new_row(p, "ok", method.note))
                 else:
                     prev = last_fit.get(p.family)
                     if (
@@ -337,8 +406,8 @@ def run_bench(
                                 f"predicted training time ~{predicted:.0f}s exceeds the {max_train_seconds:.0f}s limit "
                                 f"({prev[2]} took {prev[1]:.1f}s)"
                             )
-                    if isinstance(method, CodecMethod) and method.paired is not None and data.text_emb is not None:
-                        method.queries = data.text_emb[train_idx]
+                    if isinstance(method, CodecMethod) and method.paired is not None:
+                        method.queries = train.text_emb
                     t0 = time.perf_counter()
                     method.fit(X_train)  # a given codec does not train
                     train_s = time.perf_counter() - t0
@@ -361,7 +430,7 @@ def run_bench(
                     row["encode_us_per_item"] = enc_s / n_eval * 1e6
                     row["train_seconds"] = train_s
                     row["size_bytes"] = int(method.size_bytes)
-                    row.update(_evaluate(method, codes, data, eval_idx))
+                    row.update(_evaluate(method, codes, ev))
             except MethodSkipped as exc:
                 row = new_row(p, "skipped", str(exc))
                 say(f"{label}: skipped: {exc}")
@@ -376,7 +445,9 @@ def run_bench(
     return sort_rows(rows)
 
 
-def _run_variant(method: VariantMethod, data: BenchData, eval_idx: np.ndarray, row: dict) -> dict:
+def _run_variant(method: VariantMethod, ev: BenchData, row: dict) -> dict:
+    """A pre-computed variant over the evaluated rows (``ev.variants`` hold just those rows)."""
+    eval_idx = np.arange(ev.n)
     codes = method.encode_rows(eval_idx)
     v = method.variant
     row["scoring"] = method.scoring
@@ -387,10 +458,10 @@ def _run_variant(method: VariantMethod, data: BenchData, eval_idx: np.ndarray, r
     row["entropy_bpp"] = row["bpp"]
     row["bpp_convention"] = "actual"
     if v.encode_seconds is not None:
-        row["encode_us_per_item"] = v.encode_seconds / data.n * 1e6
+        row["encode_us_per_item"] = v.encode_seconds / ev.n * 1e6
     row["train_seconds"] = 0.0
     row["size_bytes"] = 0
-    row.update(_evaluate(method, codes, data, eval_idx))
+    row.update(_evaluate(method, codes, ev))
     return row
 
 
