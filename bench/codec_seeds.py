@@ -11,8 +11,8 @@ method is trained with --train-seeds seeds (--embeddings: another file in the be
 texts, as flickr8k_openai_vitb32_images.npz, only kNN@10): semdb's `Codec` (S + 100 j; at 64 bits at each
 residual-metric shrinkage in --shrinks, 0.95 being the default and 1.0 no image metric), FAISS
 RQ{bits/8}x8 (k-means seed 1234 + S + 100 j) and LSQ{bits/8}x8 (2 training iterations as in the
-bench; half the seeds, it is slow). Prints each run as JSON, then the per-split means and their mean. One thread for every
-library (semdb.threads): FAISS's k-means and the BLAS give other codecs on other thread counts.
+bench; half the seeds, it is slow). Prints each run as JSON, then the per-split means and their mean. One
+thread for every library (semdb.threads): FAISS's k-means and the BLAS give other codecs on other thread counts.
 """
 
 import argparse
@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-import semdb.codec.codec as codec_module
+import semdb.codec.residual as residual_module
 from semdb.bench import metrics
 from semdb.bench.data import load_embeddings, split_indices
 from semdb.bench.methods import unit_rows
@@ -45,7 +45,7 @@ def faiss_scorer(factory, seed, X_train, X_eval):
 
 
 def semdb_scorer(bits, shrink, seed, X_train, X_eval):
-    codec_module.RESIDUAL_METRIC_SHRINK = shrink  # the module constant Codec.train reads (64 bits)
+    residual_module.RESIDUAL_METRIC_SHRINK = shrink  # the module constant the residual stages train with (64 bits)
     codec = Codec.train(X_train, bits=bits, seed=seed)
     codes = codec.encode(X_eval)
     return lambda Q: codec.scores(Q, codes)
@@ -81,7 +81,7 @@ def run(args):
                 if method.startswith("LSQ") and j >= (args.train_seeds + 1) // 2:
                     continue
                 if method.startswith("semdb"):
-                    shrink = float(method.split()[-1]) if args.bits == 64 else codec_module.RESIDUAL_METRIC_SHRINK
+                    shrink = float(method.split()[-1]) if args.bits == 64 else residual_module.RESIDUAL_METRIC_SHRINK
                     score = semdb_scorer(args.bits, shrink, seed, X_train, X_eval)
                 else:
                     score = faiss_scorer(method, 1234 + seed, X_train, X_eval)

@@ -120,7 +120,7 @@ def main():
     ref = exhaustive.search(Q, 10)[0]
     Z = np.concatenate([codec.slot_coords(codes[i : i + 100_000]) for i in range(0, len(codes), 100_000)])
     Z = np.ascontiguousarray(Z, np.float32)
-    mean, P = codec.tensors["mean"], codec._decoder
+    mean, P = codec.tensors["mean"], codec.decoder
     result = dict(n=args.n, queries=args.queries, coverage={}, per_list={}, hnsw=None, prefix=None)
     if args.prefix:
         result["prefix"] = prefix_ranks(codec, codes, Q[:100], ref[:100])
@@ -157,8 +157,8 @@ def main():
         faiss.omp_set_num_threads(1)
         p = nlist // 4
         scanned = float(ivf.list_sizes[np.argsort(-(Q @ C.T), axis=1)[:, :p]].sum(1).mean())
-        ms = median_ms(lambda q: ivf.search(q, 10, nprobe=p), Q[:100])
-        ms1 = median_ms(lambda q: ivf.search(q, 10, nprobe=1), Q[:100])
+        ms = median_ms(lambda q, ivf=ivf, p=p: ivf.search(q, 10, nprobe=p), Q[:100])
+        ms1 = median_ms(lambda q, ivf=ivf: ivf.search(q, 10, nprobe=1), Q[:100])
         result["per_list"][nlist] = dict(
             nprobe=p, codes_scanned=round(scanned), ms=round(ms, 3), ms_nprobe_1=round(ms1, 3)
         )

@@ -18,10 +18,13 @@ Only 4-bit codecs (K = 16, the default) use IVF; other shapes keep the exhaustiv
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
 
+from .errors import CodecError
+from .progress import report
 from .search import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
 
 # Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below a million codes the exhaustive
@@ -57,7 +60,7 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     is orthonormal and has no coarse slot (the pair-free default above 128 bits), x_hat =
     mean + P z is an isometry of z, so k-means runs on z (n_cols * d < D coordinates) and the
     centroids are mapped back; otherwise spherical k-means on the decoded unit vectors."""
-    import faiss
+    import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
 
     n = len(codes)
     rng = np.random.default_rng(seed)
@@ -79,7 +82,7 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     km.train(np.ascontiguousarray(X, np.float32))
     C = km.centroids.astype(np.float32)
     if in_z:  # the lists' mean decoded vectors (not normalised: codes go to the nearest in L2)
-        return (codec.tensors["mean"][None, :] + C @ codec._decoder.T).astype(np.float32)
+        return (codec.tensors["mean"][None, :] + C @ codec.decoder.T).astype(np.float32)
     return (C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
@@ -103,10 +106,10 @@ class Assigner:
         self.nlist = len(C)
         A = t["mean"][None, :] + (t["coarse"] if codec.n_coarse else 0.0)  # (K or 1, D)
         self.CA = (A @ C.T - 0.5 * (C * C).sum(1)[None, :]).astype(np.float32)  # (K or 1, nlist)
-        self.CP = np.ascontiguousarray((C @ codec._decoder).T, np.float32)  # (n_cols * d, nlist)
+        self.CP = np.ascontiguousarray((C @ codec.decoder).T, np.float32)  # (n_cols * d, nlist)
         self.groups = None
         if self.nlist > self.EXACT_NLIST:
-            import faiss
+            import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
 
             n_groups = int(np.sqrt(self.nlist))
             km = faiss.Kmeans(C.shape[1], n_groups, niter=10, seed=0, min_points_per_centroid=1, verbose=False)
@@ -115,7 +118,7 @@ class Assigner:
             member = np.argmax(C @ G.T - 0.5 * (G * G).sum(1)[None, :], axis=1)
             self.groups = [np.flatnonzero(member == g) for g in range(n_groups)]
             self.GA = (A @ G.T - 0.5 * (G * G).sum(1)[None, :]).astype(np.float32)
-            self.GP = np.ascontiguousarray((G @ codec._decoder).T, np.float32)
+            self.GP = np.ascontiguousarray((G @ codec.decoder).T, np.float32)
 
     def __call__(self, codes: np.ndarray, chunk: int = 32768) -> np.ndarray:
         codec = self.codec
@@ -166,7 +169,7 @@ class IvfIndex(AdcIndex):
         """`span`: the codec's decoder P (D, r): when every centroid lies in the plane
         spanned by P and the mean (the k-means of train_centroids on z), the lists are ranked
         in those r < D coordinates (reading nlist x r floats per query instead of nlist x D)."""
-        import faiss
+        import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
 
         if nbits != 4:
             raise ValueError("IVF scans 4-bit codes only")
@@ -283,7 +286,7 @@ class IvfIndex(AdcIndex):
         nprobe: int | None = None,
     ) -> list[Candidates]:
         """Per query: the shortlist of the nprobe nearest lists and its exact rerank (see search)."""
-        import faiss
+        import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
 
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         if rows is not None:
@@ -331,16 +334,12 @@ class IvfIndex(AdcIndex):
 
 
 def _digest(C: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(C, np.float32).tobytes()).hexdigest()[:16]
 
 
 def build(ctx, nlist: int | None = None, seed: int = 0, progress=None) -> dict:
     """Train the store's coarse centroids on its decoded codes, assign every code, and install
     both in one transaction (replacing any earlier IVF). Returns the IVF's meta record."""
-    from .progress import report
-
     store, codec = ctx.store, ctx.codec
     if not supported(codec):
         raise ValueError("IVF needs an additive codec with 4-bit sub-codes")
@@ -363,8 +362,6 @@ def adopt(ctx, centroids: np.ndarray, info: dict) -> dict:
     (semdb.cluster) need the same centroids: then a query ranks the same lists in every shard.
     `built_on` is kept (the whole collection's size), so a shard's growth alone does not
     rebuild it with centroids of its own until it holds REBUILD_GROWTH x that."""
-    from .errors import CodecError
-
     store, codec = ctx.store, ctx.codec
     if not supported(codec) or info.get("codec_id") != codec.id:
         raise CodecError(

@@ -1,9 +1,11 @@
 """The codec: exact ADC, packing, persistence, determinism, input validation, real-data accuracy."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,6 +201,15 @@ def test_bad_shapes_and_files(codec, data, tmp_path):
         Codec.load(tmp_path / "ok.safetensors", dim=512)
     with pytest.raises(CodecError, match="cannot read"):
         Codec.load(tmp_path / "missing.safetensors")
+
+
+def test_the_quantizer_variant_is_chosen_from_the_config(codec, data):
+    assert (codec.variant, codec.residual) == ("residual", True)
+    assert Codec.train(data[0], bits=128, seed=0).variant == "pca-slots"
+    other = dict(codec.config, arch="other")
+    raw = safetensors.numpy.save(dict(codec.tensors), metadata={"semdb_codec": json.dumps(other)})
+    with pytest.raises(CodecError, match="arch='other': not a codec architecture"):
+        Codec.from_bytes(raw)
 
 
 def test_search_pads_when_fewer_items_than_k(codec, data):

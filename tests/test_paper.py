@@ -6,7 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from semdb import Codec
+from semdb.codec import paper
 from semdb.codec.paper import PaperCodec, paper_shape, train_paper
+from semdb.errors import CodecError
 
 # Small network and few epochs: these tests exercise the real torch training loop quickly.
 FAST = dict(hidden=64, feat=8, max_epochs=10, patience=10, batch_size=50)
@@ -114,3 +117,29 @@ def test_progress_protocol(data):
     train_paper(data[:120], bits=400, seed=0, progress=lambda *a: calls.append(a), **dict(FAST, max_epochs=3))
     assert [c[0] for c in calls] == ["training paper codec"] * len(calls) and calls[-1][2] == 3
     assert [c[1] for c in calls] == list(range(1, len(calls) + 1))
+
+
+def test_codec_over_the_paper_variant_scores_by_decoding(data, monkeypatch, tmp_path):
+    """semdb.Codec(arch="paper"): the PQ-VAE behind the codec's API (decode-then-score, no ADC parts)."""
+    for key, value in FAST.items():
+        monkeypatch.setitem(paper.DEFAULTS, key, value)
+    codec = Codec.train(data[:200], bits=400, arch="paper", seed=0)
+    assert (codec.variant, codec.bits, codec.n_coarse, codec.layout) == ("paper", 400, 0, None)
+    codes = codec.encode(data[200:])
+    X_hat = codec.decode(codes)
+    np.testing.assert_allclose(np.linalg.norm(X_hat, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(X_hat, codec.decode_additive(codes))
+    Q = data[200:210]
+    S = codec.scores(Q, codes)
+    np.testing.assert_allclose(S, Q @ X_hat.T, atol=1e-6)
+    ids, _ = codec.search(Q, codes, k=1)
+    np.testing.assert_array_equal(ids[:, 0], np.argmax(S, axis=1))
+    for part in ("tables", "decoder"):
+        with pytest.raises(CodecError, match="paper architecture"):
+            getattr(codec, part)
+    with pytest.raises(CodecError, match="paper architecture"):
+        codec.norms(codec.indices(codes))
+    codec.save(tmp_path / "paper.safetensors")
+    again = Codec.load(tmp_path / "paper.safetensors")
+    assert again.id == codec.id and again.variant == "paper"
+    np.testing.assert_array_equal(again.encode(data[200:]), codes)

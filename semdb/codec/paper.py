@@ -50,6 +50,7 @@ Bits per item = M * log2(n_e), fixed-length; ``paper_shape`` picks the latent sh
 budget. Serialisation: ``PaperCodec.to_parts() -> (config, tensors)`` and
 ``PaperCodec.from_parts(config, tensors)``; the config is a JSON-able dict, the tensors a dict
 name -> float32 numpy array (safetensors-ready).
+``PaperQuantizer`` is the PQ-VAE as a ``Codec`` variant (semdb.codec.quantizer's interface).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ import time
 
 import numpy as np
 
+from ..errors import CodecError
 from ..progress import report
+from .quantizer import TrainRequest
 
 # Latent-shape search space of paper_shape, in order of preference (see its docstring).
 GRIDS = (5, 4)
@@ -136,9 +139,9 @@ def paper_shape(bits: int, dim: int) -> dict | None:
 
 def _build(cfg: dict):
     """The torch module for an architecture config (imports torch lazily)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    import torch  # noqa: PLC0415 - torch loads only when a paper codec is used
+    import torch.nn.functional as F  # noqa: PLC0415 - torch loads only when a paper codec is used
+    from torch import nn  # noqa: PLC0415 - torch loads only when a paper codec is used
 
     class PaperNet(nn.Module):
         def __init__(self, dim, grid, channels, e_dim, n_e, hidden, feat, dropout):
@@ -203,8 +206,8 @@ def _build(cfg: dict):
 
 def _spherical_kmeans(points, k: int, iters: int, gen):
     """k-means++ seeding + spherical Lloyd on unit rows (torch, seeded generator)."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # noqa: PLC0415 - torch loads only when a paper codec is used
+    import torch.nn.functional as F  # noqa: PLC0415 - torch loads only when a paper codec is used
 
     n = points.shape[0]
     centers = [points[torch.randint(n, (1,), generator=gen)].squeeze(0)]
@@ -240,8 +243,8 @@ def train_paper(X: np.ndarray, bits: int, seed: int = 0, progress=None, **overri
     plus the config scalars (dim, grid, channels, e_dim, n_e, hidden, feat, dropout, seed,
     epochs, best_epoch, val_cos) and train_seconds. Pass it to ``PaperCodec(params)``.
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # noqa: PLC0415 - torch loads only when a paper codec is used
+    import torch.nn.functional as F  # noqa: PLC0415 - torch loads only when a paper codec is used
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2 or len(X) < 2:
@@ -394,7 +397,7 @@ class PaperCodec:
         return self
 
     def _init(self, config: dict, tensors: dict):
-        import torch
+        import torch  # noqa: PLC0415 - torch loads only when a paper codec is used
 
         missing = [k for k in ARCH_KEYS if k not in config]
         if missing:
@@ -430,7 +433,7 @@ class PaperCodec:
 
     def encode(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """(n, D) embeddings -> (n, M) int64 codeword indices."""
-        import torch
+        import torch  # noqa: PLC0415 - torch loads only when a paper codec is used
 
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.dim:
@@ -444,7 +447,7 @@ class PaperCodec:
 
     def decode(self, indices: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """(n, M) indices -> (n, D) float32 unit rows."""
-        import torch
+        import torch  # noqa: PLC0415 - torch loads only when a paper codec is used
 
         idx = np.asarray(indices)
         if idx.ndim != 2 or idx.shape[1] != self.m:
@@ -468,3 +471,53 @@ def _scalar(v):
     if isinstance(v, (np.floating,)):
         return float(v)
     return v
+
+
+class PaperQuantizer:
+    """The PQ-VAE as a `Codec` stage (see `quantizer.Quantizer`): no additive tables, so codes
+    are scored by decoding them first.
+
+        x ──PaperCodec.encode──> indices ──PaperCodec.decode──> x_hat (unit) ──> q . x_hat
+
+    The codec's config holds the network's under "paper", its tensors the weights under PREFIX.
+    """
+
+    name = "paper"
+    adc = False
+    n_coarse = 0
+    layout = None
+
+    def __init__(self, config: dict, tensors: dict[str, np.ndarray]):
+        self.net = PaperCodec.from_parts(config["paper"], {k: v for k, v in tensors.items() if k.startswith(PREFIX)})
+
+    def encode_indices(self, X: np.ndarray) -> np.ndarray:
+        return self.net.encode(X)
+
+    def decode_indices(self, idx: np.ndarray) -> np.ndarray:
+        return self.net.decode(idx).astype(np.float32)
+
+    def decode_unit(self, idx: np.ndarray) -> np.ndarray:
+        return self.decode_indices(idx)
+
+    @property
+    def tables(self) -> np.ndarray:
+        raise CodecError("the paper architecture has no additive tables; it scores by decoding")
+
+    @property
+    def decoder(self) -> np.ndarray:
+        raise CodecError("the paper architecture has no linear decoder; it decodes with its network")
+
+    def norms(self, idx: np.ndarray) -> np.ndarray:
+        raise CodecError("the paper architecture's reconstructions are unit-norm; it scores by decoding")
+
+    def slot_coords(self, idx: np.ndarray) -> np.ndarray:
+        raise CodecError("the paper architecture has no slot coordinates; it decodes with its network")
+
+    def check_consistent(self) -> None:
+        """The weights were checked against the network when it was built (load_state_dict, strict)."""
+
+    @staticmethod
+    def train(request: TrainRequest) -> tuple[dict, dict]:
+        net = PaperCodec(train_paper(request.X, request.bits, seed=request.seed, progress=request.progress))
+        pconf, tensors = net.to_parts()
+        return tensors, dict(arch="paper", paper=pconf, d=int(pconf["e_dim"]), m=net.m, k=net.k)
