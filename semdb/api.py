@@ -21,7 +21,7 @@ from .context import STATS_KEY, StoreContext
 from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
-from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice
+from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
 from .ivf import default_nprobe
 from .progress import Progress
 from .query import Hit, Searcher
@@ -349,7 +349,7 @@ class Database:
         if codec is not None:
             _, codes = self.store.load_codes()
             stats = meta.get(STATS_KEY) or {}
-            ratio = drift_ratio(stats)
+            ratio, shift = drift_ratio(stats), shift_ratio(stats)
             out["codec"] = {
                 "id": codec.id,
                 "arch": codec.arch,
@@ -361,6 +361,7 @@ class Database:
                 "query_source": codec.config.get("query_source", "none"),
                 "encoded_since": stats.get("encoded"),
                 "drift_ratio": None if ratio is None else round(ratio, 3),
+                "shift_ratio": None if shift is None else round(shift, 3),
             }
             out["bits_per_item"] = codec.bits
             out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None

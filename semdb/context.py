@@ -16,7 +16,9 @@ from .errors import CodecError, StoreError
 from .faults import fault_point
 from .store import Store
 
-STATS_KEY = "codec_stats"  # store meta: {trained_on, train_error, encoded, error_sum} of its codec
+# store meta: {trained_on, train_error, encoded, error_sum, outside_baseline, outside_recent} of its
+# codec (drift and shift: semdb/ingest/training.py)
+STATS_KEY = "codec_stats"
 
 
 class StoreContext:

@@ -250,3 +250,51 @@ def test_a_store_grown_from_a_few_images_matches_one_built_in_one_go(tmp_path, f
         grown = _r1(db, T)
     float_r1 = float(np.mean((T @ X.T).argmax(1) == np.arange(len(X))))
     assert abs(grown - once) <= 0.02 and grown > 0.9 * float_r1, (grown, once, float_r1)
+
+
+def _shift_advice_run(store, X_train, X_same, X_shifted, model, dim_paths="/p"):
+    """Train a store's codec on X_train, add held-out photos of the same collection, then
+    photos unlike them: (info after the same-collection photos, info after the shifted ones)."""
+    with semdb.open(store) as db:
+        db.add_embeddings([f"{dim_paths}/t{i}.jpg" for i in range(len(X_train))], X_train, model=model, bits=256)
+        assert db.info()["compressed"]
+        db.add_embeddings([f"{dim_paths}/s{i}.jpg" for i in range(len(X_same))], X_same)
+        same = db.info()
+    with semdb.open(store) as db:  # the stats persist
+        s = db.add_embeddings([f"{dim_paths}/x{i}.jpg" for i in range(len(X_shifted))], X_shifted)
+        shifted = db.info()
+    assert s["retrain_advice"] == shifted["retrain_advice"]
+    return same, shifted
+
+
+def test_photos_unlike_the_training_photos_advise_retrain(tmp_path, tiny_model):
+    from conftest import clip_like_embeddings
+
+    from semdb.bench import source_shift
+
+    X = clip_like_embeddings(n=1100, dim=64, seed=5)["image_emb"]
+    train, same, new = X[:600], X[600:850], X[850:]
+    shifted = source_shift(train, new, 0.5, seed=1).apply(new)
+    same_info, shifted_info = _shift_advice_run(tmp_path / "s", train, same, shifted, tiny_model)
+    assert same_info["retrain_advice"] is None and same_info["codec"]["shift_ratio"] < 1.1
+    ratio = shifted_info["codec"]["shift_ratio"]  # the latest photos weigh most
+    assert ratio > 1.3 and "vary along directions its training images did not" in shifted_info["retrain_advice"]
+    facts = json.loads(semdb_cli("info", "--store", tmp_path / "s", "--json").stdout)
+    assert facts["retrain_advice"] == shifted_info["retrain_advice"] and facts["codec"]["shift_ratio"] == ratio
+    assert "shift ratio" in semdb_cli("info", "--store", tmp_path / "s").stdout
+
+
+@pytest.mark.skipif(not (DATA / "flickr8k_openai_vitb32_images.npz").exists(), reason="../shared/data is absent")
+@pytest.mark.parametrize("name", ["flickr8k_openai_vitb32_images.npz", "shopsphere_fashionclip_pairs.npz"])
+def test_shift_signal_on_real_clip_embeddings(tmp_path, name):
+    from semdb.bench import source_shift
+
+    X = np.load(DATA / name)["image_emb"].astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X = X[np.random.default_rng(0).permutation(len(X))]
+    train, same, new = X[:500], X[500:750], X[750:1000]
+    shifted = source_shift(train, new, 0.5, seed=0).apply(new)
+    same_info, shifted_info = _shift_advice_run(tmp_path / "s", train, same, shifted, "ViT-B-32")
+    # (held-out photos reconstruct worse than the training photos did: the drift rule may speak)
+    assert same_info["codec"]["shift_ratio"] < 1.0 and "vary along" not in (same_info["retrain_advice"] or "")
+    assert "vary along directions" in shifted_info["retrain_advice"] and shifted_info["codec"]["shift_ratio"] > 1.3

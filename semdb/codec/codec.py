@@ -18,7 +18,9 @@ The variants (docs/CODEC.md has the method and its measurements):
   decode-then-inner-product; kept as the baseline the additive design must beat.
 
 `Codec.train` validates its arguments into a `TrainRequest`, picks the variant, lets it train
-(tensors, config), then fits the entropy model on the training codes. A codec file is one
+(tensors, config), then fits the entropy model on the training codes and keeps the training
+photos' principal subspace (`shift.py`), against which `Codec.outside` measures how unlike
+them new photos are. A codec file is one
 safetensors file: the weights as tensors and the config JSON (shape, architecture, CLIP model
 identity, training facts) in its metadata.
 """
@@ -45,6 +47,7 @@ from .paper import PaperQuantizer, paper_shape
 from .pca_slots import PcaSlotQuantizer
 from .quantizer import TrainRequest, code_nbits
 from .residual import RESIDUAL_MAX_BITS, RESIDUAL_MIN_TRAIN, ResidualStageQuantizer
+from .shift import Subspace, fit_subspace
 
 FORMAT = "semdb-codec"
 VERSION = 2  # 2: cosine scoring, coarse slot, query metric and text map (version 1 files still load)
@@ -229,8 +232,26 @@ class Codec:
         indices = codec.quantizer.encode_indices(X)
         codec.tensors["entropy_probs"] = entropy.fit_model(indices, codec.k).astype(np.float32)
         codec.config["utilisation"] = float(len(np.unique(indices)) / codec.k)
+        subspace = fit_subspace(X, seed)
+        codec.tensors.update(subspace_mean=subspace.mean, subspace_basis=subspace.basis)
+        codec.config["subspace_baseline"] = subspace.baseline
         codec.config["train_seconds"] = round(time.perf_counter() - start, 3)
         return codec
+
+    @property
+    def subspace(self) -> Subspace | None:
+        """The training photos' principal subspace and held-out baseline (None: a codec file
+        from before semdb kept it)."""
+        t = self.tensors
+        if "subspace_basis" not in t:
+            return None
+        return Subspace(t["subspace_mean"], t["subspace_basis"], float(self.config["subspace_baseline"]))
+
+    def outside(self, X) -> np.ndarray | None:
+        """(n,) share of each embedding's energy around the training mean that lies outside the
+        training photos' principal subspace (semdb/codec/shift.py), or None without a subspace."""
+        subspace = self.subspace
+        return None if subspace is None else subspace.outside(check_embeddings(X, self.dim))
 
     # --- encode / decode ------------------------------------------------------------------
     def encode(self, X) -> np.ndarray:
@@ -339,6 +360,14 @@ class Codec:
         try:
             codec = cls(config, tensors)
             codec.quantizer.check_consistent()
+            subspace = codec.subspace
+            if subspace is not None and (
+                subspace.mean.shape != (codec.dim,)
+                or subspace.basis.ndim != 2
+                or subspace.basis.shape[0] != codec.dim
+                or not np.isfinite(subspace.basis).all()
+            ):
+                raise CodecError("codec tensors do not match its config (corrupt codec)")
         except CodecError:
             raise
         except Exception as err:

@@ -22,6 +22,10 @@ from ..store import Item, Store
 from .encode import encode
 from .records import EmbeddedBatch, IngestSummary, Vectors
 
+# The shift signal follows the latest photos: each older photo's weight fades by this much per
+# newer one (a window of about 256), so a store of years of one camera notices the screenshots.
+SHIFT_FADE = 1 - 1 / 256
+
 
 @dataclass(frozen=True)
 class SettledItem:
@@ -104,7 +108,7 @@ def commit_batch(store: Store, batch: EmbeddedBatch, codec: Codec | None, summar
                 )
                 summary.duplicate += 1
         if stored.errors is not None:
-            _count_drift(w, stored.errors)
+            _count_drift(w, stored.errors, stored.outside)
         fault_point("batch_txn")
     fault_point("batch_committed")
     summary.embedded += len(good)
@@ -126,18 +130,20 @@ def fill_dates(store: Store, items: list[Item]) -> None:
             fault_point("classify_txn")
 
 
-def _count_drift(w, errors: np.ndarray) -> None:
-    """Add newly encoded items' reconstruction errors to the codec's stats (same transaction)."""
+def _count_drift(w, errors: np.ndarray, outside: np.ndarray | None) -> None:
+    """Add newly encoded items' reconstruction errors and shares outside the codec's subspace
+    to the codec's stats (same transaction)."""
     stats = w.meta().get(STATS_KEY)
     if stats:
-        w.set_meta(
-            STATS_KEY,
-            {
-                **stats,
-                "encoded": stats.get("encoded", 0) + len(errors),
-                "error_sum": stats.get("error_sum", 0.0) + float(errors.sum()),
-            },
-        )
+        counted = {
+            "encoded": stats.get("encoded", 0) + len(errors),
+            "error_sum": stats.get("error_sum", 0.0) + float(errors.sum()),
+        }
+        if outside is not None and "outside_recent" in stats:
+            total, weight = stats["outside_recent"]
+            fade = SHIFT_FADE ** len(outside)
+            counted["outside_recent"] = [total * fade + float(np.nansum(outside)), weight * fade + len(outside)]
+        w.set_meta(STATS_KEY, {**stats, **counted})
 
 
 def prune_missing(store: Store, seen: set[str], prune: bool, summary: IngestSummary) -> None:

@@ -28,10 +28,12 @@ def embed_and_encode(embedder, images: Sequence[DecodedImage], codec: Codec | No
 
 
 def encode(codec: Codec, embeddings: np.ndarray) -> Vectors:
-    """Codes of `embeddings`, with the reconstruction errors drift is measured in."""
+    """Codes of `embeddings`, with what drift and shift are measured in (semdb/codec/shift.py)."""
     X = np.asarray(embeddings, np.float32)
     codes = codec.encode(X)
-    return Vectors(codes=codes, codec_id=codec.id, errors=reconstruction_errors(codec, X, codes))
+    return Vectors(
+        codes=codes, codec_id=codec.id, errors=reconstruction_errors(codec, X, codes), outside=codec.outside(X)
+    )
 
 
 def reconstruction_errors(codec: Codec, X: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -155,15 +155,18 @@ class RayEngine:
                 )
             table = pq.read_table(shard)
             rows = zip(
-                *(table[c].to_pylist() for c in ("batch", "width", "height", "error", "vector", "drift", "taken"))
+                *(
+                    table[c].to_pylist()
+                    for c in ("batch", "width", "height", "error", "vector", "drift", "outside", "taken")
+                )
             )
             for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
                 jobs, group = batches[k], list(group)
                 images = tuple(
                     DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err), taken)
-                    for job, (_, w, h, err, _, _, taken) in zip(jobs, group)
+                    for job, (_, w, h, err, _, _, _, taken) in zip(jobs, group)
                 )
-                good = [(v, d) for *_, v, d, _ in group if v is not None]
+                good = [(v, d, o) for *_, v, d, o, _ in group if v is not None]
                 yield EmbeddedBatch(tuple(jobs), images, _vectors(good, codec, model_id["dim"]) if good else None)
             shard.unlink()
 
@@ -184,14 +187,17 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-def _vectors(rows: list[tuple[bytes, float]], codec, dim: int) -> Vectors:
-    """(vector bytes, reconstruction error) of a batch's decodable images -> Vectors."""
-    raw = b"".join(v for v, _ in rows)
+def _vectors(rows: list[tuple[bytes, float, float | None]], codec, dim: int) -> Vectors:
+    """(vector bytes, reconstruction error, share outside the codec's subspace) of a batch's
+    decodable images -> Vectors."""
+    raw = b"".join(v for v, _, _ in rows)
     if codec is not None:
+        outside = [o for _, _, o in rows]
         return Vectors(
             codes=np.frombuffer(raw, np.uint8).reshape(len(rows), codec.code_bytes),
             codec_id=codec.id,
-            errors=np.array([d for _, d in rows], np.float64),
+            errors=np.array([d for _, d, _ in rows], np.float64),
+            outside=None if None in outside else np.array(outside, np.float64),
         )
     return Vectors(embeddings=np.frombuffer(raw, np.float16).reshape(len(rows), dim))
 
@@ -257,12 +263,13 @@ class _EmbedActor:
 
         first = row["first"][0].as_py()
         batches = [[os.fsdecode(p) for p in paths] for paths in row["paths"][0].as_py()]
-        cols = {"batch": [], "width": [], "height": [], "error": [], "vector": [], "drift": [], "taken": []}
+        cols = {k: [] for k in ("batch", "width", "height", "error", "vector", "drift", "outside", "taken")}
         decoded = decode_ahead(batches, lambda path: decode_image(self.emb, path, self.max_megapixels))
         for k, (_, images) in enumerate(decoded, start=first):
             vectors = embed_and_encode(self.emb, images, self.codec)
             rows = iter(() if vectors is None else vectors.codes if self.codec else vectors.embeddings)
             drift = iter(() if vectors is None or vectors.errors is None else vectors.errors.tolist())
+            outside = iter(() if vectors is None or vectors.outside is None else vectors.outside.tolist())
             for img in images:
                 bad = img.error is not None
                 cols["batch"].append(k)
@@ -271,6 +278,7 @@ class _EmbedActor:
                 cols["error"].append(img.error.reason if bad else None)
                 cols["vector"].append(None if bad else next(rows).tobytes())
                 cols["drift"].append(None if bad else next(drift, None))
+                cols["outside"].append(None if bad else next(outside, None))
                 cols["taken"].append(img.taken)
         shard = self.out / f"{first:09d}.parquet"
         tmp = shard.with_suffix(".tmp")
@@ -283,6 +291,7 @@ class _EmbedActor:
                     "error": pa.array(cols["error"], pa.string()),
                     "vector": pa.array(cols["vector"], pa.binary()),
                     "drift": pa.array(cols["drift"], pa.float64()),
+                    "outside": pa.array(cols["outside"], pa.float64()),
                     "taken": pa.array(cols["taken"], pa.float64()),
                 }
             ),

@@ -64,6 +64,7 @@ class Vectors:
     embeddings: np.ndarray | None = None  # float (n, D)
     codec_id: str | None = None
     errors: np.ndarray | None = None  # with codes: each embedding's reconstruction error (drift)
+    outside: np.ndarray | None = None  # with codes: each embedding's share outside the codec's subspace (shift)
 
     def __len__(self) -> int:
         return len(self.codes if self.codes is not None else self.embeddings)

@@ -8,8 +8,9 @@ then encodes the rest directly); `train_now` trains whatever is staged (at least
 encoding the staged rows and installing the codec commit as one transaction.
 
 Later, `retrain_advice` says when the codec has become the wrong one: the store has grown
-several-fold since it was trained, or newly encoded items reconstruct markedly worse than its
-training items did (drift). `semdb retrain` (ingest/retrain.py) then replaces it.
+several-fold since it was trained, newly encoded items reconstruct markedly worse than its
+training items did (drift), or they vary along directions its training photos did not (shift:
+semdb/codec/shift.py). `semdb retrain` (ingest/retrain.py) then replaces it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/CODEC.
 TRAIN_AT = 50_000  # staged embeddings that trigger training during a long first ingest
 RETRAIN_GROWTH = 4.0  # the store has grown this many times since training: retrain
 DRIFT_RATIO = 1.5  # new items reconstruct this much worse than the training items: retrain
-DRIFT_MIN_ITEMS = 100  # ...measured on at least this many new items
+DRIFT_MIN_ITEMS = 100  # ...measured on at least this many new items (drift and shift)
+# The latest items' mean share of energy outside the codec's training subspace, over the held-out
+# baseline: about 0.8-0.9 for new photos of the training collection, 1.6-3.6 for photos half of
+# whose spread lies elsewhere (docs/CODEC.md, "Photos unlike the training photos").
+SHIFT_RATIO = 1.3
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,15 @@ class CodecPolicy:
 def codec_stats(codec: Codec, X: np.ndarray, codes: np.ndarray) -> dict:
     """The stats a store keeps beside a freshly trained codec (its training error: the baseline
     of drift)."""
-    return {
+    stats = {
         "trained_on": len(X),
         "train_error": float(reconstruction_errors(codec, X, codes).mean()),
         "encoded": 0,
         "error_sum": 0.0,
     }
+    if codec.subspace is not None:
+        stats.update(outside_baseline=codec.subspace.baseline, outside_recent=[0.0, 0.0])
+    return stats
 
 
 def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, progress: Progress | None) -> bool:
@@ -124,13 +132,31 @@ def retrain_advice(meta: dict, items: int) -> str | None:
         return None
     if items >= RETRAIN_GROWTH * trained_on and trained_on < TRAIN_AT:
         return f"the store has grown {items / trained_on:.1f}x since its codec was trained on {trained_on} images"
+    if stats.get("encoded", 0) < DRIFT_MIN_ITEMS:
+        return None
+    ratio = shift_ratio(stats)
+    if ratio is not None and ratio >= SHIFT_RATIO:
+        return (
+            f"the {stats['encoded']} images encoded since the codec was trained vary along directions its "
+            f"training images did not ({ratio:.1f}x as much of their spread lies outside what it learned)"
+        )
     ratio = drift_ratio(stats)
-    if ratio is not None and stats["encoded"] >= DRIFT_MIN_ITEMS and ratio >= DRIFT_RATIO:
+    if ratio is not None and ratio >= DRIFT_RATIO:
         return (
             f"the {stats['encoded']} images encoded since the codec was trained reconstruct {ratio:.1f}x worse "
             f"than its training images"
         )
     return None
+
+
+def shift_ratio(stats: dict) -> float | None:
+    """Mean share outside the codec's training subspace of the latest encoded items (about the
+    last 256) / that of held-out training photos (None: nothing encoded since training, or a
+    codec that keeps no subspace)."""
+    total, weight = stats.get("outside_recent") or (0.0, 0.0)
+    if not weight or not stats.get("outside_baseline"):
+        return None
+    return total / weight / stats["outside_baseline"]
 
 
 def drift_ratio(stats: dict) -> float | None:
