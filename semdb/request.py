@@ -240,8 +240,6 @@ class SearchRequest:
                 return False
         return True
 
-    __hash__ = None  # a record of arrays and images: compared, never a dict key
-
 
 def _vectors(vector) -> np.ndarray:
     """Query embeddings as a read-only (nq, D) float32 array, or InputError."""
