@@ -501,20 +501,20 @@ class Cluster:
                 ray.shutdown()
             raise
 
-    def search(self, query=None, k: int = DEFAULT_K, *, allow_partial: bool = False, **options) -> ShardedResult:
+    def search(self, text=None, k: int = DEFAULT_K, *, allow_partial: bool = False, **options) -> ShardedResult:
         """The k best items of all shards, as one store holding them all would rank them.
-        `query`: a text (rclip arithmetic, every term text), or a SearchRequest (then nothing
+        `text`: rclip arithmetic (every term text), or a SearchRequest (then nothing
         else but `allow_partial`); `options`: SearchRequest.of's, but for `image` and `like`:
         `vector` (a (D,) or (1, D) query embedding of the shards' model) instead of a text,
         the filters and refinements of Database.search. A shard that does not answer:
         ShardError, or with `allow_partial` the other shards' hits with `result.partial` set
         and `result.missing` naming the shards left out."""
-        if isinstance(query, SearchRequest):
+        if isinstance(text, SearchRequest):
             if options or k != DEFAULT_K:
                 raise InputError("give a SearchRequest alone, or search()'s arguments: not both")
-            request = query
+            request = text
         else:
-            request = SearchRequest.of(query, k=k, files=False, **options)
+            request = SearchRequest.of(text, k=k, files=False, **options)
         if request.image is not None or request.like is not None:
             raise InputError("a sharded search takes a text or a vector (no image, no like)")
         if request.vector is not None:
