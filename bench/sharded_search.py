@@ -137,6 +137,7 @@ def main():
     from semdb.cluster import Cluster
     from semdb.context import StoreContext
     from semdb.query import Searcher
+    from semdb.request import SearchRequest
     from semdb.store import Store
 
     faiss.omp_set_num_threads(1)
@@ -178,7 +179,7 @@ def main():
         "build": build,
         "load_before": os.getloadavg(),
     }
-    result["local"], ref = timed(lambda q: local.vectors(q[None], args.k)[0], Q)
+    result["local"], ref = timed(lambda q: local.search(SearchRequest(vector=q, k=args.k))[0], Q)
     exact = exact_top_k(local, Q, args.k)
     result["local"]["recall_vs_exact"] = round(recall(ref, exact), 4)
     log("local", result["local"])

@@ -3,7 +3,7 @@
     import semdb
     with semdb.open("photos.semdb", model="local-dir:/models/clip") as db:
         summary = db.ingest(["./photos"])
-        hits = db.query("a red bicycle", k=10)        # [Hit(path, score, id), ...]
+        hits = db.search("a red bicycle", k=10)       # [Hit(path, score, id), ...]
 
 A `Database` is a facade: it owns one store with its model and codec (`context.py`) and hands
 each call to the module that does the work: `ingest/`, `query.py`, `transfer.py`.
@@ -11,6 +11,7 @@ each call to the module that does the work: `ingest/`, `query.py`, `transfer.py`
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,21 +19,42 @@ from pathlib import Path
 import numpy as np
 
 from .context import STATS_KEY, StoreContext
+from .duplicates import find_duplicates
 from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
+from .ingest import ingest as run_ingest
+from .ingest.embeddings import add_embeddings, read_embeddings, validated
+from .ingest.retrain import RETRAIN_SAMPLE
+from .ingest.retrain import retrain as run_retrain
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
 from .ivf import default_nprobe
 from .progress import Progress
 from .query import Hit, Searcher
+from .request import DEFAULT_K, SearchRequest
 from .store import Store, default_store_path
+from .tagging import classify as classify_items
 
-__all__ = ["Database", "Hit", "open"]
+__all__ = ["Database", "Hit", "SearchRequest", "open"]
 
 
 def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> Database:  # noqa: A001
     """Open (or create) the store at `path` (default: $SEMDB_STORE or the user data dir)."""
     return Database(path, model=model, pretrained=pretrained, **kwargs)
+
+
+def _alias(method, name: str):
+    """`method` under an earlier version's name, documented as its alias."""
+
+    @functools.wraps(method)
+    def alias(self, *args, **kwargs):
+        return method(self, *args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = name
+    alias.__doc__ = (
+        f"Alias of {method.__name__}(), kept for earlier code: the same arguments and meaning.\n\n{method.__doc__}"
+    )
+    return alias
 
 
 class Database:
@@ -124,8 +146,6 @@ class Database:
         such texts (now and at each retrain). `policy`: when the codec is trained (default
         CodecPolicy(bits, train_now)).
         """
-        from .ingest import ingest
-
         options = IngestOptions(
             batch_size=batch_size,
             workers=workers,
@@ -138,7 +158,7 @@ class Database:
             ray_shards=ray_shards,
             captions=captions,
         )
-        return ingest(self._ctx, paths, options, progress).to_dict()
+        return run_ingest(self._ctx, paths, options, progress).to_dict()
 
     def add_embeddings(
         self,
@@ -158,15 +178,13 @@ class Database:
         file). `model` / `pretrained` name the CLIP model they come from (default: the
         store's); its weights are bound when the model is first loaded. Everything is checked
         before anything is written. Returns the ingest summary."""
-        from .ingest.embeddings import add_embeddings, read_embeddings, validated
-
         if embeddings is None or isinstance(embeddings, (str, os.PathLike)):
             data = read_embeddings(paths, embeddings)
         else:
             data = validated(list(paths), embeddings, "embeddings")
         model_id = None
         if model or pretrained:
-            from .embed import resolve_model
+            from .embed import resolve_model  # noqa: PLC0415 (torch: loaded only when a model is named)
 
             name, tag = resolve_model(model, pretrained)
             model_id = {"name": name, "pretrained": tag}
@@ -189,86 +207,57 @@ class Database:
         crash-safe; queries keep using the old codes until the switch. `captions`: as for
         `ingest`, texts that show how the store is searched, recorded before training. See
         ingest/retrain.py."""
-        from .ingest.retrain import RETRAIN_SAMPLE, retrain
-
-        return retrain(
+        return run_retrain(
             self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels, progress, captions
         ).to_dict()
 
-    # --- query ----------------------------------------------------------------------------
-    def search(
-        self,
-        query: str | None = None,
-        *,
-        k: int = 10,
-        like=None,
-        image=None,
-        under=None,
-        after=None,
-        before=None,
-        within: float | None = None,
-        min_score: float | None = None,
-        files: bool = True,
-        nprobe: int | None = None,
-    ) -> list[Hit]:
-        """The k items closest to a query, best first; a query reads left to right:
+    # --- search: one vocabulary (SearchRequest, semdb/request.py) --------------------------
+    def search(self, query=None, k: int = DEFAULT_K, **options) -> list[Hit]:
+        """The k items closest to one query, best first. `query`: a text with rclip's
+        arithmetic ("2:cat + ./x.jpg - dog": weighted terms, image files by path, added or
+        subtracted), or a SearchRequest (then nothing else). `options`, SearchRequest.of's:
+        what else to search with, `image` (a file or PIL image), `like` (a stored item's id or
+        path: more like it, itself left out) or instead `vector` (one query embedding of the
+        store's model); where: `under` a folder, `after` / `before` a date taken; refine:
+        `within` of the best score, `min_score`; `nprobe` (IVF lists to scan); `files=False`
+        (every term of the text is text, never a file)."""
+        if isinstance(query, SearchRequest):
+            if options or k != DEFAULT_K:
+                raise InputError("give a SearchRequest alone, or search()'s arguments: not both")
+            request = query
+        else:
+            request = SearchRequest.of(query, k=k, **options)
+        if request.vector is not None and len(request.vector) > 1:
+            raise InputError(f"search() answers one query, not {len(request.vector)}: use search_vectors()")
+        return self._searcher.search(request)[0]
 
-        what: `query` text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms,
-        image files by path, added or subtracted), and/or `image` (a file or PIL image), and/or
-        `like` (a stored item's id or path: more like it, from its stored code, itself left out);
-        where: `under` a folder, `after` / `before` a date taken (EXIF, else mtime; "YYYY-MM-DD",
-        ISO text, date or datetime; after inclusive, before exclusive); limit: `k`; refine:
-        `within` (keep hits within this of the best score), `min_score`. `files=False`: every
-        term of `query` is text, never a file (what a server answering URLs needs). `nprobe`: IVF
-        lists to scan in a store large enough to keep an IVF (semdb.ivf; default nlist / 4; more
-        lists: slower, closer to the exhaustive result); smaller stores scan every code and ignore it."""
-        from .query import Term, Where, parse_terms
+    def search_vectors(self, vectors, k: int = DEFAULT_K, **filters) -> list[list[Hit]]:
+        """search() for each row of `vectors` (nq, D), query embeddings of the store's model, in
+        one scan: a list of hits per row. `filters`: search()'s (under, after, before, within,
+        min_score, nprobe)."""
+        return self._searcher.search(SearchRequest.of(vector=vectors, k=k, **filters))
 
-        terms, exclude = [], []
-        if query is not None:
-            terms += parse_terms(query, files)
-        if image is not None:
-            terms.append(Term("image", image))
-        if like is not None:
-            item = (
-                self.item(like)
-                if isinstance(like, (int, np.integer))
-                else self.store.item_by_path(os.path.abspath(os.fsdecode(like)))
-            )
-            if item is None:
-                raise InputError(f"--like {like}: not an item of {self.path} (give a stored id or path)")
-            terms.append(Term("item", item.id))
-            exclude.append(item.id)
-        return self._searcher.search(terms, k, Where.of(under, after, before), within, min_score, exclude, nprobe)
+    def similar(self, item_id: int, k: int = DEFAULT_K, **options) -> list[Hit]:
+        """search(like=item_id, ...): more like a stored item, from its stored code (no file
+        read, no CLIP), itself left out; search()'s options."""
+        return self.search(like=int(item_id), k=k, **options)
 
-    def similar(
-        self, item_id: int, *, k: int = 10, under=None, after=None, before=None, within: float | None = None
-    ) -> list[Hit]:
-        """More like a stored item (from its stored code: no file read, no CLIP), itself left out."""
-        return self.search(like=int(item_id), k=k, under=under, after=after, before=before, within=within)
+    def search_image(self, image, k: int = DEFAULT_K, **options) -> list[Hit]:
+        """search(image=image, ...): an image file (which need not be in the store) or a PIL
+        image; search()'s options."""
+        return self.search(image=image, k=k, **options)
 
-    def search_image(self, image, *, k: int = 10, **where) -> list[Hit]:
-        """The k items closest to an image (a file path or a PIL image), with search()'s filters."""
-        return self.search(image=image, k=k, **where)
+    # the names of earlier versions, kept: aliases
+    query = _alias(search, "query")
+    query_image = _alias(search_image, "query_image")
+    query_vectors = _alias(search_vectors, "query_vectors")
 
-    def query(self, text: str, k: int = 10, min_score: float | None = None, nprobe: int | None = None) -> list[Hit]:
-        """The k items closest to a text query, best first (the text as it is: no arithmetic)."""
-        from .query import Term
-
-        return self._searcher.search([Term("text", text)], k, min_score=min_score, nprobe=nprobe)
-
-    def query_image(self, path, k: int = 10, min_score: float | None = None) -> list[Hit]:
-        """The k items closest to an image file (which need not be in the store)."""
-        from .query import Term
-
-        return self._searcher.search([Term("image", path)], k, min_score=min_score)
-
-    def query_vectors(
-        self, Q, k: int = 10, min_score: float | None = None, nprobe: int | None = None
-    ) -> list[list[Hit]]:
-        """Batched search with precomputed (nq, D) query embeddings of the store's model
-        (`nprobe`: as in search())."""
-        return self._searcher.vectors(Q, k, min_score, nprobe=nprobe)
+    def warm(self) -> None:
+        """Load both CLIP towers and build the search index now rather than on the first query
+        (what a server does before it answers)."""
+        self.embedder.load_image_tower()
+        self.embedder.encode_texts(["warm up"])
+        self._searcher.index()
 
     def item(self, item_id: int):
         """The stored item with this id (path, size, mtime, hash, width, height, taken...), or None."""
@@ -276,40 +265,36 @@ class Database:
 
     def duplicates(self, threshold: float | None = None) -> list[dict]:
         """Groups of near-duplicate images, found from the codes; see semdb/duplicates.py."""
-        from .duplicates import find_duplicates
-
         return find_duplicates(self._ctx, self._searcher, threshold)
 
     def classify(self, labels, prompt: str = "a photo of a {}.") -> list[dict]:
         """Zero-shot label of every item: [{"id", "path", "label", "score"}] in id order."""
-        from .tagging import classify
-
-        return classify(self._ctx, self._searcher, labels, prompt)
+        return classify_items(self._ctx, self._searcher, labels, prompt)
 
     # --- export and import (Arrow / Parquet) -----------------------------------------------
     def export_batches(self, batch_size: int = 65536):
         """The store as Arrow record batches in id order: (schema, iterator of batches).
         The schema's metadata carries the codec, its id and the model identity."""
-        from . import transfer  # pyarrow: imported only when used
+        from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.export_batches(self._ctx, batch_size)
 
     def to_arrow(self):
         """Every item as a pyarrow Table (columns and metadata: docs/INTERFACES.md#parquet-export)."""
-        import pyarrow as pa
+        import pyarrow as pa  # noqa: PLC0415 (imported only when used)
 
         sch, batches = self.export_batches()
         return pa.Table.from_batches(list(batches), schema=sch)
 
     def export(self, out, progress: Progress | None = None) -> dict:
         """Write every item to the Parquet file `out` (replaced atomically); return a summary."""
-        from . import transfer  # pyarrow: imported only when used
+        from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.export(self._ctx, out, progress)
 
     def import_arrow(self, table, progress: Progress | None = None) -> dict:
         """Merge a table written by to_arrow()/export() into this store; see import_parquet."""
-        from . import transfer  # pyarrow: imported only when used
+        from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.import_arrow(self._ctx, table, progress)
 
@@ -319,8 +304,9 @@ class Database:
         Every file must hold codes of this store's codec (a new store takes the codec the
         files carry). A row whose path is new adds an item; a row for a stored path whose
         file differs (size, mtime, content hash, dimensions) replaces that item's metadata and
-        code. Importing the same file twice adds nothing. Returns {"added", "updated", "unchanged", "items", "seconds"}."""
-        from . import transfer  # pyarrow: imported only when used
+        code. Importing the same file twice adds nothing.
+        Returns {"added", "updated", "unchanged", "items", "seconds"}."""
+        from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.import_parquet(self._ctx, paths, progress)
 

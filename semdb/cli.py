@@ -6,8 +6,12 @@ stderr. A SemdbError prints one line and exits with its code (see README: exit c
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +21,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .errors import SemdbError
+from .api import Database
+from .cluster import Cluster
+from .codec import Codec
+from .errors import InputError, SemdbError
+from .images import display_path
+from .ingest.training import MIN_TRAIN
+from .request import DEFAULT_K, MAX_K, SearchRequest
+from .serve.client import query_server
+from .serve.server import is_loopback, run
+from .store import default_store_path
 
 app = typer.Typer(
     add_completion=False,
@@ -30,7 +43,10 @@ err = Console(stderr=True)
 STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
 MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
 PRETRAINED_HELP = "open_clip pretrained tag or weights file (default: $SEMDB_PRETRAINED or laion2b_s34b_b79k)."
-CAPTIONS_HELP = "Texts like the store's queries (one per line; captions, past searches): the codec is trained to rank well for them."
+CAPTIONS_HELP = (
+    "Texts like the store's queries (one per line; captions, past searches): "
+    "the codec is trained to rank well for them."
+)
 
 
 @contextmanager
@@ -41,10 +57,10 @@ def _errors():
     except SemdbError as e:
         # Text, not markup: paths in messages may hold "[...]" that rich would parse (or choke on)
         err.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False, soft_wrap=True)
-        raise typer.Exit(e.exit_code)
+        raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted: committed batches are kept; run the same command again to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 RATED_STAGES = {"embedding", "re-embedding sample", "re-encoding", "adding embeddings"}  # shown with img/s
@@ -94,7 +110,8 @@ def ingest(
     embeddings: Path | None = typer.Option(
         None,
         "--embeddings",
-        help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, metadata/), a .npz (image_emb + image_path) or a .npy with --paths.",
+        help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, "
+        "metadata/), a .npz (image_emb + image_path) or a .npy with --paths.",
     ),
     paths_file: Path | None = typer.Option(
         None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."
@@ -123,8 +140,6 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
-    from .api import Database
-    from .errors import InputError
 
     with _errors():
         if bool(paths) == (embeddings is not None):
@@ -190,8 +205,6 @@ def _print_codec_notes(facts: dict, store) -> None:
     """What the user should know about the store's codec: not trained yet, or due a retrain."""
     where = f" --store {store}" if store else ""
     if facts.get("staged"):
-        from .ingest.training import MIN_TRAIN
-
         err.print(
             Text(
                 f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
@@ -223,7 +236,6 @@ def retrain(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Train a new codec on what the store holds now and re-encode every item (resumable)."""
-    from .api import Database
 
     with _errors():
         progress, update = _progress(enabled=not as_json)
@@ -250,7 +262,7 @@ def query(
     before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
     within: float | None = typer.Option(None, "--within", help="Keep hits within this much of the best score."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
+    k: int = typer.Option(DEFAULT_K, "-k", "--k", help=f"Number of results (at most {MAX_K:,})."),
     min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
     model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
@@ -262,7 +274,6 @@ def query(
     nprobe: int | None = typer.Option(
         None,
         "--nprobe",
-        min=1,
         help="IVF lists to scan in a large store (default nlist/4; more: slower, closer to exhaustive).",
     ),
     no_server: bool = typer.Option(
@@ -271,7 +282,8 @@ def query(
     shards: str | None = typer.Option(
         None,
         "--shards",
-        help="Comma-separated stores that share one codec: search them as one on Ray Serve (TEXT only; docs/SCALE.md#sharded-search).",
+        help="Comma-separated stores that share one codec: search them as one on Ray Serve "
+        "(TEXT only; docs/SCALE.md#sharded-search).",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
@@ -283,37 +295,17 @@ def query(
     ),
 ):
     """Find the stored images closest to TEXT (or --image), and/or more like a stored item (--like), filtered."""
-    from .errors import InputError
-
     with _errors():
-        if shards is not None:
-            if not text or image is not None or like is not None or store is not None:
-                raise InputError("--shards searches with TEXT only (no --image, --like or --store)")
-            from .cluster import Cluster
-
-            with Cluster.start(_shard_list(shards), address=ray_address, threads=threads or 1) as cluster:
-                result = cluster.search(
-                    " ".join(text),
-                    k=k,
-                    under=under,
-                    after=after,
-                    before=before,
-                    within=within,
-                    min_score=min_score,
-                    nprobe=nprobe,
-                    allow_partial=allow_partial,
-                )
-            for m in result.missing:
-                err.print(Text(f"partial: shard {m.shard} ({m.store}) is missing: {m.reason}"), highlight=False)
-            _print_hits(result.hits, as_json, paths_only)
-            return
+        if shards is not None and (not text or image is not None or like is not None or store is not None):
+            raise InputError("--shards searches with TEXT only (no --image, --like or --store)")
         if bool(text) == (image is not None) and not (like is not None and image is None):
             # (an image joins a text query inside TEXT: "cat + ./x.jpg")
             raise InputError("give exactly one of TEXT or --image PATH (or --like ID_OR_PATH)")
-        like_item = int(like) if like is not None and like.isdigit() else like
-        query = dict(
+        request = SearchRequest.of(
+            " ".join(text) if text else None,
             image=image,
-            like=like_item,
+            like=int(like) if like is not None and like.isdigit() else like,
+            files=shards is None,  # a cluster's nodes read every term as text
             k=k,
             under=under,
             after=after,
@@ -322,19 +314,23 @@ def query(
             min_score=min_score,
             nprobe=nprobe,
         )
+        if shards is not None:
+            with Cluster.start(_shard_list(shards), address=ray_address, threads=threads or 1) as cluster:
+                result = cluster.search(request, allow_partial=allow_partial)
+            for m in result.missing:
+                err.print(Text(f"partial: shard {m.shard} ({m.store}) is missing: {m.reason}"), highlight=False)
+            _print_hits(result.hits, as_json, paths_only)
+            return
         hits = None
         if not no_server and model is None and pretrained is None:
-            hits = _query_server(store, " ".join(text) if text else None, **query)
+            hits = query_server(os.path.abspath(Path(store).expanduser() if store else default_store_path()), request)
         if hits is None:
-            from .api import Database
-
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
-                hits = db.search(" ".join(text) if text else None, **query)
+                hits = db.search(request)
     _print_hits(hits, as_json, paths_only)
 
 
 def _shard_list(shards: str) -> list[str]:
-    from .errors import InputError
 
     stores = [s.strip() for s in shards.split(",") if s.strip()]
     if not stores:
@@ -343,7 +339,6 @@ def _shard_list(shards: str) -> list[str]:
 
 
 def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
-    from .images import display_path
 
     if as_json:  # a sharded search's hits also name their shard
         _print_json(
@@ -378,8 +373,6 @@ def duplicates(
     as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
 ):
     """Groups of near-duplicate images, found from the codes (exact copies are flagged)."""
-    from .api import Database
-    from .images import display_path
 
     with _errors():
         with Database(store, readonly=True) as db:
@@ -405,10 +398,6 @@ def tag(
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
 ):
     """Zero-shot classification of every item: its best label and score."""
-    import csv
-
-    from .api import Database
-    from .images import display_path
 
     with _errors():
         with Database(store, readonly=True, threads=threads) as db:
@@ -425,17 +414,6 @@ def tag(
         for r in rows:
             table.add_row(str(r["id"]), r["label"], f"{r['score']:.4f}", Text(display_path(r["path"])))
         out.print(table)
-
-
-def _query_server(store, text, **query):
-    """Hits from a running `semdb serve` for this store (semdb/serve/client.py), or None."""
-    import os
-
-    from .serve.client import query_server
-    from .store import default_store_path
-
-    path = os.path.abspath(Path(store).expanduser() if store else default_store_path())
-    return query_server(path, text, **query)
 
 
 @app.command()
@@ -457,7 +435,8 @@ def serve(
     shards: str | None = typer.Option(
         None,
         "--shards",
-        help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve (docs/SCALE.md#sharded-search).",
+        help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve "
+        "(docs/SCALE.md#sharded-search).",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
@@ -465,8 +444,6 @@ def serve(
 ):
     """Search the store from a web page and a JSON API: the model loaded once, the index warm,
     new commits of a running ingest seen at once (API: docs/INTERFACES.md, HTTP API)."""
-    from .errors import InputError
-    from .serve.server import run
 
     with _errors():
         if shards is not None:
@@ -489,12 +466,6 @@ def serve(
 
 def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> None:
     """`semdb serve --shards`: Cluster.start with Serve's HTTP proxy, until Ctrl-C or SIGTERM."""
-    import signal
-    import time
-
-    from .cluster import Cluster
-    from .errors import InputError
-    from .serve.server import is_loopback
 
     if not is_loopback(host) and not allow_remote:
         raise InputError(f"--host {host} would expose the shards' search to the network: pass --allow-remote as well")
@@ -526,7 +497,6 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ):
     """Items, bits per item (fixed and entropy-coded), size on disk, model and codec."""
-    from .api import Database
 
     with _errors():
         with Database(store, readonly=True) as db:
@@ -567,7 +537,8 @@ def info(
             "retrain",
             facts["retrain_advice"]
             or (
-                f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} re-encoded; "
+                f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} "
+                f"re-encoded; "
                 f"run `semdb retrain` to finish"
                 if facts["retrain_pending"]
                 else "not needed"
@@ -586,7 +557,6 @@ def export_(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Write every item (metadata and packed code) to a Parquet file, with the codec and model."""
-    from .api import Database
 
     with _errors():
         progress, update = _progress(enabled=not as_json)
@@ -603,7 +573,6 @@ def import_(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Merge Parquet exports into a store (same codec; a new store takes theirs). Idempotent."""
-    from .api import Database
 
     with _errors():
         progress, update = _progress(enabled=not as_json)
@@ -672,8 +641,7 @@ def bench(
     plot: Path | None = typer.Option(None, "--plot", help="Also plot accuracy against bits to this PNG."),
 ):
     """Rate-accuracy benchmark: semdb's codec against FAISS quantizers at each bit budget."""
-    from . import bench as B
-    from .errors import InputError
+    from . import bench as B  # noqa: PLC0415 (faiss and the benchmark's methods: loaded only to run it)
 
     with _errors():
         if (train_file is None) != (eval_file is None):
@@ -687,8 +655,8 @@ def bench(
         elif embeddings is not None:
             data = B.load_embeddings(embeddings)
         else:
-            from .bench.images import DEFAULT_PROMPTS, load_image_folder
-            from .embed import Embedder
+            from .bench.images import DEFAULT_PROMPTS, load_image_folder  # noqa: PLC0415 (as above)
+            from .embed import Embedder  # noqa: PLC0415 (torch: loaded only to embed)
 
             def qualities(text, flag):
                 try:
@@ -708,8 +676,6 @@ def bench(
                 )
         given = None
         if codec is not None:
-            from .codec import Codec
-
             given = Codec.load(codec, dim=data.dim)
         progress, update = _progress(enabled=not as_json)
         with progress:

@@ -9,12 +9,14 @@
 Serve applications (one Ray actor each; docs/SCALE.md#sharded-search):
 
     NAME-shard<i>  ShardReplica: one store opened read-only, its codes, index and metadata
-                   held in RAM; answers a query vector and a `Where` with its candidates:
-                   the scan's shortlist, each with its scan score, exact score, path and id
-                   (query.Searcher.candidates)
+                   held in RAM; answers a ShardQuery (the SearchRequest as the router got it,
+                   and its query vector) with its candidates: the scan's shortlist, each with
+                   its scan score, exact score, path and id (query.Searcher.candidates)
     NAME-encoder   EncoderReplica: the stores' CLIP text tower, loaded once (the same
                    StoreContext.text_encoder a one-store query uses: ONNX export or torch)
-    NAME-router    Router, the ingress: encodes the text once, fans the vector out to every
+    NAME-router    Router, the ingress: takes a SearchRequest (semdb/request.py, built by
+                   Cluster.search or from GET /api/search's query string by serve/params.py),
+                   encodes its text once, fans the request and vector out to every
                    shard at once, cuts the union of their shortlists as one store's scan would
                    and ranks it by exact score (then shard index, then id): `merge`;
                    also answers HTTP GET /api/search when Serve's proxy listens
@@ -27,17 +29,28 @@ then raises ShardError unless `allow_partial=True`, which returns the other shar
 from __future__ import annotations
 
 import asyncio
+import heapq
+import logging
 import os
+import socket
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from . import ivf
+from .context import StoreContext
 from .errors import InputError, SemdbError, ShardError, StoreError, display_path
-from .query import Where, _check_k, _check_nprobe
+from .query import Searcher
+from .request import DEFAULT_K, SearchRequest
 from .search import shortlist_size
+from .serve.params import SEARCH_PARAMS, ApiError, search_request
+from .store import Store
 
 DEFAULT_TIMEOUT = 30.0  # seconds a shard may take to answer before it counts as down
+# GET /api/search on the cluster: text queries only (no like=, no uploads)
+CLUSTER_PARAMS = tuple(name for name in SEARCH_PARAMS if name != "like") + ("allow_partial",)
 
 
 # --- the records passed between driver, router and shards ------------------------------------
@@ -59,12 +72,11 @@ class ShardSpec:
 
 @dataclass(frozen=True)
 class ShardQuery:
-    """One fan-out request: the query vector and what limits the candidates (query.Searcher's terms)."""
+    """One fan-out request: the SearchRequest as the router got it (its k, where and nprobe
+    limit the candidates) and its query vector, encoded once by the router."""
 
+    request: SearchRequest
     vector: np.ndarray  # (1, D) float32
-    k: int
-    where: Where = Where()
-    nprobe: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,20 +118,6 @@ class ShardedResult:
     @property
     def partial(self) -> bool:
         return bool(self.missing)
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """Driver -> router: a text (rclip arithmetic, every term text) or a vector, and the limits."""
-
-    text: str | None = None
-    vector: np.ndarray | None = None
-    k: int = 10
-    where: Where = Where()
-    within: float | None = None
-    min_score: float | None = None
-    nprobe: int | None = None
-    timeout: float = DEFAULT_TIMEOUT
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -197,8 +195,6 @@ def may_be_hits(approx: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int) 
     in its ranking (exact score desc, then id) cannot: whenever it survives the cut they do
     too, and they rank before it. Scores are correlated, so few are left (a shard that scored
     all of its thousands of filtered rows exactly sends a handful)."""
-    import heapq
-
     order = cut_order(approx, ids)
     keep = np.zeros(len(order), bool)
     best: list = []  # min-heap of the k best (exact, -id) among the candidates before this one
@@ -234,10 +230,6 @@ def share_ivf(source, shards: Sequence) -> dict:
     codec that keeps an IVF, e.g. the one the shards were exported from), each shard's codes
     assigned to them: Cluster.start requires shards to share their centroids. Returns the
     IVF's meta record. Runs here, on stores this process can write."""
-    from . import ivf
-    from .context import StoreContext
-    from .store import Store
-
     with Store(source, readonly=True) as store:
         got = store.load_ivf()
     if got is None:
@@ -283,11 +275,12 @@ class ShardReplica:
     def search(self, query: ShardQuery) -> ShardAnswer:
         if self.searcher is None:
             raise StoreError(self.spec.error)
-        (found,) = self.searcher.candidates(query.vector, query.k, query.where, query.nprobe)
-        may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, query.k))
+        k = query.request.k
+        (found,) = self.searcher.candidates(query.request, query.vector)
+        may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, k))
         items = self.searcher.ctx.store.items(found.rows[may])  # paths of those only: a read each
         kept = [(p, it) for p, it in zip(may.tolist(), items) if it is not None]  # None: deleted since
-        first = cut_order(found.approx, found.rows)[: shortlist_size(query.k)]
+        first = cut_order(found.approx, found.rows)[: shortlist_size(k)]
         return ShardAnswer(
             self.spec.shard,
             tuple(
@@ -305,34 +298,34 @@ class EncoderReplica:
 
     def __init__(self, store: str, threads: int | None = None):
         self.searcher = _open_searcher(store, threads)
-        self.encode("a photo")  # warm: the model is loaded before the first query
+        self.encode(SearchRequest(text="a photo", files=False))  # warm: the model is loaded before the first query
 
-    def encode(self, text: str) -> np.ndarray:
-        from .query import parse_terms
-
-        return self.searcher.vector(parse_terms(text, files=False))
+    def encode(self, request: SearchRequest) -> np.ndarray:
+        """The request's text as one query vector (1, D)."""
+        return self.searcher.encode(request)
 
 
 class Router:
     """The ingress: one query in, one text encoding, every shard asked at once, one merge."""
 
     def __init__(self, shard_apps: Sequence[str], stores: Sequence[str], encoder_app: str | None):
-        from ray import serve
+        from ray import serve  # noqa: PLC0415 (Ray: imported only inside a started cluster)
 
         self.shards = [serve.get_deployment_handle("shard", app_name=a) for a in shard_apps]
         self.stores = list(stores)
         self.encoder = serve.get_deployment_handle("encoder", app_name=encoder_app) if encoder_app else None
 
-    async def search(self, request: SearchRequest) -> ShardedResult:
+    async def search(self, request: SearchRequest, timeout: float = DEFAULT_TIMEOUT) -> ShardedResult:
+        """Every shard's candidates for the request, merged; `timeout`: seconds a shard may take."""
         vector = request.vector
         if vector is None:
             if self.encoder is None:
                 raise InputError("this cluster was started with text=False: search it with a vector")
-            vector = await self.encoder.encode.remote(request.text)
-        query = ShardQuery(np.asarray(vector, np.float32).reshape(1, -1), request.k, request.where, request.nprobe)
+            vector = await self.encoder.encode.remote(request)
+        query = ShardQuery(request, np.asarray(vector, np.float32).reshape(1, -1))
 
         async def ask(handle):
-            return await asyncio.wait_for(handle.search.remote(query), request.timeout)
+            return await asyncio.wait_for(handle.search.remote(query), timeout)
 
         got = await asyncio.gather(*(ask(h) for h in self.shards), return_exceptions=True)
         missing = tuple(
@@ -345,30 +338,15 @@ class Router:
         """GET /api/search?q=TEXT (k, under, after, before, within, min_score, nprobe,
         allow_partial=1): {"hits": [...], "partial", "missing"}; errors as {"error"} with 400
         (bad input) or 503 (a shard is down and partial results were not asked for)."""
-        from starlette.responses import JSONResponse
-
-        from .serve.app import SEARCH_PARAMS, ApiError, _filters, _int_param, _only, _text
-
-        # a sharded search takes text queries only (no like=, no uploads)
-        allowed = tuple(name for name in SEARCH_PARAMS if name != "like") + ("allow_partial",)
+        from starlette.responses import JSONResponse  # noqa: PLC0415 (starlette: only where Serve's proxy runs)
 
         params = http_request.query_params
         try:
             if http_request.url.path.rstrip("/") != "/api/search":
                 raise ApiError(404, "not found: GET /api/search?q=TEXT")
-            _only(params, allowed)
-            text = _text(params)
-            if text is None:
+            request = search_request(params, CLUSTER_PARAMS)
+            if request.text is None:
                 raise ApiError(400, "give a query: /api/search?q=TEXT")
-            f = _filters(params)
-            request = SearchRequest(
-                text=text,
-                k=_int_param(params, "k", 10, 1, 1000),
-                where=Where.of(f.get("under"), f.get("after"), f.get("before")),
-                within=f.get("within"),
-                min_score=f.get("min_score"),
-                nprobe=f.get("nprobe"),
-            )
             result = await self.search(request)
             if result.partial and params.get("allow_partial") not in ("1", "true", "yes"):
                 raise ApiError(503, _missing_message(result.missing))
@@ -386,10 +364,6 @@ class Router:
 
 
 def _open_searcher(store: str, threads: int | None):
-    from .context import StoreContext
-    from .query import Searcher
-    from .store import Store
-
     if not os.path.exists(os.path.join(store, "data.mdb")):
         raise StoreError("no semdb store here")
     return Searcher(StoreContext(Store(store, readonly=True), threads=threads))
@@ -398,9 +372,6 @@ def _open_searcher(store: str, threads: int | None):
 def _check_listening(host: str, port: int) -> None:
     """Serve keeps the HTTP options it was first started with: on a cluster whose Serve already
     runs without a proxy, or on another port, nothing would answer where we say it does."""
-    import socket
-    import time
-
     for _ in range(20):
         try:
             socket.create_connection((host, port), timeout=2).close()
@@ -414,7 +385,7 @@ def _check_listening(host: str, port: int) -> None:
 
 
 def _node() -> str:
-    import ray
+    import ray  # noqa: PLC0415 (Ray: imported only inside a started cluster)
 
     return ray.get_runtime_context().get_node_id()
 
@@ -475,8 +446,6 @@ class Cluster:
             raise InputError("give at least one shard (a store folder)")
         if len(set(stores)) != len(stores):
             raise InputError("a store is given twice as a shard: its hits would be counted twice")
-        import logging
-
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would drown the results
         started = "" if ray.is_initialized() else "joined" if address else "local"
         if started:
@@ -532,42 +501,31 @@ class Cluster:
                 ray.shutdown()
             raise
 
-    def search(
-        self,
-        text: str | None = None,
-        *,
-        vector=None,
-        k: int = 10,
-        under=None,
-        after=None,
-        before=None,
-        within: float | None = None,
-        min_score: float | None = None,
-        nprobe: int | None = None,
-        allow_partial: bool = False,
-    ) -> ShardedResult:
-        """The k best items of all shards, as one store holding them all would rank them:
-        `text` (rclip arithmetic, every term text) or `vector` (a (D,) or (1, D) query
-        embedding of the shards' model), with Database.search's filters and refinements.
-        A shard that does not answer: ShardError, or with `allow_partial` the other shards'
-        hits with `result.partial` set and `result.missing` naming the shards left out."""
-        _check_k(k)
-        _check_nprobe(nprobe)
-        if (text is None) == (vector is None):
-            raise InputError("give a text or a vector to search with (one of them)")
-        if vector is not None:
-            vector = np.asarray(vector, np.float32).reshape(1, -1)
+    def search(self, text=None, k: int = DEFAULT_K, *, allow_partial: bool = False, **options) -> ShardedResult:
+        """The k best items of all shards, as one store holding them all would rank them.
+        `text`: rclip arithmetic (every term text), or a SearchRequest (then nothing
+        else but `allow_partial`); `options`: SearchRequest.of's, but for `image` and `like`:
+        `vector` (a (D,) or (1, D) query embedding of the shards' model) instead of a text,
+        the filters and refinements of Database.search. A shard that does not answer:
+        ShardError, or with `allow_partial` the other shards' hits with `result.partial` set
+        and `result.missing` naming the shards left out."""
+        if isinstance(text, SearchRequest):
+            if options or k != DEFAULT_K:
+                raise InputError("give a SearchRequest alone, or search()'s arguments: not both")
+            request = text
+        else:
+            request = SearchRequest.of(text, k=k, files=False, **options)
+        if request.image is not None or request.like is not None:
+            raise InputError("a sharded search takes a text or a vector (no image, no like)")
+        if request.vector is not None:
             dim = (self.specs[0].model or {}).get("dim")
-            if dim and vector.shape[1] != dim:
-                raise InputError(f"the query vector has {vector.shape[1]} values, the shards' model gives {dim}")
-            if not np.isfinite(vector).all():
-                raise InputError("the query vector holds NaN or infinite values")
-        request = SearchRequest(
-            text, vector, k, Where.of(under, after, before), within, min_score, nprobe, self.timeout
-        )
+            if len(request.vector) != 1 or (dim and request.vector.shape[1] != dim):
+                raise InputError(
+                    f"the query vector has shape {request.vector.shape}, the shards' model gives one of {dim} values"
+                )
         try:
             # the router waits `timeout` for the shards; this bounds a router that is down too
-            result = self.router.search.remote(request).result(timeout_s=2 * self.timeout + 10)
+            result = self.router.search.remote(request, self.timeout).result(timeout_s=2 * self.timeout + 10)
         except TimeoutError:
             raise ShardError(
                 f"the router ({self.name}-router) did not answer in {2 * self.timeout + 10:.0f} s"
@@ -604,8 +562,8 @@ class Cluster:
 
 def _ray():
     try:
-        import ray
-        from ray import serve
+        import ray  # noqa: PLC0415 (Ray: imported only when a cluster is started)
+        from ray import serve  # noqa: PLC0415 (as above)
     except ImportError:
         raise InputError("sharded search needs Ray Serve: pip install 'semdb[ray]' (or 'ray[serve]')") from None
     return ray, serve

@@ -1,20 +1,18 @@
-"""Search a store: a query reads left to right, terms -> vector -> where -> limit -> refine.
+"""Search a store: a SearchRequest (semdb/request.py) reads left to right,
+terms -> vector -> where -> limit -> refine.
 
-terms ("2:cat + ./x.jpg - dog", a stored item) --CLIP, or the item's stored code-->
-one query vector q --where: rows whose path is under a folder / taken in a date range-->
-index over the last committed codes (ADC shortlist + exact rerank; past semdb.ivf.MIN_ITEMS
-codes the shortlist comes from the `nprobe` IVF lists nearest q; a store without a codec
-yet: exact search of its staged embeddings) --limit k--> --within X of the best-->
-Hits (path, score, id)
+terms ("2:cat + ./x.jpg - dog", an image, a stored item) --CLIP, or the item's stored code-->
+one query vector q (or the request's own vectors) --where: rows whose path is under a folder /
+taken in a date range--> index over the last committed codes (ADC shortlist + exact rerank;
+past semdb.ivf.MIN_ITEMS codes the shortlist comes from the `nprobe` IVF lists nearest q; a
+store without a codec yet: exact search of its staged embeddings) --limit k--> --min_score,
+within X of the best--> Hits (path, score, id)
 """
 
 from __future__ import annotations
 
-import datetime
 import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -24,95 +22,14 @@ from .context import StoreContext
 from .errors import InputError, display_path
 from .images import load_image
 from .ivf import IvfIndex
+from .request import SearchRequest, Term, Where
 from .search import Candidates, FlatIndex
-
-MAX_K = 10_000  # a larger k is refused: nobody reads that many hits, and it costs memory
 
 
 class Hit(NamedTuple):
     path: str
     score: float
     id: int
-
-
-@dataclass(frozen=True)
-class Term:
-    """One term of a query: a text, an image file, or a stored item (by id), with a weight
-    (negative: subtracted)."""
-
-    kind: str  # "text" | "image" | "item"
-    value: str | int | object  # text, image path (or PIL image), item id
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class Where:
-    """Which items a search may return. `under`: an absolute folder; `after` / `before`:
-    POSIX seconds of the date taken (after inclusive, before exclusive)."""
-
-    under: str | None = None
-    after: float | None = None
-    before: float | None = None
-
-    @classmethod
-    def of(cls, under=None, after=None, before=None) -> Where:
-        w = cls(
-            os.path.abspath(os.path.expanduser(os.fsdecode(under))).rstrip(os.sep) or os.sep if under else None,
-            parse_date(after, "after"),
-            parse_date(before, "before"),
-        )
-        if w.after is not None and w.before is not None and w.after >= w.before:
-            raise InputError(f"after {after} is not earlier than before {before}: no date is in between")
-        return w
-
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.under, self.after, self.before))
-
-
-def parse_date(value, flag: str) -> float | None:
-    """A date or datetime (or "YYYY-MM-DD" / ISO 8601 text, local time) as POSIX seconds."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime.datetime):
-        return value.timestamp()
-    if isinstance(value, datetime.date):
-        return datetime.datetime(value.year, value.month, value.day).timestamp()
-    try:
-        return datetime.datetime.fromisoformat(str(value).strip()).timestamp()
-    except ValueError:
-        raise InputError(f"--{flag} {value!r}: not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
-
-
-_SPLIT = re.compile(r"\s+([+-])\s+")
-
-
-def parse_terms(text: str, files: bool = True) -> list[Term]:
-    """rclip's query arithmetic: terms joined by " + " or " - ", each optionally "WEIGHT:term";
-    a term naming an existing image file is that image (`files=False`: every term is text, as a
-    server needs), anything else is text. "2:cat + ./x.jpg - dog" -> cat (x2) + image - dog."""
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("empty query text: give some words to search for")
-    parts = _SPLIT.split(" " + text.strip() + " ")
-    terms, sign = [], 1.0
-    for i, part in enumerate(parts):
-        if i % 2:
-            sign = 1.0 if part == "+" else -1.0
-            continue
-        part = part.strip()
-        if not part:
-            raise InputError(f"query {text!r}: a '+' or '-' has no term beside it")
-        weight, _, rest = part.partition(":")
-        try:
-            w, part = (float(weight), rest.strip()) if rest and not (files and os.path.exists(part)) else (1.0, part)
-        except ValueError:
-            w = 1.0
-        if not part:
-            raise InputError(f"query {text!r}: the weight {weight}: has no term")
-        if not np.isfinite(w):
-            raise InputError(f"query {text!r}: the weight {weight} is not a finite number")
-        kind = "image" if files and os.path.isfile(os.path.expanduser(part)) else "text"
-        terms.append(Term(kind, os.path.expanduser(part) if kind == "image" else part, sign * w))
-    return terms
 
 
 class Searcher:
@@ -125,6 +42,10 @@ class Searcher:
         self._meta = None  # (generation, paths, taken) aligned with the index's ids
 
     # --- the query vector -------------------------------------------------------------------
+    def encode(self, request: SearchRequest) -> np.ndarray:
+        """The request's query vectors (nq, D): its own, else the unit vector of its terms (1, D)."""
+        return request.vector if request.vector is not None else self.vector(request.terms())
+
     def vector(self, terms: Sequence[Term]) -> np.ndarray:
         """The unit query vector of weighted terms (1, D)."""
         if not terms:
@@ -151,7 +72,15 @@ class Searcher:
                     raise InputError(f"{display_path(img)}: query image not found")
                 img = load_image(img, draft_size=emb.image_size)
             return emb.encode_images([img])
-        return self.item_vector(int(term.value))
+        return self.item_vector(self.stored_id(term.value))
+
+    def stored_id(self, item) -> int:
+        """The id of a stored item named by id or by (absolute) path, or InputError."""
+        store = self.ctx.store
+        found = store.get_item(item) if isinstance(item, int) else store.item_by_path(item)
+        if found is None:
+            raise InputError(f"--like {item}: not an item of {self.ctx.path} (give a stored id or path)")
+        return int(found.id)
 
     def item_vector(self, item_id: int) -> np.ndarray:
         """A stored item's vector from what the store keeps: its decoded code (or staged
@@ -167,68 +96,45 @@ class Searcher:
         return codec.decode(np.asarray(codes)[row[:1]])
 
     # --- search -----------------------------------------------------------------------------
-    def search(
-        self,
-        terms: Sequence[Term],
-        k: int = 10,
-        where: Where = Where(),
-        within: float | None = None,
-        min_score: float | None = None,
-        exclude: Sequence[int] = (),
-        nprobe: int | None = None,
-    ) -> list[Hit]:
-        _check_k(k)
-        _check_nprobe(nprobe)
-        q = self.vector(terms)
-        return self._search(q, k, where, within, min_score, exclude, nprobe)[0]
-
-    def vectors(
-        self,
-        Q,
-        k: int = 10,
-        min_score: float | None = None,
-        where: Where = Where(),
-        within: float | None = None,
-        nprobe: int | None = None,
-    ) -> list[list[Hit]]:
-        _check_k(k)
-        _check_nprobe(nprobe)
-        return self._search(np.asarray(Q, np.float32), k, where, within, min_score, (), nprobe)
-
-    def _search(self, Q, k, where, within, min_score, exclude, nprobe=None) -> list[list[Hit]]:
-        ids, index = self.index()
-        if index is None:
+    def search(self, request: SearchRequest) -> list[list[Hit]]:
+        """One list of hits per query vector, best first: one list for a request's terms, one
+        per row of its `vector`. The `like` item itself is never a hit."""
+        Q = self.encode(request)
+        ids, index, rows = self._allowed(request)
+        if index is None or (rows is not None and not len(rows)):
             return [[] for _ in range(len(Q))]
-        rows = self._rows(where, ids, exclude)
-        if rows is not None and not len(rows):
-            return [[] for _ in range(len(Q))]
-        # nprobe only means something to an IVF index (a smaller store scans every code)
-        found, scores = index.search(Q, k, rows=rows, **({"nprobe": nprobe} if isinstance(index, IvfIndex) else {}))
+        found, scores = index.search(Q, request.k, rows=rows, **_nprobe(index, request))
         results = []
         for row, score in zip(found, scores):
             keep = row >= 0
-            if min_score is not None:
-                keep &= score >= min_score
-            if within is not None and keep.any():
-                keep &= score >= score[keep].max() - within
+            if request.min_score is not None:
+                keep &= score >= request.min_score
+            if request.within is not None and keep.any():
+                keep &= score >= score[keep].max() - request.within
             items = self.ctx.store.items(ids[row[keep]])
             results.append([Hit(it.path, float(s), int(it.id)) for it, s in zip(items, score[keep]) if it is not None])
         return results
 
-    def candidates(self, Q, k: int = 10, where: Where = Where(), nprobe: int | None = None) -> list[Candidates]:
-        """Per query, the search's two stages before its top k is cut: search.Candidates whose
-        `rows` are item ids. What a sharded search merges (semdb/cluster.py): the union of its
-        shards' candidates, cut as one store's scan cuts them, gives one store's hits."""
-        _check_k(k)
-        _check_nprobe(nprobe)
-        Q = np.asarray(Q, np.float32)
-        ids, index = self.index()
-        rows = None if index is None else self._rows(where, ids, ())
+    def candidates(self, request: SearchRequest, Q: np.ndarray | None = None) -> list[Candidates]:
+        """Per query vector (`Q`, else the request's own), the search's two stages before its
+        top k is cut: search.Candidates whose `rows` are item ids. What a sharded search
+        merges (semdb/cluster.py): the union of its shards' candidates, cut as one store's
+        scan cuts them, gives one store's hits."""
+        Q = self.encode(request) if Q is None else np.asarray(Q, np.float32)
+        ids, index, rows = self._allowed(request)
         if index is None or (rows is not None and not len(rows)):
             none = np.empty(0, np.float32)
             return [Candidates(np.empty(0, np.uint64), none, none, True) for _ in range(len(Q))]
-        found = index.candidates(Q, k, rows=rows, **({"nprobe": nprobe} if isinstance(index, IvfIndex) else {}))
+        found = index.candidates(Q, request.k, rows=rows, **_nprobe(index, request))
         return [Candidates(ids[c.rows], c.approx, c.exact, c.complete) for c in found]
+
+    def _allowed(self, request: SearchRequest):
+        """(item ids, index, the index rows the request may return: None for all)."""
+        ids, index = self.index()
+        if index is None:
+            return ids, None, None
+        exclude = () if request.like is None else (self.stored_id(request.like),)
+        return ids, index, self._rows(request.where, ids, exclude)
 
     def _rows(self, where: Where, ids: np.ndarray, exclude) -> np.ndarray | None:
         """Index rows the search may return (None: all)."""
@@ -302,13 +208,6 @@ class Searcher:
         return codec.index(np.asarray(codes), ivf=(C, lists))
 
 
-def _check_nprobe(nprobe) -> None:
-    if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe <= 0):
-        raise InputError(f"nprobe={nprobe}: give a positive number of IVF lists to scan")
-
-
-def _check_k(k: int) -> None:
-    if not isinstance(k, (int, np.integer)) or k <= 0:
-        raise InputError(f"k={k}: ask for at least one result")
-    if k > MAX_K:
-        raise InputError(f"k={k}: at most {MAX_K} results per query")
+def _nprobe(index, request: SearchRequest) -> dict:
+    """nprobe only means something to an IVF index (a smaller store scans every code)."""
+    return {"nprobe": request.nprobe} if isinstance(index, IvfIndex) else {}

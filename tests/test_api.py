@@ -90,3 +90,77 @@ def test_bad_queries(photos, tmp_path, tiny_model):
         assert len(db.query("x" * 10_000, k=2)) == 2
     with pytest.raises(StoreError, match="no semdb store"):
         semdb.open(tmp_path / "nothing", readonly=True)
+
+
+def test_every_way_of_searching_takes_every_filter(photos, tmp_path, tiny_model):
+    """One vocabulary: search, its aliases (query, query_image, query_vectors) and its other
+    forms (similar, search_image, search_vectors, a SearchRequest) all take every filter."""
+    import datetime
+
+    from semdb.request import SearchRequest
+
+    tomorrow = datetime.date.today() + datetime.timedelta(days=1)
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        db.ingest([photos], train_now=True)
+        chelsea = db.store.item_by_path(str(photos / "chelsea.jpg")).id
+        vector = db.embedder.encode_texts(["a cat"])
+        ways = {
+            "search": lambda **f: db.search("a cat", k=5, **f),
+            "query": lambda **f: db.query("a cat", k=5, **f),
+            "search_image": lambda **f: db.search_image(photos / "chelsea.jpg", k=5, **f),
+            "query_image": lambda **f: db.query_image(photos / "chelsea.jpg", k=5, **f),
+            "similar": lambda **f: db.similar(chelsea, k=5, **f),
+            "search_vectors": lambda **f: db.search_vectors(vector, k=5, **f)[0],
+            "query_vectors": lambda **f: db.query_vectors(vector, k=5, **f)[0],
+            "a SearchRequest": lambda **f: db.search(SearchRequest.of("a cat", k=5, **f)),
+        }
+        for name, way in ways.items():
+            hits = way()
+            assert len(hits) == 5 and way(under=photos, before=tomorrow, nprobe=4) == hits, name
+            assert way(under=tmp_path / "elsewhere") == [] and way(after=tomorrow) == [], name
+            assert way(min_score=10.0) == [], name
+        assert db.search(vector=vector, k=5) == ways["search_vectors"]()
+        assert chelsea not in [h.id for h in ways["similar"]()]  # the item itself is never a hit
+        for alias, of in (("query", "search"), ("query_image", "search_image"), ("query_vectors", "search_vectors")):
+            assert getattr(db, alias).__doc__.startswith(f"Alias of {of}()"), alias
+        with pytest.raises(InputError, match="not both"):
+            db.search(SearchRequest.of("a cat"), k=3)
+        with pytest.raises(InputError, match="search_vectors"):
+            db.search(vector=np.vstack([vector, vector]))
+        with pytest.raises(TypeError):
+            db.query("a cat", undr=photos)  # a misspelt filter is an error, never ignored
+
+
+def test_a_search_request_is_checked_once_and_frozen():
+    import dataclasses
+
+    from semdb.request import MAX_K, SearchRequest, Where
+
+    request = SearchRequest.of("2:cat - dog", k=7, under="/photos/../photos/2023/", after="2023-06-01")
+    assert request.where == Where.of("/photos/2023", "2023-06-01") and request.where.under == "/photos/2023"
+    assert [(t.kind, t.value, t.weight) for t in request.terms()] == [("text", "cat", 2.0), ("text", "dog", -1.0)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.k = 3
+    assert dataclasses.replace(request, k=8).k == 8 and request.k == 7
+    with pytest.raises(InputError, match="at least one result"):
+        dataclasses.replace(request, k=0)  # a changed copy is checked again
+    bad = [
+        ({}, "empty query"),
+        ({"text": "cat +"}, "no term beside it"),
+        ({"text": "cat", "k": MAX_K + 1}, f"at most {MAX_K}"),
+        ({"text": "cat", "k": True}, "at least one result"),
+        ({"text": "cat", "nprobe": 0}, "nprobe=0"),
+        ({"text": "cat", "within": float("nan")}, "finite"),
+        ({"text": "cat", "min_score": "high"}, "expected a number"),
+        ({"text": "cat", "after": "2024-05-01", "before": "2024-01-01"}, "not earlier"),
+        ({"text": "cat", "vector": [1.0, 0.0]}, "not both"),
+        ({"vector": [1.0, float("inf")]}, "NaN or infinite"),
+        ({"like": -1}, "stored item's id or path"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(InputError, match=message):
+            SearchRequest.of(**kwargs)
+    vectors = SearchRequest.of(vector=np.ones(4)).vector
+    assert vectors.shape == (1, 4) and not vectors.flags.writeable
+    assert SearchRequest.of(vector=np.ones(4)) == SearchRequest.of(vector=[[1, 1, 1, 1]])
+    assert SearchRequest.of(vector=np.ones(4)) != SearchRequest.of(vector=np.zeros(4))

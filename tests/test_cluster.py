@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -45,7 +46,7 @@ def stores(tmp_path_factory, tiny_model):
     paths = [f"{FOLDERS[i % 3]}/img_{i:04d}.jpg" for i in range(N)]
     with semdb.open(root / "seed", model=tiny_model) as db:
         db.add_embeddings(paths, X, model=tiny_model, bits=64)
-        db.embedder  # binds the weights digest, which the export carries
+        db.embedder  # noqa: B018 (reading it binds the weights digest, which the export carries)
         table = db.to_arrow()
     taken = pa.array([(T0 + i * DAY) * 1e6 for i in range(N)], pa.timestamp("us", tz="UTC"))
     table = table.set_column(table.schema.get_field_index("taken"), table.schema.field("taken"), taken)
@@ -129,7 +130,7 @@ def test_text_queries_give_the_hits_of_one_store(cluster, stores, k):
 
 
 def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
-    from semdb.query import Where
+    from semdb.request import SearchRequest
 
     single = one_store(stores)
     Q = np.random.default_rng(1).normal(size=(4, 64)).astype(np.float32)
@@ -137,7 +138,7 @@ def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
     Q[3] = stores["X"][17]  # a stored item's own embedding: it comes first
     for q in Q:
         for where in FILTERS:
-            (expected,) = single.vectors(q[None], 10, where=Where.of(**where))
+            (expected,) = single.search(SearchRequest.of(vector=q, k=10, **where))
             same(cluster.search(vector=q, k=10, **where).hits, expected)
     assert cluster.search(vector=Q[3], k=1).hits[0].path.endswith("img_0017.jpg")
     with pytest.raises(InputError, match="values"):
@@ -147,6 +148,31 @@ def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
     with pytest.raises(InputError, match="empty query") as err:  # raised by the encoder, inside Ray
         cluster.search("   ")
     assert "\n" not in str(err.value)
+
+
+def test_one_search_request_is_carried_to_the_router_and_the_shards(cluster, stores):
+    """One SearchRequest record: the cluster (driver -> router -> shards), its HTTP ingress (the
+    record as a query string) and one store answer it alike; a bad k is refused in the same words."""
+    from semdb.request import MAX_K, SearchRequest
+    from semdb.serve.params import query_params
+
+    request = SearchRequest.of(
+        "2:red car - blue sky", files=False, k=7, under="/photos/city", after="2020-03-01", within=0.5, nprobe=4
+    )
+    with semdb.open(stores["full"], readonly=True) as db:
+        want = db.search(request)
+        same(cluster.search(request).hits, want)
+        url = f"http://127.0.0.1:{cluster.port}/api/search?" + urllib.parse.urlencode(query_params(request))
+        assert [h["path"] for h in json.loads(urllib.request.urlopen(url, timeout=60).read())["hits"]] == [
+            h.path for h in want
+        ]
+        with pytest.raises(InputError) as local:
+            db.search("cat", k=MAX_K + 1)
+    with pytest.raises(InputError) as sharded:
+        cluster.search("cat", k=MAX_K + 1)
+    assert str(sharded.value) == str(local.value) == f"k={MAX_K + 1}: at most {MAX_K} results per query"
+    with pytest.raises(InputError, match="no image, no like"):
+        cluster.search(like=3)
 
 
 def test_shards_are_placed_across_nodes(cluster):
@@ -339,6 +365,7 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
     from semdb.cluster import ShardAnswer, may_be_hits, merge
     from semdb.context import StoreContext
     from semdb.query import Searcher
+    from semdb.request import SearchRequest
     from semdb.store import Store
 
     n, rng = 4500, np.random.default_rng(1)
@@ -353,12 +380,12 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
     searchers = [Searcher(StoreContext(Store(tmp_path / name, readonly=True))) for name in ("full", "s0", "s1", "s2")]
     Q = rng.normal(size=(300, 64)).astype(np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
-    single = searchers[0].vectors(Q, 10)
+    single = searchers[0].search(SearchRequest(vector=Q, k=10))
     sent = 0
     for i, q in enumerate(Q):
         answers = []
         for j, s in enumerate(searchers[1:]):
-            (c,) = s.candidates(q[None], 10)
+            (c,) = s.candidates(SearchRequest(vector=q, k=10))
             may = may_be_hits(c.approx, c.exact, c.rows, 10)  # what a shard replica sends
             sent += int(may.sum())
             items = s.ctx.store.items(c.rows[may])

@@ -124,13 +124,14 @@ def test_steering_means_what_database_search_means(served, tiny_model):
         assert len(under_b) == 10 and all(h["path"].startswith(str(photos / "b") + "/") for h in under_b)
         # a term naming a file of the server is text: the server never opens a file named in a URL
         named = str(photos / "a" / "chelsea.jpg")
-        _same(_hits(server, "/api/search?" + urllib.parse.urlencode({"q": named, "k": 5})), db.query(named, k=5))
-        from semdb.query import Term
-
-        as_text = [Term("text", named, 2.0), Term("text", "cat", -1.0)]
+        as_text = db.embedder.encode_texts([named])  # the file's name, embedded as text
+        _same(
+            _hits(server, "/api/search?" + urllib.parse.urlencode({"q": named, "k": 5})), db.search(vector=as_text, k=5)
+        )
+        weighted = 2 * as_text - db.embedder.encode_texts(["cat"])
         _same(
             _hits(server, "/api/search?" + urllib.parse.urlencode({"q": f"2:{named} - cat", "k": 5})),
-            db._searcher.search(as_text, 5),
+            db.search(vector=weighted / np.linalg.norm(weighted), k=5),
         )
         # similar: from the stored code, with filters, itself left out
         sim = _hits(server, f"/api/similar/{astronaut}?k=30&under=" + urllib.parse.quote(str(photos / "b")))
@@ -281,6 +282,31 @@ BAD_GETS = [
     ("/etc/passwd", 404),
     ("/api/nothing", 404),
 ]
+
+
+@pytest.mark.parametrize(
+    "flags,params,kwargs",
+    [
+        (["-k", "0"], {"k": "0"}, {"k": 0}),
+        (["--nprobe", "0"], {"nprobe": "0"}, {"nprobe": 0}),
+        (["--within", "-1"], {"within": "-1"}, {"within": -1.0}),
+        (["--after", "yesterday"], {"after": "yesterday"}, {"after": "yesterday"}),
+    ],
+)
+def test_a_bad_search_is_refused_in_the_same_words_by_the_cli_http_and_python(
+    served, tiny_model, flags, params, kwargs
+):
+    """One SearchRequest checks every front end's search: the same refusal, word for word."""
+    import semdb
+    from semdb.errors import InputError
+
+    server, store = served[:2]
+    with semdb.open(store, readonly=True, model=tiny_model) as db, pytest.raises(InputError) as api:
+        db.search("cat", **kwargs)
+    status, _, body = server.get("/api/search?" + urllib.parse.urlencode({"q": "cat", **params}))
+    assert status == 400 and json.loads(body)["error"] == str(api.value)
+    cli = semdb_cli("query", "cat", *flags, "--store", store, check=2)
+    assert cli.stderr.strip() == f"error: {api.value}"
 
 
 def _assert_json_error(status, headers, body, want):
@@ -495,3 +521,29 @@ def test_serve_refuses_a_remote_host_without_the_flag(tmp_path, tiny_model):
         s.listen()
         busy = semdb_cli("serve", "--store", store, "--port", s.getsockname()[1], check=2)
         assert "in use" in busy.stderr
+
+
+def test_a_request_goes_over_http_unchanged():
+    """What `semdb query` sends a running server (serve/params.query_params) is parsed back by
+    the server (search_request) into an equal SearchRequest; what a URL cannot say is None."""
+    import datetime
+
+    from semdb.request import SearchRequest
+    from semdb.serve.params import query_params, search_request
+
+    request = SearchRequest.of(
+        "2:cat - dog",
+        files=False,
+        like=3,
+        k=7,
+        under="/photos/2023",
+        after="2023-06-01",
+        before=datetime.datetime(2023, 9, 1, 12, 30, 15, 250),
+        within=0.1,
+        min_score=0.2,
+        nprobe=5,
+    )
+    assert search_request(query_params(request)) == request
+    assert query_params(SearchRequest.of(vector=[1.0, 0.0])) is None
+    assert query_params(SearchRequest.of("cat", like="/photos/x.jpg")) is None
+    assert query_params(SearchRequest.of(f"cat + {__file__}")) is None  # a term naming a file of this machine

@@ -8,9 +8,12 @@ read (through semdb.images.load_image: megapixel guard, EXIF orientation, RGB). 
 is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 
     GET  /                      the web page (static/)
-    GET  /api/search?q=TEXT     text search; k, under, after, before, within, min_score, nprobe
+    GET  /api/search?q=TEXT     text search; k, under, after, before, within, min_score, like, nprobe
     POST /api/search            image search: multipart field "image", or the raw image body
-    GET  /api/similar/{id}      more like a stored item (from its stored code)
+    GET  /api/similar/{id}      more like a stored item (from its stored code), with the filters
+
+A search's query string becomes a SearchRequest in params.py (semdb/request.py checks it) and
+the record goes unchanged to Database.search.
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
@@ -21,9 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
-import re
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -41,28 +43,26 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
 from ..images import load_image
+from ..request import SearchRequest
 from .client import INSTANCE_HEADER
+from .params import (
+    SEARCH_PARAMS,
+    SIMILAR_PARAMS,
+    ApiError,
+    int_param,
+    only,
+    parse_item_id,
+    search_options,
+    search_request,
+)
 
 log = logging.getLogger("semdb.serve")
 
-MAX_K = 1000
-DEFAULT_K = 10
-MAX_QUERY_CHARS = 1000
 MAX_UPLOAD_BYTES = 32 << 20
 THUMB_SIZES = (32, 1024)  # allowed ?size= range
 DEFAULT_THUMB = 256
 VIEW_MAX_SIDE = 4096
 THUMB_CACHE_BYTES = 64 << 20
-_ID = re.compile(r"[0-9]{1,18}")
-FILTERS = ("under", "after", "before", "within")
-
-
-class ApiError(Exception):
-    """An error answered as {"error": message} with `status`."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, " ".join(str(message).split())
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -77,88 +77,6 @@ def _status_of(exc: SemdbError) -> int:
     if isinstance(exc, (StoreError, ModelError)):
         return 503
     return 500
-
-
-# --- request parsing ----------------------------------------------------------------------------
-
-
-def _item_id(raw: str) -> int:
-    if not _ID.fullmatch(raw or ""):
-        raise ApiError(400, f"{raw[:40]!r} is not an item id (ids are integers)")
-    return int(raw)
-
-
-def _int_param(params, name: str, default: int, lo: int, hi: int) -> int:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name}={raw[:40]!r}: expected an integer") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name}={value}: must be between {lo} and {hi}")
-    return value
-
-
-def _float_param(params, name: str):
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, f"{name}={raw[:40]!r}: expected a number") from None
-    if not math.isfinite(value):
-        raise ApiError(400, f"{name}={raw[:40]!r}: expected a finite number")
-    return value
-
-
-FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe")  # what _filters reads
-SEARCH_PARAMS = ("q", "k") + FILTER_PARAMS  # /api/search, GET and POST
-SIMILAR_PARAMS = ("k",) + tuple(name for name in FILTER_PARAMS if name != "like")  # /api/similar/{id}
-
-
-def _only(params, allowed) -> None:
-    """400 for a query parameter the endpoint does not take: a misspelt filter would otherwise
-    be ignored, and the answer would be to another question than the one asked."""
-    unknown = sorted(set(params.keys()) - set(allowed))
-    if unknown:
-        raise ApiError(400, f"unknown parameter {unknown[0][:40]!r}: this endpoint takes {', '.join(allowed)}")
-
-
-def _filters(params) -> dict:
-    """under, after, before, within, min_score, like and nprobe (FILTER_PARAMS) from the query string."""
-    out = {}
-    for name in ("under", "after", "before"):
-        raw = params.get(name)
-        if raw:
-            if len(raw) > 4096 or "\0" in raw:
-                raise ApiError(400, f"{name}: not a valid value")
-            out[name] = raw
-    if "under" in out and not os.path.isabs(out["under"]):
-        raise ApiError(400, f"under={out['under'][:80]!r}: give an absolute folder")
-    for name in ("within", "min_score"):
-        value = _float_param(params, name)
-        if value is not None:
-            out[name] = value
-    like = params.get("like")
-    if like:
-        out["like"] = _item_id(like)
-    if params.get("nprobe"):
-        out["nprobe"] = _int_param(params, "nprobe", 0, 1, 1 << 20)
-    return out
-
-
-def _text(params):
-    text = params.get("q")
-    if text is None or text == "":
-        return None
-    if not text.strip():
-        raise ApiError(400, "empty query: give some words to search for (?q=...)")
-    if len(text) > MAX_QUERY_CHARS:
-        raise ApiError(400, f"query of {len(text)} characters: at most {MAX_QUERY_CHARS}")
-    return text
 
 
 def _hits_json(hits) -> dict:
@@ -193,53 +111,20 @@ class Service:
     def warm(self) -> None:
         """Load the model, build the index and run one text through the model."""
 
-        def warm():
-            emb = self.db.embedder
-            emb.load_image_tower()  # image queries and uploads too: load both towers once, up front
-            emb.encode_texts(["warm up"])
-            self.db._searcher.index()
-
-        self.on_model_thread(warm)
+        self.on_model_thread(self.db.warm)
 
     def close(self) -> None:
         self._model_thread.shutdown(wait=True)
 
     # --- search ---
-    def search(
-        self,
-        text: str | None,
-        k: int,
-        *,
-        image=None,
-        like: int | None = None,
-        min_score=None,
-        within=None,
-        under=None,
-        after=None,
-        before=None,
-        nprobe=None,
-    ):
-        """Database.search's meaning, except that every term of `text` is text: a URL never
-        makes the server open a file by its name."""
+    def search(self, request: SearchRequest) -> list:
+        """The request's hits (Database.search), answered on the model thread; a `like` item
+        that is not in the store is a 404."""
 
         def run():
-            if like is not None and self.db.item(like) is None:
-                raise ApiError(404, f"no item {like} in this store")
-            if text is None and image is None and like is None:
-                raise ApiError(400, "empty query: give q=TEXT, like=ID or an image")
-            return self.db.search(
-                text,
-                image=image,
-                like=like,
-                k=k,
-                under=under,
-                after=after,
-                before=before,
-                within=within,
-                min_score=min_score,
-                files=False,
-                nprobe=nprobe,
-            )
+            if isinstance(request.like, int) and self.db.item(request.like) is None:
+                raise ApiError(404, f"no item {request.like} in this store")
+            return self.db.search(request)
 
         return self.on_model_thread(run)
 
@@ -280,8 +165,6 @@ class Service:
                     raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
                 raise ApiError(422, f"item {item_id}: {e}") from None
             if max(img.size) > max_side:
-                from PIL import Image
-
                 img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=quality)
@@ -321,24 +204,22 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
 
         return endpoint
 
-    def search_get(request: Request):
-        params = request.query_params
-        _only(params, SEARCH_PARAMS)
-        text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
-        if text is None and "like" not in where:
-            raise ApiError(400, "empty query: give some words to search for (?q=...) or like=ID")
+    def answer(search: SearchRequest) -> JSONResponse:
         t0 = time.perf_counter()
-        hits = service.search(text, k, **where)
+        hits = service.search(search)
         return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
+    def search_get(request: Request):
+        return answer(search_request(request.query_params, SEARCH_PARAMS))
+
     async def search_post(request: Request):
-        params = request.query_params
-        try:
-            _only(params, SEARCH_PARAMS)
-            text, k, where = _text(params), _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
+        try:  # the parameters are checked before the upload is read
+            options = search_options(request.query_params, SEARCH_PARAMS)
             data = await _upload(request)
         except ApiError as e:
             return _error(e.status, e.message)
+        except SemdbError as e:
+            return _error(_status_of(e), str(e))
 
         def run(_request):
             with tempfile.NamedTemporaryFile(prefix="semdb-upload-", suffix=".img") as tmp:
@@ -348,23 +229,16 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
                     img = load_image(tmp.name, draft_size=db.embedder.image_size)
                 except ImageError as e:
                     raise ApiError(415, f"upload: {e.reason}") from None
-            t0 = time.perf_counter()
-            hits = service.search(text, k, image=img, **where)
-            return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
+            return answer(SearchRequest.of(**options, image=img))
 
         return await guarded(run)(request)
 
     def similar(request: Request):
-        item_id = _item_id(request.path_params["id"])
-        params = request.query_params
-        _only(params, SIMILAR_PARAMS)
-        k, where = _int_param(params, "k", DEFAULT_K, 1, MAX_K), _filters(params)
-        t0 = time.perf_counter()
-        hits = service.search(None, k, like=item_id, **where)
-        return JSONResponse({**_hits_json(hits), "ms": round(1000 * (time.perf_counter() - t0), 2)})
+        like = parse_item_id(request.path_params["id"])
+        return answer(search_request(request.query_params, SIMILAR_PARAMS, like=like))
 
     def item(request: Request):
-        it = service.item(_item_id(request.path_params["id"]))
+        it = service.item(parse_item_id(request.path_params["id"]))
         return JSONResponse(
             {
                 "id": int(it.id),
@@ -380,15 +254,13 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         return JSONResponse(service.info())
 
     def thumb(request: Request):
-        item_id = _item_id(request.path_params["id"])
-        _only(request.query_params, ("size",))
-        size = _int_param(request.query_params, "size", DEFAULT_THUMB, *THUMB_SIZES)
-        data = service.picture(item_id, size, 82, cache=True)
+        only(request.query_params, ("size",))
+        size = int_param(request.query_params, "size", DEFAULT_THUMB, *THUMB_SIZES)
+        data = service.picture(parse_item_id(request.path_params["id"]), size, 82, cache=True)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     def image(request: Request):
-        item_id = _item_id(request.path_params["id"])
-        data = service.picture(item_id, VIEW_MAX_SIDE, 90, cache=False)
+        data = service.picture(parse_item_id(request.path_params["id"]), VIEW_MAX_SIDE, 90, cache=False)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     static = resources.files("semdb.serve") / "static"

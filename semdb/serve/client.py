@@ -5,7 +5,8 @@ and removes it when it stops. `query_server` reads it, checks that the process i
 connects with a short timeout and sends the query; the response must carry the same
 `instance` token in its X-Semdb-Instance header (so a stale file whose port another program
 now uses is never believed). Anything short of that returns None and the caller searches
-locally. Standard library only: this module must not import torch, open_clip or starlette.
+locally. This module must not import torch, open_clip or starlette (the request's query string
+comes from params.py, which imports neither).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import secrets
 import urllib.parse
 from pathlib import Path
 from typing import NamedTuple
+
+from ..errors import ImageError, InputError
+from ..request import SearchRequest
+from .params import query_params
 
 BEACON = "serve.json"
 INSTANCE_HEADER = "X-Semdb-Instance"
@@ -127,66 +132,31 @@ def request(
         conn.close()
 
 
-def query_server(
-    store,
-    text: str | None = None,
-    *,
-    image=None,
-    like=None,
-    k: int = 10,
-    min_score: float | None = None,
-    under=None,
-    after=None,
-    before=None,
-    within: float | None = None,
-    nprobe: int | None = None,
-) -> list[ServerHit] | None:
+def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
     """Hits from the store's running server, or None when there is no usable server (or the
-    query is one the server does not take: an image file inside the text's arithmetic, --like
-    by path), so the caller searches locally with the same meaning.
+    request is one the server does not take: query vectors, an image file inside the text's
+    arithmetic, --like by path), so the caller searches locally with the same meaning.
 
     A 4xx answer (the query itself is bad) raises InputError (ImageError for an undecodable
     --image) with the server's message, as the local search would; any other failure returns None."""
-    if like is not None and not isinstance(like, int):
+    params = query_params(search)
+    if params is None or not (search.image is None or isinstance(search.image, (str, os.PathLike))):
         return None
-    if text is not None:
-        from ..query import parse_terms  # the local meaning: a term naming a file is an image
-
-        if any(term.kind != "text" for term in parse_terms(text)):
-            return None
-    params = {"k": str(k)}
-    if text is not None:
-        params["q"] = text
-    if like is not None:
-        params["like"] = str(like)
-    if under is not None:
-        params["under"] = os.path.abspath(os.path.expanduser(os.fsdecode(under)))
-    for key, value in (
-        ("after", after),
-        ("before", before),
-        ("within", within),
-        ("min_score", min_score),
-        ("nprobe", nprobe),
-    ):
-        if value is not None:
-            params[key] = repr(float(value)) if isinstance(value, float) else str(value)
     target = "/api/search?" + urllib.parse.urlencode(params)
-    if image is None:
+    if search.image is None:
         answer = request(store, "GET", target)
     else:
         try:
-            data = Path(image).read_bytes()
+            data = Path(search.image).read_bytes()
         except OSError:
             return None  # the local path reports a missing or unreadable query image
         answer = request(store, "POST", target, body=data, headers={"Content-Type": "application/octet-stream"})
     if answer is None:
         return None
     if 400 <= answer.status < 500 and answer.status not in (408, 421, 429):
-        from ..errors import ImageError, InputError
-
         message = str(answer.body.get("error") or f"the server refused the query ({answer.status})")
-        if image is not None and answer.status == 415:
-            raise ImageError(image, message.split(": ", 1)[-1])
+        if search.image is not None and answer.status == 415:
+            raise ImageError(search.image, message.split(": ", 1)[-1])
         raise InputError(message)
     if answer.status != 200 or not isinstance(answer.body.get("hits"), list):
         return None
