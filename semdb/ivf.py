@@ -11,18 +11,23 @@ False` (a code means the same vector in every list), inner product and `ST_LUT_n
 score of an item in a list is the flat fast-scan score of the same code (tests/test_ivf.py).
 The store keeps no floats: the centroids are trained on decoded codes. An item's list depends
 only on its code and the centroids, so it is computed once (when the code is written) and
-stored; see Store (`ivf` db) and `assigner`.
+stored: a write batch given `StoreContext.assign_ivf_lists` (`ctx.write()`) assigns its new codes
+with `Assigner` in the same transaction (semdb/store/ivf_rows.py).
 
 Only 4-bit codecs (K = 16, the default) use IVF; other shapes keep the exhaustive scan.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
 
+from .errors import CodecError
+from .progress import report
 from .search import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
+from .store import StoredIvf
 
 # Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below a million codes the exhaustive
 # scan takes at most ~2.3 ms per query on one core, and IVF at recall@10 >= 0.95 saved about
@@ -57,7 +62,7 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     is orthonormal and has no coarse slot (the pair-free default above 128 bits), x_hat =
     mean + P z is an isometry of z, so k-means runs on z (n_cols * d < D coordinates) and the
     centroids are mapped back; otherwise spherical k-means on the decoded unit vectors."""
-    import faiss
+    import faiss  # noqa: PLC0415  (faiss loads only when an index is built or searched)
 
     n = len(codes)
     rng = np.random.default_rng(seed)
@@ -106,7 +111,7 @@ class Assigner:
         self.CP = np.ascontiguousarray((C @ codec._decoder).T, np.float32)  # (n_cols * d, nlist)
         self.groups = None
         if self.nlist > self.EXACT_NLIST:
-            import faiss
+            import faiss  # noqa: PLC0415  (faiss loads only when an index is built or searched)
 
             n_groups = int(np.sqrt(self.nlist))
             km = faiss.Kmeans(C.shape[1], n_groups, niter=10, seed=0, min_points_per_centroid=1, verbose=False)
@@ -166,7 +171,7 @@ class IvfIndex(AdcIndex):
         """`span`: the codec's decoder P (D, r): when every centroid lies in the plane
         spanned by P and the mean (the k-means of train_centroids on z), the lists are ranked
         in those r < D coordinates (reading nlist x r floats per query instead of nlist x D)."""
-        import faiss
+        import faiss  # noqa: PLC0415  (faiss loads only when an index is built or searched)
 
         if nbits != 4:
             raise ValueError("IVF scans 4-bit codes only")
@@ -283,7 +288,7 @@ class IvfIndex(AdcIndex):
         nprobe: int | None = None,
     ) -> list[Candidates]:
         """Per query: the shortlist of the nprobe nearest lists and its exact rerank (see search)."""
-        import faiss
+        import faiss  # noqa: PLC0415  (faiss loads only when an index is built or searched)
 
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         if rows is not None:
@@ -331,16 +336,12 @@ class IvfIndex(AdcIndex):
 
 
 def _digest(C: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(C, np.float32).tobytes()).hexdigest()[:16]
 
 
 def build(ctx, nlist: int | None = None, seed: int = 0, progress=None) -> dict:
     """Train the store's coarse centroids on its decoded codes, assign every code, and install
     both in one transaction (replacing any earlier IVF). Returns the IVF's meta record."""
-    from .progress import report
-
     store, codec = ctx.store, ctx.codec
     if not supported(codec):
         raise ValueError("IVF needs an additive codec with 4-bit sub-codes")
@@ -363,8 +364,6 @@ def adopt(ctx, centroids: np.ndarray, info: dict) -> dict:
     (semdb.cluster) need the same centroids: then a query ranks the same lists in every shard.
     `built_on` is kept (the whole collection's size), so a shard's growth alone does not
     rebuild it with centroids of its own until it holds REBUILD_GROWTH x that."""
-    from .errors import CodecError
-
     store, codec = ctx.store, ctx.codec
     if not supported(codec) or info.get("codec_id") != codec.id:
         raise CodecError(
@@ -413,6 +412,9 @@ def maintain(ctx, progress=None) -> str | None:
     missing = got[3] < 0
     if not missing.any():
         return None
+    lists = ctx.assign_ivf_lists(codes[missing], StoredIvf(store.meta()["codec_id"], info, lambda: got[2]))
+    if lists is None:
+        return None
     with store.write() as w:
-        w.fill_ivf(ids[missing], ctx.ivf_assigner(store.meta()["codec_id"], info, lambda: got[2])(codes[missing]))
+        w.fill_ivf(ids[missing], lists)
     return "filled"
