@@ -220,6 +220,11 @@ class IvfIndex(AdcIndex):
         self.list_sizes = np.diff(bounds)
         self.build_seconds = time.perf_counter() - t0
 
+    @property
+    def ranks_in_plane(self) -> bool:
+        """Whether queries rank the lists in the decoder's r < D coordinates (see __init__'s `span`)."""
+        return self._plane is not None
+
     def _in_plane(self, span):
         """(U, W, m_perp, s) with <q, c_j> = <U^T q, W_j> + <q, m_perp> s_j, or None."""
         U, _ = np.linalg.qr(np.asarray(span, np.float64))

@@ -227,7 +227,7 @@ def test_two_level_assignment_and_plane_ranking(coded, monkeypatch):
     pc = plain.encode(X)
     Cz = train_centroids(plain, pc, 32)
     index = plain.index(pc, ivf=(Cz, Assigner(plain, Cz)(pc)))
-    assert index._plane is not None
+    assert index.ranks_in_plane
     Dq, Iq = index.quantizer.search(Q, 8)
     Dp, Ip = index.rank_lists(Q, 8)
     assert (Ip == Iq).mean() > 0.99

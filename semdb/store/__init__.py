@@ -16,7 +16,6 @@ lists); it never runs the codec. docs/STORE.md describes the on-disk layout.
     verify         Store.verify's checks
 """
 
-from .code_segments import CODE_SEGMENT_MAX
 from .format import SCHEMA_VERSION, Item
 from .ivf_rows import AssignLists, StoredIvf
 from .opening import DEFAULT_MAP_SIZE, default_store_path
@@ -24,7 +23,6 @@ from .store import LmdbHandles, Store
 from .writer import Writer
 
 __all__ = [
-    "CODE_SEGMENT_MAX",
     "DEFAULT_MAP_SIZE",
     "SCHEMA_VERSION",
     "AssignLists",

@@ -58,11 +58,11 @@ class Environment:
         # first needed, carried forward by this process's own commits, rebuilt after others'
         self.item_index = None
         self.code_loc = None
-        self.seg_cache: dict = {}  # (key, crc, ...) -> decoded item segment; insertion order = age
+        self.item_segment_cache: dict = {}  # (key, crc, ...) -> decoded item segment; insertion order = age
 
     def reset(self) -> None:
         self.codes_cache = self.item_index = self.code_loc = None
-        self.seg_cache = {}
+        self.item_segment_cache = {}
 
 
 _ENVS: dict[str, Environment] = {}

@@ -104,7 +104,7 @@ class View:
     def item_segment(self, key: bytes) -> segments.Columns:
         """The item segment at `key`, decoded (a few are cached per process)."""
         raw, tag = self._item_segment_raw(key)
-        cache = self.environment.seg_cache
+        cache = self.environment.item_segment_cache
         cols = cache.get(tag)
         if cols is None:
             cols = decode_item_segment(raw)
@@ -119,7 +119,7 @@ class View:
         if key is None:
             return None
         raw, tag = self._item_segment_raw(key)
-        cols = self.environment.seg_cache.get(tag)
+        cols = self.environment.item_segment_cache.get(tag)
         if cols is None:  # one row of a segment not decoded yet: build only that row
             row = decode_item_segment_row(raw, id)
             return None if row is None else item_of(row)
