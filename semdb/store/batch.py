@@ -7,6 +7,8 @@ transparently. A subclass (Writer) gives the operations, the state a replay star
 
 from __future__ import annotations
 
+from typing import Self
+
 import lmdb
 
 from semdb.errors import InputError, StoreError
@@ -53,7 +55,7 @@ class ReplayingBatch(View):
     def meta(self) -> dict:
         return dict(self._meta)
 
-    def __enter__(self) -> ReplayingBatch:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
