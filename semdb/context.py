@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import ivf
 from .codec import Codec
 from .errors import CodecError, StoreError
 from .faults import fault_point
-from .store import Store
+from .store import Store, StoredIvf, Writer
 
 # store meta: {trained_on, train_error, encoded, error_sum, outside_baseline, outside_recent} of its
 # codec (drift and shift: semdb/ingest/training.py)
@@ -41,20 +42,22 @@ class StoreContext:
             store.check_model(embedder.model_id)
         self._codec: Codec | None = None
         self._assigner = None  # ((codec id, ivf id), semdb.ivf.Assigner)
-        store.ivf_assigner = self.ivf_assigner  # new codes get their IVF list in their own commit
 
-    def ivf_assigner(self, codec_id: str, info: dict, centroids: Callable[[], np.ndarray]):
-        """codes -> IVF list numbers for the store's IVF `info`, or None when the codec loaded
-        here is not the one the codes are of (the Writer then leaves their list row out)."""
-        from . import ivf
+    def write(self) -> Writer:
+        """A write batch of the store whose new codes get their IVF lists in the same
+        transaction (assign_ivf_lists); use as ``with ctx.write() as w:``."""
+        return self.store.write(assign_ivf=self.assign_ivf_lists)
 
-        codec = self._codec
-        if codec is None or codec.id != codec_id or info.get("codec_id") != codec_id or not ivf.supported(codec):
+    def assign_ivf_lists(self, codes: np.ndarray, stored: StoredIvf) -> np.ndarray | None:
+        """The IVF lists (uint32) of `codes` in the store's IVF `stored`, or None when the codec
+        loaded here is not the one the codes are of (their list rows are then left out)."""
+        codec, info = self._codec, stored.info
+        if codec is None or codec.id != stored.codec_id or info.get("codec_id") != codec.id or not ivf.supported(codec):
             return None
-        key = (codec_id, info.get("id"))
+        key = (codec.id, info.get("id"))
         if self._assigner is None or self._assigner[0] != key:
-            self._assigner = (key, ivf.Assigner(codec, centroids()))
-        return self._assigner[1]
+            self._assigner = (key, ivf.Assigner(codec, stored.centroids()))
+        return self._assigner[1](codes)
 
     @property
     def path(self):
@@ -64,9 +67,10 @@ class StoreContext:
     def embedder(self):
         """The CLIP model: the one given or named at open(), else the store's, else the default.
         Loaded text tower first: its image tower loads when an image is first encoded, so a
-        text query never reads or holds it."""
+        text query never reads or holds it. Reading it never writes the store: bind_model()
+        records the model."""
         if self._embedder is None:
-            from .embed import Embedder
+            from .embed import Embedder  # noqa: PLC0415  (torch and open_clip: only when the model is needed)
 
             model, pretrained = self.model_args
             stored = self.store.model_id()
@@ -75,10 +79,6 @@ class StoreContext:
             emb = Embedder(model, pretrained, device=self.device, threads=self.threads, text_only=True)
             self.store.check_model(emb.model_id)
             self._embedder = emb
-            if stored and not stored.get("digest") and not self.store.readonly:
-                # a store built from imported embeddings knew the model by name: bind its weights now
-                with self.store.write() as w:
-                    w.set_meta("model_id", emb.model_id)
         return self._embedder
 
     @property
@@ -90,7 +90,7 @@ class StoreContext:
         if self._embedder is not None:
             return self._embedder
         if self._text_encoder is None:
-            from . import onnxtext
+            from . import onnxtext  # noqa: PLC0415  (onnxruntime: only for a text query without the model)
 
             if self.device == "cpu" and onnxtext.enabled():
                 stored = self.store.model_id() or {}
@@ -125,9 +125,11 @@ class StoreContext:
         return self._embedder is not None or self.model_args[0] is not None
 
     def bind_model(self) -> None:
-        """Load the model (checked against the store's) and record it in a store that has none."""
+        """Load the model (checked against the store's) and record it in a store that has none,
+        or that knows it by name only (built from imported embeddings): its weights digest."""
         emb = self.embedder
-        if not self.store.model_id():
+        stored = self.store.model_id()
+        if not stored or (not stored.get("digest") and not self.store.readonly):
             with self.store.write() as w:
                 w.set_meta("model_id", emb.model_id)
 

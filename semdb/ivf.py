@@ -11,7 +11,8 @@ False` (a code means the same vector in every list), inner product and `ST_LUT_n
 score of an item in a list is the flat fast-scan score of the same code (tests/test_ivf.py).
 The store keeps no floats: the centroids are trained on decoded codes. An item's list depends
 only on its code and the centroids, so it is computed once (when the code is written) and
-stored; see Store (`ivf` db) and `assigner`.
+stored: a write batch given `StoreContext.assign_ivf_lists` (`ctx.write()`) assigns its new codes
+with `Assigner` in the same transaction (semdb/store/ivf_rows.py).
 
 Only 4-bit codecs (K = 16, the default) use IVF; other shapes keep the exhaustive scan.
 """
@@ -26,6 +27,7 @@ import numpy as np
 from .errors import CodecError
 from .progress import report
 from .search import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
+from .store import StoredIvf
 
 # Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below a million codes the exhaustive
 # scan takes at most ~2.3 ms per query on one core, and IVF at recall@10 >= 0.95 saved about
@@ -217,6 +219,11 @@ class IvfIndex(AdcIndex):
         self._flat = flat
         self.list_sizes = np.diff(bounds)
         self.build_seconds = time.perf_counter() - t0
+
+    @property
+    def ranks_in_plane(self) -> bool:
+        """Whether queries rank the lists in the decoder's r < D coordinates (see __init__'s `span`)."""
+        return self._plane is not None
 
     def _in_plane(self, span):
         """(U, W, m_perp, s) with <q, c_j> = <U^T q, W_j> + <q, m_perp> s_j, or None."""
@@ -410,6 +417,9 @@ def maintain(ctx, progress=None) -> str | None:
     missing = got[3] < 0
     if not missing.any():
         return None
+    lists = ctx.assign_ivf_lists(codes[missing], StoredIvf(store.meta()["codec_id"], info, lambda: got[2]))
+    if lists is None:
+        return None
     with store.write() as w:
-        w.fill_ivf(ids[missing], ctx.ivf_assigner(store.meta()["codec_id"], info, lambda: got[2])(codes[missing]))
+        w.fill_ivf(ids[missing], lists)
     return "filled"

@@ -60,7 +60,7 @@ def export_batches(ctx: StoreContext, batch_size: int = 65536):
 
 
 def export(ctx: StoreContext, out, progress: Progress | None = None) -> dict:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415  (pyarrow: only for export and import)
 
     start = time.perf_counter()
     out = Path(out)
@@ -96,8 +96,8 @@ def import_arrow(ctx: StoreContext, table, progress: Progress | None = None) -> 
 
 
 def import_parquet(ctx: StoreContext, paths, progress: Progress | None = None) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # noqa: PLC0415  (pyarrow: only for export and import)
+    import pyarrow.parquet as pq  # noqa: PLC0415  (pyarrow: only for export and import)
 
     files = []
     for path in paths:  # check every file before writing anything
@@ -164,7 +164,7 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
     total, done = sum(n for _, n in sources), 0
     for batches, _ in sources:
         for batch in batches:
-            with ctx.store.write() as w:
+            with ctx.write() as w:  # new codes get their IVF lists in this transaction
                 for item, code in arrow.to_items(batch, code_bytes):
                     old = w.item_by_path(item.path)
                     if old is None:

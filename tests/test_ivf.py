@@ -8,6 +8,7 @@ import pytest
 
 import semdb
 from semdb import Codec, ivf
+from semdb.context import StoreContext
 from semdb.errors import InputError
 from semdb.ivf import Assigner, IvfIndex, nlist_for, train_centroids
 from semdb.query import Searcher
@@ -157,16 +158,15 @@ def test_codes_written_without_an_assigner_are_assigned_when_read_and_filled_lat
     X = clustered(1200, seed=2)
     with _db(tmp_path / "s") as db:
         db.add_embeddings(_paths(1000), X[:1000], model="ViT-B-32", bits=64)
-        ivf.build(db._ctx, nlist=16)
-        db.store.ivf_assigner = None  # e.g. a writer that does not know the IVF
+        ctx = StoreContext(db.store)
+        ivf.build(ctx, nlist=16)
         codes = db.codec.encode(X[1000:])
-        with db.store.write() as w:
+        with db.store.write() as w:  # no assign_ivf: e.g. a writer that does not know the IVF
             for path, code in zip(_paths(200, 1000), codes):
                 w.add_item(Item.new(path, 1, 1, "h" + path, 1, 1), code=code)
         assert (db.store.load_ivf()[3] < 0).sum() == 200 and db.store.verify() == []
         assert db.query_vectors(X[1100:1101], k=1)[0][0].path == _paths(1, 1100)[0]
-        db.store.ivf_assigner = db._ctx.ivf_assigner
-        assert ivf.maintain(db._ctx) == "filled"
+        assert ivf.maintain(ctx) == "filled"
         assert (db.store.load_ivf()[3] >= 0).all() and db.store.verify() == []
 
 
@@ -186,7 +186,7 @@ def test_retrain_rebuilds_the_ivf(tmp_path, tiny_model):
     photos = write_photos(tmp_path / "photos", n_generated=20)
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         db.ingest([photos], train_now=True, bits=64)
-        ivf.build(db._ctx, nlist=4)
+        ivf.build(StoreContext(db.store), nlist=4)
         old = db.store.ivf_meta()
         assert old["codec_id"] == db.codec.id
         db.retrain(bits=64)
@@ -210,8 +210,9 @@ def test_a_store_from_before_the_ivf_still_reads(tmp_path):
         assert db.store.load_ivf() is None and db.store.verify() == []
         assert [h.id for h in db.query_vectors(X[:1], k=5)[0]] == ref
     with _db(tmp_path / "s") as db:  # the first writable open creates it
-        ivf.build(db._ctx, nlist=8)
-        assert isinstance(Searcher(db._ctx).index()[1], IvfIndex) and db.store.verify() == []
+        ctx = StoreContext(db.store)
+        ivf.build(ctx, nlist=8)
+        assert isinstance(Searcher(ctx).index()[1], IvfIndex) and db.store.verify() == []
 
 
 def test_two_level_assignment_and_plane_ranking(coded, monkeypatch):
@@ -226,7 +227,7 @@ def test_two_level_assignment_and_plane_ranking(coded, monkeypatch):
     pc = plain.encode(X)
     Cz = train_centroids(plain, pc, 32)
     index = plain.index(pc, ivf=(Cz, Assigner(plain, Cz)(pc)))
-    assert index._plane is not None
+    assert index.ranks_in_plane
     Dq, Iq = index.quantizer.search(Q, 8)
     Dp, Ip = index.rank_lists(Q, 8)
     assert (Ip == Iq).mean() > 0.99

@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 
+from ..context import StoreContext
 from ..errors import ImageError
 from ..progress import Progress, report
-from ..store import Item, Store
+from ..store import Item
 from .commit import SettledItem, write_settled
 from .records import EmbedJob, FileState, IngestSummary
 
@@ -24,11 +25,17 @@ SETTLE_BATCH = 512  # settled items written per transaction
 
 
 def classify(
-    store: Store, todo: list[FileState], seen: set[str], hashes, summary: IngestSummary, progress: Progress | None
+    ctx: StoreContext,
+    todo: list[FileState],
+    seen: set[str],
+    hashes,
+    summary: IngestSummary,
+    progress: Progress | None,
 ) -> list[EmbedJob]:
     """`hashes`: the content hash (or ImageError) of each file of `todo`, in order, from the
     engine. `seen` (updated here): discovered paths, plus items claimed by a moved file.
     Returns one job per distinct content that needs embedding."""
+    store = ctx.store
     jobs: list[EmbedJob] = []
     first_job: dict[str, int] = {}  # content hash -> position in jobs
     settled: list[SettledItem] = []
@@ -61,9 +68,9 @@ def classify(
             first_job[h] = len(jobs)
             jobs.append(EmbedJob(file, h))
         if len(settled) >= SETTLE_BATCH:
-            write_settled(store, settled)
+            write_settled(ctx, settled)
             settled = []
-    write_settled(store, settled)
+    write_settled(ctx, settled)
     return jobs
 
 

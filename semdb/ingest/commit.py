@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codec import Codec
-from ..context import STATS_KEY
+from ..context import STATS_KEY, StoreContext
 from ..errors import ImageError
 from ..faults import fault_point
 from ..images import date_taken
@@ -36,10 +36,10 @@ class SettledItem:
     code: np.ndarray | None = None
 
 
-def write_settled(store: Store, settled: list[SettledItem]) -> None:
+def write_settled(ctx: StoreContext, settled: list[SettledItem]) -> None:
     if not settled:
         return
-    with store.write() as w:
+    with ctx.write() as w:  # a duplicate's code gets its IVF list here
         for s in settled:
             w.update_item(s.item) if s.code is None else w.add_item(s.item, code=s.code)
         fault_point("classify_txn")
@@ -60,7 +60,7 @@ def stored_rows(vectors: Vectors, codec: Codec | None) -> Vectors:
     return encode(codec, vectors.embeddings)
 
 
-def commit_batch(store: Store, batch: EmbeddedBatch, codec: Codec | None, summary: IngestSummary) -> None:
+def commit_batch(ctx: StoreContext, batch: EmbeddedBatch, codec: Codec | None, summary: IngestSummary) -> None:
     """One transaction: every decodable job's item (and its copies') with its code or staged
     embedding. Jobs whose image failed are listed in the summary, with their copies."""
     good = []
@@ -75,7 +75,7 @@ def commit_batch(store: Store, batch: EmbeddedBatch, codec: Codec | None, summar
     stored = stored_rows(batch.vectors, codec)
     kind, rows = ("code", stored.codes) if stored.codes is not None else ("embedding", stored.embeddings)
     now = time.time()
-    with store.write() as w:
+    with ctx.write() as w:  # new codes get their IVF lists in this transaction
         for (job, image), row in zip(good, rows):
             f, old = job.file, job.file.item
             if old is not None:  # same path, new content: re-encoded

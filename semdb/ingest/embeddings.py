@@ -75,7 +75,7 @@ def read_embeddings(source, paths_file=None) -> EmbeddingSet:
 
 
 def _clip_retrieval(folder: Path) -> tuple[list[str], np.ndarray]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415  (pyarrow: only for a clip-retrieval folder)
 
     number = lambda p: int(re.findall(r"(\d+)", p.stem)[-1]) if re.findall(r"(\d+)", p.stem) else -1  # noqa: E731
     embs = sorted((folder / "img_emb").glob("img_emb_*.npy"), key=number)
@@ -123,11 +123,12 @@ def add_embeddings(
     ctx: StoreContext,
     data: EmbeddingSet,
     model_id: dict | None = None,
-    policy: CodecPolicy = CodecPolicy(),
+    policy: CodecPolicy = CodecPolicy(),  # noqa: B008  (frozen: one shared default is safe)
     progress: Progress | None = None,
 ) -> IngestSummary:
     """Store precomputed CLIP image embeddings. `model_id` names the CLIP model they come from
-    ({"name", "pretrained"}; its weights digest is bound when the model is first loaded); a
+    ({"name", "pretrained"}; its weights digest is recorded by the first write that loads the
+    model: here when open() named it, else an ingest or retrain); a
     store that already has a model must be given embeddings of that model. Paths already in
     the store are left as they are."""
     store = ctx.store
@@ -155,6 +156,8 @@ def add_embeddings(
     if todo and not stored:
         with store.write() as w:
             w.set_meta("model_id", model)
+    if todo and ctx.model_named:
+        ctx.bind_model()  # the model named at open(): record its weights digest now
     for i in range(0, len(todo), BATCH):
         part = todo[i : i + BATCH]
         jobs = tuple(
@@ -164,7 +167,7 @@ def add_embeddings(
         batch = EmbeddedBatch(
             jobs, tuple(DecodedImage(None) for _ in part), Vectors(embeddings=np.stack([x for _, x in part]))
         )
-        commit_batch(store, batch, ctx.codec, summary)
+        commit_batch(ctx, batch, ctx.codec, summary)
         report(progress, "adding embeddings", i + len(part), len(todo))
         summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)

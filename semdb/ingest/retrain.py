@@ -128,6 +128,7 @@ def _unchanged_files(items: list[Item]) -> tuple[list[EmbedJob], list[Item]]:
 def _embed(ctx, engine, jobs, batch_size):
     """Per batch: (items whose file decoded, their float32 embeddings, items whose did not)."""
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+    ctx.bind_model()  # the new codes come from it: a store that knows it by name records its weights
     for batch in engine.embed(batches, None, ctx.embedder):
         good = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is None]
         bad = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is not None]

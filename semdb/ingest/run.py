@@ -13,6 +13,7 @@ from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
+from .local import LocalEngine
 from .records import IngestSummary
 from .scan import scan
 from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
@@ -58,7 +59,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     fill_dates(ctx.store, found.undated)
     seen = set(found.seen)
     with _engine(ctx, options) as engine:
-        jobs = classify(ctx.store, found.todo, seen, engine.hashes(found.todo), summary, progress)
+        jobs = classify(ctx, found.todo, seen, engine.hashes(found.todo), summary, progress)
         batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
         if batches:
             ctx.bind_model()
@@ -69,7 +70,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
             # with codes (a Ray engine ships the new codec to its actors).
             n = len(batches) - done if codec else policy.batches_to_stage(ctx.store.staging_count(), options.batch_size)
             for batch in engine.embed(batches[done : done + n], codec, ctx.embedder):
-                commit_batch(ctx.store, batch, ctx.codec, summary)
+                commit_batch(ctx, batch, ctx.codec, summary)
                 embedded += len(batch.jobs)
                 report(progress, "embedding", embedded, len(jobs))
             done += n
@@ -87,7 +88,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
 
 def _engine(ctx: StoreContext, options: IngestOptions):
     if options.engine == "ray":
-        from .ray import RayEngine
+        from .ray import RayEngine  # noqa: PLC0415  (ray: imported only for the ray engine)
 
         return RayEngine(
             Path(options.ray_shards or ctx.path / "ray-shards"),
@@ -96,6 +97,4 @@ def _engine(ctx: StoreContext, options: IngestOptions):
             options.max_megapixels,
             clean=not options.ray_shards,
         )
-    from .local import LocalEngine
-
     return LocalEngine(options.workers, options.max_megapixels)

@@ -100,6 +100,7 @@ def record_captions(ctx: StoreContext, captions) -> int:
     texts = [t.strip() for t in captions if t.strip()]
     if len(texts) < 2:
         raise InputError(f"--captions: {len(texts)} non-empty lines; give at least 2 captions (one per line)")
+    ctx.bind_model()
     Q = ctx.embedder.encode_texts(texts)
     with ctx.store.write() as w:
         w.set_training_queries(Q)

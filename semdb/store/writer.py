@@ -1,0 +1,329 @@
+"""`Writer`: one write batch, ONE LMDB write transaction: committed when the `with` block
+ends, aborted if it raises, so a batch lands entirely or not at all (also under kill -9).
+
+Every item has exactly one of a code or a staging row (float16 embedding, db `staging`,
+before the store has a codec). The batch's item changes go to item segments at commit
+(item_writes.py), its codes to code segments (code_segments.py), whose IVF list rows follow
+(ivf_rows.py); a retrain's pending codec and recode rows: recoding.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from semdb import segments
+from semdb.errors import InputError
+
+from . import recoding
+from .batch import ReplayingBatch
+from .code_segments import CodeSegmentWrites
+from .format import MANAGED_META, Item, fs_bytes, int_key, item_of, item_segment_row
+from .item_writes import merge_item_segments, write_items
+from .ivf_rows import AssignLists, IvfRows
+from .opening import Environment
+from .reading import ItemIndex
+
+
+class Writer(ReplayingBatch):
+    """A write batch of item, code, codec and IVF changes (see ReplayingBatch for the replay on
+    map growth). `assign_ivf`: gives new codes their IVF lists in this transaction (none: their
+    list rows are left out)."""
+
+    def __init__(self, environment: Environment, path, assign_ivf: AssignLists | None = None, on_close=None):
+        self._assign_ivf = assign_ivf
+        self._compact_requested = False
+        super().__init__(environment, path, on_close)
+
+    def _reset(self) -> None:
+        self._start_generation = self._meta["generation"]
+        self._first_new = self._meta["next_id"]  # ids from here on are this batch's new items
+        self._rows: dict[int, segments.Row | None] = {}  # changed items (None: deleted), written at commit
+        self._ix: ItemIndex | None = None  # the process's lookups + this batch's changes
+        self._ivf = IvfRows(self, self._meta, self._put_meta, self._assign_ivf)
+        self._codes = CodeSegmentWrites(self, self._meta, self._put_meta, self.cached_code_loc, self._ivf)
+
+    def _wants_commit(self) -> bool:
+        return super()._wants_commit() or self._compact_requested
+
+    def index(self) -> ItemIndex:
+        if self._ix is None:
+            self._ix = self.cached_item_index().overlay()
+        return self._ix
+
+    def get_item(self, id: int) -> Item | None:
+        id = int(id)
+        if id in self._rows:
+            row = self._rows[id]
+            return None if row is None else item_of(row)
+        return self.stored_item(id)
+
+    # -- commit -------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._codes.flush(compact=self._compact_requested)
+        write_items(self, self._rows, self._first_new)
+        if self._compact_requested:
+            merge_item_segments(self)
+        self._ivf.finish()
+        self._put_meta("generation", self._meta["generation"] + 1)
+        for key in self._meta_dirty:
+            self.txn.put(key.encode(), json.dumps(self._meta[key]).encode(), db=self.dbs["meta"])
+
+    def _publish(self) -> None:
+        """After a commit: hand this batch's lookups to the process (so the next batch, and
+        this process's readers, need not rebuild them), keyed by the new generation."""
+        env = self.environment
+        env.item_index = self._carried(env.item_index, self._ix, untouched=not self._rows)
+        env.code_loc = self._carried(env.code_loc, self._codes.loc, untouched=not self._codes.touched)
+
+    def _carried(self, cached, mine, untouched: bool):
+        """One lookup at the new generation: this batch's own (merged), else the process's one
+        when it was current at the batch's start and the batch did not change what it maps,
+        else None (rebuilt at the next need)."""
+        generation = self._meta["generation"]
+        if mine is not None:
+            return (generation, mine.merged())
+        if cached is not None and cached[0] == self._start_generation and untouched:
+            return (generation, cached[1])
+        return None
+
+    # -- items and codes ---------------------------------------------------------------------------
+
+    def add_item(self, item: Item, code=None, embedding=None) -> int:
+        """Store a new item with exactly one of a code or a (staging) embedding; returns its id."""
+        if item.id not in (0, None):
+            raise InputError(f"{item.path}: add_item takes an item without id (got {item.id})")
+        if (code is None) == (embedding is None):
+            raise InputError(f"{item.path}: add_item needs exactly one of code= or embedding=")
+        vec = self._code_bytes(code) if code is not None else self._embedding_bytes(embedding)
+        return self._run(self._add, dataclasses.replace(item, id=0), code is not None, vec)
+
+    def update_item(self, item: Item) -> None:
+        """Replace an item's metadata (e.g. a moved file's new path), keeping its code."""
+        self._run(self._update, dataclasses.replace(item))
+
+    def set_code(self, id: int, code) -> None:
+        """Give an item a new code (replacing its old code or staging row)."""
+        self._run(self._set_vectors, (int(id),), True, self._code_bytes(code))
+
+    def set_codes(self, ids, codes) -> None:
+        """set_code for many items: codes uint8 (n, code_bytes)."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or len(codes) != len(ids):
+            raise InputError(f"set_codes: codes shape {codes.shape} does not match {len(ids)} ids")
+        rows = tuple(self._code_bytes(c) for c in codes)
+        self._run(self._set_vectors, tuple(int(i) for i in ids), True, rows, True)
+
+    def set_embedding(self, id: int, embedding) -> None:
+        """Stage a new embedding for an item (replacing its code or staging row)."""
+        self._run(self._set_vectors, (int(id),), False, self._embedding_bytes(embedding))
+
+    def delete_item(self, id: int) -> None:
+        """Remove an item: its metadata, lookups, code or staging row."""
+        self._run(self._delete, int(id))
+
+    def set_meta(self, key: str, value) -> None:
+        if key in MANAGED_META:
+            raise InputError(f"meta key {key!r} is managed by the store")
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"meta {key!r}: value is not JSON ({e})") from None
+        self._run(self._put_meta, key, json.loads(text))
+
+    def set_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
+        """Embed the codec; codes written afterwards must be code_bytes long."""
+        if self._codes.new and code_bytes != self._meta["code_bytes"]:
+            raise InputError("set_codec: this batch already holds codes of another width")
+        self._run(self._set_codec, bytes(codec_bytes), str(codec_id), int(code_bytes))
+
+    def set_training_queries(self, queries) -> None:
+        """Record text query embeddings (n, dim) that codec training (and retraining) will use."""
+        Q = np.asarray(queries, np.float32)
+        if Q.ndim != 2 or not len(Q) or not np.isfinite(Q).all():
+            raise InputError(f"training queries: expected a finite (n, dim) array, got {Q.shape}")
+        self._run(self._set_queries, Q.astype(np.float16).tobytes(), list(Q.shape))
+
+    def compact(self) -> None:
+        """Merge small segments when this batch commits."""
+        self._compact_requested = True
+
+    # -- a retrain's pending codec (recoding.py) ----------------------------------------------------
+
+    def set_pending_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
+        """Begin moving the store to another codec (a retrain): queries keep the current codec
+        and codes until switch_codec(); any earlier pending codec and its recodes are dropped."""
+        if not self._meta["codec_id"]:
+            raise InputError(f"{self.path} has no codec yet: set_codec instead")
+        self._run(recoding.set_pending, self, self._put_meta, bytes(codec_bytes), str(codec_id), int(code_bytes))
+
+    def set_recodes(self, ids, codes) -> None:
+        """Codes of items under the pending codec: uint8 (n, pending code_bytes)."""
+        pending = self._meta.get("pending_codec")
+        if not pending:
+            raise InputError(f"{self.path} has no pending codec: set_pending_codec first")
+        codes = np.asarray(codes)
+        if codes.dtype != np.uint8 or codes.shape != (len(ids), pending["code_bytes"]):
+            raise InputError(
+                f"set_recodes: codes {codes.dtype} {codes.shape}, expected uint8 ({len(ids)}, {pending['code_bytes']})"
+            )
+        self._run(self._set_recodes, tuple(int(i) for i in ids), tuple(c.tobytes() for c in codes))
+
+    def switch_codec(self) -> None:
+        """Install the pending codec with every item's recode as its code, in this batch."""
+        if not self._meta.get("pending_codec"):
+            raise InputError(f"{self.path} has no pending codec to switch to")
+        self._run(self._switch)
+
+    def discard_pending(self) -> None:
+        """Drop a pending codec and its recodes (the store stays on its codec)."""
+        self._run(recoding.discard, self, self._put_meta)
+
+    # -- the IVF (ivf_rows.py) -----------------------------------------------------------------------
+
+    def set_ivf(self, centroids, info: dict, ids, lists) -> None:
+        """Install an IVF: coarse centroids (nlist, dim) float32, its meta record `info`
+        ({nlist, dim, codec_id, built_on, id}) and the list of every coded item (ids, lists);
+        every segment's list row is rewritten when the batch commits."""
+        C = np.ascontiguousarray(centroids, np.float32)
+        ids, lists = np.asarray(ids, np.uint64), np.asarray(lists, np.uint32)
+        if C.ndim != 2 or C.shape != (info.get("nlist"), info.get("dim")) or len(ids) != len(lists):
+            raise InputError(f"set_ivf: centroids {C.shape}, info {info}, {len(ids)} ids, {len(lists)} lists")
+        if len(lists) and int(lists.max()) >= len(C):
+            raise InputError(f"set_ivf: list {int(lists.max())} >= nlist {len(C)}")
+        self._run(self._set_ivf, C.tobytes(), json.loads(json.dumps(info)), ids.tobytes(), lists.tobytes(), True)
+
+    def fill_ivf(self, ids, lists) -> None:
+        """List numbers of coded items whose segment has no valid list row (written at commit)."""
+        if not self._meta.get("ivf"):
+            raise InputError(f"{self.path} has no IVF to fill")
+        ids, lists = np.asarray(ids, np.uint64).tobytes(), np.asarray(lists, np.uint32).tobytes()
+        self._run(self._set_ivf, None, None, ids, lists, False)
+
+    def drop_ivf(self) -> None:
+        """Remove the IVF (centroids and every list row): the store is searched exhaustively."""
+        self._run(self._drop_ivf)
+
+    # -- validation (before anything changes) -------------------------------------------------------
+
+    def _code_bytes(self, code) -> bytes:
+        width = self._meta["code_bytes"]
+        if not width:
+            raise InputError(f"{self.path} has no codec yet: set_codec first or stage embeddings instead")
+        if isinstance(code, np.ndarray) and code.dtype != np.uint8:
+            raise InputError(f"code must be uint8, not {code.dtype}")
+        raw = code.tobytes() if isinstance(code, np.ndarray) else bytes(code)
+        if len(raw) != width:
+            raise InputError(f"code is {len(raw)} bytes; this store's codec uses {width}")
+        return raw
+
+    def _embedding_bytes(self, embedding) -> bytes:
+        x = np.asarray(embedding, dtype=np.float32)
+        dim = self._meta["dim"]
+        if x.ndim != 1 or x.size == 0 or (dim and x.shape[0] != dim):
+            raise InputError(f"embedding shape {x.shape} does not fit this store (dim {self._meta['dim']})")
+        x16 = x.astype(np.float16)
+        if not np.isfinite(x16).all():
+            raise InputError("embedding has NaN or infinite values")
+        return x16.tobytes()
+
+    def _require(self, id: int) -> Item:
+        item = self.get_item(id)
+        if item is None:
+            raise InputError(f"{self.path} has no item {id}")
+        return item
+
+    # -- operations (validate, then mutate; replayed after the map grows) ----------------------------
+
+    def _add(self, item: Item, is_code: bool, vec: bytes) -> int:
+        id_ = self._meta["next_id"]
+        row = item_segment_row(item, id_)
+        pkey = segments.path_key(row.path)
+        other = self.find_path(row.path, pkey)
+        if other is not None:
+            raise InputError(f"{item.path} is already in the store (item {other.id}); use update_item")
+        ix = self.index()
+        self._rows[id_] = row
+        ix.paths.add(pkey, id_)
+        ix.hashes.add(segments.hash_key(item.hash), id_)
+        self._put_meta("next_id", id_ + 1)
+        self._attach_vector(id_, is_code, vec)
+        return id_
+
+    def _update(self, item: Item) -> None:
+        old = self._require(item.id)
+        row = item_segment_row(item)
+        raw, old_raw = row.path, fs_bytes(old.path)
+        ix = self.index()
+        if raw != old_raw:
+            other = self.item_by_path(item.path)
+            if other is not None:
+                raise InputError(f"{item.path} is already in the store (item {other.id})")
+            ix.paths.remove(segments.path_key(old_raw), item.id)
+            ix.paths.add(segments.path_key(raw), item.id)
+        if item.hash != old.hash:
+            ix.hashes.remove(segments.hash_key(old.hash), item.id)
+            ix.hashes.add(segments.hash_key(item.hash), item.id)
+        self._rows[item.id] = row
+
+    def _set_vectors(self, ids: tuple, is_code: bool, vecs, many: bool = False) -> None:
+        for id_ in ids:
+            self._require(id_)
+        for i, id_ in enumerate(ids):
+            self._detach_vector(id_)
+            self._attach_vector(id_, is_code, vecs[i] if many else vecs)
+
+    def _delete(self, id_: int) -> None:
+        item = self._require(id_)
+        ix = self.index()
+        ix.paths.remove(segments.path_key(fs_bytes(item.path)), id_)
+        ix.hashes.remove(segments.hash_key(item.hash), id_)
+        self._rows[id_] = None
+        self._detach_vector(id_)
+
+    def _set_codec(self, codec: bytes, codec_id: str, code_bytes: int) -> None:
+        self.txn.put(b"codec", codec, db=self.dbs["codec"])
+        self._put_meta("codec_id", codec_id)
+        self._put_meta("code_bytes", code_bytes)
+
+    def _set_queries(self, raw: bytes, shape: list) -> None:
+        self.txn.put(b"queries", raw, db=self.dbs["codec"])
+        self._put_meta("training_queries", shape)
+
+    def _set_recodes(self, ids: tuple, codes: tuple) -> None:
+        for id_ in ids:
+            self._require(id_)
+        recoding.put_recodes(self, ids, codes)
+
+    def _switch(self) -> None:
+        n_items = self.item_count() + sum(
+            (r is not None) if id_ >= self._first_new else -(r is None) for id_, r in self._rows.items()
+        )
+        ids, codes = recoding.take_for_switch(self, self._meta, self._put_meta, n_items, self.path)
+        self._ivf.drop()  # its lists belong to the old codes (retrain builds a new IVF)
+        self._codes.replace_all(ids, codes)
+
+    def _set_ivf(self, centroids, info, ids, lists, every: bool) -> None:
+        self._ivf.set(centroids, info, ids, lists, every)
+
+    def _drop_ivf(self) -> None:
+        self._ivf.drop()
+
+    def _attach_vector(self, id_: int, is_code: bool, vec: bytes) -> None:
+        if is_code:
+            self._codes.add(id_, vec)
+        else:
+            if not self._meta["dim"]:
+                self._put_meta("dim", len(vec) // 2)
+            self.txn.put(int_key(id_), vec, db=self.dbs["staging"])
+
+    def _detach_vector(self, id_: int) -> None:
+        recoding.drop_recode(self, id_)  # its new content needs a new recode
+        if self._codes.discard_new(id_):
+            return
+        # added in this batch (its code would be in _codes.new), or in no code segment: staged
+        if id_ >= self._first_new or not self._codes.remove(id_):
+            self.txn.delete(int_key(id_), db=self.dbs["staging"])
