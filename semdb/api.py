@@ -109,6 +109,7 @@ class Database:
         train_now: bool = False,
         captions=None,
         policy: CodecPolicy | None = None,
+        int8: bool = False,
     ) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
@@ -122,7 +123,8 @@ class Database:
         is staged. `captions`: a text file (one per line) or list of texts that show how the
         store is searched (captions, past queries); the codec is then trained to rank well for
         such texts (now and at each retrain). `policy`: when the codec is trained (default
-        CodecPolicy(bits, train_now)).
+        CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
+        see README, "Ingest on small machines").
         """
         from .ingest import ingest
 
@@ -137,6 +139,7 @@ class Database:
             ray_address=ray_address,
             ray_shards=ray_shards,
             captions=captions,
+            int8=int8,
         )
         return ingest(self._ctx, paths, options, progress).to_dict()
 
