@@ -19,7 +19,7 @@ with --megapixel12 N, for N 4000x3000 JPEGs made by upscaling N of those photos 
   torch.inference_mode, single thread of Python. Run before and after the ingest (the machine
   may be shared); ratio = semdb ingest images/s / bare loop images/s.
 
-Models: `tiny` (semdb.embed.write_tiny_model: 2-layer 64-wide ViT, 32 px input), `vit-b-32`
+Models: `tiny` (semdb.testing.write_tiny_model: 2-layer 64-wide ViT, 32 px input), `vit-b-32`
 (open_clip ViT-B-32 architecture, random init, saved as a local-dir folder), or any model
 string semdb accepts (e.g. local-dir:/models/clip). Temp files go under $TMPDIR and are removed.
 The last output line is JSON.
@@ -43,8 +43,9 @@ import torch
 from PIL import Image
 
 import semdb
-from semdb.embed import Embedder, write_tiny_model
+from semdb.embed import Embedder
 from semdb.images import discover, load_image
+from semdb.testing import write_tiny_model
 
 DEFAULT_TAR = "/work/shared/data/images/caltech101_test.tar"
 
@@ -430,7 +431,8 @@ def main(argv=None) -> int:
         log("\nsummary")
         log(
             f"{'set':<10} {'n':>5} {'ingest s':>9} {'ingest/s':>9} {'bare/s':>8} {'ratio':>6} "
-            f"{'reingest s':>10} {'self@5':>7} {'ovl@10':>7} {'ovl@10 qv':>9} {'train s':>7} {'incr/s':>7} {'incr ratio':>10}"
+            f"{'reingest s':>10} {'self@5':>7} {'ovl@10':>7} {'ovl@10 qv':>9} {'train s':>7} {'incr/s':>7} "
+            f"{'incr ratio':>10}"
         )
         for name, r in [("photos", photos)] + ([("12MP", mp)] if args.megapixel12 else []):
             log(

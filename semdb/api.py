@@ -131,6 +131,7 @@ class Database:
         train_now: bool = False,
         captions=None,
         policy: CodecPolicy | None = None,
+        int8: bool = False,
     ) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
@@ -144,7 +145,8 @@ class Database:
         is staged. `captions`: a text file (one per line) or list of texts that show how the
         store is searched (captions, past queries); the codec is then trained to rank well for
         such texts (now and at each retrain). `policy`: when the codec is trained (default
-        CodecPolicy(bits, train_now)).
+        CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
+        see README, "Ingest on small machines").
         """
         options = IngestOptions(
             batch_size=batch_size,
@@ -157,6 +159,7 @@ class Database:
             ray_address=ray_address,
             ray_shards=ray_shards,
             captions=captions,
+            int8=int8,
         )
         return run_ingest(self._ctx, paths, options, progress).to_dict()
 

@@ -137,7 +137,10 @@ def ingest(
         "--ray-shards",
         help="Folder for the Ray workers' Parquet shards; shared by every node (default: STORE/ray-shards).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Embed with the int8 ONNX image tower: faster on a CPU, slightly different embeddings."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (with peak_rss_mb)."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
 
@@ -171,6 +174,7 @@ def ingest(
                     ray_shards=ray_shards,
                     train_now=train_now,
                     captions=captions,
+                    int8=int8,
                 )
     if not as_json:
         for failure in summary["failures"]:

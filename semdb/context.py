@@ -66,33 +66,47 @@ class StoreContext:
     @property
     def embedder(self):
         """The CLIP model: the one given or named at open(), else the store's, else the default.
-        Loaded text tower first: its image tower loads when an image is first encoded, so a
-        text query never reads or holds it. Reading it never writes the store: bind_model()
-        records the model."""
+        On a CPU, its cached ONNX export when there is one (semdb.onnxclip: no torch imported);
+        else loaded with torch, text tower first: its image tower loads when an image is first
+        encoded, so a text query never reads or holds it. Reading it never writes the store:
+        bind_model() records the model."""
         if self._embedder is None:
-            from .embed import Embedder  # noqa: PLC0415  (torch and open_clip: only when the model is needed)
-
-            model, pretrained = self.model_args
             stored = self.store.model_id()
-            if model is None and stored:
-                model, pretrained = stored["name"], stored.get("pretrained")
-            emb = Embedder(model, pretrained, device=self.device, threads=self.threads, text_only=True)
+            emb = self._onnx_model(stored or {})
+            if emb is None:
+                from .embed import Embedder  # noqa: PLC0415 - imports torch and open_clip: only the torch path loads them
+
+                model, pretrained = self.model_args
+                if model is None and stored:
+                    model, pretrained = stored["name"], stored.get("pretrained")
+                emb = Embedder(model, pretrained, device=self.device, threads=self.threads, text_only=True)
             self.store.check_model(emb.model_id)
             self._embedder = emb
         return self._embedder
+
+    def _onnx_model(self, stored: dict):
+        from . import onnxclip  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
+
+        named = self._named_source(stored)
+        if self.device != "cpu" or named is None or not onnxclip.enabled():
+            return None
+        from .onnxclip import model  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
+
+        return model.load(*named, threads=self.threads)
 
     @property
     def text_encoder(self):
         """What encodes text queries, the cheapest that gives the model's embeddings: the
         loaded model if there is one; else the cached ONNX export of the store's text tower
-        (semdb.onnxtext: no torch imported), else the model, text tower only (and then its
+        (semdb.onnxclip: no torch imported), else the model, text tower only (and then its
         ONNX export is cached for the next cold query, when onnxruntime is installed)."""
         if self._embedder is not None:
             return self._embedder
         if self._text_encoder is None:
-            from . import onnxtext  # noqa: PLC0415  (onnxruntime: only for a text query without the model)
+            from . import onnxclip  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
+            from .onnxclip import text as onnxtext  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
 
-            if self.device == "cpu" and onnxtext.enabled():
+            if self.device == "cpu" and onnxclip.enabled():
                 stored = self.store.model_id() or {}
                 named = self._named_source(stored)
                 if named is not None and stored.get("digest"):

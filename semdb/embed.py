@@ -19,11 +19,10 @@ memory-mapped and assigned (``load_state_dict(assign=True)``) after open_clip's 
 conversions, so only what is used is read. ``Embedder(text_only=True)`` assigns the text tower
 only; the image tower is loaded from the same file when an image is first encoded. The weights
 digest is cached per weights file (``semdb.modelcache``), so a text-only load reads neither
-the image tower nor the whole file to hash it. ``semdb.onnxtext`` (torch-free, optional)
-exports and runs the text tower with onnxruntime; ``semdb.tokenizer`` is CLIP's tokenizer
+the image tower nor the whole file to hash it. ``semdb.onnxclip`` (torch-free) exports both
+towers and runs them with onnxruntime on a CPU; ``semdb.tokenizer`` is CLIP's tokenizer
 without torch (it reads open_clip's vocabulary file without importing open_clip).
-
-``write_tiny_model`` writes a tiny random-init model folder for tests and benchmarks.
+``semdb.testing.write_tiny_model`` writes a tiny random-init model folder for tests.
 """
 
 from __future__ import annotations
@@ -82,7 +81,7 @@ def resolve_model(model: str | None = None, pretrained: str | None = None):
 
 
 def _first_tag(model: str) -> str | None:
-    import open_clip
+    import open_clip  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
     tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
     return tags[0] if tags else None
@@ -152,8 +151,8 @@ class _NeedsLegacy(Exception):
 def _build_on_meta(model_cfg: dict) -> torch.nn.Module:
     """open_clip's model class for `model_cfg`, built as open_clip.create_model builds it
     (fp32, no pretrained tower weights: the checkpoint has them), parameters on meta."""
-    from open_clip.coca_model import CoCa
-    from open_clip.model import CLIP, CustomTextCLIP
+    from open_clip.coca_model import CoCa  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
+    from open_clip.model import CLIP, CustomTextCLIP  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
     cfg = copy.deepcopy(model_cfg)
     if "timm_model_name" in cfg.get("vision_cfg", {}):
@@ -204,8 +203,8 @@ def _read_state_dict(path, model: torch.nn.Module) -> dict:
     """The checkpoint's state dict, memory-mapped, after the conversions open_clip's
     load_checkpoint applies (third-party formats, old text layout, logit shapes, resized
     position embeddings)."""
-    from open_clip.convert import convert_state_dict
-    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+    from open_clip.convert import convert_state_dict  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
     path = str(path)
     if path.endswith(".safetensors"):
@@ -296,7 +295,7 @@ def _hub_reachable() -> bool:
     accept any TCP connection and fail later (TLS, proxy). urllib honours the proxy variables.
     Name resolution has no timeout of its own, so the probe runs in a daemon thread.
     """
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # noqa: PLC0415 - only a hub model needs it
 
     result: list[bool] = []
 
@@ -326,7 +325,7 @@ def _hub_guard(needs_hub: bool):
     errors and retries, which would duplicate our one-line error, so logging is muted.
     Yields True when running offline.
     """
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # noqa: PLC0415 - only a hub model needs it
 
     saved_offline = constants.HF_HUB_OFFLINE
     env_offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
@@ -402,7 +401,7 @@ class Embedder:
 
     def _check_source(self):
         """Validate what can be validated without loading; return open_clip's arguments."""
-        import open_clip
+        import open_clip  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
         if self.name.startswith(LOCAL_DIR):
             folder = Path(self.name[len(LOCAL_DIR) :]).expanduser()
@@ -415,7 +414,7 @@ class Embedder:
                 if "model_cfg" not in json.loads(config.read_text(encoding="utf-8")):
                     raise ValueError("it has no 'model_cfg' section")
             except (ValueError, OSError) as exc:
-                raise self._fail(f"{config} is not a valid open_clip config ({_one_line(exc)})")
+                raise self._fail(f"{config} is not a valid open_clip config ({_one_line(exc)})") from None
             if not _find_weights(folder):
                 raise self._fail(f"no weights file (*.safetensors, *.bin, *.pth) in {folder}")
             return LOCAL_DIR + str(folder), None, False
@@ -448,7 +447,7 @@ class Embedder:
         )
 
     def _load(self, oc_name: str, oc_pretrained: str | None, needs_hub: bool, text_only: bool):
-        import open_clip
+        import open_clip  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
         with _hub_guard(needs_hub) as offline:
             # 1. obtain the files (download or cache), so "no network" is told apart from
@@ -497,8 +496,8 @@ class Embedder:
                 ) from None
             self.image_tower_loaded = not text_only
             # 3. preprocessing as open_clip.create_model_and_transforms sets it up
-            from open_clip.factory import set_model_preprocess_cfg
-            from open_clip.transform import PreprocessCfg, image_transform_v2
+            from open_clip.factory import set_model_preprocess_cfg  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
+            from open_clip.transform import PreprocessCfg, image_transform_v2  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
             visual = getattr(model, "visual", None)
             if visual is not None and hasattr(visual, "image_size"):
@@ -516,7 +515,7 @@ class Embedder:
     def _load_legacy(self, oc_name: str, oc_pretrained: str | None, offline: bool, config_fp: str):
         """open_clip's own loader (random init, then the weights; both towers), for a model
         the meta-device build cannot make. Called inside _hub_guard."""
-        import open_clip
+        import open_clip  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -543,8 +542,8 @@ class Embedder:
 
     def _files(self, oc_name: str, oc_pretrained: str | None):
         """(model config, preprocess config, weights file) as open_clip.create_model finds them."""
-        import open_clip
-        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+        import open_clip  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
+        from open_clip.transform import PreprocessCfg, merge_preprocess_dict  # noqa: PLC0415 - open_clip takes seconds to import: only a model load needs it
 
         pp_cfg = dataclasses.asdict(PreprocessCfg())
         if oc_name.startswith(LOCAL_DIR):
@@ -626,7 +625,7 @@ class Embedder:
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Embed texts as unit rows; texts longer than the context are truncated, not refused."""
-        from .tokenizer import clean_texts
+        from .tokenizer import clean_texts  # noqa: PLC0415 - the tokenizer module reads its vocabulary: only text encoding needs it
 
         cleaned = clean_texts(texts, self.context_length)
         batches = (self.tokenizer(cleaned[i : i + batch_size]) for i in range(0, len(cleaned), batch_size))
@@ -642,54 +641,3 @@ class Embedder:
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# dev/test utility
-
-
-def tiny_model_config(
-    image_size: int = 32, patch_size: int = 8, width: int = 64, layers: int = 2, embed_dim: int = 64
-) -> dict:
-    """open_clip_config.json of a tiny ViT CLIP (standard tokenizer, OpenAI mean/std)."""
-    import open_clip
-
-    return {
-        "model_cfg": {
-            "embed_dim": embed_dim,
-            "vision_cfg": {
-                "image_size": image_size,
-                "patch_size": patch_size,
-                "width": width,
-                "layers": layers,
-                "head_width": 32,
-            },
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": layers},
-        },
-        "preprocess_cfg": {
-            "mean": list(open_clip.OPENAI_DATASET_MEAN),
-            "std": list(open_clip.OPENAI_DATASET_STD),
-            "interpolation": "bicubic",
-            "resize_mode": "shortest",
-        },
-    }
-
-
-def write_tiny_model(folder, seed: int = 0, **config) -> str:
-    """Write a tiny random-init open_clip model to ``folder`` and return the folder as str.
-
-    For tests and benchmarks (no real CLIP weights are needed): load it with
-    ``Embedder(model="local-dir:" + folder)``. Same seed, same weights (and digest). The
-    caller's torch RNG state is left untouched.
-    """
-    import open_clip
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_model_config(**config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.CLIP(**cfg["model_cfg"])
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    (folder / "open_clip_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    return str(folder)

@@ -5,7 +5,7 @@
   file's real path, size, mtime and inode plus a fingerprint of the model config it was loaded
   with: a file that changes (or a config that changes) misses the cache and is hashed again.
 - The **source** of a model named by hub tag or `hf-hub:` repo: which weights file and config
-  fingerprint it resolved to last time, so the ONNX text path (`semdb.onnxtext`) can find the
+  fingerprint it resolved to last time, so the ONNX path (`semdb.onnxclip`) can find the
   digest without asking open_clip (whose import pulls in torch). `local-dir:` needs no entry.
 
 Both live in one small JSON file in the cache dir: $SEMDB_CACHE_DIR, else the user cache dir

@@ -28,7 +28,7 @@ CLI_ENV = {"SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "500"}  # offlin
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
-    from semdb.embed import write_tiny_model  # imported lazily: torch is slow to import
+    from semdb.testing import write_tiny_model  # imported lazily: torch is slow to import
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny_clip"), seed=0)
 

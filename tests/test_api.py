@@ -65,8 +65,8 @@ def test_adc_results_agree_with_brute_force_float_ranking(photos, tmp_path, tiny
 
 
 def test_given_codec_and_model_binding(photos, tmp_path, tiny_model, tiny_embedder):
-    from semdb.embed import write_tiny_model
     from semdb.images import discover, load_image
+    from semdb.testing import write_tiny_model
 
     X = tiny_embedder.encode_images([load_image(p) for p in discover([photos])])
     codec = Codec.train(X, bits=64, model_id=tiny_embedder.model_id)

@@ -35,10 +35,13 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture()
-def tiny_store(tmp_path, tiny_model, photos):
+def tiny_store(tmp_path, tiny_model, photos, monkeypatch):
+    """A store built with torch: no ONNX export is cached yet."""
     path = tmp_path / "store"
-    with semdb.open(path, model=tiny_model) as db:
-        db.ingest([photos])
+    with monkeypatch.context() as env:
+        env.setenv("SEMDB_ONNX", "0")
+        with semdb.open(path, model=tiny_model) as db:
+            db.ingest([photos])
     return path
 
 
@@ -81,8 +84,9 @@ def test_text_only_loads_the_image_tower_on_first_image(tiny_model, tiny_embedde
 
 
 def test_image_tower_refused_when_the_file_changed(tmp_path):
-    from semdb.embed import Embedder, write_tiny_model
+    from semdb.embed import Embedder
     from semdb.errors import ModelError
+    from semdb.testing import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "m", seed=0)
     text = Embedder(model="local-dir:" + folder, text_only=True)
@@ -156,7 +160,8 @@ def test_open_clip_loader_is_the_fallback(tiny_model, tiny_embedder, monkeypatch
 
 def test_digest_cache_is_used_and_invalidated(tmp_path, monkeypatch, cache):
     from semdb import embed
-    from semdb.embed import Embedder, write_tiny_model
+    from semdb.embed import Embedder
+    from semdb.testing import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "m", seed=0)
     model = "local-dir:" + folder
@@ -188,7 +193,7 @@ def test_digest_cache_survives_a_broken_cache_file(tiny_model, tiny_embedder, ca
 
 
 def test_config_change_misses_the_digest_cache(tmp_path):
-    from semdb.embed import write_tiny_model
+    from semdb.testing import write_tiny_model
 
     folder = Path(write_tiny_model(tmp_path / "m", seed=0))
     weights = folder / "open_clip_pytorch_model.bin"
@@ -252,12 +257,12 @@ def onnx_ready():
 
 
 def test_onnx_export_matches_torch(onnx_ready, tiny_model, tiny_embedder):
-    from semdb import onnxtext
     from semdb.embed import Embedder
+    from semdb.onnxclip import text as onnxtext
 
     emb = Embedder(model=tiny_model, text_only=True)  # records the digest for this cache
     folder = onnxtext.export(emb)
-    assert folder is not None and (folder / "text.onnx").is_file()
+    assert folder is not None and (folder / "model.onnx").is_file()
     enc = onnxtext.load(tiny_model, None)
     assert enc is not None and enc.model_id == tiny_embedder.model_id
     x = enc.encode_texts(TEXTS)
@@ -265,14 +270,15 @@ def test_onnx_export_matches_torch(onnx_ready, tiny_model, tiny_embedder):
     np.testing.assert_allclose(x, tiny_embedder.encode_texts(TEXTS), atol=1e-5)
     with pytest.raises(semdb.errors.InputError):
         enc.encode_texts(["  "])
-    (folder / "text.onnx.data").write_bytes(b"damaged")  # a damaged export is dropped, then rebuilt
+    (folder / "model.onnx.data").write_bytes(b"damaged")  # a damaged export is dropped, then rebuilt
     assert onnxtext.load(tiny_model, None) is None and not folder.exists()
     assert onnxtext.export(emb) == folder and onnxtext.load(tiny_model, None) is not None
 
 
 def test_onnx_is_not_used_for_changed_weights(onnx_ready, tmp_path):
-    from semdb import onnxtext
-    from semdb.embed import Embedder, write_tiny_model
+    from semdb.embed import Embedder
+    from semdb.onnxclip import text as onnxtext
+    from semdb.testing import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "m", seed=0)
     model = "local-dir:" + folder
@@ -287,11 +293,10 @@ def test_cold_text_query_runs_without_torch(onnx_ready, tiny_store, cache):
     path: no torch, no open_clip, the same hits."""
     code = (
         "import json, sys, semdb\n"
-        "with semdb.open(%r, readonly=True) as db:\n"
+        f"with semdb.open({str(tiny_store)!r}, readonly=True) as db:\n"
         "    hits = db.query('a red bicycle', k=4)\n"
         "print(json.dumps({'hits': [[h.id, h.score] for h in hits],\n"
         "                  'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}))\n"
-        % str(tiny_store)
     )
     off = json.loads(run_python(code, SEMDB_ONNX="0").stdout)
     assert off["torch"] and not (cache / "onnx").exists()

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from semdb import embed
-from semdb.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, Embedder, resolve_model, write_tiny_model
+from semdb.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, Embedder, resolve_model
 from semdb.errors import InputError, ModelError
+from semdb.testing import write_tiny_model
 
 skimage_data = pytest.importorskip("skimage.data")
 

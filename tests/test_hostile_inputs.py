@@ -172,7 +172,7 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
     failures, `query --json` / `--paths-only` / the table show every odd name without crashing,
     a 10,000-character query works, an undecodable query image exits 7, another model exits 4.
     The store is unchanged by all of it."""
-    from semdb.embed import write_tiny_model
+    from semdb.testing import write_tiny_model
 
     prefix, unreadable = unreadable_prefix(tmp_path)
     photos, store = tmp_path / "photos", tmp_path / "store"

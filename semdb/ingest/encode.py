@@ -18,9 +18,12 @@ def embed_and_encode(embedder, images: Sequence[DecodedImage], codec: Codec | No
     good = [img.pixels for img in images if img.error is None]
     if not good:
         return None
-    import torch
+    if isinstance(good[0], np.ndarray):  # preprocessed for the ONNX image tower
+        embeddings = embedder.encode_images(np.stack(good))
+    else:
+        import torch  # noqa: PLC0415 - the ONNX path runs without torch
 
-    embeddings = embedder.encode_images(torch.stack(good))
+        embeddings = embedder.encode_images(torch.stack(good))
     fault_point("embedded")
     if codec is None:
         return Vectors(embeddings=embeddings.astype(np.float16))

@@ -7,13 +7,19 @@ FileState ----classify (hash)----> EmbedJob ----decode----> DecodedImage
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import ImageError, display_path
 from ..store import Item
+
+try:
+    import resource
+except ImportError:  # Windows: no peak memory figure
+    resource = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class EmbedJob:
 class DecodedImage:
     """One job's image, preprocessed for CLIP (`pixels`), or why it could not be decoded."""
 
-    pixels: Any  # torch tensor (3, H, W); None when `error` is set
+    pixels: Any  # float32 (3, H, W): numpy for ONNX, a torch tensor for torch; None when `error` is set
     width: int = 0
     height: int = 0
     error: ImageError | None = None
@@ -97,13 +103,30 @@ class IngestSummary:
     staged: int = 0  # items not compressed yet (the store has no codec)
     codec_trained: bool = False
     retrain_advice: str | None = None  # why `semdb retrain` should run, if it should
+    image_model: str = ""  # what embedded the images: "onnx fp32", "onnx int8" or "torch" ("": none did)
+    onnx_export_seconds: float = 0.0  # this run exported the model to ONNX (a first ingest of it on a CPU)
+    peak_rss_mb: float = 0.0  # the process's peak resident memory so far (MiB)
     failures: list = field(default_factory=list)  # [{"path", "reason"}]
 
     def fail(self, error: ImageError) -> None:
-        from ..errors import display_path
-
         self.failures.append({"path": display_path(error.path), "reason": error.reason})
         self.failed = len(self.failures)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (0 where the OS does not say). Linux: VmHWM,
+    which starts afresh at exec (ru_maxrss would carry over a large parent's peak)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    if resource is None:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB elsewhere

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from ..progress import Progress, report
 from ..store import Item
 from .encode import encode
 from .local import LocalEngine
+from .model import image_model
 from .records import EmbedJob, FileState
 from .training import CodecPolicy, codec_stats, record_captions, train_codec, train_if_due
 
@@ -81,14 +83,16 @@ def retrain(
         return summary
     summary.old_codec = old.id
     engine = LocalEngine(workers, max_megapixels)
+    # the ONNX image tower on a CPU (exported now if this model has none yet), else torch
+    model = image_model(ctx, [it.path for it in islice(store.iter_items(), 32)], False, max_megapixels, progress).model
     with engine:
         new = _pending(ctx)
         if new is not None and (bits is None or new.bits == bits) and captions is None:
             summary.resumed = True
         else:
-            new = _train_pending(ctx, engine, bits or old.bits, sample, batch_size, summary, progress)
+            new = _train_pending(ctx, engine, model, bits or old.bits, sample, batch_size, summary, progress)
         summary.trained_on = int((store.meta().get(PENDING_STATS) or {}).get("trained_on") or 0)
-        _recode_rest(ctx, engine, old, new, batch_size, summary, progress)
+        _recode_rest(ctx, engine, model, old, new, batch_size, summary, progress)
     had_ivf = store.ivf_meta()
     with store.write() as w:
         stats = w.meta().get(PENDING_STATS)
@@ -125,17 +129,17 @@ def _unchanged_files(items: list[Item]) -> tuple[list[EmbedJob], list[Item]]:
     return jobs, others
 
 
-def _embed(ctx, engine, jobs, batch_size):
+def _embed(engine, model, jobs, batch_size):
     """Per batch: (items whose file decoded, their float32 embeddings, items whose did not)."""
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     ctx.bind_model()  # the new codes come from it: a store that knows it by name records its weights
-    for batch in engine.embed(batches, None, ctx.embedder):
+    for batch in engine.embed(batches, None, model):
         good = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is None]
         bad = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is not None]
         yield good, (batch.vectors.embeddings.astype(np.float32) if good else None), bad
 
 
-def _train_pending(ctx, engine, bits, sample, batch_size, summary, progress) -> Codec:
+def _train_pending(ctx, engine, model, bits, sample, batch_size, summary, progress) -> Codec:
     """Re-embed a sample of the stored files, train the new codec on it, and commit it as the
     pending codec together with the codes of the sample."""
     store = ctx.store
@@ -144,7 +148,7 @@ def _train_pending(ctx, engine, bits, sample, batch_size, summary, progress) -> 
     picked = [items[i] for i in sorted(rng.choice(len(items), min(sample, len(items)), replace=False))]
     jobs, _ = _unchanged_files(picked)
     ids, parts, done = [], [], 0
-    for good, X, bad in _embed(ctx, engine, jobs, batch_size):
+    for good, X, bad in _embed(engine, model, jobs, batch_size):
         if good:
             ids += [it.id for it in good]
             parts.append(X)
@@ -167,7 +171,7 @@ def _train_pending(ctx, engine, bits, sample, batch_size, summary, progress) -> 
     return new
 
 
-def _recode_rest(ctx, engine, old: Codec, new: Codec, batch_size, summary, progress) -> None:
+def _recode_rest(ctx, engine, model, old: Codec, new: Codec, batch_size, summary, progress) -> None:
     """Give every item without a code under the pending codec one: re-embedded from its file,
     else transcoded from its old code. One transaction per batch."""
     store = ctx.store
@@ -186,7 +190,7 @@ def _recode_rest(ctx, engine, old: Codec, new: Codec, batch_size, summary, progr
         done += len(items)
         report(progress, "re-encoding", done, len(todo))
 
-    for good, X, bad in _embed(ctx, engine, jobs, batch_size):
+    for good, X, bad in _embed(engine, model, jobs, batch_size):
         if good:
             commit(good, encode(new, X).codes)
             summary.reembedded += len(good)

@@ -14,7 +14,8 @@ from ..progress import Progress, report
 from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
 from .local import LocalEngine
-from .records import IngestSummary
+from .model import image_model
+from .records import IngestSummary, peak_rss_mb
 from .scan import scan
 from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
 
@@ -31,6 +32,7 @@ class IngestOptions:
     ray_address: str | None = None
     ray_shards: Path | None = None  # default STORE/ray-shards
     captions: object = None  # text queries for the codec's training: a file (one per line) or list[str]
+    int8: bool = False  # the int8 ONNX image tower (local engine on a CPU; semdb.onnxclip)
 
     def __post_init__(self):
         if self.engine not in ("local", "ray"):
@@ -61,15 +63,17 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     with _engine(ctx, options) as engine:
         jobs = classify(ctx, found.todo, seen, engine.hashes(found.todo), summary, progress)
         batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
-        if batches:
-            ctx.bind_model()
+        model = ctx.embedder if batches else None
+        if batches and options.engine == "local":  # Ray's actors load the model themselves
+            chosen = image_model(ctx, [job.path for job in jobs], options.int8, options.max_megapixels, progress)
+            model, summary.image_model, summary.onnx_export_seconds = chosen.model, chosen.kind, chosen.export_seconds
         done = embedded = 0
         while done < len(batches):
             codec = ctx.codec
             # Without a codec, embed just the batches that reach train_at, train, then go on
             # with codes (a Ray engine ships the new codec to its actors).
             n = len(batches) - done if codec else policy.batches_to_stage(ctx.store.staging_count(), options.batch_size)
-            for batch in engine.embed(batches[done : done + n], codec, ctx.embedder):
+            for batch in engine.embed(batches[done : done + n], codec, model):
                 commit_batch(ctx, batch, ctx.codec, summary)
                 embedded += len(batch.jobs)
                 report(progress, "embedding", embedded, len(jobs))
@@ -81,6 +85,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)
+    summary.peak_rss_mb = peak_rss_mb()
     if summary.embedded:
         summary.images_per_second = round(summary.embedded / summary.seconds, 2)
     return summary
@@ -88,7 +93,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
 
 def _engine(ctx: StoreContext, options: IngestOptions):
     if options.engine == "ray":
-        from .ray import RayEngine  # noqa: PLC0415  (ray: imported only for the ray engine)
+        from .ray import RayEngine  # noqa: PLC0415 - Ray is optional
 
         return RayEngine(
             Path(options.ray_shards or ctx.path / "ray-shards"),
