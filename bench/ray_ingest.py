@@ -6,7 +6,8 @@
 1. The same folder (default: the 2,893 Caltech-101 test JPEGs) is ingested into two fresh
    stores: `engine="local"` (torch threads = --cpus) and `engine="ray"` on a local Ray instance
    started with ray.init(num_cpus=--cpus) before the clock starts (one actor per CPU, one torch
-   thread each; the driver keeps torch's default threads for codec training). Reported: wall seconds, images/s and their ratio. Each first ingest includes
+   thread each; the driver keeps torch's default threads for codec training). Reported: wall seconds, images/s and
+their ratio. Each first ingest includes
    codec training. (That both engines build the same store is tested in tests/test_ray.py,
    with one torch thread in both; here local uses --cpus threads, its fastest setting.)
 2. The Ray run's stages are timed separately (hashing, embedding + shard import, training) to
@@ -91,7 +92,7 @@ class StageClock:
 
 def ingest(store: Path, folder: Path, model: str, engine: str, threads: int | None) -> dict:
     with semdb.open(store, model=model, threads=threads) as db:
-        db.embedder  # model load is not part of the measured ingest (as in bench/ingest_speed.py)
+        _ = db.embedder  # model load is not part of the measured ingest (as in bench/ingest_speed.py)
         start = time.perf_counter()
         summary = db.ingest([folder], engine=engine)
         summary["wall"] = time.perf_counter() - start

@@ -79,7 +79,7 @@ def shortlist_recall(codec, codes, index, Q, float_top, k, sizes):
     )
     for size in sizes:
         got = index.search(Q, k, shortlist=size)[0]
-        ms = median_ms(lambda q: index.search(q, k, shortlist=size), Q)
+        ms = median_ms(lambda q, size=size: index.search(q, k, shortlist=size), Q)
         out["rows"].append(
             dict(
                 shortlist=size,

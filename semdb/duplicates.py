@@ -28,7 +28,7 @@ def default_threshold(ctx: StoreContext) -> float:
 
 
 def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None) -> dict:
-    import faiss
+    import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
 
     if threshold is None:
         threshold = default_threshold(ctx)

@@ -18,7 +18,7 @@ import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -32,7 +32,7 @@ try:  # HEIC/HEIF (iPhone photos) need the pillow-heif plugin; without it they f
 except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
     pillow_heif = None
 
-PathLike = Union[str, bytes, os.PathLike]
+PathLike = str | bytes | os.PathLike
 
 #: Lower-case file extensions (without the dot) that discovery treats as images.
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"})
@@ -225,7 +225,7 @@ def load_image(
         raise
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        raise _too_big(path, max_megapixels or 0, pixels=int(found.group(1)) if found else None)
+        raise _too_big(path, max_megapixels or 0, pixels=int(found.group(1)) if found else None) from None
     except OSError as exc:
         raise ImageError(path, _os_reason(exc)) from None
     img = _to_rgb(_orient(img), path)
@@ -322,7 +322,7 @@ class Header(NamedTuple):
 
 def read_header(path: PathLike) -> Header | None:
     """The file's Header, read without decoding any pixel; None when it cannot be read."""
-    import datetime
+    import datetime  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
     try:
         with Image.open(path) as img:

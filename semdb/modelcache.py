@@ -41,7 +41,7 @@ def cache_dir() -> Path:
     env = os.environ.get("SEMDB_CACHE_DIR")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
+    from platformdirs import user_cache_dir  # noqa: PLC0415 - only when no path is given
 
     return Path(user_cache_dir("semdb"))
 
@@ -126,7 +126,7 @@ def _source_key(name: str, pretrained: str | None) -> str:
 
 
 def _open_clip_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
     try:
         return version("open_clip_torch")

@@ -29,8 +29,8 @@ def limited(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
-    import faiss  # noqa: F401  (threadpoolctl caps only the libraries already loaded: FAISS's own
-    from threadpoolctl import threadpool_limits  # OpenMP and OpenBLAS are loaded by this import)
+    import faiss  # noqa: F401, PLC0415  (threadpoolctl caps only the libraries already loaded: FAISS's own
+    from threadpoolctl import threadpool_limits  # OpenMP and OpenBLAS are loaded by this import)  # noqa: PLC0415 - only training caps the pools
 
     with _lock, threadpool_limits(limits=int(n)):
         yield

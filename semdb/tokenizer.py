@@ -45,7 +45,7 @@ def _pairs(word):
 
 
 def _clean(text: str) -> str:
-    import ftfy
+    import ftfy  # noqa: PLC0415 - only tokenizing needs it
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).strip().lower()
@@ -53,7 +53,7 @@ def _clean(text: str) -> str:
 
 class SimpleTokenizer:
     def __init__(self, bpe_path: str | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH):
-        import regex
+        import regex  # noqa: PLC0415 - only tokenizing needs it
 
         self.byte_encoder = bytes_to_unicode()
         merges = gzip.open(bpe_path or default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
@@ -134,7 +134,7 @@ def clean_texts(texts, context_length: int) -> list:
     each (the tokenizer keeps context_length tokens and each token covers >= 1 visible
     character, so the prefix gives the same tokens without tokenizing megabytes). An empty
     text is an InputError."""
-    from .errors import InputError
+    from .errors import InputError  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
     if isinstance(texts, str):
         texts = [texts]

@@ -136,9 +136,10 @@ _PRELOADED = None  # the fork server's Embedder, handed to every child's Databas
 
 def _preload(model: str) -> None:
     """Import torch and open_clip and load the model once, in the fork server itself; every
-    child's Database gets this same Embedder (semdb.open(..., embedder=)). With one intra-op thread no OpenMP team exists in
-    this process, so forking stays safe. (Loading happens before any write: it is no part of
-    what the faults test.)"""
+        child's Database gets this same Embedder (semdb.open(..., embedder=)). With one intra-op thread no OpenMP team
+    exists in
+        this process, so forking stays safe. (Loading happens before any write: it is no part of
+        what the faults test.)"""
     import open_clip  # noqa: F401
     import torch
 
@@ -542,7 +543,7 @@ def test_an_exception_in_the_decoding_threads_reaches_the_caller_instead_of_hang
 
     def consume():
         try:
-            for batch, decoded in decode_ahead([[1, 2], [3, 4], [5, 6], [7, 8]], decode, workers=1):
+            for _batch, decoded in decode_ahead([[1, 2], [3, 4], [5, 6], [7, 8]], decode, workers=1):
                 got.append(decoded)
         except BaseException as e:  # noqa: BLE001
             outcome.append(e)

@@ -141,7 +141,7 @@ def encode_columns(Z: np.ndarray, layout: Layout, scale: np.ndarray, C: np.ndarr
             for m in slots:
                 combos = (combos[:, None, :] + scale[m] * C[None, :, :]).reshape(-1, d)
             best = np.argmax(Z[:, c, :] @ combos.T - 0.5 * (combos * combos).sum(1), axis=1)
-            for t, m in enumerate(slots[::-1]):
+            for m in slots[::-1]:
                 best, codes[:, m] = np.divmod(best, K)
             continue
         target = Z[:, c, :]  # (n, d)
@@ -224,7 +224,7 @@ def lloyd_update(Z: np.ndarray, codes: np.ndarray, layout: Layout, scale: np.nda
 
 
 def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray:
-    import faiss  # FAISS's k-means: fast, seeded, and the field's reference implementation
+    import faiss  # FAISS's k-means: fast, seeded, and the field's reference implementation  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
 
     points = np.ascontiguousarray(points, dtype=np.float32)
     if len(points) < k:  # too few points: pad by jittered copies so every codeword starts distinct

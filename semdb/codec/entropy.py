@@ -21,14 +21,14 @@ def fit_model(indices: np.ndarray, k: int, prior: float = 0.5) -> np.ndarray:
 
 
 def _models(probs: np.ndarray):
-    import constriction
+    import constriction  # noqa: PLC0415 - only entropy coding needs it
 
     return [constriction.stream.model.Categorical(p, perfect=False) for p in probs]
 
 
 def compress(indices: np.ndarray, probs: np.ndarray) -> bytes:
     """Range-code (n, M) indices slot by slot; returns the compressed bytes."""
-    import constriction
+    import constriction  # noqa: PLC0415 - only entropy coding needs it
 
     encoder = constriction.stream.queue.RangeEncoder()
     for slot, model in enumerate(_models(probs)):
@@ -37,7 +37,7 @@ def compress(indices: np.ndarray, probs: np.ndarray) -> bytes:
 
 
 def decompress(data: bytes, n: int, probs: np.ndarray) -> np.ndarray:
-    import constriction
+    import constriction  # noqa: PLC0415 - only entropy coding needs it
 
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32).copy())
     cols = [decoder.decode(model, n) for model in _models(probs)]

@@ -37,8 +37,8 @@ BATCHES_PER_SHARD = 8  # at most this many ingest batches per Ray row, actor cal
 
 def _ray():
     try:
-        import ray
-        import ray.data
+        import ray  # noqa: PLC0415 - Ray is optional and slow to import
+        import ray.data  # noqa: PLC0415 - Ray is optional and slow to import
     except ImportError:
         raise InputError("--engine ray needs Ray: pip install 'semdb[ray]' (or pip install 'ray[data]')") from None
     return ray
@@ -141,7 +141,7 @@ class RayEngine:
                 "out": str(run),
             },
         )
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415 - pyarrow: only the Ray engine and exports need it
 
         for done in ds.iter_batches(batch_format="pyarrow", batch_size=1):
             failure = done["failure"][0].as_py()
@@ -161,12 +161,12 @@ class RayEngine:
                 )
             )
             for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
-                jobs, group = batches[k], list(group)
+                jobs, rows_of_batch = batches[k], list(group)
                 images = tuple(
                     DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err), taken)
-                    for job, (_, w, h, err, _, _, _, taken) in zip(jobs, group)
+                    for job, (_, w, h, err, _, _, _, taken) in zip(jobs, rows_of_batch)
                 )
-                good = [(v, d, o) for *_, v, d, o, _ in group if v is not None]
+                good = [(v, d, o) for *_, v, d, o, _ in rows_of_batch if v is not None]
                 yield EmbeddedBatch(tuple(jobs), images, _vectors(good, codec, model_id["dim"]) if good else None)
             shard.unlink()
 
@@ -204,9 +204,9 @@ def _vectors(rows: list[tuple[bytes, float, float | None]], codec, dim: int) -> 
 
 def _hash_rows(batch):
     """Ray Data task: blake2b of each file; the error's reason when it cannot be read."""
-    import pyarrow as pa
+    import pyarrow as pa  # noqa: PLC0415 - pyarrow: only the Ray engine and exports need it
 
-    from .local import try_hash
+    from .local import try_hash  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
     hashes = [try_hash(os.fsdecode(raw)) for raw in batch["path"].to_pylist()]
     return pa.table(
@@ -226,8 +226,8 @@ class _EmbedActor:
     raised, Ray would hand the driver only its traceback's text, not the error itself."""
 
     def __init__(self, model_id: dict, codec: bytes | None, max_megapixels, threads: int, device: str, out: str):
-        from ..codec import Codec
-        from ..embed import Embedder
+        from ..codec import Codec  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
+        from ..embed import Embedder  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
         self.failure = None
         try:
@@ -245,7 +245,7 @@ class _EmbedActor:
         self.out = Path(out)
 
     def __call__(self, row):
-        import pyarrow as pa
+        import pyarrow as pa  # noqa: PLC0415 - pyarrow: only the Ray engine and exports need it
 
         if self.failure is None:
             try:
@@ -255,11 +255,11 @@ class _EmbedActor:
         return pa.table({"shard": pa.array([None], pa.string()), "failure": [pickle.dumps(self.failure)]})
 
     def _embed(self, row) -> str:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # noqa: PLC0415 - pyarrow: only the Ray engine and exports need it
+        import pyarrow.parquet as pq  # noqa: PLC0415 - pyarrow: only the Ray engine and exports need it
 
-        from .decode import decode_ahead, decode_image
-        from .encode import embed_and_encode
+        from .decode import decode_ahead, decode_image  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
+        from .encode import embed_and_encode  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
         first = row["first"][0].as_py()
         batches = [[os.fsdecode(p) for p in paths] for paths in row["paths"][0].as_py()]

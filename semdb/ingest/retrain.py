@@ -85,6 +85,7 @@ def retrain(
     engine = LocalEngine(workers, max_megapixels)
     # the ONNX image tower on a CPU (exported now if this model has none yet), else torch
     model = image_model(ctx, [it.path for it in islice(store.iter_items(), 32)], False, max_megapixels, progress).model
+    ctx.bind_model()  # the new codes come from it: a store that knows it by name records its weights
     with engine:
         new = _pending(ctx)
         if new is not None and (bits is None or new.bits == bits) and captions is None:
@@ -132,7 +133,6 @@ def _unchanged_files(items: list[Item]) -> tuple[list[EmbedJob], list[Item]]:
 def _embed(engine, model, jobs, batch_size):
     """Per batch: (items whose file decoded, their float32 embeddings, items whose did not)."""
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    ctx.bind_model()  # the new codes come from it: a store that knows it by name records its weights
     for batch in engine.embed(batches, None, model):
         good = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is None]
         bad = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is not None]

@@ -72,10 +72,10 @@ def run(
             f"--host {host} would expose every photo of the store to the network: "
             f"pass --allow-remote as well to do that (default: 127.0.0.1)"
         )
-    import uvicorn
+    import uvicorn  # noqa: PLC0415 - the server's libraries: only `semdb serve` loads them
 
-    from ..api import Database
-    from .app import create_app
+    from ..api import Database  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
+    from .app import create_app  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
     sock = bind(host, port)
     try:
@@ -90,7 +90,8 @@ def run(
                 shown = f"[{host}]" if ":" in host else host
                 say(
                     f"semdb serve: http://{shown}:{bound_port}/  (store {db.path}, "
-                    f"{db.store.count()} items){'' if beacon else '; store folder not writable: semdb query will not find this server'}"
+                    f"{db.store.count()} items)"
+                    f"{'' if beacon else '; store folder not writable: semdb query will not find this server'}"
                     f"; Ctrl-C to stop"
                 )
                 if not is_loopback(host):
