@@ -143,7 +143,6 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (with peak_rss_mb)."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
-
     with _errors():
         if bool(paths) == (embeddings is not None):
             raise InputError("give image PATHS, or --embeddings SOURCE (not both)")
@@ -240,7 +239,6 @@ def retrain(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Train a new codec on what the store holds now and re-encode every item (resumable)."""
-
     with _errors():
         progress, update = _progress(enabled=not as_json)
         with Database(store, wait=wait, threads=threads) as db, progress:
@@ -377,7 +375,6 @@ def duplicates(
     as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
 ):
     """Groups of near-duplicate images, found from the codes (exact copies are flagged)."""
-
     with _errors():
         with Database(store, readonly=True) as db:
             found = db.duplicates(threshold)
@@ -402,7 +399,6 @@ def tag(
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
 ):
     """Zero-shot classification of every item: its best label and score."""
-
     with _errors():
         with Database(store, readonly=True, threads=threads) as db:
             rows = db.classify(labels, prompt)
@@ -470,7 +466,6 @@ def serve(
 
 def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> None:
     """`semdb serve --shards`: Cluster.start with Serve's HTTP proxy, until Ctrl-C or SIGTERM."""
-
     if not is_loopback(host) and not allow_remote:
         raise InputError(f"--host {host} would expose the shards' search to the network: pass --allow-remote as well")
     with Cluster.start(stores, address=ray_address, threads=threads or 1, http_host=host, http_port=port) as cluster:
@@ -501,7 +496,6 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ):
     """Items, bits per item (fixed and entropy-coded), size on disk, model and codec."""
-
     with _errors():
         with Database(store, readonly=True) as db:
             facts = db.info()
@@ -561,7 +555,6 @@ def export_(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Write every item (metadata and packed code) to a Parquet file, with the codec and model."""
-
     with _errors():
         progress, update = _progress(enabled=not as_json)
         with Database(store, readonly=True) as db, progress:
@@ -577,7 +570,6 @@ def import_(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Merge Parquet exports into a store (same codec; a new store takes theirs). Idempotent."""
-
     with _errors():
         progress, update = _progress(enabled=not as_json)
         with Database(store, wait=wait) as db, progress:
@@ -604,9 +596,7 @@ def bench(
     images: Path | None = typer.Option(
         None, "--images", help="A folder with one sub-folder of images per class (zero-shot)."
     ),
-    train_file: Path | None = typer.Option(
-        None, "--train", help="With --eval: train on this embeddings file, score on the other (two collections)."
-    ),
+    train_file: Path | None = typer.Option(None, "--train", help="With --eval: train on this embeddings file."),
     eval_file: Path | None = typer.Option(None, "--eval", help="With --train: the collection to score on."),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
@@ -627,12 +617,7 @@ def bench(
         help="held-out (random split); ood: train on some classes (label) or k-means clusters, evaluate on the "
         "others; shift: held-out photos turned to vary where the training photos did not (see --shift).",
     ),
-    shift: float = typer.Option(
-        0.5,
-        "--shift",
-        help="With --protocol shift: share of the evaluated photos' spread left in the training photos' main "
-        "directions (about 0.75 in distribution, 0.5 for unfamiliar web photos).",
-    ),
+    shift: float = typer.Option(0.5, "--shift", help="--protocol shift: spread left in the training subspace."),
     ood_groups: int = typer.Option(
         10, "--ood-groups", min=2, help="k-means clusters of the ood protocol when the data has no labels."
     ),

@@ -29,6 +29,7 @@ from semdb.bench import (
 )
 from semdb.bench import metrics as M
 from semdb.bench.methods import PQMethod, SignBitsMethod, categorical_entropy_bits, unpack_subcodes
+from semdb.bench.runner import check_methods
 from semdb.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings"
@@ -560,10 +561,8 @@ def test_progress_protocol_and_query_families():
     assert "paired with their images" in by["semdb-paired"]["note"] and "unpaired" in by["semdb-unpaired"]["note"]
     assert ("semdb-paired @ 64 bits", 3, 3) in calls and all(len(c) == 3 and isinstance(c[0], str) for c in calls)
     # without text_emb the query families are not in the default plan, and skipped when asked for
-    from semdb.bench.runner import _check_methods
-
-    assert "semdb-paired" not in _check_methods(None, codec_given=False, has_pairs=False)
-    assert "semdb-unpaired" in _check_methods(None, codec_given=False, has_pairs=True)
+    assert "semdb-paired" not in check_methods(None, codec_given=False, has_pairs=False)
+    assert "semdb-unpaired" in check_methods(None, codec_given=False, has_pairs=True)
     bare = validate(data.image_emb)
     row = run_bench(bare, bits=[64], methods=["semdb-paired"])[0]
     assert row["status"] == "skipped" and "needs text_emb" in row["note"]

@@ -94,7 +94,7 @@ def _check_bits(bits) -> list[int]:
     return sorted(set(out))
 
 
-def _check_methods(methods, codec_given: bool, has_pairs: bool = True) -> list[str]:
+def check_methods(methods, codec_given: bool, has_pairs: bool = True) -> list[str]:
     if methods is None:
         if codec_given:
             return list(REFERENCE_FAMILIES)
@@ -293,7 +293,7 @@ def run_bench(
     codec_given = codec is not None
     if codec_given and protocol != "held-out":
         raise InputError(f"--protocol {protocol} trains on one part and evaluates on another; not with --codec")
-    families = _check_methods(methods, codec_given, data.has_pairs)
+    families = check_methods(methods, codec_given, data.has_pairs)
     budgets = _check_bits(bits)
     w, h = _check_pixels(bpp_pixels)
     pixels = float(w * h)
