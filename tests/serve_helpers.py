@@ -56,6 +56,13 @@ class Server:
             self._log.flush()
         return self.log.read_text(errors="replace")
 
+    def wait_output(self, text: str, timeout: float = 60) -> str:
+        """The server's output once it holds `text` (it writes its beacon before it prints)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output() and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.1)
+        return self.output()
+
     def stop(self, sig=signal.SIGINT) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

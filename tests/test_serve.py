@@ -418,7 +418,7 @@ def test_semdb_query_uses_the_running_server(tmp_path, tiny_model_dir):
     _ingest(store, [photos], "local-dir:" + str(model_dir), train_now=False)
     server = Server(store, "--host", "0.0.0.0", "--allow-remote")
     try:
-        assert "warning: listening on 0.0.0.0" in server.output()
+        assert "warning: listening on 0.0.0.0" in server.wait_output("warning: listening on 0.0.0.0")
         beacon = json.loads((store / "serve.json").read_text())
         assert beacon["pid"] == server.proc.pid and beacon["port"] == server.port
         expected = server.get_json("/api/search?q=a+rocket&k=3")["hits"]

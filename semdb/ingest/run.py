@@ -67,6 +67,8 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         if batches and options.engine == "local":  # Ray's actors load the model themselves
             chosen = image_model(ctx, [job.path for job in jobs], options.int8, options.max_megapixels, progress)
             model, summary.image_model, summary.onnx_export_seconds = chosen.model, chosen.kind, chosen.export_seconds
+        elif batches:
+            summary.image_model = "torch"  # Ray's actors run the torch tower
         done = embedded = 0
         while done < len(batches):
             codec = ctx.codec
