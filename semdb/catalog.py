@@ -19,19 +19,32 @@ from .request import Where
 from .store import Item, Store
 
 
-def ls(store: Store, where: Where, offset: int = 0, limit: int | None = None) -> list[Item]:
-    """Items matching `where`, newest first, from `offset`, at most `limit` of them."""
-    offset, limit = _count_arg("offset", offset), None if limit is None else _count_arg("limit", limit)
-    ids, taken = _matching(store, where)
-    # sort keys: date taken descending (unknown last), then id descending
-    order = np.lexsort((-ids.astype(np.int64), -np.where(np.isnan(taken), -np.inf, taken)))
-    page = ids[order[offset : None if limit is None else offset + limit]]
-    return [it for it in store.items(page.tolist()) if it is not None]  # (a commit may have removed one since)
+class Listing:
+    """ls and count over one store. The order of the last filter asked is kept until the next
+    commit, so paging through a listing scans the metadata once."""
 
+    def __init__(self, store: Store):
+        self.store = store
+        self._last: tuple | None = None  # (generation, where, ids in listing order)
 
-def count(store: Store, where: Where) -> int:
-    """How many items match `where` (without a filter: the item segments' headers only)."""
-    return store.count() if not where else len(_matching(store, where)[0])
+    def ls(self, where: Where, offset: int = 0, limit: int | None = None) -> list[Item]:
+        """Items matching `where`, newest first, from `offset`, at most `limit` of them."""
+        offset, limit = _count_arg("offset", offset), None if limit is None else _count_arg("limit", limit)
+        page = self._ordered(where)[offset : None if limit is None else offset + limit]
+        return [it for it in self.store.items(page.tolist()) if it is not None]  # (a commit may remove one)
+
+    def count(self, where: Where) -> int:
+        """How many items match `where` (without a filter: the item segments' headers only)."""
+        return self.store.count() if not where else len(self._ordered(where))
+
+    def _ordered(self, where: Where) -> np.ndarray:
+        generation = self.store.meta().get("generation")  # read first: a commit during the scan is seen next time
+        if self._last is None or self._last[:2] != (generation, where):
+            ids, taken = _matching(self.store, where)
+            # date taken descending (unknown last), then id descending
+            order = np.lexsort((-ids.astype(np.int64), -np.where(np.isnan(taken), -np.inf, taken)))
+            self._last = (generation, where, ids[order])
+        return self._last[2]
 
 
 def removal(store: Store, targets=(), under=None) -> list[Item]:
@@ -91,5 +104,5 @@ def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
 
 def _count_arg(name: str, value) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise InputError(f"{name}={value!r}: expected a whole number >= 0")
+        raise InputError(f"--{name} {value!r}: give a whole number >= 0")
     return int(value)

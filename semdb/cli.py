@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from . import listing
 from .api import Database
 from .cluster import Cluster
 from .codec import Codec
@@ -550,7 +551,7 @@ def info(
 
 @app.command("export")
 def export_(
-    out_path: Path = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
+    out_path: str = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
@@ -571,6 +572,7 @@ def import_(
 ):
     """Merge Parquet exports into a store (same codec; a new store takes theirs). Idempotent."""
     with _errors():
+        Database.check_exports(files)  # before the store is opened: a wrong file leaves no new store behind
         progress, update = _progress(enabled=not as_json)
         with Database(store, wait=wait) as db, progress:
             summary = db.import_parquet(files, progress=update)
@@ -586,6 +588,47 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
     for key in keys or summary:
         table.add_row(key.replace("_", " "), Text(str(summary[key])))
     out.print(table)
+
+
+@app.command("ls")
+def ls_(
+    under: Path | None = typer.Option(None, "--under", help="Only items whose file is under this folder."),
+    after: str | None = typer.Option(None, "--after", help="Only photos taken on or after this date (YYYY-MM-DD)."),
+    before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
+    limit: int | None = typer.Option(None, "-n", "--limit", help="At most this many items (default: all)."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many items first (the next page)."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help='Print [{"id", "path", "taken", "size", ...}] as JSON.'),
+    paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
+):
+    """List the stored items, newest first (by date taken): id, date taken, size, path."""
+    with _errors():
+        if as_json and paths_only:
+            raise InputError("--json and --paths-only: give one of them")
+        with Database(store, readonly=True) as db:
+            items = db.ls(under, after, before, offset=offset, limit=limit)
+    listing.print_items(items, as_json, paths_only)
+    if not items and not as_json:
+        err.print(Text(listing.nothing(under, after, before) + (f" after the first {offset}" if offset else "")))
+
+
+@app.command()
+def rm(
+    targets: list[str] | None = typer.Argument(None, help="Item ids, or paths of stored files or folders."),
+    under: Path | None = typer.Option(None, "--under", help="Every item whose file is under this folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"dry_run", "removed": [...]} as JSON.'),
+):
+    """Remove items from the store, in one step (the files stay): by id, by path, or all under a folder."""
+    with _errors():
+        with Database(store, wait=wait, create=False) as db:
+            removed = db.rm([int(t) if t.isdigit() else t for t in targets or ()], under=under, dry_run=dry_run)
+    if not removed and not as_json:
+        err.print(Text(listing.nothing(under) + ": nothing removed"))
+        return
+    listing.print_removed(removed, as_json, dry_run, lambda line: err.print(Text(line)))
 
 
 @app.command()
