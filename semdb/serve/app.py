@@ -14,6 +14,8 @@ is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 
 A search's query string becomes a SearchRequest in params.py (semdb/request.py checks it) and
 the record goes unchanged to Database.search.
+    GET  /api/items             the collection, newest first: offset, limit, under, after, before
+                                -> {"items": [...], "total": N} (Database.ls and .count)
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
@@ -50,6 +52,7 @@ from .params import (
     SIMILAR_PARAMS,
     ApiError,
     int_param,
+    listing_options,
     only,
     parse_item_id,
     search_options,
@@ -81,6 +84,17 @@ def _status_of(exc: SemdbError) -> int:
 
 def _hits_json(hits) -> dict:
     return {"hits": [{"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)} for h in hits]}
+
+
+def _item_json(it) -> dict:
+    return {
+        "id": int(it.id),
+        "path": display_path(it.path),
+        "width": it.width,
+        "height": it.height,
+        "size": it.size,
+        "taken": getattr(it, "taken", None),
+    }
 
 
 # --- the warm state -----------------------------------------------------------------------------
@@ -134,6 +148,11 @@ class Service:
         if item is None:
             raise ApiError(404, f"no item {item_id} in this store")
         return item
+
+    def listing(self, offset: int, limit: int, **where) -> tuple[list, int]:
+        """One page of the collection (newest first) and how many items the filters keep."""
+        with self.lock:
+            return self.db.ls(**where, offset=offset, limit=limit), self.db.count(**where)
 
     def info(self) -> dict:
         with self.lock:
@@ -238,17 +257,12 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         return answer(search_request(request.query_params, SIMILAR_PARAMS, like=like))
 
     def item(request: Request):
-        it = service.item(parse_item_id(request.path_params["id"]))
-        return JSONResponse(
-            {
-                "id": int(it.id),
-                "path": display_path(it.path),
-                "width": it.width,
-                "height": it.height,
-                "size": it.size,
-                "taken": getattr(it, "taken", None),
-            }
-        )
+        return JSONResponse(_item_json(service.item(parse_item_id(request.path_params["id"]))))
+
+    def items(request: Request):
+        options = listing_options(request.query_params)
+        page, total = service.listing(**options)
+        return JSONResponse({"items": [_item_json(it) for it in page], "total": total, "offset": options["offset"]})
 
     def info(request: Request):
         return JSONResponse(service.info())
@@ -282,6 +296,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         Route("/api/search", guarded(search_get), methods=["GET"]),
         Route("/api/search", search_post, methods=["POST"]),
         Route("/api/similar/{id}", guarded(similar)),
+        Route("/api/items", guarded(items)),
         Route("/api/item/{id}", guarded(item)),
         Route("/api/info", guarded(info)),
         Route("/thumb/{id}", guarded(thumb)),
