@@ -375,3 +375,117 @@ def test_items_endpoint_pages_the_collection_and_refuses_bad_parameters(site):
         ("q=cat", "unknown parameter 'q'"),
     ):
         assert words in server.get_json("/api/items?" + query, status=400)["error"], query
+
+
+def _region(shot, page: Page, selector: str):
+    """The pixels of the screenshot under the element (device scale 1), as an array."""
+    import numpy as np
+
+    box = page.query_selector(selector).bounding_box()
+    assert box and box["width"] > 0 and box["height"] > 0, selector
+    x, y, w, h = (round(box[k]) for k in ("x", "y", "width", "height"))
+    return np.asarray(shot.crop((x, y, x + w, y + h)).convert("RGB"), dtype=np.float32)
+
+
+def _not_blank(pixels, background=(246, 246, 244)) -> bool:
+    """Something drawn: the pixels vary, and are not the page's background."""
+    far = abs(pixels - np.asarray(background, dtype=np.float32)).sum(axis=2) > 30
+    return float(pixels.std()) > 8 and float(far.mean()) > 0.2
+
+
+def _has_text(pixels, dark=True) -> bool:
+    """Letters drawn: enough dark pixels (light ones on a dark backdrop)."""
+    ink = (pixels < 110).all(axis=2) if dark else (pixels > 150).all(axis=2)
+    return int(ink.sum()) > 30
+
+
+np = pytest.importorskip("numpy")
+
+
+def test_screenshots_of_each_state(browser, site, tmp_path):
+    from PIL import Image
+
+    server, photos, newest_first, ids = site
+    out = Path(os.environ.get("SEMDB_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    page = Page(browser, server)
+
+    def shot(name):
+        path = out / f"{name}.png"
+        page.screenshot(path=str(path))
+        return Image.open(path)
+
+    # the collection: real thumbnails, and the deleted file's box (the newest photo: first)
+    page.settled("22 photos, newest first")
+    img = shot("1-collection")
+    for card in page.query_selector_all("#grid .hit")[:5]:
+        selector = f"#grid .hit[data-id='{card.get_attribute('data-id')}'] :is(img, .missing)"
+        if page.query_selector(selector).bounding_box()["y"] < 800:
+            assert _not_blank(_region(img, page, selector)), selector
+    box = _region(img, page, f"#grid .hit[data-id='{newest_first[0]}'] .missing")
+    assert _not_blank(box)  # the striped box with its words, not a broken-image icon
+    assert box.shape[0] > 150 and box.shape[1] > 150
+
+    # a search
+    _search(page, "a rocket on the launch pad")
+    img = shot("2-search")
+    assert _not_blank(_region(img, page, "#grid .hit:nth-child(2) img"))
+
+    # more like this: the photo above its results
+    astronaut = ids[str(photos / "trips" / "astronaut.jpg")]
+    page.click(f"#grid .hit[data-id='{astronaut}'] button.like")
+    page.settled("results like astronaut.jpg")
+    page.reference()
+    img = shot("3-like")
+    ref = _region(img, page, "#reference img")
+    assert ref.shape[:2] == (96, 96) and _not_blank(ref)
+    assert _has_text(_region(img, page, "#ref-caption"))
+
+    # an upload: its preview above its results
+    page.set_input_files("#upload", str(photos / "home" / "coffee.jpg"))
+    page.settled("results like coffee.jpg (uploaded)")
+    page.reference()
+    img = shot("4-upload")
+    assert _not_blank(_region(img, page, "#reference img"))
+
+    # a folder
+    page.click(f"#grid .hit[data-id='{ids[str(photos / 'home' / 'chelsea.jpg')]}'] button.folder")
+    page.settled("9 photos in")
+    img = shot("5-folder")
+    assert page.is_hidden("#reference")
+    assert _not_blank(_region(img, page, "#grid .hit:first-child img"))
+
+    # paged, and the full view
+    page.goto(server.base + "/?k=10&page=2")
+    page.settled("11–20 shown")
+    page.eval_on_selector("#pager", "p => p.scrollIntoView({block: 'end'})")
+    img = shot("6-page-2")
+    assert all(_has_text(_region(img, page, s)) for s in ("#newer", "#page-info", "#older"))
+    page.click("#grid .hit:nth-child(3) img")
+    page.wait_for_function("() => document.querySelector('#full').naturalWidth > 0")
+    img = shot("7-full-view")
+    full = _region(img, page, "#full")
+    h, w = full.shape[:2]
+    assert float(full[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].std()) > 8  # the photo, not the dark backdrop
+    assert _has_text(_region(img, page, "#full-next"), dark=False)
+    assert _has_text(_region(img, page, "#full-count"), dark=False)
+
+    # the deleted file in the full view
+    page.goto(server.base + "/")
+    page.settled("22 photos")
+    page.click(f"#grid .hit[data-id='{newest_first[0]}'] .missing")
+    page.wait_for_selector("#full-missing", state="visible")
+    img = shot("8-full-view-missing")
+    missing = _region(img, page, "#full-missing")
+    assert _not_blank(missing, background=(16, 16, 16)) and _has_text(missing)
+    page.keyboard.press("Escape")
+
+    # a refused request: the message in red
+    page.fill("#under", "photos")
+    page.press("#under", "Enter")
+    page.wait_for_function("() => document.querySelector('#status').classList.contains('error')")
+    img = shot("9-error")
+    status = _region(img, page, "#status")
+    red = (status[..., 0] > 120) & (status[..., 1] < 80) & (status[..., 2] < 80)
+    assert red.sum() > 50
+    page.done(400)
