@@ -102,8 +102,10 @@ def tour_env(home: Path, model_dir: str) -> dict:
 
 
 def run_serve(step: Step, home: Path, env: dict) -> Ran:
-    """`semdb serve ...` on a free port until it prints its address; then one search over HTTP."""
+    """`semdb serve ...` on a free port until it prints its address; then one search over HTTP.
+    Its output (stdout and stderr) is returned as stderr: the README may show any of it."""
     log = home / "serve.log"
+    failure = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             ["bash", "-c", f"exec {step.command} --port 0"],
@@ -117,16 +119,27 @@ def run_serve(step: Step, home: Path, env: dict) -> Ran:
             deadline = time.monotonic() + SERVE_START_TIMEOUT
             while not (address := re.search(r"http://[\w.:]+/", log.read_text(errors="replace"))):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    return Ran(step, proc.poll() or -1, "", log.read_text(errors="replace"))
+                    failure = "exited" if proc.poll() is not None else f"no address in {SERVE_START_TIMEOUT} s"
+                    break
                 time.sleep(0.2)
-            with urllib.request.urlopen(address.group(0) + "api/search?q=a+cat&k=2", timeout=120) as resp:
-                hits = json.load(resp)
-            assert hits, f"{step.command}: GET /api/search gave no hits"
+            else:
+                try:
+                    with urllib.request.urlopen(address.group(0) + "api/search?q=a+cat&k=2", timeout=120) as resp:
+                        if not json.load(resp)["hits"]:
+                            failure = "GET /api/search found nothing"
+                except (OSError, ValueError, KeyError) as e:
+                    failure = f"GET /api/search failed: {e!r}"
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
-                proc.wait(60)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
     output = log.read_text(errors="replace")
+    if failure:
+        return Ran(step, proc.returncode or -1, "", f"{output}\n{failure}")
     return Ran(step, proc.returncode, "", output)
 
 
