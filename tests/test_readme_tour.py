@@ -3,6 +3,8 @@ folder holding the tour's photos, with the tiny random-init model standing in fo
 (SEMDB_MODEL); each must exit 0 and print what the README shows under it (paths, numbers and
 column widths aside). The README's Python example runs too. So the README cannot drift from
 the program: a renamed command or option, a changed output or a failing step fails here.
+Also: the README's size, links and test command (the one .ci/run runs), and docs/CLI.md naming
+every option of every command.
 
 To add a step: put `$ semdb ...` and its output in a console block under the tour's heading;
 `python tests/test_readme_tour.py /home/me` (a folder that does not exist yet) prints the
@@ -246,6 +248,32 @@ def test_readme_links_resolve():
     targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", readme) if not re.match(r"\w+://", t)]
     missing = [t for t in targets if t and not (ROOT / t).exists()]
     assert not missing, missing
+
+
+def test_cli_reference_names_every_option():
+    """docs/CLI.md has a section for every command (a `## ` heading naming it) that names each of
+    its options, so an option added to the program without a word in the reference fails here."""
+    import typer.main
+
+    from semdb.cli import app
+
+    doc = (ROOT / "docs" / "CLI.md").read_text(encoding="utf-8")
+    preamble, *parts = re.split(r"^## ", doc, flags=re.M)  # the preamble names what every command takes
+    sections = {}
+    for part in parts:
+        title, _, body = part.partition("\n")
+        for word in re.findall(r"[\w-]+", title):
+            sections.setdefault(word, preamble + body)
+    missing = []
+    for name, command in typer.main.get_command(app).commands.items():
+        if name not in sections:
+            missing.append(f"no `## {name}` section")
+            continue
+        for param in command.params:
+            names = [o for o in param.opts if o.startswith("-")]
+            if names and not any(re.search(re.escape(o) + r"(?![\w-])", sections[name]) for o in names):
+                missing.append(f"{name} {'/'.join(names)}")
+    assert not missing, "docs/CLI.md does not document: " + ", ".join(missing)
 
 
 if __name__ == "__main__":
