@@ -423,11 +423,13 @@ def serve(
     port: int = typer.Option(
         8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."
     ),
-    allow_remote: bool = typer.Option(
-        False,
-        "--allow-remote",
-        help="Allow a --host other than loopback: anyone who reaches it can search and view the photos.",
+    require_key: bool = typer.Option(
+        False, "--require-key", help="Ask for the access key on loopback too (behind a reverse proxy: docs/SERVE.md)."
     ),
+    new_key: bool = typer.Option(False, "--new-key", help="Replace the access key: earlier keys and sessions end."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The --tls-cert's private key (PEM)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="With --shards: allow a network --host (no key)."),
     model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
@@ -443,19 +445,23 @@ def serve(
     ),
 ):
     """Search the store from a web page and a JSON API: the model loaded once, the index warm,
-    new commits of a running ingest seen at once (API: docs/INTERFACES.md, HTTP API)."""
-
+    new commits of a running ingest seen at once (docs/SERVE.md). A network --host asks for a key."""
     with _errors():
         if shards is not None:
             if store is not None or model is not None or pretrained is not None:
                 raise InputError("--shards serves the stores it names, with their own model (no --store or --model)")
             _serve_shards(_shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
+        if allow_remote:
+            err.print("note: --allow-remote is no longer needed: a network --host asks for the access key")
         run(
             store,
             host,
             port,
-            allow_remote=allow_remote,
+            require_key=require_key,
+            new_key=new_key,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None,
             model=model,
             pretrained=pretrained,
             threads=threads,
