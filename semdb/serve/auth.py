@@ -207,7 +207,9 @@ class SameOrigin:
     """Refuse (403) a state-changing request that a browser sends from another site: its
     Sec-Fetch-Site says so, or its Origin names another host than the one it was sent to
     (Host, or X-Forwarded-Host from a reverse proxy). Requests without these headers are not
-    a browser's cross-site requests (curl, `semdb query`) and pass."""
+    a browser's cross-site requests (curl, `semdb query`) and pass. `Origin: null` is what a
+    browser sends for a same-origin form under Referrer-Policy: no-referrer (the key prompt's
+    form), so it is left to Sec-Fetch-Site."""
 
     def __init__(self, app):
         self.app, self.state = app, getattr(app, "state", None)
@@ -219,7 +221,7 @@ class SameOrigin:
             origin = headers.get("origin")
             if site is not None and site not in ("same-origin", "none"):
                 return await _error(send, 403, f"refused: a {scope['method']} from another site ({site})")
-            if origin is not None:
+            if origin is not None and origin != "null":
                 names = {_hostname(headers.get("host", ""))}
                 names.add(_hostname(headers.get("x-forwarded-host", "").split(",")[0]))
                 try:
