@@ -450,6 +450,8 @@ def serve(
         if shards is not None:
             if store is not None or model is not None or pretrained is not None:
                 raise InputError("--shards serves the stores it names, with their own model (no --store or --model)")
+            if require_key or new_key or tls_cert or tls_key:
+                raise InputError("--shards serves Ray Serve's HTTP proxy: no access key or TLS (--allow-remote)")
             _serve_shards(_shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
         if allow_remote:

@@ -177,7 +177,10 @@ def test_the_url_key_becomes_a_session_cookie(keyed):
     cookie = headers["set-cookie"]
     for attribute in ("HttpOnly", "SameSite=Strict", "Path=/"):
         assert attribute in cookie
-    assert key not in cookie
+    assert key not in cookie and "Secure" not in cookie
+    # behind a reverse proxy on this machine that serves HTTPS, the cookie is HTTPS-only
+    proxied = server.get(f"/?key={key}", headers={"X-Forwarded-Proto": "https"})[1]["set-cookie"]
+    assert "Secure" in proxied
     session = {"Cookie": cookie.split(";")[0]}
     code, headers, page = server.get("/?q=cat", headers={"Accept": "text/html", **session})
     assert code == 200 and b"/static/app.js" in page
@@ -340,6 +343,8 @@ def test_a_restart_keeps_the_key_and_new_key_revokes_keys_and_sessions(keyed, st
         assert code == 429 and int(headers["retry-after"]) >= 1  # the right key waits too
         form = {"Content-Type": "application/x-www-form-urlencoded"}
         assert renewed.request("POST", "/auth/login", body=f"key={new_key}".encode(), headers=form)[0] == 429
+        # another client behind a reverse proxy on this machine (X-Forwarded-For) is not held up
+        assert renewed.get("/api/info", headers={**_bearer(new_key), "X-Forwarded-For": "10.0.0.7"})[0] == 200
         time.sleep(int(headers["retry-after"]) + 0.2)
         assert renewed.get("/api/info", headers=_bearer(new_key))[0] == 200  # then it is let in again
     finally:

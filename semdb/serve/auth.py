@@ -119,9 +119,8 @@ def _owner_only(path: Path) -> None:
 class Access:
     """One key: checks it, and makes and checks the session cookies signed with it."""
 
-    def __init__(self, key: str, secure: bool = False):
+    def __init__(self, key: str):
         self._key = key.encode("ascii")
-        self.secure = secure  # served over HTTPS: the cookie is Secure
 
     def is_key(self, given: str) -> bool:
         return hmac.compare_digest(given.encode("utf-8", "replace"), self._key)
@@ -140,8 +139,11 @@ class Access:
         issued = body.split(".", 1)[0]
         return issued.isdigit() and 0 <= time.time() - int(issued) < SESSION_SECONDS
 
-    def cookie(self, value: str, max_age: int = SESSION_SECONDS) -> bytes:
-        secure = "; Secure" if self.secure else ""
+    @staticmethod
+    def cookie(value: str, https: bool, max_age: int = SESSION_SECONDS) -> bytes:
+        """The Set-Cookie value; Secure when the browser came over HTTPS (directly, or through a
+        reverse proxy on this machine that says so in X-Forwarded-Proto: uvicorn believes it)."""
+        secure = "; Secure" if https else ""
         return f"{COOKIE}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict{secure}".encode("ascii")
 
 
@@ -242,7 +244,9 @@ class KeyGuard:
         self.page = (resources.files("semdb.serve") / "static" / "key.html").read_text(encoding="utf-8")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # none are served; refused before anything reads them
+            return await send({"type": "websocket.close", "code": 1008})
+        if scope["type"] != "http":  # lifespan
             return await self.app(scope, receive, send)
         method, path = scope["method"], scope["path"]
         if path in PUBLIC_PATHS and method in ("GET", "HEAD"):
@@ -271,17 +275,18 @@ class KeyGuard:
                 return await self._wrong(scope, send, headers, client, "wrong key in the URL")
             self.failures.forget(client)
             rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "key"])
-            return await self._session(send, _raw_path(scope) + ("?" + rest if rest else ""))
+            return await self._session(scope, send, _raw_path(scope) + ("?" + rest if rest else ""))
         cookie = _cookie(headers)
         if cookie is not None and self.access.is_session(cookie):
             return await self.app(scope, receive, send)
-        clear = [(b"set-cookie", self.access.cookie("", 0))] if cookie is not None else []
+        clear = [(b"set-cookie", self.access.cookie("", _https(scope), 0))] if cookie is not None else []
         return await self._refuse(scope, send, headers, wrong=False, extra=clear)
 
-    async def _session(self, send, target: str) -> None:
+    async def _session(self, scope, send, target: str) -> None:
         """A new session cookie and a redirect to `target` (a path on this server)."""
         location = _local(target).encode("ascii")
-        extra = [(b"set-cookie", self.access.cookie(self.access.new_session())), (b"location", location)]
+        cookie = self.access.cookie(self.access.new_session(), _https(scope))
+        extra = [(b"set-cookie", cookie), (b"location", location)]
         await _respond(send, 303, b"", b"text/plain", extra)
 
     async def _wrong(self, scope, send, headers, client, message) -> None:
@@ -322,7 +327,11 @@ class KeyGuard:
             self.failures.fail(client, time.monotonic())
             return await self._prompt(send, target, wrong=True)
         self.failures.forget(client)
-        await self._session(send, target)
+        await self._session(scope, send, target)
+
+
+def _https(scope) -> bool:
+    return scope.get("scheme") == "https"
 
 
 def _cookie(headers: dict) -> str | None:

@@ -121,7 +121,7 @@ def run(
             access, kept = None, ""
             if remote or require_key or new_key:
                 key, kept = auth.load_key(db.path, new=new_key)
-                access = auth.Access(key, secure=tls)
+                access = auth.Access(key)
 
             @contextlib.asynccontextmanager
             async def lifespan(_app):
