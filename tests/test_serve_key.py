@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime
 import http.client
 import io
+import ipaddress
 import json
 import os
 import re
 import shutil
 import ssl
 import stat
+import subprocess
 import time
 import urllib.parse
 
@@ -379,14 +381,25 @@ def test_loopback_is_key_free_unless_asked(tmp_path, tiny_model):
 
 
 def _self_signed(folder):
-    """A self-signed certificate for localhost/127.0.0.1 and its key (PEM files)."""
-    x509 = pytest.importorskip("cryptography.x509")
-    import ipaddress
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
+    """A self-signed certificate for localhost/127.0.0.1 and its key (PEM files): made with the
+    `cryptography` package, else the openssl command."""
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        if shutil.which("openssl") is None:
+            pytest.skip("neither the cryptography package nor openssl is here to make a certificate")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+            + ["-days", "1", "-keyout", str(key_file), "-out", str(cert_file), "-subj", "/CN=localhost"]
+            + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )
+        return cert_file, key_file
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -404,7 +417,6 @@ def _self_signed(folder):
         )
         .sign(key, hashes.SHA256())
     )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -18,6 +18,9 @@ the record goes unchanged to Database.search.
     GET  /api/info              the store: items, model, codec, generation
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
+
+With an access key (auth.py: a server on the network) every route above asks for it; auth.py
+answers the key's own requests (?key=, POST /auth/login) and the refusals.
 """
 
 from __future__ import annotations
