@@ -118,9 +118,9 @@ def run(
             bound_port = sock.getsockname()[1]
             instance = client.new_instance()
             allowed = None if remote else LOOPBACK_NAMES | {host.lower()}
-            access, kept = None, ""
+            access, key_state = None, ""
             if remote or require_key or new_key:
-                key, kept = auth.load_key(db.path, new=new_key)
+                key, key_state = auth.load_key(db.path, new=new_key)
                 access = auth.Access(key)
 
             @contextlib.asynccontextmanager
@@ -139,7 +139,7 @@ def run(
                         "kept": f"kept owner-only in {auth.key_path(db.path)}",
                         "new": f"new, kept owner-only in {auth.key_path(db.path)}",
                         "unsaved": "store folder not writable: it lasts until this server stops",
-                    }[kept]
+                    }[key_state]
                     say(
                         f"access key: open {_url(reachable_address(host), bound_port, tls)}?key={key} "
                         f"(the key: {where}; --new-key replaces it and ends every session)"
