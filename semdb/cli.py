@@ -419,7 +419,7 @@ def tag(
 @app.command()
 def serve(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (not loopback: asks for the key)."),
     port: int = typer.Option(
         8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."
     ),
@@ -435,23 +435,17 @@ def serve(
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
     shards: str | None = typer.Option(
-        None,
-        "--shards",
-        help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve "
-        "(docs/SCALE.md#sharded-search).",
+        None, "--shards", help="Stores sharing one codec: GET /api/search over them on Ray Serve (docs/SCALE.md)."
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
     ),
 ):
-    """Search the store from a web page and a JSON API: the model loaded once, the index warm,
-    new commits of a running ingest seen at once (docs/SERVE.md). A network --host asks for a key."""
+    """Search the store from a web page and a JSON API, model and index kept warm (docs/SERVE.md)."""
     with _errors():
         if shards is not None:
-            if store is not None or model is not None or pretrained is not None:
-                raise InputError("--shards serves the stores it names, with their own model (no --store or --model)")
-            if require_key or new_key or tls_cert or tls_key:
-                raise InputError("--shards serves Ray Serve's HTTP proxy: no access key or TLS (--allow-remote)")
+            if any(v is not None for v in (store, model, pretrained, tls_cert, tls_key)) or require_key or new_key:
+                raise InputError("--shards serves the stores it names, with their own model, without a key or TLS")
             _serve_shards(_shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
         if allow_remote:
