@@ -65,9 +65,10 @@ def check_tls(cert: str | None, key: str | None) -> None:
     if cert is not None:
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as e:
-            reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e)
-            raise InputError(f"--tls-cert {cert} --tls-key {key}: cannot load them ({reason})") from None
+        except ssl.SSLError as e:  # (an OSError too: first)
+            raise InputError(f"--tls-cert {cert} --tls-key {key}: not a PEM certificate and its key ({e})") from None
+        except OSError as e:
+            raise InputError(f"--tls-cert {cert} --tls-key {key}: cannot read them ({e.strerror})") from None
 
 
 def reachable_address(host: str) -> str:
