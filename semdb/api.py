@@ -153,7 +153,7 @@ class Database:
         store is searched (captions, past queries); the codec is then trained to rank well for
         such texts (now and at each retrain). `policy`: when the codec is trained (default
         CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
-        see README, "Ingest on small machines").
+        see docs/CLI.md, "Ingest on small machines").
         """
         options = IngestOptions(
             batch_size=batch_size,

@@ -1,7 +1,7 @@
 """`semdb` command line: each command is a thin layer over `semdb.api`.
 
 Results go to stdout (a rich table, or JSON with --json); progress bars and errors go to
-stderr. A SemdbError prints one line and exits with its code (see README: exit codes).
+stderr. A SemdbError prints one line and exits with its code (see docs/CLI.md: exit codes).
 """
 
 from __future__ import annotations
@@ -420,43 +420,45 @@ def tag(
 @app.command()
 def serve(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (not loopback: asks for the key)."),
     port: int = typer.Option(
         8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."
     ),
-    allow_remote: bool = typer.Option(
-        False,
-        "--allow-remote",
-        help="Allow a --host other than loopback: anyone who reaches it can search and view the photos.",
+    require_key: bool = typer.Option(
+        False, "--require-key", help="Ask for the access key on loopback too (behind a reverse proxy: docs/SERVE.md)."
     ),
+    new_key: bool = typer.Option(False, "--new-key", help="Replace the access key: earlier keys and sessions end."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The --tls-cert's private key (PEM)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="With --shards: allow a network --host (no key)."),
     model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
     shards: str | None = typer.Option(
-        None,
-        "--shards",
-        help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve "
-        "(docs/SCALE.md#sharded-search).",
+        None, "--shards", help="Stores sharing one codec: GET /api/search over them on Ray Serve (docs/SCALE.md)."
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
     ),
 ):
-    """Search the store from a web page and a JSON API: the model loaded once, the index warm,
-    new commits of a running ingest seen at once (API: docs/INTERFACES.md, HTTP API)."""
-
+    """Search the store from a web page and a JSON API, model and index kept warm (docs/SERVE.md)."""
     with _errors():
         if shards is not None:
-            if store is not None or model is not None or pretrained is not None:
-                raise InputError("--shards serves the stores it names, with their own model (no --store or --model)")
+            if any(v is not None for v in (store, model, pretrained, tls_cert, tls_key)) or require_key or new_key:
+                raise InputError("--shards serves the stores it names, with their own model, without a key or TLS")
             _serve_shards(_shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
+        if allow_remote:
+            err.print("note: --allow-remote is no longer needed: a network --host asks for the access key")
         run(
             store,
             host,
             port,
-            allow_remote=allow_remote,
+            require_key=require_key,
+            new_key=new_key,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None,
             model=model,
             pretrained=pretrained,
             threads=threads,
