@@ -67,6 +67,11 @@ def _errors():
 RATED_STAGES = {"embedding", "re-embedding sample", "re-encoding", "adding embeddings"}  # shown with img/s
 
 
+def _say(line: str) -> None:
+    """A line for the user on stderr, printed as it is (no markup)."""
+    err.print(Text(line), highlight=False, soft_wrap=True)
+
+
 def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -609,9 +614,7 @@ def ls_(
             raise InputError("--json and --paths-only: give one of them")
         with Database(store, readonly=True) as db:
             items = db.ls(under, after, before, offset=offset, limit=limit)
-    listing.print_items(items, as_json, paths_only)
-    if not items and not as_json:
-        err.print(Text(listing.nothing(under, after, before) + (f" after the first {offset}" if offset else "")))
+    listing.print_items(items, as_json, paths_only, _say, listing.nothing(under, after, before, offset))
 
 
 @app.command()
@@ -627,10 +630,7 @@ def rm(
     with _errors():
         with Database(store, wait=wait, create=False) as db:
             removed = db.rm([int(t) if t.isdigit() else t for t in targets or ()], under=under, dry_run=dry_run)
-    if not removed and not as_json:
-        err.print(Text(listing.nothing(under) + ": nothing removed"))
-        return
-    listing.print_removed(removed, as_json, dry_run, lambda line: err.print(Text(line)))
+    listing.print_removed(removed, as_json, dry_run, _say, listing.nothing(under) + ": nothing removed")
 
 
 @app.command()

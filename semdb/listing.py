@@ -25,16 +25,19 @@ def record(item: Item) -> dict:
     }
 
 
-def print_items(items: list[Item], as_json: bool, paths_only: bool) -> None:
+def print_items(items: list[Item], as_json: bool, paths_only: bool, say: Callable[[str], None], empty: str) -> None:
     """`semdb ls`'s answer on stdout: a table of id, date taken, size and path; a JSON array
-    of record()s; or one path per line."""
-    if as_json:
+    of record()s; or one path per line. No items: `empty` is said (on stderr) beside an empty
+    answer."""
+    if not items and not as_json:
+        say(empty)
+    elif as_json:
         sys.stdout.write(json.dumps([record(it) for it in items], indent=2) + "\n")
     elif paths_only:
         sys.stdout.flush()
         sys.stdout.buffer.write(b"".join(path_line(it.path) for it in items))
         sys.stdout.buffer.flush()
-    elif items:
+    else:
         sys.stdout.write("".join(line + "\n" for line in table(items)))
 
 
@@ -54,8 +57,12 @@ def table(items: list[Item]) -> list[str]:
     return lines
 
 
-def print_removed(items: list[Item], as_json: bool, dry_run: bool, say: Callable[[str], None]) -> None:
-    """`semdb rm`'s answer: what it removed (or, with dry_run, would remove) on stdout, a count on stderr."""
+def print_removed(items: list[Item], as_json: bool, dry_run: bool, say: Callable[[str], None], empty: str) -> None:
+    """`semdb rm`'s answer: what it removed (or, with dry_run, would remove) on stdout, a count
+    (or `empty`) on stderr."""
+    if not items and not as_json:
+        say(empty)
+        return
     if as_json:
         sys.stdout.write(json.dumps({"dry_run": dry_run, "removed": [record(it) for it in items]}, indent=2) + "\n")
         return
@@ -65,8 +72,8 @@ def print_removed(items: list[Item], as_json: bool, dry_run: bool, say: Callable
     say(f"{verb} {len(items)} item{'' if len(items) == 1 else 's'} from the store (the files are untouched)")
 
 
-def nothing(under=None, after=None, before=None) -> str:
-    """The line that says no item matches these filters."""
+def nothing(under=None, after=None, before=None, offset: int = 0) -> str:
+    """The line that says no item matches these filters (past the first `offset`)."""
     parts = ["no items"]
     if under is not None:
         parts.append(f"under {display_path(os.path.abspath(os.path.expanduser(under)))}")
@@ -74,6 +81,8 @@ def nothing(under=None, after=None, before=None) -> str:
         parts.append(f"taken on or after {after}")
     if before:
         parts.append(f"taken before {before}")
+    if offset:
+        parts.append(f"after the first {offset}")
     return " ".join(parts)
 
 
