@@ -55,12 +55,15 @@ def removal(store: Store, targets=(), under=None) -> list[Item]:
     if not targets and under is None:
         raise InputError("give item ids, paths or --under FOLDER to remove")
     ids: set[int] = set() if under is None else set(_matching(store, Where.of(under=under))[0].tolist())
+    numbers = [int(t) for t in targets if _is_id(t)]
+    for id_, item in zip(numbers, store.items(numbers)):  # one read of each segment they share
+        if item is None:
+            raise InputError(f"no item {id_} in {store.path}: nothing removed")
+    ids.update(numbers)
     for target in targets:
-        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            if store.get_item(int(target)) is None:
-                raise InputError(f"no item {target} in {store.path}: nothing removed")
-            ids.add(int(target))
-        elif isinstance(target, (str, os.PathLike)) and os.fspath(target):
+        if _is_id(target):
+            continue
+        if isinstance(target, (str, os.PathLike)) and os.fspath(target):
             where = Where.of(under=target)
             item = store.item_by_path(where.under)
             found = [item.id] if item is not None else _matching(store, where)[0].tolist()
@@ -79,6 +82,10 @@ def remove(store: Store, ids, fault: str = "rm_txn") -> None:
     with store.write() as w:
         w.delete_items(ids)
         fault_point(fault)
+
+
+def _is_id(target) -> bool:
+    return isinstance(target, (int, np.integer)) and not isinstance(target, bool) and 0 <= target < 1 << 63
 
 
 def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
