@@ -39,12 +39,13 @@ class Listing:
 
     def _ordered(self, where: Where) -> np.ndarray:
         generation = self.store.meta().get("generation")  # read first: a commit during the scan is seen next time
-        if self._last is None or self._last[:2] != (generation, where):
+        last = self._last  # one read: a server's threads may list at once
+        if last is None or last[:2] != (generation, where):
             ids, taken = _matching(self.store, where)
             # date taken descending (unknown last), then id descending
             order = np.lexsort((-ids.astype(np.int64), -np.where(np.isnan(taken), -np.inf, taken)))
-            self._last = (generation, where, ids[order])
-        return self._last[2]
+            last = self._last = (generation, where, ids[order])
+        return last[2]
 
 
 def removal(store: Store, targets=(), under=None) -> list[Item]:
