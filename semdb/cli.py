@@ -182,6 +182,8 @@ def ingest(
                 highlight=False,
                 soft_wrap=True,
             )
+        for path in summary["no_images"]:
+            err.print(Text.assemble(("note:", "yellow"), f" no images found in {path}"), soft_wrap=True)
         _print_codec_notes(summary, store)
     _print_summary(
         summary,
@@ -329,7 +331,23 @@ def query(
         if hits is None:
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
                 hits = db.search(request)
+        if not hits and not as_json:
+            err.print(Text(_why_no_results(store, request)), highlight=False, soft_wrap=True)
     _print_hits(hits, as_json, paths_only)
+
+
+def _why_no_results(store, request: SearchRequest) -> str:
+    """The line an empty result prints instead of an empty table: why, when the store tells."""
+    with Database(store, readonly=True) as db:
+        paths = [it.path for it in db.store.iter_items()]
+    under = request.where.under
+    if not paths:
+        return "no results: the store is empty (add photos with `semdb ingest PATH`)"
+    if under is not None and not any(p.startswith(os.path.join(under, "")) for p in paths):
+        return f"no results: nothing stored under {display_path(under)}"
+    if request.like is not None and len(paths) == 1:
+        return "no results: the store holds only that item"
+    return "no results: no stored item passes the filters (--under, --after, --before, --min-score, --within)"
 
 
 def _shard_list(shards: str) -> list[str]:
@@ -357,7 +375,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
     elif paths_only:
         for h in hits:
             sys.stdout.write(display_path(h.path) + "\n")
-    else:
+    elif hits:
         table = Table("rank", "score", "id", "path")
         for rank, h in enumerate(hits, 1):
             table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(display_path(h.path)))

@@ -107,6 +107,7 @@ class IngestSummary:
     onnx_export_seconds: float = 0.0  # this run exported the model to ONNX (a first ingest of it on a CPU)
     peak_rss_mb: float = 0.0  # the process's peak resident memory so far (MiB)
     failures: list = field(default_factory=list)  # [{"path", "reason"}]
+    no_images: list = field(default_factory=list)  # given folders with no image file, given files that are not images
 
     def fail(self, error: ImageError) -> None:
         self.failures.append({"path": display_path(error.path), "reason": error.reason})

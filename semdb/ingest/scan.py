@@ -1,5 +1,6 @@
 """Stage 1, scan: discover the image files under the given paths and stat them; files whose
-path, size and mtime match their stored item are unchanged and skipped without reading them."""
+path, size and mtime match their stored item are unchanged and skipped without reading them.
+A given folder with no image in it, or a given file that is not one, is named (`no_images`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ImageError
-from ..images import discover
+from ..errors import ImageError, display_path
+from ..images import IMAGE_EXTENSIONS, discover
 from ..store import Item, Store
 from .records import FileState, IngestSummary
+
+NOT_AN_IMAGE = f"not an image (semdb reads {', '.join(sorted(IMAGE_EXTENSIONS))} files)"
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ def scan(store: Store, paths, summary: IngestSummary) -> Scan:
         Path(os.path.abspath(p))
         for p in discover(paths, exclude=[store.path], on_error=lambda p, why: summary.fail(ImageError(p, why)))
     ]
+    _name_paths_without_images(paths, files, summary)
     todo, undated = [], []
     for path in files:
         try:
@@ -40,3 +44,18 @@ def scan(store: Store, paths, summary: IngestSummary) -> Scan:
         else:
             todo.append(FileState.of(path, st, item))
     return Scan(todo, frozenset(os.fsdecode(p) for p in files), undated)
+
+
+def _name_paths_without_images(paths, files: list[Path], summary: IngestSummary) -> None:
+    """Each given folder under which no image was found, and each given file that is not an
+    image (a failure as well): else a run that found nothing only says "new 0"."""
+    found = {os.path.realpath(f) for f in files}
+    for given in paths:
+        path = Path(os.path.abspath(os.fsdecode(given)))
+        if path.is_dir():
+            inside = os.path.join(os.path.realpath(path), "")
+            if not any(f.startswith(inside) for f in found):
+                summary.no_images.append(display_path(given))
+        elif os.path.realpath(path) not in found:
+            summary.fail(ImageError(given, NOT_AN_IMAGE))
+            summary.no_images.append(display_path(given))
