@@ -120,6 +120,9 @@ def ingest(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
@@ -174,12 +177,22 @@ def ingest(
                     train_now=train_now,
                     captions=captions,
                     int8=int8,
+                    retry_failed=retry_failed,
                 )
     if not as_json:
         for failure in summary["failures"]:
             err.print(
                 Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
                 highlight=False,
+                soft_wrap=True,
+            )
+        if summary.get("failed_before"):
+            err.print(
+                Text.assemble(
+                    ("note:", "yellow"),
+                    f" skipped {summary['failed_before']} files that failed before and are unchanged "
+                    "(`--retry-failed` to try again)",
+                ),
                 soft_wrap=True,
             )
         for path in summary["no_images"]:
@@ -196,6 +209,7 @@ def ingest(
             "moved",
             "duplicate",
             "failed",
+            "failed_before",
             "pruned",
             "missing",
             "items",

@@ -4,6 +4,7 @@ installed `semdb` command on real files (tiny model, Pillow-written images, LMDB
 from __future__ import annotations
 
 import json
+import os
 
 from conftest import semdb_cli as run
 from PIL import Image
@@ -48,3 +49,47 @@ def test_an_empty_result_says_why_and_json_stays_a_list(tmp_path, tiny_model):
     assert json.loads(run("query", "a cat", "--store", store, "--under", "/nope", "--json").stdout) == []
     proc = run("query", "a cat", "--store", store, "--min-score", "1.5")
     assert proc.stdout == "" and "no results" in proc.stderr
+
+
+def _messy_folder(folder):
+    """A photo, two truncated JPEGs (cut in the header, cut in the pixels) and a text file named
+    like a JPEG."""
+    import numpy as np
+
+    _picture(folder / "good.png")
+    noise = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "whole.jpg", quality=90)
+    data = (folder / "whole.jpg").read_bytes()
+    (folder / "cut_header.jpg").write_bytes(data[:300])
+    (folder / "cut_pixels.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "whole.jpg").unlink()
+    (folder / "x.jpg").write_text("a text file with a JPEG's name\n")
+    return folder
+
+
+def test_failed_files_are_remembered_and_skipped_until_they_change_or_retry_failed(tmp_path, tiny_model):
+    folder, store = _messy_folder(tmp_path / "messy"), tmp_path / "s"
+    first = json.loads(run("ingest", folder, "--store", store, "--model", tiny_model, "--json").stdout)
+    reasons = {f["path"].rsplit("/", 1)[1]: f["reason"] for f in first["failures"]}
+    assert first["new"] == 1 and sorted(reasons) == ["cut_header.jpg", "cut_pixels.jpg", "x.jpg"]
+    assert reasons["cut_header.jpg"].startswith("truncated or corrupt image: ")
+    assert reasons["cut_pixels.jpg"].startswith("truncated or corrupt image: image file is truncated")
+    assert reasons["x.jpg"] == "not an image or unsupported format"
+    # unchanged failures are neither decoded (a decode would kill this run) nor listed again
+    proc = run("ingest", folder, "--store", store, env={"SEMDB_FAULT_POINT": "decode:1"})
+    assert "failed:" not in proc.stderr and "3 files that failed before" in proc.stderr
+    assert "--retry-failed" in proc.stderr
+    again = json.loads(run("ingest", folder, "--store", store, "--json").stdout)
+    assert (again["failed"], again["failed_before"], again["unchanged"]) == (0, 3, 1)
+    retried = json.loads(run("ingest", folder, "--store", store, "--retry-failed", "--json").stdout)
+    assert (retried["failed"], retried["failed_before"]) == (3, 0)
+    # a fixed file is ingested, a deleted one forgotten
+    _picture(folder / "x.jpg", color=(10, 200, 10))
+    (folder / "cut_pixels.jpg").unlink()
+    fixed = json.loads(run("ingest", folder, "--store", store, "--json").stdout)
+    assert (fixed["new"], fixed["failed"], fixed["failed_before"]) == (1, 0, 1)
+    import semdb
+
+    with semdb.open(store, readonly=True) as db:
+        assert [os.path.basename(p) for p in db.store.meta()["failed_files"]] == ["cut_header.jpg"]
+        assert db.store.verify() == []

@@ -94,6 +94,7 @@ class IngestSummary:
     moved: int = 0
     duplicate: int = 0
     failed: int = 0
+    failed_before: int = 0  # files that failed in an earlier run, unchanged since: skipped
     pruned: int = 0
     missing: int = 0  # items whose files are gone (removed with --prune)
     embedded: int = 0

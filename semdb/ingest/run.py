@@ -13,6 +13,7 @@ from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
+from .failures import forget_settled
 from .local import LocalEngine
 from .model import image_model
 from .records import IngestSummary, peak_rss_mb
@@ -33,6 +34,7 @@ class IngestOptions:
     ray_shards: Path | None = None  # default STORE/ray-shards
     captions: object = None  # text queries for the codec's training: a file (one per line) or list[str]
     int8: bool = False  # the int8 ONNX image tower (local engine on a CPU; semdb.onnxclip)
+    retry_failed: bool = False  # decode again the files that failed before, unchanged since (failures.py)
 
     def __post_init__(self):
         if self.engine not in ("local", "ray"):
@@ -57,7 +59,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         adopt_codec(ctx, options.codec)
     if options.captions is not None:
         record_captions(ctx, options.captions)
-    found = scan(ctx.store, paths, summary)
+    found = scan(ctx.store, paths, summary, options.retry_failed)
     fill_dates(ctx.store, found.undated)
     seen = set(found.seen)
     with _engine(ctx, options) as engine:
@@ -83,6 +85,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
             summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
+    forget_settled(ctx.store)
     ivf.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)

@@ -1,5 +1,6 @@
 """Stage 1, scan: discover the image files under the given paths and stat them; files whose
-path, size and mtime match their stored item are unchanged and skipped without reading them.
+path, size and mtime match their stored item are unchanged and skipped without reading them,
+and so are files that failed before, unchanged (ingest/failures.py).
 A given folder with no image in it, or a given file that is not one, is named (`no_images`)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from ..errors import ImageError, display_path
 from ..images import IMAGE_EXTENSIONS, discover
 from ..store import Item, Store
+from .failures import failed_before, remembered
 from .records import FileState, IngestSummary
 
 NOT_AN_IMAGE = f"not an image (semdb reads {', '.join(sorted(IMAGE_EXTENSIONS))} files)"
@@ -23,7 +25,9 @@ class Scan:
     undated: list[Item]  # unchanged items stored before semdb kept the date taken
 
 
-def scan(store: Store, paths, summary: IngestSummary) -> Scan:
+def scan(store: Store, paths, summary: IngestSummary, retry_failed: bool = False) -> Scan:
+    """`retry_failed`: also the files that failed before, unchanged (else skipped, counted)."""
+    failed = {} if retry_failed else remembered(store)
     files = [
         Path(os.path.abspath(p))
         for p in discover(paths, exclude=[store.path], on_error=lambda p, why: summary.fail(ImageError(p, why)))
@@ -35,6 +39,9 @@ def scan(store: Store, paths, summary: IngestSummary) -> Scan:
             st = path.stat()
         except OSError as err:
             summary.fail(ImageError(path, err.strerror or str(err)))
+            continue
+        if failed and failed_before(failed.get(os.fsdecode(path)), st):
+            summary.failed_before += 1
             continue
         item = store.item_by_path(os.fsdecode(path))
         if item and item.size == st.st_size and item.mtime_ns == st.st_mtime_ns:
