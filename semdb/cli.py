@@ -215,7 +215,7 @@ def ingest(
             "items",
             "staged",
             "seconds",
-            "images_per_second",
+            *(["images_per_second"] if summary["images_per_second"] else []),
         ),
     )
 

@@ -93,3 +93,20 @@ def test_failed_files_are_remembered_and_skipped_until_they_change_or_retry_fail
     with semdb.open(store, readonly=True) as db:
         assert [os.path.basename(p) for p in db.store.meta()["failed_files"]] == ["cut_header.jpg"]
         assert db.store.verify() == []
+
+
+def test_images_per_second_is_the_embedding_rate_and_left_out_of_short_runs(photos, tmp_path, tiny_model):
+    store = tmp_path / "s"
+    # 6 batches of 2, each commit held 0.3 s: the embedding phase runs at about 2 / 0.3 = 6.7
+    # images a second, whatever loading the model and exporting it to ONNX cost before it
+    args = ("ingest", photos, "--store", store, "--batch-size", 2, "--json")
+    slow = json.loads(run(*args, "--model", tiny_model, env={"SEMDB_FAULT_POINT": "batch_committed:delay=0.3"}).stdout)
+    assert slow["embedded"] == 12 and 5.5 < slow["images_per_second"] < 7.5, slow
+    assert slow["seconds"] > 12 / slow["images_per_second"]  # the run's own time includes the model's loading
+    # nothing embedded, or too little work to time: no rate
+    assert json.loads(run(*args).stdout)["images_per_second"] is None
+    _picture(photos / "another.png", color=(1, 2, 3))
+    quick = json.loads(run(*args).stdout)
+    assert quick["new"] == 1 and quick["images_per_second"] is None
+    table = run("ingest", photos, "--store", store).stdout
+    assert "images per second" not in table and "seconds" in table

@@ -99,7 +99,7 @@ class IngestSummary:
     missing: int = 0  # items whose files are gone (removed with --prune)
     embedded: int = 0
     seconds: float = 0.0
-    images_per_second: float = 0.0
+    images_per_second: float | None = None  # of the embedding phase (run.py, EmbeddingRate); None: too short
     items: int = 0
     staged: int = 0  # items not compressed yet (the store has no codec)
     codec_trained: bool = False

@@ -72,16 +72,20 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         elif batches:
             summary.image_model = "torch"  # Ray's actors run the torch tower
         done = embedded = 0
+        rate = EmbeddingRate()
         while done < len(batches):
             codec = ctx.codec
             # Without a codec, embed just the batches that reach train_at, train, then go on
             # with codes (a Ray engine ships the new codec to its actors).
             n = len(batches) - done if codec else policy.batches_to_stage(ctx.store.staging_count(), options.batch_size)
             for batch in engine.embed(batches[done : done + n], codec, model):
+                before = summary.embedded
                 commit_batch(ctx, batch, ctx.codec, summary)
+                rate.committed(summary.embedded - before)
                 embedded += len(batch.jobs)
                 report(progress, "embedding", embedded, len(jobs))
             done += n
+            rate.pause()  # the codec may train now: not embedding
             summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
@@ -91,9 +95,34 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)
     summary.peak_rss_mb = peak_rss_mb()
-    if summary.embedded:
-        summary.images_per_second = round(summary.embedded / summary.seconds, 2)
+    summary.images_per_second = rate.per_second()
     return summary
+
+
+class EmbeddingRate:
+    """Images per second of the embedding phase: decoding, CLIP, encoding and commits, timed
+    from one batch's commit to the next (the first batch also waits for the model to load and
+    the decoders to start, and training the codec is no part of it). None for less than
+    MIN_SECONDS of it: a rate of a second's work says nothing."""
+
+    MIN_SECONDS = 1.0
+
+    def __init__(self):
+        self.images, self.seconds, self._last = 0, 0.0, None
+
+    def committed(self, images: int) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.images, self.seconds = self.images + images, self.seconds + now - self._last
+        self._last = now
+
+    def pause(self) -> None:
+        self._last = None
+
+    def per_second(self) -> float | None:
+        if self.seconds < self.MIN_SECONDS or not self.images:
+            return None
+        return round(self.images / self.seconds, 2)
 
 
 def _engine(ctx: StoreContext, options: IngestOptions):
