@@ -416,8 +416,10 @@ def duplicates(
     for n, group in enumerate(found["groups"], 1):
         kind = "exact copies" if group["exact"] else f"similarity >= {group['min_similarity']:.3f}"
         out.print(Text(f"group {n} ({len(group['ids'])} images, {kind}):"))
+        copy_of = {id_: same[0] for same in group["copies"] for id_ in same[1:]}
         for id_, path in zip(group["ids"], group["paths"]):
-            out.print(Text(f"  {id_}\t{display_path(path)}"))
+            copy = f"\t(exact copy of {copy_of[id_]})" if id_ in copy_of and not group["exact"] else ""
+            out.print(Text(f"  {id_}\t{display_path(path)}{copy}"))
     err.print(Text(f"{len(found['groups'])} groups at threshold {found['threshold']}"))
 
 
