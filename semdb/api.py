@@ -139,6 +139,7 @@ class Database:
         captions=None,
         policy: CodecPolicy | None = None,
         int8: bool = False,
+        retry_failed: bool = False,
     ) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
@@ -153,7 +154,8 @@ class Database:
         store is searched (captions, past queries); the codec is then trained to rank well for
         such texts (now and at each retrain). `policy`: when the codec is trained (default
         CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
-        see docs/CLI.md, "Ingest on small machines").
+        see docs/CLI.md, "Ingest on small machines"). Files that failed in an earlier run and are
+        unchanged are skipped (counted as `failed_before`); `retry_failed` decodes them again.
         """
         options = IngestOptions(
             batch_size=batch_size,
@@ -167,6 +169,7 @@ class Database:
             ray_shards=ray_shards,
             captions=captions,
             int8=int8,
+            retry_failed=retry_failed,
         )
         return run_ingest(self._ctx, paths, options, progress).to_dict()
 

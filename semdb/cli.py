@@ -126,6 +126,9 @@ def ingest(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
@@ -180,6 +183,7 @@ def ingest(
                     train_now=train_now,
                     captions=captions,
                     int8=int8,
+                    retry_failed=retry_failed,
                 )
     if not as_json:
         for failure in summary["failures"]:
@@ -188,6 +192,17 @@ def ingest(
                 highlight=False,
                 soft_wrap=True,
             )
+        if summary.get("failed_before"):
+            err.print(
+                Text.assemble(
+                    ("note:", "yellow"),
+                    f" skipped {summary['failed_before']} files that failed before and are unchanged "
+                    "(`--retry-failed` to try again)",
+                ),
+                soft_wrap=True,
+            )
+        for path in summary["no_images"]:
+            err.print(Text.assemble(("note:", "yellow"), f" no images found in {path}"), soft_wrap=True)
         _print_codec_notes(summary, store)
     _print_summary(
         summary,
@@ -200,12 +215,13 @@ def ingest(
             "moved",
             "duplicate",
             "failed",
+            "failed_before",
             "pruned",
             "missing",
             "items",
             "staged",
             "seconds",
-            "images_per_second",
+            *(["images_per_second"] if summary["images_per_second"] else []),
         ),
     )
 
@@ -335,7 +351,23 @@ def query(
         if hits is None:
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
                 hits = db.search(request)
+        if not hits and not as_json:
+            err.print(Text(_why_no_results(store, request)), highlight=False, soft_wrap=True)
     _print_hits(hits, as_json, paths_only)
+
+
+def _why_no_results(store, request: SearchRequest) -> str:
+    """The line an empty result prints instead of an empty table: why, when the store tells."""
+    with Database(store, readonly=True) as db:
+        paths = [it.path for it in db.store.iter_items()]
+    under = request.where.under
+    if not paths:
+        return "no results: the store is empty (add photos with `semdb ingest PATH`)"
+    if under is not None and not any(p.startswith(os.path.join(under, "")) for p in paths):
+        return f"no results: nothing stored under {display_path(under)}"
+    if request.like is not None and len(paths) == 1:
+        return "no results: the store holds only that item"
+    return "no results: no stored item passes the filters (--under, --after, --before, --min-score, --within)"
 
 
 def _shard_list(shards: str) -> list[str]:
@@ -363,7 +395,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
     elif paths_only:
         for h in hits:
             sys.stdout.write(display_path(h.path) + "\n")
-    else:
+    elif hits:
         table = Table("rank", "score", "id", "path")
         for rank, h in enumerate(hits, 1):
             table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(display_path(h.path)))
@@ -390,8 +422,10 @@ def duplicates(
     for n, group in enumerate(found["groups"], 1):
         kind = "exact copies" if group["exact"] else f"similarity >= {group['min_similarity']:.3f}"
         out.print(Text(f"group {n} ({len(group['ids'])} images, {kind}):"))
+        copy_of = {id_: same[0] for same in group["copies"] for id_ in same[1:]}
         for id_, path in zip(group["ids"], group["paths"]):
-            out.print(Text(f"  {id_}\t{display_path(path)}"))
+            copy = f"\t(exact copy of {copy_of[id_]})" if id_ in copy_of and not group["exact"] else ""
+            out.print(Text(f"  {id_}\t{display_path(path)}{copy}"))
     err.print(Text(f"{len(found['groups'])} groups at threshold {found['threshold']}"))
 
 
