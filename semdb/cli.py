@@ -21,7 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from . import __version__
 from .api import Database
+from .clihelp import HELP_OPTIONS, OneLineUsageGroup, examples
 from .cluster import Cluster
 from .codec import Codec
 from .errors import InputError, SemdbError
@@ -33,12 +35,32 @@ from .serve.server import is_loopback, run
 from .store import default_store_path
 
 app = typer.Typer(
+    cls=OneLineUsageGroup,  # usage errors: one line, exit 2
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # click's plain help: flags shown as flags, no boxes
+    context_settings=HELP_OPTIONS,
     help="semdb: a compressed semantic vector database for image collections.",
+    epilog=examples('semdb ingest ~/Pictures && semdb query "a dog on a beach"', "semdb query -h"),
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        sys.stdout.write(f"semdb {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print semdb's version and exit."
+    ),
+) -> None:
+    pass
+
 
 STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
 MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
@@ -95,9 +117,11 @@ def _progress(enabled: bool):
     return progress, update
 
 
-@app.command()
+@app.command(epilog=examples("semdb ingest ~/Pictures", "semdb ingest ~/Pictures --store photos.semdb --prune"))
 def ingest(
-    paths: list[Path] | None = typer.Argument(None, help="Image files or folders (searched recursively)."),
+    paths: list[Path] | None = typer.Argument(
+        None, metavar="PATHS", help="Image files or folders (searched recursively)."
+    ),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
@@ -127,7 +151,7 @@ def ingest(
     engine: str = typer.Option(
         "local",
         "--engine",
-        help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb\\[ray]').",
+        help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb[ray]').",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."
@@ -222,7 +246,7 @@ def _print_codec_notes(facts: dict, store) -> None:
         )
 
 
-@app.command()
+@app.command(epilog=examples("semdb retrain", "semdb retrain --bits 128 --captions searches.txt"))
 def retrain(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     bits: int | None = typer.Option(
@@ -248,10 +272,16 @@ def retrain(
     _print_summary(summary, as_json, "retrain")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        'semdb query "a dog on a beach" -k 5',
+        "semdb query --image ./cat.jpg --paths-only | xargs -d '\\n' feh",
+        "semdb query --like 1234 --under ~/Pictures/2023 --json",
+    )
+)
 def query(
     text: list[str] | None = typer.Argument(
-        None, help='What to look for, in words; rclip\'s arithmetic works: "2:cat" + ./x.jpg - dog.'
+        None, metavar="TEXT", help='What to look for, in words; rclip\'s arithmetic works: "2:cat" + ./x.jpg - dog.'
     ),
     image: Path | None = typer.Option(None, "--image", help="Search with an image instead of text."),
     like: str | None = typer.Option(
@@ -264,7 +294,7 @@ def query(
     before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
     within: float | None = typer.Option(None, "--within", help="Keep hits within this much of the best score."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    k: int = typer.Option(DEFAULT_K, "-k", "--k", help=f"Number of results (at most {MAX_K:,})."),
+    k: int = typer.Option(DEFAULT_K, "-k", help=f"Number of results (at most {MAX_K:,})."),
     min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
     model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
@@ -364,7 +394,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
         out.print(table)
 
 
-@app.command()
+@app.command(epilog=examples("semdb duplicates", "semdb duplicates --threshold 0.98 --json"))
 def duplicates(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     threshold: float | None = typer.Option(
@@ -389,7 +419,7 @@ def duplicates(
     err.print(Text(f"{len(found['groups'])} groups at threshold {found['threshold']}"))
 
 
-@app.command()
+@app.command(epilog=examples('semdb tag --labels "cat,dog,car" --csv > labels.csv'))
 def tag(
     labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "cat,dog,car".'),
     prompt: str = typer.Option("a photo of a {}.", "--prompt", help="Template each label is put into."),
@@ -416,7 +446,7 @@ def tag(
         out.print(table)
 
 
-@app.command()
+@app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))
 def serve(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
@@ -490,7 +520,7 @@ def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> Non
             pass
 
 
-@app.command()
+@app.command(epilog=examples("semdb info", "semdb info --store photos.semdb --json"))
 def info(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
@@ -548,7 +578,7 @@ def info(
     out.print(table)
 
 
-@app.command("export")
+@app.command("export", epilog=examples("semdb export --out photos.parquet"))
 def export_(
     out_path: Path = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
@@ -562,9 +592,9 @@ def export_(
     _print_summary(summary, as_json, "export")
 
 
-@app.command("import")
+@app.command("import", epilog=examples("semdb import photos.parquet --store copy.semdb"))
 def import_(
-    files: list[Path] = typer.Argument(..., help="Parquet files written by `semdb export`."),
+    files: list[Path] = typer.Argument(..., metavar="FILES", help="Parquet files written by `semdb export`."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -588,7 +618,9 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(
+    epilog=examples("semdb bench --embeddings emb.npz --plot rate.png", "semdb bench --images ./classes --bits 128,256")
+)
 def bench(
     embeddings: Path | None = typer.Option(
         None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."
