@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -128,7 +129,10 @@ def ingest(
     bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
     codec: Path | None = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
     train_now: bool = typer.Option(
-        False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."
+        False,
+        "--train-now",
+        help="Train the codec on what is staged, however few (default: wait for enough images); "
+        "without PATHS: on what the store holds.",
     ),
     captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
     embeddings: Path | None = typer.Option(
@@ -167,9 +171,11 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (with peak_rss_mb)."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
+    if train_now and not paths and embeddings is None:
+        return _train_staged(store, bits, captions, wait, threads, as_json)
     with _errors():
         if bool(paths) == (embeddings is not None):
-            raise InputError("give image PATHS, or --embeddings SOURCE (not both)")
+            raise InputError("give image PATHS, or --embeddings SOURCE (not both), or --train-now alone")
         progress, update = _progress(enabled=not as_json)
         with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
             if embeddings is not None:
@@ -228,6 +234,18 @@ def ingest(
     )
 
 
+def _train_staged(store, bits, captions, wait, threads, as_json) -> None:
+    """`semdb ingest --train-now` without PATHS: compress what the store holds now, which is
+    the retrain of a store that has no codec yet."""
+    with _errors():
+        progress, update = _progress(enabled=not as_json)
+        with Database(store, wait=wait, threads=threads) as db, progress:
+            if db.codec is not None:
+                raise InputError(f"{db.path} is compressed already (codec {db.codec.id}): `semdb retrain` trains anew")
+            summary = db.retrain(bits=bits, captions=captions, progress=update)
+    _print_summary(summary, as_json, "train")
+
+
 def _print_codec_notes(facts: dict, store) -> None:
     """What the user should know about the store's codec: not trained yet, or due a retrain."""
     where = f" --store {store}" if store else ""
@@ -235,7 +253,7 @@ def _print_codec_notes(facts: dict, store) -> None:
         err.print(
             Text(
                 f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
-                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where} PATH` compresses them now"
+                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses them now"
             ),
             soft_wrap=True,
         )
@@ -556,7 +574,7 @@ def info(
             f"trained on {codec.get('trained_on')}"
             if codec
             else f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
-            f"(or `semdb ingest --train-now`)",
+            f"(or `semdb ingest --train-now --store {shlex.quote(facts['path'])}`)",
         ),
         ("encoded since training", codec.get("encoded_since")),
         ("drift ratio", codec.get("drift_ratio")),
