@@ -27,3 +27,13 @@ def test_the_advice_to_train_a_small_store_works(photos, tmp_path, tiny_model):
     run("export", "--out", tmp_path / "x.parquet", "--store", store)
     again = run(*train, check=2)  # a compressed store is left as it is
     assert "compressed already" in again.stderr and "`semdb retrain`" in again.stderr
+
+
+def test_a_store_whose_first_ingest_has_not_recorded_its_model_is_not_searched_with_another(tmp_path, tiny_model):
+    import semdb
+
+    store = tmp_path / "store"
+    semdb.open(store).close()  # what a first ingest has made while its model loads
+    proc = run("query", "a cat", "--store", store, check=4)
+    assert "has no CLIP model yet" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert "ViT-B-32" not in proc.stderr
