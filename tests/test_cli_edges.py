@@ -4,8 +4,16 @@ works, errors that name the real problem, output that pipes. Run as a user runs 
 import json
 import re
 import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 
+from conftest import cli_env, write_photos
 from conftest import semdb_cli as run
+from serve_helpers import Server
 
 
 def _advice(text: str) -> list[str]:
@@ -37,3 +45,68 @@ def test_a_store_whose_first_ingest_has_not_recorded_its_model_is_not_searched_w
     proc = run("query", "a cat", "--store", store, check=4)
     assert "has no CLIP model yet" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert "ViT-B-32" not in proc.stderr
+
+
+def _coded_store(tmp_path, model, n_generated=2):
+    import semdb
+
+    photos = write_photos(tmp_path / "photos", n_generated=n_generated)
+    with semdb.open(tmp_path / "store", model=model) as db:
+        db.ingest([photos], train_now=True)
+    return tmp_path / "store", photos
+
+
+def test_a_second_serve_of_a_store_is_refused_and_leaves_the_first_ones_beacon(tmp_path, tiny_model_dir):
+    """The model folder is removed once the first server has it: `query --image` can then only
+    be answered by that server, which it is only while STORE/serve.json still names it."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    store, photos = _coded_store(tmp_path, "local-dir:" + str(model_dir))
+    first = Server(store)
+    try:
+        shutil.rmtree(model_dir)
+        second = run("serve", "--store", store, "--port", "0", check=2)
+        assert second.stderr.splitlines() == [
+            f"error: {store} is already served at {first.base}/ (pid {first.proc.pid}): use that one, or stop it first"
+        ]
+        assert json.loads((store / "serve.json").read_text())["pid"] == first.proc.pid
+        hits = run("query", "--image", photos / "rocket.jpg", "--store", store, "-k", "1", "--paths-only").stdout
+        assert hits.splitlines() == [str(photos / "rocket.jpg")]
+    finally:
+        assert first.stop() == 0, first.output()
+    assert not (store / "serve.json").exists()
+
+
+def test_two_serves_started_at_once_keep_one_beacon(tmp_path, tiny_model):
+    store, _ = _coded_store(tmp_path, tiny_model)
+    cmd = [sys.executable, "-m", "semdb.cli", "serve", "--store", str(store), "--port", "0"]
+    logs = [tmp_path / f"serve{i}.log" for i in range(2)]
+    procs = [subprocess.Popen(cmd, stderr=log.open("w"), env=cli_env()) for log in logs]
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not all(  # each refused, or up
+            p.poll() is not None or "semdb serve:" in log.read_text() for p, log in zip(procs, logs)
+        ):
+            time.sleep(0.2)
+        owner = json.loads((store / "serve.json").read_text())["pid"]
+        other = next(i for i, p in enumerate(procs) if p.pid != owner)
+        procs[other].send_signal(signal.SIGINT)
+        procs[other].wait(60)
+        said = logs[other].read_text()
+        # refused at once, or (both loading at once) it found the other at start and left its beacon
+        assert "is already served at" in said or "is also served at" in said, said
+        assert json.loads((store / "serve.json").read_text())["pid"] == owner
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(60)
+    assert not (store / "serve.json").exists()
+
+
+def test_serve_of_a_missing_store_on_a_busy_port_names_the_store(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        proc = run("serve", "--store", tmp_path / "nothing", "--port", s.getsockname()[1], check=4)
+    assert "no semdb store" in proc.stderr and "in use" not in proc.stderr

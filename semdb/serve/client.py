@@ -91,6 +91,18 @@ def read_beacon(store) -> dict | None:
     return facts
 
 
+def running_server(store) -> dict | None:
+    """The beacon of the `semdb serve` running for the store now (its process answers as the
+    instance the beacon names), or None."""
+    facts = read_beacon(store)
+    return facts if facts is not None and request(store, "GET", "/api/info") is not None else None
+
+
+def server_url(facts: dict) -> str:
+    host = facts["host"]
+    return f"http://{f'[{host}]' if ':' in host else host}:{facts['port']}/"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -54,6 +54,17 @@ def bind(host: str, port: int) -> socket.socket:
     raise InputError(f"cannot listen on {host}:{port} ({last.strerror if last else 'no address'})")
 
 
+def refuse_if_served(store) -> None:
+    """InputError if a `semdb serve` already runs for the store: a second one would only
+    compete for STORE/serve.json, which tells `semdb query` where the store's server is."""
+    running = client.running_server(store)
+    if running is not None:
+        raise InputError(
+            f"{store} is already served at {client.server_url(running)} (pid {running['pid']}): "
+            f"use that one, or stop it first"
+        )
+
+
 def run(
     store,
     host: str = "127.0.0.1",
@@ -77,23 +88,33 @@ def run(
     from ..api import Database  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
     from .app import create_app  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
-    sock = bind(host, port)
+    # The store before the port: a missing store is named as such, and a store has one server.
+    db = Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads)
     try:
-        with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
+        refuse_if_served(db.path)
+        sock = bind(host, port)
+    except BaseException:
+        db.close()
+        raise
+    try:
+        with db:
             bound_port = sock.getsockname()[1]
             instance = client.new_instance()
             allowed = None if allow_remote else LOOPBACK_NAMES | {host.lower()}
 
             @contextlib.asynccontextmanager
             async def lifespan(_app):
-                beacon = client.write_beacon(db.path, host, bound_port, instance)
+                other = client.running_server(db.path)  # one that started while this one loaded
+                beacon = None if other else client.write_beacon(db.path, host, bound_port, instance)
                 shown = f"[{host}]" if ":" in host else host
                 say(
                     f"semdb serve: http://{shown}:{bound_port}/  (store {db.path}, "
                     f"{db.store.count()} items)"
-                    f"{'' if beacon else '; store folder not writable: semdb query will not find this server'}"
+                    f"{'' if beacon or other else '; store folder not writable: semdb query will not find this server'}"
                     f"; Ctrl-C to stop"
                 )
+                if other:
+                    say(f"warning: {db.path} is also served at {client.server_url(other)}: semdb query uses that one")
                 if not is_loopback(host):
                     say(
                         f"warning: listening on {host}: anyone who can reach this machine can search and "
