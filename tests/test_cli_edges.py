@@ -110,3 +110,20 @@ def test_serve_of_a_missing_store_on_a_busy_port_names_the_store(tmp_path):
         s.listen()
         proc = run("serve", "--store", tmp_path / "nothing", "--port", s.getsockname()[1], check=4)
     assert "no semdb store" in proc.stderr and "in use" not in proc.stderr
+
+
+def test_a_store_path_that_is_a_file_is_named_as_such_by_every_command(tmp_path, photos):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("hello")
+    for args in (
+        ["query", "a cat"],
+        ["query", "--like", "1"],
+        ["info"],
+        ["duplicates"],
+        ["export", "--out", tmp_path / "x.parquet"],
+        ["ingest", photos],
+        ["serve", "--port", "0"],
+    ):
+        proc = run(*args, "--store", plain, check=4)
+        assert proc.stderr == f"error: {plain} is a file, not a semdb store directory\n", (args, proc.stderr)
+    assert plain.read_text() == "hello"
