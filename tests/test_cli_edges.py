@@ -127,3 +127,14 @@ def test_a_store_path_that_is_a_file_is_named_as_such_by_every_command(tmp_path,
         proc = run(*args, "--store", plain, check=4)
         assert proc.stderr == f"error: {plain} is a file, not a semdb store directory\n", (args, proc.stderr)
     assert plain.read_text() == "hello"
+
+
+def test_a_missing_image_in_query_arithmetic_is_an_error_naming_it(tmp_path, tiny_model):
+    store, photos = _coded_store(tmp_path, tiny_model)
+    for term in ("./nope.jpg", "nope.JPG", "~/nope.png", str(tmp_path / "nope"), "my photos/nope.webp"):
+        proc = run("query", f"a cat + {term}", "--store", store, check=2)
+        assert proc.stderr.startswith(f"error: {term}: query image not found") and proc.stderr.count("\n") == 1
+    for words in ("AC/DC on stage", "black and/or white", "a cat.jpg drawn in words"):  # words, not files
+        assert run("query", words, "--store", store, "-k", "1", "--paths-only").stdout.count("\n") == 1
+    hits = run("query", f"2:a rocket + {photos / 'rocket.jpg'} - dog", "--store", store, "-k", "1", "--paths-only")
+    assert hits.stdout == f"{photos / 'rocket.jpg'}\n"
