@@ -212,6 +212,14 @@ def ingest(
                 highlight=False,
                 soft_wrap=True,
             )
+        if summary["missing"]:
+            err.print(
+                Text(
+                    f"note: the files of {summary['missing']} stored images are gone; "
+                    f"run this ingest again with --prune to remove them"
+                ),
+                soft_wrap=True,
+            )
         _print_codec_notes(summary, store)
     _print_summary(
         summary,

@@ -138,3 +138,20 @@ def test_a_missing_image_in_query_arithmetic_is_an_error_naming_it(tmp_path, tin
         assert run("query", words, "--store", store, "-k", "1", "--paths-only").stdout.count("\n") == 1
     hits = run("query", f"2:a rocket + {photos / 'rocket.jpg'} - dog", "--store", store, "-k", "1", "--paths-only")
     assert hits.stdout == f"{photos / 'rocket.jpg'}\n"
+
+
+def test_ingest_names_prune_for_gone_files_and_wait_for_a_locked_store(photos, tmp_path, tiny_model):
+    import semdb
+
+    store = tmp_path / "store"
+    run("ingest", photos, "--store", store, "--model", tiny_model)
+    for name in ("chelsea.jpg", "coffee.jpg", "shapes_0.png"):
+        (photos / name).unlink()
+    again = run("ingest", photos, "--store", store)
+    assert "note: the files of 3 stored images are gone; run this ingest again with --prune to remove them" in (
+        again.stderr
+    )
+    assert json.loads(run("ingest", photos, "--store", store, "--prune", "--json").stdout)["pruned"] == 3
+    with semdb.open(store):  # another writer holds the store
+        locked = run("ingest", photos, "--store", store, check=5)
+    assert locked.stderr.count("\n") == 1 and "--wait" in locked.stderr
