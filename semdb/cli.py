@@ -86,6 +86,13 @@ def _errors():
         raise typer.Exit(130) from None
 
 
+def _exclusive(*flags: tuple[str, bool]) -> None:
+    """InputError if more than one of these (name, given) options is given."""
+    given = [name for name, on in flags if on]
+    if len(given) > 1:
+        raise InputError(f"{' and '.join(given)} do not go together: give one")
+
+
 RATED_STAGES = {"embedding", "re-embedding sample", "re-encoding", "adding embeddings"}  # shown with img/s
 
 
@@ -354,6 +361,7 @@ def query(
 ):
     """Find the stored images closest to TEXT (or --image), and/or more like a stored item (--like), filtered."""
     with _errors():
+        _exclusive(("--json", as_json), ("--paths-only", paths_only))
         if shards is not None and (not text or image is not None or like is not None or store is not None):
             raise InputError("--shards searches with TEXT only (no --image, --like or --store)")
         if bool(text) == (image is not None) and not (like is not None and image is None):
@@ -456,6 +464,7 @@ def tag(
 ):
     """Zero-shot classification of every item: its best label and score."""
     with _errors():
+        _exclusive(("--json", as_json), ("--csv", as_csv))
         with Database(store, readonly=True, threads=threads) as db:
             rows = db.classify(labels, prompt)
     if as_json:

@@ -155,3 +155,12 @@ def test_ingest_names_prune_for_gone_files_and_wait_for_a_locked_store(photos, t
     with semdb.open(store):  # another writer holds the store
         locked = run("ingest", photos, "--store", store, check=5)
     assert locked.stderr.count("\n") == 1 and "--wait" in locked.stderr
+
+
+def test_conflicting_output_options_are_a_usage_error(tmp_path):
+    for args, says in (
+        (["query", "a cat", "--json", "--paths-only"], "--json and --paths-only do not go together"),
+        (["tag", "--labels", "cat,dog", "--csv", "--json"], "--json and --csv do not go together"),
+    ):
+        proc = run(*args, "--store", tmp_path / "nothing", check=2)  # refused before the store is opened
+        assert proc.stderr == f"error: {says}: give one\n"
