@@ -418,14 +418,24 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
                 for h in hits
             ]
         )
-    elif paths_only:
+    elif paths_only:  # the file names' own bytes, for `| xargs -d '\n'` (escaped only if they hold a newline)
+        sys.stdout.flush()
         for h in hits:
-            sys.stdout.write(display_path(h.path) + "\n")
+            sys.stdout.buffer.write((display_path(h.path).encode() if "\n" in h.path else os.fsencode(h.path)) + b"\n")
     else:
-        table = Table("rank", "score", "id", "path")
-        for rank, h in enumerate(hits, 1):
-            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(display_path(h.path)))
-        out.print(table)
+        _print_columns(
+            ("rank", "score", "id", "path"),
+            [(rank, f"{h.score:.4f}", h.id, display_path(h.path)) for rank, h in enumerate(hits, 1)],
+        )
+
+
+def _print_columns(header, rows) -> None:
+    """Rows as plain lines (under a header, unless None), each column padded to its widest cell
+    but the last (a path, a message), which is never cut or wrapped, so it can be copied whole."""
+    lines = rows if header is None else [header, *rows]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(*lines)][:-1]
+    for row in lines:
+        sys.stdout.write("  ".join([*(str(c).ljust(w) for c, w in zip(row, widths)), str(row[-1])]) + "\n")
 
 
 @app.command(epilog=examples("semdb duplicates", "semdb duplicates --threshold 0.98 --json"))
@@ -475,10 +485,10 @@ def tag(
         for r in rows:
             writer.writerow([r["id"], display_path(r["path"]), r["label"], r["score"]])
     else:
-        table = Table("id", "label", "score", "path")
-        for r in rows:
-            table.add_row(str(r["id"]), r["label"], f"{r['score']:.4f}", Text(display_path(r["path"])))
-        out.print(table)
+        _print_columns(
+            ("id", "label", "score", "path"),
+            [(r["id"], r["label"], f"{r['score']:.4f}", display_path(r["path"])) for r in rows],
+        )
 
 
 @app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))
@@ -567,7 +577,6 @@ def info(
     if as_json:
         _print_json(facts)
         return
-    table = Table(show_header=False, title="semdb store")
     model = facts["model"] or {}
     codec = facts["codec"] or {}
     rows = [
@@ -608,9 +617,7 @@ def info(
             ),
         ),
     ]
-    for key, value in rows:
-        table.add_row(key, Text("-" if value is None else str(value)))
-    out.print(table)
+    _print_columns(None, [(key, "-" if value is None else value) for key, value in rows])
 
 
 @app.command("export", epilog=examples("semdb export --out photos.parquet"))

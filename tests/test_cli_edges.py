@@ -2,6 +2,7 @@
 works, errors that name the real problem, output that pipes. Run as a user runs it."""
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -164,3 +165,33 @@ def test_conflicting_output_options_are_a_usage_error(tmp_path):
     ):
         proc = run(*args, "--store", tmp_path / "nothing", check=2)  # refused before the store is opened
         assert proc.stderr == f"error: {says}: give one\n"
+
+
+def test_paths_print_whole_and_as_their_own_bytes(tmp_path, tiny_model):
+    """--paths-only prints a non-UTF-8 name's bytes (so `| xargs -d '\\n'` opens it), from the
+    store and through a running server; a table prints a long path whole on one line."""
+    import semdb
+
+    folder = tmp_path / ("a folder with a long name " * 4).strip()
+    write_photos(folder, n_generated=1)
+    latin1 = os.path.join(os.fsencode(folder), b"latin1_\xe9t\xe9.jpg")
+    os.rename(folder / "chelsea.jpg", latin1)
+    with semdb.open(tmp_path / "store", model=tiny_model) as db:
+        db.ingest([folder], train_now=True)
+    store = tmp_path / "store"
+
+    def listed():
+        lines = run("query", "a cat", "--store", store, "-k", "5", "--paths-only", text=False).stdout.splitlines()
+        assert latin1 in lines and all(os.path.exists(line) for line in lines)
+        return lines
+
+    local = listed()
+    table = run("query", "a cat", "--store", store, "-k", "5", env={"COLUMNS": "80"}).stdout.splitlines()
+    assert table[0].split() == ["rank", "score", "id", "path"] and len(table) == 6
+    assert all(line.endswith(".jpg") or line.endswith(".png") for line in table[1:])
+    assert any(line.endswith(f"{folder}/latin1_\\xe9t\\xe9.jpg") for line in table[1:])
+    server = Server(store)
+    try:
+        assert listed() == local
+    finally:
+        assert server.stop() == 0, server.output()

@@ -220,8 +220,8 @@ def test_hostile_collection_through_the_console_script(tmp_path, tiny_model):
     assert {h["path"] for h in hits} == good and {h["id"] for h in hits} == set(before.values())
 
     assert out["paths_only"].returncode == 0, out["paths_only"].stderr
-    lines = out["paths_only"].stdout.decode("utf-8").splitlines()  # one line per hit, printable
-    assert sorted(lines) == sorted(display_path(p) for p in good)
+    lines = out["paths_only"].stdout.splitlines()  # one line per hit: the name's bytes (escaped if it holds a newline)
+    assert sorted(lines) == sorted(display_path(p).encode() if "\n" in p else os.fsencode(p) for p in good)
 
     table = out["table"].stdout.decode("utf-8")
     assert out["table"].returncode == 0, out["table"].stderr

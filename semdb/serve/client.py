@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from ..errors import ImageError, InputError
 from ..request import SearchRequest
+from ..store import Store
 from .params import query_params
 
 BEACON = "serve.json"
@@ -173,6 +174,11 @@ def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
     if answer.status != 200 or not isinstance(answer.body.get("hits"), list):
         return None
     try:
-        return [ServerHit(str(h["path"]), float(h["score"]), int(h["id"])) for h in answer.body["hits"]]
+        hits = [ServerHit(str(h["path"]), float(h["score"]), int(h["id"])) for h in answer.body["hits"]]
     except (KeyError, TypeError, ValueError):
         return None
+    if any("\\" in h.path for h in hits):  # maybe a name the server escaped (display_path): the stored one
+        with Store(store, readonly=True) as stored:
+            items = stored.items([h.id for h in hits])
+        hits = [h._replace(path=it.path) if it is not None else h for h, it in zip(hits, items)]
+    return hits
