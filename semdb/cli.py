@@ -711,6 +711,7 @@ def bench(
             raise InputError("--train FILE and --eval FILE go together: train on one collection, score on the other")
         if (embeddings is not None) + (images is not None) + (train_file is not None) != 1:
             raise InputError("give exactly one of --embeddings FILE, --images DIR or --train FILE --eval FILE")
+        B.check_options(methods, bits, bpp_pixels, protocol)  # before minutes of loading or embedding
         eval_data = None
         if train_file is not None:
             data, eval_data = B.load_embeddings(train_file), B.load_embeddings(eval_file)

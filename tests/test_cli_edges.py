@@ -195,3 +195,16 @@ def test_paths_print_whole_and_as_their_own_bytes(tmp_path, tiny_model):
         assert listed() == local
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_bench_checks_its_options_before_embedding_any_image(photos, tmp_path):
+    """The model named does not exist: an option checked only after embedding would fail on it."""
+    nomodel = "local-dir:" + str(tmp_path / "nomodel")
+    for option, says in (
+        (["--methods", "nonsense"], "--methods 'nonsense': unknown method"),
+        (["--bits", "abc"], "--bits"),
+        (["--bpp-pixels", "224"], "224"),
+        (["--protocol", "sideways"], "--protocol 'sideways'"),
+    ):
+        proc = run("bench", "--images", photos.parent, "--model", nomodel, *option, check=2)
+        assert says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
