@@ -100,9 +100,26 @@ def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+class _ShownFromItsFirstTask(Progress):
+    """A Progress that starts its display with its first task: a command that fails before any
+    prints its error alone, not after an empty progress line."""
+
+    def start(self) -> None:
+        pass
+
+    def add_task(self, *args, **kwargs):
+        if not self.disable and not self.live.is_started:
+            self.live.start(refresh=True)
+        return super().add_task(*args, **kwargs)
+
+    def stop(self) -> None:
+        if self.live.is_started:
+            super().stop()
+
+
 def _progress(enabled: bool):
     """A rich progress display and a callback (stage, done, total) for the API."""
-    progress = Progress(
+    progress = _ShownFromItsFirstTask(
         TextColumn("{task.description:>16}"),
         BarColumn(),
         MofNCompleteColumn(),

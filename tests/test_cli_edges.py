@@ -208,3 +208,8 @@ def test_bench_checks_its_options_before_embedding_any_image(photos, tmp_path):
     ):
         proc = run("bench", "--images", photos.parent, "--model", nomodel, *option, check=2)
         assert says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_an_error_before_any_progress_is_one_line(tmp_path, photos):
+    proc = run("ingest", photos, "--store", tmp_path / "s", "--engine", "spark", check=2)
+    assert proc.stderr == "error: engine 'spark': use 'local' or 'ray'\n"
