@@ -14,10 +14,15 @@ is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 
 A search's query string becomes a SearchRequest in params.py (semdb/request.py checks it) and
 the record goes unchanged to Database.search.
+    GET  /api/items             the collection, newest first: offset, limit, under, after, before
+                                -> {"items": [...], "total": N} (Database.ls and .count)
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
+
+With an access key (auth.py: a server on the network) every route above asks for it; auth.py
+answers the key's own requests (?key=, POST /auth/login) and the refusals.
 """
 
 from __future__ import annotations
@@ -44,12 +49,14 @@ from starlette.staticfiles import StaticFiles
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
 from ..images import load_image
 from ..request import SearchRequest
+from .auth import Access, protect
 from .client import INSTANCE_HEADER
 from .params import (
     SEARCH_PARAMS,
     SIMILAR_PARAMS,
     ApiError,
     int_param,
+    listing_options,
     only,
     parse_item_id,
     search_options,
@@ -81,6 +88,17 @@ def _status_of(exc: SemdbError) -> int:
 
 def _hits_json(hits) -> dict:
     return {"hits": [{"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)} for h in hits]}
+
+
+def _item_json(it) -> dict:
+    return {
+        "id": int(it.id),
+        "path": display_path(it.path),
+        "width": it.width,
+        "height": it.height,
+        "size": it.size,
+        "taken": getattr(it, "taken", None),
+    }
 
 
 # --- the warm state -----------------------------------------------------------------------------
@@ -135,6 +153,11 @@ class Service:
             raise ApiError(404, f"no item {item_id} in this store")
         return item
 
+    def listing(self, offset: int, limit: int, **where) -> tuple[list, int]:
+        """One page of the collection (newest first) and how many items the filters keep."""
+        with self.lock:
+            return self.db.ls(**where, offset=offset, limit=limit), self.db.count(**where)
+
     def info(self) -> dict:
         with self.lock:
             generation = self.db.store.meta().get("generation")
@@ -182,10 +205,11 @@ class Service:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
+def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, access: Access | None = None):
     """The ASGI app over an open (read-only) Database. `allowed_hosts`: Host header names
     accepted (DNS-rebinding guard for a loopback server); None accepts any. `lifespan`: an
-    async context manager factory run around serving (server.py writes serve.json in it)."""
+    async context manager factory run around serving (server.py writes serve.json in it).
+    `access`: the key every request must carry (auth.py); None serves without one."""
     service = Service(db)
 
     def guarded(fn):
@@ -238,17 +262,12 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         return answer(search_request(request.query_params, SIMILAR_PARAMS, like=like))
 
     def item(request: Request):
-        it = service.item(parse_item_id(request.path_params["id"]))
-        return JSONResponse(
-            {
-                "id": int(it.id),
-                "path": display_path(it.path),
-                "width": it.width,
-                "height": it.height,
-                "size": it.size,
-                "taken": getattr(it, "taken", None),
-            }
-        )
+        return JSONResponse(_item_json(service.item(parse_item_id(request.path_params["id"]))))
+
+    def items(request: Request):
+        options = listing_options(request.query_params)
+        page, total = service.listing(**options)
+        return JSONResponse({"items": [_item_json(it) for it in page], "total": total, "offset": options["offset"]})
 
     def info(request: Request):
         return JSONResponse(service.info())
@@ -282,6 +301,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         Route("/api/search", guarded(search_get), methods=["GET"]),
         Route("/api/search", search_post, methods=["POST"]),
         Route("/api/similar/{id}", guarded(similar)),
+        Route("/api/items", guarded(items)),
         Route("/api/item/{id}", guarded(item)),
         Route("/api/info", guarded(info)),
         Route("/thumb/{id}", guarded(thumb)),
@@ -293,7 +313,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
     )
     app.state.service = service
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
-    return _Guard(app, instance, hosts)
+    return _Guard(protect(app, access), instance, hosts)
 
 
 _HEADERS = [
@@ -302,7 +322,7 @@ _HEADERS = [
     (b"x-frame-options", b"DENY"),
     (
         b"content-security-policy",
-        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
         b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
 ]
@@ -310,9 +330,9 @@ _HEADERS = [
 
 class _Guard:
     """ASGI wrapper: refuse unexpected Host headers (DNS rebinding onto a loopback server) and
-    add the instance token and the security headers to every response."""
+    add the instance token and the security headers to every response (the key guard's too)."""
 
-    def __init__(self, app: Starlette, instance: str, hosts):
+    def __init__(self, app, instance: str, hosts):
         self.app, self.hosts = app, hosts
         self.state = app.state
         self.extra = [(INSTANCE_HEADER.lower().encode(), instance.encode()), *_HEADERS]
