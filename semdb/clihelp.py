@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from .errors import display_path
 
-# click's exception classes, whichever click typer runs on (typer >= 0.20 carries its own copy)
+# click's exception classes, whichever click typer runs on (recent typer carries its own copy)
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
