@@ -79,7 +79,7 @@ class Database:
     ):
         self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
         self.readonly = readonly
-        if readonly and not (self.path / "data.mdb").exists():
+        if readonly and not self.path.exists():  # (what is there but no store, the Store names)
             raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
         self.store = Store(
             self.path,

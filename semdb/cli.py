@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -21,8 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import listing
+from . import __version__, listing
 from .api import Database
+from .clihelp import HELP_OPTIONS, OneLineUsageGroup, examples
 from .cluster import Cluster
 from .codec import Codec
 from .errors import InputError, SemdbError
@@ -34,12 +36,32 @@ from .serve.server import is_loopback, run
 from .store import default_store_path
 
 app = typer.Typer(
+    cls=OneLineUsageGroup,  # usage errors: one line, exit 2
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # click's plain help: flags shown as flags, no boxes
+    context_settings=HELP_OPTIONS,
     help="semdb: a compressed semantic vector database for image collections.",
+    epilog=examples('semdb ingest ~/Pictures && semdb query "a dog on a beach"', "semdb query -h"),
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        sys.stdout.write(f"semdb {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print semdb's version and exit."
+    ),
+) -> None:
+    pass
+
 
 STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
 MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
@@ -64,6 +86,13 @@ def _errors():
         raise typer.Exit(130) from None
 
 
+def _exclusive(*flags: tuple[str, bool]) -> None:
+    """InputError if more than one of these (name, given) options is given."""
+    given = [name for name, on in flags if on]
+    if len(given) > 1:
+        raise InputError(f"{' and '.join(given)} do not go together: give one")
+
+
 RATED_STAGES = {"embedding", "re-embedding sample", "re-encoding", "adding embeddings"}  # shown with img/s
 
 
@@ -76,9 +105,26 @@ def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+class _ShownFromItsFirstTask(Progress):
+    """A Progress that starts its display with its first task: a command that fails before any
+    prints its error alone, not after an empty progress line."""
+
+    def start(self) -> None:
+        pass
+
+    def add_task(self, *args, **kwargs):
+        if not self.disable and not self.live.is_started:
+            self.live.start(refresh=True)
+        return super().add_task(*args, **kwargs)
+
+    def stop(self) -> None:
+        if self.live.is_started:
+            super().stop()
+
+
 def _progress(enabled: bool):
     """A rich progress display and a callback (stage, done, total) for the API."""
-    progress = Progress(
+    progress = _ShownFromItsFirstTask(
         TextColumn("{task.description:>16}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -101,16 +147,21 @@ def _progress(enabled: bool):
     return progress, update
 
 
-@app.command()
+@app.command(epilog=examples("semdb ingest ~/Pictures", "semdb ingest ~/Pictures --store photos.semdb --prune"))
 def ingest(
-    paths: list[Path] | None = typer.Argument(None, help="Image files or folders (searched recursively)."),
+    paths: list[Path] | None = typer.Argument(
+        None, metavar="PATHS", help="Image files or folders (searched recursively)."
+    ),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
     codec: Path | None = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
     train_now: bool = typer.Option(
-        False, "--train-now", help="Train the codec on what is staged, however few (default: wait for enough images)."
+        False,
+        "--train-now",
+        help="Train the codec on what is staged, however few (default: wait for enough images); "
+        "without PATHS: on what the store holds.",
     ),
     captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
     embeddings: Path | None = typer.Option(
@@ -136,7 +187,7 @@ def ingest(
     engine: str = typer.Option(
         "local",
         "--engine",
-        help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb\\[ray]').",
+        help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb[ray]').",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."
@@ -152,9 +203,11 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (with peak_rss_mb)."),
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
+    if train_now and not paths and embeddings is None:
+        return _train_staged(store, bits, captions, wait, threads, as_json)
     with _errors():
         if bool(paths) == (embeddings is not None):
-            raise InputError("give image PATHS, or --embeddings SOURCE (not both)")
+            raise InputError("give image PATHS, or --embeddings SOURCE (not both), or --train-now alone")
         progress, update = _progress(enabled=not as_json)
         with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
             if embeddings is not None:
@@ -192,6 +245,14 @@ def ingest(
                 highlight=False,
                 soft_wrap=True,
             )
+        if summary["missing"]:
+            err.print(
+                Text(
+                    f"note: the files of {summary['missing']} stored images are gone; "
+                    f"run this ingest again with --prune to remove them"
+                ),
+                soft_wrap=True,
+            )
         if summary.get("failed_before"):
             err.print(
                 Text.assemble(
@@ -226,6 +287,18 @@ def ingest(
     )
 
 
+def _train_staged(store, bits, captions, wait, threads, as_json) -> None:
+    """`semdb ingest --train-now` without PATHS: compress what the store holds now, which is
+    the retrain of a store that has no codec yet."""
+    with _errors():
+        progress, update = _progress(enabled=not as_json)
+        with Database(store, wait=wait, threads=threads) as db, progress:
+            if db.codec is not None:
+                raise InputError(f"{db.path} is compressed already (codec {db.codec.id}): `semdb retrain` trains anew")
+            summary = db.retrain(bits=bits, captions=captions, progress=update)
+    _print_summary(summary, as_json, "train")
+
+
 def _print_codec_notes(facts: dict, store) -> None:
     """What the user should know about the store's codec: not trained yet, or due a retrain."""
     where = f" --store {store}" if store else ""
@@ -233,7 +306,7 @@ def _print_codec_notes(facts: dict, store) -> None:
         err.print(
             Text(
                 f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
-                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where} PATH` compresses them now"
+                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses them now"
             ),
             soft_wrap=True,
         )
@@ -244,7 +317,7 @@ def _print_codec_notes(facts: dict, store) -> None:
         )
 
 
-@app.command()
+@app.command(epilog=examples("semdb retrain", "semdb retrain --bits 128 --captions searches.txt"))
 def retrain(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     bits: int | None = typer.Option(
@@ -270,10 +343,16 @@ def retrain(
     _print_summary(summary, as_json, "retrain")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        'semdb query "a dog on a beach" -k 5',
+        "semdb query --image ./cat.jpg --paths-only | xargs -d '\\n' feh",
+        "semdb query --like 1234 --under ~/Pictures/2023 --json",
+    )
+)
 def query(
     text: list[str] | None = typer.Argument(
-        None, help='What to look for, in words; rclip\'s arithmetic works: "2:cat" + ./x.jpg - dog.'
+        None, metavar="TEXT", help='What to look for, in words; rclip\'s arithmetic works: "2:cat" + ./x.jpg - dog.'
     ),
     image: Path | None = typer.Option(None, "--image", help="Search with an image instead of text."),
     like: str | None = typer.Option(
@@ -286,7 +365,7 @@ def query(
     before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
     within: float | None = typer.Option(None, "--within", help="Keep hits within this much of the best score."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    k: int = typer.Option(DEFAULT_K, "-k", "--k", help=f"Number of results (at most {MAX_K:,})."),
+    k: int = typer.Option(DEFAULT_K, "-k", help=f"Number of results (at most {MAX_K:,})."),
     min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
     model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
@@ -320,6 +399,7 @@ def query(
 ):
     """Find the stored images closest to TEXT (or --image), and/or more like a stored item (--like), filtered."""
     with _errors():
+        _exclusive(("--json", as_json), ("--paths-only", paths_only))
         if shards is not None and (not text or image is not None or like is not None or store is not None):
             raise InputError("--shards searches with TEXT only (no --image, --like or --store)")
         if bool(text) == (image is not None) and not (like is not None and image is None):
@@ -392,17 +472,27 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
                 for h in hits
             ]
         )
-    elif paths_only:
+    elif paths_only:  # the file names' own bytes, for `| xargs -d '\n'` (escaped only if they hold a newline)
+        sys.stdout.flush()
         for h in hits:
-            sys.stdout.write(display_path(h.path) + "\n")
+            sys.stdout.buffer.write((display_path(h.path).encode() if "\n" in h.path else os.fsencode(h.path)) + b"\n")
     elif hits:
-        table = Table("rank", "score", "id", "path")
-        for rank, h in enumerate(hits, 1):
-            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(display_path(h.path)))
-        out.print(table)
+        _print_columns(
+            ("rank", "score", "id", "path"),
+            [(rank, f"{h.score:.4f}", h.id, display_path(h.path)) for rank, h in enumerate(hits, 1)],
+        )
 
 
-@app.command()
+def _print_columns(header, rows) -> None:
+    """Rows as plain lines (under a header, unless None), each column padded to its widest cell
+    but the last (a path, a message), which is never cut or wrapped, so it can be copied whole."""
+    lines = rows if header is None else [header, *rows]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(*lines)][:-1]
+    for row in lines:
+        sys.stdout.write("  ".join([*(str(c).ljust(w) for c, w in zip(row, widths)), str(row[-1])]) + "\n")
+
+
+@app.command(epilog=examples("semdb duplicates", "semdb duplicates --threshold 0.98 --json"))
 def duplicates(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     threshold: float | None = typer.Option(
@@ -429,7 +519,7 @@ def duplicates(
     err.print(Text(f"{len(found['groups'])} groups at threshold {found['threshold']}"))
 
 
-@app.command()
+@app.command(epilog=examples('semdb tag --labels "cat,dog,car" --csv > labels.csv'))
 def tag(
     labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "cat,dog,car".'),
     prompt: str = typer.Option("a photo of a {}.", "--prompt", help="Template each label is put into."),
@@ -440,6 +530,7 @@ def tag(
 ):
     """Zero-shot classification of every item: its best label and score."""
     with _errors():
+        _exclusive(("--json", as_json), ("--csv", as_csv))
         with Database(store, readonly=True, threads=threads) as db:
             rows = db.classify(labels, prompt)
     if as_json:
@@ -450,13 +541,13 @@ def tag(
         for r in rows:
             writer.writerow([r["id"], display_path(r["path"]), r["label"], r["score"]])
     else:
-        table = Table("id", "label", "score", "path")
-        for r in rows:
-            table.add_row(str(r["id"]), r["label"], f"{r['score']:.4f}", Text(display_path(r["path"])))
-        out.print(table)
+        _print_columns(
+            ("id", "label", "score", "path"),
+            [(r["id"], r["label"], f"{r['score']:.4f}", display_path(r["path"])) for r in rows],
+        )
 
 
-@app.command()
+@app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))
 def serve(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (not loopback: asks for the key)."),
@@ -532,7 +623,7 @@ def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> Non
             pass
 
 
-@app.command()
+@app.command(epilog=examples("semdb info", "semdb info --store photos.semdb --json"))
 def info(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
@@ -544,7 +635,6 @@ def info(
     if as_json:
         _print_json(facts)
         return
-    table = Table(show_header=False, title="semdb store")
     model = facts["model"] or {}
     codec = facts["codec"] or {}
     rows = [
@@ -568,7 +658,7 @@ def info(
             f"trained on {codec.get('trained_on')}"
             if codec
             else f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
-            f"(or `semdb ingest --train-now`)",
+            f"(or `semdb ingest --train-now --store {shlex.quote(facts['path'])}`)",
         ),
         ("encoded since training", codec.get("encoded_since")),
         ("drift ratio", codec.get("drift_ratio")),
@@ -585,12 +675,10 @@ def info(
             ),
         ),
     ]
-    for key, value in rows:
-        table.add_row(key, Text("-" if value is None else str(value)))
-    out.print(table)
+    _print_columns(None, [(key, "-" if value is None else value) for key, value in rows])
 
 
-@app.command("export")
+@app.command("export", epilog=examples("semdb export --out photos.parquet"))
 def export_(
     out_path: str = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
@@ -604,9 +692,9 @@ def export_(
     _print_summary(summary, as_json, "export")
 
 
-@app.command("import")
+@app.command("import", epilog=examples("semdb import photos.parquet --store copy.semdb"))
 def import_(
-    files: list[Path] = typer.Argument(..., help="Parquet files written by `semdb export`."),
+    files: list[Path] = typer.Argument(..., metavar="FILES", help="Parquet files written by `semdb export`."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -631,7 +719,7 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
     out.print(table)
 
 
-@app.command("ls")
+@app.command("ls", epilog=examples("semdb ls -n 20", "semdb ls --under ~/Pictures/2024 --json"))
 def ls_(
     under: Path | None = typer.Option(None, "--under", help="Only items whose file is under this folder."),
     after: str | None = typer.Option(None, "--after", help="Only photos taken on or after this date (YYYY-MM-DD)."),
@@ -644,14 +732,13 @@ def ls_(
 ):
     """List the stored items, newest first (by date taken): id, date taken, size, path."""
     with _errors():
-        if as_json and paths_only:
-            raise InputError("--json and --paths-only: give one of them")
+        _exclusive(("--json", as_json), ("--paths-only", paths_only))
         with Database(store, readonly=True) as db:
             items = db.ls(under, after, before, offset=offset, limit=limit)
     listing.print_items(items, as_json, paths_only, _say, listing.nothing(under, after, before, offset))
 
 
-@app.command()
+@app.command(epilog=examples("semdb rm 12 40", "semdb rm --under ~/Pictures/old --dry-run"))
 def rm(
     targets: list[str] | None = typer.Argument(None, help="Item ids, or paths of stored files or folders."),
     under: Path | None = typer.Option(None, "--under", help="Every item whose file is under this folder."),
@@ -667,7 +754,9 @@ def rm(
     listing.print_removed(removed, as_json, dry_run, _say, listing.nothing(under) + ": nothing removed")
 
 
-@app.command()
+@app.command(
+    epilog=examples("semdb bench --embeddings emb.npz --plot rate.png", "semdb bench --images ./classes --bits 128,256")
+)
 def bench(
     embeddings: Path | None = typer.Option(
         None, "--embeddings", help=".npz/.parquet with image_emb (+ text_emb, label, class_text_emb)."
@@ -716,6 +805,7 @@ def bench(
             raise InputError("--train FILE and --eval FILE go together: train on one collection, score on the other")
         if (embeddings is not None) + (images is not None) + (train_file is not None) != 1:
             raise InputError("give exactly one of --embeddings FILE, --images DIR or --train FILE --eval FILE")
+        B.check_options(methods, bits, bpp_pixels, protocol)  # before minutes of loading or embedding
         eval_data = None
         if train_file is not None:
             data, eval_data = B.load_embeddings(train_file), B.load_embeddings(eval_file)

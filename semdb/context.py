@@ -72,6 +72,12 @@ class StoreContext:
         bind_model() records the model."""
         if self._embedder is None:
             stored = self.store.model_id()
+            if not stored and self.store.readonly and self.model_args[0] is None:
+                # a new store whose first ingest is still loading its model: not the default model
+                raise StoreError(
+                    f"{self.path} has no CLIP model yet: its first ingest records it once the model is loaded "
+                    f"(query again then), or pass --model"
+                )
             emb = self._onnx_model(stored or {})
             if emb is None:
                 from .embed import Embedder  # noqa: PLC0415 - imports torch and open_clip: only the torch path loads them

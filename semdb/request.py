@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, display_path
+from .images import is_image_path
 
 DEFAULT_K = 10
 MAX_K = 10_000  # hits per query: nobody reads more, and the exact rerank's shortlist grows with k
@@ -114,8 +115,21 @@ def parse_terms(text: str, files: bool = True) -> list[Term]:
         if not np.isfinite(w):
             raise InputError(f"query {text!r}: the weight {weight} is not a finite number")
         kind = "image" if files and os.path.isfile(os.path.expanduser(part)) else "text"
+        if kind == "text" and files and _names_a_file(part):
+            raise InputError(
+                f"{display_path(part)}: query image not found (a term that starts like a path or ends in an "
+                f"image extension names a file)"
+            )
         terms.append(Term(kind, os.path.expanduser(part) if kind == "image" else part, sign * w))
     return terms
+
+
+def _names_a_file(term: str) -> bool:
+    """Whether a term is meant as a file rather than words: "./x.jpg", "~/a", "/tmp/b", "c.png",
+    "my photos/d.jpg" (not "AC/DC", "black and/or white" or "a cat.jpg in words")."""
+    if term.startswith(("/", "./", "../", "~/", os.sep)):
+        return True
+    return is_image_path(term) and ("/" in term or os.sep in term or not any(c.isspace() for c in term))
 
 
 def check_k(k, limit: int = MAX_K) -> int:

@@ -8,6 +8,7 @@ Parquet files / Arrow table --import--> merged into a store, one transaction per
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def export_batches(ctx: StoreContext, batch_size: int = 65536):
     if codec is None:
         raise StoreError(
             f"{ctx.path} has no codec yet (it holds {ctx.store.staging_count()} staged "
-            f"embeddings): ingest more images, or train it with `semdb ingest --train-now`"
+            f"embeddings): ingest more images, or train it with "
+            f"`semdb ingest --train-now --store {shlex.quote(str(ctx.path))}`"
         )
     sch = arrow.schema(
         codec.code_bytes, arrow.make_meta(codec.id, codec.code_bytes, ctx.store.model_id(), codec.to_bytes())

@@ -72,7 +72,7 @@ def test_not_a_store_and_missing_model(tmp_path, photos):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("hello")
     proc = run("query", "a cat", "--store", tmp_path / "junk", check=False)
-    assert proc.returncode == 4 and "no semdb store" in proc.stderr
+    assert proc.returncode == 4 and "is not a semdb store" in proc.stderr
     proc = run(
         "ingest",
         "--train-now",

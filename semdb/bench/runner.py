@@ -113,6 +113,16 @@ def check_methods(methods, codec_given: bool, has_pairs: bool = True) -> list[st
     return [f for f in FAMILIES if f in out]
 
 
+def check_options(methods=None, bits=DEFAULT_BITS, bpp_pixels=DEFAULT_BPP_PIXELS, protocol="held-out") -> None:
+    """InputError for a bad option, before any data is loaded or any image embedded (run_bench
+    checks them again, with the data and the codec)."""
+    check_methods(methods, codec_given=False)
+    _check_bits(bits)
+    _check_pixels(bpp_pixels)
+    if protocol not in PROTOCOLS:
+        raise InputError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+
+
 def _check_pixels(bpp_pixels) -> tuple[int, int]:
     if isinstance(bpp_pixels, str):
         parts = bpp_pixels.lower().replace("*", "x").split("x")

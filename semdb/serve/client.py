@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from ..errors import ImageError, InputError
 from ..request import SearchRequest
+from ..store import Store
 from .auth import stored_key
 from .params import query_params
 
@@ -95,6 +96,18 @@ def read_beacon(store) -> dict | None:
     ):
         return None
     return facts
+
+
+def running_server(store) -> dict | None:
+    """The beacon of the `semdb serve` running for the store now (its process answers as the
+    instance the beacon names), or None."""
+    facts = read_beacon(store)
+    return facts if facts is not None and request(store, "GET", "/api/info") is not None else None
+
+
+def server_url(facts: dict) -> str:
+    host, scheme = facts["host"], "https" if facts.get("tls_cert") else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{facts['port']}/"
 
 
 def _alive(pid: int) -> bool:
@@ -191,6 +204,11 @@ def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
     if answer.status != 200 or not isinstance(answer.body.get("hits"), list):
         return None
     try:
-        return [ServerHit(str(h["path"]), float(h["score"]), int(h["id"])) for h in answer.body["hits"]]
+        hits = [ServerHit(str(h["path"]), float(h["score"]), int(h["id"])) for h in answer.body["hits"]]
     except (KeyError, TypeError, ValueError):
         return None
+    if any("\\" in h.path for h in hits):  # maybe a name the server escaped (display_path): the stored one
+        with Store(store, readonly=True) as stored:
+            items = stored.items([h.id for h in hits])
+        hits = [h._replace(path=it.path) if it is not None else h for h, it in zip(hits, items)]
+    return hits

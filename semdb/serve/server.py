@@ -58,6 +58,17 @@ def bind(host: str, port: int) -> socket.socket:
     raise InputError(f"cannot listen on {host}:{port} ({last.strerror if last else 'no address'})")
 
 
+def refuse_if_served(store) -> None:
+    """InputError if a `semdb serve` already runs for the store: a second one would only
+    compete for STORE/serve.json, which tells `semdb query` where the store's server is."""
+    running = client.running_server(store)
+    if running is not None:
+        raise InputError(
+            f"{store} is already served at {client.server_url(running)} (pid {running['pid']}): "
+            f"use that one, or stop it first"
+        )
+
+
 def check_tls(cert: str | None, key: str | None) -> None:
     """InputError (one line) unless both or neither are given and they load as a pair."""
     if (cert is None) != (key is None):
@@ -113,9 +124,16 @@ def run(
     from ..api import Database  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
     from .app import create_app  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
-    sock = bind(host, port)
+    # The store before the port: a missing store is named as such, and a store has one server.
+    db = Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads)
     try:
-        with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
+        refuse_if_served(db.path)
+        sock = bind(host, port)
+    except BaseException:
+        db.close()
+        raise
+    try:
+        with db:
             bound_port = sock.getsockname()[1]
             instance = client.new_instance()
             allowed = None if remote else LOOPBACK_NAMES | {host.lower()}
@@ -126,15 +144,20 @@ def run(
 
             @contextlib.asynccontextmanager
             async def lifespan(_app):
-                beacon = client.write_beacon(
-                    db.path, host, bound_port, instance, tls_cert=os.path.abspath(tls_cert) if tls else None
-                )
+                other = client.running_server(db.path)  # one that started while this one loaded
+                beacon = None
+                if not other:
+                    beacon = client.write_beacon(
+                        db.path, host, bound_port, instance, tls_cert=os.path.abspath(tls_cert) if tls else None
+                    )
                 say(
                     f"semdb serve: {_url(host, bound_port, tls)}  (store {db.path}, "
                     f"{db.store.count()} items)"
-                    f"{'' if beacon else '; store folder not writable: semdb query will not find this server'}"
+                    f"{'' if beacon or other else '; store folder not writable: semdb query will not find this server'}"
                     f"; Ctrl-C to stop"
                 )
+                if other:
+                    say(f"warning: {db.path} is also served at {client.server_url(other)}: semdb query uses that one")
                 if access is not None:
                     where = {
                         "kept": f"kept owner-only in {auth.key_path(db.path)}",

@@ -104,7 +104,8 @@ def lock_writer(path: Path, wait: bool) -> int:
         pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise StoreLockedError(
-            f"{path} is being written by another semdb process (pid {pid}); wait for it or stop it"
+            f"{path} is being written by another semdb process (pid {pid}); wait for it or stop it "
+            f"(--wait: queue behind it)"
         ) from None
     except BaseException:
         os.close(fd)
