@@ -171,15 +171,22 @@ class View:
         raise NotImplementedError
 
     def item_by_path(self, path: str) -> Item | None:
+        """The item of this file (of a video: its first stored frame)."""
         raw = fs_bytes(os.fspath(path))
-        return self.find_path(raw, segments.path_key(raw))
+        return next(self.find_path(raw, segments.path_key(raw)), None)
 
-    def find_path(self, raw: bytes, key: int) -> Item | None:
-        for id_ in self.index().paths.get(key):
+    def items_by_path(self, path: str) -> list[Item]:
+        """Every item of this file: one for a photo, a video's frames in time order."""
+        raw = fs_bytes(os.fspath(path))
+        return sorted(self.find_path(raw, segments.path_key(raw)), key=lambda it: it.frame_ms or 0)
+
+    def find_path(self, raw: bytes, key: int, frame_ms: int | None | bool = False):
+        """The items at path `raw` (path_key `key`), lowest id first; with `frame_ms` (an int
+        or None) only the one at that time in its video."""
+        for id_ in sorted(self.index().paths.get(key)):
             item = self.get_item(id_)
-            if item is not None and os.fsencode(item.path) == raw:
-                return item
-        return None
+            if item is not None and os.fsencode(item.path) == raw and (frame_ms is False or item.frame_ms == frame_ms):
+                yield item
 
     def items_by_hash(self, h: str) -> list[Item]:
         hash_bytes(h)

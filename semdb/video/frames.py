@@ -1,0 +1,173 @@
+"""A video's frames, sampled and decoded with PyAV (FFmpeg in its wheels; no system ffmpeg).
+
+Every frame is decoded (FFmpeg's own threads: frame and slice threading), but only a few are
+looked at: about CHECKS_PER_SECOND a second are scaled to a 64x36 grey thumbnail, and a frame
+is kept when its thumbnail differs from the last one checked by more than `scene_diff` (a
+mean absolute difference on 0-255: a cut), or when `every_s` seconds have passed since the last
+kept frame. A kept frame is scaled by FFmpeg straight to the size CLIP wants (its short side
+`size`), then turned upright as the stream's display matrix says (phones record portrait
+videos as rotated landscape). Timestamps come from each frame's pts, so variable frame rates
+are timed right. Memory stays bounded whatever the length: frames stream through.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from PIL import Image
+
+from ..errors import ImageError
+
+EVERY_S = 2.0  # a frame at least every this many seconds (docs/VIDEOS.md: what it costs)
+SCENE_DIFF = 24.0  # mean |difference| of grey 64x36 thumbnails (0-255) that counts as a cut
+CHECKS_PER_SECOND = 10  # thumbnails compared a second: a cut is found within 0.1 s
+THUMB = (64, 36)
+_ROTATE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    every_s: float = EVERY_S
+    scene_diff: float = SCENE_DIFF
+    max_megapixels: float | None = 100.0  # a bigger frame size is refused before decoding
+    threads: int = 0  # FFmpeg decoding threads (0: as many as it likes)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int  # as displayed (rotation applied)
+    height: int
+    duration_ms: int
+    rotation: int  # degrees counterclockwise the stored frames are turned for display: 0, 90, 180, 270
+    taken: float | None  # the container's creation time, POSIX seconds
+
+
+@dataclass(frozen=True)
+class Frame:
+    ms: int  # time in the video
+    image: Image.Image  # RGB, upright, short side `size`
+    cut: bool  # kept at a scene change (else: first frame, or the every_s rule)
+
+
+def open_video(path: str, max_megapixels: float | None = None):
+    """(container, video stream); ImageError for anything FFmpeg cannot open, a
+    file without a video stream or a frame size over `max_megapixels`."""
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise ImageError(path, f"cannot open video ({_reason(err)})") from None
+    try:
+        if not container.streams.video:
+            raise ImageError(path, "no video stream")
+        stream = container.streams.video[0]
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if not w or not h:
+            raise ImageError(path, "video stream has no frame size")
+        if max_megapixels is not None and w * h > max_megapixels * 1e6:
+            mp = f"{w}x{h} ({w * h / 1e6:.0f} MP)"
+            raise ImageError(path, f"video is {mp}, over the {max_megapixels:g} MP limit (--max-megapixels)")
+        return container, stream
+    except BaseException:
+        container.close()
+        raise
+
+
+def sample(path: str, size: int, sampling: Sampling = Sampling()) -> tuple[VideoInfo, Iterator[Frame]]:
+    """The video's info now (ImageError if it cannot be opened) and its kept frames as they
+    are decoded. A decoding error after some frames ends the video there (a truncated file
+    keeps what plays); before any, it is an ImageError."""
+    container, stream = open_video(path, sampling.max_megapixels)
+    try:
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = sampling.threads
+        decoded = decoded_frames(path, container, stream)
+        first = next(decoded, None)  # the display matrix travels with the frames
+        if first is None:
+            raise ImageError(path, "video has no frames")
+    except BaseException:
+        container.close()
+        raise
+    rotation = frame_rotation(first)
+    w, h = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
+    info = VideoInfo(w, h, _duration_ms(container, stream), rotation, _creation(container))
+    return info, _frames(container, stream, itertools.chain([first], decoded), info, size, sampling)
+
+
+def frame_rotation(frame) -> int:
+    """Degrees counterclockwise to turn the frame for display (its display matrix): 0, 90, 180 or 270."""
+    return round((frame.rotation or 0) / 90) % 4 * 90
+
+
+def _frames(container, stream, decoded, info: VideoInfo, size: int, sampling: Sampling) -> Iterator[Frame]:
+    start = stream.start_time or 0
+    base = stream.time_base
+    check_gap = 1000 // CHECKS_PER_SECOND
+    last_kept = last_check = None
+    last_thumb = None
+    n = 0
+    try:
+        for frame in decoded:
+            ms = round(float((frame.pts - start) * base) * 1000) if frame.pts is not None else n * 40
+            n += 1
+            if last_check is not None and ms - last_check < check_gap and ms - last_kept < sampling.every_s * 1000:
+                continue
+            thumb = frame.to_ndarray(width=THUMB[0], height=THUMB[1], format="gray").astype(np.int16)
+            cut = last_thumb is not None and float(np.abs(thumb - last_thumb).mean()) > sampling.scene_diff
+            last_thumb, last_check = thumb, ms
+            if last_kept is None or cut or ms - last_kept >= sampling.every_s * 1000:
+                last_kept = ms
+                yield Frame(max(ms, 0), upright(frame, size, info.rotation), cut)
+    finally:
+        container.close()
+
+
+def decoded_frames(path, container, stream):
+    """The stream's frames; stops at a decoding error once frames have come (ImageError before)."""
+    got = False
+    try:
+        for frame in container.decode(stream):
+            got = True
+            yield frame
+    except (av.FFmpegError, OSError) as err:
+        if not got:
+            raise ImageError(path, f"cannot decode video ({_reason(err)})") from None
+
+
+def upright(frame, size: int, rotation: int) -> Image.Image:
+    """The frame scaled (by FFmpeg, area averaging) to short side `size` and turned upright."""
+    w, h = frame.width, frame.height
+    scale = size / min(w, h)
+    if scale < 1:
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    img = frame.to_image(width=w, height=h, interpolation="AREA")  # FFmpeg scales: no full-size RGB copy
+    return img.transpose(_ROTATE[rotation]) if rotation else img
+
+
+def _duration_ms(container, stream) -> int:
+    if stream.duration is not None and stream.time_base is not None:
+        return max(0, round(float(stream.duration * stream.time_base) * 1000))
+    if container.duration is not None:
+        return max(0, container.duration // 1000)  # microseconds
+    return 0
+
+
+def _creation(container) -> float | None:
+    text = container.metadata.get("creation_time")
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
+
+
+def _reason(err: BaseException) -> str:
+    return " ".join(str(getattr(err, "strerror", None) or err).split()) or type(err).__name__
