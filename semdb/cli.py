@@ -31,6 +31,7 @@ from .request import DEFAULT_K, MAX_K, SearchRequest
 from .serve.client import query_server
 from .serve.server import is_loopback, run
 from .store import default_store_path
+from .video.timecode import format_time
 
 app = typer.Typer(
     add_completion=False,
@@ -270,6 +271,7 @@ def query(
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
+    frames: bool = typer.Option(False, "--frames", help="Every matching video frame (default: a video's best)."),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
     ),
@@ -315,6 +317,7 @@ def query(
             within=within,
             min_score=min_score,
             nprobe=nprobe,
+            frames=frames,
         )
         if shards is not None:
             with Cluster.start(_shard_list(shards), address=ray_address, threads=threads or 1) as cluster:
@@ -349,6 +352,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
                     "path": h.path,
                     "score": round(h.score, 6),
                     "id": h.id,
+                    **({"time": h.frame_ms / 1000} if getattr(h, "frame_ms", None) is not None else {}),
                     **({"shard": h.shard} if hasattr(h, "shard") else {}),
                 }
                 for h in hits
@@ -360,8 +364,14 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
     else:
         table = Table("rank", "score", "id", "path")
         for rank, h in enumerate(hits, 1):
-            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(display_path(h.path)))
+            table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(_hit_place(h)))
         out.print(table)
+
+
+def _hit_place(hit) -> str:
+    """The hit's path; a video frame's with its time: `path @ 01:23`."""
+    frame_ms = getattr(hit, "frame_ms", None)
+    return display_path(hit.path) + ("" if frame_ms is None else f" @ {format_time(frame_ms)}")
 
 
 @app.command()

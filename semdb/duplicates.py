@@ -9,6 +9,10 @@ NEAR_DUPLICATE_COSINE less the codec's own noise: the mean squared reconstructio
 training items (2 - 2 cos(x, decode(code(x))), recorded when it was trained). Exact copies are
 known by their content hash and are flagged as such. Cost: n x D floats in memory and an exact
 all-pairs scan, O(n^2 D): seconds for 10^4 items, minutes for 10^5.
+
+A video is one member, not its hundreds of frames: its frames start in one group, and a group
+is reported when it holds two files or more (two copies of a video, a photo and the video it
+was taken from), each file once, by its first frame in the group.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
             i = parent[i]
         return i
 
+    if searcher.holds_frames():  # a video's frames are one member from the start
+        first_row: dict[str, int] = {}
+        for row, it in enumerate(ctx.store.items(ids)):
+            if it is not None:
+                parent[row] = first_row.setdefault(it.path, row)
     for start in range(0, len(X), CHUNK):
         lims, sims, found = flat.range_search(X[start : start + CHUNK], float(threshold))
         for q in range(len(lims) - 1):
@@ -67,7 +76,9 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
     for rows in groups.values():
         if len(rows) < 2:
             continue
-        items = ctx.store.items(ids[rows])
+        items, rows = _one_per_file(ctx.store.items(ids[rows]), rows)
+        if len(rows) < 2:
+            continue
         sim = X[rows] @ X[rows].T
         out.append(
             {
@@ -79,3 +90,9 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
         )
     out.sort(key=lambda g: (-len(g["ids"]), g["ids"][0]))
     return {"threshold": round(threshold, 4), "groups": out}
+
+
+def _one_per_file(items: list, rows: list[int]) -> tuple[list, list[int]]:
+    seen: set[str] = set()
+    kept = [(it, r) for it, r in zip(items, rows) if it is not None and it.path not in seen and not seen.add(it.path)]
+    return [it for it, _ in kept], [r for _, r in kept]

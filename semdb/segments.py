@@ -44,7 +44,7 @@ import numpy as np
 ITEMSEG_MAX = 1024
 _HEAD = struct.Struct("<BIII")
 _VERSION = 1  # no video frames
-_VIDEO_VERSION = 2  # + frame_ms, duration_ms
+VIDEO_FORMAT = 2  # + frame_ms, duration_ms
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _NUMERIC = (
     ("size", "<u8"),
@@ -169,14 +169,14 @@ def encode(rows: list[Row]) -> bytes:
         parts.append(_transpose(column))
     body = b"".join(parts)
     packed = zlib.compress(body, 6)
-    return _HEAD.pack(_VIDEO_VERSION if video else _VERSION, n, len(body), zlib.crc32(packed)) + packed
+    return _HEAD.pack(VIDEO_FORMAT if video else _VERSION, n, len(body), zlib.crc32(packed)) + packed
 
 
 def _columns(raw) -> tuple[bytes, int, dict]:
     """The checked, decompressed body, n, and {column: (start, end)} in the body."""
     version, n, length, crc = header(raw)
     packed = memoryview(raw)[_HEAD.size :]
-    if version not in (_VERSION, _VIDEO_VERSION) or zlib.crc32(packed) != crc:
+    if version not in (_VERSION, VIDEO_FORMAT) or zlib.crc32(packed) != crc:
         raise SegmentError(f"item segment (format {version}) fails its checksum test")
     try:
         body = zlib.decompress(packed)
@@ -202,7 +202,7 @@ def _columns(raw) -> tuple[bytes, int, dict]:
     for name, dtype in _NUMERIC:
         take(name, np.dtype(dtype).itemsize * n)
     take("paths", int(np.frombuffer(take("path_lens", 4 * n), "<u4").sum(dtype=np.int64)))
-    for name, dtype in _VIDEO_NUMERIC if version == _VIDEO_VERSION else ():
+    for name, dtype in _VIDEO_NUMERIC if version == VIDEO_FORMAT else ():
         take(name, np.dtype(dtype).itemsize * n)
     if pos != len(body):
         raise SegmentError("item segment is longer than its columns")

@@ -162,3 +162,65 @@ def _rows(cols):
     from semdb.store.format import item_segment_rows
 
     return item_segment_rows(cols)
+
+
+def _still(scene: Scene, path, size=(160, 96)):
+    """A photo of a scene's first frame, as the video draws it."""
+    from PIL import Image
+
+    from semdb.video.synthetic import _draw
+
+    Image.fromarray(_draw(scene, 0, *size)).save(path)
+    return path
+
+
+@pytest.fixture()
+def video_store(media, tmp_path, tiny_model):
+    import semdb
+
+    shutil.copy(media / "cuts.mp4", media / "copy-of-cuts.mp4")
+    _still(Scene(1, (255, 255, 255), "bars"), media / "photo.png")
+    store = tmp_path / "store"
+    with semdb.open(store, model=tiny_model) as db:
+        assert db.ingest([media], train_now=True)["failed"] == 0
+    return store
+
+
+def test_search_groups_frames_by_video_with_their_time(video_store, media, tmp_path, tiny_model):
+    import semdb
+
+    blue = _still(CUTS[1], tmp_path / "blue.png")
+    with semdb.open(video_store, model=tiny_model, readonly=True) as db:
+        hits = db.search(image=blue, k=10)
+        assert hits[0].frame_ms == 3000 and hits[0].path.endswith("cuts.mp4")
+        assert len({h.path for h in hits}) == len(hits) == 4  # two copies, the portrait, the photo
+        every = db.search(image=blue, k=10, frames=True)
+        assert len(every) > len({h.path for h in every}) and every[0][:2] == hits[0][:2]
+        similar = db.similar(hits[0].id, k=10, frames=True)
+        assert hits[0].id not in [h.id for h in similar] and similar[0].frame_ms == 3000  # the copy's frame
+
+        groups = db.duplicates()["groups"]
+        assert [sorted(os.path.basename(p) for p in g["paths"]) for g in groups] == [["copy-of-cuts.mp4", "cuts.mp4"]]
+        tags = db.classify(["red", "blue"])
+        assert sorted(os.path.basename(t["path"]) for t in tags) == [
+            "copy-of-cuts.mp4",
+            "cuts.mp4",
+            "photo.png",
+            "portrait.mov",
+        ]
+        assert all(("time" in t) == t["path"].endswith(("mp4", "mov")) for t in tags)
+
+
+def test_cli_search_prints_path_at_time(video_store, tmp_path):
+    import json
+
+    blue = _still(CUTS[1], tmp_path / "blue.png")
+    args = ("query", "--image", blue, "--store", video_store, "-k", "2", "--no-server")
+    table = semdb_cli(*args).stdout
+    assert "cuts.mp4 @ 00:03" in table
+    rows = json.loads(semdb_cli(*args, "--json").stdout)
+    assert rows[0]["time"] == 3.0 and rows[0]["path"].endswith("cuts.mp4")
+    paths = semdb_cli(*args, "--paths-only").stdout.splitlines()
+    assert len(paths) == 2 and paths[0].endswith("cuts.mp4") and os.path.exists(paths[0])
+    frames = json.loads(semdb_cli(*args, "--json", "--frames", "-k", "20").stdout)
+    assert sum(r["path"].endswith("/cuts.mp4") for r in frames) > 1

@@ -80,7 +80,15 @@ def _status_of(exc: SemdbError) -> int:
 
 
 def _hits_json(hits) -> dict:
-    return {"hits": [{"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)} for h in hits]}
+    return {"hits": [hit_json(h) for h in hits]}
+
+
+def hit_json(h) -> dict:
+    """A hit as JSON: a video frame's also has its `time` in the video (seconds)."""
+    out = {"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)}
+    if getattr(h, "frame_ms", None) is not None:
+        out["time"] = h.frame_ms / 1000
+    return out
 
 
 # --- the warm state -----------------------------------------------------------------------------

@@ -161,6 +161,11 @@ class View:
         """Items in the committed item segments of this transaction (headers only)."""
         return sum(item_segment_head(raw).n for _, raw in self.txn.cursor(db=self.dbs["itemsegs"]))
 
+    def holds_frames(self) -> bool:
+        """Whether any item is a video frame: only segments holding one are of format 2 (headers only)."""
+        cursor = self.txn.cursor(db=self.dbs["itemsegs"])
+        return any(item_segment_head(raw).version == segments.VIDEO_FORMAT for _, raw in cursor)
+
     def coded_count(self) -> int:
         return sum(code_segment_head(raw)[0] for _, raw in self.txn.cursor(db=self.dbs["codes"]))
 
