@@ -224,3 +224,39 @@ def test_cli_search_prints_path_at_time(video_store, tmp_path):
     assert len(paths) == 2 and paths[0].endswith("cuts.mp4") and os.path.exists(paths[0])
     frames = json.loads(semdb_cli(*args, "--json", "--frames", "-k", "20").stdout)
     assert sum(r["path"].endswith("/cuts.mp4") for r in frames) > 1
+
+
+def test_served_frames_thumbnails_and_the_video_with_byte_ranges(video_store, media):
+    import io
+    import json
+
+    from PIL import Image
+    from serve_helpers import Server
+
+    import semdb
+
+    with semdb.open(video_store, readonly=True) as db:
+        blue = next(it for it in db.store.items_by_path(str(media / "cuts.mp4")) if it.frame_ms == 3000)
+        photo = db.store.item_by_path(str(media / "photo.png"))
+    server = Server(video_store)
+    try:
+        hits = server.get_json("/api/search?q=anything&k=10&frames=1")["hits"]
+        assert {h["time"] for h in hits if h["path"].endswith("cuts.mp4")} >= {0.0, 3.0}
+        assert all(("time" in h) == (not h["path"].endswith(".png")) for h in hits)
+        item = server.get_json(f"/api/item/{blue.id}")
+        assert (item["time"], item["duration"], item["video"]) == (3.0, 9.5, f"/video/{blue.id}")
+
+        status, headers, body = server.get(f"/thumb/{blue.id}?size=64")
+        r, g, b = Image.open(io.BytesIO(body)).convert("RGB").getpixel((2, 2))
+        assert status == 200 and headers["content-type"] == "image/jpeg" and b > 200 > r
+
+        raw = (media / "cuts.mp4").read_bytes()
+        status, headers, body = server.get(f"/video/{blue.id}", headers={"Range": "bytes=100-199"})
+        assert status == 206 and body == raw[100:200] and headers["content-type"] == "video/mp4"
+        assert headers["content-range"] == f"bytes 100-199/{len(raw)}" and headers["accept-ranges"] == "bytes"
+        status, _, body = server.get(f"/video/{blue.id}")
+        assert status == 200 and body == raw
+        status, _, body = server.get(f"/video/{photo.id}")
+        assert status == 404 and "not a video frame" in json.loads(body)["error"]
+    finally:
+        assert server.stop() == 0, server.output()

@@ -18,6 +18,8 @@ the record goes unchanged to Database.search.
     GET  /api/info              the store: items, model, codec, generation
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
+    GET  /video/{id}            a video frame's video file as stored, with HTTP byte ranges (206)
+                                so a player can seek; /thumb and /image of a frame are that frame
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
 from ..images import load_image
 from ..request import SearchRequest
+from ..video.extract import frame_at
 from .client import INSTANCE_HEADER
 from .params import (
     SEARCH_PARAMS,
@@ -63,6 +66,15 @@ THUMB_SIZES = (32, 1024)  # allowed ?size= range
 DEFAULT_THUMB = 256
 VIEW_MAX_SIDE = 4096
 THUMB_CACHE_BYTES = 64 << 20
+VIDEO_TYPES = {
+    "mp4": "video/mp4",
+    "m4v": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+    "avi": "video/x-msvideo",
+    "3gp": "video/3gpp",
+}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -167,7 +179,10 @@ class Service:
                     return self._thumbs[key]
         with self._decode:
             try:
-                img = load_image(item.path, draft_size=max_side)
+                if item.frame_ms is None:
+                    img = load_image(item.path, draft_size=max_side)
+                else:  # a video frame: read at its time (cached like any thumbnail)
+                    img = frame_at(item.path, item.frame_ms, max_side)
             except ImageError as e:
                 if not os.path.exists(item.path):
                     raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
@@ -255,6 +270,11 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
                 "height": it.height,
                 "size": it.size,
                 "taken": getattr(it, "taken", None),
+                **(
+                    {}
+                    if it.frame_ms is None
+                    else {"time": it.frame_ms / 1000, "duration": it.duration_ms / 1000, "video": f"/video/{it.id}"}
+                ),
             }
         )
 
@@ -270,6 +290,16 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
     def image(request: Request):
         data = service.picture(parse_item_id(request.path_params["id"]), VIEW_MAX_SIDE, 90, cache=False)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    def video(request: Request):
+        item_id = parse_item_id(request.path_params["id"])
+        it = service.item(item_id)
+        if it.frame_ms is None:
+            raise ApiError(404, f"item {item_id} is not a video frame")
+        if not os.path.isfile(it.path):
+            raise ApiError(404, f"item {item_id}: its file {display_path(it.path)} is gone")
+        media_type = VIDEO_TYPES.get(os.path.splitext(it.path)[1][1:].lower(), "application/octet-stream")
+        return FileResponse(it.path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
     static = resources.files("semdb.serve") / "static"
 
@@ -294,6 +324,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         Route("/api/info", guarded(info)),
         Route("/thumb/{id}", guarded(thumb)),
         Route("/image/{id}", guarded(image)),
+        Route("/video/{id}", guarded(video)),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
     app = Starlette(
