@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import catalog
 from .context import STATS_KEY, StoreContext
 from .duplicates import find_duplicates
 from .errors import InputError, StoreError
@@ -31,11 +32,11 @@ from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
 from .ivf import default_nprobe
 from .progress import Progress
 from .query import Hit, Searcher
-from .request import DEFAULT_K, SearchRequest
-from .store import Store, default_store_path
+from .request import DEFAULT_K, SearchRequest, Where
+from .store import Item, Store, default_store_path
 from .tagging import classify as classify_items
 
-__all__ = ["Database", "Hit", "SearchRequest", "open"]
+__all__ = ["Database", "Hit", "Item", "SearchRequest", "open"]
 
 
 def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> Database:  # noqa: A001
@@ -146,7 +147,7 @@ class Database:
         store is searched (captions, past queries); the codec is then trained to rank well for
         such texts (now and at each retrain). `policy`: when the codec is trained (default
         CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
-        see README, "Ingest on small machines").
+        see docs/CLI.md, "Ingest on small machines").
         """
         options = IngestOptions(
             batch_size=batch_size,
@@ -265,6 +266,30 @@ class Database:
     def item(self, item_id: int):
         """The stored item with this id (path, size, mtime, hash, width, height, taken...), or None."""
         return self.store.get_item(int(item_id))
+
+    # --- what the store holds: list, count, remove (catalog.py) ------------------------------
+    def ls(self, under=None, after=None, before=None, *, offset: int = 0, limit: int | None = None) -> list[Item]:
+        """Stored items, newest first (by date taken, photos of unknown date last, then by id):
+        `limit` of them (None: all) from `offset`. Filters as search()'s: `under` a folder,
+        `after` (inclusive) / `before` (exclusive) a date taken ("YYYY-MM-DD", ISO text, date or
+        datetime). Reads metadata only (no code, no model)."""
+        return catalog.ls(self.store, Where.of(under, after, before), offset, limit)
+
+    def count(self, under=None, after=None, before=None) -> int:
+        """How many items ls() with these filters lists in all."""
+        return catalog.count(self.store, Where.of(under, after, before))
+
+    def rm(self, targets: Iterable = (), *, under=None, dry_run: bool = False) -> list[Item]:
+        """Remove items from the store (never their files): each of `targets` an item id (int)
+        or a path (str or Path: a stored file, or a folder: every item under it), plus every
+        item `under` a folder. One atomic commit: all of them or, if interrupted, none. Returns
+        the items removed (with `dry_run`: that would be), in id order. A target that names
+        nothing stored is an InputError, and nothing is removed. A later ingest of their folder
+        adds files that still exist again."""
+        items = catalog.removal(self.store, targets, under)
+        if items and not dry_run:
+            catalog.remove(self.store, [it.id for it in items])
+        return items
 
     def duplicates(self, threshold: float | None = None) -> list[dict]:
         """Groups of near-duplicate images, found from the codes; see semdb/duplicates.py."""

@@ -1,7 +1,7 @@
 """`semdb` command line: each command is a thin layer over `semdb.api`.
 
 Results go to stdout (a rich table, or JSON with --json); progress bars and errors go to
-stderr. A SemdbError prints one line and exits with its code (see README: exit codes).
+stderr. A SemdbError prints one line and exits with its code (see docs/CLI.md: exit codes).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..catalog import remove
 from ..codec import Codec
 from ..context import STATS_KEY, StoreContext
 from ..errors import ImageError
@@ -150,10 +151,7 @@ def prune_missing(store: Store, seen: set[str], prune: bool, summary: IngestSumm
     """Items whose files are gone: removed (one transaction) with `prune`, else counted."""
     gone = [it.id for it in store.iter_items() if it.path not in seen and not os.path.lexists(it.path)]
     if prune and gone:
-        with store.write() as w:
-            for id_ in gone:
-                w.delete_item(id_)
-            fault_point("prune_txn")
+        remove(store, gone, fault="prune_txn")
         summary.pruned = len(gone)
     else:
         summary.missing = len(gone)

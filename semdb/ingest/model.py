@@ -74,5 +74,5 @@ def _since(start: float) -> float:
 def _no_int8():
     raise InputError(
         "--int8 needs the ONNX image tower: a CPU device, onnxruntime and onnx installed, SEMDB_ONNX not 0, "
-        "and a model whose preprocessing semdb reproduces (see README: ingest on small machines)"
+        "and a model whose preprocessing semdb reproduces (see docs/CLI.md: ingest on small machines)"
     )

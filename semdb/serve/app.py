@@ -14,6 +14,8 @@ is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 
 A search's query string becomes a SearchRequest in params.py (semdb/request.py checks it) and
 the record goes unchanged to Database.search.
+    GET  /api/items             the collection, newest first: offset, limit, under, after, before
+                                -> {"items": [...], "total": N} (Database.ls and .count)
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
@@ -53,6 +55,7 @@ from .params import (
     SIMILAR_PARAMS,
     ApiError,
     int_param,
+    listing_options,
     only,
     parse_item_id,
     search_options,
@@ -101,6 +104,22 @@ def hit_json(h) -> dict:
     if getattr(h, "frame_ms", None) is not None:
         out["time"] = h.frame_ms / 1000
     return out
+
+
+def _item_json(it) -> dict:
+    return {
+        "id": int(it.id),
+        "path": display_path(it.path),
+        "width": it.width,
+        "height": it.height,
+        "size": it.size,
+        "taken": getattr(it, "taken", None),
+        **(
+            {}
+            if it.frame_ms is None
+            else {"time": it.frame_ms / 1000, "duration": it.duration_ms / 1000, "video": f"/video/{it.id}"}
+        ),
+    }
 
 
 # --- the warm state -----------------------------------------------------------------------------
@@ -154,6 +173,11 @@ class Service:
         if item is None:
             raise ApiError(404, f"no item {item_id} in this store")
         return item
+
+    def listing(self, offset: int, limit: int, **where) -> tuple[list, int]:
+        """One page of the collection (newest first) and how many items the filters keep."""
+        with self.lock:
+            return self.db.ls(**where, offset=offset, limit=limit), self.db.count(**where)
 
     def info(self) -> dict:
         with self.lock:
@@ -261,22 +285,12 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         return answer(search_request(request.query_params, SIMILAR_PARAMS, like=like))
 
     def item(request: Request):
-        it = service.item(parse_item_id(request.path_params["id"]))
-        return JSONResponse(
-            {
-                "id": int(it.id),
-                "path": display_path(it.path),
-                "width": it.width,
-                "height": it.height,
-                "size": it.size,
-                "taken": getattr(it, "taken", None),
-                **(
-                    {}
-                    if it.frame_ms is None
-                    else {"time": it.frame_ms / 1000, "duration": it.duration_ms / 1000, "video": f"/video/{it.id}"}
-                ),
-            }
-        )
+        return JSONResponse(_item_json(service.item(parse_item_id(request.path_params["id"]))))
+
+    def items(request: Request):
+        options = listing_options(request.query_params)
+        page, total = service.listing(**options)
+        return JSONResponse({"items": [_item_json(it) for it in page], "total": total, "offset": options["offset"]})
 
     def info(request: Request):
         return JSONResponse(service.info())
@@ -320,6 +334,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
         Route("/api/search", guarded(search_get), methods=["GET"]),
         Route("/api/search", search_post, methods=["POST"]),
         Route("/api/similar/{id}", guarded(similar)),
+        Route("/api/items", guarded(items)),
         Route("/api/item/{id}", guarded(item)),
         Route("/api/info", guarded(info)),
         Route("/thumb/{id}", guarded(thumb)),

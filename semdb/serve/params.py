@@ -16,12 +16,14 @@ import math
 import os
 import re
 
-from ..request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, check_k, parse_terms
+from ..request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, Where, check_k, parse_terms
 
 ITEM_ID = re.compile(r"[0-9]{1,18}")
 FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe", "frames")
 SEARCH_PARAMS = ("q", "k") + FILTER_PARAMS  # /api/search, GET and POST
 SIMILAR_PARAMS = ("k",) + tuple(name for name in FILTER_PARAMS if name != "like")  # /api/similar/{id}
+LIST_PARAMS = ("offset", "limit", "under", "after", "before")  # /api/items
+DEFAULT_LIMIT = 24  # the page's first page of the collection
 
 
 class ApiError(Exception):
@@ -83,6 +85,20 @@ def search_options(params, allowed=SEARCH_PARAMS) -> dict:
         if len(text) > HTTP_MAX_TEXT:
             raise ApiError(400, f"query of {len(text)} characters: at most {HTTP_MAX_TEXT}")
         options["text"] = text
+    options.update(where_options(params))
+    for name in ("within", "min_score"):
+        options[name] = float_param(params, name)
+    if params.get("like"):
+        options["like"] = parse_item_id(params["like"])
+    options["nprobe"] = int_param(params, "nprobe")
+    options["frames"] = bool(int_param(params, "frames", 0, 0, 1))  # 1: every matching video frame
+    return options
+
+
+def where_options(params) -> dict:
+    """The filters `under`, `after`, `before` given (as text: the request or the listing parses
+    the dates); `under` must be absolute (the server's working directory is no client's)."""
+    options = {}
     for name in ("under", "after", "before"):
         raw = params.get(name)
         if raw:
@@ -91,12 +107,20 @@ def search_options(params, allowed=SEARCH_PARAMS) -> dict:
             options[name] = raw
     if "under" in options and not os.path.isabs(options["under"]):
         raise ApiError(400, f"under={options['under'][:80]!r}: give an absolute folder")
-    for name in ("within", "min_score"):
-        options[name] = float_param(params, name)
-    if params.get("like"):
-        options["like"] = parse_item_id(params["like"])
-    options["nprobe"] = int_param(params, "nprobe")
-    options["frames"] = bool(int_param(params, "frames", 0, 0, 1))  # 1: every matching video frame
+    return options
+
+
+def listing_options(params) -> dict:
+    """Database.ls's keywords from the query string of GET /api/items: `offset` (items to skip,
+    newest first) and `limit` (at most HTTP_MAX_K per answer), and the filters; bad dates are
+    refused here, in the words of a search's (Where.of)."""
+    only(params, LIST_PARAMS)
+    options = {
+        "offset": int_param(params, "offset", 0, 0, 10**12),
+        "limit": int_param(params, "limit", DEFAULT_LIMIT, 1, HTTP_MAX_K),
+        **where_options(params),
+    }
+    Where.of(options.get("under"), options.get("after"), options.get("before"))
     return options
 
 

@@ -85,27 +85,29 @@ class CodeSegmentWrites:
         """Forget a code this batch added; False if it added none for `id_`."""
         return self.new.pop(id_, None) is not None
 
-    def remove(self, id_: int) -> bool:
-        """Take `id_`'s stored code out of its segment (rewritten at commit); False if no code
-        segment holds it."""
+    def remove(self, ids) -> set[int]:
+        """Take the stored codes of `ids` out of their segments (each rewritten at commit);
+        returns the ids whose code a segment held (the others have none)."""
         loc = self.code_loc()
-        segs = loc.get(id_)
-        if not segs:
-            return False
-        seg = segs[0]
-        loc.remove(id_, seg)
-        entry = self.dirty.get(seg)
-        if entry is None:  # first touch of this segment in the batch: one read, one rewrite at commit
-            raw = self.view.get(int_key(seg), "codes")
-            if raw is None:
-                raise CorruptValue(f"code_loc points item {id_} to missing segment {seg}")
-            ids, codes = unpack_code_segment(raw)
-            entry = self.dirty[seg] = [ids, codes, np.ones(len(ids), bool), code_segment_head(raw)[2]]
-        hit = np.flatnonzero((entry[0] == id_) & entry[2])
-        if len(hit) != 1:
-            raise CorruptValue(f"segment {seg} does not hold item {id_}")
-        entry[2][hit] = False
-        return True
+        by_segment: dict[int, list[int]] = {}
+        for id_ in ids:
+            segs = loc.get(id_)
+            if segs:
+                loc.remove(id_, segs[0])
+                by_segment.setdefault(segs[0], []).append(id_)
+        for seg, seg_ids in by_segment.items():
+            entry = self.dirty.get(seg)
+            if entry is None:  # first touch of this segment in the batch: one read, one rewrite at commit
+                raw = self.view.get(int_key(seg), "codes")
+                if raw is None:
+                    raise CorruptValue(f"code_loc points item {seg_ids[0]} to missing segment {seg}")
+                held, codes = unpack_code_segment(raw)
+                entry = self.dirty[seg] = [held, codes, np.ones(len(held), bool), code_segment_head(raw)[2]]
+            hit = np.isin(entry[0], np.array(seg_ids, np.uint64)) & entry[2]
+            if int(hit.sum()) != len(seg_ids):
+                raise CorruptValue(f"segment {seg} does not hold items {seg_ids[:5]}")
+            entry[2][hit] = False
+        return {id_ for seg_ids in by_segment.values() for id_ in seg_ids}
 
     def replace_all(self, ids: np.ndarray, codes: np.ndarray) -> None:
         """Every stored code replaced by these (a codec switch), the batch's own forgotten."""

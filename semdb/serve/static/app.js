@@ -1,18 +1,35 @@
-// semdb serve: the search page. Plain JS, no build step, talks to the JSON API of app.py.
+// semdb serve: the page. Plain JS, no build step, talks to the JSON API of app.py.
+//
+// What the page shows is one state: {q} a text search, {like: id} more like a stored photo,
+// {upload} more like an uploaded image, or else the collection (newest first, paged); with
+// the filters (under, after, before, within) and k (results, or photos per page). The URL
+// holds all of it but an upload (a file cannot live in a URL; history.state keeps a token for
+// it while the page lives), so reload and back/forward show the same thing again.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const FILTERS = ["under", "after", "before", "within"];
-let current = null;        // {q} | {like: id} | {image: Blob}
-let seq = 0;               // drops answers of superseded searches
+const DEFAULT_K = "24";
+const uploads = new Map(); // token -> {file, url}: the uploaded images of this page's history
+let state = null;          // what is shown (or being fetched)
+let shown = [];            // the cards of the grid, in order: the full view steps through them
+let viewing = -1;          // index in `shown` of the photo in the full view, -1 when closed
+let seq = 0;               // drops answers of superseded requests
 
-function filterParams() {
-  const p = new URLSearchParams({ k: $("k").value });
-  for (const name of FILTERS) {
-    const v = $(name).value.trim();
-    if (v) p.set(name, v);
-  }
-  return p;
+function plural(n, word) { return `${n.toLocaleString("en")} ${word}${n === 1 ? "" : "s"}`; }
+
+function basename(path) { return path.slice(path.lastIndexOf("/") + 1) || path; }
+
+function dirname(path) {
+  const i = path.lastIndexOf("/");
+  return i > 0 ? path.slice(0, i + 1) : "/";
+}
+
+function day(seconds) {
+  if (seconds === null || seconds === undefined) return "date unknown";
+  const d = new Date(seconds * 1000);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
 }
 
 function setStatus(text, isError) {
@@ -28,32 +45,122 @@ async function api(url, options) {
   return body;
 }
 
-async function run(query, push = true) {
-  current = query;
+// --- state <-> form, URL ------------------------------------------------------------------
+
+function mode(s) {
+  if (s.q) return "text";
+  if (s.like) return "like";
+  if (s.upload) return "upload";
+  return "collection";
+}
+
+function formFilters() {
+  const s = { k: $("k").value };
+  for (const name of FILTERS) s[name] = $(name).value.trim();
+  return s;
+}
+
+function showInForm(s) {
+  for (const name of FILTERS) $(name).value = s[name] || "";
+  const k = s.k || DEFAULT_K;
+  if (![...$("k").options].some((o) => o.value === k)) $("k").append(new Option(k, k));
+  $("k").value = k;
+  $("q").value = s.q || "";
+}
+
+function urlOf(s) {
+  const p = new URLSearchParams();
+  if (s.q) p.set("q", s.q);
+  if (s.like) p.set("like", s.like);
+  for (const name of FILTERS) if (s[name]) p.set(name, s[name]);
+  if (s.k && s.k !== DEFAULT_K) p.set("k", s.k);
+  if (s.page > 1) p.set("page", s.page);
+  const query = p.toString();
+  return query ? "?" + query : location.pathname;
+}
+
+function fromLocation() {
+  const p = new URLSearchParams(location.search);
+  const s = { q: p.get("q") || "", like: p.get("like") || "", k: p.get("k") || DEFAULT_K };
+  for (const name of FILTERS) s[name] = p.get(name) || "";
+  s.page = Math.max(1, parseInt(p.get("page"), 10) || 1);
+  const token = history.state && history.state.upload;
+  if (token && uploads.has(token) && !s.q && !s.like) s.upload = token;
+  return s;
+}
+
+// Show `s`: in the form, in the URL (a new history entry when `push`), then fetch it.
+function go(s, push = true) {
+  showInForm(s);
+  const url = urlOf(s);
+  const entry = s.upload ? { upload: s.upload } : null;
+  if (push) history.pushState(entry, "", url); else history.replaceState(entry, "", url);
+  return run(s);
+}
+
+// The current state with the form's filters and k: undefined when nothing changed (an Enter
+// then a change event of the same edit must not send the same request twice).
+function withFilters() {
+  const next = { ...state, ...formFilters(), page: 1 };
+  return urlOf(next) === urlOf({ ...state, page: 1 }) && next.k === state.k ? undefined : next;
+}
+
+// --- fetching -----------------------------------------------------------------------------
+
+function where(s) {
+  let text = "";
+  if (s.under) text += ` in ${s.under}`;
+  if (s.after) text += ` taken from ${s.after}`;
+  if (s.before) text += ` taken before ${s.before}`;
+  return text;
+}
+
+async function run(s) {
+  state = s;
   const mine = ++seq;
-  const p = filterParams();
-  let url = "/api/search", options, what;
-  if (query.q !== undefined) {
-    p.set("q", query.q); url += "?" + p; what = `“${query.q}”`;
-  } else if (query.like !== undefined) {
-    url = `/api/similar/${query.like}?` + p; what = `more like item ${query.like}`;
-  } else {
-    url += "?" + p; what = "the uploaded image";
-    const form = new FormData(); form.append("image", query.image, query.image.name || "query");
-    options = { method: "POST", body: form };
-  }
-  if (push && query.image === undefined) {
-    const state = new URLSearchParams(p);
-    state.delete("k");
-    if (query.like !== undefined) state.set("like", query.like);
-    history.pushState(null, "", "?" + state);
-  }
-  setStatus(`Searching ${what}…`);
+  closeView();
+  showReference(s);
+  $("pager").hidden = true;
+  const p = new URLSearchParams({ k: s.k || DEFAULT_K });
+  for (const name of FILTERS) if (s[name]) p.set(name, s[name]);
+  const kind = mode(s);
   try {
-    const body = await api(url, options);
+    if (kind === "collection") {
+      p.delete("k"); p.delete("within");
+      const limit = parseInt(s.k, 10) || parseInt(DEFAULT_K, 10);
+      p.set("offset", (s.page - 1) * limit); p.set("limit", limit);
+      setStatus("Loading…");
+      const body = await api("/api/items?" + p);
+      if (mine !== seq) return;
+      render(body.items.map((it) => ({ ...it, note: day(it.taken) })));
+      showCollectionStatus(s, body, limit);
+      return;
+    }
+    let url = "/api/search?", options, what;
+    if (kind === "text") {
+      p.set("q", s.q); url += p; what = `for “${s.q}”`;
+    } else if (kind === "like") {
+      url = `/api/similar/${encodeURIComponent(s.like)}?` + p;
+    } else {
+      url += p;
+      const { file } = uploads.get(s.upload);
+      const form = new FormData(); form.append("image", file, file.name || "image");
+      options = { method: "POST", body: form };
+      what = `like ${file.name || "the uploaded image"} (uploaded)`;
+    }
+    setStatus("Searching…");
+    const [body, ref] = await Promise.all([
+      api(url, options),
+      kind === "like" ? api(`/api/item/${encodeURIComponent(s.like)}`).catch(() => null) : null,
+    ]);
     if (mine !== seq) return;
-    render(body.hits);
-    setStatus(`${body.hits.length} results for ${what}` + (body.ms !== undefined ? ` (${Math.round(body.ms)} ms)` : ""));
+    if (kind === "like") {
+      what = `like ${ref ? basename(ref.path) : "photo " + s.like}`;
+      if (ref) setReference(`/thumb/${ref.id}?size=256`, `More like ${basename(ref.path)}`, ref.path);
+    }
+    render(body.hits.map((h) => ({ ...h, note: h.score.toFixed(4) })));
+    const ms = body.ms !== undefined ? ` (${Math.round(body.ms)} ms)` : "";
+    setStatus(`${plural(body.hits.length, "result")} ${what}${where(s)}${ms}`);
   } catch (e) {
     if (mine !== seq) return;
     render([]);
@@ -61,10 +168,47 @@ async function run(query, push = true) {
   }
 }
 
-function dirname(path) {
-  const i = path.lastIndexOf("/");
-  return i > 0 ? path.slice(0, i + 1) : "/";
+function showCollectionStatus(s, body, limit) {
+  const filtered = s.under || s.after || s.before;
+  const { total, items } = body;
+  if (total === 0) {
+    setStatus(filtered ? `No photos${where(s)}.` : "No photos in this store yet: add some with semdb ingest.");
+    return;
+  }
+  const pages = Math.max(1, Math.ceil(total / limit));
+  let text = `${plural(total, "photo")}${where(s)}, newest first`;
+  if (pages > 1) {
+    const first = (s.page - 1) * limit + 1;
+    text += items.length ? ` · ${first}–${first + items.length - 1} shown` : ` · none on page ${s.page}`;
+    $("page-info").textContent = `Page ${s.page} of ${pages}`;
+    $("newer").disabled = s.page <= 1;
+    $("older").disabled = s.page >= pages;
+    $("pager").hidden = false;
+  }
+  setStatus(text);
 }
+
+// --- the reference image (more like this, upload) ----------------------------------------
+
+function showReference(s) {
+  const kind = mode(s);
+  if (kind === "upload") {
+    const { file, url } = uploads.get(s.upload);
+    setReference(url, `More like ${file.name || "the uploaded image"} (uploaded)`, file.name || "uploaded image");
+  } else { // "like": set again when its item is known (run)
+    $("reference").hidden = true;
+    $("ref-box").replaceChildren();
+  }
+}
+
+function setReference(src, caption, alt) {
+  const box = $("ref-box");
+  box.replaceChildren(picture(src, alt, () => {}));
+  $("ref-caption").textContent = caption;
+  $("reference").hidden = false;
+}
+
+// --- the grid -----------------------------------------------------------------------------
 
 function button(label, cls, onClick) {
   const b = document.createElement("button");
@@ -73,62 +217,119 @@ function button(label, cls, onClick) {
   return b;
 }
 
-function render(hits) {
-  const grid = $("grid");
-  grid.replaceChildren();
-  for (const hit of hits) {
-    const card = document.createElement("div");
-    card.className = "hit"; card.dataset.id = hit.id;
-    const img = document.createElement("img");
-    img.src = `/thumb/${hit.id}?size=256`; img.loading = "lazy"; img.alt = hit.path;
-    img.addEventListener("click", () => view(hit));
-    const meta = document.createElement("div"); meta.className = "meta";
-    const score = document.createElement("span"); score.className = "score"; score.textContent = hit.score.toFixed(4);
-    const path = document.createElement("span"); path.className = "path"; path.textContent = hit.path; path.title = hit.path;
-    const actions = document.createElement("div"); actions.className = "actions";
-    actions.append(button("More like this", "like", () => run({ like: hit.id })),
-                   button("Folder", "folder", () => { $("under").value = dirname(hit.path); rerun(); }));
-    meta.append(score, path, actions);
-    card.append(img, meta);
-    grid.append(card);
-  }
+function missing() {
+  const box = document.createElement("div");
+  box.className = "missing"; box.textContent = "file missing";
+  return box;
 }
 
-function view(hit) {
-  $("full").src = `/image/${hit.id}`; $("full").alt = hit.path;
-  $("full-path").textContent = `${hit.path} · ${hit.score.toFixed(4)}`;
-  $("full-like").onclick = () => { closeView(); run({ like: hit.id }); };
+// An <img> that becomes a "file missing" box when the server has no picture for it (the
+// item's file was deleted or cannot be read: a 404 or 422 JSON answer, no broken icon).
+function picture(src, alt, onClick) {
+  const img = document.createElement("img");
+  img.alt = alt; img.src = src; img.loading = "lazy";
+  img.addEventListener("click", onClick);
+  img.addEventListener("error", () => {
+    const box = missing(); box.title = alt;
+    box.addEventListener("click", onClick);
+    img.replaceWith(box);
+  });
+  return img;
+}
+
+function render(cards) {
+  shown = cards;
+  const grid = $("grid");
+  grid.replaceChildren();
+  cards.forEach((card, i) => {
+    const el = document.createElement("div");
+    el.className = "hit"; el.dataset.id = card.id;
+    const meta = document.createElement("div"); meta.className = "meta";
+    const note = document.createElement("span"); note.className = "note"; note.textContent = card.note;
+    if (card.score !== undefined) { note.classList.add("score"); note.dataset.score = card.score; }
+    const path = document.createElement("span"); path.className = "path"; path.textContent = card.path; path.title = card.path;
+    const actions = document.createElement("div"); actions.className = "actions";
+    actions.append(button("More like this", "like", () => go({ like: String(card.id), ...formFilters(), page: 1 })),
+                   button("Folder", "folder", () => showFolder(dirname(card.path))));
+    meta.append(note, path, actions);
+    el.append(picture(`/thumb/${card.id}?size=256`, card.path, () => view(i)), meta);
+    grid.append(el);
+  });
+}
+
+// "Folder": that folder's photos, newest first (not the current search narrowed to it).
+function showFolder(folder) {
+  go({ ...formFilters(), under: folder, page: 1 });
+}
+
+// --- the full view ------------------------------------------------------------------------
+
+function view(i) {
+  if (i < 0 || i >= shown.length) return;
+  viewing = i;
+  const card = shown[i];
+  const full = $("full");
+  $("full-missing").hidden = true;
+  full.hidden = false;
+  full.src = `/image/${card.id}`; full.alt = card.path;
+  $("full-path").textContent = `${card.path} · ${card.note}`;
+  $("full-count").textContent = `${i + 1} of ${shown.length}`;
+  $("full-prev").disabled = i === 0;
+  $("full-next").disabled = i === shown.length - 1;
   $("viewer").hidden = false;
 }
 
-function closeView() { $("viewer").hidden = true; $("full").removeAttribute("src"); }
-
-function rerun() { if (current) run(current); }
-
-function fromLocation() {
-  const p = new URLSearchParams(location.search);
-  for (const name of FILTERS) $(name).value = p.get(name) || "";
-  if (p.get("like")) return run({ like: p.get("like") }, false);
-  if (p.get("q")) { $("q").value = p.get("q"); return run({ q: p.get("q") }, false); }
+function closeView() {
+  if ($("viewer").hidden) return;
+  $("viewer").hidden = true; $("full").removeAttribute("src"); viewing = -1;
 }
+
+$("full").addEventListener("error", () => {
+  if (!$("full").getAttribute("src")) return;
+  $("full").hidden = true; $("full-missing").hidden = false;
+});
+$("full-prev").addEventListener("click", () => view(viewing - 1));
+$("full-next").addEventListener("click", () => view(viewing + 1));
+$("full-like").addEventListener("click", () => {
+  const card = shown[viewing];
+  if (card) go({ like: String(card.id), ...formFilters(), page: 1 });
+});
+$("full-close").addEventListener("click", closeView);
+$("viewer").addEventListener("click", (e) => { if (e.target === $("viewer") || e.target.tagName === "FIGURE") closeView(); });
+document.addEventListener("keydown", (e) => {
+  if ($("viewer").hidden) return;
+  if (e.key === "Escape") closeView();
+  else if (e.key === "ArrowLeft") { e.preventDefault(); view(viewing - 1); }
+  else if (e.key === "ArrowRight") { e.preventDefault(); view(viewing + 1); }
+});
+
+// --- the controls -------------------------------------------------------------------------
 
 $("search").addEventListener("submit", (e) => {
   e.preventDefault();
   const q = $("q").value.trim();
-  if (q) run({ q }); else setStatus("Type something to search for.", true);
+  go({ ...formFilters(), q, page: 1 }); // an empty search: the collection
 });
-$("upload").addEventListener("change", () => { const f = $("upload").files[0]; if (f) run({ image: f }); $("upload").value = ""; });
-$("filters").addEventListener("change", rerun);
-$("filters").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); rerun(); } });
-$("clear").addEventListener("click", () => { for (const name of FILTERS) $(name).value = ""; rerun(); });
-$("full-close").addEventListener("click", closeView);
-$("viewer").addEventListener("click", (e) => { if (e.target === $("viewer")) closeView(); });
-document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeView(); });
-window.addEventListener("popstate", fromLocation);
+$("upload").addEventListener("change", () => {
+  const file = $("upload").files[0];
+  $("upload").value = "";
+  if (!file) return;
+  const token = `u${Date.now()}${uploads.size}`;
+  uploads.set(token, { file, url: URL.createObjectURL(file) });
+  go({ ...formFilters(), upload: token, page: 1 });
+});
+function filtersChanged() { const next = withFilters(); if (next) go(next); }
+$("filters").addEventListener("change", filtersChanged);
+$("filters").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); filtersChanged(); } });
+$("clear").addEventListener("click", () => { for (const name of FILTERS) $(name).value = ""; filtersChanged(); });
+$("ref-clear").addEventListener("click", () => go({ ...formFilters(), page: 1 }));
+$("newer").addEventListener("click", () => go({ ...state, page: state.page - 1 }));
+$("older").addEventListener("click", () => go({ ...state, page: state.page + 1 }));
+window.addEventListener("popstate", () => go(fromLocation(), false));
 
 api("/api/info").then((info) => {
   const model = info.model ? info.model.name.replace(/^local-dir:.*\//, "local:") : "no model yet";
   const bits = info.bits_per_item ? `${info.bits_per_item} bits per image` : "uncompressed";
-  $("info").textContent = `${info.items} items · ${model} · ${bits} · ${info.path}`;
+  $("info").textContent = `${plural(info.items, "item")} · ${model} · ${bits} · ${info.path}`;
 }).catch(() => {});
-fromLocation();
+go(fromLocation(), false);

@@ -1,0 +1,95 @@
+"""What a store holds, listed and removed: `Database.ls`, `count` and `rm` (`semdb ls`, `semdb rm`).
+
+A listing reads the item segments' columns only (ids, paths, dates taken), never a code, and
+builds Items for the page it returns: a 1M-item store is one pass over its metadata. Newest
+first means by date taken (EXIF, else the file's mtime), photos without a known date last, then
+by id (the later added first). Removal is one write transaction, the one `ingest --prune` uses
+(Writer.delete_items): it lands whole or not at all, also under kill -9.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import InputError, display_path
+from .faults import fault_point
+from .request import Where
+from .store import Item, Store
+
+
+def ls(store: Store, where: Where, offset: int = 0, limit: int | None = None) -> list[Item]:
+    """Items matching `where`, newest first, from `offset`, at most `limit` of them."""
+    offset, limit = _count_arg("offset", offset), None if limit is None else _count_arg("limit", limit)
+    ids, taken = _matching(store, where)
+    # sort keys: date taken descending (unknown last), then id descending
+    order = np.lexsort((-ids.astype(np.int64), -np.where(np.isnan(taken), -np.inf, taken)))
+    page = ids[order[offset : None if limit is None else offset + limit]]
+    return [it for it in store.items(page.tolist()) if it is not None]  # (a commit may have removed one since)
+
+
+def count(store: Store, where: Where) -> int:
+    """How many items match `where` (without a filter: the item segments' headers only)."""
+    return store.count() if not where else len(_matching(store, where)[0])
+
+
+def removal(store: Store, targets=(), under=None) -> list[Item]:
+    """The items `rm` removes, in id order: each of `targets` is an item id (int) or a path (a
+    stored file, or a folder: every item under it), plus every item `under` a folder. A target
+    that names nothing stored is an InputError: nothing is removed."""
+    targets = list(targets)
+    if not targets and under is None:
+        raise InputError("give item ids, paths or --under FOLDER to remove")
+    ids: set[int] = set() if under is None else set(_matching(store, Where.of(under=under))[0].tolist())
+    for target in targets:
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            if store.get_item(int(target)) is None:
+                raise InputError(f"no item {target} in {store.path}: nothing removed")
+            ids.add(int(target))
+        elif isinstance(target, (str, os.PathLike)) and os.fspath(target):
+            where = Where.of(under=target)
+            item = store.item_by_path(where.under)
+            found = [item.id] if item is not None else _matching(store, where)[0].tolist()
+            if not found:
+                raise InputError(
+                    f"{display_path(target)}: no stored item has this path or is under it: nothing removed"
+                )
+            ids.update(found)
+        else:
+            raise InputError(f"{target!r}: give an item id or a path to remove")
+    return [it for it in store.items(sorted(ids)) if it is not None]
+
+
+def remove(store: Store, ids, fault: str = "rm_txn") -> None:
+    """Remove the items `ids` in one write transaction (`fault`: its fault point, docs/RELIABILITY.md)."""
+    with store.write() as w:
+        w.delete_items(ids)
+        fault_point(fault)
+
+
+def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
+    """(ids uint64, dates taken float64 with NaN for unknown) of the items matching `where`."""
+    prefix = None
+    if where.under is not None:
+        prefix = os.fsencode(where.under if where.under.endswith(os.sep) else where.under + os.sep)
+    ids, taken = [], []
+    for cols in store.iter_columns():
+        keep = np.ones(len(cols), bool)
+        if prefix is not None:
+            keep &= np.fromiter((p.startswith(prefix) for p in cols.paths), bool, len(cols))
+        if where.after is not None:
+            keep &= cols.taken >= where.after  # NaN (date unknown) never passes
+        if where.before is not None:
+            keep &= cols.taken < where.before
+        ids.append(cols.ids[keep])
+        taken.append(cols.taken[keep])
+    if not ids:
+        return np.empty(0, np.uint64), np.empty(0, np.float64)
+    return np.concatenate(ids).astype(np.uint64), np.concatenate(taken).astype(np.float64)
+
+
+def _count_arg(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise InputError(f"{name}={value!r}: expected a whole number >= 0")
+    return int(value)
