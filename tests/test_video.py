@@ -260,3 +260,19 @@ def test_served_frames_thumbnails_and_the_video_with_byte_ranges(video_store, me
         assert status == 404 and "not a video frame" in json.loads(body)["error"]
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_export_import_and_rm_carry_every_frame(video_store, media, tmp_path):
+    import semdb
+
+    out = tmp_path / "items.parquet"
+    with semdb.open(video_store, readonly=True) as db:
+        db.export(out)
+        before = sorted((it.path, it.frame_ms, it.duration_ms) for it in db.store.iter_items())
+    with semdb.open(tmp_path / "copy") as copy:
+        assert copy.import_parquet([out])["added"] == len(before)
+        assert copy.import_parquet([out])["unchanged"] == len(before)  # (path, time) is what matches
+        assert sorted((it.path, it.frame_ms, it.duration_ms) for it in copy.store.iter_items()) == before
+        removed = copy.rm([str(media / "cuts.mp4")])
+        assert len(removed) == sum(p.endswith("/cuts.mp4") for p, _, _ in before) > 1
+        assert copy.store.items_by_path(str(media / "cuts.mp4")) == [] and copy.store.verify() == []

@@ -180,6 +180,11 @@ class View:
         raw = fs_bytes(os.fspath(path))
         return next(self.find_path(raw, segments.path_key(raw)), None)
 
+    def item_at(self, path: str, frame_ms: int | None = None) -> Item | None:
+        """The item of this photo (frame_ms None), or of this video's frame at frame_ms."""
+        raw = fs_bytes(os.fspath(path))
+        return next(self.find_path(raw, segments.path_key(raw), frame_ms), None)
+
     def items_by_path(self, path: str) -> list[Item]:
         """Every item of this file: one for a photo, a video's frames in time order."""
         raw = fs_bytes(os.fspath(path))
