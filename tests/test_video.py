@@ -276,3 +276,13 @@ def test_export_import_and_rm_carry_every_frame(video_store, media, tmp_path):
         removed = copy.rm([str(media / "cuts.mp4")])
         assert len(removed) == sum(p.endswith("/cuts.mp4") for p, _, _ in before) > 1
         assert copy.store.items_by_path(str(media / "cuts.mp4")) == [] and copy.store.verify() == []
+
+
+def test_retrain_reads_frames_again_at_their_times(video_store, tiny_model):
+    import semdb
+
+    with semdb.open(video_store, model=tiny_model) as db:
+        n = db.store.count()
+        s = db.retrain(sample=n)
+        assert (s["reembedded"], s["transcoded"]) == (n, 0)  # every frame decoded again, none from its old code
+        assert db.store.verify() == []
