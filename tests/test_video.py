@@ -3,14 +3,16 @@ of a real store, re-ingest, change, move, prune, bad files and a kill -9 in a vi
 
 import os
 import shutil
+import time
 
 import pytest
+from conftest import semdb_cli
+from test_web import browser  # noqa: F401 - the headless Chromium fixture
 
 from semdb.errors import ImageError
 from semdb.video.frames import Sampling, sample
 from semdb.video.synthetic import Scene, write_audio_only, write_video
 from semdb.video.timecode import format_time
-from tests.conftest import semdb_cli
 
 CUTS = [Scene(3, (255, 0, 0)), Scene(1.5, (0, 0, 255), "disc"), Scene(5, (0, 255, 0), "bars", pan=2)]
 
@@ -286,3 +288,35 @@ def test_retrain_reads_frames_again_at_their_times(video_store, tiny_model):
         s = db.retrain(sample=n)
         assert (s["reembedded"], s["transcoded"]) == (n, 0)  # every frame decoded again, none from its old code
         assert db.store.verify() == []
+
+
+def test_the_page_plays_a_frame_from_its_time(tmp_path, tiny_model, browser):  # noqa: F811 - the fixture
+    """Headless Chromium: a click on a frame's card opens the video at that frame's time."""
+    from serve_helpers import Server
+
+    import semdb
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    write_video(folder / "walk.webm", CUTS, codec="libvpx")  # WebM: every Chromium build plays it
+    with semdb.open(tmp_path / "store", model=tiny_model) as db:
+        assert db.ingest([folder], train_now=True)["failed"] == 0
+    server = Server(tmp_path / "store")
+    try:
+        page = browser.new_page()
+        page.goto(server.base + "/")
+        card = page.locator(".hit", has_text="walk.webm @ 00:03")
+        card.locator("img").click()
+        video = page.locator("#full-video")
+        video.wait_for(state="visible")
+        deadline = time.monotonic() + 60
+        while video.evaluate("v => v.readyState") < 1 and time.monotonic() < deadline:  # metadata loaded
+            time.sleep(0.1)
+        t = video.evaluate("v => v.currentTime")
+        assert 3.0 <= t < 4.5, t
+        assert page.locator("#full").is_hidden()
+        page.keyboard.press("Escape")
+        assert video.evaluate("v => v.getAttribute('src')") is None
+        page.close()
+    finally:
+        assert server.stop() == 0, server.output()
