@@ -1,9 +1,10 @@
 """A video's frames, sampled and decoded with PyAV (FFmpeg in its wheels; no system ffmpeg).
 
 Every frame is decoded (FFmpeg's own threads: frame and slice threading), but only a few are
-looked at: about CHECKS_PER_SECOND a second are scaled to a 64x36 grey thumbnail, and a frame
+looked at: about CHECKS_PER_SECOND a second are scaled to a 64x36 RGB thumbnail, and a frame
 is kept when its thumbnail differs from the last one checked by more than `scene_diff` (a
-mean absolute difference on 0-255: a cut), or when `every_s` seconds have passed since the last
+mean absolute difference on 0-255: a cut; colour, not grey, so that a cut between two shots
+of equal brightness is seen), or when `every_s` seconds have passed since the last
 kept frame. A kept frame is scaled by FFmpeg straight to the size CLIP wants (its short side
 `size`), then turned upright as the stream's display matrix says (phones record portrait
 videos as rotated landscape). Timestamps come from each frame's pts, so variable frame rates
@@ -24,7 +25,7 @@ from PIL import Image
 from ..errors import ImageError
 
 EVERY_S = 2.0  # a frame at least every this many seconds (docs/VIDEOS.md: what it costs)
-SCENE_DIFF = 24.0  # mean |difference| of grey 64x36 thumbnails (0-255) that counts as a cut
+SCENE_DIFF = 24.0  # mean |difference| of 64x36 RGB thumbnails (0-255) that counts as a cut
 CHECKS_PER_SECOND = 10  # thumbnails compared a second: a cut is found within 0.1 s
 THUMB = (64, 36)
 _ROTATE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
@@ -116,7 +117,7 @@ def _frames(container, stream, decoded, info: VideoInfo, size: int, sampling: Sa
             n += 1
             if last_check is not None and ms - last_check < check_gap and ms - last_kept < sampling.every_s * 1000:
                 continue
-            thumb = frame.to_ndarray(width=THUMB[0], height=THUMB[1], format="gray").astype(np.int16)
+            thumb = frame.to_ndarray(width=THUMB[0], height=THUMB[1], format="rgb24").astype(np.int16)
             cut = last_thumb is not None and float(np.abs(thumb - last_thumb).mean()) > sampling.scene_diff
             last_thumb, last_check = thumb, ms
             if last_kept is None or cut or ms - last_kept >= sampling.every_s * 1000:

@@ -85,6 +85,6 @@ def _draw(scene: Scene, n: int, w: int, h: int) -> np.ndarray:
         yy, xx = np.ogrid[:h, :w]
         img[(yy - h // 2) ** 2 + (xx - x - s // 2) ** 2 <= (s // 2) ** 2] = inverse
     else:  # bars
-        for bx in range(x % (2 * s), w, 2 * s):
-            img[:, bx : bx + s // 2] = inverse
+        for bx in range(x % (2 * s) - 2 * s, w, 2 * s):  # from off-screen: bars slide in, never pop up
+            img[:, max(bx, 0) : max(bx + s // 2, 0)] = inverse
     return img
