@@ -2,7 +2,8 @@
 
 Frames no other frame depends on (most B-frames) are not decoded at all (FFmpeg's skip_frame
 NONREF: a third fewer frames to decode on a typical H.264 stream, measured 0.18 s against
-0.29 s on a 720p clip); the rest are decoded with FFmpeg's own threads, and only a few looked at: about CHECKS_PER_SECOND a second are scaled to a 64x36 RGB thumbnail, and a frame
+0.29 s on a 720p clip); the rest are decoded with FFmpeg's own threads, and only a few are
+looked at: about CHECKS_PER_SECOND a second are scaled to a 64x36 RGB thumbnail, and a frame
 is kept when its thumbnail differs from the last one checked by more than `scene_diff` (a
 mean absolute difference on 0-255: a cut; colour, not grey, so that a cut between two shots
 of equal brightness is seen), or when `every_s` seconds have passed since the last
