@@ -62,7 +62,7 @@ class Database:
     """A semdb store plus its model and codec. Use as a context manager, or call close().
 
     `embedder`: an already loaded `semdb.embed.Embedder` to use instead of loading `model`
-    (it must be the store's model)."""
+    (it must be the store's model). `create=False`: a missing store is a StoreError, not made."""
 
     def __init__(
         self,
@@ -75,20 +75,26 @@ class Database:
         map_size: int | None = None,
         threads: int | None = None,
         embedder=None,
+        create: bool = True,
     ):
         self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
         self.readonly = readonly
         if readonly and not (self.path / "data.mdb").exists():
             raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
         self.store = Store(
-            self.path, create=not readonly, readonly=readonly, wait=wait, **({"map_size": map_size} if map_size else {})
-        )  # initial LMDB map; grows
+            self.path,
+            create=create and not readonly,
+            readonly=readonly,
+            wait=wait,
+            **({"map_size": map_size} if map_size else {}),  # initial LMDB map; grows
+        )
         try:
             self._ctx = StoreContext(self.store, model, pretrained, device=device, threads=threads, embedder=embedder)
         except BaseException:
             self.store.close()
             raise
         self._searcher = Searcher(self._ctx)
+        self._listing = catalog.Listing(self.store)
 
     def close(self) -> None:
         self.store.close()
@@ -133,6 +139,7 @@ class Database:
         captions=None,
         policy: CodecPolicy | None = None,
         int8: bool = False,
+        retry_failed: bool = False,
     ) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
@@ -147,7 +154,8 @@ class Database:
         store is searched (captions, past queries); the codec is then trained to rank well for
         such texts (now and at each retrain). `policy`: when the codec is trained (default
         CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
-        see docs/CLI.md, "Ingest on small machines").
+        see docs/CLI.md, "Ingest on small machines"). Files that failed in an earlier run and are
+        unchanged are skipped (counted as `failed_before`); `retry_failed` decodes them again.
         """
         options = IngestOptions(
             batch_size=batch_size,
@@ -161,6 +169,7 @@ class Database:
             ray_shards=ray_shards,
             captions=captions,
             int8=int8,
+            retry_failed=retry_failed,
         )
         return run_ingest(self._ctx, paths, options, progress).to_dict()
 
@@ -273,11 +282,11 @@ class Database:
         `limit` of them (None: all) from `offset`. Filters as search()'s: `under` a folder,
         `after` (inclusive) / `before` (exclusive) a date taken ("YYYY-MM-DD", ISO text, date or
         datetime). Reads metadata only (no code, no model)."""
-        return catalog.ls(self.store, Where.of(under, after, before), offset, limit)
+        return self._listing.ls(Where.of(under, after, before), offset, limit)
 
     def count(self, under=None, after=None, before=None) -> int:
         """How many items ls() with these filters lists in all."""
-        return catalog.count(self.store, Where.of(under, after, before))
+        return self._listing.count(Where.of(under, after, before))
 
     def rm(self, targets: Iterable = (), *, under=None, dry_run: bool = False) -> list[Item]:
         """Remove items from the store (never their files): each of `targets` an item id (int)
@@ -326,13 +335,24 @@ class Database:
 
         return transfer.import_arrow(self._ctx, table, progress)
 
+    @staticmethod
+    def check_exports(paths) -> None:
+        """InputError (one line) unless every file is a semdb Parquet export: what
+        import_parquet checks first. Call it before opening a new store to import into, so
+        that a wrong file leaves no empty store behind."""
+        from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
+
+        transfer.open_exports(paths)
+
     def import_parquet(self, paths, progress: Progress | None = None) -> dict:
         """Merge Parquet exports into this store, rows in file order.
 
         Every file must hold codes of this store's codec (a new store takes the codec the
         files carry). A row whose path is new adds an item; a row for a stored path whose
         file differs (size, mtime, content hash, dimensions) replaces that item's metadata and
-        code. Importing the same file twice adds nothing.
+        code. Importing the same file twice adds nothing. A new item keeps the id it had in the
+        exporting store when that id is above every id this store has used (always, into a new
+        store: links to ids survive an export and import), else it gets the next free id.
         Returns {"added", "updated", "unchanged", "items", "seconds"}."""
         from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 

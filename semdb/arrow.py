@@ -2,8 +2,8 @@
 
 One row per item (docs/INTERFACES.md#parquet-export):
 
-    id          uint64              the item's id in the exporting store; ids are store-local, so
-                                    an import assigns new ones, in this order
+    id          uint64              the item's id in the exporting store; an import keeps it when
+                                    it is larger than every id the target store has used
     path        string              the file's path (bytes that are not UTF-8 shown as U+FFFD)
     path_bytes  binary, nullable    the exact path bytes, set only when the name is not UTF-8
     size        uint64              bytes
@@ -160,7 +160,7 @@ def _seconds(values) -> pa.Array:
 
 
 def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tuple[Item, bytes]]:
-    """(Item with id 0, code bytes) for each row, in row order."""
+    """(Item with the row's id, code bytes) for each row, in row order."""
     target = schema(code_bytes)
     cols = {}
     for field in target:
@@ -173,7 +173,7 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
         bad = [name for name in _COLUMNS if name not in _OPTIONAL and cols[name].null_count]
         raise InputError(f"column(s) {', '.join(bad)} hold nulls; every item needs them")
     ints = {name: _ints(cols[name]) for name in ("size", "mtime", "width", "height", "added", "updated")}
-    paths, exact = cols["path"].to_pylist(), cols["path_bytes"].to_pylist()
+    ids, paths, exact = cols["id"].to_pylist(), cols["path"].to_pylist(), cols["path_bytes"].to_pylist()
     hashes, codes = cols["hash"].to_pylist(), cols["code"].to_pylist()
     taken = cols["taken"].cast(pa.int64()).to_pylist()
     frame_ms, duration_ms = cols["frame_ms"].to_pylist(), cols["duration_ms"].to_pylist()
@@ -181,7 +181,7 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
         path = os.fsdecode(exact[i]) if exact[i] is not None else paths[i]
         yield (
             Item(
-                0,
+                ids[i],
                 path,
                 int(ints["size"][i]),
                 int(ints["mtime"][i]),

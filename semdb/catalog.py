@@ -19,19 +19,33 @@ from .request import Where
 from .store import Item, Store
 
 
-def ls(store: Store, where: Where, offset: int = 0, limit: int | None = None) -> list[Item]:
-    """Items matching `where`, newest first, from `offset`, at most `limit` of them."""
-    offset, limit = _count_arg("offset", offset), None if limit is None else _count_arg("limit", limit)
-    ids, taken = _matching(store, where)
-    # sort keys: date taken descending (unknown last), then id descending
-    order = np.lexsort((-ids.astype(np.int64), -np.where(np.isnan(taken), -np.inf, taken)))
-    page = ids[order[offset : None if limit is None else offset + limit]]
-    return [it for it in store.items(page.tolist()) if it is not None]  # (a commit may have removed one since)
+class Listing:
+    """ls and count over one store. The order of the last filter asked is kept until the next
+    commit, so paging through a listing scans the metadata once."""
 
+    def __init__(self, store: Store):
+        self.store = store
+        self._last: tuple | None = None  # (generation, where, ids in listing order)
 
-def count(store: Store, where: Where) -> int:
-    """How many items match `where` (without a filter: the item segments' headers only)."""
-    return store.count() if not where else len(_matching(store, where)[0])
+    def ls(self, where: Where, offset: int = 0, limit: int | None = None) -> list[Item]:
+        """Items matching `where`, newest first, from `offset`, at most `limit` of them."""
+        offset, limit = _count_arg("offset", offset), None if limit is None else _count_arg("limit", limit)
+        page = self._ordered(where)[offset : None if limit is None else offset + limit]
+        return [it for it in self.store.items(page.tolist()) if it is not None]  # (a commit may remove one)
+
+    def count(self, where: Where) -> int:
+        """How many items match `where` (without a filter: the item segments' headers only)."""
+        return self.store.count() if not where else len(self._ordered(where))
+
+    def _ordered(self, where: Where) -> np.ndarray:
+        generation = self.store.meta().get("generation")  # read first: a commit during the scan is seen next time
+        last = self._last  # one read: a server's threads may list at once
+        if last is None or last[:2] != (generation, where):
+            ids, taken = _matching(self.store, where)
+            # date taken descending (unknown last), then id descending
+            order = np.lexsort((-ids.astype(np.int64), -np.where(np.isnan(taken), -np.inf, taken)))
+            last = self._last = (generation, where, ids[order])
+        return last[2]
 
 
 def removal(store: Store, targets=(), under=None) -> list[Item]:
@@ -42,12 +56,15 @@ def removal(store: Store, targets=(), under=None) -> list[Item]:
     if not targets and under is None:
         raise InputError("give item ids, paths or --under FOLDER to remove")
     ids: set[int] = set() if under is None else set(_matching(store, Where.of(under=under))[0].tolist())
+    numbers = [int(t) for t in targets if _is_id(t)]
+    for id_, item in zip(numbers, store.items(numbers)):  # one read of each segment they share
+        if item is None:
+            raise InputError(f"no item {id_} in {store.path}: nothing removed")
+    ids.update(numbers)
     for target in targets:
-        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            if store.get_item(int(target)) is None:
-                raise InputError(f"no item {target} in {store.path}: nothing removed")
-            ids.add(int(target))
-        elif isinstance(target, (str, os.PathLike)) and os.fspath(target):
+        if _is_id(target):
+            continue
+        if isinstance(target, (str, os.PathLike)) and os.fspath(target):
             where = Where.of(under=target)
             found = [it.id for it in store.items_by_path(where.under)]  # a photo, or a video's frames
             found = found or _matching(store, where)[0].tolist()
@@ -66,6 +83,10 @@ def remove(store: Store, ids, fault: str = "rm_txn") -> None:
     with store.write() as w:
         w.delete_items(ids)
         fault_point(fault)
+
+
+def _is_id(target) -> bool:
+    return isinstance(target, (int, np.integer)) and not isinstance(target, bool) and 0 <= target < 1 << 63
 
 
 def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
@@ -91,5 +112,5 @@ def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
 
 def _count_arg(name: str, value) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise InputError(f"{name}={value!r}: expected a whole number >= 0")
+        raise InputError(f"--{name} {value!r}: give a whole number >= 0")
     return int(value)

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from . import listing
 from .api import Database
 from .cluster import Cluster
 from .codec import Codec
@@ -65,6 +66,11 @@ def _errors():
 
 
 RATED_STAGES = {"embedding", "re-embedding sample", "re-encoding", "adding embeddings"}  # shown with img/s
+
+
+def _say(line: str) -> None:
+    """A line for the user on stderr, printed as it is (no markup)."""
+    err.print(Text(line), highlight=False, soft_wrap=True)
 
 
 def _print_json(obj) -> None:
@@ -121,6 +127,9 @@ def ingest(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
@@ -175,6 +184,7 @@ def ingest(
                     train_now=train_now,
                     captions=captions,
                     int8=int8,
+                    retry_failed=retry_failed,
                 )
     if not as_json:
         for failure in summary["failures"]:
@@ -183,6 +193,17 @@ def ingest(
                 highlight=False,
                 soft_wrap=True,
             )
+        if summary.get("failed_before"):
+            err.print(
+                Text.assemble(
+                    ("note:", "yellow"),
+                    f" skipped {summary['failed_before']} files that failed before and are unchanged "
+                    "(`--retry-failed` to try again)",
+                ),
+                soft_wrap=True,
+            )
+        for path in summary["no_images"]:
+            err.print(Text.assemble(("note:", "yellow"), f" no images found in {path}"), soft_wrap=True)
         _print_codec_notes(summary, store)
     _print_summary(
         summary,
@@ -195,12 +216,13 @@ def ingest(
             "moved",
             "duplicate",
             "failed",
+            "failed_before",
             "pruned",
             "missing",
             "items",
             "staged",
             "seconds",
-            "images_per_second",
+            *(["images_per_second"] if summary["images_per_second"] else []),
         ),
     )
 
@@ -332,7 +354,23 @@ def query(
         if hits is None:
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
                 hits = db.search(request)
+        if not hits and not as_json:
+            err.print(Text(_why_no_results(store, request)), highlight=False, soft_wrap=True)
     _print_hits(hits, as_json, paths_only)
+
+
+def _why_no_results(store, request: SearchRequest) -> str:
+    """The line an empty result prints instead of an empty table: why, when the store tells."""
+    with Database(store, readonly=True) as db:
+        paths = [it.path for it in db.store.iter_items()]
+    under = request.where.under
+    if not paths:
+        return "no results: the store is empty (add photos with `semdb ingest PATH`)"
+    if under is not None and not any(p.startswith(os.path.join(under, "")) for p in paths):
+        return f"no results: nothing stored under {display_path(under)}"
+    if request.like is not None and len(paths) == 1:
+        return "no results: the store holds only that item"
+    return "no results: no stored item passes the filters (--under, --after, --before, --min-score, --within)"
 
 
 def _shard_list(shards: str) -> list[str]:
@@ -361,7 +399,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
     elif paths_only:
         for h in hits:
             sys.stdout.write(display_path(h.path) + "\n")
-    else:
+    elif hits:
         table = Table("rank", "score", "id", "path")
         for rank, h in enumerate(hits, 1):
             table.add_row(str(rank), f"{h.score:.4f}", str(h.id), Text(_hit_place(h)))
@@ -394,8 +432,10 @@ def duplicates(
     for n, group in enumerate(found["groups"], 1):
         kind = "exact copies" if group["exact"] else f"similarity >= {group['min_similarity']:.3f}"
         out.print(Text(f"group {n} ({len(group['ids'])} images, {kind}):"))
+        copy_of = {id_: same[0] for same in group["copies"] for id_ in same[1:]}
         for id_, path in zip(group["ids"], group["paths"]):
-            out.print(Text(f"  {id_}\t{display_path(path)}"))
+            copy = f"\t(exact copy of {copy_of[id_]})" if id_ in copy_of and not group["exact"] else ""
+            out.print(Text(f"  {id_}\t{display_path(path)}{copy}"))
     err.print(Text(f"{len(found['groups'])} groups at threshold {found['threshold']}"))
 
 
@@ -429,43 +469,45 @@ def tag(
 @app.command()
 def serve(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (not loopback: asks for the key)."),
     port: int = typer.Option(
         8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."
     ),
-    allow_remote: bool = typer.Option(
-        False,
-        "--allow-remote",
-        help="Allow a --host other than loopback: anyone who reaches it can search and view the photos.",
+    require_key: bool = typer.Option(
+        False, "--require-key", help="Ask for the access key on loopback too (behind a reverse proxy: docs/SERVE.md)."
     ),
+    new_key: bool = typer.Option(False, "--new-key", help="Replace the access key: earlier keys and sessions end."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The --tls-cert's private key (PEM)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="With --shards: allow a network --host (no key)."),
     model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
     shards: str | None = typer.Option(
-        None,
-        "--shards",
-        help="Comma-separated stores that share one codec: serve GET /api/search over all of them from Ray Serve "
-        "(docs/SCALE.md#sharded-search).",
+        None, "--shards", help="Stores sharing one codec: GET /api/search over them on Ray Serve (docs/SCALE.md)."
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
     ),
 ):
-    """Search the store from a web page and a JSON API: the model loaded once, the index warm,
-    new commits of a running ingest seen at once (API: docs/INTERFACES.md, HTTP API)."""
-
+    """Search the store from a web page and a JSON API, model and index kept warm (docs/SERVE.md)."""
     with _errors():
         if shards is not None:
-            if store is not None or model is not None or pretrained is not None:
-                raise InputError("--shards serves the stores it names, with their own model (no --store or --model)")
+            if any(v is not None for v in (store, model, pretrained, tls_cert, tls_key)) or require_key or new_key:
+                raise InputError("--shards serves the stores it names, with their own model, without a key or TLS")
             _serve_shards(_shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
+        if allow_remote:
+            err.print("note: --allow-remote is no longer needed: a network --host asks for the access key")
         run(
             store,
             host,
             port,
-            allow_remote=allow_remote,
+            require_key=require_key,
+            new_key=new_key,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None,
             model=model,
             pretrained=pretrained,
             threads=threads,
@@ -560,7 +602,7 @@ def info(
 
 @app.command("export")
 def export_(
-    out_path: Path = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
+    out_path: str = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
@@ -581,6 +623,7 @@ def import_(
 ):
     """Merge Parquet exports into a store (same codec; a new store takes theirs). Idempotent."""
     with _errors():
+        Database.check_exports(files)  # before the store is opened: a wrong file leaves no new store behind
         progress, update = _progress(enabled=not as_json)
         with Database(store, wait=wait) as db, progress:
             summary = db.import_parquet(files, progress=update)
@@ -596,6 +639,42 @@ def _print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
     for key in keys or summary:
         table.add_row(key.replace("_", " "), Text(str(summary[key])))
     out.print(table)
+
+
+@app.command("ls")
+def ls_(
+    under: Path | None = typer.Option(None, "--under", help="Only items whose file is under this folder."),
+    after: str | None = typer.Option(None, "--after", help="Only photos taken on or after this date (YYYY-MM-DD)."),
+    before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
+    limit: int | None = typer.Option(None, "-n", "--limit", help="At most this many items (default: all)."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many items first (the next page)."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help='Print [{"id", "path", "taken", "size", ...}] as JSON.'),
+    paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
+):
+    """List the stored items, newest first (by date taken): id, date taken, size, path."""
+    with _errors():
+        if as_json and paths_only:
+            raise InputError("--json and --paths-only: give one of them")
+        with Database(store, readonly=True) as db:
+            items = db.ls(under, after, before, offset=offset, limit=limit)
+    listing.print_items(items, as_json, paths_only, _say, listing.nothing(under, after, before, offset))
+
+
+@app.command()
+def rm(
+    targets: list[str] | None = typer.Argument(None, help="Item ids, or paths of stored files or folders."),
+    under: Path | None = typer.Option(None, "--under", help="Every item whose file is under this folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"dry_run", "removed": [...]} as JSON.'),
+):
+    """Remove items from the store, in one step (the files stay): by id, by path, or all under a folder."""
+    with _errors():
+        with Database(store, wait=wait, create=False) as db:
+            removed = db.rm([int(t) if t.isdigit() else t for t in targets or ()], under=under, dry_run=dry_run)
+    listing.print_removed(removed, as_json, dry_run, _say, listing.nothing(under) + ": nothing removed")
 
 
 @app.command()

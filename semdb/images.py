@@ -253,9 +253,13 @@ def _decode(fh, path, draft_size, max_pixels, max_megapixels) -> Image.Image:
         raise ImageError(path, "not an image or unsupported format") from None
     except Image.DecompressionBombError:
         raise
+    except OSError as exc:
+        if exc.errno is not None:  # the OS could not read the file
+            raise
+        raise _corrupt(path, exc) from None  # Pillow's own complaint ("Truncated File Read")
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         # Some plugins accept the magic bytes then choke on the rest of the header.
-        raise ImageError(path, "truncated or corrupt image data") from exc
+        raise _corrupt(path, exc) from exc
 
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
@@ -273,9 +277,18 @@ def _decode(fh, path, draft_size, max_pixels, max_megapixels) -> Image.Image:
         raise
     except MemoryError:
         raise ImageError(path, "not enough memory to decode") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the OS could not read the file
+            raise
+        raise _corrupt(path, exc) from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for corrupt data
-        raise ImageError(path, "truncated or corrupt image data") from exc
+        raise _corrupt(path, exc) from exc
     return img
+
+
+def _corrupt(path, exc: Exception) -> ImageError:
+    """A decoder's complaint about the file's bytes, with its own words (they say where)."""
+    return ImageError(path, f"truncated or corrupt image: {str(exc).strip() or type(exc).__name__}")
 
 
 def _orient(img: Image.Image) -> Image.Image:

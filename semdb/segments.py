@@ -357,11 +357,13 @@ class KeyMultimap:
     def merged(self) -> KeyMultimap:
         keys, values = self.keys, self.values
         if self.removed:
-            drop = []
-            for key, value in self.removed:
-                k = np.uint64(key)
-                lo, hi = np.searchsorted(keys, k, "left"), np.searchsorted(keys, k, "right")
-                drop += [lo + i for i, v in enumerate(values[lo:hi].tolist()) if v == value]
+            # candidates by key and by value, vectorised (a key may hold many values: content
+            # hashes of copies, code segments), then each candidate checked as a pair
+            rk = np.fromiter((k for k, _ in self.removed), np.uint64, len(self.removed))
+            rv = np.fromiter((v for _, v in self.removed), np.uint64, len(self.removed))
+            cand = np.flatnonzero(np.isin(keys, rk) & np.isin(values, rv))
+            pairs = zip(keys[cand].tolist(), values[cand].tolist())
+            drop = cand[np.fromiter((p in self.removed for p in pairs), bool, len(cand))]
             keys, values = np.delete(keys, drop), np.delete(values, drop)
         if self.added:
             pairs = sorted((k, v) for k, vs in self.added.items() for v in vs)

@@ -63,6 +63,11 @@ def export(ctx: StoreContext, out, progress: Progress | None = None) -> dict:
     import pyarrow.parquet as pq  # noqa: PLC0415  (pyarrow: only for export and import)
 
     start = time.perf_counter()
+    if os.fspath(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        raise InputError(
+            f"--out {display_path(out)} is a folder: give the file to write, e.g. "
+            f"{display_path(Path(out) / 'photos.parquet')}"
+        )
     out = Path(out)
     if not out.parent.is_dir():
         raise InputError(f"{display_path(out)}: folder {display_path(out.parent)} does not exist")
@@ -96,23 +101,7 @@ def import_arrow(ctx: StoreContext, table, progress: Progress | None = None) -> 
 
 
 def import_parquet(ctx: StoreContext, paths, progress: Progress | None = None) -> dict:
-    import pyarrow as pa  # noqa: PLC0415  (pyarrow: only for export and import)
-    import pyarrow.parquet as pq  # noqa: PLC0415  (pyarrow: only for export and import)
-
-    files = []
-    for path in paths:  # check every file before writing anything
-        source = display_path(path)
-        try:
-            pf = pq.ParquetFile(path)
-        except FileNotFoundError:
-            raise InputError(f"{source}: no such file") from None
-        except (OSError, pa.ArrowException) as e:
-            raise InputError(f"{source}: not a Parquet file ({str(e).splitlines()[0]})") from None
-        meta = arrow.read_meta(pf.schema_arrow, source)
-        arrow.check_columns(pf.schema_arrow, meta["code_bytes"], source)
-        files.append((pf, meta, source))
-    if not files:
-        raise InputError("no Parquet files given to import")
+    files = open_exports(paths)
     _accept_codec(ctx, [(meta, source) for _, meta, source in files])
     return _merge(
         ctx,
@@ -120,6 +109,31 @@ def import_parquet(ctx: StoreContext, paths, progress: Progress | None = None) -
         files[0][1]["code_bytes"],
         progress,
     )
+
+
+def open_exports(paths) -> list:
+    """[(ParquetFile, semdb metadata, name to show)] of every file, each checked to be a semdb
+    export (InputError, one line, otherwise): done before anything is written."""
+    import pyarrow as pa  # noqa: PLC0415  (pyarrow: only for export and import)
+    import pyarrow.parquet as pq  # noqa: PLC0415  (pyarrow: only for export and import)
+
+    files = []
+    for path in paths:
+        source = display_path(path)
+        try:
+            pf = pq.ParquetFile(path)
+        except FileNotFoundError:
+            raise InputError(f"{source}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{source} is a folder: give the Parquet files written by `semdb export`") from None
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{source}: not a Parquet file ({str(e).splitlines()[0]})") from None
+        meta = arrow.read_meta(pf.schema_arrow, source)
+        arrow.check_columns(pf.schema_arrow, meta["code_bytes"], source)
+        files.append((pf, meta, source))
+    if not files:
+        raise InputError("no Parquet files given to import")
+    return files
 
 
 def _accept_codec(ctx: StoreContext, metas) -> None:
@@ -167,8 +181,8 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
             with ctx.write() as w:  # new codes get their IVF lists in this transaction
                 for item, code in arrow.to_items(batch, code_bytes):
                     old = w.item_at(item.path, item.frame_ms)
-                    if old is None:
-                        w.add_item(item, code=code)
+                    if old is None:  # keeps its id if that is free: above every id this store used
+                        w.add_item(item, code=code, keep_id=True)
                         counts["added"] += 1
                     elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == (
                         item.size,

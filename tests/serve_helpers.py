@@ -50,6 +50,7 @@ class Server:
             time.sleep(0.2)
         self.host, self.port = "127.0.0.1", facts["port"]
         self.base = f"http://{self.host}:{self.port}"
+        self.headers = {}  # sent with every request (e.g. the access key as a bearer token)
 
     def output(self) -> str:
         if not self._log.closed:
@@ -81,7 +82,7 @@ class Server:
         """(status, headers dict with lower-case names, body bytes). `target` is sent as is."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
-            conn.request(method, target, body=body, headers=headers or {})
+            conn.request(method, target, body=body, headers={**self.headers, **(headers or {})})
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:

@@ -147,7 +147,10 @@ def test_retrain_survives_kill_9_at_every_stage(tmp_path, tiny_model):
         with Store(store) as s:
             assert s.verify() == [] and s.meta()["codec_id"] == rerun["codec"] != base_codec
             assert s.meta().get("pending_codec") is None and len(s.load_codes()[0]) == n
-        assert rerun["resumed"] == (fault in ("recode_txn:1", "recode_txn:2", "switch_txn:1")), (fault, rerun)
+        # killed while it trains or commits the pending codec, it had saved the sample's embeddings
+        assert rerun["resumed"] == (fault not in ("decode:2", "embedded:1")), (fault, rerun)
+        if fault in ("train:1", "pending_txn:1"):  # only the files outside the sample are embedded
+            assert rerun["reembedded"] == n - rerun["transcoded"] - rerun["trained_on"], (fault, rerun)
         tried.append((fault, on == base_codec, killed.returncode))
     assert len(tried) == len(RETRAIN_FAULTS)
 
@@ -298,3 +301,51 @@ def test_shift_signal_on_real_clip_embeddings(tmp_path, name):
     # (held-out photos reconstruct worse than the training photos did: the drift rule may speak)
     assert same_info["codec"]["shift_ratio"] < 1.0 and "vary along" not in (same_info["retrain_advice"] or "")
     assert "vary along directions" in shifted_info["retrain_advice"] and shifted_info["codec"]["shift_ratio"] > 1.3
+
+
+def test_a_retrain_interrupted_while_it_trains_resumes_without_embedding_again(tmp_path, tiny_model):
+    """Ctrl-C (SIGINT) and kill -9 while the new codec trains: the next retrain takes the
+    sample's embeddings from the interrupted one (resumed, 0 files embedded) and trains the very
+    codec an uninterrupted retrain trains."""
+    import subprocess
+    import time
+
+    from conftest import SEMDB, cli_env
+
+    photos = write_photos(tmp_path / "photos", n_generated=8)
+    store, twin = tmp_path / "s", tmp_path / "twin"
+    with semdb.open(store, model=tiny_model) as db:
+        db.ingest([photos], policy=CodecPolicy(bits=64, min_train=2))
+    shutil.copytree(store, twin)
+    args = ["retrain", "--batch-size", "4", "--threads", "1", "--json"]
+    uninterrupted = json.loads(semdb_cli(*args, "--store", twin).stdout)
+    assert not uninterrupted["resumed"] and uninterrupted["reembedded"] == 12
+
+    proc = subprocess.Popen(
+        [SEMDB, *args, "--store", str(store)],
+        env=cli_env(SEMDB_FAULT_POINT="train:delay=120"),  # training held open
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for attempt in range(1200):  # the sample is saved just before training starts
+        assert proc.poll() is None and attempt < 1199, proc.communicate()
+        if (store / "retrain-sample.npz").exists():
+            break
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    with Store(store) as s:
+        assert s.verify() == [] and s.meta().get("pending_codec") is None
+    resumed = json.loads(semdb_cli(*args, "--store", store).stdout)
+    assert resumed["resumed"] and resumed["reembedded"] == 0 and resumed["trained_on"] == 12
+    assert resumed["codec"] == uninterrupted["codec"]
+    assert not (store / "retrain-sample.npz").exists()
+
+    semdb_cli(*args, "--store", store, env={"SEMDB_FAULT_POINT": "train:1"}, check=-signal.SIGKILL)
+    again = json.loads(semdb_cli(*args, "--store", store).stdout)
+    assert again["resumed"] and again["reembedded"] == 0 and again["trained_on"] == 12
+    with Store(store) as s:
+        assert s.verify() == [] and s.meta()["codec_id"] == again["codec"]

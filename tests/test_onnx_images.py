@@ -193,10 +193,15 @@ def test_same_codes_as_torch(tmp_path, tiny_model, photos, codec_file):
     torch_path = ingest(tmp_path, "torch", tiny_model, photos, codec_file, SEMDB_ONNX="0")
     onnx = ingest(tmp_path, "onnx", tiny_model, photos, codec_file)
     assert onnx["image_model"] == "onnx fp32"
-    same = [onnx["vectors"][n] == torch_path["vectors"][n] for n in torch_path["vectors"]]
-    # the tiny random model maps every photo close to one direction, so its codes sit near ties
-    # that 1e-7 can flip; ViT-B-32's gave the same codes for 64 of 64 (docs/BENCHMARKS.md)
-    assert sum(same) >= len(same) // 2
+    from semdb.codec import Codec
+
+    codec = Codec.load(codec_file)
+    names = sorted(torch_path["vectors"])
+    codes = {run["image_model"]: np.array([run["vectors"][n] for n in names], np.uint8) for run in (torch_path, onnx)}
+    # the same vectors out of the codes: the tiny random model's codebook holds equal codewords,
+    # so the code bytes of a tie may differ (the embeddings agree to 1e-7, test above); ViT-B-32's
+    # gave the same code bytes for 64 of 64 (docs/BENCHMARKS.md)
+    np.testing.assert_allclose(codec.decode(codes["onnx fp32"]), codec.decode(codes["torch"]), atol=1e-6, rtol=0)
 
 
 def test_int8_is_opt_in_and_close_to_fp32(tmp_path, tiny_model, tiny_embedder, photos, codec_file, cache):

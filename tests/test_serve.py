@@ -416,9 +416,10 @@ def test_semdb_query_uses_the_running_server(tmp_path, tiny_model_dir):
     photos = write_photos(tmp_path / "photos", n_generated=2)
     store = tmp_path / "store"
     _ingest(store, [photos], "local-dir:" + str(model_dir), train_now=False)
-    server = Server(store, "--host", "0.0.0.0", "--allow-remote")
+    server = Server(store, "--host", "0.0.0.0")
     try:
-        assert "warning: listening on 0.0.0.0" in server.wait_output("warning: listening on 0.0.0.0")
+        assert "access key: open http://" in server.wait_output("access key: open")
+        server.headers = {"Authorization": "Bearer " + (store / "serve.key").read_text().strip()}
         beacon = json.loads((store / "serve.json").read_text())
         assert beacon["pid"] == server.proc.pid and beacon["port"] == server.port
         expected = server.get_json("/api/search?q=a+rocket&k=3")["hits"]
@@ -510,11 +511,11 @@ def test_semdb_query_ignores_a_stale_beacon(tmp_path, tiny_model):
         assert semdb_cli("query", "a rocket", "--store", store, "--json").stdout == local
 
 
-def test_serve_refuses_a_remote_host_without_the_flag(tmp_path, tiny_model):
+def test_serve_refuses_what_it_cannot_serve(tmp_path, tiny_model):
     store = tmp_path / "store"
     _ingest(store, [write_photos(tmp_path / "p", n_generated=1)], tiny_model, train_now=False)
-    proc = semdb_cli("serve", "--store", store, "--host", "0.0.0.0", "--port", "0", check=2)
-    assert "--allow-remote" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = semdb_cli("serve", "--store", store, "--host", "0.0.0.0", "--port", "0", "--tls-cert", __file__, check=2)
+    assert "--tls-key" in proc.stderr and proc.stderr.count("\n") == 1
     semdb_cli("serve", "--store", tmp_path / "nothing", "--port", "0", check=4)
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -180,3 +180,38 @@ def test_items_keep_the_files_own_size_not_the_decoded_one(tmp_path, tiny_model)
         size = {os.path.basename(it.path): (it.width, it.height) for it in db.store.iter_items()}
     assert size["coffee.jpg"] == (600, 400) and size["turned.jpg"] == (400, 600) and size["big.png"] == (1200, 800)
     assert size["astronaut.jpg"] == (512, 512)
+
+
+def test_duplicate_groups_do_not_chain_and_flag_exact_copies_inside_a_group(tmp_path, tiny_model):
+    # a burst of slowly changing shots: each 0.97 from the next, 0.88 from the one after
+    basis = np.linalg.qr(np.random.default_rng(0).standard_normal((64, 2)))[0].T
+    angles = np.arccos(0.97) * np.arange(7)
+    burst = np.cos(angles)[:, None] * basis[0] + np.sin(angles)[:, None] * basis[1]
+    with semdb.open(tmp_path / "burst", model=tiny_model) as db:
+        db.add_embeddings([f"/burst/{i}.jpg" for i in range(7)], burst.astype(np.float32), model=tiny_model)
+        groups = db.duplicates(threshold=0.95)["groups"]
+    assert groups and all(len(g["ids"]) == 2 for g in groups)  # chained, it was one group of 7
+    for g in groups:
+        rows = [int(os.path.basename(p)[0]) for p in g["paths"]]
+        assert abs(rows[0] - rows[1]) == 1 and g["min_similarity"] == pytest.approx(0.97, abs=2e-3)
+    proc = semdb_cli("duplicates", "--store", tmp_path / "burst", "--threshold", "0.95")
+    assert "similarity >= 0.97" in proc.stdout and "similarity >= 0.8" not in proc.stdout
+
+    # an exact copy beside a resized version: one group, the copy flagged
+    photos = write_photos(tmp_path / "p", n_generated=0)
+    Image.open(photos / "coffee.jpg").resize((300, 200)).save(photos / "coffee_small.jpg", quality=70)
+    (photos / "copy_of_coffee.jpg").write_bytes((photos / "coffee.jpg").read_bytes())
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        db.ingest([photos], train_now=True)
+        id_of = {os.path.basename(it.path): it.id for it in db.store.iter_items()}
+        groups = db.duplicates(threshold=0.995)["groups"]
+    group = next(g for g in groups if id_of["coffee.jpg"] in g["ids"])
+    assert {id_of["coffee_small.jpg"], id_of["copy_of_coffee.jpg"]} <= set(group["ids"]) and not group["exact"]
+    assert [sorted(c) for c in group["copies"]] == [sorted([id_of["coffee.jpg"], id_of["copy_of_coffee.jpg"]])]
+    shown = semdb_cli("duplicates", "--store", tmp_path / "s", "--threshold", "0.995").stdout
+    first, second = group["copies"][0]
+    flagged = [line.split() for line in shown.splitlines() if "exact copy of" in line]
+    assert flagged == [
+        [str(second), str(tmp_path / "p" / os.path.basename(group["paths"][group["ids"].index(second)]))]
+        + ["(exact", "copy", "of", f"{first})"]
+    ]

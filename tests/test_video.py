@@ -126,7 +126,9 @@ def test_discovery_by_extension_and_by_first_bytes(tmp_path, tiny_model):
     write_audio_only(folder / "song.m4v")
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         s = db.ingest([folder])
-    assert s["new"] == 2 and [f["reason"] for f in s["failures"]] == ["no video stream"]
+        assert s["new"] == 2 and [f["reason"] for f in s["failures"]] == ["no video stream"]
+        again = db.ingest([folder])  # the failed file is remembered, not opened again
+        assert (again["failed_before"], again["failed"], again["unchanged"]) == (1, 0, 2)
 
 
 def test_kill_9_in_a_videos_commit_resumes_without_storing_frames_twice(media, tmp_path, tiny_model):

@@ -21,6 +21,7 @@ from ..faults import fault_point
 from ..images import date_taken
 from ..store import Item, Store
 from .encode import encode
+from .failures import remember
 from .records import EmbeddedBatch, IngestSummary, Vectors
 
 # The shift signal follows the latest photos: each older photo's weight fades by this much per
@@ -63,20 +64,26 @@ def stored_rows(vectors: Vectors, codec: Codec | None) -> Vectors:
 
 def commit_batch(ctx: StoreContext, batch: EmbeddedBatch, codec: Codec | None, summary: IngestSummary) -> None:
     """One transaction: every decodable job's item (and its copies') with its code or staged
-    embedding. Jobs whose image failed are listed in the summary, with their copies."""
-    good = []
+    embedding. Jobs whose image failed are listed in the summary, with their copies, and
+    remembered in the same transaction (failures.py)."""
+    good, failed = [], []
     for job, image in zip(batch.jobs, batch.images):
         if image.error is not None:
-            for path in [job.path, *(c.path for c in job.copies)]:  # byte-identical copies fail alike
-                summary.fail(ImageError(path, image.error.reason))
+            for file in (job.file, *job.copies):  # byte-identical copies fail alike
+                summary.fail(ImageError(file.path, image.error.reason))
+                failed.append((file, image.error.reason))
         else:
             good.append((job, image))
     if not good:
+        with ctx.write() as w:
+            remember(w, failed)
         return
     stored = stored_rows(batch.vectors, codec)
     kind, rows = ("code", stored.codes) if stored.codes is not None else ("embedding", stored.embeddings)
     now = time.time()
     with ctx.write() as w:  # new codes get their IVF lists in this transaction
+        if failed:
+            remember(w, failed)
         for (job, image), row in zip(good, rows):
             f, old = job.file, job.file.item
             if old is not None:  # same path, new content: re-encoded

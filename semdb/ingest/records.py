@@ -94,12 +94,13 @@ class IngestSummary:
     moved: int = 0
     duplicate: int = 0
     failed: int = 0
+    failed_before: int = 0  # files that failed in an earlier run, unchanged since: skipped
     pruned: int = 0
     missing: int = 0  # items whose files are gone (removed with --prune)
     embedded: int = 0  # images and video frames through CLIP
     video_frames: int = 0  # frames of videos indexed by this run that were kept (stored)
     seconds: float = 0.0
-    images_per_second: float = 0.0
+    images_per_second: float | None = None  # of the embedding phase (run.py, EmbeddingRate); None: too short
     items: int = 0
     staged: int = 0  # items not compressed yet (the store has no codec)
     codec_trained: bool = False
@@ -108,6 +109,7 @@ class IngestSummary:
     onnx_export_seconds: float = 0.0  # this run exported the model to ONNX (a first ingest of it on a CPU)
     peak_rss_mb: float = 0.0  # the process's peak resident memory so far (MiB)
     failures: list = field(default_factory=list)  # [{"path", "reason"}]
+    no_images: list = field(default_factory=list)  # given folders with no image file, given files that are not images
 
     def fail(self, error: ImageError) -> None:
         self.failures.append({"path": display_path(error.path), "reason": error.reason})

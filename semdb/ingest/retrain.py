@@ -10,6 +10,8 @@ Queries keep using the old codec and codes until the switch commits, so every it
 scored by the codec its code belongs to. A killed retrain leaves the pending codec and the
 recodes it committed; running it again continues from there (an ingest in between is fine:
 changing or deleting an item drops its recode, new items have none, so both are encoded).
+Before the pending codec is committed, the sample's embeddings are kept in a file
+(retrain_sample.py): a retrain interrupted while it trains does not embed them again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..faults import fault_point
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from ..store import Item
+from . import retrain_sample
 from .encode import encode
 from .local import LocalEngine
 from .model import image_model
@@ -43,11 +46,11 @@ PENDING_STATS = "pending_codec_stats"  # store meta: the pending codec's stats, 
 class RetrainSummary:
     items: int = 0
     trained_on: int = 0
-    reembedded: int = 0  # items whose file was embedded again
+    reembedded: int = 0  # items whose file was embedded again (in this run)
     transcoded: int = 0  # items whose file is gone, changed or unreadable: re-encoded from their old code
     old_codec: str | None = None
     codec: str | None = None
-    resumed: bool = False  # an interrupted retrain was finished
+    resumed: bool = False  # an interrupted retrain was finished (its pending codec, or its sample's embeddings)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -101,6 +104,7 @@ def retrain(
         w.set_meta(STATS_KEY, stats)
         w.set_meta(PENDING_STATS, None)
         fault_point("switch_txn")
+    retrain_sample.discard(ctx)  # (left by a kill just after the pending codec was committed)
     # The switch dropped the old codes' IVF: a store that had one gets a new one for the new codes.
     ivf.rebuild(ctx, had_ivf, progress) if had_ivf else ivf.maintain(ctx, progress)
     summary.codec = new.id
@@ -140,26 +144,37 @@ def _embed(engine, model, jobs, batch_size):
 
 
 def _train_pending(ctx, engine, model, bits, sample, batch_size, summary, progress) -> Codec:
-    """Re-embed a sample of the stored files, train the new codec on it, and commit it as the
-    pending codec together with the codes of the sample."""
+    """Re-embed a sample of the stored files (those an interrupted retrain had embedded are
+    taken from retrain_sample.py), train the new codec on it, and commit it as the pending codec
+    together with the codes of the sample."""
     store = ctx.store
     items = list(store.iter_items())
     rng = np.random.default_rng(0)
     picked = [items[i] for i in sorted(rng.choice(len(items), min(sample, len(items)), replace=False))]
     jobs, _ = _unchanged_files(picked)
-    ids, parts, done = [], [], 0
-    for good, X, bad in _embed(engine, model, jobs, batch_size):
-        if good:
-            ids += [it.id for it in good]
-            parts.append(X)
-        done += len(good) + len(bad)
-        report(progress, "re-embedding sample", done, len(jobs))
+    kept = retrain_sample.load(ctx)  # {id: (hash, embedding)} of an interrupted retrain
+    embedded = {job.file.item.id: kept[job.file.item.id] for job in jobs if _same_file(kept, job)}
+    todo = [job for job in jobs if job.file.item.id not in embedded]
+    summary.resumed = bool(embedded)
+    done, saved = len(embedded), time.monotonic()
+    try:
+        for good, X, bad in _embed(engine, model, todo, batch_size):
+            embedded.update((it.id, (it.hash, x)) for it, x in zip(good, X if good else ()))
+            summary.reembedded += len(good)
+            done += len(good) + len(bad)
+            report(progress, "re-embedding sample", done, len(jobs))
+            if time.monotonic() - saved >= retrain_sample.SAVE_SECONDS:
+                retrain_sample.save(ctx, embedded)
+                saved = time.monotonic()
+    finally:  # interrupted (Ctrl-C, a full disk...) or not: what is embedded is kept
+        retrain_sample.save(ctx, embedded)
+    ids = [job.file.item.id for job in jobs if job.file.item.id in embedded]  # in the sample's order
     if len(ids) < 2:
         raise InputError(
             f"{ctx.path}: only {len(ids)} of the {len(picked)} sampled files can still be read; "
             f"a codec needs at least 2 (are the photos on an unmounted drive?)"
         )
-    X = np.concatenate(parts)
+    X = np.stack([embedded[i][1] for i in ids]).astype(np.float32)
     new = train_codec(ctx, X, bits, progress)
     codes = new.encode(X)
     with store.write() as w:
@@ -167,8 +182,12 @@ def _train_pending(ctx, engine, model, bits, sample, batch_size, summary, progre
         w.set_recodes(ids, codes)
         w.set_meta(PENDING_STATS, codec_stats(new, X, codes))
         fault_point("pending_txn")
-    summary.reembedded += len(ids)
+    retrain_sample.discard(ctx)  # the pending codec carries the work from here
     return new
+
+
+def _same_file(kept: dict, job: EmbedJob) -> bool:
+    return job.file.item.id in kept and kept[job.file.item.id][0] == job.hash
 
 
 def _recode_rest(ctx, engine, model, old: Codec, new: Codec, batch_size, summary, progress) -> None:

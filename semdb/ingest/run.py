@@ -16,6 +16,7 @@ from ..video.files import is_video_file
 from ..video.frames import Sampling
 from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
+from .failures import forget_settled
 from .local import LocalEngine
 from .model import image_model
 from .records import IngestSummary, peak_rss_mb
@@ -37,6 +38,7 @@ class IngestOptions:
     ray_shards: Path | None = None  # default STORE/ray-shards
     captions: object = None  # text queries for the codec's training: a file (one per line) or list[str]
     int8: bool = False  # the int8 ONNX image tower (local engine on a CPU; semdb.onnxclip)
+    retry_failed: bool = False  # decode again the files that failed before, unchanged since (failures.py)
     sampling: Sampling = field(default_factory=Sampling)  # how video frames are chosen (semdb.video.frames)
 
     def __post_init__(self):
@@ -63,7 +65,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         adopt_codec(ctx, options.codec)
     if options.captions is not None:
         record_captions(ctx, options.captions)
-    found = scan(ctx.store, paths, summary)
+    found = scan(ctx.store, paths, summary, options.retry_failed)
     fill_dates(ctx.store, found.undated)
     seen = set(found.seen)
     videos, images = [], []
@@ -86,16 +88,20 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         elif batches:
             summary.image_model = "torch"  # Ray's actors run the torch tower
         done = embedded = 0
+        rate = EmbeddingRate()
         while done < len(batches):
             codec = ctx.codec
             # Without a codec, embed just the batches that reach train_at, train, then go on
             # with codes (a Ray engine ships the new codec to its actors).
             n = len(batches) - done if codec else policy.batches_to_stage(ctx.store.staging_count(), options.batch_size)
             for batch in engine.embed(batches[done : done + n], codec, model):
+                before = summary.embedded
                 commit_batch(ctx, batch, ctx.codec, summary)
+                rate.committed(summary.embedded - before)
                 embedded += len(batch.jobs)
                 report(progress, "embedding", embedded, len(jobs))
             done += n
+            rate.pause()  # the codec may train now: not embedding
             summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
 
     def train_when_due():
@@ -106,14 +112,40 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     ingest_videos(ctx, videos, seen, model_of_videos, sampling, options.batch_size, summary, progress, train_when_due)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
+    forget_settled(ctx.store)
     ivf.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)
     summary.peak_rss_mb = peak_rss_mb()
-    if summary.embedded:
-        summary.images_per_second = round(summary.embedded / summary.seconds, 2)
+    summary.images_per_second = rate.per_second()
     return summary
+
+
+class EmbeddingRate:
+    """Images per second of the embedding phase: decoding, CLIP, encoding and commits, timed
+    from one batch's commit to the next (the first batch also waits for the model to load and
+    the decoders to start, and training the codec is no part of it). None for less than
+    MIN_SECONDS of it: a rate of a second's work says nothing."""
+
+    MIN_SECONDS = 1.0
+
+    def __init__(self):
+        self.images, self.seconds, self._last = 0, 0.0, None
+
+    def committed(self, images: int) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.images, self.seconds = self.images + images, self.seconds + now - self._last
+        self._last = now
+
+    def pause(self) -> None:
+        self._last = None
+
+    def per_second(self) -> float | None:
+        if self.seconds < self.MIN_SECONDS or not self.images:
+            return None
+        return round(self.images / self.seconds, 2)
 
 
 def _engine(ctx: StoreContext, options: IngestOptions):

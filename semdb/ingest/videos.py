@@ -29,6 +29,7 @@ from ..store import Item
 from ..video.frames import Sampling, sample
 from .commit import _count_drift, stored_rows
 from .encode import embed_and_encode
+from .failures import remember
 from .local import try_hash
 from .records import DecodedImage, FileState, IngestSummary, Vectors
 
@@ -96,6 +97,8 @@ def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampl
         info, frames = sample(file.path, model.image_size, sampling)
     except ImageError as err:
         summary.fail(err)
+        with ctx.write() as w:  # not decoded again while unchanged (failures.py)
+            remember(w, [(file, err.reason)])
         return
     codec = ctx.codec
     times: list[int] = []

@@ -2,9 +2,11 @@
 
     app.py     the Starlette app: JSON API, thumbnails, full-size views, the page (static/)
     params.py  a search's query string to a SearchRequest and back (also the cluster's ingress)
-    server.py  binding, the serve.json beacon, running uvicorn
+    server.py  binding, the serve.json beacon, running uvicorn (HTTPS with --tls-cert)
+    auth.py    the access key of a network server: STORE/serve.key, session cookies, the
+               ASGI guards (key, wrong keys slowed per client, cross-site POSTs refused)
     client.py  finding a running server for a store and querying it (no torch, open_clip or
                starlette, so `semdb query` can use it cheaply)
 
-The HTTP API is documented in docs/INTERFACES.md ("HTTP API").
+The HTTP API is documented in docs/INTERFACES.md ("HTTP API"); who can reach it, in docs/SERVE.md.
 """

@@ -22,6 +22,9 @@ the record goes unchanged to Database.search.
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
     GET  /video/{id}            a video frame's video file as stored, with HTTP byte ranges (206)
                                 so a player can seek; /thumb and /image of a frame are that frame
+
+With an access key (auth.py: a server on the network) every route above asks for it; auth.py
+answers the key's own requests (?key=, POST /auth/login) and the refusals.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError,
 from ..images import load_image
 from ..request import SearchRequest
 from ..video.extract import frame_at
+from .auth import Access, protect
 from .client import INSTANCE_HEADER
 from .params import (
     SEARCH_PARAMS,
@@ -229,10 +233,11 @@ class Service:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
+def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, access: Access | None = None):
     """The ASGI app over an open (read-only) Database. `allowed_hosts`: Host header names
     accepted (DNS-rebinding guard for a loopback server); None accepts any. `lifespan`: an
-    async context manager factory run around serving (server.py writes serve.json in it)."""
+    async context manager factory run around serving (server.py writes serve.json in it).
+    `access`: the key every request must carry (auth.py); None serves without one."""
     service = Service(db)
 
     def guarded(fn):
@@ -347,7 +352,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None):
     )
     app.state.service = service
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
-    return _Guard(app, instance, hosts)
+    return _Guard(protect(app, access), instance, hosts)
 
 
 _HEADERS = [
@@ -356,7 +361,7 @@ _HEADERS = [
     (b"x-frame-options", b"DENY"),
     (
         b"content-security-policy",
-        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; media-src 'self'; "
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self'; "
         b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
 ]
@@ -364,9 +369,9 @@ _HEADERS = [
 
 class _Guard:
     """ASGI wrapper: refuse unexpected Host headers (DNS rebinding onto a loopback server) and
-    add the instance token and the security headers to every response."""
+    add the instance token and the security headers to every response (the key guard's too)."""
 
-    def __init__(self, app: Starlette, instance: str, hosts):
+    def __init__(self, app, instance: str, hosts):
         self.app, self.hosts = app, hosts
         self.state = app.state
         self.extra = [(INSTANCE_HEADER.lower().encode(), instance.encode()), *_HEADERS]

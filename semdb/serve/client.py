@@ -1,12 +1,14 @@
 """Find a running `semdb serve` for a store and query it: the fast path of `semdb query`.
 
-A server writes STORE/serve.json ({"host", "port", "pid", "instance", "store"}) once it listens
-and removes it when it stops. `query_server` reads it, checks that the process is alive,
-connects with a short timeout and sends the query; the response must carry the same
-`instance` token in its X-Semdb-Instance header (so a stale file whose port another program
-now uses is never believed). Anything short of that returns None and the caller searches
-locally. This module must not import torch, open_clip or starlette (the request's query string
-comes from params.py, which imports neither).
+A server writes STORE/serve.json ({"host", "port", "pid", "instance", "store"}, and "tls_cert"
+when it serves HTTPS) once it listens and removes it when it stops. `query_server` reads it,
+checks that the process is alive, connects with a short timeout and sends the query; the
+response must carry the same `instance` token in its X-Semdb-Instance header (so a stale file
+whose port another program now uses is never believed). The store's access key (auth.py) goes
+along as a bearer token when serve.json is this user's own file; over HTTPS the server must
+show the certificate serve.json names. Anything short of that returns None and the caller
+searches locally. This module must not import torch, open_clip or starlette (the request's
+query string comes from params.py, which imports neither; auth.py imports no framework).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import http.client
 import json
 import os
 import secrets
+import ssl
 import urllib.parse
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import ImageError, InputError
 from ..request import SearchRequest
+from .auth import stored_key
 from .params import query_params
 
 BEACON = "serve.json"
@@ -53,11 +57,13 @@ def new_instance() -> str:
     return secrets.token_hex(8)
 
 
-def write_beacon(store, host: str, port: int, instance: str) -> Path | None:
+def write_beacon(store, host: str, port: int, instance: str, tls_cert: str | None = None) -> Path | None:
     """Write STORE/serve.json atomically; None (and no file) if the store folder is not writable."""
     path = beacon_path(store)
     tmp = path.with_name(f".{BEACON}.{os.getpid()}.tmp")
     facts = {"host": host, "port": port, "pid": os.getpid(), "instance": instance, "store": os.path.realpath(store)}
+    if tls_cert is not None:
+        facts["tls_cert"] = tls_cert
     try:
         tmp.write_text(json.dumps(facts), encoding="utf-8")
         os.replace(tmp, path)
@@ -108,6 +114,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _own_file(path: Path) -> bool:
+    """Only a serve.json this user wrote is trusted with the key (not one written by another
+    user into a shared store folder, naming a port of theirs)."""
+    try:
+        return os.stat(path).st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 def _connect_host(host: str) -> str:
     # a server bound to every interface is reached on loopback
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
@@ -120,11 +135,25 @@ def request(
     facts = read_beacon(store)
     if facts is None or not _alive(facts["pid"]):
         return None
-    conn = http.client.HTTPConnection(_connect_host(facts["host"]), facts["port"], timeout=CONNECT_TIMEOUT)
+    headers = {"Accept": "application/json", **(headers or {})}
+    key = stored_key(store) if _own_file(beacon_path(store)) else None
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    host, port = _connect_host(facts["host"]), facts["port"]
+    try:
+        if isinstance(facts.get("tls_cert"), str):
+            context = ssl.create_default_context(cafile=facts["tls_cert"])
+            context.check_hostname = False  # reached on loopback: the certificate itself is what is checked
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            conn = http.client.HTTPSConnection(host, port, timeout=CONNECT_TIMEOUT, context=context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT)
+    except (OSError, ssl.SSLError):
+        return None
     try:
         conn.connect()
         conn.sock.settimeout(QUERY_TIMEOUT)
-        conn.request(method, target, body=body, headers={"Accept": "application/json", **(headers or {})})
+        conn.request(method, target, body=body, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()
         if resp.getheader(INSTANCE_HEADER) != facts["instance"]:
@@ -143,7 +172,8 @@ def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
     arithmetic, --like by path), so the caller searches locally with the same meaning.
 
     A 4xx answer (the query itself is bad) raises InputError (ImageError for an undecodable
-    --image) with the server's message, as the local search would; any other failure returns None."""
+    --image) with the server's message, as the local search would; any other failure (a 401 or
+    403 too: no usable key, so the store is searched here) returns None."""
     params = query_params(search)
     if params is None or not (search.image is None or isinstance(search.image, (str, os.PathLike))):
         return None
@@ -158,7 +188,7 @@ def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
         answer = request(store, "POST", target, body=data, headers={"Content-Type": "application/octet-stream"})
     if answer is None:
         return None
-    if 400 <= answer.status < 500 and answer.status not in (408, 421, 429):
+    if 400 <= answer.status < 500 and answer.status not in (401, 403, 408, 421, 429):
         message = str(answer.body.get("error") or f"the server refused the query ({answer.status})")
         if search.image is not None and answer.status == 415:
             raise ImageError(search.image, message.split(": ", 1)[-1])

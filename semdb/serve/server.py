@@ -1,19 +1,23 @@
 """Run `semdb serve`: open the store read-only, warm the model and index, bind, serve.
 
 The socket is bound before uvicorn starts (so `--port 0` picks a free port and the real one is
-known), STORE/serve.json is written once the app is up and removed when it stops.
+known), STORE/serve.json is written once the app is up and removed when it stops. A server
+bound beyond loopback asks for the store's access key (auth.py) and prints a URL carrying it;
+`--tls-cert`/`--tls-key` serve HTTPS.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 
 from ..errors import InputError
-from . import client
+from . import auth, client
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -54,24 +58,56 @@ def bind(host: str, port: int) -> socket.socket:
     raise InputError(f"cannot listen on {host}:{port} ({last.strerror if last else 'no address'})")
 
 
+def check_tls(cert: str | None, key: str | None) -> None:
+    """InputError (one line) unless both or neither are given and they load as a pair."""
+    if (cert is None) != (key is None):
+        raise InputError("--tls-cert and --tls-key go together: the certificate and its private key (PEM files)")
+    if cert is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except ssl.SSLError as e:  # (an OSError too: first)
+            raise InputError(f"--tls-cert {cert} --tls-key {key}: not a PEM certificate and its key ({e})") from None
+        except OSError as e:
+            raise InputError(f"--tls-cert {cert} --tls-key {key}: cannot read them ({e.strerror})") from None
+
+
+def reachable_address(host: str) -> str:
+    """An address of this machine that others on the network can use for `host`: for a wildcard
+    bind, the address of the interface that leads out (a UDP connect sends no packet)."""
+    wildcard = {"0.0.0.0": (socket.AF_INET, "192.0.2.1"), "::": (socket.AF_INET6, "2001:db8::1")}.get(host)
+    if wildcard is None:
+        return host
+    try:
+        with socket.socket(wildcard[0], socket.SOCK_DGRAM) as s:
+            s.connect((wildcard[1], 9))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def _url(host: str, port: int, tls: bool) -> str:
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
 def run(
     store,
     host: str = "127.0.0.1",
     port: int = 8765,
     *,
-    allow_remote: bool = False,
+    require_key: bool = False,
+    new_key: bool = False,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     model: str | None = None,
     pretrained: str | None = None,
     threads: int | None = None,
     access_log: bool = False,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> None:
-    """Serve the store until interrupted (SIGINT/SIGTERM)."""
-    if not is_loopback(host) and not allow_remote:
-        raise InputError(
-            f"--host {host} would expose every photo of the store to the network: "
-            f"pass --allow-remote as well to do that (default: 127.0.0.1)"
-        )
+    """Serve the store until interrupted (SIGINT/SIGTERM). Beyond loopback (or if `require_key`
+    or `new_key`) every request must carry the store's access key; `new_key` replaces it."""
+    check_tls(tls_cert, tls_key)
+    remote, tls = not is_loopback(host), tls_cert is not None
     import uvicorn  # noqa: PLC0415 - the server's libraries: only `semdb serve` loads them
 
     from ..api import Database  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
@@ -82,29 +118,39 @@ def run(
         with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
             bound_port = sock.getsockname()[1]
             instance = client.new_instance()
-            allowed = None if allow_remote else LOOPBACK_NAMES | {host.lower()}
+            allowed = None if remote else LOOPBACK_NAMES | {host.lower()}
+            access, key_state = None, ""
+            if remote or require_key or new_key:
+                key, key_state = auth.load_key(db.path, new=new_key)
+                access = auth.Access(key)
 
             @contextlib.asynccontextmanager
             async def lifespan(_app):
-                beacon = client.write_beacon(db.path, host, bound_port, instance)
-                shown = f"[{host}]" if ":" in host else host
+                beacon = client.write_beacon(
+                    db.path, host, bound_port, instance, tls_cert=os.path.abspath(tls_cert) if tls else None
+                )
                 say(
-                    f"semdb serve: http://{shown}:{bound_port}/  (store {db.path}, "
+                    f"semdb serve: {_url(host, bound_port, tls)}  (store {db.path}, "
                     f"{db.store.count()} items)"
                     f"{'' if beacon else '; store folder not writable: semdb query will not find this server'}"
                     f"; Ctrl-C to stop"
                 )
-                if not is_loopback(host):
+                if access is not None:
+                    where = {
+                        "kept": f"kept owner-only in {auth.key_path(db.path)}",
+                        "new": f"new, kept owner-only in {auth.key_path(db.path)}",
+                        "unsaved": "store folder not writable: it lasts until this server stops",
+                    }[key_state]
                     say(
-                        f"warning: listening on {host}: anyone who can reach this machine can search and "
-                        f"view the store's photos (no authentication)"
+                        f"access key: open {_url(reachable_address(host), bound_port, tls)}?key={key} "
+                        f"(the key: {where}; --new-key replaces it and ends every session)"
                     )
                 try:
                     yield
                 finally:
                     client.remove_beacon(db.path, instance)
 
-            app = create_app(db, instance=instance, allowed_hosts=allowed, lifespan=lifespan)
+            app = create_app(db, instance=instance, allowed_hosts=allowed, lifespan=lifespan, access=access)
             app.state.service.warm()
             config = uvicorn.Config(
                 app,
@@ -113,6 +159,8 @@ def run(
                 lifespan="on",
                 timeout_graceful_shutdown=3,
                 server_header=False,
+                ssl_certfile=tls_cert,
+                ssl_keyfile=tls_key,
             )
             server = uvicorn.Server(config)
             try:

@@ -26,6 +26,8 @@ from .ivf_rows import AssignLists, IvfRows
 from .opening import Environment
 from .reading import ItemIndex
 
+MAX_ID = 1 << 63  # item ids fit an int64 (numpy sorts and compares them as such)
+
 
 class Writer(ReplayingBatch):
     """A write batch of item, code, codec and IVF changes (see ReplayingBatch for the replay on
@@ -92,14 +94,18 @@ class Writer(ReplayingBatch):
 
     # -- items and codes ---------------------------------------------------------------------------
 
-    def add_item(self, item: Item, code=None, embedding=None) -> int:
-        """Store a new item with exactly one of a code or a (staging) embedding; returns its id."""
-        if item.id not in (0, None):
+    def add_item(self, item: Item, code=None, embedding=None, keep_id: bool = False) -> int:
+        """Store a new item with exactly one of a code or a (staging) embedding; returns its id.
+        `keep_id`: the item keeps its id when that is larger than every id the store has used
+        (what an import of an export does, so links to ids survive), else it gets a new one."""
+        if item.id not in (0, None) and not keep_id:
             raise InputError(f"{item.path}: add_item takes an item without id (got {item.id})")
+        if keep_id and not (isinstance(item.id, int) and 0 <= item.id < MAX_ID):
+            raise InputError(f"{item.path}: item id {item.id!r} is not a whole number in [0, 2^63)")
         if (code is None) == (embedding is None):
             raise InputError(f"{item.path}: add_item needs exactly one of code= or embedding=")
         vec = self._code_bytes(code) if code is not None else self._embedding_bytes(embedding)
-        return self._run(self._add, dataclasses.replace(item, id=0), code is not None, vec)
+        return self._run(self._add, dataclasses.replace(item, id=item.id if keep_id else 0), code is not None, vec)
 
     def update_item(self, item: Item) -> None:
         """Replace an item's metadata (e.g. a moved file's new path), keeping its code."""
@@ -244,7 +250,7 @@ class Writer(ReplayingBatch):
     # -- operations (validate, then mutate; replayed after the map grows) ----------------------------
 
     def _add(self, item: Item, is_code: bool, vec: bytes) -> int:
-        id_ = self._meta["next_id"]
+        id_ = max(self._meta["next_id"], item.id)  # ids only grow: a new item's id is above every stored one
         row = item_segment_row(item, id_)
         pkey = segments.path_key(row.path)
         other = next(self.find_path(row.path, pkey, item.frame_ms), None)
