@@ -15,6 +15,8 @@ One row per item (docs/INTERFACES.md#parquet-export):
     code        fixed_size_binary   the packed code (Codec.code_bytes bytes)
     taken       timestamp[us, UTC], nullable   when the photo was taken (EXIF, else mtime);
                                     optional on import (exports of older semdb have none)
+    frame_ms    int64, nullable     a video frame's time in its video (null: a photo); optional
+    duration_ms int64, nullable     that video's duration; optional
 
 The schema metadata key b"semdb" holds JSON: format, codec_id, code_bytes, model_id and, in
 exports, the codec itself (base64) so that a new store can be built from the file alone.
@@ -35,8 +37,24 @@ from .store import Item
 
 FORMAT = 1
 META_KEY = b"semdb"
-_COLUMNS = ("id", "path", "path_bytes", "size", "mtime", "hash", "width", "height", "added", "updated", "code", "taken")
-_OPTIONAL = {"path_bytes", "taken"}  # may be null; "taken" may be missing altogether
+_COLUMNS = (
+    "id",
+    "path",
+    "path_bytes",
+    "size",
+    "mtime",
+    "hash",
+    "width",
+    "height",
+    "added",
+    "updated",
+    "code",
+    "taken",
+    "frame_ms",
+    "duration_ms",
+)
+_OPTIONAL = {"path_bytes", "taken", "frame_ms", "duration_ms"}  # may be null
+_LATER = {"taken", "frame_ms", "duration_ms"}  # may be missing altogether (exports of older semdb)
 
 
 def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
@@ -53,6 +71,8 @@ def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
         pa.field("updated", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("code", pa.binary(code_bytes), nullable=False),
         pa.field("taken", pa.timestamp("us", tz="UTC")),
+        pa.field("frame_ms", pa.int64()),
+        pa.field("duration_ms", pa.int64()),
     ]
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()} if meta else None)
 
@@ -88,7 +108,7 @@ def check_columns(sch: pa.Schema, code_bytes: int, source: str) -> None:
     """InputError unless the schema has every column with a type that casts to ours."""
     want = schema(code_bytes)
     for field in want:
-        if field.name == "taken" and field.name not in sch.names:
+        if field.name in _LATER and field.name not in sch.names:
             continue
         if field.name not in sch.names:
             raise InputError(f"{source}: no {field.name!r} column (a semdb export has {', '.join(_COLUMNS)})")
@@ -126,6 +146,8 @@ def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.Record
         _seconds([it.updated for it in items]),
         pa.FixedSizeBinaryArray.from_buffers(pa.binary(code_bytes), len(items), [None, pa.py_buffer(codes.tobytes())]),
         _seconds([it.taken for it in items]),
+        pa.array([it.frame_ms for it in items], pa.int64()),
+        pa.array([it.duration_ms for it in items], pa.int64()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema(code_bytes))
 
@@ -142,7 +164,7 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
     target = schema(code_bytes)
     cols = {}
     for field in target:
-        if field.name not in batch.schema.names:  # "taken": exports of older semdb have none
+        if field.name not in batch.schema.names:  # _LATER: exports of older semdb have none
             cols[field.name] = pa.nulls(batch.num_rows, field.type)
             continue
         col = batch.column(field.name)
@@ -154,6 +176,7 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
     ids, paths, exact = cols["id"].to_pylist(), cols["path"].to_pylist(), cols["path_bytes"].to_pylist()
     hashes, codes = cols["hash"].to_pylist(), cols["code"].to_pylist()
     taken = cols["taken"].cast(pa.int64()).to_pylist()
+    frame_ms, duration_ms = cols["frame_ms"].to_pylist(), cols["duration_ms"].to_pylist()
     for i in range(len(paths)):
         path = os.fsdecode(exact[i]) if exact[i] is not None else paths[i]
         yield (
@@ -168,6 +191,8 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
                 ints["added"][i] / 1e6,
                 ints["updated"][i] / 1e6,
                 None if taken[i] is None else taken[i] / 1e6,
+                frame_ms[i],
+                duration_ms[i],
             ),
             codes[i],
         )

@@ -66,8 +66,8 @@ def removal(store: Store, targets=(), under=None) -> list[Item]:
             continue
         if isinstance(target, (str, os.PathLike)) and os.fspath(target):
             where = Where.of(under=target)
-            item = store.item_by_path(where.under)
-            found = [item.id] if item is not None else _matching(store, where)[0].tolist()
+            found = [it.id for it in store.items_by_path(where.under)]  # a photo, or a video's frames
+            found = found or _matching(store, where)[0].tolist()
             if not found:
                 raise InputError(
                     f"{display_path(target)}: no stored item has this path or is under it: nothing removed"

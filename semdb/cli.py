@@ -34,6 +34,7 @@ from .request import DEFAULT_K, MAX_K, SearchRequest
 from .serve.client import query_server
 from .serve.server import is_loopback, run
 from .store import default_store_path
+from .video.timecode import format_time
 
 app = typer.Typer(
     cls=OneLineUsageGroup,  # usage errors: one line, exit 2
@@ -371,6 +372,7 @@ def query(
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
     as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
+    frames: bool = typer.Option(False, "--frames", help="Every matching video frame (default: a video's best)."),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
     ),
@@ -417,6 +419,7 @@ def query(
             within=within,
             min_score=min_score,
             nprobe=nprobe,
+            frames=frames,
         )
         if shards is not None:
             with Cluster.start(_shard_list(shards), address=ray_address, threads=threads or 1) as cluster:
@@ -467,6 +470,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
                     "path": h.path,
                     "score": round(h.score, 6),
                     "id": h.id,
+                    **({"time": h.frame_ms / 1000} if getattr(h, "frame_ms", None) is not None else {}),
                     **({"shard": h.shard} if hasattr(h, "shard") else {}),
                 }
                 for h in hits
@@ -479,7 +483,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
     elif hits:
         _print_columns(
             ("rank", "score", "id", "path"),
-            [(rank, f"{h.score:.4f}", h.id, display_path(h.path)) for rank, h in enumerate(hits, 1)],
+            [(rank, f"{h.score:.4f}", h.id, _hit_place(h)) for rank, h in enumerate(hits, 1)],
         )
 
 
@@ -490,6 +494,12 @@ def _print_columns(header, rows) -> None:
     widths = [max(len(str(cell)) for cell in column) for column in zip(*lines)][:-1]
     for row in lines:
         sys.stdout.write("  ".join([*(str(c).ljust(w) for c, w in zip(row, widths)), str(row[-1])]) + "\n")
+
+
+def _hit_place(hit) -> str:
+    """The hit's path; a video frame's with its time: `path @ 01:23`."""
+    frame_ms = getattr(hit, "frame_ms", None)
+    return display_path(hit.path) + ("" if frame_ms is None else f" @ {format_time(frame_ms)}")
 
 
 @app.command(epilog=examples("semdb duplicates", "semdb duplicates --threshold 0.98 --json"))

@@ -15,6 +15,11 @@ threshold with every member so far; the rest are left for the next group. Each g
 with its least similar pair; exact copies (the same content hash) are flagged as such, within a
 group too. Cost: n x D floats in memory and an exact all-pairs scan, O(n^2 D): seconds for 10^4
 items, minutes for 10^5.
+
+A video is one member, not its hundreds of frames: a group names each file once (by its first
+frame in the group), is reported only when it holds two files or more (two copies of a video, a
+photo and the video it was taken from), and once for each set of files (the frames of two
+copies of a video pair up one by one).
 """
 
 from __future__ import annotations
@@ -49,8 +54,15 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
         X = np.concatenate([codec.decode(np.asarray(codes[i : i + CHUNK])) for i in range(0, len(codes), CHUNK)])
     X = np.ascontiguousarray(X, np.float32)
     out = []
+    frames, files_seen = searcher.holds_frames(), set()
     for rows in _groups(X, _neighbours(X, threshold), threshold):
         items = ctx.store.items(ids[rows])
+        if frames:  # a video counts once
+            items, rows = _one_per_file(items, rows)
+            files = frozenset(it.path for it in items)
+            if len(files) < 2 or files in files_seen:
+                continue
+            files_seen.add(files)
         sim = X[rows] @ X[rows].T
         by_hash: dict[str, list[int]] = {}
         for it in items:
@@ -66,6 +78,12 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
         )
     out.sort(key=lambda g: (-len(g["ids"]), g["ids"][0]))
     return {"threshold": round(threshold, 4), "groups": out}
+
+
+def _one_per_file(items: list, rows: list[int]) -> tuple[list, list[int]]:
+    seen: set[str] = set()
+    kept = [(it, r) for it, r in zip(items, rows) if it is not None and it.path not in seen and not seen.add(it.path)]
+    return [it for it, _ in kept], [r for _, r in kept]
 
 
 def _neighbours(X: np.ndarray, threshold: float) -> list[np.ndarray]:

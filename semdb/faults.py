@@ -15,6 +15,8 @@ Points (where they are called):
     batch_txn           ingest/commit: inside a batch's write transaction, after its writes, before commit
     batch_committed     ingest/commit: right after a batch's commit, before the next batch
     classify_txn        ingest/commit: inside the transaction that records moved/duplicate/touched files
+    video_txn           ingest/videos: inside a video's transaction (its old items deleted, every kept
+                        frame added), before commit
     train               ingest/training: the staged embeddings are read, the codec is being trained
     trained             context: the codec is trained, not yet installed
     finish_staging_txn  context: inside install_codec's transaction (codec installed, codes

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from semdb.errors import ImageError, InputError, display_path  # noqa: F401 - display_path re-exported
+from semdb.video.files import is_video_file, is_video_path
 
 try:  # HEIC/HEIF (iPhone photos) need the pillow-heif plugin; without it they fail as unsupported.
     import pillow_heif
@@ -53,6 +54,11 @@ def is_image_path(path: PathLike) -> bool:
     return suffix[1:].lower() in IMAGE_EXTENSIONS
 
 
+def is_media_path(path: PathLike) -> bool:
+    """An image or a video by its name, or a video by its first bytes (a file without an extension)."""
+    return is_image_path(path) or is_video_file(path)
+
+
 def _inode(path: PathLike) -> tuple[int, int] | None:
     """(st_dev, st_ino) of what ``path`` points to, or None if it cannot be stat'ed."""
     try:
@@ -67,7 +73,8 @@ def discover(
     exclude: Iterable[PathLike] = (),
     on_error: Callable[[Path, str], None] | None = None,
 ) -> Iterator[Path]:
-    """Return an iterator over every image file under ``paths``, each exactly once.
+    """Return an iterator over every image and video file under ``paths``, each exactly once
+    (semdb.video.files: videos by extension, or by their first bytes when they have none).
 
     ``paths`` may mix files and directories. Directories are walked recursively in sorted name
     order; hidden entries (names starting with '.') and directories in ``exclude`` (e.g. the
@@ -102,7 +109,7 @@ def _discover(roots, exclude, on_error) -> Iterator[Path]:
     for root in roots:
         if os.path.isdir(root):
             yield from (p for p in _walk(root, excluded, visited_dirs, on_error) if new_file(p))
-        elif is_image_path(root) and new_file(root):
+        elif (is_image_path(root) or is_video_path(root)) and new_file(root):
             yield root
 
 
@@ -146,7 +153,7 @@ def _walk(
             child = enter(path)
             if child is not None:
                 stack.append(child)
-        elif is_file and is_image_path(entry.name):
+        elif is_file and is_media_path(path):
             yield path
 
 

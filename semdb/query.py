@@ -6,7 +6,8 @@ one query vector q (or the request's own vectors) --where: rows whose path is un
 taken in a date range--> index over the last committed codes (ADC shortlist + exact rerank;
 past semdb.ivf.MIN_ITEMS codes the shortlist comes from the `nprobe` IVF lists nearest q; a
 store without a codec yet: exact search of its staged embeddings) --limit k--> --min_score,
-within X of the best--> Hits (path, score, id)
+within X of the best--> Hits (path, score, id, frame_ms) --a video's best frame only (unless
+`frames`)--> the k best
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ from .context import StoreContext
 from .errors import InputError, display_path
 from .images import load_image
 from .ivf import IvfIndex
-from .request import SearchRequest, Term, Where
+from .request import MAX_K, SearchRequest, Term, Where
 from .search import Candidates, FlatIndex
+
+# Frames fetched per hit asked for when hits are grouped by video: a video's frames crowd the
+# shortlist (a matching scene is several frames), so k videos need more than k frames.
+GROUP_FETCH = 8
 
 
 class Hit(NamedTuple):
     path: str
     score: float
     id: int
+    frame_ms: int | None = None  # a video frame's time in its video (path: the video's)
 
 
 class Searcher:
@@ -40,6 +46,7 @@ class Searcher:
         self.ctx = ctx
         self._index = None  # (generation, ids, search index)
         self._meta = None  # (generation, paths, taken) aligned with the index's ids
+        self._frames = None  # (generation, whether the store holds video frames)
 
     # --- the query vector -------------------------------------------------------------------
     def encode(self, request: SearchRequest) -> np.ndarray:
@@ -103,7 +110,9 @@ class Searcher:
         ids, index, rows = self._allowed(request)
         if index is None or (rows is not None and not len(rows)):
             return [[] for _ in range(len(Q))]
-        found, scores = index.search(Q, request.k, rows=rows, **_nprobe(index, request))
+        group = not request.frames and self.holds_frames()
+        k = min(request.k * GROUP_FETCH, MAX_K) if group else request.k
+        found, scores = index.search(Q, k, rows=rows, **_nprobe(index, request))
         results = []
         for row, score in zip(found, scores):
             keep = row >= 0
@@ -112,8 +121,16 @@ class Searcher:
             if request.within is not None and keep.any():
                 keep &= score >= score[keep].max() - request.within
             items = self.ctx.store.items(ids[row[keep]])
-            results.append([Hit(it.path, float(s), int(it.id)) for it, s in zip(items, score[keep]) if it is not None])
+            hits = [Hit(it.path, float(s), int(it.id), it.frame_ms) for it, s in zip(items, score[keep]) if it]
+            results.append(best_per_file(hits)[: request.k] if group else hits)
         return results
+
+    def holds_frames(self) -> bool:
+        """Whether the store holds video frames (read once per commit)."""
+        generation = self.ctx.store.meta().get("generation")
+        if self._frames is None or self._frames[0] != generation:
+            self._frames = (generation, self.ctx.store.holds_frames())
+        return self._frames[1]
 
     def candidates(self, request: SearchRequest, Q: np.ndarray | None = None) -> list[Candidates]:
         """Per query vector (`Q`, else the request's own), the search's two stages before its
@@ -206,6 +223,12 @@ class Searcher:
             lists = lists.copy()
             lists[missing] = ivf.Assigner(codec, C)(np.asarray(codes)[missing])
         return codec.index(np.asarray(codes), ivf=(C, lists))
+
+
+def best_per_file(hits: list[Hit]) -> list[Hit]:
+    """Each file's best hit (hits come best first): a video's best frame stands for the video."""
+    seen: set[str] = set()
+    return [h for h in hits if h.path not in seen and not seen.add(h.path)]
 
 
 def _nprobe(index, request: SearchRequest) -> dict:

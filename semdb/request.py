@@ -165,7 +165,8 @@ class SearchRequest:
     Limit: `k` hits (at most MAX_K). Where: `where` (SearchRequest.of takes its `under`,
     `after`, `before`). Refine: `within` (keep hits within this of the best score),
     `min_score`. `nprobe`: IVF lists to scan in a store that keeps an IVF (default nlist / 4;
-    more: slower, closer to the exhaustive result); a smaller store scans every code."""
+    more: slower, closer to the exhaustive result); a smaller store scans every code.
+    `frames`: every matching frame of a video is a hit (default: a video's best frame only)."""
 
     text: str | None = None
     image: Any = None
@@ -177,6 +178,7 @@ class SearchRequest:
     within: float | None = None
     min_score: float | None = None
     nprobe: int | None = None
+    frames: bool = False
 
     @classmethod
     def of(
@@ -194,11 +196,13 @@ class SearchRequest:
         within: float | None = None,
         min_score: float | None = None,
         nprobe: int | None = None,
+        frames: bool = False,
     ) -> SearchRequest:
         """The request, its filters given as a folder (`under`) and dates (`after` inclusive,
         `before` exclusive: "YYYY-MM-DD", ISO text, date or datetime; the date taken, from
         EXIF, else the file's mtime)."""
-        return cls(text, image, like, vector, files, k, Where.of(under, after, before), within, min_score, nprobe)
+        where = Where.of(under, after, before)
+        return cls(text, image, like, vector, files, k, where, within, min_score, nprobe, bool(frames))
 
     def __post_init__(self):
         def put(name, value):

@@ -14,6 +14,9 @@ ascending ids. Its layout:
                     all second bytes, ...) so that the high bytes, nearly equal across a
                     folder or a batch, sit together and compress away
         path length <u4 per item, then the paths' file system bytes (os.fsencode: exact bytes)
+        format 2 only: frame_ms <i8, duration_ms <i8 (byte-transposed; -1: not a video frame),
+                    written only by segments that hold a video frame, so a store without
+                    videos stays readable by a semdb that predates them
 
 Paths of one folder share prefixes and the times of one batch are equal, so zlib takes a
 typical item (43-byte path, hex hash) to ~36 bytes. The crc covers the stored (compressed) body:
@@ -40,7 +43,8 @@ import numpy as np
 # compresses 1 B/item better after LMDB's page rounding, 4 B, but a query's hits cost 4x more)
 ITEMSEG_MAX = 1024
 _HEAD = struct.Struct("<BIII")
-_VERSION = 1
+_VERSION = 1  # no video frames
+VIDEO_FORMAT = 2  # + frame_ms, duration_ms
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 _NUMERIC = (
     ("size", "<u8"),
@@ -51,6 +55,7 @@ _NUMERIC = (
     ("updated", "<f8"),
     ("taken", "<f8"),
 )
+_VIDEO_NUMERIC = (("frame_ms", "<i8"), ("duration_ms", "<i8"))  # format 2; -1: none
 
 
 class Row(NamedTuple):
@@ -66,6 +71,8 @@ class Row(NamedTuple):
     added: float
     updated: float
     taken: float | None
+    frame_ms: int | None = None  # a video frame's time in its video (path: the video's)
+    duration_ms: int | None = None  # that video's duration
 
 
 class Header(NamedTuple):
@@ -94,6 +101,8 @@ class Columns:
     added: np.ndarray
     updated: np.ndarray
     taken: np.ndarray
+    frame_ms: np.ndarray  # <i8, -1: not a video frame
+    duration_ms: np.ndarray
     hash_kind: np.ndarray  # 1: hex hash, stored as the 16 bytes of hash_bin's row
     hash_bin: np.ndarray  # uint8 (number of hex hashes, 16)
 
@@ -151,16 +160,23 @@ def encode(rows: list[Row]) -> bytes:
             raise ValueError(f"{name} out of range") from None
         parts.append(_transpose(column))
     parts += [np.array([len(p) for p in paths], "<u4").tobytes(), b"".join(paths)]
+    video = any(r.frame_ms is not None for r in rows)
+    for name, dtype in _VIDEO_NUMERIC if video else ():
+        try:
+            column = np.array([-1 if getattr(r, name) is None else getattr(r, name) for r in rows], dtype)
+        except OverflowError:
+            raise ValueError(f"{name} out of range") from None
+        parts.append(_transpose(column))
     body = b"".join(parts)
     packed = zlib.compress(body, 6)
-    return _HEAD.pack(_VERSION, n, len(body), zlib.crc32(packed)) + packed
+    return _HEAD.pack(VIDEO_FORMAT if video else _VERSION, n, len(body), zlib.crc32(packed)) + packed
 
 
 def _columns(raw) -> tuple[bytes, int, dict]:
     """The checked, decompressed body, n, and {column: (start, end)} in the body."""
     version, n, length, crc = header(raw)
     packed = memoryview(raw)[_HEAD.size :]
-    if version != _VERSION or zlib.crc32(packed) != crc:
+    if version not in (_VERSION, VIDEO_FORMAT) or zlib.crc32(packed) != crc:
         raise SegmentError(f"item segment (format {version}) fails its checksum test")
     try:
         body = zlib.decompress(packed)
@@ -186,6 +202,8 @@ def _columns(raw) -> tuple[bytes, int, dict]:
     for name, dtype in _NUMERIC:
         take(name, np.dtype(dtype).itemsize * n)
     take("paths", int(np.frombuffer(take("path_lens", 4 * n), "<u4").sum(dtype=np.int64)))
+    for name, dtype in _VIDEO_NUMERIC if version == VIDEO_FORMAT else ():
+        take(name, np.dtype(dtype).itemsize * n)
     if pos != len(body):
         raise SegmentError("item segment is longer than its columns")
     return body, n, spans
@@ -209,6 +227,8 @@ def decode(raw) -> Columns:
         hexed_it = iter(hexed)
         hashes = [next(hexed_it) if k else next(raws) for k in kind.tolist()]
     numeric = {name: _untranspose(col[name], n, dtype) for name, dtype in _NUMERIC}
+    for name, dtype in _VIDEO_NUMERIC:
+        numeric[name] = _untranspose(col[name], n, dtype) if name in col else np.full(n, -1, np.int64)
     ends = np.cumsum(np.frombuffer(col["path_lens"], "<u4"), dtype=np.int64).tolist()
     paths = [col["paths"][s:e] for s, e in zip([0] + ends[:-1], ends)]
     return Columns(
@@ -242,14 +262,18 @@ def decode_row(raw, id_: int) -> Row | None:
             hash_ = body[at : at + int(lens[j])].decode("utf-8")
         except UnicodeDecodeError:
             raise SegmentError("item segment holds a hash that is not utf-8") from None
-    values = []
-    for name, dtype in _NUMERIC:  # byte-transposed: row i's bytes are every n-th from i
-        start, end = spans[name]
-        values.append(np.frombuffer(body[start + i : end : n], dtype)[0].item())
+    values = {}
+    for name, dtype in _NUMERIC + _VIDEO_NUMERIC:  # byte-transposed: row i's bytes are every n-th from i
+        if name in spans:
+            start, end = spans[name]
+            values[name] = np.frombuffer(body[start + i : end : n], dtype)[0].item()
     lens = np.frombuffer(body, "<u4", n, spans["path_lens"][0])
     at = spans["paths"][0] + int(lens[:i].sum(dtype=np.int64))
-    taken = values[-1]
-    return Row(id_, body[at : at + int(lens[i])], hash_, *values[:-1], None if taken != taken else taken)
+    taken = values["taken"]
+    values["taken"] = None if taken != taken else taken
+    for name, _ in _VIDEO_NUMERIC:
+        values[name] = None if values.get(name, -1) < 0 else values[name]
+    return Row(id_, body[at : at + int(lens[i])], hash_, **values)
 
 
 # -- in-memory lookups -----------------------------------------------------------------------

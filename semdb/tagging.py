@@ -2,6 +2,7 @@
 
 labels --prompt ("a photo of a {}.")--> CLIP text embeddings (L, D) --ADC on every code
     (or the staged embeddings)--> per item: best label and its score
+A video is one row: its best-scoring frame's label, with that frame's `time` (seconds).
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ def classify(ctx: StoreContext, searcher, labels, prompt: str = "a photo of a {}
     best, score = np.concatenate(best), np.concatenate(score)
     order = np.argsort(ids, kind="stable")
     items = ctx.store.items(ids[order])
-    return [
-        {"id": int(it.id), "path": it.path, "label": labels[int(best[r])], "score": round(float(score[r]), 6)}
-        for it, r in zip(items, order)
-        if it is not None
-    ]
+    rows: dict[str, dict] = {}  # by path: a video's frames compete for its one row
+    for it, r in zip(items, order):
+        if it is None:
+            continue
+        row = {"id": int(it.id), "path": it.path, "label": labels[int(best[r])], "score": round(float(score[r]), 6)}
+        if it.frame_ms is not None:
+            row["time"] = it.frame_ms / 1000
+        if it.path not in rows or row["score"] > rows[it.path]["score"]:
+            rows[it.path] = row
+    return sorted(rows.values(), key=lambda row: row["id"])

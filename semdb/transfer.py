@@ -182,7 +182,7 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
         for batch in batches:
             with ctx.write() as w:  # new codes get their IVF lists in this transaction
                 for item, code in arrow.to_items(batch, code_bytes):
-                    old = w.item_by_path(item.path)
+                    old = w.item_at(item.path, item.frame_ms)
                     if old is None:  # keeps its id if that is free: above every id this store used
                         w.add_item(item, code=code, keep_id=True)
                         counts["added"] += 1
@@ -207,6 +207,8 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
                                 old.added,
                                 item.updated,
                                 item.taken,
+                                old.frame_ms,
+                                item.duration_ms,
                             )
                         )
                         w.set_code(old.id, code)

@@ -17,7 +17,8 @@ from typing import TypeVar
 from ..errors import ImageError
 from ..faults import fault_point
 from ..images import Header, load_image, read_header
-from .records import DecodedImage
+from ..video.extract import frame_at
+from .records import DecodedImage, EmbedJob
 
 T = TypeVar("T")
 
@@ -34,6 +35,19 @@ def decode_image(embedder, path: str, max_megapixels) -> DecodedImage:
         return DecodedImage(None, error=err)
     except Exception as err:  # noqa: BLE001 - a Pillow bug on one odd file must not stop the run
         return DecodedImage(None, error=ImageError(path, f"cannot decode ({type(err).__name__}: {err})"))
+
+
+def decode_job(embedder, job: EmbedJob, max_megapixels) -> DecodedImage:
+    """A job's image: its file's, or for a stored video frame (a retrain re-reads those) the
+    frame at its time; never raises for a bad file."""
+    item = job.file.item
+    if item is None or item.frame_ms is None:
+        return decode_image(embedder, job.path, max_megapixels)
+    try:
+        img = frame_at(job.path, item.frame_ms, embedder.image_size, max_megapixels)
+    except ImageError as err:
+        return DecodedImage(None, error=err)
+    return DecodedImage(embedder.preprocess(img), item.width, item.height, taken=item.taken)
 
 
 def default_workers() -> int:

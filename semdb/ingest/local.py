@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..codec import Codec
 from ..errors import ImageError
 from ..images import content_hash
-from .decode import decode_ahead, decode_image
+from .decode import decode_ahead, decode_job
 from .encode import embed_and_encode
 from .records import EmbeddedBatch, EmbedJob, FileState
 
@@ -33,7 +33,7 @@ class LocalEngine:
 
     def embed(self, batches: list[list[EmbedJob]], codec: Codec | None, emb) -> Iterator[EmbeddedBatch]:
         """Each batch decoded (worker threads), embedded by `emb` and encoded by `codec`, in order."""
-        decoded = decode_ahead(batches, lambda job: decode_image(emb, job.path, self.max_megapixels), self.workers)
+        decoded = decode_ahead(batches, lambda job: decode_job(emb, job, self.max_megapixels), self.workers)
         for jobs, images in decoded:
             yield EmbeddedBatch(tuple(jobs), tuple(images), embed_and_encode(emb, images, codec))
 

@@ -97,7 +97,8 @@ class IngestSummary:
     failed_before: int = 0  # files that failed in an earlier run, unchanged since: skipped
     pruned: int = 0
     missing: int = 0  # items whose files are gone (removed with --prune)
-    embedded: int = 0
+    embedded: int = 0  # images and video frames through CLIP
+    video_frames: int = 0  # frames of videos indexed by this run that were kept (stored)
     seconds: float = 0.0
     images_per_second: float | None = None  # of the embedding phase (run.py, EmbeddingRate); None: too short
     items: int = 0

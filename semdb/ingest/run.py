@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from ..context import StoreContext
 from ..errors import InputError, StoreError
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
+from ..video.files import is_video_file
+from ..video.frames import Sampling
 from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
 from .failures import forget_settled
@@ -19,6 +22,7 @@ from .model import image_model
 from .records import IngestSummary, peak_rss_mb
 from .scan import scan
 from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
+from .videos import ingest_videos
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class IngestOptions:
     captions: object = None  # text queries for the codec's training: a file (one per line) or list[str]
     int8: bool = False  # the int8 ONNX image tower (local engine on a CPU; semdb.onnxclip)
     retry_failed: bool = False  # decode again the files that failed before, unchanged since (failures.py)
+    sampling: Sampling = field(default_factory=Sampling)  # how video frames are chosen (semdb.video.frames)
 
     def __post_init__(self):
         if self.engine not in ("local", "ray"):
@@ -42,10 +47,11 @@ class IngestOptions:
 
 
 def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress | None = None) -> IngestSummary:
-    """Add new and changed images under `paths` to the store, skip unchanged ones.
+    """Add new and changed images and videos under `paths` to the store, skip unchanged ones.
 
     scan (stat) -> classify (hash; settle touched, moved, duplicate files) -> per batch:
-    decode -> embed (+ encode) -> commit; the codec is trained when due; prune.
+    decode -> embed (+ encode) -> commit; then videos, one transaction each (ingest/videos.py);
+    the codec is trained when due; prune.
     Every batch commits atomically, so an interrupted ingest resumes where it stopped.
     """
     if ctx.store.readonly:
@@ -62,13 +68,23 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     found = scan(ctx.store, paths, summary, options.retry_failed)
     fill_dates(ctx.store, found.undated)
     seen = set(found.seen)
+    videos, images = [], []
+    for f in found.todo:
+        (videos if is_video_file(f.path) else images).append(f)
+    chosen = []
+
+    def local_model(paths):  # chosen once, by the first stage that needs CLIP
+        if not chosen:
+            chosen.append(image_model(ctx, paths, options.int8, options.max_megapixels, progress))
+            summary.image_model, summary.onnx_export_seconds = chosen[0].kind, chosen[0].export_seconds
+        return chosen[0].model
+
     with _engine(ctx, options) as engine:
-        jobs = classify(ctx, found.todo, seen, engine.hashes(found.todo), summary, progress)
+        jobs = classify(ctx, images, seen, engine.hashes(images), summary, progress)
         batches = [jobs[i : i + options.batch_size] for i in range(0, len(jobs), options.batch_size)]
         model = ctx.embedder if batches else None
         if batches and options.engine == "local":  # Ray's actors load the model themselves
-            chosen = image_model(ctx, [job.path for job in jobs], options.int8, options.max_megapixels, progress)
-            model, summary.image_model, summary.onnx_export_seconds = chosen.model, chosen.kind, chosen.export_seconds
+            model = local_model([job.path for job in jobs])
         elif batches:
             summary.image_model = "torch"  # Ray's actors run the torch tower
         done = embedded = 0
@@ -87,6 +103,13 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
             done += n
             rate.pause()  # the codec may train now: not embedding
             summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
+
+    def train_when_due():
+        summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
+
+    sampling = dataclasses.replace(options.sampling, max_megapixels=options.max_megapixels)
+    model_of_videos = lambda: local_model([])  # noqa: E731 - Ray ingests the videos locally too
+    ingest_videos(ctx, videos, seen, model_of_videos, sampling, options.batch_size, summary, progress, train_when_due)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
     forget_settled(ctx.store)

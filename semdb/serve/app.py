@@ -20,6 +20,8 @@ the record goes unchanged to Database.search.
     GET  /api/info              the store: items, model, codec, generation
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
+    GET  /video/{id}            a video frame's video file as stored, with HTTP byte ranges (206)
+                                so a player can seek; /thumb and /image of a frame are that frame
 
 With an access key (auth.py: a server on the network) every route above asks for it; auth.py
 answers the key's own requests (?key=, POST /auth/login) and the refusals.
@@ -42,13 +44,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
 from ..images import load_image
 from ..request import SearchRequest
+from ..video.extract import frame_at
 from .auth import Access, protect
 from .client import INSTANCE_HEADER
 from .params import (
@@ -70,6 +73,15 @@ THUMB_SIZES = (32, 1024)  # allowed ?size= range
 DEFAULT_THUMB = 256
 VIEW_MAX_SIDE = 4096
 THUMB_CACHE_BYTES = 64 << 20
+VIDEO_TYPES = {
+    "mp4": "video/mp4",
+    "m4v": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+    "avi": "video/x-msvideo",
+    "3gp": "video/3gpp",
+}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -87,7 +99,15 @@ def _status_of(exc: SemdbError) -> int:
 
 
 def _hits_json(hits) -> dict:
-    return {"hits": [{"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)} for h in hits]}
+    return {"hits": [hit_json(h) for h in hits]}
+
+
+def hit_json(h) -> dict:
+    """A hit as JSON: a video frame's also has its `time` in the video (seconds)."""
+    out = {"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)}
+    if getattr(h, "frame_ms", None) is not None:
+        out["time"] = h.frame_ms / 1000
+    return out
 
 
 def _item_json(it) -> dict:
@@ -98,6 +118,11 @@ def _item_json(it) -> dict:
         "height": it.height,
         "size": it.size,
         "taken": getattr(it, "taken", None),
+        **(
+            {}
+            if it.frame_ms is None
+            else {"time": it.frame_ms / 1000, "duration": it.duration_ms / 1000, "video": f"/video/{it.id}"}
+        ),
     }
 
 
@@ -182,7 +207,10 @@ class Service:
                     return self._thumbs[key]
         with self._decode:
             try:
-                img = load_image(item.path, draft_size=max_side)
+                if item.frame_ms is None:
+                    img = load_image(item.path, draft_size=max_side)
+                else:  # a video frame: read at its time (cached like any thumbnail)
+                    img = frame_at(item.path, item.frame_ms, max_side)
             except ImageError as e:
                 if not os.path.exists(item.path):
                     raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
@@ -282,6 +310,16 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         data = service.picture(parse_item_id(request.path_params["id"]), VIEW_MAX_SIDE, 90, cache=False)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
+    def video(request: Request):
+        item_id = parse_item_id(request.path_params["id"])
+        it = service.item(item_id)
+        if it.frame_ms is None:
+            raise ApiError(404, f"item {item_id} is not a video frame")
+        if not os.path.isfile(it.path):
+            raise ApiError(404, f"item {item_id}: its file {display_path(it.path)} is gone")
+        media_type = VIDEO_TYPES.get(os.path.splitext(it.path)[1][1:].lower(), "application/octet-stream")
+        return FileResponse(it.path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
+
     static = resources.files("semdb.serve") / "static"
 
     def page(request: Request):
@@ -306,6 +344,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         Route("/api/info", guarded(info)),
         Route("/thumb/{id}", guarded(thumb)),
         Route("/image/{id}", guarded(image)),
+        Route("/video/{id}", guarded(video)),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
     app = Starlette(
@@ -322,7 +361,7 @@ _HEADERS = [
     (b"x-frame-options", b"DENY"),
     (
         b"content-security-policy",
-        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self'; "
         b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
 ]

@@ -38,6 +38,11 @@ class ServerHit(NamedTuple):
     path: str
     score: float
     id: int
+    frame_ms: int | None = None  # a video frame's time (the answer's `time`, seconds)
+
+
+def _frame_ms(seconds) -> int | None:
+    return None if seconds is None else round(float(seconds) * 1000)
 
 
 class ServerAnswer(NamedTuple):
@@ -204,7 +209,10 @@ def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
     if answer.status != 200 or not isinstance(answer.body.get("hits"), list):
         return None
     try:
-        hits = [ServerHit(str(h["path"]), float(h["score"]), int(h["id"])) for h in answer.body["hits"]]
+        hits = [
+            ServerHit(str(h["path"]), float(h["score"]), int(h["id"]), _frame_ms(h.get("time")))
+            for h in answer.body["hits"]
+        ]
     except (KeyError, TypeError, ValueError):
         return None
     if any("\\" in h.path for h in hits):  # maybe a name the server escaped (display_path): the stored one

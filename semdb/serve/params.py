@@ -19,7 +19,7 @@ import re
 from ..request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, Where, check_k, parse_terms
 
 ITEM_ID = re.compile(r"[0-9]{1,18}")
-FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe")
+FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe", "frames")
 SEARCH_PARAMS = ("q", "k") + FILTER_PARAMS  # /api/search, GET and POST
 SIMILAR_PARAMS = ("k",) + tuple(name for name in FILTER_PARAMS if name != "like")  # /api/similar/{id}
 LIST_PARAMS = ("offset", "limit", "under", "after", "before")  # /api/items
@@ -91,6 +91,7 @@ def search_options(params, allowed=SEARCH_PARAMS) -> dict:
     if params.get("like"):
         options["like"] = parse_item_id(params["like"])
     options["nprobe"] = int_param(params, "nprobe")
+    options["frames"] = bool(int_param(params, "frames", 0, 0, 1))  # 1: every matching video frame
     return options
 
 
@@ -151,4 +152,6 @@ def query_params(request: SearchRequest) -> dict | None:
         value = getattr(request, name)
         if value is not None:
             params[name] = repr(value)
+    if request.frames:
+        params["frames"] = "1"
     return params

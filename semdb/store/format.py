@@ -85,7 +85,10 @@ def hash_bytes(h: str) -> bytes:
 class Item:
     """One file's metadata. id 0 means "not stored yet" (Writer.add_item assigns one).
     `taken`: when the photo was taken (EXIF DateTimeOriginal, else the file's mtime), POSIX
-    seconds; None in records written before semdb kept it (the next ingest fills it)."""
+    seconds; None in records written before semdb kept it (the next ingest fills it).
+    A video frame is an item with its video's path, size, mtime, hash and display size, and
+    `frame_ms` (its time in the video) and `duration_ms` (the video's); both None for a photo.
+    (path, frame_ms) is unique: a video's frames share its path."""
 
     id: int
     path: str
@@ -97,6 +100,8 @@ class Item:
     added: float
     updated: float
     taken: float | None = None
+    frame_ms: int | None = None
+    duration_ms: int | None = None
 
     def __post_init__(self):
         if isinstance(self.path, os.PathLike):
@@ -110,7 +115,10 @@ class Item:
         return cls(0, path, size, mtime_ns, hash, width, height, now, now, taken)
 
     def to_bytes(self) -> bytes:
-        """Deterministic record: <BQQqIIdddH header, utf-8 hash, fs path bytes (the rest)."""
+        """Deterministic record: <BQQqIIdddH header, utf-8 hash, fs path bytes (the rest).
+        Schema 1's item record, which has no video frames."""
+        if self.frame_ms is not None:
+            raise InputError(f"{self.path}: a video frame has no schema-1 record")
         path_raw, hash_raw = fs_bytes(self.path), hash_bytes(self.hash)
         taken = float("nan") if self.taken is None else self.taken
         try:
@@ -200,6 +208,7 @@ def item_segment_row(item: Item, id_: int | None = None) -> segments.Row:
     try:
         ints = [int(item.size), int(item.mtime_ns), int(item.width), int(item.height)]
         floats = [float(item.added), float(item.updated), None if item.taken is None else float(item.taken)]
+        frame = [None if v is None else int(v) for v in (item.frame_ms, item.duration_ms)]
     except (TypeError, ValueError, OverflowError) as e:
         raise InputError(f"{item.path}: item field is not a number ({e})") from None
     size, mtime_ns, width, height = ints
@@ -209,7 +218,13 @@ def item_segment_row(item: Item, id_: int | None = None) -> segments.Row:
         raise InputError(
             f"{item.path}: item field out of range (size {ints[0]}, mtime_ns {ints[1]}, {ints[2]}x{ints[3]})"
         )
-    return segments.Row(int(item.id if id_ is None else id_), raw, item.hash, *ints, *floats)
+    if any(v is not None and not 0 <= v < 1 << 62 for v in frame) or (frame[0] is None) != (frame[1] is None):
+        raise InputError(f"{item.path}: frame_ms {frame[0]} / duration_ms {frame[1]}: both or neither, >= 0")
+    return segments.Row(int(item.id if id_ is None else id_), raw, item.hash, *ints, *floats, *frame)
+
+
+def _none_if_negative(values: np.ndarray) -> list:
+    return [None if v < 0 else v for v in values.tolist()]
 
 
 def item_segment_rows(cols: segments.Columns) -> list[segments.Row]:
@@ -228,13 +243,15 @@ def item_segment_rows(cols: segments.Columns) -> list[segments.Row]:
                 cols.added.tolist(),
                 cols.updated.tolist(),
                 taken,
+                _none_if_negative(cols.frame_ms),
+                _none_if_negative(cols.duration_ms),
             ),
         )
     )
 
 
 def item_segment_row_at(cols: segments.Columns, i: int) -> segments.Row:
-    taken = float(cols.taken[i])
+    taken, frame_ms, duration_ms = float(cols.taken[i]), int(cols.frame_ms[i]), int(cols.duration_ms[i])
     return segments.Row(
         int(cols.ids[i]),
         cols.paths[i],
@@ -246,11 +263,26 @@ def item_segment_row_at(cols: segments.Columns, i: int) -> segments.Row:
         float(cols.added[i]),
         float(cols.updated[i]),
         None if taken != taken else taken,
+        None if frame_ms < 0 else frame_ms,
+        None if duration_ms < 0 else duration_ms,
     )
 
 
 def item_of(r: segments.Row) -> Item:
-    return Item(r.id, os.fsdecode(r.path), r.size, r.mtime_ns, r.hash, r.width, r.height, r.added, r.updated, r.taken)
+    return Item(
+        r.id,
+        os.fsdecode(r.path),
+        r.size,
+        r.mtime_ns,
+        r.hash,
+        r.width,
+        r.height,
+        r.added,
+        r.updated,
+        r.taken,
+        r.frame_ms,
+        r.duration_ms,
+    )
 
 
 def items_of(cols: segments.Columns) -> list[Item]:

@@ -161,6 +161,11 @@ class View:
         """Items in the committed item segments of this transaction (headers only)."""
         return sum(item_segment_head(raw).n for _, raw in self.txn.cursor(db=self.dbs["itemsegs"]))
 
+    def holds_frames(self) -> bool:
+        """Whether any item is a video frame: only segments holding one are of format 2 (headers only)."""
+        cursor = self.txn.cursor(db=self.dbs["itemsegs"])
+        return any(item_segment_head(raw).version == segments.VIDEO_FORMAT for _, raw in cursor)
+
     def coded_count(self) -> int:
         return sum(code_segment_head(raw)[0] for _, raw in self.txn.cursor(db=self.dbs["codes"]))
 
@@ -171,15 +176,27 @@ class View:
         raise NotImplementedError
 
     def item_by_path(self, path: str) -> Item | None:
+        """The item of this file (of a video: its first stored frame)."""
         raw = fs_bytes(os.fspath(path))
-        return self.find_path(raw, segments.path_key(raw))
+        return next(self.find_path(raw, segments.path_key(raw)), None)
 
-    def find_path(self, raw: bytes, key: int) -> Item | None:
-        for id_ in self.index().paths.get(key):
+    def item_at(self, path: str, frame_ms: int | None = None) -> Item | None:
+        """The item of this photo (frame_ms None), or of this video's frame at frame_ms."""
+        raw = fs_bytes(os.fspath(path))
+        return next(self.find_path(raw, segments.path_key(raw), frame_ms), None)
+
+    def items_by_path(self, path: str) -> list[Item]:
+        """Every item of this file: one for a photo, a video's frames in time order."""
+        raw = fs_bytes(os.fspath(path))
+        return sorted(self.find_path(raw, segments.path_key(raw)), key=lambda it: it.frame_ms or 0)
+
+    def find_path(self, raw: bytes, key: int, frame_ms: int | None | bool = False):
+        """The items at path `raw` (path_key `key`), lowest id first; with `frame_ms` (an int
+        or None) only the one at that time in its video."""
+        for id_ in sorted(self.index().paths.get(key)):
             item = self.get_item(id_)
-            if item is not None and os.fsencode(item.path) == raw:
-                return item
-        return None
+            if item is not None and os.fsencode(item.path) == raw and (frame_ms is False or item.frame_ms == frame_ms):
+                yield item
 
     def items_by_hash(self, h: str) -> list[Item]:
         hash_bytes(h)

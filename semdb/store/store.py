@@ -133,6 +133,16 @@ class Store:
         with self._read() as v:
             return v.item_by_path(path)
 
+    def holds_frames(self) -> bool:
+        """Whether the store holds video frames."""
+        with self._read() as v:
+            return v.holds_frames()
+
+    def items_by_path(self, path) -> list[Item]:
+        """Every item of the file: a photo's one, a video's frames in time order."""
+        with self._read() as v:
+            return v.items_by_path(path)
+
     def items_by_hash(self, h: str) -> list[Item]:
         with self._read() as v:
             return v.items_by_hash(h)

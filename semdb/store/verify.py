@@ -1,7 +1,7 @@
 """`Store.verify`: every problem of a store, one line each.
 
 The invariant checked: every item has exactly one of a code or a staging row; item segments
-decode, their ids lie in [key, next key) and below next_id, no path is stored twice; code
+decode, their ids lie in [key, next key) and below next_id, no (path, frame time) is stored twice; code
 segments decode, have the store's code width and numbers below next_segment, and no item has
 two codes; staging, recode and IVF rows exist only for what they describe (recoding.py,
 ivf_rows.py).
@@ -64,7 +64,7 @@ def check_databases(view) -> list[str]:
 def _items(view, meta: dict) -> tuple[set[int], list[str]]:
     txn, db = view.txn, view.dbs["itemsegs"]
     items: set[int] = set()
-    paths: dict[bytes, int] = {}
+    paths: dict[tuple[bytes, int], int] = {}  # (path, frame_ms): a video's frames share its path
     problems = []
     keys = [bytes(k) for k in txn.cursor(db=db).iternext(values=False)]
     for n_seg, key in enumerate(keys):
@@ -78,14 +78,14 @@ def _items(view, meta: dict) -> tuple[set[int], list[str]]:
         ids = cols.ids.tolist()
         if not ids or ids[0] < first or ids[-1] >= limit:
             problems.append(f"item segment {first}: ids {ids[:1]}..{ids[-1:]} outside [{first}, {limit})")
-        for id_, raw, h in zip(ids, cols.paths, cols.hashes):
+        for id_, raw, h, frame_ms in zip(ids, cols.paths, cols.hashes, cols.frame_ms.tolist()):
             items.add(id_)
             if not segments.fs_bytes_ok(raw):
                 problems.append(f"item {id_}: stored path {raw!r} is not a valid file system path")
-            elif raw in paths:
-                problems.append(f"item {id_}: path {os.fsdecode(raw)!r} is also item {paths[raw]}")
+            elif (raw, frame_ms) in paths:
+                problems.append(f"item {id_}: path {os.fsdecode(raw)!r} is also item {paths[raw, frame_ms]}")
             else:
-                paths[raw] = id_
+                paths[raw, frame_ms] = id_
             if not h or len(h.encode("utf-8", "surrogatepass")) > MAX_HASH_BYTES:
                 problems.append(f"item {id_}: bad content hash {h!r}")
     return items, problems

@@ -253,7 +253,7 @@ class Writer(ReplayingBatch):
         id_ = max(self._meta["next_id"], item.id)  # ids only grow: a new item's id is above every stored one
         row = item_segment_row(item, id_)
         pkey = segments.path_key(row.path)
-        other = self.find_path(row.path, pkey)
+        other = next(self.find_path(row.path, pkey, item.frame_ms), None)
         if other is not None:
             raise InputError(f"{item.path} is already in the store (item {other.id}); use update_item")
         ix = self.index()
@@ -270,7 +270,7 @@ class Writer(ReplayingBatch):
         raw, old_raw = row.path, fs_bytes(old.path)
         ix = self.index()
         if raw != old_raw:
-            other = self.item_by_path(item.path)
+            other = next(self.find_path(raw, segments.path_key(raw), item.frame_ms), None)
             if other is not None:
                 raise InputError(f"{item.path} is already in the store (item {other.id})")
             ix.paths.remove(segments.path_key(old_raw), item.id)

@@ -20,6 +20,16 @@ function plural(n, word) { return `${n.toLocaleString("en")} ${word}${n === 1 ? 
 
 function basename(path) { return path.slice(path.lastIndexOf("/") + 1) || path; }
 
+// A time in a video as 01:23 (1:02:03 past an hour), as `semdb query` prints it.
+function clock(seconds) {
+  const s = Math.floor(seconds), two = (n) => String(n).padStart(2, "0");
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h}:${two(m)}:${two(s % 60)}` : `${two(m)}:${two(s % 60)}`;
+}
+
+// A hit's place: its path, a video frame's with its time.
+function place(card) { return card.time === undefined ? card.path : `${card.path} @ ${clock(card.time)}`; }
+
 function dirname(path) {
   const i = path.lastIndexOf("/");
   return i > 0 ? path.slice(0, i + 1) : "/";
@@ -247,7 +257,7 @@ function render(cards) {
     const meta = document.createElement("div"); meta.className = "meta";
     const note = document.createElement("span"); note.className = "note"; note.textContent = card.note;
     if (card.score !== undefined) { note.classList.add("score"); note.dataset.score = card.score; }
-    const path = document.createElement("span"); path.className = "path"; path.textContent = card.path; path.title = card.path;
+    const path = document.createElement("span"); path.className = "path"; path.textContent = place(card); path.title = card.path;
     const actions = document.createElement("div"); actions.className = "actions";
     actions.append(button("More like this", "like", () => go({ like: String(card.id), ...formFilters(), page: 1 })),
                    button("Folder", "folder", () => showFolder(dirname(card.path))));
@@ -270,9 +280,14 @@ function view(i) {
   const card = shown[i];
   const full = $("full");
   $("full-missing").hidden = true;
-  full.hidden = false;
-  full.src = `/image/${card.id}`; full.alt = card.path;
-  $("full-path").textContent = `${card.path} · ${card.note}`;
+  const video = $("full-video");
+  full.hidden = card.time !== undefined; video.hidden = !full.hidden;
+  if (card.time === undefined) {
+    full.src = `/image/${card.id}`; full.alt = card.path; video.pause(); video.removeAttribute("src");
+  } else {  // a video frame: the video plays from that moment (the server answers byte ranges)
+    full.removeAttribute("src"); video.src = `/video/${card.id}#t=${card.time}`; video.play().catch(() => {});
+  }
+  $("full-path").textContent = `${place(card)} · ${card.note}`;
   $("full-count").textContent = `${i + 1} of ${shown.length}`;
   $("full-prev").disabled = i === 0;
   $("full-next").disabled = i === shown.length - 1;
@@ -282,6 +297,7 @@ function view(i) {
 function closeView() {
   if ($("viewer").hidden) return;
   $("viewer").hidden = true; $("full").removeAttribute("src"); viewing = -1;
+  $("full-video").pause(); $("full-video").removeAttribute("src");
 }
 
 $("full").addEventListener("error", () => {
