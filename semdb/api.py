@@ -16,20 +16,17 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-
 from . import catalog
-from .context import STATS_KEY, StoreContext
+from .context import StoreContext
 from .duplicates import find_duplicates
 from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
+from .info import describe
 from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
 from .ingest import ingest as run_ingest
 from .ingest.embeddings import add_embeddings, read_embeddings, validated
 from .ingest.retrain import RETRAIN_SAMPLE
 from .ingest.retrain import retrain as run_retrain
-from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
-from .ivf import default_nprobe
 from .progress import Progress
 from .query import Hit, Searcher
 from .request import DEFAULT_K, SearchRequest, Where
@@ -364,58 +361,5 @@ class Database:
         return self.store.codes_by_id()
 
     def info(self) -> dict:
-        """Counts, rate, size on disk, model and codec of the store."""
-        raw = self.store.info()
-        codec = self.codec
-        out = {
-            "path": raw["path"],
-            "items": raw["items"],
-            "staging": raw["staging"],
-            "bytes_on_disk": raw["bytes_on_disk"],
-            "bytes_per_item": raw["bytes_per_item"],
-            "schema": raw["schema"],
-            "model": raw["model_id"],
-            "codec": None,
-            "bits_per_item": None,
-            "entropy_bits_per_item": None,
-        }
-        meta = self.store.meta()
-        if codec is not None:
-            _, codes = self.store.load_codes()
-            stats = meta.get(STATS_KEY) or {}
-            ratio, shift = drift_ratio(stats), shift_ratio(stats)
-            out["codec"] = {
-                "id": codec.id,
-                "arch": codec.arch,
-                "bits": codec.bits,
-                "m": codec.m,
-                "k": codec.k,
-                "d": codec.config.get("d"),
-                "trained_on": codec.config.get("n_train"),
-                "query_source": codec.config.get("query_source", "none"),
-                "encoded_since": stats.get("encoded"),
-                "drift_ratio": None if ratio is None else round(ratio, 3),
-                "shift_ratio": None if shift is None else round(shift, 3),
-            }
-            out["bits_per_item"] = codec.bits
-            out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
-        out["compressed"] = codec is not None
-        ivf_info = meta.get("ivf")
-        out["ivf"] = (
-            None
-            if not ivf_info
-            else {
-                "nlist": ivf_info["nlist"],
-                "built_on": ivf_info["built_on"],
-                "default_nprobe": default_nprobe(ivf_info["nlist"]),
-            }
-        )
-        out["codec_trains_at"] = None if codec is not None else MIN_TRAIN  # items (or `ingest --train-now`)
-        out["retrain_advice"] = retrain_advice(meta, raw["items"])
-        pending = meta.get("pending_codec")
-        out["retrain_pending"] = (
-            None
-            if not pending
-            else {"codec": pending["id"], "recoded": len(self.store.recoded_ids()), "items": raw["items"]}
-        )
-        return out
+        """Counts, rate, size on disk, model and codec of the store (semdb/info.py)."""
+        return describe(self.store, self.codec)

@@ -2,7 +2,7 @@
 
 Each front end turns its own input into this record, and every back end reads it unchanged:
 
-    semdb query ARGS           cli.py           SearchRequest.of(text, image=, like=, k=, under=, ...)
+    semdb query ARGS           cli/search.py    SearchRequest.of(text, image=, like=, k=, under=, ...)
     GET/POST /api/search       serve/params.py  the query string -> SearchRequest.of(..., files=False)
     db.search(...)             api.py           SearchRequest.of(...), or a record given as is
     Cluster.search(...)        cluster.py       SearchRequest.of(text, files=False, ...), or a record

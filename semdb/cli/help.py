@@ -13,7 +13,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from .errors import display_path
+from ..errors import display_path
 
 # click's exception classes, whichever click typer runs on (recent typer carries its own copy)
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")

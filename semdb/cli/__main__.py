@@ -1,0 +1,5 @@
+"""`python -m semdb.cli`: the `semdb` command."""
+
+from . import app
+
+app()

@@ -1,0 +1,157 @@
+"""The `semdb` Typer app and what its commands share: option help, errors as one line and an
+exit code, progress on stderr, plain columns and JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from .. import __version__
+from ..errors import InputError, SemdbError
+from .help import HELP_OPTIONS, OneLineUsageGroup, examples
+
+app = typer.Typer(
+    cls=OneLineUsageGroup,  # usage errors: one line, exit 2
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,  # click's plain help: flags shown as flags, no boxes
+    context_settings=HELP_OPTIONS,
+    help="semdb: a compressed semantic vector database for image collections.",
+    epilog=examples('semdb ingest ~/Pictures && semdb query "a dog on a beach"', "semdb query -h"),
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        sys.stdout.write(f"semdb {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print semdb's version and exit."
+    ),
+) -> None:
+    pass
+
+
+STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
+MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
+PRETRAINED_HELP = "open_clip pretrained tag or weights file (default: $SEMDB_PRETRAINED or laion2b_s34b_b79k)."
+CAPTIONS_HELP = (
+    "Texts like the store's queries (one per line; captions, past searches): "
+    "the codec is trained to rank well for them."
+)
+
+
+@contextmanager
+def user_errors():
+    """Turn semdb's errors into one line on stderr and the error's exit code."""
+    try:
+        yield
+    except SemdbError as e:
+        # Text, not markup: paths in messages may hold "[...]" that rich would parse (or choke on)
+        err.print(Text.assemble(("error:", "red"), f" {e}"), highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: committed batches are kept; run the same command again to resume")
+        raise typer.Exit(130) from None
+
+
+def exclusive(*flags: tuple[str, bool]) -> None:
+    """InputError if more than one of these (name, given) options is given."""
+    given = [name for name, on in flags if on]
+    if len(given) > 1:
+        raise InputError(f"{' and '.join(given)} do not go together: give one")
+
+
+RATED_STAGES = {"embedding", "re-embedding sample", "re-encoding", "adding embeddings"}  # shown with img/s
+
+
+def say(line: str) -> None:
+    """A line for the user on stderr, printed as it is (no markup)."""
+    err.print(Text(line), highlight=False, soft_wrap=True)
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class _ShownFromItsFirstTask(Progress):
+    """A Progress that starts its display with its first task: a command that fails before any
+    prints its error alone, not after an empty progress line."""
+
+    def start(self) -> None:
+        pass
+
+    def add_task(self, *args, **kwargs):
+        if not self.disable and not self.live.is_started:
+            self.live.start(refresh=True)
+        return super().add_task(*args, **kwargs)
+
+    def stop(self) -> None:
+        if self.live.is_started:
+            super().stop()
+
+
+def progress_display(enabled: bool):
+    """A rich progress display and a callback (stage, done, total) for the API."""
+    progress = _ShownFromItsFirstTask(
+        TextColumn("{task.description:>16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
+    tasks = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total, rate="")
+        task = progress.tasks[tasks[stage]]
+        rate = f"{task.speed:.1f} img/s" if stage in RATED_STAGES and task.speed else ""
+        progress.update(tasks[stage], completed=done, total=total, rate=rate)
+
+    return progress, update
+
+
+def print_columns(header, rows) -> None:
+    """Rows as plain lines (under a header, unless None), each column padded to its widest cell
+    but the last (a path, a message), which is never cut or wrapped, so it can be copied whole."""
+    lines = rows if header is None else [header, *rows]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(*lines)][:-1]
+    for row in lines:
+        sys.stdout.write("  ".join([*(str(c).ljust(w) for c, w in zip(row, widths)), str(row[-1])]) + "\n")
+
+
+def print_summary(summary: dict, as_json: bool, title: str, keys=None) -> None:
+    """The whole summary as JSON, or `keys` of it (default: all) as a table."""
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"{title} summary", show_header=False)
+    for key in keys or summary:
+        table.add_row(key.replace("_", " "), Text(str(summary[key])))
+    out.print(table)
+
+
+def shard_list(shards: str) -> list[str]:
+
+    stores = [s.strip() for s in shards.split(",") if s.strip()]
+    if not stores:
+        raise InputError("--shards: give store folders separated by commas")
+    return stores

@@ -1,0 +1,346 @@
+"""Commands that fill and keep a store: ingest, retrain, info, export, import, ls, rm."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+from rich.text import Text
+
+from .. import listing
+from ..api import Database
+from ..errors import InputError
+from ..ingest.training import MIN_TRAIN
+from .base import (
+    CAPTIONS_HELP,
+    MODEL_HELP,
+    PRETRAINED_HELP,
+    STORE_HELP,
+    app,
+    err,
+    examples,
+    exclusive,
+    print_columns,
+    print_json,
+    print_summary,
+    progress_display,
+    say,
+    user_errors,
+)
+
+
+@app.command(epilog=examples("semdb ingest ~/Pictures", "semdb ingest ~/Pictures --store photos.semdb --prune"))
+def ingest(
+    paths: list[Path] | None = typer.Argument(
+        None, metavar="PATHS", help="Image files or folders (searched recursively)."
+    ),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
+    codec: Path | None = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
+    train_now: bool = typer.Option(
+        False,
+        "--train-now",
+        help="Train the codec on what is staged, however few (default: wait for enough images); "
+        "without PATHS: on what the store holds.",
+    ),
+    captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    embeddings: Path | None = typer.Option(
+        None,
+        "--embeddings",
+        help="Store precomputed CLIP image embeddings instead of PATHS: a clip-retrieval folder (img_emb/, "
+        "metadata/), a .npz (image_emb + image_path) or a .npy with --paths.",
+    ),
+    paths_file: Path | None = typer.Option(
+        None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
+    prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb[ray]').",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."
+    ),
+    ray_shards: Path | None = typer.Option(
+        None,
+        "--ray-shards",
+        help="Folder for the Ray workers' Parquet shards; shared by every node (default: STORE/ray-shards).",
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Embed with the int8 ONNX image tower: faster on a CPU, slightly different embeddings."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (with peak_rss_mb)."),
+):
+    """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
+    if train_now and not paths and embeddings is None:
+        return _train_staged(store, bits, captions, wait, threads, as_json)
+    with user_errors():
+        if bool(paths) == (embeddings is not None):
+            raise InputError("give image PATHS, or --embeddings SOURCE (not both), or --train-now alone")
+        progress, update = progress_display(enabled=not as_json)
+        with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
+            if embeddings is not None:
+                summary = db.add_embeddings(
+                    embeddings,
+                    paths_file,
+                    model=model,
+                    pretrained=pretrained,
+                    bits=bits,
+                    train_now=train_now,
+                    progress=update,
+                )
+            else:
+                summary = db.ingest(
+                    paths,
+                    bits=bits,
+                    codec=codec,
+                    batch_size=batch_size,
+                    workers=workers,
+                    prune=prune,
+                    max_megapixels=max_megapixels or None,
+                    progress=update,
+                    engine=engine,
+                    ray_address=ray_address,
+                    ray_shards=ray_shards,
+                    train_now=train_now,
+                    captions=captions,
+                    int8=int8,
+                    retry_failed=retry_failed,
+                )
+    if not as_json:
+        for failure in summary["failures"]:
+            err.print(
+                Text.assemble(("failed:", "yellow"), f" {failure['path']}: {failure['reason']}"),
+                highlight=False,
+                soft_wrap=True,
+            )
+        if summary["missing"]:
+            err.print(
+                Text(
+                    f"note: the files of {summary['missing']} stored images are gone; "
+                    f"run this ingest again with --prune to remove them"
+                ),
+                soft_wrap=True,
+            )
+        if summary.get("failed_before"):
+            err.print(
+                Text.assemble(
+                    ("note:", "yellow"),
+                    f" skipped {summary['failed_before']} files that failed before and are unchanged "
+                    "(`--retry-failed` to try again)",
+                ),
+                soft_wrap=True,
+            )
+        for path in summary["no_images"]:
+            err.print(Text.assemble(("note:", "yellow"), f" no images found in {path}"), soft_wrap=True)
+        _print_codec_notes(summary, store)
+    print_summary(
+        summary,
+        as_json,
+        "ingest",
+        keys=(
+            "new",
+            "changed",
+            "unchanged",
+            "moved",
+            "duplicate",
+            "failed",
+            "failed_before",
+            "pruned",
+            "missing",
+            "items",
+            "staged",
+            "seconds",
+            *(["images_per_second"] if summary["images_per_second"] else []),
+        ),
+    )
+
+
+def _train_staged(store, bits, captions, wait, threads, as_json) -> None:
+    """`semdb ingest --train-now` without PATHS: compress what the store holds now, which is
+    the retrain of a store that has no codec yet."""
+    with user_errors():
+        progress, update = progress_display(enabled=not as_json)
+        with Database(store, wait=wait, threads=threads) as db, progress:
+            if db.codec is not None:
+                raise InputError(f"{db.path} is compressed already (codec {db.codec.id}): `semdb retrain` trains anew")
+            summary = db.retrain(bits=bits, captions=captions, progress=update)
+    print_summary(summary, as_json, "train")
+
+
+def _print_codec_notes(facts: dict, store) -> None:
+    """What the user should know about the store's codec: not trained yet, or due a retrain."""
+    where = f" --store {store}" if store else ""
+    if facts.get("staged"):
+        err.print(
+            Text(
+                f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
+                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses them now"
+            ),
+            soft_wrap=True,
+        )
+    if facts.get("retrain_advice"):
+        err.print(
+            Text.assemble(("note:", "yellow"), f" {facts['retrain_advice']}: run `semdb retrain{where}`"),
+            soft_wrap=True,
+        )
+
+
+@app.command(epilog=examples("semdb retrain", "semdb retrain --bits 128 --captions searches.txt"))
+def retrain(
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    bits: int | None = typer.Option(
+        None, "--bits", help="Bits per image of the new codec (default: the current codec's)."
+    ),
+    sample: int | None = typer.Option(
+        None, "--sample", min=2, help="Stored files re-embedded to train on (default 20000)."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Train a new codec on what the store holds now and re-encode every item (resumable)."""
+    with user_errors():
+        progress, update = progress_display(enabled=not as_json)
+        with Database(store, wait=wait, threads=threads) as db, progress:
+            summary = db.retrain(
+                bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update, captions=captions
+            )
+    print_summary(summary, as_json, "retrain")
+
+
+@app.command(epilog=examples("semdb info", "semdb info --store photos.semdb --json"))
+def info(
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+):
+    """Items, bits per item (fixed and entropy-coded), size on disk, model and codec."""
+    with user_errors():
+        with Database(store, readonly=True) as db:
+            facts = db.info()
+    if as_json:
+        print_json(facts)
+        return
+    model = facts["model"] or {}
+    codec = facts["codec"] or {}
+    rows = [
+        ("path", facts["path"]),
+        ("items", facts["items"]),
+        ("staging embeddings", facts["staging"]),
+        ("bits per item", facts["bits_per_item"]),
+        ("entropy-coded bits per item", facts["entropy_bits_per_item"]),
+        ("bytes on disk", f"{facts['bytes_on_disk']:,}"),
+        ("bytes per item on disk", facts["bytes_per_item"]),
+        (
+            "model",
+            f"{model.get('name')} {model.get('pretrained') or ''} (dim {model.get('dim')}, "
+            f"digest {model.get('digest')})"
+            if model
+            else "-",
+        ),
+        (
+            "codec",
+            f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "
+            f"trained on {codec.get('trained_on')}"
+            if codec
+            else f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
+            f"(or `semdb ingest --train-now --store {shlex.quote(facts['path'])}`)",
+        ),
+        ("encoded since training", codec.get("encoded_since")),
+        ("drift ratio", codec.get("drift_ratio")),
+        ("shift ratio", codec.get("shift_ratio")),
+        (
+            "retrain",
+            facts["retrain_advice"]
+            or (
+                f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} "
+                f"re-encoded; "
+                f"run `semdb retrain` to finish"
+                if facts["retrain_pending"]
+                else "not needed"
+            ),
+        ),
+    ]
+    print_columns(None, [(key, "-" if value is None else value) for key, value in rows])
+
+
+@app.command("export", epilog=examples("semdb export --out photos.parquet"))
+def export_(
+    out_path: str = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Write every item (metadata and packed code) to a Parquet file, with the codec and model."""
+    with user_errors():
+        progress, update = progress_display(enabled=not as_json)
+        with Database(store, readonly=True) as db, progress:
+            summary = db.export(out_path, progress=update)
+    print_summary(summary, as_json, "export")
+
+
+@app.command("import", epilog=examples("semdb import photos.parquet --store copy.semdb"))
+def import_(
+    files: list[Path] = typer.Argument(..., metavar="FILES", help="Parquet files written by `semdb export`."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Merge Parquet exports into a store (same codec; a new store takes theirs). Idempotent."""
+    with user_errors():
+        Database.check_exports(files)  # before the store is opened: a wrong file leaves no new store behind
+        progress, update = progress_display(enabled=not as_json)
+        with Database(store, wait=wait) as db, progress:
+            summary = db.import_parquet(files, progress=update)
+    print_summary(summary, as_json, "import")
+
+
+@app.command("ls", epilog=examples("semdb ls -n 20", "semdb ls --under ~/Pictures/2024 --json"))
+def ls_(
+    under: Path | None = typer.Option(None, "--under", help="Only items whose file is under this folder."),
+    after: str | None = typer.Option(None, "--after", help="Only photos taken on or after this date (YYYY-MM-DD)."),
+    before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
+    limit: int | None = typer.Option(None, "-n", "--limit", help="At most this many items (default: all)."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many items first (the next page)."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help='Print [{"id", "path", "taken", "size", ...}] as JSON.'),
+    paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
+):
+    """List the stored items, newest first (by date taken): id, date taken, size, path."""
+    with user_errors():
+        exclusive(("--json", as_json), ("--paths-only", paths_only))
+        with Database(store, readonly=True) as db:
+            items = db.ls(under, after, before, offset=offset, limit=limit)
+    listing.print_items(items, as_json, paths_only, say, listing.nothing(under, after, before, offset))
+
+
+@app.command(epilog=examples("semdb rm 12 40", "semdb rm --under ~/Pictures/old --dry-run"))
+def rm(
+    targets: list[str] | None = typer.Argument(None, help="Item ids, or paths of stored files or folders."),
+    under: Path | None = typer.Option(None, "--under", help="Every item whose file is under this folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"dry_run", "removed": [...]} as JSON.'),
+):
+    """Remove items from the store, in one step (the files stay): by id, by path, or all under a folder."""
+    with user_errors():
+        with Database(store, wait=wait, create=False) as db:
+            removed = db.rm([int(t) if t.isdigit() else t for t in targets or ()], under=under, dry_run=dry_run)
+    listing.print_removed(removed, as_json, dry_run, say, listing.nothing(under) + ": nothing removed")

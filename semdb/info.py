@@ -1,0 +1,66 @@
+"""What `semdb info` and `Database.info()` report of a store: counts, size on disk, model, the
+codec with its drift and shift ratios, the IVF, and whether a retrain is advised or under way."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .context import STATS_KEY
+from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
+from .ivf import default_nprobe
+from .store import Store
+
+
+def describe(store: Store, codec) -> dict:
+    """Counts, rate, size on disk, model and codec of `store`, whose codec is `codec` (or None)."""
+    raw = store.info()
+    out = {
+        "path": raw["path"],
+        "items": raw["items"],
+        "staging": raw["staging"],
+        "bytes_on_disk": raw["bytes_on_disk"],
+        "bytes_per_item": raw["bytes_per_item"],
+        "schema": raw["schema"],
+        "model": raw["model_id"],
+        "codec": None,
+        "bits_per_item": None,
+        "entropy_bits_per_item": None,
+    }
+    meta = store.meta()
+    if codec is not None:
+        _, codes = store.load_codes()
+        stats = meta.get(STATS_KEY) or {}
+        ratio, shift = drift_ratio(stats), shift_ratio(stats)
+        out["codec"] = {
+            "id": codec.id,
+            "arch": codec.arch,
+            "bits": codec.bits,
+            "m": codec.m,
+            "k": codec.k,
+            "d": codec.config.get("d"),
+            "trained_on": codec.config.get("n_train"),
+            "query_source": codec.config.get("query_source", "none"),
+            "encoded_since": stats.get("encoded"),
+            "drift_ratio": None if ratio is None else round(ratio, 3),
+            "shift_ratio": None if shift is None else round(shift, 3),
+        }
+        out["bits_per_item"] = codec.bits
+        out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
+    out["compressed"] = codec is not None
+    ivf_info = meta.get("ivf")
+    out["ivf"] = (
+        None
+        if not ivf_info
+        else {
+            "nlist": ivf_info["nlist"],
+            "built_on": ivf_info["built_on"],
+            "default_nprobe": default_nprobe(ivf_info["nlist"]),
+        }
+    )
+    out["codec_trains_at"] = None if codec is not None else MIN_TRAIN  # items (or `ingest --train-now`)
+    out["retrain_advice"] = retrain_advice(meta, raw["items"])
+    pending = meta.get("pending_codec")
+    out["retrain_pending"] = (
+        None if not pending else {"codec": pending["id"], "recoded": len(store.recoded_ids()), "items": raw["items"]}
+    )
+    return out
