@@ -198,7 +198,8 @@ def duplicates(
         for id_, path in zip(group["ids"], group["paths"]):
             copy = f"\t(exact copy of {copy_of[id_]})" if id_ in copy_of and not group["exact"] else ""
             out.print(Text(f"  {id_}\t{display_path(path)}{copy}"))
-    err.print(Text(f"{len(found['groups'])} groups at threshold {found['threshold']}"))
+    n = len(found["groups"])
+    err.print(Text(f"{n} group{'' if n == 1 else 's'} at threshold {found['threshold']}"))
 
 
 @app.command(epilog=examples('semdb tag --labels "cat,dog,car" --csv > labels.csv'))
