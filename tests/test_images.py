@@ -296,7 +296,7 @@ def test_truncated_jpeg(tmp_path):
     path.write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     with pytest.raises(ImageError) as err:
         load_image(path)
-    assert str(err.value) == f"{path}: truncated or corrupt image data"
+    assert str(err.value).startswith(f"{path}: truncated or corrupt image: ")  # then Pillow's words
 
 
 def test_truncated_png(tmp_path):
@@ -304,7 +304,7 @@ def test_truncated_png(tmp_path):
     photo().save(good, format="PNG")
     path = tmp_path / "cut.png"
     path.write_bytes(good.getvalue()[:5000])
-    with pytest.raises(ImageError, match="truncated or corrupt image data"):
+    with pytest.raises(ImageError, match="truncated or corrupt image: "):
         load_image(path)
 
 

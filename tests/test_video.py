@@ -172,9 +172,9 @@ def _still(scene: Scene, path, size=(160, 96)):
     """A photo of a scene's first frame, as the video draws it."""
     from PIL import Image
 
-    from semdb.video.synthetic import _draw
+    from semdb.video.synthetic import draw
 
-    Image.fromarray(_draw(scene, 0, *size)).save(path)
+    Image.fromarray(draw(scene, 0, *size)).save(path)
     return path
 
 

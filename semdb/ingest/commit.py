@@ -116,7 +116,7 @@ def commit_batch(ctx: StoreContext, batch: EmbeddedBatch, codec: Codec | None, s
                 )
                 summary.duplicate += 1
         if stored.errors is not None:
-            _count_drift(w, stored.errors, stored.outside)
+            count_drift(w, stored.errors, stored.outside)
         fault_point("batch_txn")
     fault_point("batch_committed")
     summary.embedded += len(good)
@@ -138,7 +138,7 @@ def fill_dates(store: Store, items: list[Item]) -> None:
             fault_point("classify_txn")
 
 
-def _count_drift(w, errors: np.ndarray, outside: np.ndarray | None) -> None:
+def count_drift(w, errors: np.ndarray, outside: np.ndarray | None) -> None:
     """Add newly encoded items' reconstruction errors and shares outside the codec's subspace
     to the codec's stats (same transaction)."""
     stats = w.meta().get(STATS_KEY)

@@ -57,17 +57,26 @@ def default_workers() -> int:
 def decode_ahead(
     batches: Sequence[Sequence[T]], decode: Callable[[T], DecodedImage], workers: int | None = None
 ) -> Iterator[tuple[Sequence[T], list[DecodedImage]]]:
-    """Yield (batch, [decode(x) for x in batch]) batch by batch, decoding in worker threads.
-
-    An exception in the producer is re-raised in the caller (else the caller would wait for
-    the next batch forever); when the caller stops early (or fails, e.g. on a full disk), the
-    producer stops too, and is joined: a decoding thread still running while the interpreter
-    exits can abort the process ("terminate called without an active exception").
-    """
+    """Yield (batch, [decode(x) for x in batch]) batch by batch, decoding in worker threads
+    (see ahead)."""
     if not batches:
         return
-    out: queue.Queue = queue.Queue(maxsize=2)
+
+    def decoded():
+        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+            for batch in batches:
+                yield batch, list(pool.map(decode, batch))
+
+    yield from ahead(decoded())
+
+
+def ahead(batches: Iterator, depth: int = 2) -> Iterator:
+    """`batches` produced on a worker thread, at most `depth` ahead; its exception re-raised
+    here; stopped and joined when the caller stops early (a decoding thread left running at
+    exit can abort the interpreter)."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    done = object()
 
     def put(value) -> bool:
         while not stop.is_set():
@@ -80,19 +89,20 @@ def decode_ahead(
 
     def producer():
         try:
-            with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-                for batch in batches:
-                    if not put((batch, list(pool.map(decode, batch)))):
-                        return
+            for batch in batches:
+                if not put(batch):
+                    break
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             put(e)
             return
-        put(None)
+        finally:
+            batches.close()
+        put(done)
 
     thread = threading.Thread(target=producer, daemon=True)
     thread.start()
     try:
-        while (item := out.get()) is not None:
+        while (item := out.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
             yield item

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -27,7 +25,8 @@ from ..faults import fault_point
 from ..progress import Progress, report
 from ..store import Item
 from ..video.frames import Sampling, sample
-from .commit import _count_drift, stored_rows
+from .commit import count_drift, stored_rows
+from .decode import ahead
 from .encode import embed_and_encode
 from .failures import remember
 from .local import try_hash
@@ -104,7 +103,7 @@ def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampl
     times: list[int] = []
     rows: list[Vectors] = []
     last = None  # the last kept frame's unit vector
-    for batch in _ahead(_preprocessed(frames, model, batch_size)):
+    for batch in ahead(_preprocessed(frames, model, batch_size)):
         vectors = embed_and_encode(model, [DecodedImage(p) for _, p in batch], codec)
         unit = _unit(codec.decode(vectors.codes) if codec is not None else vectors.embeddings)
         keep = []
@@ -127,7 +126,7 @@ def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampl
             item = Item.new(file.path, file.size, file.mtime_ns, h, info.width, info.height, now, taken)
             w.add_item(dataclasses.replace(item, frame_ms=ms, duration_ms=duration), **{kind: row})
         if stored.errors is not None:
-            _count_drift(w, stored.errors, stored.outside)
+            count_drift(w, stored.errors, stored.outside)
         fault_point("video_txn")
     fault_point("batch_committed")
     summary.video_frames += len(times)
@@ -167,44 +166,3 @@ def _concat(rows: list[Vectors]) -> Vectors:
         return None if parts[0] is None else np.concatenate(parts)
 
     return Vectors(cat("codes"), cat("embeddings"), rows[0].codec_id, cat("errors"), cat("outside"))
-
-
-def _ahead(batches: Iterator, depth: int = 2) -> Iterator:
-    """`batches` produced on a worker thread, at most `depth` ahead; its exception re-raised
-    here; stopped and joined when the caller stops early (a decoding thread left running at
-    exit can abort the interpreter)."""
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(value) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def producer():
-        try:
-            for batch in batches:
-                if not put(batch):
-                    break
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            put(e)
-            return
-        finally:
-            batches.close()
-        put(done)
-
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
-    try:
-        while (item := out.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()

@@ -46,7 +46,7 @@ def write_video(
             end = tick + round(scene.seconds * fps)
             n = 0
             while tick < end:
-                frame = av.VideoFrame.from_ndarray(_draw(scene, n, w, h), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(draw(scene, n, w, h), format="rgb24")
                 frame.pts = tick * 4
                 out.mux(stream.encode(frame))
                 step = (1 if n % 2 == 0 else 3) if vfr else 1
@@ -72,7 +72,8 @@ def _silence(out, stream, seconds: float) -> None:
     out.mux(stream.encode())
 
 
-def _draw(scene: Scene, n: int, w: int, h: int) -> np.ndarray:
+def draw(scene: Scene, n: int, w: int, h: int) -> np.ndarray:
+    """Frame `n` of `scene` at w x h: its colour, and its shape in the inverse colour."""
     img = np.empty((h, w, 3), np.uint8)
     img[:] = scene.color
     inverse = tuple(255 - c for c in scene.color)
