@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,8 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_speed import log, resolve_model_arg  # noqa: E402
-
-ROOT = str(Path(__file__).resolve().parents[1])
+from ingest_towers import run  # noqa: E402 - each variant in its own process
 
 SEMDB = """
 import json, time, semdb
@@ -95,14 +93,6 @@ n = run([(p, t) for p, t in wanted.items() if not p.endswith("warm.mp4")])
 seconds = time.perf_counter() - t0
 print(json.dumps({{"frames_s": n / seconds, "embedded": n, "seconds": seconds}}))
 """
-
-
-def run(code: str, env: dict) -> dict:
-    full = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1", **env}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def make_videos(folder: Path, seconds: float, size: tuple[int, int], fps: int) -> dict[str, Path]:
