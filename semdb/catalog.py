@@ -114,3 +114,19 @@ def _count_arg(name: str, value) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
         raise InputError(f"--{name} {value!r}: give a whole number >= 0")
     return int(value)
+
+
+def item_record(item: Item) -> dict:
+    """An item as JSON (`ls --json`, `rm --json`, the server's /api/item): taken in POSIX
+    seconds or null; a video frame's `time` in its video and the video's `duration`, seconds."""
+    record = {
+        "id": item.id,
+        "path": item.path,
+        "taken": item.taken,
+        "size": item.size,
+        "width": item.width,
+        "height": item.height,
+    }
+    if item.frame_ms is not None:
+        record.update(time=item.frame_ms / 1000, duration=item.duration_ms / 1000)
+    return record

@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from .. import listing
 from ..api import Database
 from ..errors import InputError
 from ..ingest.training import MIN_TRAIN
+from . import listing
 from .base import (
     CAPTIONS_HELP,
     MODEL_HELP,
@@ -25,7 +25,6 @@ from .base import (
     print_json,
     print_summary,
     progress_display,
-    say,
     user_errors,
 )
 
@@ -327,7 +326,7 @@ def ls_(
         exclusive(("--json", as_json), ("--paths-only", paths_only))
         with Database(store, readonly=True) as db:
             items = db.ls(under, after, before, offset=offset, limit=limit)
-    listing.print_items(items, as_json, paths_only, say, listing.nothing(under, after, before, offset))
+    listing.print_items(items, as_json, paths_only, listing.nothing(under, after, before, offset))
 
 
 @app.command(epilog=examples("semdb rm 12 40", "semdb rm --under ~/Pictures/old --dry-run"))
@@ -343,4 +342,4 @@ def rm(
     with user_errors():
         with Database(store, wait=wait, create=False) as db:
             removed = db.rm([int(t) if t.isdigit() else t for t in targets or ()], under=under, dry_run=dry_run)
-    listing.print_removed(removed, as_json, dry_run, say, listing.nothing(under) + ": nothing removed")
+    listing.print_removed(removed, as_json, dry_run, listing.nothing(under) + ": nothing removed")

@@ -12,12 +12,11 @@ from rich.text import Text
 
 from ..api import Database
 from ..cluster import Cluster
-from ..errors import InputError
-from ..images import display_path
+from ..errors import InputError, display_path
 from ..request import DEFAULT_K, MAX_K, SearchRequest
 from ..serve.client import query_server
 from ..store import default_store_path
-from ..video.timecode import format_time
+from . import listing
 from .base import (
     PRETRAINED_HELP,
     STORE_HELP,
@@ -28,6 +27,7 @@ from .base import (
     out,
     print_columns,
     print_json,
+    say,
     shard_list,
     user_errors,
 )
@@ -124,20 +124,21 @@ def query(
             with Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads) as db:
                 hits = db.search(request)
         if not hits and not as_json:
-            err.print(Text(_why_no_results(store, request)), highlight=False, soft_wrap=True)
+            say(_why_no_results(store, request))
     _print_hits(hits, as_json, paths_only)
 
 
 def _why_no_results(store, request: SearchRequest) -> str:
     """The line an empty result prints instead of an empty table: why, when the store tells."""
-    with Database(store, readonly=True) as db:
-        paths = [it.path for it in db.store.iter_items()]
     under = request.where.under
-    if not paths:
+    with Database(store, readonly=True) as db:
+        stored = db.count()
+        stored_under = stored if under is None else db.count(under=under)
+    if not stored:
         return "no results: the store is empty (add photos with `semdb ingest PATH`)"
-    if under is not None and not any(p.startswith(os.path.join(under, "")) for p in paths):
+    if not stored_under:
         return f"no results: nothing stored under {display_path(under)}"
-    if request.like is not None and len(paths) == 1:
+    if request.like is not None and stored == 1:
         return "no results: the store holds only that item"
     return "no results: no stored item passes the filters (--under, --after, --before, --min-score, --within)"
 
@@ -157,21 +158,13 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
                 for h in hits
             ]
         )
-    elif paths_only:  # the file names' own bytes, for `| xargs -d '\n'` (escaped only if they hold a newline)
-        sys.stdout.flush()
-        for h in hits:
-            sys.stdout.buffer.write((display_path(h.path).encode() if "\n" in h.path else os.fsencode(h.path)) + b"\n")
+    elif paths_only:
+        listing.print_paths(h.path for h in hits)
     elif hits:
         print_columns(
             ("rank", "score", "id", "path"),
-            [(rank, f"{h.score:.4f}", h.id, _hit_place(h)) for rank, h in enumerate(hits, 1)],
+            [(rank, f"{h.score:.4f}", h.id, listing.place(h)) for rank, h in enumerate(hits, 1)],
         )
-
-
-def _hit_place(hit) -> str:
-    """The hit's path; a video frame's with its time: `path @ 01:23`."""
-    frame_ms = getattr(hit, "frame_ms", None)
-    return display_path(hit.path) + ("" if frame_ms is None else f" @ {format_time(frame_ms)}")
 
 
 @app.command(epilog=examples("semdb duplicates", "semdb duplicates --threshold 0.98 --json"))

@@ -18,6 +18,7 @@ from .base import (
     app,
     err,
     examples,
+    say,
     shard_list,
     user_errors,
 )
@@ -69,7 +70,7 @@ def serve(
             pretrained=pretrained,
             threads=threads,
             access_log=access_log,
-            say=lambda line: err.print(Text(line), highlight=False, soft_wrap=True),
+            say=say,
         )
 
 

@@ -48,6 +48,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..catalog import item_record
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
 from ..images import load_image
 from ..request import SearchRequest
@@ -111,18 +112,11 @@ def hit_json(h) -> dict:
 
 
 def _item_json(it) -> dict:
+    """catalog.item_record, its path fit for display, and a frame's link to its video."""
     return {
-        "id": int(it.id),
+        **item_record(it),
         "path": display_path(it.path),
-        "width": it.width,
-        "height": it.height,
-        "size": it.size,
-        "taken": getattr(it, "taken", None),
-        **(
-            {}
-            if it.frame_ms is None
-            else {"time": it.frame_ms / 1000, "duration": it.duration_ms / 1000, "video": f"/video/{it.id}"}
-        ),
+        **({} if it.frame_ms is None else {"video": f"/video/{it.id}"}),
     }
 
 

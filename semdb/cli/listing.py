@@ -1,51 +1,48 @@
-"""How `semdb ls` and `semdb rm` print items: plain lines (a path is never cut or wrapped, so
-it can be copied), JSON, or paths alone as the file system's exact bytes (for xargs)."""
+"""How `semdb ls` and `semdb rm` print items (and `semdb query` its paths): plain lines (a path
+is never cut or wrapped, so it can be copied), JSON, or paths alone as the file system's exact
+bytes (for xargs)."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
-from collections.abc import Callable
 
-from .errors import display_path
-from .store import Item
-
-
-def record(item: Item) -> dict:
-    """An item as JSON: the fields of the server's /api/item (taken: POSIX seconds or null)."""
-    return {
-        "id": item.id,
-        "path": item.path,
-        "taken": item.taken,
-        "size": item.size,
-        "width": item.width,
-        "height": item.height,
-    }
+from ..catalog import item_record
+from ..errors import display_path
+from ..store import Item
+from ..video.timecode import format_time
+from .base import print_json, say
 
 
-def print_items(items: list[Item], as_json: bool, paths_only: bool, say: Callable[[str], None], empty: str) -> None:
+def print_items(items: list[Item], as_json: bool, paths_only: bool, empty: str) -> None:
     """`semdb ls`'s answer on stdout: a table of id, date taken, size and path; a JSON array
-    of record()s; or one path per line. No items: `empty` is said (on stderr) beside an empty
-    answer."""
+    of catalog.item_record()s; or one path per line. No items: `empty` is said (on stderr)
+    beside an empty answer."""
     if not items and not as_json:
         say(empty)
     elif as_json:
-        sys.stdout.write(json.dumps([record(it) for it in items], indent=2) + "\n")
+        print_json([item_record(it) for it in items])
     elif paths_only:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(b"".join(path_line(it.path) for it in items))
-        sys.stdout.buffer.flush()
+        print_paths(it.path for it in items)
     else:
         sys.stdout.write("".join(line + "\n" for line in table(items)))
 
 
-def path_line(path: str) -> bytes:
-    """The path's exact bytes and a newline; a name holding a newline is shown escaped, so that
-    one path stays one line."""
-    raw = os.fsencode(path)
-    return (display_path(path).encode() if b"\n" in raw else raw) + b"\n"
+def print_paths(paths) -> None:
+    """One path a line as the file system's exact bytes (for `| xargs -d '\\n'`); a name holding
+    a newline is shown escaped, so that one path stays one line."""
+    sys.stdout.flush()
+    for path in paths:
+        raw = os.fsencode(path)
+        sys.stdout.buffer.write((display_path(path).encode() if b"\n" in raw else raw) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def place(found) -> str:
+    """Where an item or a hit is: its path, and a video frame's time in it (`path @ 01:23`)."""
+    frame_ms = getattr(found, "frame_ms", None)
+    return display_path(found.path) + ("" if frame_ms is None else f" @ {format_time(frame_ms)}")
 
 
 def table(items: list[Item]) -> list[str]:
@@ -53,21 +50,20 @@ def table(items: list[Item]) -> list[str]:
     width = max(len("id"), *(len(str(it.id)) for it in items))
     lines = [f"{'id':>{width}}  {'taken':<16}  {'size':>8}  path"]
     for it in items:
-        lines.append(f"{it.id:>{width}}  {taken_text(it.taken):<16}  {size_text(it.size):>8}  {display_path(it.path)}")
+        lines.append(f"{it.id:>{width}}  {taken_text(it.taken):<16}  {size_text(it.size):>8}  {place(it)}")
     return lines
 
 
-def print_removed(items: list[Item], as_json: bool, dry_run: bool, say: Callable[[str], None], empty: str) -> None:
+def print_removed(items: list[Item], as_json: bool, dry_run: bool, empty: str) -> None:
     """`semdb rm`'s answer: what it removed (or, with dry_run, would remove) on stdout, a count
     (or `empty`) on stderr."""
     if not items and not as_json:
         say(empty)
         return
     if as_json:
-        sys.stdout.write(json.dumps({"dry_run": dry_run, "removed": [record(it) for it in items]}, indent=2) + "\n")
+        print_json({"dry_run": dry_run, "removed": [item_record(it) for it in items]})
         return
-    if items:
-        sys.stdout.write("".join(line + "\n" for line in table(items)))
+    sys.stdout.write("".join(line + "\n" for line in table(items)))
     verb = "would remove" if dry_run else "removed"
     say(f"{verb} {len(items)} item{'' if len(items) == 1 else 's'} from the store (the files are untouched)")
 
