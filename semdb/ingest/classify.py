@@ -9,6 +9,7 @@ else      new or changed content                         -> an EmbedJob
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -50,10 +51,10 @@ def classify(
         same = store.items_by_hash(h) if old is None else []
         gone = [it for it in same if it.path not in seen and not os.path.lexists(it.path)]
         if old is not None and old.hash == h:  # touched, same content: refresh metadata
-            settled.append(SettledItem(_item(old, file, h, now)))
+            settled.append(SettledItem(moved_item(old, file, h, now)))
             summary.unchanged += 1
         elif gone:  # the file moved: keep its code, change its path
-            settled.append(SettledItem(_item(gone[0], file, h, now)))
+            settled.append(SettledItem(moved_item(gone[0], file, h, now)))
             seen.add(gone[0].path)  # one moved file claims one missing item
             summary.moved += 1
         elif same and (codes := codes or store.codes_by_id()).get(same[0].id) is not None:
@@ -74,6 +75,6 @@ def classify(
     return jobs
 
 
-def _item(item: Item, file: FileState, h: str, now: float) -> Item:
+def moved_item(item: Item, file: FileState, h: str, now: float) -> Item:
     """`item` (its id, size in pixels and first-added time) now at `file`."""
-    return Item(item.id, file.path, file.size, file.mtime_ns, h, item.width, item.height, item.added, now, item.taken)
+    return dataclasses.replace(item, path=file.path, size=file.size, mtime_ns=file.mtime_ns, hash=h, updated=now)

@@ -25,7 +25,8 @@ from ..faults import fault_point
 from ..progress import Progress, report
 from ..store import Item
 from ..video.frames import Sampling, sample
-from .commit import count_drift, stored_rows
+from .classify import moved_item
+from .commit import SettledItem, count_drift, stored_rows, write_settled
 from .decode import ahead
 from .encode import embed_and_encode
 from .failures import remember
@@ -59,13 +60,13 @@ def ingest_videos(
         old = ctx.store.items_by_path(file.path)
         now = time.time()
         if old and all(it.hash == h for it in old):  # touched: same content
-            _rewrite(ctx, [_moved(it, file, now) for it in old])
+            write_settled(ctx, [SettledItem(moved_item(it, file, h, now)) for it in old])
             summary.unchanged += 1
             continue
         moved = [] if old else _gone_copy(ctx, h, seen)
         if moved:
             seen.add(moved[0].path)
-            _rewrite(ctx, [_moved(it, file, now) for it in moved])
+            write_settled(ctx, [SettledItem(moved_item(it, file, h, now)) for it in moved])
             summary.moved += 1
             continue
         _index(ctx, file, h, old, get_model(), sampling, batch_size, summary)
@@ -78,17 +79,6 @@ def _gone_copy(ctx: StoreContext, h: str, seen: set[str]) -> list[Item]:
     """The frames of a stored video with this content whose file is gone (it moved here)."""
     gone = [it for it in ctx.store.items_by_hash(h) if it.path not in seen and not os.path.lexists(it.path)]
     return [it for it in gone if it.path == gone[0].path] if gone else []
-
-
-def _moved(item: Item, file: FileState, now: float) -> Item:
-    return dataclasses.replace(item, path=file.path, size=file.size, mtime_ns=file.mtime_ns, updated=now)
-
-
-def _rewrite(ctx: StoreContext, items: list[Item]) -> None:
-    with ctx.write() as w:
-        for it in items:
-            w.update_item(it)
-        fault_point("classify_txn")
 
 
 def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampling, batch_size: int, summary) -> None:
@@ -120,8 +110,7 @@ def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampl
     taken = info.taken if info.taken is not None else file.mtime_ns / 1e9
     duration = max([info.duration_ms, *times])
     with ctx.write() as w:  # the whole video, and what its path held before, at once
-        for it in old:
-            w.delete_item(it.id)
+        w.delete_items(it.id for it in old)
         for ms, row in zip(times, values):
             item = Item.new(file.path, file.size, file.mtime_ns, h, info.width, info.height, now, taken)
             w.add_item(dataclasses.replace(item, frame_ms=ms, duration_ms=duration), **{kind: row})

@@ -20,7 +20,6 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -61,6 +60,8 @@ class Frame:
 def open_video(path: str, max_megapixels: float | None = None):
     """(container, video stream); ImageError for anything FFmpeg cannot open, a
     file without a video stream or a frame size over `max_megapixels`."""
+    import av  # noqa: PLC0415 - PyAV (~35 ms): loaded by the first video read, not by every command
+
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
@@ -133,6 +134,8 @@ def _frames(container, stream, decoded, info: VideoInfo, size: int, sampling: Sa
 
 def decoded_frames(path, container, stream):
     """The stream's frames; stops at a decoding error once frames have come (ImageError before)."""
+    import av  # noqa: PLC0415 - as in open_video
+
     got = False
     try:
         for frame in container.decode(stream):
