@@ -53,6 +53,7 @@ from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError,
 from ..images import load_image
 from ..request import SearchRequest
 from ..video.extract import frame_at
+from ..video.files import VIDEO_TYPES
 from .auth import Access, protect
 from .client import INSTANCE_HEADER
 from .params import (
@@ -74,15 +75,6 @@ THUMB_SIZES = (32, 1024)  # allowed ?size= range
 DEFAULT_THUMB = 256
 VIEW_MAX_SIDE = 4096
 THUMB_CACHE_BYTES = 64 << 20
-VIDEO_TYPES = {
-    "mp4": "video/mp4",
-    "m4v": "video/mp4",
-    "mov": "video/quicktime",
-    "webm": "video/webm",
-    "mkv": "video/x-matroska",
-    "avi": "video/x-msvideo",
-    "3gp": "video/3gpp",
-}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -106,7 +98,7 @@ def _hits_json(hits) -> dict:
 def hit_json(h) -> dict:
     """A hit as JSON: a video frame's also has its `time` in the video (seconds)."""
     out = {"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)}
-    if getattr(h, "frame_ms", None) is not None:
+    if h.frame_ms is not None:
         out["time"] = h.frame_ms / 1000
     return out
 

@@ -110,11 +110,6 @@ def running_server(store) -> dict | None:
     return facts if facts is not None and request(store, "GET", "/api/info") is not None else None
 
 
-def server_url(facts: dict) -> str:
-    host, scheme = facts["host"], "https" if facts.get("tls_cert") else "http"
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{facts['port']}/"
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

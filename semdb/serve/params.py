@@ -16,7 +16,7 @@ import math
 import os
 import re
 
-from ..request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, Where, check_k, parse_terms
+from ..request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, check_k, parse_terms
 
 ITEM_ID = re.compile(r"[0-9]{1,18}")
 FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe", "frames")
@@ -120,7 +120,6 @@ def listing_options(params) -> dict:
         "limit": int_param(params, "limit", DEFAULT_LIMIT, 1, HTTP_MAX_K),
         **where_options(params),
     }
-    Where.of(options.get("under"), options.get("after"), options.get("before"))
     return options
 
 

@@ -64,7 +64,7 @@ def refuse_if_served(store) -> None:
     running = client.running_server(store)
     if running is not None:
         raise InputError(
-            f"{store} is already served at {client.server_url(running)} (pid {running['pid']}): "
+            f"{store} is already served at {_server_url(running)} (pid {running['pid']}): "
             f"use that one, or stop it first"
         )
 
@@ -98,6 +98,11 @@ def reachable_address(host: str) -> str:
 
 def _url(host: str, port: int, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def _server_url(facts: dict) -> str:
+    """The address of a server from its STORE/serve.json facts."""
+    return _url(facts["host"], facts["port"], bool(facts.get("tls_cert")))
 
 
 def run(
@@ -157,7 +162,7 @@ def run(
                     f"; Ctrl-C to stop"
                 )
                 if other:
-                    say(f"warning: {db.path} is also served at {client.server_url(other)}: semdb query uses that one")
+                    say(f"warning: {db.path} is also served at {_server_url(other)}: semdb query uses that one")
                 if access is not None:
                     where = {
                         "kept": f"kept owner-only in {auth.key_path(db.path)}",

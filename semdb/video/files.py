@@ -6,7 +6,16 @@ from __future__ import annotations
 import os
 
 #: Lower-case file extensions (without the dot) that discovery treats as videos.
-VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "m4v", "mkv", "webm", "avi", "3gp"})
+VIDEO_TYPES = {  # extension: the media type /video/{id} serves it as
+    "mp4": "video/mp4",
+    "m4v": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+    "avi": "video/x-msvideo",
+    "3gp": "video/3gpp",
+}
+VIDEO_EXTENSIONS = frozenset(VIDEO_TYPES)
 
 
 def is_video_path(path) -> bool:
