@@ -119,6 +119,10 @@ def check_options(methods=None, bits=DEFAULT_BITS, bpp_pixels=DEFAULT_BPP_PIXELS
     check_methods(methods, codec_given=False)
     _check_bits(bits)
     _check_pixels(bpp_pixels)
+    _check_protocol(protocol)
+
+
+def _check_protocol(protocol) -> None:
     if protocol not in PROTOCOLS:
         raise InputError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
 
@@ -218,8 +222,7 @@ def make_split(
     - transfer: all of ``data`` trains, all of ``eval_data`` evaluates (another collection).
 
     1-NN label accuracy needs labels; ood, without them, takes its clusters as the labels."""
-    if protocol not in PROTOCOLS:
-        raise InputError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    _check_protocol(protocol)
     if (protocol == "transfer") != (eval_data is not None):
         raise InputError("--eval FILE goes with --protocol transfer (train on one collection, score another)")
     if protocol == "transfer":
