@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 import semdb
-from semdb.embed import Embedder
+from semdb.clip.embedder import Embedder
 from semdb.images import discover, load_image
 from semdb.testing import write_tiny_model
 

@@ -93,9 +93,9 @@ def agreement(model: str, files: list[Path], threads: int, codec) -> dict:
     """ONNX vs torch on the same decoded photos (the export exists by now)."""
     import torch
 
-    from semdb.embed import Embedder
+    from semdb.clip.embedder import Embedder
+    from semdb.clip.onnx import model as onnx_model
     from semdb.images import load_image
-    from semdb.onnxclip import model as onnx_model
 
     emb = Embedder(model, threads=threads)
     fp32 = onnx_model.load(model, None, threads)
@@ -122,8 +122,8 @@ def agreement(model: str, files: list[Path], threads: int, codec) -> dict:
 
 def batch_sweep(model: str, files: list[Path], threads: int, sizes=(8, 16, 32, 64)) -> dict:
     """images/s of the fp32 ONNX session alone per run batch size (preprocessed pixels)."""
+    from semdb.clip.onnx import model as onnx_model
     from semdb.images import load_image
-    from semdb.onnxclip import model as onnx_model
 
     enc = onnx_model.load(model, None, threads).image_encoder
     pixels = np.stack([enc.preprocess(load_image(p, draft_size=enc.image_size)) for p in files[:128]])
@@ -147,8 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
 
+    from semdb.clip.embedder import Embedder
     from semdb.codec import Codec
-    from semdb.embed import Embedder
     from semdb.images import discover, load_image
 
     tmp = Path(tempfile.mkdtemp(prefix="semdb_towers_bench_"))

@@ -8,7 +8,7 @@ top 10 (semdb's AdcIndex, the same reference as ivf_speed):
 1. coverage: the share of the exhaustive top 10 that lies in the nprobe lists a query visits,
    against the share of the codes those lists hold (an upper bound on any IVF's recall@10 at
    that scan cost), for three ways to build and visit the lists:
-   - k-means: every code in its nearest centroid's list, lists visited by <q, c_j> (semdb.ivf);
+   - k-means: every code in its nearest centroid's list, lists visited by <q, c_j> (semdb.search.ivf);
    - spilled (ScaNN's SOAR): every code also in a second list, the one minimising
      ||r'||^2 + lambda <r, r'>^2 / ||r||^2 (r, r': the code's residuals to its first and
      second centroid), so each list holds about twice the codes;
@@ -38,8 +38,9 @@ from ivf_speed import synthetic_codes  # noqa: E402
 from scan_speed import median_ms, recall, synthetic  # noqa: E402
 
 from semdb import Codec  # noqa: E402
-from semdb.ivf import Assigner, train_centroids  # noqa: E402
-from semdb.search import adc_lut  # noqa: E402
+from semdb.search.adc import adc_lut  # noqa: E402
+from semdb.search.index import codec_index  # noqa: E402
+from semdb.search.ivf import Assigner, train_centroids  # noqa: E402
 
 NPROBE_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 
@@ -116,7 +117,7 @@ def main():
     codec = Codec.train(train, bits=256, seed=0)
     codes = synthetic_codes(codec, args.n)
     Q, _ = synthetic(args.queries, seed=2)
-    exhaustive = codec.index(codes)
+    exhaustive = codec_index(codec, codes)
     ref = exhaustive.search(Q, 10)[0]
     Z = np.concatenate([codec.slot_coords(codes[i : i + 100_000]) for i in range(0, len(codes), 100_000)])
     Z = np.ascontiguousarray(Z, np.float32)
@@ -153,7 +154,7 @@ def main():
     for nlist in (256, 1024, 4096):
         faiss.omp_set_num_threads(2)
         C = train_centroids(codec, codes, nlist)
-        ivf = codec.index(codes, ivf=(C, Assigner(codec, C)(codes)))
+        ivf = codec_index(codec, codes, ivf=(C, Assigner(codec, C)(codes)))
         faiss.omp_set_num_threads(1)
         p = nlist // 4
         scanned = float(ivf.list_sizes[np.argsort(-(Q @ C.T), axis=1)[:, :p]].sum(1).mean())

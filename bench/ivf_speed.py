@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scan_speed import recall, synthetic  # noqa: E402
 
 from semdb import Codec  # noqa: E402
-from semdb.ivf import Assigner, default_nprobe, nlist_for, train_centroids  # noqa: E402
+from semdb.search.index import codec_index  # noqa: E402
+from semdb.search.ivf import Assigner, default_nprobe, nlist_for, train_centroids  # noqa: E402
 
 PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings" / "shopsphere_fashionclip_pairs.npz"
 
@@ -81,10 +82,10 @@ def real_check(nprobes, k=10):
     codec = Codec.train(X[train], bits=256, seed=0)
     codes = codec.encode(X[test])
     Q = T[test]
-    exhaustive = codec.index(codes)
+    exhaustive = codec_index(codec, codes)
     nlist = nlist_for(len(codes))
     C = train_centroids(codec, codes, nlist)
-    ivf = codec.index(codes, ivf=(C, Assigner(codec, C)(codes)))
+    ivf = codec_index(codec, codes, ivf=(C, Assigner(codec, C)(codes)))
     truth = np.arange(len(test))
     r1 = lambda ids: float(np.mean(ids[:, 0] == truth))  # noqa: E731
     out = {
@@ -106,7 +107,7 @@ def main():
     ap.add_argument("--bits", type=int, default=256)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--train-n", type=int, default=50_000)
-    ap.add_argument("--nlist", type=int, default=None, help="default: semdb.ivf.nlist_for(n)")
+    ap.add_argument("--nlist", type=int, default=None, help="default: semdb.search.ivf.nlist_for(n)")
     ap.add_argument("--nprobe", default="16,32,64,128,256")
     ap.add_argument("--cache", default=None, help="a .npy file (outside the repo) to keep the codes in")
     ap.add_argument(
@@ -166,10 +167,10 @@ def main():
 
     faiss.omp_set_num_threads(1)
     t = time.perf_counter()
-    exhaustive = codec.index(codes)
+    exhaustive = codec_index(codec, codes)
     flat_build_s = time.perf_counter() - t
     t = time.perf_counter()
-    ivf = codec.index(codes, ivf=(C, lists))
+    ivf = codec_index(codec, codes, ivf=(C, lists))
     ivf_build_s = time.perf_counter() - t
     sizes = ivf.list_sizes
     print(

@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from semdb import Codec
+from semdb.search.index import codec_index  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings" / "flickr8k_openai_vitb32_images.npz"
 
@@ -63,7 +64,7 @@ def shortlist_recall(codec, codes, index, Q, float_top, k, sizes):
     cosine top k of every code; plus the exact rankings of every code against the float top k."""
     if not sizes:
         return None
-    from semdb.search import adc_lut, adc_scores
+    from semdb.search.adc import adc_lut, adc_scores
 
     rec = lambda a, b: round(recall(a, b, k), 3)  # noqa: E731
     idx = codec.indices(codes)
@@ -125,7 +126,7 @@ def main():
     print(f"encode: {encode_rate:,.0f} items/s", flush=True)
 
     faiss.omp_set_num_threads(1)  # single-thread, single-query comparison from here on
-    index = codec.index(codes)
+    index = codec_index(codec, codes)
     semdb_ms = median_ms(lambda q: index.search(q, args.k), Q)
 
     flat = faiss.IndexFlatIP(X.shape[1])

@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     import torch
 
     import semdb
-    from semdb.embed import Embedder
+    from semdb.clip.embedder import Embedder
     from semdb.images import discover
 
     if args.threads:

@@ -86,7 +86,7 @@ def timed(fn, queries):
 
 def exact_top_k(searcher, Q, k, chunk=200_000):
     """Every code scored in float (the rerank's exact score) for every query: the exact top k."""
-    from semdb.query import Hit
+    from semdb.search.searcher import Hit
 
     ids, index = searcher.index()
     best_s = np.full((len(Q), 0), -np.inf, np.float32)
@@ -136,8 +136,8 @@ def main():
 
     from semdb.cluster import Cluster
     from semdb.context import StoreContext
-    from semdb.query import Searcher
-    from semdb.request import SearchRequest
+    from semdb.search.request import SearchRequest
+    from semdb.search.searcher import Searcher
     from semdb.store import Store
 
     faiss.omp_set_num_threads(1)

@@ -128,8 +128,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
 
+    from semdb.clip.embedder import Embedder
     from semdb.codec import Codec
-    from semdb.embed import Embedder
     from semdb.video.frames import sample
     from semdb.video.synthetic import Scene, write_video
 

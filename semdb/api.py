@@ -28,8 +28,8 @@ from .ingest.embeddings import add_embeddings, read_embeddings, validated
 from .ingest.retrain import RETRAIN_SAMPLE
 from .ingest.retrain import retrain as run_retrain
 from .progress import Progress
-from .query import Hit, Searcher
-from .request import DEFAULT_K, SearchRequest, Where
+from .search.request import DEFAULT_K, SearchRequest, Where
+from .search.searcher import Hit, Searcher
 from .store import Item, Store, default_store_path
 from .tagging import classify as classify_items
 
@@ -58,7 +58,7 @@ def _alias(method, name: str):
 class Database:
     """A semdb store plus its model and codec. Use as a context manager, or call close().
 
-    `embedder`: an already loaded `semdb.embed.Embedder` to use instead of loading `model`
+    `embedder`: an already loaded `semdb.clip.embedder.Embedder` to use instead of loading `model`
     (it must be the store's model). `create=False`: a missing store is a StoreError, not made."""
 
     def __init__(
@@ -194,7 +194,7 @@ class Database:
             data = validated(list(paths), embeddings, "embeddings")
         model_id = None
         if model or pretrained:
-            from .embed import resolve_model  # noqa: PLC0415 (torch: loaded only when a model is named)
+            from .clip.embedder import resolve_model  # noqa: PLC0415 (torch: loaded only when a model is named)
 
             name, tag = resolve_model(model, pretrained)
             model_id = {"name": name, "pretrained": tag}
@@ -221,7 +221,7 @@ class Database:
             self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels, progress, captions
         ).to_dict()
 
-    # --- search: one vocabulary (SearchRequest, semdb/request.py) --------------------------
+    # --- search: one vocabulary (SearchRequest, semdb/search/request.py) --------------------------
     def search(self, query=None, k: int = DEFAULT_K, **options) -> list[Hit]:
         """The k items closest to one query, best first. `query`: a text with rclip's
         arithmetic ("2:cat + ./x.jpg - dog": weighted terms, image files by path, added or

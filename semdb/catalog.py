@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError, display_path
 from .faults import fault_point
-from .request import Where
+from .search.request import Where
 from .store import Item, Store
 
 

@@ -14,7 +14,7 @@ Serve applications (one Ray actor each; docs/SCALE.md#sharded-search):
                    its scan score, exact score, path and id (query.Searcher.candidates)
     NAME-encoder   EncoderReplica: the stores' CLIP text tower, loaded once (the same
                    StoreContext.text_encoder a one-store query uses: ONNX export or torch)
-    NAME-router    Router, the ingress: takes a SearchRequest (semdb/request.py, built by
+    NAME-router    Router, the ingress: takes a SearchRequest (semdb/search/request.py, built by
                    Cluster.search or from GET /api/search's query string by serve/params.py),
                    encodes its text once, fans the request and vector out to every
                    shard at once, cuts the union of their shortlists as one store's scan would
@@ -39,12 +39,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from . import ivf
 from .context import StoreContext
 from .errors import InputError, SemdbError, ShardError, StoreError, display_path
-from .query import Searcher
-from .request import DEFAULT_K, SearchRequest
-from .search import shortlist_size
+from .ingest import ivf_upkeep
+from .search.adc import shortlist_size
+from .search.request import DEFAULT_K, SearchRequest
+from .search.searcher import Searcher
 from .serve.params import SEARCH_PARAMS, ApiError, search_request
 from .store import Store
 
@@ -233,11 +233,11 @@ def share_ivf(source, shards: Sequence) -> dict:
     with Store(source, readonly=True) as store:
         got = store.load_ivf()
     if got is None:
-        raise StoreError(f"{display_path(source)} keeps no IVF to share (semdb.ivf.build makes one)")
+        raise StoreError(f"{display_path(source)} keeps no IVF to share (semdb.ingest.ivf_upkeep.build makes one)")
     _, info, C, _ = got
     for shard in shards:
         with Store(shard) as store:
-            ivf.adopt(StoreContext(store), C, info)
+            ivf_upkeep.adopt(StoreContext(store), C, info)
     return info
 
 

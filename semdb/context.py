@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import ivf
 from .codec import Codec
 from .errors import CodecError, StoreError
 from .faults import fault_point
+from .search import ivf
 from .store import Store, StoredIvf, Writer
 
 # store meta: {trained_on, train_error, encoded, error_sum, outside_baseline, outside_recent} of its
@@ -41,7 +41,7 @@ class StoreContext:
         if embedder is not None:
             store.check_model(embedder.model_id)
         self._codec: Codec | None = None
-        self._assigner = None  # ((codec id, ivf id), semdb.ivf.Assigner)
+        self._assigner = None  # ((codec id, ivf id), semdb.search.ivf.Assigner)
 
     def write(self) -> Writer:
         """A write batch of the store whose new codes get their IVF lists in the same
@@ -66,7 +66,7 @@ class StoreContext:
     @property
     def embedder(self):
         """The CLIP model: the one given or named at open(), else the store's, else the default.
-        On a CPU, its cached ONNX export when there is one (semdb.onnxclip: no torch imported);
+        On a CPU, its cached ONNX export when there is one (semdb.clip.onnx: no torch imported);
         else loaded with torch, text tower first: its image tower loads when an image is first
         encoded, so a text query never reads or holds it. Reading it never writes the store:
         bind_model() records the model."""
@@ -80,7 +80,7 @@ class StoreContext:
                 )
             emb = self._onnx_model(stored or {})
             if emb is None:
-                from .embed import Embedder  # noqa: PLC0415 - imports torch and open_clip: only the torch path loads them
+                from .clip.embedder import Embedder  # noqa: PLC0415 - imports torch and open_clip: only the torch path loads them
 
                 model, pretrained = self.model_args
                 if model is None and stored:
@@ -91,12 +91,12 @@ class StoreContext:
         return self._embedder
 
     def _onnx_model(self, stored: dict):
-        from . import onnxclip  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
+        from .clip import onnx as onnxclip  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
 
         named = self._named_source(stored)
         if self.device != "cpu" or named is None or not onnxclip.enabled():
             return None
-        from .onnxclip import model  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
+        from .clip.onnx import model  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
 
         return model.load(*named, threads=self.threads)
 
@@ -104,13 +104,13 @@ class StoreContext:
     def text_encoder(self):
         """What encodes text queries, the cheapest that gives the model's embeddings: the
         loaded model if there is one; else the cached ONNX export of the store's text tower
-        (semdb.onnxclip: no torch imported), else the model, text tower only (and then its
+        (semdb.clip.onnx: no torch imported), else the model, text tower only (and then its
         ONNX export is cached for the next cold query, when onnxruntime is installed)."""
         if self._embedder is not None:
             return self._embedder
         if self._text_encoder is None:
-            from . import onnxclip  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
-            from .onnxclip import text as onnxtext  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
+            from .clip import onnx as onnxclip  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
+            from .clip.onnx import text as onnxtext  # noqa: PLC0415 - PIL and the tokenizer: only loading a model needs them
 
             if self.device == "cpu" and onnxclip.enabled():
                 stored = self.store.model_id() or {}

@@ -23,8 +23,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from semdb.errors import ImageError, InputError, display_path  # noqa: F401 - display_path re-exported
-from semdb.video.files import is_video_file, is_video_path
+from .errors import ImageError, InputError, display_path  # noqa: F401 - display_path re-exported
+from .video.files import is_video_file, is_video_path
 
 try:  # HEIC/HEIF (iPhone photos) need the pillow-heif plugin; without it they fail as unsupported.
     import pillow_heif

@@ -7,7 +7,7 @@ import numpy as np
 
 from .context import STATS_KEY
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
-from .ivf import default_nprobe
+from .search.ivf import default_nprobe
 from .store import Store
 
 

@@ -40,7 +40,7 @@ def tiny_model(tiny_model_dir) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model):
-    from semdb.embed import Embedder
+    from semdb.clip.embedder import Embedder
 
     return Embedder(model=tiny_model)
 

@@ -97,7 +97,7 @@ def test_every_way_of_searching_takes_every_filter(photos, tmp_path, tiny_model)
     forms (similar, search_image, search_vectors, a SearchRequest) all take every filter."""
     import datetime
 
-    from semdb.request import SearchRequest
+    from semdb.search.request import SearchRequest
 
     tomorrow = datetime.date.today() + datetime.timedelta(days=1)
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
@@ -134,7 +134,7 @@ def test_every_way_of_searching_takes_every_filter(photos, tmp_path, tiny_model)
 def test_a_search_request_is_checked_once_and_frozen():
     import dataclasses
 
-    from semdb.request import MAX_K, SearchRequest, Where
+    from semdb.search.request import MAX_K, SearchRequest, Where
 
     request = SearchRequest.of("2:cat - dog", k=7, under="/photos/../photos/2023/", after="2023-06-01")
     assert request.where == Where.of("/photos/2023", "2023-06-01") and request.where.under == "/photos/2023"

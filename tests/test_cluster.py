@@ -92,7 +92,7 @@ def cluster(ray_cluster, stores):
 
 def one_store(stores):
     from semdb.context import StoreContext
-    from semdb.query import Searcher
+    from semdb.search.searcher import Searcher
     from semdb.store import Store
 
     return Searcher(StoreContext(Store(stores["full"], readonly=True)))
@@ -130,7 +130,7 @@ def test_text_queries_give_the_hits_of_one_store(cluster, stores, k):
 
 
 def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
-    from semdb.request import SearchRequest
+    from semdb.search.request import SearchRequest
 
     single = one_store(stores)
     Q = np.random.default_rng(1).normal(size=(4, 64)).astype(np.float32)
@@ -153,7 +153,7 @@ def test_vector_queries_give_the_hits_of_one_store(cluster, stores):
 def test_one_search_request_is_carried_to_the_router_and_the_shards(cluster, stores):
     """One SearchRequest record: the cluster (driver -> router -> shards), its HTTP ingress (the
     record as a query string) and one store answer it alike; a bad k is refused in the same words."""
-    from semdb.request import MAX_K, SearchRequest
+    from semdb.search.request import MAX_K, SearchRequest
     from semdb.serve.params import query_params
 
     request = SearchRequest.of(
@@ -364,8 +364,8 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
     Searcher.candidates, less those may_be_hits rules out, gives exactly one store's hits."""
     from semdb.cluster import ShardAnswer, may_be_hits, merge
     from semdb.context import StoreContext
-    from semdb.query import Searcher
-    from semdb.request import SearchRequest
+    from semdb.search.request import SearchRequest
+    from semdb.search.searcher import Searcher
     from semdb.store import Store
 
     n, rng = 4500, np.random.default_rng(1)
@@ -408,18 +408,18 @@ def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, st
     in every shard. Shards with centroids of their own are refused."""
     import shutil
 
-    from semdb import ivf
     from semdb.cluster import share_ivf
     from semdb.context import StoreContext
-    from semdb.ivf import IvfIndex
-    from semdb.query import Searcher
+    from semdb.ingest import ivf_upkeep
+    from semdb.search.ivf import IvfIndex
+    from semdb.search.searcher import Searcher
     from semdb.store import Store
 
     full = tmp_path / "full"
     shutil.copytree(stores["full"], full)
     shards = [shutil.copytree(s, tmp_path / s.name) for s in stores["shards"]]
     with Store(full) as store:
-        ivf.build(StoreContext(store), nlist=8)
+        ivf_upkeep.build(StoreContext(store), nlist=8)
     info = share_ivf(full, shards)
     with Store(shards[1], readonly=True) as store:
         assert store.ivf_meta()["id"] == info["id"]
@@ -432,6 +432,6 @@ def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, st
                     db.search("a photo of a cat", k=5, nprobe=nprobe, files=False, **where),
                 )
     with Store(shards[2]) as store:  # centroids of its own
-        ivf.build(StoreContext(store), nlist=8, seed=1)
+        ivf_upkeep.build(StoreContext(store), nlist=8, seed=1)
     with pytest.raises(ShardError, match="shard 2 .* has IVF centroids"):
         Cluster.start(shards, name="ivf2")

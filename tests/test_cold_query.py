@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import semdb
-from semdb import modelcache
+from semdb.clip import modelcache
 
 TEXTS = ["a photo of a cat", "an astronaut on the moon", "Ünïcode &amp; café ☕ 42", "word " * 200]
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -52,7 +52,7 @@ def test_text_only_has_the_same_digest_and_embeddings(tiny_model, tiny_embedder)
     import open_clip
     import torch
 
-    from semdb.embed import Embedder, state_dict_digest
+    from semdb.clip.embedder import Embedder, state_dict_digest
 
     text = Embedder(model=tiny_model, text_only=True)
     assert text.model_id == tiny_embedder.model_id
@@ -74,7 +74,7 @@ def test_text_only_has_the_same_digest_and_embeddings(tiny_model, tiny_embedder)
 def test_text_only_loads_the_image_tower_on_first_image(tiny_model, tiny_embedder):
     from PIL import Image
 
-    from semdb.embed import Embedder, state_dict_digest
+    from semdb.clip.embedder import Embedder, state_dict_digest
 
     text = Embedder(model=tiny_model, text_only=True)
     images = [Image.new("RGB", (40, 30), (200, 20, 20)), Image.new("RGB", (30, 40), (20, 20, 200))]
@@ -84,7 +84,7 @@ def test_text_only_loads_the_image_tower_on_first_image(tiny_model, tiny_embedde
 
 
 def test_image_tower_refused_when_the_file_changed(tmp_path):
-    from semdb.embed import Embedder
+    from semdb.clip.embedder import Embedder
     from semdb.errors import ModelError
     from semdb.testing import write_tiny_model
 
@@ -119,7 +119,7 @@ def test_safetensors_and_half_precision_checkpoints(tmp_path, tiny_model_dir, ti
     import torch
     from safetensors.torch import save_file
 
-    from semdb.embed import Embedder, state_dict_digest
+    from semdb.clip.embedder import Embedder, state_dict_digest
 
     state = torch.load(Path(tiny_model_dir) / "open_clip_pytorch_model.bin", weights_only=True)
     folder = tmp_path / "st"
@@ -144,7 +144,7 @@ def test_safetensors_and_half_precision_checkpoints(tmp_path, tiny_model_dir, ti
 def test_open_clip_loader_is_the_fallback(tiny_model, tiny_embedder, monkeypatch):
     """An architecture that cannot be built on the meta device loads with open_clip's own
     loader (random init, then the weights): the same model either way."""
-    from semdb import embed
+    from semdb.clip import embedder as embed
 
     def cannot(cfg):
         raise NotImplementedError("not on meta")
@@ -159,8 +159,8 @@ def test_open_clip_loader_is_the_fallback(tiny_model, tiny_embedder, monkeypatch
 
 
 def test_digest_cache_is_used_and_invalidated(tmp_path, monkeypatch, cache):
-    from semdb import embed
-    from semdb.embed import Embedder
+    from semdb.clip import embedder as embed
+    from semdb.clip.embedder import Embedder
     from semdb.testing import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "m", seed=0)
@@ -185,7 +185,7 @@ def test_digest_cache_is_used_and_invalidated(tmp_path, monkeypatch, cache):
 
 
 def test_digest_cache_survives_a_broken_cache_file(tiny_model, tiny_embedder, cache):
-    from semdb.embed import Embedder
+    from semdb.clip.embedder import Embedder
 
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "models.json").write_text("{not json")
@@ -232,7 +232,7 @@ def test_import_semdb_does_not_import_torch():
 def test_tokenizer_matches_open_clip():
     import open_clip
 
-    from semdb.tokenizer import SimpleTokenizer
+    from semdb.clip.tokenizer import SimpleTokenizer
 
     theirs, ours = open_clip.get_tokenizer("ViT-B-32"), SimpleTokenizer()
     texts = TEXTS + [
@@ -257,8 +257,8 @@ def onnx_ready():
 
 
 def test_onnx_export_matches_torch(onnx_ready, tiny_model, tiny_embedder):
-    from semdb.embed import Embedder
-    from semdb.onnxclip import text as onnxtext
+    from semdb.clip.embedder import Embedder
+    from semdb.clip.onnx import text as onnxtext
 
     emb = Embedder(model=tiny_model, text_only=True)  # records the digest for this cache
     folder = onnxtext.export(emb)
@@ -276,8 +276,8 @@ def test_onnx_export_matches_torch(onnx_ready, tiny_model, tiny_embedder):
 
 
 def test_onnx_is_not_used_for_changed_weights(onnx_ready, tmp_path):
-    from semdb.embed import Embedder
-    from semdb.onnxclip import text as onnxtext
+    from semdb.clip.embedder import Embedder
+    from semdb.clip.onnx import text as onnxtext
     from semdb.testing import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "m", seed=0)

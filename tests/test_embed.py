@@ -1,4 +1,4 @@
-"""semdb.embed with a tiny random-init open_clip model loaded through open_clip's real loader."""
+"""semdb.clip.embedder with a tiny random-init open_clip model loaded through open_clip's real loader."""
 
 import os
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from semdb import embed
-from semdb.embed import DEFAULT_MODEL, DEFAULT_PRETRAINED, Embedder, resolve_model
+from semdb.clip import embedder as embed
+from semdb.clip.embedder import DEFAULT_MODEL, DEFAULT_PRETRAINED, Embedder, resolve_model
 from semdb.errors import InputError, ModelError
 from semdb.testing import write_tiny_model
 

@@ -14,14 +14,7 @@ import pytest
 from PIL import Image
 
 from semdb.errors import ImageError, InputError
-from semdb.images import (
-    IMAGE_EXTENSIONS,
-    content_hash,
-    discover,
-    display_path,
-    is_image_path,
-    load_image,
-)
+from semdb.images import IMAGE_EXTENSIONS, content_hash, discover, display_path, is_image_path, load_image
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -1,4 +1,4 @@
-"""IVF over the stored codes (semdb/ivf.py): the same results as the exhaustive scan when every
+"""IVF over the stored codes (semdb/search/ivf.py): the same results as the exhaustive scan when every
 list is probed, reasonable recall at the default nprobe, persisted list assignments kept up to
 date by commits, rebuilt by retrain, filters, and stores from before the IVF."""
 
@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 import semdb
-from semdb import Codec, ivf
+from semdb import Codec
 from semdb.context import StoreContext
 from semdb.errors import InputError
-from semdb.ivf import Assigner, IvfIndex, nlist_for, train_centroids
-from semdb.query import Searcher
+from semdb.ingest import ivf_upkeep
+from semdb.search import ivf as search_ivf
+from semdb.search.index import codec_index
+from semdb.search.ivf import Assigner, IvfIndex, nlist_for, train_centroids
+from semdb.search.searcher import Searcher
 from semdb.store import Item
 
 DIM = 64
@@ -35,7 +38,7 @@ def coded():
 
 def _ivf(codec, codes, nlist):
     C = train_centroids(codec, codes, nlist)
-    return codec.index(codes, ivf=(C, Assigner(codec, C)(codes)))
+    return codec_index(codec, codes, ivf=(C, Assigner(codec, C)(codes)))
 
 
 def test_assignment_is_the_nearest_centroid_of_the_decoded_code(coded):
@@ -52,7 +55,7 @@ def test_assignment_is_the_nearest_centroid_of_the_decoded_code(coded):
 def test_every_list_probed_gives_the_exhaustive_results(coded):
     codec, codes, Q = coded
     index = _ivf(codec, codes, 32)
-    exhaustive = codec.index(codes)
+    exhaustive = codec_index(codec, codes)
     got_ids, got_scores = index.search(Q, 10, nprobe=32)
     ref_ids, ref_scores = exhaustive.search(Q, 10)
     assert np.array_equal(got_ids, ref_ids)
@@ -86,23 +89,23 @@ def test_every_list_probed_gives_the_exhaustive_results(coded):
 def test_default_nprobe_recall(coded):
     codec, codes, Q = coded
     index = _ivf(codec, codes, nlist_for(len(codes)))
-    ref, _ = codec.index(codes).search(Q, 10)
+    ref, _ = codec_index(codec, codes).search(Q, 10)
     got, _ = index.search(Q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ref, got)])
     assert recall >= 0.9
     assert index.nprobe < index.nlist
 
 
-@pytest.mark.parametrize("exact_max", [ivf.FILTER_EXACT_MAX, 0])
+@pytest.mark.parametrize("exact_max", [search_ivf.FILTER_EXACT_MAX, 0])
 def test_filters_through_ivf(coded, monkeypatch, exact_max):
     """A filter small enough is scored exactly; a larger one goes through FAISS's IDSelector."""
-    monkeypatch.setattr(ivf, "FILTER_EXACT_MAX", exact_max)
+    monkeypatch.setattr(search_ivf, "FILTER_EXACT_MAX", exact_max)
     codec, codes, Q = coded
     index = _ivf(codec, codes, 32)
     rows = np.arange(1, len(codes), 3)
     got, _ = index.search(Q, 10, rows=rows, nprobe=32)
     assert np.isin(got, rows).all()
-    ref, _ = codec.index(codes).search(Q, 10, rows=rows)
+    ref, _ = codec_index(codec, codes).search(Q, 10, rows=rows)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ref, got)]) >= 0.97
     got, _ = index.search(Q, 10, rows=rows)  # default nprobe: still only those rows
     assert np.isin(got[got >= 0], rows).all()
@@ -117,7 +120,7 @@ def _db(path):
 
 
 def test_store_builds_keeps_and_updates_the_ivf(tmp_path, monkeypatch):
-    monkeypatch.setattr(ivf, "MIN_ITEMS", 1500)
+    monkeypatch.setattr(ivf_upkeep, "MIN_ITEMS", 1500)
     X = clustered(2400, seed=1)
     with _db(tmp_path / "s") as db:
         db.add_embeddings(_paths(1000), X[:1000], model="ViT-B-32", bits=64)
@@ -159,19 +162,19 @@ def test_codes_written_without_an_assigner_are_assigned_when_read_and_filled_lat
     with _db(tmp_path / "s") as db:
         db.add_embeddings(_paths(1000), X[:1000], model="ViT-B-32", bits=64)
         ctx = StoreContext(db.store)
-        ivf.build(ctx, nlist=16)
+        ivf_upkeep.build(ctx, nlist=16)
         codes = db.codec.encode(X[1000:])
         with db.store.write() as w:  # no assign_ivf: e.g. a writer that does not know the IVF
             for path, code in zip(_paths(200, 1000), codes):
                 w.add_item(Item.new(path, 1, 1, "h" + path, 1, 1), code=code)
         assert (db.store.load_ivf()[3] < 0).sum() == 200 and db.store.verify() == []
         assert db.query_vectors(X[1100:1101], k=1)[0][0].path == _paths(1, 1100)[0]
-        assert ivf.maintain(ctx) == "filled"
+        assert ivf_upkeep.maintain(ctx) == "filled"
         assert (db.store.load_ivf()[3] >= 0).all() and db.store.verify() == []
 
 
 def test_growth_rebuilds_the_ivf(tmp_path, monkeypatch):
-    monkeypatch.setattr(ivf, "MIN_ITEMS", 600)
+    monkeypatch.setattr(ivf_upkeep, "MIN_ITEMS", 600)
     X = clustered(2600, seed=3)
     with _db(tmp_path / "s") as db:
         db.add_embeddings(_paths(600), X[:600], model="ViT-B-32", bits=64)
@@ -186,7 +189,7 @@ def test_retrain_rebuilds_the_ivf(tmp_path, tiny_model):
     photos = write_photos(tmp_path / "photos", n_generated=20)
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         db.ingest([photos], train_now=True, bits=64)
-        ivf.build(StoreContext(db.store), nlist=4)
+        ivf_upkeep.build(StoreContext(db.store), nlist=4)
         old = db.store.ivf_meta()
         assert old["codec_id"] == db.codec.id
         db.retrain(bits=64)
@@ -211,7 +214,7 @@ def test_a_store_from_before_the_ivf_still_reads(tmp_path):
         assert [h.id for h in db.query_vectors(X[:1], k=5)[0]] == ref
     with _db(tmp_path / "s") as db:  # the first writable open creates it
         ctx = StoreContext(db.store)
-        ivf.build(ctx, nlist=8)
+        ivf_upkeep.build(ctx, nlist=8)
         assert isinstance(Searcher(ctx).index()[1], IvfIndex) and db.store.verify() == []
 
 

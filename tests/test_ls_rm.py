@@ -17,10 +17,10 @@ from conftest import semdb_cli as run
 from test_transfer import synthetic_export
 
 import semdb
-from semdb import ivf
 from semdb.context import StoreContext
 from semdb.errors import InputError, StoreError
-from semdb.request import parse_date
+from semdb.ingest import ivf_upkeep
+from semdb.search.request import parse_date
 from semdb.store import Item
 
 DAY = 86400.0
@@ -173,7 +173,7 @@ def big_store(tmp_path_factory):
     synthetic_export(folder / "big.parquet", 60_000)
     run("import", folder / "big.parquet", "--store", folder / "s")
     with semdb.open(folder / "s") as db:
-        ivf.build(StoreContext(db.store), nlist=64)
+        ivf_upkeep.build(StoreContext(db.store), nlist=64)
     return folder / "s"
 
 

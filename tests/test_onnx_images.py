@@ -62,7 +62,7 @@ def test_preprocess_matches_open_clip_on_real_photos(photos, cfg):
     import torch
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from semdb.onnxclip.image import Preprocess
+    from semdb.clip.onnx.image import Preprocess
 
     full = {**dataclasses.asdict(PreprocessCfg()), **cfg}
     theirs = image_transform_v2(PreprocessCfg(**full), is_train=False)
@@ -78,7 +78,7 @@ def test_preprocess_matches_open_clip_on_real_photos(photos, cfg):
 
 
 def test_preprocess_declines_what_it_does_not_reproduce():
-    from semdb.onnxclip.image import Preprocess
+    from semdb.clip.onnx.image import Preprocess
 
     base = {"size": 224, "mean": (0.5,) * 3, "std": (0.5,) * 3}
     assert Preprocess.of(base) is not None
@@ -91,8 +91,8 @@ def test_preprocess_declines_what_it_does_not_reproduce():
 
 
 def test_image_export_matches_torch_and_a_damaged_one_is_rebuilt(tiny_model, tiny_embedder, photos):
-    from semdb.embed import Embedder
-    from semdb.onnxclip import image
+    from semdb.clip.embedder import Embedder
+    from semdb.clip.onnx import image
 
     emb = Embedder(model=tiny_model, text_only=True)
     images = real_images(photos)
@@ -114,8 +114,8 @@ def test_image_export_matches_torch_and_a_damaged_one_is_rebuilt(tiny_model, tin
 
 
 def test_no_export_when_onnx_is_off(tiny_model, monkeypatch, cache):
-    from semdb.embed import Embedder
-    from semdb.onnxclip import image
+    from semdb.clip.embedder import Embedder
+    from semdb.clip.onnx import image
 
     monkeypatch.setenv("SEMDB_ONNX", "0")
     assert image.export(Embedder(model=tiny_model, text_only=True)) is None
@@ -205,7 +205,7 @@ def test_same_codes_as_torch(tmp_path, tiny_model, photos, codec_file):
 
 
 def test_int8_is_opt_in_and_close_to_fp32(tmp_path, tiny_model, tiny_embedder, photos, codec_file, cache):
-    from semdb.onnxclip import image
+    from semdb.clip.onnx import image
 
     out = ingest(tmp_path, "int8", tiny_model, photos, codec_file, int8=True)
     assert out["image_model"] == "onnx int8" and out["onnx_export_seconds"] > 0

@@ -122,7 +122,7 @@ def test_cli_engine_ray_starts_its_own_local_instance(tmp_path, tiny_model):
 def test_a_worker_with_other_weights_fails_the_ingest_in_one_line(local_ray, tmp_path):
     """Each actor checks its model against the store's weights digest (nodes may hold other
     files under the same path); the error raised inside Ray reaches the caller as itself."""
-    from semdb.embed import Embedder
+    from semdb.clip.embedder import Embedder
     from semdb.errors import ModelError
     from semdb.ingest.decode import decode_image
     from semdb.ingest.ray import RayEngine

@@ -143,7 +143,7 @@ def _preload(model: str) -> None:
     import open_clip  # noqa: F401
     import torch
 
-    from semdb import embed
+    from semdb.clip import embedder as embed
 
     global _PRELOADED
     torch.set_num_threads(1)

@@ -529,7 +529,7 @@ def test_a_request_goes_over_http_unchanged():
     the server (search_request) into an equal SearchRequest; what a URL cannot say is None."""
     import datetime
 
-    from semdb.request import SearchRequest
+    from semdb.search.request import SearchRequest
     from semdb.serve.params import query_params, search_request
 
     request = SearchRequest.of(

@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from storekit import code_for, dataclass_item, new_item
 
-from semdb import segments
 from semdb.errors import InputError
-from semdb.store import Item, Store
+from semdb.store import Item, Store, segments
 from semdb.store.format import ITEM_HEADS, ITEM_VERSION, CorruptValue, item_segment_row, item_segment_rows
 
 pytest_plugins = ["store_fixtures"]

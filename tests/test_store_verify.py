@@ -3,7 +3,7 @@
 import numpy as np
 from storekit import code_for, emb_for, new_item, raw_segments
 
-from semdb import segments
+from semdb.store import segments
 from semdb.store.format import int_key
 
 pytest_plugins = ["store_fixtures"]

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from storekit import CB, code_for, code_map, dataclass_item, emb_for, new_item, run_py, snapshot
 
-from semdb import segments
 from semdb.errors import InputError
-from semdb.store import Store
+from semdb.store import Store, segments
 
 pytest_plugins = ["store_fixtures"]
 

@@ -149,7 +149,7 @@ def test_kill_9_in_a_videos_commit_resumes_without_storing_frames_twice(media, t
 
 
 def test_item_segments_carry_frame_times_and_stay_format_1_without_videos():
-    from semdb import segments
+    from semdb.store import segments
     from semdb.store.format import Item, item_of, item_segment_row
 
     photo = Item(1, "/p/a.jpg", 10, 1, "ab" * 16, 4, 3, 1.0, 1.0, 5.0)

@@ -20,16 +20,7 @@ from .data import (
     validate,
 )
 from .methods import FAMILIES, FAMILY_LABELS, QUERY_FAMILIES, REFERENCE_FAMILIES, Method, MethodSkipped
-from .report import (
-    header,
-    make_table,
-    print_table,
-    to_json,
-    to_records,
-    write_json,
-    write_parquet,
-    write_plot,
-)
+from .report import header, make_table, print_table, to_json, to_records, write_json, write_parquet, write_plot
 from .runner import (
     DEFAULT_BITS,
     DEFAULT_BPP_PIXELS,

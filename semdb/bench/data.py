@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semdb.errors import InputError
+from ..errors import InputError
 
 #: Arrays the benchmark understands; any other array in a file is ignored.
 KNOWN_ARRAYS = ("image_emb", "text_emb", "label", "class_names", "class_text_emb")

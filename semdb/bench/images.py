@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
-from semdb.errors import ImageError, InputError
-from semdb.images import discover, load_image
-from semdb.progress import report
-
+from ..errors import ImageError, InputError
+from ..images import discover, load_image
+from ..progress import report
 from .data import BenchData, Variant, validate
 
 DEFAULT_PROMPTS = ("a photo of a {}.",)
@@ -88,7 +87,7 @@ def load_image_folder(
     on_message: Callable[[str], None] | None = None,
     name: str | None = None,
 ) -> BenchData:
-    """Embed ``folder``'s class sub-folders with ``embedder`` (a ``semdb.embed.Embedder``).
+    """Embed ``folder``'s class sub-folders with ``embedder`` (a ``semdb.clip.embedder.Embedder``).
 
     Returns a :class:`BenchData` with ``image_emb``, ``label``, ``class_names``,
     ``class_text_emb`` (prompt-ensembled) and one :class:`Variant` per codec quality

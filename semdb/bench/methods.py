@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from semdb.codec import entropy
-from semdb.packing import unpack
+from ..codec import entropy
+from ..packing import unpack
 
 #: Method family keys accepted by ``run_bench(methods=...)``, in report order.
 FAMILIES = (
@@ -423,7 +423,7 @@ class CodecMethod(Method):
     def fit(self, X: np.ndarray) -> None:
         if self.codec is not None:
             return
-        from semdb.codec import Codec  # noqa: PLC0415 - optional at import time
+        from ..codec import Codec  # noqa: PLC0415 - optional at import time
 
         kw = {}
         if self.paired is not None:

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from semdb.errors import InputError
-from semdb.progress import report
-from semdb.threads import limited
-
+from ..errors import InputError
+from ..progress import report
+from ..threads import limited
 from . import metrics as M
 from .data import BenchData, load_embeddings, ood_split, source_shift, split_indices
 from .methods import (

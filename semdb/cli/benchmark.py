@@ -10,16 +10,7 @@ from rich.console import Console
 
 from ..codec import Codec
 from ..errors import InputError
-from .base import (
-    MODEL_HELP,
-    PRETRAINED_HELP,
-    app,
-    err,
-    examples,
-    out,
-    progress_display,
-    user_errors,
-)
+from .base import MODEL_HELP, PRETRAINED_HELP, app, err, examples, out, progress_display, user_errors
 
 
 @app.command(
@@ -82,7 +73,7 @@ def bench(
             data = B.load_embeddings(embeddings)
         else:
             from ..bench.images import DEFAULT_PROMPTS, load_image_folder  # noqa: PLC0415 (as above)
-            from ..embed import Embedder  # noqa: PLC0415 (torch: loaded only to embed)
+            from ..clip.embedder import Embedder  # noqa: PLC0415 (torch: loaded only to embed)
 
             def qualities(text, flag):
                 try:

@@ -13,7 +13,7 @@ from rich.text import Text
 from ..api import Database
 from ..cluster import Cluster
 from ..errors import InputError, display_path
-from ..request import DEFAULT_K, MAX_K, SearchRequest
+from ..search.request import DEFAULT_K, MAX_K, SearchRequest
 from ..serve.client import query_server
 from ..store import default_store_path
 from . import listing

@@ -12,16 +12,7 @@ from rich.text import Text
 from ..cluster import Cluster
 from ..errors import InputError
 from ..serve.server import is_loopback, run
-from .base import (
-    PRETRAINED_HELP,
-    STORE_HELP,
-    app,
-    err,
-    examples,
-    say,
-    shard_list,
-    user_errors,
-)
+from .base import PRETRAINED_HELP, STORE_HELP, app, err, examples, say, shard_list, user_errors
 
 
 @app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))

@@ -37,12 +37,11 @@ import numpy as np
 import safetensors.numpy
 
 from ..errors import CodecError
-from ..ivf import IvfIndex
 from ..packing import code_bytes as packed_code_bytes
 from ..packing import pack, unpack
-from ..search import AdcIndex, FlatIndex, adc_lut, adc_scores
 from ..threads import single_threaded
 from . import entropy
+from .lut import adc_lut, adc_scores
 from .paper import PaperQuantizer, paper_shape
 from .pca_slots import PcaSlotQuantizer
 from .quantizer import TrainRequest, code_nbits
@@ -261,9 +260,9 @@ class Codec:
 
     def indices(self, codes) -> np.ndarray:
         """(n, code_bytes) packed codes -> (n, M) int64 codebook indices."""
-        return unpack(self._check_codes(codes), self.m, self.nbits)
+        return unpack(self.check_codes(codes), self.m, self.nbits)
 
-    def _check_codes(self, codes) -> np.ndarray:
+    def check_codes(self, codes) -> np.ndarray:
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[1] != self.code_bytes or codes.dtype != np.uint8:
             raise CodecError(
@@ -273,7 +272,7 @@ class Codec:
 
     def slot_coords(self, codes) -> np.ndarray:
         """The slots' coordinates z of codes (x_hat = mean + coarse + decoder z), float32
-        (n, p): where the IVF clusters the codes (semdb.ivf)."""
+        (n, p): where the IVF clusters the codes (semdb.search.ivf)."""
         return self.quantizer.slot_coords(self.indices(codes))
 
     def decode_additive(self, codes) -> np.ndarray:
@@ -294,20 +293,7 @@ class Codec:
         """T (M, K, D): slot m's contribution to x_hat when it holds index k (additive only)."""
         return self.quantizer.tables
 
-    # --- search ---------------------------------------------------------------------------
-    def index(self, codes, ivf=None):
-        """A reusable search structure over `codes` (build once, query many times). `ivf`:
-        (centroids, lists) of an IVF over these codes (semdb.ivf): an IvfIndex, whose search
-        scans the nearest `nprobe` lists; else every code is scanned."""
-        codes = self._check_codes(codes)  # (unpacking all codes just to validate them would cost M x 8 bytes/item)
-        if not self.quantizer.adc:
-            return FlatIndex(self.decode(codes))
-        norms = self.norms if self.scoring == "cosine" else None
-        if ivf is not None:
-            span = None if self.n_coarse else self.decoder
-            return IvfIndex(self.tables, self.tensors["mean"], codes, self.nbits, norms, ivf[0], ivf[1], span=span)
-        return AdcIndex(self.tables, self.tensors["mean"], codes, self.nbits, norms=norms)
-
+    # --- scoring -----------------------------------------------------------------------------
     def scores(self, Q, codes) -> np.ndarray:
         """(nq, n) scores of float queries against codes: exact ADC <q, x_hat>, divided by
         ||x_hat|| for a cosine-scored codec (paper: decode then score)."""
@@ -320,11 +306,6 @@ class Codec:
         if self.scoring == "cosine":
             S /= self.norms(idx)[None, :]
         return S
-
-    def search(self, Q, codes, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k row ids (nq, k) int64 (-1 past the end) and scores (nq, k): ADC shortlist, exact rerank."""
-        Q = check_embeddings(np.atleast_2d(Q), self.dim, name="queries")
-        return self.index(codes).search(Q, k)
 
     # --- rate -----------------------------------------------------------------------------
     def entropy_bits(self, codes) -> float:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import ivf
 from ..context import StoreContext
 from ..errors import InputError, StoreError, display_path
 from ..progress import Progress, report
+from . import ivf_upkeep
 from .commit import commit_batch
 from .records import DecodedImage, EmbeddedBatch, EmbedJob, FileState, IngestSummary, Vectors
 from .training import CodecPolicy, retrain_advice, train_if_due
@@ -171,7 +171,7 @@ def add_embeddings(
         report(progress, "adding embeddings", i + len(part), len(todo))
         summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
-    ivf.maintain(ctx, progress)
+    ivf_upkeep.maintain(ctx, progress)
     summary.items, summary.staged = store.count(), store.staging_count()
     summary.retrain_advice = retrain_advice(store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)

@@ -1,5 +1,5 @@
 """Which model an ingest embeds images with: on a CPU, the ONNX export of the image tower
-(semdb.onnxclip), made by the first ingest of a model that has none (it pays the export once:
+(semdb.clip.onnx), made by the first ingest of a model that has none (it pays the export once:
 seconds for ViT-B-32) and used by every later ingest without torch; on CUDA, or with
 SEMDB_ONNX=0, the torch model."""
 
@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 
+from ..clip.onnx import export as tower
+from ..clip.onnx import image
+from ..clip.onnx import model as onnx_model
 from ..context import StoreContext
 from ..errors import ImageError, InputError
 from ..images import load_image
-from ..onnxclip import export as tower
-from ..onnxclip import image
-from ..onnxclip import model as onnx_model
 from ..progress import Progress, report
 
 CHECK_IMAGES = 8  # real photos of the run the export is checked on (plus a synthetic one)
@@ -23,7 +23,7 @@ EXPORT_STAGE = "exporting CLIP to ONNX (once per model)"
 
 @dataclass(frozen=True)
 class ImageModel:
-    model: object  # semdb.onnxclip.model.OnnxModel or semdb.embed.Embedder
+    model: object  # semdb.clip.onnx.model.OnnxModel or semdb.clip.embedder.Embedder
     kind: str  # "onnx fp32", "onnx int8" or "torch"
     export_seconds: float = 0.0  # what this run spent exporting (0: the export was cached)
 

@@ -226,8 +226,8 @@ class _EmbedActor:
     raised, Ray would hand the driver only its traceback's text, not the error itself."""
 
     def __init__(self, model_id: dict, codec: bytes | None, max_megapixels, threads: int, device: str, out: str):
+        from ..clip.embedder import Embedder  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
         from ..codec import Codec  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
-        from ..embed import Embedder  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
         self.failure = None
         try:

@@ -23,7 +23,6 @@ from itertools import islice
 
 import numpy as np
 
-from .. import ivf
 from ..codec import Codec
 from ..context import STATS_KEY, StoreContext
 from ..errors import InputError, StoreError
@@ -31,7 +30,7 @@ from ..faults import fault_point
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from ..store import Item
-from . import retrain_sample
+from . import ivf_upkeep, retrain_sample
 from .encode import encode
 from .local import LocalEngine
 from .model import image_model
@@ -106,7 +105,7 @@ def retrain(
         fault_point("switch_txn")
     retrain_sample.discard(ctx)  # (left by a kill just after the pending codec was committed)
     # The switch dropped the old codes' IVF: a store that had one gets a new one for the new codes.
-    ivf.rebuild(ctx, had_ivf, progress) if had_ivf else ivf.maintain(ctx, progress)
+    ivf_upkeep.rebuild(ctx, had_ivf, progress) if had_ivf else ivf_upkeep.maintain(ctx, progress)
     summary.codec = new.id
     summary.seconds = round(time.perf_counter() - start, 3)
     return summary

@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import ivf
 from ..context import StoreContext
 from ..errors import InputError, StoreError
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from ..video.files import is_video_file
 from ..video.frames import Sampling
+from . import ivf_upkeep
 from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
 from .failures import forget_settled
@@ -37,7 +37,7 @@ class IngestOptions:
     ray_address: str | None = None
     ray_shards: Path | None = None  # default STORE/ray-shards
     captions: object = None  # text queries for the codec's training: a file (one per line) or list[str]
-    int8: bool = False  # the int8 ONNX image tower (local engine on a CPU; semdb.onnxclip)
+    int8: bool = False  # the int8 ONNX image tower (local engine on a CPU; semdb.clip.onnx)
     retry_failed: bool = False  # decode again the files that failed before, unchanged since (failures.py)
     sampling: Sampling = field(default_factory=Sampling)  # how video frames are chosen (semdb.video.frames)
 
@@ -113,7 +113,7 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
     forget_settled(ctx.store)
-    ivf.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
+    ivf_upkeep.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)

@@ -12,7 +12,7 @@ is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
     POST /api/search            image search: multipart field "image", or the raw image body
     GET  /api/similar/{id}      more like a stored item (from its stored code), with the filters
 
-A search's query string becomes a SearchRequest in params.py (semdb/request.py checks it) and
+A search's query string becomes a SearchRequest in params.py (semdb/search/request.py checks it) and
 the record goes unchanged to Database.search.
     GET  /api/items             the collection, newest first: offset, limit, under, after, before
                                 -> {"items": [...], "total": N} (Database.ls and .count)
@@ -51,7 +51,7 @@ from starlette.staticfiles import StaticFiles
 from ..catalog import item_record
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
 from ..images import load_image
-from ..request import SearchRequest
+from ..search.request import SearchRequest
 from ..video.extract import frame_at
 from ..video.files import VIDEO_TYPES
 from .auth import Access, protect

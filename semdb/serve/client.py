@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import ImageError, InputError
-from ..request import SearchRequest
+from ..search.request import SearchRequest
 from ..store import Store
 from .auth import stored_key
 from .params import query_params

@@ -1,4 +1,4 @@
-"""The HTTP parameters of a search: a query string to a SearchRequest (semdb/request.py), and
+"""The HTTP parameters of a search: a query string to a SearchRequest (semdb/search/request.py), and
 back (what `semdb query` sends to a running server).
 
 Strings are parsed here (an integer, a finite number, an item id, an absolute folder); what
@@ -16,7 +16,7 @@ import math
 import os
 import re
 
-from ..request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, check_k, parse_terms
+from ..search.request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, check_k, parse_terms
 
 ITEM_ID = re.compile(r"[0-9]{1,18}")
 FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe", "frames")

@@ -11,9 +11,8 @@ from typing import Self
 
 import lmdb
 
-from semdb.errors import InputError, StoreError
-from semdb.faults import fault_point
-
+from ..errors import InputError, StoreError
+from ..faults import fault_point
 from .opening import Environment, begin, guard
 from .reading import View
 

@@ -16,8 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from semdb import segments
-
+from . import segments
 from .format import CorruptValue, code_segment_head, int_key, key_int, pack_code_segment, unpack_code_segment
 
 CODE_SEGMENT_MAX = 1 << 20  # items per code segment when compacting

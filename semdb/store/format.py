@@ -1,5 +1,5 @@
 """The on-disk format of a store: database names, keys, the item record, code segments and
-IVF list rows, and the item segment rows (semdb/segments.py holds the item segment codec).
+IVF list rows, and the item segment rows (semdb/store/segments.py holds the item segment codec).
 docs/STORE.md describes the layout for users; this module is its one implementation."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semdb import segments
-from semdb.errors import InputError
+from ..errors import InputError
+from . import segments
 
 SCHEMA_VERSION = 2  # 2: columnar item segments; 1: items/paths/hashes/code_loc (migrated on open)
 DBS = ("meta", "codec", "itemsegs", "codes", "staging", "recode", "ivf")
@@ -201,7 +201,7 @@ def unpack_list_row(raw, n: int, code_segment_crc: int) -> np.ndarray | None:
 
 
 def item_segment_row(item: Item, id_: int | None = None) -> segments.Row:
-    """An item (with id `id_` if given) as an item segment row (see semdb/segments.py),
+    """An item (with id `id_` if given) as an item segment row (see semdb/store/segments.py),
     validated: InputError if a field cannot be stored, before anything changes."""
     raw = fs_bytes(item.path)
     hash_bytes(item.hash)

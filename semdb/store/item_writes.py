@@ -8,8 +8,7 @@ that together fit in one.
 
 from __future__ import annotations
 
-from semdb import segments
-
+from . import segments
 from .format import CorruptValue, int_key, item_segment_head, item_segment_rows, key_int
 
 

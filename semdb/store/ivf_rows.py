@@ -7,7 +7,7 @@ The store never runs the codec. A write batch is given the IVF assignment as a f
 the batch writes: a rewritten segment keeps the lists of its remaining rows, merged segments
 concatenate theirs, new codes get theirs from the function, in the same transaction. Without a
 function, or when it declines (another codec), a segment gets no row: its codes are assigned in
-memory when the index is built, and filled by the next ingest (semdb.ivf.maintain).
+memory when the index is built, and filled by the next ingest (semdb.ingest.ivf_upkeep.maintain).
 """
 
 from __future__ import annotations

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import lmdb
 
-from semdb import segments
-from semdb.errors import StoreError
-from semdb.faults import fault_point
-
+from ..errors import StoreError
+from ..faults import fault_point
+from . import segments
 from .format import DBS, LATER_DBS, MAX_DBS, SCHEMA_VERSION, V1_DBS, CorruptValue, Item, int_key, item_segment_row
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import lmdb
 
-from semdb.errors import StoreError, StoreLockedError
-
+from ..errors import StoreError, StoreLockedError
 from .format import DBS, LATER_DBS, MAX_DBS, SCHEMA_VERSION, CorruptValue
 from .migration import check_schema, migrate
 

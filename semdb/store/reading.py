@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import lmdb
 import numpy as np
 
-from semdb import segments
-
+from . import segments
 from .format import (
     CorruptValue,
     Item,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semdb.errors import InputError
-
+from ..errors import InputError
 from .format import int_key, key_int
 
 

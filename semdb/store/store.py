@@ -14,10 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from semdb import segments
-from semdb.errors import StoreError
-
-from . import recoding, verify
+from ..errors import StoreError
+from . import recoding, segments, verify
 from .format import CorruptValue, Item, decode_item_segment, int_key, items_of, key_int
 from .ivf_rows import AssignLists, load_lists
 from .opening import (

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from semdb import segments
-
+from . import segments
 from .format import MAX_HASH_BYTES, CorruptValue, decode_item_segment, key_int, unpack_code_segment
 from .ivf_rows import verify_rows
 from .opening import one_line

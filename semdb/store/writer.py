@@ -14,10 +14,8 @@ import json
 
 import numpy as np
 
-from semdb import segments
-from semdb.errors import InputError
-
-from . import recoding
+from ..errors import InputError
+from . import recoding, segments
 from .batch import ReplayingBatch
 from .code_segments import CodeSegmentWrites
 from .format import MANAGED_META, Item, fs_bytes, int_key, item_of, item_segment_row

@@ -1,4 +1,4 @@
-"""The ONNX text tower: tokens -> unit embedding, with ``semdb.tokenizer`` (no torch).
+"""The ONNX text tower: tokens -> unit embedding, with ``semdb.clip.tokenizer`` (no torch).
 
 Only models with open_clip's standard tokenizer (``SimpleTokenizer``, lower-case cleaning,
 truncation) are exported; others keep the torch path.
@@ -72,7 +72,7 @@ def load(name: str, pretrained: str | None, threads: int | None = None) -> OnnxT
 
 
 def exportable(embedder) -> bool:
-    """The model's tokenizer is open_clip's standard one, which semdb.tokenizer reproduces."""
+    """The model's tokenizer is open_clip's standard one, which semdb.clip.tokenizer reproduces."""
     tok = embedder.tokenizer  # checked by name: embed.py stays the only importer of open_clip
     kind = (type(tok).__module__, type(tok).__name__)
     return (

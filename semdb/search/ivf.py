@@ -19,21 +19,12 @@ Only 4-bit codecs (K = 16, the default) use IVF; other shapes keep the exhaustiv
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import numpy as np
 
-from .errors import CodecError
-from .progress import report
-from .search import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
-from .store import StoredIvf
+from .adc import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
 
-# Chosen from bench/ivf_speed.py (docs/SCALE.md#ivf): below a million codes the exhaustive
-# scan takes at most ~2.3 ms per query on one core, and IVF at recall@10 >= 0.95 saved about
-# 1 ms of it (its own floor, ranking lists + LUT + rerank, is ~0.8 ms) for a build of minutes.
-MIN_ITEMS = 1_000_000
-REBUILD_GROWTH = 4  # rebuild (new centroids, every code reassigned) when the store has grown 4x
 DEFAULT_NPROBE_FRACTION = 1 / 4  # default nprobe = nlist / 4 (docs/SCALE.md#ivf: recall@10 0.965 at 10M)
 KMEANS_ITER = 10
 KMEANS_POINTS_PER_LIST = 64  # decoded codes per centroid for k-means (a sample)...
@@ -335,91 +326,3 @@ class IvfIndex(AdcIndex):
             )
             found.append(self._reranked(q, cand[0], D[0]))
         return found
-
-
-# --- the store's IVF: built past MIN_ITEMS, kept up to date, rebuilt ------------------------------
-
-
-def _digest(C: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(C, np.float32).tobytes()).hexdigest()[:16]
-
-
-def build(ctx, nlist: int | None = None, seed: int = 0, progress=None) -> dict:
-    """Train the store's coarse centroids on its decoded codes, assign every code, and install
-    both in one transaction (replacing any earlier IVF). Returns the IVF's meta record."""
-    store, codec = ctx.store, ctx.codec
-    if not supported(codec):
-        raise ValueError("IVF needs an additive codec with 4-bit sub-codes")
-    ids, codes = store.load_codes()
-    nlist = int(nlist or nlist_for(len(ids)))
-    report(progress, "ivf: coarse centroids", 0, 2)
-    C = train_centroids(codec, codes, nlist, seed)
-    report(progress, "ivf: assigning codes", 1, 2)
-    lists = Assigner(codec, C)(codes)
-    info = {"nlist": nlist, "dim": codec.dim, "codec_id": codec.id, "built_on": int(len(ids)), "id": _digest(C)}
-    with store.write() as w:
-        w.set_ivf(C, info, ids, lists)
-    report(progress, "ivf: assigning codes", 2, 2)
-    return info
-
-
-def adopt(ctx, centroids: np.ndarray, info: dict) -> dict:
-    """Install another store's IVF centroids (its meta record `info`, for this store's codec) as
-    this store's, every code assigned to them, in one transaction. Shards searched as one
-    (semdb.cluster) need the same centroids: then a query ranks the same lists in every shard.
-    `built_on` is kept (the whole collection's size), so a shard's growth alone does not
-    rebuild it with centroids of its own until it holds REBUILD_GROWTH x that."""
-    store, codec = ctx.store, ctx.codec
-    if not supported(codec) or info.get("codec_id") != codec.id:
-        raise CodecError(
-            f"{ctx.path}: these IVF centroids are for codec {info.get('codec_id')}, the store's "
-            f"codec is {codec.id if codec else None}"
-        )
-    C = np.ascontiguousarray(centroids, np.float32)
-    ids, codes = store.load_codes()
-    lists = Assigner(codec, C)(codes)
-    with store.write() as w:
-        w.set_ivf(C, dict(info), ids, lists)
-    return dict(info)
-
-
-def rebuild(ctx, old: dict, progress=None) -> dict | None:
-    """A new IVF for a store that had `old` (after retrain's switch): nlist for its size past
-    MIN_ITEMS, else the old nlist."""
-    if not supported(ctx.codec) or ctx.store.readonly:
-        return None
-    n = ctx.store.info()["coded"]
-    return build(ctx, nlist=nlist_for(n) if n >= MIN_ITEMS else old["nlist"], progress=progress)
-
-
-def maintain(ctx, progress=None) -> str | None:
-    """After an ingest, import or retrain: build the IVF when the store first holds MIN_ITEMS
-    codes, rebuild it when the store has grown REBUILD_GROWTH x since, or when its codec changed;
-    else give codes whose segment has no list row theirs (normally none: commits assign new
-    codes in their own transaction). Returns "built", "rebuilt", "filled" or None."""
-    store, codec = ctx.store, ctx.codec
-    if store.readonly or not supported(codec):
-        return None
-    info = store.ivf_meta()
-    n = store.info()["coded"]
-    if info is None:
-        if n < MIN_ITEMS:
-            return None
-        build(ctx, progress=progress)
-        return "built"
-    if info.get("codec_id") != codec.id or n >= REBUILD_GROWTH * max(info.get("built_on") or 1, 1):
-        build(ctx, progress=progress)
-        return "rebuilt"
-    got = store.load_ivf()
-    ids, codes = store.load_codes()
-    if got is None or len(got[3]) != len(ids):
-        return None
-    missing = got[3] < 0
-    if not missing.any():
-        return None
-    lists = ctx.assign_ivf_lists(codes[missing], StoredIvf(store.meta()["codec_id"], info, lambda: got[2]))
-    if lists is None:
-        return None
-    with store.write() as w:
-        w.fill_ivf(ids[missing], lists)
-    return "filled"

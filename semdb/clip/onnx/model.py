@@ -1,5 +1,5 @@
 """Both ONNX towers as one model: what ingest, image and text queries and `semdb serve` use on
-a CPU instead of ``semdb.embed.Embedder`` once the model's exports are cached (no torch)."""
+a CPU instead of ``semdb.clip.embedder.Embedder`` once the model's exports are cached (no torch)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ModelError
+from ...errors import ModelError
 from . import export as tower
 from . import image, text
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError
+from ...errors import InputError
 from . import export as tower
 from .text import unit_rows
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .packing import unpack
+from ..codec.lut import adc_lut, adc_scores
+from ..packing import unpack
 
 FAST_SCAN_BLOCK = 32  # FAISS fast-scan block size (bbs)
 
@@ -45,32 +46,6 @@ class Candidates:
         """(rows, scores), each (k,): the best k by exact score, -1 / -inf past the end."""
         ids, scores = _in_rows(top_k(self.exact[None, :], k), self.rows)
         return ids[0], scores[0]
-
-
-def adc_lut(Q: np.ndarray, tables: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nq, D) queries -> LUT (nq, M, K) float32 and the constant <q, b> per query."""
-    Q = np.asarray(Q, np.float32)
-    if len(Q) <= 8:
-        # einsum's own single-threaded loop: ~0.1 ms for 64 x 16 x 512. A multi-threaded BLAS
-        # call this small costs more in thread wake-ups than in arithmetic on a busy machine.
-        lut = np.einsum("qd,mkd->qmk", Q, tables)
-        offset = np.einsum("qd,d->q", Q, bias)
-    else:
-        m, k, dim = tables.shape
-        lut = (tables.reshape(m * k, dim) @ Q.T).T.reshape(len(Q), m, k)
-        offset = Q @ bias
-    return np.ascontiguousarray(lut, dtype=np.float32), offset.astype(np.float32)
-
-
-def adc_scores(lut: np.ndarray, offset: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Exact ADC: (nq, M, K) LUT and (n, M) indices -> (nq, n) float32 scores."""
-    nq, m, k = lut.shape
-    # Flatten (m, k) so one gather per query picks every slot's entry, then sum over slots.
-    flat = indices + np.arange(m) * k  # (n, M) positions in the flattened LUT
-    out = np.empty((nq, len(indices)), dtype=np.float32)
-    for i in range(nq):
-        out[i] = lut[i].reshape(-1)[flat].sum(axis=1) + offset[i]
-    return out
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

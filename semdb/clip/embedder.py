@@ -18,9 +18,9 @@ memory) from open_clip's own model classes and config, then the weights file's t
 memory-mapped and assigned (``load_state_dict(assign=True)``) after open_clip's checkpoint
 conversions, so only what is used is read. ``Embedder(text_only=True)`` assigns the text tower
 only; the image tower is loaded from the same file when an image is first encoded. The weights
-digest is cached per weights file (``semdb.modelcache``), so a text-only load reads neither
-the image tower nor the whole file to hash it. ``semdb.onnxclip`` (torch-free) exports both
-towers and runs them with onnxruntime on a CPU; ``semdb.tokenizer`` is CLIP's tokenizer
+digest is cached per weights file (``semdb.clip.modelcache``), so a text-only load reads neither
+the image tower nor the whole file to hash it. ``semdb.clip.onnx`` (torch-free) exports both
+towers and runs them with onnxruntime on a CPU; ``semdb.clip.tokenizer`` is CLIP's tokenizer
 without torch (it reads open_clip's vocabulary file without importing open_clip).
 ``semdb.testing.write_tiny_model`` writes a tiny random-init model folder for tests.
 """
@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semdb import modelcache
-from semdb.errors import InputError, ModelError
+from ..errors import InputError, ModelError
+from . import modelcache
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"

@@ -1,11 +1,11 @@
 """What a cold query needs to know about a model without loading it (no torch, no open_clip).
 
-- The **weights digest** (`model_id["digest"]`, see `semdb.embed.state_dict_digest`) of a weights
+- The **weights digest** (`model_id["digest"]`, see `semdb.clip.embedder.state_dict_digest`) of a weights
   file, cached so a query does not re-hash hundreds of MB each time. An entry is keyed by the
   file's real path, size, mtime and inode plus a fingerprint of the model config it was loaded
   with: a file that changes (or a config that changes) misses the cache and is hashed again.
 - The **source** of a model named by hub tag or `hf-hub:` repo: which weights file and config
-  fingerprint it resolved to last time, so the ONNX path (`semdb.onnxclip`) can find the
+  fingerprint it resolved to last time, so the ONNX path (`semdb.clip.onnx`) can find the
   digest without asking open_clip (whose import pulls in torch). `local-dir:` needs no entry.
 
 Both live in one small JSON file in the cache dir: $SEMDB_CACHE_DIR, else the user cache dir

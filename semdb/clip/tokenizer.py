@@ -134,7 +134,7 @@ def clean_texts(texts, context_length: int) -> list:
     each (the tokenizer keeps context_length tokens and each token covers >= 1 visible
     character, so the prefix gives the same tokens without tokenizing megabytes). An empty
     text is an InputError."""
-    from .errors import InputError  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
+    from ..errors import InputError  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
     if isinstance(texts, str):
         texts = [texts]

@@ -1,10 +1,10 @@
-"""Search a store: a SearchRequest (semdb/request.py) reads left to right,
+"""Search a store: a SearchRequest (semdb/search/request.py) reads left to right,
 terms -> vector -> where -> limit -> refine.
 
 terms ("2:cat + ./x.jpg - dog", an image, a stored item) --CLIP, or the item's stored code-->
 one query vector q (or the request's own vectors) --where: rows whose path is under a folder /
 taken in a date range--> index over the last committed codes (ADC shortlist + exact rerank;
-past semdb.ivf.MIN_ITEMS codes the shortlist comes from the `nprobe` IVF lists nearest q; a
+past semdb.ingest.ivf_upkeep.MIN_ITEMS codes the shortlist comes from the `nprobe` IVF lists nearest q; a
 store without a codec yet: exact search of its staged embeddings) --limit k--> --min_score,
 within X of the best--> Hits (path, score, id, frame_ms) --a video's best frame only (unless
 `frames`)--> the k best
@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ..errors import InputError, display_path
+from ..images import load_image
 from . import ivf
-from .context import StoreContext
-from .errors import InputError, display_path
-from .images import load_image
+from .adc import Candidates, FlatIndex
+from .index import codec_index
 from .ivf import IvfIndex
 from .request import MAX_K, SearchRequest, Term, Where
-from .search import Candidates, FlatIndex
+
+if TYPE_CHECKING:  # the store's context is handed in; search sits below it
+    from ..context import StoreContext
 
 # Frames fetched per hit asked for when hits are grouped by video: a video's frames crowd the
 # shortlist (a matching scene is several frames), so k videos need more than k frames.
@@ -199,10 +202,10 @@ class Searcher:
             ids, codes = store.load_codes()
             index = self._ivf_index(codec, ids, codes, generation)
             if index is False:  # a commit came in between: exhaustive now, the IVF next time
-                self._index = (None, ids, codec.index(np.asarray(codes)))
+                self._index = (None, ids, codec_index(codec, np.asarray(codes)))
                 return ids, self._index[2]
             if index is None:
-                index = codec.index(np.asarray(codes)) if len(ids) else None
+                index = codec_index(codec, np.asarray(codes)) if len(ids) else None
         self._index = (generation, ids, index)
         return ids, index
 
@@ -222,7 +225,7 @@ class Searcher:
         if missing.any():
             lists = lists.copy()
             lists[missing] = ivf.Assigner(codec, C)(np.asarray(codes)[missing])
-        return codec.index(np.asarray(codes), ivf=(C, lists))
+        return codec_index(codec, np.asarray(codes), ivf=(C, lists))
 
 
 def best_per_file(hits: list[Hit]) -> list[Hit]:

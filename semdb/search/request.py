@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, display_path
-from .images import is_image_path
+from ..errors import InputError, display_path
+from ..images import is_image_path
 
 DEFAULT_K = 10
 MAX_K = 10_000  # hits per query: nobody reads more, and the exact rerank's shortlist grows with k
 HTTP_MAX_K = 1_000  # hits per query asked over HTTP: one JSON answer stays near 100 KB
 HTTP_MAX_TEXT = 1_000  # characters of a query text asked over HTTP (CLIP reads its first 77 tokens)
-MAX_NPROBE = 1 << 20  # IVF lists to scan: more than any store keeps (semdb.ivf)
+MAX_NPROBE = 1 << 20  # IVF lists to scan: more than any store keeps (semdb.search.ivf)
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,9 @@ class SearchRequest:
         elif self.text is None and self.image is None and like is None:
             raise InputError("empty query: give text, an image, a stored item (like) or a query vector")
         if not isinstance(self.where, Where):
-            raise InputError("where: a semdb.request.Where (SearchRequest.of builds it from under, after, before)")
+            raise InputError(
+                "where: a semdb.search.request.Where (SearchRequest.of builds it from under, after, before)"
+            )
         put("files", bool(self.files))
         put("k", check_k(self.k))
         put("within", _number("within", self.within, 0.0))

@@ -1,0 +1,31 @@
+"""Search over a store's codes, top to bottom:
+
+    request.py   SearchRequest: what is asked (terms, vectors, like, filters, k), checked once
+    searcher.py  Searcher: a request -> one query vector -> the index -> Hits
+    index.py     codec_index: the search structure over one codec's codes
+    adc.py       ADC scan kernels (FAISS fast-scan / exact LUT) and the exact rerank
+    ivf.py       IVF over the codes: scan the nearest lists instead of every code
+
+numpy in, numpy out below the Searcher; the codec knows nothing of indexes or the store.
+"""
+
+from .adc import AdcIndex, Candidates, FlatIndex
+from .index import codec_index
+from .ivf import IvfIndex
+from .request import DEFAULT_K, MAX_K, SearchRequest, Term, Where
+from .searcher import Hit, Searcher
+
+__all__ = [
+    "AdcIndex",
+    "Candidates",
+    "DEFAULT_K",
+    "FlatIndex",
+    "Hit",
+    "IvfIndex",
+    "MAX_K",
+    "SearchRequest",
+    "Searcher",
+    "Term",
+    "Where",
+    "codec_index",
+]
