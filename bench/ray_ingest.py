@@ -8,7 +8,7 @@
    started with ray.init(num_cpus=--cpus) before the clock starts (one actor per CPU, one torch
    thread each; the driver keeps torch's default threads for codec training). Reported: wall seconds, images/s and
 their ratio. Each first ingest includes
-   codec training. (That both engines build the same store is tested in tests/test_ray.py,
+   codec training. (That both engines build the same store is tested in tests/ingest/test_ray.py,
    with one torch thread in both; here local uses --cpus threads, its fastest setting.)
 2. The Ray run's stages are timed separately (hashing, embedding + shard import, training) to
    say what each costs; the fixed part (Ray Data start, actor start, model load per actor) is

@@ -7,13 +7,10 @@ real open_clip loading path without downloading CLIP weights. Load it with
 """
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-SEMDB = str(Path(sys.executable).with_name("semdb"))  # the installed console script
+from kit import CHROMIUM_ARGS, TIMEOUT_MS, chromium, write_photos
 
 
 def pytest_configure(config):
@@ -21,9 +18,6 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("SEMDB_CACHE_DIR", tempfile.mkdtemp(prefix="semdb-test-cache-"))
-
-
-CLI_ENV = {"SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "500"}  # offline, no default store, no wrapping
 
 
 @pytest.fixture(scope="session")
@@ -45,84 +39,9 @@ def tiny_embedder(tiny_model):
     return Embedder(model=tiny_model)
 
 
-def write_photos(folder, n_generated: int = 8, seed: int = 0):
-    """Real sample photos shipped by scikit-image plus generated pictures, as JPEG/PNG files."""
-    from pathlib import Path
-
-    import numpy as np
-    import skimage.data
-    from PIL import Image, ImageDraw
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.jpg", quality=90)
-    rng = np.random.default_rng(seed)
-    for i in range(n_generated):
-        img = Image.new("RGB", (96, 72), tuple(int(c) for c in rng.integers(0, 255, 3)))
-        draw = ImageDraw.Draw(img)
-        for _ in range(4):
-            x, y = rng.integers(0, 80, 2)
-            draw.ellipse(
-                [int(x), int(y), int(x) + 30, int(y) + 20], fill=tuple(int(c) for c in rng.integers(0, 255, 3))
-            )
-        img.save(folder / f"shapes_{i}.png")
-    return folder
-
-
-def clip_like_embeddings(n=400, dim=64, seed=0, classes=6):
-    """Rows shaped like CLIP image embeddings: around a common mean, a decaying spectrum, a few
-    classes; with noisy paired texts and the labels. (dict of image_emb, text_emb, label)"""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(np.random.default_rng(1234).standard_normal((dim, dim)))[0]  # one geometry for all seeds
-    label = rng.integers(0, classes, n)
-    centers = np.random.default_rng(99).standard_normal((classes, dim - 1)) * 0.5 / np.arange(1, dim) ** 0.5
-    Z = centers[label] + rng.standard_normal((n, dim - 1)) / np.arange(1, dim) ** 0.8
-    X = 2.0 * basis[:, 0] + Z @ basis[:, 1:].T
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    T = X + 0.3 * rng.standard_normal((n, dim)) / np.sqrt(dim)
-    return dict(image_emb=X.astype(np.float32), text_emb=T.astype(np.float32), label=label)
-
-
 @pytest.fixture()
 def photos(tmp_path):
     return write_photos(tmp_path / "photos")
-
-
-def cli_env(**extra) -> dict:
-    """The environment `semdb_cli` runs the command in, plus `extra` (for Popen)."""
-    return {**os.environ, **CLI_ENV, **extra}
-
-
-def semdb_cli(*args, check=True, text=True, env=None, timeout=300, input=None, prefix=()):
-    """Run the installed `semdb` command as a user does; args may be str, Path or bytes.
-    `check`: True fails unless it exits 0, an int fails unless it exits with that code, None
-    checks nothing. `prefix`: a command to run it under (e.g. setpriv)."""
-    proc = subprocess.run(
-        [*prefix, SEMDB, *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args)],
-        capture_output=True,
-        text=text,
-        input=input,
-        env=cli_env(**(env or {})),
-        timeout=timeout,
-    )
-    want = 0 if check is True else check
-    if want is not None and want is not False and proc.returncode != want:
-        stderr = proc.stderr if text else proc.stderr.decode(errors="replace")
-        raise AssertionError(f"semdb {args} exited {proc.returncode}, not {want}: {stderr}")
-    return proc
-
-
-def store_items(db, ids: bool = True) -> list:
-    """Every item of an open Database with its code, in id order: what "the same store" means
-    (ids are store-local: leave them out to compare stores built by different routes)."""
-    codes = db.codes()
-    return [
-        ((it.id,) if ids else ()) + (it.path, it.size, it.mtime_ns, it.hash, it.width, it.height, bytes(codes[it.id]))
-        for it in db.store.iter_items()
-    ]
 
 
 # The run's exit status, kept for pytest_unconfigure (below).
@@ -144,3 +63,25 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS)
+
+
+# --- a headless Chromium (Debian's chromium driven by playwright) for the page's tests
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    exe = chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set SEMDB_CHROMIUM=/path/to/chrome)")
+    with sync_playwright() as pw:
+        try:
+            # a fresh temporary profile: launch() makes one per browser
+            chrome = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
+        except Error as e:
+            pytest.skip(f"Chromium at {exe} does not start: {str(e).splitlines()[0]}")
+        yield chrome
+        chrome.close()

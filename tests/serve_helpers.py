@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import cli_env
+from kit import cli_env
 
 START_TIMEOUT = 180  # seconds: torch import and model load on a busy 2-core machine
 

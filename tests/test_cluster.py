@@ -253,7 +253,7 @@ def test_import_semdb_does_not_import_ray():
 def test_cli_query_shards_on_a_running_cluster(ray_cluster, stores):
     """`semdb query --shards A,B,C TEXT --ray-address HEAD`: a thin layer over Cluster.start +
     search (its own Serve applications, removed when it exits; the cluster stays up)."""
-    from conftest import semdb_cli
+    from kit import semdb_cli
     from ray import serve
 
     shards = ",".join(str(s) for s in stores["shards"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SEMDB, cli_env, semdb_cli
+from kit import SEMDB, cli_env, semdb_cli
 from PIL import Image
 
 from semdb.images import display_path
@@ -78,7 +78,7 @@ def hostile_folder(folder: Path, unreadable: bool) -> tuple[set[str], dict[str, 
     """Write the collection; returns (paths that must be stored, {display path: reason}).
     (Pillow itself refuses both bombs from the header, above twice our limit; test_images.py
     shows an image between our limit and Pillow's refused by our own header check.)"""
-    from conftest import write_photos
+    from kit import write_photos
     from test_images import png_bytes
 
     write_photos(folder, n_generated=0)  # 4 real photos
@@ -314,7 +314,7 @@ def test_bad_queries_exit_2_with_one_line(tmp_path, tiny_model, photos):
 
 @pytest.fixture(scope="module")
 def good_store(tmp_path_factory, tiny_model):
-    from conftest import write_photos
+    from kit import write_photos
 
     import semdb
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import semdb_cli as run
-from conftest import store_items
+from kit import semdb_cli as run
+from kit import store_items
 
 import semdb
 from semdb import arrow

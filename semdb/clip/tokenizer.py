@@ -4,7 +4,7 @@ A port of open_clip.tokenizer.SimpleTokenizer (itself OpenAI CLIP's, MIT licence
 default configuration (clean="lower", no extra special tokens, truncation): importing open_clip's
 tokenizer imports torch and open_clip, seconds a cold ONNX text query must not spend. It reads
 open_clip's own vocabulary file, found without importing open_clip. Tested token for token
-against open_clip's tokenizer (tests/test_cold_query.py).
+against open_clip's tokenizer (tests/clip/test_cold_query.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 The fine codes are the store's packed codes bit for bit: FAISS
 `IndexIVFAdditiveQuantizerFastScan` with the codec's tables as its codebooks, `by_residual =
 False` (a code means the same vector in every list), inner product and `ST_LUT_nonorm`, so the
-score of an item in a list is the flat fast-scan score of the same code (tests/test_ivf.py).
+score of an item in a list is the flat fast-scan score of the same code (tests/search/test_ivf.py).
 The store keeps no floats: the centroids are trained on decoded codes. An item's list depends
 only on its code and the centroids, so it is computed once (when the code is written) and
 stored: a write batch given `StoreContext.assign_ivf_lists` (`ctx.write()`) assigns its new codes
@@ -310,7 +310,7 @@ class IvfIndex(AdcIndex):
             D = np.empty((1, short), np.float32)
             cand = np.empty((1, short), np.int64)
             # One query per FAISS call: batched calls of the IVF fast-scan with by_residual=False
-            # return lists that differ from the flat scan's (faiss 1.15, tests/test_ivf.py), single
+            # return lists that differ from the flat scan's (faiss 1.15, tests/search/test_ivf.py), single
             # queries match it exactly.
             q, iq, dq = Q[i : i + 1], np.ascontiguousarray(Iq[i : i + 1]), np.ascontiguousarray(Dq[i : i + 1])
             self.index.search_preassigned_c(

@@ -1,0 +1,52 @@
+"""The `semdb` command's help and usage errors, run as a user runs them (the installed script)."""
+
+import pytest
+import typer
+from kit import semdb_cli as run
+
+from semdb import __version__
+from semdb.cli import app
+
+COMMANDS = sorted(typer.main.get_command(app).commands)
+
+
+def test_app_help_and_version():
+    short, long = run("-h"), run("--help")
+    assert short.stdout == long.stdout and "Commands:" in short.stdout and "Examples:" in short.stdout
+    assert run().stdout == short.stdout  # bare `semdb`: the help, on stdout
+    assert run("--version").stdout == f"semdb {__version__}\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_short_help_with_examples_and_flags_as_flags(command):
+    text = run(command, "-h").stdout
+    assert text == run(command, "--help").stdout
+    assert f"Usage: semdb {command} " in text
+    examples = text.split("Examples:\n", 1)[1].splitlines()
+    assert examples and all(line.strip().startswith(f"semdb {command}") for line in examples if line.strip())
+    assert "<bool>" not in text and "╭" not in text  # flags are flags; no boxes
+
+
+def test_query_help_shows_k_once():
+    text = run("query", "-h").stdout
+    assert "  -k <int>" in text and "--k" not in text
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["query", "-k", "abc", "cat"], "semdb query: Invalid value for '-k'"),
+        (["query", "-k", "0", "cat"], "k=0: ask for at least one result"),
+        (["query", "--threads", "0", "cat"], "semdb query: Invalid value for '--threads'"),
+        (["query", "--bogus"], "semdb query: No such option: --bogus; try `semdb query -h`"),
+        (["info", "--json", "true"], "semdb info: Got unexpected extra argument(s) (true); try `semdb info -h`"),
+        (["import"], "semdb import: Missing argument 'FILES'; try `semdb import -h`"),
+        (["tag"], "semdb tag: Missing option '--labels'; try `semdb tag -h`"),
+        (["nosuch"], "semdb: No such command 'nosuch'; try `semdb -h`"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(args, says):
+    proc = run(*args, check=2)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
+    assert proc.stdout == ""

@@ -1,0 +1,107 @@
+"""Helpers the tests share (fixtures are in conftest.py): sample photos, CLIP-like embeddings,
+the installed `semdb` command run as a user runs it, a store's items compared."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SEMDB = str(Path(sys.executable).with_name("semdb"))  # the installed console script
+CLI_ENV = {"SEMDB_STORE": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "500"}  # offline, no default store, no wrapping
+
+
+def write_photos(folder, n_generated: int = 8, seed: int = 0):
+    """Real sample photos shipped by scikit-image plus generated pictures, as JPEG/PNG files."""
+    from pathlib import Path
+
+    import numpy as np
+    import skimage.data
+    from PIL import Image, ImageDraw
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.jpg", quality=90)
+    rng = np.random.default_rng(seed)
+    for i in range(n_generated):
+        img = Image.new("RGB", (96, 72), tuple(int(c) for c in rng.integers(0, 255, 3)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(4):
+            x, y = rng.integers(0, 80, 2)
+            draw.ellipse(
+                [int(x), int(y), int(x) + 30, int(y) + 20], fill=tuple(int(c) for c in rng.integers(0, 255, 3))
+            )
+        img.save(folder / f"shapes_{i}.png")
+    return folder
+
+
+def clip_like_embeddings(n=400, dim=64, seed=0, classes=6):
+    """Rows shaped like CLIP image embeddings: around a common mean, a decaying spectrum, a few
+    classes; with noisy paired texts and the labels. (dict of image_emb, text_emb, label)"""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(np.random.default_rng(1234).standard_normal((dim, dim)))[0]  # one geometry for all seeds
+    label = rng.integers(0, classes, n)
+    centers = np.random.default_rng(99).standard_normal((classes, dim - 1)) * 0.5 / np.arange(1, dim) ** 0.5
+    Z = centers[label] + rng.standard_normal((n, dim - 1)) / np.arange(1, dim) ** 0.8
+    X = 2.0 * basis[:, 0] + Z @ basis[:, 1:].T
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    T = X + 0.3 * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return dict(image_emb=X.astype(np.float32), text_emb=T.astype(np.float32), label=label)
+
+
+def cli_env(**extra) -> dict:
+    """The environment `semdb_cli` runs the command in, plus `extra` (for Popen)."""
+    return {**os.environ, **CLI_ENV, **extra}
+
+
+def semdb_cli(*args, check=True, text=True, env=None, timeout=300, input=None, prefix=()):
+    """Run the installed `semdb` command as a user does; args may be str, Path or bytes.
+    `check`: True fails unless it exits 0, an int fails unless it exits with that code, None
+    checks nothing. `prefix`: a command to run it under (e.g. setpriv)."""
+    proc = subprocess.run(
+        [*prefix, SEMDB, *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args)],
+        capture_output=True,
+        text=text,
+        input=input,
+        env=cli_env(**(env or {})),
+        timeout=timeout,
+    )
+    want = 0 if check is True else check
+    if want is not None and want is not False and proc.returncode != want:
+        stderr = proc.stderr if text else proc.stderr.decode(errors="replace")
+        raise AssertionError(f"semdb {args} exited {proc.returncode}, not {want}: {stderr}")
+    return proc
+
+
+def store_items(db, ids: bool = True) -> list:
+    """Every item of an open Database with its code, in id order: what "the same store" means
+    (ids are store-local: leave them out to compare stores built by different routes)."""
+    codes = db.codes()
+    return [
+        ((it.id,) if ids else ()) + (it.path, it.size, it.mtime_ns, it.hash, it.width, it.height, bytes(codes[it.id]))
+        for it in db.store.iter_items()
+    ]
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+TIMEOUT_MS = 60_000
+
+
+def chromium() -> str | None:
+    """The Chromium to drive: $SEMDB_CHROMIUM, else the first on PATH."""
+    for candidate in (os.environ.get("SEMDB_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        found = candidate and shutil.which(candidate)
+        if found:
+            return found
+    return None
