@@ -362,4 +362,4 @@ class Database:
 
     def info(self) -> dict:
         """Counts, rate, size on disk, model and codec of the store (semdb/info.py)."""
-        return describe(self.store, self.codec)
+        return describe(self.store, self._ctx.codecs)

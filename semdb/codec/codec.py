@@ -46,7 +46,7 @@ from .paper import PaperQuantizer, paper_shape
 from .pca_slots import PcaSlotQuantizer
 from .quantizer import TrainRequest, code_nbits
 from .residual import RESIDUAL_MAX_BITS, RESIDUAL_MIN_TRAIN, ResidualStageQuantizer
-from .shift import Subspace, fit_subspace
+from .shift import DEFAULT_RATIO_QUANTILES, Subspace, fit_subspace
 
 FORMAT = "semdb-codec"
 VERSION = 2  # 2: cosine scoring, coarse slot, query metric and text map (version 1 files still load)
@@ -234,6 +234,7 @@ class Codec:
         subspace = fit_subspace(X, seed)
         codec.tensors.update(subspace_mean=subspace.mean, subspace_basis=subspace.basis)
         codec.config["subspace_baseline"] = subspace.baseline
+        codec.config["subspace_quantiles"] = list(subspace.quantiles)
         codec.config["train_seconds"] = round(time.perf_counter() - start, 3)
         return codec
 
@@ -244,7 +245,8 @@ class Codec:
         t = self.tensors
         if "subspace_basis" not in t:
             return None
-        return Subspace(t["subspace_mean"], t["subspace_basis"], float(self.config["subspace_baseline"]))
+        quantiles = tuple(self.config.get("subspace_quantiles") or DEFAULT_RATIO_QUANTILES)
+        return Subspace(t["subspace_mean"], t["subspace_basis"], float(self.config["subspace_baseline"]), quantiles)
 
     def outside(self, X) -> np.ndarray | None:
         """(n,) share of each embedding's energy around the training mean that lies outside the
