@@ -7,7 +7,7 @@ by integer id only: no URL carries a path, and only files that are items of the 
 read (through semdb.images.load_image: megapixel guard, EXIF orientation, RGB). Every error
 is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 
-    GET  /                      the web page (static/)
+    GET  /                      the web page (static/, read into memory at start)
     GET  /api/search?q=TEXT     text search; k, under, after, before, within, min_score, like, nprobe
     POST /api/search            image search: multipart field "image", or the raw image body
     GET  /api/similar/{id}      more like a stored item (from its stored code), with the filters
@@ -45,8 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from ..catalog import item_record
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
@@ -75,6 +74,18 @@ THUMB_SIZES = (32, 1024)  # allowed ?size= range
 DEFAULT_THUMB = 256
 VIEW_MAX_SIDE = 4096
 THUMB_CACHE_BYTES = 64 << 20
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+}
+
+
+def _static_files() -> dict[str, bytes]:
+    """The page's files, read once at start: a server keeps serving its page while the package
+    is reinstalled (or removed) under it."""
+    folder = resources.files("semdb.serve") / "static"
+    return {f.name: f.read_bytes() for f in folder.iterdir() if os.path.splitext(f.name)[1] in STATIC_TYPES}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -306,10 +317,17 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         media_type = VIDEO_TYPES.get(os.path.splitext(it.path)[1][1:].lower(), "application/octet-stream")
         return FileResponse(it.path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
-    static = resources.files("semdb.serve") / "static"
+    static = _static_files()
 
     def page(request: Request):
-        return Response((static / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
+        return Response(static["index.html"], media_type="text/html; charset=utf-8")
+
+    def static_file(request: Request):
+        name = request.path_params["name"]
+        if name not in static:
+            return _error(404, f"no such page: {request.url.path[:80]}")
+        kind = STATIC_TYPES[os.path.splitext(name)[1]]
+        return Response(static[name], media_type=kind, headers={"Cache-Control": "no-cache"})
 
     async def not_found(request: Request, exc: HTTPException):
         return _error(
@@ -331,7 +349,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         Route("/thumb/{id}", guarded(thumb)),
         Route("/image/{id}", guarded(image)),
         Route("/video/{id}", guarded(video)),
-        Mount("/static", StaticFiles(directory=str(static)), name="static"),
+        Route("/static/{name}", static_file),
     ]
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: not_found, Exception: server_error}, lifespan=lifespan
