@@ -15,10 +15,11 @@ is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 A search's query string becomes a SearchRequest in params.py (semdb/search/request.py checks it) and
 the record goes unchanged to Database.search.
     GET  /api/items             the collection, newest first: offset, limit, under, after, before
-                                -> {"items": [...], "total": N} (Database.ls and .count)
+                                -> {"items": [...], "total": N, "photos", "frames", "videos"}
+                                (Database.ls, .count and .tally)
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
-    GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
+    GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file (&square=1: its centre square)
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
     GET  /video/{id}            a video frame's video file as stored, with HTTP byte ranges (206)
                                 so a player can seek; /thumb and /image of a frame are that frame
@@ -175,10 +176,11 @@ class Service:
             raise ApiError(404, f"no item {item_id} in this store")
         return item
 
-    def listing(self, offset: int, limit: int, **where) -> tuple[list, int]:
-        """One page of the collection (newest first) and how many items the filters keep."""
+    def listing(self, offset: int, limit: int, **where) -> tuple[list, int, dict]:
+        """One page of the collection (newest first), how many items the filters keep, and how
+        many of those are photos, video frames and videos (Database.tally)."""
         with self.lock:
-            return self.db.ls(**where, offset=offset, limit=limit), self.db.count(**where)
+            return self.db.ls(**where, offset=offset, limit=limit), self.db.count(**where), self.db.tally(**where)
 
     def info(self) -> dict:
         with self.lock:
@@ -190,13 +192,15 @@ class Service:
             return self._info[1]
 
     # --- pictures ---
-    def picture(self, item_id: int, max_side: int, quality: int, cache: bool) -> bytes:
+    def picture(self, item_id: int, max_side: int, quality: int, cache: bool, square: bool = False) -> bytes:
+        """The item's picture as JPEG, its long side at most `max_side`; `square`: its centre
+        square, `max_side` wide (a tile of the page's grid, sharp at the screen's pixel density)."""
         item = self.item(item_id)
         try:
             st = os.stat(item.path)
         except OSError:
             raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
-        key = (item_id, max_side, st.st_size, st.st_mtime_ns)
+        key = (item_id, max_side, square, st.st_size, st.st_mtime_ns)
         if cache:
             with self._thumb_lock:
                 if key in self._thumbs:
@@ -212,6 +216,10 @@ class Service:
                 if not os.path.exists(item.path):
                     raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
                 raise ApiError(422, f"item {item_id}: {e}") from None
+            if square:
+                side = min(img.size)
+                left, top = (img.width - side) // 2, (img.height - side) // 2
+                img = img.crop((left, top, left + side, top + side))
             if max(img.size) > max_side:
                 img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             buf = io.BytesIO()
@@ -291,16 +299,19 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
 
     def items(request: Request):
         options = listing_options(request.query_params)
-        page, total = service.listing(**options)
-        return JSONResponse({"items": [_item_json(it) for it in page], "total": total, "offset": options["offset"]})
+        page, total, kinds = service.listing(**options)
+        return JSONResponse(
+            {"items": [_item_json(it) for it in page], "total": total, **kinds, "offset": options["offset"]}
+        )
 
     def info(request: Request):
         return JSONResponse(service.info())
 
     def thumb(request: Request):
-        only(request.query_params, ("size",))
+        only(request.query_params, ("size", "square"))
         size = int_param(request.query_params, "size", DEFAULT_THUMB, *THUMB_SIZES)
-        data = service.picture(parse_item_id(request.path_params["id"]), size, 82, cache=True)
+        square = bool(int_param(request.query_params, "square", 0, 0, 1))
+        data = service.picture(parse_item_id(request.path_params["id"]), size, 82, cache=True, square=square)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     def image(request: Request):

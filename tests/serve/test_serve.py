@@ -201,6 +201,15 @@ def test_thumbnails_are_jpegs_of_the_right_item(served):
         assert min(errors, key=errors.get) == name, errors
     status, _, body = server.get(f"/thumb/{items['a', 'astronaut.jpg'].id}")  # default size
     assert status == 200 and max(Image.open(io.BytesIO(body)).size) == 256
+    # a tile of the page's grid: the centre square, as wide as asked
+    rocket = Image.open(photos / "a" / "rocket.jpg")
+    status, _, body = server.get(f"/thumb/{items['a', 'rocket.jpg'].id}?size=96&square=1")
+    tile = Image.open(io.BytesIO(body))
+    assert status == 200 and tile.size == (96, 96)
+    side = min(rocket.size)
+    left, top = (rocket.width - side) // 2, (rocket.height - side) // 2
+    centre = rocket.crop((left, top, left + side, top + side))
+    assert float(np.abs(_small(tile) - _small(centre)).mean()) < float(np.abs(_small(tile) - _small(rocket)).mean())
 
 
 def test_full_size_view(served):
@@ -310,6 +319,8 @@ BAD_GETS = [
     ("/static/", 404),
     ("/thumb/1?size=1025", 400),
     ("/thumb/1?size=31", 400),
+    ("/thumb/1?square=2", 400),
+    ("/thumb/1?square=yes", 400),
     ("/etc/passwd", 404),
     ("/api/nothing", 404),
 ]
