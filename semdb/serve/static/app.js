@@ -402,7 +402,10 @@ $("newer").addEventListener("click", () => go({ ...state, page: state.page - 1 }
 $("older").addEventListener("click", () => go({ ...state, page: state.page + 1 }));
 window.addEventListener("popstate", () => go(fromLocation(), false));
 history.scrollRestoration = "manual";  // each new page of results starts at the top
-if (matchMedia("(min-width: 701px)").matches) $("q").focus();  // not on a phone: its keyboard would cover the page
+if (matchMedia("(min-width: 701px)").matches) {  // not on a phone: its keyboard would cover the page, the hint not fit
+  $("q").placeholder = "Search photos: a red bicycle, 2:cat + dog - car";
+  $("q").focus();
+}
 
 api("/api/info").then((info) => {
   const model = info.model ? info.model.name.replace(/^local-dir:.*\//, "local:") : "no model yet";
