@@ -54,14 +54,15 @@ def site(tmp_path_factory, tiny_model):
 
 @pytest.fixture(params=sorted(SCREENS))
 def screen(request, browser, site):
-    """A tab of the given screen on the site, with the thumbnail requests it made."""
+    """A tab of the given screen on the site, with the thumbnail and listing requests it made."""
     context = browser.new_context(**SCREENS[request.param])
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.name = request.param
-    page.errors, page.thumbs = [], []
+    page.errors, page.thumbs, page.listings = [], [], []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.on("request", lambda r: page.thumbs.append(r.url) if "/thumb/" in r.url else None)
+    page.on("request", lambda r: page.listings.append(r.url) if "/api/items" in r.url else None)
     yield page
     assert not page.errors, page.errors
     context.close()
@@ -292,8 +293,8 @@ def test_the_full_view_fills_the_screen_and_follows_a_swipe(screen, site):
     width, height = screen.viewport_size["width"], screen.viewport_size["height"]
     tile = screen.query_selector(f"#grid .hit[data-id='{tiles[20]['id']}']")  # a photo (the frames are newer)
     tile.scroll_into_view_if_needed()
-    box = tile.bounding_box()
-    _tap(screen, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # a tap (a click on the desktop)
+    at = tile.bounding_box()
+    _tap(screen, at["x"] + at["width"] / 2, at["y"] + at["height"] / 2)  # a tap (a click on the desktop)
     _showing(screen, f"21 of {len(tiles)}")
     full = screen.query_selector("#full").bounding_box()
     assert (full["x"], full["y"], full["width"], full["height"]) == (0, 0, width, height)  # the whole screen
@@ -314,6 +315,15 @@ def test_the_full_view_fills_the_screen_and_follows_a_swipe(screen, site):
     screen.wait_for_selector("#full-close", state="visible")
     screen.click("#full-close")
     screen.wait_for_selector("#viewer", state="hidden")
+    # Back (a phone's back gesture) closes the full view and leaves the results as they were
+    url, scrolled = screen.url, screen.evaluate("scrollY")
+    _tap(screen, at["x"] + at["width"] / 2, at["y"] + at["height"] / 2)
+    _showing(screen, f"21 of {len(tiles)}")
+    listed = len(screen.listings)
+    screen.go_back()
+    screen.wait_for_selector("#viewer", state="hidden")
+    screen.wait_for_timeout(300)
+    assert screen.url == url and screen.evaluate("scrollY") == scrolled and len(screen.listings) == listed
 
 
 def test_a_video_frame_has_a_badge_and_plays_on_black(screen, site):

@@ -105,7 +105,8 @@ function go(s, push = true) {
   showInForm(s);
   const url = urlOf(s);
   const entry = s.upload ? { upload: s.upload } : null;
-  if (push) history.pushState(entry, "", url); else history.replaceState(entry, "", url);
+  const fromView = history.state && history.state.viewer;  // "More like this" in the full view: in its place
+  if (push && !fromView) history.pushState(entry, "", url); else history.replaceState(entry, "", url);
   return run(s);
 }
 
@@ -324,7 +325,10 @@ function view(i) {
   $("full-count").textContent = `${i + 1} of ${shown.length}`;
   $("full-prev").disabled = i === 0;
   $("full-next").disabled = i === shown.length - 1;
-  if (opening) $("viewer").classList.remove("bare");
+  if (opening) {  // a history entry of its own: a phone's Back closes the full view, not the page
+    $("viewer").classList.remove("bare");
+    history.pushState({ ...history.state, viewer: true }, "", location.href);
+  }
   $("viewer").hidden = false;
   document.body.classList.add("viewing");
 }
@@ -356,10 +360,16 @@ $("full-prev").addEventListener("click", () => view(viewing - 1));
 $("full-next").addEventListener("click", () => view(viewing + 1));
 $("full-like").addEventListener("click", () => { if (shown[viewing]) moreLike(shown[viewing]); });
 $("full-folder").addEventListener("click", () => { if (shown[viewing]) showFolder(dirname(shown[viewing].path)); });
-$("full-close").addEventListener("click", closeView);
+// Closed by its button or Esc: its history entry goes too (the popstate that follows is ours).
+let leaving = false;
+function leaveView() {
+  closeView();
+  if (history.state && history.state.viewer) { leaving = true; history.back(); }
+}
+$("full-close").addEventListener("click", leaveView);
 document.addEventListener("keydown", (e) => {
   if ($("viewer").hidden) return;
-  if (e.key === "Escape") closeView();
+  if (e.key === "Escape") leaveView();
   else if (e.key === "ArrowLeft") { e.preventDefault(); view(viewing - 1); }
   else if (e.key === "ArrowRight") { e.preventDefault(); view(viewing + 1); }
 });
@@ -400,7 +410,11 @@ $("clear").addEventListener("click", () => { for (const name of FILTERS) $(name)
 $("ref-clear").addEventListener("click", () => go({ ...formFilters(), page: 1 }));
 $("newer").addEventListener("click", () => go({ ...state, page: state.page - 1 }));
 $("older").addEventListener("click", () => go({ ...state, page: state.page + 1 }));
-window.addEventListener("popstate", () => go(fromLocation(), false));
+window.addEventListener("popstate", () => {
+  if (leaving) { leaving = false; return; }
+  if (!$("viewer").hidden) { closeView(); return; }  // Back from the full view: the results as they were
+  go(fromLocation(), false);
+});
 history.scrollRestoration = "manual";  // each new page of results starts at the top
 if (matchMedia("(min-width: 701px)").matches) {  // not on a phone: its keyboard would cover the page, the hint not fit
   $("q").placeholder = "Search photos: a red bicycle, 2:cat + dog - car";
