@@ -396,4 +396,18 @@ def test_screenshots_of_the_page(screen, site):
     screen.wait_for_selector("#full-close", state="hidden")
     pixels = _shot(screen, "5-full-view-bare")
     assert _ink(pixels[: h // 12, : w // 3], light=True) < 20  # no bar over the photo
+    # more like it: its picture and name above the results
+    _tap(screen, w / 2 / (w / screen.viewport_size["width"]), screen.viewport_size["height"] / 2)
+    screen.click("#full-like")
+    _settled(screen, "results like")
+    screen.wait_for_function("() => document.querySelector('#ref-box img').naturalWidth > 0")
+    pixels = _shot(screen, "6-like")
+    assert float(_region(pixels, screen, "#ref-box img").std()) > 8
+    assert _ink(_region(pixels, screen, "#ref-caption"), light=False) > 30
+    # the pager at the foot of the collection
+    _open(screen, server, "/?page=2")
+    screen.eval_on_selector("#pager", "p => p.scrollIntoView({block: 'end'})")
+    pixels = _shot(screen, "7-pager")
+    assert all(_ink(_region(pixels, screen, s), light=False) > 30 for s in ("#newer", "#page-info", "#older"))
+    _one_line(screen, "#pager button")
     assert len(tiles) == 24
