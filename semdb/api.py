@@ -285,6 +285,11 @@ class Database:
         """How many items ls() with these filters lists in all."""
         return self._listing.count(Where.of(under, after, before))
 
+    def tally(self, under=None, after=None, before=None) -> dict:
+        """Of the items ls() lists with these filters: {"photos", "frames", "videos"}, how many
+        are photos, how many video frames, and of how many videos."""
+        return self._listing.tally(Where.of(under, after, before))
+
     def rm(self, targets: Iterable = (), *, under=None, dry_run: bool = False) -> list[Item]:
         """Remove items from the store (never their files): each of `targets` an item id (int)
         or a path (str or Path: a stored file, or a folder: every item under it), plus every
