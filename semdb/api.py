@@ -314,7 +314,7 @@ class Database:
         return transfer.export_batches(self._ctx, batch_size)
 
     def to_arrow(self):
-        """Every item as a pyarrow Table (columns and metadata: docs/INTERFACES.md#parquet-export)."""
+        """Every item as a pyarrow Table (columns and metadata: docs/CLI.md#export-and-import)."""
         import pyarrow as pa  # noqa: PLC0415 (imported only when used)
 
         sch, batches = self.export_batches()

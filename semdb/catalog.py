@@ -79,7 +79,7 @@ def removal(store: Store, targets=(), under=None) -> list[Item]:
 
 
 def remove(store: Store, ids, fault: str = "rm_txn") -> None:
-    """Remove the items `ids` in one write transaction (`fault`: its fault point, docs/RELIABILITY.md)."""
+    """Remove the items `ids` in one write transaction (`fault`: its fault point, docs/notes/RELIABILITY.md)."""
     with store.write() as w:
         w.delete_items(ids)
         fault_point(fault)

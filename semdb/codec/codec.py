@@ -8,7 +8,7 @@ once from its config by `QUANTIZERS`:
     Q, codes ──ADC: <q, b> + sum_m (quantizer.tables q)[m, k_m], / quantizer.norms──> cosine scores
     Q, codes ──quantizer.decode_unit──> Q x_hat^T          (variants without tables: "paper")
 
-The variants (docs/CODEC.md has the method and its measurements):
+The variants (docs/notes/CODEC.md has the method and its measurements):
 - "pca-slots" (arch "additive", `pca_slots.py`): `additive.py`'s shared-codebook PCA slots,
   optionally behind a coarse full-dimension first slot, and trained with a sample of text
   `queries` (their metric, score-aware re-encoding).
@@ -199,7 +199,7 @@ class Codec:
         searched with (captions, a prompt vocabulary, past queries). They need not describe the
         training images; with `paired=True` and n_q == n, row i describes X[i]. With them the
         codec measures its error in the queries' metric and re-encodes every item score-aware
-        along its predicted text direction (docs/CODEC.md); without them it uses the pair-free
+        along its predicted text direction (docs/notes/CODEC.md); without them it uses the pair-free
         default. Either way ADC stays exact and the codes are scanned by FAISS fast-scan.
         `coarse`: spend the first slot on a full-dimension k-means codeword (default: at 128
         bits and below). `residual`: make every slot a full-dimension residual stage, beam-encoded

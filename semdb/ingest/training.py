@@ -1,7 +1,7 @@
 """When a store trains its codec, and on what: the one place that decides it.
 
 A store without a codec keeps its new embeddings staged (float16) and searches them exactly.
-A codec trained on a handful of images is useless for the thousands that follow (docs/CODEC.md,
+A codec trained on a handful of images is useless for the thousands that follow (docs/notes/CODEC.md,
 "How many images a codec needs"), so the codec is trained only once the store holds
 `min_train` embeddings (when an ingest ends), or `train_at` during a long first ingest (which
 then encodes the rest directly); `train_now` trains whatever is staged (at least 2). Training,
@@ -29,14 +29,14 @@ from ..progress import Progress, report
 from .encode import reconstruction_errors
 
 DEFAULT_BITS = 256
-MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/CODEC.md, "How many images")
+MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/notes/CODEC.md, "How many images")
 TRAIN_AT = 50_000  # staged embeddings that trigger training during a long first ingest
 RETRAIN_GROWTH = 4.0  # the store has grown this many times since training: retrain
 DRIFT_RATIO = 1.5  # new items reconstruct this much worse than the training items: retrain
 DRIFT_MIN_ITEMS = 100  # ...measured on at least this many new items (drift and shift)
 # The latest items' mean share of energy outside the codec's training subspace, over the held-out
 # baseline: about 0.8-0.9 for new photos of the training collection, 1.6-3.6 for photos half of
-# whose spread lies elsewhere (docs/CODEC.md, "Photos unlike the training photos").
+# whose spread lies elsewhere (docs/notes/CODEC.md, "Photos unlike the training photos").
 SHIFT_RATIO = 1.3
 
 

@@ -1,6 +1,6 @@
 """The on-disk format of a store: database names, keys, the item record, code segments and
 IVF list rows, and the item segment rows (semdb/store/segments.py holds the item segment codec).
-docs/STORE.md describes the layout for users; this module is its one implementation."""
+docs/notes/STORE-FORMAT.md describes the layout; this module is its one implementation."""
 
 from __future__ import annotations
 
