@@ -92,7 +92,16 @@ def check_embeddings(X, dim: int | None = None, name: str = "embeddings") -> np.
 
 
 class Codec:
-    """A trained codec. Build with `Codec.train`, `Codec.load` or `Codec.from_bytes`."""
+    """A trained codec: (n, D) CLIP embeddings in, (n, code_bytes) uint8 codes out, and float
+    queries scored against codes without decoding them. Build one with `Codec.train`,
+    `Codec.load` or `Codec.from_bytes`. `dim` is D; `config` holds its shape, architecture,
+    CLIP model identity and training facts.
+
+        codec = Codec.train(X, bits=256)          # X: (n, 512) CLIP image embeddings
+        codes = codec.encode(X)                   # (n, 32) uint8
+        scores = codec.scores(Q, codes)           # (nq, n) cosine to each reconstruction
+        best = scores.argsort(axis=1)[:, ::-1][:, :10]
+    """
 
     def __init__(self, config: dict, tensors: dict[str, np.ndarray]):
         self.config = config
@@ -113,10 +122,12 @@ class Codec:
 
     @property
     def code_bytes(self) -> int:
+        """Bytes per packed code: `bits` / 8, rounded up."""
         return packed_code_bytes(self.m, self.nbits)
 
     @property
     def model_id(self) -> dict | None:
+        """The CLIP model the codec was trained for ({"name", "pretrained", "digest", "dim"}), or None."""
         return self.config.get("model_id")
 
     @property
@@ -204,8 +215,10 @@ class Codec:
         `coarse`: spend the first slot on a full-dimension k-means codeword (default: at 128
         bits and below). `residual`: make every slot a full-dimension residual stage, beam-encoded
         (default: without queries, at 64 bits and below, from RESIDUAL_MIN_TRAIN embeddings, when
-        neither `coarse` nor `d` is given). `progress(stage, done, total)`: the semdb.progress
-        protocol.
+        neither `coarse` nor `d` is given). `seed`: training is deterministic for a seed (on any
+        core count). `model_id`: the CLIP model's identity, kept in the codec. `beam`: the
+        residual encoder's beam width. `progress(stage, done, total)`: called as training
+        advances. Bad arguments raise `CodecError`.
         """
         X = check_embeddings(X, name="training embeddings")
         n, dim = X.shape
@@ -320,6 +333,7 @@ class Codec:
 
     # --- persistence ----------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        """The codec file's bytes (safetensors: the weights, and the config in its metadata)."""
         return safetensors.numpy.save(
             {k: np.ascontiguousarray(v) for k, v in self.tensors.items()},
             metadata={"semdb_codec": json.dumps(self.config, sort_keys=True)},
@@ -327,6 +341,7 @@ class Codec:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "codec") -> Codec:
+        """The codec `to_bytes` wrote; `CodecError` naming `source` when the bytes are not one."""
         try:
             (header_len,) = struct.unpack("<Q", data[:8])
             header = json.loads(data[8 : 8 + header_len])
@@ -356,6 +371,7 @@ class Codec:
         return codec
 
     def save(self, path) -> None:
+        """Write the codec file (`to_bytes`) to `path`; `Codec.load` reads it back."""
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod
