@@ -363,23 +363,19 @@ class Database:
 
     @staticmethod
     def check_exports(paths) -> None:
-        """InputError (one line) unless every file is a semdb Parquet export: what
-        import_parquet checks first. Call it before opening a new store to import into, so
-        that a wrong file leaves no empty store behind."""
+        """`InputError` unless every file is a semdb export: call it before opening a new store
+        to import into, so that a wrong file leaves no empty store behind."""
         from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         transfer.open_exports(paths)
 
     def import_parquet(self, paths, progress: Progress | None = None) -> dict:
-        """Merge Parquet exports into this store, rows in file order.
-
-        Every file must hold codes of this store's codec (a new store takes the codec the
-        files carry). A row whose path is new adds an item; a row for a stored path whose
-        file differs (size, mtime, content hash, dimensions) replaces that item's metadata and
-        code. Importing the same file twice adds nothing. A new item keeps the id it had in the
-        exporting store when that id is above every id this store has used (always, into a new
-        store: links to ids survive an export and import), else it gets the next free id.
-        Returns {"added", "updated", "unchanged", "items", "seconds"}."""
+        """Merge Parquet exports into this store, as `semdb import`: a new path adds an item, a
+        stored path whose file differs (size, mtime, hash, dimensions) takes the row's metadata
+        and code, so importing twice adds nothing. The files must hold codes of this store's
+        codec (a new store takes theirs). An item keeps its id when that is above every id this
+        store has used, else gets the next free one. Returns {"added", "updated", "unchanged",
+        "items", "seconds"}."""
         from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.import_parquet(self._ctx, paths, progress)

@@ -81,10 +81,6 @@ class ShardQuery:
 
 @dataclass(frozen=True)
 class ShardHit:
-    """One hit of a sharded search: a `Hit`'s `path`, `score` and `id` (the item's id in its own
-    store), and which store holds it: `shard` (its index in the cluster's list) and `store`
-    (its path)."""
-
     path: str
     score: float
     id: int  # the item's id in its own store (ids are store-local)
@@ -109,8 +105,6 @@ class ShardAnswer:
 
 @dataclass(frozen=True)
 class ShardFailure:
-    """A shard that did not answer: its index, its store's path and the reason, one line."""
-
     shard: int
     store: str
     reason: str  # one line
@@ -118,10 +112,6 @@ class ShardFailure:
 
 @dataclass(frozen=True)
 class ShardedResult:
-    """What `Cluster.search` returns: `hits`, best first (`ShardHit`), and `missing`, the shards
-    that did not answer (`ShardFailure`); `partial` is true when a shard is missing, which only
-    `allow_partial=True` lets through."""
-
     hits: tuple[ShardHit, ...]
     missing: tuple[ShardFailure, ...] = ()  # shards that did not answer: hits are then partial
 
@@ -413,17 +403,8 @@ def _missing_message(missing: Sequence[ShardFailure]) -> str:
 
 @dataclass
 class Cluster:
-    """Stores that share one codec, searched as one on Ray Serve (needs `pip install
-    'semdb[ray]'`): `Cluster.start(...)` deploys it, `close()` (or leaving the `with` block)
-    removes it (and stops Ray if start() started it).
-
-        from semdb.cluster import Cluster
-
-        with Cluster.start(["/data/a.semdb", "/data/b.semdb"]) as cluster:
-            result = cluster.search("a red bicycle", k=10, under="/photos/2024")
-            for hit in result.hits:                # ShardHit(path, score, id, shard, store)
-                print(hit.score, hit.path)
-    """
+    """A sharded search deployed on Ray Serve; `Cluster.start(...)` deploys it, `close()` (or
+    leaving the `with` block) removes it (and stops Ray if start() started it)."""
 
     name: str
     specs: list[ShardSpec]
@@ -559,9 +540,6 @@ class Cluster:
         return result
 
     def close(self) -> None:
-        """Remove the cluster's Serve applications, and stop Ray if `start` started it (a Ray
-        cluster it connected to keeps running). Leaving a `with Cluster.start(...)` block
-        calls it."""
         ray, serve = _ray()
         if ray.is_initialized() and self.started_ray == "local":  # our own instance: stop it all
             serve.shutdown()

@@ -7,9 +7,9 @@ To update it after changing a docstring or a signature:
     python tests/test_python_reference.py      # rewrites the reference part of docs/PYTHON.md
 
 What is rendered: `semdb.open`, every public member of `Database` (in source order), the records
-a search takes and returns (`SearchRequest`, `Hit`, `Item`), the errors with their exit codes,
-`Codec`'s public face and the sharded search of `semdb.cluster`. The text above the reference
-(an overview with examples) and any section after it are written by hand.
+a search takes and returns (`SearchRequest`, `Hit`, `Item`), the errors with their exit codes
+and `Codec`'s public face. The text above the reference (an overview with examples) and any
+section after it are written by hand.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ BEGIN = (
     "edit the docstrings, not this part. -->"
 )
 END = "<!-- End of the rendered reference. -->"
-WIDTH = 100  # a signature longer than this puts one parameter per line
+WIDTH = 110  # a signature longer than this puts one parameter per line
 
 # Codec's public face: the rest of its attributes serve semdb's own search and store.
 CODEC_MEMBERS = (
@@ -45,7 +45,6 @@ CODEC_MEMBERS = (
     "model_id",
     "query_source",
 )
-CLUSTER_MEMBERS = ("start", "search", "close")
 
 
 class _Text(str):
@@ -103,17 +102,18 @@ def member_section(owner: str, cls: type, name: str) -> str:
         drop_first = isinstance(raw, classmethod)
     else:
         func, prefix, drop_first = raw, owner, True
-    wrapped = getattr(func, "__wrapped__", None)
-    if wrapped is not None and wrapped.__name__ != func.__name__:  # an alias kept for earlier code
-        return f"#### `{owner}.{name}`\n\nThe same as `{owner}.{wrapped.__name__}()`, under an earlier name."
     return (
         f"#### `{prefix}.{name}`\n\n{code(signature(f'{prefix}.{name}', func, drop_first))}\n\n{docstring(func, what)}"
     )
 
 
 def public_members(cls: type) -> list[str]:
-    """The class's own public attributes, in source order."""
-    return [name for name in vars(cls) if not name.startswith("_")]
+    """The class's own public attributes in source order, but for aliases kept for earlier code."""
+    return [
+        name
+        for name, value in vars(cls).items()
+        if not name.startswith("_") and getattr(getattr(value, "__wrapped__", None), "__name__", name) == name
+    ]
 
 
 def class_section(title: str, cls: type, shown: str, owner: str | None = None, members=(), built=True) -> str:
@@ -139,14 +139,13 @@ def errors_section() -> str:
     rows = [
         f"| `semdb.errors.{c.__name__}` | {c.exit_code} | {docstring(c, c.__name__).splitlines()[0]} |" for c in classes
     ]
-    head = ["### Errors", docstring(errors, "semdb.errors"), "| error | exit code | when |", "|---|---|---|"]
-    return "\n\n".join(head[:2]) + "\n\n" + "\n".join(head[2:] + rows)
+    head = ["### Errors", "| error | exit code | when |", "|---|---|---|"]
+    return head[0] + "\n\n" + "\n".join(head[1:] + rows)
 
 
 def render() -> str:
     """The reference part of docs/PYTHON.md, markers included."""
     import semdb
-    from semdb import cluster
     from semdb.store import Item
 
     sections = [
@@ -158,17 +157,11 @@ def render() -> str:
             "db",
             public_members(semdb.Database),
         ),
-        class_section("`semdb.SearchRequest`", semdb.SearchRequest, "semdb.SearchRequest", "request", ("of",)),
+        class_section("`semdb.SearchRequest`", semdb.SearchRequest, "semdb.SearchRequest", "request", ("of",), False),
         class_section("`semdb.Hit`", semdb.Hit, "semdb.Hit"),
         class_section("`semdb.store.Item`", Item, "semdb.store.Item"),
         errors_section(),
         class_section("`semdb.Codec`", semdb.Codec, "semdb.Codec", "codec", CODEC_MEMBERS, False),
-        class_section(
-            "`semdb.cluster.Cluster`", cluster.Cluster, "semdb.cluster.Cluster", "cluster", CLUSTER_MEMBERS, False
-        ),
-        class_section("`semdb.cluster.ShardedResult`", cluster.ShardedResult, "semdb.cluster.ShardedResult"),
-        class_section("`semdb.cluster.ShardHit`", cluster.ShardHit, "semdb.cluster.ShardHit"),
-        function_section("`semdb.cluster.share_ivf`", cluster.share_ivf),
     ]
     return "\n\n".join([BEGIN, *sections, END])
 

@@ -201,23 +201,17 @@ class Codec:
         residual: bool | None = None,
         progress=None,
     ) -> Codec:
-        """Learn a codec from (n, D) unit CLIP embeddings.
+        """Learn a codec from `X`, (n, D) CLIP image embeddings (rows are normalised).
 
-        Give a budget `bits` (then K = 16 and M = bits / 4) or an explicit shape m, k (and d,
-        the sub-vector dimension). arch="paper" trains the paper-faithful baseline instead.
-
-        `queries`: optional (n_q, D) sample of the text query embeddings the store will be
-        searched with (captions, a prompt vocabulary, past queries). They need not describe the
-        training images; with `paired=True` and n_q == n, row i describes X[i]. With them the
-        codec measures its error in the queries' metric and re-encodes every item score-aware
-        along its predicted text direction (docs/notes/CODEC.md); without them it uses the pair-free
-        default. Either way ADC stays exact and the codes are scanned by FAISS fast-scan.
-        `coarse`: spend the first slot on a full-dimension k-means codeword (default: at 128
-        bits and below). `residual`: make every slot a full-dimension residual stage, beam-encoded
-        (default: without queries, at 64 bits and below, from RESIDUAL_MIN_TRAIN embeddings, when
-        neither `coarse` nor `d` is given). `seed`: training is deterministic for a seed (on any
-        core count). `model_id`: the CLIP model's identity, kept in the codec. `beam`: the
-        residual encoder's beam width. `progress(stage, done, total)`: called as training
+        `bits`: the budget per item (then K = 16 and M = bits / 4), or an explicit shape `m`,
+        `k` (and `d`, the sub-vector dimension). `queries`: optional (n_q, D) text embeddings
+        like the store's queries (captions, past queries; `paired=True` when row i describes
+        X[i]): the codec then spends its bits where such queries look (docs/notes/CODEC.md).
+        `coarse` (a full-dimension first slot; default at 128 bits and below) and `residual`
+        (every slot a residual stage, searched with `beam`; default without queries at 64 bits
+        and below) override the choice of variant; `arch="paper"` trains the paper's PQ-VAE
+        instead. `seed`: the same codec for the same seed on any machine. `model_id`: the CLIP
+        model's identity, kept in the codec. `progress(stage, done, total)`: called as training
         advances. Bad arguments raise `CodecError`.
         """
         X = check_embeddings(X, name="training embeddings")
