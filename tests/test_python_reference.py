@@ -15,6 +15,7 @@ section after it are written by hand.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import sys
 from pathlib import Path
@@ -175,10 +176,27 @@ def split_doc(text: str) -> tuple[str, str, str]:
 
 def test_python_reference_is_rendered_from_the_docstrings():
     _, shown, _ = split_doc(DOC.read_text(encoding="utf-8"))
-    assert shown == render(), (
+    rendered = render()
+    diff = difflib.unified_diff(shown.splitlines(), rendered.splitlines(), "docs/PYTHON.md", "the docstrings", n=1)
+    assert shown == rendered, (
         "docs/PYTHON.md's reference differs from semdb's docstrings and signatures: "
-        "run `python tests/test_python_reference.py` and commit the result"
+        "run `python tests/test_python_reference.py` and commit the result\n" + "\n".join(list(diff)[:30])
     )
+
+
+def test_hand_written_examples_call_what_exists():
+    """The overview's and the other hand-written sections' `db.NAME(...)` and `codec.NAME(...)`
+    calls name members that exist, so a renamed method fails here too."""
+    import re
+
+    import semdb
+
+    before, _, after = split_doc(DOC.read_text(encoding="utf-8"))
+    called = re.findall(r"\b(db|codec|Codec)\.(\w+)\(", before + after)
+    missing = [
+        f"{obj}.{name}" for obj, name in called if not hasattr(semdb.Database if obj == "db" else semdb.Codec, name)
+    ]
+    assert called and not missing, f"docs/PYTHON.md calls what does not exist: {missing}"
 
 
 if __name__ == "__main__":
