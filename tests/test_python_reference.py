@@ -109,11 +109,15 @@ def member_section(owner: str, cls: type, name: str) -> str:
 
 
 def public_members(cls: type) -> list[str]:
-    """The class's own public attributes in source order, but for aliases kept for earlier code."""
+    """The class's own public methods and properties in source order, but for aliases kept for
+    earlier code."""
+    kinds = (property, classmethod, staticmethod, type(public_members))
     return [
         name
         for name, value in vars(cls).items()
-        if not name.startswith("_") and getattr(getattr(value, "__wrapped__", None), "__name__", name) == name
+        if not name.startswith("_")
+        and isinstance(value, kinds)
+        and getattr(getattr(value, "__wrapped__", None), "__name__", name) == name
     ]
 
 
@@ -159,7 +163,7 @@ def render() -> str:
             public_members(semdb.Database),
         ),
         class_section("`semdb.SearchRequest`", semdb.SearchRequest, "semdb.SearchRequest", "request", ("of",), False),
-        class_section("`semdb.Hit`", semdb.Hit, "semdb.Hit"),
+        class_section("`semdb.Hit`", semdb.Hit, "semdb.Hit", "hit", public_members(semdb.Hit)),
         class_section("`semdb.store.Item`", Item, "semdb.store.Item"),
         errors_section(),
         class_section("`semdb.Codec`", semdb.Codec, "semdb.Codec", "codec", CODEC_MEMBERS, False),
