@@ -1,6 +1,6 @@
 """Items as Arrow tables: the Parquet format of `semdb export` and `semdb import`.
 
-One row per item (docs/INTERFACES.md#parquet-export):
+One row per item (docs/CLI.md#export-and-import):
 
     id          uint64              the item's id in the exporting store; an import keeps it when
                                     it is larger than every id the target store has used

@@ -92,13 +92,13 @@ def removal(store: Store, targets=(), under=None) -> list[Item]:
 
 def remove(store: Store, ids, fault: str = "rm_txn") -> None:
     """Remove the items `ids` in one write transaction (`fault`: its fault point,
-    docs/RELIABILITY.md), and with them any codec of the store's set (but its first) that no
+    docs/notes/RELIABILITY.md), and with them any codec of the store's set (but its first) that no
     item is left to use."""
     ids = list(ids)
     gone = np.asarray(ids, np.uint64)
-    emptied = [
-        codec_id for codec_id, (coded, _) in list(store.load_code_groups().items())[1:] if np.isin(coded, gone).all()
-    ]
+    first = store.meta().get("codec_id")
+    groups = store.load_code_groups()
+    emptied = [c for c, (coded, _) in groups.items() if c != first and np.isin(coded, gone).all()]
     with store.write() as w:
         w.delete_items(ids)
         for codec_id in emptied:

@@ -1,6 +1,6 @@
 """The Ray engine of ingest: `Database.ingest(..., engine="ray")`, `semdb ingest --engine ray`.
 
-Needs the optional extra: pip install 'semdb[ray]'. Who does what (docs/SCALE.md):
+Needs the optional extra: pip install 'semdb[ray]'. Who does what (docs/notes/SCALE.md):
 
     driver   discover + stat (skip unchanged files), look hashes up in the store (moved,
              touched, duplicate files need no CLIP), write results into the store

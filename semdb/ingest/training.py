@@ -3,7 +3,7 @@
 A store holds a set of codecs, one per kind of photo it was given. A photo that none of them
 knows (semdb/codec/routing.py; every photo, before the first codec) waits staged (float16) and
 is searched exactly. A codec trained on a handful of images is useless for the thousands that
-follow (docs/CODEC.md, "How many images a codec needs"), so a codec is trained on the staged
+follow (docs/notes/CODEC.md, "How many images a codec needs"), so a codec is trained on the staged
 photos only once there are `min_train` of them (when an ingest ends), or `train_at` during a
 long ingest (which then encodes the rest directly); `train_now` trains whatever is staged (at
 least 2). Training, encoding the staged rows and adding the codec commit as one transaction.
@@ -33,14 +33,14 @@ from .encode import reconstruction_errors
 
 DEFAULT_BITS = 256
 MAX_CODECS = 8  # codecs in one store's set: each adds an ADC table to every query
-MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/CODEC.md, "How many images")
+MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/notes/CODEC.md, "How many images")
 TRAIN_AT = 50_000  # staged embeddings that trigger training during a long first ingest
 RETRAIN_GROWTH = 4.0  # the store has grown this many times since training: retrain
 DRIFT_RATIO = 1.5  # new items reconstruct this much worse than the training items: retrain
 DRIFT_MIN_ITEMS = 100  # ...measured on at least this many new items (drift and shift)
 # The latest items' mean share of energy outside the codec's training subspace, over the held-out
 # baseline: about 0.8-0.9 for new photos of the training collection, 1.6-3.6 for photos half of
-# whose spread lies elsewhere (docs/CODEC.md, "Photos unlike the training photos").
+# whose spread lies elsewhere (docs/notes/CODEC.md, "Photos unlike the training photos").
 SHIFT_RATIO = 1.3
 
 

@@ -35,6 +35,11 @@ GROUP_FETCH = 8
 
 
 class Hit(NamedTuple):
+    """One search result: the item's `path`, its `score` (cosine between the query and the
+    item's reconstruction from its code; higher is closer) and its `id` in the store (for
+    `db.similar`, `db.item`, `semdb query --like`). A video frame's hit carries the video's path
+    and `frame_ms`, the frame's time in the video; `frame_ms` is None for a photo."""
+
     path: str
     score: float
     id: int

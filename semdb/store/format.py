@@ -1,6 +1,6 @@
 """The on-disk format of a store: database names, keys, the item record, code segments and
 IVF list rows, and the item segment rows (semdb/store/segments.py holds the item segment codec).
-docs/STORE.md describes the layout for users; this module is its one implementation."""
+docs/notes/STORE-FORMAT.md describes the layout; this module is its one implementation."""
 
 from __future__ import annotations
 
@@ -112,12 +112,14 @@ def hash_bytes(h: str) -> bytes:
 
 @dataclass
 class Item:
-    """One file's metadata. id 0 means "not stored yet" (Writer.add_item assigns one).
-    `taken`: when the photo was taken (EXIF DateTimeOriginal, else the file's mtime), POSIX
-    seconds; None in records written before semdb kept it (the next ingest fills it).
-    A video frame is an item with its video's path, size, mtime, hash and display size, and
-    `frame_ms` (its time in the video) and `duration_ms` (the video's); both None for a photo.
-    (path, frame_ms) is unique: a video's frames share its path."""
+    """One stored file's metadata, as `db.item`, `db.ls` and `db.rm` return it: its `id` in
+    the store (0: not stored yet), `path`, `size` in bytes, `mtime_ns`, `hash` (blake2b-128 hex
+    of its bytes), `width` and `height` in pixels, when it was `added` to the store and last
+    `updated` (POSIX seconds), and `taken`: when the photo was taken (EXIF DateTimeOriginal,
+    else the file's mtime), POSIX seconds; None in records written before semdb kept it (the
+    next ingest fills it). A video frame is an item with its video's path, size, mtime, hash
+    and display size, and `frame_ms` (its time in the video) and `duration_ms` (the video's);
+    both None for a photo. (path, frame_ms) is unique: a video's frames share its path."""
 
     id: int
     path: str

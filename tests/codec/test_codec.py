@@ -352,7 +352,7 @@ def test_score_aware_refinement_never_raises_its_loss(data):
     assert (loss(new) <= loss(mse) + 1e-6).all() and loss(new).mean() < 0.9 * loss(mse).mean()
 
 
-# --- real CLIP embeddings: the figures of docs/CODEC.md ---------------------------------------
+# --- real CLIP embeddings: the figures of docs/notes/CODEC.md ---------------------------------------
 
 
 def _shopsphere_split(seed=0):
@@ -374,7 +374,7 @@ def _shopsphere_split(seed=0):
         (64, "paired", 0.69),  # every FAISS quantizer at 64 bits: <= 0.652
         (128, "none", 0.76),  # pair-free, coarse slot + cosine
         (64, "none", 0.62),  # pair-free, residual stages in the image metric (seed 0: 0.627;
-        # seeds 0-3 mean 0.663 against RQ8x8's 0.667, docs/CODEC.md)
+        # seeds 0-3 mean 0.663 against RQ8x8's 0.667, docs/notes/CODEC.md)
     ],
 )
 def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, source, min_r1):
@@ -391,7 +391,7 @@ def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, sour
 
 def test_pair_free_64_bit_image_neighbours_on_held_out_fashionclip():
     # issue 12: LSQ8x8's image kNN@10 is 0.758 on this split (0.754 over training seeds)
-    # (the bench re-normalises the rows: 6e-8 of input change gives another codec; docs/CODEC.md)
+    # (the bench re-normalises the rows: 6e-8 of input change gives another codec; docs/notes/CODEC.md)
     train, _, gallery, _ = _shopsphere_split()
     codec = Codec.train(train, bits=64, seed=0)
     assert codec.residual and codec.config["residual_metric_shrink"] == 0.95
