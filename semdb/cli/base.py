@@ -48,6 +48,7 @@ def _app_options(
 STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
 MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
 PRETRAINED_HELP = "open_clip pretrained tag or weights file (default: $SEMDB_PRETRAINED or laion2b_s34b_b79k)."
+THREADS_HELP = "Threads of torch and onnxruntime for CLIP (default: theirs; 1 is fastest on a busy machine)."
 CAPTIONS_HELP = (
     "Texts like the store's queries (one per line; captions, past searches): "
     "the codec is trained to rank well for them."

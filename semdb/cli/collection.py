@@ -17,6 +17,7 @@ from .base import (
     MODEL_HELP,
     PRETRAINED_HELP,
     STORE_HELP,
+    THREADS_HELP,
     app,
     err,
     examples,
@@ -63,9 +64,7 @@ def ingest(
         False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
     ),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
-    ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     engine: str = typer.Option(
         "local",
         "--engine",
@@ -210,7 +209,7 @@ def retrain(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
     captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
