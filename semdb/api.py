@@ -22,7 +22,7 @@ from .duplicates import find_duplicates
 from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .info import describe
-from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
+from .ingest import CodecPolicy, IngestOptions
 from .ingest import ingest as run_ingest
 from .ingest.embeddings import add_embeddings, read_embeddings, validated
 from .ingest.retrain import RETRAIN_SAMPLE
@@ -55,6 +55,10 @@ def _alias(method, name: str):
     return alias
 
 
+def _nothing_at(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
 class Database:
     """A semdb store plus its model and codec. Use as a context manager, or call close().
 
@@ -76,7 +80,7 @@ class Database:
     ):
         self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
         self.readonly = readonly
-        if readonly and not self.path.exists():  # (what is there but no store, the Store names)
+        if (readonly or not create) and _nothing_at(self.path):  # (what is there but no store, the Store names)
             raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
         self.store = Store(
             self.path,
@@ -122,7 +126,7 @@ class Database:
         self,
         paths: Iterable,
         *,
-        bits: int = DEFAULT_BITS,
+        bits: int | None = None,
         codec=None,
         batch_size: int = 32,
         prune: bool = False,
@@ -142,7 +146,8 @@ class Database:
 
         Every batch commits atomically, so an interrupted ingest resumes where it stopped.
         `codec`: a Codec or a codec file for a new store (default: train one, `bits` per item,
-        on this ingest's embeddings). `prune`: remove items whose files are gone.
+        on this ingest's embeddings). `bits` given to a store without a codec is recorded; when
+        None, the store's recorded bits are used (a new store's: 256). `prune`: remove items whose files are gone.
         `engine="ray"`: hash, decode, embed and encode on a Ray cluster (`ray_address`, default
         a local instance); shards go to `ray_shards` (default STORE/ray-shards), see ingest/ray.py.
         A new store keeps its embeddings staged (searched exactly) until it holds enough images
@@ -177,7 +182,7 @@ class Database:
         *,
         model: str | None = None,
         pretrained: str | None = None,
-        bits: int = DEFAULT_BITS,
+        bits: int | None = None,
         train_now: bool = False,
         policy: CodecPolicy | None = None,
         progress: Progress | None = None,
@@ -186,8 +191,8 @@ class Database:
         would (codes, or staged until the codec is due). `paths` may instead be a source to
         read: a clip-retrieval output folder, a .npz, or a .npy (then `embeddings` is the paths
         file). `model` / `pretrained` name the CLIP model they come from (default: the
-        store's); its weights are bound when the model is first loaded. Everything is checked
-        before anything is written. Returns the ingest summary."""
+        store's); its weights are bound when the model is first loaded. `bits`: as for
+        ingest(). Everything is checked before anything is written. Returns the ingest summary."""
         if embeddings is None or isinstance(embeddings, (str, os.PathLike)):
             data = read_embeddings(paths, embeddings)
         else:

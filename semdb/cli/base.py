@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
+from ..codec import bits_problem
 from ..errors import InputError, SemdbError
 from .help import HELP_OPTIONS, OneLineUsageGroup, examples
 
@@ -53,6 +54,19 @@ CAPTIONS_HELP = (
     "Texts like the store's queries (one per line; captions, past searches): "
     "the codec is trained to rank well for them."
 )
+
+
+def _checked_bits(bits: int | None) -> int | None:
+    problem = None if bits is None else bits_problem(bits)
+    if problem:
+        raise typer.BadParameter(problem)
+    return bits
+
+
+def bits_option(help: str):
+    """The --bits option of a command that trains a store's codec: a bad budget is a usage
+    error before any work."""
+    return typer.Option(None, "--bits", help=help, callback=_checked_bits)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ..api import Database
 from ..errors import InputError
+from ..images import check_paths
 from ..ingest.training import MIN_TRAIN
 from . import listing
 from .base import (
@@ -19,6 +20,7 @@ from .base import (
     STORE_HELP,
     THREADS_HELP,
     app,
+    bits_option,
     err,
     examples,
     exclusive,
@@ -38,7 +40,10 @@ def ingest(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
+    bits: int | None = bits_option(
+        "Bits per image of the codec a new store trains (a multiple of 4, at most 4096; default 256, "
+        "recorded: later ingests keep it)."
+    ),
     codec: Path | None = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
     train_now: bool = typer.Option(
         False,
@@ -58,7 +63,7 @@ def ingest(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", min=0, help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
@@ -89,8 +94,11 @@ def ingest(
     with user_errors():
         if bool(paths) == (embeddings is not None):
             raise InputError("give image PATHS, or --embeddings SOURCE (not both), or --train-now alone")
+        check_paths(paths or ())  # before the store is made and the model loads
+        # imported embeddings name their model (recorded by name, bound when first loaded): not loaded here
+        chosen = {"model": model, "pretrained": pretrained} if embeddings is None else {}
         progress, update = progress_display(enabled=not as_json)
-        with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
+        with Database(store, wait=wait, threads=threads, **chosen) as db, progress:
             if embeddings is not None:
                 summary = db.add_embeddings(
                     embeddings,
@@ -173,7 +181,7 @@ def _train_staged(store, bits, captions, wait, threads, as_json) -> None:
     the retrain of a store that has no codec yet."""
     with user_errors():
         progress, update = progress_display(enabled=not as_json)
-        with Database(store, wait=wait, threads=threads) as db, progress:
+        with Database(store, wait=wait, threads=threads, create=False) as db, progress:
             if db.codec is not None:
                 raise InputError(f"{db.path} is compressed already (codec {db.codec.id}): `semdb retrain` trains anew")
             summary = db.retrain(bits=bits, captions=captions, progress=update)
@@ -201,9 +209,7 @@ def _print_codec_notes(facts: dict, store) -> None:
 @app.command(epilog=examples("semdb retrain", "semdb retrain --bits 128 --captions searches.txt"))
 def retrain(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    bits: int | None = typer.Option(
-        None, "--bits", help="Bits per image of the new codec (default: the current codec's)."
-    ),
+    bits: int | None = bits_option("Bits per image of the new codec (default: the current codec's)."),
     sample: int | None = typer.Option(
         None, "--sample", min=2, help="Stored files re-embedded to train on (default 20000)."
     ),
@@ -217,7 +223,7 @@ def retrain(
     """Train a new codec on what the store holds now and re-encode every item (resumable)."""
     with user_errors():
         progress, update = progress_display(enabled=not as_json)
-        with Database(store, wait=wait, threads=threads) as db, progress:
+        with Database(store, wait=wait, threads=threads, create=False) as db, progress:
             summary = db.retrain(
                 bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update, captions=captions
             )
@@ -264,19 +270,18 @@ def info(
         ("encoded since training", codec.get("encoded_since")),
         ("drift ratio", codec.get("drift_ratio")),
         ("shift ratio", codec.get("shift_ratio")),
-        (
-            "retrain",
-            facts["retrain_advice"]
-            or (
-                f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} "
-                f"re-encoded; "
-                f"run `semdb retrain` to finish"
-                if facts["retrain_pending"]
-                else "not needed"
-            ),
-        ),
+        ("retrain", _retrain_state(facts)),
     ]
     print_columns(None, [(key, "-" if value is None else value) for key, value in rows])
+
+
+def _retrain_state(facts: dict) -> str:
+    pending, sample = facts["retrain_pending"], facts["retrain_sample"]
+    if pending:
+        return f"in progress: {pending['recoded']} of {pending['items']} re-encoded; run `semdb retrain` to finish"
+    if sample:
+        return f"interrupted while training; `semdb retrain` resumes from its re-embedded sample ({sample})"
+    return facts["retrain_advice"] or "not needed"
 
 
 @app.command("export", epilog=examples("semdb export --out photos.parquet"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..context import StoreContext
 from ..errors import InputError, StoreError
-from ..images import DEFAULT_MAX_MEGAPIXELS
+from ..images import DEFAULT_MAX_MEGAPIXELS, check_paths
 from ..progress import Progress, report
 from ..video.files import is_video_file
 from ..video.frames import Sampling
@@ -21,7 +21,7 @@ from .local import LocalEngine
 from .model import image_model
 from .records import IngestSummary, peak_rss_mb
 from .scan import scan
-from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
+from .training import CodecPolicy, adopt_codec, record_bits, record_captions, retrain_advice, train_if_due
 from .videos import ingest_videos
 
 
@@ -56,9 +56,12 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     """
     if ctx.store.readonly:
         raise StoreError(f"{ctx.path} is open read-only")
+    paths = list(paths)
+    check_paths(paths)  # a missing folder is named before the model loads
     start = time.perf_counter()
     summary = IngestSummary()
     policy = options.policy
+    record_bits(ctx, policy.bits)
     if not ctx.store.model_id() or options.codec is not None or ctx.model_named:
         ctx.bind_model()  # otherwise the model loads only if some file needs embedding
     if options.codec is not None:
