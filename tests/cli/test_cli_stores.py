@@ -93,3 +93,21 @@ def test_info_names_the_sample_an_interrupted_retrain_left(tmp_path, tiny_model)
     assert info(store)["retrain_sample"] == str(store / "retrain-sample.npz")
     line = next(line for line in invoke("info", "--store", store).stdout.splitlines() if line.startswith("retrain "))
     assert "interrupted while training; `semdb retrain` resumes" in line
+
+
+def test_import_of_another_models_export_says_the_models_differ(tmp_path):
+    import semdb
+
+    X = clip_like_embeddings(n=20)["image_emb"]
+    with semdb.open(tmp_path / "a") as db:
+        db.add_embeddings([f"/a/{i}.jpg" for i in range(20)], X, model="local-dir:/models/one", train_now=True)
+        db.export(tmp_path / "a.parquet")
+    with semdb.open(tmp_path / "b") as db:
+        db.add_embeddings([f"/b/{i}.jpg" for i in range(20)], X, model="local-dir:/models/two")
+    result = invoke("import", tmp_path / "a.parquet", "--store", tmp_path / "b")
+    assert result.exit_code == 4, result.output
+    assert result.stderr == (
+        f"error: {tmp_path / 'a.parquet'} was exported from a store of CLIP model local-dir:/models/one, but "
+        f"{tmp_path / 'b'} is of local-dir:/models/two: import it into a new --store\n"
+    )
+    assert "--model" not in result.stderr
