@@ -98,6 +98,22 @@ def say(line: str) -> None:
     err.print(Text(line), highlight=False, soft_wrap=True)
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """ "1 image", "2 images" (`plural` when adding an s will not do)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def media(n: int, frames: int = 0) -> str:
+    """n items of which `frames` are video frames: "8 images", or "5 photos and 3 video frames"."""
+    if not frames:
+        return counted(n, "image")
+    return (
+        f"{counted(n - frames, 'photo')} and {counted(frames, 'video frame')}"
+        if n > frames
+        else counted(n, "video frame")
+    )
+
+
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

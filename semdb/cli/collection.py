@@ -21,13 +21,16 @@ from .base import (
     THREADS_HELP,
     app,
     bits_option,
+    counted,
     err,
     examples,
     exclusive,
+    media,
     print_columns,
     print_json,
     print_summary,
     progress_display,
+    say,
     user_errors,
 )
 
@@ -127,6 +130,7 @@ def ingest(
                     int8=int8,
                     retry_failed=retry_failed,
                 )
+            trained_bits = db.codec.bits if summary["codec_trained"] else None
     if not as_json:
         for failure in summary["failures"]:
             err.print(
@@ -135,21 +139,24 @@ def ingest(
                 soft_wrap=True,
             )
         if summary["missing"]:
-            err.print(
-                Text(
-                    f"note: the files of {summary['missing']} stored images are gone; "
-                    f"run this ingest again with --prune to remove them"
-                ),
-                soft_wrap=True,
+            gone = summary["missing"]
+            say(
+                f"note: the {'file' if gone == 1 else 'files'} of {counted(gone, 'stored item')} "
+                f"{'is' if gone == 1 else 'are'} gone; run this ingest again with --prune to remove them"
             )
         if summary.get("failed_before"):
             err.print(
                 Text.assemble(
                     ("note:", "yellow"),
-                    f" skipped {summary['failed_before']} files that failed before and are unchanged "
-                    "(`--retry-failed` to try again)",
+                    f" skipped {counted(summary['failed_before'], 'file')} that failed before and "
+                    f"{'is' if summary['failed_before'] == 1 else 'are'} unchanged (`--retry-failed` to try again)",
                 ),
                 soft_wrap=True,
+            )
+        if trained_bits:
+            say(
+                f"compressed: the codec is trained; the store's {counted(summary['items'], 'item')} "
+                f"now take {trained_bits} bits each"
             )
         for path in summary["no_images"]:
             err.print(Text.assemble(("note:", "yellow"), f" no images found in {path}"), soft_wrap=True)
@@ -194,7 +201,8 @@ def _print_codec_notes(facts: dict, store) -> None:
     if facts.get("staged"):
         err.print(
             Text(
-                f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
+                f"note: {media(facts['staged'], facts.get('staged_frames', 0))} "
+                f"{'is' if facts['staged'] == 1 else 'are'} stored uncompressed (searched exactly) until the store "
                 f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses them now"
             ),
             soft_wrap=True,
@@ -264,7 +272,7 @@ def info(
             f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "
             f"trained on {codec.get('trained_on')}"
             if codec
-            else f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
+            else f"none yet: not compressed until the store holds {facts['codec_trains_at']} items "
             f"(or `semdb ingest --train-now --store {shlex.quote(facts['path'])}`)",
         ),
         ("encoded since training", codec.get("encoded_since")),

@@ -118,11 +118,18 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     forget_settled(ctx.store)
     ivf_upkeep.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
+    summary.staged_frames = staged_frames(ctx.store) if summary.staged and ctx.store.holds_frames() else 0
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)
     summary.peak_rss_mb = peak_rss_mb()
     summary.images_per_second = rate.per_second()
     return summary
+
+
+def staged_frames(store) -> int:
+    """How many of the store's staged (uncompressed) items are video frames."""
+    ids = [int(i) for chunk, _ in store.iter_staging() for i in chunk]
+    return sum(it is not None and it.frame_ms is not None for it in store.items(ids))
 
 
 class EmbeddingRate:
