@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 
 import typer
 from rich.console import Console
@@ -136,7 +137,10 @@ class _ShownFromItsFirstTask(Progress):
 
 
 def progress_display(enabled: bool):
-    """A rich progress display and a callback (stage, done, total) for the API."""
+    """A rich progress display and a callback (stage, done, total) for the API; when stderr
+    is not a terminal (a log, a pipe), plain full lines instead (PlainProgress)."""
+    if enabled and not err.is_terminal:
+        return nullcontext(), PlainProgress()
     progress = _ShownFromItsFirstTask(
         TextColumn("{task.description:>16}"),
         BarColumn(),
@@ -158,6 +162,28 @@ def progress_display(enabled: bool):
         progress.update(tasks[stage], completed=done, total=total, rate=rate)
 
     return progress, update
+
+
+class PlainProgress:
+    """Progress as whole lines for a log: "embedding: 402/402 (12.3 img/s)" when a stage ends, and
+    every LOG_SECONDS while a long one runs. A bar redrawn in place makes no sense in a file,
+    and rich's final render of one is cut to 80 columns there."""
+
+    LOG_SECONDS = 30.0
+
+    def __init__(self):
+        self.started, self.logged, self.ended = {}, {}, set()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        start = self.started.setdefault(stage, now)
+        if stage in self.ended or (done < total and now - self.logged.get(stage, start) < self.LOG_SECONDS):
+            return
+        if done >= total:
+            self.ended.add(stage)
+        self.logged[stage] = now
+        rate = f", {done / (now - start):.1f} img/s" if stage in RATED_STAGES and now > start else ""
+        say(f"{stage}: {done}/{total} ({now - start:.0f} s{rate})")
 
 
 def print_columns(header, rows) -> None:
