@@ -142,7 +142,8 @@ def ingest(
             gone = summary["missing"]
             say(
                 f"note: the {'file' if gone == 1 else 'files'} of {counted(gone, 'stored item')} "
-                f"{'is' if gone == 1 else 'are'} gone; run this ingest again with --prune to remove them"
+                f"{'is' if gone == 1 else 'are'} gone; run this ingest again with --prune to remove "
+                f"{'it' if gone == 1 else 'them'}"
             )
         if summary.get("failed_before"):
             err.print(
@@ -203,7 +204,8 @@ def _print_codec_notes(facts: dict, store) -> None:
             Text(
                 f"note: {media(facts['staged'], facts.get('staged_frames', 0))} "
                 f"{'is' if facts['staged'] == 1 else 'are'} stored uncompressed (searched exactly) until the store "
-                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses them now"
+                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses "
+                f"{'it' if facts['staged'] == 1 else 'them'} now"
             ),
             soft_wrap=True,
         )

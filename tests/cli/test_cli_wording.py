@@ -56,7 +56,7 @@ def test_counts_have_their_plurals_and_frames_are_counted_as_frames(tmp_path, ti
     (photos / "coffee.jpg").unlink()
     once = invoke("ingest", photos, *store)
     assert notes(once)[:2] == [
-        "note: the file of 1 stored item is gone; run this ingest again with --prune to remove them",
+        "note: the file of 1 stored item is gone; run this ingest again with --prune to remove it",
         "note: 3 images are stored uncompressed (searched exactly) until the store holds 500; "
         f"`semdb ingest --train-now --store {tmp_path / 's'}` compresses them now",
     ]
