@@ -155,10 +155,7 @@ def ingest(
                 soft_wrap=True,
             )
         if trained_bits:
-            say(
-                f"compressed: the codec is trained; the store's {counted(summary['items'], 'item')} "
-                f"now take {trained_bits} bits each"
-            )
+            _say_compressed(summary["items"], trained_bits)
         for path in summary["no_images"]:
             err.print(Text.assemble(("note:", "yellow"), f" no images found in {path}"), soft_wrap=True)
         _print_codec_notes(summary, store)
@@ -193,7 +190,14 @@ def _train_staged(store, bits, captions, wait, threads, as_json) -> None:
             if db.codec is not None:
                 raise InputError(f"{db.path} is compressed already (codec {db.codec.id}): `semdb retrain` trains anew")
             summary = db.retrain(bits=bits, captions=captions, progress=update)
+            trained_bits = db.codec.bits
+    if not as_json:
+        _say_compressed(summary["trained_on"], trained_bits)
     print_summary(summary, as_json, "train")
+
+
+def _say_compressed(items: int, bits: int) -> None:
+    say(f"compressed: the codec is trained; the store's {counted(items, 'item')} now take {bits} bits each")
 
 
 def _print_codec_notes(facts: dict, store) -> None:

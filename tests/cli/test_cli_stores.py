@@ -44,6 +44,7 @@ def test_a_new_store_keeps_its_bits_for_train_now(tmp_path):
     assert info(store)["staging"] == 20
     result = invoke("ingest", "--train-now", "--store", store)
     assert result.exit_code == 0, result.output
+    assert "compressed: the codec is trained; the store's 20 items now take 128 bits each\n" in result.stderr
     assert info(store)["bits_per_item"] == 128
 
 
