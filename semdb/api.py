@@ -22,7 +22,7 @@ from .duplicates import find_duplicates
 from .errors import InputError, StoreError
 from .images import DEFAULT_MAX_MEGAPIXELS
 from .info import describe
-from .ingest import DEFAULT_BITS, CodecPolicy, IngestOptions
+from .ingest import CodecPolicy, IngestOptions
 from .ingest import ingest as run_ingest
 from .ingest.embeddings import add_embeddings, read_embeddings, validated
 from .ingest.retrain import RETRAIN_SAMPLE
@@ -68,6 +68,10 @@ def _alias(method, name: str):
     return alias
 
 
+def _nothing_at(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
 class Database:
     """One store with its CLIP model and codec, as `semdb.open` (its arguments) returns it.
     Use it as a context manager, or call `close()`."""
@@ -87,7 +91,7 @@ class Database:
     ):
         self.path = Path(os.path.abspath(Path(path).expanduser() if path else default_store_path()))
         self.readonly = readonly
-        if readonly and not self.path.exists():  # (what is there but no store, the Store names)
+        if (readonly or not create) and _nothing_at(self.path):  # (what is there but no store, the Store names)
             raise StoreError(f"{self.path}: no semdb store here yet; run `semdb ingest PATH --store {self.path}` first")
         self.store = Store(
             self.path,
@@ -134,7 +138,7 @@ class Database:
         self,
         paths: Iterable,
         *,
-        bits: int = DEFAULT_BITS,
+        bits: int | None = None,
         codec=None,
         batch_size: int = 32,
         prune: bool = False,
@@ -159,7 +163,8 @@ class Database:
         is listed, not raised; unchanged, it is skipped next time (`retry_failed`: tried again).
         `codec`: a Codec or codec file for a new store (default: train one of `bits` per item
         once the store holds enough images, CodecPolicy.min_train; `train_now`: on what is
-        staged now; `policy`: a CodecPolicy instead). `captions`: a text file or list of texts
+        staged now; `policy`: a CodecPolicy instead). `bits` given to a store without a codec
+        is recorded; None: the store's recorded bits (a new store's: 256). `captions`: a text file or list of texts
         like the store's queries; the codec is trained to rank well for them. `prune`: remove
         items whose files are gone. `batch_size`: images per CLIP batch and commit; `workers`:
         decoding threads; `max_megapixels`: larger images are refused (None: no limit). `int8`:
@@ -192,7 +197,7 @@ class Database:
         *,
         model: str | None = None,
         pretrained: str | None = None,
-        bits: int = DEFAULT_BITS,
+        bits: int | None = None,
         train_now: bool = False,
         policy: CodecPolicy | None = None,
         progress: Progress | None = None,

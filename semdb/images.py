@@ -87,10 +87,15 @@ def discover(
     Unreadable sub-directories are skipped; ``on_error(path, reason)`` is told about them.
     """
     roots = [Path(os.fsdecode(p)) for p in paths]
-    for root in roots:  # validate every argument first: fail before any work is done
-        if not os.path.exists(root):
-            raise InputError(f"{display_path(root)}: no such file or directory")
+    check_paths(roots)  # every argument first: fail before any work is done
     return _discover(roots, exclude, on_error)
+
+
+def check_paths(paths: Iterable[PathLike]) -> None:
+    """InputError naming the first of `paths` that does not exist."""
+    for path in paths:
+        if not os.path.exists(os.fsdecode(path)):
+            raise InputError(f"{display_path(path)}: no such file or directory")
 
 
 def _discover(roots, exclude, on_error) -> Iterator[Path]:

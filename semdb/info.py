@@ -4,9 +4,12 @@ their own, the IVF, and whether a retrain is advised or under way."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .context import STATS_KEY, codec_stats
+from .ingest import retrain_sample
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
 from .search.ivf import default_nprobe
 from .store import Store
@@ -69,6 +72,9 @@ def describe(store: Store, codecs: dict) -> dict:
     out["retrain_pending"] = (
         None if not pending else {"codec": pending["id"], "recoded": len(store.recoded_ids()), "items": raw["items"]}
     )
+    # the re-embedded sample of a retrain interrupted before its new codec was trained: `semdb retrain` resumes
+    sample = Path(raw["path"]) / retrain_sample.FILE
+    out["retrain_sample"] = str(sample) if sample.is_file() else None
     return out
 
 

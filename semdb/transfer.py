@@ -161,7 +161,13 @@ def _accept_codec(ctx: StoreContext, metas) -> None:
     current = store.meta().get("codec_id")
     want = current or metas[0][0]["codec_id"]
     for meta, source in metas:
-        store.check_model(meta.get("model_id"))
+        try:
+            store.check_model(meta.get("model_id"))
+        except StoreError:
+            raise StoreError(
+                f"{source} was exported from a store of CLIP model {_model_name(meta.get('model_id'))}, but "
+                f"{ctx.path} is of {_model_name(store.model_id())}: import it into a new --store"
+            ) from None
         if meta["codec_id"] != want:
             where = f"{ctx.path} uses codec {want}" if current else f"the first file holds codec {want}"
             raise CodecError(
@@ -194,6 +200,12 @@ def _take_first_codec(ctx: StoreContext, metas, want: str) -> None:
         with store.write() as w:
             w.set_meta("model_id", metas[0][0]["model_id"])
     ctx.install_codec(codec)
+
+
+def _model_name(model_id: dict | None) -> str:
+    model_id = model_id or {}
+    name, tag, digest = model_id.get("name"), model_id.get("pretrained"), model_id.get("digest")
+    return f"{name}{'/' + tag if tag else ''}" + (f" (digest {digest[:16]})" if digest else "")
 
 
 def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | None) -> dict:

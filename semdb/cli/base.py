@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 
 import typer
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
+from ..codec import bits_problem
 from ..errors import InputError, SemdbError
 from .help import HELP_OPTIONS, OneLineUsageGroup, examples
 
@@ -48,10 +50,24 @@ def _app_options(
 STORE_HELP = "Store directory (default: $SEMDB_STORE, else the user data dir)."
 MODEL_HELP = "open_clip model name, local-dir:PATH or hf-hub:ORG/REPO (default: $SEMDB_MODEL or ViT-B-32)."
 PRETRAINED_HELP = "open_clip pretrained tag or weights file (default: $SEMDB_PRETRAINED or laion2b_s34b_b79k)."
+THREADS_HELP = "Threads of torch and onnxruntime for CLIP (default: theirs; 1 is fastest on a busy machine)."
 CAPTIONS_HELP = (
     "Texts like the store's queries (one per line; captions, past searches): "
     "the codec is trained to rank well for them."
 )
+
+
+def _checked_bits(bits: int | None) -> int | None:
+    problem = None if bits is None else bits_problem(bits)
+    if problem:
+        raise typer.BadParameter(problem)
+    return bits
+
+
+def bits_option(help: str):
+    """The --bits option of a command that trains a store's codec: a bad budget is a usage
+    error before any work."""
+    return typer.Option(None, "--bits", help=help, callback=_checked_bits)
 
 
 @contextmanager
@@ -83,6 +99,22 @@ def say(line: str) -> None:
     err.print(Text(line), highlight=False, soft_wrap=True)
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """ "1 image", "2 images" (`plural` when adding an s will not do)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def media(n: int, frames: int = 0) -> str:
+    """n items of which `frames` are video frames: "8 images", or "5 photos and 3 video frames"."""
+    if not frames:
+        return counted(n, "image")
+    return (
+        f"{counted(n - frames, 'photo')} and {counted(frames, 'video frame')}"
+        if n > frames
+        else counted(n, "video frame")
+    )
+
+
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -105,7 +137,10 @@ class _ShownFromItsFirstTask(Progress):
 
 
 def progress_display(enabled: bool):
-    """A rich progress display and a callback (stage, done, total) for the API."""
+    """A rich progress display and a callback (stage, done, total) for the API; when stderr
+    is not a terminal (a log, a pipe), plain full lines instead (PlainProgress)."""
+    if enabled and not err.is_terminal:
+        return nullcontext(), PlainProgress()
     progress = _ShownFromItsFirstTask(
         TextColumn("{task.description:>16}"),
         BarColumn(),
@@ -127,6 +162,28 @@ def progress_display(enabled: bool):
         progress.update(tasks[stage], completed=done, total=total, rate=rate)
 
     return progress, update
+
+
+class PlainProgress:
+    """Progress as whole lines for a log: "embedding: 402/402 (12.3 img/s)" when a stage ends, and
+    every LOG_SECONDS while a long one runs. A bar redrawn in place makes no sense in a file,
+    and rich's final render of one is cut to 80 columns there."""
+
+    LOG_SECONDS = 30.0
+
+    def __init__(self):
+        self.started, self.logged, self.ended = {}, {}, set()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        start = self.started.setdefault(stage, now)
+        if stage in self.ended or (done < total and now - self.logged.get(stage, start) < self.LOG_SECONDS):
+            return
+        if done >= total:
+            self.ended.add(stage)
+        self.logged[stage] = now
+        rate = f", {done / (now - start):.1f} img/s" if stage in RATED_STAGES and now > start else ""
+        say(f"{stage}: {done}/{total} ({now - start:.0f} s{rate})")
 
 
 def print_columns(header, rows) -> None:

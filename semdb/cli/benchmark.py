@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -117,6 +118,18 @@ def bench(
             B.write_plot(rows, plot)
     if as_json:
         sys.stdout.write(B.to_json(rows) + "\n")
+    elif out.is_terminal:
+        B.print_table(rows, console=out)
     else:
-        # A table this wide wraps badly at 80 columns: use the terminal's width, or 200 in a pipe.
-        B.print_table(rows, console=out if out.is_terminal else Console(width=200))
+        _print_to_file(B.make_table(rows))
+
+
+def _print_to_file(table) -> None:
+    """The table as a file or pipe should get it: its title and notes as whole lines (rich wraps
+    them to the table's width), the table at its own width, no padding spaces at line ends."""
+    title, caption = table.title, table.caption
+    table.title = table.caption = None
+    console = Console(width=10_000, color_system=None, file=io.StringIO())
+    console.print(table)
+    lines = [str(title or ""), *console.file.getvalue().splitlines(), *str(caption or "").splitlines()]
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in lines if line.strip()))

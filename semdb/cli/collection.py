@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ..api import Database
 from ..errors import InputError
+from ..images import check_paths
 from ..ingest.training import MIN_TRAIN
 from . import listing
 from .base import (
@@ -18,14 +19,19 @@ from .base import (
     MODEL_HELP,
     PRETRAINED_HELP,
     STORE_HELP,
+    THREADS_HELP,
     app,
+    bits_option,
+    counted,
     err,
     examples,
     exclusive,
+    media,
     print_columns,
     print_json,
     print_summary,
     progress_display,
+    say,
     user_errors,
 )
 
@@ -38,7 +44,10 @@ def ingest(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    bits: int = typer.Option(256, "--bits", help="Bits per image for a new store's codec (a multiple of 4)."),
+    bits: int | None = bits_option(
+        "Bits per image of the codec a new store trains (a multiple of 4, at most 4096; default 256, "
+        "recorded: later ingests keep it)."
+    ),
     codec: Path | None = typer.Option(None, "--codec", help="Use this codec file instead of training one."),
     train_now: bool = typer.Option(
         False,
@@ -58,15 +67,13 @@ def ingest(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images (0: no limit)."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", min=0, help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
     ),
     wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
-    ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     engine: str = typer.Option(
         "local",
         "--engine",
@@ -91,8 +98,11 @@ def ingest(
     with user_errors():
         if bool(paths) == (embeddings is not None):
             raise InputError("give image PATHS, or --embeddings SOURCE (not both), or --train-now alone")
+        check_paths(paths or ())  # before the store is made and the model loads
+        # imported embeddings name their model (recorded by name, bound when first loaded): not loaded here
+        chosen = {"model": model, "pretrained": pretrained} if embeddings is None else {}
         progress, update = progress_display(enabled=not as_json)
-        with Database(store, model=model, pretrained=pretrained, wait=wait, threads=threads) as db, progress:
+        with Database(store, wait=wait, threads=threads, **chosen) as db, progress:
             if embeddings is not None:
                 summary = db.add_embeddings(
                     embeddings,
@@ -121,6 +131,7 @@ def ingest(
                     int8=int8,
                     retry_failed=retry_failed,
                 )
+            trained_bits = db.codec.bits if summary["codec_trained"] else None
     if not as_json:
         for failure in summary["failures"]:
             err.print(
@@ -129,22 +140,23 @@ def ingest(
                 soft_wrap=True,
             )
         if summary["missing"]:
-            err.print(
-                Text(
-                    f"note: the files of {summary['missing']} stored images are gone; "
-                    f"run this ingest again with --prune to remove them"
-                ),
-                soft_wrap=True,
+            gone = summary["missing"]
+            say(
+                f"note: the {'file' if gone == 1 else 'files'} of {counted(gone, 'stored item')} "
+                f"{'is' if gone == 1 else 'are'} gone; run this ingest again with --prune to remove "
+                f"{'it' if gone == 1 else 'them'}"
             )
         if summary.get("failed_before"):
             err.print(
                 Text.assemble(
                     ("note:", "yellow"),
-                    f" skipped {summary['failed_before']} files that failed before and are unchanged "
-                    "(`--retry-failed` to try again)",
+                    f" skipped {counted(summary['failed_before'], 'file')} that failed before and "
+                    f"{'is' if summary['failed_before'] == 1 else 'are'} unchanged (`--retry-failed` to try again)",
                 ),
                 soft_wrap=True,
             )
+        if trained_bits:
+            _say_compressed(summary["items"], trained_bits)
         for path in summary["no_images"]:
             err.print(Text.assemble(("note:", "yellow"), f" no images found in {path}"), soft_wrap=True)
         _print_codec_notes(summary, store)
@@ -175,11 +187,18 @@ def _train_staged(store, bits, captions, wait, threads, as_json) -> None:
     the retrain of a store that has no codec yet."""
     with user_errors():
         progress, update = progress_display(enabled=not as_json)
-        with Database(store, wait=wait, threads=threads) as db, progress:
+        with Database(store, wait=wait, threads=threads, create=False) as db, progress:
             if db.codec is not None:
                 raise InputError(f"{db.path} is compressed already (codec {db.codec.id}): `semdb retrain` trains anew")
             summary = db.retrain(bits=bits, captions=captions, progress=update)
+            trained_bits = db.codec.bits
+    if not as_json:
+        _say_compressed(summary["trained_on"], trained_bits)
     print_summary(summary, as_json, "train")
+
+
+def _say_compressed(items: int, bits: int) -> None:
+    say(f"compressed: the codec is trained; the store's {counted(items, 'item')} now take {bits} bits each")
 
 
 def _print_codec_notes(facts: dict, store) -> None:
@@ -188,8 +207,10 @@ def _print_codec_notes(facts: dict, store) -> None:
     if facts.get("staged"):
         err.print(
             Text(
-                f"note: {facts['staged']} images are stored uncompressed (searched exactly) until the store "
-                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses them now"
+                f"note: {media(facts['staged'], facts.get('staged_frames', 0))} "
+                f"{'is' if facts['staged'] == 1 else 'are'} stored uncompressed (searched exactly) until the store "
+                f"holds {MIN_TRAIN}; `semdb ingest --train-now{where}` compresses "
+                f"{'it' if facts['staged'] == 1 else 'them'} now"
             ),
             soft_wrap=True,
         )
@@ -203,15 +224,13 @@ def _print_codec_notes(facts: dict, store) -> None:
 @app.command(epilog=examples("semdb retrain", "semdb retrain --bits 128 --captions searches.txt"))
 def retrain(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    bits: int | None = typer.Option(
-        None, "--bits", help="Bits per image of the new codec (default: the current codec's)."
-    ),
+    bits: int | None = bits_option("Bits per image of the new codec (default: the current codec's)."),
     sample: int | None = typer.Option(
         None, "--sample", min=2, help="Stored files re-embedded to train on (default 20000)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
     captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -219,7 +238,7 @@ def retrain(
     """Train a new codec on what the store holds now and re-encode every item (resumable)."""
     with user_errors():
         progress, update = progress_display(enabled=not as_json)
-        with Database(store, wait=wait, threads=threads) as db, progress:
+        with Database(store, wait=wait, threads=threads, create=False) as db, progress:
             summary = db.retrain(
                 bits=bits, sample=sample, batch_size=batch_size, workers=workers, progress=update, captions=captions
             )
@@ -260,7 +279,7 @@ def info(
             f"{codec.get('id')} {codec.get('arch')} M={codec.get('m')} K={codec.get('k')} d={codec.get('d')}, "
             f"trained on {codec.get('trained_on')}"
             if codec
-            else f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
+            else f"none yet: not compressed until the store holds {facts['codec_trains_at']} items "
             f"(or `semdb ingest --train-now --store {shlex.quote(facts['path'])}`)",
         ),
         *(
@@ -286,23 +305,22 @@ def info(
         ("encoded since training", codec.get("encoded_since")),
         ("drift ratio", codec.get("drift_ratio")),
         ("shift ratio", codec.get("shift_ratio")),
-        (
-            "retrain",
-            facts["retrain_advice"]
-            or (
-                f"in progress: {facts['retrain_pending']['recoded']} of {facts['retrain_pending']['items']} "
-                f"re-encoded; "
-                f"run `semdb retrain` to finish"
-                if facts["retrain_pending"]
-                else "not needed"
-            ),
-        ),
+        ("retrain", _retrain_state(facts)),
     ]
     print_columns(None, [(key, "-" if value is None else value) for key, value in rows])
 
 
 def _when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _retrain_state(facts: dict) -> str:
+    pending, sample = facts["retrain_pending"], facts["retrain_sample"]
+    if pending:
+        return f"in progress: {pending['recoded']} of {pending['items']} re-encoded; run `semdb retrain` to finish"
+    if sample:
+        return f"interrupted while training; `semdb retrain` resumes from its re-embedded sample ({sample})"
+    return facts["retrain_advice"] or "not needed"
 
 
 @app.command("export", epilog=examples("semdb export --out photos.parquet"))

@@ -20,6 +20,7 @@ from . import listing
 from .base import (
     PRETRAINED_HELP,
     STORE_HELP,
+    THREADS_HELP,
     app,
     err,
     examples,
@@ -62,9 +63,7 @@ def query(
     as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
     frames: bool = typer.Option(False, "--frames", help="Every matching video frame (default: a video's best)."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."
-    ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     nprobe: int | None = typer.Option(
         None,
         "--nprobe",
@@ -202,7 +201,7 @@ def tag(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: id,path,label,score."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ):
     """Zero-shot classification of every item: its best label and score."""
     with user_errors():

@@ -12,7 +12,7 @@ from rich.text import Text
 from ..cluster import Cluster
 from ..errors import InputError
 from ..serve.server import is_loopback, run
-from .base import PRETRAINED_HELP, STORE_HELP, app, err, examples, say, shard_list, user_errors
+from .base import PRETRAINED_HELP, STORE_HELP, THREADS_HELP, app, err, examples, say, shard_list, user_errors
 
 
 @app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))
@@ -31,7 +31,7 @@ def serve(
     allow_remote: bool = typer.Option(False, "--allow-remote", help="With --shards: allow a network --host (no key)."),
     model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
     shards: str | None = typer.Option(
         None, "--shards", help="Stores sharing one codec: GET /api/search over them on Ray Serve (docs/SCALE.md)."

@@ -1,5 +1,5 @@
 """semdb's learned codec: CLIP embedding -> a few hundred bits, searchable by ADC."""
 
-from .codec import Codec, check_embeddings
+from .codec import MAX_BITS, Codec, bits_problem, check_embeddings
 
-__all__ = ["Codec", "check_embeddings"]
+__all__ = ["MAX_BITS", "Codec", "bits_problem", "check_embeddings"]

@@ -55,6 +55,18 @@ DEFAULT_D = 2
 COARSE_MAX_BITS = 128  # default: a full-dimension k-means first slot at this budget and below
 
 QUANTIZERS = {q.name: q for q in (PcaSlotQuantizer, ResidualStageQuantizer, PaperQuantizer)}
+# The largest budget a store's codec trains for: a code of 4096 bits is already a quarter of the
+# 512-d float32 embedding it stands for.
+MAX_BITS = 4096
+
+
+def bits_problem(bits: int) -> str | None:
+    """Why `bits` is no budget a store's codec can train for, or None: the default codec needs a
+    positive multiple of its sub-code's bits, up to MAX_BITS."""
+    step = code_nbits(DEFAULT_K)
+    if bits <= 0 or bits % step or bits > MAX_BITS:
+        return f"{bits} bits per image: give a multiple of {step} from {step} to {MAX_BITS}"
+    return None
 
 
 def variant_of(config: dict) -> str:

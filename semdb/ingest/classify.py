@@ -2,7 +2,7 @@
 
 touched   same path, same content (only mtime changed)  -> refresh the item's metadata
 moved     content of an item whose file is gone          -> the item takes the new path
-duplicate content of a stored item                       -> a new item reusing its code
+duplicate content of a stored item                       -> a new item reusing its code (or staged embedding)
 copy      content met earlier in this run                -> rides along with that job
 else      new or changed content                         -> an EmbedJob
 """
@@ -40,7 +40,7 @@ def classify(
     jobs: list[EmbedJob] = []
     first_job: dict[str, int] = {}  # content hash -> position in jobs
     settled: list[SettledItem] = []
-    codes = None  # {id: code}, read once, on the first duplicate of a stored image
+    rows = StoredRows(store)
     now = time.time()
     for n, (file, h) in enumerate(zip(todo, hashes)):
         report(progress, "hashing", n + 1, len(todo))
@@ -57,10 +57,10 @@ def classify(
             settled.append(SettledItem(moved_item(gone[0], file, h, now)))
             seen.add(gone[0].path)  # one moved file claims one missing item
             summary.moved += 1
-        elif same and (codes := codes or store.codes_by_id()).get(same[0].id) is not None:
-            # a copy of a stored image: reuse its code, no CLIP needed
+        elif same and (row := rows.of(same[0].id)) is not None:
+            # a copy of a stored image: reuse its code (or staged embedding), no CLIP needed
             item = Item.new(file.path, file.size, file.mtime_ns, h, same[0].width, same[0].height, now, same[0].taken)
-            settled.append(SettledItem(item, np.array(codes[same[0].id])))
+            settled.append(SettledItem(item, **row))
             summary.duplicate += 1
         elif old is None and h in first_job:  # a copy of an image new in this run
             job = jobs[first_job[h]]
@@ -73,6 +73,32 @@ def classify(
             settled = []
     write_settled(ctx, settled)
     return jobs
+
+
+class StoredRows:
+    """What stored items are kept as: their code (with the codec of the store's set that wrote
+    it), or their staged float16 embedding. Each kind is read once, on the first copy of a stored
+    image that needs it."""
+
+    def __init__(self, store):
+        self.store = store
+        self._codes, self._staged = None, None
+
+    def of(self, item_id: int) -> dict | None:
+        """{"code": ..., "codec": ...} or {"embedding": ...} of the item (None: it has neither)."""
+        if self._codes is None:
+            self._codes = {
+                int(i): (code, codec_id)
+                for codec_id, (ids, codes) in self.store.load_code_groups().items()
+                for i, code in zip(ids.tolist(), codes)
+            }
+        if item_id in self._codes:
+            code, codec_id = self._codes[item_id]
+            return {"code": np.array(code), "codec": codec_id}
+        if self._staged is None:
+            self._staged = {int(i): x for ids, X in self.store.iter_staging() for i, x in zip(ids, X)}
+        row = self._staged.get(item_id)
+        return None if row is None else {"embedding": row}
 
 
 def moved_item(item: Item, file: FileState, h: str, now: float) -> Item:

@@ -30,11 +30,14 @@ SHIFT_FADE = 1 - 1 / 256
 
 @dataclass(frozen=True)
 class SettledItem:
-    """An item classify settled without CLIP: `code` given for a new item (a duplicate of a
-    stored image), None for a metadata update of an existing item (touched or moved)."""
+    """An item classify settled without CLIP: `code` or (in a store without a codec yet)
+    `embedding` given for a new item (a duplicate of a stored image), neither for a metadata
+    update of an existing item (touched or moved)."""
 
     item: Item
     code: np.ndarray | None = None
+    codec: str | None = None  # the codec of the store's set that wrote `code`
+    embedding: np.ndarray | None = None  # float16, staged
 
 
 def write_settled(ctx: StoreContext, settled: list[SettledItem]) -> None:
@@ -42,7 +45,10 @@ def write_settled(ctx: StoreContext, settled: list[SettledItem]) -> None:
         return
     with ctx.write() as w:  # a duplicate's code gets its IVF list here
         for s in settled:
-            w.update_item(s.item) if s.code is None else w.add_item(s.item, code=s.code)
+            if s.code is None and s.embedding is None:
+                w.update_item(s.item)
+            else:
+                w.add_item(s.item, code=s.code, embedding=s.embedding, codec=s.codec)
         fault_point("classify_txn")
 
 

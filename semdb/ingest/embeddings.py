@@ -28,7 +28,7 @@ from . import ivf_upkeep
 from .commit import commit_batch
 from .encode import codec_set
 from .records import DecodedImage, EmbeddedBatch, EmbedJob, FileState, IngestSummary, Vectors
-from .training import CodecPolicy, retrain_advice, train_if_due
+from .training import CodecPolicy, record_bits, retrain_advice, train_if_due
 
 BATCH = 4096  # embeddings per transaction
 EMBEDDING_KEYS = ("image_emb", "img_emb", "embeddings", "emb")
@@ -157,6 +157,8 @@ def add_embeddings(
     if todo and not stored:
         with store.write() as w:
             w.set_meta("model_id", model)
+    if todo:
+        record_bits(ctx, policy.bits)
     if todo and ctx.model_named:
         ctx.bind_model()  # the model named at open(): record its weights digest now
     for i in range(0, len(todo), BATCH):

@@ -18,7 +18,7 @@ from ..images import load_image
 from ..progress import Progress, report
 
 CHECK_IMAGES = 8  # real photos of the run the export is checked on (plus a synthetic one)
-EXPORT_STAGE = "exporting CLIP to ONNX (once per model)"
+EXPORT_STAGE = "exporting to ONNX"  # once per model
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ class IngestSummary:
     images_per_second: float | None = None  # of the embedding phase (run.py, EmbeddingRate); None: too short
     items: int = 0
     staged: int = 0  # items not compressed yet (the store has no codec)
+    staged_frames: int = 0  # of the staged items, video frames
     codec_trained: bool = False
     retrain_advice: str | None = None  # why `semdb retrain` should run, if it should
     image_model: str = ""  # what embedded the images: "onnx fp32", "onnx int8" or "torch" ("": none did)

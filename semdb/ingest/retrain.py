@@ -25,7 +25,7 @@ import numpy as np
 
 from ..codec import Codec
 from ..context import SET_STATS_KEY, STATS_KEY, StoreContext
-from ..errors import InputError, StoreError
+from ..errors import InputError, SemdbError, StoreError
 from ..faults import fault_point
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
@@ -72,13 +72,14 @@ def retrain(
     store = ctx.store
     if store.readonly:
         raise StoreError(f"{ctx.path} is open read-only")
+    policy = CodecPolicy(bits=bits, train_now=True)  # checks `bits` before any work
     if captions is not None:
         record_captions(ctx, captions)
     start = time.perf_counter()
     summary = RetrainSummary(items=store.count())
     old = ctx.codec
     if old is None:  # nothing is compressed yet: training on the staged embeddings is the retrain
-        if not train_if_due(ctx, CodecPolicy(bits=bits or CodecPolicy.bits, train_now=True), True, progress):
+        if not train_if_due(ctx, policy, True, progress):
             raise InputError(f"{ctx.path} holds {summary.items} image(s): a codec needs at least 2")
         summary.codec, summary.trained_on = ctx.codec.id, summary.items
         summary.seconds = round(time.perf_counter() - start, 3)
@@ -170,12 +171,17 @@ def _train_pending(ctx, engine, model, bits, sample, batch_size, summary, progre
         retrain_sample.save(ctx, embedded)
     ids = [job.file.item.id for job in jobs if job.file.item.id in embedded]  # in the sample's order
     if len(ids) < 2:
+        retrain_sample.discard(ctx)
         raise InputError(
             f"{ctx.path}: only {len(ids)} of the {len(picked)} sampled files can still be read; "
             f"a codec needs at least 2 (are the photos on an unmounted drive?)"
         )
     X = np.stack([embedded[i][1] for i in ids]).astype(np.float32)
-    new = train_codec(ctx, X, bits, progress)
+    try:
+        new = train_codec(ctx, X, bits, progress)
+    except SemdbError:  # a retrain that cannot train (not an interrupted one): nothing to resume
+        retrain_sample.discard(ctx)
+        raise
     codes = new.encode(X)
     with store.write() as w:
         w.set_pending_codec(new.to_bytes(), new.id, new.code_bytes)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..context import StoreContext
 from ..errors import InputError, StoreError
-from ..images import DEFAULT_MAX_MEGAPIXELS
+from ..images import DEFAULT_MAX_MEGAPIXELS, check_paths
 from ..progress import Progress, report
 from ..video.files import is_video_file
 from ..video.frames import Sampling
@@ -22,7 +22,7 @@ from .local import LocalEngine
 from .model import image_model
 from .records import IngestSummary, peak_rss_mb
 from .scan import scan
-from .training import CodecPolicy, adopt_codec, record_captions, retrain_advice, train_if_due
+from .training import CodecPolicy, adopt_codec, record_bits, record_captions, retrain_advice, train_if_due
 from .videos import ingest_videos
 
 
@@ -57,9 +57,12 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     """
     if ctx.store.readonly:
         raise StoreError(f"{ctx.path} is open read-only")
+    paths = list(paths)
+    check_paths(paths)  # a missing folder is named before the model loads
     start = time.perf_counter()
     summary = IngestSummary()
     policy = options.policy
+    record_bits(ctx, policy.bits)
     if not ctx.store.model_id() or options.codec is not None or ctx.model_named:
         ctx.bind_model()  # otherwise the model loads only if some file needs embedding
     if options.codec is not None:
@@ -129,11 +132,18 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     forget_settled(ctx.store)
     ivf_upkeep.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
+    summary.staged_frames = staged_frames(ctx.store) if summary.staged and ctx.store.holds_frames() else 0
     summary.retrain_advice = retrain_advice(ctx.store.meta(), summary.items)
     summary.seconds = round(time.perf_counter() - start, 3)
     summary.peak_rss_mb = peak_rss_mb()
     summary.images_per_second = rate.per_second()
     return summary
+
+
+def staged_frames(store) -> int:
+    """How many of the store's staged (uncompressed) items are video frames."""
+    ids = [int(i) for chunk, _ in store.iter_staging() for i in chunk]
+    return sum(it is not None and it.frame_ms is not None for it in store.items(ids))
 
 
 class EmbeddingRate:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codec import Codec
+from ..codec import Codec, bits_problem
 from ..context import STATS_KEY, StoreContext
 from ..errors import CodecError, InputError, StoreError, display_path
 from ..faults import fault_point
@@ -42,15 +42,21 @@ DRIFT_MIN_ITEMS = 100  # ...measured on at least this many new items (drift and 
 # baseline: about 0.8-0.9 for new photos of the training collection, 1.6-3.6 for photos half of
 # whose spread lies elsewhere (docs/notes/CODEC.md, "Photos unlike the training photos").
 SHIFT_RATIO = 1.3
+BITS_KEY = "codec_bits"  # store meta: bits per item of the codec a store without one will train
 
 
 @dataclass(frozen=True)
 class CodecPolicy:
-    bits: int = DEFAULT_BITS  # bits per item of a codec trained for a new store
+    bits: int | None = None  # bits per item of a codec trained for a new store (None: what it recorded)
     min_train: int = MIN_TRAIN
     train_at: int = TRAIN_AT
     train_now: bool = False  # train on what is staged when the ingest ends, however few
     max_codecs: int = MAX_CODECS
+
+    def __post_init__(self):
+        problem = None if self.bits is None else bits_problem(self.bits)
+        if problem:
+            raise InputError(problem)
 
     def batches_to_stage(self, staged: int, batch_size: int) -> int:
         """Batches to embed before training is due, for a store without a codec."""
@@ -77,6 +83,16 @@ def codec_stats(codec: Codec, X: np.ndarray, codes: np.ndarray) -> dict:
     return stats
 
 
+def record_bits(ctx: StoreContext, bits: int | None) -> None:
+    """Record the bits per item a store without a codec will train its codec for: `bits` when
+    given, else, in a new store, the default. Later ingests that give none train at that."""
+    recorded = ctx.store.meta().get(BITS_KEY)
+    wanted = bits or recorded or DEFAULT_BITS
+    if wanted != recorded and ctx.codec is None:
+        with ctx.store.write() as w:
+            w.set_meta(BITS_KEY, wanted)
+
+
 def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, progress: Progress | None) -> bool:
     """Train a codec of the staged photos and add it to the store's set (its first codec, or one
     for photos none of its codecs knows) if the policy says it is time."""
@@ -89,7 +105,7 @@ def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, pro
     # Train on the images in content-hash order, not arrival order: a store grown over several
     # ingests gets the very codec of one built in one go from the same images.
     order = np.argsort([it.hash if it else "" for it in ctx.store.items(ids)], kind="stable")
-    bits = ctx.codec.bits if codecs else policy.bits  # a store's codes are one width
+    bits = ctx.codec.bits if codecs else (policy.bits or ctx.store.meta().get(BITS_KEY) or DEFAULT_BITS)
     codec = train_codec(ctx, X[order], bits, progress)
     ctx.install_codec(codec, stats=lambda codes: codec_stats(codec, X, codes))
     return True

@@ -44,7 +44,7 @@ def test_info_and_ingest_say_when_the_store_will_be_compressed(photos, tmp_path,
     assert f"12 images are stored uncompressed (searched exactly) until the store holds {MIN_TRAIN}" in proc.stderr
     assert "--train-now" in proc.stderr
     info = semdb_cli("info", "--store", store).stdout
-    assert f"not compressed until the store holds {MIN_TRAIN} images" in info
+    assert f"not compressed until the store holds {MIN_TRAIN} items" in info
     facts = json.loads(semdb_cli("info", "--store", store, "--json").stdout)
     assert facts["compressed"] is False and facts["staging"] == 12
     summary = json.loads(semdb_cli("ingest", photos, "--store", store, "--train-now", "--json").stdout)
