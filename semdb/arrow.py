@@ -17,6 +17,8 @@ One row per item (docs/INTERFACES.md#parquet-export):
                                     optional on import (exports of older semdb have none)
     frame_ms    int64, nullable     a video frame's time in its video (null: a photo); optional
     duration_ms int64, nullable     that video's duration; optional
+    document    string, nullable    the item's document as JSON {"id", "page_content", "metadata"}
+                                    (an item added through semdb.langchain); optional
 
 The schema metadata key b"semdb" holds JSON: format, codec_id, code_bytes, model_id and, in
 exports, the codec itself (base64) so that a new store can be built from the file alone.
@@ -52,9 +54,10 @@ _COLUMNS = (
     "taken",
     "frame_ms",
     "duration_ms",
+    "document",
 )
-_OPTIONAL = {"path_bytes", "taken", "frame_ms", "duration_ms"}  # may be null
-_LATER = {"taken", "frame_ms", "duration_ms"}  # may be missing altogether (exports of older semdb)
+_OPTIONAL = {"path_bytes", "taken", "frame_ms", "duration_ms", "document"}  # may be null
+_LATER = {"taken", "frame_ms", "duration_ms", "document"}  # may be missing altogether (exports of older semdb)
 
 
 def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
@@ -73,6 +76,7 @@ def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
         pa.field("taken", pa.timestamp("us", tz="UTC")),
         pa.field("frame_ms", pa.int64()),
         pa.field("duration_ms", pa.int64()),
+        pa.field("document", pa.string()),
     ]
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()} if meta else None)
 
@@ -127,8 +131,9 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
     )
 
 
-def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.RecordBatch:
-    """Items and their codes (uint8 (n, code_bytes)) as one record batch of the export schema."""
+def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int, documents=None) -> pa.RecordBatch:
+    """Items and their codes (uint8 (n, code_bytes)) as one record batch of the export schema;
+    `documents`: each item's document JSON (None: it has none)."""
     paths = [it.path for it in items]
     exact = [os.fsencode(p) for p in paths]
     shown = [b.decode("utf-8", "replace") for b in exact]
@@ -148,6 +153,7 @@ def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.Record
         _seconds([it.taken for it in items]),
         pa.array([it.frame_ms for it in items], pa.int64()),
         pa.array([it.duration_ms for it in items], pa.int64()),
+        pa.array(documents if documents is not None else [None] * len(items), pa.string()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema(code_bytes))
 
@@ -196,6 +202,13 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
             ),
             codes[i],
         )
+
+
+def documents_of(batch: pa.RecordBatch | pa.Table) -> list[str | None]:
+    """Each row's document JSON (None: none, or an export without the column)."""
+    if "document" not in batch.schema.names:
+        return [None] * batch.num_rows
+    return batch.column("document").cast(pa.string()).to_pylist()
 
 
 def _ints(col) -> np.ndarray:

@@ -20,7 +20,7 @@ from .context import StoreContext
 from .errors import CodecError, InputError, StoreError, display_path
 from .faults import fault_point
 from .progress import Progress, report
-from .store import Item
+from .store import Item, documents
 
 IMPORT_BATCH = 4096  # rows per import transaction
 
@@ -46,7 +46,9 @@ def export_batches(ctx: StoreContext, batch_size: int = 65536):
         pos = np.minimum(np.searchsorted(sorted_ids, want), max(len(sorted_ids) - 1, 0))
         coded = sorted_ids[pos] == want if len(sorted_ids) else np.zeros(len(want), bool)
         # an item without a code in the snapshot was added after it: left out
-        return arrow.to_batch([it for it, ok in zip(items, coded) if ok], codes[order[pos[coded]]], codec.code_bytes)
+        kept = [it for it, ok in zip(items, coded) if ok]
+        docs = [None if d is None else documents.to_json(d) for d in ctx.store.documents([it.id for it in kept])]
+        return arrow.to_batch(kept, codes[order[pos[coded]]], codec.code_bytes, docs)
 
     def batches():
         chunk = []
@@ -180,12 +182,17 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
     total, done = sum(n for _, n in sources), 0
     for batches, _ in sources:
         for batch in batches:
+            docs = [None if d is None else documents.from_json(d) for d in arrow.documents_of(batch)]
+            records = [None if d is None else documents.pack(d) for d in docs]
+            known = ctx.store.document_ids() if any(docs) else {}
             with ctx.write() as w:  # new codes get their IVF lists in this transaction
-                for item, code in arrow.to_items(batch, code_bytes):
+                for (item, code), doc, record in zip(arrow.to_items(batch, code_bytes), docs, records):
                     old = w.item_at(item.path, item.frame_ms)
                     if old is None:  # keeps its id if that is free: above every id this store used
-                        w.add_item(item, code=code, keep_id=True)
+                        item_id = w.add_item(item, code=code, keep_id=True)
                         counts["added"] += 1
+                        if record is not None:
+                            _set_document(w, known, doc.id, item_id, record)
                     elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == (
                         item.size,
                         item.mtime_ns,
@@ -213,7 +220,19 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
                         )
                         w.set_code(old.id, code)
                         counts["updated"] += 1
+                        if record is not None:
+                            _set_document(w, known, doc.id, old.id, record)
                 fault_point("import_txn")
             done += batch.num_rows
             report(progress, "importing", done, total)
     return {**counts, "items": ctx.store.count(), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _set_document(w, known: dict, doc_id: str, item_id: int, record: bytes) -> None:
+    """An imported item's document; InputError (the batch is not written) when another item of
+    the store has its id (`known`: document id -> item id, kept up to date here)."""
+    other = known.get(doc_id)
+    if other is not None and other != item_id:
+        raise InputError(f"document {doc_id!r} is already item {other} of {w.path}: import into another store")
+    known[doc_id] = item_id
+    w.set_document(item_id, record)

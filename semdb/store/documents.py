@@ -71,6 +71,20 @@ def unpack(raw) -> Document:
         raise CorruptValue(f"bad document record {doc_id!r} ({e})") from None
 
 
+def to_json(doc: Document) -> str:
+    """A document as the JSON text of an export's `document` column."""
+    return json.dumps({"id": doc.id, "page_content": doc.page_content, "metadata": doc.metadata}, ensure_ascii=False)
+
+
+def from_json(text: str) -> Document:
+    """An export's `document` column value as a Document; InputError if it is not one."""
+    try:
+        d = json.loads(text)
+        return Document(d["id"], d["page_content"], d["metadata"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"bad document column value {text[:80]!r} ({e})") from None
+
+
 def read(view, ids) -> list[Document | None]:
     """The documents of items `ids` (None: the item has none)."""
     db = view.dbs.get("docs")
