@@ -114,7 +114,10 @@ def test_images_by_the_store_clip_model(tmp_path, photos, tiny_model):
     (hit,) = store.similarity_search_by_vector(emb.embed_image([files[2]])[0], k=1)
     assert hit == Document(id=ids[2], page_content=files[2], metadata={"name": Path(files[2]).stem})
     assert len(store.as_retriever(search_kwargs={"k": 3}).invoke("a cat")) == 3  # text finds images
-    assert store.db.ingest([photos])["unchanged"] == len(files)  # the items are the files'
+    store.add_texts(["a note without a file"], ids=["note"])
+    summary = store.db.ingest([photos], prune=True)
+    assert summary["unchanged"] == len(files) and not summary.get("pruned")  # the items are the files'
+    assert store.get_by_ids(["note"])[0].page_content == "a note without a file"  # kept by prune
     store.close()
 
 
@@ -165,3 +168,18 @@ def test_shopsphere_text_to_image_recall_equals_search_vectors(tmp_path):
     print(f"ShopSphere text->image R@1: retriever {via_retriever:.4f}, search_vectors {via_search:.4f}")
     assert via_retriever == via_search and via_retriever > 0.2
     store.close()
+
+
+def test_example_retrieves_photos_with_their_metadata(photos, tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "langchain_rag.py"
+    command = [sys.executable, example, photos, "a cat", "--store", tmp_path / "rag", "--model", tiny_model, "-k", "2"]
+    for _ in range(2):  # the second run adds nothing twice
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    hits = [line for line in proc.stdout.splitlines() if line.startswith(str(photos))]
+    assert len(hits) == 2 and all("'taken':" in line for line in hits) and "Photos that answer 'a cat'" in proc.stdout
+    with semdb.open(tmp_path / "rag") as db:
+        assert db.count() == len(list(photos.iterdir())) and db.store.verify() == []
