@@ -36,11 +36,13 @@ def add_documents(
     embeddings,
     model_id: dict,
     policy: CodecPolicy = CodecPolicy(),  # noqa: B008  (frozen: one shared default is safe)
+    known: dict[str, int] | None = None,
 ) -> list[int]:
     """Store documents (each with its image file, or None) and their embeddings (n, D) in one
     transaction; returns their item ids. A document whose id is stored replaces that one (same
     item id). `model_id` ({name, pretrained, digest, dim}) names what made the embeddings: a
-    store holds one model's. InputError, before anything is written, for what cannot be stored."""
+    store holds one model's. `known`: the store's {document id: item id} when the caller keeps
+    it (else read here). InputError, before anything is written, for what cannot be stored."""
     store = ctx.store
     if store.readonly:
         raise StoreError(f"{ctx.path} is open read-only")
@@ -55,7 +57,7 @@ def add_documents(
         raise InputError("the same image file is given twice in one call: one document per file")
     stored = stored_rows(Vectors(embeddings=X), ctx.codec)
     kind, rows = ("code", stored.codes) if stored.codes is not None else ("embedding", stored.embeddings)
-    by_id = store.document_ids()
+    by_id = store.document_ids() if known is None else known
     ids = []
     with ctx.write() as w:  # new codes get their IVF lists in this transaction
         if not store.model_id():

@@ -112,7 +112,12 @@ class SemdbVectorStore(VectorStore):
         docs = [(StoredDocument(i, text, dict(m or {})), f) for (text, _), m, i, f in zip(pairs, metadatas, ids, files)]
         X = np.asarray([v for _, v in pairs], np.float32)
         with self._lock:
-            add_documents(self.db._ctx, docs, X, self._model_id(), self.policy)
+            known, first_new = self._item_ids(), self.db.store.meta().get("next_id")
+            items = add_documents(self.db._ctx, docs, X, self._model_id(), self.policy, known)
+            moved = {d: i for d, i in zip(ids, items) if known.get(d) != i}
+            known.update(moved)
+            # a stored file's item given a new document id may have had another: read the map again
+            self._carry_ids(None if any(i < first_new for i in moved.values()) else known)
         return ids
 
     def _model_id(self) -> dict:
@@ -123,10 +128,16 @@ class SemdbVectorStore(VectorStore):
 
     # --- read, delete ------------------------------------------------------------------------
     def _item_ids(self) -> dict[str, int]:
+        """{document id: item id}, read once and then kept up to date by this store's own writes."""
         generation = self.db.store.meta().get("generation")
         if self._ids is None or self._ids[0] != generation:
             self._ids = (generation, self.db.store.document_ids())
         return self._ids[1]
+
+    def _carry_ids(self, known: dict[str, int] | None) -> None:
+        """`known` is the map after this store's own write (None: read it again next time). This
+        process holds the store's one writer: only its own writes change the map."""
+        self._ids = None if known is None else (self.db.store.meta().get("generation"), known)
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The stored documents with these ids, in that order; unknown ids are left out."""
@@ -145,6 +156,9 @@ class SemdbVectorStore(VectorStore):
             items = sorted({known[i] for i in ids if i in known})
             if items:
                 self.db.rm(items)
+                for doc_id in ids:
+                    known.pop(doc_id, None)
+                self._carry_ids(known)
         return True
 
     def _document(self, item_id: int, doc: StoredDocument | None) -> Document:

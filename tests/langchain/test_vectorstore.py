@@ -114,6 +114,8 @@ def test_images_by_the_store_clip_model(tmp_path, photos, tiny_model):
     (hit,) = store.similarity_search_by_vector(emb.embed_image([files[2]])[0], k=1)
     assert hit == Document(id=ids[2], page_content=files[2], metadata={"name": Path(files[2]).stem})
     assert len(store.as_retriever(search_kwargs={"k": 3}).invoke("a cat")) == 3  # text finds images
+    store.add_images(files[:1], ids=["renamed"])  # the file's item, under another document id
+    assert [d.id for d in store.get_by_ids([ids[0], "renamed"])] == ["renamed"] and store.db.count() == len(files)
     store.add_texts(["a note without a file"], ids=["note"])
     summary = store.db.ingest([photos], prune=True)
     assert summary["unchanged"] == len(files) and not summary.get("pruned")  # the items are the files'
