@@ -185,3 +185,17 @@ def test_example_retrieves_photos_with_their_metadata(photos, tmp_path, tiny_mod
     assert len(hits) == 2 and all("'taken':" in line for line in hits) and "Photos that answer 'a cat'" in proc.stdout
     with semdb.open(tmp_path / "rag") as db:
         assert db.count() == len(list(photos.iterdir())) and db.store.verify() == []
+
+
+def test_from_texts_and_every_retriever_search_type(tmp_path):
+    store = SemdbVectorStore.from_texts(
+        ["alpha", "beta", "gamma"], DeterministicFakeEmbedding(size=16), [{"g": 1}, {"g": 2}, {"g": 1}], path=tmp_path
+    )
+    assert [d.page_content for d in store.as_retriever(search_kwargs={"k": 1}).invoke("beta")] == ["beta"]
+    mmr = store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 3, "filter": {"g": 1}})
+    assert sorted(d.page_content for d in mmr.invoke("alpha")) == ["alpha", "gamma"]
+    threshold = store.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.99})
+    assert [d.page_content for d in threshold.invoke("gamma")] == ["gamma"]
+    with pytest.raises(ValueError):
+        store.delete()
+    store.close()
