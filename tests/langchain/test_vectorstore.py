@@ -141,6 +141,7 @@ def test_export_and_import_carry_documents(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_shopsphere_text_to_image_recall_equals_search_vectors(tmp_path):
     if not SHOPSPHERE.exists():
         pytest.skip("ShopSphere pairs not present")
@@ -172,6 +173,7 @@ def test_shopsphere_text_to_image_recall_equals_search_vectors(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_example_retrieves_photos_with_their_metadata(photos, tmp_path, tiny_model):
     import subprocess
     import sys
