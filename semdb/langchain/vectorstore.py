@@ -7,14 +7,15 @@
         object--> query vector --Database.search_vectors (the store's own filters)--> hits
         --their documents, the metadata filter--> LangChain Documents
 
-Every call holds one lock: LangChain's async methods run these in threads, and a semdb store
-has one writer (and a Store is not thread-safe).
+Every call holds the Database's lock (shared by every vector store over it): LangChain's async
+methods run these in threads, and a semdb store has one writer (and a Store is not thread-safe).
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,6 +34,13 @@ from .embeddings import SemdbClipEmbeddings
 
 STORE_FILTERS = ("under", "after", "before")  # filter keys the store answers; others: metadata equality
 FETCH_GROWTH = 4  # a metadata filter fetches this many hits per one asked for, then this many times more
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Database -> the lock its vector stores share
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(db: Database) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(db, threading.RLock())
 
 
 class SemdbVectorStore(VectorStore):
@@ -54,7 +62,7 @@ class SemdbVectorStore(VectorStore):
         self.db = db if isinstance(db, Database) else Database(db, model=model)
         self.embedding = embedding if embedding is not None else SemdbClipEmbeddings(db=self.db)
         self.policy = policy or CodecPolicy()
-        self._lock = threading.RLock()
+        self._lock = _lock_of(self.db)  # vector stores over one Database share it
         self._ids: tuple | None = None  # (store generation, {document id: item id})
 
     @property
