@@ -1,7 +1,7 @@
 """`SemdbVectorStore`: a semdb store as a LangChain `VectorStore`, a thin layer over `Database`.
 
     add_texts / add_documents / add_images / add_embeddings --the Embeddings object-->
-        vectors --semdb.ingest.documents.add_documents: one transaction per call--> items (codes,
+        vectors --Database.add_documents: one transaction per call--> items (codes,
         or staged until the store trains its codec) + their documents (store/documents.py)
     similarity_search* / max_marginal_relevance_search* / as_retriever() --the Embeddings
         object--> query vector --Database.search_vectors (the store's own filters)--> hits
@@ -27,7 +27,6 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from ..api import Database
 from ..ingest import CodecPolicy
-from ..ingest.documents import add_documents
 from ..search.request import MAX_K
 from ..store.documents import Document as StoredDocument
 from .embeddings import SemdbClipEmbeddings
@@ -121,7 +120,7 @@ class SemdbVectorStore(VectorStore):
         X = np.asarray([v for _, v in pairs], np.float32)
         with self._lock:
             known, first_new = self._item_ids(), self.db.store.meta().get("next_id")
-            items = add_documents(self.db._ctx, docs, X, self._model_id(), self.policy, known)
+            items = self.db.add_documents(docs, X, self._model_id(), self.policy, known)
             moved = {d: i for d, i in zip(ids, items) if known.get(d) != i}
             known.update(moved)
             # a stored file's item given a new document id may have had another: read the map again
