@@ -24,6 +24,7 @@ from .images import DEFAULT_MAX_MEGAPIXELS
 from .info import describe
 from .ingest import CodecPolicy, IngestOptions
 from .ingest import ingest as run_ingest
+from .ingest.documents import add_documents
 from .ingest.embeddings import add_embeddings, read_embeddings, validated
 from .ingest.retrain import RETRAIN_SAMPLE
 from .ingest.retrain import retrain as run_retrain
@@ -224,6 +225,12 @@ class Database:
         return add_embeddings(
             self._ctx, data, model_id, policy or CodecPolicy(bits=bits, train_now=train_now), progress
         ).to_dict()
+
+    def add_documents(self, documents, embeddings, model_id: dict, policy: CodecPolicy | None = None, known=None):
+        """Store documents ((semdb.store.documents.Document, image file or None) pairs) and their
+        embeddings (n, D), made by the model `model_id` names, in one transaction; returns their
+        item ids. What semdb.langchain writes through: see semdb/ingest/documents.py."""
+        return add_documents(self._ctx, list(documents), embeddings, model_id, policy or CodecPolicy(), known)
 
     def retrain(
         self,

@@ -21,6 +21,8 @@ One row per item (docs/CLI.md#export-and-import):
                                     store's first, codec_id below); optional
     embedding   binary, nullable    float16 embedding of a photo waiting for a codec of its own
                                     (its code is then zeros); optional
+    document    string, nullable    the item's document as JSON {"id", "page_content", "metadata"}
+                                    (an item added through semdb.langchain); optional
 
 The schema metadata key b"semdb" holds JSON: format, codec_id, code_bytes, model_id and, in
 exports, the codec itself (base64) so that a new store can be built from the file alone, and
@@ -59,9 +61,10 @@ _COLUMNS = (
     "duration_ms",
     "codec",
     "embedding",
+    "document",
 )
-_OPTIONAL = {"path_bytes", "taken", "frame_ms", "duration_ms", "codec", "embedding"}  # may be null
-_LATER = {"taken", "frame_ms", "duration_ms", "codec", "embedding"}  # may be missing (exports of older semdb)
+_OPTIONAL = {"path_bytes", "taken", "frame_ms", "duration_ms", "codec", "embedding", "document"}  # may be null
+_LATER = {"taken", "frame_ms", "duration_ms", "codec", "embedding", "document"}  # may be missing (older exports)
 
 
 def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
@@ -82,6 +85,7 @@ def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
         pa.field("duration_ms", pa.int64()),
         pa.field("codec", pa.string()),
         pa.field("embedding", pa.binary()),
+        pa.field("document", pa.string()),
     ]
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()} if meta else None)
 
@@ -143,11 +147,17 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
 
 
 def to_batch(
-    items: list[Item], codes: np.ndarray, code_bytes: int, codec_ids: list | None = None, embeddings: list | None = None
+    items: list[Item],
+    codes: np.ndarray,
+    code_bytes: int,
+    codec_ids: list | None = None,
+    embeddings: list | None = None,
+    documents: list | None = None,
 ) -> pa.RecordBatch:
     """Items and their codes (uint8 (n, code_bytes)) as one record batch of the export schema;
     `codec_ids`: each code's codec (None: the first); `embeddings`: float16 bytes of the items
-    that wait staged (None for coded ones)."""
+    that wait staged (None for coded ones); `documents`: each item's document JSON (None: it
+    has none)."""
     paths = [it.path for it in items]
     exact = [os.fsencode(p) for p in paths]
     shown = [b.decode("utf-8", "replace") for b in exact]
@@ -169,6 +179,7 @@ def to_batch(
         pa.array([it.duration_ms for it in items], pa.int64()),
         pa.array(codec_ids or [None] * len(items), pa.string()),
         pa.array(embeddings or [None] * len(items), pa.binary()),
+        pa.array(documents if documents is not None else [None] * len(items), pa.string()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema(code_bytes))
 
@@ -221,6 +232,13 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
             if embeddings[i] is None
             else {"embedding": np.frombuffer(embeddings[i], np.float16)},
         )
+
+
+def documents_of(batch: pa.RecordBatch | pa.Table) -> list[str | None]:
+    """Each row's document JSON (None: none, or an export without the column)."""
+    if "document" not in batch.schema.names:
+        return [None] * batch.num_rows
+    return batch.column("document").cast(pa.string()).to_pylist()
 
 
 def _ints(col) -> np.ndarray:

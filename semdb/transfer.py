@@ -20,7 +20,7 @@ from .context import StoreContext
 from .errors import CodecError, InputError, StoreError, display_path
 from .faults import fault_point
 from .progress import Progress, report
-from .store import Item
+from .store import Item, documents
 
 IMPORT_BATCH = 4096  # rows per import transaction
 
@@ -54,12 +54,14 @@ def export_batches(ctx: StoreContext, batch_size: int = 65536):
         # an item with neither a code nor a staged row in the snapshot was added after it: left out
         kept = [k for k, (it, ok) in enumerate(zip(items, coded)) if ok or it.id in staged]
         rows = order[pos[kept]]
+        docs = [None if d is None else documents.to_json(d) for d in ctx.store.documents([items[k].id for k in kept])]
         return arrow.to_batch(
             [items[k] for k in kept],
             np.where(coded[kept][:, None], codes[rows], 0),
             codec.code_bytes,
             [names[of[r]] if coded[k] else None for k, r in zip(kept, rows)],
             [None if coded[k] else staged[items[k].id] for k in kept],
+            docs,
         )
 
     def batches():
@@ -217,12 +219,17 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
     total, done = sum(n for _, n in sources), 0
     for batches, _ in sources:
         for batch in batches:
+            docs = [None if d is None else documents.from_json(d) for d in arrow.documents_of(batch)]
+            records = [None if d is None else documents.pack(d) for d in docs]
+            known = ctx.store.document_ids() if any(docs) else {}
             with ctx.write() as w:  # new codes get their IVF lists in this transaction
-                for item, vector in arrow.to_items(batch, code_bytes):
+                for (item, vector), doc, record in zip(arrow.to_items(batch, code_bytes), docs, records):
                     old = w.item_at(item.path, item.frame_ms)
                     if old is None:  # keeps its id if that is free: above every id this store used
-                        w.add_item(item, keep_id=True, **vector)
+                        item_id = w.add_item(item, keep_id=True, **vector)
                         counts["added"] += 1
+                        if record is not None:
+                            _set_document(w, known, doc.id, item_id, record)
                     elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == (
                         item.size,
                         item.mtime_ns,
@@ -253,7 +260,19 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
                         else:
                             w.set_embedding(old.id, vector["embedding"])
                         counts["updated"] += 1
+                        if record is not None:
+                            _set_document(w, known, doc.id, old.id, record)
                 fault_point("import_txn")
             done += batch.num_rows
             report(progress, "importing", done, total)
     return {**counts, "items": ctx.store.count(), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _set_document(w, known: dict, doc_id: str, item_id: int, record: bytes) -> None:
+    """An imported item's document; InputError (the batch is not written) when another item of
+    the store has its id (`known`: document id -> item id, kept up to date here)."""
+    other = known.get(doc_id)
+    if other is not None and other != item_id:
+        raise InputError(f"document {doc_id!r} is already item {other} of {w.path}: import into another store")
+    known[doc_id] = item_id
+    w.set_document(item_id, record)

@@ -19,6 +19,7 @@ from ..errors import ImageError
 from ..faults import fault_point
 from ..images import date_taken
 from ..store import Item, Store
+from ..store.documents import PATHLESS
 from .encode import CodecSet
 from .failures import remember
 from .records import EmbeddedBatch, IngestSummary, Vectors
@@ -179,7 +180,11 @@ def count_drift(w, stored: Vectors) -> None:
 
 def prune_missing(store: Store, seen: set[str], prune: bool, summary: IngestSummary) -> None:
     """Items whose files are gone: removed (one transaction) with `prune`, else counted."""
-    gone = [it.id for it in store.iter_items() if it.path not in seen and not os.path.lexists(it.path)]
+    gone = [
+        it.id
+        for it in store.iter_items()
+        if it.path not in seen and not it.path.startswith(PATHLESS) and not os.path.lexists(it.path)
+    ]  # a document without a file (PATHLESS) never had one
     if prune and gone:
         remove(store, gone, fault="prune_txn")
         summary.pruned = len(gone)

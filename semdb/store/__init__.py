@@ -13,6 +13,7 @@ lists); it never runs the codec. docs/notes/STORE-FORMAT.md describes the on-dis
     code_segments  the code segments a batch writes; reports each one it writes or deletes
     ivf_rows       the IVF list rows: react to the code segments written; load, verify
     recoding       a retrain's pending codec and recode rows, and the switch
+    documents      documents kept beside items (a LangChain store's id, text, metadata)
     verify         Store.verify's checks
 """
 

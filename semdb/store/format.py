@@ -16,9 +16,9 @@ from ..errors import InputError
 from . import segments
 
 SCHEMA_VERSION = 2  # 2: columnar item segments; 1: items/paths/hashes/code_loc (migrated on open)
-DBS = ("meta", "codec", "itemsegs", "codes", "staging", "recode", "ivf")
+DBS = ("meta", "codec", "itemsegs", "codes", "staging", "recode", "ivf", "docs")
 V1_DBS = ("items", "paths", "hashes", "code_loc")  # schema 1's item databases: dropped by the migration
-LATER_DBS = {"recode", "ivf"}  # added after schema 1 was released: created on the first writable open
+LATER_DBS = {"recode", "ivf", "docs"}  # added after schema 1 was released: created on the first writable open
 MAX_DBS = len(DBS) + len(V1_DBS) + 2
 MANAGED_META = {
     "schema",

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import StoreError
-from . import recoding, segments, verify
+from . import documents, recoding, segments, verify
 from .format import CorruptValue, Item, codec_key, codec_slots, decode_item_segment, int_key, items_of, key_int
 from .ivf_rows import AssignLists, load_lists
 from .opening import (
@@ -247,6 +247,16 @@ class Store:
         """Ids (uint64, ascending) that already have a code under the pending codec."""
         with self._read() as v:
             return recoding.recoded_ids(v)
+
+    def documents(self, ids: Iterable[int]) -> list[documents.Document | None]:
+        """The documents kept beside items `ids` (None: the item has none), one snapshot."""
+        with self._read() as v:
+            return documents.read(v, [int(i) for i in ids])
+
+    def document_ids(self) -> dict[str, int]:
+        """{document id: item id} of every stored document, one snapshot."""
+        with self._read() as v:
+            return documents.id_map(v)
 
     # -- staging, codes, IVF ------------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 The invariant checked: every item has exactly one of a code or a staging row; item segments
 decode, their ids lie in [key, next key) and below next_id, no (path, frame time) is stored twice; code
 segments decode, have the store's code width and numbers below next_segment, and no item has
-two codes; staging, recode and IVF rows exist only for what they describe (recoding.py,
-ivf_rows.py).
+two codes; staging, recode, IVF and document rows exist only for what they describe (recoding.py,
+ivf_rows.py, documents.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from . import segments
+from .documents import verify_documents
 from .format import (
     MAX_HASH_BYTES,
     CorruptValue,
@@ -63,6 +64,7 @@ def check_databases(view) -> list[str]:
     problems += [f"code for missing item {i}" for i in sorted(set(coded) - items)]
     problems += [f"staging row for missing item {i}" for i in sorted(staged - items)]
     problems += verify_recodes(view, meta, items)
+    problems += verify_documents(view, items)
     if view.dbs["ivf"] is not None:
         problems += verify_rows(view, meta)
     if coded and view.get(b"codec", "codec") is None:

@@ -137,6 +137,11 @@ class Writer(ReplayingBatch):
         share); InputError, before anything changes, if one is not stored."""
         self._run(self._delete, tuple(dict.fromkeys(int(i) for i in ids)))
 
+    def set_document(self, id: int, record: bytes) -> None:
+        """Keep a document record (documents.pack) beside item `id`, replacing its earlier one;
+        it goes when the item does."""
+        self._run(self._set_document, int(id), bytes(record))
+
     def set_meta(self, key: str, value) -> None:
         if key in MANAGED_META:
             raise InputError(f"meta key {key!r} is managed by the store")
@@ -336,7 +341,12 @@ class Writer(ReplayingBatch):
             ix.paths.remove(segments.path_key(fs_bytes(item.path)), item.id)
             ix.hashes.remove(segments.hash_key(item.hash), item.id)
             self._rows[item.id] = None
+            self.txn.delete(int_key(item.id), db=self.dbs["docs"])  # its document, if it has one
         self._detach_vectors(ids)
+
+    def _set_document(self, id_: int, record: bytes) -> None:
+        self._require(id_)
+        self.txn.put(int_key(id_), record, db=self.dbs["docs"])
 
     def _set_codec(self, codec: bytes, codec_id: str, code_bytes: int) -> None:
         self.txn.put(b"codec", codec, db=self.dbs["codec"])
