@@ -18,6 +18,8 @@ the record goes unchanged to Database.search.
                                 -> {"items": [...], "total": N} (Database.ls and .count)
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
+    GET  /api/status            {generation, items, watching, indexing, pending, ...}: polled by
+                                the page (static/watch.js) to show indexing and new photos
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
     GET  /video/{id}            a video frame's video file as stored, with HTTP byte ranges (206)
@@ -219,11 +221,14 @@ class Service:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, access: Access | None = None):
+def create_app(
+    db, *, instance: str = "", allowed_hosts=None, lifespan=None, access: Access | None = None, watcher=None
+):
     """The ASGI app over an open (read-only) Database. `allowed_hosts`: Host header names
     accepted (DNS-rebinding guard for a loopback server); None accepts any. `lifespan`: an
     async context manager factory run around serving (server.py writes serve.json in it).
-    `access`: the key every request must carry (auth.py); None serves without one."""
+    `access`: the key every request must carry (auth.py); None serves without one.
+    `watcher`: the semdb.watch.Watcher keeping the store current, whose status /api/status adds."""
     service = Service(db)
 
     def guarded(fn):
@@ -286,6 +291,13 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
     def info(request: Request):
         return JSONResponse(service.info())
 
+    def status(request: Request):
+        watching = watcher.status.to_dict() if watcher else {}
+        indexing = watching.get("state") in ("scanning", "indexing")
+        with service.lock:
+            facts = {"generation": db.store.meta().get("generation"), "items": db.store.count()}
+        return JSONResponse({**facts, "watching": watcher is not None, "indexing": indexing, "pending": 0, **watching})
+
     def thumb(request: Request):
         only(request.query_params, ("size",))
         size = int_param(request.query_params, "size", DEFAULT_THUMB, *THUMB_SIZES)
@@ -328,6 +340,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         Route("/api/items", guarded(items)),
         Route("/api/item/{id}", guarded(item)),
         Route("/api/info", guarded(info)),
+        Route("/api/status", guarded(status)),
         Route("/thumb/{id}", guarded(thumb)),
         Route("/image/{id}", guarded(image)),
         Route("/video/{id}", guarded(video)),

@@ -14,12 +14,15 @@ import os
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import InputError
 from . import auth, client
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+STOP_WAIT = 30  # seconds a stopping server waits for the watcher's batch
 
 
 def is_loopback(host: str) -> bool:
@@ -118,10 +121,14 @@ def run(
     pretrained: str | None = None,
     threads: int | None = None,
     access_log: bool = False,
+    watch=None,
+    watch_options=None,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> None:
     """Serve the store until interrupted (SIGINT/SIGTERM). Beyond loopback (or if `require_key`
-    or `new_key`) every request must carry the store's access key; `new_key` replaces it."""
+    or `new_key`) every request must carry the store's access key; `new_key` replaces it.
+    `watch`: folders a background thread keeps the store current with (semdb/watch.py), with
+    `watch_options` (a WatchOptions)."""
     check_tls(tls_cert, tls_key)
     remote, tls = not is_loopback(host), tls_cert is not None
     import uvicorn  # noqa: PLC0415 - the server's libraries: only `semdb serve` loads them
@@ -129,13 +136,32 @@ def run(
     from ..api import Database  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
     from .app import create_app  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
+    watcher = None
+    if watch:
+        from ..store import default_store_path  # noqa: PLC0415 - kept lazy, as the imports above
+        from ..watch import Watcher, WatchOptions  # noqa: PLC0415 - kept lazy, as the imports above
+
+        refuse_if_served(Path(os.path.abspath(os.path.expanduser(store or default_store_path()))))
+        watcher = Watcher(store, watch, watch_options or WatchOptions(), model=model, pretrained=pretrained,
+                          threads=threads, say=say)  # fmt: skip
+        watcher.open()  # first: creates a new store, and the server shares its environment and model
     # The store before the port: a missing store is named as such, and a store has one server.
-    db = Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads)
+    try:
+        db = Database(
+            store, model=model, pretrained=pretrained, readonly=True, threads=threads,
+            embedder=watcher.embedder if watcher else None,
+        )  # fmt: skip
+    except BaseException:
+        if watcher:
+            watcher.close()
+        raise
     try:
         refuse_if_served(db.path)
         sock = bind(host, port)
     except BaseException:
         db.close()
+        if watcher:
+            watcher.close()
         raise
     try:
         with db:
@@ -178,8 +204,15 @@ def run(
                 finally:
                     client.remove_beacon(db.path, instance)
 
-            app = create_app(db, instance=instance, allowed_hosts=allowed, lifespan=lifespan, access=access)
+            app = create_app(
+                db, instance=instance, allowed_hosts=allowed, lifespan=lifespan, access=access, watcher=watcher
+            )
             app.state.service.warm()
+            stop = threading.Event()
+            if watcher:
+                thread = threading.Thread(target=watcher.run, args=(stop,), name="semdb-watch", daemon=True)
+                thread.start()
+                say(f"watching {', '.join(str(f) for f in watcher.folders)} (new photos are indexed as they arrive)")
             config = uvicorn.Config(
                 app,
                 log_level="warning",
@@ -197,6 +230,11 @@ def run(
                 pass
             finally:
                 client.remove_beacon(db.path, instance)
+                stop.set()  # the watcher ends its batch (commits it or abandons it whole)
+                if watcher:
+                    thread.join(STOP_WAIT)
                 app.state.service.close()
     finally:
         sock.close()
+        if watcher:
+            watcher.close()
