@@ -293,7 +293,7 @@ def create_app(
 
     def status(request: Request):
         watching = watcher.status.to_dict() if watcher else {}
-        indexing = watching.get("state") in ("scanning", "indexing")
+        indexing = watching.get("state") in ("scanning", "indexing") or watching.get("pending", 0) > 0
         with service.lock:
             facts = {"generation": db.store.meta().get("generation"), "items": db.store.count()}
         return JSONResponse({**facts, "watching": watcher is not None, "indexing": indexing, "pending": 0, **watching})
