@@ -37,6 +37,7 @@ import os
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -236,6 +237,7 @@ def create_app(
 
         async def endpoint(request: Request):
             try:
+                _check_utf8(request)
                 return await run_in_threadpool(fn, request)
             except ApiError as e:
                 return _error(e.status, e.message)
@@ -257,6 +259,7 @@ def create_app(
 
     async def search_post(request: Request):
         try:  # the parameters are checked before the upload is read
+            _check_utf8(request)
             options = search_options(request.query_params, SEARCH_PARAMS)
             data = await _upload(request)
         except ApiError as e:
@@ -399,6 +402,15 @@ def _host_name(header: str) -> str:
     if header.startswith("["):  # [::1]:8765
         return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _check_utf8(request: Request) -> None:
+    """400 for a query string whose %-escapes are not UTF-8: Starlette would replace the bytes
+    with U+FFFD and answer another question than the one asked."""
+    try:
+        urllib.parse.parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the query string is not UTF-8") from None
 
 
 async def _upload(request: Request) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import socket
 import ssl
@@ -22,7 +23,58 @@ from ..errors import InputError
 from . import auth, client
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+HEADER_TIMEOUT = 20  # seconds a client has to send a request's line and headers
+MAX_HEAD = 64 << 10  # bytes of a request's line and headers (browsers send a few KB)
 STOP_WAIT = 30  # seconds a stopping server waits for the watcher's batch
+
+
+def bounded_heads(protocol: type) -> type:
+    """uvicorn's HTTP `protocol` (which reads a request's line and headers for as long and as
+    far as the client likes) with bounds: a request head longer than MAX_HEAD bytes gets 431,
+    and HEADER_TIMEOUT seconds after connecting, a connection that began a request without
+    finishing its head gets 408 (one that sent nothing, a browser's preconnected socket, is
+    just closed). A slow client no longer holds a socket for good, nor a large head memory.
+    (A kept-alive connection's later requests have uvicorn's keep-alive timeout before they
+    begin, and the head bound.)"""
+
+    class BoundedHeads(protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._began, self._head_bytes = False, 0
+            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._head_too_slow)
+
+        def data_received(self, data: bytes) -> None:
+            self._began = True
+            cycle = self.cycle
+            reading_head = cycle is None or cycle.response_complete
+            super().data_received(data)
+            if self.cycle is not cycle or not reading_head:
+                self._head_bytes = 0  # a head was completed: what follows is a body
+                return
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD and not self.transport.is_closing():
+                self._refuse(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD} bytes")
+
+        def connection_lost(self, exc) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _head_too_slow(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                if self._began:
+                    self._refuse(408, "Request Timeout", "request headers not received in time")
+                self.transport.close()
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            body = json.dumps({"error": message}).encode()
+            self.transport.write(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            self.transport.close()
+
+    return BoundedHeads
 
 
 def is_loopback(host: str) -> bool:
@@ -213,8 +265,11 @@ def run(
                 thread = threading.Thread(target=watcher.run, args=(stop,), name="semdb-watch", daemon=True)
                 thread.start()
                 say(f"watching {', '.join(str(f) for f in watcher.folders)} (new photos are indexed as they arrive)")
+            from uvicorn.protocols.http.auto import AutoHTTPProtocol  # noqa: PLC0415 - as uvicorn above
+
             config = uvicorn.Config(
                 app,
+                http=bounded_heads(AutoHTTPProtocol),
                 log_level="warning",
                 access_log=access_log,
                 lifespan="on",
