@@ -33,7 +33,7 @@ import watchfiles
 
 from . import catalog
 from .errors import InputError, StoreLockedError, display_path
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, discover
 from .store import Store
 from .video.files import VIDEO_EXTENSIONS
 
@@ -126,6 +126,12 @@ class _Changes:
                 ready.append(path)
         for path in ready:
             del self.waiting[path]
+        folders = [p for p in ready if os.path.isdir(p)]
+        if folders:  # a folder moved or copied in: its files wait (and settle) one by one
+            with contextlib.suppress(InputError):  # (one went again)
+                for f in discover(folders):
+                    self.waiting.setdefault(os.fsdecode(f), _Pending(-1, -1, now))
+            ready = [p for p in ready if p not in folders]
         return ready
 
 
@@ -270,8 +276,7 @@ class Watcher:
             self._last_rescan = time.monotonic() if rescan else self._last_rescan
         finally:
             self.status.pending = len(self._changes.waiting)
-            if self.status.state not in ("stopped",):
-                self.status.state = "idle"
+            self.status.state = "idle"
 
     def rescan(self, stop: threading.Event) -> None:
         """Ingest the folders whole (unchanged files cost a stat), then prune under them."""
@@ -280,6 +285,7 @@ class Watcher:
             present = [f for f in self.folders if f.is_dir()]
             summary = db.ingest(present, **self._ingest_options(stop)) if present else {}
             self._counted(summary)
+            self._said(summary, "rescan")
             for folder in self.folders:
                 self._prune_under(db, folder)
         self._last_rescan = time.monotonic()
@@ -310,15 +316,20 @@ class Watcher:
             with self._database(stop) as db:
                 summary = self._ingest_present(db, ready, stop)
             self._counted(summary)
-            if not any(summary.get(k) for k in ("new", "changed", "moved", "failed")):
-                continue  # (a new folder, say, whose files come with their own events)
-            self._say(
-                f"watch: indexed {summary.get('new', 0) + summary.get('changed', 0)} new or changed files, "
-                f"{summary.get('moved', 0)} moved, {summary.get('failed', 0)} failed "
-                f"in {time.perf_counter() - started:.1f} s; {len(self._changes.waiting)} still pending"
-            )
-            for failure in summary.get("failures", [])[:FAILURES_SAID]:
-                self._say(f"watch: {failure['path']}: {failure['reason']}")
+            self._said(summary, "indexed", time.perf_counter() - started)
+
+    def _said(self, summary: dict, what: str, seconds: float | None = None) -> None:
+        """One line on what an ingest call did, and its first failures (when it did anything)."""
+        if not any(summary.get(k) for k in ("new", "changed", "moved", "failed")):
+            return  # (a new folder, say, whose files come with their own events)
+        took = "" if seconds is None else f" in {seconds:.1f} s"
+        self._say(
+            f"watch: {what}: {summary.get('new', 0) + summary.get('changed', 0)} new or changed files, "
+            f"{summary.get('moved', 0)} moved, {summary.get('failed', 0)} failed{took}; "
+            f"{len(self._changes.waiting)} waiting"
+        )
+        for failure in summary.get("failures", [])[:FAILURES_SAID]:
+            self._say(f"watch: {failure['path']}: {failure['reason']}")
 
     def _ingest_present(self, db, paths: list[str], stop) -> dict:
         """db.ingest(paths) of those still there (a file may go between its event and now)."""

@@ -176,3 +176,28 @@ def test_refuses_what_it_cannot_watch(tmp_path):
         Watcher(tmp_path / "store", [tmp_path / "nowhere"])
     assert not (tmp_path / "store").exists()
     assert os.path.exists(Path(tmp_path / "a.jpg"))
+
+
+def test_waits_while_another_process_writes_the_store(tmp_path, tiny_model):
+    folder, store = tmp_path / "photos", tmp_path / "store"
+    source = write_photos(tmp_path / "src", n_generated=0)
+    with semdb.open(store, model=tiny_model) as db:
+        db.ingest([source])
+    folder.mkdir()
+    watcher = Watcher(store, [folder], FAST, model=tiny_model)
+    watcher.open()
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    writer = semdb.open(store, model=tiny_model)  # an ingest elsewhere holds the writer lock
+    try:
+        thread.start()
+        shutil.copy(source / "rocket.jpg", folder / "rocket.jpg")
+        eventually(lambda: watcher.status.state == "waiting", "the watcher waiting for the writer")
+        time.sleep(1)
+        assert str(folder / "rocket.jpg") not in stored(store)
+    finally:
+        writer.close()
+    eventually(lambda: str(folder / "rocket.jpg") in stored(store), "the photo stored once the writer is done")
+    stop.set()
+    thread.join(60)
+    watcher.close()
