@@ -15,7 +15,8 @@ it for every phase (the watcher idle but where said):
   range) in turn. First with the watcher idle, then while --ingest generated photos (copied into
   W at the start of the phase) go through the watcher: p50 / p95 / p99 per kind and errors,
   side by side, and how many photos the watcher committed in the window.
-- idle: the server's CPU seconds over 10 s of nothing (the watcher's inotify loop included).
+- idle: the server's CPU seconds over --idle-seconds of nothing, once the watcher's start rescan
+  is done (its event loop included).
 - soak: --soak-rate requests per second (the same mix) for --soak-minutes: RSS and open file
   descriptors of the server at the start and end, errors, latency.
 - thumbs: a result page of --thumbs real photos, their /thumb requests all at once (one
@@ -302,7 +303,13 @@ def phase_load(args, port, pid, n_items, photos, watch: Path, staged: Path) -> d
     }
 
 
-def phase_idle(pid, seconds=10.0) -> dict:
+def phase_idle(port, pid, seconds=10.0) -> dict:
+    """CPU of the server over `seconds` of nothing, once the watcher's start rescan is done."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (
+        (s := watch_status(port)).get("rescans", 0) >= 1 and s.get("state") == "idle"
+    ):
+        time.sleep(0.5)
     a = proc_facts(pid)
     time.sleep(seconds)
     b = proc_facts(pid)
@@ -535,6 +542,7 @@ def main(argv=None) -> int:
     ap.add_argument("--thumbs", type=int, default=200)
     ap.add_argument("--slow-clients", type=int, default=50)
     ap.add_argument("--slow-seconds", type=float, default=30, help="past the server's 20 s header deadline")
+    ap.add_argument("--idle-seconds", type=float, default=30, help="the idle CPU measurement")
     ap.add_argument("--phases", default="load,idle,soak,thumbs,hostile")
     args = ap.parse_args(argv)
     phases = set(args.phases.split(","))
@@ -558,7 +566,7 @@ def main(argv=None) -> int:
         res = {"model": desc, "items": n_items, "cores": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load]}
         res["server_start"] = proc_facts(server.pid)
         if "idle" in phases:
-            res["idle_watcher_cpu"] = phase_idle(server.pid)
+            res["idle_watcher_cpu"] = phase_idle(port, server.pid, args.idle_seconds)
         if "load" in phases:
             res["load"] = phase_load(args, port, server.pid, n_items, photos, watch, staged)
         if "soak" in phases:

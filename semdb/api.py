@@ -137,6 +137,7 @@ class Database:
         policy: CodecPolicy | None = None,
         int8: bool = False,
         retry_failed: bool = False,
+        count_missing: bool = True,
     ) -> dict:
         """Add new and changed images under `paths`; skip unchanged ones; return the summary.
 
@@ -153,6 +154,9 @@ class Database:
         CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
         see docs/CLI.md, "Ingest on small machines"). Files that failed in an earlier run and are
         unchanged are skipped (counted as `failed_before`); `retry_failed` decodes them again.
+        `count_missing=False`: without `prune`, skip counting the items whose files are gone
+        (`missing`: a stat of every item's file, which a caller that ingests a few files at a
+        time, like the folder watcher, need not pay each time).
         """
         options = IngestOptions(
             batch_size=batch_size,
@@ -167,6 +171,7 @@ class Database:
             captions=captions,
             int8=int8,
             retry_failed=retry_failed,
+            count_missing=count_missing,
         )
         return run_ingest(self._ctx, paths, options, progress).to_dict()
 

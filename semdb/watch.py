@@ -377,7 +377,13 @@ class Watcher:
                 self.status.pending = total - done + len(self._changes.waiting)
 
         o = self.options
-        return dict(batch_size=o.batch_size, workers=o.workers, max_megapixels=o.max_megapixels, progress=progress)
+        return dict(
+            batch_size=o.batch_size,
+            workers=o.workers,
+            max_megapixels=o.max_megapixels,
+            progress=progress,
+            count_missing=False,  # a stat of every item per batch: deletions are this module's
+        )
 
     def _counted(self, summary: dict) -> None:
         self.status.added += summary.get("new", 0) + summary.get("changed", 0) + summary.get("moved", 0)

@@ -31,6 +31,7 @@ class IngestOptions:
     workers: int | None = None  # decoding threads
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS
     prune: bool = False  # remove items whose files are gone
+    count_missing: bool = True  # without prune: count them (a stat of every item's file)
     codec: object = None  # a Codec or codec file for a new store (default: train one)
     policy: CodecPolicy = field(default_factory=CodecPolicy)
     engine: str = "local"  # or "ray"
@@ -111,7 +112,8 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
     model_of_videos = lambda: local_model([])  # noqa: E731 - Ray ingests the videos locally too
     ingest_videos(ctx, videos, seen, model_of_videos, sampling, options.batch_size, summary, progress, train_when_due)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
-    prune_missing(ctx.store, seen, options.prune, summary)
+    if options.prune or options.count_missing:
+        prune_missing(ctx.store, seen, options.prune, summary)
     forget_settled(ctx.store)
     ivf_upkeep.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()
