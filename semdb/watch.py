@@ -105,6 +105,13 @@ class _Changes:
             if change == watchfiles.Change.deleted and not os.path.lexists(path):
                 self.waiting.pop(path, None)
                 self.deleted.add(path)
+            elif os.path.isdir(path):  # a folder moved or copied in: the files in it so far wait
+                if change != watchfiles.Change.added:
+                    continue  # (a folder's own change: its files have their own events)
+                with contextlib.suppress(InputError):  # (gone again); later ones have their own events
+                    for f in discover([path]):
+                        self.deleted.discard(os.fsdecode(f))
+                        self.waiting.setdefault(os.fsdecode(f), _Pending(-1, -1, now))
             else:
                 self.deleted.discard(path)
                 self.waiting.setdefault(path, _Pending(-1, -1, now))
@@ -126,12 +133,6 @@ class _Changes:
                 ready.append(path)
         for path in ready:
             del self.waiting[path]
-        folders = [p for p in ready if os.path.isdir(p)]
-        if folders:  # a folder moved or copied in: its files wait (and settle) one by one
-            with contextlib.suppress(InputError):  # (one went again)
-                for f in discover(folders):
-                    self.waiting.setdefault(os.fsdecode(f), _Pending(-1, -1, now))
-            ready = [p for p in ready if p not in folders]
         return ready
 
 
