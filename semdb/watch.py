@@ -41,6 +41,7 @@ WATCHED_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 TICK_MS = 1000  # how often the loop wakes without events: settle checks, the rescan clock, the stop
 POLL_DELAY_MS = 2000  # between two walks of the folders with `poll`
 FAILURES_SAID = 5  # failures named per batch (all are remembered in the store)
+RETRY_AFTER = 30.0  # seconds before the files of a failed round are tried again
 LOCK_RETRY = 1.0  # seconds between two tries of a store another process writes
 # The LMDB map the watcher opens a store with: growing the map remaps it, which must not happen
 # while a server's readers in this process hold the old mapping. Address space only: the file
@@ -116,6 +117,11 @@ class _Changes:
                 self.deleted.discard(path)
                 self.waiting.setdefault(path, _Pending(-1, -1, now))
 
+    def retry(self, paths, at: float) -> None:
+        """Wait for `paths` again, to be ready from `at` (after a failed round)."""
+        for path in paths:
+            self.waiting.setdefault(path, _Pending(-1, -1, at))
+
     def settled(self, now: float, settle: float, limit: int) -> list[str]:
         """Up to `limit` waiting paths whose size and mtime held for `settle` seconds, oldest
         first; the ones gone meanwhile become deletions."""
@@ -128,7 +134,7 @@ class _Changes:
                 self.deleted.add(path)
                 continue
             if (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
-                p.size, p.mtime_ns, p.since = st.st_size, st.st_mtime_ns, now
+                p.size, p.mtime_ns, p.since = st.st_size, st.st_mtime_ns, max(now, p.since)
             elif now - p.since >= settle and len(ready) < limit:
                 ready.append(path)
         for path in ready:
@@ -314,8 +320,12 @@ class Watcher:
                 return
             self.status.state = "indexing"
             started = time.perf_counter()
-            with self._database(stop) as db:
-                summary = self._ingest_present(db, ready, stop)
+            try:
+                with self._database(stop) as db:
+                    summary = self._ingest_present(db, ready, stop)
+            except Exception:  # (the error is said by _cycle) these files are tried again later
+                self._changes.retry(ready, time.monotonic() + RETRY_AFTER)
+                raise
             self._counted(summary)
             self._said(summary, "indexed", time.perf_counter() - started)
 
