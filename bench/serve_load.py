@@ -21,6 +21,8 @@ it for every phase (the watcher idle but where said):
   descriptors of the server at the start and end, errors, latency.
 - thumbs: a result page of --thumbs real photos, their /thumb requests all at once (one
   connection each), cold cache: p50 / p99, errors.
+- burst (not in the default phases): `semdb watch` alone, a new store, --burst small photos
+  copied in at once: seconds until all are stored, the watcher's RSS and peak RSS.
 - hostile: malformed and hostile requests, each with the answer it got, while a client keeps
   searching (its errors and slowest answer are reported), and the server's RSS before and after.
 
@@ -525,6 +527,54 @@ def slow_clients(port: int, n: int, seconds: float) -> dict:
     }
 
 
+def phase_burst(args, tmp: Path, model: str) -> dict:
+    """`semdb watch` alone on an empty folder into a new store, then --burst small photos copied
+    in at once: time until all are stored, the watcher's peak RSS, and its RSS along the way."""
+    import semdb
+
+    src, folder, store = tmp / "burst-src", tmp / "burst", tmp / "burst-store"
+    generate_photos(src, args.burst, seed=3, size=(96, 72))
+    folder.mkdir()
+    cmd = [sys.executable, "-m", "semdb.cli", "watch", str(folder), "--store", str(store), "--model", model]
+    proc = subprocess.Popen(
+        [*cmd, "--settle", "1", "--rescan", "0"], stdout=open(tmp / "burst.log", "wb"), stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while "watching" not in (tmp / "burst.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # its start rescan (of the empty folder) done: the photos come as events
+        rss_start = proc_facts(proc.pid)["rss_mb"]
+        log(f"burst: {args.burst} photos copied into a folder `semdb watch` watches")
+        t0 = time.monotonic()
+        shutil.copytree(src, folder / "card")
+        rss, count = [], 0
+        deadline = time.monotonic() + args.drain_timeout
+        while count < args.burst and time.monotonic() < deadline:
+            time.sleep(2)
+            rss.append(proc_facts(proc.pid)["rss_mb"])
+            with semdb.open(store, readonly=True) as db:
+                count = db.count()
+        seconds = time.monotonic() - t0
+        with open(f"/proc/{proc.pid}/status") as f:
+            hwm = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    lines = (tmp / "burst.log").read_text().splitlines()
+    return {
+        "photos": args.burst,
+        "stored": count,
+        "seconds": round(seconds, 1),
+        "rss_mb_start": rss_start,
+        "rss_mb_max_sampled": max(rss, default=0),
+        "peak_rss_mb": round(hwm, 1),
+        "batches_said": sum("watch: indexed" in line for line in lines),
+        "exit_code": proc.returncode,
+        "last_lines": lines[-3:],
+    }
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -542,6 +592,7 @@ def main(argv=None) -> int:
     ap.add_argument("--thumbs", type=int, default=200)
     ap.add_argument("--slow-clients", type=int, default=50)
     ap.add_argument("--slow-seconds", type=float, default=30, help="past the server's 20 s header deadline")
+    ap.add_argument("--burst", type=int, default=10_000, help="photos of the burst phase (`semdb watch` alone)")
     ap.add_argument("--idle-seconds", type=float, default=30, help="the idle CPU measurement")
     ap.add_argument("--phases", default="load,idle,soak,thumbs,hostile")
     args = ap.parse_args(argv)
@@ -554,6 +605,8 @@ def main(argv=None) -> int:
         log(f"host: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         model, desc = resolve_model_arg(args.model, tmp)
         store, photos = build_store(tmp, model, args.real, args.items)
+        if "burst" in phases:
+            res_burst = phase_burst(args, tmp, model)
         staged = tmp / "arriving"
         if "load" in phases:
             t0 = time.perf_counter()
@@ -565,6 +618,8 @@ def main(argv=None) -> int:
         n_items = watch_status(port).get("items", args.items)
         res = {"model": desc, "items": n_items, "cores": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load]}
         res["server_start"] = proc_facts(server.pid)
+        if "burst" in phases:
+            res["burst"] = res_burst
         if "idle" in phases:
             res["idle_watcher_cpu"] = phase_idle(port, server.pid, args.idle_seconds)
         if "load" in phases:
