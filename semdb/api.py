@@ -154,6 +154,7 @@ class Database:
         policy: CodecPolicy | None = None,
         int8: bool = False,
         retry_failed: bool = False,
+        count_missing: bool = True,
     ) -> dict:
         """Index the images and videos under `paths` (files or folders, recursively), as `semdb
         ingest`; return its `--json` summary (`new`, `changed`, `unchanged`, `moved`,
@@ -171,7 +172,9 @@ class Database:
         decoding threads; `max_megapixels`: larger images are refused (None: no limit). `int8`:
         the int8 ONNX image tower (CPU only). `engine="ray"`: on a Ray cluster (`ray_address`,
         default a local instance; `ray_shards`: default STORE/ray-shards; docs/SCALE.md).
-        `progress(stage, done, total)`: called as the work advances.
+        `progress(stage, done, total)`: called as the work advances. `count_missing=False`:
+        without `prune`, do not count the items whose files are gone (a stat of every item's
+        file, which the folder watcher, ingesting a few files at a time, need not pay).
 
             summary = db.ingest(["~/Pictures"], prune=True)
         """
@@ -188,6 +191,7 @@ class Database:
             captions=captions,
             int8=int8,
             retry_failed=retry_failed,
+            count_missing=count_missing,
         )
         return run_ingest(self._ctx, paths, options, progress).to_dict()
 

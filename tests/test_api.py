@@ -44,6 +44,7 @@ def test_ingest_query_and_incremental_reruns(photos, tmp_path, tiny_model):
             1,
         )
         assert s["failures"][0]["path"].endswith("notes.jpg")
+        assert db.ingest([photos], count_missing=False)["missing"] == 0  # not looked for
         s = db.ingest([photos], prune=True, train_now=True)
         assert s["pruned"] == 1 and s["items"] == 12
         paths = {h.path for h in db.query("anything", k=50)}

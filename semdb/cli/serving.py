@@ -1,8 +1,9 @@
-"""`semdb serve`: the page and the JSON API over one store, or search over shards."""
+"""`semdb serve`: the page and the JSON API over one store, or search over shards; `semdb watch`."""
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,27 @@ from rich.text import Text
 from ..cluster import Cluster
 from ..errors import InputError
 from ..serve.server import is_loopback, run
-from .base import PRETRAINED_HELP, STORE_HELP, THREADS_HELP, app, err, examples, say, shard_list, user_errors
+from ..watch import Watcher, WatchOptions
+from .base import (
+    MODEL_HELP,
+    PRETRAINED_HELP,
+    STORE_HELP,
+    THREADS_HELP,
+    app,
+    err,
+    examples,
+    say,
+    shard_list,
+    user_errors,
+)
+
+RESCAN = typer.Option(
+    300.0, "--rescan", min=0, help="Seconds between full rescans, for changes no event reports (0: at start only)."
+)
+POLL = typer.Option(False, "--poll", help="Poll the folders instead of file events (network mounts).")
+SETTLE = typer.Option(
+    2.0, "--settle", min=0, help="Seconds a new file's size must hold still before it is read (copies in progress)."
+)
 
 
 @app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))
@@ -39,12 +60,20 @@ def serve(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
     ),
+    watch: list[Path] | None = typer.Option(
+        None, "--watch", help="Keep the store current with this folder as photos arrive (repeat for more folders)."
+    ),
+    rescan: float = RESCAN,
+    poll: bool = POLL,
+    settle: float = SETTLE,
 ):
     """Search the store from a web page and a JSON API, model and index kept warm (docs/SERVE.md)."""
     with user_errors():
         if shards is not None:
             if any(v is not None for v in (store, model, pretrained, tls_cert, tls_key)) or require_key or new_key:
                 raise InputError("--shards serves the stores it names, with their own model, without a key or TLS")
+            if watch:
+                raise InputError("--watch keeps one --store current: not with --shards")
             _serve_shards(shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
         if allow_remote:
@@ -61,8 +90,44 @@ def serve(
             pretrained=pretrained,
             threads=threads,
             access_log=access_log,
+            watch=watch,
+            watch_options=WatchOptions(rescan=rescan, poll=poll, settle=settle),
             say=say,
         )
+
+
+@app.command(
+    epilog=examples("semdb watch ~/Pictures", "semdb watch /mnt/nas/photos --store photos.semdb --poll --rescan 600")
+)
+def watch(
+    folders: list[Path] = typer.Argument(..., metavar="FOLDERS", help="Folders to keep the store current with."),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    rescan: float = RESCAN,
+    poll: bool = POLL,
+    settle: float = SETTLE,
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+):
+    """Index new, changed, moved and deleted photos under FOLDERS as they happen, until stopped."""
+    with user_errors():
+        options = WatchOptions(rescan=rescan, poll=poll, settle=settle, batch_size=batch_size, workers=workers)
+        watcher = Watcher(store, folders, options, model=model, pretrained=pretrained, threads=threads, say=say)
+        stop = threading.Event()
+
+        def stop_on_signal(*_):
+            stop.set()  # seen between two commits: the batch in hand is committed, then it stops
+
+        signal.signal(signal.SIGTERM, stop_on_signal)
+        watcher.open()
+        say(f"watching {', '.join(str(f) for f in watcher.folders)} (store {store or 'default'}); Ctrl-C to stop")
+        try:
+            watcher.run(stop)
+        finally:
+            watcher.close()
+        say(f"stopped: {watcher.status.added} files indexed, {watcher.status.removed} items removed")
 
 
 def _serve_shards(stores, host, port, allow_remote, ray_address, threads) -> None:

@@ -32,6 +32,7 @@ class IngestOptions:
     workers: int | None = None  # decoding threads
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS
     prune: bool = False  # remove items whose files are gone
+    count_missing: bool = True  # without prune: count them (a stat of every item's file)
     codec: object = None  # a Codec or codec file for a new store (default: train one)
     policy: CodecPolicy = field(default_factory=CodecPolicy)
     engine: str = "local"  # or "ray"
@@ -128,7 +129,8 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         train_when_due,
     )
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
-    prune_missing(ctx.store, seen, options.prune, summary)
+    if options.prune or options.count_missing:
+        prune_missing(ctx.store, seen, options.prune, summary)
     forget_settled(ctx.store)
     ivf_upkeep.maintain(ctx, progress)  # build the IVF past its threshold, rebuild it when outgrown
     summary.items, summary.staged = ctx.store.count(), ctx.store.staging_count()

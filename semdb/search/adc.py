@@ -19,6 +19,8 @@ from ..codec.lut import adc_lut, adc_scores
 from ..packing import unpack
 
 FAST_SCAN_BLOCK = 32  # FAISS fast-scan block size (bbs)
+ALL_NORMS_FROM = 4096  # rows of a filter from which every row's norm is decoded once and kept
+ALL_NORMS_CHUNK = 65536  # rows decoded at a time for them
 
 
 def shortlist_size(k: int) -> int:
@@ -102,6 +104,8 @@ class AdcIndex:
     Build once per code set (the store caches it); `search` then costs one LUT, one FAISS scan
     and an exact float rerank of the shortlist.
     """
+
+    _all_norms = None  # ||x_hat|| of every row (of self.codes), computed by the first long filter
 
     def __init__(self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None):
         """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat||: the
@@ -190,4 +194,17 @@ class AdcIndex:
         lut, offset = adc_lut(Q, self.tables, self.bias)
         idx = unpack(self.codes[rows], self.m, self.nbits)
         ip = adc_scores(lut, offset, idx)
-        return ip, (ip / self.norms(idx)[None, :] if self.norms is not None else ip)
+        return ip, (ip / self._row_norms(rows, idx)[None, :] if self.norms is not None else ip)
+
+    def _row_norms(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """||x_hat|| of the rows (their indices `idx`). A filter scores every row it keeps, which
+        may be most of the index (`like` keeps all but one): those norms are every row's,
+        decoded once per index, in chunks; a shortlist's few are decoded as they come."""
+        if self._all_norms is None and len(rows) < ALL_NORMS_FROM:
+            return self.norms(idx)
+        if self._all_norms is None:
+            chunks = range(0, self.n, ALL_NORMS_CHUNK)
+            self._all_norms = np.concatenate(
+                [self.norms(unpack(self.codes[i : i + ALL_NORMS_CHUNK], self.m, self.nbits)) for i in chunks]
+            )
+        return self._all_norms[rows]

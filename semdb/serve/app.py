@@ -19,6 +19,8 @@ the record goes unchanged to Database.search.
                                 (Database.ls, .count and .tally)
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
+    GET  /api/status            {generation, items, watching, indexing, pending, ...}: polled by
+                                the page (static/watch.js) to show indexing and new photos
     GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file (&square=1: its centre square)
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
     GET  /video/{id}            a video frame's video file as stored, with HTTP byte ranges (206)
@@ -36,6 +38,7 @@ import os
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -238,11 +241,14 @@ class Service:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, access: Access | None = None):
+def create_app(
+    db, *, instance: str = "", allowed_hosts=None, lifespan=None, access: Access | None = None, watcher=None
+):
     """The ASGI app over an open (read-only) Database. `allowed_hosts`: Host header names
     accepted (DNS-rebinding guard for a loopback server); None accepts any. `lifespan`: an
     async context manager factory run around serving (server.py writes serve.json in it).
-    `access`: the key every request must carry (auth.py); None serves without one."""
+    `access`: the key every request must carry (auth.py); None serves without one.
+    `watcher`: the semdb.watch.Watcher keeping the store current, whose status /api/status adds."""
     service = Service(db)
 
     def guarded(fn):
@@ -250,6 +256,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
 
         async def endpoint(request: Request):
             try:
+                _check_utf8(request)
                 return await run_in_threadpool(fn, request)
             except ApiError as e:
                 return _error(e.status, e.message)
@@ -271,6 +278,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
 
     async def search_post(request: Request):
         try:  # the parameters are checked before the upload is read
+            _check_utf8(request)
             options = search_options(request.query_params, SEARCH_PARAMS)
             data = await _upload(request)
         except ApiError as e:
@@ -306,6 +314,13 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
 
     def info(request: Request):
         return JSONResponse(service.info())
+
+    def status(request: Request):
+        watching = watcher.status.to_dict() if watcher else {}
+        indexing = watching.get("state") in ("scanning", "indexing") or watching.get("pending", 0) > 0
+        with service.lock:
+            facts = {"generation": db.store.meta().get("generation"), "items": db.store.count()}
+        return JSONResponse({**facts, "watching": watcher is not None, "indexing": indexing, "pending": 0, **watching})
 
     def thumb(request: Request):
         only(request.query_params, ("size", "square"))
@@ -357,6 +372,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         Route("/api/items", guarded(items)),
         Route("/api/item/{id}", guarded(item)),
         Route("/api/info", guarded(info)),
+        Route("/api/status", guarded(status)),
         Route("/thumb/{id}", guarded(thumb)),
         Route("/image/{id}", guarded(image)),
         Route("/video/{id}", guarded(video)),
@@ -415,6 +431,15 @@ def _host_name(header: str) -> str:
     if header.startswith("["):  # [::1]:8765
         return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _check_utf8(request: Request) -> None:
+    """400 for a query string whose %-escapes are not UTF-8: Starlette would replace the bytes
+    with U+FFFD and answer another question than the one asked."""
+    try:
+        urllib.parse.parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the query string is not UTF-8") from None
 
 
 async def _upload(request: Request) -> bytes:

@@ -24,6 +24,7 @@ SEARCH_PARAMS = ("q", "k") + FILTER_PARAMS  # /api/search, GET and POST
 SIMILAR_PARAMS = ("k",) + tuple(name for name in FILTER_PARAMS if name != "like")  # /api/similar/{id}
 LIST_PARAMS = ("offset", "limit", "under", "after", "before")  # /api/items
 DEFAULT_LIMIT = 24  # the page's first page of the collection
+HTTP_MAX_TERMS = 16  # terms of a query's arithmetic asked over HTTP ("2:cat + dog - car" is 3)
 
 
 class ApiError(Exception):
@@ -84,6 +85,8 @@ def search_options(params, allowed=SEARCH_PARAMS) -> dict:
     if text:
         if len(text) > HTTP_MAX_TEXT:
             raise ApiError(400, f"query of {len(text)} characters: at most {HTTP_MAX_TEXT}")
+        if text.count("+") + text.count("-") >= HTTP_MAX_TERMS and len(parse_terms(text, False)) > HTTP_MAX_TERMS:
+            raise ApiError(400, f"query of more than {HTTP_MAX_TERMS} terms: each is a pass through CLIP")
         options["text"] = text
     options.update(where_options(params))
     for name in ("within", "min_score"):

@@ -11,16 +11,71 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import json
 import os
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import InputError
 from . import auth, client
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+HEADER_TIMEOUT = 20  # seconds a client has to send a request's line and headers
+MAX_HEAD = 64 << 10  # bytes of a request's line and headers (browsers send a few KB)
+STOP_WAIT = 30  # seconds a stopping server waits for the watcher's batch
+
+
+def bounded_heads(protocol: type) -> type:
+    """uvicorn's HTTP `protocol` (which reads a request's line and headers for as long and as
+    far as the client likes) with bounds: a request head longer than MAX_HEAD bytes gets 431,
+    and HEADER_TIMEOUT seconds after connecting, a connection that began a request without
+    finishing its head gets 408 (one that sent nothing, a browser's preconnected socket, is
+    just closed). A slow client no longer holds a socket for good, nor a large head memory.
+    (A kept-alive connection's later requests have uvicorn's keep-alive timeout before they
+    begin, and the head bound.)"""
+
+    class BoundedHeads(protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._began, self._head_bytes = False, 0
+            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._head_too_slow)
+
+        def data_received(self, data: bytes) -> None:
+            self._began = True
+            cycle = self.cycle
+            reading_head = cycle is None or cycle.response_complete
+            super().data_received(data)
+            if self.cycle is not cycle or not reading_head:
+                self._head_bytes = 0  # a head was completed: what follows is a body
+                return
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD and not self.transport.is_closing():
+                self._refuse(431, "Request Header Fields Too Large", f"request head over {MAX_HEAD} bytes")
+
+        def connection_lost(self, exc) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _head_too_slow(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                if self._began:
+                    self._refuse(408, "Request Timeout", "request headers not received in time")
+                self.transport.close()
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            body = json.dumps({"error": message}).encode()
+            self.transport.write(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            self.transport.close()
+
+    return BoundedHeads
 
 
 def is_loopback(host: str) -> bool:
@@ -128,10 +183,14 @@ def run(
     pretrained: str | None = None,
     threads: int | None = None,
     access_log: bool = False,
+    watch=None,
+    watch_options=None,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> None:
     """Serve the store until interrupted (SIGINT/SIGTERM). Beyond loopback (or if `require_key`
-    or `new_key`) every request must carry the store's access key; `new_key` replaces it."""
+    or `new_key`) every request must carry the store's access key; `new_key` replaces it.
+    `watch`: folders a background thread keeps the store current with (semdb/watch.py), with
+    `watch_options` (a WatchOptions)."""
     check_tls(tls_cert, tls_key)
     remote, tls = not is_loopback(host), tls_cert is not None
     import uvicorn  # noqa: PLC0415 - the server's libraries: only `semdb serve` loads them
@@ -139,13 +198,32 @@ def run(
     from ..api import Database  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
     from .app import create_app  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
+    watcher = None
+    if watch:
+        from ..store import default_store_path  # noqa: PLC0415 - kept lazy, as the imports above
+        from ..watch import Watcher, WatchOptions  # noqa: PLC0415 - kept lazy, as the imports above
+
+        refuse_if_served(Path(os.path.abspath(os.path.expanduser(store or default_store_path()))))
+        watcher = Watcher(store, watch, watch_options or WatchOptions(), model=model, pretrained=pretrained,
+                          threads=threads, say=say)  # fmt: skip
+        watcher.open()  # first: creates a new store, and the server shares its environment and model
     # The store before the port: a missing store is named as such, and a store has one server.
-    db = Database(store, model=model, pretrained=pretrained, readonly=True, threads=threads)
+    try:
+        db = Database(
+            store, model=model, pretrained=pretrained, readonly=True, threads=threads,
+            embedder=watcher.embedder if watcher else None,
+        )  # fmt: skip
+    except BaseException:
+        if watcher:
+            watcher.close()
+        raise
     try:
         refuse_if_served(db.path)
         sock = bind(host, port)
     except BaseException:
         db.close()
+        if watcher:
+            watcher.close()
         raise
     try:
         with db:
@@ -188,10 +266,20 @@ def run(
                 finally:
                     client.remove_beacon(db.path, instance)
 
-            app = create_app(db, instance=instance, allowed_hosts=allowed, lifespan=lifespan, access=access)
+            app = create_app(
+                db, instance=instance, allowed_hosts=allowed, lifespan=lifespan, access=access, watcher=watcher
+            )
             app.state.service.warm()
+            stop = threading.Event()
+            if watcher:
+                thread = threading.Thread(target=watcher.run, args=(stop,), name="semdb-watch", daemon=True)
+                thread.start()
+                say(f"watching {', '.join(str(f) for f in watcher.folders)} (new photos are indexed as they arrive)")
+            from uvicorn.protocols.http.auto import AutoHTTPProtocol  # noqa: PLC0415 - as uvicorn above
+
             config = uvicorn.Config(
                 app,
+                http=bounded_heads(AutoHTTPProtocol),
                 log_level="warning",
                 access_log=access_log,
                 lifespan="on",
@@ -207,6 +295,11 @@ def run(
                 pass
             finally:
                 client.remove_beacon(db.path, instance)
+                stop.set()  # the watcher ends its batch (commits it or abandons it whole)
+                if watcher:
+                    thread.join(STOP_WAIT)
                 app.state.service.close()
     finally:
         sock.close()
+        if watcher:
+            watcher.close()

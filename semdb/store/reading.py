@@ -11,6 +11,7 @@ only that row decoded).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -109,7 +110,10 @@ class View:
         if cols is None:
             cols = decode_item_segment(raw)
             if len(cache) >= ITEM_SEGMENT_CACHE:
-                del cache[next(iter(cache))]
+                # A server's request threads and its folder watcher share the cache: another
+                # thread may evict the same oldest entry (or change the dict) at the same time.
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                    del cache[next(iter(cache))]
             cache[tag] = cols
         return cols
 

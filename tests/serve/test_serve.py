@@ -263,6 +263,9 @@ def test_the_page_outlives_a_reinstall_under_the_server(tmp_path, tiny_model):
 
 BAD_GETS = [
     ("/api/search?q=", 400),
+    ("/api/search?q=%ff%fe", 400),  # not UTF-8: refused, not searched for as U+FFFD
+    ("/api/items?under=%c3%28", 400),
+    ("/api/search?" + urllib.parse.urlencode({"q": " + ".join(["a"] * 17)}), 400),  # 17 passes through CLIP
     ("/api/search?q=%20%20", 400),
     ("/api/search", 400),
     ("/api/search?q=cat&k=100000", 400),
