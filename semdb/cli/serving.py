@@ -109,7 +109,7 @@ def watch(
     settle: float = SETTLE,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ):
     """Index new, changed, moved and deleted photos under FOLDERS as they happen, until stopped."""
     with user_errors():
