@@ -292,10 +292,10 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
     truth_nodraft = top_indices(bare_vecs[sample] @ bare_vecs.T, 10)
     with semdb.open(store, readonly=True, embedder=emb) as db:  # same weights: skip a reload
         t0 = time.perf_counter()
-        hits5 = [db.query_image(str(files[i]), k=5) for i in sample]
+        hits5 = [db.search(image=str(files[i]), k=5) for i in sample]
         t_q = time.perf_counter() - t0
-        hitsv = db.query_vectors(E[sample], k=10)
-        hits10 = [db.query_image(str(files[i]), k=10) for i in sample] if args.query_image_overlap else None
+        hitsv = db.search_vectors(E[sample], k=10)
+        hits10 = [db.search(image=str(files[i]), k=10) for i in sample] if args.query_image_overlap else None
     self5 = float(np.mean([any(h.path == os.path.abspath(files[i]) for h in hits) for i, hits in zip(sample, hits5)]))
     self1 = float(np.mean([bool(hits) and hits[0].path == os.path.abspath(files[i]) for i, hits in zip(sample, hits5)]))
     float_self1 = float(

@@ -65,7 +65,7 @@ def real_embeddings(tmp: Path) -> dict:
     paths = [f"/shop/{i}.jpg" for i in range(len(X))]
 
     def r1(db):
-        return float(np.mean([h[0].path == paths[i] for i, h in enumerate(db.query_vectors(T, k=1))]))
+        return float(np.mean([h[0].path == paths[i] for i, h in enumerate(db.search_vectors(T, k=1))]))
 
     out = {"float32": round(float(np.mean((T @ X.T).argmax(1) == np.arange(len(X)))), 3)}
     with semdb.open(tmp / "once") as db:
@@ -111,9 +111,9 @@ def cli_growth(tmp: Path, tar: str, first: int, model: str) -> dict:
             staging=info["staging"],
             items=info["items"],
             image_overlap10=round(
-                float(np.mean([overlap(g.query_image(f, k=10), o.query_image(f, k=10)) for f in sample])), 3
+                float(np.mean([overlap(g.search(image=f, k=10), o.search(image=f, k=10)) for f in sample])), 3
             ),
-            text_overlap10=round(float(np.mean([overlap(g.query(t, k=10), o.query(t, k=10)) for t in TEXTS])), 3),
+            text_overlap10=round(float(np.mean([overlap(g.search(t, k=10), o.search(t, k=10)) for t in TEXTS])), 3),
             same_codec=g.codec.id == o.codec.id,
         )
     return out

@@ -48,7 +48,7 @@ from semdb.api import Database
 t1 = time.perf_counter()
 with Database(sys.argv[1], readonly=True) as db:
     q = np.load(sys.argv[2])
-    hits = db.query_vectors(q, k=10)[0]
+    hits = db.search_vectors(q, k=10)[0]
     paths = [db.item(h.id).path for h in hits]
     t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "open_and_first_query_s": t2 - t1, "hits": len(paths)}))

@@ -11,7 +11,6 @@ each call to the module that does the work: `ingest/`, `query.py`, `transfer.py`
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,8 +27,9 @@ from .ingest.embeddings import add_embeddings, read_embeddings, validated
 from .ingest.retrain import RETRAIN_SAMPLE
 from .ingest.retrain import retrain as run_retrain
 from .progress import Progress
+from .search.hit import Hit
 from .search.request import DEFAULT_K, SearchRequest, Where
-from .search.searcher import Hit, Searcher
+from .search.searcher import Searcher
 from .store import Item, Store, default_store_path
 from .tagging import classify as classify_items
 
@@ -39,20 +39,6 @@ __all__ = ["Database", "Hit", "Item", "SearchRequest", "open"]
 def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> Database:  # noqa: A001
     """Open (or create) the store at `path` (default: $SEMDB_STORE or the user data dir)."""
     return Database(path, model=model, pretrained=pretrained, **kwargs)
-
-
-def _alias(method, name: str):
-    """`method` under an earlier version's name, documented as its alias."""
-
-    @functools.wraps(method)
-    def alias(self, *args, **kwargs):
-        return method(self, *args, **kwargs)
-
-    alias.__name__ = alias.__qualname__ = name
-    alias.__doc__ = (
-        f"Alias of {method.__name__}(), kept for earlier code: the same arguments and meaning.\n\n{method.__doc__}"
-    )
-    return alias
 
 
 class Database:
@@ -246,21 +232,6 @@ class Database:
         one scan: a list of hits per row. `filters`: search()'s (under, after, before, within,
         min_score, nprobe)."""
         return self._searcher.search(SearchRequest.of(vector=vectors, k=k, **filters))
-
-    def similar(self, item_id: int, k: int = DEFAULT_K, **options) -> list[Hit]:
-        """search(like=item_id, ...): more like a stored item, from its stored code (no file
-        read, no CLIP), itself left out; search()'s options."""
-        return self.search(like=int(item_id), k=k, **options)
-
-    def search_image(self, image, k: int = DEFAULT_K, **options) -> list[Hit]:
-        """search(image=image, ...): an image file (which need not be in the store) or a PIL
-        image; search()'s options."""
-        return self.search(image=image, k=k, **options)
-
-    # the names of earlier versions, kept: aliases
-    query = _alias(search, "query")
-    query_image = _alias(search_image, "query_image")
-    query_vectors = _alias(search_vectors, "query_vectors")
 
     def warm(self) -> None:
         """Load both CLIP towers and build the search index now rather than on the first query

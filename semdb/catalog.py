@@ -91,18 +91,9 @@ def _is_id(target) -> bool:
 
 def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
     """(ids uint64, dates taken float64 with NaN for unknown) of the items matching `where`."""
-    prefix = None
-    if where.under is not None:
-        prefix = os.fsencode(where.under if where.under.endswith(os.sep) else where.under + os.sep)
     ids, taken = [], []
     for cols in store.iter_columns():
-        keep = np.ones(len(cols), bool)
-        if prefix is not None:
-            keep &= np.fromiter((p.startswith(prefix) for p in cols.paths), bool, len(cols))
-        if where.after is not None:
-            keep &= cols.taken >= where.after  # NaN (date unknown) never passes
-        if where.before is not None:
-            keep &= cols.taken < where.before
+        keep = where.matches(cols.paths, cols.taken)
         ids.append(cols.ids[keep])
         taken.append(cols.taken[keep])
     if not ids:

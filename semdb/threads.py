@@ -1,8 +1,8 @@
 """The numeric libraries' thread pools (OpenBLAS and OpenMP, numpy's, FAISS's and torch's).
 
 A sum split over threads rounds differently on a different thread count, and k-means and beam
-searches turn one flipped near-tie into another codec: the same 563 shopsphere images and seed
-trained a 64-bit codec of text R@1 0.645 on 2 threads and 0.627 on one. Codec training
+searches turn one flipped near-tie into another codec (of another accuracy: the same images and
+seed train a different codec on 2 threads than on one, docs/BENCHMARKS.md). Codec training
 therefore runs on one thread (`Codec.train`), so a store's codec depends on its training
 embeddings, shape and seed, not on the core count of the machine that happened to train it.
 

@@ -81,10 +81,6 @@ class BenchData:
     def has_labels(self) -> bool:
         return self.label is not None
 
-    @property
-    def has_zeroshot(self) -> bool:
-        return self.label is not None and self.class_text_emb is not None
-
     def take(self, rows: np.ndarray) -> BenchData:
         """The same data restricted to ``rows`` (class prompts and names kept whole)."""
         rows = np.asarray(rows, dtype=np.int64)

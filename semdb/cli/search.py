@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -13,6 +14,7 @@ from rich.text import Text
 from ..api import Database
 from ..cluster import Cluster
 from ..errors import InputError, display_path
+from ..search.hit import Hit
 from ..search.request import DEFAULT_K, MAX_K, SearchRequest
 from ..serve.client import query_server
 from ..store import default_store_path
@@ -143,21 +145,9 @@ def _why_no_results(store, request: SearchRequest) -> str:
     return "no results: no stored item passes the filters (--under, --after, --before, --min-score, --within)"
 
 
-def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
-
-    if as_json:  # a sharded search's hits also name their shard
-        print_json(
-            [
-                {
-                    "path": h.path,
-                    "score": round(h.score, 6),
-                    "id": h.id,
-                    **({"time": h.frame_ms / 1000} if getattr(h, "frame_ms", None) is not None else {}),
-                    **({"shard": h.shard} if hasattr(h, "shard") else {}),
-                }
-                for h in hits
-            ]
-        )
+def _print_hits(hits: Sequence[Hit], as_json: bool, paths_only: bool) -> None:
+    if as_json:
+        print_json([h.to_json() for h in hits])
     elif paths_only:
         listing.print_paths(h.path for h in hits)
     elif hits:

@@ -178,7 +178,7 @@ def decode_coords(codes: np.ndarray, layout: Layout, scale: np.ndarray, C: np.nd
     col = layout.col
     if n and len(col) and col[0] == 0 and (np.diff(col) == 1).sum() == layout.n_cols - 1 and (np.diff(col) >= 0).all():
         # plan_layout emits each column's stages side by side: one segmented sum (the hot path
-        # of the cosine rerank, ~10x faster than np.add.at)
+        # of the cosine rerank; np.add.at's scattered adds are much slower)
         starts = np.flatnonzero(np.r_[True, col[1:] != col[:-1]])
         return np.add.reduceat(contrib, starts, axis=1).astype(np.float32, copy=False)
     Z = np.zeros((n, layout.n_cols, C.shape[1]), dtype=np.float32)
@@ -368,8 +368,8 @@ def column_combos(
     layout: Layout, scale: np.ndarray, C: np.ndarray, limit: int = REFINE_COMBOS
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Per column: its slots (stage order) and every joint choice's sum (K**stages, d), or None
-    for a column with more than `limit` joint choices (measured: revisiting the 4096-choice
-    three-stage columns too doubles the encoding time and changes R@1 by < 0.003)."""
+    for a column with more than `limit` joint choices (revisiting those too costs far more
+    encoding time than it gains in recall: docs/BENCHMARKS.md)."""
     K, d = C.shape
     out = []
     for c in range(layout.n_cols):

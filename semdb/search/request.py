@@ -22,7 +22,7 @@ import datetime
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,19 @@ class Where:
 
     def __bool__(self) -> bool:
         return any(v is not None for v in (self.under, self.after, self.before))
+
+    def matches(self, paths, taken: np.ndarray) -> np.ndarray:
+        """Which items pass (a bool mask), given their paths (bytes, os.fsencode's) and dates
+        taken (POSIX seconds, NaN unknown: never passes a date filter)."""
+        keep = np.ones(len(taken), bool)
+        if self.under is not None:
+            prefix = os.fsencode(self.under if self.under.endswith(os.sep) else self.under + os.sep)
+            keep &= np.fromiter((p.startswith(prefix) for p in paths), bool, len(taken))
+        if self.after is not None:
+            keep &= taken >= self.after
+        if self.before is not None:
+            keep &= taken < self.before
+        return keep
 
 
 def parse_date(value, flag: str) -> float | None:
@@ -179,6 +192,7 @@ class SearchRequest:
     min_score: float | None = None
     nprobe: int | None = None
     frames: bool = False
+    text_terms: tuple[Term, ...] = field(default=(), init=False, repr=False)  # `text` parsed, once
 
     @classmethod
     def of(
@@ -209,7 +223,7 @@ class SearchRequest:
             object.__setattr__(self, name, value)
 
         if self.text is not None:
-            parse_terms(self.text, self.files)  # the arithmetic is checked now, not at search time
+            put("text_terms", tuple(parse_terms(self.text, self.files)))  # checked now, not at search time
         like = self.like
         if like is not None:
             if isinstance(like, (int, np.integer)) and not isinstance(like, bool) and like >= 0:
@@ -240,7 +254,7 @@ class SearchRequest:
 
     def terms(self) -> list[Term]:
         """The weighted terms to embed and add: the text's, the image, the `like` item."""
-        terms = [] if self.text is None else parse_terms(self.text, self.files)
+        terms = list(self.text_terms)
         if self.image is not None:
             terms.append(Term("image", self.image))
         if self.like is not None:

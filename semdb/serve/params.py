@@ -16,7 +16,7 @@ import math
 import os
 import re
 
-from ..search.request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, check_k, parse_terms
+from ..search.request import DEFAULT_K, HTTP_MAX_K, HTTP_MAX_TEXT, SearchRequest, check_k
 
 ITEM_ID = re.compile(r"[0-9]{1,18}")
 FILTER_PARAMS = ("under", "after", "before", "within", "min_score", "like", "nprobe", "frames")
@@ -134,7 +134,7 @@ def query_params(request: SearchRequest) -> dict | None:
     path, a term of the text naming a file (a server reads every term as text)."""
     if request.vector is not None or isinstance(request.like, str):
         return None
-    if request.text is not None and any(term.kind != "text" for term in parse_terms(request.text, request.files)):
+    if any(term.kind != "text" for term in request.text_terms):
         return None
     params = {"k": str(request.k)}
     if request.text is not None:

@@ -50,7 +50,7 @@ with Database(store) as db:
         moved.path = "/moved/IMG_00007.jpg"
         w.update_item(moved)
     Q = rng.standard_normal((5, 32)).astype(np.float32)
-    hits = [[(h.id, round(h.score, 5)) for h in row] for row in db.query_vectors(Q, k=10)]
+    hits = [[(h.id, round(h.score, 5)) for h in row] for row in db.search_vectors(Q, k=10)]
 print(json.dumps({"hits": hits, "Q": Q.tolist()}))
 """
 
@@ -146,7 +146,7 @@ def _check_migrated(path: Path, v1_store) -> None:
         assert s.staging_count() == staging
         hits = [
             [[h.id, round(h.score, 5)] for h in row]
-            for row in db.query_vectors(np.array(answered["Q"], np.float32), k=10)
+            for row in db.search_vectors(np.array(answered["Q"], np.float32), k=10)
         ]
         assert hits == answered["hits"]
         # the lookups schema 1 kept as databases, now built in memory

@@ -114,7 +114,7 @@ def export(
                 dynamo=False,
             )
         # weights in a separate file: onnxruntime maps it instead of parsing it out of the
-        # protobuf (measured: session start 0.35-0.5 s instead of 0.85-1.0 s for ViT-B-32)
+        # protobuf, which halves a session's start (docs/BENCHMARKS.md, cold queries)
         graph = onnx.load(str(tmp / "export.onnx"))
         onnx.save_model(
             graph,
