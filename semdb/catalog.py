@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError, display_path
 from .faults import fault_point
-from .search.request import Where
+from .search.request import Where, is_whole
 from .store import Item, Store
 
 
@@ -86,7 +86,7 @@ def remove(store: Store, ids, fault: str = "rm_txn") -> None:
 
 
 def _is_id(target) -> bool:
-    return isinstance(target, (int, np.integer)) and not isinstance(target, bool) and 0 <= target < 1 << 63
+    return is_whole(target) and 0 <= target < 1 << 63
 
 
 def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +102,7 @@ def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _count_arg(name: str, value) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+    if not is_whole(value) or value < 0:
         raise InputError(f"--{name} {value!r}: give a whole number >= 0")
     return int(value)
 

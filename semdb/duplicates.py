@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lazy
 from .context import STATS_KEY, StoreContext
 from .errors import InputError
+from .rows import unit_rows
 
 NEAR_DUPLICATE_COSINE = 0.95  # float CLIP cosine of two versions of one photo
 CHUNK = 4096  # queries per range search
@@ -48,7 +50,7 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
         return {"threshold": threshold, "groups": []}
     codec = ctx.codec
     if codec is None:
-        X = index.vectors / np.linalg.norm(index.vectors, axis=1, keepdims=True)
+        X = unit_rows(index.vectors)
     else:
         _, codes = ctx.store.load_codes()
         X = np.concatenate([codec.decode(np.asarray(codes[i : i + CHUNK])) for i in range(0, len(codes), CHUNK)])
@@ -88,7 +90,7 @@ def _one_per_file(items: list, rows: list[int]) -> tuple[list, list[int]]:
 
 def _neighbours(X: np.ndarray, threshold: float) -> list[np.ndarray]:
     """Each row's other rows with a cosine >= threshold, closest first."""
-    import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+    faiss = lazy.faiss()
 
     flat = faiss.IndexFlatIP(X.shape[1])
     flat.add(X)

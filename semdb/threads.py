@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import lazy
+
 _lock = threading.RLock()  # re-entrant: a capped bench trains capped codecs in the same thread
 
 
@@ -29,8 +31,8 @@ def limited(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
-    import faiss  # noqa: F401, PLC0415  (threadpoolctl caps only the libraries already loaded: FAISS's own
-    from threadpoolctl import threadpool_limits  # OpenMP and OpenBLAS are loaded by this import)  # noqa: PLC0415 - only training caps the pools
+    lazy.faiss()  # threadpoolctl caps only the libraries already loaded: FAISS's OpenMP and OpenBLAS
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - only training caps the pools
 
     with _lock, threadpool_limits(limits=int(n)):
         yield

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import lazy
 from ..progress import report
+from ..rows import unit_rows
 
 
 @dataclass
@@ -224,7 +226,7 @@ def lloyd_update(Z: np.ndarray, codes: np.ndarray, layout: Layout, scale: np.nda
 
 
 def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray:
-    import faiss  # FAISS's k-means: fast, seeded, and the field's reference implementation  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+    faiss = lazy.faiss()  # FAISS's k-means: fast, seeded, and the field's reference implementation
 
     points = np.ascontiguousarray(points, dtype=np.float32)
     if len(points) < k:  # too few points: pad by jittered copies so every codeword starts distinct
@@ -358,7 +360,7 @@ def text_mixture(X: np.ndarray, Q: np.ndarray, tau: float, batch: int = 4096) ->
         P = np.exp(S)
         P /= P.sum(1, keepdims=True)
         out[i : i + batch] = P @ Q
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return unit_rows(out)
 
 
 REFINE_COMBOS = 256  # score-aware re-encoding revisits columns of at most this many joint choices

@@ -23,6 +23,7 @@ from ..context import StoreContext
 from ..errors import ImageError
 from ..faults import fault_point
 from ..progress import Progress, report
+from ..rows import unit_rows
 from ..store import Item
 from ..video.frames import Sampling, sample
 from .classify import moved_item
@@ -95,7 +96,7 @@ def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampl
     last = None  # the last kept frame's unit vector
     for batch in ahead(_preprocessed(frames, model, batch_size)):
         vectors = embed_and_encode(model, [DecodedImage(p) for _, p in batch], codec)
-        unit = _unit(codec.decode(vectors.codes) if codec is not None else vectors.embeddings)
+        unit = unit_rows(codec.decode(vectors.codes) if codec is not None else vectors.embeddings)
         keep = []
         for i, v in enumerate(unit):
             if last is None or float(v @ last) < DEDUP_COSINE:
@@ -135,11 +136,6 @@ def _preprocessed(frames, model, batch_size: int) -> Iterator[list[tuple[int, ob
             batch = []
     if batch:
         yield batch
-
-
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _rows(v: Vectors, keep: np.ndarray) -> Vectors:

@@ -145,9 +145,14 @@ def _names_a_file(term: str) -> bool:
     return is_image_path(term) and ("/" in term or os.sep in term or not any(c.isspace() for c in term))
 
 
+def is_whole(value) -> bool:
+    """Whether `value` is an integer (Python's or numpy's; a bool is not one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_k(k, limit: int = MAX_K) -> int:
     """k as an int, or InputError: at least one hit, at most `limit` (MAX_K; HTTP_MAX_K over HTTP)."""
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+    if not is_whole(k) or k <= 0:
         raise InputError(f"k={k}: ask for at least one result")
     if k > limit:
         raise InputError(f"k={k}: at most {limit} results per query")
@@ -226,7 +231,7 @@ class SearchRequest:
             put("text_terms", tuple(parse_terms(self.text, self.files)))  # checked now, not at search time
         like = self.like
         if like is not None:
-            if isinstance(like, (int, np.integer)) and not isinstance(like, bool) and like >= 0:
+            if is_whole(like) and like >= 0:
                 put("like", int(like))
             elif isinstance(like, (str, os.PathLike)) and os.fspath(like):
                 put("like", os.path.abspath(os.path.expanduser(os.fsdecode(like))))
@@ -248,7 +253,7 @@ class SearchRequest:
         put("min_score", _number("min_score", self.min_score))
         n = self.nprobe
         if n is not None:
-            if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 < n <= MAX_NPROBE:
+            if not is_whole(n) or not 0 < n <= MAX_NPROBE:
                 raise InputError(f"nprobe={n}: give a positive number of IVF lists to scan (at most {MAX_NPROBE})")
             put("nprobe", int(n))
 

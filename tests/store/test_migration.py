@@ -50,7 +50,7 @@ with Database(store) as db:
         moved.path = "/moved/IMG_00007.jpg"
         w.update_item(moved)
     Q = rng.standard_normal((5, 32)).astype(np.float32)
-    hits = [[(h.id, round(h.score, 5)) for h in row] for row in db.search_vectors(Q, k=10)]
+    hits = [[(h.id, round(h.score, 5)) for h in row] for row in db.query_vectors(Q, k=10)]  # its name in that semdb
 print(json.dumps({"hits": hits, "Q": Q.tolist()}))
 """
 

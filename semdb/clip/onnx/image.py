@@ -18,7 +18,7 @@ from PIL import Image
 
 from ...errors import InputError
 from . import export as tower
-from .text import unit_rows
+from .text import unit_batches
 
 TOWER, TOWER_INT8 = "image", "image-int8"
 # images per onnxruntime run: the fastest of 8, 16, 32 and 64 (bench/ingest_towers.py, docs/BENCHMARKS.md)
@@ -109,7 +109,7 @@ class OnnxImageEncoder:
         out = [
             self.session.run(None, {"pixels": pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)
         ]
-        return unit_rows(out, self.dim)
+        return unit_batches(out, self.dim)
 
 
 def load(digest: str, threads: int | None = None, int8: bool = False) -> OnnxImageEncoder | None:
