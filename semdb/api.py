@@ -105,56 +105,19 @@ class Database:
 
     # --- ingest ---------------------------------------------------------------------------
     def ingest(
-        self,
-        paths: Iterable,
-        *,
-        bits: int = DEFAULT_BITS,
-        codec=None,
-        batch_size: int = 32,
-        prune: bool = False,
-        workers: int | None = None,
-        max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
-        progress: Progress | None = None,
-        engine: str = "local",
-        ray_address: str | None = None,
-        ray_shards=None,
-        train_now: bool = False,
-        captions=None,
-        policy: CodecPolicy | None = None,
-        int8: bool = False,
-        retry_failed: bool = False,
+        self, paths: Iterable, options: IngestOptions | None = None, *, progress: Progress | None = None, **fields
     ) -> dict:
-        """Add new and changed images under `paths`; skip unchanged ones; return the summary.
+        """Add new and changed images and videos under `paths`; skip unchanged ones; return the
+        summary (what `semdb ingest --json` prints).
 
-        Every batch commits atomically, so an interrupted ingest resumes where it stopped.
-        `codec`: a Codec or a codec file for a new store (default: train one, `bits` per item,
-        on this ingest's embeddings). `prune`: remove items whose files are gone.
-        `engine="ray"`: hash, decode, embed and encode on a Ray cluster (`ray_address`, default
-        a local instance); shards go to `ray_shards` (default STORE/ray-shards), see ingest/ray.py.
-        A new store keeps its embeddings staged (searched exactly) until it holds enough images
-        to train a codec that generalises (CodecPolicy.min_train); `train_now` trains on what
-        is staged. `captions`: a text file (one per line) or list of texts that show how the
-        store is searched (captions, past queries); the codec is then trained to rank well for
-        such texts (now and at each retrain). `policy`: when the codec is trained (default
-        CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
-        see docs/CLI.md, "Ingest on small machines"). Files that failed in an earlier run and are
-        unchanged are skipped (counted as `failed_before`); `retry_failed` decodes them again.
-        """
-        options = IngestOptions(
-            batch_size=batch_size,
-            workers=workers,
-            max_megapixels=max_megapixels,
-            prune=prune,
-            codec=codec,
-            policy=policy or CodecPolicy(bits=bits, train_now=train_now),
-            engine=engine,
-            ray_address=ray_address,
-            ray_shards=ray_shards,
-            captions=captions,
-            int8=int8,
-            retry_failed=retry_failed,
-        )
-        return run_ingest(self._ctx, paths, options, progress).to_dict()
+        Every batch commits atomically, so an interrupted ingest resumes where it stopped. How
+        it runs: `options`, an IngestOptions, or its fields as keywords (IngestOptions.of's:
+        `bits`, `codec`, `batch_size`, `workers`, `max_megapixels`, `prune`, `train_now`,
+        `captions`, `engine`, `ray_address`, `ray_shards`, `int8`, `retry_failed`, `policy`;
+        semdb/ingest/run.py says what each does)."""
+        if options is not None and fields:
+            raise InputError("give IngestOptions, or its fields as keywords: not both")
+        return run_ingest(self._ctx, paths, options or IngestOptions.of(**fields), progress).to_dict()
 
     def add_embeddings(
         self,

@@ -161,3 +161,17 @@ def test_a_search_request_is_checked_once_and_frozen():
     assert vectors.shape == (1, 4) and not vectors.flags.writeable
     assert SearchRequest.of(vector=np.ones(4)) == SearchRequest.of(vector=[[1, 1, 1, 1]])
     assert SearchRequest.of(vector=np.ones(4)) != SearchRequest.of(vector=np.zeros(4))
+
+
+def test_ingest_takes_one_options_record_or_its_fields(photos, tmp_path, tiny_model):
+    from semdb.ingest import CodecPolicy, IngestOptions
+
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        summary = db.ingest([photos], IngestOptions.of(bits=64, train_now=True, batch_size=5))
+        assert summary["items"] == 12 and db.codec.bits == 64
+        with pytest.raises(InputError, match="not both"):
+            db.ingest([photos], IngestOptions.of(), prune=True)
+        with pytest.raises(InputError, match="not both"):
+            IngestOptions.of(bits=128, policy=CodecPolicy())
+        with pytest.raises(TypeError):
+            db.ingest([photos], prun=True)  # a misspelt option is an error, never ignored

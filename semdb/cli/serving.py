@@ -12,12 +12,23 @@ from rich.text import Text
 from ..cluster import Cluster
 from ..errors import InputError
 from ..serve.server import is_loopback, run
-from .base import PRETRAINED_HELP, STORE_HELP, app, err, examples, say, shard_list, user_errors
+from .base import (
+    ModelOverrideOption,
+    PretrainedOption,
+    StoreOption,
+    ThreadsOption,
+    app,
+    err,
+    examples,
+    say,
+    shard_list,
+    user_errors,
+)
 
 
 @app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))
 def serve(
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    store: StoreOption = None,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (not loopback: asks for the key)."),
     port: int = typer.Option(
         8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."
@@ -29,9 +40,9 @@ def serve(
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="The --tls-cert's private key (PEM)."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="With --shards: allow a network --host (no key)."),
-    model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads for CLIP."),
+    model: ModelOverrideOption = None,
+    pretrained: PretrainedOption = None,
+    threads: ThreadsOption = None,
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
     shards: str | None = typer.Option(
         None, "--shards", help="Stores sharing one codec: GET /api/search over them on Ray Serve (docs/SCALE.md)."
@@ -47,8 +58,8 @@ def serve(
                 raise InputError("--shards serves the stores it names, with their own model, without a key or TLS")
             _serve_shards(shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
-        if allow_remote:
-            err.print("note: --allow-remote is no longer needed: a network --host asks for the access key")
+        if allow_remote:  # one store's server asks a network client for the access key instead
+            raise InputError("--allow-remote goes with --shards (a network --host asks for the store's access key)")
         run(
             store,
             host,
