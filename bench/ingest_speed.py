@@ -10,10 +10,10 @@ with --megapixel12 N, for N 4000x3000 JPEGs made by upscaling N of those photos 
 - ingest into a fresh store (wall seconds, images/s; model load excluded, as in the bare loop);
   `info()` must count every image with no staging embedding left; a second ingest (store
   re-opened without a model, like a second CLI run) must embed nothing;
-- self-query: fraction of a seeded sample whose own path is in `query_image(path, k=5)`;
+- self-query: fraction of a seeded sample whose own path is in `search(image=path, k=5)`;
 - overlap@10 against a brute-force float ranking: the same files embedded by the same Embedder
   with the same `load_image(draft_size=...)` preprocessing, ranked by inner product. Reported
-  for `query_image(path, k=10)` and for `query_vectors(float query, k=10)` (codec effect only);
+  for `search(image=path, k=10)` and for `search_vectors(float query, k=10)` (codec effect only);
 - a bare loop over the same files: `PIL.Image.open(p).convert("RGB")` (no draft mode) +
   the Embedder's open_clip `preprocess` + `model.encode_image` in batches of --batch-size under
   torch.inference_mode, single thread of Python. Run before and after the ingest (the machine

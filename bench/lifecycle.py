@@ -6,12 +6,12 @@ one go, through the store's public paths.
 1. Real embeddings (../shared/data, FashionCLIP pairs): the 1126 image embeddings imported with
    `Database.add_embeddings` as FIRST then the rest (FIRST = 20, 300, and 700: past the
    threshold), and all at once; text->image R@1 over all 1126 with the paired texts as
-   queries (`query_vectors`), float32 beside; staging left; what the final codec trained on.
+   queries (`search_vectors`), float32 beside; staging left; what the final codec trained on.
 2. The CLI with a local model: `semdb ingest` of FIRST of the photos (default 5), then of the
    whole folder of 2,893 Caltech-101 photos, against one `semdb ingest` of the folder: the
    final codec's training size, staging, whether both stores have the same codec, and the
    overlap@10 of both stores' answers to image queries (a seeded sample of 200 of the photos,
-   `query_image`) and to 20 text queries.
+   `search(image=)`) and to 20 text queries.
 The last output line is JSON.
 """
 
