@@ -171,7 +171,8 @@ def test_ingest_takes_one_options_record_or_its_fields(photos, tmp_path, tiny_mo
         assert summary["items"] == 12 and db.codec.bits == 64
         with pytest.raises(InputError, match="not both"):
             db.ingest([photos], IngestOptions.of(), prune=True)
-        with pytest.raises(InputError, match="not both"):
+        with pytest.raises(InputError, match="disagree"):
             IngestOptions.of(bits=128, policy=CodecPolicy())
+        assert IngestOptions.of(train_now=True, policy=CodecPolicy(train_at=6, train_now=True)).policy.train_at == 6
         with pytest.raises(TypeError):
             db.ingest([photos], prun=True)  # a misspelt option is an error, never ignored

@@ -61,10 +61,10 @@ class IngestOptions:
     @classmethod
     def of(cls, *, bits: int = DEFAULT_BITS, train_now: bool = False, **fields) -> IngestOptions:
         """The options from keywords: the fields, and `bits` and `train_now` for the default
-        `policy` (CodecPolicy(bits, train_now); not with a policy of your own)."""
-        if "policy" in fields and (bits != DEFAULT_BITS or train_now):
-            raise InputError("give a CodecPolicy, or bits and train_now: not both")
-        fields.setdefault("policy", CodecPolicy(bits=bits, train_now=train_now))
+        `policy` (CodecPolicy(bits, train_now)); beside a policy of your own they must agree with it."""
+        policy = fields.setdefault("policy", CodecPolicy(bits=bits, train_now=train_now))
+        if (bits != DEFAULT_BITS and bits != policy.bits) or (train_now and not policy.train_now):
+            raise InputError(f"bits={bits}, train_now={train_now} and the policy {policy} disagree: give one")
         return cls(**fields)
 
 
