@@ -25,8 +25,8 @@ import numpy as np
 import semdb.codec.residual as residual_module
 from semdb.bench import metrics
 from semdb.bench.data import load_embeddings, split_indices
-from semdb.bench.methods import unit_rows
 from semdb.codec import Codec
+from semdb.rows import unit_rows
 from semdb.threads import limited
 
 PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "embeddings" / "shopsphere_fashionclip_pairs.npz"

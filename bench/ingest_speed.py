@@ -10,10 +10,10 @@ with --megapixel12 N, for N 4000x3000 JPEGs made by upscaling N of those photos 
 - ingest into a fresh store (wall seconds, images/s; model load excluded, as in the bare loop);
   `info()` must count every image with no staging embedding left; a second ingest (store
   re-opened without a model, like a second CLI run) must embed nothing;
-- self-query: fraction of a seeded sample whose own path is in `query_image(path, k=5)`;
+- self-query: fraction of a seeded sample whose own path is in `search(image=path, k=5)`;
 - overlap@10 against a brute-force float ranking: the same files embedded by the same Embedder
   with the same `load_image(draft_size=...)` preprocessing, ranked by inner product. Reported
-  for `query_image(path, k=10)` and for `query_vectors(float query, k=10)` (codec effect only);
+  for `search(image=path, k=10)` and for `search_vectors(float query, k=10)` (codec effect only);
 - a bare loop over the same files: `PIL.Image.open(p).convert("RGB")` (no draft mode) +
   the Embedder's open_clip `preprocess` + `model.encode_image` in batches of --batch-size under
   torch.inference_mode, single thread of Python. Run before and after the ingest (the machine
@@ -292,10 +292,10 @@ def run_set(label: str, files: list[Path], model: str, emb: Embedder, args, stor
     truth_nodraft = top_indices(bare_vecs[sample] @ bare_vecs.T, 10)
     with semdb.open(store, readonly=True, embedder=emb) as db:  # same weights: skip a reload
         t0 = time.perf_counter()
-        hits5 = [db.query_image(str(files[i]), k=5) for i in sample]
+        hits5 = [db.search(image=str(files[i]), k=5) for i in sample]
         t_q = time.perf_counter() - t0
-        hitsv = db.query_vectors(E[sample], k=10)
-        hits10 = [db.query_image(str(files[i]), k=10) for i in sample] if args.query_image_overlap else None
+        hitsv = db.search_vectors(E[sample], k=10)
+        hits10 = [db.search(image=str(files[i]), k=10) for i in sample] if args.query_image_overlap else None
     self5 = float(np.mean([any(h.path == os.path.abspath(files[i]) for h in hits) for i, hits in zip(sample, hits5)]))
     self1 = float(np.mean([bool(hits) and hits[0].path == os.path.abspath(files[i]) for i, hits in zip(sample, hits5)]))
     float_self1 = float(

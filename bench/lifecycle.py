@@ -6,12 +6,12 @@ one go, through the store's public paths.
 1. Real embeddings (../shared/data, FashionCLIP pairs): the 1126 image embeddings imported with
    `Database.add_embeddings` as FIRST then the rest (FIRST = 20, 300, and 700: past the
    threshold), and all at once; text->image R@1 over all 1126 with the paired texts as
-   queries (`query_vectors`), float32 beside; staging left; what the final codec trained on.
+   queries (`search_vectors`), float32 beside; staging left; what the final codec trained on.
 2. The CLI with a local model: `semdb ingest` of FIRST of the photos (default 5), then of the
    whole folder of 2,893 Caltech-101 photos, against one `semdb ingest` of the folder: the
    final codec's training size, staging, whether both stores have the same codec, and the
    overlap@10 of both stores' answers to image queries (a seeded sample of 200 of the photos,
-   `query_image`) and to 20 text queries.
+   `search(image=)`) and to 20 text queries.
 The last output line is JSON.
 """
 
@@ -65,7 +65,7 @@ def real_embeddings(tmp: Path) -> dict:
     paths = [f"/shop/{i}.jpg" for i in range(len(X))]
 
     def r1(db):
-        return float(np.mean([h[0].path == paths[i] for i, h in enumerate(db.query_vectors(T, k=1))]))
+        return float(np.mean([h[0].path == paths[i] for i, h in enumerate(db.search_vectors(T, k=1))]))
 
     out = {"float32": round(float(np.mean((T @ X.T).argmax(1) == np.arange(len(X)))), 3)}
     with semdb.open(tmp / "once") as db:
@@ -111,9 +111,9 @@ def cli_growth(tmp: Path, tar: str, first: int, model: str) -> dict:
             staging=info["staging"],
             items=info["items"],
             image_overlap10=round(
-                float(np.mean([overlap(g.query_image(f, k=10), o.query_image(f, k=10)) for f in sample])), 3
+                float(np.mean([overlap(g.search(image=f, k=10), o.search(image=f, k=10)) for f in sample])), 3
             ),
-            text_overlap10=round(float(np.mean([overlap(g.query(t, k=10), o.query(t, k=10)) for t in TEXTS])), 3),
+            text_overlap10=round(float(np.mean([overlap(g.search(t, k=10), o.search(t, k=10)) for t in TEXTS])), 3),
             same_codec=g.codec.id == o.codec.id,
         )
     return out

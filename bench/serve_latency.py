@@ -12,7 +12,7 @@ in one run, times the same --queries distinct texts (class prompts) two ways, in
 - server: one HTTP GET /api/search?q=TEXT&k=K over a kept-alive connection, JSON parsed
   (what the web page and `semdb query` pay once the server runs);
 - bare: in this process, with the same model loaded (`Embedder.encode_texts([text])`) and the
-  store open read-only, `Database.query_vectors(q, k)`: encode one text plus the scan, nothing else.
+  store open read-only, `Database.search_vectors(q, k)`: encode one text plus the scan, nothing else.
 
 Reports p50 / p90 / mean of each and the ratio of the p50s (target <= 1.3), the server's own
 time inside the request ("ms" of the answer), and, with --cli-runs N, the wall time of
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
 
             def bare(text):
                 t = time.perf_counter()
-                hits = db.query_vectors(emb.encode_texts([text]), k=args.k)[0]
+                hits = db.search_vectors(emb.encode_texts([text]), k=args.k)[0]
                 return 1000 * (time.perf_counter() - t), hits
 
             def http(text):

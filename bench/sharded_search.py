@@ -86,7 +86,7 @@ def timed(fn, queries):
 
 def exact_top_k(searcher, Q, k, chunk=200_000):
     """Every code scored in float (the rerank's exact score) for every query: the exact top k."""
-    from semdb.search.searcher import Hit
+    from semdb.search import Hit
 
     ids, index = searcher.index()
     best_s = np.full((len(Q), 0), -np.inf, np.float32)

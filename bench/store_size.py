@@ -11,7 +11,7 @@ and times drawn like a camera's, codes drawn like bench/ivf_speed.py's (a codec 
 synthetic embeddings from bench/scan_speed.py; codes resampled column by column). The file
 is merged with `Database.import_parquet` (what `semdb import` runs: one transaction per 4096
 rows). Reported: data.mdb st_size / items against the budget code + mean path + 40 bytes;
-in a fresh process, Database(store, readonly=True) + the first query_vectors (k=10) and
+in a fresh process, Database(store, readonly=True) + the first search_vectors (k=10) and
 its get_item of the hits, timed inside the process and as the process's wall time.
 --schema1: the same file imported by the semdb of commit 995d13f (schema 1, `git archive`d
 into --out) side by side, then the time this semdb takes to migrate that store and the
@@ -48,7 +48,7 @@ from semdb.api import Database
 t1 = time.perf_counter()
 with Database(sys.argv[1], readonly=True) as db:
     q = np.load(sys.argv[2])
-    hits = db.query_vectors(q, k=10)[0]
+    hits = db.search_vectors(q, k=10)[0]
     paths = [db.item(h.id).path for h in hits]
     t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "open_and_first_query_s": t2 - t1, "hits": len(paths)}))

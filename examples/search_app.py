@@ -33,9 +33,9 @@ def main() -> int:
                 continue
             try:
                 if line.startswith("image:"):
-                    hits = db.query_image(line[len("image:") :].strip(), k=args.k)
+                    hits = db.search(image=line[len("image:") :].strip(), k=args.k)
                 else:
-                    hits = db.query(line, k=args.k)
+                    hits = db.search(line, k=args.k)
                 reply = {"query": line, "hits": [{"path": h.path, "score": round(h.score, 4)} for h in hits]}
             except semdb.SemdbError as err:  # a bad query answers with an error, the app goes on
                 reply = {"query": line, "error": str(err)}

@@ -11,7 +11,6 @@ each call to the module that does the work: `ingest/`, `query.py`, `transfer.py`
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,8 +28,9 @@ from .ingest.embeddings import add_embeddings, read_embeddings, validated
 from .ingest.retrain import RETRAIN_SAMPLE
 from .ingest.retrain import retrain as run_retrain
 from .progress import Progress
+from .search.hit import Hit
 from .search.request import DEFAULT_K, SearchRequest, Where
-from .search.searcher import Hit, Searcher
+from .search.searcher import Searcher
 from .store import Item, Store, default_store_path
 from .tagging import classify as classify_items
 
@@ -53,20 +53,6 @@ def open(path=None, model: str | None = None, pretrained: str | None = None, **k
             db.ingest(["./photos"])
     """
     return Database(path, model=model, pretrained=pretrained, **kwargs)
-
-
-def _alias(method, name: str):
-    """`method` under an earlier version's name, documented as its alias."""
-
-    @functools.wraps(method)
-    def alias(self, *args, **kwargs):
-        return method(self, *args, **kwargs)
-
-    alias.__name__ = alias.__qualname__ = name
-    alias.__doc__ = (
-        f"Alias of {method.__name__}(), kept for earlier code: the same arguments and meaning.\n\n{method.__doc__}"
-    )
-    return alias
 
 
 def _nothing_at(path: Path) -> bool:
@@ -136,64 +122,19 @@ class Database:
 
     # --- ingest ---------------------------------------------------------------------------
     def ingest(
-        self,
-        paths: Iterable,
-        *,
-        bits: int | None = None,
-        codec=None,
-        batch_size: int = 32,
-        prune: bool = False,
-        workers: int | None = None,
-        max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
-        progress: Progress | None = None,
-        engine: str = "local",
-        ray_address: str | None = None,
-        ray_shards=None,
-        train_now: bool = False,
-        captions=None,
-        policy: CodecPolicy | None = None,
-        int8: bool = False,
-        retry_failed: bool = False,
-        count_missing: bool = True,
+        self, paths: Iterable, options: IngestOptions | None = None, *, progress: Progress | None = None, **fields
     ) -> dict:
-        """Index the images and videos under `paths` (files or folders, recursively), as `semdb
-        ingest`; return its `--json` summary (`new`, `changed`, `unchanged`, `moved`,
-        `duplicate`, `failed` with `failures`, `pruned`, `items`, `seconds`, ...).
+        """Add new and changed images and videos under `paths`; skip unchanged ones; return the
+        summary (what `semdb ingest --json` prints).
 
-        Unchanged files are skipped unread, moved files and copies recognised by content; every
-        batch commits atomically, so an interrupted ingest resumes. A file that cannot be read
-        is listed, not raised; unchanged, it is skipped next time (`retry_failed`: tried again).
-        `codec`: a Codec or codec file for a new store (default: train one of `bits` per item
-        once the store holds enough images, CodecPolicy.min_train; `train_now`: on what is
-        staged now; `policy`: a CodecPolicy instead). `bits` given to a store without a codec
-        is recorded; None: the store's recorded bits (a new store's: 256). `captions`: a text file or list of texts
-        like the store's queries; the codec is trained to rank well for them. `prune`: remove
-        items whose files are gone. `batch_size`: images per CLIP batch and commit; `workers`:
-        decoding threads; `max_megapixels`: larger images are refused (None: no limit). `int8`:
-        the int8 ONNX image tower (CPU only). `engine="ray"`: on a Ray cluster (`ray_address`,
-        default a local instance; `ray_shards`: default STORE/ray-shards; docs/SCALE.md).
-        `progress(stage, done, total)`: called as the work advances. `count_missing=False`:
-        without `prune`, do not count the items whose files are gone (a stat of every item's
-        file, which the folder watcher, ingesting a few files at a time, need not pay).
-
-            summary = db.ingest(["~/Pictures"], prune=True)
-        """
-        options = IngestOptions(
-            batch_size=batch_size,
-            workers=workers,
-            max_megapixels=max_megapixels,
-            prune=prune,
-            codec=codec,
-            policy=policy or CodecPolicy(bits=bits, train_now=train_now),
-            engine=engine,
-            ray_address=ray_address,
-            ray_shards=ray_shards,
-            captions=captions,
-            int8=int8,
-            retry_failed=retry_failed,
-            count_missing=count_missing,
-        )
-        return run_ingest(self._ctx, paths, options, progress).to_dict()
+        Every batch commits atomically, so an interrupted ingest resumes where it stopped. How
+        it runs: `options`, an IngestOptions, or its fields as keywords (IngestOptions.of's:
+        `bits`, `codec`, `batch_size`, `workers`, `max_megapixels`, `prune`, `train_now`,
+        `captions`, `engine`, `ray_address`, `ray_shards`, `int8`, `retry_failed`, `policy`;
+        semdb/ingest/run.py says what each does)."""
+        if options is not None and fields:
+            raise InputError("give IngestOptions, or its fields as keywords: not both")
+        return run_ingest(self._ctx, paths, options or IngestOptions.of(**fields), progress).to_dict()
 
     def add_embeddings(
         self,
@@ -285,21 +226,6 @@ class Database:
         one scan: a list of hits per row. `filters`: search()'s (under, after, before, within,
         min_score, nprobe, frames)."""
         return self._searcher.search(SearchRequest.of(vector=vectors, k=k, **filters))
-
-    def similar(self, item_id: int, k: int = DEFAULT_K, **options) -> list[Hit]:
-        """search(like=item_id, ...): more like a stored item, from its stored code (no file
-        read, no CLIP), itself left out; search()'s options."""
-        return self.search(like=int(item_id), k=k, **options)
-
-    def search_image(self, image, k: int = DEFAULT_K, **options) -> list[Hit]:
-        """search(image=image, ...): an image file (which need not be in the store) or a PIL
-        image; search()'s options."""
-        return self.search(image=image, k=k, **options)
-
-    # the names of earlier versions, kept: aliases
-    query = _alias(search, "query")
-    query_image = _alias(search_image, "query_image")
-    query_vectors = _alias(search_vectors, "query_vectors")
 
     def warm(self) -> None:
         """Load both CLIP towers and build the search index now rather than on the first query

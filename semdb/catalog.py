@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputError, display_path
 from .faults import fault_point
-from .search.request import Where
+from .search.request import Where, is_whole
 from .store import Item, Store
 
 
@@ -107,24 +107,15 @@ def remove(store: Store, ids, fault: str = "rm_txn") -> None:
 
 
 def _is_id(target) -> bool:
-    return isinstance(target, (int, np.integer)) and not isinstance(target, bool) and 0 <= target < 1 << 63
+    return is_whole(target) and 0 <= target < 1 << 63
 
 
 def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray, Counter]:
     """(ids uint64, dates taken float64 with NaN for unknown) of the items matching `where`, and
     how many of them are frames of each video (by path)."""
-    prefix = None
-    if where.under is not None:
-        prefix = os.fsencode(where.under if where.under.endswith(os.sep) else where.under + os.sep)
     ids, taken, videos = [], [], Counter()
     for cols in store.iter_columns():
-        keep = np.ones(len(cols), bool)
-        if prefix is not None:
-            keep &= np.fromiter((p.startswith(prefix) for p in cols.paths), bool, len(cols))
-        if where.after is not None:
-            keep &= cols.taken >= where.after  # NaN (date unknown) never passes
-        if where.before is not None:
-            keep &= cols.taken < where.before
+        keep = where.matches(cols.paths, cols.taken)
         ids.append(cols.ids[keep])
         taken.append(cols.taken[keep])
         videos.update(cols.paths[i] for i in np.flatnonzero(keep & (cols.frame_ms >= 0)))
@@ -134,7 +125,7 @@ def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray, Count
 
 
 def _count_arg(name: str, value) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+    if not is_whole(value) or value < 0:
         raise InputError(f"--{name} {value!r}: give a whole number >= 0")
     return int(value)
 

@@ -3,7 +3,7 @@
     import semdb.cluster
     with semdb.cluster.Cluster.start(["/data/a.semdb", "/data/b.semdb"]) as cluster:
         result = cluster.search("a red bicycle", k=10, under="/photos/2024")
-        for hit in result.hits:                    # ShardHit(path, score, id, shard, store)
+        for hit in result.hits:                    # Hit(path, score, id, frame_ms, shard, store)
             print(hit.score, hit.path, hit.shard)
 
 Serve applications (one Ray actor each; docs/notes/SCALE.md#sharded-search):
@@ -43,6 +43,7 @@ from .context import StoreContext
 from .errors import InputError, SemdbError, ShardError, StoreError, display_path
 from .ingest import ivf_upkeep
 from .search.adc import shortlist_size
+from .search.hit import Hit
 from .search.request import DEFAULT_K, SearchRequest
 from .search.searcher import Searcher
 from .serve.params import SEARCH_PARAMS, ApiError, search_request
@@ -80,15 +81,6 @@ class ShardQuery:
 
 
 @dataclass(frozen=True)
-class ShardHit:
-    path: str
-    score: float
-    id: int  # the item's id in its own store (ids are store-local)
-    shard: int  # index of its store in the cluster's shard list
-    store: str  # that store's path
-
-
-@dataclass(frozen=True)
 class ShardAnswer:
     """A shard's candidates for one query (query.Searcher.candidates): those that can be hits
     (may_be_hits), scored exactly, each with its scan score in `approx`; `cut`: the (scan
@@ -97,7 +89,7 @@ class ShardAnswer:
     shard cut no shortlist by scan score (search.Candidates.complete)."""
 
     shard: int
-    hits: tuple[ShardHit, ...]
+    hits: tuple[Hit, ...]
     approx: tuple[float, ...]
     complete: bool
     cut: tuple[tuple[float, int], ...] = ()
@@ -112,7 +104,7 @@ class ShardFailure:
 
 @dataclass(frozen=True)
 class ShardedResult:
-    hits: tuple[ShardHit, ...]
+    hits: tuple[Hit, ...]
     missing: tuple[ShardFailure, ...] = ()  # shards that did not answer: hits are then partial
 
     @property
@@ -163,7 +155,7 @@ def check_specs(specs: Sequence[ShardSpec]) -> None:
 
 def merge(
     answers: Sequence[ShardAnswer], k: int, within: float | None = None, min_score: float | None = None
-) -> tuple[ShardHit, ...]:
+) -> tuple[Hit, ...]:
     """One store's top k from its shards' candidates. One store cuts its scan at the best
     shortlist_size(k) by scan score and ranks those by exact score; the union of the shards'
     shortlists holds that cut, so the same cut of the union (found from the answers' `cut`
@@ -284,7 +276,8 @@ class ShardReplica:
         return ShardAnswer(
             self.spec.shard,
             tuple(
-                ShardHit(it.path, float(found.exact[p]), int(it.id), self.spec.shard, self.spec.store) for p, it in kept
+                Hit(it.path, float(found.exact[p]), int(it.id), it.frame_ms, self.spec.shard, self.spec.store)
+                for p, it in kept
             ),
             tuple(float(found.approx[p]) for p, _ in kept),
             found.complete,
@@ -356,7 +349,7 @@ class Router:
             return JSONResponse({"error": str(_unwrapped(e))}, status_code=400)
         return JSONResponse(
             {
-                "hits": [asdict(h) for h in result.hits],
+                "hits": [h.to_json() for h in result.hits],
                 "partial": result.partial,
                 "missing": [asdict(m) for m in result.missing],
             }

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lazy
 from .context import STATS_KEY, StoreContext
 from .errors import InputError
+from .rows import unit_rows
 
 NEAR_DUPLICATE_COSINE = 0.95  # float CLIP cosine of two versions of one photo
 CHUNK = 4096  # queries per range search
@@ -47,7 +49,7 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
     if index is None:
         return {"threshold": threshold, "groups": []}
     X = np.concatenate([ctx.stored_vectors(ids[i : i + CHUNK]) for i in range(0, len(ids), CHUNK)])
-    X = np.ascontiguousarray(X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), np.float32)
+    X = np.ascontiguousarray(unit_rows(X), np.float32)
     out = []
     frames, files_seen = searcher.holds_frames(), set()
     for rows in _groups(X, _neighbours(X, threshold), threshold):
@@ -83,7 +85,7 @@ def _one_per_file(items: list, rows: list[int]) -> tuple[list, list[int]]:
 
 def _neighbours(X: np.ndarray, threshold: float) -> list[np.ndarray]:
     """Each row's other rows with a cosine >= threshold, closest first."""
-    import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+    faiss = lazy.faiss()
 
     flat = faiss.IndexFlatIP(X.shape[1])
     flat.add(X)

@@ -28,6 +28,10 @@ class InputError(SemdbError, ValueError):
     exit_code = 2
 
 
+class UnknownItemError(InputError):
+    """An item id or path that names no stored item (a server answers it with 404)."""
+
+
 class ModelError(SemdbError):
     """The CLIP model cannot be loaded (no network, missing local folder, bad weights)."""
 

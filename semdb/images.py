@@ -21,17 +21,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageError, InputError, display_path  # noqa: F401 - display_path re-exported
 from .video.files import is_video_file, is_video_path
 
-try:  # HEIC/HEIF (iPhone photos) need the pillow-heif plugin; without it they fail as unsupported.
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
-    pillow_heif = None
+pillow_heif.register_heif_opener()  # HEIC/HEIF (iPhone photos) through Pillow
 
 PathLike = str | bytes | os.PathLike
 

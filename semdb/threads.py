@@ -1,8 +1,8 @@
 """The numeric libraries' thread pools (OpenBLAS and OpenMP, numpy's, FAISS's and torch's).
 
 A sum split over threads rounds differently on a different thread count, and k-means and beam
-searches turn one flipped near-tie into another codec: the same 563 shopsphere images and seed
-trained a 64-bit codec of text R@1 0.645 on 2 threads and 0.627 on one. Codec training
+searches turn one flipped near-tie into another codec (of another accuracy: the same images and
+seed train a different codec on 2 threads than on one, docs/notes/FIGURES.md). Codec training
 therefore runs on one thread (`Codec.train`), so a store's codec depends on its training
 embeddings, shape and seed, not on the core count of the machine that happened to train it.
 
@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import lazy
+
 _lock = threading.RLock()  # re-entrant: a capped bench trains capped codecs in the same thread
 
 
@@ -29,8 +31,8 @@ def limited(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
-    import faiss  # noqa: F401, PLC0415  (threadpoolctl caps only the libraries already loaded: FAISS's own
-    from threadpoolctl import threadpool_limits  # OpenMP and OpenBLAS are loaded by this import)  # noqa: PLC0415 - only training caps the pools
+    lazy.faiss()  # threadpoolctl caps only the libraries already loaded: FAISS's OpenMP and OpenBLAS
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - only training caps the pools
 
     with _lock, threadpool_limits(limits=int(n)):
         yield

@@ -19,10 +19,10 @@ def test_ingest_query_and_incremental_reruns(photos, tmp_path, tiny_model):
         info = db.info()
         assert info["items"] == 12 and info["staging"] == 0 and info["bits_per_item"] == 256
         assert 0 < info["entropy_bits_per_item"] <= 256 + 8
-        hits = db.query_image(photos / "chelsea.jpg", k=3)
+        hits = db.search(image=photos / "chelsea.jpg", k=3)
         assert hits[0].path == str(photos / "chelsea.jpg") and hits[0].score > hits[-1].score
-        assert len(db.query("a cat", k=5)) == 5
-        assert db.query("a cat", k=5, min_score=10.0) == []
+        assert len(db.search("a cat", k=5)) == 5
+        assert db.search("a cat", k=5, min_score=10.0) == []
 
         again = db.ingest([photos], train_now=True)
         assert (again["unchanged"], again["embedded"], again["new"]) == (12, 0, 0)
@@ -47,7 +47,7 @@ def test_ingest_query_and_incremental_reruns(photos, tmp_path, tiny_model):
         assert db.ingest([photos], count_missing=False)["missing"] == 0  # not looked for
         s = db.ingest([photos], prune=True, train_now=True)
         assert s["pruned"] == 1 and s["items"] == 12
-        paths = {h.path for h in db.query("anything", k=50)}
+        paths = {h.path for h in db.search("anything", k=50)}
         assert str(photos / "rocket moved.jpg") in paths and str(photos / "rocket.jpg") not in paths
         assert db.store.verify() == []
 
@@ -61,7 +61,7 @@ def test_adc_results_agree_with_brute_force_float_ranking(photos, tmp_path, tiny
         X = tiny_embedder.encode_images([load_image(p, draft_size=tiny_embedder.image_size) for p in files])
         q = tiny_embedder.encode_texts(["a photo of a rocket"])
         float_top = [files[i] for i in np.argsort(-(q @ X.T)[0])[:5]]
-        hits = db.query("a photo of a rocket", k=5)
+        hits = db.search("a photo of a rocket", k=5)
         assert len(set(float_top) & {h.path for h in hits}) >= 3
 
 
@@ -78,24 +78,24 @@ def test_given_codec_and_model_binding(photos, tmp_path, tiny_model, tiny_embedd
     other = "local-dir:" + write_tiny_model(tmp_path / "other", seed=1)
     with pytest.raises(StoreError, match="was built with CLIP model"):
         with semdb.open(tmp_path / "s", model=other) as db:
-            db.query("a cat")
+            db.search("a cat")
 
 
 def test_bad_queries(photos, tmp_path, tiny_model):
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         db.ingest([photos], train_now=True)
         with pytest.raises(InputError, match="empty query"):
-            db.query("   ")
+            db.search("   ")
         with pytest.raises(InputError, match="not found"):
-            db.query_image(tmp_path / "missing.jpg")
-        assert len(db.query("x" * 10_000, k=2)) == 2
+            db.search(image=tmp_path / "missing.jpg")
+        assert len(db.search("x" * 10_000, k=2)) == 2
     with pytest.raises(StoreError, match="no semdb store"):
         semdb.open(tmp_path / "nothing", readonly=True)
 
 
 def test_every_way_of_searching_takes_every_filter(photos, tmp_path, tiny_model):
-    """One vocabulary: search, its aliases (query, query_image, query_vectors) and its other
-    forms (similar, search_image, search_vectors, a SearchRequest) all take every filter."""
+    """One vocabulary: search (with a text, an image, a stored item or a SearchRequest) and
+    search_vectors all take every filter; a Database has no other name for a search."""
     import datetime
 
     from semdb.search.request import SearchRequest
@@ -107,12 +107,9 @@ def test_every_way_of_searching_takes_every_filter(photos, tmp_path, tiny_model)
         vector = db.embedder.encode_texts(["a cat"])
         ways = {
             "search": lambda **f: db.search("a cat", k=5, **f),
-            "query": lambda **f: db.query("a cat", k=5, **f),
-            "search_image": lambda **f: db.search_image(photos / "chelsea.jpg", k=5, **f),
-            "query_image": lambda **f: db.query_image(photos / "chelsea.jpg", k=5, **f),
-            "similar": lambda **f: db.similar(chelsea, k=5, **f),
+            "image": lambda **f: db.search(image=photos / "chelsea.jpg", k=5, **f),
+            "like": lambda **f: db.search(like=chelsea, k=5, **f),
             "search_vectors": lambda **f: db.search_vectors(vector, k=5, **f)[0],
-            "query_vectors": lambda **f: db.query_vectors(vector, k=5, **f)[0],
             "a SearchRequest": lambda **f: db.search(SearchRequest.of("a cat", k=5, **f)),
         }
         for name, way in ways.items():
@@ -121,15 +118,15 @@ def test_every_way_of_searching_takes_every_filter(photos, tmp_path, tiny_model)
             assert way(under=tmp_path / "elsewhere") == [] and way(after=tomorrow) == [], name
             assert way(min_score=10.0) == [], name
         assert db.search(vector=vector, k=5) == ways["search_vectors"]()
-        assert chelsea not in [h.id for h in ways["similar"]()]  # the item itself is never a hit
-        for alias, of in (("query", "search"), ("query_image", "search_image"), ("query_vectors", "search_vectors")):
-            assert getattr(db, alias).__doc__.startswith(f"Alias of {of}()"), alias
+        assert chelsea not in [h.id for h in ways["like"]()]  # the item itself is never a hit
+        searches = {n for n in dir(db) if not n.startswith("_") and any(w in n for w in ("search", "query", "similar"))}
+        assert searches == {"search", "search_vectors"}
         with pytest.raises(InputError, match="not both"):
             db.search(SearchRequest.of("a cat"), k=3)
         with pytest.raises(InputError, match="search_vectors"):
             db.search(vector=np.vstack([vector, vector]))
         with pytest.raises(TypeError):
-            db.query("a cat", undr=photos)  # a misspelt filter is an error, never ignored
+            db.search("a cat", undr=photos)  # a misspelt filter is an error, never ignored
 
 
 def test_a_search_request_is_checked_once_and_frozen():
@@ -165,3 +162,18 @@ def test_a_search_request_is_checked_once_and_frozen():
     assert vectors.shape == (1, 4) and not vectors.flags.writeable
     assert SearchRequest.of(vector=np.ones(4)) == SearchRequest.of(vector=[[1, 1, 1, 1]])
     assert SearchRequest.of(vector=np.ones(4)) != SearchRequest.of(vector=np.zeros(4))
+
+
+def test_ingest_takes_one_options_record_or_its_fields(photos, tmp_path, tiny_model):
+    from semdb.ingest import CodecPolicy, IngestOptions
+
+    with semdb.open(tmp_path / "s", model=tiny_model) as db:
+        summary = db.ingest([photos], IngestOptions.of(bits=64, train_now=True, batch_size=5))
+        assert summary["items"] == 12 and db.codec.bits == 64
+        with pytest.raises(InputError, match="not both"):
+            db.ingest([photos], IngestOptions.of(), prune=True)
+        with pytest.raises(InputError, match="disagree"):
+            IngestOptions.of(bits=128, policy=CodecPolicy())
+        assert IngestOptions.of(train_now=True, policy=CodecPolicy(train_at=6, train_now=True)).policy.train_at == 6
+        with pytest.raises(TypeError):
+            db.ingest([photos], prun=True)  # a misspelt option is an error, never ignored

@@ -16,8 +16,9 @@ import pytest
 pytest.importorskip("ray.serve", reason="sharded search needs Ray Serve (the [ray] extra)")
 
 import semdb  # noqa: E402
-from semdb.cluster import Cluster, ShardHit  # noqa: E402
+from semdb.cluster import Cluster  # noqa: E402
 from semdb.errors import InputError, ShardError  # noqa: E402
+from semdb.search import Hit  # noqa: E402
 
 N, SHARDS = 600, 3
 FOLDERS = ("/photos/beach", "/photos/city", "/photos/forest")
@@ -121,7 +122,7 @@ def test_text_queries_give_the_hits_of_one_store(cluster, stores, k):
                 same(got.hits, db.search(text, k=k, files=False, **where))
                 assert {h.shard for h in got.hits} <= set(range(SHARDS))
                 for h in got.hits:  # a hit names its shard and its id there
-                    assert isinstance(h, ShardHit) and h.store == str(stores["shards"][h.shard])
+                    assert isinstance(h, Hit) and h.store == str(stores["shards"][h.shard])
         same(
             cluster.search("a photo of a cat", k=k, min_score=0.1).hits,
             db.search("a photo of a cat", k=k, min_score=0.1),
@@ -274,7 +275,8 @@ def test_cli_query_shards_on_a_running_cluster(ray_cluster, stores):
     hits = json.loads(proc.stdout)
     with semdb.open(stores["full"], readonly=True) as db:
         want = db.search("a photo of a cat", k=4, under="/photos/city", files=False)
-    assert [h["path"] for h in hits] == [h.path for h in want] and all("shard" in h for h in hits)
+    assert [h["path"] for h in hits] == [h.path for h in want]
+    assert all(list(h) == ["path", "score", "id", "shard", "store"] for h in hits)  # Hit.to_json's form
     assert not any(name.startswith("semdb-") for name in serve.status().applications)
     odd = f"{stores['shards'][0]},{stores['odd']}"
     proc = semdb_cli("query", "cat", "--shards", odd, "--ray-address", ray_cluster.address, check=4, timeout=600)
@@ -316,7 +318,7 @@ def test_merge_cuts_the_shortlists_union_then_ranks_exactly_with_ties_by_shard_t
     def answer(shard, rows, complete=False, dropped=()):  # rows: (path, approx, exact, id); dropped: (approx, id)
         return ShardAnswer(
             shard,
-            tuple(ShardHit(p, e, i, shard, "AB"[shard]) for p, _, e, i in rows),
+            tuple(Hit(p, e, i, shard=shard, store="AB"[shard]) for p, _, e, i in rows),
             tuple(a for _, a, _, _ in rows),
             complete,
             tuple(sorted([(a, i) for _, a, _, i in rows] + list(dropped), key=lambda c: (-c[0], c[1]))),
@@ -393,7 +395,7 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
             answers.append(
                 ShardAnswer(
                     j,
-                    tuple(ShardHit(it.path, float(e), it.id, j, "") for it, e in zip(items, c.exact[may])),
+                    tuple(Hit(it.path, float(e), it.id, shard=j, store="") for it, e in zip(items, c.exact[may])),
                     tuple(c.approx[may].tolist()),
                     c.complete,
                     tuple(zip(c.approx[first].tolist(), c.rows[first].tolist())),

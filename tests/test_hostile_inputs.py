@@ -167,7 +167,7 @@ def test_hostile_collection_through_the_api(tmp_path, tiny_model):
         assert reasons(s["failures"]) == fail
         assert (s["failed"], s["items"]) == (len(fail), len(good))
         assert {it.path for it in db.store.iter_items()} == good and db.store.verify() == []
-        assert len(db.query("x" * 10_000, k=50)) == len(good)
+        assert len(db.search("x" * 10_000, k=50)) == len(good)
         again = db.ingest([tmp_path / "photos"], train_now=True)
         unopened = {p: r for p, r in fail.items() if r == "permission denied"}  # not decoded: not remembered
         assert (again["unchanged"], again["items"], again["failed_before"]) == (

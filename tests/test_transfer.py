@@ -56,7 +56,7 @@ def test_round_trip_gives_identical_query_results(built, tmp_path):
         table = db.to_arrow()
         db.export(tmp_path / "a.parquet")
         before = snapshot(db)
-        hits = [db.query(q, k=12) for q in QUERIES]
+        hits = [db.search(q, k=12) for q in QUERIES]
         codec_id = db.codec.id
     columns = ["id", "path", "path_bytes", "size", "mtime", "hash", "width", "height", "added", "updated", "code"]
     later = ["taken", "frame_ms", "duration_ms", "codec", "embedding", "document"]
@@ -72,7 +72,7 @@ def test_round_trip_gives_identical_query_results(built, tmp_path):
             summary = db.import_arrow(source) if name == "b" else db.import_parquet([source])
             assert (summary["added"], summary["updated"], summary["unchanged"], summary["items"]) == (12, 0, 0, 12)
             assert snapshot(db) == before and db.codec.id == codec_id
-            got = [db.query(q, k=12) for q in QUERIES]
+            got = [db.search(q, k=12) for q in QUERIES]
             # same paths, ids and order; scores to float precision (the first text query of a
             # model runs its torch text tower and caches the ONNX export the later ones use)
             assert [[(h.path, h.id) for h in g] for g in got] == [[(h.path, h.id) for h in g] for g in hits]
@@ -106,7 +106,7 @@ def test_import_merges_new_items_and_updates_changed_ones(built, photos, tmp_pat
     with semdb.open(built, threads=1) as db:
         summary = db.import_arrow(table)
         assert (summary["added"], summary["updated"], summary["items"]) == (2, 0, 14)
-        assert {h.path for h in db.query_image(photos / "rocket.jpg", k=2)} == {
+        assert {h.path for h in db.search(image=photos / "rocket.jpg", k=2)} == {
             str(photos / "rocket.jpg"),
             str(other / "rocket2.jpg"),
         }

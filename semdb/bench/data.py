@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError
+from ..rows import unit_rows
 
 #: Arrays the benchmark understands; any other array in a file is ignored.
 KNOWN_ARRAYS = ("image_emb", "text_emb", "label", "class_names", "class_text_emb")
@@ -80,10 +81,6 @@ class BenchData:
     @property
     def has_labels(self) -> bool:
         return self.label is not None
-
-    @property
-    def has_zeroshot(self) -> bool:
-        return self.label is not None and self.class_text_emb is not None
 
     def take(self, rows: np.ndarray) -> BenchData:
         """The same data restricted to ``rows`` (class prompts and names kept whole)."""
@@ -427,7 +424,7 @@ class Shift:
         a, b = X @ self.u, X @ self.w
         c, s = np.cos(self.angles), np.sin(self.angles)
         out = X + (a * (c - 1) - b * s) @ self.u.T + (a * s + b * (c - 1)) @ self.w.T
-        return unit_rows_f32(out)
+        return unit_rows(out)
 
     def share(self, X: np.ndarray) -> float:
         """Share of the spread of X (centred on its own mean) that lies in the training top-r directions."""
@@ -438,11 +435,6 @@ class Shift:
     def moved(self) -> float:
         """How many principal directions were turned (a partly turned one counts by its angle)."""
         return float(self.angles.sum() / (np.pi / 2))
-
-
-def unit_rows_f32(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def _orthonormal(B: np.ndarray, against: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from PIL import Image, features
 from ..errors import ImageError, InputError
 from ..images import discover, load_image
 from ..progress import report
+from ..rows import unit_rows
 from .data import BenchData, Variant, validate
 
 DEFAULT_PROMPTS = ("a photo of a {}.",)
@@ -71,7 +72,7 @@ def class_text_embeddings(embedder, class_names: Sequence[str], prompts: Sequenc
     (CLIP's prompt ensembling)."""
     texts = [p.format(c) for c in class_names for p in prompts]
     emb = embedder.encode_texts(texts).reshape(len(class_names), len(prompts), -1).mean(axis=1)
-    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    return unit_rows(emb)
 
 
 def load_image_folder(

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..codec import entropy
 from ..packing import unpack
+from ..rows import unit_rows
 
 #: Method family keys accepted by ``run_bench(methods=...)``, in report order.
 FAMILIES = (
@@ -76,12 +77,6 @@ FAMILY_LABELS = {
 class MethodSkipped(Exception):
     """The method cannot run here (too few training points, missing library...). The message
     says why; the runner records a 'skipped' row."""
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
 
 
 def unpack_subcodes(codes: np.ndarray, m: int, nbits: int) -> np.ndarray:

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -55,6 +57,28 @@ CAPTIONS_HELP = (
     "Texts like the store's queries (one per line; captions, past searches): "
     "the codec is trained to rank well for them."
 )
+
+# The options several commands take, each declared once (as sqlite-utils shares its output
+# options): a command's parameter `store: StoreOption = None` is its --store.
+StoreOption = Annotated[Path | None, typer.Option("--store", help=STORE_HELP)]
+ModelOption = Annotated[str | None, typer.Option("--model", help=MODEL_HELP)]
+ModelOverrideOption = Annotated[
+    str | None, typer.Option("--model", help="Override the store's model (must be the same weights).")
+]
+PretrainedOption = Annotated[str | None, typer.Option("--pretrained", help=PRETRAINED_HELP)]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
+]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for another writer on this store instead of failing.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per CLIP batch and per commit.")]
+WorkersOption = Annotated[int | None, typer.Option("--workers", min=1, help="Image decoding threads.")]
+CaptionsOption = Annotated[Path | None, typer.Option("--captions", help=CAPTIONS_HELP)]
+
+
+def json_option(prints: str):
+    """The --json flag of a command whose JSON output is `prints` (its help)."""
+    return Annotated[bool, typer.Option("--json", help=prints)]
 
 
 def _checked_bits(bits: int | None) -> int | None:

@@ -11,7 +11,17 @@ from rich.console import Console
 
 from ..codec import Codec
 from ..errors import InputError
-from .base import MODEL_HELP, PRETRAINED_HELP, app, err, examples, out, progress_display, user_errors
+from .base import (
+    MODEL_HELP,
+    PretrainedOption,
+    app,
+    err,
+    examples,
+    json_option,
+    out,
+    progress_display,
+    user_errors,
+)
 
 
 @app.command(
@@ -27,7 +37,7 @@ def bench(
     train_file: Path | None = typer.Option(None, "--train", help="With --eval: train on this embeddings file."),
     eval_file: Path | None = typer.Option(None, "--eval", help="With --train: the collection to score on."),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " (with --images)"),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    pretrained: PretrainedOption = None,
     prompt: list[str] | None = typer.Option(
         None, "--prompt", help='Class prompt template, e.g. "a photo of a {}." (repeatable; averaged).'
     ),
@@ -53,7 +63,7 @@ def bench(
     bpp_pixels: str = typer.Option(
         "224x224", "--bpp-pixels", help="Pixels per image in the bits-per-pixel convention."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the result rows as JSON (schema: docs/notes/BENCH.md)."),
+    as_json: json_option("Print the result rows as JSON (schema: docs/notes/BENCH.md).") = False,
     out_file: Path | None = typer.Option(None, "--out", help="Also write the rows to this Parquet file."),
     plot: Path | None = typer.Option(None, "--plot", help="Also plot accuracy against bits to this PNG."),
 ):

@@ -12,20 +12,25 @@ from rich.text import Text
 from ..api import Database
 from ..errors import InputError
 from ..images import check_paths
+from ..ingest import IngestOptions
 from ..ingest.training import MIN_TRAIN
 from . import listing
 from .base import (
-    CAPTIONS_HELP,
-    MODEL_HELP,
-    PRETRAINED_HELP,
-    STORE_HELP,
-    THREADS_HELP,
+    BatchSizeOption,
+    CaptionsOption,
+    ModelOption,
+    PretrainedOption,
+    StoreOption,
+    ThreadsOption,
+    WaitOption,
+    WorkersOption,
     app,
     bits_option,
     counted,
     err,
     examples,
     exclusive,
+    json_option,
     media,
     print_columns,
     print_json,
@@ -41,9 +46,9 @@ def ingest(
     paths: list[Path] | None = typer.Argument(
         None, metavar="PATHS", help="Image files or folders (searched recursively)."
     ),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    store: StoreOption = None,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
     bits: int | None = bits_option(
         "Bits per image of the codec a new store trains (a multiple of 4, at most 4096; default 256, "
         "recorded: later ingests keep it)."
@@ -55,7 +60,7 @@ def ingest(
         help="Train the codec on what is staged, however few (default: wait for enough images); "
         "without PATHS: on what the store holds.",
     ),
-    captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    captions: CaptionsOption = None,
     embeddings: Path | None = typer.Option(
         None,
         "--embeddings",
@@ -65,15 +70,15 @@ def ingest(
     paths_file: Path | None = typer.Option(
         None, "--paths", help="With --embeddings FILE.npy: the image paths, one per line, row-aligned."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
+    batch_size: BatchSizeOption = 32,
+    workers: WorkersOption = None,
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", min=0, help="Refuse larger images (0: no limit)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose files are gone."),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try again the files that failed before (skipped while unchanged)."
     ),
-    wait: bool = typer.Option(False, "--wait", help="Wait for another ingest on this store instead of failing."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    wait: WaitOption = False,
+    threads: ThreadsOption = None,
     engine: str = typer.Option(
         "local",
         "--engine",
@@ -90,7 +95,7 @@ def ingest(
     int8: bool = typer.Option(
         False, "--int8", help="Embed with the int8 ONNX image tower: faster on a CPU, slightly different embeddings."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (with peak_rss_mb)."),
+    as_json: json_option("Print the summary as JSON (with peak_rss_mb).") = False,
 ):
     """Embed, compress and store the images under PATHS (re-runs skip unchanged files)."""
     if train_now and not paths and embeddings is None:
@@ -114,15 +119,13 @@ def ingest(
                     progress=update,
                 )
             else:
-                summary = db.ingest(
-                    paths,
+                options = IngestOptions.of(
                     bits=bits,
                     codec=codec,
                     batch_size=batch_size,
                     workers=workers,
                     prune=prune,
                     max_megapixels=max_megapixels or None,
-                    progress=update,
                     engine=engine,
                     ray_address=ray_address,
                     ray_shards=ray_shards,
@@ -131,6 +134,7 @@ def ingest(
                     int8=int8,
                     retry_failed=retry_failed,
                 )
+                summary = db.ingest(paths, options, progress=update)
             trained_bits = db.codec.bits if summary["codec_trained"] else None
     if not as_json:
         for failure in summary["failures"]:
@@ -223,17 +227,17 @@ def _print_codec_notes(facts: dict, store) -> None:
 
 @app.command(epilog=examples("semdb retrain", "semdb retrain --bits 128 --captions searches.txt"))
 def retrain(
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    store: StoreOption = None,
     bits: int | None = bits_option("Bits per image of the new codec (default: the current codec's)."),
     sample: int | None = typer.Option(
         None, "--sample", min=2, help="Stored files re-embedded to train on (default 20000)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
-    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
-    captions: Path | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    batch_size: BatchSizeOption = 32,
+    workers: WorkersOption = None,
+    threads: ThreadsOption = None,
+    wait: WaitOption = False,
+    captions: CaptionsOption = None,
+    as_json: json_option("Print the summary as JSON.") = False,
 ):
     """Train a new codec on what the store holds now and re-encode every item (resumable)."""
     with user_errors():
@@ -247,8 +251,8 @@ def retrain(
 
 @app.command(epilog=examples("semdb info", "semdb info --store photos.semdb --json"))
 def info(
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    store: StoreOption = None,
+    as_json: json_option("Print as JSON.") = False,
 ):
     """Items, bits per item (fixed and entropy-coded), size on disk, model and codec."""
     with user_errors():
@@ -326,8 +330,8 @@ def _retrain_state(facts: dict) -> str:
 @app.command("export", epilog=examples("semdb export --out photos.parquet"))
 def export_(
     out_path: str = typer.Option(..., "--out", help="Parquet file to write (replaced atomically)."),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    store: StoreOption = None,
+    as_json: json_option("Print the summary as JSON.") = False,
 ):
     """Write every item (metadata and packed code) to a Parquet file, with the codec and model."""
     with user_errors():
@@ -340,9 +344,9 @@ def export_(
 @app.command("import", epilog=examples("semdb import photos.parquet --store copy.semdb"))
 def import_(
     files: list[Path] = typer.Argument(..., metavar="FILES", help="Parquet files written by `semdb export`."),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    store: StoreOption = None,
+    wait: WaitOption = False,
+    as_json: json_option("Print the summary as JSON.") = False,
 ):
     """Merge Parquet exports into a store (same codec; a new store takes theirs). Idempotent."""
     with user_errors():
@@ -360,8 +364,8 @@ def ls_(
     before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
     limit: int | None = typer.Option(None, "-n", "--limit", help="At most this many items (default: all)."),
     offset: int = typer.Option(0, "--offset", help="Skip this many items first (the next page)."),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    as_json: bool = typer.Option(False, "--json", help='Print [{"id", "path", "taken", "size", ...}] as JSON.'),
+    store: StoreOption = None,
+    as_json: json_option('Print [{"id", "path", "taken", "size", ...}] as JSON.') = False,
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
 ):
     """List the stored items, newest first (by date taken): id, date taken, size, path."""
@@ -377,9 +381,9 @@ def rm(
     targets: list[str] | None = typer.Argument(None, help="Item ids, or paths of stored files or folders."),
     under: Path | None = typer.Option(None, "--under", help="Every item whose file is under this folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing."),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    wait: bool = typer.Option(False, "--wait", help="Wait for another writer on this store instead of failing."),
-    as_json: bool = typer.Option(False, "--json", help='Print {"dry_run", "removed": [...]} as JSON.'),
+    store: StoreOption = None,
+    wait: WaitOption = False,
+    as_json: json_option('Print {"dry_run", "removed": [...]} as JSON.') = False,
 ):
     """Remove items from the store, in one step (the files stay): by id, by path, or all under a folder."""
     with user_errors():

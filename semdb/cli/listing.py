@@ -10,6 +10,7 @@ import sys
 
 from ..catalog import item_record
 from ..errors import display_path
+from ..search.hit import Hit
 from ..store import Item
 from ..video.timecode import format_time
 from .base import print_json, say
@@ -39,10 +40,9 @@ def print_paths(paths) -> None:
     sys.stdout.buffer.flush()
 
 
-def place(found) -> str:
+def place(found: Item | Hit) -> str:
     """Where an item or a hit is: its path, and a video frame's time in it (`path @ 01:23`)."""
-    frame_ms = getattr(found, "frame_ms", None)
-    return display_path(found.path) + ("" if frame_ms is None else f" @ {format_time(frame_ms)}")
+    return display_path(found.path) + ("" if found.frame_ms is None else f" @ {format_time(found.frame_ms)}")
 
 
 def table(items: list[Item]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -13,18 +14,21 @@ from rich.text import Text
 from ..api import Database
 from ..cluster import Cluster
 from ..errors import InputError, display_path
+from ..search.hit import Hit
 from ..search.request import DEFAULT_K, MAX_K, SearchRequest
 from ..serve.client import query_server
 from ..store import default_store_path
 from . import listing
 from .base import (
-    PRETRAINED_HELP,
-    STORE_HELP,
-    THREADS_HELP,
+    ModelOverrideOption,
+    PretrainedOption,
+    StoreOption,
+    ThreadsOption,
     app,
     err,
     examples,
     exclusive,
+    json_option,
     out,
     print_columns,
     print_json,
@@ -55,15 +59,15 @@ def query(
     ),
     before: str | None = typer.Option(None, "--before", help="Only photos taken before this date (YYYY-MM-DD)."),
     within: float | None = typer.Option(None, "--within", help="Keep hits within this much of the best score."),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    store: StoreOption = None,
     k: int = typer.Option(DEFAULT_K, "-k", help=f"Number of results (at most {MAX_K:,})."),
     min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
-    model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    as_json: bool = typer.Option(False, "--json", help='Print [{"path", "score", "id"}, ...] as JSON.'),
+    model: ModelOverrideOption = None,
+    pretrained: PretrainedOption = None,
+    as_json: json_option('Print [{"path", "score", "id"}, ...] as JSON.') = False,
     paths_only: bool = typer.Option(False, "--paths-only", help="Print one path per line."),
     frames: bool = typer.Option(False, "--frames", help="Every matching video frame (default: a video's best)."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    threads: ThreadsOption = None,
     nprobe: int | None = typer.Option(
         None,
         "--nprobe",
@@ -142,21 +146,9 @@ def _why_no_results(store, request: SearchRequest) -> str:
     return "no results: no stored item passes the filters (--under, --after, --before, --min-score, --within)"
 
 
-def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
-
-    if as_json:  # a sharded search's hits also name their shard
-        print_json(
-            [
-                {
-                    "path": h.path,
-                    "score": round(h.score, 6),
-                    "id": h.id,
-                    **({"time": h.frame_ms / 1000} if getattr(h, "frame_ms", None) is not None else {}),
-                    **({"shard": h.shard} if hasattr(h, "shard") else {}),
-                }
-                for h in hits
-            ]
-        )
+def _print_hits(hits: Sequence[Hit], as_json: bool, paths_only: bool) -> None:
+    if as_json:
+        print_json([h.to_json() for h in hits])
     elif paths_only:
         listing.print_paths(h.path for h in hits)
     elif hits:
@@ -168,13 +160,13 @@ def _print_hits(hits, as_json: bool, paths_only: bool) -> None:
 
 @app.command(epilog=examples("semdb duplicates", "semdb duplicates --threshold 0.98 --json"))
 def duplicates(
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    store: StoreOption = None,
     threshold: float | None = typer.Option(
         None,
         "--threshold",
         help="Cosine above which two images are near-duplicates (default: 0.95 less the codec's quantisation noise).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON."),
+    as_json: json_option("Print the groups as JSON.") = False,
 ):
     """Groups of near-duplicate images, found from the codes (exact copies are flagged)."""
     with user_errors():
@@ -198,10 +190,10 @@ def duplicates(
 def tag(
     labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "cat,dog,car".'),
     prompt: str = typer.Option("a photo of a {}.", "--prompt", help="Template each label is put into."),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+    store: StoreOption = None,
+    as_json: json_option("Print JSON rows.") = False,
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: id,path,label,score."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    threads: ThreadsOption = None,
 ):
     """Zero-shot classification of every item: its best label and score."""
     with user_errors():

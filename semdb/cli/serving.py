@@ -15,10 +15,11 @@ from ..errors import InputError
 from ..serve.server import is_loopback, run
 from ..watch import Watcher, WatchOptions
 from .base import (
-    MODEL_HELP,
-    PRETRAINED_HELP,
-    STORE_HELP,
-    THREADS_HELP,
+    ModelOption,
+    ModelOverrideOption,
+    PretrainedOption,
+    StoreOption,
+    ThreadsOption,
     app,
     err,
     examples,
@@ -38,7 +39,7 @@ SETTLE = typer.Option(
 
 @app.command(epilog=examples("semdb serve", "semdb serve --store photos.semdb --port 0"))
 def serve(
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    store: StoreOption = None,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (not loopback: asks for the key)."),
     port: int = typer.Option(
         8765, "--port", help="TCP port (0: any free port; the one chosen is printed and written to STORE/serve.json)."
@@ -50,9 +51,9 @@ def serve(
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="The --tls-cert's private key (PEM)."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="With --shards: allow a network --host (no key)."),
-    model: str | None = typer.Option(None, "--model", help="Override the store's model (must be the same weights)."),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    model: ModelOverrideOption = None,
+    pretrained: PretrainedOption = None,
+    threads: ThreadsOption = None,
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
     shards: str | None = typer.Option(
         None, "--shards", help="Stores sharing one codec: GET /api/search over them on Ray Serve (docs/SCALE.md)."
@@ -76,8 +77,8 @@ def serve(
                 raise InputError("--watch keeps one --store current: not with --shards")
             _serve_shards(shard_list(shards), host, port, allow_remote, ray_address, threads)
             return
-        if allow_remote:
-            err.print("note: --allow-remote is no longer needed: a network --host asks for the access key")
+        if allow_remote:  # one store's server asks a network client for the access key instead
+            raise InputError("--allow-remote goes with --shards (a network --host asks for the store's access key)")
         run(
             store,
             host,
@@ -101,15 +102,15 @@ def serve(
 )
 def watch(
     folders: list[Path] = typer.Argument(..., metavar="FOLDERS", help="Folders to keep the store current with."),
-    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
-    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
-    pretrained: str | None = typer.Option(None, "--pretrained", help=PRETRAINED_HELP),
+    store: StoreOption = None,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
     rescan: float = RESCAN,
     poll: bool = POLL,
     settle: float = SETTLE,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per CLIP batch and per commit."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image decoding threads."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    threads: ThreadsOption = None,
 ):
     """Index new, changed, moved and deleted photos under FOLDERS as they happen, until stopped."""
     with user_errors():

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import lazy
 from ..progress import report
+from ..rows import unit_rows
 
 
 @dataclass
@@ -178,7 +180,7 @@ def decode_coords(codes: np.ndarray, layout: Layout, scale: np.ndarray, C: np.nd
     col = layout.col
     if n and len(col) and col[0] == 0 and (np.diff(col) == 1).sum() == layout.n_cols - 1 and (np.diff(col) >= 0).all():
         # plan_layout emits each column's stages side by side: one segmented sum (the hot path
-        # of the cosine rerank, ~10x faster than np.add.at)
+        # of the cosine rerank; np.add.at's scattered adds are much slower)
         starts = np.flatnonzero(np.r_[True, col[1:] != col[:-1]])
         return np.add.reduceat(contrib, starts, axis=1).astype(np.float32, copy=False)
     Z = np.zeros((n, layout.n_cols, C.shape[1]), dtype=np.float32)
@@ -224,7 +226,7 @@ def lloyd_update(Z: np.ndarray, codes: np.ndarray, layout: Layout, scale: np.nda
 
 
 def kmeans(points: np.ndarray, k: int, seed: int, niter: int = 25) -> np.ndarray:
-    import faiss  # FAISS's k-means: fast, seeded, and the field's reference implementation  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+    faiss = lazy.faiss()  # FAISS's k-means: fast, seeded, and the field's reference implementation
 
     points = np.ascontiguousarray(points, dtype=np.float32)
     if len(points) < k:  # too few points: pad by jittered copies so every codeword starts distinct
@@ -358,7 +360,7 @@ def text_mixture(X: np.ndarray, Q: np.ndarray, tau: float, batch: int = 4096) ->
         P = np.exp(S)
         P /= P.sum(1, keepdims=True)
         out[i : i + batch] = P @ Q
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return unit_rows(out)
 
 
 REFINE_COMBOS = 256  # score-aware re-encoding revisits columns of at most this many joint choices
@@ -368,8 +370,8 @@ def column_combos(
     layout: Layout, scale: np.ndarray, C: np.ndarray, limit: int = REFINE_COMBOS
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Per column: its slots (stage order) and every joint choice's sum (K**stages, d), or None
-    for a column with more than `limit` joint choices (measured: revisiting the 4096-choice
-    three-stage columns too doubles the encoding time and changes R@1 by < 0.003)."""
+    for a column with more than `limit` joint choices (revisiting those too costs far more
+    encoding time than it gains in recall: docs/notes/FIGURES.md)."""
     K, d = C.shape
     out = []
     for c in range(layout.n_cols):

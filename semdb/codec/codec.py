@@ -12,7 +12,7 @@ The variants (docs/notes/CODEC.md has the method and its measurements):
 - "pca-slots" (arch "additive", `pca_slots.py`): `additive.py`'s shared-codebook PCA slots,
   optionally behind a coarse full-dimension first slot, and trained with a sample of text
   `queries` (their metric, score-aware re-encoding).
-- "residual" (arch "additive", config residual=1, `residual.py`): every slot a full-dimension
+- "residual" (arch "additive", `residual.py`): every slot a full-dimension
   residual stage, FAISS's beam search; the pair-free default at 64 bits.
 - "paper" (`paper.py`): the paper-faithful PQ-VAE, conv encoder/decoder, scored by
   decode-then-inner-product; kept as the baseline the additive design must beat.
@@ -70,7 +70,12 @@ def bits_problem(bits: int) -> str | None:
 
 
 def variant_of(config: dict) -> str:
-    """The quantizer variant a codec config describes: its key in QUANTIZERS."""
+    """The quantizer variant a codec config names (its key in QUANTIZERS). Codec files written
+    before the config named it say it by `arch` and `residual`."""
+    if "variant" in config:
+        if config["variant"] not in QUANTIZERS:
+            raise CodecError(f"variant={config['variant']!r}: not a codec variant this semdb knows")
+        return config["variant"]
     if config["arch"] == "paper":
         return PaperQuantizer.name
     if config["arch"] != "additive":
@@ -245,7 +250,7 @@ class Codec:
         else:
             raise CodecError(f"arch={arch!r}: choose 'additive' or 'paper'")
         tensors, config = QUANTIZERS[variant].train(request)
-        config.update(format=FORMAT, version=VERSION, dim=dim, seed=seed, model_id=model_id, n_train=n)
+        config.update(format=FORMAT, version=VERSION, variant=variant, dim=dim, seed=seed, model_id=model_id, n_train=n)
         codec = cls(config, tensors)
         indices = codec.quantizer.encode_indices(X)
         codec.tensors["entropy_probs"] = entropy.fit_model(indices, codec.k).astype(np.float32)

@@ -10,8 +10,8 @@ def adc_lut(Q: np.ndarray, tables: np.ndarray, bias: np.ndarray) -> tuple[np.nda
     """(nq, D) queries -> LUT (nq, M, K) float32 and the constant <q, b> per query."""
     Q = np.asarray(Q, np.float32)
     if len(Q) <= 8:
-        # einsum's own single-threaded loop: ~0.1 ms for 64 x 16 x 512. A multi-threaded BLAS
-        # call this small costs more in thread wake-ups than in arithmetic on a busy machine.
+        # einsum's own single-threaded loop: a multi-threaded BLAS call this small costs more
+        # in thread wake-ups than in arithmetic on a busy machine.
         lut = np.einsum("qd,mkd->qmk", Q, tables)
         offset = np.einsum("qd,d->q", Q, bias)
     else:

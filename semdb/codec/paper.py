@@ -1,56 +1,39 @@
-"""The paper-faithful PQ-VAE with a shared codebook ("Compression Beyond Pixels", MLSP 2025).
+"""The PQ-VAE with a shared codebook, as the paper describes it: a benchmark baseline.
 
-This is a benchmark baseline, not semdb's codec: its decoder is a nonlinear conv net, so its
-codes can only be searched by decoding them first (decode-then-cosine). semdb's own additive
-codec (``additive.py``) is compared against it at equal bits.
+Reference: "Compression Beyond Pixels", IEEE MLSP 2025. Its decoder is a nonlinear conv net,
+so its codes are searched by decoding them first (decode-then-cosine); semdb's own codec
+(``additive.py``) searches the codes themselves and is compared against this one at equal bits.
 
-Architecture (the paper's design, sized for D = 512..768 and a few thousand embeddings):
+::
 
-    x (D, unit) -> (x - mean) * scale -> Linear(D, hidden) -> GELU -> Dropout -> Linear(hidden, feat*g*g)
-      -> reshape (feat, g, g) -> GELU -> Conv3x3(feat, feat) -> GELU -> Conv3x3(feat, channels)
-      -> latent z (channels, g, g)
-    z -> M = g*g*channels/e_dim sub-vectors of e_dim channels, POSITION-MAJOR
-         (slot = (row*g + col) * (channels/e_dim) + channel_group), each L2-normalised
-      -> ONE shared codebook of n_e L2-normalised codewords, cosine nearest (argmax),
-         straight-through gradients
-    z_q -> Conv3x3(channels, feat) -> GELU -> Conv3x3(feat, feat) -> GELU -> flatten
+    x (D, unit) --(x - mean) * scale--> Linear(D, hidden) -> GELU -> Dropout -> Linear(hidden, feat*g*g)
+      --reshape (feat, g, g)--> GELU -> Conv3x3(feat, feat) -> GELU -> Conv3x3(feat, channels) = z
+    z (channels, g, g) --M = g*g*channels/e_dim sub-vectors, position-major, each L2-normalised-->
+      --cosine-nearest of ONE shared codebook (n_e unit codewords; straight-through)--> indices (n, M)
+    z_q --> Conv3x3(channels, feat) -> GELU -> Conv3x3(feat, feat) -> GELU -> flatten
       -> Linear(feat*g*g, hidden) -> GELU -> Dropout -> Linear(hidden, D) = y
-      -> x_hat = L2-normalise(mean + y / scale)
+      --> x_hat = L2-normalise(mean + y / scale)
 
-``mean`` and ``scale`` are fixed buffers (the training mean and 1 / RMS residual norm; zero and
-one with center=False): a standardisation layer, not a change of the paper's design. It was the
-single largest improvement in tuning (see below).
+``mean`` and ``scale`` (the training mean and 1 / RMS residual norm; zero and one with
+``center=False``) standardise the input and output: a fixed layer, not a change to the design.
+Loss (the paper's): 10 * (1 - cos(x, x_hat)) + ||sg(z) - e||^2 + 0.25 * ||z - sg(e)||^2.
+Training: AdamW; the codebook seeded by spherical k-means on the first batch's sub-vectors;
+codewords unused for an epoch re-seeded; early stopping on a seeded validation split (the best
+weights kept). Deterministic for a seed (forked RNG, deterministic algorithms, one thread).
+Bits per item = M * log2(n_e), fixed-length. How the defaults were chosen: docs/notes/FIGURES.md.
 
-Loss (paper): 10 * (1 - cos(x, x_hat)) + ||sg(z) - e||^2 + 0.25 * ||z - sg(e)||^2 (both
-mean-squared over elements, on the normalised sub-vectors and codewords).
+Args (``train_paper``; the keys of ``DEFAULTS``):
+    bits: the code length; ``paper_shape`` picks (grid, channels, e_dim, n_e) for it, or give
+        all four.
+    hidden: MLP width on both sides.  feat: channels of the feature map between MLP and convs.
+    dropout: on the hidden MLP layers.  noise: encoder-input noise (a denoising regulariser).
+    center: standardise around the training mean.  lr, weight_decay, batch_size, max_epochs,
+    patience, val_fraction, kmeans_iters, plateau: the optimiser and its stopping.
+    beta, cos_weight: the commitment and cosine weights of the loss.
 
-Training: AdamW, the codebook initialised by spherical k-means (k-means++ seeding) on the
-sub-vectors of the first batch, dead codewords (unused during an epoch) re-seeded to random
-current sub-vectors (their Adam state zeroed), early stopping on a seeded 10% validation split
-(validation mean cosine with hard quantisation; the best weights are kept). Deterministic for a
-given seed: a forked global RNG seeded with ``seed``, seeded generators for shuffling and
-k-means, ``torch.use_deterministic_algorithms(True)`` and one intra-op thread while training
-(all restored afterwards).
-
-Tuning (563 FashionCLIP image embeddings, D=512, train on half, text->image R@1 on the other
-half with decode-then-cosine; one seed per setting unless noted; R@1 seed noise is about
-+-0.03): paper-style plain training (hidden 512, feat 32, dropout 0.1, lr 2e-3) overfits:
-held-out cos 0.873, R@1 0.28 at 256 bits. Stronger regularisation (dropout 0.5, weight decay
-1e-2, lr 1e-3): cos 0.891, R@1 0.39. Encoder-input noise 0.3: cos 0.896, R@1 0.44. Centring and
-scaling the input/output (``center``): cos 0.907, R@1 0.58; then dropout 0.3 and noise 0.15:
-cos 0.913, R@1 0.64 (the defaults). No gain (or worse): lr 5e-3 (collapses to the mean),
-2e-3, batch 32 or 128, a halving-on-plateau lr schedule, hidden 1024 / feat 64 (worse),
-hidden 512 / feat 32 (same as 256 / 16, twice the time), dropout 0.1-0.2 or 0.5, noise 0.5,
-ZCA-whitened encoder input (worse), other latent shapes at equal bits ((4,128,32,16),
-(4,64,8,4), (4,256,32,4) at 256 bits; (5,128,32,16) at 400 bits: all within noise of the
-paper-preferred shapes). Defaults train in about 60-70 s on one CPU thread at 400 bits
-(300-epoch cap, usually reached: validation cosine still creeps up by ~1e-4 per epoch).
-
-Bits per item = M * log2(n_e), fixed-length; ``paper_shape`` picks the latent shape for a
-budget. Serialisation: ``PaperCodec.to_parts() -> (config, tensors)`` and
-``PaperCodec.from_parts(config, tensors)``; the config is a JSON-able dict, the tensors a dict
-name -> float32 numpy array (safetensors-ready).
-``PaperQuantizer`` is the PQ-VAE as a ``Codec`` variant (semdb.codec.quantizer's interface).
+Stored as ``PaperCodec.to_parts() -> (config, tensors)`` (a JSON-able dict; name -> float32
+array) and read back by ``PaperCodec.from_parts``. ``PaperQuantizer`` is this network as a
+``Codec`` variant (semdb.codec.quantizer's interface).
 """
 
 from __future__ import annotations
@@ -80,12 +63,10 @@ ARCH_KEYS = ("dim", "grid", "channels", "e_dim", "n_e", "hidden", "feat", "dropo
 TRAIN_KEYS = ("seed", "epochs", "best_epoch", "val_cos")
 
 DEFAULTS = dict(
-    # Tuned on 563 FashionCLIP image embeddings (D=512) at 256 and 400 bits; see the module
-    # docstring for what was tried.
     hidden=256,  # MLP width on both sides
     feat=16,  # channels of the small feature map between MLP and conv stack
     dropout=0.3,  # on the hidden MLP layer of encoder and decoder
-    lr=1e-3,  # AdamW; 2e-3 is noisier, 5e-3 collapses to the mean
+    lr=1e-3,  # AdamW; a larger rate collapses the codes to the mean
     weight_decay=1e-2,
     batch_size=64,
     max_epochs=300,

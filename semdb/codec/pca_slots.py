@@ -17,6 +17,7 @@ from functools import cached_property
 import numpy as np
 
 from ..errors import CodecError
+from ..rows import unit_rows
 from .additive import (
     Layout,
     column_combos,
@@ -116,7 +117,7 @@ class PcaSlotQuantizer(LinearAdditiveQuantizer):
         """Score-aware re-encoding of the slots along each item's predicted text direction u."""
         t = self.tensors
         U = X @ t["text_map"]
-        U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
+        U = unit_rows(U)
         W = (U @ self.decoder).reshape(Z.shape)
         r = (R * U).sum(1) - (W * Z).sum((1, 2))  # u . (the part of x the slots cannot reach)
         eta, sweeps = float(self.config["eta"]), int(self.config["sweeps"])

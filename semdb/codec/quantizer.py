@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import CodecError
+from ..rows import unit_rows
 
 MAX_FIT = 16384  # training fits its codebooks on at most this many embeddings (PCA uses all)
 ENCODE_BATCH = 4096  # embeddings encoded at once (bounds the beam searches' memory)
@@ -124,7 +125,7 @@ class LinearAdditiveQuantizer:
 
     def decode_unit(self, idx: np.ndarray) -> np.ndarray:
         X = self.decode_indices(idx)
-        return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return unit_rows(X)
 
     def slot_coords(self, idx: np.ndarray) -> np.ndarray:
         return self.coords(idx).astype(np.float32)

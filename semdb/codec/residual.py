@@ -15,6 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .. import lazy
 from ..errors import CodecError
 from ..packing import unpack
 from ..progress import report
@@ -45,7 +46,7 @@ class ResidualStageQuantizer(LinearAdditiveQuantizer):
     @cached_property
     def faiss_quantizer(self):
         """FAISS's residual quantiser over the stored stages (beam search with its LUT), built once."""
-        import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+        faiss = lazy.faiss()
 
         S = self.tensors["stages"]
         rq = faiss.ResidualQuantizer(S.shape[2], self.m, self.nbits)
@@ -102,7 +103,7 @@ class ResidualStageQuantizer(LinearAdditiveQuantizer):
         progressive-dimension k-means). Encoding is the same quantiser's beam search
         (RESIDUAL_BEAM) with its codebook-product LUT.
         """
-        import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+        faiss = lazy.faiss()
 
         X, m, k, seed = request.X, request.m, request.k, request.seed
         rng = np.random.default_rng(seed)

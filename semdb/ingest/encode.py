@@ -13,6 +13,7 @@ import numpy as np
 from ..codec import Codec
 from ..codec.routing import STAGED, route
 from ..faults import fault_point
+from ..rows import unit_rows
 from .records import DecodedImage, Vectors
 
 
@@ -93,6 +94,5 @@ def embed_and_encode(embedder, images: Sequence[DecodedImage], codecs: CodecSet)
 
 def reconstruction_errors(codec: Codec, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Squared distance of each unit embedding to its decoded code: what drift is measured in."""
-    X = np.asarray(X, np.float32)
-    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    X = unit_rows(X)
     return ((X - codec.decode(codes)) ** 2).sum(1)

@@ -28,9 +28,22 @@ from .videos import ingest_videos
 
 @dataclass(frozen=True)
 class IngestOptions:
+    """How one ingest runs: the one record from `semdb ingest` (or `Database.ingest`'s keywords)
+    to the pipeline. Build it with `IngestOptions.of`, which also takes `bits` and `train_now`.
+
+    A new store keeps its embeddings staged (searched exactly) until it holds enough images to
+    train a codec that generalises (`policy`, CodecPolicy: `bits` per item, `train_now` trains
+    on what is staged when the ingest ends, however few). `captions`: a text file (one per line)
+    or list of texts that show how the store is searched; the codec is trained to rank well for
+    such texts (now and at each retrain). `engine="ray"`: hash, decode, embed and encode on a Ray
+    cluster (`ray_address`, default a local instance), its shards in `ray_shards` (default
+    STORE/ray-shards; ingest/ray.py). `int8`: embed with the int8 ONNX image tower (a CPU only;
+    docs/CLI.md, "Ingest on small machines"). Files that failed in an earlier run and are
+    unchanged are skipped (counted as `failed_before`); `retry_failed` decodes them again."""
+
     batch_size: int = 32  # images per CLIP batch and per commit
     workers: int | None = None  # decoding threads
-    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS
+    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS  # larger images are refused (None: no limit)
     prune: bool = False  # remove items whose files are gone
     count_missing: bool = True  # without prune: count them (a stat of every item's file)
     codec: object = None  # a Codec or codec file for a new store (default: train one)
@@ -46,6 +59,15 @@ class IngestOptions:
     def __post_init__(self):
         if self.engine not in ("local", "ray"):
             raise InputError(f"engine {self.engine!r}: use 'local' or 'ray'")
+
+    @classmethod
+    def of(cls, *, bits: int | None = None, train_now: bool = False, **fields) -> IngestOptions:
+        """The options from keywords: the fields, and `bits` and `train_now` for the default
+        `policy` (CodecPolicy(bits, train_now)); beside a policy of your own they must agree with it."""
+        policy = fields.setdefault("policy", CodecPolicy(bits=bits, train_now=train_now))
+        if (bits is not None and bits != policy.bits) or (train_now and not policy.train_now):
+            raise InputError(f"bits={bits}, train_now={train_now} and the policy {policy} disagree: give one")
+        return cls(**fields)
 
 
 def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress | None = None) -> IngestSummary:

@@ -23,6 +23,7 @@ from ..context import StoreContext
 from ..errors import ImageError
 from ..faults import fault_point
 from ..progress import Progress, report
+from ..rows import unit_rows
 from ..store import Item
 from ..video.frames import Sampling, sample
 from .classify import moved_item
@@ -98,7 +99,7 @@ def _index(
     last = None  # the last kept frame's unit vector
     for batch in ahead(_preprocessed(frames, model, batch_size)):
         vectors = embed_and_encode(model, [DecodedImage(p) for _, p in batch], codecs)
-        unit = _unit(codecs.decode(vectors))
+        unit = unit_rows(codecs.decode(vectors))
         keep = []
         for i, v in enumerate(unit):
             if last is None or float(v @ last) < DEDUP_COSINE:
@@ -136,8 +137,3 @@ def _preprocessed(frames, model, batch_size: int) -> Iterator[list[tuple[int, ob
             batch = []
     if batch:
         yield batch
-
-
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

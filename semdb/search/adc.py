@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import lazy
 from ..codec.lut import adc_lut, adc_scores
 from ..packing import unpack
 
@@ -110,7 +111,7 @@ class AdcIndex:
     def __init__(self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None):
         """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat||: the
         shortlist is then re-scored by cosine, <q, x_hat> / ||x_hat|| (norms come from the codes)."""
-        import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+        faiss = lazy.faiss()
 
         self.tables = np.ascontiguousarray(tables, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)

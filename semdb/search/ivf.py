@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .. import lazy
+from ..rows import unit_rows
 from .adc import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
 
 # default nprobe = nlist / 4: keeps nearly all of the exhaustive scan's top 10 (docs/SCALE.md#ivf)
@@ -54,7 +56,7 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     is orthonormal and has no coarse slot (the pair-free default above 128 bits), x_hat =
     mean + P z is an isometry of z, so k-means runs on z (n_cols * d < D coordinates) and the
     centroids are mapped back; otherwise spherical k-means on the decoded unit vectors."""
-    import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+    faiss = lazy.faiss()
 
     n = len(codes)
     rng = np.random.default_rng(seed)
@@ -77,7 +79,7 @@ def train_centroids(codec, codes: np.ndarray, nlist: int, seed: int = 0) -> np.n
     C = km.centroids.astype(np.float32)
     if in_z:  # the lists' mean decoded vectors (not normalised: codes go to the nearest in L2)
         return (codec.tensors["mean"][None, :] + C @ codec.decoder.T).astype(np.float32)
-    return (C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return unit_rows(C)
 
 
 class Assigner:
@@ -103,7 +105,7 @@ class Assigner:
         self.CP = np.ascontiguousarray((C @ codec.decoder).T, np.float32)  # (n_cols * d, nlist)
         self.groups = None
         if self.nlist > self.EXACT_NLIST:
-            import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+            faiss = lazy.faiss()
 
             n_groups = int(np.sqrt(self.nlist))
             km = faiss.Kmeans(C.shape[1], n_groups, niter=10, seed=0, min_points_per_centroid=1, verbose=False)
@@ -163,7 +165,7 @@ class IvfIndex(AdcIndex):
         """`span`: the codec's decoder P (D, r): when every centroid lies in the plane
         spanned by P and the mean (the k-means of train_centroids on z), the lists are ranked
         in those r < D coordinates (reading nlist x r floats per query instead of nlist x D)."""
-        import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+        faiss = lazy.faiss()
 
         if nbits != 4:
             raise ValueError("IVF scans 4-bit codes only")
@@ -285,7 +287,7 @@ class IvfIndex(AdcIndex):
         nprobe: int | None = None,
     ) -> list[Candidates]:
         """Per query: the shortlist of the nprobe nearest lists and its exact rerank (see search)."""
-        import faiss  # noqa: PLC0415 - 0.2 s to import; `import semdb` must not load faiss
+        faiss = lazy.faiss()
 
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         if rows is not None:

@@ -22,7 +22,7 @@ import datetime
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,19 @@ class Where:
 
     def __bool__(self) -> bool:
         return any(v is not None for v in (self.under, self.after, self.before))
+
+    def matches(self, paths, taken: np.ndarray) -> np.ndarray:
+        """Which items pass (a bool mask), given their paths (bytes, os.fsencode's) and dates
+        taken (POSIX seconds, NaN unknown: never passes a date filter)."""
+        keep = np.ones(len(taken), bool)
+        if self.under is not None:
+            prefix = os.fsencode(self.under if self.under.endswith(os.sep) else self.under + os.sep)
+            keep &= np.fromiter((p.startswith(prefix) for p in paths), bool, len(taken))
+        if self.after is not None:
+            keep &= taken >= self.after
+        if self.before is not None:
+            keep &= taken < self.before
+        return keep
 
 
 def parse_date(value, flag: str) -> float | None:
@@ -132,9 +145,14 @@ def _names_a_file(term: str) -> bool:
     return is_image_path(term) and ("/" in term or os.sep in term or not any(c.isspace() for c in term))
 
 
+def is_whole(value) -> bool:
+    """Whether `value` is an integer (Python's or numpy's; a bool is not one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_k(k, limit: int = MAX_K) -> int:
     """k as an int, or InputError: at least one hit, at most `limit` (MAX_K; HTTP_MAX_K over HTTP)."""
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+    if not is_whole(k) or k <= 0:
         raise InputError(f"k={k}: ask for at least one result")
     if k > limit:
         raise InputError(f"k={k}: at most {limit} results per query")
@@ -186,6 +204,7 @@ class SearchRequest:
     min_score: float | None = None
     nprobe: int | None = None
     frames: bool = False
+    text_terms: tuple[Term, ...] = field(default=(), init=False, repr=False)  # `text` parsed, once
 
     @classmethod
     def of(
@@ -216,10 +235,10 @@ class SearchRequest:
             object.__setattr__(self, name, value)
 
         if self.text is not None:
-            parse_terms(self.text, self.files)  # the arithmetic is checked now, not at search time
+            put("text_terms", tuple(parse_terms(self.text, self.files)))  # checked now, not at search time
         like = self.like
         if like is not None:
-            if isinstance(like, (int, np.integer)) and not isinstance(like, bool) and like >= 0:
+            if is_whole(like) and like >= 0:
                 put("like", int(like))
             elif isinstance(like, (str, os.PathLike)) and os.fspath(like):
                 put("like", os.path.abspath(os.path.expanduser(os.fsdecode(like))))
@@ -241,13 +260,13 @@ class SearchRequest:
         put("min_score", _number("min_score", self.min_score))
         n = self.nprobe
         if n is not None:
-            if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 < n <= MAX_NPROBE:
+            if not is_whole(n) or not 0 < n <= MAX_NPROBE:
                 raise InputError(f"nprobe={n}: give a positive number of IVF lists to scan (at most {MAX_NPROBE})")
             put("nprobe", int(n))
 
     def terms(self) -> list[Term]:
         """The weighted terms to embed and add: the text's, the image, the `like` item."""
-        terms = [] if self.text is None else parse_terms(self.text, self.files)
+        terms = list(self.text_terms)
         if self.image is not None:
             terms.append(Term("image", self.image))
         if self.like is not None:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError, display_path
+from ..errors import InputError, UnknownItemError, display_path
 from ..images import load_image
 from . import ivf
 from .adc import Candidates, FlatIndex
+from .hit import Hit
 from .index import SetIndex, codec_index
 from .ivf import IvfIndex
 from .request import MAX_K, SearchRequest, Term, Where
@@ -32,18 +33,6 @@ if TYPE_CHECKING:  # the store's context is handed in; search sits below it
 # Frames fetched per hit asked for when hits are grouped by video: a video's frames crowd the
 # shortlist (a matching scene is several frames), so k videos need more than k frames.
 GROUP_FETCH = 8
-
-
-class Hit(NamedTuple):
-    """One search result: the item's `path`, its `score` (cosine between the query and the
-    item's reconstruction from its code; higher is closer) and its `id` in the store (for
-    `db.similar`, `db.item`, `semdb query --like`). A video frame's hit carries the video's path
-    and `frame_ms`, the frame's time in the video; `frame_ms` is None for a photo."""
-
-    path: str
-    score: float
-    id: int
-    frame_ms: int | None = None  # a video frame's time in its video (path: the video's)
 
 
 class Searcher:
@@ -57,12 +46,18 @@ class Searcher:
         self._frames = None  # (generation, whether the store holds video frames)
 
     # --- the query vector -------------------------------------------------------------------
-    def encode(self, request: SearchRequest) -> np.ndarray:
-        """The request's query vectors (nq, D): its own, else the unit vector of its terms (1, D)."""
-        return request.vector if request.vector is not None else self.vector(request.terms())
+    def encode(self, request: SearchRequest, like: int | None = None) -> np.ndarray:
+        """The request's query vectors (nq, D): its own, else the unit vector of its terms (1, D).
+        `like`: the id of the request's `like` item, when the caller has looked it up."""
+        if request.vector is not None:
+            return request.vector
+        if like is None and request.like is not None:
+            like = self.stored_id(request.like)
+        terms = [Term("item", like, t.weight) if t.kind == "item" else t for t in request.terms()]
+        return self.vector(terms)
 
     def vector(self, terms: Sequence[Term]) -> np.ndarray:
-        """The unit query vector of weighted terms (1, D)."""
+        """The unit query vector of weighted terms (1, D); an "item" term's value is a stored id."""
         if not terms:
             raise InputError("empty query: give text, an image or a stored item")
         total = None
@@ -87,14 +82,14 @@ class Searcher:
                     raise InputError(f"{display_path(img)}: query image not found")
                 img = load_image(img, draft_size=emb.image_size)
             return emb.encode_images([img])
-        return self.item_vector(self.stored_id(term.value))
+        return self.item_vector(term.value)
 
     def stored_id(self, item) -> int:
         """The id of a stored item named by id or by (absolute) path, or InputError."""
         store = self.ctx.store
         found = store.get_item(item) if isinstance(item, int) else store.item_by_path(item)
         if found is None:
-            raise InputError(f"--like {item}: not an item of {self.ctx.path} (give a stored id or path)")
+            raise UnknownItemError(f"--like {item}: not an item of {self.ctx.path} (give a stored id or path)")
         return int(found.id)
 
     def item_vector(self, item_id: int) -> np.ndarray:
@@ -109,8 +104,9 @@ class Searcher:
     def search(self, request: SearchRequest) -> list[list[Hit]]:
         """One list of hits per query vector, best first: one list for a request's terms, one
         per row of its `vector`. The `like` item itself is never a hit."""
-        Q = self.encode(request)
-        ids, index, rows = self._allowed(request)
+        like = self._like(request)
+        Q = self.encode(request, like)
+        ids, index, rows = self._allowed(request, like)
         if index is None or (rows is not None and not len(rows)):
             return [[] for _ in range(len(Q))]
         group = not request.frames and self.holds_frames()
@@ -140,45 +136,44 @@ class Searcher:
         top k is cut: search.Candidates whose `rows` are item ids. What a sharded search
         merges (semdb/cluster.py): the union of its shards' candidates, cut as one store's
         scan cuts them, gives one store's hits."""
-        Q = self.encode(request) if Q is None else np.asarray(Q, np.float32)
-        ids, index, rows = self._allowed(request)
+        like = self._like(request)
+        Q = self.encode(request, like) if Q is None else np.asarray(Q, np.float32)
+        ids, index, rows = self._allowed(request, like)
         if index is None or (rows is not None and not len(rows)):
             none = np.empty(0, np.float32)
             return [Candidates(np.empty(0, np.uint64), none, none, True) for _ in range(len(Q))]
         found = index.candidates(Q, request.k, rows=rows, **_nprobe(index, request))
         return [Candidates(ids[c.rows], c.approx, c.exact, c.complete) for c in found]
 
-    def _allowed(self, request: SearchRequest):
-        """(item ids, index, the index rows the request may return: None for all)."""
+    def _like(self, request: SearchRequest) -> int | None:
+        """The id of the request's `like` item (looked up once per search), or None."""
+        return None if request.like is None else self.stored_id(request.like)
+
+    def _allowed(self, request: SearchRequest, like: int | None):
+        """(item ids, index, the index rows the request may return: None for all); `like`: the
+        id of the item left out."""
         ids, index = self.index()
         if index is None:
             return ids, None, None
-        exclude = () if request.like is None else (self.stored_id(request.like),)
-        return ids, index, self._rows(request.where, ids, exclude)
+        return ids, index, self._rows(request.where, ids, like)
 
-    def _rows(self, where: Where, ids: np.ndarray, exclude) -> np.ndarray | None:
+    def _rows(self, where: Where, ids: np.ndarray, exclude: int | None) -> np.ndarray | None:
         """Index rows the search may return (None: all)."""
-        if not where and not len(exclude):
+        if not where and exclude is None:
             return None
-        keep = ~np.isin(ids, np.asarray(list(exclude), np.uint64))
+        keep = ids != np.uint64(exclude) if exclude is not None else np.ones(len(ids), bool)
         if where:
-            paths, taken = self._metadata(ids)
-            if where.under is not None:
-                prefix = where.under if where.under.endswith(os.sep) else where.under + os.sep
-                keep &= np.array([p.startswith(prefix) for p in paths], bool)
-            if where.after is not None:
-                keep &= taken >= where.after  # NaN (date unknown) never passes
-            if where.before is not None:
-                keep &= taken < where.before
+            keep &= where.matches(*self._metadata(ids))
         return np.flatnonzero(keep)
 
-    def _metadata(self, ids: np.ndarray) -> tuple[list[str], np.ndarray]:
+    def _metadata(self, ids: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """(paths as bytes, dates taken with NaN for unknown) aligned with the index's ids."""
         generation = self._index[0]
         if self._meta is None or self._meta[0] != generation:
             items = self.ctx.store.items(ids)
             self._meta = (
                 generation,
-                [it.path if it else "" for it in items],
+                [os.fsencode(it.path) if it else b"" for it in items],
                 np.array([np.nan if it is None or it.taken is None else it.taken for it in items]),
             )
         return self._meta[1], self._meta[2]

@@ -52,8 +52,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..catalog import item_record
-from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
+from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, UnknownItemError, display_path
 from ..images import load_image
+from ..search.hit import Hit
 from ..search.request import SearchRequest
 from ..video.extract import frame_at
 from ..video.files import VIDEO_TYPES
@@ -106,16 +107,9 @@ def _status_of(exc: SemdbError) -> int:
     return 500
 
 
-def _hits_json(hits) -> dict:
-    return {"hits": [hit_json(h) for h in hits]}
-
-
-def hit_json(h) -> dict:
-    """A hit as JSON: a video frame's also has its `time` in the video (seconds)."""
-    out = {"id": int(h.id), "path": display_path(h.path), "score": round(float(h.score), 6)}
-    if h.frame_ms is not None:
-        out["time"] = h.frame_ms / 1000
-    return out
+def _hits_json(hits: list[Hit]) -> dict:
+    """Hits in their JSON form (Hit.to_json), each path fit for display (JSON text is UTF-8)."""
+    return {"hits": [{**h.to_json(), "path": display_path(h.path)} for h in hits]}
 
 
 def _item_json(it) -> dict:
@@ -166,9 +160,10 @@ class Service:
         that is not in the store is a 404."""
 
         def run():
-            if isinstance(request.like, int) and self.db.item(request.like) is None:
-                raise ApiError(404, f"no item {request.like} in this store")
-            return self.db.search(request)
+            try:
+                return self.db.search(request)
+            except UnknownItemError:
+                raise ApiError(404, f"no item {request.like} in this store") from None
 
         return self.on_model_thread(run)
 

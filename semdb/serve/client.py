@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import ImageError, InputError
+from ..search.hit import Hit
 from ..search.request import SearchRequest
 from ..store import Store
 from .auth import stored_key
@@ -32,17 +33,6 @@ BEACON = "serve.json"
 INSTANCE_HEADER = "X-Semdb-Instance"
 CONNECT_TIMEOUT = 0.5  # seconds: a server that does not accept by then is not used
 QUERY_TIMEOUT = 120.0  # seconds for the answer once connected
-
-
-class ServerHit(NamedTuple):
-    path: str
-    score: float
-    id: int
-    frame_ms: int | None = None  # a video frame's time (the answer's `time`, seconds)
-
-
-def _frame_ms(seconds) -> int | None:
-    return None if seconds is None else round(float(seconds) * 1000)
 
 
 class ServerAnswer(NamedTuple):
@@ -174,7 +164,7 @@ def request(
         conn.close()
 
 
-def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
+def query_server(store, search: SearchRequest) -> list[Hit] | None:
     """Hits from the store's running server, or None when there is no usable server (or the
     request is one the server does not take: query vectors, an image file inside the text's
     arithmetic, --like by path), so the caller searches locally with the same meaning.
@@ -204,11 +194,8 @@ def query_server(store, search: SearchRequest) -> list[ServerHit] | None:
     if answer.status != 200 or not isinstance(answer.body.get("hits"), list):
         return None
     try:
-        hits = [
-            ServerHit(str(h["path"]), float(h["score"]), int(h["id"]), _frame_ms(h.get("time")))
-            for h in answer.body["hits"]
-        ]
-    except (KeyError, TypeError, ValueError):
+        hits = [Hit.from_json(h) for h in answer.body["hits"]]
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
     if any("\\" in h.path for h in hits):  # maybe a name the server escaped (display_path): the stored one
         with Store(store, readonly=True) as stored:

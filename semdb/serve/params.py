@@ -137,7 +137,7 @@ def query_params(request: SearchRequest) -> dict | None:
     path, a term of the text naming a file (a server reads every term as text)."""
     if request.vector is not None or isinstance(request.like, str):
         return None
-    if request.text is not None and any(term.kind != "text" for term in parse_terms(request.text, request.files)):
+    if any(term.kind != "text" for term in request.text_terms):
         return None
     params = {"k": str(request.k)}
     if request.text is not None:

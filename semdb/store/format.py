@@ -145,30 +145,6 @@ class Item:
         now = time.time() if now is None else now
         return cls(0, path, size, mtime_ns, hash, width, height, now, now, taken)
 
-    def to_bytes(self) -> bytes:
-        """Deterministic record: <BQQqIIdddH header, utf-8 hash, fs path bytes (the rest).
-        Schema 1's item record, which has no video frames."""
-        if self.frame_ms is not None:
-            raise InputError(f"{self.path}: a video frame has no schema-1 record")
-        path_raw, hash_raw = fs_bytes(self.path), hash_bytes(self.hash)
-        taken = float("nan") if self.taken is None else self.taken
-        try:
-            head = ITEM_HEADS[ITEM_VERSION].pack(
-                ITEM_VERSION,
-                self.id,
-                self.size,
-                self.mtime_ns,
-                self.width,
-                self.height,
-                self.added,
-                self.updated,
-                taken,
-                len(hash_raw),
-            )
-        except struct.error as e:
-            raise InputError(f"{self.path}: item field out of range ({e})") from None
-        return head + hash_raw + path_raw
-
     @classmethod
     def from_bytes(cls, raw) -> Item:
         raw = bytes(raw)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import lmdb
+import platformdirs
 
 from ..errors import StoreError, StoreLockedError
 from .format import DBS, LATER_DBS, MAX_DBS, SCHEMA_VERSION, CorruptValue
@@ -30,12 +31,7 @@ def default_store_path() -> Path:
     """$SEMDB_STORE, else <user data dir>/semdb/store."""
     if os.environ.get("SEMDB_STORE"):
         return Path(os.environ["SEMDB_STORE"]).expanduser()
-    try:
-        import platformdirs  # noqa: PLC0415  (optional dependency: a fallback path without it)
-
-        return Path(platformdirs.user_data_dir("semdb")) / "store"
-    except ImportError:
-        return Path.home() / ".local" / "share" / "semdb" / "store"
+    return Path(platformdirs.user_data_dir("semdb")) / "store"
 
 
 def one_line(e: BaseException) -> str:

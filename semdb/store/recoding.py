@@ -32,12 +32,6 @@ def drop_recode(view, id_: int) -> None:
     view.txn.delete(int_key(id_), db=view.dbs["recode"])
 
 
-def discard(view, put_meta) -> None:
-    view.txn.drop(view.dbs["recode"], delete=False)
-    view.txn.delete(b"pending", db=view.dbs["codec"])
-    put_meta("pending_codec", None)
-
-
 def take_for_switch(view, meta: dict, put_meta, n_items: int, path) -> tuple[np.ndarray, np.ndarray]:
     """Install the pending codec as the store's and return every item's recode (ids, codes),
     the recode rows and any staged rows (photos that waited for a codec of their own) dropped;

@@ -39,8 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Items per item segment: one get_item decompresses at most this many (~0.25 ms at 1024; 4096
-# compresses 1 B/item better after LMDB's page rounding, 4 B, but a query's hits cost 4x more)
+# Items per item segment: one get_item decompresses at most this many (a larger segment
+# compresses a few bytes an item better, but every hit a query reads decompresses a whole one)
 ITEMSEG_MAX = 1024
 _HEAD = struct.Struct("<BIII")
 _VERSION = 1  # no video frames

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lmdb import verify as lmdb_verify
+
 from . import segments
 from .documents import verify_documents
 from .format import (
@@ -33,11 +35,7 @@ from .recoding import verify_recodes
 def check_pages(path: Path) -> list[str]:
     """The LMDB file's pages, checked by py-lmdb's pure-Python walker without reading them
     through LMDB (which trusts its pages and may abort the process on some damaged ones).
-    Only for a file at rest (its writer.lock held). [] also when py-lmdb has no walker."""
-    try:
-        from lmdb import verify as lmdb_verify  # noqa: PLC0415  (py-lmdb >= 3.0 only; optional)
-    except ImportError:
-        return []
+    Only for a file at rest (its writer.lock held)."""
     try:
         found = lmdb_verify.verify(str(path))
     except (lmdb_verify.VerifyError, OSError) as e:

@@ -222,10 +222,6 @@ class Writer(ReplayingBatch):
             raise InputError(f"{self.path} has no pending codec to switch to")
         self._run(self._switch)
 
-    def discard_pending(self) -> None:
-        """Drop a pending codec and its recodes (the store stays on its codec)."""
-        self._run(recoding.discard, self, self._put_meta)
-
     # -- the IVF (ivf_rows.py) -----------------------------------------------------------------------
 
     def set_ivf(self, centroids, info: dict, ids, lists) -> None:
@@ -246,10 +242,6 @@ class Writer(ReplayingBatch):
             raise InputError(f"{self.path} has no IVF to fill")
         ids, lists = np.asarray(ids, np.uint64).tobytes(), np.asarray(lists, np.uint32).tobytes()
         self._run(self._set_ivf, None, None, ids, lists, False)
-
-    def drop_ivf(self) -> None:
-        """Remove the IVF (centroids and every list row): the store is searched exhaustively."""
-        self._run(self._drop_ivf)
 
     # -- validation (before anything changes) -------------------------------------------------------
 
@@ -392,9 +384,6 @@ class Writer(ReplayingBatch):
 
     def _set_ivf(self, centroids, info, ids, lists, every: bool) -> None:
         self._ivf.set(centroids, info, ids, lists, every)
-
-    def _drop_ivf(self) -> None:
-        self._ivf.drop()
 
     def _attach_vector(self, id_: int, slot: int | None, vec: bytes) -> None:
         """A code of the codec in `slot`, or (slot None) a staging row."""

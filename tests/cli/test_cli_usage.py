@@ -42,6 +42,7 @@ def test_query_help_shows_k_once():
         (["info", "--json", "true"], "semdb info: Got unexpected extra argument(s) (true); try `semdb info -h`"),
         (["import"], "semdb import: Missing argument 'FILES'; try `semdb import -h`"),
         (["tag"], "semdb tag: Missing option '--labels'; try `semdb tag -h`"),
+        (["serve", "--allow-remote", "--port", "0"], "--allow-remote goes with --shards"),
         (["nosuch"], "semdb: No such command 'nosuch'; try `semdb -h`"),
     ],
 )

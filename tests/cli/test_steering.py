@@ -75,11 +75,11 @@ def test_more_like_this_uses_the_stored_code_not_the_file(library):
         target = db.store.item_by_path(str(root / "trips/chelsea.jpg"))
         copy = db.store.item_by_path(str(root / "home/chelsea.jpg"))  # the same photo, stored twice
         (root / "trips/chelsea.jpg").unlink()  # no file read: it still works
-        hits = db.similar(target.id, k=5)
+        hits = db.search(like=target.id, k=5)
         assert target.id not in {h.id for h in hits} and hits[0].id == copy.id
         assert [h.id for h in db.search(like=str(root / "trips/chelsea.jpg"), k=5)] == [h.id for h in hits]
         with pytest.raises(InputError, match="not an item"):
-            db.similar(10**6)
+            db.search(like=10**6)
     proc = semdb_cli("query", "--like", str(target.id), "--store", store, "-k", 3, "--json")
     assert json.loads(proc.stdout)[0]["id"] == copy.id
 
@@ -96,9 +96,10 @@ def test_query_arithmetic_adds_and_subtracts_weighted_terms(library, tiny_embedd
             - tiny_embedder.encode_texts(["a dog"])[0]
             + tiny_embedder.encode_images([load_image(img, draft_size=tiny_embedder.image_size)])[0]
         )
-        want = db.query_vectors((v / np.linalg.norm(v))[None], k=12)[0]
+        want = db.search_vectors((v / np.linalg.norm(v))[None], k=12)[0]
         assert [h.id for h in got] == [h.id for h in want]
-        assert [h.id for h in db.search("a t-shirt", k=3)] == [h.id for h in db.query("a t-shirt", k=3)]  # no split
+        whole = db.search_vectors(db.embedder.encode_texts(["a t-shirt"]), k=3)[0]
+        assert [h.id for h in db.search("a t-shirt", k=3)] == [h.id for h in whole]  # no split at the "-"
         with pytest.raises(InputError, match="no term"):
             db.search("cat + ", k=3)
 

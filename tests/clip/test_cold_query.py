@@ -99,13 +99,13 @@ def test_image_tower_refused_when_the_file_changed(tmp_path):
 def test_a_text_query_does_not_load_the_image_tower(tiny_store, monkeypatch):
     monkeypatch.setenv("SEMDB_ONNX", "0")
     with semdb.open(tiny_store, readonly=True) as db:
-        hits = db.query("a cat", k=3)
+        hits = db.search("a cat", k=3)
         assert len(hits) == 3
         emb = db.embedder
         assert not emb.image_tower_loaded
         assert all(p.is_meta for p in emb.model.visual.parameters())
         # an image query in the same session still works: the tower loads then
-        image_hits = db.query_image(hits[0].path, k=1)
+        image_hits = db.search(image=hits[0].path, k=1)
         assert image_hits[0].path == hits[0].path and emb.image_tower_loaded
 
 
@@ -294,7 +294,7 @@ def test_cold_text_query_runs_without_torch(onnx_ready, tiny_store, cache):
     code = (
         "import json, sys, semdb\n"
         f"with semdb.open({str(tiny_store)!r}, readonly=True) as db:\n"
-        "    hits = db.query('a red bicycle', k=4)\n"
+        "    hits = db.search('a red bicycle', k=4)\n"
         "print(json.dumps({'hits': [[h.id, h.score] for h in hits],\n"
         "                  'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}))\n"
     )

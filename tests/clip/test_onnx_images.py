@@ -134,7 +134,7 @@ with semdb.open({store!r}, model={model!r}) as db:
         ids, codes = db.store.load_codes()
         by_id = dict(zip(ids.tolist(), codes.tolist()))
     s["vectors"] = {{it.path.rsplit("/", 1)[-1]: by_id[it.id] for it in db.store.iter_items()}}
-    s["image_hit"] = db.query_image({probe!r}, k=1)[0].path.rsplit("/", 1)[-1]
+    s["image_hit"] = db.search(image={probe!r}, k=1)[0].path.rsplit("/", 1)[-1]
     if {retrain}:
         db.retrain()  # trains the codec on the staged embeddings
         db.retrain()  # re-embeds every file

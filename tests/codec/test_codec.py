@@ -204,13 +204,20 @@ def test_bad_shapes_and_files(codec, data, tmp_path):
         Codec.load(tmp_path / "missing.safetensors")
 
 
-def test_the_quantizer_variant_is_chosen_from_the_config(codec, data):
-    assert (codec.variant, codec.residual) == ("residual", True)
-    assert Codec.train(data[0], bits=128, seed=0).variant == "pca-slots"
-    other = dict(codec.config, arch="other")
-    raw = safetensors.numpy.save(dict(codec.tensors), metadata={"semdb_codec": json.dumps(other)})
-    with pytest.raises(CodecError, match="arch='other': not a codec architecture"):
-        Codec.from_bytes(raw)
+def test_the_quantizer_variant_is_stored_by_name(codec, data):
+    assert (codec.variant, codec.residual, codec.config["variant"]) == ("residual", True, "residual")
+    slots = Codec.train(data[0], bits=128, seed=0)
+    assert slots.variant == slots.config["variant"] == "pca-slots"
+    for c in (codec, slots):  # a file written before the config named its variant: arch and residual say it
+        old = {k: v for k, v in c.config.items() if k != "variant"}
+        before = Codec.from_bytes(safetensors.numpy.save(dict(c.tensors), metadata={"semdb_codec": json.dumps(old)}))
+        assert before.variant == c.variant and "variant" not in before.config
+        np.testing.assert_array_equal(before.encode(data[1]), c.encode(data[1]))
+    for bad, says in (({"variant": "other"}, "variant='other'"), ({"arch": "other"}, "arch='other'")):
+        config = {k: v for k, v in codec.config.items() if k != "variant" or "variant" in bad} | bad
+        raw = safetensors.numpy.save(dict(codec.tensors), metadata={"semdb_codec": json.dumps(config)})
+        with pytest.raises(CodecError, match=says):
+            Codec.from_bytes(raw)
 
 
 def test_search_pads_when_fewer_items_than_k(codec, data):

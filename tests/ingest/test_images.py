@@ -161,7 +161,6 @@ def test_formats_round_trip_to_rgb(tmp_path, fmt, ext):
 
 
 def test_heic_round_trip(tmp_path):
-    pytest.importorskip("pillow_heif")
     path = tmp_path / "cat.heic"
     photo("chelsea").save(path, format="HEIF", quality=90)
     img = load_image(path)

@@ -31,11 +31,11 @@ def test_a_small_store_stays_uncompressed_and_is_searched_exactly(photos, tmp_pa
         q = tiny_embedder.encode_texts(["a photo of a rocket"])
         X = np.concatenate([e for _, e in db.store.iter_staging()]).astype(np.float32)
         ids = np.concatenate([i for i, _ in db.store.iter_staging()])
-        hits = db.query_vectors(q, k=12)[0]
+        hits = db.search_vectors(q, k=12)[0]
         assert [h.id for h in hits] == ids[np.argsort(-(X @ q[0]), kind="stable")].tolist()  # exact ranking
         s = db.ingest([photos], train_now=True)  # nothing new: trains on what is staged
         assert s["codec_trained"] and s["staged"] == 0 and db.info()["compressed"]
-        assert db.store.verify() == [] and len(db.query("a cat", k=5)) == 5
+        assert db.store.verify() == [] and len(db.search("a cat", k=5)) == 5
 
 
 def test_info_and_ingest_say_when_the_store_will_be_compressed(photos, tmp_path, tiny_model):
@@ -80,7 +80,7 @@ def test_retrain_reembeds_files_and_transcodes_the_missing(photos, tmp_path, tin
         assert {it.path: it.id for it in db.store.iter_items()} == before  # ids, paths unchanged
         assert db.store.verify() == [] and db.info()["retrain_pending"] is None
         assert db.info()["codec"]["trained_on"] == s["trained_on"] and db.info()["codec"]["encoded_since"] == 0
-    assert len(reader.query("a photo", k=12)) == 12  # an open reader moves to the new codes
+    assert len(reader.search("a photo", k=12)) == 12  # an open reader moves to the new codes
     assert reader.codec.id == s["codec"]
     reader.close()
 
@@ -142,7 +142,7 @@ def test_retrain_survives_kill_9_at_every_stage(tmp_path, tiny_model):
             assert len(s.load_codes()[0]) == s.count() == n and s.staging_count() == 0
             on = s.meta()["codec_id"]
         with semdb.open(store, readonly=True, embedder=None) as db:
-            assert len(db.query_vectors(np.ones((1, 64), np.float32), k=n)[0]) == n
+            assert len(db.search_vectors(np.ones((1, 64), np.float32), k=n)[0]) == n
         rerun = json.loads(semdb_cli(*args).stdout)
         with Store(store) as s:
             assert s.verify() == [] and s.meta()["codec_id"] == rerun["codec"] != base_codec
@@ -181,14 +181,14 @@ def test_clip_retrieval_layout_and_npz_are_imported(tmp_path, tiny_model):
         s = db.add_embeddings(folder, model=tiny_model, train_now=True)
         assert (s["new"], s["items"], s["staged"], s["codec_trained"]) == (30, 30, 0, True)
         assert db.store.model_id()["name"] == tiny_model and db.store.model_id()["digest"] is None
-        hit = db.query_vectors(X[7:8], k=1)[0][0]
+        hit = db.search_vectors(X[7:8], k=1)[0][0]
         assert hit.path == "/photos/7.jpg"
         again = db.add_embeddings(folder)  # the store's model; known paths are left alone
         assert (again["new"], again["unchanged"]) == (0, 30)
     np.savez(tmp_path / "more.npz", image_emb=_unit(5, seed=1), image_path=[f"/more/{i}.jpg" for i in range(5)])
     with semdb.open(tmp_path / "s", model=tiny_model) as db:  # loading the model binds its digest
         assert db.add_embeddings(tmp_path / "more.npz")["new"] == 5
-        db.query("a cat", k=3)
+        db.search("a cat", k=3)
         assert db.store.model_id()["digest"] == db.embedder.model_id["digest"]
 
 
@@ -231,7 +231,7 @@ def _shopsphere():
 
 
 def _r1(db, T) -> float:
-    hits = db.query_vectors(T, k=1)
+    hits = db.search_vectors(T, k=1)
     return float(np.mean([h[0].path == f"/shop/{i}.jpg" for i, h in enumerate(hits)]))
 
 

@@ -84,7 +84,7 @@ def test_ray_ingest_builds_the_same_store_as_a_local_ingest(local_ray, tmp_path,
     with semdb.open(tmp_path / "ray", threads=1) as db:  # nothing left to do
         again = db.ingest([folder], engine="ray", train_now=True)
         assert again["embedded"] == 0 and again["unchanged"] == 15 and again["failed_before"] == 1
-        assert db.query_image(folder / "rocket.jpg", k=2)[0].path in {
+        assert db.search(image=folder / "rocket.jpg", k=2)[0].path in {
             str(folder / "rocket.jpg"),
             str(folder / "shapes_1.png"),
         }

@@ -105,9 +105,9 @@ def _ingest_child(store, photos, model, fault, batch_size, prune, train_at, map_
             summary = db.ingest([photos], batch_size=batch_size, prune=prune, workers=2, policy=policy)
             if fault:
                 return {"summary": summary}
-            hits = db.query("a photo of something", k=5)
+            hits = db.search("a photo of something", k=5)
             img = sorted(Path(photos).glob("*.jpg"))[0]
-            ihits = db.query_image(img, k=3)
+            ihits = db.search(image=img, k=3)
             return {"summary": summary, "hits": [h.path for h in hits + ihits]}
 
     return run
@@ -218,7 +218,7 @@ def _reader_loop(store: str, stop: str, k: int = 5) -> dict:
         try:
             with semdb.open(store, readonly=True, embedder=_PRELOADED) as db:
                 n = db.store.count()
-                hits = db.query("a photo of something", k=k)
+                hits = db.search("a photo of something", k=k)
                 items = db.store.items([h.id for h in hits])
                 for h, it in zip(hits, items):
                     if it is None or it.path != h.path or not os.path.exists(h.path):
@@ -442,7 +442,7 @@ def test_readers_never_see_the_codec_without_its_codes(photos, tmp_path, tiny_mo
             return read_staging(*a, **kw)
 
         monkeypatch.setattr(reader.store, "iter_staging", switch_then_read)
-        hits = reader.query("a photo", k=5)
+        hits = reader.search("a photo", k=5)
         assert len(hits) == 5 and {h.path for h in hits} <= {it.path for it in reader.store.iter_items()}
         assert writer.store.staging_count() == 0 and len(writer.store.load_codes()[0]) == 12
         assert writer.store.verify() == []
@@ -523,7 +523,7 @@ def test_map_grows_during_a_real_ingest(photos, tmp_path, tiny_model):
         info = db.store.info()
         assert (s["new"], s["duplicate"], s["items"]) == (20, 4, 36)
         assert info["map_size"] >= 1 << 17 and info["coded"] == 36 and info["staging"] == 0
-        assert db.store.verify() == [] and len(db.query("a cat", k=40)) == 36
+        assert db.store.verify() == [] and len(db.search("a cat", k=40)) == 36
 
 
 def test_an_exception_in_the_decoding_threads_reaches_the_caller_instead_of_hanging():

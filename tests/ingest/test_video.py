@@ -199,7 +199,7 @@ def test_search_groups_frames_by_video_with_their_time(video_store, media, tmp_p
         assert len({h.path for h in hits}) == len(hits) == 4  # two copies, the portrait, the photo
         every = db.search(image=blue, k=10, frames=True)
         assert len(every) > len({h.path for h in every}) and every[0][:2] == hits[0][:2]
-        similar = db.similar(hits[0].id, k=10, frames=True)
+        similar = db.search(like=hits[0].id, k=10, frames=True)
         assert hits[0].id not in [h.id for h in similar] and similar[0].frame_ms == 3000  # the copy's frame
 
         groups = db.duplicates()["groups"]

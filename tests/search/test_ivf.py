@@ -137,20 +137,20 @@ def test_store_builds_keeps_and_updates_the_ivf(tmp_path, monkeypatch):
         ids, index = db._searcher.index()
         assert isinstance(index, IvfIndex)
         assert (db.store.load_ivf()[3] >= 0).all()
-        hits = db.query_vectors(X[5:6], k=3)[0]
+        hits = db.search_vectors(X[5:6], k=3)[0]
         assert hits[0].path == _paths(1, 5)[0]
-        assert db.query_vectors(X[5:6], k=3, nprobe=index.nlist)[0][0].id == hits[0].id
+        assert db.search_vectors(X[5:6], k=3, nprobe=index.nlist)[0][0].id == hits[0].id
     with _db(tmp_path / "s") as db:  # incremental: new items get their list in their own commit
         db.add_embeddings(_paths(400, 2000), X[2000:], policy=ONE_CODEC)
         got = db.store.load_ivf()
         assert got[1]["built_on"] == 2000 and (got[3] >= 0).all() and len(got[3]) == 2400
-        found = [db.query_vectors(X[i : i + 1], k=1)[0][0].path for i in range(2000, 2400, 40)]
+        found = [db.search_vectors(X[i : i + 1], k=1)[0][0].path for i in range(2000, 2400, 40)]
         assert found == [_paths(1, i)[0] for i in range(2000, 2400, 40)]
         gone = [db.store.item_by_path(p).id for p in _paths(50, 2000)]
         with db.store.write() as w:
             for i in gone:
                 w.delete_item(i)
-        assert not {h.id for h in db.query_vectors(X[2000:2050], k=5, nprobe=1000)[0]} & set(gone)
+        assert not {h.id for h in db.search_vectors(X[2000:2050], k=5, nprobe=1000)[0]} & set(gone)
         assert (db.store.load_ivf()[3] >= 0).all() and db.store.verify() == []
         db.store.compact()  # merged segments keep their lists
         assert (db.store.load_ivf()[3] >= 0).all() and db.store.verify() == []
@@ -158,7 +158,7 @@ def test_store_builds_keeps_and_updates_the_ivf(tmp_path, monkeypatch):
         hits = db.search(like=db.store.item_by_path(_paths(1, 3)[0]).id, under="/photos/a", k=10)
         assert hits and all(h.path.startswith("/photos/a/") for h in hits)
         with pytest.raises(InputError):
-            db.query_vectors(X[:1], nprobe=0)
+            db.search_vectors(X[:1], nprobe=0)
 
 
 def test_codes_written_without_an_assigner_are_assigned_when_read_and_filled_later(tmp_path):
@@ -172,7 +172,7 @@ def test_codes_written_without_an_assigner_are_assigned_when_read_and_filled_lat
             for path, code in zip(_paths(200, 1000), codes):
                 w.add_item(Item.new(path, 1, 1, "h" + path, 1, 1), code=code)
         assert (db.store.load_ivf()[3] < 0).sum() == 200 and db.store.verify() == []
-        assert db.query_vectors(X[1100:1101], k=1)[0][0].path == _paths(1, 1100)[0]
+        assert db.search_vectors(X[1100:1101], k=1)[0][0].path == _paths(1, 1100)[0]
         assert ivf_upkeep.maintain(ctx) == "filled"
         assert (db.store.load_ivf()[3] >= 0).all() and db.store.verify() == []
 
@@ -201,21 +201,21 @@ def test_retrain_rebuilds_the_ivf(tmp_path, tiny_model):
         assert new and new["codec_id"] == db.codec.id  # (the switch dropped the old IVF: this is a new one)
         assert (db.store.load_ivf()[3] >= 0).all() and db.store.verify() == []
         assert isinstance(db._searcher.index()[1], IvfIndex)
-        assert len(db.query("a cat", k=3)) == 3
+        assert len(db.search("a cat", k=3)) == 3
 
 
 def test_a_store_from_before_the_ivf_still_reads(tmp_path):
     X = clustered(800, seed=4)
     with _db(tmp_path / "s") as db:
         db.add_embeddings(_paths(800), X, model="ViT-B-32", policy=ONE_CODEC)
-        ref = [h.id for h in db.query_vectors(X[:1], k=5)[0]]
+        ref = [h.id for h in db.search_vectors(X[:1], k=5)[0]]
     env = lmdb.open(str(tmp_path / "s"), max_dbs=16)  # what a store written before the ivf db looks like
     with env.begin(write=True) as txn:
         txn.drop(env.open_db(b"ivf", txn=txn), delete=True)
     env.close()
     with semdb.open(tmp_path / "s", readonly=True) as db:
         assert db.store.load_ivf() is None and db.store.verify() == []
-        assert [h.id for h in db.query_vectors(X[:1], k=5)[0]] == ref
+        assert [h.id for h in db.search_vectors(X[:1], k=5)[0]] == ref
     with _db(tmp_path / "s") as db:  # the first writable open creates it
         ctx = StoreContext(db.store)
         ivf_upkeep.build(ctx, nlist=8)

@@ -76,7 +76,7 @@ def test_text_search_is_the_stores_search(served, tiny_model):
     import semdb
 
     with semdb.open(store, readonly=True, model=tiny_model) as db:
-        local = db.query("a cat on a sofa", k=5)
+        local = db.search("a cat on a sofa", k=5)
     assert [h["id"] for h in hits] == [h.id for h in local]
     assert [h["path"] for h in hits] == [h.path for h in local]
     assert np.allclose([h["score"] for h in hits], [h.score for h in local], atol=1e-5)
@@ -136,7 +136,7 @@ def test_steering_means_what_database_search_means(served, tiny_model):
         )
         # similar: from the stored code, with filters, itself left out
         sim = _hits(server, f"/api/similar/{astronaut}?k=30&under=" + urllib.parse.quote(str(photos / "b")))
-        _same(sim, db.similar(astronaut, k=30, under=str(photos / "b")))
+        _same(sim, db.search(like=astronaut, k=30, under=str(photos / "b")))
         assert astronaut not in [h["id"] for h in sim]
 
 

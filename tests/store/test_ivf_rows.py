@@ -62,8 +62,11 @@ def test_new_codes_get_their_lists_in_their_commit_and_keep_them(store):
     store.compact()  # every merged segment has its row: the lists are concatenated
     assert (lists_match_codes(store) >= 0).all() and store.verify() == []
 
-    with store.write() as w:
-        w.drop_ivf()
+    ids_now, codes = store.load_codes()
+    with store.write() as w:  # a new codec: the IVF's lists belonged to the old codes
+        w.set_pending_codec(b"new-codec", "codec-2", codes.shape[1])
+        w.set_recodes(ids_now, np.asarray(codes))
+        w.switch_codec()
     assert store.load_ivf() is None and store.ivf_meta() is None and store.verify() == []
 
 

@@ -50,7 +50,7 @@ with Database(store) as db:
         moved.path = "/moved/IMG_00007.jpg"
         w.update_item(moved)
     Q = rng.standard_normal((5, 32)).astype(np.float32)
-    hits = [[(h.id, round(h.score, 5)) for h in row] for row in db.query_vectors(Q, k=10)]
+    hits = [[(h.id, round(h.score, 5)) for h in row] for row in db.query_vectors(Q, k=10)]  # its name in that semdb
 print(json.dumps({"hits": hits, "Q": Q.tolist()}))
 """
 
@@ -148,7 +148,7 @@ def _check_migrated(path: Path, v1_store) -> None:
         staged = {int(i) for ids_, _ in s.iter_staging() for i in ids_}
         hits = [
             [[h.id, round(h.score, 5)] for h in row if h.id not in staged]
-            for row in db.query_vectors(np.array(answered["Q"], np.float32), k=10)
+            for row in db.search_vectors(np.array(answered["Q"], np.float32), k=10)
         ]
         assert hits == [row[: len(got_row)] for row, got_row in zip(answered["hits"], hits)]
         # the lookups schema 1 kept as databases, now built in memory

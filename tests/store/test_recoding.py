@@ -36,16 +36,9 @@ def test_pending_codec_recodes_and_switch(store):
     assert len(store.recoded_ids()) == 0 and store.verify() == []
 
 
-def test_discard_pending_keeps_the_codec(store):
+def test_recodes_need_a_pending_codec(store):
     with store.write() as w:
         a = w.add_item(new_item("/a.jpg"), code=code_for(1))
-    with store.write() as w:
-        w.set_pending_codec(b"new-codec", "codec-2", 4)
-        w.set_recodes([a], np.zeros((1, 4), np.uint8))
-    with store.write() as w:
-        w.discard_pending()
-    assert store.pending_codec_bytes() is None and len(store.recoded_ids()) == 0
-    assert store.meta()["codec_id"] == "codec-1" and store.verify() == []
     with pytest.raises(InputError, match="no pending codec"):
         with store.write() as w:
             w.set_recodes([a], np.zeros((1, 4), np.uint8))

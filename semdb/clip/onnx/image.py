@@ -18,11 +18,10 @@ from PIL import Image
 
 from ...errors import InputError
 from . import export as tower
-from .text import unit_rows
+from .text import unit_batches
 
 TOWER, TOWER_INT8 = "image", "image-int8"
-# images per onnxruntime run: ViT-B-32 on 2 threads, 128 photos, ran 21.9 img/s in runs of 16
-# against 19.6 (8), 19.3 (32) and 18.4 (64) (bench/ingest_towers.py, docs/BENCHMARKS.md)
+# images per onnxruntime run: the fastest of 8, 16, 32 and 64 (bench/ingest_towers.py, docs/BENCHMARKS.md)
 BATCH = 16
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -110,7 +109,7 @@ class OnnxImageEncoder:
         out = [
             self.session.run(None, {"pixels": pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)
         ]
-        return unit_rows(out, self.dim)
+        return unit_batches(out, self.dim)
 
 
 def load(digest: str, threads: int | None = None, int8: bool = False) -> OnnxImageEncoder | None:

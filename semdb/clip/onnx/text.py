@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...rows import unit_rows
 from .. import modelcache
 from ..tokenizer import SimpleTokenizer, clean_texts
 from . import export as tower
@@ -39,16 +40,14 @@ class OnnxTextEncoder:
             self.session.run(None, {"tokens": self.tokenizer(cleaned[i : i + batch_size])})[0]
             for i in range(0, len(cleaned), batch_size)
         ]
-        return unit_rows(out, self.dim)
+        return unit_batches(out, self.dim)
 
 
-def unit_rows(batches: list[np.ndarray], dim: int) -> np.ndarray:
+def unit_batches(batches: list[np.ndarray], dim: int) -> np.ndarray:
     """The batches' rows, concatenated and normalised as torch's F.normalize does."""
     if not batches:
         return np.zeros((0, dim), dtype=np.float32)
-    x = np.concatenate(batches).astype(np.float32, copy=False)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(unit_rows(np.concatenate(batches)))
 
 
 def model_id_of(name: str, pretrained: str | None, digest: str, meta: dict) -> dict:
