@@ -15,10 +15,10 @@ import json
 import numpy as np
 
 from ..errors import InputError
-from . import recoding, segments
+from . import codec_set, recoding, segments
 from .batch import ReplayingBatch
 from .code_segments import CodeSegmentWrites
-from .format import MANAGED_META, MAX_CODECS, Item, codec_key, codec_slots, fs_bytes, int_key, item_of, item_segment_row
+from .format import MANAGED_META, Item, codec_slots, fs_bytes, int_key, item_of, item_segment_row
 from .item_writes import merge_item_segments, write_items
 from .ivf_rows import AssignLists, IvfRows
 from .opening import Environment
@@ -163,18 +163,9 @@ class Writer(ReplayingBatch):
         """Add a codec to the store's set (the first one: as set_codec): items may then be given
         codes of it (add_item / set_code(s) with codec=codec_id). Every codec of a store writes
         codes of the same width. A store with a set keeps no IVF (it indexes one codec's codes)."""
-        slots = codec_slots(self._meta)
-        if not slots:
+        if not codec_slots(self._meta):
             return self.set_codec(codec_bytes, codec_id, code_bytes)
-        if codec_id in slots:
-            raise InputError(f"{self.path} already holds codec {codec_id}")
-        if int(code_bytes) != self._meta["code_bytes"]:
-            raise InputError(
-                f"codec {codec_id} writes {code_bytes}-byte codes; this store's are {self._meta['code_bytes']}"
-            )
-        slot = slots.index(None) if None in slots else len(slots)
-        if slot >= MAX_CODECS:
-            raise InputError(f"{self.path} holds {MAX_CODECS} codecs already")
+        slot = codec_set.free_slot(self._meta, str(codec_id), code_bytes, self.path)
         self._run(self._add_codec, bytes(codec_bytes), str(codec_id), slot)
 
     def drop_codec(self, codec_id: str) -> None:
@@ -267,13 +258,7 @@ class Writer(ReplayingBatch):
         return x16.tobytes()
 
     def _slot(self, codec: str | None) -> int:
-        """The slot of codec id `codec` in the store's set (None: the first codec, slot 0)."""
-        if codec is None:
-            return 0
-        slots = codec_slots(self._meta)
-        if codec not in slots:
-            raise InputError(f"{self.path} holds no codec {codec}")
-        return slots.index(codec)
+        return codec_set.slot_of(self._meta, codec, self.path)
 
     def _require(self, id: int) -> Item:
         item = self.get_item(id)
@@ -346,19 +331,11 @@ class Writer(ReplayingBatch):
         self._put_meta("code_bytes", code_bytes)
 
     def _add_codec(self, codec: bytes, codec_id: str, slot: int) -> None:
-        slots = codec_slots(self._meta)
-        slots[slot : slot + 1] = [codec_id]
-        self.txn.put(codec_key(slot), codec, db=self.dbs["codec"])
-        self._put_meta("codec_set", slots)
+        codec_set.add(self, self._meta, self._put_meta, codec, codec_id, slot)
         self._ivf.drop()  # the IVF's lists are of the first codec's codes alone
 
     def _drop_codec(self, slot: int) -> None:
-        slots = codec_slots(self._meta)
-        slots[slot] = None
-        while slots and slots[-1] is None:
-            slots.pop()
-        self.txn.delete(codec_key(slot), db=self.dbs["codec"])
-        self._put_meta("codec_set", slots if len(slots) > 1 else None)
+        codec_set.drop(self, self._meta, self._put_meta, slot)
 
     def _set_queries(self, raw: bytes, shape: list) -> None:
         self.txn.put(b"queries", raw, db=self.dbs["codec"])
@@ -375,11 +352,7 @@ class Writer(ReplayingBatch):
         )
         ids, codes = recoding.take_for_switch(self, self._meta, self._put_meta, n_items, self.path)
         self._ivf.drop()  # its lists belong to the old codes (retrain builds a new IVF)
-        for slot, codec_id in enumerate(codec_slots(self._meta)):
-            if slot and codec_id:  # one codec again: the set's others go with their codes
-                self.txn.delete(codec_key(slot), db=self.dbs["codec"])
-        if self._meta.get("codec_set"):
-            self._put_meta("codec_set", None)
+        codec_set.drop_all_but_first(self, self._meta, self._put_meta)
         self._codes.replace_all(ids, codes)
 
     def _set_ivf(self, centroids, info, ids, lists, every: bool) -> None:
