@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 SEMDB = str(Path(sys.executable).with_name("semdb"))  # the installed console script
@@ -74,6 +75,65 @@ def semdb_cli(*args, check=True, text=True, env=None, timeout=300, input=None, p
         stderr = proc.stderr if text else proc.stderr.decode(errors="replace")
         raise AssertionError(f"semdb {args} exited {proc.returncode}, not {want}: {stderr}")
     return proc
+
+
+def semdb_app(*args, check=True, env=None, input=None):
+    """`semdb_cli` in this process, through typer's CliRunner: the same arguments, environment
+    and result (returncode, stdout, stderr as text), without a Python start and its imports per
+    command (0.5 s to seconds each). For help, usage errors and commands whose outcome is their
+    output and the store; exit codes of a real process, signals, locks between processes, a
+    server and bytes on stdout stay with semdb_cli. An uncaught exception is printed on stderr as
+    a traceback, as the command prints it."""
+    from semdb.cli import app
+
+    threads = _torch_threads()
+    try:
+        result = _runner().invoke(
+            app,
+            [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args],
+            input=input,
+            env={**CLI_ENV, **(env or {})},
+            prog_name="semdb",
+        )
+    finally:
+        _torch_threads(threads)  # `--threads N` sets torch's process-wide count: give it back
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    proc = subprocess.CompletedProcess(["semdb", *args], result.exit_code, result.stdout, stderr)
+    want = 0 if check is True else check
+    if want is not None and want is not False and proc.returncode != want:
+        raise AssertionError(f"semdb {args} exited {proc.returncode}, not {want}: {stderr}")
+    return proc
+
+
+def _runner():
+    """typer's CliRunner, wrapping help at the terminal's width ($COLUMNS) as the command does,
+    not at the 80 columns it forces."""
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    formatting = sys.modules[CliRunner.isolation.__module__].formatting  # typer's copy of click's, or click's
+
+    class Runner(CliRunner):
+        @contextlib.contextmanager
+        def isolation(self, *args, **kwargs):
+            with super().isolation(*args, **kwargs) as streams:
+                formatting.FORCED_WIDTH = None  # restored by CliRunner on the way out
+                yield streams
+
+    return Runner()
+
+
+def _torch_threads(n: int | None = None) -> int | None:
+    """torch's intra-op thread count (None: torch is not loaded); set it to `n` if given."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def store_items(db, ids: bool = True) -> list:

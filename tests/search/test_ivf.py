@@ -229,10 +229,10 @@ def test_two_level_assignment_and_plane_ranking(coded, monkeypatch):
     Q = clustered(30, seed=8, dim=256)  # list ranking on z
     pc = plain.encode(X)
     Cz = train_centroids(plain, pc, 32)
-    index = plain.index(pc, ivf=(Cz, Assigner(plain, Cz)(pc)))
+    index = codec_index(plain, pc, ivf=(Cz, Assigner(plain, Cz)(pc)))
     assert index.ranks_in_plane
     Dq, Iq = index.quantizer.search(Q, 8)
     Dp, Ip = index.rank_lists(Q, 8)
     assert (Ip == Iq).mean() > 0.99
     np.testing.assert_allclose(Dp, Dq, atol=1e-5)
-    assert np.array_equal(index.search(Q, 10, nprobe=32)[0], plain.index(pc).search(Q, 10)[0])
+    assert np.array_equal(index.search(Q, 10, nprobe=32)[0], codec_index(plain, pc).search(Q, 10)[0])
