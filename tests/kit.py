@@ -77,15 +77,17 @@ def semdb_cli(*args, check=True, text=True, env=None, timeout=300, input=None, p
     return proc
 
 
-def semdb_app(*args, check=True, env=None, input=None):
+def semdb_app(*args, check=True, env=None, input=None, text=True):
     """`semdb_cli` in this process, through typer's CliRunner: the same arguments, environment
     and result (returncode, stdout, stderr as text), without a Python start and its imports per
     command (0.5 s to seconds each). For help, usage errors and commands whose outcome is their
     output and the store; exit codes of a real process, signals, locks between processes, a
-    server and bytes on stdout stay with semdb_cli. An uncaught exception is printed on stderr as
-    a traceback, as the command prints it."""
+    server and a path's own bytes on stdout stay with semdb_cli. An uncaught exception is printed
+    on stderr as a traceback, as the command prints it. `text=False`: stdout and stderr as bytes."""
     from semdb.cli import app
 
+    if "SEMDB_FAULT_POINT" in (env or {}):
+        raise ValueError("a fault point kills or holds its process: run the command with semdb_cli")
     threads = _torch_threads()
     try:
         result = _runner().invoke(
@@ -100,7 +102,8 @@ def semdb_app(*args, check=True, env=None, input=None):
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(*result.exc_info))
-    proc = subprocess.CompletedProcess(["semdb", *args], result.exit_code, result.stdout, stderr)
+    out = (result.stdout, stderr) if text else (result.stdout_bytes, stderr.encode(errors="backslashreplace"))
+    proc = subprocess.CompletedProcess(["semdb", *args], result.exit_code, *out)
     want = 0 if check is True else check
     if want is not None and want is not False and proc.returncode != want:
         raise AssertionError(f"semdb {args} exited {proc.returncode}, not {want}: {stderr}")
