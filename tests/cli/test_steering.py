@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -24,9 +25,11 @@ def _with_exif_date(path, when: str) -> None:
     img.save(path, exif=exif)
 
 
-@pytest.fixture
-def library(tmp_path, tiny_model):
-    """12 photos in two folders; 3 of them with an EXIF date taken in 2019; a coded store."""
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory, tiny_model):
+    """12 photos in two folders; 3 of them with an EXIF date taken in 2019; a coded store; and
+    a copy of the photos as they were (dates kept)."""
+    tmp_path = tmp_path_factory.mktemp("library")
     root = tmp_path / "photos"
     write_photos(root / "trips", n_generated=2)
     write_photos(root / "home", n_generated=2, seed=5)
@@ -34,7 +37,17 @@ def library(tmp_path, tiny_model):
         _with_exif_date(root / name, "2019:07:14 12:30:00")
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         db.ingest([root], train_now=True)
-    return root, tmp_path / "s"
+    shutil.copytree(root, tmp_path / "as_stored")
+    return root, tmp_path / "s", tmp_path / "as_stored"
+
+
+@pytest.fixture
+def library(built_library):
+    """(photos, store): built once for the module and only read by its tests; a photo a test
+    removes is put back after it."""
+    root, store, as_stored = built_library
+    yield root, store
+    shutil.copytree(as_stored, root, dirs_exist_ok=True)
 
 
 def test_exif_date_is_read_from_the_header_else_mtime(library):
