@@ -1,5 +1,6 @@
 """Helpers the tests share (fixtures are in conftest.py): sample photos, CLIP-like embeddings,
-the installed `semdb` command run as a user runs it, a store's items compared."""
+the installed `semdb` command run as a user runs it (semdb_cli) or in this process (semdb_app),
+a store's items compared."""
 
 import os
 import shutil
