@@ -1,4 +1,4 @@
-"""Why IVF cannot reach 10x at recall@10 0.95 on the synthetic codes (docs/SCALE.md#ivf).
+"""Why IVF cannot reach 10x at recall@10 0.95 on the synthetic codes (docs/notes/SCALE.md, IVF).
 
     python bench/ivf_limits.py [--n 1000000] [--queries 300] [--nlist 1024,4096] [--hnsw] [--prefix]
 

@@ -4,7 +4,7 @@ open it and answer the first query in a fresh process.
     python bench/store_size.py [--n 1000000] [--bits 256] [--out /tmp/store_size] [--schema1]
 
 Items: n synthetic rows written to one Parquet file in the `semdb export` format (docs/
-INTERFACES.md): photo-library paths like /photos/2019/07-Holiday/IMG_153012_0042.jpg (~43
+CLI.md): photo-library paths like /photos/2019/07-Holiday/IMG_153012_0042.jpg (~43
 bytes, near the ~30 the issue's 305 B/item figure had; one folder a month for 20 years),
 blake2b-128 hex content hashes, file sizes
 and times drawn like a camera's, codes drawn like bench/ivf_speed.py's (a codec trained on

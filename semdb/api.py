@@ -37,7 +37,20 @@ __all__ = ["Database", "Hit", "Item", "SearchRequest", "open"]
 
 
 def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> Database:  # noqa: A001
-    """Open (or create) the store at `path` (default: $SEMDB_STORE or the user data dir)."""
+    """Open the store at `path`, creating it if it does not exist: a `Database`.
+
+    `path`: the store's folder (default: `$SEMDB_STORE`, else the user data folder,
+    `~/.local/share/semdb/store` on Linux). `model` / `pretrained`: the CLIP model of a new store
+    (an open_clip name and tag, `local-dir:/folder` or `hf-hub:org/repo`; default: ViT-B-32 with
+    the laion2b_s34b_b79k weights, or `$SEMDB_MODEL`); a store remembers its model and refuses
+    another. Keywords: `readonly` (beside a writer), `wait` (for another writer, rather than
+    `StoreLockedError`), `device` ("cuda" for a GPU), `threads` (CPU threads for CLIP),
+    `map_size` (the initial LMDB map; it grows), `embedder` (a loaded `Embedder` of the store's
+    model), `create=False` (a missing store is a `StoreError`). The model loads on first use.
+
+        with semdb.open("photos.semdb", model="local-dir:/models/clip") as db:
+            db.ingest(["./photos"])
+    """
     return Database(path, model=model, pretrained=pretrained, **kwargs)
 
 
@@ -56,10 +69,8 @@ def _alias(method, name: str):
 
 
 class Database:
-    """A semdb store plus its model and codec. Use as a context manager, or call close().
-
-    `embedder`: an already loaded `semdb.clip.embedder.Embedder` to use instead of loading `model`
-    (it must be the store's model). `create=False`: a missing store is a StoreError, not made."""
+    """One store with its CLIP model and codec, as `semdb.open` (its arguments) returns it.
+    Use it as a context manager, or call `close()`."""
 
     def __init__(
         self,
@@ -94,6 +105,7 @@ class Database:
         self._listing = catalog.Listing(self.store)
 
     def close(self) -> None:
+        """Close the store (and give up the writer's lock); `with semdb.open() as db:` does it."""
         self.store.close()
 
     def __enter__(self) -> Database:
@@ -138,21 +150,24 @@ class Database:
         int8: bool = False,
         retry_failed: bool = False,
     ) -> dict:
-        """Add new and changed images under `paths`; skip unchanged ones; return the summary.
+        """Index the images and videos under `paths` (files or folders, recursively), as `semdb
+        ingest`; return its `--json` summary (`new`, `changed`, `unchanged`, `moved`,
+        `duplicate`, `failed` with `failures`, `pruned`, `items`, `seconds`, ...).
 
-        Every batch commits atomically, so an interrupted ingest resumes where it stopped.
-        `codec`: a Codec or a codec file for a new store (default: train one, `bits` per item,
-        on this ingest's embeddings). `prune`: remove items whose files are gone.
-        `engine="ray"`: hash, decode, embed and encode on a Ray cluster (`ray_address`, default
-        a local instance); shards go to `ray_shards` (default STORE/ray-shards), see ingest/ray.py.
-        A new store keeps its embeddings staged (searched exactly) until it holds enough images
-        to train a codec that generalises (CodecPolicy.min_train); `train_now` trains on what
-        is staged. `captions`: a text file (one per line) or list of texts that show how the
-        store is searched (captions, past queries); the codec is then trained to rank well for
-        such texts (now and at each retrain). `policy`: when the codec is trained (default
-        CodecPolicy(bits, train_now)). `int8`: embed with the int8 ONNX image tower (a CPU only;
-        see docs/CLI.md, "Ingest on small machines"). Files that failed in an earlier run and are
-        unchanged are skipped (counted as `failed_before`); `retry_failed` decodes them again.
+        Unchanged files are skipped unread, moved files and copies recognised by content; every
+        batch commits atomically, so an interrupted ingest resumes. A file that cannot be read
+        is listed, not raised; unchanged, it is skipped next time (`retry_failed`: tried again).
+        `codec`: a Codec or codec file for a new store (default: train one of `bits` per item
+        once the store holds enough images, CodecPolicy.min_train; `train_now`: on what is
+        staged now; `policy`: a CodecPolicy instead). `captions`: a text file or list of texts
+        like the store's queries; the codec is trained to rank well for them. `prune`: remove
+        items whose files are gone. `batch_size`: images per CLIP batch and commit; `workers`:
+        decoding threads; `max_megapixels`: larger images are refused (None: no limit). `int8`:
+        the int8 ONNX image tower (CPU only). `engine="ray"`: on a Ray cluster (`ray_address`,
+        default a local instance; `ray_shards`: default STORE/ray-shards; docs/SCALE.md).
+        `progress(stage, done, total)`: called as the work advances.
+
+            summary = db.ingest(["~/Pictures"], prune=True)
         """
         options = IngestOptions(
             batch_size=batch_size,
@@ -182,12 +197,15 @@ class Database:
         policy: CodecPolicy | None = None,
         progress: Progress | None = None,
     ) -> dict:
-        """Store precomputed CLIP image embeddings (n, D) of the files `paths`, as an ingest
-        would (codes, or staged until the codec is due). `paths` may instead be a source to
-        read: a clip-retrieval output folder, a .npz, or a .npy (then `embeddings` is the paths
-        file). `model` / `pretrained` name the CLIP model they come from (default: the
-        store's); its weights are bound when the model is first loaded. Everything is checked
-        before anything is written. Returns the ingest summary."""
+        """Store precomputed CLIP image embeddings `embeddings` (n, D) of the files `paths`, as
+        an ingest would; or read them from `paths`, a clip-retrieval output folder, a .npz, or a
+        .npy (then `embeddings` is the paths file). `model` / `pretrained`: the CLIP model they
+        come from (default: the store's). Everything is checked before anything is written;
+        stored paths are left as they are. `bits`, `train_now`, `policy`, `progress`: as for
+        `ingest`, whose summary it returns.
+
+            db.add_embeddings(["a.jpg", "b.jpg"], X, model="ViT-B-32")   # X: (2, 512) float32
+        """
         if embeddings is None or isinstance(embeddings, (str, os.PathLike)):
             data = read_embeddings(paths, embeddings)
         else:
@@ -212,25 +230,30 @@ class Database:
         progress: Progress | None = None,
         captions=None,
     ) -> dict:
-        """Train a new codec on (a sample of, re-embedded) stored files and re-encode every item;
-        items whose file is gone or unreadable are transcoded from their old code. Resumable and
-        crash-safe; queries keep using the old codes until the switch. `captions`: as for
-        `ingest`, texts that show how the store is searched, recorded before training. See
-        ingest/retrain.py."""
+        """A new codec for what the store holds now, as `semdb retrain`: trained on `sample`
+        stored files embedded again (default 20,000), `bits` per item (default: the current
+        codec's); every item re-encoded from its file, or transcoded from its old code when the
+        file is gone. Queries use the old codes until the switch (one transaction); an
+        interrupted retrain resumes. `captions`: as for `ingest`. Returns `semdb retrain
+        --json`'s summary (`items`, `trained_on`, `reembedded`, `transcoded`, `codec`, ...)."""
         return run_retrain(
             self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels, progress, captions
         ).to_dict()
 
     # --- search: one vocabulary (SearchRequest, semdb/search/request.py) --------------------------
     def search(self, query=None, k: int = DEFAULT_K, **options) -> list[Hit]:
-        """The k items closest to one query, best first. `query`: a text with rclip's
-        arithmetic ("2:cat + ./x.jpg - dog": weighted terms, image files by path, added or
-        subtracted), or a SearchRequest (then nothing else). `options`, SearchRequest.of's:
-        what else to search with, `image` (a file or PIL image), `like` (a stored item's id or
-        path: more like it, itself left out) or instead `vector` (one query embedding of the
-        store's model); where: `under` a folder, `after` / `before` a date taken; refine:
-        `within` of the best score, `min_score`; `nprobe` (IVF lists to scan); `files=False`
-        (every term of the text is text, never a file)."""
+        """The `k` items closest to one query, best first: a list of `Hit`, as `semdb query`.
+
+        `query`: a text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms, image
+        files by path), or a `SearchRequest` (then nothing else). `options`, those of
+        `SearchRequest.of`: `image` (a file or PIL image), `like` (a stored item's id or path,
+        itself left out) or instead `vector` (a query embedding); `under` a folder, `after` /
+        `before` a date taken; `within` of the best score, `min_score`; `nprobe` (IVF lists to
+        scan); `frames=True` (every matching video frame); `files=False` (no term is a file).
+        A bad value raises `InputError`.
+
+            hits = db.search("a dog on a beach", k=5, under="~/Pictures/2023", after="2023-06-01")
+        """
         if isinstance(query, SearchRequest):
             if options or k != DEFAULT_K:
                 raise InputError("give a SearchRequest alone, or search()'s arguments: not both")
@@ -244,7 +267,7 @@ class Database:
     def search_vectors(self, vectors, k: int = DEFAULT_K, **filters) -> list[list[Hit]]:
         """search() for each row of `vectors` (nq, D), query embeddings of the store's model, in
         one scan: a list of hits per row. `filters`: search()'s (under, after, before, within,
-        min_score, nprobe)."""
+        min_score, nprobe, frames)."""
         return self._searcher.search(SearchRequest.of(vector=vectors, k=k, **filters))
 
     def similar(self, item_id: int, k: int = DEFAULT_K, **options) -> list[Hit]:
@@ -270,39 +293,49 @@ class Database:
         self._searcher.index()
 
     def item(self, item_id: int):
-        """The stored item with this id (path, size, mtime, hash, width, height, taken...), or None."""
+        """The stored `Item` with this id (path, size, mtime, hash, width, height, taken...), or None."""
         return self.store.get_item(int(item_id))
 
     # --- what the store holds: list, count, remove (catalog.py) ------------------------------
     def ls(self, under=None, after=None, before=None, *, offset: int = 0, limit: int | None = None) -> list[Item]:
-        """Stored items, newest first (by date taken, photos of unknown date last, then by id):
-        `limit` of them (None: all) from `offset`. Filters as search()'s: `under` a folder,
-        `after` (inclusive) / `before` (exclusive) a date taken ("YYYY-MM-DD", ISO text, date or
-        datetime). Reads metadata only (no code, no model)."""
+        """Stored `Item`s newest first (date taken, unknown dates last, then id), as `semdb ls`:
+        `limit` of them (None: all) from `offset`. `under` a folder, `after` (inclusive) /
+        `before` (exclusive) a date taken ("YYYY-MM-DD", ISO text, date or datetime). Reads
+        metadata only (no code, no model)."""
         return self._listing.ls(Where.of(under, after, before), offset, limit)
 
     def count(self, under=None, after=None, before=None) -> int:
         """How many items ls() with these filters lists in all."""
         return self._listing.count(Where.of(under, after, before))
 
+    def tally(self, under=None, after=None, before=None) -> dict:
+        """Of the items ls() lists with these filters: {"photos", "frames", "videos"}, how many
+        are photos, how many video frames, and of how many videos."""
+        return self._listing.tally(Where.of(under, after, before))
+
     def rm(self, targets: Iterable = (), *, under=None, dry_run: bool = False) -> list[Item]:
-        """Remove items from the store (never their files): each of `targets` an item id (int)
-        or a path (str or Path: a stored file, or a folder: every item under it), plus every
-        item `under` a folder. One atomic commit: all of them or, if interrupted, none. Returns
-        the items removed (with `dry_run`: that would be), in id order. A target that names
-        nothing stored is an InputError, and nothing is removed. A later ingest of their folder
-        adds files that still exist again."""
+        """Remove items from the store, never their files, as `semdb rm`: each of `targets` an
+        item id (int) or a path (a stored file, or a folder: every item under it), plus every
+        item `under` a folder, in one commit. Returns the items removed (`dry_run`: that would
+        be), in id order. A target that names nothing stored: `InputError`, nothing removed.
+
+            db.rm([1234, "~/Pictures/old"], dry_run=True)
+        """
         items = catalog.removal(self.store, targets, under)
         if items and not dry_run:
             catalog.remove(self.store, [it.id for it in items])
         return items
 
-    def duplicates(self, threshold: float | None = None) -> list[dict]:
-        """Groups of near-duplicate images, found from the codes; see semdb/duplicates.py."""
+    def duplicates(self, threshold: float | None = None) -> dict:
+        """Near-duplicate groups from the codes, as `semdb duplicates --json`: {"threshold",
+        "groups": [{"ids", "paths", "min_similarity", "exact", "copies"}, ...]}, largest first.
+        `threshold`: the cosine (default 0.95 less the codec's noise); `exact`: one content;
+        `copies`: ids sharing one. A video counts once. All pairs: fine to about 10^5 items."""
         return find_duplicates(self._ctx, self._searcher, threshold)
 
     def classify(self, labels, prompt: str = "a photo of a {}.") -> list[dict]:
-        """Zero-shot label of every item: [{"id", "path", "label", "score"}] in id order."""
+        """Zero-shot label of every item, as `semdb tag`: [{"id", "path", "label", "score"}] in
+        id order, the label whose `prompt` scores best; a video is one row (with its "time")."""
         return classify_items(self._ctx, self._searcher, labels, prompt)
 
     # --- export and import (Arrow / Parquet) -----------------------------------------------
@@ -314,14 +347,15 @@ class Database:
         return transfer.export_batches(self._ctx, batch_size)
 
     def to_arrow(self):
-        """Every item as a pyarrow Table (columns and metadata: docs/INTERFACES.md#parquet-export)."""
+        """Every item as a pyarrow Table (columns and metadata: docs/CLI.md#export-and-import)."""
         import pyarrow as pa  # noqa: PLC0415 (imported only when used)
 
         sch, batches = self.export_batches()
         return pa.Table.from_batches(list(batches), schema=sch)
 
     def export(self, out, progress: Progress | None = None) -> dict:
-        """Write every item to the Parquet file `out` (replaced atomically); return a summary."""
+        """Write every item to the Parquet file `out` (replaced atomically), as `semdb export`
+        (columns: docs/CLI.md); return {"path", "items", "bytes", "seconds"}."""
         from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.export(self._ctx, out, progress)
@@ -334,32 +368,32 @@ class Database:
 
     @staticmethod
     def check_exports(paths) -> None:
-        """InputError (one line) unless every file is a semdb Parquet export: what
-        import_parquet checks first. Call it before opening a new store to import into, so
-        that a wrong file leaves no empty store behind."""
+        """`InputError` unless every file is a semdb export: call it before opening a new store
+        to import into, so that a wrong file leaves no empty store behind."""
         from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         transfer.open_exports(paths)
 
     def import_parquet(self, paths, progress: Progress | None = None) -> dict:
-        """Merge Parquet exports into this store, rows in file order.
-
-        Every file must hold codes of this store's codec (a new store takes the codec the
-        files carry). A row whose path is new adds an item; a row for a stored path whose
-        file differs (size, mtime, content hash, dimensions) replaces that item's metadata and
-        code. Importing the same file twice adds nothing. A new item keeps the id it had in the
-        exporting store when that id is above every id this store has used (always, into a new
-        store: links to ids survive an export and import), else it gets the next free id.
-        Returns {"added", "updated", "unchanged", "items", "seconds"}."""
+        """Merge Parquet exports into this store, as `semdb import`: a new path adds an item, a
+        stored path whose file differs (size, mtime, hash, dimensions) takes the row's metadata
+        and code, so importing twice adds nothing. The files must hold codes of this store's
+        codec (a new store takes theirs). An item keeps its id when that is above every id this
+        store has used, else gets the next free one. Returns {"added", "updated", "unchanged",
+        "items", "seconds"}."""
         from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.import_parquet(self._ctx, paths, progress)
 
     # --- info -----------------------------------------------------------------------------
     def codes(self) -> dict:
-        """{item id: packed code} of every coded item (one snapshot)."""
+        """{item id: packed code (bytes)} of every coded item, from one snapshot of the store."""
         return self.store.codes_by_id()
 
     def info(self) -> dict:
-        """Counts, rate, size on disk, model and codec of the store (semdb/info.py)."""
-        return describe(self.store, self.codec)
+        """`semdb info --json`: `path`, `items`, `staging`, `bits_per_item`, `bytes_on_disk`,
+        `bytes_per_item`, `model`, `codec` (trained on, encoded since, drift), `ivf`,
+        `codec_trains_at`, `codecs` (each codec of the store's set: id, items, trained on, bits,
+        shift ratio), `waiting` (photos no codec knows yet, searched exactly), `retrain_advice`
+        and `retrain_pending`."""
+        return describe(self.store, self._ctx.codecs)

@@ -1,6 +1,6 @@
 """Items as Arrow tables: the Parquet format of `semdb export` and `semdb import`.
 
-One row per item (docs/INTERFACES.md#parquet-export):
+One row per item (docs/CLI.md#export-and-import):
 
     id          uint64              the item's id in the exporting store; an import keeps it when
                                     it is larger than every id the target store has used
@@ -17,9 +17,14 @@ One row per item (docs/INTERFACES.md#parquet-export):
                                     optional on import (exports of older semdb have none)
     frame_ms    int64, nullable     a video frame's time in its video (null: a photo); optional
     duration_ms int64, nullable     that video's duration; optional
+    codec       string, nullable    the codec of the store's set that wrote the code (null: the
+                                    store's first, codec_id below); optional
+    embedding   binary, nullable    float16 embedding of a photo waiting for a codec of its own
+                                    (its code is then zeros); optional
 
 The schema metadata key b"semdb" holds JSON: format, codec_id, code_bytes, model_id and, in
-exports, the codec itself (base64) so that a new store can be built from the file alone.
+exports, the codec itself (base64) so that a new store can be built from the file alone, and
+"codecs": {id: base64} of the store's other codecs.
 """
 
 from __future__ import annotations
@@ -52,9 +57,11 @@ _COLUMNS = (
     "taken",
     "frame_ms",
     "duration_ms",
+    "codec",
+    "embedding",
 )
-_OPTIONAL = {"path_bytes", "taken", "frame_ms", "duration_ms"}  # may be null
-_LATER = {"taken", "frame_ms", "duration_ms"}  # may be missing altogether (exports of older semdb)
+_OPTIONAL = {"path_bytes", "taken", "frame_ms", "duration_ms", "codec", "embedding"}  # may be null
+_LATER = {"taken", "frame_ms", "duration_ms", "codec", "embedding"}  # may be missing (exports of older semdb)
 
 
 def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
@@ -73,14 +80,21 @@ def schema(code_bytes: int, meta: dict | None = None) -> pa.Schema:
         pa.field("taken", pa.timestamp("us", tz="UTC")),
         pa.field("frame_ms", pa.int64()),
         pa.field("duration_ms", pa.int64()),
+        pa.field("codec", pa.string()),
+        pa.field("embedding", pa.binary()),
     ]
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()} if meta else None)
 
 
-def make_meta(codec_id: str, code_bytes: int, model_id: dict | None, codec: bytes | None = None) -> dict:
+def make_meta(
+    codec_id: str, code_bytes: int, model_id: dict | None, codec: bytes | None = None, others: dict | None = None
+) -> dict:
+    """`others`: {codec id: bytes} of the store's codecs but its first."""
     meta = {"format": FORMAT, "codec_id": codec_id, "code_bytes": code_bytes, "model_id": model_id}
     if codec is not None:
         meta["codec"] = base64.b64encode(codec).decode()
+    if others:
+        meta["codecs"] = {k: base64.b64encode(v).decode() for k, v in others.items()}
     return meta
 
 
@@ -101,6 +115,7 @@ def read_meta(sch: pa.Schema, source: str) -> dict:
         raise InputError(f"{source}: damaged semdb metadata ({e})") from None
     if meta.get("codec") is not None:
         meta["codec"] = base64.b64decode(meta["codec"])
+    meta["codecs"] = {k: base64.b64decode(v) for k, v in (meta.get("codecs") or {}).items()}
     return meta
 
 
@@ -127,8 +142,12 @@ def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
     )
 
 
-def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.RecordBatch:
-    """Items and their codes (uint8 (n, code_bytes)) as one record batch of the export schema."""
+def to_batch(
+    items: list[Item], codes: np.ndarray, code_bytes: int, codec_ids: list | None = None, embeddings: list | None = None
+) -> pa.RecordBatch:
+    """Items and their codes (uint8 (n, code_bytes)) as one record batch of the export schema;
+    `codec_ids`: each code's codec (None: the first); `embeddings`: float16 bytes of the items
+    that wait staged (None for coded ones)."""
     paths = [it.path for it in items]
     exact = [os.fsencode(p) for p in paths]
     shown = [b.decode("utf-8", "replace") for b in exact]
@@ -148,6 +167,8 @@ def to_batch(items: list[Item], codes: np.ndarray, code_bytes: int) -> pa.Record
         _seconds([it.taken for it in items]),
         pa.array([it.frame_ms for it in items], pa.int64()),
         pa.array([it.duration_ms for it in items], pa.int64()),
+        pa.array(codec_ids or [None] * len(items), pa.string()),
+        pa.array(embeddings or [None] * len(items), pa.binary()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema(code_bytes))
 
@@ -159,8 +180,9 @@ def _seconds(values) -> pa.Array:
     return pa.array(us, pa.int64(), mask=~np.array(known, bool)).cast(pa.timestamp("us", tz="UTC"))
 
 
-def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tuple[Item, bytes]]:
-    """(Item with the row's id, code bytes) for each row, in row order."""
+def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tuple[Item, dict]]:
+    """(Item with the row's id, what it stores as the writer's keywords: code= and codec=, or
+    embedding= float16) for each row, in row order."""
     target = schema(code_bytes)
     cols = {}
     for field in target:
@@ -177,6 +199,7 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
     hashes, codes = cols["hash"].to_pylist(), cols["code"].to_pylist()
     taken = cols["taken"].cast(pa.int64()).to_pylist()
     frame_ms, duration_ms = cols["frame_ms"].to_pylist(), cols["duration_ms"].to_pylist()
+    codec_ids, embeddings = cols["codec"].to_pylist(), cols["embedding"].to_pylist()
     for i in range(len(paths)):
         path = os.fsdecode(exact[i]) if exact[i] is not None else paths[i]
         yield (
@@ -194,7 +217,9 @@ def to_items(batch: pa.RecordBatch | pa.Table, code_bytes: int) -> Iterator[tupl
                 frame_ms[i],
                 duration_ms[i],
             ),
-            codes[i],
+            {"code": codes[i], "codec": codec_ids[i]}
+            if embeddings[i] is None
+            else {"embedding": np.frombuffer(embeddings[i], np.float16)},
         )
 
 

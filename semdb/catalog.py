@@ -10,6 +10,7 @@ by id (the later added first). Removal is one write transaction, the one `ingest
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class Listing:
 
     def __init__(self, store: Store):
         self.store = store
-        self._last: tuple | None = None  # (generation, where, ids in listing order)
+        self._last: tuple | None = None  # (generation, where, ids in listing order, tally)
 
     def ls(self, where: Where, offset: int = 0, limit: int | None = None) -> list[Item]:
         """Items matching `where`, newest first, from `offset`, at most `limit` of them."""
@@ -37,15 +38,26 @@ class Listing:
         """How many items match `where` (without a filter: the item segments' headers only)."""
         return self.store.count() if not where else len(self._ordered(where))
 
+    def tally(self, where: Where) -> dict:
+        """Of the items matching `where`: how many are photos, how many video frames, and of how
+        many videos (read in the listing's own scan)."""
+        return dict(self._scan(where)[3])
+
     def _ordered(self, where: Where) -> np.ndarray:
+        return self._scan(where)[2]
+
+    def _scan(self, where: Where) -> tuple:
+        """(generation, where, ids in listing order, tally) of `where`, scanned once per commit."""
         generation = self.store.meta().get("generation")  # read first: a commit during the scan is seen next time
         last = self._last  # one read: a server's threads may list at once
         if last is None or last[:2] != (generation, where):
-            ids, taken = _matching(self.store, where)
+            ids, taken, videos = _matching(self.store, where)
             # date taken descending (unknown last), then id descending
             order = np.lexsort((-ids.astype(np.int64), -np.where(np.isnan(taken), -np.inf, taken)))
-            last = self._last = (generation, where, ids[order])
-        return last[2]
+            frames = sum(videos.values())
+            tally = {"photos": len(ids) - frames, "frames": frames, "videos": len(videos)}
+            last = self._last = (generation, where, ids[order], tally)
+        return last
 
 
 def removal(store: Store, targets=(), under=None) -> list[Item]:
@@ -79,9 +91,18 @@ def removal(store: Store, targets=(), under=None) -> list[Item]:
 
 
 def remove(store: Store, ids, fault: str = "rm_txn") -> None:
-    """Remove the items `ids` in one write transaction (`fault`: its fault point, docs/RELIABILITY.md)."""
+    """Remove the items `ids` in one write transaction (`fault`: its fault point,
+    docs/notes/RELIABILITY.md), and with them any codec of the store's set (but its first) that no
+    item is left to use."""
+    ids = list(ids)
+    gone = np.asarray(ids, np.uint64)
+    first = store.meta().get("codec_id")
+    groups = store.load_code_groups()
+    emptied = [c for c, (coded, _) in groups.items() if c != first and np.isin(coded, gone).all()]
     with store.write() as w:
         w.delete_items(ids)
+        for codec_id in emptied:
+            w.drop_codec(codec_id)
         fault_point(fault)
 
 
@@ -89,12 +110,13 @@ def _is_id(target) -> bool:
     return isinstance(target, (int, np.integer)) and not isinstance(target, bool) and 0 <= target < 1 << 63
 
 
-def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
-    """(ids uint64, dates taken float64 with NaN for unknown) of the items matching `where`."""
+def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray, Counter]:
+    """(ids uint64, dates taken float64 with NaN for unknown) of the items matching `where`, and
+    how many of them are frames of each video (by path)."""
     prefix = None
     if where.under is not None:
         prefix = os.fsencode(where.under if where.under.endswith(os.sep) else where.under + os.sep)
-    ids, taken = [], []
+    ids, taken, videos = [], [], Counter()
     for cols in store.iter_columns():
         keep = np.ones(len(cols), bool)
         if prefix is not None:
@@ -105,9 +127,10 @@ def _matching(store: Store, where: Where) -> tuple[np.ndarray, np.ndarray]:
             keep &= cols.taken < where.before
         ids.append(cols.ids[keep])
         taken.append(cols.taken[keep])
+        videos.update(cols.paths[i] for i in np.flatnonzero(keep & (cols.frame_ms >= 0)))
     if not ids:
-        return np.empty(0, np.uint64), np.empty(0, np.float64)
-    return np.concatenate(ids).astype(np.uint64), np.concatenate(taken).astype(np.float64)
+        return np.empty(0, np.uint64), np.empty(0, np.float64), videos
+    return np.concatenate(ids).astype(np.uint64), np.concatenate(taken).astype(np.float64), videos
 
 
 def _count_arg(name: str, value) -> int:

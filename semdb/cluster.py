@@ -6,7 +6,7 @@
         for hit in result.hits:                    # ShardHit(path, score, id, shard, store)
             print(hit.score, hit.path, hit.shard)
 
-Serve applications (one Ray actor each; docs/SCALE.md#sharded-search):
+Serve applications (one Ray actor each; docs/notes/SCALE.md#sharded-search):
 
     NAME-shard<i>  ShardReplica: one store opened read-only, its codes, index and metadata
                    held in RAM; answers a ShardQuery (the SearchRequest as the router got it,

@@ -18,8 +18,28 @@ from .search import ivf
 from .store import Store, StoredIvf, Writer
 
 # store meta: {trained_on, train_error, encoded, error_sum, outside_baseline, outside_recent} of its
-# codec (drift and shift: semdb/ingest/training.py)
+# first codec (drift and shift: semdb/ingest/training.py), and {codec id: the same} of the others
 STATS_KEY = "codec_stats"
+SET_STATS_KEY = "codec_set_stats"
+
+
+def codec_stats(meta: dict, codec_id: str) -> dict | None:
+    """The stats a store keeps of its codec `codec_id`."""
+    if codec_id == meta.get("codec_id"):
+        return meta.get(STATS_KEY)
+    return (meta.get(SET_STATS_KEY) or {}).get(codec_id)
+
+
+def put_codec_stats(w, codec_id: str, stats: dict | None) -> None:
+    """Record (None: forget) the stats of codec `codec_id` in write batch `w`."""
+    meta = w.meta()
+    if codec_id == meta.get("codec_id"):
+        w.set_meta(STATS_KEY, stats)
+        return
+    others = {k: v for k, v in (meta.get(SET_STATS_KEY) or {}).items() if k != codec_id}
+    if stats is not None:
+        others[codec_id] = stats
+    w.set_meta(SET_STATS_KEY, others or None)
 
 
 class StoreContext:
@@ -41,6 +61,7 @@ class StoreContext:
         if embedder is not None:
             store.check_model(embedder.model_id)
         self._codec: Codec | None = None
+        self._others: dict[str, Codec] = {}  # the set's other codecs, loaded by id
         self._assigner = None  # ((codec id, ivf id), semdb.search.ivf.Assigner)
 
     def write(self) -> Writer:
@@ -155,32 +176,70 @@ class StoreContext:
 
     @property
     def codec(self) -> Codec | None:
+        """The store's first codec (None before it has one)."""
         # Called on every batch and query: compare the recorded id first, and read and parse the
         # codec bytes only when the store's codec is not the one already loaded.
         recorded = self.store.meta().get("codec_id")
         if recorded is None:
             return None
         if self._codec is None or self._codec.id != recorded:
-            raw = self.store.codec_bytes()
-            # Codec.id digests the codec's config and weights: a codec whose bytes were damaged
-            # on disk no longer matches the id recorded when it was installed.
-            advice = "restore it from a backup or rebuild it with `semdb ingest` into a new --store"
-            try:
-                codec = Codec.from_bytes(raw, source=f"{self.path} (codec)")
-            except CodecError as e:
-                raise StoreError(f"{self.path} is corrupt (its codec does not load: {e}); {advice}") from None
-            if codec.id != recorded:
-                raise StoreError(
-                    f"{self.path} is corrupt (its codec's digest {codec.id} is not the recorded {recorded}); {advice}"
-                )
-            self._codec = codec
+            self._codec = self._load_codec(recorded, first=True)
         return self._codec
 
+    @property
+    def codecs(self) -> dict[str, Codec]:
+        """{codec id: Codec} of the store's whole set, its first codec first."""
+        first = self.codec
+        if first is None:
+            return {}
+        found = {first.id: first}
+        for codec_id in self.store.codec_ids()[1:]:
+            if codec_id not in self._others:
+                self._others[codec_id] = self._load_codec(codec_id)
+            found[codec_id] = self._others[codec_id]
+        return found
+
+    def _load_codec(self, codec_id: str, first: bool = False) -> Codec:
+        raw = self.store.codec_bytes(None if first else codec_id)
+        # Codec.id digests the codec's config and weights: a codec whose bytes were damaged
+        # on disk no longer matches the id recorded when it was installed.
+        advice = "restore it from a backup or rebuild it with `semdb ingest` into a new --store"
+        try:
+            codec = Codec.from_bytes(raw, source=f"{self.path} (codec)")
+        except CodecError as e:
+            raise StoreError(f"{self.path} is corrupt (its codec does not load: {e}); {advice}") from None
+        if codec.id != codec_id:
+            raise StoreError(
+                f"{self.path} is corrupt (its codec's digest {codec.id} is not the recorded {codec_id}); {advice}"
+            )
+        return codec
+
+    def stored_vectors(self, ids) -> np.ndarray:
+        """(n, D) float32: what the store keeps of items `ids` (stored ones), as vectors: each
+        code decoded by the codec that wrote it, a staged row as it is. No file is read."""
+        ids = np.asarray(ids, np.uint64)
+        out = np.zeros((len(ids), self.store.meta().get("dim") or self.codec.dim), np.float32)
+        found = np.zeros(len(ids), bool)
+        for codec_id, (coded_ids, codes) in self.store.load_code_groups().items():
+            rows, at = _positions(ids, coded_ids)
+            if len(rows):
+                out[rows] = self.codecs[codec_id].decode(np.asarray(codes)[at])
+                found[rows] = True
+        if not found.all():
+            for chunk_ids, embeddings in self.store.iter_staging():
+                rows, at = _positions(ids, chunk_ids)
+                out[rows] = embeddings[at]
+                found[rows] = True
+        if not found.all():
+            raise StoreError(f"{self.path} keeps no vector of item {int(ids[~found][0])}")
+        return out
+
     def install_codec(self, codec: Codec, stats: Callable[[np.ndarray], dict] | None = None) -> None:
-        """Bind the store to `codec` and turn every staged embedding into its code, in ONE
-        transaction: readers and a re-run after a crash see either staged embeddings and no
-        codec, or the codec and codes only (never a codec with items still staged).
-        `stats(codes of the staged rows, in id order)`: the codec's stats to record with it."""
+        """Add `codec` to the store's set (its first codec, or one more) and turn every staged
+        embedding into its code, in ONE transaction: readers and a re-run after a crash see
+        either the staged embeddings and no such codec, or the codec and its codes (never the
+        codec with its photos still staged). `stats(codes of the staged rows, in id order)`:
+        the codec's stats to record with it."""
         fault_point("trained")
         ids, codes = [np.empty(0, np.uint64)], [np.empty((0, codec.code_bytes), np.uint8)]
         for chunk_ids, embeddings in self.store.iter_staging():  # chunk by chunk: only codes accumulate
@@ -188,9 +247,23 @@ class StoreContext:
             codes.append(codec.encode(embeddings.astype(np.float32)))
         ids, codes = np.concatenate(ids), np.concatenate(codes)
         with self.store.write() as w:
-            w.set_codec(codec.to_bytes(), codec.id, codec.code_bytes)
+            w.add_codec(codec.to_bytes(), codec.id, codec.code_bytes)
             if len(ids):
-                w.set_codes(ids, codes)
-            w.set_meta(STATS_KEY, stats(codes) if stats else {"trained_on": codec.config.get("n_train")})
+                w.set_codes(ids, codes, codec=codec.id)
+            put_codec_stats(w, codec.id, stats(codes) if stats else {"trained_on": codec.config.get("n_train")})
             fault_point("finish_staging_txn")
-        self._codec = codec
+        if self._codec is None:
+            self._codec = codec
+        else:
+            self._others[codec.id] = codec
+
+
+def _positions(wanted: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of `wanted` that `held` holds, their positions in `held`)."""
+    order = np.argsort(held, kind="stable")
+    at = np.searchsorted(held, wanted, sorter=order).clip(0, max(len(held) - 1, 0))
+    if not len(held):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    pos = order[at]
+    rows = np.flatnonzero(held[pos] == wanted)
+    return rows, pos[rows]

@@ -46,13 +46,8 @@ def find_duplicates(ctx: StoreContext, searcher, threshold: float | None = None)
     ids, index = searcher.index()
     if index is None:
         return {"threshold": threshold, "groups": []}
-    codec = ctx.codec
-    if codec is None:
-        X = index.vectors / np.linalg.norm(index.vectors, axis=1, keepdims=True)
-    else:
-        _, codes = ctx.store.load_codes()
-        X = np.concatenate([codec.decode(np.asarray(codes[i : i + CHUNK])) for i in range(0, len(codes), CHUNK)])
-    X = np.ascontiguousarray(X, np.float32)
+    X = np.concatenate([ctx.stored_vectors(ids[i : i + CHUNK]) for i in range(0, len(ids), CHUNK)])
+    X = np.ascontiguousarray(X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), np.float32)
     out = []
     frames, files_seen = searcher.holds_frames(), set()
     for rows in _groups(X, _neighbours(X, threshold), threshold):

@@ -1,4 +1,4 @@
-"""Fault injection for the reliability tests (tests/ingest/test_reliability.py, docs/RELIABILITY.md).
+"""Fault injection for the reliability tests (tests/ingest/test_reliability.py, docs/notes/RELIABILITY.md).
 
 semdb calls ``fault_point(name)`` at the stage boundaries of an ingest. Unless the environment
 variable SEMDB_FAULT_POINT is set, that is one dict lookup and nothing happens. The variable

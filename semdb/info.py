@@ -1,18 +1,21 @@
-"""What `semdb info` and `Database.info()` report of a store: counts, size on disk, model, the
-codec with its drift and shift ratios, the IVF, and whether a retrain is advised or under way."""
+"""What `semdb info` and `Database.info()` report of a store: counts, size on disk, model, its
+codecs (each with its items and its drift and shift ratios), the photos waiting for a codec of
+their own, the IVF, and whether a retrain is advised or under way."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .context import STATS_KEY
+from .context import STATS_KEY, codec_stats
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
 from .search.ivf import default_nprobe
 from .store import Store
 
 
-def describe(store: Store, codec) -> dict:
-    """Counts, rate, size on disk, model and codec of `store`, whose codec is `codec` (or None)."""
+def describe(store: Store, codecs: dict) -> dict:
+    """Counts, rate, size on disk, model and codecs of `store`, whose codec set is `codecs`
+    ({id: Codec}, its first codec first; empty before it has one)."""
+    codec = next(iter(codecs.values()), None)
     raw = store.info()
     out = {
         "path": raw["path"],
@@ -46,6 +49,9 @@ def describe(store: Store, codec) -> dict:
         }
         out["bits_per_item"] = codec.bits
         out["entropy_bits_per_item"] = round(codec.entropy_bits(np.asarray(codes)), 2) if len(codes) else None
+    groups = store.load_code_groups() if codec is not None else {}
+    out["codecs"] = [_codec_entry(c, meta, len(groups.get(c.id, ((),))[0])) for c in codecs.values()]
+    out["waiting"] = raw["staging"] if codec is not None else 0  # photos no codec knows yet
     out["compressed"] = codec is not None
     ivf_info = meta.get("ivf")
     out["ivf"] = (
@@ -64,3 +70,16 @@ def describe(store: Store, codec) -> dict:
         None if not pending else {"codec": pending["id"], "recoded": len(store.recoded_ids()), "items": raw["items"]}
     )
     return out
+
+
+def _codec_entry(codec, meta: dict, items: int) -> dict:
+    stats = codec_stats(meta, codec.id) or {}
+    ratio = shift_ratio(stats)
+    return {
+        "id": codec.id,
+        "items": items,
+        "trained_on": codec.config.get("n_train"),
+        "trained_at": stats.get("trained_at"),
+        "bits": codec.bits,
+        "shift_ratio": None if ratio is None else round(ratio, 3),
+    }

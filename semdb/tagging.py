@@ -26,12 +26,10 @@ def classify(ctx: StoreContext, searcher, labels, prompt: str = "a photo of a {}
     ids, index = searcher.index()
     if index is None:
         return []
-    codec = ctx.codec
-    _, codes = ctx.store.load_codes() if codec is not None else (None, None)
     best, score = [], []
     for i in range(0, len(ids), CHUNK):
-        rows = np.arange(i, min(i + CHUNK, len(ids)))
-        S = index.vectors[rows] @ T.T if codec is None else codec.scores(T, np.asarray(codes)[rows]).T  # (n, L)
+        X = ctx.stored_vectors(ids[i : i + CHUNK])  # each code decoded by its codec: unit vectors
+        S = X @ T.T  # (n, L)
         best.append(S.argmax(1))
         score.append(S.max(1))
     best, score = np.concatenate(best), np.concatenate(score)

@@ -34,10 +34,16 @@ def export_batches(ctx: StoreContext, batch_size: int = 65536):
             f"embeddings): ingest more images, or train it with "
             f"`semdb ingest --train-now --store {shlex.quote(str(ctx.path))}`"
         )
+    others = {c.id: c.to_bytes() for c in ctx.codecs.values() if c.id != codec.id}
     sch = arrow.schema(
-        codec.code_bytes, arrow.make_meta(codec.id, codec.code_bytes, ctx.store.model_id(), codec.to_bytes())
+        codec.code_bytes, arrow.make_meta(codec.id, codec.code_bytes, ctx.store.model_id(), codec.to_bytes(), others)
     )
-    ids, codes = ctx.store.load_codes()
+    groups = ctx.store.load_code_groups()
+    ids = np.concatenate([g[0] for g in groups.values()] or [np.empty(0, np.uint64)])
+    codes = np.concatenate([g[1] for g in groups.values()] or [np.empty((0, codec.code_bytes), np.uint8)])
+    of = np.concatenate([np.full(len(g[0]), n) for n, g in enumerate(groups.values())] or [np.empty(0, int)])
+    names = [None if c == codec.id else c for c in groups]
+    staged = {int(i): e.tobytes() for chunk, embs in ctx.store.iter_staging() for i, e in zip(chunk, embs)}
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
 
@@ -45,8 +51,16 @@ def export_batches(ctx: StoreContext, batch_size: int = 65536):
         want = np.array([it.id for it in items], np.uint64)
         pos = np.minimum(np.searchsorted(sorted_ids, want), max(len(sorted_ids) - 1, 0))
         coded = sorted_ids[pos] == want if len(sorted_ids) else np.zeros(len(want), bool)
-        # an item without a code in the snapshot was added after it: left out
-        return arrow.to_batch([it for it, ok in zip(items, coded) if ok], codes[order[pos[coded]]], codec.code_bytes)
+        # an item with neither a code nor a staged row in the snapshot was added after it: left out
+        kept = [k for k, (it, ok) in enumerate(zip(items, coded)) if ok or it.id in staged]
+        rows = order[pos[kept]]
+        return arrow.to_batch(
+            [items[k] for k in kept],
+            np.where(coded[kept][:, None], codes[rows], 0),
+            codec.code_bytes,
+            [names[of[r]] if coded[k] else None for k, r in zip(kept, rows)],
+            [None if coded[k] else staged[items[k].id] for k in kept],
+        )
 
     def batches():
         chunk = []
@@ -154,8 +168,19 @@ def _accept_codec(ctx: StoreContext, metas) -> None:
                 f"{source} holds codes of codec {meta['codec_id']}, but {where}: import it "
                 f"into a new --store (or one built with codec {meta['codec_id']})"
             )
-    if current:
-        return
+    if not current:
+        _take_first_codec(ctx, metas, want)
+    held = set(store.codec_ids())
+    with store.write() as w:  # the other codecs the files' codes were written by
+        for meta, _ in metas:
+            for codec_id, raw in meta["codecs"].items():
+                if codec_id not in held:
+                    w.add_codec(raw, codec_id, meta["code_bytes"])
+                    held.add(codec_id)
+
+
+def _take_first_codec(ctx: StoreContext, metas, want: str) -> None:
+    store = ctx.store
     raw = next((meta["codec"] for meta, _ in metas if meta.get("codec")), None)
     if raw is None:
         raise CodecError(
@@ -181,10 +206,10 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
     for batches, _ in sources:
         for batch in batches:
             with ctx.write() as w:  # new codes get their IVF lists in this transaction
-                for item, code in arrow.to_items(batch, code_bytes):
+                for item, vector in arrow.to_items(batch, code_bytes):
                     old = w.item_at(item.path, item.frame_ms)
                     if old is None:  # keeps its id if that is free: above every id this store used
-                        w.add_item(item, code=code, keep_id=True)
+                        w.add_item(item, keep_id=True, **vector)
                         counts["added"] += 1
                     elif (old.size, old.mtime_ns, old.hash, old.width, old.height) == (
                         item.size,
@@ -211,7 +236,10 @@ def _merge(ctx: StoreContext, sources, code_bytes: int, progress: Progress | Non
                                 item.duration_ms,
                             )
                         )
-                        w.set_code(old.id, code)
+                        if "code" in vector:
+                            w.set_code(old.id, vector["code"], vector["codec"])
+                        else:
+                            w.set_embedding(old.id, vector["embedding"])
                         counts["updated"] += 1
                 fault_point("import_txn")
             done += batch.num_rows

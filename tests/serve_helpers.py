@@ -22,7 +22,7 @@ START_TIMEOUT = 180  # seconds: torch import and model load on a busy 2-core mac
 
 
 class Server:
-    def __init__(self, store, *args, log_dir=None, env=None):
+    def __init__(self, store, *args, log_dir=None, env=None, cwd=None):
         self.store = Path(store)
         self.log = Path(log_dir or self.store.parent) / f"serve-{os.getpid()}-{time.monotonic_ns()}.log"
         self._log = open(self.log, "wb")
@@ -32,6 +32,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=cli_env(**(env or {})),
+            cwd=cwd,
         )
         deadline = time.monotonic() + START_TIMEOUT
         beacon = self.store / "serve.json"

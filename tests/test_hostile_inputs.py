@@ -2,7 +2,7 @@
 foreign stores, bad queries, through the installed `semdb` command (and the API). Each gives a
 clear one-line error with a documented exit code or a listed 'failed' file, and leaves the
 store as it was. The per-module unit tests (test_images.py, test_store.py, test_embed.py) prove
-the same cases one function at a time; docs/RELIABILITY.md maps each case to its tests.
+the same cases one function at a time; docs/notes/RELIABILITY.md maps each case to its tests.
 """
 
 from __future__ import annotations

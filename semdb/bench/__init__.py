@@ -4,7 +4,7 @@
 >>> rows = run_bench(load_embeddings("pairs.npz"), bits=[128, 256])   # doctest: +SKIP
 >>> print_table(rows)                                                  # doctest: +SKIP
 
-``run_bench`` returns a list of row dicts (schema: docs/BENCH.md, keys ``ROW_KEYS``);
+``run_bench`` returns a list of row dicts (schema: docs/notes/BENCH.md, keys ``ROW_KEYS``);
 ``report`` turns them into a rich table, JSON, Parquet and a plot.
 """
 

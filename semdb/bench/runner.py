@@ -1,5 +1,5 @@
 """The benchmark runner: plan (method, budget) jobs, train on the training split, encode the
-held-out split, measure, and return one result dict per job (schema: docs/BENCH.md)."""
+held-out split, measure, and return one result dict per job (schema: docs/notes/BENCH.md)."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def make_split(
     groups: int = 10,
     shift: float = 0.5,
 ) -> Split:
-    """The protocol's split (docs/BENCH.md):
+    """The protocol's split (docs/notes/BENCH.md):
 
     - held-out: a seeded random split of ``data``;
     - ood: whole classes or k-means clusters train, the others evaluate;

@@ -52,7 +52,7 @@ def bench(
     bpp_pixels: str = typer.Option(
         "224x224", "--bpp-pixels", help="Pixels per image in the bits-per-pixel convention."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the result rows as JSON (schema: docs/BENCH.md)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result rows as JSON (schema: docs/notes/BENCH.md)."),
     out_file: Path | None = typer.Option(None, "--out", help="Also write the rows to this Parquet file."),
     plot: Path | None = typer.Option(None, "--plot", help="Also plot accuracy against bits to this PNG."),
 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 import typer
@@ -262,6 +263,26 @@ def info(
             else f"none yet: not compressed until the store holds {facts['codec_trains_at']} images "
             f"(or `semdb ingest --train-now --store {shlex.quote(facts['path'])}`)",
         ),
+        *(
+            (
+                f"codec {n + 1} of {len(facts['codecs'])}",
+                f"{c['id']}: {c['items']} items, trained on {c['trained_on']}"
+                + (f" at {_when(c['trained_at'])}" if c["trained_at"] else "")
+                + (f", shift ratio {c['shift_ratio']}" if c["shift_ratio"] is not None else ""),
+            )
+            for n, c in enumerate(facts["codecs"])
+            if len(facts["codecs"]) > 1
+        ),
+        *(
+            [
+                (
+                    "waiting for a codec",
+                    f"{facts['waiting']} photos unlike every codec, searched exactly until {MIN_TRAIN} wait",
+                )
+            ]
+            if facts["waiting"]
+            else []
+        ),
         ("encoded since training", codec.get("encoded_since")),
         ("drift ratio", codec.get("drift_ratio")),
         ("shift ratio", codec.get("shift_ratio")),
@@ -278,6 +299,10 @@ def info(
         ),
     ]
     print_columns(None, [(key, "-" if value is None else value) for key, value in rows])
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
 @app.command("export", epilog=examples("semdb export --out photos.parquet"))

@@ -18,7 +18,7 @@ Training (numpy + FAISS k-means, seconds on a CPU):
    C and the slot scales, restarting dead codewords, stopping early on a validation split.
 
 The encoder is the search itself: for a fixed additive decoder, beam search finds (near-)
-optimal indices, which a neural encoder could only approximate (see docs/CODEC.md).
+optimal indices, which a neural encoder could only approximate (see docs/notes/CODEC.md).
 
 Where text queries look (issue 12, used by codec.py): `query_metric_sqrt` (train in the
 queries' metric), `ridge_map` / `text_mixture` (each image's predicted text direction, from
@@ -325,7 +325,7 @@ def train_additive(
 
 
 # --------------------------------------------------------------------------------------------
-# Where text queries look (docs/CODEC.md, "Spending the bits where queries look")
+# Where text queries look (docs/notes/CODEC.md, "Spending the bits where queries look")
 
 
 def query_metric_sqrt(Q: np.ndarray, shrink: float) -> np.ndarray:

@@ -8,7 +8,7 @@ once from its config by `QUANTIZERS`:
     Q, codes ──ADC: <q, b> + sum_m (quantizer.tables q)[m, k_m], / quantizer.norms──> cosine scores
     Q, codes ──quantizer.decode_unit──> Q x_hat^T          (variants without tables: "paper")
 
-The variants (docs/CODEC.md has the method and its measurements):
+The variants (docs/notes/CODEC.md has the method and its measurements):
 - "pca-slots" (arch "additive", `pca_slots.py`): `additive.py`'s shared-codebook PCA slots,
   optionally behind a coarse full-dimension first slot, and trained with a sample of text
   `queries` (their metric, score-aware re-encoding).
@@ -46,7 +46,7 @@ from .paper import PaperQuantizer, paper_shape
 from .pca_slots import PcaSlotQuantizer
 from .quantizer import TrainRequest, code_nbits
 from .residual import RESIDUAL_MAX_BITS, RESIDUAL_MIN_TRAIN, ResidualStageQuantizer
-from .shift import Subspace, fit_subspace
+from .shift import DEFAULT_RATIO_QUANTILES, Subspace, fit_subspace
 
 FORMAT = "semdb-codec"
 VERSION = 2  # 2: cosine scoring, coarse slot, query metric and text map (version 1 files still load)
@@ -92,7 +92,16 @@ def check_embeddings(X, dim: int | None = None, name: str = "embeddings") -> np.
 
 
 class Codec:
-    """A trained codec. Build with `Codec.train`, `Codec.load` or `Codec.from_bytes`."""
+    """A trained codec: (n, D) CLIP embeddings in, (n, code_bytes) uint8 codes out, and float
+    queries scored against codes without decoding them. Build one with `Codec.train`,
+    `Codec.load` or `Codec.from_bytes`. `dim` is D; `config` holds its shape, architecture,
+    CLIP model identity and training facts.
+
+        codec = Codec.train(X, bits=256)          # X: (n, 512) CLIP image embeddings
+        codes = codec.encode(X)                   # (n, 32) uint8
+        scores = codec.scores(Q, codes)           # (nq, n) cosine to each reconstruction
+        best = scores.argsort(axis=1)[:, ::-1][:, :10]
+    """
 
     def __init__(self, config: dict, tensors: dict[str, np.ndarray]):
         self.config = config
@@ -113,10 +122,12 @@ class Codec:
 
     @property
     def code_bytes(self) -> int:
+        """Bytes per packed code: `bits` / 8, rounded up."""
         return packed_code_bytes(self.m, self.nbits)
 
     @property
     def model_id(self) -> dict | None:
+        """The CLIP model the codec was trained for ({"name", "pretrained", "digest", "dim"}), or None."""
         return self.config.get("model_id")
 
     @property
@@ -190,22 +201,18 @@ class Codec:
         residual: bool | None = None,
         progress=None,
     ) -> Codec:
-        """Learn a codec from (n, D) unit CLIP embeddings.
+        """Learn a codec from `X`, (n, D) CLIP image embeddings (rows are normalised).
 
-        Give a budget `bits` (then K = 16 and M = bits / 4) or an explicit shape m, k (and d,
-        the sub-vector dimension). arch="paper" trains the paper-faithful baseline instead.
-
-        `queries`: optional (n_q, D) sample of the text query embeddings the store will be
-        searched with (captions, a prompt vocabulary, past queries). They need not describe the
-        training images; with `paired=True` and n_q == n, row i describes X[i]. With them the
-        codec measures its error in the queries' metric and re-encodes every item score-aware
-        along its predicted text direction (docs/CODEC.md); without them it uses the pair-free
-        default. Either way ADC stays exact and the codes are scanned by FAISS fast-scan.
-        `coarse`: spend the first slot on a full-dimension k-means codeword (default: at 128
-        bits and below). `residual`: make every slot a full-dimension residual stage, beam-encoded
-        (default: without queries, at 64 bits and below, from RESIDUAL_MIN_TRAIN embeddings, when
-        neither `coarse` nor `d` is given). `progress(stage, done, total)`: the semdb.progress
-        protocol.
+        `bits`: the budget per item (then K = 16 and M = bits / 4), or an explicit shape `m`,
+        `k` (and `d`, the sub-vector dimension). `queries`: optional (n_q, D) text embeddings
+        like the store's queries (captions, past queries; `paired=True` when row i describes
+        X[i]): the codec then spends its bits where such queries look (docs/notes/CODEC.md).
+        `coarse` (a full-dimension first slot; default at 128 bits and below) and `residual`
+        (every slot a residual stage, searched with `beam`; default without queries at 64 bits
+        and below) override the choice of variant; `arch="paper"` trains the paper's PQ-VAE
+        instead. `seed`: the same codec for the same seed on any machine. `model_id`: the CLIP
+        model's identity, kept in the codec. `progress(stage, done, total)`: called as training
+        advances. Bad arguments raise `CodecError`.
         """
         X = check_embeddings(X, name="training embeddings")
         n, dim = X.shape
@@ -234,6 +241,7 @@ class Codec:
         subspace = fit_subspace(X, seed)
         codec.tensors.update(subspace_mean=subspace.mean, subspace_basis=subspace.basis)
         codec.config["subspace_baseline"] = subspace.baseline
+        codec.config["subspace_quantiles"] = list(subspace.quantiles)
         codec.config["train_seconds"] = round(time.perf_counter() - start, 3)
         return codec
 
@@ -244,7 +252,8 @@ class Codec:
         t = self.tensors
         if "subspace_basis" not in t:
             return None
-        return Subspace(t["subspace_mean"], t["subspace_basis"], float(self.config["subspace_baseline"]))
+        quantiles = tuple(self.config.get("subspace_quantiles") or DEFAULT_RATIO_QUANTILES)
+        return Subspace(t["subspace_mean"], t["subspace_basis"], float(self.config["subspace_baseline"]), quantiles)
 
     def outside(self, X) -> np.ndarray | None:
         """(n,) share of each embedding's energy around the training mean that lies outside the
@@ -320,6 +329,7 @@ class Codec:
 
     # --- persistence ----------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        """The codec file's bytes (safetensors: the weights, and the config in its metadata)."""
         return safetensors.numpy.save(
             {k: np.ascontiguousarray(v) for k, v in self.tensors.items()},
             metadata={"semdb_codec": json.dumps(self.config, sort_keys=True)},
@@ -327,6 +337,7 @@ class Codec:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "codec") -> Codec:
+        """The codec `to_bytes` wrote; `CodecError` naming `source` when the bytes are not one."""
         try:
             (header_len,) = struct.unpack("<Q", data[:8])
             header = json.loads(data[8 : 8 + header_len])
@@ -356,6 +367,7 @@ class Codec:
         return codec
 
     def save(self, path) -> None:
+        """Write the codec file (`to_bytes`) to `path`; `Codec.load` reads it back."""
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod

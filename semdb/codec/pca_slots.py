@@ -7,7 +7,7 @@ an optional query metric, with optional score-aware re-encoding along each item'
     indices ──decode_coords──> z_hat ──P──> x_hat = b + c + P z_hat
 
 E = P = B (orthonormal PCA blocks) without queries; E = S^(1/2) B, P = S^(-1/2) B in the
-queries' metric S. docs/CODEC.md has the method and its measurements.
+queries' metric S. docs/notes/CODEC.md has the method and its measurements.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .additive import (
 from .quantizer import MAX_FIT, LinearAdditiveQuantizer, TrainRequest
 
 COARSE_CANDIDATES = 4  # coarse words tried per item (each with its residual encoded)
-# Queries (docs/CODEC.md): the query metric's shrinkage towards I, the anisotropic weight eta,
+# Queries (docs/notes/CODEC.md): the query metric's shrinkage towards I, the anisotropic weight eta,
 # coordinate-descent sweeps, the ridge lambda of the image -> text map, the softmax temperature
 # of an unpaired bag of texts, and at most this many texts in the bag's mixture.
 METRIC_SHRINK = 0.5
@@ -152,7 +152,7 @@ class PcaSlotQuantizer(LinearAdditiveQuantizer):
 
     @staticmethod
     def train(request: TrainRequest) -> tuple[dict, dict]:
-        """Tensors and config of a PCA-slot codec (docs/CODEC.md).
+        """Tensors and config of a PCA-slot codec (docs/notes/CODEC.md).
 
         1. coarse slot (optional): k-means of the images in full dimension; the rest codes x - c.
         2. metric (with queries): the slots are trained on y = r S^(1/2), S the shrunk query second

@@ -1,5 +1,5 @@
 """The residual-stage quantizer: every slot a full-dimension residual stage of K words (the
-pair-free default at 64 bits and below, docs/CODEC.md).
+pair-free default at 64 bits and below, docs/notes/CODEC.md).
 
     x ──E──> y = (x - b) E ──FAISS ResidualQuantizer beam search (beam RESIDUAL_BEAM)──> indices
     indices ──sum_m stages[m, k_m]──> y_hat ──P──> x_hat = b + P y_hat
@@ -33,7 +33,7 @@ RESIDUAL_DIMS = None  # principal directions the stages live in (None: min(D, n 
 # training images' second moment E[x x^T] shrunk this far towards I (as pca_slots.METRIC_SHRINK
 # does for text queries): the error an image query's score sees is e^T E[q q^T] e. More of the
 # metric (a smaller shrinkage) helps image queries and costs text queries; 0.95 is the balance
-# measured over training seeds (bench/codec_seeds.py, docs/CODEC.md).
+# measured over training seeds (bench/codec_seeds.py, docs/notes/CODEC.md).
 RESIDUAL_METRIC_SHRINK = 0.95
 
 

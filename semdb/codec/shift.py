@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 SUBSPACE_DIMS = 128  # at most; a quarter of D for small models (room to measure outside it)
+RATIO_QUANTILES = (0.5, 0.9, 0.99)  # of held-out photos' outside share / baseline: what routing compares to
+# For codecs saved without their own quantiles: Flickr8k's held-out photos under a ViT-B/32 codec.
+DEFAULT_RATIO_QUANTILES = (1.0, 1.32, 1.62)
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,15 @@ class Subspace:
     mean: np.ndarray  # (D,) float32
     basis: np.ndarray  # (D, r) float32, orthonormal columns
     baseline: float  # mean outside share of held-out photos of the training collection
+    quantiles: tuple = DEFAULT_RATIO_QUANTILES  # held-out photos' outside / baseline at RATIO_QUANTILES
 
     def outside(self, X: np.ndarray) -> np.ndarray:
         """(n,) share of each row's energy around the training mean outside the subspace."""
         return outside_share(X, self.mean, self.basis)
+
+    def ratio(self, X: np.ndarray) -> np.ndarray:
+        """(n,) outside share over the held-out baseline: about 1 for photos like the training ones."""
+        return self.outside(X) / self.baseline
 
 
 def subspace_dims(dim: int) -> int:
@@ -64,11 +72,13 @@ def fit_subspace(X: np.ndarray, seed: int = 0) -> Subspace:
     mean, basis = principal(X, r)
     halves = np.array_split(np.random.default_rng(seed).permutation(len(X)), 2)
     if min(len(h) for h in halves) < 2:  # too few photos to cross-validate: the in-sample share
-        baseline = float(outside_share(X, mean, basis).mean())
+        scores = outside_share(X, mean, basis)
     else:
-        scores = []
+        parts = []
         for fit, held in (halves, halves[::-1]):
             m, b = principal(X[fit], r)
-            scores.append(outside_share(X[held], m, b))
-        baseline = float(np.concatenate(scores).mean())
-    return Subspace(mean.astype(np.float32), basis.astype(np.float32), max(baseline, 1e-6))
+            parts.append(outside_share(X[held], m, b))
+        scores = np.concatenate(parts)
+    baseline = max(float(scores.mean()), 1e-6)
+    quantiles = tuple(round(float(q), 4) for q in np.quantile(scores / baseline, RATIO_QUANTILES))
+    return Subspace(mean.astype(np.float32), basis.astype(np.float32), baseline, quantiles)

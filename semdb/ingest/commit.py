@@ -1,7 +1,7 @@
 """Stage 5, commit: every write ingest makes, each batch ONE store transaction.
 
-Here, and only here, it is decided whether an item gets a code or a staged embedding
-(`stored_rows`): codes when the store has a codec, staged float16 embeddings before.
+Here, and only here, it is decided what an item stores (`stored_rows`): a code of the codec of
+the store's set that knows it, or its float16 embedding, staged until a codec takes it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..catalog import remove
-from ..codec import Codec
-from ..context import STATS_KEY, StoreContext
+from ..context import StoreContext, codec_stats, put_codec_stats
 from ..errors import ImageError
 from ..faults import fault_point
 from ..images import date_taken
 from ..store import Item, Store
-from .encode import encode
+from .encode import CodecSet
 from .failures import remember
 from .records import EmbeddedBatch, IngestSummary, Vectors
 
@@ -47,22 +46,22 @@ def write_settled(ctx: StoreContext, settled: list[SettledItem]) -> None:
         fault_point("classify_txn")
 
 
-def stored_rows(vectors: Vectors, codec: Codec | None) -> Vectors:
-    """What to store for a batch's images: codes when the store has a codec, else float16
-    embeddings (staged). Embeddings that arrive after the codec was trained (an engine embedded
-    them before) are encoded here; codes must be of the store's codec."""
-    if codec is None:
+def stored_rows(vectors: Vectors, codecs: CodecSet) -> Vectors:
+    """What to store for a batch's images: each one's code under the codec of the set that
+    knows it, else its float16 embedding (staged). Embeddings that arrive unencoded (given as
+    they are, or embedded before a codec was trained) are routed and encoded here; codes must be
+    of codecs the store holds."""
+    if vectors.codec_ids is None:
         if vectors.embeddings is None:
-            raise ValueError("codes given for a store without a codec")
-        return Vectors(embeddings=vectors.embeddings.astype(np.float16))
-    if vectors.codes is not None:
-        if vectors.codec_id != codec.id:
-            raise ValueError(f"codes of codec {vectors.codec_id} given for a store on codec {codec.id}")
-        return vectors
-    return encode(codec, vectors.embeddings)
+            raise ValueError("codes given without the codec that wrote them")
+        return codecs.encode(vectors.embeddings)
+    unknown = set(vectors.codec_ids) - set(codecs.ids) - {None}
+    if unknown:
+        raise ValueError(f"codes of codec {sorted(unknown)[0]} given for a store on codecs {list(codecs.ids)}")
+    return vectors
 
 
-def commit_batch(ctx: StoreContext, batch: EmbeddedBatch, codec: Codec | None, summary: IngestSummary) -> None:
+def commit_batch(ctx: StoreContext, batch: EmbeddedBatch, codecs: CodecSet, summary: IngestSummary) -> None:
     """One transaction: every decodable job's item (and its copies') with its code or staged
     embedding. Jobs whose image failed are listed in the summary, with their copies, and
     remembered in the same transaction (failures.py)."""
@@ -78,13 +77,13 @@ def commit_batch(ctx: StoreContext, batch: EmbeddedBatch, codec: Codec | None, s
         with ctx.write() as w:
             remember(w, failed)
         return
-    stored = stored_rows(batch.vectors, codec)
-    kind, rows = ("code", stored.codes) if stored.codes is not None else ("embedding", stored.embeddings)
+    stored = stored_rows(batch.vectors, codecs)
     now = time.time()
     with ctx.write() as w:  # new codes get their IVF lists in this transaction
         if failed:
             remember(w, failed)
-        for (job, image), row in zip(good, rows):
+        for i, (job, image) in enumerate(good):
+            vector = stored_vector(stored, i)
             f, old = job.file, job.file.item
             if old is not None:  # same path, new content: re-encoded
                 w.update_item(
@@ -101,25 +100,35 @@ def commit_batch(ctx: StoreContext, batch: EmbeddedBatch, codec: Codec | None, s
                         _taken(image, f),
                     )
                 )
-                (w.set_code if kind == "code" else w.set_embedding)(old.id, row)
+                if "code" in vector:
+                    w.set_code(old.id, vector["code"], vector["codec"])
+                else:
+                    w.set_embedding(old.id, vector["embedding"])
                 summary.changed += 1
             else:
                 w.add_item(
                     Item.new(f.path, f.size, f.mtime_ns, job.hash, image.width, image.height, now, _taken(image, f)),
-                    **{kind: row},
+                    **vector,
                 )
                 summary.new += 1
             for c in job.copies:
                 w.add_item(
                     Item.new(c.path, c.size, c.mtime_ns, job.hash, image.width, image.height, now, _taken(image, c)),
-                    **{kind: row},
+                    **vector,
                 )
                 summary.duplicate += 1
-        if stored.errors is not None:
-            count_drift(w, stored.errors, stored.outside)
+        count_drift(w, stored)
         fault_point("batch_txn")
     fault_point("batch_committed")
     summary.embedded += len(good)
+
+
+def stored_vector(stored: Vectors, i: int) -> dict:
+    """Row i of what a batch stores, as the writer's keywords: code= and codec=, or embedding=."""
+    codec_id = stored.codec_of(i)
+    if codec_id is None:
+        return {"embedding": stored.embeddings[i]}
+    return {"code": stored.codes[i], "codec": codec_id}
 
 
 def _taken(image, file) -> float | None:
@@ -138,20 +147,28 @@ def fill_dates(store: Store, items: list[Item]) -> None:
             fault_point("classify_txn")
 
 
-def count_drift(w, errors: np.ndarray, outside: np.ndarray | None) -> None:
-    """Add newly encoded items' reconstruction errors and shares outside the codec's subspace
-    to the codec's stats (same transaction)."""
-    stats = w.meta().get(STATS_KEY)
-    if stats:
+def count_drift(w, stored: Vectors) -> None:
+    """Add newly encoded items' reconstruction errors and shares outside their codec's subspace
+    to each codec's stats (same transaction)."""
+    if stored.codec_ids is None or stored.errors is None:
+        return
+    of = np.array([c or "" for c in stored.codec_ids])
+    for codec_id in set(stored.codec_ids) - {None}:
+        stats = codec_stats(w.meta(), codec_id)
+        if not stats:
+            continue
+        rows = of == codec_id
+        errors = stored.errors[rows]
         counted = {
             "encoded": stats.get("encoded", 0) + len(errors),
             "error_sum": stats.get("error_sum", 0.0) + float(errors.sum()),
         }
-        if outside is not None and "outside_recent" in stats:
+        if stored.outside is not None and "outside_recent" in stats:
+            outside = stored.outside[rows]
             total, weight = stats["outside_recent"]
             fade = SHIFT_FADE ** len(outside)
             counted["outside_recent"] = [total * fade + float(np.nansum(outside)), weight * fade + len(outside)]
-        w.set_meta(STATS_KEY, {**stats, **counted})
+        put_codec_stats(w, codec_id, {**stats, **counted})
 
 
 def prune_missing(store: Store, seen: set[str], prune: bool, summary: IngestSummary) -> None:

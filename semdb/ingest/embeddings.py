@@ -26,6 +26,7 @@ from ..errors import InputError, StoreError, display_path
 from ..progress import Progress, report
 from . import ivf_upkeep
 from .commit import commit_batch
+from .encode import codec_set
 from .records import DecodedImage, EmbeddedBatch, EmbedJob, FileState, IngestSummary, Vectors
 from .training import CodecPolicy, retrain_advice, train_if_due
 
@@ -167,7 +168,7 @@ def add_embeddings(
         batch = EmbeddedBatch(
             jobs, tuple(DecodedImage(None) for _ in part), Vectors(embeddings=np.stack([x for _, x in part]))
         )
-        commit_batch(ctx, batch, ctx.codec, summary)
+        commit_batch(ctx, batch, codec_set(ctx, policy), summary)
         report(progress, "adding embeddings", i + len(part), len(todo))
         summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=False, progress=progress)
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)

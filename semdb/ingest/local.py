@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from ..codec import Codec
 from ..errors import ImageError
 from ..images import content_hash
 from .decode import decode_ahead, decode_job
-from .encode import embed_and_encode
+from .encode import CodecSet, embed_and_encode
 from .records import EmbeddedBatch, EmbedJob, FileState
 
 HASH_THREADS = 4  # hashing is I/O: a few threads overlap it
@@ -31,11 +30,11 @@ class LocalEngine:
         """content_hash of each file (or the ImageError), in order."""
         return self._pool.map(try_hash, [f.path for f in files])
 
-    def embed(self, batches: list[list[EmbedJob]], codec: Codec | None, emb) -> Iterator[EmbeddedBatch]:
-        """Each batch decoded (worker threads), embedded by `emb` and encoded by `codec`, in order."""
+    def embed(self, batches: list[list[EmbedJob]], codecs: CodecSet, emb) -> Iterator[EmbeddedBatch]:
+        """Each batch decoded (worker threads), embedded by `emb` and encoded by `codecs`, in order."""
         decoded = decode_ahead(batches, lambda job: decode_job(emb, job, self.max_megapixels), self.workers)
         for jobs, images in decoded:
-            yield EmbeddedBatch(tuple(jobs), tuple(images), embed_and_encode(emb, images, codec))
+            yield EmbeddedBatch(tuple(jobs), tuple(images), embed_and_encode(emb, images, codecs))
 
 
 def try_hash(path):

@@ -1,6 +1,6 @@
 """The Ray engine of ingest: `Database.ingest(..., engine="ray")`, `semdb ingest --engine ray`.
 
-Needs the optional extra: pip install 'semdb[ray]'. Who does what (docs/SCALE.md):
+Needs the optional extra: pip install 'semdb[ray]'. Who does what (docs/notes/SCALE.md):
 
     driver   discover + stat (skip unchanged files), look hashes up in the store (moved,
              touched, duplicate files need no CLIP), write results into the store
@@ -108,8 +108,8 @@ class RayEngine:
                 out.append(h if err is None else ImageError(os.fsdecode(path), err))
         return out
 
-    def embed(self, batches: list[list[EmbedJob]], codec, embedder) -> Iterator[EmbeddedBatch]:
-        """Each batch decoded, embedded and (given a codec) encoded on the cluster, in order.
+    def embed(self, batches: list[list[EmbedJob]], codecs, embedder) -> Iterator[EmbeddedBatch]:
+        """Each batch decoded, embedded and encoded by the store's set `codecs` on the cluster, in order.
         The actors load `embedder`'s model themselves and check they got the same weights."""
         if not batches:
             return
@@ -134,7 +134,8 @@ class RayEngine:
             num_cpus=0 if self.gpus else self.threads,
             fn_constructor_kwargs={
                 "model_id": model_id,
-                "codec": codec.to_bytes() if codec else None,
+                "codecs": [c.to_bytes() for c in codecs.codecs],
+                "stage": codecs.stage,
                 "max_megapixels": self.max_megapixels,
                 "threads": self.threads,
                 "device": device,
@@ -157,17 +158,17 @@ class RayEngine:
             rows = zip(
                 *(
                     table[c].to_pylist()
-                    for c in ("batch", "width", "height", "error", "vector", "drift", "outside", "taken")
+                    for c in ("batch", "width", "height", "error", "vector", "drift", "outside", "taken", "codec")
                 )
             )
             for k, group in itertools.groupby(rows, key=lambda row: row[0]):  # rows are in job order
                 jobs, rows_of_batch = batches[k], list(group)
                 images = tuple(
                     DecodedImage(None, w or 0, h or 0, None if err is None else ImageError(job.path, err), taken)
-                    for job, (_, w, h, err, _, _, _, taken) in zip(jobs, rows_of_batch)
+                    for job, (_, w, h, err, _, _, _, taken, _) in zip(jobs, rows_of_batch)
                 )
-                good = [(v, d, o) for *_, v, d, o, _ in rows_of_batch if v is not None]
-                yield EmbeddedBatch(tuple(jobs), images, _vectors(good, codec, model_id["dim"]) if good else None)
+                good = [(v, d, o, c) for *_, v, d, o, _, c in rows_of_batch if v is not None]
+                yield EmbeddedBatch(tuple(jobs), images, _vectors(good, codecs, model_id["dim"]) if good else None)
             shard.unlink()
 
 
@@ -187,19 +188,27 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-def _vectors(rows: list[tuple[bytes, float, float | None]], codec, dim: int) -> Vectors:
-    """(vector bytes, reconstruction error, share outside the codec's subspace) of a batch's
-    decodable images -> Vectors."""
-    raw = b"".join(v for v, _, _ in rows)
-    if codec is not None:
-        outside = [o for _, _, o in rows]
-        return Vectors(
-            codes=np.frombuffer(raw, np.uint8).reshape(len(rows), codec.code_bytes),
-            codec_id=codec.id,
-            errors=np.array([d for _, d, _ in rows], np.float64),
-            outside=None if None in outside else np.array(outside, np.float64),
-        )
-    return Vectors(embeddings=np.frombuffer(raw, np.float16).reshape(len(rows), dim))
+def _vectors(rows: list[tuple[bytes, float | None, float | None, int]], codecs, dim: int) -> Vectors:
+    """(vector bytes, reconstruction error, share outside the codec's subspace, the codec's
+    index in the set or -1 for a staged float16 embedding) of a batch's decodable images -> Vectors."""
+    slots = [c for *_, c in rows]
+    if all(c < 0 for c in slots):
+        return Vectors(embeddings=np.frombuffer(b"".join(v for v, *_ in rows), np.float16).reshape(len(rows), dim))
+    width = codecs.codecs[0].code_bytes
+    codes, embeddings = np.zeros((len(rows), width), np.uint8), np.zeros((len(rows), dim), np.float16)
+    for i, (v, _, _, c) in enumerate(rows):
+        if c < 0:
+            embeddings[i] = np.frombuffer(v, np.float16)
+        else:
+            codes[i] = np.frombuffer(v, np.uint8)
+    nan = float("nan")
+    return Vectors(
+        codes,
+        embeddings if min(slots) < 0 else None,
+        tuple(None if c < 0 else codecs.codecs[c].id for c in slots),
+        np.array([nan if d is None else d for _, d, _, _ in rows], np.float64),
+        np.array([nan if o is None else o for _, _, o, _ in rows], np.float64),
+    )
 
 
 def _hash_rows(batch):
@@ -219,15 +228,16 @@ def _hash_rows(batch):
 
 
 class _EmbedActor:
-    """Ray Data actor: loads the store's CLIP model (and codec) once; each call takes one row
+    """Ray Data actor: loads the store's CLIP model (and codecs) once; each call takes one row
     of ingest batches, writes their vectors to one Parquet shard and returns the shard's path.
 
     A semdb error (other weights, no model, ...) is returned as data, the pickled exception:
     raised, Ray would hand the driver only its traceback's text, not the error itself."""
 
-    def __init__(self, model_id: dict, codec: bytes | None, max_megapixels, threads: int, device: str, out: str):
+    def __init__(self, model_id: dict, codecs: list, stage: bool, max_megapixels, threads: int, device: str, out: str):
         from ..clip.embedder import Embedder  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
         from ..codec import Codec  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
+        from .encode import CodecSet  # noqa: PLC0415 - kept lazy: loaded only on this path (a cold `import semdb` stays light)
 
         self.failure = None
         try:
@@ -238,7 +248,7 @@ class _EmbedActor:
                     f"{model_id['name']} (digest {self.emb.model_id['digest'][:16]}, the store's is "
                     f"{model_id['digest'][:16]}): give every node the same model files"
                 )
-            self.codec = Codec.from_bytes(codec) if codec else None
+            self.codecs = CodecSet(tuple(Codec.from_bytes(raw) for raw in codecs), stage)
         except SemdbError as e:
             self.failure = e
         self.max_megapixels = max_megapixels
@@ -263,23 +273,27 @@ class _EmbedActor:
 
         first = row["first"][0].as_py()
         batches = [[os.fsdecode(p) for p in paths] for paths in row["paths"][0].as_py()]
-        cols = {k: [] for k in ("batch", "width", "height", "error", "vector", "drift", "outside", "taken")}
+        cols = {k: [] for k in ("batch", "width", "height", "error", "vector", "drift", "outside", "taken", "codec")}
         decoded = decode_ahead(batches, lambda path: decode_image(self.emb, path, self.max_megapixels))
         for k, (_, images) in enumerate(decoded, start=first):
-            vectors = embed_and_encode(self.emb, images, self.codec)
-            rows = iter(() if vectors is None else vectors.codes if self.codec else vectors.embeddings)
-            drift = iter(() if vectors is None or vectors.errors is None else vectors.errors.tolist())
-            outside = iter(() if vectors is None or vectors.outside is None else vectors.outside.tolist())
+            vectors = embed_and_encode(self.emb, images, self.codecs)
+            ids = self.codecs.ids
+            i = 0
             for img in images:
                 bad = img.error is not None
+                codec_id = None if bad else vectors.codec_of(i)
                 cols["batch"].append(k)
                 cols["width"].append(None if bad else img.width)
                 cols["height"].append(None if bad else img.height)
                 cols["error"].append(img.error.reason if bad else None)
-                cols["vector"].append(None if bad else next(rows).tobytes())
-                cols["drift"].append(None if bad else next(drift, None))
-                cols["outside"].append(None if bad else next(outside, None))
+                cols["codec"].append(None if bad else -1 if codec_id is None else ids.index(codec_id))
+                cols["vector"].append(
+                    None if bad else (vectors.embeddings[i] if codec_id is None else vectors.codes[i]).tobytes()
+                )
+                cols["drift"].append(None if bad or vectors.errors is None else float(vectors.errors[i]))
+                cols["outside"].append(None if bad or vectors.outside is None else float(vectors.outside[i]))
                 cols["taken"].append(img.taken)
+                i += not bad
         shard = self.out / f"{first:09d}.parquet"
         tmp = shard.with_suffix(".tmp")
         pq.write_table(
@@ -293,6 +307,7 @@ class _EmbedActor:
                     "drift": pa.array(cols["drift"], pa.float64()),
                     "outside": pa.array(cols["outside"], pa.float64()),
                     "taken": pa.array(cols["taken"], pa.float64()),
+                    "codec": pa.array(cols["codec"], pa.int16()),
                 }
             ),
             tmp,

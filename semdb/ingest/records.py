@@ -63,17 +63,53 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class Vectors:
-    """What a batch stores for its decodable images, row by row: codes of the codec
-    `codec_id`, or float embeddings (staged until the store has a codec)."""
+    """What a batch stores for its decodable images, row by row: a code of the codec
+    `codec_ids[i]`, or (codec_ids[i] None, or no codec_ids at all) the float embedding, staged
+    until a codec of the store's set takes it."""
 
-    codes: np.ndarray | None = None  # uint8 (n, code_bytes)
-    embeddings: np.ndarray | None = None  # float (n, D)
-    codec_id: str | None = None
-    errors: np.ndarray | None = None  # with codes: each embedding's reconstruction error (drift)
-    outside: np.ndarray | None = None  # with codes: each embedding's share outside the codec's subspace (shift)
+    codes: np.ndarray | None = None  # uint8 (n, code_bytes); a staged row's is zeros
+    embeddings: np.ndarray | None = None  # float (n, D): every row's, when some row is staged
+    codec_ids: tuple | None = None  # (n,) the codec of each row, None for a staged row
+    errors: np.ndarray | None = None  # with codes: each embedding's reconstruction error (drift; NaN: staged)
+    outside: np.ndarray | None = None  # with codes: each one's share outside its codec's subspace (shift)
 
     def __len__(self) -> int:
         return len(self.codes if self.codes is not None else self.embeddings)
+
+    def codec_of(self, i: int) -> str | None:
+        return None if self.codec_ids is None else self.codec_ids[i]
+
+    def rows(self, keep: np.ndarray) -> Vectors:
+        """These vectors' rows `keep` (indices), in that order."""
+
+        def pick(a):
+            return None if a is None else a[keep]
+
+        ids = None if self.codec_ids is None else tuple(self.codec_ids[i] for i in keep.tolist())
+        return Vectors(pick(self.codes), pick(self.embeddings), ids, pick(self.errors), pick(self.outside))
+
+    @staticmethod
+    def concat(parts: list[Vectors]) -> Vectors:
+        """One Vectors of `parts`' rows, in order (each staged part carries its embeddings)."""
+
+        def cat(name, fill):
+            arrays = [getattr(p, name) for p in parts]
+            if all(a is None for a in arrays):
+                return None
+            return np.concatenate([a if a is not None else fill(p) for a, p in zip(arrays, parts)])
+
+        ids = None
+        if any(p.codec_ids is not None for p in parts):
+            ids = tuple(i for p in parts for i in (p.codec_ids if p.codec_ids is not None else (None,) * len(p)))
+        width = next(p.codes.shape[1] for p in parts if p.codes is not None) if ids else 0
+        dim = next((p.embeddings.shape[1] for p in parts if p.embeddings is not None), 0)
+        return Vectors(
+            cat("codes", lambda p: np.zeros((len(p), width), np.uint8)),
+            cat("embeddings", lambda p: np.zeros((len(p), dim), np.float16)),
+            ids,
+            cat("errors", lambda p: np.full(len(p), np.nan)),
+            cat("outside", lambda p: np.full(len(p), np.nan)),
+        )
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ from itertools import islice
 import numpy as np
 
 from ..codec import Codec
-from ..context import STATS_KEY, StoreContext
+from ..context import SET_STATS_KEY, STATS_KEY, StoreContext
 from ..errors import InputError, StoreError
 from ..faults import fault_point
 from ..images import DEFAULT_MAX_MEGAPIXELS
 from ..progress import Progress, report
 from ..store import Item
 from . import ivf_upkeep, retrain_sample
-from .encode import encode
+from .encode import CodecSet
 from .local import LocalEngine
 from .model import image_model
 from .records import EmbedJob, FileState
@@ -101,6 +101,7 @@ def retrain(
         stats = w.meta().get(PENDING_STATS)
         w.switch_codec()
         w.set_meta(STATS_KEY, stats)
+        w.set_meta(SET_STATS_KEY, None)  # one codec again
         w.set_meta(PENDING_STATS, None)
         fault_point("switch_txn")
     retrain_sample.discard(ctx)  # (left by a kill just after the pending codec was committed)
@@ -136,7 +137,7 @@ def _unchanged_files(items: list[Item]) -> tuple[list[EmbedJob], list[Item]]:
 def _embed(engine, model, jobs, batch_size):
     """Per batch: (items whose file decoded, their float32 embeddings, items whose did not)."""
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    for batch in engine.embed(batches, None, model):
+    for batch in engine.embed(batches, CodecSet(), model):
         good = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is None]
         bad = [job.file.item for job, img in zip(batch.jobs, batch.images) if img.error is not None]
         yield good, (batch.vectors.embeddings.astype(np.float32) if good else None), bad
@@ -210,12 +211,10 @@ def _recode_rest(ctx, engine, model, old: Codec, new: Codec, batch_size, summary
 
     for good, X, bad in _embed(engine, model, jobs, batch_size):
         if good:
-            commit(good, encode(new, X).codes)
+            commit(good, new.encode(X))
             summary.reembedded += len(good)
         others += bad
-    ids, codes = store.load_codes()
-    row = {int(i): r for r, i in enumerate(ids.tolist())}
-    for i in range(0, len(others), 4096):  # gone, changed or unreadable files: from the old code
+    for i in range(0, len(others), 4096):  # gone, changed or unreadable files: from what the store keeps
         part = others[i : i + 4096]
-        commit(part, new.encode(old.decode(codes[[row[it.id] for it in part]])))
+        commit(part, new.encode(ctx.stored_vectors([it.id for it in part])))
         summary.transcoded += len(part)

@@ -16,6 +16,7 @@ from ..video.frames import Sampling
 from . import ivf_upkeep
 from .classify import classify
 from .commit import commit_batch, fill_dates, prune_missing
+from .encode import codec_set
 from .failures import forget_settled
 from .local import LocalEngine
 from .model import image_model
@@ -90,13 +91,15 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
         done = embedded = 0
         rate = EmbeddingRate()
         while done < len(batches):
-            codec = ctx.codec
-            # Without a codec, embed just the batches that reach train_at, train, then go on
-            # with codes (a Ray engine ships the new codec to its actors).
-            n = len(batches) - done if codec else policy.batches_to_stage(ctx.store.staging_count(), options.batch_size)
-            for batch in engine.embed(batches[done : done + n], codec, model):
+            codecs = codec_set(ctx, policy)
+            # While photos may wait staged, embed just the batches that can reach train_at, train
+            # a codec of them, then go on with it (a Ray engine ships the new set to its actors).
+            n = len(batches) - done
+            if codecs.stage:
+                n = min(n, policy.batches_to_stage(ctx.store.staging_count(), options.batch_size))
+            for batch in engine.embed(batches[done : done + n], codecs, model):
                 before = summary.embedded
-                commit_batch(ctx, batch, ctx.codec, summary)
+                commit_batch(ctx, batch, codecs, summary)
                 rate.committed(summary.embedded - before)
                 embedded += len(batch.jobs)
                 report(progress, "embedding", embedded, len(jobs))
@@ -109,7 +112,18 @@ def ingest(ctx: StoreContext, paths, options: IngestOptions, progress: Progress 
 
     sampling = dataclasses.replace(options.sampling, max_megapixels=options.max_megapixels)
     model_of_videos = lambda: local_model([])  # noqa: E731 - Ray ingests the videos locally too
-    ingest_videos(ctx, videos, seen, model_of_videos, sampling, options.batch_size, summary, progress, train_when_due)
+    ingest_videos(
+        ctx,
+        videos,
+        seen,
+        model_of_videos,
+        sampling,
+        options.batch_size,
+        summary,
+        progress,
+        policy,
+        train_when_due,
+    )
     summary.codec_trained |= train_if_due(ctx, policy, ingest_ended=True, progress=progress)
     prune_missing(ctx.store, seen, options.prune, summary)
     forget_settled(ctx.store)

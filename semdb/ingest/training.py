@@ -1,11 +1,13 @@
-"""When a store trains its codec, and on what: the one place that decides it.
+"""When a store trains a codec, and on what: the one place that decides it.
 
-A store without a codec keeps its new embeddings staged (float16) and searches them exactly.
-A codec trained on a handful of images is useless for the thousands that follow (docs/CODEC.md,
-"How many images a codec needs"), so the codec is trained only once the store holds
-`min_train` embeddings (when an ingest ends), or `train_at` during a long first ingest (which
-then encodes the rest directly); `train_now` trains whatever is staged (at least 2). Training,
-encoding the staged rows and installing the codec commit as one transaction.
+A store holds a set of codecs, one per kind of photo it was given. A photo that none of them
+knows (semdb/codec/routing.py; every photo, before the first codec) waits staged (float16) and
+is searched exactly. A codec trained on a handful of images is useless for the thousands that
+follow (docs/notes/CODEC.md, "How many images a codec needs"), so a codec is trained on the staged
+photos only once there are `min_train` of them (when an ingest ends), or `train_at` during a
+long ingest (which then encodes the rest directly); `train_now` trains whatever is staged (at
+least 2). Training, encoding the staged rows and adding the codec commit as one transaction.
+The set holds at most `max_codecs`; past that, every photo goes to the codec that knows it best.
 
 Later, `retrain_advice` says when the codec has become the wrong one: the store has grown
 several-fold since it was trained, newly encoded items reconstruct markedly worse than its
@@ -16,6 +18,7 @@ semdb/codec/shift.py). `semdb retrain` (ingest/retrain.py) then replaces it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +32,15 @@ from ..progress import Progress, report
 from .encode import reconstruction_errors
 
 DEFAULT_BITS = 256
-MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/CODEC.md, "How many images")
+MAX_CODECS = 8  # codecs in one store's set: each adds an ADC table to every query
+MIN_TRAIN = 500  # images before a store trains its codec (measured: docs/notes/CODEC.md, "How many images")
 TRAIN_AT = 50_000  # staged embeddings that trigger training during a long first ingest
 RETRAIN_GROWTH = 4.0  # the store has grown this many times since training: retrain
 DRIFT_RATIO = 1.5  # new items reconstruct this much worse than the training items: retrain
 DRIFT_MIN_ITEMS = 100  # ...measured on at least this many new items (drift and shift)
 # The latest items' mean share of energy outside the codec's training subspace, over the held-out
 # baseline: about 0.8-0.9 for new photos of the training collection, 1.6-3.6 for photos half of
-# whose spread lies elsewhere (docs/CODEC.md, "Photos unlike the training photos").
+# whose spread lies elsewhere (docs/notes/CODEC.md, "Photos unlike the training photos").
 SHIFT_RATIO = 1.3
 
 
@@ -46,6 +50,7 @@ class CodecPolicy:
     min_train: int = MIN_TRAIN
     train_at: int = TRAIN_AT
     train_now: bool = False  # train on what is staged when the ingest ends, however few
+    max_codecs: int = MAX_CODECS
 
     def batches_to_stage(self, staged: int, batch_size: int) -> int:
         """Batches to embed before training is due, for a store without a codec."""
@@ -62,6 +67,7 @@ def codec_stats(codec: Codec, X: np.ndarray, codes: np.ndarray) -> dict:
     of drift)."""
     stats = {
         "trained_on": len(X),
+        "trained_at": round(time.time(), 3),
         "train_error": float(reconstruction_errors(codec, X, codes).mean()),
         "encoded": 0,
         "error_sum": 0.0,
@@ -72,8 +78,10 @@ def codec_stats(codec: Codec, X: np.ndarray, codes: np.ndarray) -> dict:
 
 
 def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, progress: Progress | None) -> bool:
-    """Train and install the codec if the store has none and the policy says it is time."""
-    if ctx.codec is not None or not policy.due(ctx.store.staging_count(), ingest_ended):
+    """Train a codec of the staged photos and add it to the store's set (its first codec, or one
+    for photos none of its codecs knows) if the policy says it is time."""
+    codecs = ctx.codecs
+    if len(codecs) >= policy.max_codecs or not policy.due(ctx.store.staging_count(), ingest_ended):
         return False
     staged = list(ctx.store.iter_staging())
     ids = np.concatenate([i for i, _ in staged])
@@ -81,7 +89,8 @@ def train_if_due(ctx: StoreContext, policy: CodecPolicy, ingest_ended: bool, pro
     # Train on the images in content-hash order, not arrival order: a store grown over several
     # ingests gets the very codec of one built in one go from the same images.
     order = np.argsort([it.hash if it else "" for it in ctx.store.items(ids)], kind="stable")
-    codec = train_codec(ctx, X[order], policy.bits, progress)
+    bits = ctx.codec.bits if codecs else policy.bits  # a store's codes are one width
+    codec = train_codec(ctx, X[order], bits, progress)
     ctx.install_codec(codec, stats=lambda codes: codec_stats(codec, X, codes))
     return True
 
@@ -125,8 +134,13 @@ def train_codec(ctx: StoreContext, X: np.ndarray, bits: int, progress: Progress 
     return codec
 
 
-def retrain_advice(meta: dict, items: int) -> str | None:
-    """Why the store's codec should be retrained, or None."""
+def retrain_advice(meta: dict, items: int, max_codecs: int = MAX_CODECS) -> str | None:
+    """Why the store's codecs should be retrained into one, or None."""
+    if len([c for c in meta.get("codec_set") or () if c]) >= max_codecs:
+        return (
+            f"the store holds {max_codecs} codecs, the most it keeps: photos unlike all of them are encoded by "
+            f"the nearest one"
+        )
     stats = meta.get(STATS_KEY) or {}
     trained_on = stats.get("trained_on")
     if not meta.get("codec_id") or not trained_on:

@@ -26,12 +26,13 @@ from ..progress import Progress, report
 from ..store import Item
 from ..video.frames import Sampling, sample
 from .classify import moved_item
-from .commit import SettledItem, count_drift, stored_rows, write_settled
+from .commit import SettledItem, count_drift, stored_rows, stored_vector, write_settled
 from .decode import ahead
-from .encode import embed_and_encode
+from .encode import CodecSet, codec_set, embed_and_encode
 from .failures import remember
 from .local import try_hash
 from .records import DecodedImage, FileState, IngestSummary, Vectors
+from .training import CodecPolicy
 
 # A frame this close (cosine) to the last kept one adds nothing a search could tell apart.
 DEDUP_COSINE = 0.95
@@ -46,6 +47,7 @@ def ingest_videos(
     batch_size: int,
     summary: IngestSummary,
     progress: Progress | None,
+    policy: CodecPolicy,
     after_each: Callable[[], None] = lambda: None,
 ) -> None:
     """Index the videos `files` (new or changed by size or mtime). `get_model`: the image
@@ -69,7 +71,7 @@ def ingest_videos(
             write_settled(ctx, [SettledItem(moved_item(it, file, h, now)) for it in moved])
             summary.moved += 1
             continue
-        _index(ctx, file, h, old, get_model(), sampling, batch_size, summary)
+        _index(ctx, file, h, old, get_model(), sampling, batch_size, summary, codec_set(ctx, policy))
         after_each()
     if files:
         report(progress, "videos", len(files), len(files))
@@ -81,7 +83,9 @@ def _gone_copy(ctx: StoreContext, h: str, seen: set[str]) -> list[Item]:
     return [it for it in gone if it.path == gone[0].path] if gone else []
 
 
-def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampling, batch_size: int, summary) -> None:
+def _index(
+    ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampling, batch_size: int, summary, codecs: CodecSet
+) -> None:
     try:
         info, frames = sample(file.path, model.image_size, sampling)
     except ImageError as err:
@@ -89,33 +93,30 @@ def _index(ctx, file: FileState, h: str, old: list[Item], model, sampling: Sampl
         with ctx.write() as w:  # not decoded again while unchanged (failures.py)
             remember(w, [(file, err.reason)])
         return
-    codec = ctx.codec
     times: list[int] = []
     rows: list[Vectors] = []
     last = None  # the last kept frame's unit vector
     for batch in ahead(_preprocessed(frames, model, batch_size)):
-        vectors = embed_and_encode(model, [DecodedImage(p) for _, p in batch], codec)
-        unit = _unit(codec.decode(vectors.codes) if codec is not None else vectors.embeddings)
+        vectors = embed_and_encode(model, [DecodedImage(p) for _, p in batch], codecs)
+        unit = _unit(codecs.decode(vectors))
         keep = []
         for i, v in enumerate(unit):
             if last is None or float(v @ last) < DEDUP_COSINE:
                 keep.append(i)
                 last = v
         times += [batch[i][0] for i in keep]
-        rows.append(_rows(vectors, np.array(keep, int)))
+        rows.append(vectors.rows(np.array(keep, int)))
         summary.embedded += len(batch)
-    stored = stored_rows(_concat(rows), ctx.codec)
-    kind, values = ("code", stored.codes) if stored.codes is not None else ("embedding", stored.embeddings)
+    stored = stored_rows(Vectors.concat(rows), codecs)
     now = time.time()
     taken = info.taken if info.taken is not None else file.mtime_ns / 1e9
     duration = max([info.duration_ms, *times])
     with ctx.write() as w:  # the whole video, and what its path held before, at once
         w.delete_items(it.id for it in old)
-        for ms, row in zip(times, values):
+        for i, ms in enumerate(times):
             item = Item.new(file.path, file.size, file.mtime_ns, h, info.width, info.height, now, taken)
-            w.add_item(dataclasses.replace(item, frame_ms=ms, duration_ms=duration), **{kind: row})
-        if stored.errors is not None:
-            count_drift(w, stored.errors, stored.outside)
+            w.add_item(dataclasses.replace(item, frame_ms=ms, duration_ms=duration), **stored_vector(stored, i))
+        count_drift(w, stored)
         fault_point("video_txn")
     fault_point("batch_committed")
     summary.video_frames += len(times)
@@ -140,18 +141,3 @@ def _preprocessed(frames, model, batch_size: int) -> Iterator[list[tuple[int, ob
 def _unit(x) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _rows(v: Vectors, keep: np.ndarray) -> Vectors:
-    def pick(a):
-        return None if a is None else a[keep]
-
-    return Vectors(pick(v.codes), pick(v.embeddings), v.codec_id, pick(v.errors), pick(v.outside))
-
-
-def _concat(rows: list[Vectors]) -> Vectors:
-    def cat(name):
-        parts = [getattr(r, name) for r in rows]
-        return None if parts[0] is None else np.concatenate(parts)
-
-    return Vectors(cat("codes"), cat("embeddings"), rows[0].codec_id, cat("errors"), cat("outside"))

@@ -70,6 +70,7 @@ class FlatIndex:
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.n = len(self.vectors)
 
     def search(
         self, Q: np.ndarray, k: int = 10, shortlist: int | None = None, rows: np.ndarray | None = None

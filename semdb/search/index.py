@@ -1,8 +1,11 @@
-"""The search structure over one codec's codes (FAISS's shape: the index owns its quantizer)."""
+"""The search structures over a store's codes: one codec's (FAISS's shape: the index owns its
+quantizer), and a codec set's with its staged rows, searched as one."""
 
 from __future__ import annotations
 
-from .adc import AdcIndex, FlatIndex
+import numpy as np
+
+from .adc import AdcIndex, Candidates, FlatIndex
 from .ivf import IvfIndex
 
 
@@ -20,3 +23,55 @@ def codec_index(codec, codes, ivf=None):
         span = None if codec.n_coarse else codec.decoder
         return IvfIndex(codec.tables, bias, codes, codec.nbits, norms, ivf[0], ivf[1], span=span)
     return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms)
+
+
+class SetIndex:
+    """One index over the parts of a store that several indexes hold (a codec set's codes, one
+    index per codec, and the staged embeddings of photos waiting for a codec): part j holds rows
+    [starts[j], starts[j] + n_j) of the whole. A search asks every part for its candidates
+    (each query's ADC table built per codec) and merges one top k by exact score: each part's
+    exact score estimates the same <q, x>."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [p.n for p in parts])
+        self.n = int(self.starts[-1])
+
+    def search(
+        self, Q: np.ndarray, k: int = 10, rows: np.ndarray | None = None, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        ids = np.full((len(Q), max(k, 0)), -1, dtype=np.int64)
+        scores = np.full((len(Q), max(k, 0)), -np.inf, dtype=np.float32)
+        if self.n == 0 or k <= 0:
+            return ids, scores
+        for i, found in enumerate(self.candidates(Q, k, rows=rows, nprobe=nprobe)):
+            ids[i], scores[i] = found.top(k)
+        return ids, scores
+
+    def candidates(
+        self, Q: np.ndarray, k: int = 10, rows: np.ndarray | None = None, nprobe: int | None = None
+    ) -> list[Candidates]:
+        """Per query, the union of every part's candidates (rows of the whole); complete when
+        every part's are. `nprobe`: for a part that is an IVF."""
+        found = [[] for _ in range(len(Q))]
+        for part, start, end in zip(self.parts, self.starts[:-1], self.starts[1:]):
+            part_rows = None if rows is None else rows[(rows >= start) & (rows < end)] - start
+            if part_rows is not None and not len(part_rows):
+                continue
+            probe = {"nprobe": nprobe} if nprobe is not None and isinstance(part, IvfIndex) else {}
+            for i, c in enumerate(part.candidates(Q, k, rows=part_rows, **probe)):
+                found[i].append(Candidates(c.rows + start, c.approx, c.exact, c.complete))
+        return [_union(f) for f in found]
+
+
+def _union(parts: list[Candidates]) -> Candidates:
+    if not parts:
+        none = np.empty(0, np.float32)
+        return Candidates(np.empty(0, np.int64), none, none, True)
+    return Candidates(
+        np.concatenate([c.rows for c in parts]),
+        np.concatenate([c.approx for c in parts]),
+        np.concatenate([c.exact for c in parts]),
+        all(c.complete for c in parts),
+    )

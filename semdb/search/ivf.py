@@ -25,7 +25,8 @@ import numpy as np
 
 from .adc import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
 
-DEFAULT_NPROBE_FRACTION = 1 / 4  # default nprobe = nlist / 4 (docs/SCALE.md#ivf: recall@10 0.965 at 10M)
+# default nprobe = nlist / 4: keeps nearly all of the exhaustive scan's top 10 (docs/SCALE.md#ivf)
+DEFAULT_NPROBE_FRACTION = 1 / 4
 KMEANS_ITER = 10
 KMEANS_POINTS_PER_LIST = 64  # decoded codes per centroid for k-means (a sample)...
 KMEANS_MAX_POINTS = 131_072  # ...and at most this many in all (k-means time grows as points x nlist)

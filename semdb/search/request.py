@@ -166,7 +166,14 @@ class SearchRequest:
     `after`, `before`). Refine: `within` (keep hits within this of the best score),
     `min_score`. `nprobe`: IVF lists to scan in a store that keeps an IVF (default nlist / 4;
     more: slower, closer to the exhaustive result); a smaller store scans every code.
-    `frames`: every matching frame of a video is a hit (default: a video's best frame only)."""
+    `frames`: every matching frame of a video is a hit (default: a video's best frame only).
+
+    Build one with `SearchRequest.of`, which takes the filters as `under`, `after` and
+    `before`; `db.search` takes it as it is:
+
+        request = semdb.SearchRequest.of("a red bicycle", k=10, under="./photos", after="2023-06-01")
+        hits = db.search(request)
+    """
 
     text: str | None = None
     image: Any = None

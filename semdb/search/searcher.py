@@ -22,7 +22,7 @@ from ..errors import InputError, display_path
 from ..images import load_image
 from . import ivf
 from .adc import Candidates, FlatIndex
-from .index import codec_index
+from .index import SetIndex, codec_index
 from .ivf import IvfIndex
 from .request import MAX_K, SearchRequest, Term, Where
 
@@ -35,6 +35,11 @@ GROUP_FETCH = 8
 
 
 class Hit(NamedTuple):
+    """One search result: the item's `path`, its `score` (cosine between the query and the
+    item's reconstruction from its code; higher is closer) and its `id` in the store (for
+    `db.similar`, `db.item`, `semdb query --like`). A video frame's hit carries the video's path
+    and `frame_ms`, the frame's time in the video; `frame_ms` is None for a photo."""
+
     path: str
     score: float
     id: int
@@ -95,15 +100,10 @@ class Searcher:
     def item_vector(self, item_id: int) -> np.ndarray:
         """A stored item's vector from what the store keeps: its decoded code (or staged
         embedding). No file is read, no CLIP runs."""
-        ids, index = self.index()
-        row = np.flatnonzero(ids == item_id)
-        if not len(row):
+        ids, _ = self.index()
+        if not (ids == item_id).any():
             raise InputError(f"no item {item_id} in {self.ctx.path}")
-        codec = self.ctx.codec
-        if codec is None:
-            return index.vectors[row[:1]]
-        _, codes = self.ctx.store.load_codes()
-        return codec.decode(np.asarray(codes)[row[:1]])
+        return self.ctx.stored_vectors([item_id])
 
     # --- search -----------------------------------------------------------------------------
     def search(self, request: SearchRequest) -> list[list[Hit]]:
@@ -184,29 +184,32 @@ class Searcher:
         return self._meta[1], self._meta[2]
 
     def index(self):
-        """(item ids, index) over the last committed codes (or staged embeddings)."""
+        """(item ids, index) over the last committed codes and staged embeddings: one codec's
+        index (its IVF past ivf_upkeep.MIN_ITEMS codes) for a store of one codec and nothing
+        staged, else a SetIndex of each codec's and the staged rows' (exact)."""
         store = self.ctx.store
         generation = store.meta().get("generation")
         if self._index is not None and self._index[0] == generation:
             return self._index[1], self._index[2]
-        codec = self.ctx.codec
-        if codec is None:  # no codec yet: search the staged embeddings exactly
-            staged = list(store.iter_staging())
-            if store.codec_bytes() is not None:
-                # The codec (and with it every code) was committed while staging was read, in
-                # chunks: search the codes instead of a part of the staged rows.
-                return self.index()
-            ids = np.concatenate([i for i, _ in staged]) if staged else np.empty(0, np.uint64)
-            index = FlatIndex(np.concatenate([e for _, e in staged])) if staged else None
-        else:
-            ids, codes = store.load_codes()
-            index = self._ivf_index(codec, ids, codes, generation)
+        groups = store.load_code_groups()
+        staged = list(store.iter_staging()) if store.staging_count() else []
+        if store.meta().get("generation") != generation:
+            # a commit came in while staging was read (in chunks): a photo may have moved from
+            # staging to a code in between, so read everything again
+            return self.index()
+        codecs, parts, current = self.ctx.codecs, [], generation
+        for codec_id, (ids, codes) in groups.items():
+            index = self._ivf_index(codecs[codec_id], ids, codes, generation) if len(groups) == 1 else None
             if index is False:  # a commit came in between: exhaustive now, the IVF next time
-                self._index = (None, ids, codec_index(codec, np.asarray(codes)))
-                return ids, self._index[2]
-            if index is None:
-                index = codec_index(codec, np.asarray(codes)) if len(ids) else None
-        self._index = (generation, ids, index)
+                index, current = None, None
+            parts.append((ids, index or codec_index(codecs[codec_id], np.asarray(codes))))
+        if staged:
+            parts.append((np.concatenate([i for i, _ in staged]), FlatIndex(np.concatenate([e for _, e in staged]))))
+        if len(parts) <= 1:
+            ids, index = parts[0] if parts else (np.empty(0, np.uint64), None)
+        else:
+            ids, index = np.concatenate([i for i, _ in parts]), SetIndex([p for _, p in parts])
+        self._index = (current, ids, index)
         return ids, index
 
     def _ivf_index(self, codec, ids, codes, generation):
@@ -236,4 +239,5 @@ def best_per_file(hits: list[Hit]) -> list[Hit]:
 
 def _nprobe(index, request: SearchRequest) -> dict:
     """nprobe only means something to an IVF index (a smaller store scans every code)."""
-    return {"nprobe": request.nprobe} if isinstance(index, IvfIndex) else {}
+    parts = index.parts if isinstance(index, SetIndex) else [index]
+    return {"nprobe": request.nprobe} if any(isinstance(p, IvfIndex) for p in parts) else {}

@@ -8,5 +8,5 @@
     client.py  finding a running server for a store and querying it (no torch, open_clip or
                starlette, so `semdb query` can use it cheaply)
 
-The HTTP API is documented in docs/INTERFACES.md ("HTTP API"); who can reach it, in docs/SERVE.md.
+The HTTP API and who can reach it are documented in docs/SERVE.md.
 """

@@ -7,7 +7,7 @@ by integer id only: no URL carries a path, and only files that are items of the 
 read (through semdb.images.load_image: megapixel guard, EXIF orientation, RGB). Every error
 is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 
-    GET  /                      the web page (static/)
+    GET  /                      the web page (static/, read into memory at start)
     GET  /api/search?q=TEXT     text search; k, under, after, before, within, min_score, like, nprobe
     POST /api/search            image search: multipart field "image", or the raw image body
     GET  /api/similar/{id}      more like a stored item (from its stored code), with the filters
@@ -15,10 +15,11 @@ is a 4xx/5xx response with a one-line JSON body {"error": "..."}.
 A search's query string becomes a SearchRequest in params.py (semdb/search/request.py checks it) and
 the record goes unchanged to Database.search.
     GET  /api/items             the collection, newest first: offset, limit, under, after, before
-                                -> {"items": [...], "total": N} (Database.ls and .count)
+                                -> {"items": [...], "total": N, "photos", "frames", "videos"}
+                                (Database.ls, .count and .tally)
     GET  /api/item/{id}         one item's metadata
     GET  /api/info              the store: items, model, codec, generation
-    GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file
+    GET  /thumb/{id}?size=256   a JPEG thumbnail made from the item's file (&square=1: its centre square)
     GET  /image/{id}            the item's file re-encoded as JPEG (long side <= 4096)
     GET  /video/{id}            a video frame's video file as stored, with HTTP byte ranges (206)
                                 so a player can seek; /thumb and /image of a frame are that frame
@@ -45,8 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from ..catalog import item_record
 from ..errors import ImageError, InputError, ModelError, SemdbError, StoreError, display_path
@@ -75,6 +75,18 @@ THUMB_SIZES = (32, 1024)  # allowed ?size= range
 DEFAULT_THUMB = 256
 VIEW_MAX_SIDE = 4096
 THUMB_CACHE_BYTES = 64 << 20
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+}
+
+
+def _static_files() -> dict[str, bytes]:
+    """The page's files, read once at start: a server keeps serving its page while the package
+    is reinstalled (or removed) under it."""
+    folder = resources.files("semdb.serve") / "static"
+    return {f.name: f.read_bytes() for f in folder.iterdir() if os.path.splitext(f.name)[1] in STATIC_TYPES}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -164,10 +176,11 @@ class Service:
             raise ApiError(404, f"no item {item_id} in this store")
         return item
 
-    def listing(self, offset: int, limit: int, **where) -> tuple[list, int]:
-        """One page of the collection (newest first) and how many items the filters keep."""
+    def listing(self, offset: int, limit: int, **where) -> tuple[list, int, dict]:
+        """One page of the collection (newest first), how many items the filters keep, and how
+        many of those are photos, video frames and videos (Database.tally)."""
         with self.lock:
-            return self.db.ls(**where, offset=offset, limit=limit), self.db.count(**where)
+            return self.db.ls(**where, offset=offset, limit=limit), self.db.count(**where), self.db.tally(**where)
 
     def info(self) -> dict:
         with self.lock:
@@ -179,13 +192,15 @@ class Service:
             return self._info[1]
 
     # --- pictures ---
-    def picture(self, item_id: int, max_side: int, quality: int, cache: bool) -> bytes:
+    def picture(self, item_id: int, max_side: int, quality: int, cache: bool, square: bool = False) -> bytes:
+        """The item's picture as JPEG, its long side at most `max_side`; `square`: its centre
+        square, `max_side` wide (a tile of the page's grid, sharp at the screen's pixel density)."""
         item = self.item(item_id)
         try:
             st = os.stat(item.path)
         except OSError:
             raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
-        key = (item_id, max_side, st.st_size, st.st_mtime_ns)
+        key = (item_id, max_side, square, st.st_size, st.st_mtime_ns)
         if cache:
             with self._thumb_lock:
                 if key in self._thumbs:
@@ -201,6 +216,10 @@ class Service:
                 if not os.path.exists(item.path):
                     raise ApiError(404, f"item {item_id}: its file {display_path(item.path)} is gone") from None
                 raise ApiError(422, f"item {item_id}: {e}") from None
+            if square:
+                side = min(img.size)
+                left, top = (img.width - side) // 2, (img.height - side) // 2
+                img = img.crop((left, top, left + side, top + side))
             if max(img.size) > max_side:
                 img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             buf = io.BytesIO()
@@ -280,16 +299,19 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
 
     def items(request: Request):
         options = listing_options(request.query_params)
-        page, total = service.listing(**options)
-        return JSONResponse({"items": [_item_json(it) for it in page], "total": total, "offset": options["offset"]})
+        page, total, kinds = service.listing(**options)
+        return JSONResponse(
+            {"items": [_item_json(it) for it in page], "total": total, **kinds, "offset": options["offset"]}
+        )
 
     def info(request: Request):
         return JSONResponse(service.info())
 
     def thumb(request: Request):
-        only(request.query_params, ("size",))
+        only(request.query_params, ("size", "square"))
         size = int_param(request.query_params, "size", DEFAULT_THUMB, *THUMB_SIZES)
-        data = service.picture(parse_item_id(request.path_params["id"]), size, 82, cache=True)
+        square = bool(int_param(request.query_params, "square", 0, 0, 1))
+        data = service.picture(parse_item_id(request.path_params["id"]), size, 82, cache=True, square=square)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     def image(request: Request):
@@ -306,10 +328,17 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         media_type = VIDEO_TYPES.get(os.path.splitext(it.path)[1][1:].lower(), "application/octet-stream")
         return FileResponse(it.path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
-    static = resources.files("semdb.serve") / "static"
+    static = _static_files()
 
     def page(request: Request):
-        return Response((static / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
+        return Response(static["index.html"], media_type="text/html; charset=utf-8")
+
+    def static_file(request: Request):
+        name = request.path_params["name"]
+        if name not in static:
+            return _error(404, f"no such page: {request.url.path[:80]}")
+        kind = STATIC_TYPES[os.path.splitext(name)[1]]
+        return Response(static[name], media_type=kind, headers={"Cache-Control": "no-cache"})
 
     async def not_found(request: Request, exc: HTTPException):
         return _error(
@@ -331,7 +360,7 @@ def create_app(db, *, instance: str = "", allowed_hosts=None, lifespan=None, acc
         Route("/thumb/{id}", guarded(thumb)),
         Route("/image/{id}", guarded(image)),
         Route("/video/{id}", guarded(video)),
-        Mount("/static", StaticFiles(directory=str(static)), name="static"),
+        Route("/static/{name}", static_file),
     ]
     app = Starlette(
         routes=routes, exception_handlers={HTTPException: not_found, Exception: server_error}, lifespan=lifespan

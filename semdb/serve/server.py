@@ -9,6 +9,7 @@ bound beyond loopback asks for the store's access key (auth.py) and prints a URL
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import os
 import socket
@@ -96,6 +97,15 @@ def reachable_address(host: str) -> str:
         return socket.gethostname()
 
 
+def qr_block(text: str) -> str:
+    """`text` as a QR code drawn with block characters, two modules a line, for a terminal."""
+    import segno  # noqa: PLC0415 - only a server on the network prints one
+
+    out = io.StringIO()
+    segno.make(text, error="l").terminal(out=out, compact=True)
+    return out.getvalue().rstrip("\n")
+
+
 def _url(host: str, port: int, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
 
@@ -169,10 +179,10 @@ def run(
                         "new": f"new, kept owner-only in {auth.key_path(db.path)}",
                         "unsaved": "store folder not writable: it lasts until this server stops",
                     }[key_state]
-                    say(
-                        f"access key: open {_url(reachable_address(host), bound_port, tls)}?key={key} "
-                        f"(the key: {where}; --new-key replaces it and ends every session)"
-                    )
+                    key_url = f"{_url(reachable_address(host), bound_port, tls)}?key={key}"
+                    say(f"access key: open {key_url} (the key: {where}; --new-key replaces it and ends every session)")
+                    if remote:
+                        say(f"or scan it with a phone:\n{qr_block(key_url)}")
                 try:
                     yield
                 finally:

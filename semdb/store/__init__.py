@@ -1,6 +1,6 @@
 """The LMDB store: per-item metadata and fixed-length packed codes, nothing else. It stores
 what it is given (items, codes, staged embeddings, the codec's bytes, IVF centroids and
-lists); it never runs the codec. docs/STORE.md describes the on-disk layout.
+lists); it never runs the codec. docs/notes/STORE-FORMAT.md describes the on-disk layout.
 
     format         database names, keys, the item record, code segments, IVF list rows
     opening        the LMDB environment, writer.lock, map growth, LMDB errors -> StoreError

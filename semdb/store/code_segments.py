@@ -3,7 +3,8 @@ segment number), so a query reads every code with one cursor pass over a few big
 
 `CodeSegmentWrites` is one write batch's side of them: the batch's new codes become new
 segments at commit, a changed or deleted item's code is removed from its segment (one read,
-one rewrite per segment), and small segments are merged. It reports every segment it writes
+one rewrite per segment), and small segments are merged (a codec's with its own: each
+segment's key names the codec that wrote it, format.segment_key). It reports every segment it writes
 or deletes to its listener (the IVF list rows react: ivf_rows.py), naming where each written
 segment's rows came from.
 """
@@ -17,7 +18,16 @@ from typing import Protocol
 import numpy as np
 
 from . import segments
-from .format import CorruptValue, code_segment_head, int_key, key_int, pack_code_segment, unpack_code_segment
+from .format import (
+    CorruptValue,
+    code_segment_head,
+    int_key,
+    key_int,
+    pack_code_segment,
+    segment_key,
+    segment_slot,
+    unpack_code_segment,
+)
 
 CODE_SEGMENT_MAX = 1 << 20  # items per code segment when compacting
 COMPACT_AFTER = 64  # more small code segments than this -> merge them at the next commit
@@ -67,7 +77,7 @@ class CodeSegmentWrites:
     ):
         self.view, self.meta, self.put_meta, self.listener = view, meta, put_meta, listener
         self._cached_code_loc = code_loc
-        self.new: dict[int, bytes] = {}  # id -> code: one new segment at commit
+        self.new: dict[int, dict[int, bytes]] = {}  # codec slot -> {id: code}: one new segment each at commit
         self.dirty: dict[int, list] = {}  # segment -> [ids, codes, keep mask, crc]
         self.loc: segments.KeyMultimap | None = None  # id -> segment: the process's + this batch's
         self.touched = False  # a code segment was written or deleted
@@ -77,12 +87,15 @@ class CodeSegmentWrites:
             self.loc = self._cached_code_loc().overlay()
         return self.loc
 
-    def add(self, id_: int, code: bytes) -> None:
-        self.new[id_] = code
+    def add(self, id_: int, code: bytes, slot: int = 0) -> None:
+        self.new.setdefault(slot, {})[id_] = code
 
     def discard_new(self, id_: int) -> bool:
         """Forget a code this batch added; False if it added none for `id_`."""
-        return self.new.pop(id_, None) is not None
+        return any(codes.pop(id_, None) is not None for codes in self.new.values())
+
+    def holds_new(self) -> bool:
+        return any(self.new.values())
 
     def remove(self, ids) -> set[int]:
         """Take the stored codes of `ids` out of their segments (each rewritten at commit);
@@ -129,10 +142,11 @@ class CodeSegmentWrites:
                 self._put(seg, ids[keep], codes[keep], (SourceRows(seg, len(ids), crc, np.flatnonzero(keep)),))
             else:
                 self._delete(seg)
-        if self.new:
-            ids = np.fromiter(self.new, np.uint64, len(self.new))
-            codes = np.frombuffer(b"".join(self.new.values()), np.uint8).reshape(len(ids), -1)
-            self._append(ids, codes)
+        for slot, new in sorted(self.new.items()):
+            if new:
+                ids = np.fromiter(new, np.uint64, len(new))
+                codes = np.frombuffer(b"".join(new.values()), np.uint8).reshape(len(ids), -1)
+                self._append(ids, codes, slot=slot)
         if compact or self.view.txn.stat(self.view.dbs["codes"])["entries"] > COMPACT_AFTER:
             self._compact(force=compact)
 
@@ -147,27 +161,36 @@ class CodeSegmentWrites:
         self.view.txn.delete(int_key(seg), db=self.view.dbs["codes"])
         self.listener.code_segment_deleted(seg)
 
-    def _append(self, ids: np.ndarray, codes: np.ndarray, sources: list[SourceRows] | None = None) -> None:
-        """New segments of at most CODE_SEGMENT_MAX rows; `sources`: where the rows come from, in order."""
+    def _append(
+        self, ids: np.ndarray, codes: np.ndarray, sources: list[SourceRows] | None = None, slot: int = 0
+    ) -> None:
+        """New segments of the codec in `slot`, of at most CODE_SEGMENT_MAX rows; `sources`:
+        where the rows come from, in order."""
         starts = np.cumsum([0] + [len(s.rows) for s in sources]) if sources else None
         for start in range(0, len(ids), CODE_SEGMENT_MAX):
-            seg = self.meta["next_segment"]
+            number = self.meta["next_segment"]
+            seg = segment_key(slot, number)
             end = min(start + CODE_SEGMENT_MAX, len(ids))
             self._put(seg, ids[start:end], codes[start:end], _slice_sources(sources, starts, start, end))
             if self.loc is not None:  # else the process's code_loc is dropped at commit
                 for id_ in ids[start:end].tolist():
                     self.loc.add(id_, seg)
-            self.put_meta("next_segment", seg + 1)
+            self.put_meta("next_segment", number + 1)
 
     def _compact(self, force: bool) -> None:
         width = self.meta["code_bytes"]
-        small = []
+        small: dict[int, list[int]] = {}  # codec slot -> its small segments
         for k, raw in self.view.txn.cursor(db=self.view.dbs["codes"]):
             n, seg_width, _ = code_segment_head(raw)  # header only: no copy of the body
             if n < CODE_SEGMENT_MAX // 2 and seg_width == width:
-                small.append(key_int(k))
-        if len(small) < 2 or (not force and len(small) <= COMPACT_AFTER):
+                small.setdefault(segment_slot(key_int(k)), []).append(key_int(k))
+        if not force and sum(map(len, small.values())) <= COMPACT_AFTER:
             return
+        for slot, segs in small.items():
+            if len(segs) >= 2:
+                self._merge(segs, slot)
+
+    def _merge(self, small: list[int], slot: int) -> None:
         raws = [self.view.get(int_key(seg), "codes") for seg in small]  # copies, read before writes
         parts = [unpack_code_segment(raw) for raw in raws]
         sources = [
@@ -179,7 +202,7 @@ class CodeSegmentWrites:
             if self.loc is not None:
                 for id_ in ids.tolist():
                     self.loc.remove(id_, seg)
-        self._append(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), sources)
+        self._append(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), sources, slot)
         for seg in small:  # after the merged segments: their list rows are read first
             self.listener.code_segment_deleted(seg)
 

@@ -1,6 +1,6 @@
 """The on-disk format of a store: database names, keys, the item record, code segments and
 IVF list rows, and the item segment rows (semdb/store/segments.py holds the item segment codec).
-docs/STORE.md describes the layout for users; this module is its one implementation."""
+docs/notes/STORE-FORMAT.md describes the layout; this module is its one implementation."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ MANAGED_META = {
     "next_segment",
     "code_bytes",
     "codec_id",
+    "codec_set",
     "dim",
     "pending_codec",
     "training_queries",
@@ -35,6 +36,11 @@ MANAGED_META = {
     "reclaim",
 }  # only the store itself changes these
 CODE_SEGMENT_HEAD = struct.Struct("<QII")  # n, code_bytes, crc32 of the body
+# A code segment's key is (codec slot << SLOT_SHIFT) | its number: slot 0 is the store's first
+# codec (a store of one codec has only slot-0 keys, as before codec sets existed), slot s > 0 the
+# codec meta["codec_set"][s]. Cursors then walk each codec's segments together, in slot order.
+SLOT_SHIFT = 56
+MAX_CODECS = 1 << (64 - SLOT_SHIFT)
 LIST_ROW_HEAD = struct.Struct("<QI")  # n, crc32 of the code segment's body
 ITEM_HEADS = {
     1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
@@ -55,6 +61,29 @@ def int_key(n: int) -> bytes:
 
 def key_int(key) -> int:
     return int.from_bytes(key, "big")
+
+
+def segment_key(slot: int, number: int) -> int:
+    """The key number of code segment `number` of the codec in `slot`."""
+    return (int(slot) << SLOT_SHIFT) | int(number)
+
+
+def segment_slot(key: int) -> int:
+    return int(key) >> SLOT_SHIFT
+
+
+def segment_number(key: int) -> int:
+    return int(key) & ((1 << SLOT_SHIFT) - 1)
+
+
+def codec_key(slot: int) -> bytes:
+    """Where the codec of `slot` keeps its bytes in db `codec` (slot 0: b"codec", as always)."""
+    return b"codec" if slot == 0 else b"codec/%d" % slot
+
+
+def codec_slots(meta: dict) -> list:
+    """Codec id by slot (None: a slot freed by a dropped codec); [] before the first codec."""
+    return list(meta.get("codec_set") or ([meta["codec_id"]] if meta.get("codec_id") else []))
 
 
 def fs_bytes(path: str) -> bytes:
@@ -83,12 +112,14 @@ def hash_bytes(h: str) -> bytes:
 
 @dataclass
 class Item:
-    """One file's metadata. id 0 means "not stored yet" (Writer.add_item assigns one).
-    `taken`: when the photo was taken (EXIF DateTimeOriginal, else the file's mtime), POSIX
-    seconds; None in records written before semdb kept it (the next ingest fills it).
-    A video frame is an item with its video's path, size, mtime, hash and display size, and
-    `frame_ms` (its time in the video) and `duration_ms` (the video's); both None for a photo.
-    (path, frame_ms) is unique: a video's frames share its path."""
+    """One stored file's metadata, as `db.item`, `db.ls` and `db.rm` return it: its `id` in
+    the store (0: not stored yet), `path`, `size` in bytes, `mtime_ns`, `hash` (blake2b-128 hex
+    of its bytes), `width` and `height` in pixels, when it was `added` to the store and last
+    `updated` (POSIX seconds), and `taken`: when the photo was taken (EXIF DateTimeOriginal,
+    else the file's mtime), POSIX seconds; None in records written before semdb kept it (the
+    next ingest fills it). A video frame is an item with its video's path, size, mtime, hash
+    and display size, and `frame_ms` (its time in the video) and `duration_ms` (the video's);
+    both None for a photo. (path, frame_ms) is unique: a video's frames share its path."""
 
     id: int
     path: str

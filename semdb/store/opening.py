@@ -52,7 +52,7 @@ class Environment:
 
     def __init__(self, env, dbs: dict, readonly: bool, key: str):
         self.env, self.dbs, self.readonly, self.key, self.users = env, dbs, readonly, key, 0
-        self.codes_cache = None  # (generation, ids, codes): load_codes skips unchanged stores
+        self.codes_cache = None  # (generation, ids, codes, slot slices): load_codes skips unchanged stores
         # (generation, ItemIndex) and (generation, KeyMultimap id -> code segment): built when
         # first needed, carried forward by this process's own commits, rebuilt after others'
         self.item_index = None

@@ -32,6 +32,7 @@ from .format import (
     item_segment_head,
     item_segment_row_at,
     key_int,
+    segment_slot,
     unpack_code_segment,
 )
 from .opening import Environment
@@ -245,13 +246,24 @@ class View:
 
     def load_codes(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids uint64 (n,), codes uint8 (n, code_bytes)) of every coded item, read-only arrays
-        cached per process by the meta generation."""
+        cached per process by the meta generation; each codec's codes are one run of rows, in
+        slot order (code_slices)."""
+        return self._load_codes()[:2]
+
+    def code_slices(self) -> dict[int, slice]:
+        """{codec slot: its rows of load_codes()} for every slot that holds codes."""
+        return self._load_codes()[2]
+
+    def _load_codes(self):
         generation = self.meta_get("generation")
         cached = self.environment.codes_cache
         if cached is not None and cached[0] == generation:
-            return cached[1], cached[2]
+            return cached[1:]
         width = self.meta_get("code_bytes") or 0
-        parts = [unpack_code_segment(raw) for _, raw in self.txn.cursor(db=self.dbs["codes"])]
+        keys, parts = [], []
+        for k, raw in self.txn.cursor(db=self.dbs["codes"]):
+            keys.append(key_int(k))
+            parts.append(unpack_code_segment(raw))
         if any(codes.shape[1] != width for _, codes in parts):
             raise CorruptValue(f"a code segment's width differs from code_bytes {width}")
         # concatenate copies out of the LMDB map before the transaction ends
@@ -259,8 +271,14 @@ class View:
         codes = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, width), np.uint8)
         ids.setflags(write=False)
         codes.setflags(write=False)
-        self.environment.codes_cache = (generation, ids, codes)
-        return ids, codes
+        slices, start = {}, 0
+        for key, (seg_ids, _) in zip(keys, parts):  # keys ascend, so a slot's segments are adjacent
+            slot = segment_slot(key)
+            first = slices[slot].start if slot in slices else start
+            start += len(seg_ids)
+            slices[slot] = slice(first, start)
+        self.environment.codes_cache = (generation, ids, codes, slices)
+        return ids, codes, slices
 
 
 class ReadView(View):

@@ -40,11 +40,12 @@ def discard(view, put_meta) -> None:
 
 def take_for_switch(view, meta: dict, put_meta, n_items: int, path) -> tuple[np.ndarray, np.ndarray]:
     """Install the pending codec as the store's and return every item's recode (ids, codes),
-    the recode rows dropped; InputError (nothing changed) unless all `n_items` have one and
-    none is staged."""
+    the recode rows and any staged rows (photos that waited for a codec of their own) dropped;
+    InputError (nothing changed) unless all `n_items` have a recode."""
     n_recoded = view.txn.stat(view.dbs["recode"])["entries"]
-    if n_recoded != n_items or view.txn.stat(view.dbs["staging"])["entries"]:
+    if n_recoded != n_items:
         raise InputError(f"{path}: {n_items - n_recoded} of {n_items} items have no code under the pending codec yet")
+    view.txn.drop(view.dbs["staging"], delete=False)
     pending = meta["pending_codec"]
     ids, codes = [], []
     for k, code in view.txn.cursor(db=view.dbs["recode"]):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import StoreError
 from . import recoding, segments, verify
-from .format import CorruptValue, Item, decode_item_segment, int_key, items_of, key_int
+from .format import CorruptValue, Item, codec_key, codec_slots, decode_item_segment, int_key, items_of, key_int
 from .ivf_rows import AssignLists, load_lists
 from .opening import (
     DEFAULT_MAP_SIZE,
@@ -220,9 +220,17 @@ class Store:
                 f"{' --pretrained ' + tag if tag else ''} or use a new --store"
             )
 
-    def codec_bytes(self) -> bytes | None:
+    def codec_bytes(self, codec_id: str | None = None) -> bytes | None:
+        """The bytes of codec `codec_id` of the store's set (None: its first codec)."""
         with self._read() as v:
-            return v.get(b"codec", "codec")
+            slots = codec_slots(v.read_meta())
+            if codec_id is not None and codec_id not in slots:
+                return None
+            return v.get(codec_key(0 if codec_id is None else slots.index(codec_id)), "codec")
+
+    def codec_ids(self) -> list[str]:
+        """The store's codecs, first codec first ([] before it has one)."""
+        return [c for c in codec_slots(self.meta()) if c]
 
     def training_queries(self) -> np.ndarray | None:
         """Text query embeddings (float16 (n, dim)) recorded for training the codec, or None."""
@@ -278,6 +286,14 @@ class Store:
         with self._read() as v:
             return v.load_codes()
 
+    def load_code_groups(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{codec id: (ids, codes)} of every codec that holds codes, one snapshot (views of
+        load_codes(), whose rows they split)."""
+        with self._read() as v:
+            ids, codes = v.load_codes()
+            slices, slots = v.code_slices(), codec_slots(v.read_meta())
+        return {slots[slot]: (ids[rows], codes[rows]) for slot, rows in slices.items()}
+
     def codes_by_id(self) -> dict:
         """{item id: packed code (a row of load_codes)} of every coded item, one snapshot."""
         ids, codes = self.load_codes()
@@ -313,6 +329,7 @@ class Store:
             "schema": meta.get("schema"),
             "code_bytes": meta.get("code_bytes"),
             "codec_id": meta.get("codec_id"),
+            "codec_ids": [c for c in codec_slots(meta) if c],
             "model_id": meta.get("model_id"),
             "generation": meta.get("generation"),
             "created": meta.get("created"),

@@ -13,7 +13,17 @@ import os
 from pathlib import Path
 
 from . import segments
-from .format import MAX_HASH_BYTES, CorruptValue, decode_item_segment, key_int, unpack_code_segment
+from .format import (
+    MAX_HASH_BYTES,
+    CorruptValue,
+    codec_key,
+    codec_slots,
+    decode_item_segment,
+    key_int,
+    segment_number,
+    segment_slot,
+    unpack_code_segment,
+)
 from .ivf_rows import verify_rows
 from .opening import one_line
 from .recoding import verify_recodes
@@ -93,6 +103,10 @@ def _items(view, meta: dict) -> tuple[set[int], list[str]]:
 def _codes(view, meta: dict) -> tuple[dict[int, int], list[str]]:
     coded: dict[int, int] = {}
     problems = []
+    slots = codec_slots(meta)
+    for slot, codec_id in enumerate(slots):
+        if codec_id is not None and view.get(codec_key(slot), "codec") is None:
+            problems.append(f"codec {codec_id} (slot {slot}) has no bytes")
     for k, raw in view.txn.cursor(db=view.dbs["codes"]):
         seg = key_int(k)
         try:
@@ -102,8 +116,11 @@ def _codes(view, meta: dict) -> tuple[dict[int, int], list[str]]:
             continue
         if codes.shape[1] != meta.get("code_bytes"):
             problems.append(f"segment {seg}: code width {codes.shape[1]} != code_bytes {meta.get('code_bytes')}")
-        if seg >= meta.get("next_segment", 0):
+        if segment_number(seg) >= meta.get("next_segment", 0):
             problems.append(f"segment {seg} >= next_segment {meta.get('next_segment')}")
+        slot = segment_slot(seg)
+        if slot >= len(slots) or slots[slot] is None:
+            problems.append(f"segment {seg}: codes of codec slot {slot}, which the store's codec set does not hold")
         for i in ids.tolist():
             if i in coded:
                 problems.append(f"item {i} has codes in segments {coded[i]} and {seg}")

@@ -2,7 +2,7 @@
 ends, aborted if it raises, so a batch lands entirely or not at all (also under kill -9).
 
 Every item has exactly one of a code or a staging row (float16 embedding, db `staging`,
-before the store has a codec). The batch's item changes go to item segments at commit
+while no codec of the store's set takes it). The batch's item changes go to item segments at commit
 (item_writes.py), its codes to code segments (code_segments.py), whose IVF list rows follow
 (ivf_rows.py); a retrain's pending codec and recode rows: recoding.py.
 """
@@ -18,7 +18,7 @@ from ..errors import InputError
 from . import recoding, segments
 from .batch import ReplayingBatch
 from .code_segments import CodeSegmentWrites
-from .format import MANAGED_META, Item, fs_bytes, int_key, item_of, item_segment_row
+from .format import MANAGED_META, MAX_CODECS, Item, codec_key, codec_slots, fs_bytes, int_key, item_of, item_segment_row
 from .item_writes import merge_item_segments, write_items
 from .ivf_rows import AssignLists, IvfRows
 from .opening import Environment
@@ -92,8 +92,9 @@ class Writer(ReplayingBatch):
 
     # -- items and codes ---------------------------------------------------------------------------
 
-    def add_item(self, item: Item, code=None, embedding=None, keep_id: bool = False) -> int:
-        """Store a new item with exactly one of a code or a (staging) embedding; returns its id.
+    def add_item(self, item: Item, code=None, embedding=None, keep_id: bool = False, codec: str | None = None) -> int:
+        """Store a new item with exactly one of a code (of the codec `codec`, an id of the
+        store's codec set; None: its first codec) or a (staging) embedding; returns its id.
         `keep_id`: the item keeps its id when that is larger than every id the store has used
         (what an import of an export does, so links to ids survive), else it gets a new one."""
         if item.id not in (0, None) and not keep_id:
@@ -103,27 +104,29 @@ class Writer(ReplayingBatch):
         if (code is None) == (embedding is None):
             raise InputError(f"{item.path}: add_item needs exactly one of code= or embedding=")
         vec = self._code_bytes(code) if code is not None else self._embedding_bytes(embedding)
-        return self._run(self._add, dataclasses.replace(item, id=item.id if keep_id else 0), code is not None, vec)
+        slot = self._slot(codec) if code is not None else None
+        return self._run(self._add, dataclasses.replace(item, id=item.id if keep_id else 0), slot, vec)
 
     def update_item(self, item: Item) -> None:
         """Replace an item's metadata (e.g. a moved file's new path), keeping its code."""
         self._run(self._update, dataclasses.replace(item))
 
-    def set_code(self, id: int, code) -> None:
-        """Give an item a new code (replacing its old code or staging row)."""
-        self._run(self._set_vectors, (int(id),), True, self._code_bytes(code))
+    def set_code(self, id: int, code, codec: str | None = None) -> None:
+        """Give an item a new code of the codec `codec` (None: the store's first), replacing its
+        old code or staging row."""
+        self._run(self._set_vectors, (int(id),), self._slot(codec), self._code_bytes(code))
 
-    def set_codes(self, ids, codes) -> None:
+    def set_codes(self, ids, codes, codec: str | None = None) -> None:
         """set_code for many items: codes uint8 (n, code_bytes)."""
         codes = np.asarray(codes)
         if codes.ndim != 2 or len(codes) != len(ids):
             raise InputError(f"set_codes: codes shape {codes.shape} does not match {len(ids)} ids")
         rows = tuple(self._code_bytes(c) for c in codes)
-        self._run(self._set_vectors, tuple(int(i) for i in ids), True, rows, True)
+        self._run(self._set_vectors, tuple(int(i) for i in ids), self._slot(codec), rows, True)
 
     def set_embedding(self, id: int, embedding) -> None:
         """Stage a new embedding for an item (replacing its code or staging row)."""
-        self._run(self._set_vectors, (int(id),), False, self._embedding_bytes(embedding))
+        self._run(self._set_vectors, (int(id),), None, self._embedding_bytes(embedding))
 
     def delete_item(self, id: int) -> None:
         """Remove an item: its metadata, lookups, code or staging row."""
@@ -145,9 +148,36 @@ class Writer(ReplayingBatch):
 
     def set_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
         """Embed the codec; codes written afterwards must be code_bytes long."""
-        if self._codes.new and code_bytes != self._meta["code_bytes"]:
+        if self._codes.holds_new() and code_bytes != self._meta["code_bytes"]:
             raise InputError("set_codec: this batch already holds codes of another width")
+        if len([s for s in codec_slots(self._meta) if s]) > 1:
+            raise InputError(f"{self.path} holds a set of codecs: add_codec, or retrain into one")
         self._run(self._set_codec, bytes(codec_bytes), str(codec_id), int(code_bytes))
+
+    def add_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
+        """Add a codec to the store's set (the first one: as set_codec): items may then be given
+        codes of it (add_item / set_code(s) with codec=codec_id). Every codec of a store writes
+        codes of the same width. A store with a set keeps no IVF (it indexes one codec's codes)."""
+        slots = codec_slots(self._meta)
+        if not slots:
+            return self.set_codec(codec_bytes, codec_id, code_bytes)
+        if codec_id in slots:
+            raise InputError(f"{self.path} already holds codec {codec_id}")
+        if int(code_bytes) != self._meta["code_bytes"]:
+            raise InputError(
+                f"codec {codec_id} writes {code_bytes}-byte codes; this store's are {self._meta['code_bytes']}"
+            )
+        slot = slots.index(None) if None in slots else len(slots)
+        if slot >= MAX_CODECS:
+            raise InputError(f"{self.path} holds {MAX_CODECS} codecs already")
+        self._run(self._add_codec, bytes(codec_bytes), str(codec_id), slot)
+
+    def drop_codec(self, codec_id: str) -> None:
+        """Remove a codec that no item uses any more from the set (not the store's first)."""
+        slot = self._slot(codec_id)
+        if slot == 0:
+            raise InputError(f"codec {codec_id} is the store's first codec; it stays")
+        self._run(self._drop_codec, slot)
 
     def set_training_queries(self, queries) -> None:
         """Record text query embeddings (n, dim) that codec training (and retraining) will use."""
@@ -239,6 +269,15 @@ class Writer(ReplayingBatch):
             raise InputError("embedding has NaN or infinite values")
         return x16.tobytes()
 
+    def _slot(self, codec: str | None) -> int:
+        """The slot of codec id `codec` in the store's set (None: the first codec, slot 0)."""
+        if codec is None:
+            return 0
+        slots = codec_slots(self._meta)
+        if codec not in slots:
+            raise InputError(f"{self.path} holds no codec {codec}")
+        return slots.index(codec)
+
     def _require(self, id: int) -> Item:
         item = self.get_item(id)
         if item is None:
@@ -247,7 +286,7 @@ class Writer(ReplayingBatch):
 
     # -- operations (validate, then mutate; replayed after the map grows) ----------------------------
 
-    def _add(self, item: Item, is_code: bool, vec: bytes) -> int:
+    def _add(self, item: Item, slot: int | None, vec: bytes) -> int:
         id_ = max(self._meta["next_id"], item.id)  # ids only grow: a new item's id is above every stored one
         row = item_segment_row(item, id_)
         pkey = segments.path_key(row.path)
@@ -259,7 +298,7 @@ class Writer(ReplayingBatch):
         ix.paths.add(pkey, id_)
         ix.hashes.add(segments.hash_key(item.hash), id_)
         self._put_meta("next_id", id_ + 1)
-        self._attach_vector(id_, is_code, vec)
+        self._attach_vector(id_, slot, vec)
         return id_
 
     def _update(self, item: Item) -> None:
@@ -278,12 +317,12 @@ class Writer(ReplayingBatch):
             ix.hashes.add(segments.hash_key(item.hash), item.id)
         self._rows[item.id] = row
 
-    def _set_vectors(self, ids: tuple, is_code: bool, vecs, many: bool = False) -> None:
+    def _set_vectors(self, ids: tuple, slot: int | None, vecs, many: bool = False) -> None:
         for id_ in ids:
             self._require(id_)
         self._detach_vectors(ids)
         for i, id_ in enumerate(ids):
-            self._attach_vector(id_, is_code, vecs[i] if many else vecs)
+            self._attach_vector(id_, slot, vecs[i] if many else vecs)
 
     def _delete(self, ids: tuple) -> None:
         stored = [i for i in ids if i not in self._rows]  # the rest this batch changed or added
@@ -304,6 +343,21 @@ class Writer(ReplayingBatch):
         self._put_meta("codec_id", codec_id)
         self._put_meta("code_bytes", code_bytes)
 
+    def _add_codec(self, codec: bytes, codec_id: str, slot: int) -> None:
+        slots = codec_slots(self._meta)
+        slots[slot : slot + 1] = [codec_id]
+        self.txn.put(codec_key(slot), codec, db=self.dbs["codec"])
+        self._put_meta("codec_set", slots)
+        self._ivf.drop()  # the IVF's lists are of the first codec's codes alone
+
+    def _drop_codec(self, slot: int) -> None:
+        slots = codec_slots(self._meta)
+        slots[slot] = None
+        while slots and slots[-1] is None:
+            slots.pop()
+        self.txn.delete(codec_key(slot), db=self.dbs["codec"])
+        self._put_meta("codec_set", slots if len(slots) > 1 else None)
+
     def _set_queries(self, raw: bytes, shape: list) -> None:
         self.txn.put(b"queries", raw, db=self.dbs["codec"])
         self._put_meta("training_queries", shape)
@@ -319,6 +373,11 @@ class Writer(ReplayingBatch):
         )
         ids, codes = recoding.take_for_switch(self, self._meta, self._put_meta, n_items, self.path)
         self._ivf.drop()  # its lists belong to the old codes (retrain builds a new IVF)
+        for slot, codec_id in enumerate(codec_slots(self._meta)):
+            if slot and codec_id:  # one codec again: the set's others go with their codes
+                self.txn.delete(codec_key(slot), db=self.dbs["codec"])
+        if self._meta.get("codec_set"):
+            self._put_meta("codec_set", None)
         self._codes.replace_all(ids, codes)
 
     def _set_ivf(self, centroids, info, ids, lists, every: bool) -> None:
@@ -327,9 +386,10 @@ class Writer(ReplayingBatch):
     def _drop_ivf(self) -> None:
         self._ivf.drop()
 
-    def _attach_vector(self, id_: int, is_code: bool, vec: bytes) -> None:
-        if is_code:
-            self._codes.add(id_, vec)
+    def _attach_vector(self, id_: int, slot: int | None, vec: bytes) -> None:
+        """A code of the codec in `slot`, or (slot None) a staging row."""
+        if slot is not None:
+            self._codes.add(id_, vec, slot)
         else:
             if not self._meta["dim"]:
                 self._put_meta("dim", len(vec) // 2)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from semdb import Codec
 from semdb.errors import CodecError
 from semdb.packing import pack, unpack
+from semdb.search.index import codec_index
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "embeddings"
 
@@ -80,7 +81,7 @@ def test_adc_scores_equal_cosine_to_additive_decode(data, k, bits, kw):
     np.testing.assert_allclose(c.scores(Q, codes), Q @ c.decode(codes).T, atol=1e-4)
     # The search returns the exact top-k of those scores (fast-scan shortlist + exact rerank).
     # (Compared by score: identical codes tie, and ties may come in any order.)
-    ids, scores = c.search(Q, codes, k=10)
+    ids, scores = codec_index(c, codes).search(Q, 10)
     exact = c.scores(Q, codes)
     np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :10], atol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(exact, ids, 1), scores, atol=1e-5)
@@ -177,7 +178,7 @@ def test_bad_embeddings_raise_clear_value_errors(codec, bad, msg):
 def test_bad_queries_raise_clear_value_errors(codec):
     codes = codec.encode(clip_like(3))
     with pytest.raises(ValueError, match="queries: row 0 contains NaN"):
-        codec.search(np.full((1, 128), np.nan, np.float32), codes)
+        codec.scores(np.full((1, 128), np.nan, np.float32), codes)
     with pytest.raises(ValueError, match="queries: has dimension 3"):
         codec.scores(np.ones(3, np.float32), codes)
 
@@ -214,7 +215,7 @@ def test_the_quantizer_variant_is_chosen_from_the_config(codec, data):
 
 
 def test_search_pads_when_fewer_items_than_k(codec, data):
-    ids, scores = codec.search(data[1][:2], codec.encode(data[1][:3]), k=5)
+    ids, scores = codec_index(codec, codec.encode(data[1][:3])).search(data[1][:2], 5)
     assert ids.shape == (2, 5) and (ids[:, 3:] == -1).all() and (ids[:, :3] >= 0).all()
 
 
@@ -325,7 +326,7 @@ def test_version_1_codec_files_still_load_and_score_by_inner_product(data):
     np.testing.assert_array_equal(codes, c.encode(Xte))
     Q = clip_like(5, seed=3)
     np.testing.assert_allclose(v1.scores(Q, codes), Q @ v1.decode_additive(codes).T, atol=1e-4)
-    ids, scores = v1.search(Q, codes, k=5)
+    ids, scores = codec_index(v1, codes).search(Q, 5)
     np.testing.assert_allclose(scores, -np.sort(-v1.scores(Q, codes), axis=1)[:, :5], atol=1e-5)
 
 
@@ -352,7 +353,7 @@ def test_score_aware_refinement_never_raises_its_loss(data):
     assert (loss(new) <= loss(mse) + 1e-6).all() and loss(new).mean() < 0.9 * loss(mse).mean()
 
 
-# --- real CLIP embeddings: the figures of docs/CODEC.md ---------------------------------------
+# --- real CLIP embeddings: the figures of docs/notes/CODEC.md ---------------------------------------
 
 
 def _shopsphere_split(seed=0):
@@ -374,7 +375,7 @@ def _shopsphere_split(seed=0):
         (64, "paired", 0.69),  # every FAISS quantizer at 64 bits: <= 0.652
         (128, "none", 0.76),  # pair-free, coarse slot + cosine
         (64, "none", 0.62),  # pair-free, residual stages in the image metric (seed 0: 0.627;
-        # seeds 0-3 mean 0.663 against RQ8x8's 0.667, docs/CODEC.md)
+        # seeds 0-3 mean 0.663 against RQ8x8's 0.667, docs/notes/CODEC.md)
     ],
 )
 def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, source, min_r1):
@@ -385,13 +386,13 @@ def test_recall_with_and_without_text_queries_on_held_out_fashionclip(bits, sour
     S = codec.scores(queries, codes)
     assert _recall_at(S, 1) >= min_r1
     # the search (fast-scan shortlist by <q, x_hat>, cosine rerank) finds the same top-1
-    ids, _ = codec.search(queries, codes, k=1)
+    ids, _ = codec_index(codec, codes).search(queries, 1)
     assert float((ids[:, 0] == np.arange(len(queries))).mean()) == pytest.approx(_recall_at(S, 1), abs=0.002)
 
 
 def test_pair_free_64_bit_image_neighbours_on_held_out_fashionclip():
     # issue 12: LSQ8x8's image kNN@10 is 0.758 on this split (0.754 over training seeds)
-    # (the bench re-normalises the rows: 6e-8 of input change gives another codec; docs/CODEC.md)
+    # (the bench re-normalises the rows: 6e-8 of input change gives another codec; docs/notes/CODEC.md)
     train, _, gallery, _ = _shopsphere_split()
     codec = Codec.train(train, bits=64, seed=0)
     assert codec.residual and codec.config["residual_metric_shrink"] == 0.95

@@ -10,6 +10,7 @@ from semdb import Codec
 from semdb.codec import paper
 from semdb.codec.paper import PaperCodec, paper_shape, train_paper
 from semdb.errors import CodecError
+from semdb.search.index import codec_index
 
 # Small network and few epochs: these tests exercise the real torch training loop quickly.
 FAST = dict(hidden=64, feat=8, max_epochs=10, patience=10, batch_size=50)
@@ -132,7 +133,7 @@ def test_codec_over_the_paper_variant_scores_by_decoding(data, monkeypatch, tmp_
     Q = data[200:210]
     S = codec.scores(Q, codes)
     np.testing.assert_allclose(S, Q @ X_hat.T, atol=1e-6)
-    ids, _ = codec.search(Q, codes, k=1)
+    ids, _ = codec_index(codec, codes).search(Q, 1)
     np.testing.assert_array_equal(ids[:, 0], np.argmax(S, axis=1))
     for part in ("tables", "decoder"):
         with pytest.raises(CodecError, match="paper architecture"):

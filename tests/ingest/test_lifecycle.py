@@ -255,16 +255,21 @@ def test_a_store_grown_from_a_few_images_matches_one_built_in_one_go(tmp_path, f
     assert abs(grown - once) <= 0.02 and grown > 0.9 * float_r1, (grown, once, float_r1)
 
 
-def _shift_advice_run(store, X_train, X_same, X_shifted, model, dim_paths="/p"):
+# A store that keeps one codec (no codec of their own for new kinds of photo): the shift signal
+# is what tells its user that the codec no longer fits.
+ONE_CODEC = CodecPolicy(bits=256, max_codecs=1)
+
+
+def _shift_advice_run(store, X_train, X_same, X_shifted, model, dim_paths="/p", policy=ONE_CODEC):
     """Train a store's codec on X_train, add held-out photos of the same collection, then
     photos unlike them: (info after the same-collection photos, info after the shifted ones)."""
     with semdb.open(store) as db:
-        db.add_embeddings([f"{dim_paths}/t{i}.jpg" for i in range(len(X_train))], X_train, model=model, bits=256)
+        db.add_embeddings([f"{dim_paths}/t{i}.jpg" for i in range(len(X_train))], X_train, model=model, policy=policy)
         assert db.info()["compressed"]
-        db.add_embeddings([f"{dim_paths}/s{i}.jpg" for i in range(len(X_same))], X_same)
+        db.add_embeddings([f"{dim_paths}/s{i}.jpg" for i in range(len(X_same))], X_same, policy=policy)
         same = db.info()
     with semdb.open(store) as db:  # the stats persist
-        s = db.add_embeddings([f"{dim_paths}/x{i}.jpg" for i in range(len(X_shifted))], X_shifted)
+        s = db.add_embeddings([f"{dim_paths}/x{i}.jpg" for i in range(len(X_shifted))], X_shifted, policy=policy)
         shifted = db.info()
     assert s["retrain_advice"] == shifted["retrain_advice"]
     return same, shifted
@@ -285,6 +290,26 @@ def test_photos_unlike_the_training_photos_advise_retrain(tmp_path, tiny_model):
     facts = json.loads(semdb_app("info", "--store", tmp_path / "s", "--json").stdout)
     assert facts["retrain_advice"] == shifted_info["retrain_advice"] and facts["codec"]["shift_ratio"] == ratio
     assert "shift ratio" in semdb_app("info", "--store", tmp_path / "s").stdout
+
+
+def test_photos_unlike_every_codec_wait_for_one_of_their_own(tmp_path, tiny_model):
+    """A store that may learn a codec per kind of photo stages the shifted photos (searched
+    exactly) instead of encoding them with a codec that does not know them; its codec's shift
+    ratio stays that of its own kind of photo, and nothing advises a retrain."""
+    from kit import clip_like_embeddings
+
+    from semdb.bench import source_shift
+
+    X = clip_like_embeddings(n=1100, dim=64, seed=5)["image_emb"]
+    train, same, new = X[:600], X[600:850], X[850:]
+    shifted = source_shift(train, new, 0.5, seed=1).apply(new)
+    same_info, info = _shift_advice_run(tmp_path / "s", train, same, shifted, tiny_model, policy=CodecPolicy())
+    assert same_info["waiting"] <= 0.03 * len(same)  # the home photos: coded by the home codec
+    assert info["waiting"] >= 0.9 * len(shifted) and info["retrain_advice"] is None
+    assert info["codec"]["shift_ratio"] < 1.3 and len(info["codecs"]) == 1
+    with semdb.open(tmp_path / "s", readonly=True) as db:  # waiting photos are found, exactly
+        hits = db.search_vectors(shifted[:20], k=1)
+        assert sum(h[0].path == f"/p/x{i}.jpg" for i, h in enumerate(hits)) >= 19
 
 
 @pytest.mark.skipif(not (DATA / "flickr8k_openai_vitb32_images.npz").exists(), reason="../shared/data is absent")

@@ -1,5 +1,5 @@
 """Reliability under faults: kill -9 at every ingest stage, a growing LMDB map, readers during
-writes, two writers at once. docs/RELIABILITY.md maps each fault to the test that proves it.
+writes, two writers at once. docs/notes/RELIABILITY.md maps each fault to the test that proves it.
 
 Kill points are deterministic: semdb calls ``semdb.faults.fault_point(NAME)`` at its stage
 boundaries, and SEMDB_FAULT_POINT=NAME:N makes the N-th call SIGKILL its own process.

@@ -10,7 +10,7 @@ import semdb
 from semdb import Codec
 from semdb.context import StoreContext
 from semdb.errors import InputError
-from semdb.ingest import ivf_upkeep
+from semdb.ingest import CodecPolicy, ivf_upkeep
 from semdb.search import ivf as search_ivf
 from semdb.search.index import codec_index
 from semdb.search.ivf import Assigner, IvfIndex, nlist_for, train_centroids
@@ -115,6 +115,10 @@ def _paths(n, start=0):
     return [f"/photos/{'a' if i % 2 else 'b'}/img{i:05d}.jpg" for i in range(start, start + n)]
 
 
+# the IVF indexes one codec's codes: these stores keep one (every photo coded, none staged)
+ONE_CODEC = CodecPolicy(bits=64, max_codecs=1)
+
+
 def _db(path):
     return semdb.open(path)
 
@@ -123,9 +127,9 @@ def test_store_builds_keeps_and_updates_the_ivf(tmp_path, monkeypatch):
     monkeypatch.setattr(ivf_upkeep, "MIN_ITEMS", 1500)
     X = clustered(2400, seed=1)
     with _db(tmp_path / "s") as db:
-        db.add_embeddings(_paths(1000), X[:1000], model="ViT-B-32", bits=64)
+        db.add_embeddings(_paths(1000), X[:1000], model="ViT-B-32", policy=ONE_CODEC)
         assert db.info()["ivf"] is None  # below the threshold: exhaustive
-        db.add_embeddings(_paths(1000, 1000), X[1000:2000])
+        db.add_embeddings(_paths(1000, 1000), X[1000:2000], policy=ONE_CODEC)
         info = db.info()["ivf"]
         assert info and info["built_on"] == 2000 and info["nlist"] == nlist_for(2000)
         assert db.store.verify() == []
@@ -137,7 +141,7 @@ def test_store_builds_keeps_and_updates_the_ivf(tmp_path, monkeypatch):
         assert hits[0].path == _paths(1, 5)[0]
         assert db.query_vectors(X[5:6], k=3, nprobe=index.nlist)[0][0].id == hits[0].id
     with _db(tmp_path / "s") as db:  # incremental: new items get their list in their own commit
-        db.add_embeddings(_paths(400, 2000), X[2000:])
+        db.add_embeddings(_paths(400, 2000), X[2000:], policy=ONE_CODEC)
         got = db.store.load_ivf()
         assert got[1]["built_on"] == 2000 and (got[3] >= 0).all() and len(got[3]) == 2400
         found = [db.query_vectors(X[i : i + 1], k=1)[0][0].path for i in range(2000, 2400, 40)]
@@ -160,7 +164,7 @@ def test_store_builds_keeps_and_updates_the_ivf(tmp_path, monkeypatch):
 def test_codes_written_without_an_assigner_are_assigned_when_read_and_filled_later(tmp_path):
     X = clustered(1200, seed=2)
     with _db(tmp_path / "s") as db:
-        db.add_embeddings(_paths(1000), X[:1000], model="ViT-B-32", bits=64)
+        db.add_embeddings(_paths(1000), X[:1000], model="ViT-B-32", policy=ONE_CODEC)
         ctx = StoreContext(db.store)
         ivf_upkeep.build(ctx, nlist=16)
         codes = db.codec.encode(X[1000:])
@@ -177,9 +181,9 @@ def test_growth_rebuilds_the_ivf(tmp_path, monkeypatch):
     monkeypatch.setattr(ivf_upkeep, "MIN_ITEMS", 600)
     X = clustered(2600, seed=3)
     with _db(tmp_path / "s") as db:
-        db.add_embeddings(_paths(600), X[:600], model="ViT-B-32", bits=64)
+        db.add_embeddings(_paths(600), X[:600], model="ViT-B-32", policy=ONE_CODEC)
         assert db.info()["ivf"]["built_on"] == 600
-        db.add_embeddings(_paths(2000, 600), X[600:])
+        db.add_embeddings(_paths(2000, 600), X[600:], policy=ONE_CODEC)
         assert db.info()["ivf"]["built_on"] == 2600  # grown 4x: new centroids, every code reassigned
 
 
@@ -203,7 +207,7 @@ def test_retrain_rebuilds_the_ivf(tmp_path, tiny_model):
 def test_a_store_from_before_the_ivf_still_reads(tmp_path):
     X = clustered(800, seed=4)
     with _db(tmp_path / "s") as db:
-        db.add_embeddings(_paths(800), X, model="ViT-B-32", bits=64)
+        db.add_embeddings(_paths(800), X, model="ViT-B-32", policy=ONE_CODEC)
         ref = [h.id for h in db.query_vectors(X[:1], k=5)[0]]
     env = lmdb.open(str(tmp_path / "s"), max_dbs=16)  # what a store written before the ivf db looks like
     with env.begin(write=True) as txn:

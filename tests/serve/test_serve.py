@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,6 +201,15 @@ def test_thumbnails_are_jpegs_of_the_right_item(served):
         assert min(errors, key=errors.get) == name, errors
     status, _, body = server.get(f"/thumb/{items['a', 'astronaut.jpg'].id}")  # default size
     assert status == 200 and max(Image.open(io.BytesIO(body)).size) == 256
+    # a tile of the page's grid: the centre square, as wide as asked
+    rocket = Image.open(photos / "a" / "rocket.jpg")
+    status, _, body = server.get(f"/thumb/{items['a', 'rocket.jpg'].id}?size=96&square=1")
+    tile = Image.open(io.BytesIO(body))
+    assert status == 200 and tile.size == (96, 96)
+    side = min(rocket.size)
+    left, top = (rocket.width - side) // 2, (rocket.height - side) // 2
+    centre = rocket.crop((left, top, left + side, top + side))
+    assert float(np.abs(_small(tile) - _small(centre)).mean()) < float(np.abs(_small(tile) - _small(rocket)).mean())
 
 
 def test_full_size_view(served):
@@ -221,6 +231,32 @@ def test_the_page_and_its_assets(served):
     for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
         status, headers, body = server.get(asset)
         assert status == 200 and kind in headers["content-type"] and body
+
+
+def test_the_page_outlives_a_reinstall_under_the_server(tmp_path, tiny_model):
+    """The page's files are read at start: a server run from a copy of the package keeps its
+    page when that copy's static/ folder is moved away (as a reinstall does)."""
+    import semdb
+
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(semdb.__file__).parent, tree / "semdb", ignore=shutil.ignore_patterns("__pycache__"))
+    store = tmp_path / "store"
+    _ingest(store, [write_photos(tmp_path / "photos", n_generated=1)], tiny_model, train_now=False)
+    static = tree / "semdb" / "serve" / "static"
+    (static / "index.html").write_text((static / "index.html").read_text() + "<!-- the copy -->\n")
+    server = Server(store, env={"PYTHONPATH": str(tree)}, cwd=tree)
+    try:
+        before = {target: server.get(target) for target in ("/", "/static/app.js", "/static/style.css")}
+        assert all(status == 200 for status, _, _ in before.values())
+        assert before["/"][2].endswith(b"<!-- the copy -->\n")  # served from the copy
+        static.rename(static.with_name("static-old"))
+        for target, (_, headers, body) in before.items():
+            status, again_headers, again = server.get(target)
+            assert status == 200 and again == body, (target, status, again[:200])
+            assert again_headers["content-type"] == headers["content-type"]
+    finally:
+        assert server.stop() == 0, server.output()
+    assert "Traceback" not in server.output(), server.output()
 
 
 # --- bad requests -----------------------------------------------------------------------------
@@ -279,6 +315,12 @@ BAD_GETS = [
     ("/image/etc%00", 400),
     ("/static/../../../etc/passwd", 404),
     ("/static/..%2F..%2F..%2Fetc%2Fpasswd", 404),
+    ("/static/nothing.js", 404),
+    ("/static/", 404),
+    ("/thumb/1?size=1025", 400),
+    ("/thumb/1?size=31", 400),
+    ("/thumb/1?square=2", 400),
+    ("/thumb/1?square=yes", 400),
     ("/etc/passwd", 404),
     ("/api/nothing", 404),
 ]

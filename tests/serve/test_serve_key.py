@@ -12,6 +12,7 @@ import datetime
 import http.client
 import io
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import stat
 import subprocess
 import time
 import urllib.parse
+from importlib import resources
 
 import pytest
 from kit import CHROMIUM_ARGS, TIMEOUT_MS, chromium, semdb_cli, write_photos
@@ -88,7 +90,7 @@ def _jpeg() -> bytes:
 
 def _app_routes(store):
     """(methods, path) of every route of the app a server builds, read from create_app itself,
-    so a route added later is checked too (the Mount of static/ as one file each)."""
+    so a route added later is checked too (the page's files each as one)."""
     import semdb
     from semdb.serve.app import create_app
 
@@ -97,12 +99,12 @@ def _app_routes(store):
         while not hasattr(app, "routes"):
             app = app.app  # the guards around the Starlette app
         found = []
+        static = resources.files("semdb.serve") / "static"
         for route in app.routes:
-            if hasattr(route, "methods"):
+            if route.path == "/static/{name}":  # one route for the page's files: each of them
+                found += [(["GET"], f"/static/{f.name}") for f in sorted(static.iterdir(), key=lambda f: f.name)]
+            else:
                 found.append((sorted(route.methods - {"HEAD"}), route.path))
-            else:  # Mount("/static", StaticFiles(directory=...))
-                folder = route.app.directory
-                found += [(["GET"], f"{route.path}/{name}") for name in sorted(os.listdir(folder))]
         app.state.service.close()
     return found
 
@@ -169,6 +171,32 @@ def test_every_route_refuses_without_the_key_and_answers_with_it(keyed, store):
         assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
         csp = headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+
+
+def _qr_modules(block: str) -> list[list[bool]]:
+    """The dark modules of a QR code drawn two rows a character (a full block: both light)."""
+    top = {"\u2588": False, "\u2580": False, "\u2584": True, " ": True}
+    bottom = {"\u2588": False, "\u2580": True, "\u2584": False, " ": True}
+    rows = []
+    for line in block.splitlines():
+        rows += [[top[c] for c in line], [bottom[c] for c in line]]
+    return rows
+
+
+def test_a_network_server_prints_its_url_as_a_qr_code(keyed):
+    import segno
+
+    server, key, _ = keyed
+    output = server.wait_output("scan it with a phone:")
+    url = URL_LINE.search(output).group(0).removeprefix("access key: open ")
+    after = output.split("scan it with a phone:\n", 1)[1].splitlines()
+    lines = list(itertools.takewhile(lambda line: line and set(line) <= set("\u2588\u2580\u2584 "), after))
+    block = "\n".join(lines)
+    assert len(lines) >= 15 and len({len(line) for line in lines}) == 1, block  # a square block of its own
+    modules = _qr_modules(block)
+    border = 4
+    drawn = [row[border:-border] for row in modules[border : border + len(modules[0]) - 2 * border]]
+    assert drawn == [[bool(m) for m in row] for row in segno.make(url, error="l").matrix]  # that URL, scannable
 
 
 def test_the_url_key_becomes_a_session_cookie(keyed):
@@ -373,6 +401,7 @@ def test_loopback_is_key_free_unless_asked(tmp_path, tiny_model):
         key = _printed_key(server)
         _error(server.get("/api/info"), 401)
         assert server.get("/api/info", headers=_bearer(key))[0] == 200
+        assert "scan it" not in server.output() and "\u2588" not in server.output()  # no QR code on loopback
     finally:
         assert server.stop() == 0
 

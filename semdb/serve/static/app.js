@@ -72,6 +72,7 @@ function formFilters() {
 
 function showInForm(s) {
   for (const name of FILTERS) $(name).value = s[name] || "";
+  countFilters();
   const k = s.k || DEFAULT_K;
   if (![...$("k").options].some((o) => o.value === k)) $("k").append(new Option(k, k));
   $("k").value = k;
@@ -104,7 +105,8 @@ function go(s, push = true) {
   showInForm(s);
   const url = urlOf(s);
   const entry = s.upload ? { upload: s.upload } : null;
-  if (push) history.pushState(entry, "", url); else history.replaceState(entry, "", url);
+  const fromView = history.state && history.state.viewer;  // "More like this" in the full view: in its place
+  if (push && !fromView) history.pushState(entry, "", url); else history.replaceState(entry, "", url);
   return run(s);
 }
 
@@ -144,6 +146,7 @@ async function run(s) {
       if (mine !== seq) return;
       render(body.items.map((it) => ({ ...it, note: day(it.taken) })));
       showCollectionStatus(s, body, limit);
+      window.scrollTo(0, 0);
       return;
     }
     let url = "/api/search?", options, what;
@@ -166,16 +169,24 @@ async function run(s) {
     if (mine !== seq) return;
     if (kind === "like") {
       what = `like ${ref ? basename(ref.path) : "photo " + s.like}`;
-      if (ref) setReference(`/thumb/${ref.id}?size=256`, `More like ${basename(ref.path)}`, ref.path);
+      if (ref) setReference(thumb(ref.id, 96), `More like ${basename(ref.path)}`, ref.path);
     }
     render(body.hits.map((h) => ({ ...h, note: h.score.toFixed(4) })));
     const ms = body.ms !== undefined ? ` (${Math.round(body.ms)} ms)` : "";
     setStatus(`${plural(body.hits.length, "result")} ${what}${where(s)}${ms}`);
+    window.scrollTo(0, 0);  // new results start at the top, with their reference image
   } catch (e) {
     if (mine !== seq) return;
     render([]);
     setStatus(e.message, true);
   }
+}
+
+// What a listing holds, photos and video frames told apart: "12 photos and 40 frames of 2 videos".
+function kinds({ total, photos = total, frames = 0, videos = 0 }) {
+  const clips = `${plural(frames, "frame")} of ${plural(videos, "video")}`;
+  if (!frames) return plural(photos, "photo");
+  return photos ? `${plural(photos, "photo")} and ${clips}` : clips;
 }
 
 function showCollectionStatus(s, body, limit) {
@@ -186,7 +197,7 @@ function showCollectionStatus(s, body, limit) {
     return;
   }
   const pages = Math.max(1, Math.ceil(total / limit));
-  let text = `${plural(total, "photo")}${where(s)}, newest first`;
+  let text = `${kinds(body)}${where(s)}, newest first`;
   if (pages > 1) {
     const first = (s.page - 1) * limit + 1;
     text += items.length ? ` · ${first}–${first + items.length - 1} shown` : ` · none on page ${s.page}`;
@@ -213,7 +224,7 @@ function showReference(s) {
 
 function setReference(src, caption, alt) {
   const box = $("ref-box");
-  box.replaceChildren(picture(src, alt, () => {}));
+  box.replaceChildren(picture(src, alt));
   $("ref-caption").textContent = caption;
   $("reference").hidden = false;
 }
@@ -235,37 +246,55 @@ function missing() {
 
 // An <img> that becomes a "file missing" box when the server has no picture for it (the
 // item's file was deleted or cannot be read: a 404 or 422 JSON answer, no broken icon).
-function picture(src, alt, onClick) {
+function picture(src, alt) {
   const img = document.createElement("img");
-  img.alt = alt; img.src = src; img.loading = "lazy";
-  img.addEventListener("click", onClick);
+  img.alt = alt; img.src = src; img.loading = "lazy"; img.draggable = false;
   img.addEventListener("error", () => {
     const box = missing(); box.title = alt;
-    box.addEventListener("click", onClick);
     img.replaceWith(box);
   });
   return img;
+}
+
+// A thumbnail's URL: the centre square of the item, `side` CSS pixels wide, as many device
+// pixels as the screen has (a phone's 3x screen gets 3x the pixels), in steps of 32.
+function thumb(id, side) {
+  const px = Math.min(1024, Math.max(64, Math.ceil((side * (window.devicePixelRatio || 1)) / 32) * 32));
+  return `/thumb/${id}?size=${px}&square=1`;
+}
+
+// The width of the grid's columns now (the tiles are square).
+function tileSide() {
+  return parseFloat(getComputedStyle($("grid")).gridTemplateColumns) || 180;
 }
 
 function render(cards) {
   shown = cards;
   const grid = $("grid");
   grid.replaceChildren();
+  const side = tileSide();
   cards.forEach((card, i) => {
     const el = document.createElement("div");
-    el.className = "hit"; el.dataset.id = card.id;
+    el.className = "hit"; el.dataset.id = card.id; el.title = place(card);
+    el.addEventListener("click", (e) => { if (!e.target.closest("button")) view(i); });
     const meta = document.createElement("div"); meta.className = "meta";
     const note = document.createElement("span"); note.className = "note"; note.textContent = card.note;
     if (card.score !== undefined) { note.classList.add("score"); note.dataset.score = card.score; }
-    const path = document.createElement("span"); path.className = "path"; path.textContent = place(card); path.title = card.path;
-    const actions = document.createElement("div"); actions.className = "actions";
-    actions.append(button("More like this", "like", () => go({ like: String(card.id), ...formFilters(), page: 1 })),
-                   button("Folder", "folder", () => showFolder(dirname(card.path))));
-    meta.append(note, path, actions);
-    el.append(picture(`/thumb/${card.id}?size=256`, card.path, () => view(i)), meta);
+    const path = document.createElement("span"); path.className = "path"; path.textContent = place(card);
+    const row = document.createElement("div"); row.className = "row";
+    row.append(button("More like this", "like", () => moreLike(card)),
+               button("Folder", "folder", () => showFolder(dirname(card.path))));
+    meta.append(note, path, row);
+    el.append(picture(thumb(card.id, side), card.path), meta);
+    if (card.time !== undefined) {  // a video frame: a badge with its time in the video
+      const badge = document.createElement("span"); badge.className = "badge"; badge.textContent = clock(card.time);
+      el.append(badge);
+    }
     grid.append(el);
   });
 }
+
+function moreLike(card) { go({ like: String(card.id), ...formFilters(), page: 1 }); }
 
 // "Folder": that folder's photos, newest first (not the current search narrowed to it).
 function showFolder(folder) {
@@ -273,48 +302,74 @@ function showFolder(folder) {
 }
 
 // --- the full view ------------------------------------------------------------------------
+// It fills the screen. Swipe (or drag) left/right for the next/previous item; a tap shows or
+// hides its bars; arrow keys and Esc on a keyboard.
 
 function view(i) {
   if (i < 0 || i >= shown.length) return;
+  const opening = viewing < 0;
   viewing = i;
   const card = shown[i];
-  const full = $("full");
+  const full = $("full"), video = $("full-video"), isVideo = card.time !== undefined;
   $("full-missing").hidden = true;
-  const video = $("full-video");
-  full.hidden = card.time !== undefined; video.hidden = !full.hidden;
-  if (card.time === undefined) {
+  full.hidden = isVideo; video.hidden = !isVideo;
+  $("viewer").classList.toggle("video", isVideo);
+  if (!isVideo) {
     full.src = `/image/${card.id}`; full.alt = card.path; video.pause(); video.removeAttribute("src");
   } else {  // a video frame: the video plays from that moment (the server answers byte ranges)
     full.removeAttribute("src"); video.src = `/video/${card.id}#t=${card.time}`; video.play().catch(() => {});
   }
-  $("full-path").textContent = `${place(card)} · ${card.note}`;
+  $("full-dir").textContent = dirname(card.path);  // (not on a phone: the name and date are what fit)
+  $("full-name").textContent = `${basename(place(card))} · ${card.note}`;
+  $("full-path").title = card.path;
   $("full-count").textContent = `${i + 1} of ${shown.length}`;
   $("full-prev").disabled = i === 0;
   $("full-next").disabled = i === shown.length - 1;
+  if (opening) {  // a history entry of its own: a phone's Back closes the full view, not the page
+    $("viewer").classList.remove("bare");
+    history.pushState({ ...history.state, viewer: true }, "", location.href);
+  }
   $("viewer").hidden = false;
+  document.body.classList.add("viewing");
 }
 
 function closeView() {
   if ($("viewer").hidden) return;
   $("viewer").hidden = true; $("full").removeAttribute("src"); viewing = -1;
   $("full-video").pause(); $("full-video").removeAttribute("src");
+  document.body.classList.remove("viewing");
 }
 
+let press = null;  // where a finger (or the mouse) went down on the full view
+$("viewer").addEventListener("pointerdown", (e) => {
+  press = e.target.closest("button") ? null : { x: e.clientX, y: e.clientY, id: e.pointerId };
+});
+$("viewer").addEventListener("pointercancel", () => { press = null; });
+$("viewer").addEventListener("pointerup", (e) => {
+  if (!press || e.pointerId !== press.id) return;
+  const dx = e.clientX - press.x, dy = e.clientY - press.y;
+  press = null;
+  if (Math.abs(dx) > 40 && Math.abs(dx) > 1.5 * Math.abs(dy)) view(viewing + (dx < 0 ? 1 : -1));
+  else if (Math.hypot(dx, dy) < 10 && e.target !== $("full-video")) $("viewer").classList.toggle("bare");
+});
 $("full").addEventListener("error", () => {
   if (!$("full").getAttribute("src")) return;
   $("full").hidden = true; $("full-missing").hidden = false;
 });
 $("full-prev").addEventListener("click", () => view(viewing - 1));
 $("full-next").addEventListener("click", () => view(viewing + 1));
-$("full-like").addEventListener("click", () => {
-  const card = shown[viewing];
-  if (card) go({ like: String(card.id), ...formFilters(), page: 1 });
-});
-$("full-close").addEventListener("click", closeView);
-$("viewer").addEventListener("click", (e) => { if (e.target === $("viewer") || e.target.tagName === "FIGURE") closeView(); });
+$("full-like").addEventListener("click", () => { if (shown[viewing]) moreLike(shown[viewing]); });
+$("full-folder").addEventListener("click", () => { if (shown[viewing]) showFolder(dirname(shown[viewing].path)); });
+// Closed by its button or Esc: its history entry goes too (the popstate that follows is ours).
+let leaving = false;
+function leaveView() {
+  closeView();
+  if (history.state && history.state.viewer) { leaving = true; history.back(); }
+}
+$("full-close").addEventListener("click", leaveView);
 document.addEventListener("keydown", (e) => {
   if ($("viewer").hidden) return;
-  if (e.key === "Escape") closeView();
+  if (e.key === "Escape") leaveView();
   else if (e.key === "ArrowLeft") { e.preventDefault(); view(viewing - 1); }
   else if (e.key === "ArrowRight") { e.preventDefault(); view(viewing + 1); }
 });
@@ -324,14 +379,28 @@ document.addEventListener("keydown", (e) => {
 $("search").addEventListener("submit", (e) => {
   e.preventDefault();
   const q = $("q").value.trim();
+  foldFilters(true);
+  $("q").blur();  // a phone's keyboard goes away
   go({ ...formFilters(), q, page: 1 }); // an empty search: the collection
 });
+// On a small screen the filters and the image search fold behind one button, which says how
+// many filters are set.
+function foldFilters(folded) {
+  document.querySelector("header").classList.toggle("open", !folded);
+  $("more-toggle").setAttribute("aria-expanded", String(!folded));
+}
+function countFilters() {
+  const set = FILTERS.filter((name) => $(name).value.trim()).length;
+  $("more-toggle").textContent = set ? `Filters (${set})` : "Filters";
+}
+$("more-toggle").addEventListener("click", () => foldFilters(document.querySelector("header").classList.contains("open")));
 $("upload").addEventListener("change", () => {
   const file = $("upload").files[0];
   $("upload").value = "";
   if (!file) return;
   const token = `u${Date.now()}${uploads.size}`;
   uploads.set(token, { file, url: URL.createObjectURL(file) });
+  foldFilters(true);
   go({ ...formFilters(), upload: token, page: 1 });
 });
 function filtersChanged() { const next = withFilters(); if (next) go(next); }
@@ -341,7 +410,16 @@ $("clear").addEventListener("click", () => { for (const name of FILTERS) $(name)
 $("ref-clear").addEventListener("click", () => go({ ...formFilters(), page: 1 }));
 $("newer").addEventListener("click", () => go({ ...state, page: state.page - 1 }));
 $("older").addEventListener("click", () => go({ ...state, page: state.page + 1 }));
-window.addEventListener("popstate", () => go(fromLocation(), false));
+window.addEventListener("popstate", () => {
+  if (leaving) { leaving = false; return; }
+  if (!$("viewer").hidden) { closeView(); return; }  // Back from the full view: the results as they were
+  go(fromLocation(), false);
+});
+history.scrollRestoration = "manual";  // each new page of results starts at the top
+if (matchMedia("(min-width: 701px)").matches) {  // not on a phone: its keyboard would cover the page, the hint not fit
+  $("q").placeholder = "Search photos: a red bicycle, 2:cat + dog - car";
+  $("q").focus();
+}
 
 api("/api/info").then((info) => {
   const model = info.model ? info.model.name.replace(/^local-dir:.*\//, "local:") : "no model yet";
