@@ -15,7 +15,7 @@ from semdb.images import content_hash
 from semdb.ingest.classify import classify
 from semdb.ingest.commit import commit_batch, prune_missing, stored_rows
 from semdb.ingest.decode import ahead, decode_ahead, decode_image
-from semdb.ingest.encode import embed_and_encode, reconstruction_errors
+from semdb.ingest.encode import CodecSet, embed_and_encode, reconstruction_errors
 from semdb.ingest.failures import FAILED_KEY
 from semdb.ingest.records import DecodedImage, EmbeddedBatch, EmbedJob, FileState, IngestSummary, Vectors
 from semdb.ingest.scan import NOT_AN_IMAGE, scan
@@ -221,18 +221,18 @@ def codec():
 def test_embed_without_a_codec_gives_float16_embeddings_of_the_decoded_images(tiny_embedder, decoded):
     import torch
 
-    got = embed_and_encode(tiny_embedder, decoded, None)
+    got = embed_and_encode(tiny_embedder, decoded, CodecSet())
     assert got.codes is None and got.embeddings.dtype == np.float16 and got.embeddings.shape == (3, 64)
     good = [d for d in decoded if d.error is None]
     expected = tiny_embedder.encode_images(torch.stack([d.pixels for d in good]))
     np.testing.assert_allclose(got.embeddings, expected, atol=2e-3)
-    assert len(got) == 3 and embed_and_encode(tiny_embedder, [decoded[1]], None) is None  # none decoded
+    assert len(got) == 3 and embed_and_encode(tiny_embedder, [decoded[1]], CodecSet()) is None  # none decoded
 
 
 def test_embed_with_a_codec_gives_its_codes_and_what_drift_is_measured_in(tiny_embedder, decoded, codec):
-    got = embed_and_encode(tiny_embedder, decoded, codec)
-    X = embed_and_encode(tiny_embedder, decoded, None).embeddings.astype(np.float32)
-    assert got.embeddings is None and got.codec_id == codec.id and got.codes.shape == (3, codec.code_bytes)
+    got = embed_and_encode(tiny_embedder, decoded, CodecSet((codec,), stage=False))  # none waits staged
+    X = embed_and_encode(tiny_embedder, decoded, CodecSet()).embeddings.astype(np.float32)
+    assert got.embeddings is None and got.codec_ids == (codec.id,) * 3 and got.codes.shape == (3, codec.code_bytes)
     np.testing.assert_array_equal(got.codes, codec.encode(X))
     assert got.errors.shape == (3,) and (got.errors >= 0).all()
     np.testing.assert_allclose(got.errors, reconstruction_errors(codec, X, got.codes), rtol=1e-3, atol=1e-4)
@@ -243,18 +243,20 @@ def test_embed_with_a_codec_gives_its_codes_and_what_drift_is_measured_in(tiny_e
 # --------------------------------------------------------------------------- commit
 
 
-def test_stored_rows_are_codes_of_the_stores_codec_or_staged_embeddings(codec):
+def test_stored_rows_are_codes_of_the_stores_codecs_or_staged_embeddings(codec):
     X = clip_like_embeddings(n=5, dim=64, seed=2)["image_emb"]
-    staged = stored_rows(Vectors(embeddings=X), None)
+    staged = stored_rows(Vectors(embeddings=X), CodecSet())
     assert staged.embeddings.dtype == np.float16 and staged.codes is None
-    late = stored_rows(Vectors(embeddings=X), codec)  # embedded before the codec was trained
+    codecs = CodecSet((codec,), stage=False)
+    late = stored_rows(Vectors(embeddings=X), codecs)  # embedded before the codec was trained
     np.testing.assert_array_equal(late.codes, codec.encode(X))
-    coded = Vectors(codes=codec.encode(X), codec_id=codec.id)
-    assert stored_rows(coded, codec) is coded
-    with pytest.raises(ValueError, match="without a codec"):
-        stored_rows(coded, None)
+    assert late.codec_ids == (codec.id,) * 5
+    coded = Vectors(codes=codec.encode(X), codec_ids=(codec.id,) * 5)
+    assert stored_rows(coded, codecs) is coded
+    with pytest.raises(ValueError, match="without the codec that wrote them"):
+        stored_rows(Vectors(codes=coded.codes), codecs)
     with pytest.raises(ValueError, match="of codec other"):
-        stored_rows(Vectors(codes=coded.codes, codec_id="other"), codec)
+        stored_rows(Vectors(codes=coded.codes, codec_ids=("other",) * 5), codecs)
 
 
 def _file(path, item=None) -> FileState:
@@ -277,7 +279,7 @@ def test_commit_writes_a_batch_in_one_go_and_remembers_its_failures(store, photo
     )
     X = clip_like_embeddings(n=2, dim=16, seed=4)["image_emb"]
     summary = IngestSummary()
-    commit_batch(StoreContext(store), EmbeddedBatch(jobs, images, Vectors(embeddings=X)), None, summary)
+    commit_batch(StoreContext(store), EmbeddedBatch(jobs, images, Vectors(embeddings=X)), CodecSet(), summary)
     assert (summary.new, summary.changed, summary.duplicate, summary.embedded, summary.failed) == (1, 1, 1, 2, 1)
     cat, copy = store.item_by_path(str(photos / "chelsea.jpg")), store.item_by_path(str(tmp_path / "chelsea_copy.jpg"))
     assert (cat.hash, cat.width, cat.height, cat.taken) == ("hash-cat", 451, 300, 1.3e9) and copy.hash == "hash-cat"
