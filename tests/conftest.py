@@ -18,6 +18,12 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("SEMDB_CACHE_DIR", tempfile.mkdtemp(prefix="semdb-test-cache-"))
+    # Property tests check what comes out, not how fast: on a busy shared machine Hypothesis's
+    # time limits (a 200 ms deadline per example, "input generation is slow") fail correct code.
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("semdb", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("semdb")
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,14 @@
 """Helpers the tests share (fixtures are in conftest.py): sample photos, CLIP-like embeddings,
-the installed `semdb` command run as a user runs it, a store's items compared."""
+the installed `semdb` command run as a user runs it (semdb_cli) or in this process (semdb_app),
+a store's items compared."""
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import traceback
+import zlib
 from pathlib import Path
 
 SEMDB = str(Path(sys.executable).with_name("semdb"))  # the installed console script
@@ -76,6 +80,68 @@ def semdb_cli(*args, check=True, text=True, env=None, timeout=300, input=None, p
     return proc
 
 
+def semdb_app(*args, check=True, env=None, input=None, text=True):
+    """`semdb_cli` in this process, through typer's CliRunner: the same arguments, environment
+    and result (returncode, stdout, stderr as text), without a Python start and its imports per
+    command (0.5 s to seconds each). For help, usage errors and commands whose outcome is their
+    output and the store; exit codes of a real process, signals, locks between processes, a
+    server and a path's own bytes on stdout stay with semdb_cli. An uncaught exception is printed
+    on stderr as a traceback, as the command prints it. `text=False`: stdout and stderr as bytes."""
+    from semdb.cli import app
+
+    if "SEMDB_FAULT_POINT" in (env or {}):
+        raise ValueError("a fault point kills or holds its process: run the command with semdb_cli")
+    threads = _torch_threads()
+    try:
+        result = _runner().invoke(
+            app,
+            [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args],
+            input=input,
+            env={**CLI_ENV, **(env or {})},
+            prog_name="semdb",
+        )
+    finally:
+        _torch_threads(threads)  # `--threads N` sets torch's process-wide count: give it back
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    out = (result.stdout, stderr) if text else (result.stdout_bytes, stderr.encode(errors="backslashreplace"))
+    proc = subprocess.CompletedProcess(["semdb", *args], result.exit_code, *out)
+    want = 0 if check is True else check
+    if want is not None and want is not False and proc.returncode != want:
+        raise AssertionError(f"semdb {args} exited {proc.returncode}, not {want}: {stderr}")
+    return proc
+
+
+def _runner():
+    """typer's CliRunner, wrapping help at the terminal's width ($COLUMNS) as the command does,
+    not at the 80 columns it forces."""
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    formatting = sys.modules[CliRunner.isolation.__module__].formatting  # typer's copy of click's, or click's
+
+    class Runner(CliRunner):
+        @contextlib.contextmanager
+        def isolation(self, *args, **kwargs):
+            with super().isolation(*args, **kwargs) as streams:
+                formatting.FORCED_WIDTH = None  # restored by CliRunner on the way out
+                yield streams
+
+    return Runner()
+
+
+def _torch_threads(n: int | None = None) -> int | None:
+    """torch's intra-op thread count (None: torch is not loaded); set it to `n` if given."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def store_items(db, ids: bool = True) -> list:
     """Every item of an open Database with its code, in id order: what "the same store" means
     (ids are store-local: leave them out to compare stores built by different routes)."""
@@ -105,3 +171,16 @@ def chromium() -> str | None:
         if found:
             return found
     return None
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG of the given size, all black: tiny on disk however big."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kit import SEMDB, cli_env, semdb_cli
+from kit import SEMDB, cli_env, semdb_app, semdb_cli
 from PIL import Image
 
 from semdb.images import display_path
@@ -34,6 +34,12 @@ def cmd(*args, prefix=()):
 
 def run(*args, prefix=(), check=None, timeout=300):
     return semdb_cli(*args, prefix=prefix, check=check, text=False, timeout=timeout)
+
+
+def run_here(*args):
+    """`run` in this process (kit.semdb_app): bad arguments and folders that are not stores. Damaged
+    stores are opened by `run`, in a real process, which a crash in LMDB would not take pytest with."""
+    return semdb_app(*args, check=None, text=False)
 
 
 def reasons(failures) -> dict[str, str]:
@@ -78,8 +84,7 @@ def hostile_folder(folder: Path, unreadable: bool) -> tuple[set[str], dict[str, 
     """Write the collection; returns (paths that must be stored, {display path: reason}).
     (Pillow itself refuses both bombs from the header, above twice our limit; test_images.py
     shows an image between our limit and Pillow's refused by our own header check.)"""
-    from kit import write_photos
-    from test_images import png_bytes
+    from kit import png_bytes, write_photos
 
     write_photos(folder, n_generated=0)  # 4 real photos
     good = {str(folder / n) for n in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg")}
@@ -289,21 +294,25 @@ def test_bad_queries_exit_2_with_one_line(tmp_path, tiny_model, photos):
         db.ingest([photos / "chelsea.jpg", photos / "coffee.jpg"], train_now=True)
     store = tmp_path / "s"
     before = stored_paths(store)
-    one_line_error(run("query", "", "--store", store), 2, "empty query text")
-    one_line_error(run("query", " \t ", "--store", store), 2, "empty query text")
+    one_line_error(run_here("query", "", "--store", store), 2, "empty query text")
+    one_line_error(run_here("query", " \t ", "--store", store), 2, "empty query text")
     one_line_error(
-        run("query", "--image", tmp_path / "no\nsuch.jpg", "--store", store), 2, "no\\nsuch.jpg: query image not found"
+        run_here("query", "--image", tmp_path / "no\nsuch.jpg", "--store", store),
+        2,
+        "no\\nsuch.jpg: query image not found",
     )
     one_line_error(
-        run("query", "--image", tmp_path / "[/x].jpg", "--store", store), 2, "[/x].jpg: query image not found"
+        run_here("query", "--image", tmp_path / "[/x].jpg", "--store", store), 2, "[/x].jpg: query image not found"
     )
     one_line_error(
-        run("query", "a", "--image", photos / "chelsea.jpg", "--store", store), 2, "exactly one of TEXT or --image"
+        run_here("query", "a", "--image", photos / "chelsea.jpg", "--store", store), 2, "exactly one of TEXT or --image"
     )
     one_line_error(
-        run("ingest", "--train-now", tmp_path / "missing", "--store", store), 2, "missing: no such file or directory"
+        run_here("ingest", "--train-now", tmp_path / "missing", "--store", store),
+        2,
+        "missing: no such file or directory",
     )
-    proc = run("query", "a cat", "-k", 0, "--store", store)
+    proc = run_here("query", "a cat", "-k", 0, "--store", store)
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr  # click's own usage error
     assert stored_paths(store) == before
 
@@ -412,8 +421,8 @@ def test_not_a_store_exits_4_and_creates_nothing(good_store, tmp_path):
         (afile, "is a file, not a semdb store"),
         (foreign, "is not a semdb store (an LMDB environment without semdb meta)"),
     ):
-        one_line_error(run("ingest", "--train-now", photos, "--store", store), 4, fragment)
+        one_line_error(run_here("ingest", "--train-now", photos, "--store", store), 4, fragment)
         for args in (("info",), ("query", "a cat")):  # read-only commands say the same, not "run ingest"
-            one_line_error(run(*args, "--store", store), 4, fragment)
+            one_line_error(run_here(*args, "--store", store), 4, fragment)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
     assert afile.read_text() == "x"

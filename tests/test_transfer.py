@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from kit import semdb_cli as run
-from kit import store_items
+from kit import semdb_app as run
+from kit import semdb_cli, store_items
 
 import semdb
 from semdb import arrow
@@ -179,7 +179,7 @@ def test_codec_mismatch_and_bad_files_fail_clearly_and_change_nothing(built, tmp
 def test_cli_export_import_and_a_killed_import_resumes(tmp_path):
     codec = synthetic_export(tmp_path / "big.parquet", 10_000)
     store = tmp_path / "s"
-    proc = run(
+    proc = semdb_cli(
         "import", tmp_path / "big.parquet", "--store", store, check=False, env={"SEMDB_FAULT_POINT": "import_txn:2"}
     )  # SIGKILL inside the second transaction
     assert proc.returncode == -9

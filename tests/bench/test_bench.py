@@ -639,17 +639,17 @@ def test_transfer_protocol_trains_on_one_collection_and_scores_another(tmp_path)
 
 
 def test_cli_trains_on_one_file_and_scores_another(tmp_path):
-    from kit import semdb_cli
+    from kit import semdb_app
 
     a = save_embeddings(tmp_path / "mine.npz", **clip_like_embeddings(n=300, seed=1))
     b = save_embeddings(tmp_path / "theirs.npz", **clip_like_embeddings(n=100, seed=2))
-    proc = semdb_cli("bench", "--train", a, "--eval", b, "--bits", "64", "--methods", "pqfs", "--json")
+    proc = semdb_app("bench", "--train", a, "--eval", b, "--bits", "64", "--methods", "pqfs", "--json")
     (row,) = json.loads(proc.stdout)
     assert row["protocol"] == "transfer" and row["n_train"] == 300 and row["n_eval"] == 100
     assert row["knn_recall_1"] is not None and row["t2i_recall_1"] is not None
-    bad = semdb_cli("bench", "--train", a, "--bits", "64", check=False)
+    bad = semdb_app("bench", "--train", a, "--bits", "64", check=False)
     assert bad.returncode != 0 and "--train FILE and --eval FILE go together" in bad.stderr
-    shifted = semdb_cli(
+    shifted = semdb_app(
         "bench",
         "--embeddings",
         a,

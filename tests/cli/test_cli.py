@@ -1,4 +1,5 @@
-"""The installed `semdb` console script, run in subprocesses as a user would run it."""
+"""The installed `semdb` console script, run in subprocesses as a user would run it, and its
+error paths in this process (typer's CliRunner: kit.semdb_app)."""
 
 import json
 import subprocess
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from kit import semdb_app
 from kit import semdb_cli as run  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "search_app.py"
@@ -52,7 +54,7 @@ def test_console_script_ingest_query_info(photos, tmp_path, tiny_model):
 )
 def test_bad_queries_exit_with_one_line(photos, tmp_path, tiny_model, args, code, message):
     store = tmp_path / "store"
-    run(
+    semdb_app(
         "ingest",
         "--train-now",
         photos / "chelsea.jpg",
@@ -63,7 +65,7 @@ def test_bad_queries_exit_with_one_line(photos, tmp_path, tiny_model, args, code
         tiny_model,
         "--json",
     )
-    proc = run(*args, "--store", store, check=False)
+    proc = semdb_app(*args, "--store", store, check=False)
     assert proc.returncode == code and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
 
@@ -71,9 +73,9 @@ def test_bad_queries_exit_with_one_line(photos, tmp_path, tiny_model, args, code
 def test_not_a_store_and_missing_model(tmp_path, photos):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("hello")
-    proc = run("query", "a cat", "--store", tmp_path / "junk", check=False)
+    proc = semdb_app("query", "a cat", "--store", tmp_path / "junk", check=False)
     assert proc.returncode == 4 and "is not a semdb store" in proc.stderr
-    proc = run(
+    proc = semdb_app(
         "ingest",
         "--train-now",
         photos,
@@ -110,7 +112,7 @@ def test_bench_command_on_embeddings_and_bad_input(tmp_path):
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     T = X + 0.3 * rng.standard_normal(X.shape).astype(np.float32)
     np.savez(tmp_path / "e.npz", image_emb=X, text_emb=T / np.linalg.norm(T, axis=1, keepdims=True))
-    proc = run(
+    proc = semdb_app(
         "bench",
         "--embeddings",
         tmp_path / "e.npz",
@@ -128,5 +130,5 @@ def test_bench_command_on_embeddings_and_bad_input(tmp_path):
     assert rows["semdb"]["bits"] == 64 and 0 < rows["semdb"]["t2i_recall_1"] <= 1 and "PQ8x8" in rows
     assert (tmp_path / "r.parquet").stat().st_size > 0 and (tmp_path / "r.png").stat().st_size > 0
     np.savez(tmp_path / "bad.npz", text_emb=X)
-    proc = run("bench", "--embeddings", tmp_path / "bad.npz", check=False)
+    proc = semdb_app("bench", "--embeddings", tmp_path / "bad.npz", check=False)
     assert proc.returncode == 2 and "image_emb" in proc.stderr and "Traceback" not in proc.stderr

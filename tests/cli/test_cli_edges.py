@@ -1,5 +1,7 @@
 """Rough edges of the `semdb` command a new user meets: advice that names a command which
-works, errors that name the real problem, output that pipes. Run as a user runs it."""
+works, errors that name the real problem, output that pipes. Run in this process (kit.semdb_app),
+and as a user runs it where processes matter: servers, a lock held by another process, bytes
+on stdout."""
 
 import json
 import os
@@ -12,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from kit import cli_env, write_photos
-from kit import semdb_cli as run
+from kit import cli_env, semdb_cli, write_photos
+from kit import semdb_app as run
 from serve_helpers import Server
 
 
@@ -66,12 +68,12 @@ def test_a_second_serve_of_a_store_is_refused_and_leaves_the_first_ones_beacon(t
     first = Server(store)
     try:
         shutil.rmtree(model_dir)
-        second = run("serve", "--store", store, "--port", "0", check=2)
+        second = semdb_cli("serve", "--store", store, "--port", "0", check=2)
         assert second.stderr.splitlines() == [
             f"error: {store} is already served at {first.base}/ (pid {first.proc.pid}): use that one, or stop it first"
         ]
         assert json.loads((store / "serve.json").read_text())["pid"] == first.proc.pid
-        hits = run("query", "--image", photos / "rocket.jpg", "--store", store, "-k", "1", "--paths-only").stdout
+        hits = semdb_cli("query", "--image", photos / "rocket.jpg", "--store", store, "-k", "1", "--paths-only").stdout
         assert hits.splitlines() == [str(photos / "rocket.jpg")]
     finally:
         assert first.stop() == 0, first.output()
@@ -109,7 +111,7 @@ def test_serve_of_a_missing_store_on_a_busy_port_names_the_store(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        proc = run("serve", "--store", tmp_path / "nothing", "--port", s.getsockname()[1], check=4)
+        proc = semdb_cli("serve", "--store", tmp_path / "nothing", "--port", s.getsockname()[1], check=4)
     assert "no semdb store" in proc.stderr and "in use" not in proc.stderr
 
 
@@ -125,7 +127,7 @@ def test_a_store_path_that_is_a_file_is_named_as_such_by_every_command(tmp_path,
         ["ingest", photos],
         ["serve", "--port", "0"],
     ):
-        proc = run(*args, "--store", plain, check=4)
+        proc = (semdb_cli if args[0] == "serve" else run)(*args, "--store", plain, check=4)
         assert proc.stderr == f"error: {plain} is a file, not a semdb store directory\n", (args, proc.stderr)
     assert plain.read_text() == "hello"
 
@@ -154,7 +156,7 @@ def test_ingest_names_prune_for_gone_files_and_wait_for_a_locked_store(photos, t
     )
     assert json.loads(run("ingest", photos, "--store", store, "--prune", "--json").stdout)["pruned"] == 3
     with semdb.open(store):  # another writer holds the store
-        locked = run("ingest", photos, "--store", store, check=5)
+        locked = semdb_cli("ingest", photos, "--store", store, check=5)
     assert locked.stderr.count("\n") == 1 and "--wait" in locked.stderr
 
 
@@ -181,12 +183,12 @@ def test_paths_print_whole_and_as_their_own_bytes(tmp_path, tiny_model):
     store = tmp_path / "store"
 
     def listed():
-        lines = run("query", "a cat", "--store", store, "-k", "5", "--paths-only", text=False).stdout.splitlines()
+        lines = semdb_cli("query", "a cat", "--store", store, "-k", "5", "--paths-only", text=False).stdout.splitlines()
         assert latin1 in lines and all(os.path.exists(line) for line in lines)
         return lines
 
     local = listed()
-    table = run("query", "a cat", "--store", store, "-k", "5", env={"COLUMNS": "80"}).stdout.splitlines()
+    table = semdb_cli("query", "a cat", "--store", store, "-k", "5", env={"COLUMNS": "80"}).stdout.splitlines()
     assert table[0].split() == ["rank", "score", "id", "path"] and len(table) == 6
     assert all(line.endswith(".jpg") or line.endswith(".png") for line in table[1:])
     assert any(line.endswith(f"{folder}/latin1_\\xe9t\\xe9.jpg") for line in table[1:])

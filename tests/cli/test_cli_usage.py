@@ -1,8 +1,10 @@
-"""The `semdb` command's help and usage errors, run as a user runs them (the installed script)."""
+"""The `semdb` command's help and usage errors: in this process (typer's CliRunner), and the
+installed script in a real process for its exit codes and streams."""
 
 import pytest
 import typer
-from kit import semdb_cli as run
+from kit import semdb_app as run
+from kit import semdb_cli
 
 from semdb import __version__
 from semdb.cli import app
@@ -25,6 +27,12 @@ def test_every_command_has_short_help_with_examples_and_flags_as_flags(command):
     examples = text.split("Examples:\n", 1)[1].splitlines()
     assert examples and all(line.strip().startswith(f"semdb {command}") for line in examples if line.strip())
     assert "<bool>" not in text and "╭" not in text  # flags are flags; no boxes
+
+
+def test_the_installed_script_prints_the_same_help_and_usage_errors():
+    for args, code in ((["query", "-h"], 0), (["query", "-k", "abc"], 2)):
+        real, here = semdb_cli(*args, check=code), run(*args, check=code)
+        assert (real.stdout, real.stderr) == (here.stdout, here.stderr), args
 
 
 def test_query_help_shows_k_once():

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from kit import SEMDB, cli_env
-from kit import semdb_cli as run
+from kit import SEMDB, cli_env, semdb_cli
+from kit import semdb_app as run
 from test_transfer import synthetic_export
 
 import semdb
@@ -78,7 +78,7 @@ def test_cli_ls_table_json_paths_and_a_line_when_nothing_matches(tmp_path):
     rows = json.loads(run("ls", "--store", store, "--json", "--under", "/p/a").stdout)
     assert [r["id"] for r in rows] == [it.id for it in semdb.open(store, readonly=True).ls(under="/p/a")]
     assert set(rows[0]) == {"id", "path", "taken", "size", "width", "height"}
-    raw = run("ls", "--store", store, "--paths-only", "-n", "1", text=False).stdout
+    raw = semdb_cli("ls", "--store", store, "--paths-only", "-n", "1", text=False).stdout
     assert raw == b"/p/b/caf\xe9.jpg\n"  # the file system's own bytes: xargs opens the file
     paths = run("ls", "--store", store, "--paths-only", "--offset", "1", "--limit", "2").stdout.splitlines()
     assert len(paths) == 2 and all(p.startswith("/p/") for p in paths)
@@ -200,12 +200,12 @@ def test_a_killed_rm_loses_nothing(big_store, tmp_path):
     opens, verifies, and holds every item or none of those being removed."""
     store = tmp_path / "s"
     shutil.copytree(big_store, store)
-    proc = run("rm", "--store", store, "--under", "/data", check=-9, env={"SEMDB_FAULT_POINT": "rm_txn:1"})
+    proc = semdb_cli("rm", "--store", store, "--under", "/data", check=-9, env={"SEMDB_FAULT_POINT": "rm_txn:1"})
     assert proc.returncode == -9
     with semdb.open(store, readonly=True) as db:
         assert db.count() == 60_000 and db.store.verify() == []
     start = time.perf_counter()
-    run("rm", "--store", store, "--under", "/data", "--json")
+    semdb_cli("rm", "--store", store, "--under", "/data", "--json")
     took = time.perf_counter() - start
     with semdb.open(store, readonly=True) as db:
         assert db.count() == 0 and db.store.verify() == []

@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
-from kit import semdb_cli, write_photos
+from kit import semdb_app, write_photos
 from PIL import Image
 
 import semdb
@@ -24,9 +25,11 @@ def _with_exif_date(path, when: str) -> None:
     img.save(path, exif=exif)
 
 
-@pytest.fixture
-def library(tmp_path, tiny_model):
-    """12 photos in two folders; 3 of them with an EXIF date taken in 2019; a coded store."""
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory, tiny_model):
+    """12 photos in two folders; 3 of them with an EXIF date taken in 2019; a coded store; and
+    a copy of the photos as they were (dates kept)."""
+    tmp_path = tmp_path_factory.mktemp("library")
     root = tmp_path / "photos"
     write_photos(root / "trips", n_generated=2)
     write_photos(root / "home", n_generated=2, seed=5)
@@ -34,7 +37,17 @@ def library(tmp_path, tiny_model):
         _with_exif_date(root / name, "2019:07:14 12:30:00")
     with semdb.open(tmp_path / "s", model=tiny_model) as db:
         db.ingest([root], train_now=True)
-    return root, tmp_path / "s"
+    shutil.copytree(root, tmp_path / "as_stored")
+    return root, tmp_path / "s", tmp_path / "as_stored"
+
+
+@pytest.fixture
+def library(built_library):
+    """(photos, store): built once for the module and only read by its tests; a photo a test
+    removes is put back after it."""
+    root, store, as_stored = built_library
+    yield root, store
+    shutil.copytree(as_stored, root, dirs_exist_ok=True)
 
 
 def test_exif_date_is_read_from_the_header_else_mtime(library):
@@ -63,9 +76,9 @@ def test_folder_and_date_filters(library, tiny_model):
         for bad in ({"after": "yesterday"}, {"before": "2020-13-01"}, {"after": "2021-01-01", "before": "2020-01-01"}):
             with pytest.raises(InputError):
                 db.search("a photo", **bad)
-    proc = semdb_cli("query", "a photo", "--store", store, "--under", root / "home", "--before", "2020-01-01", "--json")
+    proc = semdb_app("query", "a photo", "--store", store, "--under", root / "home", "--before", "2020-01-01", "--json")
     assert [os.path.basename(h["path"]) for h in json.loads(proc.stdout)] == ["rocket.jpg"]
-    proc = semdb_cli("query", "a photo", "--store", store, "--after", "not-a-date", check=2)
+    proc = semdb_app("query", "a photo", "--store", store, "--after", "not-a-date", check=2)
     assert "not a date" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -80,7 +93,7 @@ def test_more_like_this_uses_the_stored_code_not_the_file(library):
         assert [h.id for h in db.search(like=str(root / "trips/chelsea.jpg"), k=5)] == [h.id for h in hits]
         with pytest.raises(InputError, match="not an item"):
             db.search(like=10**6)
-    proc = semdb_cli("query", "--like", str(target.id), "--store", store, "-k", 3, "--json")
+    proc = semdb_app("query", "--like", str(target.id), "--store", store, "-k", 3, "--json")
     assert json.loads(proc.stdout)[0]["id"] == copy.id
 
 
@@ -127,9 +140,9 @@ def test_near_duplicates_are_grouped_and_exact_copies_flagged(tmp_path, tiny_mod
         default = db.duplicates()
         stats = db.store.meta()["codec_stats"]
         assert default["threshold"] == pytest.approx(0.95 - stats["train_error"], abs=1e-4)
-    proc = semdb_cli("duplicates", "--store", tmp_path / "s", "--threshold", "0.995", "--json")
+    proc = semdb_app("duplicates", "--store", tmp_path / "s", "--threshold", "0.995", "--json")
     assert len(json.loads(proc.stdout)["groups"]) == len(found["groups"])
-    semdb_cli("duplicates", "--store", tmp_path / "s", "--threshold", "7", check=2)
+    semdb_app("duplicates", "--store", tmp_path / "s", "--threshold", "7", check=2)
 
 
 def test_tag_gives_every_item_its_best_label(library, tiny_embedder):
@@ -143,7 +156,7 @@ def test_tag_gives_every_item_its_best_label(library, tiny_embedder):
         assert first["label"] == ["cat", "rocket", "coffee"][int(scores.argmax())]
         with pytest.raises(InputError):
             db.classify("cat", prompt="no placeholder")
-    proc = semdb_cli("tag", "--labels", "cat,dog", "--store", store, "--csv")
+    proc = semdb_app("tag", "--labels", "cat,dog", "--store", store, "--csv")
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "id,path,label,score" and len(lines) == 13
 
@@ -195,7 +208,7 @@ def test_duplicate_groups_do_not_chain_and_flag_exact_copies_inside_a_group(tmp_
     for g in groups:
         rows = [int(os.path.basename(p)[0]) for p in g["paths"]]
         assert abs(rows[0] - rows[1]) == 1 and g["min_similarity"] == pytest.approx(0.97, abs=2e-3)
-    proc = semdb_cli("duplicates", "--store", tmp_path / "burst", "--threshold", "0.95")
+    proc = semdb_app("duplicates", "--store", tmp_path / "burst", "--threshold", "0.95")
     assert "similarity >= 0.97" in proc.stdout and "similarity >= 0.8" not in proc.stdout
 
     # an exact copy beside a resized version: one group, the copy flagged
@@ -209,7 +222,7 @@ def test_duplicate_groups_do_not_chain_and_flag_exact_copies_inside_a_group(tmp_
     group = next(g for g in groups if id_of["coffee.jpg"] in g["ids"])
     assert {id_of["coffee_small.jpg"], id_of["copy_of_coffee.jpg"]} <= set(group["ids"]) and not group["exact"]
     assert [sorted(c) for c in group["copies"]] == [sorted([id_of["coffee.jpg"], id_of["copy_of_coffee.jpg"]])]
-    shown = semdb_cli("duplicates", "--store", tmp_path / "s", "--threshold", "0.995").stdout
+    shown = semdb_app("duplicates", "--store", tmp_path / "s", "--threshold", "0.995").stdout
     first, second = group["copies"][0]
     flagged = [line.split() for line in shown.splitlines() if "exact copy of" in line]
     assert flagged == [

@@ -288,9 +288,21 @@ def test_onnx_is_not_used_for_changed_weights(onnx_ready, tmp_path):
     assert onnxtext.load(model, None) is None  # the digest cache no longer vouches for the file
 
 
-def test_cold_text_query_runs_without_torch(onnx_ready, tiny_store, cache):
+def test_cold_text_query_runs_without_torch(onnx_ready, tiny_store, cache, monkeypatch):
     """torch path (SEMDB_ONNX=0), then a CLI query (torch; caches the export), then the ONNX
-    path: no torch, no open_clip, the same hits."""
+    path in a fresh interpreter: no torch, no open_clip, the same hits."""
+    from kit import semdb_app
+
+    with monkeypatch.context() as env:
+        env.setenv("SEMDB_ONNX", "0")
+        with semdb.open(tiny_store, readonly=True) as db:
+            off = [[h.id, h.score] for h in db.search("a red bicycle", k=4)]
+    assert not (cache / "onnx").exists()
+
+    proc = semdb_app("query", "a red bicycle", "--store", tiny_store, "-k", "4", "--json")
+    assert_same_hits([[h["id"], h["score"]] for h in json.loads(proc.stdout)], off)
+    assert [p.name for p in (cache / "onnx").iterdir()]  # the export is cached
+
     code = (
         "import json, sys, semdb\n"
         f"with semdb.open({str(tiny_store)!r}, readonly=True) as db:\n"
@@ -298,24 +310,9 @@ def test_cold_text_query_runs_without_torch(onnx_ready, tiny_store, cache):
         "print(json.dumps({'hits': [[h.id, h.score] for h in hits],\n"
         "                  'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}))\n"
     )
-    off = json.loads(run_python(code, SEMDB_ONNX="0").stdout)
-    assert off["torch"] and not (cache / "onnx").exists()
-
-    env = {**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "500"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "semdb.cli", "query", "a red bicycle", "--store", str(tiny_store), "-k", "4", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert_same_hits([[h["id"], h["score"]] for h in json.loads(proc.stdout)], off["hits"])
-    assert [p.name for p in (cache / "onnx").iterdir()]  # the export is cached
-
     onnx = json.loads(run_python(code).stdout)
     assert not onnx["torch"] and not onnx["open_clip"]
-    assert_same_hits(onnx["hits"], off["hits"])
+    assert_same_hits(onnx["hits"], off)
 
 
 def assert_same_hits(a, b):

@@ -266,15 +266,15 @@ def test_builtin_architecture_with_local_weights_file(tmp_path):
     import open_clip
 
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32")  # random init, no download
-    weights = tmp_path / "vit_b_32_random.bin"
+    model = open_clip.create_model("ViT-S-32-alt")  # random init, no download; a quarter of ViT-B-32's weights
+    weights = tmp_path / "vit_s_32_alt_random.bin"
     torch.save(model.state_dict(), weights)
     del model
-    e = Embedder(model="ViT-B-32", pretrained=str(weights))
-    assert e.dim == 512 and e.image_size == 224
+    e = Embedder(model="ViT-S-32-alt", pretrained=str(weights))
+    assert e.dim == 256 and e.image_size == 224
     assert e.model_id["pretrained"] == str(weights)
-    assert_unit_rows(e.encode_images(photos()), 2, 512)
-    assert_unit_rows(e.encode_texts(["a cat"]), 1, 512)
+    assert_unit_rows(e.encode_images(photos()), 2, 256)
+    assert_unit_rows(e.encode_texts(["a cat"]), 1, 256)
 
 
 def test_bad_device(tiny_model):

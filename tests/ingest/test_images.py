@@ -3,14 +3,13 @@
 import hashlib
 import io
 import os
-import struct
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from kit import png_bytes
 from PIL import Image
 
 from semdb.errors import ImageError, InputError
@@ -28,19 +27,6 @@ def touch_image(path: Path, size=(8, 8), color=(255, 0, 0)) -> Path:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
     Image.new("RGB", size, color).save(path, format=fmt)
     return path
-
-
-def png_bytes(width: int, height: int) -> bytes:
-    """A valid 1-bit grayscale PNG of the given size, all black: tiny on disk however big."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def names(paths, root):

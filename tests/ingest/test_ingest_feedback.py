@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 
-from kit import semdb_cli as run
+from kit import semdb_app as run
+from kit import semdb_cli
 from PIL import Image
 
 
@@ -76,7 +77,7 @@ def test_failed_files_are_remembered_and_skipped_until_they_change_or_retry_fail
     assert reasons["cut_pixels.jpg"].startswith("truncated or corrupt image: image file is truncated")
     assert reasons["x.jpg"] == "not an image or unsupported format"
     # unchanged failures are neither decoded (a decode would kill this run) nor listed again
-    proc = run("ingest", folder, "--store", store, env={"SEMDB_FAULT_POINT": "decode:1"})
+    proc = semdb_cli("ingest", folder, "--store", store, env={"SEMDB_FAULT_POINT": "decode:1"})
     assert "failed:" not in proc.stderr and "3 files that failed before" in proc.stderr
     assert "--retry-failed" in proc.stderr
     again = json.loads(run("ingest", folder, "--store", store, "--json").stdout)
@@ -100,7 +101,9 @@ def test_images_per_second_is_the_embedding_rate_and_left_out_of_short_runs(phot
     # 6 batches of 2, each commit held 0.3 s: the embedding phase runs at about 2 / 0.3 = 6.7
     # images a second, whatever loading the model and exporting it to ONNX cost before it
     args = ("ingest", photos, "--store", store, "--batch-size", 2, "--json")
-    slow = json.loads(run(*args, "--model", tiny_model, env={"SEMDB_FAULT_POINT": "batch_committed:delay=0.3"}).stdout)
+    slow = json.loads(
+        semdb_cli(*args, "--model", tiny_model, env={"SEMDB_FAULT_POINT": "batch_committed:delay=0.3"}).stdout
+    )
     assert slow["embedded"] == 12 and 5.5 < slow["images_per_second"] < 7.5, slow
     assert slow["seconds"] > 12 / slow["images_per_second"]  # the run's own time includes the model's loading
     # nothing embedded, or too little work to time: no rate

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kit import semdb_cli, write_photos
+from kit import semdb_app, semdb_cli, write_photos
 
 import semdb
 from semdb.errors import InputError, StoreError
@@ -40,14 +40,14 @@ def test_a_small_store_stays_uncompressed_and_is_searched_exactly(photos, tmp_pa
 
 def test_info_and_ingest_say_when_the_store_will_be_compressed(photos, tmp_path, tiny_model):
     store = tmp_path / "s"
-    proc = semdb_cli("ingest", photos, "--store", store, "--model", tiny_model, "--threads", 1)
+    proc = semdb_app("ingest", photos, "--store", store, "--model", tiny_model, "--threads", 1)
     assert f"12 images are stored uncompressed (searched exactly) until the store holds {MIN_TRAIN}" in proc.stderr
     assert "--train-now" in proc.stderr
-    info = semdb_cli("info", "--store", store).stdout
+    info = semdb_app("info", "--store", store).stdout
     assert f"not compressed until the store holds {MIN_TRAIN} items" in info
-    facts = json.loads(semdb_cli("info", "--store", store, "--json").stdout)
+    facts = json.loads(semdb_app("info", "--store", store, "--json").stdout)
     assert facts["compressed"] is False and facts["staging"] == 12
-    summary = json.loads(semdb_cli("ingest", photos, "--store", store, "--train-now", "--json").stdout)
+    summary = json.loads(semdb_app("ingest", photos, "--store", store, "--train-now", "--json").stdout)
     assert summary["codec_trained"] and summary["staged"] == 0
 
 
@@ -60,7 +60,7 @@ def test_growth_and_drift_are_reported_with_the_command(photos, tmp_path, tiny_m
         assert s["items"] == 12 + 44 and s["retrain_advice"].startswith("the store has grown 4.7x")
         info = db.info()
         assert info["codec"]["encoded_since"] == 40 and info["codec"]["drift_ratio"] > 0  # 4 copies need no CLIP
-    proc = semdb_cli("info", "--store", tmp_path / "s")
+    proc = semdb_app("info", "--store", tmp_path / "s")
     assert "grown 4.7x" in proc.stdout
 
 
@@ -104,7 +104,7 @@ def test_captions_make_the_codec_train_in_the_text_query_metric_now_and_at_retra
     searches.write_text("a red rocket\na mug\nan astronaut\n")
     args = ("retrain", "--store", plain, "--sample", 3, "--batch-size", 2, "--json")
     semdb_cli(*args, env={"SEMDB_FAULT_POINT": "recode_txn:1"}, check=-signal.SIGKILL)
-    s = json.loads(semdb_cli(*args, "--captions", searches).stdout)
+    s = json.loads(semdb_app(*args, "--captions", searches).stdout)
     with semdb.open(plain, model=tiny_model) as db:
         assert not s["resumed"] and s["codec"] == db.codec.id and db.codec.config["query_source"] == "unpaired"
         assert db.codec.config["n_queries"] == 3 and db.store.verify() == []
@@ -143,7 +143,7 @@ def test_retrain_survives_kill_9_at_every_stage(tmp_path, tiny_model):
             on = s.meta()["codec_id"]
         with semdb.open(store, readonly=True, embedder=None) as db:
             assert len(db.search_vectors(np.ones((1, 64), np.float32), k=n)[0]) == n
-        rerun = json.loads(semdb_cli(*args).stdout)
+        rerun = json.loads(semdb_app(*args).stdout)
         with Store(store) as s:
             assert s.verify() == [] and s.meta()["codec_id"] == rerun["codec"] != base_codec
             assert s.meta().get("pending_codec") is None and len(s.load_codes()[0]) == n
@@ -217,9 +217,9 @@ def test_bad_embeddings_are_refused_in_one_line_before_anything_is_written(tmp_p
                 call(db)
             assert "\n" not in str(e.value)
     assert (tmp_path / "s" / "data.mdb").read_bytes() == before
-    proc = semdb_cli("ingest", "--embeddings", tmp_path / "x.npy", "--store", tmp_path / "s", check=2)
+    proc = semdb_app("ingest", "--embeddings", tmp_path / "x.npy", "--store", tmp_path / "s", check=2)
     assert len(proc.stderr.strip().splitlines()) == 1 and "--paths" in proc.stderr
-    semdb_cli("ingest", "--store", tmp_path / "s", check=2)  # neither PATHS nor --embeddings
+    semdb_app("ingest", "--store", tmp_path / "s", check=2)  # neither PATHS nor --embeddings
 
 
 def _shopsphere():
@@ -287,9 +287,9 @@ def test_photos_unlike_the_training_photos_advise_retrain(tmp_path, tiny_model):
     assert same_info["retrain_advice"] is None and same_info["codec"]["shift_ratio"] < 1.1
     ratio = shifted_info["codec"]["shift_ratio"]  # the latest photos weigh most
     assert ratio > 1.3 and "vary along directions its training images did not" in shifted_info["retrain_advice"]
-    facts = json.loads(semdb_cli("info", "--store", tmp_path / "s", "--json").stdout)
+    facts = json.loads(semdb_app("info", "--store", tmp_path / "s", "--json").stdout)
     assert facts["retrain_advice"] == shifted_info["retrain_advice"] and facts["codec"]["shift_ratio"] == ratio
-    assert "shift ratio" in semdb_cli("info", "--store", tmp_path / "s").stdout
+    assert "shift ratio" in semdb_app("info", "--store", tmp_path / "s").stdout
 
 
 def test_photos_unlike_every_codec_wait_for_one_of_their_own(tmp_path, tiny_model):
@@ -343,7 +343,7 @@ def test_a_retrain_interrupted_while_it_trains_resumes_without_embedding_again(t
         db.ingest([photos], policy=CodecPolicy(bits=64, min_train=2))
     shutil.copytree(store, twin)
     args = ["retrain", "--batch-size", "4", "--threads", "1", "--json"]
-    uninterrupted = json.loads(semdb_cli(*args, "--store", twin).stdout)
+    uninterrupted = json.loads(semdb_app(*args, "--store", twin).stdout)
     assert not uninterrupted["resumed"] and uninterrupted["reembedded"] == 12
 
     proc = subprocess.Popen(
@@ -364,13 +364,13 @@ def test_a_retrain_interrupted_while_it_trains_resumes_without_embedding_again(t
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     with Store(store) as s:
         assert s.verify() == [] and s.meta().get("pending_codec") is None
-    resumed = json.loads(semdb_cli(*args, "--store", store).stdout)
+    resumed = json.loads(semdb_app(*args, "--store", store).stdout)
     assert resumed["resumed"] and resumed["reembedded"] == 0 and resumed["trained_on"] == 12
     assert resumed["codec"] == uninterrupted["codec"]
     assert not (store / "retrain-sample.npz").exists()
 
     semdb_cli(*args, "--store", store, env={"SEMDB_FAULT_POINT": "train:1"}, check=-signal.SIGKILL)
-    again = json.loads(semdb_cli(*args, "--store", store).stdout)
+    again = json.loads(semdb_app(*args, "--store", store).stdout)
     assert again["resumed"] and again["reembedded"] == 0 and again["trained_on"] == 12
     with Store(store) as s:
         assert s.verify() == [] and s.meta()["codec_id"] == again["codec"]

@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from kit import semdb_cli
+from kit import semdb_app, semdb_cli
 
 from semdb.errors import ImageError
 from semdb.video.frames import Sampling, sample
@@ -140,7 +140,7 @@ def test_kill_9_in_a_videos_commit_resumes_without_storing_frames_twice(media, t
     assert killed.returncode == -9
     with semdb.open(store, readonly=True) as db:
         assert {name for name, _ in _frames(db)} == {"cuts.mp4"}  # the first video committed, not the second
-    semdb_cli("ingest", media, "--store", store, "--model", tiny_model)
+    semdb_app("ingest", media, "--store", store, "--model", tiny_model)
     with semdb.open(store, readonly=True) as db:
         frames = _frames(db)
         assert len(frames) == len(set(frames)) and {name for name, _ in frames} == {"cuts.mp4", "portrait.mov"}
@@ -219,13 +219,13 @@ def test_cli_search_prints_path_at_time(video_store, tmp_path):
 
     blue = _still(CUTS[1], tmp_path / "blue.png")
     args = ("query", "--image", blue, "--store", video_store, "-k", "2", "--no-server")
-    table = semdb_cli(*args).stdout
+    table = semdb_app(*args).stdout
     assert "cuts.mp4 @ 00:03" in table
-    rows = json.loads(semdb_cli(*args, "--json").stdout)
+    rows = json.loads(semdb_app(*args, "--json").stdout)
     assert rows[0]["time"] == 3.0 and rows[0]["path"].endswith("cuts.mp4")
-    paths = semdb_cli(*args, "--paths-only").stdout.splitlines()
+    paths = semdb_app(*args, "--paths-only").stdout.splitlines()
     assert len(paths) == 2 and paths[0].endswith("cuts.mp4") and os.path.exists(paths[0])
-    frames = json.loads(semdb_cli(*args, "--json", "--frames", "-k", "20").stdout)
+    frames = json.loads(semdb_app(*args, "--json", "--frames", "-k", "20").stdout)
     assert sum(r["path"].endswith("/cuts.mp4") for r in frames) > 1
 
 

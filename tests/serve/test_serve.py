@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kit import cli_env, semdb_cli, write_photos
+from kit import cli_env, semdb_app, semdb_cli, write_photos
 from PIL import Image
 from serve_helpers import Server, multipart
 
@@ -350,7 +350,7 @@ def test_a_bad_search_is_refused_in_the_same_words_by_the_cli_http_and_python(
         db.search("cat", **kwargs)
     status, _, body = server.get("/api/search?" + urllib.parse.urlencode({"q": "cat", **params}))
     assert status == 400 and json.loads(body)["error"] == str(api.value)
-    cli = semdb_cli("query", "cat", *flags, "--store", store, check=2)
+    cli = semdb_app("query", "cat", *flags, "--store", store, check=2)
     assert cli.stderr.strip() == f"error: {api.value}"
 
 
@@ -429,7 +429,7 @@ def test_a_concurrent_ingest_is_seen(tmp_path, tiny_model):
     try:
         assert server.get_json("/api/info")["items"] == 4
         assert len(_hits(server, "/api/search?q=shapes&k=50")) == 4
-        semdb_cli("ingest", second, "--store", store, "--train-now", "--json")
+        semdb_app("ingest", second, "--store", store, "--train-now", "--json")
         info = None
         for _ in range(50):  # bounded: the next request after the commit must see it
             info = server.get_json("/api/info")
@@ -469,11 +469,11 @@ def test_semdb_query_uses_the_running_server(tmp_path, tiny_model_dir):
         assert beacon["pid"] == server.proc.pid and beacon["port"] == server.port
         expected = server.get_json("/api/search?q=a+rocket&k=3")["hits"]
         shutil.rmtree(model_dir)
-        out = semdb_cli("query", "a rocket", "--store", store, "-k", "3", "--json").stdout
+        out = semdb_app("query", "a rocket", "--store", store, "-k", "3", "--json").stdout
         assert [(h["path"], h["id"]) for h in json.loads(out)] == [(h["path"], h["id"]) for h in expected]
-        out = semdb_cli("query", "--image", photos / "rocket.jpg", "--store", store, "-k", "1", "--paths-only").stdout
+        out = semdb_app("query", "--image", photos / "rocket.jpg", "--store", store, "-k", "1", "--paths-only").stdout
         assert out.splitlines() == [str(photos / "rocket.jpg")]
-        assert "rank" in semdb_cli("query", "a rocket", "--store", store).stdout
+        assert "rank" in semdb_app("query", "a rocket", "--store", store).stdout
         # steering goes through the server too, with the local meaning (--under from this cwd)
         want = server.get_json(
             "/api/search?"
@@ -508,31 +508,31 @@ def test_semdb_query_uses_the_running_server(tmp_path, tiny_model_dir):
         )
         assert out.returncode == 0, out.stderr
         assert [h["id"] for h in json.loads(out.stdout)] == [h["id"] for h in want]
-        like = semdb_cli("query", "--like", str(expected[0]["id"]), "--store", store, "--json").stdout
+        like = semdb_app("query", "--like", str(expected[0]["id"]), "--store", store, "--json").stdout
         assert [h["id"] for h in json.loads(like)] == [
             h["id"] for h in server.get_json(f"/api/similar/{expected[0]['id']}")["hits"]
         ]
-        semdb_cli("query", "--like", "999999", "--store", store, check=2)
+        semdb_app("query", "--like", "999999", "--store", store, check=2)
         # what a URL cannot say is searched locally: a term naming a file (which fails here,
         # without the model), --like by path (from the stored code: no model needed)
-        semdb_cli("query", f"cat + {photos / 'rocket.jpg'}", "--store", store, check=3)
+        semdb_app("query", f"cat + {photos / 'rocket.jpg'}", "--store", store, check=3)
         every = server.get_json("/api/search?q=x&k=100")["hits"]
         rocket = next(h["id"] for h in every if h["path"] == str(photos / "rocket.jpg"))
-        by_path = semdb_cli("query", "--like", photos / "rocket.jpg", "--store", store, "--json").stdout
+        by_path = semdb_app("query", "--like", photos / "rocket.jpg", "--store", store, "--json").stdout
         assert [h["id"] for h in json.loads(by_path)] == [
             h["id"] for h in server.get_json(f"/api/similar/{rocket}")["hits"]
         ]
         # the server's refusals are the CLI's: one line, exit 2 (7 for an undecodable image)
-        bad = semdb_cli("query", "  ", "--store", store, check=2)
+        bad = semdb_app("query", "  ", "--store", store, check=2)
         assert bad.stderr.count("\n") == 1 and "empty query" in bad.stderr
-        semdb_cli("query", "a rocket", "--store", store, "-k", "5000", check=2)
+        semdb_app("query", "a rocket", "--store", store, "-k", "5000", check=2)
         (tmp_path / "bad.jpg").write_bytes(b"not an image")
-        semdb_cli("query", "--image", tmp_path / "bad.jpg", "--store", store, check=7)
-        semdb_cli("query", "a rocket", "--store", store, "--no-server", check=3)
+        semdb_app("query", "--image", tmp_path / "bad.jpg", "--store", store, check=7)
+        semdb_app("query", "a rocket", "--store", store, "--no-server", check=3)
     finally:
         assert server.stop() == 0, server.output()
     assert not (store / "serve.json").exists()
-    semdb_cli("query", "a rocket", "--store", store, check=3)  # no server: the local path
+    semdb_app("query", "a rocket", "--store", store, check=3)  # no server: the local path
 
 
 def test_semdb_query_ignores_a_stale_beacon(tmp_path, tiny_model):

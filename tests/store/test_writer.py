@@ -194,38 +194,38 @@ def test_codec_and_codes_of_all_staged_items_commit_in_one_batch(path):
 
 
 def test_lookups_after_adds_updates_deletes_and_compaction(store, monkeypatch):
-    monkeypatch.setattr(segments, "ITEMSEG_MAX", 4096)  # the segment boundaries below assume it
+    monkeypatch.setattr(segments, "ITEMSEG_MAX", 410)  # the segment boundaries below assume it
     with store.write() as w:
-        ids = [w.add_item(new_item(f"/f/{i}.jpg", f"{i % 7:032x}"), code=code_for(i)) for i in range(9000)]
-    # 9000 items in one batch: three segments of at most ITEMSEG_MAX, in id order
+        ids = [w.add_item(new_item(f"/f/{i}.jpg", f"{i % 7:032x}"), code=code_for(i)) for i in range(900)]
+    # 900 items in one batch: three segments of at most ITEMSEG_MAX, in id order
     assert store.info()["item_segments"] == 3
     with store.write() as w:
         moved = w.get_item(ids[10])
         moved.path, moved.hash = "/g/moved.jpg", "NEW"
         w.update_item(moved)
         assert w.item_by_path("/g/moved.jpg").id == ids[10] and w.item_by_path("/f/10.jpg") is None
-        for i in range(4000, 8500):  # empties most of the second segment and part of the third
+        for i in range(400, 850):  # empties most of the second segment and part of the third
             w.delete_item(ids[i])
-        late = w.add_item(new_item("/f/4000.jpg", "LATE"), code=code_for(1))  # a deleted path, reused
+        late = w.add_item(new_item("/f/400.jpg", "LATE"), code=code_for(1))  # a deleted path, reused
         w.delete_item(w.add_item(new_item("/tmp/gone.jpg"), code=code_for(2)))  # added and gone in one batch
     for s in (store, Store(store.path, readonly=True)):
         if s is not store:
             s.drop_caches()  # readonly: its lookups rebuilt
         assert s.item_by_path("/f/10.jpg") is None and s.item_by_path("/g/moved.jpg").id == ids[10]
         assert [it.id for it in s.items_by_hash("NEW")] == [ids[10]]
-        assert s.item_by_path("/f/4000.jpg").id == late and s.item_by_path("/tmp/gone.jpg") is None
-        assert s.get_item(ids[5000]) is None and s.get_item(ids[8600]).path == "/f/8600.jpg"
+        assert s.item_by_path("/f/400.jpg").id == late and s.item_by_path("/tmp/gone.jpg") is None
+        assert s.get_item(ids[500]) is None and s.get_item(ids[860]).path == "/f/860.jpg"
         assert [it.id for it in s.items_by_hash(f"{3:032x}")] == [
-            i for n, i in enumerate(ids) if n % 7 == 3 and not 4000 <= n < 8500 and n != 10
+            i for n, i in enumerate(ids) if n % 7 == 3 and not 400 <= n < 850 and n != 10
         ]
         if s is not store:
             s.close()
-    assert store.count() == 9000 - 4500 + 1 and store.verify() == []
+    assert store.count() == 900 - 450 + 1 and store.verify() == []
     before = [(it.id, it.path) for it in store.iter_items()]
     store.compact()
     assert [(it.id, it.path) for it in store.iter_items()] == before
-    assert store.info()["item_segments"] == 2  # 4501 items: the small middle segments merged
-    assert store.item_by_path("/f/8999.jpg").id == ids[8999] and store.verify() == []
+    assert store.info()["item_segments"] == 2  # 451 items: the small middle segments merged
+    assert store.item_by_path("/f/899.jpg").id == ids[899] and store.verify() == []
 
 
 def test_small_batches_fill_the_last_segment(store, monkeypatch):
