@@ -108,7 +108,7 @@ SEQUENCE = textwrap.dedent(
     """
     import sys, numpy as np
     sys.path[:0] = [sys.argv[2], str(__import__('pathlib').Path(sys.argv[2]).parent)]
-    from test_codec_set import _feed, _sources
+    from test_new_sources import _feed, _sources
     import semdb
     home, turned = _sources()
     with semdb.open(sys.argv[1]) as db:
