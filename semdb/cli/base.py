@@ -68,7 +68,7 @@ ModelOverrideOption = Annotated[
 PretrainedOption = Annotated[str | None, typer.Option("--pretrained", help=PRETRAINED_HELP)]
 ThreadsOption = Annotated[
     int | None,
-    typer.Option("--threads", min=1, help="torch threads for CLIP (default: torch's; 1 is fastest on a busy machine)."),
+    typer.Option("--threads", min=1, help=THREADS_HELP),
 ]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for another writer on this store instead of failing.")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per CLIP batch and per commit.")]

@@ -151,7 +151,7 @@ def test_ingest_names_prune_for_gone_files_and_wait_for_a_locked_store(photos, t
     for name in ("chelsea.jpg", "coffee.jpg", "shapes_0.png"):
         (photos / name).unlink()
     again = run("ingest", photos, "--store", store)
-    assert "note: the files of 3 stored images are gone; run this ingest again with --prune to remove them" in (
+    assert "note: the files of 3 stored items are gone; run this ingest again with --prune to remove them" in (
         again.stderr
     )
     assert json.loads(run("ingest", photos, "--store", store, "--prune", "--json").stdout)["pruned"] == 3
