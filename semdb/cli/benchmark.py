@@ -10,11 +10,16 @@ from rich.console import Console
 
 from ..codec import Codec
 from ..errors import InputError
+from ..ingest.training import MIN_TRAIN
 from .base import MODEL_HELP, PRETRAINED_HELP, app, err, examples, out, progress_display, user_errors
 
 
 @app.command(
-    epilog=examples("semdb bench --embeddings emb.npz --plot rate.png", "semdb bench --images ./classes --bits 128,256")
+    epilog=examples(
+        "semdb bench --embeddings emb.npz --plot rate.png",
+        "semdb bench --images ./classes --bits 128,256",
+        "semdb bench --protocol stream --embeddings a.npz --then b.npz --bits 256 --interleave 50",
+    )
 )
 def bench(
     embeddings: Path | None = typer.Option(
@@ -42,9 +47,23 @@ def bench(
         "held-out",
         "--protocol",
         help="held-out (random split); ood: train on some classes (label) or k-means clusters, evaluate on the "
-        "others; shift: held-out photos turned to vary where the training photos did not (see --shift).",
+        "others; shift: held-out photos turned to vary where the training photos did not (see --shift); "
+        "stream: a store fed collection A, then B (--then FILE, or A's other half turned by --shift), "
+        "scored over the mixed store against FAISS trained on A and on A+B.",
     ),
-    shift: float = typer.Option(0.5, "--shift", help="--protocol shift: spread left in the training subspace."),
+    shift: float = typer.Option(
+        0.5, "--shift", help="--protocol shift and stream: spread left in the training subspace."
+    ),
+    then: Path | None = typer.Option(None, "--then", help="--protocol stream: collection B (same model as A)."),
+    interleave: int = typer.Option(
+        0, "--interleave", min=0, help="--protocol stream: after A's codec, A and B in alternating batches of N."
+    ),
+    min_train: int = typer.Option(
+        MIN_TRAIN, "--min-train", help="--protocol stream: the store's training threshold; A and B each train on N."
+    ),
+    eval_items: int | None = typer.Option(
+        None, "--eval-items", help="--protocol stream: items of A and of B scored (default: the rest)."
+    ),
     ood_groups: int = typer.Option(
         10, "--ood-groups", min=2, help="k-means clusters of the ood protocol when the data has no labels."
     ),
@@ -59,6 +78,12 @@ def bench(
     """Rate-accuracy benchmark: semdb's codec against FAISS quantizers at each bit budget."""
     from .. import bench as B  # noqa: PLC0415 (faiss and the benchmark's methods: loaded only to run it)
 
+    if protocol == "stream":
+        stream_bench(
+            embeddings, then, images, train_file, codec, out_file, plot, shift, interleave, min_train, eval_items,
+            bits, methods, seed, as_json,
+        )  # fmt: skip
+        return
     with user_errors():
         if (train_file is None) != (eval_file is None):
             raise InputError("--train FILE and --eval FILE go together: train on one collection, score on the other")
@@ -120,3 +145,37 @@ def bench(
     else:
         # A table this wide wraps badly at 80 columns: use the terminal's width, or 200 in a pipe.
         B.print_table(rows, console=out if out.is_terminal else Console(width=200))
+
+
+def stream_bench(
+    embeddings, then, images, train_file, codec, out_file, plot, shift, interleave, min_train, eval_items, bits,
+    methods, seed, as_json,
+):  # fmt: skip
+    """`semdb bench --protocol stream`: semdb.bench.run_stream."""
+    from .. import bench as B  # noqa: PLC0415 (as in bench)
+
+    with user_errors():
+        if embeddings is None or images is not None or train_file is not None or codec is not None:
+            raise InputError("--protocol stream takes --embeddings FILE (collection A), and --then FILE or --shift")
+        if out_file is not None or plot is not None:
+            raise InputError("--out and --plot are not for --protocol stream; use --json")
+        B.check_stream_options(bits, methods, interleave, min_train)
+        progress, update = progress_display(enabled=not as_json)
+        with progress:
+            rows = B.run_stream(
+                embeddings,
+                then=then,
+                shift=shift,
+                seed=seed,
+                bits=bits,
+                methods=methods,
+                min_train=min_train,
+                eval_items=eval_items,
+                interleave=interleave or None,
+                progress=update,
+                on_message=lambda line: err.print(f"[yellow]{line}[/yellow]", highlight=False),
+            )
+    if as_json:
+        sys.stdout.write(B.stream_json(rows) + "\n")
+    else:
+        B.print_stream_table(rows, console=out if out.is_terminal else Console(width=200))
