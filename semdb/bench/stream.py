@@ -440,6 +440,8 @@ class _Run:
                 for metric, value in means[s].items():
                     if value is not None and value > best[s].get(metric, (-1.0, ""))[0]:
                         best[s][metric] = (value, planned.name)
+        if not any(plan_budget(f, bits, self.X.shape[1]) for f in families):
+            self.say(f"{bits} bits: none of {', '.join(families)} has a configuration of exactly {bits} bits")
         if any(best.values()):
             notes = {s: "; ".join(f"{_SHORT[m]} {name}" for m, (_, name) in best[s].items()) for s in SCOPES}
             values = {s: {m: v for m, (v, _) in best[s].items()} for s in SCOPES}
