@@ -79,12 +79,12 @@ def bench(
     from .. import bench as B  # noqa: PLC0415 (faiss and the benchmark's methods: loaded only to run it)
 
     if protocol == "stream":
-        stream_bench(
-            embeddings, then, images, train_file, codec, out_file, plot, shift, interleave, min_train, eval_items,
-            bits, methods, seed, as_json,
-        )  # fmt: skip
+        given = dict(images=images, train=train_file, codec=codec, out=out_file, plot=plot)
+        _stream(embeddings, then, given, shift, interleave, min_train, eval_items, bits, methods, seed, as_json)
         return
     with user_errors():
+        if then is not None or interleave or eval_items is not None:
+            raise InputError("--then, --interleave and --eval-items go with --protocol stream")
         if (train_file is None) != (eval_file is None):
             raise InputError("--train FILE and --eval FILE go together: train on one collection, score on the other")
         if (embeddings is not None) + (images is not None) + (train_file is not None) != 1:
@@ -147,17 +147,14 @@ def bench(
         B.print_table(rows, console=out if out.is_terminal else Console(width=200))
 
 
-def stream_bench(
-    embeddings, then, images, train_file, codec, out_file, plot, shift, interleave, min_train, eval_items, bits,
-    methods, seed, as_json,
-):  # fmt: skip
-    """`semdb bench --protocol stream`: semdb.bench.run_stream."""
+def _stream(embeddings, then, given, shift, interleave, min_train, eval_items, bits, methods, seed, as_json):
+    """`semdb bench --protocol stream`: semdb.bench.run_stream. `given`: the options it does not take."""
     from .. import bench as B  # noqa: PLC0415 (as in bench)
 
     with user_errors():
-        if embeddings is None or images is not None or train_file is not None or codec is not None:
+        if embeddings is None or any(given[k] is not None for k in ("images", "train", "codec")):
             raise InputError("--protocol stream takes --embeddings FILE (collection A), and --then FILE or --shift")
-        if out_file is not None or plot is not None:
+        if given["out"] is not None or given["plot"] is not None:
             raise InputError("--out and --plot are not for --protocol stream; use --json")
         B.check_stream_options(bits, methods, interleave, min_train)
         progress, update = progress_display(enabled=not as_json)

@@ -94,6 +94,8 @@ def test_stream_from_the_command_line(tmp_path):
     bad = semdb_cli(*args, "--plot", tmp_path / "x.png", check=False)
     assert bad.returncode != 0 and "--out and --plot are not for --protocol stream" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+    elsewhere = semdb_cli("bench", "--embeddings", a, "--then", b, check=False)
+    assert elsewhere.returncode != 0 and "go with --protocol stream" in elsewhere.stderr
 
 
 @pytest.mark.skipif(not FLICKR.exists(), reason="the shared evaluation data is absent (it lives outside the repo)")
