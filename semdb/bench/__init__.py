@@ -5,7 +5,8 @@
 >>> print_table(rows)                                                  # doctest: +SKIP
 
 ``run_bench`` returns a list of row dicts (schema: docs/notes/BENCH.md, keys ``ROW_KEYS``);
-``report`` turns them into a rich table, JSON, Parquet and a plot.
+``report`` turns them into a rich table, JSON, Parquet and a plot. ``run_stream`` (stream.py)
+measures a store fed one collection, then another, against FAISS (docs/notes/BENCH.md).
 """
 
 from .data import (
@@ -33,8 +34,19 @@ from .runner import (
     run_bench,
     sort_rows,
 )
+from .stream import FAISS_FAMILIES, STREAM_ROW_KEYS, Stream, check_stream_options, make_stream, run_stream
+from .stream_report import make_stream_table, print_stream_table, stream_json
 
 __all__ = [
+    "FAISS_FAMILIES",
+    "STREAM_ROW_KEYS",
+    "Stream",
+    "check_stream_options",
+    "make_stream",
+    "make_stream_table",
+    "print_stream_table",
+    "run_stream",
+    "stream_json",
     "BenchData",
     "DEFAULT_BITS",
     "DEFAULT_BPP_PIXELS",

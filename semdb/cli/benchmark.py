@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..codec import Codec
 from ..errors import InputError
+from ..ingest.training import MIN_TRAIN
 from .base import (
     MODEL_HELP,
     PretrainedOption,
@@ -25,7 +26,11 @@ from .base import (
 
 
 @app.command(
-    epilog=examples("semdb bench --embeddings emb.npz --plot rate.png", "semdb bench --images ./classes --bits 128,256")
+    epilog=examples(
+        "semdb bench --embeddings emb.npz --plot rate.png",
+        "semdb bench --images ./classes --bits 128,256",
+        "semdb bench --protocol stream --embeddings a.npz --then b.npz --bits 256 --interleave 50",
+    )
 )
 def bench(
     embeddings: Path | None = typer.Option(
@@ -53,9 +58,23 @@ def bench(
         "held-out",
         "--protocol",
         help="held-out (random split); ood: train on some classes (label) or k-means clusters, evaluate on the "
-        "others; shift: held-out photos turned to vary where the training photos did not (see --shift).",
+        "others; shift: held-out photos turned to vary where the training photos did not (see --shift); "
+        "stream: a store fed collection A, then B (--then FILE, or A's other half turned by --shift), "
+        "scored over the mixed store against FAISS trained on A and on A+B.",
     ),
-    shift: float = typer.Option(0.5, "--shift", help="--protocol shift: spread left in the training subspace."),
+    shift: float = typer.Option(
+        0.5, "--shift", help="--protocol shift and stream: spread left in the training subspace."
+    ),
+    then: Path | None = typer.Option(None, "--then", help="--protocol stream: collection B (same model as A)."),
+    interleave: int = typer.Option(
+        0, "--interleave", min=0, help="--protocol stream: after A's codec, A and B in alternating batches of N."
+    ),
+    min_train: int = typer.Option(
+        MIN_TRAIN, "--min-train", help="--protocol stream: the store's training threshold; A and B each train on N."
+    ),
+    eval_items: int | None = typer.Option(
+        None, "--eval-items", help="--protocol stream: items of A and of B scored (default: the rest)."
+    ),
     ood_groups: int = typer.Option(
         10, "--ood-groups", min=2, help="k-means clusters of the ood protocol when the data has no labels."
     ),
@@ -70,7 +89,13 @@ def bench(
     """Rate-accuracy benchmark: semdb's codec against FAISS quantizers at each bit budget."""
     from .. import bench as B  # noqa: PLC0415 (faiss and the benchmark's methods: loaded only to run it)
 
+    if protocol == "stream":
+        given = dict(images=images, train=train_file, codec=codec, out=out_file, plot=plot)
+        _stream(embeddings, then, given, shift, interleave, min_train, eval_items, bits, methods, seed, as_json)
+        return
     with user_errors():
+        if then is not None or interleave or eval_items is not None:
+            raise InputError("--then, --interleave and --eval-items go with --protocol stream")
         if (train_file is None) != (eval_file is None):
             raise InputError("--train FILE and --eval FILE go together: train on one collection, score on the other")
         if (embeddings is not None) + (images is not None) + (train_file is not None) != 1:
@@ -143,3 +168,34 @@ def _print_to_file(table) -> None:
     console.print(table)
     lines = [str(title or ""), *console.file.getvalue().splitlines(), *str(caption or "").splitlines()]
     sys.stdout.write("".join(line.rstrip() + "\n" for line in lines if line.strip()))
+
+
+def _stream(embeddings, then, given, shift, interleave, min_train, eval_items, bits, methods, seed, as_json):
+    """`semdb bench --protocol stream`: semdb.bench.run_stream. `given`: the options it does not take."""
+    from .. import bench as B  # noqa: PLC0415 (as in bench)
+
+    with user_errors():
+        if embeddings is None or any(given[k] is not None for k in ("images", "train", "codec")):
+            raise InputError("--protocol stream takes --embeddings FILE (collection A), and --then FILE or --shift")
+        if given["out"] is not None or given["plot"] is not None:
+            raise InputError("--out and --plot are not for --protocol stream; use --json")
+        B.check_stream_options(bits, methods, interleave, min_train)
+        progress, update = progress_display(enabled=not as_json)
+        with progress:
+            rows = B.run_stream(
+                embeddings,
+                then=then,
+                shift=shift,
+                seed=seed,
+                bits=bits,
+                methods=methods,
+                min_train=min_train,
+                eval_items=eval_items,
+                interleave=interleave or None,
+                progress=update,
+                on_message=lambda line: err.print(f"[yellow]{line}[/yellow]", highlight=False),
+            )
+    if as_json:
+        sys.stdout.write(B.stream_json(rows) + "\n")
+    else:
+        B.print_stream_table(rows, console=out if out.is_terminal else Console(width=10_000))
