@@ -169,12 +169,17 @@ class AdcIndex:
         short = shortlist or shortlist_size(k)
         if short >= self.n:  # the shortlist is everything: score it all exactly (fast-scan
             return self.candidates(Q, k, rows=np.arange(self.n))  # may drop ties at k = n)
-        approx, cand = self.index.search(Q, short)
+        approx, cand = self.scan(Q, short)
         # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised; a cosine
         # score divides by ||x_hat||, which the inner-product scan does not know).
-        return [self._reranked(Q[i : i + 1], cand[i], approx[i]) for i in range(len(Q))]
+        return [self.reranked(Q[i : i + 1], cand[i], approx[i]) for i in range(len(Q))]
 
-    def _reranked(self, q: np.ndarray, cand: np.ndarray, approx: np.ndarray) -> Candidates:
+    def scan(self, Q: np.ndarray, short: int) -> tuple[np.ndarray, np.ndarray]:
+        """The approximate scan alone: (scan scores, rows), each (nq, short), -1 past the end."""
+        return self.index.search(np.ascontiguousarray(Q, dtype=np.float32), short)
+
+    def reranked(self, q: np.ndarray, cand: np.ndarray, approx: np.ndarray) -> Candidates:
+        """One query's scanned rows `cand` (and their scan scores) scored exactly."""
         keep = cand >= 0
         rows = cand[keep]
         return Candidates(rows, approx[keep], self.exact_scores(q, rows)[0], False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adc import AdcIndex, Candidates, FlatIndex
+from .adc import AdcIndex, Candidates, FlatIndex, shortlist_size
 from .ivf import IvfIndex
 
 
@@ -53,15 +53,34 @@ class SetIndex:
         self, Q: np.ndarray, k: int = 10, rows: np.ndarray | None = None, nprobe: int | None = None
     ) -> list[Candidates]:
         """Per query, the union of every part's candidates (rows of the whole); complete when
-        every part's are. `nprobe`: for a part that is an IVF."""
+        every part's are. `nprobe`: for a part that is an IVF. Unfiltered, the fast-scan parts
+        scan alone first and one shortlist is cut from all their scan scores, as one index cuts
+        its own, so that only shortlist_size(k) rows are scored exactly in all."""
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
         found = [[] for _ in range(len(Q))]
+        short, scans = shortlist_size(k), []
         for part, start, end in zip(self.parts, self.starts[:-1], self.starts[1:]):
             part_rows = None if rows is None else rows[(rows >= start) & (rows < end)] - start
             if part_rows is not None and not len(part_rows):
                 continue
+            if part_rows is None and type(part) is AdcIndex and part.fast_scan and short < part.n:
+                scans.append((part, start, *part.scan(Q, short)))
+                continue
             probe = {"nprobe": nprobe} if nprobe is not None and isinstance(part, IvfIndex) else {}
             for i, c in enumerate(part.candidates(Q, k, rows=part_rows, **probe)):
                 found[i].append(Candidates(c.rows + start, c.approx, c.exact, c.complete))
+        if scans:
+            for i in range(len(Q)):
+                approx = np.concatenate([a[i] for _, _, a, _ in scans])
+                cand = np.concatenate([c[i] for _, _, _, c in scans])
+                of = np.concatenate([np.full(len(c[i]), j) for j, (_, _, _, c) in enumerate(scans)])
+                keep = np.flatnonzero(cand >= 0)
+                keep = keep[np.argsort(-approx[keep], kind="stable")[:short]]
+                for j, (part, start, _, _) in enumerate(scans):
+                    mine = keep[of[keep] == j]
+                    if len(mine):
+                        c = part.reranked(Q[i : i + 1], cand[mine], approx[mine])
+                        found[i].append(Candidates(c.rows + start, c.approx, c.exact, False))
         return [_union(f) for f in found]
 
 

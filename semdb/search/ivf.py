@@ -327,5 +327,5 @@ class IvfIndex(AdcIndex):
                 False,
                 params,
             )
-            found.append(self._reranked(q, cand[0], D[0]))
+            found.append(self.reranked(q, cand[0], D[0]))
         return found
