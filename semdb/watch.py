@@ -397,5 +397,5 @@ class Watcher:
         )
 
     def _counted(self, summary: dict) -> None:
-        self.status.added += summary.get("new", 0) + summary.get("changed", 0) + summary.get("moved", 0)
+        self.status.added += sum(summary.get(kind, 0) for kind in ("new", "changed", "moved", "duplicate"))
         self.status.failed += summary.get("failed", 0)

@@ -130,7 +130,7 @@ def _watch_process(folder, store, model, *extra):
 def test_killed_mid_batch_it_catches_up_at_the_next_start(tmp_path, tiny_model):
     folder, store = tmp_path / "photos", tmp_path / "store"
     folder.mkdir()
-    source = write_photos(tmp_path / "src", n_generated=40)
+    source = write_photos(tmp_path / "src", n_generated=120)
     proc = _watch_process(folder, store, tiny_model, "--batch-size", "1")  # a commit per photo
     try:
         eventually(lambda: _created(store), "the store created")
@@ -141,11 +141,11 @@ def test_killed_mid_batch_it_catches_up_at_the_next_start(tmp_path, tiny_model):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    assert len(stored(store)) < 44, "every photo was committed before the kill: no mid-batch kill tested"
+    assert len(stored(store)) < 124, "every photo was committed before the kill: no mid-batch kill tested"
 
     proc = _watch_process(folder, store, tiny_model)  # no event for what it missed: the start's rescan
     try:
-        eventually(lambda: len(stored(store)) == 44, "the restart caught up")
+        eventually(lambda: len(stored(store)) == 124, "the restart caught up")
     finally:
         proc.send_signal(signal.SIGTERM)  # stops cleanly, saying so
         out = proc.communicate(timeout=60)[0].decode()

@@ -74,7 +74,7 @@ def codec_set(ctx, policy) -> CodecSet:
     while the set holds one, every photo goes to a codec."""
     codecs = tuple(ctx.codecs.values())
     trained_on = min((c.config.get("n_train") or 0 for c in codecs), default=0)
-    return CodecSet(codecs, stage=len(codecs) < policy.max_codecs and trained_on >= policy.min_train)
+    return CodecSet(codecs, stage=not codecs or (len(codecs) < policy.max_codecs and trained_on >= policy.min_train))
 
 
 def embed_and_encode(embedder, images: Sequence[DecodedImage], codecs: CodecSet) -> Vectors | None:

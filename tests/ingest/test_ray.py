@@ -10,6 +10,7 @@ import pytest
 from kit import semdb_cli, store_items, write_photos
 
 import semdb
+from semdb.ingest.encode import CodecSet
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is part of [test]; this only skips a partial install")
 
@@ -138,10 +139,10 @@ def test_a_worker_with_other_weights_fails_the_ingest_in_one_line(local_ray, tmp
     (tmp_path / "shards" / "semdb-user-file.txt").write_text("a --ray-shards folder is not ours to clean")
     with RayEngine(tmp_path / "shards", threads=1) as engine:
         with pytest.raises(ModelError, match="loaded other weights") as err:
-            list(engine.embed([[job]], None, embedder))
+            list(engine.embed([[job]], CodecSet(), embedder))
         assert "\n" not in str(err.value)
         write_tiny_model(model_dir, seed=0)
-        (batch,) = engine.embed([[job]], None, embedder)
+        (batch,) = engine.embed([[job]], CodecSet(), embedder)
         expected = decode_image(embedder, job.path, None)
         assert (batch.images[0].width, batch.images[0].height) == (expected.width, expected.height)
         assert batch.vectors.embeddings.shape == (1, 64)
