@@ -67,6 +67,19 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, vals
 
 
+def best_of(index, Q: np.ndarray, k: int, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (ids, scores) per query, each (nq, k), from `index.candidates(Q, k, **options)`:
+    row numbers best first, -1 / -inf past the end."""
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    ids = np.full((len(Q), max(k, 0)), -1, dtype=np.int64)
+    scores = np.full((len(Q), max(k, 0)), -np.inf, dtype=np.float32)
+    if index.n == 0 or k <= 0:
+        return ids, scores
+    for i, found in enumerate(index.candidates(Q, k, **options)):
+        ids[i], scores[i] = found.top(k)
+    return ids, scores
+
+
 class FlatIndex:
     """Exact inner-product search over float vectors (FAISS's IndexFlatIP, without FAISS):
     a store's staged embeddings before it has a codec, or the paper codec's decoded vectors."""
@@ -147,14 +160,7 @@ class AdcIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores) per query, each (nq, k); ids are row numbers, -1 past the end.
         `rows`: search only these rows (a filter): scored exactly, without the fast-scan pass."""
-        Q = np.ascontiguousarray(Q, dtype=np.float32)
-        ids = np.full((len(Q), max(k, 0)), -1, dtype=np.int64)
-        scores = np.full((len(Q), max(k, 0)), -np.inf, dtype=np.float32)
-        if self.n == 0 or k <= 0:
-            return ids, scores
-        for i, found in enumerate(self.candidates(Q, k, shortlist, rows)):
-            ids[i], scores[i] = found.top(k)
-        return ids, scores
+        return best_of(self, Q, k, shortlist=shortlist, rows=rows)
 
     def candidates(
         self, Q: np.ndarray, k: int = 10, shortlist: int | None = None, rows: np.ndarray | None = None

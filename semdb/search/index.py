@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adc import AdcIndex, Candidates, FlatIndex, shortlist_size
+from .adc import AdcIndex, Candidates, FlatIndex, best_of, shortlist_size
 from .ivf import IvfIndex
 
 
@@ -40,14 +40,7 @@ class SetIndex:
     def search(
         self, Q: np.ndarray, k: int = 10, rows: np.ndarray | None = None, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        Q = np.ascontiguousarray(Q, dtype=np.float32)
-        ids = np.full((len(Q), max(k, 0)), -1, dtype=np.int64)
-        scores = np.full((len(Q), max(k, 0)), -np.inf, dtype=np.float32)
-        if self.n == 0 or k <= 0:
-            return ids, scores
-        for i, found in enumerate(self.candidates(Q, k, rows=rows, nprobe=nprobe)):
-            ids[i], scores[i] = found.top(k)
-        return ids, scores
+        return best_of(self, Q, k, rows=rows, nprobe=nprobe)
 
     def candidates(
         self, Q: np.ndarray, k: int = 10, rows: np.ndarray | None = None, nprobe: int | None = None

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import lazy
 from ..rows import unit_rows
-from .adc import FAST_SCAN_BLOCK, AdcIndex, Candidates, shortlist_size
+from .adc import FAST_SCAN_BLOCK, AdcIndex, Candidates, best_of, shortlist_size
 
 # default nprobe = nlist / 4: keeps nearly all of the exhaustive scan's top 10 (docs/SCALE.md#ivf)
 DEFAULT_NPROBE_FRACTION = 1 / 4
@@ -269,14 +269,7 @@ class IvfIndex(AdcIndex):
         """Top-k (ids, scores) per query: the nprobe nearest lists (default self.nprobe;
         nprobe >= nlist scans every list), shortlist reranked exactly. `rows`: a filter; at most
         FILTER_EXACT_MAX rows are scored exactly, more go through FAISS's IDSelector."""
-        Q = np.ascontiguousarray(Q, dtype=np.float32)
-        ids = np.full((len(Q), max(k, 0)), -1, np.int64)
-        scores = np.full((len(Q), max(k, 0)), -np.inf, np.float32)
-        if self.n == 0 or k <= 0:
-            return ids, scores
-        for i, found in enumerate(self.candidates(Q, k, shortlist, rows, nprobe)):
-            ids[i], scores[i] = found.top(k)
-        return ids, scores
+        return best_of(self, Q, k, shortlist=shortlist, rows=rows, nprobe=nprobe)
 
     def candidates(
         self,

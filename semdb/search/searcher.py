@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,9 +26,6 @@ from .index import SetIndex, codec_index
 from .ivf import IvfIndex
 from .request import MAX_K, SearchRequest, Term, Where
 
-if TYPE_CHECKING:  # the store's context is handed in; search sits below it
-    from ..context import StoreContext
-
 # Frames fetched per hit asked for when hits are grouped by video: a video's frames crowd the
 # shortlist (a matching scene is several frames), so k videos need more than k frames.
 GROUP_FETCH = 8
@@ -39,7 +35,9 @@ class Searcher:
     """Queries over one store; the index (and the metadata filters read) are rebuilt only after
     a commit."""
 
-    def __init__(self, ctx: StoreContext):
+    def __init__(self, ctx):
+        """`ctx`: the StoreContext of the store to search (search sits below the context: it
+        is handed one, never imports it)."""
         self.ctx = ctx
         self._index = None  # (generation, ids, search index)
         self._meta = None  # (generation, paths, taken) aligned with the index's ids
