@@ -180,14 +180,11 @@ class SearchRequest:
     itself is never a hit); or instead `vector`, query embeddings of the store's model (D,) or
     (nq, D), one search per row. `files`: a term of `text` naming an existing image file is
     that image (False: every term is text, what a server answering URLs needs).
-    Limit: `k` hits (at most MAX_K). Where: `where` (SearchRequest.of takes its `under`,
-    `after`, `before`). Refine: `within` (keep hits within this of the best score),
-    `min_score`. `nprobe`: IVF lists to scan in a store that keeps an IVF (default nlist / 4;
-    more: slower, closer to the exhaustive result); a smaller store scans every code.
-    `frames`: every matching frame of a video is a hit (default: a video's best frame only).
-
-    Build one with `SearchRequest.of`, which takes the filters as `under`, `after` and
-    `before`; `db.search` takes it as it is:
+    Limit: `k` hits (at most MAX_K). Where: `where` (`under`, `after`, `before` in
+    `SearchRequest.of`). Refine: `within` (keep hits within this of the best score),
+    `min_score`. `nprobe`: IVF lists to scan in a store past a million items (default nlist / 4;
+    more: slower, closer to the exhaustive result). `frames`: every matching frame of a video
+    is a hit (default: a video's best frame only). Build one with `SearchRequest.of`:
 
         request = semdb.SearchRequest.of("a red bicycle", k=10, under="./photos", after="2023-06-01")
         hits = db.search(request)
