@@ -40,14 +40,13 @@ __all__ = ["Database", "Hit", "Item", "SearchRequest", "open"]
 def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> Database:  # noqa: A001
     """Open the store at `path`, creating it if it does not exist: a `Database`.
 
-    `path`: the store's folder (default: `$SEMDB_STORE`, else the user data folder,
-    `~/.local/share/semdb/store` on Linux). `model` / `pretrained`: the CLIP model of a new store
-    (an open_clip name and tag, `local-dir:/folder` or `hf-hub:org/repo`; default: ViT-B-32 with
-    the laion2b_s34b_b79k weights, or `$SEMDB_MODEL`); a store remembers its model and refuses
-    another. Keywords: `readonly` (beside a writer), `wait` (for another writer, rather than
-    `StoreLockedError`), `device` ("cuda" for a GPU), `threads` (CPU threads for CLIP),
-    `map_size` (the initial LMDB map; it grows), `embedder` (a loaded `Embedder` of the store's
-    model), `create=False` (a missing store is a `StoreError`). The model loads on first use.
+    `path`: the store's folder (default: `$SEMDB_STORE`, else the user data folder).
+    `model` / `pretrained`: the CLIP model of a new store, as `--model` / `--pretrained`
+    (docs/CLI.md#models); a store remembers its model and refuses another. Keywords:
+    `readonly` (beside a writer), `wait` (for another writer, rather than `StoreLockedError`),
+    `device` ("cuda" for a GPU), `threads` (CPU threads for CLIP), `map_size` (the initial LMDB
+    map; it grows), `embedder` (a loaded `Embedder` of the store's model), `create=False` (a
+    missing store is a `StoreError`). The model loads on first use.
 
         with semdb.open("photos.semdb", model="local-dir:/models/clip") as db:
             db.ingest(["./photos"])
@@ -149,11 +148,10 @@ class Database:
         progress: Progress | None = None,
     ) -> dict:
         """Store precomputed CLIP image embeddings `embeddings` (n, D) of the files `paths`, as
-        an ingest would; or read them from `paths`, a clip-retrieval output folder, a .npz, or a
-        .npy (then `embeddings` is the paths file). `model` / `pretrained`: the CLIP model they
-        come from (default: the store's). Everything is checked before anything is written;
-        stored paths are left as they are. `bits`, `train_now`, `policy`, `progress`: as for
-        `ingest`, whose summary it returns.
+        `semdb ingest --embeddings` (docs/CLI.md#precomputed-embeddings); or read them from
+        `paths`, a file or folder (then `embeddings` may name the paths file). `model` /
+        `pretrained`: their CLIP model (default: the store's). `bits`, `train_now`, `policy`,
+        `progress`: as for `ingest`, whose summary it returns.
 
             db.add_embeddings(["a.jpg", "b.jpg"], X, model="ViT-B-32")   # X: (2, 512) float32
         """
@@ -234,10 +232,9 @@ class Database:
 
     # --- what the store holds: list, count, remove (catalog.py) ------------------------------
     def ls(self, under=None, after=None, before=None, *, offset: int = 0, limit: int | None = None) -> list[Item]:
-        """Stored `Item`s newest first (date taken, unknown dates last, then id), as `semdb ls`:
-        `limit` of them (None: all) from `offset`. `under` a folder, `after` (inclusive) /
-        `before` (exclusive) a date taken ("YYYY-MM-DD", ISO text, date or datetime). Reads
-        metadata only (no code, no model)."""
+        """Stored `Item`s newest first, as `semdb ls`: `limit` of them (None: all) from `offset`.
+        `under` a folder, `after` (inclusive) / `before` (exclusive) a date taken ("YYYY-MM-DD",
+        ISO text, date or datetime)."""
         return self._listing.ls(Where.of(under, after, before), offset, limit)
 
     def count(self, under=None, after=None, before=None) -> int:
@@ -245,8 +242,8 @@ class Database:
         return self._listing.count(Where.of(under, after, before))
 
     def tally(self, under=None, after=None, before=None) -> dict:
-        """Of the items ls() lists with these filters: {"photos", "frames", "videos"}, how many
-        are photos, how many video frames, and of how many videos."""
+        """{"photos", "frames", "videos"}: of the items ls() lists with these filters, how many
+        are photos and video frames, and of how many videos."""
         return self._listing.tally(Where.of(under, after, before))
 
     def rm(self, targets: Iterable = (), *, under=None, dry_run: bool = False) -> list[Item]:
@@ -325,9 +322,8 @@ class Database:
         return self.store.codes_by_id()
 
     def info(self) -> dict:
-        """`semdb info --json`: `path`, `items`, `staging`, `bits_per_item`, `bytes_on_disk`,
-        `bytes_per_item`, `model`, `codec` (trained on, encoded since, drift), `ivf`,
-        `codec_trains_at`, `codecs` (each codec of the store's set: id, items, trained on, bits,
-        shift ratio), `waiting` (photos no codec knows yet, searched exactly), `retrain_advice`
-        and `retrain_pending`."""
+        """What `semdb info --json` prints: `path`, `items`, `staging`, `bits_per_item`,
+        `bytes_on_disk`, `bytes_per_item`, `model`, `codec`, `ivf`, `codec_trains_at`, `codecs`
+        (the store's set), `waiting` (photos no codec takes yet), `retrain_advice`,
+        `retrain_pending`."""
         return describe(self.store, self._ctx.codecs)
