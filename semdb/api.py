@@ -44,9 +44,10 @@ def open(path=None, model: str | None = None, pretrained: str | None = None, **k
     `model` / `pretrained`: the CLIP model of a new store, as `--model` / `--pretrained`
     (docs/CLI.md#models); a store remembers its model and refuses another. Keywords:
     `readonly` (beside a writer), `wait` (for another writer, rather than `StoreLockedError`),
-    `device` ("cuda" for a GPU), `threads` (CPU threads for CLIP), `map_size` (the initial LMDB
-    map; it grows), `embedder` (a loaded `Embedder` of the store's model), `create=False` (a
-    missing store is a `StoreError`). The model loads on first use.
+    `device` ("cuda" for a GPU), `threads` (CPU threads for CLIP), `map_size` (the most the
+    store's file may grow to, in bytes of address space; default 1 TiB), `embedder` (a loaded
+    `Embedder` of the store's model), `create=False` (a missing store is a `StoreError`). The
+    model loads on first use.
 
         with semdb.open("photos.semdb", model="local-dir:/models/clip") as db:
             db.ingest(["./photos"])
@@ -84,7 +85,7 @@ class Database:
             create=create and not readonly,
             readonly=readonly,
             wait=wait,
-            **({"map_size": map_size} if map_size else {}),  # initial LMDB map; grows
+            **({"map_size": map_size} if map_size else {}),
         )
         try:
             self._ctx = StoreContext(self.store, model, pretrained, device=device, threads=threads, embedder=embedder)
