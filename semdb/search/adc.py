@@ -168,6 +168,28 @@ class TableNorms:
         return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class TableSpan:
+    """What search can take from an additive codec's tables alone, worked out once per codec (an
+    SVD and a Gram matrix of the tables: a quarter second at 512 bits), not at every index build.
+
+    Each query's LUT costs M K (its dimension): when the tables span r < D dimensions (a PCA-slot
+    codec decodes into its p principal directions), the scan and the rerank work in that span,
+    <q, T[m, k]> = <V^T q, V^T T[m, k]>, which cuts each query's fixed cost by about D / r."""
+
+    basis: np.ndarray | None  # V (D, r), None when r is not well below D
+    tables: np.ndarray  # the tables in V's coordinates (M, K, r), or themselves
+    norms: TableNorms | None  # ||x_hat|| by look-ups, None when decoding is cheaper
+
+    @classmethod
+    def of(cls, tables: np.ndarray, bias: np.ndarray) -> TableSpan:
+        tables = np.ascontiguousarray(tables, dtype=np.float32)
+        basis = row_span(tables)
+        in_span = tables if basis is None else np.ascontiguousarray(tables @ basis)
+        norms = TableNorms(tables, in_span, np.asarray(bias, np.float32))
+        return cls(basis, in_span, norms if norms.usable else None)
+
+
 class AdcIndex:
     """Packed codes of one additive codec, ready for batched top-k search.
 
@@ -177,9 +199,13 @@ class AdcIndex:
 
     _all_norms = None  # ||x_hat|| of every row (of self.codes), computed by the first long filter
 
-    def __init__(self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None):
+    def __init__(
+        self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None, span: TableSpan = None
+    ):
         """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat||: the
-        shortlist is then re-scored by cosine, <q, x_hat> / ||x_hat|| (norms come from the codes)."""
+        shortlist is then re-scored by cosine, <q, x_hat> / ||x_hat|| (norms come from the codes,
+        by the span's table look-ups where it has them). `span`: TableSpan.of(tables, bias),
+        when the caller keeps it per codec."""
         faiss = lazy.faiss()
 
         self.tables = np.ascontiguousarray(tables, dtype=np.float32)
@@ -189,11 +215,10 @@ class AdcIndex:
         self.nbits = nbits
         self.norms = norms
         self.n = len(self.codes)
-        # Each query's LUT costs M K (its dimension): when the tables span r < D dimensions (a
-        # PCA-slot codec decodes into its p principal directions), scan and rerank in that span,
-        # <q, T[m, k]> = <V^T q, V^T T[m, k]>, which cuts each query's fixed cost by about D / r.
-        self.basis = row_span(self.tables)
-        self.span_tables = self.tables if self.basis is None else np.ascontiguousarray(self.tables @ self.basis)
+        span = span or TableSpan.of(self.tables, self.bias)
+        self.basis, self.span_tables = span.basis, span.tables
+        if norms is not None and span.norms is not None:
+            self.norms = span.norms
         scan_tables, scan_nbits = self.span_tables, nbits
         dim = scan_tables.shape[2]
         if nbits == 2 and self.m % 2 == 0:
@@ -203,9 +228,6 @@ class AdcIndex:
             t = scan_tables.reshape(self.m // 2, 2, 4, dim)
             scan_tables = (t[:, 0, None, :, :] + t[:, 1, :, None, :]).reshape(self.m // 2, 16, dim)
             scan_nbits = 4
-        if norms is not None:
-            by_tables = TableNorms(self.tables, self.span_tables, self.bias)
-            self.norms = by_tables if by_tables.usable else norms
         m_scan = scan_tables.shape[0]
         st = faiss.AdditiveQuantizer.ST_LUT_nonorm  # inner product: no norm term in the code
         index = faiss.IndexLocalSearchQuantizer(dim, m_scan, scan_nbits, faiss.METRIC_INNER_PRODUCT, st)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adc import AdcIndex, Candidates, FlatIndex, best_of, shortlist_size
+from .adc import AdcIndex, Candidates, FlatIndex, TableSpan, best_of, shortlist_size
 from .ivf import IvfIndex
+
+SPANS_KEPT = 16  # codecs whose TableSpan is kept: a store's set is at most 8
+_spans: dict[str, TableSpan] = {}  # codec id -> its tables' span: indexes are rebuilt at every commit
 
 
 def codec_index(codec, codes, ivf=None):
@@ -22,7 +25,12 @@ def codec_index(codec, codes, ivf=None):
     if ivf is not None:
         span = None if codec.n_coarse else codec.decoder
         return IvfIndex(codec.tables, bias, codes, codec.nbits, norms, ivf[0], ivf[1], span=span)
-    return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms)
+    span = _spans.get(codec.id)
+    if span is None:
+        span = _spans[codec.id] = TableSpan.of(codec.tables, bias)
+        while len(_spans) > SPANS_KEPT:
+            _spans.pop(next(iter(_spans)))
+    return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms, span=span)
 
 
 class SetIndex:
