@@ -21,6 +21,7 @@ from ..errors import InputError, UnknownItemError, display_path
 from ..images import load_image
 from . import ivf
 from .adc import Candidates, FlatIndex
+from .filters import FilterFacts
 from .hit import Hit
 from .index import SetIndex, codec_index
 from .ivf import IvfIndex
@@ -32,15 +33,16 @@ GROUP_FETCH = 8
 
 
 class Searcher:
-    """Queries over one store; the index (and the metadata filters read) are rebuilt only after
-    a commit."""
+    """Queries over one store; the index is rebuilt, and what filters read caught up, only
+    after a commit."""
 
     def __init__(self, ctx):
         """`ctx`: the StoreContext of the store to search (search sits below the context: it
         is handed one, never imports it)."""
         self.ctx = ctx
         self._index = None  # (generation, ids, search index)
-        self._meta = None  # (generation, paths, taken) aligned with the index's ids
+        self.filter_facts = FilterFacts()  # every item's folder and date, caught up per commit
+        self._aligned = None  # (generation, folder numbers, dates) aligned with the index's ids
         self._frames = None  # (generation, whether the store holds video frames)
 
     # --- the query vector -------------------------------------------------------------------
@@ -161,20 +163,17 @@ class Searcher:
             return None
         keep = ids != np.uint64(exclude) if exclude is not None else np.ones(len(ids), bool)
         if where:
-            keep &= where.matches(*self._metadata(ids))
+            keep &= self.filter_facts.matches(where, *self._metadata(ids))
         return np.flatnonzero(keep)
 
-    def _metadata(self, ids: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-        """(paths as bytes, dates taken with NaN for unknown) aligned with the index's ids."""
+    def _metadata(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(folder numbers, dates taken with NaN for unknown) aligned with the index's ids: after
+        a commit, only the item segments it rewrote are read (filters.py)."""
         generation = self._index[0]
-        if self._meta is None or self._meta[0] != generation:
-            items = self.ctx.store.items(ids)
-            self._meta = (
-                generation,
-                [os.fsencode(it.path) if it else b"" for it in items],
-                np.array([np.nan if it is None or it.taken is None else it.taken for it in items]),
-            )
-        return self._meta[1], self._meta[2]
+        if self._aligned is None or self._aligned[0] != generation or generation is None:
+            self.filter_facts.refresh(self.ctx.store)
+            self._aligned = (generation, *self.filter_facts.aligned(ids))
+        return self._aligned[1], self._aligned[2]
 
     def index(self):
         """(item ids, index) over the last committed codes and staged embeddings: one codec's
