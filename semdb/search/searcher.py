@@ -111,17 +111,20 @@ class Searcher:
             return [[] for _ in range(len(Q))]
         group = not request.frames and self.holds_frames()
         k = min(request.k * GROUP_FETCH, MAX_K) if group else request.k
-        found, scores = index.search(Q, k, rows=rows, **_nprobe(index, request))
+        skip = _skipped(like, rows)
+        found, scores = index.search(Q, k + (skip is not None), rows=rows, **_nprobe(index, request))
         results = []
         for row, score in zip(found, scores):
             keep = row >= 0
+            if skip is not None:
+                keep &= ids[np.maximum(row, 0)] != skip
             if request.min_score is not None:
                 keep &= score >= request.min_score
             if request.within is not None and keep.any():
                 keep &= score >= score[keep].max() - request.within
             items = self.ctx.store.items(ids[row[keep]])
             hits = [Hit(it.path, float(s), int(it.id), it.frame_ms) for it, s in zip(items, score[keep]) if it]
-            results.append(best_per_file(hits)[: request.k] if group else hits)
+            results.append((best_per_file(hits) if group else hits)[: request.k])
         return results
 
     def holds_frames(self) -> bool:
@@ -143,7 +146,9 @@ class Searcher:
             none = np.empty(0, np.float32)
             return [Candidates(np.empty(0, np.uint64), none, none, True) for _ in range(len(Q))]
         found = index.candidates(Q, request.k, rows=rows, **_nprobe(index, request))
-        return [Candidates(ids[c.rows], c.approx, c.exact, c.complete) for c in found]
+        skip = _skipped(like, rows)
+        keeps = [slice(None) if skip is None else ids[c.rows] != skip for c in found]
+        return [Candidates(ids[c.rows[i]], c.approx[i], c.exact[i], c.complete) for c, i in zip(found, keeps)]
 
     def _like(self, request: SearchRequest) -> int | None:
         """The id of the request's `like` item (looked up once per search), or None."""
@@ -158,12 +163,14 @@ class Searcher:
         return ids, index, self._rows(request.where, ids, like)
 
     def _rows(self, where: Where, ids: np.ndarray, exclude: int | None) -> np.ndarray | None:
-        """Index rows the search may return (None: all)."""
-        if not where and exclude is None:
+        """Index rows the search may return (None: all). Without a filter, the `like` item
+        `exclude` is dropped from the hits instead (_skipped): a search of chosen rows scores
+        every one of them exactly, a whole store's worth for all but one."""
+        if not where:
             return None
-        keep = ids != np.uint64(exclude) if exclude is not None else np.ones(len(ids), bool)
-        if where:
-            keep &= self.filter_facts.matches(where, *self._metadata(ids))
+        keep = self.filter_facts.matches(where, *self._metadata(ids))
+        if exclude is not None:
+            keep &= ids != np.uint64(exclude)
         return np.flatnonzero(keep)
 
     def _metadata(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,6 +228,12 @@ class Searcher:
             lists = lists.copy()
             lists[missing] = ivf.Assigner(codec, C)(np.asarray(codes)[missing])
         return codec_index(codec, np.asarray(codes), ivf=(C, lists))
+
+
+def _skipped(like: int | None, rows: np.ndarray | None) -> np.uint64 | None:
+    """The id to drop from the hits: the `like` item when the scan was not already kept off it
+    (no filter: Searcher._rows)."""
+    return None if like is None or rows is not None else np.uint64(like)
 
 
 def best_per_file(hits: list[Hit]) -> list[Hit]:
