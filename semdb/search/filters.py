@@ -28,7 +28,7 @@ class FilterFacts:
         self.folders: list[bytes] = []  # every folder seen, deleted items' included (a few bytes each)
         self._folder_numbers: dict[bytes, int] = {}
         self.ids = np.empty(0, np.uint64)
-        self.folder = np.empty(0, np.int64)
+        self.folder = np.empty(0, np.int32)
         self.taken = np.empty(0, np.float64)
         self.rows_read = 0  # item rows decoded so far: what refreshes have cost
 
@@ -45,12 +45,12 @@ class FilterFacts:
         }
         parts = list(self._segments.values())
         self.ids = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.uint64)
-        self.folder = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
+        self.folder = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int32)
         self.taken = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.float64)
 
     def _columns(self, cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         numbers = self._folder_numbers
-        folder = np.empty(len(cols), np.int64)
+        folder = np.empty(len(cols), np.int32)
         for i, path in enumerate(cols.paths):
             name = path[: path.rfind(SEP) + 1]
             n = numbers.get(name)
@@ -65,7 +65,7 @@ class FilterFacts:
         stored (deleted since the index was read)."""
         ids = np.asarray(ids, np.uint64)
         if not len(self.ids):
-            return np.full(len(ids), -1, np.int64), np.full(len(ids), np.nan)
+            return np.full(len(ids), -1, np.int32), np.full(len(ids), np.nan)
         pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         found = self.ids[pos] == ids
         return np.where(found, self.folder[pos], -1), np.where(found, self.taken[pos], np.nan)
