@@ -19,7 +19,7 @@ it for every phase (the watcher idle but where said):
 - idle: the server's CPU seconds over --idle-seconds of nothing, once the watcher's start rescan
   is done (its event loop included).
 - soak: --soak-rate requests per second (the same mix) for --soak-minutes: RSS and open file
-  descriptors of the server at the start and end, errors, latency.
+  descriptors of the server at the start, each minute and at the end, errors, latency.
 - thumbs: a result page of --thumbs real photos, their /thumb requests all at once (one
   connection each), cold cache: p50 / p99, errors.
 - burst (not in the default phases): `semdb watch` alone, a new store, --burst small photos
@@ -359,11 +359,31 @@ def phase_idle(port, pid, seconds=10.0) -> dict:
 
 
 def phase_soak(args, port, pid, n_items, photos) -> dict:
+    """The mix at a steady rate; the server's RSS and open fds sampled each minute (the first
+    minute warms what a server keeps per store: the index, what filters read, caches)."""
     log(f"soak: {args.soak_rate} requests/s for {args.soak_minutes} min")
     start = proc_facts(pid)
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.wait(60):
+            samples.append(proc_facts(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     out = run_clients(port, n_items, photos, 4, 60 * args.soak_minutes, rate=args.soak_rate, seed=3)
+    stop.set()
+    sampler.join(5)
     end = proc_facts(pid)
-    return {"rate_per_s": args.soak_rate, "minutes": args.soak_minutes, "start": start, "end": end, "requests": out}
+    return {
+        "rate_per_s": args.soak_rate,
+        "minutes": args.soak_minutes,
+        "start": start,
+        "end": end,
+        "rss_mb_each_minute": [s["rss_mb"] for s in samples],
+        "fds_each_minute": [s["fds"] for s in samples],
+        "requests": out,
+    }
 
 
 def phase_thumbs(args, port, photos) -> dict:
