@@ -24,7 +24,7 @@ class FilterFacts:
     of the last refresh; `folders[n]` is folder n's path bytes, ending in the separator."""
 
     def __init__(self):
-        self._segments: dict[bytes, tuple] = {}  # item segment key -> (tag, ids, folder numbers, taken)
+        self._segments: dict[bytes, tuple] = {}  # item segment key -> (tag, its rows of the arrays below)
         self.folders: list[bytes] = []  # every folder seen, deleted items' included (a few bytes each)
         self._folder_numbers: dict[bytes, int] = {}
         self.ids = np.empty(0, np.uint64)
@@ -37,16 +37,22 @@ class FilterFacts:
         tags, fresh = store.changed_item_segments({key: seg[0] for key, seg in self._segments.items()})
         if not fresh and tags.keys() == self._segments.keys():
             return
-        for cols in fresh.values():
-            self.rows_read += len(cols)
         # tags come in key order: segments hold ascending, disjoint id ranges, so ids stay sorted
-        self._segments = {
-            key: (tag, *self._columns(fresh[key])) if key in fresh else self._segments[key] for key, tag in tags.items()
-        }
-        parts = list(self._segments.values())
-        self.ids = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.uint64)
-        self.folder = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int32)
-        self.taken = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, np.float64)
+        parts, segments, start = [], {}, 0
+        for key, tag in tags.items():
+            if key in fresh:
+                part = self._columns(fresh[key])
+                self.rows_read += len(part[0])
+            else:
+                rows = self._segments[key][1]
+                part = (self.ids[rows], self.folder[rows], self.taken[rows])
+            parts.append(part)
+            segments[key] = (tag, slice(start, start + len(part[0])))
+            start += len(part[0])
+        self._segments = segments
+        self.ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
+        self.folder = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int32)
+        self.taken = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.float64)
 
     def _columns(self, cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         numbers = self._folder_numbers
