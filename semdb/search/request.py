@@ -187,19 +187,13 @@ def _number(name: str, value, lowest: float = -math.inf) -> float | None:
 class SearchRequest:
     """What one search asks; checked when built (InputError), read-only after.
 
-    What: `text` (rclip's arithmetic, parse_terms), and/or `image` (a file or PIL image),
-    and/or `like` (a stored item's id or path: more like it, from its stored code; the item
-    itself is never a hit); or instead `vector`, query embeddings of the store's model (D,) or
-    (nq, D), one search per row. `files`: a term of `text` naming an existing image file is
-    that image (False: every term is text, what a server answering URLs needs).
-    Limit: `k` hits (at most MAX_K). Where: `where` (SearchRequest.of takes its `under`,
-    `after`, `before`). Refine: `within` (keep hits within this of the best score),
-    `min_score`. `nprobe`: IVF lists to scan in a store that keeps an IVF (default nlist / 4;
-    more: slower, closer to the exhaustive result); a smaller store scans every code.
-    `frames`: every matching frame of a video is a hit (default: a video's best frame only).
-
-    Build one with `SearchRequest.of`, which takes the filters as `under`, `after` and
-    `before`; `db.search` takes it as it is:
+    `text` (rclip's arithmetic), and/or `image` (a file or PIL image), and/or `like` (a stored
+    item's id or path: more like it, from its code, itself left out); or instead `vector`,
+    query embeddings (D,) or (nq, D), one search per row. `files=False`: no term of `text` is
+    an image file. `k` hits (at most MAX_K); `where` (`under`, `after`, `before` in `of`);
+    `within` (of the best score), `min_score`; `nprobe`: IVF lists to scan in a store past a
+    million items (default nlist / 4); `frames`: every matching frame of a video is a hit
+    (default: its best frame only). Build one with `SearchRequest.of`:
 
         request = semdb.SearchRequest.of("a red bicycle", k=10, under="./photos", after="2023-06-01")
         hits = db.search(request)
