@@ -74,10 +74,22 @@ class Where:
     def matches(self, paths, taken: np.ndarray) -> np.ndarray:
         """Which items pass (a bool mask), given their paths (bytes, os.fsencode's) and dates
         taken (POSIX seconds, NaN unknown: never passes a date filter)."""
-        keep = np.ones(len(taken), bool)
+        keep = self.in_dates(taken)
         if self.under is not None:
-            prefix = os.fsencode(self.under if self.under.endswith(os.sep) else self.under + os.sep)
-            keep &= np.fromiter((p.startswith(prefix) for p in paths), bool, len(taken))
+            keep &= self.inside(paths)
+        return keep
+
+    def inside(self, paths) -> np.ndarray:
+        """Which of these paths (bytes) are under the folder (all, without one); a folder's
+        own path ending in the separator is under it as its files are."""
+        if self.under is None:
+            return np.ones(len(paths), bool)
+        prefix = os.fsencode(self.under if self.under.endswith(os.sep) else self.under + os.sep)
+        return np.fromiter((p.startswith(prefix) for p in paths), bool, len(paths))
+
+    def in_dates(self, taken: np.ndarray) -> np.ndarray:
+        """Which of these dates taken pass the date range (NaN: unknown, never passes one)."""
+        keep = np.ones(len(taken), bool)
         if self.after is not None:
             keep &= taken >= self.after
         if self.before is not None:
