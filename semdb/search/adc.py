@@ -277,8 +277,10 @@ class AdcIndex:
 
     def scan(self, prepared: Prepared, short: int) -> tuple[np.ndarray, np.ndarray]:
         """The approximate scan alone: (scan scores, rows), each (nq, short), -1 past the end.
-        Scan scores leave out the constant <q, b> (they rank one index's rows)."""
-        return self.index.search(prepared.span, short)
+        A scan score estimates <q, x_hat>, the constant <q, b> included, so that the scores of
+        codecs with different means rank together (a codec set cuts one shortlist from them)."""
+        scores, rows = self.index.search(prepared.span, short)
+        return scores + prepared.offset[:, None], rows
 
     def reranked(self, prepared: Prepared, cand: np.ndarray, approx: np.ndarray) -> Candidates:
         """One query's scanned rows `cand` (and their scan scores) scored exactly."""
