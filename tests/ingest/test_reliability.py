@@ -135,16 +135,22 @@ _PRELOADED = None  # the fork server's Embedder, handed to every child's Databas
 
 
 def _preload(model: str) -> None:
-    """Import torch and open_clip and load the model once, in the fork server itself; every
-        child's Database gets this same Embedder (semdb.open(..., embedder=)). With one intra-op thread no OpenMP team
-    exists in
-        this process, so forking stays safe. (Loading happens before any write: it is no part of
-        what the faults test.)"""
+    """Import what every child imports (torch, open_clip, faiss, the ingest and search code) and
+    load the model once, in the fork server itself: each child then starts at its ingest, not
+    at a second of imports (a child's imports are no part of what the faults test). Every
+    child's Database gets this same Embedder (semdb.open(..., embedder=)). Nothing here runs a
+    parallel region, so no OpenMP team exists in this process and forking stays safe (children
+    run CLIP with one thread)."""
     import open_clip  # noqa: F401
     import torch
 
+    import semdb.api  # noqa: F401
+    import semdb.ingest.run  # noqa: F401
+    import semdb.search.searcher  # noqa: F401
+    from semdb import lazy
     from semdb.clip import embedder as embed
 
+    lazy.faiss()
     global _PRELOADED
     torch.set_num_threads(1)
     _PRELOADED = embed.Embedder(model)
