@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from kit import semdb_cli, store_items, write_photos
+from kit import semdb_app, semdb_cli, store_items, write_photos
 
 import semdb
 from semdb.ingest.encode import CodecSet
@@ -111,7 +111,7 @@ def test_cli_engine_ray_starts_its_own_local_instance(tmp_path, tiny_model):
     proc = semdb_cli(*args, "--engine", "ray", "--json", timeout=600)
     summary = json.loads(proc.stdout)  # stdout holds only the JSON, whatever Ray logs
     assert summary["new"] == 6 and summary["items"] == 6 and summary["codec_trained"]
-    proc = semdb_cli(*args, "--engine", "spark", check=2)
+    proc = semdb_app(*args, "--engine", "spark", check=2)  # a usage error: no process of its own needed
     assert "use 'local' or 'ray'" in proc.stderr
     proc = semdb_cli(
         *args, "--engine", "ray", "--ray-address", "127.0.0.1:1", check=2
