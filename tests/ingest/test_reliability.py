@@ -678,13 +678,19 @@ def test_two_ingests_at_once_refuse_or_wait_and_a_killed_writer_releases_the_loc
         time.sleep(0.05)
     else:
         pytest.fail(f"the first ingest never took the writer lock: {first.communicate()}")
-    second = cli(*args[1:], check=False)
-    lines = second.stderr.decode().strip().splitlines()
-    assert second.returncode == 5 and len(lines) == 1, second.stderr
-    assert f"is being written by another semdb process (pid {first.pid}); wait for it or stop it" in lines[0]
-    waiting = subprocess.Popen(args + ["--wait"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    info = cli("info", "--store", store, "--json", check=False)  # readers are never locked out
-    assert info.returncode in (0, 4), info.stderr  # 4: the writer has not committed the store yet
+    # Held still while it holds the lock: a second command that starts slowly on a busy machine
+    # must still find the first one writing (else it would outlive the first and take the lock).
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = cli(*args[1:], check=False)
+        lines = second.stderr.decode().strip().splitlines()
+        assert second.returncode == 5 and len(lines) == 1, second.stderr
+        assert f"is being written by another semdb process (pid {first.pid}); wait for it or stop it" in lines[0]
+        waiting = subprocess.Popen(args + ["--wait"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        info = cli("info", "--store", store, "--json", check=False)  # readers are never locked out
+        assert info.returncode in (0, 4), info.stderr  # 4: the writer has not committed the store yet
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     first.communicate(timeout=300)
     assert first.returncode == -signal.SIGKILL
     out, err = waiting.communicate(timeout=300)
