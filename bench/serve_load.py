@@ -14,11 +14,12 @@ it for every phase (the watcher idle but where said):
   a `like` search (a random stored id), a filtered search (text + under a folder, or a date
   range) in turn. First with the watcher idle, then while --ingest generated photos (copied into
   W at the start of the phase) go through the watcher: p50 / p95 / p99 per kind and errors,
-  side by side, and how many photos the watcher committed in the window.
+  side by side, how many photos the watcher committed in the window and how long they took, and
+  the window's requests answered before the last of them was committed (while indexing).
 - idle: the server's CPU seconds over --idle-seconds of nothing, once the watcher's start rescan
   is done (its event loop included).
 - soak: --soak-rate requests per second (the same mix) for --soak-minutes: RSS and open file
-  descriptors of the server at the start and end, errors, latency.
+  descriptors of the server at the start, each minute and at the end, errors, latency.
 - thumbs: a result page of --thumbs real photos, their /thumb requests all at once (one
   connection each), cold cache: p50 / p99, errors.
 - burst (not in the default phases): `semdb watch` alone, a new store, --burst small photos
@@ -200,15 +201,25 @@ class Tally:
         self.ms: dict[str, list[float]] = {}
         self.errors: dict[str, int] = {}
         self.samples: list[str] = []
+        self.answered: list[tuple[float, str, int, float]] = []  # (monotonic time answered, kind, status, ms)
 
     def add(self, kind: str, status: int, seconds: float, body: bytes):
         with self.lock:
+            self.answered.append((time.monotonic(), kind, status, 1000 * seconds))
             if status == 200:
                 self.ms.setdefault(kind, []).append(1000 * seconds)
             else:
                 self.errors[kind] = self.errors.get(kind, 0) + 1
                 if len(self.samples) < 5:
                     self.samples.append(f"{kind} {status} {body[:120]!r}")
+
+    def until(self, end: float) -> Tally:
+        """The requests answered by monotonic time `end`."""
+        part = Tally()
+        for t, kind, status, ms in self.answered:
+            if t <= end:
+                part.add(kind, status, ms / 1000, b"")
+        return part
 
     def report(self) -> dict:
         out = {}
@@ -240,6 +251,10 @@ def pct(sorted_ms: list[float], q: float) -> float:
 
 def run_clients(port, n_items, photos, clients: int, seconds: float, rate: float | None = None, seed=0) -> dict:
     """`clients` threads sending the mix for `seconds`; `rate`: requests per second in all (paced)."""
+    return client_tally(port, n_items, photos, clients, seconds, rate, seed).report()
+
+
+def client_tally(port, n_items, photos, clients: int, seconds: float, rate: float | None = None, seed=0) -> Tally:
     tally = Tally()
     end = time.monotonic() + seconds
 
@@ -263,7 +278,7 @@ def run_clients(port, n_items, photos, clients: int, seconds: float, rate: float
         t.start()
     for t in threads:
         t.join(seconds + 120)
-    return tally.report()
+    return tally
 
 
 def watch_status(port) -> dict:
@@ -283,7 +298,14 @@ def phase_load(args, port, pid, n_items, photos, watch: Path, staged: Path) -> d
     shutil.copytree(staged, watch / "arrived")
     copy_s = time.monotonic() - t0
     cpu0 = proc_facts(pid)["cpu_s"]
-    busy = run_clients(port, n_items, photos, args.clients, args.seconds, seed=2)
+    indexed = {}  # when the last photo was committed (monotonic)
+    target = before.get("added", 0) + args.ingest
+    watching = threading.Thread(
+        target=_time_indexing, args=(port, target, indexed, args.seconds + args.drain_timeout), daemon=True
+    )
+    watching.start()
+    tally = client_tally(port, n_items, photos, args.clients, args.seconds, seed=2)
+    busy = tally.report()
     after = watch_status(port)
     committed = after.get("added", 0) - before.get("added", 0)
     log("load: waiting (bounded) for the watcher to finish the photos")
@@ -291,18 +313,32 @@ def phase_load(args, port, pid, n_items, photos, watch: Path, staged: Path) -> d
     while time.monotonic() < deadline and watch_status(port).get("added", 0) - before.get("added", 0) < args.ingest:
         time.sleep(1)
     done = watch_status(port)
+    watching.join(5)
+    indexing_s = indexed["at"] - t0 if "at" in indexed else None
     return {
         "idle_watcher": idle,
         "during_watch_ingest": busy,
+        # the window's requests answered before the last photo was committed
+        "while_indexing": tally.until(indexed.get("at", float("inf"))).report(),
         "ingest": {
             "photos": args.ingest,
             "copy_seconds": round(copy_s, 1),
             "committed_in_window": committed,
             "committed_total": done.get("added", 0) - before.get("added", 0),
-            "seconds_to_all": round(time.monotonic() - t0, 1),
+            "seconds_to_all": None if indexing_s is None else round(indexing_s, 1),
             "server_cpu_s_in_window": round(proc_facts(pid)["cpu_s"] - cpu0, 1),
         },
     }
+
+
+def _time_indexing(port: int, target: int, out: dict, timeout: float) -> None:
+    """Poll /api/status until `target` photos were added since the start: out["at"] = when."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if watch_status(port).get("added", 0) >= target:
+            out["at"] = time.monotonic()
+            return
+        time.sleep(0.25)
 
 
 def phase_idle(port, pid, seconds=10.0) -> dict:
@@ -323,11 +359,31 @@ def phase_idle(port, pid, seconds=10.0) -> dict:
 
 
 def phase_soak(args, port, pid, n_items, photos) -> dict:
+    """The mix at a steady rate; the server's RSS and open fds sampled each minute (the first
+    minute warms what a server keeps per store: the index, what filters read, caches)."""
     log(f"soak: {args.soak_rate} requests/s for {args.soak_minutes} min")
     start = proc_facts(pid)
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.wait(60):
+            samples.append(proc_facts(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     out = run_clients(port, n_items, photos, 4, 60 * args.soak_minutes, rate=args.soak_rate, seed=3)
+    stop.set()
+    sampler.join(5)
     end = proc_facts(pid)
-    return {"rate_per_s": args.soak_rate, "minutes": args.soak_minutes, "start": start, "end": end, "requests": out}
+    return {
+        "rate_per_s": args.soak_rate,
+        "minutes": args.soak_minutes,
+        "start": start,
+        "end": end,
+        "rss_mb_each_minute": [s["rss_mb"] for s in samples],
+        "fds_each_minute": [s["fds"] for s in samples],
+        "requests": out,
+    }
 
 
 def phase_thumbs(args, port, photos) -> dict:

@@ -40,14 +40,14 @@ __all__ = ["Database", "Hit", "Item", "SearchRequest", "open"]
 def open(path=None, model: str | None = None, pretrained: str | None = None, **kwargs) -> Database:  # noqa: A001
     """Open the store at `path`, creating it if it does not exist: a `Database`.
 
-    `path`: the store's folder (default: `$SEMDB_STORE`, else the user data folder,
-    `~/.local/share/semdb/store` on Linux). `model` / `pretrained`: the CLIP model of a new store
-    (an open_clip name and tag, `local-dir:/folder` or `hf-hub:org/repo`; default: ViT-B-32 with
-    the laion2b_s34b_b79k weights, or `$SEMDB_MODEL`); a store remembers its model and refuses
-    another. Keywords: `readonly` (beside a writer), `wait` (for another writer, rather than
-    `StoreLockedError`), `device` ("cuda" for a GPU), `threads` (CPU threads for CLIP),
-    `map_size` (the initial LMDB map; it grows), `embedder` (a loaded `Embedder` of the store's
-    model), `create=False` (a missing store is a `StoreError`). The model loads on first use.
+    `path`: the store's folder (default: `$SEMDB_STORE`, else the user data folder).
+    `model` / `pretrained`: the CLIP model of a new store, as `--model` / `--pretrained`
+    (docs/CLI.md#models); a store remembers its model and refuses another. Keywords:
+    `readonly` (beside a writer), `wait` (for another writer, rather than `StoreLockedError`),
+    `device` ("cuda" for a GPU), `threads` (CPU threads for CLIP), `map_size` (the most the
+    store's file may grow to, in bytes of address space; default 1 TiB), `embedder` (a loaded
+    `Embedder` of the store's model), `create=False` (a missing store is a `StoreError`). The
+    model loads on first use.
 
         with semdb.open("photos.semdb", model="local-dir:/models/clip") as db:
             db.ingest(["./photos"])
@@ -85,7 +85,7 @@ class Database:
             create=create and not readonly,
             readonly=readonly,
             wait=wait,
-            **({"map_size": map_size} if map_size else {}),  # initial LMDB map; grows
+            **({"map_size": map_size} if map_size else {}),
         )
         try:
             self._ctx = StoreContext(self.store, model, pretrained, device=device, threads=threads, embedder=embedder)
@@ -124,14 +124,14 @@ class Database:
     def ingest(
         self, paths: Iterable, options: IngestOptions | None = None, *, progress: Progress | None = None, **fields
     ) -> dict:
-        """Add new and changed images and videos under `paths`; skip unchanged ones; return the
-        summary (what `semdb ingest --json` prints).
+        """Add new and changed images and videos under `paths`, as `semdb ingest`; return the
+        summary `semdb ingest --json` prints. Every batch commits atomically: an interrupted
+        ingest resumes where it stopped.
 
-        Every batch commits atomically, so an interrupted ingest resumes where it stopped. How
-        it runs: `options`, an IngestOptions, or its fields as keywords (IngestOptions.of's:
-        `bits`, `codec`, `batch_size`, `workers`, `max_megapixels`, `prune`, `train_now`,
-        `captions`, `engine`, `ray_address`, `ray_shards`, `int8`, `retry_failed`, `policy`;
-        semdb/ingest/run.py says what each does)."""
+        `options`: an IngestOptions, or its fields as keywords, named as the command's options
+        (docs/CLI.md#ingest): `bits`, `codec`, `batch_size`, `workers`, `max_megapixels`,
+        `prune`, `train_now`, `captions`, `engine`, `ray_address`, `ray_shards`, `int8`,
+        `retry_failed`; `policy` (a CodecPolicy: when the store trains its codec)."""
         if options is not None and fields:
             raise InputError("give IngestOptions, or its fields as keywords: not both")
         return run_ingest(self._ctx, paths, options or IngestOptions.of(**fields), progress).to_dict()
@@ -149,11 +149,10 @@ class Database:
         progress: Progress | None = None,
     ) -> dict:
         """Store precomputed CLIP image embeddings `embeddings` (n, D) of the files `paths`, as
-        an ingest would; or read them from `paths`, a clip-retrieval output folder, a .npz, or a
-        .npy (then `embeddings` is the paths file). `model` / `pretrained`: the CLIP model they
-        come from (default: the store's). Everything is checked before anything is written;
-        stored paths are left as they are. `bits`, `train_now`, `policy`, `progress`: as for
-        `ingest`, whose summary it returns.
+        `semdb ingest --embeddings` (docs/CLI.md#precomputed-embeddings); or read them from
+        `paths`, a file or folder (then `embeddings` may name the paths file). `model` /
+        `pretrained`: their CLIP model (default: the store's). `bits`, `train_now`, `policy`,
+        `progress`: as for `ingest`, whose summary it returns.
 
             db.add_embeddings(["a.jpg", "b.jpg"], X, model="ViT-B-32")   # X: (2, 512) float32
         """
@@ -174,7 +173,7 @@ class Database:
     def add_documents(self, documents, embeddings, model_id: dict, policy: CodecPolicy | None = None, known=None):
         """Store documents ((semdb.store.documents.Document, image file or None) pairs) and their
         embeddings (n, D), made by the model `model_id` names, in one transaction; returns their
-        item ids. What semdb.langchain writes through: see semdb/ingest/documents.py."""
+        item ids. semdb.langchain writes through it."""
         return add_documents(self._ctx, list(documents), embeddings, model_id, policy or CodecPolicy(), known)
 
     def retrain(
@@ -187,12 +186,10 @@ class Database:
         progress: Progress | None = None,
         captions=None,
     ) -> dict:
-        """A new codec for what the store holds now, as `semdb retrain`: trained on `sample`
-        stored files embedded again (default 20,000), `bits` per item (default: the current
-        codec's); every item re-encoded from its file, or transcoded from its old code when the
-        file is gone. Queries use the old codes until the switch (one transaction); an
-        interrupted retrain resumes. `captions`: as for `ingest`. Returns `semdb retrain
-        --json`'s summary (`items`, `trained_on`, `reembedded`, `transcoded`, `codec`, ...)."""
+        """A new codec for what the store holds now, as `semdb retrain` (docs/CLI.md#retrain):
+        trained on `sample` stored files embedded again (default 20,000), `bits` per item
+        (default: the current codec's), `captions` as for `ingest`. Returns the command's
+        `--json` summary (`items`, `trained_on`, `reembedded`, `transcoded`, `codec`, ...)."""
         return run_retrain(
             self._ctx, bits, sample or RETRAIN_SAMPLE, batch_size, workers, max_megapixels, progress, captions
         ).to_dict()
@@ -202,12 +199,9 @@ class Database:
         """The `k` items closest to one query, best first: a list of `Hit`, as `semdb query`.
 
         `query`: a text with rclip's arithmetic ("2:cat + ./x.jpg - dog": weighted terms, image
-        files by path), or a `SearchRequest` (then nothing else). `options`, those of
-        `SearchRequest.of`: `image` (a file or PIL image), `like` (a stored item's id or path,
-        itself left out) or instead `vector` (a query embedding); `under` a folder, `after` /
-        `before` a date taken; `within` of the best score, `min_score`; `nprobe` (IVF lists to
-        scan); `frames=True` (every matching video frame); `files=False` (no term is a file).
-        A bad value raises `InputError`.
+        files by path), or a `SearchRequest` (then nothing else). `options`: those of
+        `SearchRequest.of` (`image`, `like`, `vector`, `under`, `after`, `before`, `within`,
+        `min_score`, `nprobe`, `frames`, `files`). A bad value raises `InputError`.
 
             hits = db.search("a dog on a beach", k=5, under="~/Pictures/2023", after="2023-06-01")
         """
@@ -223,8 +217,7 @@ class Database:
 
     def search_vectors(self, vectors, k: int = DEFAULT_K, **filters) -> list[list[Hit]]:
         """search() for each row of `vectors` (nq, D), query embeddings of the store's model, in
-        one scan: a list of hits per row. `filters`: search()'s (under, after, before, within,
-        min_score, nprobe, frames)."""
+        one scan: a list of hits per row. `filters`: search()'s options but a query."""
         return self._searcher.search(SearchRequest.of(vector=vectors, k=k, **filters))
 
     def warm(self) -> None:
@@ -240,10 +233,9 @@ class Database:
 
     # --- what the store holds: list, count, remove (catalog.py) ------------------------------
     def ls(self, under=None, after=None, before=None, *, offset: int = 0, limit: int | None = None) -> list[Item]:
-        """Stored `Item`s newest first (date taken, unknown dates last, then id), as `semdb ls`:
-        `limit` of them (None: all) from `offset`. `under` a folder, `after` (inclusive) /
-        `before` (exclusive) a date taken ("YYYY-MM-DD", ISO text, date or datetime). Reads
-        metadata only (no code, no model)."""
+        """Stored `Item`s newest first, as `semdb ls`: `limit` of them (None: all) from `offset`.
+        `under` a folder, `after` (inclusive) / `before` (exclusive) a date taken ("YYYY-MM-DD",
+        ISO text, date or datetime)."""
         return self._listing.ls(Where.of(under, after, before), offset, limit)
 
     def count(self, under=None, after=None, before=None) -> int:
@@ -251,15 +243,15 @@ class Database:
         return self._listing.count(Where.of(under, after, before))
 
     def tally(self, under=None, after=None, before=None) -> dict:
-        """Of the items ls() lists with these filters: {"photos", "frames", "videos"}, how many
-        are photos, how many video frames, and of how many videos."""
+        """{"photos", "frames", "videos"}: of the items ls() lists with these filters, how many
+        are photos and video frames, and of how many videos."""
         return self._listing.tally(Where.of(under, after, before))
 
     def rm(self, targets: Iterable = (), *, under=None, dry_run: bool = False) -> list[Item]:
-        """Remove items from the store, never their files, as `semdb rm`: each of `targets` an
-        item id (int) or a path (a stored file, or a folder: every item under it), plus every
-        item `under` a folder, in one commit. Returns the items removed (`dry_run`: that would
-        be), in id order. A target that names nothing stored: `InputError`, nothing removed.
+        """Remove items from the store in one commit, never their files, as `semdb rm`: each of
+        `targets` an item id (int) or a path (a stored file, or a folder: every item under it),
+        and every item `under` a folder. Returns the items removed (`dry_run`: that would be), in
+        id order; `InputError`, and nothing removed, when one of `targets` names nothing stored.
 
             db.rm([1234, "~/Pictures/old"], dry_run=True)
         """
@@ -269,10 +261,10 @@ class Database:
         return items
 
     def duplicates(self, threshold: float | None = None) -> dict:
-        """Near-duplicate groups from the codes, as `semdb duplicates --json`: {"threshold",
-        "groups": [{"ids", "paths", "min_similarity", "exact", "copies"}, ...]}, largest first.
-        `threshold`: the cosine (default 0.95 less the codec's noise); `exact`: one content;
-        `copies`: ids sharing one. A video counts once. All pairs: fine to about 10^5 items."""
+        """Near-duplicate groups, as `semdb duplicates --json`: {"threshold", "groups": [{"ids",
+        "paths", "min_similarity", "exact", "copies"}, ...]}, largest first. `threshold`: the
+        cosine (default 0.95 less the codec's noise); `exact`: one content; `copies`: ids
+        sharing one."""
         return find_duplicates(self._ctx, self._searcher, threshold)
 
     def classify(self, labels, prompt: str = "a photo of a {}.") -> list[dict]:
@@ -317,12 +309,10 @@ class Database:
         transfer.open_exports(paths)
 
     def import_parquet(self, paths, progress: Progress | None = None) -> dict:
-        """Merge Parquet exports into this store, as `semdb import`: a new path adds an item, a
-        stored path whose file differs (size, mtime, hash, dimensions) takes the row's metadata
-        and code, so importing twice adds nothing. The files must hold codes of this store's
-        codec (a new store takes theirs). An item keeps its id when that is above every id this
-        store has used, else gets the next free one. Returns {"added", "updated", "unchanged",
-        "items", "seconds"}."""
+        """Merge Parquet exports into this store, as `semdb import` (docs/CLI.md#export-and-import:
+        which rows are added or update an item, which keep their id); the files must hold codes
+        of this store's codec (a new store takes theirs). Returns {"added", "updated",
+        "unchanged", "items", "seconds"}."""
         from . import transfer  # noqa: PLC0415 (pyarrow: imported only when used)
 
         return transfer.import_parquet(self._ctx, paths, progress)
@@ -333,9 +323,8 @@ class Database:
         return self.store.codes_by_id()
 
     def info(self) -> dict:
-        """`semdb info --json`: `path`, `items`, `staging`, `bits_per_item`, `bytes_on_disk`,
-        `bytes_per_item`, `model`, `codec` (trained on, encoded since, drift), `ivf`,
-        `codec_trains_at`, `codecs` (each codec of the store's set: id, items, trained on, bits,
-        shift ratio), `waiting` (photos no codec knows yet, searched exactly), `retrain_advice`
-        and `retrain_pending`."""
+        """What `semdb info --json` prints: `path`, `items`, `staging`, `bits_per_item`,
+        `bytes_on_disk`, `bytes_per_item`, `model`, `codec`, `ivf`, `codec_trains_at`, `codecs`
+        (the store's set), `waiting` (photos no codec takes yet), `retrain_advice`,
+        `retrain_pending`."""
         return describe(self.store, self._ctx.codecs)

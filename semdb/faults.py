@@ -23,8 +23,6 @@ Points (where they are called):
                         written, staging deleted), before commit
     prune_txn           ingest/commit: inside the prune transaction, before commit
     rm_txn              catalog: inside `rm`'s one transaction (every removal done), before commit
-    map_grown           store: the LMDB map was full and has just been doubled; the batch is
-                        about to be replayed
     import_txn          transfer: inside an import transaction (up to 4096 rows), before commit
     pending_txn         ingest/retrain: inside the transaction that commits the new (pending)
                         codec and its training sample's codes

@@ -43,10 +43,6 @@ POLL_DELAY_MS = 2000  # between two walks of the folders with `poll`
 FAILURES_SAID = 5  # failures named per batch (all are remembered in the store)
 RETRY_AFTER = 30.0  # seconds before the files of a failed round are tried again
 LOCK_RETRY = 1.0  # seconds between two tries of a store another process writes
-# The LMDB map the watcher opens a store with: growing the map remaps it, which must not happen
-# while a server's readers in this process hold the old mapping. Address space only: the file
-# grows with what is written, not to this size.
-MAP_SIZE = 1 << 36
 
 
 @dataclass(frozen=True)
@@ -201,9 +197,8 @@ class Watcher:
         while True:
             try:
                 db = Database(
-                    self.store_path, model=model, pretrained=pretrained, threads=threads, embedder=self.embedder,
-                    map_size=MAP_SIZE,
-                )  # fmt: skip
+                    self.store_path, model=model, pretrained=pretrained, threads=threads, embedder=self.embedder
+                )
                 break
             except StoreLockedError as e:
                 if not waited:

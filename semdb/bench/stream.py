@@ -9,7 +9,8 @@ sample among themselves, through the store's own search on its codes: kNN@1 and 
 the float neighbours, text->image R@1 where the data has texts, for A's items, B's items and
 all. FAISS quantizers at the same bits, trained on A_train (a user who never retrains) and on
 A_train + B_train (one who retrains everything), encode the same evaluation items and are
-scored on them the same way.
+scored on them the same way. Scope ``A alone`` ranks A's items among themselves (a store without
+B; FAISS on A: the same codes), so that each method's A figures show what B's arrival costs them.
 
 Only the public API is used (``semdb.open``, ``add_embeddings``, ``search_vectors``, ``codes``,
 ``info``, ``item``), so the same protocol measures a store with one codec or with several.
@@ -41,6 +42,8 @@ STREAM_SCHEMA_VERSION = 1
 FAISS_FAMILIES = ("pq", "pqfs", "opq", "rq", "lsq")
 KNN_K = 10
 SCOPES = ("A", "B", "all")
+#: A's items ranked among themselves alone, as in a collection B never joined: what B costs them.
+ALONE = "A alone"
 PARTS = ("a_train", "a_eval", "b_train", "b_eval")
 EVAL_ROOT = "/stream/eval"  # every evaluated item's path is under it: the search's `under` filter
 STORE_MODEL = ("stream-bench", "precomputed")  # the model the store records (no weights are loaded)
@@ -269,14 +272,12 @@ def _store_hits(true_top: np.ndarray, result: StoreResult) -> dict[str, np.ndarr
     return _hits(true_top, result.got, text_hit)
 
 
-def _faiss_hits(method, X_fit: np.ndarray, X: np.ndarray, T: np.ndarray | None, true_top: np.ndarray):
-    """Train ``method`` on X_fit, encode the evaluated items X, rank them for each of them (and
-    each text of T) by the method's scores."""
-    method.fit(X_fit)
-    score = method.scorer(method.encode(X))
+def _faiss_hits(score, X: np.ndarray, T: np.ndarray | None, true_top: np.ndarray, columns=slice(None)):
+    """Rank the encoded items (those of ``columns``; query i's own is column i) for each query
+    of X and each text of T by a fitted method's ``score``."""
     own = np.arange(len(X))
-    got = M.topk_excluding_self(score(X), KNN_K, own)
-    text_hit = None if T is None else M.target_ranks(score(T), own) == 0
+    got = M.topk_excluding_self(score(X)[:, columns], KNN_K, own)
+    text_hit = None if T is None else M.target_ranks(score(T)[:, columns], own) == 0
     return _hits(true_top, got, text_hit)
 
 
@@ -331,8 +332,9 @@ def run_stream(
 
     Rows: ``semdb store`` (the mixed store; its rows also say how many A_eval items the store
     left staged or coded by another codec than A's, its codecs and staged items at the end),
-    ``semdb store without B`` (A alone: the figure B must not spoil; scope A), each FAISS
-    quantizer trained on ``A`` and on ``A+B``, ``best FAISS`` (per metric, the best of them; its
+    ``semdb store without B`` (a store of A alone: scope ``A alone``), each FAISS
+    quantizer trained on ``A`` (also in scope ``A alone``: A's codes ranked among themselves) and
+    on ``A+B``, ``best FAISS`` (per metric, the best of them; its
     note names which) and ``float32`` (the float embeddings themselves: 1.0). A FAISS fit
     predicted, from the same family's previous budget, to take over ``max_train_seconds`` of CPU
     time is skipped (its rows say so). ``threads``: as :func:`run_bench`'s (one: the same figures on any
@@ -412,11 +414,12 @@ class _Run:
         self.step(f"semdb store without B @ {bits} bits")
         alone = run_store(self.stream, bits, min_train=self.min_train, interleave=self.interleave, with_b=False)
         means = self.means(_store_hits(self.true_top_a, alone))
-        self.add(bits, "semdb store without B", "semdb", "A", {"A": means["all"]}, ("A",), seconds=alone.seconds)
+        self.add(bits, "semdb store without B", "semdb", "A", {ALONE: means["all"]}, (ALONE,), seconds=alone.seconds)
 
     def faiss_rows(self, bits: int, families: Sequence[str], trained_on: str) -> None:
         """Each FAISS family at ``bits``, trained on ``trained_on``; then the best of them per metric."""
-        best: dict[str, dict[str, tuple[float, str]]] = {s: {} for s in SCOPES}
+        scopes = SCOPES + (ALONE,) if trained_on == "A" else SCOPES
+        best: dict[str, dict[str, tuple[float, str]]] = {s: {} for s in scopes}
         for family in families:
             planned = plan_budget(family, bits, self.X.shape[1], seed=self.seed)
             self.step(f"{family} on {trained_on} @ {bits} bits")
@@ -425,24 +428,30 @@ class _Run:
             try:
                 method = self._method(planned, bits, trained_on)
                 t0, cpu0 = time.perf_counter(), time.process_time()
-                means = self.means(_faiss_hits(method, self.fit_sets[trained_on], self.X, self.T, self.true_top))
+                method.fit(self.fit_sets[trained_on])
+                score = method.scorer(method.encode(self.X))
+                means = self.means(_faiss_hits(score, self.X, self.T, self.true_top))
+                if trained_on == "A":  # A's codes are the same without B: rank them among themselves
+                    TA = None if self.T is None else self.T[: self.n_a]
+                    alone = _faiss_hits(score, self.X[: self.n_a], TA, self.true_top_a, slice(0, self.n_a))
+                    means[ALONE] = self.means(alone)["all"]
                 seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             except MethodSkipped as exc:
                 self.say(f"{planned.name} on {trained_on} @ {bits} bits: skipped: {exc}")
                 self.add(bits, planned.name, family, trained_on, None, status="skipped", note=str(exc))
                 continue
             self.last_fit[(family, trained_on)] = (bits, cpu)  # CPU time: the same skips on a busy machine
-            self.add(bits, planned.name, family, trained_on, means, note=method.note, seconds=seconds)
-            for s in SCOPES:
+            self.add(bits, planned.name, family, trained_on, means, scopes, note=method.note, seconds=seconds)
+            for s in scopes:
                 for metric, value in means[s].items():
                     if value is not None and value > best[s].get(metric, (-1.0, ""))[0]:
                         best[s][metric] = (value, planned.name)
         if not any(plan_budget(f, bits, self.X.shape[1]) for f in families):
             self.say(f"{bits} bits: none of {', '.join(families)} has a configuration of exactly {bits} bits")
         if any(best.values()):
-            notes = {s: "; ".join(f"{_SHORT[m]} {name}" for m, (_, name) in best[s].items()) for s in SCOPES}
-            values = {s: {m: v for m, (v, _) in best[s].items()} for s in SCOPES}
-            for s in SCOPES:
+            notes = {s: "; ".join(f"{_SHORT[m]} {name}" for m, (_, name) in best[s].items()) for s in scopes}
+            values = {s: {m: v for m, (v, _) in best[s].items()} for s in scopes}
+            for s in scopes:
                 self.add(bits, "best FAISS", "faiss", trained_on, values, (s,), note=notes[s])
 
     def _method(self, planned, bits: int, trained_on: str):

@@ -11,15 +11,16 @@ from rich.console import Console
 from rich.table import Table
 
 from .report import _clean
-from .stream import SCOPES, STREAM_ROW_KEYS
+from .stream import ALONE, SCOPES, STREAM_ROW_KEYS
 
-#: The table's column groups: (heading, method, trained on).
+#: The table's column groups: (heading, method, trained on); in the row of A alone, the store's
+#: column shows the store without B.
 GROUPS = (
     ("semdb store", "semdb store", "stream"),
-    ("store without B", "semdb store without B", "A"),
     ("best FAISS on A", "best FAISS", "A"),
     ("best FAISS on A+B", "best FAISS", "A+B"),
 )
+ROWS = (ALONE, *SCOPES)
 METRICS = ("knn_recall_1", "knn_recall_10", "t2i_recall_1")
 
 
@@ -39,9 +40,9 @@ def _cell(row: dict | None, metrics: Sequence[str]) -> str:
 
 
 def make_stream_table(rows: Sequence[dict[str, Any]]) -> Table:
-    """Per budget and scope (A's items, B's, all): the store, the store without B, and the best
-    FAISS quantizer trained on A and on A+B; the caption says what the store holds at the end
-    and which FAISS fits were skipped."""
+    """Per budget and scope (A's items alone, then over the mixed store A's, B's, all): the store
+    (without B, for A alone) and the best FAISS quantizer trained on A and on A+B; the caption
+    says what the store holds at the end and which FAISS fits were skipped."""
     first = rows[0]
     metrics = [m for m in METRICS if any(r.get(m) is not None for r in rows if r["status"] == "ok")]
     names = {"knn_recall_1": "kNN@1", "knn_recall_10": "kNN@10", "t2i_recall_1": "R@1"}
@@ -57,9 +58,12 @@ def make_stream_table(rows: Sequence[dict[str, Any]]) -> Table:
     index = {(r["bits"], r["method"], r["trained_on"], r["scope"]): r for r in rows if r["status"] == "ok"}
     caption = []
     for bits in sorted({r["bits"] for r in rows if r["bits"] is not None}):
-        for scope in SCOPES:
-            cells = [_cell(index.get((bits, method, trained_on, scope)), metrics) for _, method, trained_on in GROUPS]
-            table.add_row(str(bits) if scope == SCOPES[0] else "", scope, *cells)
+        for scope in ROWS:
+            groups = [g[1:] for g in GROUPS]
+            if scope == ALONE:
+                groups[0] = ("semdb store without B", "A")
+            cells = [_cell(index.get((bits, method, trained_on, scope)), metrics) for method, trained_on in groups]
+            table.add_row(str(bits) if scope == ROWS[0] else "", scope, *cells)
         table.add_section()
         store = index.get((bits, "semdb store", "stream", "A"))
         if store is not None:

@@ -74,8 +74,8 @@ def maintain(ctx, progress=None) -> str | None:
     else give codes whose segment has no list row theirs (normally none: commits assign new
     codes in their own transaction). Returns "built", "rebuilt", "filled" or None."""
     store, codec = ctx.store, ctx.codec
-    if store.readonly or not supported(codec):
-        return None
+    if store.readonly or not supported(codec) or len(store.codec_ids()) > 1:
+        return None  # one IVF lists one codec's codes: a store of several scans each codec's codes
     info = store.ivf_meta()
     n = store.info()["coded"]
     if info is None:

@@ -51,6 +51,19 @@ class Candidates:
         return ids[0], scores[0]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Queries prepared for one index, once per search: in its tables' coordinates (what the
+    scan reads) and their exact ADC tables and constant <q, b> (what the rerank reads)."""
+
+    span: np.ndarray  # (nq, r)
+    lut: np.ndarray  # (nq, M, K)
+    offset: np.ndarray  # (nq,)
+
+    def __getitem__(self, i: slice) -> Prepared:
+        return Prepared(self.span[i], self.lut[i], self.offset[i])
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k per row, sorted by descending score; rows shorter than k padded with id -1."""
     nq, n = scores.shape
@@ -112,6 +125,71 @@ def _in_rows(found: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np
     return np.where(ids >= 0, np.asarray(rows)[np.maximum(ids, 0)], -1), scores
 
 
+def row_span(tables: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis V (D, r) of the space the tables' rows span, or None when r is not
+    well below D (then the tables are used as they are)."""
+    rows = tables.reshape(-1, tables.shape[-1]).astype(np.float64)
+    _, sv, vt = np.linalg.svd(rows, full_matrices=False)
+    r = int((sv > sv[0] * 1e-6).sum()) if len(sv) else 0
+    return np.ascontiguousarray(vt[:r].T, np.float32) if r <= 0.75 * tables.shape[-1] else None
+
+
+class TableNorms:
+    """||x_hat|| of codes by table look-ups, the way ADC scores them. With x_hat = b + sum_m T[m, k_m],
+
+        ||x_hat||^2 = ||b||^2 + sum_m (2 <b, T[m, k_m]> + ||T[m, k_m]||^2)
+                      + 2 sum_{m < m'} <T[m, k_m], T[m', k_m']>,
+
+    where only slot pairs whose tables are not orthogonal add a term: a PCA-slot codec's slots
+    decode into disjoint blocks of directions, but for the few stages that share a block (and a
+    coarse slot). `usable` is False when so many pairs cross (a residual codec) that decoding
+    the codes is cheaper."""
+
+    def __init__(self, tables: np.ndarray, span_tables: np.ndarray, bias: np.ndarray):
+        m, k, _ = tables.shape
+        flat = span_tables.reshape(m * k, -1).astype(np.float64)  # the same inner products as in D
+        gram = (flat @ flat.T).reshape(m, k, m, k).transpose(0, 2, 1, 3)  # (M, M, K, K)
+        crossing = np.abs(gram).max(axis=(2, 3)) > 1e-6 * max(np.abs(gram).max(), 1e-30)
+        self.first, self.second = np.nonzero(np.triu(crossing, 1))
+        self.usable = len(self.first) <= 2 * m
+        b = np.asarray(bias, np.float64)
+        self.constant = float(b @ b)
+        self.single = (2 * tables.reshape(m * k, -1).astype(np.float64) @ b + (flat * flat).sum(1)).reshape(m, k)
+        self.pair = 2 * gram[self.first, self.second]  # (P, K, K)
+        self.k = k
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        """(n, M) indices -> (n,) float32 ||x_hat||."""
+        m, k = self.single.shape
+        sq = self.constant + self.single.reshape(-1)[idx + np.arange(m) * k].sum(1)
+        if len(self.first):
+            at = idx[:, self.first] * k + idx[:, self.second] + np.arange(len(self.first)) * k * k
+            sq += self.pair.reshape(-1)[at].sum(1)
+        return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TableSpan:
+    """What search can take from an additive codec's tables alone, worked out once per codec (an
+    SVD and a Gram matrix of the tables: a quarter second at 512 bits), not at every index build.
+
+    Each query's LUT costs M K (its dimension): when the tables span r < D dimensions (a PCA-slot
+    codec decodes into its p principal directions), the scan and the rerank work in that span,
+    <q, T[m, k]> = <V^T q, V^T T[m, k]>, which cuts each query's fixed cost by about D / r."""
+
+    basis: np.ndarray | None  # V (D, r), None when r is not well below D
+    tables: np.ndarray  # the tables in V's coordinates (M, K, r), or themselves
+    norms: TableNorms | None  # ||x_hat|| by look-ups, None when decoding is cheaper
+
+    @classmethod
+    def of(cls, tables: np.ndarray, bias: np.ndarray) -> TableSpan:
+        tables = np.ascontiguousarray(tables, dtype=np.float32)
+        basis = row_span(tables)
+        in_span = tables if basis is None else np.ascontiguousarray(tables @ basis)
+        norms = TableNorms(tables, in_span, np.asarray(bias, np.float32))
+        return cls(basis, in_span, norms if norms.usable else None)
+
+
 class AdcIndex:
     """Packed codes of one additive codec, ready for batched top-k search.
 
@@ -121,9 +199,13 @@ class AdcIndex:
 
     _all_norms = None  # ||x_hat|| of every row (of self.codes), computed by the first long filter
 
-    def __init__(self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None):
+    def __init__(
+        self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None, span: TableSpan = None
+    ):
         """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat||: the
-        shortlist is then re-scored by cosine, <q, x_hat> / ||x_hat|| (norms come from the codes)."""
+        shortlist is then re-scored by cosine, <q, x_hat> / ||x_hat|| (norms come from the codes,
+        by the span's table look-ups where it has them). `span`: TableSpan.of(tables, bias),
+        when the caller keeps it per codec."""
         faiss = lazy.faiss()
 
         self.tables = np.ascontiguousarray(tables, dtype=np.float32)
@@ -133,12 +215,17 @@ class AdcIndex:
         self.nbits = nbits
         self.norms = norms
         self.n = len(self.codes)
-        scan_tables, scan_nbits = self.tables, nbits
+        span = span or TableSpan.of(self.tables, self.bias)
+        self.basis, self.span_tables = span.basis, span.tables
+        if norms is not None and span.norms is not None:
+            self.norms = span.norms
+        scan_tables, scan_nbits = self.span_tables, nbits
+        dim = scan_tables.shape[2]
         if nbits == 2 and self.m % 2 == 0:
             # Two 2-bit slots share one nibble of the packed code (low slot in the low bits),
             # so the pair's table T2[p, a + 4 b] = T[2p, a] + T[2p + 1, b] makes the same bytes
             # a valid 4-bit code for the fast-scan kernel.
-            t = self.tables.reshape(self.m // 2, 2, 4, dim)
+            t = scan_tables.reshape(self.m // 2, 2, 4, dim)
             scan_tables = (t[:, 0, None, :, :] + t[:, 1, :, None, :]).reshape(self.m // 2, 16, dim)
             scan_nbits = 4
         m_scan = scan_tables.shape[0]
@@ -175,37 +262,45 @@ class AdcIndex:
         short = shortlist or shortlist_size(k)
         if short >= self.n:  # the shortlist is everything: score it all exactly (fast-scan
             return self.candidates(Q, k, rows=np.arange(self.n))  # may drop ties at k = n)
-        approx, cand = self.scan(Q, short)
+        prepared = self.prepare(Q)
+        approx, cand = self.scan(prepared, short)
         # Exact float rerank of the candidates (fast-scan's LUT is 8-bit quantised; a cosine
         # score divides by ||x_hat||, which the inner-product scan does not know).
-        return [self.reranked(Q[i : i + 1], cand[i], approx[i]) for i in range(len(Q))]
+        return [self.reranked(prepared[i : i + 1], cand[i], approx[i]) for i in range(len(Q))]
 
-    def scan(self, Q: np.ndarray, short: int) -> tuple[np.ndarray, np.ndarray]:
-        """The approximate scan alone: (scan scores, rows), each (nq, short), -1 past the end."""
-        return self.index.search(np.ascontiguousarray(Q, dtype=np.float32), short)
+    def prepare(self, Q: np.ndarray) -> Prepared:
+        """The queries in the tables' coordinates and their ADC tables, once per search."""
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        span = Q if self.basis is None else np.ascontiguousarray(Q @ self.basis)
+        lut, _ = adc_lut(span, self.span_tables, np.zeros(span.shape[1], np.float32))
+        return Prepared(span, lut, Q @ self.bias)
 
-    def reranked(self, q: np.ndarray, cand: np.ndarray, approx: np.ndarray) -> Candidates:
+    def scan(self, prepared: Prepared, short: int) -> tuple[np.ndarray, np.ndarray]:
+        """The approximate scan alone: (scan scores, rows), each (nq, short), -1 past the end.
+        Scan scores leave out the constant <q, b> (they rank one index's rows)."""
+        return self.index.search(prepared.span, short)
+
+    def reranked(self, prepared: Prepared, cand: np.ndarray, approx: np.ndarray) -> Candidates:
         """One query's scanned rows `cand` (and their scan scores) scored exactly."""
         keep = cand >= 0
         rows = cand[keep]
-        return Candidates(rows, approx[keep], self.exact_scores(q, rows)[0], False)
+        return Candidates(rows, approx[keep], self._scores(prepared, rows)[1][0], False)
 
     def _exactly(self, Q: np.ndarray, rows: np.ndarray) -> list[Candidates]:
         """Every row scored exactly, for every query at once (a filter, or a shortlist as long
         as the index)."""
-        ip, exact = self._scores(Q, rows)
+        ip, exact = self._scores(self.prepare(Q), rows)
         return [Candidates(rows, ip[i], exact[i], True) for i in range(len(Q))]
 
     def exact_scores(self, Q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact scores (nq, len(rows)) of the chosen rows: float ADC, divided by ||x_hat|| for
         cosine codecs."""
-        return self._scores(Q, rows)[1]
+        return self._scores(self.prepare(Q), rows)[1]
 
-    def _scores(self, Q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, prepared: Prepared, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inner product, exact score) of the chosen rows, each (nq, len(rows))."""
-        lut, offset = adc_lut(Q, self.tables, self.bias)
         idx = unpack(self.codes[rows], self.m, self.nbits)
-        ip = adc_scores(lut, offset, idx)
+        ip = adc_scores(prepared.lut, prepared.offset, idx)
         return ip, (ip / self._row_norms(rows, idx)[None, :] if self.norms is not None else ip)
 
     def _row_norms(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -26,7 +26,8 @@ class Hit(NamedTuple):
     store: str | None = None  # that store's path
 
     def to_json(self) -> dict:
-        """The hit as JSON (the module's docstring); the score rounded to 6 decimals."""
+        """{"path", "score", "id"} (the score rounded to 6 decimals), + "time" (seconds) for a
+        video frame, + "shard", "store" for a sharded search's hit."""
         record = {"path": self.path, "score": round(float(self.score), 6), "id": int(self.id)}
         if self.frame_ms is not None:
             record["time"] = self.frame_ms / 1000

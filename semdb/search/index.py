@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adc import AdcIndex, Candidates, FlatIndex, best_of, shortlist_size
+from .adc import AdcIndex, Candidates, FlatIndex, TableSpan, best_of, shortlist_size
 from .ivf import IvfIndex
+
+SPANS_KEPT = 16  # codecs whose TableSpan is kept: a store's set is at most 8
+_spans: dict[str, TableSpan] = {}  # codec id -> its tables' span: indexes are rebuilt at every commit
 
 
 def codec_index(codec, codes, ivf=None):
@@ -22,7 +25,12 @@ def codec_index(codec, codes, ivf=None):
     if ivf is not None:
         span = None if codec.n_coarse else codec.decoder
         return IvfIndex(codec.tables, bias, codes, codec.nbits, norms, ivf[0], ivf[1], span=span)
-    return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms)
+    span = _spans.get(codec.id)
+    if span is None:
+        span = _spans[codec.id] = TableSpan.of(codec.tables, bias)
+        while len(_spans) > SPANS_KEPT:
+            _spans.pop(next(iter(_spans)))
+    return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms, span=span)
 
 
 class SetIndex:
@@ -57,22 +65,23 @@ class SetIndex:
             if part_rows is not None and not len(part_rows):
                 continue
             if part_rows is None and type(part) is AdcIndex and part.fast_scan and short < part.n:
-                scans.append((part, start, *part.scan(Q, short)))
+                prepared = part.prepare(Q)
+                scans.append((part, start, prepared, *part.scan(prepared, short)))
                 continue
             probe = {"nprobe": nprobe} if nprobe is not None and isinstance(part, IvfIndex) else {}
             for i, c in enumerate(part.candidates(Q, k, rows=part_rows, **probe)):
                 found[i].append(Candidates(c.rows + start, c.approx, c.exact, c.complete))
         if scans:
             for i in range(len(Q)):
-                approx = np.concatenate([a[i] for _, _, a, _ in scans])
-                cand = np.concatenate([c[i] for _, _, _, c in scans])
-                of = np.concatenate([np.full(len(c[i]), j) for j, (_, _, _, c) in enumerate(scans)])
+                approx = np.concatenate([a[i] for *_, a, _ in scans])
+                cand = np.concatenate([c[i] for *_, c in scans])
+                of = np.concatenate([np.full(len(c[i]), j) for j, (*_, c) in enumerate(scans)])
                 keep = np.flatnonzero(cand >= 0)
                 keep = keep[np.argsort(-approx[keep], kind="stable")[:short]]
-                for j, (part, start, _, _) in enumerate(scans):
+                for j, (part, start, prepared, _, _) in enumerate(scans):
                     mine = keep[of[keep] == j]
                     if len(mine):
-                        c = part.reranked(Q[i : i + 1], cand[mine], approx[mine])
+                        c = part.reranked(prepared[i : i + 1], cand[mine], approx[mine])
                         found[i].append(Candidates(c.rows + start, c.approx, c.exact, False))
         return [_union(f) for f in found]
 

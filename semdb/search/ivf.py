@@ -173,6 +173,7 @@ class IvfIndex(AdcIndex):
         self.bias = np.asarray(bias, dtype=np.float32)
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self.m, k, dim = self.tables.shape
+        self.basis, self.span_tables = None, self.tables  # the rerank's LUT in full dimension
         self.nbits, self.norms, self.n, self.fast_scan = nbits, norms, len(self.codes), True
         self.centroids = np.ascontiguousarray(centroids, np.float32)
         self.nlist = len(self.centroids)
@@ -301,7 +302,7 @@ class IvfIndex(AdcIndex):
             bitmap = np.packbits(keep, bitorder="little")  # a named array: swig_ptr does not keep it alive
             sel = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bitmap))
             params.sel = sel
-        found = []
+        prepared, found = self.prepare(Q), []
         for i in range(len(Q)):
             D = np.empty((1, short), np.float32)
             cand = np.empty((1, short), np.int64)
@@ -320,5 +321,5 @@ class IvfIndex(AdcIndex):
                 False,
                 params,
             )
-            found.append(self.reranked(q, cand[0], D[0]))
+            found.append(self.reranked(prepared[i : i + 1], cand[0], D[0]))
         return found

@@ -74,10 +74,22 @@ class Where:
     def matches(self, paths, taken: np.ndarray) -> np.ndarray:
         """Which items pass (a bool mask), given their paths (bytes, os.fsencode's) and dates
         taken (POSIX seconds, NaN unknown: never passes a date filter)."""
-        keep = np.ones(len(taken), bool)
+        keep = self.in_dates(taken)
         if self.under is not None:
-            prefix = os.fsencode(self.under if self.under.endswith(os.sep) else self.under + os.sep)
-            keep &= np.fromiter((p.startswith(prefix) for p in paths), bool, len(taken))
+            keep &= self.inside(paths)
+        return keep
+
+    def inside(self, paths) -> np.ndarray:
+        """Which of these paths (bytes) are under the folder (all, without one); a folder's
+        own path ending in the separator is under it as its files are."""
+        if self.under is None:
+            return np.ones(len(paths), bool)
+        prefix = os.fsencode(self.under if self.under.endswith(os.sep) else self.under + os.sep)
+        return np.fromiter((p.startswith(prefix) for p in paths), bool, len(paths))
+
+    def in_dates(self, taken: np.ndarray) -> np.ndarray:
+        """Which of these dates taken pass the date range (NaN: unknown, never passes one)."""
+        keep = np.ones(len(taken), bool)
         if self.after is not None:
             keep &= taken >= self.after
         if self.before is not None:
@@ -175,19 +187,13 @@ def _number(name: str, value, lowest: float = -math.inf) -> float | None:
 class SearchRequest:
     """What one search asks; checked when built (InputError), read-only after.
 
-    What: `text` (rclip's arithmetic, parse_terms), and/or `image` (a file or PIL image),
-    and/or `like` (a stored item's id or path: more like it, from its stored code; the item
-    itself is never a hit); or instead `vector`, query embeddings of the store's model (D,) or
-    (nq, D), one search per row. `files`: a term of `text` naming an existing image file is
-    that image (False: every term is text, what a server answering URLs needs).
-    Limit: `k` hits (at most MAX_K). Where: `where` (SearchRequest.of takes its `under`,
-    `after`, `before`). Refine: `within` (keep hits within this of the best score),
-    `min_score`. `nprobe`: IVF lists to scan in a store that keeps an IVF (default nlist / 4;
-    more: slower, closer to the exhaustive result); a smaller store scans every code.
-    `frames`: every matching frame of a video is a hit (default: a video's best frame only).
-
-    Build one with `SearchRequest.of`, which takes the filters as `under`, `after` and
-    `before`; `db.search` takes it as it is:
+    `text` (rclip's arithmetic), and/or `image` (a file or PIL image), and/or `like` (a stored
+    item's id or path: more like it, from its code, itself left out); or instead `vector`,
+    query embeddings (D,) or (nq, D), one search per row. `files=False`: no term of `text` is
+    an image file. `k` hits (at most MAX_K); `where` (`under`, `after`, `before` in `of`);
+    `within` (of the best score), `min_score`; `nprobe`: IVF lists to scan in a store past a
+    million items (default nlist / 4); `frames`: every matching frame of a video is a hit
+    (default: its best frame only). Build one with `SearchRequest.of`:
 
         request = semdb.SearchRequest.of("a red bicycle", k=10, under="./photos", after="2023-06-01")
         hits = db.search(request)

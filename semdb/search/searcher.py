@@ -21,6 +21,7 @@ from ..errors import InputError, UnknownItemError, display_path
 from ..images import load_image
 from . import ivf
 from .adc import Candidates, FlatIndex
+from .filters import FilterFacts
 from .hit import Hit
 from .index import SetIndex, codec_index
 from .ivf import IvfIndex
@@ -32,15 +33,16 @@ GROUP_FETCH = 8
 
 
 class Searcher:
-    """Queries over one store; the index (and the metadata filters read) are rebuilt only after
-    a commit."""
+    """Queries over one store; the index is rebuilt, and what filters read caught up, only
+    after a commit."""
 
     def __init__(self, ctx):
         """`ctx`: the StoreContext of the store to search (search sits below the context: it
         is handed one, never imports it)."""
         self.ctx = ctx
         self._index = None  # (generation, ids, search index)
-        self._meta = None  # (generation, paths, taken) aligned with the index's ids
+        self.filter_facts = FilterFacts()  # every item's folder and date, caught up per commit
+        self._aligned = None  # (generation, folder numbers, dates) aligned with the index's ids
         self._frames = None  # (generation, whether the store holds video frames)
 
     # --- the query vector -------------------------------------------------------------------
@@ -109,17 +111,20 @@ class Searcher:
             return [[] for _ in range(len(Q))]
         group = not request.frames and self.holds_frames()
         k = min(request.k * GROUP_FETCH, MAX_K) if group else request.k
-        found, scores = index.search(Q, k, rows=rows, **_nprobe(index, request))
+        skip = _skipped(like, rows)
+        found, scores = index.search(Q, k + (skip is not None), rows=rows, **_nprobe(index, request))
         results = []
         for row, score in zip(found, scores):
             keep = row >= 0
+            if skip is not None:
+                keep &= ids[np.maximum(row, 0)] != skip
             if request.min_score is not None:
                 keep &= score >= request.min_score
             if request.within is not None and keep.any():
                 keep &= score >= score[keep].max() - request.within
             items = self.ctx.store.items(ids[row[keep]])
             hits = [Hit(it.path, float(s), int(it.id), it.frame_ms) for it, s in zip(items, score[keep]) if it]
-            results.append(best_per_file(hits)[: request.k] if group else hits)
+            results.append((best_per_file(hits) if group else hits)[: request.k])
         return results
 
     def holds_frames(self) -> bool:
@@ -141,7 +146,9 @@ class Searcher:
             none = np.empty(0, np.float32)
             return [Candidates(np.empty(0, np.uint64), none, none, True) for _ in range(len(Q))]
         found = index.candidates(Q, request.k, rows=rows, **_nprobe(index, request))
-        return [Candidates(ids[c.rows], c.approx, c.exact, c.complete) for c in found]
+        skip = _skipped(like, rows)
+        keeps = [slice(None) if skip is None else ids[c.rows] != skip for c in found]
+        return [Candidates(ids[c.rows[i]], c.approx[i], c.exact[i], c.complete) for c, i in zip(found, keeps)]
 
     def _like(self, request: SearchRequest) -> int | None:
         """The id of the request's `like` item (looked up once per search), or None."""
@@ -156,25 +163,24 @@ class Searcher:
         return ids, index, self._rows(request.where, ids, like)
 
     def _rows(self, where: Where, ids: np.ndarray, exclude: int | None) -> np.ndarray | None:
-        """Index rows the search may return (None: all)."""
-        if not where and exclude is None:
+        """Index rows the search may return (None: all). Without a filter, the `like` item
+        `exclude` is dropped from the hits instead (_skipped): a search of chosen rows scores
+        every one of them exactly, a whole store's worth for all but one."""
+        if not where:
             return None
-        keep = ids != np.uint64(exclude) if exclude is not None else np.ones(len(ids), bool)
-        if where:
-            keep &= where.matches(*self._metadata(ids))
+        keep = self.filter_facts.matches(where, *self._metadata(ids))
+        if exclude is not None:
+            keep &= ids != np.uint64(exclude)
         return np.flatnonzero(keep)
 
-    def _metadata(self, ids: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-        """(paths as bytes, dates taken with NaN for unknown) aligned with the index's ids."""
+    def _metadata(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(folder numbers, dates taken with NaN for unknown) aligned with the index's ids: after
+        a commit, only the item segments it rewrote are read (filters.py)."""
         generation = self._index[0]
-        if self._meta is None or self._meta[0] != generation:
-            items = self.ctx.store.items(ids)
-            self._meta = (
-                generation,
-                [os.fsencode(it.path) if it else b"" for it in items],
-                np.array([np.nan if it is None or it.taken is None else it.taken for it in items]),
-            )
-        return self._meta[1], self._meta[2]
+        if self._aligned is None or self._aligned[0] != generation or generation is None:
+            self.filter_facts.refresh(self.ctx.store)
+            self._aligned = (generation, *self.filter_facts.aligned(ids))
+        return self._aligned[1], self._aligned[2]
 
     def index(self):
         """(item ids, index) over the last committed codes and staged embeddings: one codec's
@@ -222,6 +228,12 @@ class Searcher:
             lists = lists.copy()
             lists[missing] = ivf.Assigner(codec, C)(np.asarray(codes)[missing])
         return codec_index(codec, np.asarray(codes), ivf=(C, lists))
+
+
+def _skipped(like: int | None, rows: np.ndarray | None) -> np.uint64 | None:
+    """The id to drop from the hits: the `like` item when the scan was not already kept off it
+    (no filter: Searcher._rows)."""
+    return None if like is None or rows is not None else np.uint64(like)
 
 
 def best_per_file(hits: list[Hit]) -> list[Hit]:

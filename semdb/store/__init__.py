@@ -7,7 +7,7 @@ lists); it never runs the codec. docs/notes/STORE-FORMAT.md describes the on-dis
     migration      the schema check; schema 1 converted, its freed pages reclaimed
     reading        View / ReadView: reads through one transaction, the in-memory lookups
     store          Store: open, read, verify, write()
-    batch          ReplayingBatch: one write transaction, replayed when the map grows
+    batch          WriteBatch: one write transaction
     writer         Writer: items, codes, codec, meta (the operations of a batch)
     item_writes    the item segments a batch rewrites
     code_segments  the code segments a batch writes; reports each one it writes or deletes

@@ -1,30 +1,25 @@
-"""`ReplayingBatch`: the transaction machinery under every write batch. One LMDB write
-transaction; every operation is recorded (with immutable copies of its arguments) so that,
-when the map fills up, the transaction is aborted, the map doubled and the batch replayed,
-transparently. A subclass (Writer) gives the operations, the state a replay starts from
-(`_reset`) and what a commit writes (`_flush`) and hands on (`_publish`).
+"""`WriteBatch`: the transaction machinery under every write batch, one LMDB write transaction.
+A subclass (Writer) gives the operations, the state a batch starts from (`_reset`) and what a
+commit writes (`_flush`) and hands on (`_publish`). The map is large and sparse (opening.py),
+so a batch never needs it grown; one that fills it fails whole, with a one-line StoreError.
 """
 
 from __future__ import annotations
 
 from typing import Self
 
-import lmdb
-
 from ..errors import InputError, StoreError
-from ..faults import fault_point
 from .opening import Environment, begin, guard
 from .reading import View
 
 
-class ReplayingBatch(View):
+class WriteBatch(View):
     """Operations validate before they change anything, so an InputError leaves the batch
     usable; any other failure dooms the batch to abort. `on_close`: called once it is closed."""
 
     def __init__(self, environment: Environment, path, on_close=None):
         self.environment, self.path, self._on_close = environment, path, on_close
-        self._ops: list = []
-        self._failed = self._closed = False
+        self._changed = self._failed = self._closed = False
         with guard(path):
             self._begin()
 
@@ -36,7 +31,7 @@ class ReplayingBatch(View):
         self._reset()
 
     def _reset(self) -> None:
-        """Start the batch's own state afresh (at the start, and before a replay)."""
+        """Start the batch's own state."""
 
     def _flush(self) -> None:
         """Write what the batch holds back until its commit."""
@@ -45,7 +40,7 @@ class ReplayingBatch(View):
         """After the commit: hand on what the process may keep."""
 
     def _wants_commit(self) -> bool:
-        return bool(self._ops)
+        return self._changed
 
     def _put_meta(self, key: str, value) -> None:
         self._meta[key] = value
@@ -63,7 +58,7 @@ class ReplayingBatch(View):
         else:
             self.abort()
 
-    # -- replay, commit --------------------------------------------------------------------------
+    # -- operations, commit ------------------------------------------------------------------------
 
     def _run(self, op, *args):
         if self._closed or self._failed:
@@ -71,33 +66,14 @@ class ReplayingBatch(View):
             raise StoreError(f"{self.path}: this write batch is {state}")
         try:
             with guard(self.path):
-                while True:
-                    try:
-                        result = op(*args)
-                        break
-                    except lmdb.MapFullError:
-                        self._grow_and_replay()
+                result = op(*args)
         except InputError:
             raise
         except BaseException:
             self._failed = True
             raise
-        self._ops.append((op, args))
+        self._changed = True
         return result
-
-    def _grow_and_replay(self) -> None:
-        env = self.environment.env
-        while True:
-            self.txn.abort()
-            env.set_mapsize(env.info()["map_size"] * 2)
-            fault_point("map_grown")
-            self._begin()
-            try:
-                for op, args in self._ops:
-                    op(*args)
-                return
-            except lmdb.MapFullError:
-                continue
 
     def commit(self) -> None:
         if self._closed:
@@ -107,17 +83,12 @@ class ReplayingBatch(View):
             raise StoreError(f"{self.path}: write batch failed; nothing was written")
         try:
             with guard(self.path):
-                while True:
-                    try:
-                        if not self._wants_commit():
-                            self.txn.abort()
-                        else:
-                            self._flush()
-                            self.txn.commit()
-                            self._publish()
-                        break
-                    except lmdb.MapFullError:
-                        self._grow_and_replay()
+                if not self._wants_commit():
+                    self.txn.abort()
+                else:
+                    self._flush()
+                    self.txn.commit()
+                    self._publish()
         except BaseException:
             self.abort()
             raise

@@ -112,14 +112,12 @@ def hash_bytes(h: str) -> bytes:
 
 @dataclass
 class Item:
-    """One stored file's metadata, as `db.item`, `db.ls` and `db.rm` return it: its `id` in
-    the store (0: not stored yet), `path`, `size` in bytes, `mtime_ns`, `hash` (blake2b-128 hex
-    of its bytes), `width` and `height` in pixels, when it was `added` to the store and last
-    `updated` (POSIX seconds), and `taken`: when the photo was taken (EXIF DateTimeOriginal,
-    else the file's mtime), POSIX seconds; None in records written before semdb kept it (the
-    next ingest fills it). A video frame is an item with its video's path, size, mtime, hash
-    and display size, and `frame_ms` (its time in the video) and `duration_ms` (the video's);
-    both None for a photo. (path, frame_ms) is unique: a video's frames share its path."""
+    """One stored file's metadata, as `db.item`, `db.ls` and `db.rm` return it: `id` (0: not
+    stored yet), `path`, `size` in bytes, `mtime_ns`, `hash` (blake2b-128 hex of its bytes),
+    `width` and `height` in pixels, `added` and last `updated` (POSIX seconds), `taken` (EXIF
+    DateTimeOriginal, else the file's mtime; POSIX seconds; None in records of an older semdb
+    until the next ingest). A video frame has its video's path, size, mtime, hash and display
+    size, `frame_ms` (its time) and `duration_ms` (the video's); both None for a photo."""
 
     id: int
     path: str

@@ -39,19 +39,14 @@ def migrate(env, path: Path):
     """Open the databases of a writable store, converting a schema-1 store to schema 2 first;
     returns (env, dbs) (env is another one after a reclaim). The caller holds writer.lock: no
     other writer can interleave."""
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                meta_db = env.open_db(b"meta", txn=txn, create=False)
-                schema = check_schema(txn.get(b"schema", db=meta_db), path)
-                dbs = {n: env.open_db(n.encode(), txn=txn, create=n in LATER_DBS or n == "itemsegs") for n in DBS}
-                if schema == 1:
-                    _convert_v1(env, txn, dbs)
-                    fault_point("migrate_txn")
-                reclaim = txn.get(b"reclaim", db=meta_db) is not None
-            break
-        except lmdb.MapFullError:  # old and new item records side by side: grow and redo
-            env.set_mapsize(env.info()["map_size"] * 2)
+    with env.begin(write=True) as txn:
+        meta_db = env.open_db(b"meta", txn=txn, create=False)
+        schema = check_schema(txn.get(b"schema", db=meta_db), path)
+        dbs = {n: env.open_db(n.encode(), txn=txn, create=n in LATER_DBS or n == "itemsegs") for n in DBS}
+        if schema == 1:
+            _convert_v1(env, txn, dbs)
+            fault_point("migrate_txn")
+        reclaim = txn.get(b"reclaim", db=meta_db) is not None
     if reclaim:
         env = reclaim_space(env, path)
         dbs = {n: env.open_db(n.encode(), create=False) for n in DBS}

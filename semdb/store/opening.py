@@ -1,5 +1,5 @@
-"""Opening a store: the LMDB environment (one per directory and process), writer.lock, map
-growth, and the translation of LMDB failures into one-line StoreErrors.
+"""Opening a store: the LMDB environment (one per directory and process), writer.lock, the map,
+and the translation of LMDB failures into one-line StoreErrors.
 
 A writable Store holds an exclusive flock on writer.lock for its lifetime: one writer at a
 time. Readers never block: readonly Stores open LMDB read-only, so even opening the named
@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ from ..errors import StoreError, StoreLockedError
 from .format import DBS, LATER_DBS, MAX_DBS, SCHEMA_VERSION, CorruptValue
 from .migration import check_schema, migrate
 
-DEFAULT_MAP_SIZE = 64 << 20  # grows by doubling when full
+# The LMDB map: address space, not disk (data.mdb grows with what is written, as LMDB writes
+# pages without MDB_WRITEMAP). Large enough never to grow, so no write batch is ever redone and
+# no map is ever moved under the readers of this process (zarr's LMDBStore does the same).
+DEFAULT_MAP_SIZE = 1 << 40 if sys.maxsize > 1 << 32 else 1 << 30
 
 
 def default_store_path() -> Path:
@@ -144,6 +148,11 @@ def open_environment(path: Path, readonly: bool, map_size: int) -> tuple:
             create=not readonly,
             lock=not readonly or os.access(path / "lock.mdb", os.W_OK),
         )
+    except lmdb.MemoryError:
+        raise StoreError(
+            f"{path}: cannot reserve the store's {map_size >> 30} GiB of address space (is `ulimit -v` "
+            f"set?); raise the limit, or in Python open the store with a smaller map_size"
+        ) from None
     except lmdb.Error as e:
         raise StoreError(
             f"{path} is corrupt or not a semdb store ({one_line(e)}); restore it from a backup or pass a new --store"
@@ -191,26 +200,22 @@ def open_environment(path: Path, readonly: bool, map_size: int) -> tuple:
 
 
 def _initialise(env) -> dict:
-    while True:
-        try:
-            with env.begin(write=True) as txn:  # all databases and meta appear in one commit
-                dbs = {n: env.open_db(n.encode(), txn=txn) for n in DBS}
-                meta = {
-                    "schema": SCHEMA_VERSION,
-                    "created": time.time(),
-                    "generation": 0,
-                    "next_id": 1,
-                    "next_segment": 0,
-                    "code_bytes": None,
-                    "codec_id": None,
-                    "dim": None,
-                    "model_id": None,
-                }
-                for k, v in meta.items():
-                    txn.put(k.encode(), json.dumps(v).encode(), db=dbs["meta"])
-            return dbs
-        except lmdb.MapFullError:  # a map_size too small for even an empty store: grow it
-            env.set_mapsize(env.info()["map_size"] * 2)
+    with env.begin(write=True) as txn:  # all databases and meta appear in one commit
+        dbs = {n: env.open_db(n.encode(), txn=txn) for n in DBS}
+        meta = {
+            "schema": SCHEMA_VERSION,
+            "created": time.time(),
+            "generation": 0,
+            "next_id": 1,
+            "next_segment": 0,
+            "code_bytes": None,
+            "codec_id": None,
+            "dim": None,
+            "model_id": None,
+        }
+        for k, v in meta.items():
+            txn.put(k.encode(), json.dumps(v).encode(), db=dbs["meta"])
+    return dbs
 
 
 @contextlib.contextmanager
@@ -235,7 +240,12 @@ def guard(path: Path):
             f"{path} is corrupt ({one_line(e)}); restore it from a backup "
             f"or rebuild it with `semdb ingest` into a new --store"
         ) from None
-    except (lmdb.MapFullError, lmdb.MapResizedError):
+    except lmdb.MapFullError:
+        raise StoreError(
+            f"{path} is full: the store has used up its LMDB map; nothing of this write was "
+            f"stored (open it with a larger map_size to go on)"
+        ) from None
+    except lmdb.MapResizedError:
         raise
     except lmdb.Error as e:
         raise StoreError(f"{path}: storage error ({one_line(e)})") from None

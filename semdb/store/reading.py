@@ -161,6 +161,20 @@ class View:
             i = j
         return out
 
+    def changed_item_segments(self, known: dict) -> tuple[dict, dict]:
+        """({key: tag} of every item segment, {key: its Columns} of those whose tag is not
+        `known[key]`): what a reader that keeps something per segment reads after a commit. A
+        commit rewrites only the segments its batch touched (new items fill the last segment,
+        then new ones), so the others cost a header each. The segment cache is left alone."""
+        tags, fresh = {}, {}
+        for key, raw in self.txn.cursor(db=self.dbs["itemsegs"]):
+            key, head = bytes(key), item_segment_head(raw)
+            # crc32 of the stored body + zlib's adler32 of the plain one, as the segment cache's
+            tag = tags[key] = (head.crc, bytes(raw[-4:]), head.n, len(raw))
+            if known.get(key) != tag:
+                fresh[key] = decode_item_segment(raw)
+        return tags, fresh
+
     def item_count(self) -> int:
         """Items in the committed item segments of this transaction (headers only)."""
         return sum(item_segment_head(raw).n for _, raw in self.txn.cursor(db=self.dbs["itemsegs"]))

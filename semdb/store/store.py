@@ -188,6 +188,12 @@ class Store:
             if not more:
                 return
 
+    def changed_item_segments(self, known: dict) -> tuple[dict, dict]:
+        """Every item segment's tag, and the segments whose tag differs from `known` decoded
+        (ReadView.changed_item_segments), in one read snapshot."""
+        with self._read() as v:
+            return v.changed_item_segments(known)
+
     def count(self) -> int:
         with self._read() as v:
             return v.item_count()

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import codec_set, recoding, segments
-from .batch import ReplayingBatch
+from .batch import WriteBatch
 from .code_segments import CodeSegmentWrites
 from .format import MANAGED_META, Item, codec_slots, fs_bytes, int_key, item_of, item_segment_row
 from .item_writes import merge_item_segments, write_items
@@ -27,10 +27,9 @@ from .reading import ItemIndex
 MAX_ID = 1 << 63  # item ids fit an int64 (numpy sorts and compares them as such)
 
 
-class Writer(ReplayingBatch):
-    """A write batch of item, code, codec and IVF changes (see ReplayingBatch for the replay on
-    map growth). `assign_ivf`: gives new codes their IVF lists in this transaction (none: their
-    list rows are left out)."""
+class Writer(WriteBatch):
+    """A write batch of item, code, codec and IVF changes. `assign_ivf`: gives new codes their IVF
+    lists in this transaction (none: their list rows are left out)."""
 
     def __init__(self, environment: Environment, path, assign_ivf: AssignLists | None = None, on_close=None):
         self._assign_ivf = assign_ivf
@@ -266,7 +265,7 @@ class Writer(ReplayingBatch):
             raise InputError(f"{self.path} has no item {id}")
         return item
 
-    # -- operations (validate, then mutate; replayed after the map grows) ----------------------------
+    # -- operations (validate, then mutate) ------------------------------------------------------------
 
     def _add(self, item: Item, slot: int | None, vec: bytes) -> int:
         id_ = max(self._meta["next_id"], item.id)  # ids only grow: a new item's id is above every stored one

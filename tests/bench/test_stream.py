@@ -59,7 +59,10 @@ def test_stream_rows_through_the_store_and_faiss():
             assert r["status"] == "ok" and r["n_a_eval"] == r["n_b_eval"] == 40
             assert all(0.0 <= r[m] <= 1.0 for m in ("knn_recall_1", "knn_recall_10", "t2i_recall_1"))
     alone = [r for r in rows if r["method"] == "semdb store without B"]
-    assert [r["scope"] for r in alone] == ["A"] and 0.2 < alone[0]["knn_recall_10"] <= 1.0
+    assert [r["scope"] for r in alone] == ["A alone"] and 0.2 < alone[0]["knn_recall_10"] <= 1.0
+    # FAISS trained on A keeps A's codes when B arrives: scored among A alone too, not when trained on A+B
+    assert _row(rows, "PQ8x8", "A", "A alone")["knn_recall_10"] > 0.2
+    assert not [r for r in rows if r["trained_on"] == "A+B" and r["scope"] == "A alone"]
     store = _row(rows, "semdb store", "stream", "A")
     assert store["codecs"] >= 1 and 0 <= store["a_staged"] <= 40 and store["seconds"] > 0
     # a FAISS user who retrains on B finds B's neighbours better than one who does not

@@ -14,6 +14,7 @@ import pytest
 from kit import clip_like_embeddings
 
 import semdb
+from semdb.ingest import ivf_upkeep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,11 +46,13 @@ def _codec_of(db) -> dict[str, str]:
     return out
 
 
-def test_another_source_gets_a_codec_of_its_own_and_the_home_codes_do_not_change(tmp_path, tiny_model):
+def test_another_source_gets_a_codec_of_its_own_and_the_home_codes_do_not_change(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setattr(ivf_upkeep, "MIN_ITEMS", 500)  # the home codec's IVF is built, then dropped
     home, turned = _sources()
     with semdb.open(tmp_path / "mixed") as db:
         _feed(db, home, turned, tiny_model)
         info = db.info()
+        assert db.store.ivf_meta() is None  # one IVF cannot list several codecs' codes: none is built
         of = _codec_of(db)
         first = db.codec.id
         mixed_codes = {it.path: bytes(c) for it, c in zip(db.store.iter_items(), _codes_in_order(db))}

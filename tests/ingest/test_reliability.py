@@ -1,4 +1,4 @@
-"""Reliability under faults: kill -9 at every ingest stage, a growing LMDB map, readers during
+"""Reliability under faults: kill -9 at every ingest stage, a full LMDB map, readers during
 writes, two writers at once. docs/notes/RELIABILITY.md maps each fault to the test that proves it.
 
 Kill points are deterministic: semdb calls ``semdb.faults.fault_point(NAME)`` at its stage
@@ -89,7 +89,7 @@ def _wait(pid: int, out: str) -> tuple[str, object]:
     return how, (json.loads(text) if text else None)
 
 
-def _ingest_child(store, photos, model, fault, batch_size, prune, train_at, map_size=None):
+def _ingest_child(store, photos, model, fault, batch_size, prune, train_at):
     def run():
         import semdb
         from semdb import faults
@@ -101,7 +101,7 @@ def _ingest_child(store, photos, model, fault, batch_size, prune, train_at, map_
             os.environ.pop(faults.ENV, None)
         faults.reset()
         policy = CodecPolicy(train_at=train_at or CodecPolicy.train_at, train_now=True)
-        with semdb.open(store, map_size=map_size, embedder=_PRELOADED) as db:
+        with semdb.open(store, embedder=_PRELOADED) as db:
             summary = db.ingest([photos], batch_size=batch_size, prune=prune, workers=2, policy=policy)
             if fault:
                 return {"summary": summary}
@@ -183,11 +183,7 @@ def driver(plan_file: str) -> None:
             files = {os.fsdecode(p) for p in discover([photos])}
             before = _store_state(store) if store.exists() else {"ids": {}}
             t = time.perf_counter()
-            killed, _ = _fork(
-                _ingest_child(
-                    store, photos, model, fault, sc["batch"], sc["prune"], sc.get("train_at"), sc.get("map_size")
-                )
-            )
+            killed, _ = _fork(_ingest_child(store, photos, model, fault, sc["batch"], sc["prune"], sc.get("train_at")))
             after_kill = _store_state(store) if store.exists() else None
             rerun, result = _fork(
                 _ingest_child(store, photos, model, None, sc["batch"], sc["prune"], sc.get("train_at"))
@@ -341,17 +337,6 @@ SCENARIOS = [
             "prune_txn:1",
         ],
     },
-    # a store opened with a 32 KiB LMDB map: killed right after the map is doubled
-    {
-        "name": "tinymap",
-        "generated": 8,
-        "base": False,
-        "modify": False,
-        "batch": BATCH,
-        "prune": False,
-        "map_size": 1 << 15,
-        "faults": ["map_grown:1", "map_grown:2"],
-    },
 ]
 KILL_POINTS = sum(len(sc["faults"]) for sc in SCENARIOS)
 
@@ -411,13 +396,13 @@ def test_kill_9_at_every_ingest_stage_then_resume(tmp_path, tiny_model):
     )
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(results) == KILL_POINTS == 34
+    assert len(results) == KILL_POINTS == 32
     problems = [f"{r['scenario']} {r['fault']}: {p}" for r in results for p in _check_attempt(r)]
     assert not problems, "\n".join(problems)
 
 
 # ----------------------------------------------------------------------------------------------
-# the codec switch, map growth: in this process
+# the codec switch, a full map: in this process
 
 
 def _staged_store(path, photos, tiny_model):
@@ -515,21 +500,26 @@ def test_a_full_disk_is_one_line_exit_4_and_a_rerun_after_freeing_space_finishes
         assert s.verify() == [] and s.staging_count() == 0
 
 
-def test_map_grows_during_a_real_ingest(photos, tmp_path, tiny_model):
-    """A store opened with a 16 KiB LMDB map (too small even for an empty store) grows it by
-    doubling, replaying the batch that did not fit, through a real ingest and codec switch."""
+def test_an_ingest_that_fills_the_map_stops_whole_and_a_larger_map_finishes(photos, tmp_path, tiny_model):
+    """A store made with a 128 KiB map (the default, 1 TiB, does not fill): the ingest that fills
+    it stops with one StoreError, keeping the batches committed before, and the same ingest with
+    the default map finishes, every photo once."""
     from kit import write_photos
 
     import semdb
+    from semdb.errors import StoreError
 
-    more = write_photos(tmp_path / "more", n_generated=20, seed=7)
-    with semdb.open(tmp_path / "s", model=tiny_model, map_size=1 << 14) as db:
-        assert db.ingest([photos], batch_size=2, train_now=True)["items"] == 12
-        s = db.ingest([photos, more], batch_size=2, train_now=True)  # coded batches now
-        info = db.store.info()
-        assert (s["new"], s["duplicate"], s["items"]) == (20, 4, 36)
-        assert info["map_size"] >= 1 << 17 and info["coded"] == 36 and info["staging"] == 0
-        assert db.store.verify() == [] and len(db.search("a cat", k=40)) == 36
+    more = write_photos(tmp_path / "more", n_generated=300, seed=5)
+    store = tmp_path / "s"
+    with semdb.open(store, model=tiny_model, map_size=1 << 17) as db:
+        first = db.ingest([photos], batch_size=8, train_now=True)["items"]
+        with pytest.raises(StoreError, match="is full: .*larger map_size"):
+            db.ingest([more], batch_size=8, train_now=True)
+        assert db.store.verify() == [] and first < db.store.count() < first + 304
+    with semdb.open(store, model=tiny_model) as db:
+        s = db.ingest([more], batch_size=8, train_now=True)
+        assert (s["items"], s["failed"], db.store.info()["staging"]) == (first + 304, 0, 0)
+        assert db.store.verify() == [] and len(db.search("a cat", k=400)) == first + 304
 
 
 def test_an_exception_in_the_decoding_threads_reaches_the_caller_instead_of_hanging():

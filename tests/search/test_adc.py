@@ -30,3 +30,29 @@ def test_a_long_filter_scores_every_row_exactly_as_a_short_one_does():
             np.testing.assert_allclose(np.sort(want[q, ids[q]]), np.sort(want[q, best]), rtol=1e-4, atol=1e-5)
             assert 17 not in ids[q] or rows is short_rows
     assert index._all_norms is not None and len(index._all_norms) == len(X)
+
+
+def test_scan_and_rerank_in_the_tables_span_score_as_the_decoded_codes():
+    """A PCA-slot codec's tables span fewer dimensions than the embeddings: the index works in
+    that span (its LUT costs M K r), and its norms come from table look-ups (a coarse slot's pairs
+    included); the scores are those of the decoded codes all the same."""
+    X = clip_like_embeddings(n=2000, dim=512, seed=5)["image_emb"]
+    Q = clip_like_embeddings(n=4, dim=512, seed=6)["text_emb"]
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    for bits in (128, 256):  # 128 bits: a coarse slot, whose word crosses every other slot
+        codec = Codec.train(X[:1000], bits=bits, seed=0)
+        codes = codec.encode(X)
+        index = codec_index(codec, codes)
+        assert index.basis is not None and index.basis.shape[1] < X.shape[1]
+        assert isinstance(index.norms, adc.TableNorms) and index.norms.usable
+        assert len(index.norms.first) > 0  # stages sharing a block of directions (and the coarse word) cross
+        if codec.quantizer.n_coarse:
+            assert (index.norms.first == 0).sum() == codec.quantizer.m - 1
+        idx = codec.indices(codes)
+        np.testing.assert_allclose(index.norms(idx), codec.norms(idx), rtol=1e-5)
+        X_hat = codec.decode(codes)
+        want = (Q @ X_hat.T) / np.linalg.norm(X_hat, axis=1)[None, :]
+        ids, scores = index.search(Q, 10, shortlist=len(X) - 1)
+        for q in range(len(Q)):
+            np.testing.assert_allclose(scores[q], want[q, ids[q]], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(scores[q], np.sort(want[q])[::-1][:10], rtol=1e-4, atol=1e-5)

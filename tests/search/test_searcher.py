@@ -87,6 +87,18 @@ def test_like_searches_from_the_stored_code_and_never_returns_the_item(searcher,
             s.search(SearchRequest.of(like=missing))
 
 
+def test_a_like_search_scans_as_a_search_of_its_vector_does_and_drops_the_item(searcher):
+    s, store = searcher
+    target = _id(store, 40)
+    [like] = s.candidates(SearchRequest.of(like=target, k=5))
+    [vector] = s.candidates(SearchRequest.of(vector=s.item_vector(target), k=5))
+    # not an exact pass over every other row: the same shortlist, less the item itself
+    assert target in vector.rows and set(like.rows.tolist()) == set(vector.rows.tolist()) - {target}
+    assert like.complete == vector.complete and len(like.rows) < N - 1
+    [hits] = s.search(SearchRequest.of(like=target, k=5))
+    assert [h.id for h in hits] == [i for i in vector.rows[np.argsort(-vector.exact)].tolist() if i != target][:5]
+
+
 def test_weighted_item_terms_add_up_and_terms_that_cancel_are_refused(searcher, data):
     s, store = searcher
     a, b = _id(store, 5), _id(store, 6)

@@ -1,5 +1,6 @@
 """Reading a store (semdb/store/reading.py, store.py): the model binding check, info, the
-in-memory lookups seen by another process, damaged item segments, many items at once."""
+in-memory lookups seen by another process, damaged item segments, many items at once, the
+segments a commit rewrote."""
 
 import random
 
@@ -8,7 +9,7 @@ import pytest
 from storekit import CB, code_for, code_map, new_item, run_py
 
 from semdb.errors import StoreError
-from semdb.store import DEFAULT_MAP_SIZE, SCHEMA_VERSION
+from semdb.store import DEFAULT_MAP_SIZE, SCHEMA_VERSION, segments
 
 
 def test_check_model(store):
@@ -111,3 +112,21 @@ def test_many_items_at_once_match_one_by_one(tmp_path):
         got = s.items(ids)
         assert got == [s.get_item(i) for i in ids]
         assert sum(x is None for x in got) > 100 and got[-1] == got[-2] == s.get_item(5)
+
+
+def test_changed_item_segments_decodes_only_what_a_commit_rewrote(store):
+    with store.write() as w:
+        for i in range(2 * segments.ITEMSEG_MAX + 10):
+            w.add_item(new_item(f"/p/{i:05d}.jpg"), code=code_for(i))
+    tags, fresh = store.changed_item_segments({})
+    assert len(tags) == 3 and fresh.keys() == tags.keys()
+    assert sum(len(c) for c in fresh.values()) == 2 * segments.ITEMSEG_MAX + 10
+    assert store.changed_item_segments(tags) == (tags, {})  # nothing committed: headers only
+    first = store.item_by_path("/p/00003.jpg")
+    with store.write() as w:
+        w.add_item(new_item("/p/new.jpg"), code=code_for(9999))  # fills the last segment
+        w.delete_item(first.id)  # rewrites the first
+    tags2, fresh2 = store.changed_item_segments(tags)
+    first_key, middle_key, last_key = list(tags)
+    assert tags2.keys() == tags.keys() and set(fresh2) == {first_key, last_key}
+    assert len(fresh2[first_key]) == segments.ITEMSEG_MAX - 1 and len(fresh2[last_key]) == 11

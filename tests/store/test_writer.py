@@ -1,13 +1,15 @@
 """Write batches (semdb/store/writer.py, batch.py, item_writes.py): items, codes, staging,
-atomicity, replay when the map fills up, item segments rewritten and filled."""
+atomicity, a batch that fills the map, item segments rewritten and filled."""
 
+import os
+import re
 import signal
 
 import numpy as np
 import pytest
 from storekit import CB, code_for, code_map, dataclass_item, emb_for, new_item, run_py, snapshot
 
-from semdb.errors import InputError
+from semdb.errors import InputError, StoreError
 from semdb.store import Store, segments
 
 
@@ -138,25 +140,46 @@ def test_kill_9_mid_ingest_leaves_whole_batches_only(path):
         assert s.verify() == []
 
 
-def test_map_grows_when_full(tmp_path):
-    with Store(tmp_path / "s", create=True, map_size=1 << 16) as s:
+def test_a_batch_that_fills_the_map_fails_whole_and_a_larger_map_goes_on(tmp_path):
+    """The map is fixed (large and sparse by default): a batch that does not fit is one
+    StoreError, the batch is failed and nothing of it is stored; the batches before it stay, and
+    the store opened with a larger map takes the same batch."""
+    path = tmp_path / "s"
+    with Store(path, create=True, map_size=1 << 20) as s:
         with s.write() as w:
             w.set_codec(b"c" * 5000, "c", CB)
-        start = s.info()["map_size"]
         n = 0
-        for b in range(30):  # many batches
+        for b in range(30):  # many small batches fit
             with s.write() as w:
                 for i in range(100):
                     w.add_item(new_item(f"/{b}/{i}.jpg"), code=code_for(n))
                     n += 1
-        with s.write() as w:  # one batch far larger than the map
+        with pytest.raises(StoreError, match=re.escape(f"{path} is full: ") + ".*larger map_size"):
+            with s.write() as w:  # one batch far larger than the map
+                for i in range(5000):
+                    w.add_item(new_item(f"/big/{i}.jpg"), embedding=emb_for(i, dim=64))
+        with pytest.raises(StoreError, match="this write batch is closed"):
+            w.add_item(new_item("/after.jpg"), code=code_for(0))
+        assert s.info()["map_size"] == 1 << 20
+        assert s.count() == n and len(s.load_codes()[0]) == n and s.staging_count() == 0
+        assert s.item_by_path("/big/0.jpg") is None and s.verify() == []
+    with Store(path, map_size=1 << 26) as s:
+        with s.write() as w:
             for i in range(5000):
                 w.add_item(new_item(f"/big/{i}.jpg"), embedding=emb_for(i, dim=64))
-        assert s.info()["map_size"] > start
-        assert s.count() == n + 5000 and len(s.load_codes()[0]) == n
-        assert s.staging_count() == 5000
-        assert s.verify() == []
-        assert s.item_by_path("/big/4999.jpg") is not None
+        assert s.count() == n + 5000 and s.staging_count() == 5000 and s.verify() == []
+
+
+def test_the_default_map_is_sparse_address_space(tmp_path):
+    """A new store maps 1 TiB (on 64-bit) but its file holds only what was written."""
+    with Store(tmp_path / "s", create=True) as s:
+        with s.write() as w:
+            w.set_codec(b"c" * 5000, "c", CB)
+            for i in range(1000):
+                w.add_item(new_item(f"/{i}.jpg"), code=code_for(i))
+        assert s.info()["map_size"] == 1 << 40
+    st = os.stat(tmp_path / "s" / "data.mdb")
+    assert st.st_size < 1 << 22 and st.st_blocks * 512 < 1 << 22
 
 
 def test_codec_and_codes_of_all_staged_items_commit_in_one_batch(path):
