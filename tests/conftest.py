@@ -18,6 +18,9 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("SEMDB_CACHE_DIR", tempfile.mkdtemp(prefix="semdb-test-cache-"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # under pytest-xdist (-n): a cache of each worker's own
+    if worker:
+        os.environ["SEMDB_CACHE_DIR"] = os.path.join(os.environ["SEMDB_CACHE_DIR"], worker)
     # Property tests check what comes out, not how fast: on a busy shared machine Hypothesis's
     # time limits (a 200 ms deadline per example, "input generation is slow") fail correct code.
     from hypothesis import HealthCheck, settings

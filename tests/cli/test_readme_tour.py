@@ -32,7 +32,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CI_RUN = ROOT / ".ci" / "run"
-TEST_COMMAND = "pip install -e '.[test]' && ruff check . && ruff format --check . && python -m pytest"
+TEST_COMMAND = (
+    "pip install -e '.[test]' && ruff check . && ruff format --check . && python -m pytest -n 2 --dist loadfile"
+)
 MAX_README_BYTES = 10 * 1024
 SHOWN_HOME = "/home/me"  # the home folder the README's sample output was made in
 TOUR_HEADING = re.compile(r"^##\s+.*\btour\b", re.IGNORECASE)

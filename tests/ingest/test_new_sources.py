@@ -14,7 +14,6 @@ import pytest
 from kit import clip_like_embeddings
 
 import semdb
-from semdb.bench import source_shift
 from semdb.ingest import ivf_upkeep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _sources(seed=5):
     """Home photos (600 to train on, 100 more) and photos of another source (600 + 100): the
     other half of the collection turned so that half its spread lies outside the home subspace."""
+    from semdb.bench import source_shift  # here, not at the top: the bench package loads matplotlib
+
     X = clip_like_embeddings(n=1400, dim=64, seed=seed)["image_emb"]
     home, other = X[:700], X[700:]
     turned = source_shift(home[:600], other, 0.5, seed=1).apply(other).astype(np.float32)
@@ -111,11 +112,11 @@ SEQUENCE = textwrap.dedent(
     """
     import sys, numpy as np
     sys.path[:0] = [sys.argv[2], str(__import__('pathlib').Path(sys.argv[2]).parent)]
-    from test_new_sources import _feed, _sources
+    from test_new_sources import _feed
     import semdb
-    home, turned = _sources()
+    sources = np.load(sys.argv[4])
     with semdb.open(sys.argv[1]) as db:
-        _feed(db, home, turned, sys.argv[3])
+        _feed(db, sources["home"], sources["turned"], sys.argv[3])
     """
 )
 
@@ -126,7 +127,9 @@ def test_kill_9_while_the_second_codec_is_trained_loses_nothing(tmp_path, tiny_m
     store verifies, every photo is stored once, and feeding the same photos again finishes."""
     store = tmp_path / "s"
     env = {**os.environ, "SEMDB_FAULT_POINT": fault, "PYTHONPATH": str(ROOT)}
-    run = [sys.executable, "-c", SEQUENCE, str(store), str(Path(__file__).parent), tiny_model]
+    home, turned = _sources()
+    np.savez(tmp_path / "sources.npz", home=home, turned=turned)
+    run = [sys.executable, "-c", SEQUENCE, str(store), str(Path(__file__).parent), tiny_model, tmp_path / "sources.npz"]
     killed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     with semdb.open(store) as db:

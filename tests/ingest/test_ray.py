@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from kit import semdb_cli, store_items, write_photos
+from kit import semdb_app, semdb_cli, store_items, write_photos
 
 import semdb
 from semdb.ingest.encode import CodecSet
@@ -15,9 +15,14 @@ from semdb.ingest.encode import CodecSet
 ray = pytest.importorskip("ray", reason="the [ray] extra is part of [test]; this only skips a partial install")
 
 
+# "local": a new instance even while another test file's Ray cluster runs (pytest -n 2): that
+# one's address is recorded in /tmp/ray, where a plain ray.init() would find and join it.
+LOCAL = {"RAY_ADDRESS": "local"}
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -108,10 +113,10 @@ def test_ray_trains_the_codec_on_a_sample_then_encodes_on_the_cluster(local_ray,
 def test_cli_engine_ray_starts_its_own_local_instance(tmp_path, tiny_model):
     folder = write_photos(tmp_path / "photos", n_generated=2)
     args = ["ingest", "--train-now", folder, "--store", tmp_path / "s", "--model", tiny_model, "--threads", "1"]
-    proc = semdb_cli(*args, "--engine", "ray", "--json", timeout=600)
+    proc = semdb_cli(*args, "--engine", "ray", "--json", env=LOCAL, timeout=600)
     summary = json.loads(proc.stdout)  # stdout holds only the JSON, whatever Ray logs
     assert summary["new"] == 6 and summary["items"] == 6 and summary["codec_trained"]
-    proc = semdb_cli(*args, "--engine", "spark", check=2)
+    proc = semdb_app(*args, "--engine", "spark", check=2)  # a usage error: no process of its own needed
     assert "use 'local' or 'ray'" in proc.stderr
     proc = semdb_cli(
         *args, "--engine", "ray", "--ray-address", "127.0.0.1:1", check=2

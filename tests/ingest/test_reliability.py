@@ -135,16 +135,22 @@ _PRELOADED = None  # the fork server's Embedder, handed to every child's Databas
 
 
 def _preload(model: str) -> None:
-    """Import torch and open_clip and load the model once, in the fork server itself; every
-        child's Database gets this same Embedder (semdb.open(..., embedder=)). With one intra-op thread no OpenMP team
-    exists in
-        this process, so forking stays safe. (Loading happens before any write: it is no part of
-        what the faults test.)"""
+    """Import what every child imports (torch, open_clip, faiss, the ingest and search code) and
+    load the model once, in the fork server itself: each child then starts at its ingest, not
+    at a second of imports (a child's imports are no part of what the faults test). Every
+    child's Database gets this same Embedder (semdb.open(..., embedder=)). Nothing here runs a
+    parallel region, so no OpenMP team exists in this process and forking stays safe (children
+    run CLIP with one thread)."""
     import open_clip  # noqa: F401
     import torch
 
+    import semdb.api  # noqa: F401
+    import semdb.ingest.run  # noqa: F401
+    import semdb.search.searcher  # noqa: F401
+    from semdb import lazy
     from semdb.clip import embedder as embed
 
+    lazy.faiss()
     global _PRELOADED
     torch.set_num_threads(1)
     _PRELOADED = embed.Embedder(model)
@@ -662,13 +668,19 @@ def test_two_ingests_at_once_refuse_or_wait_and_a_killed_writer_releases_the_loc
         time.sleep(0.05)
     else:
         pytest.fail(f"the first ingest never took the writer lock: {first.communicate()}")
-    second = cli(*args[1:], check=False)
-    lines = second.stderr.decode().strip().splitlines()
-    assert second.returncode == 5 and len(lines) == 1, second.stderr
-    assert f"is being written by another semdb process (pid {first.pid}); wait for it or stop it" in lines[0]
-    waiting = subprocess.Popen(args + ["--wait"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    info = cli("info", "--store", store, "--json", check=False)  # readers are never locked out
-    assert info.returncode in (0, 4), info.stderr  # 4: the writer has not committed the store yet
+    # Held still while it holds the lock: a second command that starts slowly on a busy machine
+    # must still find the first one writing (else it would outlive the first and take the lock).
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = cli(*args[1:], check=False)
+        lines = second.stderr.decode().strip().splitlines()
+        assert second.returncode == 5 and len(lines) == 1, second.stderr
+        assert f"is being written by another semdb process (pid {first.pid}); wait for it or stop it" in lines[0]
+        waiting = subprocess.Popen(args + ["--wait"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        info = cli("info", "--store", store, "--json", check=False)  # readers are never locked out
+        assert info.returncode in (0, 4), info.stderr  # 4: the writer has not committed the store yet
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     first.communicate(timeout=300)
     assert first.returncode == -signal.SIGKILL
     out, err = waiting.communicate(timeout=300)
