@@ -85,7 +85,9 @@ def ingest(
         help="local, or ray: hash, decode, embed and encode on a Ray cluster (pip install 'semdb[ray]').",
     ),
     ray_address: str | None = typer.Option(
-        None, "--ray-address", help="Ray cluster address (default: start a local Ray instance)."
+        None,
+        "--ray-address",
+        help="Ray cluster address (default: the cluster `ray start` runs on this machine, else a new local one).",
     ),
     ray_shards: Path | None = typer.Option(
         None,

@@ -83,7 +83,9 @@ def query(
         "(TEXT only; docs/SCALE.md#sharded-search).",
     ),
     ray_address: str | None = typer.Option(
-        None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
+        None,
+        "--ray-address",
+        help="With --shards: the Ray cluster to run on (default: the one `ray start` runs here, else a new local one).",
     ),
     allow_partial: bool = typer.Option(
         False,

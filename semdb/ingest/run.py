@@ -36,10 +36,11 @@ class IngestOptions:
     on what is staged when the ingest ends, however few). `captions`: a text file (one per line)
     or list of texts that show how the store is searched; the codec is trained to rank well for
     such texts (now and at each retrain). `engine="ray"`: hash, decode, embed and encode on a Ray
-    cluster (`ray_address`, default a local instance), its shards in `ray_shards` (default
-    STORE/ray-shards; ingest/ray.py). `int8`: embed with the int8 ONNX image tower (a CPU only;
-    docs/CLI.md, "Ingest on small machines"). Files that failed in an earlier run and are
-    unchanged are skipped (counted as `failed_before`); `retry_failed` decodes them again."""
+    cluster (`ray_address`; by default Ray's: the cluster `ray start` runs on this machine, else a
+    new local one), its shards in `ray_shards` (default STORE/ray-shards; ingest/ray.py). `int8`:
+    embed with the int8 ONNX image tower (a CPU only; docs/CLI.md, "Ingest on small machines").
+    Files that failed in an earlier run and are unchanged are skipped (counted as
+    `failed_before`); `retry_failed` decodes them again."""
 
     batch_size: int = 32  # images per CLIP batch and per commit
     workers: int | None = None  # decoding threads
