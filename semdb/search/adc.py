@@ -156,7 +156,6 @@ class TableNorms:
         self.constant = float(b @ b)
         self.single = (2 * tables.reshape(m * k, -1).astype(np.float64) @ b + (flat * flat).sum(1)).reshape(m, k)
         self.pair = 2 * gram[self.first, self.second]  # (P, K, K)
-        self.k = k
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         """(n, M) indices -> (n,) float32 ||x_hat||."""
@@ -257,7 +256,7 @@ class AdcIndex:
         if rows is not None:
             return self._exactly(Q, np.asarray(rows, np.int64))
         if not self.fast_scan and self.norms is None:
-            approx, cand = self.index.search(Q, min(k, self.n))  # FAISS exact-LUT scan: exact already
+            approx, cand = self.scan(self.prepare(Q), min(k, self.n))  # FAISS's exact-LUT scan: exact already
             return [Candidates(c[c >= 0], a[c >= 0], a[c >= 0], True) for a, c in zip(approx, cand)]
         short = shortlist or shortlist_size(k)
         if short >= self.n:  # the shortlist is everything: score it all exactly (fast-scan

@@ -56,3 +56,22 @@ def test_scan_and_rerank_in_the_tables_span_score_as_the_decoded_codes():
         for q in range(len(Q)):
             np.testing.assert_allclose(scores[q], want[q, ids[q]], rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(scores[q], np.sort(want[q])[::-1][:10], rtol=1e-4, atol=1e-5)
+
+
+def test_an_exact_lut_scan_in_the_tables_span_scores_as_the_decoded_codes():
+    """8-bit sub-codes are scanned by FAISS's exact-LUT kernel (no fast-scan, no rerank): it too
+    reads the queries in the tables' span, and its scores include <q, b>."""
+    rng = np.random.default_rng(2)
+    m, k, dim, rank = 4, 256, 64, 12
+    tables = (rng.standard_normal((m, k, rank)) @ rng.standard_normal((rank, dim))).astype(np.float32) / 10
+    bias = rng.standard_normal(dim).astype(np.float32)
+    idx = rng.integers(0, k, (500, m))
+    index = adc.AdcIndex(tables, bias, idx.astype(np.uint8), nbits=8)
+    assert not index.fast_scan and index.basis is not None and index.basis.shape[1] == rank
+    X_hat = bias + tables[np.arange(m), idx].sum(1)
+    Q = rng.standard_normal((3, dim)).astype(np.float32)
+    ids, scores = index.search(Q, 5)
+    want = Q @ X_hat.T
+    for q in range(len(Q)):
+        np.testing.assert_allclose(scores[q], np.sort(want[q])[::-1][:5], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(scores[q], want[q, ids[q]], rtol=1e-4, atol=1e-4)
