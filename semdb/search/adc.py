@@ -154,16 +154,17 @@ class TableNorms:
         self.usable = len(self.first) <= 2 * m
         b = np.asarray(bias, np.float64)
         self.constant = float(b @ b)
-        self.single = (2 * tables.reshape(m * k, -1).astype(np.float64) @ b + (flat * flat).sum(1)).reshape(m, k)
-        self.pair = 2 * gram[self.first, self.second]  # (P, K, K)
+        self.single = 2 * tables.reshape(m * k, -1).astype(np.float64) @ b + (flat * flat).sum(1)  # (M K,)
+        self.pair = (2 * gram[self.first, self.second]).reshape(-1)  # (P K K,)
+        self.k = k
+        self.slot_start = np.arange(m) * k  # where slot m's entries start in `single`
+        self.pair_start = np.arange(len(self.first)) * k * k  # where pair p's start in `pair`
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         """(n, M) indices -> (n,) float32 ||x_hat||."""
-        m, k = self.single.shape
-        sq = self.constant + self.single.reshape(-1)[idx + np.arange(m) * k].sum(1)
+        sq = self.constant + self.single[idx + self.slot_start].sum(1)
         if len(self.first):
-            at = idx[:, self.first] * k + idx[:, self.second] + np.arange(len(self.first)) * k * k
-            sq += self.pair.reshape(-1)[at].sum(1)
+            sq += self.pair[idx[:, self.first] * self.k + idx[:, self.second] + self.pair_start].sum(1)
         return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
 
 
@@ -201,10 +202,10 @@ class AdcIndex:
     def __init__(
         self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None, span: TableSpan = None
     ):
-        """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat||: the
-        shortlist is then re-scored by cosine, <q, x_hat> / ||x_hat|| (norms come from the codes,
-        by the span's table look-ups where it has them). `span`: TableSpan.of(tables, bias),
-        when the caller keeps it per codec."""
+        """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat|| (the
+        codec's, or its TableSpan's look-ups): the shortlist is then re-scored by cosine,
+        <q, x_hat> / ||x_hat||. `span`: TableSpan.of(tables, bias), when the caller keeps it
+        per codec."""
         faiss = lazy.faiss()
 
         self.tables = np.ascontiguousarray(tables, dtype=np.float32)
@@ -216,8 +217,6 @@ class AdcIndex:
         self.n = len(self.codes)
         span = span or TableSpan.of(self.tables, self.bias)
         self.basis, self.span_tables = span.basis, span.tables
-        if norms is not None and span.norms is not None:
-            self.norms = span.norms
         scan_tables, scan_nbits = self.span_tables, nbits
         dim = scan_tables.shape[2]
         if nbits == 2 and self.m % 2 == 0:

@@ -20,16 +20,16 @@ def codec_index(codec, codes, ivf=None):
     codes = codec.check_codes(codes)  # (unpacking all codes just to validate them would cost M x 8 bytes/item)
     if not codec.quantizer.adc:
         return FlatIndex(codec.decode(codes))
-    norms = codec.norms if codec.scoring == "cosine" else None
     bias = codec.tensors["mean"]
-    if ivf is not None:
-        span = None if codec.n_coarse else codec.decoder
-        return IvfIndex(codec.tables, bias, codes, codec.nbits, norms, ivf[0], ivf[1], span=span)
     span = _spans.get(codec.id)
     if span is None:
         span = _spans[codec.id] = TableSpan.of(codec.tables, bias)
         while len(_spans) > SPANS_KEPT:
             _spans.pop(next(iter(_spans)))
+    norms = (span.norms or codec.norms) if codec.scoring == "cosine" else None
+    if ivf is not None:
+        plane = None if codec.n_coarse else codec.decoder
+        return IvfIndex(codec.tables, bias, codes, codec.nbits, norms, ivf[0], ivf[1], span=plane)
     return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms, span=span)
 
 

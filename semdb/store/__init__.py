@@ -3,7 +3,7 @@ what it is given (items, codes, staged embeddings, the codec's bytes, IVF centro
 lists); it never runs the codec. docs/notes/STORE-FORMAT.md describes the on-disk layout.
 
     format         database names, keys, the item record, code segments, IVF list rows
-    opening        the LMDB environment, writer.lock, map growth, LMDB errors -> StoreError
+    opening        the LMDB environment (one sparse 1 TiB map), writer.lock, LMDB errors -> StoreError
     migration      the schema check; schema 1 converted, its freed pages reclaimed
     reading        View / ReadView: reads through one transaction, the in-memory lookups
     store          Store: open, read, verify, write()

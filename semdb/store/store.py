@@ -152,8 +152,8 @@ class Store:
 
     def iter_items(self, batch: int = 1024) -> Iterator[Item]:
         """Every item in id order. Short read transactions of about `batch` items (whole
-        segments): a long-lived one would stop the map from growing if the caller writes while
-        iterating."""
+        segments): a long-lived one would keep LMDB from reusing the pages the caller's writes
+        free meanwhile, and the file would grow."""
         start = b""
         while True:
             got: list[Item] = []
