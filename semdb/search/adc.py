@@ -129,9 +129,10 @@ def row_span(tables: np.ndarray) -> np.ndarray | None:
     """An orthonormal basis V (D, r) of the space the tables' rows span, or None when r is not
     well below D (then the tables are used as they are)."""
     rows = tables.reshape(-1, tables.shape[-1]).astype(np.float64)
-    _, sv, vt = np.linalg.svd(rows, full_matrices=False)
-    r = int((sv > sv[0] * 1e-6).sum()) if len(sv) else 0
-    return np.ascontiguousarray(vt[:r].T, np.float32) if r <= 0.75 * tables.shape[-1] else None
+    power, vectors = np.linalg.eigh(rows.T @ rows)  # D x D: a fifth of an SVD of the M K rows' time
+    kept = power > max(power[-1], 0.0) * 1e-12  # singular values above 1e-6 of the largest
+    r = int(kept.sum())
+    return np.ascontiguousarray(vectors[:, kept], np.float32) if r <= 0.75 * tables.shape[-1] else None
 
 
 class TableNorms:
