@@ -3,10 +3,11 @@ stays codes.
 
 An additive codec decodes x_hat = b + sum_m T[m, k_m] with tables T (M, K, D). For a query q
 the lookup table LUT[m, k] = <q, T[m, k]> turns scoring into M table look-ups per item:
-<q, x_hat> = <q, b> + sum_m LUT[m, k_m]. The scan runs in FAISS's kernels: 4-bit sub-codes
-(K = 16, or K = 4 with two slots per nibble) use the fast-scan kernel, whose LUT is quantised
-to 8 bits, so its best `shortlist` candidates are re-scored exactly in float; other shapes use
-FAISS's exact LUT scan. Everything here takes and returns numpy arrays.
+<q, x_hat> = <q, b> + sum_m LUT[m, k_m]. The scan runs in FAISS's kernels, as a product
+quantizer over each slot's own coordinates (SlotSpace): 4-bit sub-codes (K = 16, or K = 4 with
+two slots per nibble) use the fast-scan kernel, whose LUT is quantised to 8 bits, so its best
+`shortlist` candidates are re-scored exactly in float; other shapes use FAISS's exact LUT scan.
+Everything here takes and returns numpy arrays.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import lazy
-from ..codec.lut import adc_lut, adc_scores
+from ..codec.lut import adc_scores
 from ..packing import unpack
 
 FAST_SCAN_BLOCK = 32  # FAISS fast-scan block size (bbs)
@@ -53,15 +54,15 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Queries prepared for one index, once per search: in its tables' coordinates (what the
-    scan reads) and their exact ADC tables and constant <q, b> (what the rerank reads)."""
+    """Queries prepared for one index, once per search: in its scan's slot coordinates (what
+    FAISS reads) and their exact ADC tables and constant <q, b> (what the rerank reads)."""
 
-    span: np.ndarray  # (nq, r)
+    scan: np.ndarray  # (nq, M_scan d_scan)
     lut: np.ndarray  # (nq, M, K)
     offset: np.ndarray  # (nq,)
 
     def __getitem__(self, i: slice) -> Prepared:
-        return Prepared(self.span[i], self.lut[i], self.offset[i])
+        return Prepared(self.scan[i], self.lut[i], self.offset[i])
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,14 +126,60 @@ def _in_rows(found: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np
     return np.where(ids >= 0, np.asarray(rows)[np.maximum(ids, 0)], -1), scores
 
 
-def row_span(tables: np.ndarray) -> np.ndarray | None:
-    """An orthonormal basis V (D, r) of the space the tables' rows span, or None when r is not
-    well below D (then the tables are used as they are)."""
-    rows = tables.reshape(-1, tables.shape[-1]).astype(np.float64)
-    power, vectors = np.linalg.eigh(rows.T @ rows)  # D x D: a fifth of an SVD of the M K rows' time
-    kept = power > max(power[-1], 0.0) * 1e-12  # singular values above 1e-6 of the largest
-    r = int(kept.sum())
-    return np.ascontiguousarray(vectors[:, kept], np.float32) if r <= 0.75 * tables.shape[-1] else None
+@dataclass(frozen=True)
+class SlotSpace:
+    """Each slot's own coordinates. Slot m's K table rows span d_m <= K dimensions, with an
+    orthonormal basis W_m (D, d_m): T[m, k] = W_m C[m, k], so <q, T[m, k]> = <W_m^T q, C[m, k]>.
+    A query is read in every slot's coordinates at once (q W, D x M d) and its LUT then costs
+    M K d instead of M K D: a PCA-slot codec's slots hold 2 of its 512 dimensions each. FAISS
+    scans the codes as a product quantizer over these coordinates (its LUT costs M K d too)."""
+
+    basis: np.ndarray  # W's columns that are not padding (D, sum_m d_m)
+    columns: np.ndarray | None  # where they go in q W (nq, M d), d = max d_m; None: nowhere padded
+    tables: np.ndarray  # C (M, K, d), zero-padded like W
+
+    @classmethod
+    def of(cls, tables: np.ndarray) -> SlotSpace:
+        tables = np.asarray(tables, np.float64)
+        m, k, dim = tables.shape
+        _, power, vectors = np.linalg.svd(tables, full_matrices=False)  # per slot: (K,), (K, D)
+        kept = power > max(power.max(), 1e-30) * 1e-6  # singular values come sorted: a prefix per slot
+        d = max(int(kept.sum(1).max()), 1)
+        used = kept[:, :d]
+        basis = np.zeros((m, d, dim))
+        basis[used] = vectors[:, :d][used]
+        in_slots = np.einsum("mkD,mdD->mkd", tables, basis)
+        columns = np.flatnonzero(used.reshape(-1))
+        return cls(
+            np.ascontiguousarray(basis.reshape(m * d, dim)[columns].T, np.float32),
+            None if len(columns) == m * d else columns,
+            np.ascontiguousarray(in_slots, np.float32),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.tables.shape
+
+    def read(self, Q: np.ndarray) -> np.ndarray:
+        """(nq, D) queries -> (nq, M d) in the slots' coordinates."""
+        if self.columns is None:
+            return np.ascontiguousarray(Q @ self.basis)
+        m, _, d = self.tables.shape
+        read = np.zeros((len(Q), m * d), np.float32)
+        read[:, self.columns] = Q @ self.basis
+        return read
+
+    def overlap(self) -> np.ndarray:
+        """W_m^T W_m' for every pair of slots, (M, d, M, d)."""
+        m, _, d = self.tables.shape
+        full = np.zeros((self.basis.shape[0], m * d))
+        full[:, self.columns if self.columns is not None else slice(None)] = self.basis
+        return (full.T @ full).reshape(m, d, m, d)
+
+    def lut(self, read: np.ndarray) -> np.ndarray:
+        """Queries read in the slots' coordinates -> their LUT (nq, M, K) float32."""
+        m, _, d = self.tables.shape
+        return np.ascontiguousarray(np.einsum("qmd,mkd->qmk", read.reshape(len(read), m, d), self.tables))
 
 
 class TableNorms:
@@ -146,16 +193,17 @@ class TableNorms:
     coarse slot). `usable` is False when so many pairs cross (a residual codec) that decoding
     the codes is cheaper."""
 
-    def __init__(self, tables: np.ndarray, span_tables: np.ndarray, bias: np.ndarray):
-        m, k, _ = tables.shape
-        flat = span_tables.reshape(m * k, -1).astype(np.float64)  # the same inner products as in D
-        gram = (flat @ flat.T).reshape(m, k, m, k).transpose(0, 2, 1, 3)  # (M, M, K, K)
+    def __init__(self, tables: np.ndarray, slots: SlotSpace, bias: np.ndarray):
+        m, k, d = slots.shape
+        in_slots = slots.tables.astype(np.float64)
+        gram = np.einsum("mkd,mdne,nle->mnkl", in_slots, slots.overlap(), in_slots, optimize=True)  # (M, M, K, K)
         crossing = np.abs(gram).max(axis=(2, 3)) > 1e-6 * max(np.abs(gram).max(), 1e-30)
         self.first, self.second = np.nonzero(np.triu(crossing, 1))
         self.usable = len(self.first) <= 2 * m
         b = np.asarray(bias, np.float64)
         self.constant = float(b @ b)
-        self.single = 2 * tables.reshape(m * k, -1).astype(np.float64) @ b + (flat * flat).sum(1)  # (M K,)
+        squares = (in_slots * in_slots).sum(2).reshape(-1)  # ||T[m, k]||^2: W_m is orthonormal
+        self.single = 2 * tables.reshape(m * k, -1).astype(np.float64) @ b + squares  # (M K,)
         self.pair = (2 * gram[self.first, self.second]).reshape(-1)  # (P K K,)
         self.k = k
         self.slot_start = np.arange(m) * k  # where slot m's entries start in `single`
@@ -170,25 +218,30 @@ class TableNorms:
 
 
 @dataclass(frozen=True)
-class TableSpan:
-    """What search can take from an additive codec's tables alone, worked out once per codec (an
-    SVD and a Gram matrix of the tables: a quarter second at 512 bits), not at every index build.
+class CodecTables:
+    """What search takes from an additive codec's tables alone, worked out once per codec (a
+    few milliseconds of SVDs and a Gram matrix), not at every index build: the slots' own
+    coordinates of the rerank's tables and of the scan's, and the norms' look-up tables."""
 
-    Each query's LUT costs M K (its dimension): when the tables span r < D dimensions (a PCA-slot
-    codec decodes into its p principal directions), the scan and the rerank work in that span,
-    <q, T[m, k]> = <V^T q, V^T T[m, k]>, which cuts each query's fixed cost by about D / r."""
-
-    basis: np.ndarray | None  # V (D, r), None when r is not well below D
-    tables: np.ndarray  # the tables in V's coordinates (M, K, r), or themselves
+    slots: SlotSpace  # the codec's slots: the rerank's exact LUT
+    scan: SlotSpace  # FAISS's sub-quantizers: the slots, or pairs of 2-bit slots that share a nibble
+    scan_nbits: int
     norms: TableNorms | None  # ||x_hat|| by look-ups, None when decoding is cheaper
 
     @classmethod
-    def of(cls, tables: np.ndarray, bias: np.ndarray) -> TableSpan:
+    def of(cls, tables: np.ndarray, bias: np.ndarray, nbits: int) -> CodecTables:
         tables = np.ascontiguousarray(tables, dtype=np.float32)
-        basis = row_span(tables)
-        in_span = tables if basis is None else np.ascontiguousarray(tables @ basis)
-        norms = TableNorms(tables, in_span, np.asarray(bias, np.float32))
-        return cls(basis, in_span, norms if norms.usable else None)
+        slots = scan = SlotSpace.of(tables)
+        m, _, dim = tables.shape
+        scan_nbits = nbits
+        if nbits == 2 and m % 2 == 0:
+            # Two 2-bit slots share one nibble of the packed code (low slot in the low bits),
+            # so the pair's table T2[p, a + 4 b] = T[2p, a] + T[2p + 1, b] makes the same bytes
+            # a valid 4-bit code for the fast-scan kernel.
+            t = tables.reshape(m // 2, 2, 4, dim)
+            scan, scan_nbits = SlotSpace.of((t[:, 0, None, :, :] + t[:, 1, :, None, :]).reshape(m // 2, 16, dim)), 4
+        norms = TableNorms(tables, slots, np.asarray(bias, np.float32))
+        return cls(slots, scan, scan_nbits, norms if norms.usable else None)
 
 
 class AdcIndex:
@@ -201,45 +254,39 @@ class AdcIndex:
     _all_norms = None  # ||x_hat|| of every row (of self.codes), computed by the first long filter
 
     def __init__(
-        self, tables: np.ndarray, bias: np.ndarray, codes: np.ndarray, nbits: int, norms=None, span: TableSpan = None
+        self,
+        tables: np.ndarray,
+        bias: np.ndarray,
+        codes: np.ndarray,
+        nbits: int,
+        norms=None,
+        codec_tables: CodecTables | None = None,
     ):
         """`norms`: None (score <q, x_hat>) or a function (n, M) indices -> ||x_hat|| (the
-        codec's, or its TableSpan's look-ups): the shortlist is then re-scored by cosine,
-        <q, x_hat> / ||x_hat||. `span`: TableSpan.of(tables, bias), when the caller keeps it
-        per codec."""
+        codec's, or its CodecTables' look-ups): the shortlist is then re-scored by cosine,
+        <q, x_hat> / ||x_hat||. `codec_tables`: CodecTables.of(tables, bias, nbits), when the
+        caller keeps it per codec."""
         faiss = lazy.faiss()
 
         self.tables = np.ascontiguousarray(tables, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        self.m, k, dim = self.tables.shape
+        self.m = self.tables.shape[0]
         self.nbits = nbits
         self.norms = norms
         self.n = len(self.codes)
-        span = span or TableSpan.of(self.tables, self.bias)
-        self.basis, self.span_tables = span.basis, span.tables
-        scan_tables, scan_nbits = self.span_tables, nbits
-        dim = scan_tables.shape[2]
-        if nbits == 2 and self.m % 2 == 0:
-            # Two 2-bit slots share one nibble of the packed code (low slot in the low bits),
-            # so the pair's table T2[p, a + 4 b] = T[2p, a] + T[2p + 1, b] makes the same bytes
-            # a valid 4-bit code for the fast-scan kernel.
-            t = scan_tables.reshape(self.m // 2, 2, 4, dim)
-            scan_tables = (t[:, 0, None, :, :] + t[:, 1, :, None, :]).reshape(self.m // 2, 16, dim)
-            scan_nbits = 4
-        m_scan = scan_tables.shape[0]
-        st = faiss.AdditiveQuantizer.ST_LUT_nonorm  # inner product: no norm term in the code
-        index = faiss.IndexLocalSearchQuantizer(dim, m_scan, scan_nbits, faiss.METRIC_INNER_PRODUCT, st)
-        faiss.copy_array_to_vector(scan_tables.reshape(-1), index.lsq.codebooks)
-        index.lsq.is_trained = index.is_trained = True
+        tables = codec_tables or CodecTables.of(self.tables, self.bias, nbits)
+        self.slots, self.scan_slots = tables.slots, tables.scan
+        m_scan, _, d_scan = self.scan_slots.shape
+        index = faiss.IndexPQ(m_scan * d_scan, m_scan, tables.scan_nbits, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(self.scan_slots.tables.reshape(-1), index.pq.centroids)
+        index.is_trained = True
         if index.code_size != self.codes.shape[1]:
             raise ValueError(f"codes have {self.codes.shape[1]} bytes per item, expected {index.code_size}")
         faiss.copy_array_to_vector(self.codes.reshape(-1), index.codes)
         index.ntotal = self.n
-        self.fast_scan = scan_nbits == 4
-        # The fast-scan index points at `index`'s quantizer without owning it: keep it alive.
-        self._lut_index = index
-        self.index = faiss.IndexAdditiveQuantizerFastScan(index, FAST_SCAN_BLOCK) if self.fast_scan else index
+        self.fast_scan = tables.scan_nbits == 4
+        self.index = faiss.IndexPQFastScan(index, FAST_SCAN_BLOCK) if self.fast_scan else index
 
     def search(
         self, Q: np.ndarray, k: int = 10, shortlist: int | None = None, rows: np.ndarray | None = None
@@ -268,17 +315,17 @@ class AdcIndex:
         return [self.reranked(prepared[i : i + 1], cand[i], approx[i]) for i in range(len(Q))]
 
     def prepare(self, Q: np.ndarray) -> Prepared:
-        """The queries in the tables' coordinates and their ADC tables, once per search."""
+        """The queries in the slots' coordinates and their ADC tables, once per search."""
         Q = np.ascontiguousarray(Q, dtype=np.float32)
-        span = Q if self.basis is None else np.ascontiguousarray(Q @ self.basis)
-        lut, _ = adc_lut(span, self.span_tables, np.zeros(span.shape[1], np.float32))
-        return Prepared(span, lut, Q @ self.bias)
+        read = self.slots.read(Q)
+        scan = read if self.scan_slots is self.slots else self.scan_slots.read(Q)
+        return Prepared(scan, self.slots.lut(read), Q @ self.bias)
 
     def scan(self, prepared: Prepared, short: int) -> tuple[np.ndarray, np.ndarray]:
         """The approximate scan alone: (scan scores, rows), each (nq, short), -1 past the end.
         A scan score estimates <q, x_hat>, the constant <q, b> included, so that the scores of
         codecs with different means rank together (a codec set cuts one shortlist from them)."""
-        scores, rows = self.index.search(prepared.span, short)
+        scores, rows = self.index.search(prepared.scan, short)
         return scores + prepared.offset[:, None], rows
 
     def reranked(self, prepared: Prepared, cand: np.ndarray, approx: np.ndarray) -> Candidates:

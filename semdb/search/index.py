@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adc import AdcIndex, Candidates, FlatIndex, TableSpan, best_of, shortlist_size
+from .adc import AdcIndex, Candidates, CodecTables, FlatIndex, best_of, shortlist_size
 from .ivf import IvfIndex
 
-SPANS_KEPT = 16  # codecs whose TableSpan is kept: a store's set is at most 8
-_spans: dict[str, TableSpan] = {}  # codec id -> its tables' span: indexes are rebuilt at every commit
+TABLES_KEPT = 16  # codecs whose CodecTables are kept: a store's set is at most 8
+_tables: dict[str, CodecTables] = {}  # codec id -> its CodecTables: indexes are rebuilt at every commit
 
 
 def codec_index(codec, codes, ivf=None):
@@ -21,16 +21,16 @@ def codec_index(codec, codes, ivf=None):
     if not codec.quantizer.adc:
         return FlatIndex(codec.decode(codes))
     bias = codec.tensors["mean"]
-    span = _spans.get(codec.id)
-    if span is None:
-        span = _spans[codec.id] = TableSpan.of(codec.tables, bias)
-        while len(_spans) > SPANS_KEPT:
-            _spans.pop(next(iter(_spans)))
-    norms = (span.norms or codec.norms) if codec.scoring == "cosine" else None
+    tables = _tables.get(codec.id)
+    if tables is None:
+        tables = _tables[codec.id] = CodecTables.of(codec.tables, bias, codec.nbits)
+        while len(_tables) > TABLES_KEPT:
+            _tables.pop(next(iter(_tables)))
+    norms = (tables.norms or codec.norms) if codec.scoring == "cosine" else None
     if ivf is not None:
         plane = None if codec.n_coarse else codec.decoder
-        return IvfIndex(codec.tables, bias, codes, codec.nbits, norms, ivf[0], ivf[1], span=plane)
-    return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms, span=span)
+        return IvfIndex(codec.tables, bias, codes, codec.nbits, norms, ivf[0], ivf[1], span=plane, codec_tables=tables)
+    return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms, codec_tables=tables)
 
 
 class SetIndex:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import lazy
 from ..rows import unit_rows
-from .adc import FAST_SCAN_BLOCK, AdcIndex, Candidates, best_of, shortlist_size
+from .adc import FAST_SCAN_BLOCK, AdcIndex, Candidates, CodecTables, best_of, shortlist_size
 
 # default nprobe = nlist / 4: keeps nearly all of the exhaustive scan's top 10 (docs/SCALE.md#ivf)
 DEFAULT_NPROBE_FRACTION = 1 / 4
@@ -161,6 +161,7 @@ class IvfIndex(AdcIndex):
         lists: np.ndarray,
         nprobe: int | None = None,
         span: np.ndarray | None = None,
+        codec_tables: CodecTables | None = None,
     ):
         """`span`: the codec's decoder P (D, r): when every centroid lies in the plane
         spanned by P and the mean (the k-means of train_centroids on z), the lists are ranked
@@ -173,7 +174,7 @@ class IvfIndex(AdcIndex):
         self.bias = np.asarray(bias, dtype=np.float32)
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self.m, k, dim = self.tables.shape
-        self.basis, self.span_tables = None, self.tables  # the rerank's LUT in full dimension
+        self.slots = self.scan_slots = (codec_tables or CodecTables.of(self.tables, self.bias, nbits)).slots
         self.nbits, self.norms, self.n, self.fast_scan = nbits, norms, len(self.codes), True
         self.centroids = np.ascontiguousarray(centroids, np.float32)
         self.nlist = len(self.centroids)

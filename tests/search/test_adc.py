@@ -32,10 +32,10 @@ def test_a_long_filter_scores_every_row_exactly_as_a_short_one_does():
     assert index._all_norms is not None and len(index._all_norms) == len(X)
 
 
-def test_scan_and_rerank_in_the_tables_span_score_as_the_decoded_codes():
-    """A PCA-slot codec's tables span fewer dimensions than the embeddings: the index works in
-    that span (its LUT costs M K r), and its norms come from table look-ups (a coarse slot's pairs
-    included); the scores are those of the decoded codes all the same."""
+def test_scan_and_rerank_in_the_slots_coordinates_score_as_the_decoded_codes():
+    """A PCA-slot codec's slots each span a few of the embeddings' dimensions: the index reads
+    queries in every slot's own coordinates (its LUT costs M K d), and its norms come from table
+    look-ups (a coarse slot's pairs included); the scores are those of the decoded codes all the same."""
     X = clip_like_embeddings(n=2000, dim=512, seed=5)["image_emb"]
     Q = clip_like_embeddings(n=4, dim=512, seed=6)["text_emb"]
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
@@ -43,7 +43,7 @@ def test_scan_and_rerank_in_the_tables_span_score_as_the_decoded_codes():
         codec = Codec.train(X[:1000], bits=bits, seed=0)
         codes = codec.encode(X)
         index = codec_index(codec, codes)
-        assert index.basis is not None and index.basis.shape[1] < X.shape[1]
+        assert index.slots.shape[2] <= 16 and index.slots.basis.shape[1] <= X.shape[1]
         assert isinstance(index.norms, adc.TableNorms) and index.norms.usable
         assert len(index.norms.first) > 0  # stages sharing a block of directions (and the coarse word) cross
         if codec.quantizer.n_coarse:
@@ -58,16 +58,16 @@ def test_scan_and_rerank_in_the_tables_span_score_as_the_decoded_codes():
             np.testing.assert_allclose(scores[q], np.sort(want[q])[::-1][:10], rtol=1e-4, atol=1e-5)
 
 
-def test_an_exact_lut_scan_in_the_tables_span_scores_as_the_decoded_codes():
+def test_an_exact_lut_scan_in_the_slots_coordinates_scores_as_the_decoded_codes():
     """8-bit sub-codes are scanned by FAISS's exact-LUT kernel (no fast-scan, no rerank): it too
-    reads the queries in the tables' span, and its scores include <q, b>."""
+    reads the queries in the slots' coordinates, and its scores include <q, b>."""
     rng = np.random.default_rng(2)
     m, k, dim, rank = 4, 256, 64, 12
     tables = (rng.standard_normal((m, k, rank)) @ rng.standard_normal((rank, dim))).astype(np.float32) / 10
     bias = rng.standard_normal(dim).astype(np.float32)
     idx = rng.integers(0, k, (500, m))
     index = adc.AdcIndex(tables, bias, idx.astype(np.uint8), nbits=8)
-    assert not index.fast_scan and index.basis is not None and index.basis.shape[1] == rank
+    assert not index.fast_scan and index.slots.shape == (m, k, rank)
     X_hat = bias + tables[np.arange(m), idx].sum(1)
     Q = rng.standard_normal((3, dim)).astype(np.float32)
     ids, scores = index.search(Q, 5)
