@@ -1,4 +1,6 @@
-"""Sharded search on Ray Serve: several stores that share one codec, searched as one.
+"""Sharded search on Ray Serve: several stores of one CLIP model, searched as one. Each shard's
+codecs are its own (the sources it was given): exact scores, and scan scores with each codec's
+<q, mean> in them, rank together across codecs as they do inside one store's codec set.
 
     import semdb.cluster
     with semdb.cluster.Cluster.start(["/data/a.semdb", "/data/b.semdb"]) as cluster:
@@ -44,6 +46,8 @@ from .errors import InputError, SemdbError, ShardError, StoreError, display_path
 from .ingest import ivf_upkeep
 from .search.adc import shortlist_size
 from .search.hit import Hit
+from .search.index import SetIndex
+from .search.ivf import IvfIndex
 from .search.request import DEFAULT_K, SearchRequest
 from .search.searcher import Searcher
 from .serve.params import SEARCH_PARAMS, ApiError, search_request
@@ -59,13 +63,14 @@ CLUSTER_PARAMS = tuple(name for name in SEARCH_PARAMS if name != "like") + ("all
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """What must agree across shards: codec, model weights, IVF centroids; and the counts."""
+    """What must agree across shards: model weights, IVF centroids; and what may differ: the
+    codecs, the counts."""
 
     shard: int
     store: str
-    codec_id: str | None = None
+    codecs: tuple[str, ...] = ()  # the store's codec set, first codec first (none: every photo staged)
     model: dict | None = None  # the store's model_id: name, pretrained, digest, dim
-    ivf_id: str | None = None  # digest of the IVF's coarse centroids, None without an IVF
+    ivf_id: str | None = None  # digest of the coarse centroids of the IVF its search goes through, None without
     items: int = 0
     node: str = ""  # the Ray node the shard's replica runs on
     error: str | None = None  # why the shard could not be opened
@@ -117,22 +122,21 @@ class ShardedResult:
 
 def check_specs(specs: Sequence[ShardSpec]) -> None:
     """One-line ShardError naming the first shard that cannot be searched with shard 0: not
-    open, no codec, another codec, other model weights or dimension, other IVF centroids."""
+    open, no photos yet, other model weights or dimension, other IVF centroids. Codecs may
+    differ: a shard's exact scores and scan scores estimate the same <q, x> whatever its codecs,
+    as the parts of one store's codec set do. IVF scan scores leave the codec's mean out, so
+    they rank only against the same IVF's: a shard searched through an IVF needs every shard
+    searched through the same centroids (of one codec: semdb.ingest.ivf_upkeep.adopt)."""
     first = specs[0]
     for s in specs:
         name = f"shard {s.shard} ({display_path(s.store)})"
         if s.error:
             raise ShardError(f"{name}: {s.error}")
-        if s.codec_id is None:
-            raise ShardError(f"{name} has no codec yet (its embeddings are staged): shards must share one codec")
+        if not s.model:
+            raise ShardError(f"{name} holds no photos yet (it names no model): nothing to search")
     for s in specs[1:]:
         name = f"shard {s.shard} ({display_path(s.store)})"
         than = f"shard 0 ({display_path(first.store)})"
-        if s.codec_id != first.codec_id:
-            raise ShardError(
-                f"{name} uses codec {s.codec_id}, {than} codec {first.codec_id}: shards must "
-                f"share one codec (import each shard's items from one export)"
-            )
         a, b = s.model or {}, first.model or {}
         # the weights digest when both stores have bound one (stores built from imported
         # embeddings know their model by name until it is first loaded), else the name
@@ -160,9 +164,11 @@ def merge(
     shortlist_size(k) by scan score and ranks those by exact score; the union of the shards'
     shortlists holds that cut, so the same cut of the union (found from the answers' `cut`
     keys; the hits sent are the candidates inside it that may_be_hits keeps) gives the same
-    hits, unless every shard's answer is complete: then nothing was cut. Ties by (shard, id), so the order
-    does not depend on which shard answered first. Then min_score and `within` of the best,
-    as Searcher applies them."""
+    hits, unless every shard's answer is complete: then nothing was cut. Shards of other codecs
+    cut together as one store's codecs do (scan scores hold each codec's <q, mean>); staged
+    photos take part in the cut by their exact score, where one store ranks them all. Ties by
+    (shard, id), so the order does not depend on which shard answered first. Then min_score
+    and `within` of the best, as Searcher applies them."""
     pool = [(a, h) for answer in answers for a, h in zip(answer.approx, answer.hits)]
     if not all(answer.complete for answer in answers):
         order = sorted((-a, answer.shard, i) for answer in answers for a, i in answer.cut)
@@ -198,6 +204,23 @@ def may_be_hits(approx: np.ndarray, exact: np.ndarray, ids: np.ndarray, k: int) 
         elif key > best[0]:
             heapq.heapreplace(best, key)
     return keep
+
+
+def shard_answer(shard: int, store: str, searcher: Searcher, query: ShardQuery) -> ShardAnswer:
+    """What shard `shard` (the store `store`, searched by `searcher`) answers to `query`."""
+    k = query.request.k
+    (found,) = searcher.candidates(query.request, query.vector)
+    may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, k))
+    items = searcher.ctx.store.items(found.rows[may])  # paths of those only: a read each
+    kept = [(p, it) for p, it in zip(may.tolist(), items) if it is not None]  # None: deleted since
+    first = cut_order(found.approx, found.rows)[: shortlist_size(k)]
+    return ShardAnswer(
+        shard,
+        tuple(Hit(it.path, float(found.exact[p]), int(it.id), it.frame_ms, shard, store) for p, it in kept),
+        tuple(float(found.approx[p]) for p, _ in kept),
+        found.complete,
+        tuple((float(found.approx[p]), int(found.rows[p])) for p in first.tolist()),
+    )
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
@@ -248,13 +271,15 @@ class ShardReplica:
             self.searcher = _open_searcher(store, threads)
             ctx = self.searcher.ctx
             ivf_meta = ctx.store.ivf_meta()
-            self.searcher.index()  # warm: the codes and the index are in RAM before the first query
+            _, index = self.searcher.index()  # warm: the codes and the index are in RAM before the first query
+            parts = index.parts if isinstance(index, SetIndex) else [index]
+            through_ivf = bool(ivf_meta) and any(isinstance(p, IvfIndex) for p in parts)  # not an IVF it keeps unused
             self.spec = ShardSpec(
                 shard,
                 store,
-                ctx.store.meta().get("codec_id"),
+                tuple(ctx.store.codec_ids()),
                 ctx.store.model_id(),
-                ivf_meta.get("id") if ivf_meta else None,
+                ivf_meta.get("id") if through_ivf else None,
                 ctx.store.count(),
                 _node(),
             )
@@ -267,22 +292,7 @@ class ShardReplica:
     def search(self, query: ShardQuery) -> ShardAnswer:
         if self.searcher is None:
             raise StoreError(self.spec.error)
-        k = query.request.k
-        (found,) = self.searcher.candidates(query.request, query.vector)
-        may = np.flatnonzero(may_be_hits(found.approx, found.exact, found.rows, k))
-        items = self.searcher.ctx.store.items(found.rows[may])  # paths of those only: a read each
-        kept = [(p, it) for p, it in zip(may.tolist(), items) if it is not None]  # None: deleted since
-        first = cut_order(found.approx, found.rows)[: shortlist_size(k)]
-        return ShardAnswer(
-            self.spec.shard,
-            tuple(
-                Hit(it.path, float(found.exact[p]), int(it.id), it.frame_ms, self.spec.shard, self.spec.store)
-                for p, it in kept
-            ),
-            tuple(float(found.approx[p]) for p, _ in kept),
-            found.complete,
-            tuple((float(found.approx[p]), int(found.rows[p])) for p in first.tolist()),
-        )
+        return shard_answer(self.spec.shard, self.spec.store, self.searcher, query)
 
 
 class EncoderReplica:

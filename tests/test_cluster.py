@@ -1,7 +1,8 @@
 """Sharded search (semdb.cluster) on a real local multi-node Ray cluster (head + 2 workers, one
 CPU each): 3 stores that share one codec, searched as one, give the hits of one store holding
-every item; a shard with another codec is refused; a shard that is down gives an error or,
-asked for, partial results flagged as such."""
+every item; so do shards that hold codec sets, beside one of another codec; a shard of another
+model is refused; a shard that is down gives an error or, asked for, partial results flagged
+as such."""
 
 import json
 import socket
@@ -37,7 +38,8 @@ def stores(tmp_path_factory, tiny_model):
     """One store of N items ("full") and SHARDS stores holding disjoint, interleaved subsets of
     the same items under the same codec: one export of the full store, imported row subsets
     (an import into a new store takes the codec the file carries). Items have folders and
-    dates, for the filters. Also a store with another codec ("odd")."""
+    dates, for the filters. Also a store with another codec ("odd") and one of another model
+    ("alien": its photos staged, no codec)."""
     import pyarrow as pa
 
     root = tmp_path_factory.mktemp("cluster")
@@ -63,7 +65,38 @@ def stores(tmp_path_factory, tiny_model):
         shards.append(root / f"shard{j}")
     with semdb.open(root / "odd", model=tiny_model) as db:
         db.add_embeddings(paths[:550], X[::-1][:550].copy(), model=tiny_model, bits=64)
-    return {"full": full, "shards": shards, "odd": root / "odd", "X": X}
+    with semdb.open(root / "alien") as db:
+        db.add_embeddings(paths[:40], rng.normal(size=(40, 512)).astype(np.float32), model="ViT-B-32")
+    return {"full": full, "shards": shards, "odd": root / "odd", "alien": root / "alien", "X": X}
+
+
+@pytest.fixture(scope="module")
+def set_stores(tmp_path_factory, tiny_model):
+    """A store fed photos of two sources ("mixed": its first codec learns the home photos, a
+    second one the turned photos of another source, a few photos between the two wait staged)
+    and two shards of its items (an export's rows split in two: each shard holds both codecs)."""
+    from kit import clip_like_embeddings
+
+    from semdb.bench import source_shift  # here, not at the top: the bench package loads matplotlib
+
+    root = tmp_path_factory.mktemp("sets")
+    X = clip_like_embeddings(n=1200, dim=64, seed=5)["image_emb"]
+    home, other = X[:600], X[600:]
+    turned = source_shift(home, other, 0.5, seed=1).apply(other).astype(np.float32)
+    between = (turned[:30] + home[:30]) / 2
+    with semdb.open(root / "mixed") as db:
+        db.add_embeddings([f"/home/{i}.jpg" for i in range(600)], home, model=tiny_model)
+        db.add_embeddings([f"/new/{i}.jpg" for i in range(600)], turned)
+        db.add_embeddings([f"/between/{i}.jpg" for i in range(30)], between)
+        assert len(db.store.codec_ids()) == 2 and db.store.staging_count() >= 10
+        table = db.to_arrow()
+    shards = [root / "set0", root / "set1"]
+    for j, shard in enumerate(shards):
+        with semdb.open(shard) as db:
+            db.import_arrow(
+                table.take(list(range(j, table.num_rows, 2))).replace_schema_metadata(table.schema.metadata)
+            )
+    return {"mixed": root / "mixed", "shards": shards, "home": home, "turned": turned, "between": between}
 
 
 @pytest.fixture(scope="module")
@@ -231,14 +264,14 @@ def test_a_shard_that_goes_down_gives_an_error_or_flagged_partial_hits(cluster, 
     same(got.hits, expected)
 
 
-def test_a_shard_with_another_codec_is_refused_in_one_line(ray_cluster, stores):
+def test_a_shard_of_another_model_is_refused_in_one_line(ray_cluster, stores):
     with pytest.raises(ShardError) as err:
-        Cluster.start([stores["shards"][0], stores["odd"]], name="odd")
+        Cluster.start([stores["shards"][0], stores["alien"]], name="alien")
     message = str(err.value)
-    assert "\n" not in message and "shard 1" in message and "odd" in message and "codec" in message
+    assert "\n" not in message and "shard 1" in message and "alien" in message and "one model" in message
     from ray import serve
 
-    assert not any(name.startswith("odd-") for name in serve.status().applications)  # nothing left deployed
+    assert not any(name.startswith("alien-") for name in serve.status().applications)  # nothing left deployed
     with pytest.raises(ShardError, match="no semdb store"):
         Cluster.start([stores["shards"][0], stores["full"].parent / "nowhere"], name="gone")
 
@@ -281,9 +314,9 @@ def test_cli_query_shards_on_a_running_cluster(ray_cluster, stores):
     assert all(list(h) == ["path", "score", "id", "shard", "store"] for h in hits)  # Hit.to_json's form
     assert not any(name.startswith("semdb-") for name in serve.status().applications)
     # refused: exit 4 and the odd shard named (in this process: the exit code of a real one is above)
-    odd = f"{stores['shards'][0]},{stores['odd']}"
-    proc = semdb_app("query", "cat", "--shards", odd, "--ray-address", ray_cluster.address, check=4)
-    assert "shard 1" in proc.stderr and "codec" in proc.stderr
+    alien = f"{stores['shards'][0]},{stores['alien']}"
+    proc = semdb_app("query", "cat", "--shards", alien, "--ray-address", ray_cluster.address, check=4)
+    assert "shard 1" in proc.stderr and "one model" in proc.stderr
     assert not any(name.startswith("semdb-") for name in serve.status().applications)
 
 
@@ -291,14 +324,13 @@ def test_the_start_up_check_names_the_odd_shard_in_one_line():
     from semdb.cluster import ShardSpec, check_specs
 
     model = {"name": "m", "digest": "d" * 64, "dim": 64}
-    good = [ShardSpec(i, f"/s{i}", "c1", model, "ivf1", 10) for i in range(3)]
+    good = [ShardSpec(i, f"/s{i}", ("c1",), model, "ivf1", 10) for i in range(3)]
     check_specs(good)
     cases = [
-        (replace_at(good, 2, codec_id="c2"), "shard 2 (/s2) uses codec c2"),
         (replace_at(good, 1, model={**model, "digest": "e" * 64}), "shard 1 (/s1) was built with model m"),
         (replace_at(good, 1, model={**model, "dim": 32}), "shard 1 (/s1) was built with model"),
         (replace_at(good, 2, ivf_id=None), "shard 2 (/s2) has IVF centroids None"),
-        (replace_at(good, 0, codec_id=None), "shard 0 (/s0) has no codec yet"),
+        (replace_at(good, 0, model=None), "shard 0 (/s0) holds no photos yet"),
         (replace_at(good, 1, error="corrupt"), "shard 1 (/s1): corrupt"),
     ]
     for specs, message in cases:
@@ -306,6 +338,10 @@ def test_the_start_up_check_names_the_odd_shard_in_one_line():
             check_specs(specs)
         assert str(err.value).startswith(message) and "\n" not in str(err.value)
     check_specs(replace_at(good, 1, model={**model, "digest": None}))  # not bound yet: the name decides
+    # each shard's codecs are its own (exact and scan scores rank together across codecs); so
+    # is a shard whose photos all wait staged, searched exactly
+    plain = [ShardSpec(i, f"/s{i}", ("c1",), model, None, 10) for i in range(3)]
+    check_specs(replace_at(replace_at(plain, 1, codecs=("c2", "c3")), 2, codecs=()))
     with pytest.raises(ShardError, match="shard 1"):
         check_specs(replace_at(good, 1, model={**model, "digest": None, "name": "other"}))
 
@@ -368,11 +404,8 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
     """Without Ray: 3 shards of 1,500 items against one store of 4,500 (the shortlist, 74 for
     k = 10, is a small part of each), 300 random query vectors: the merge of the shards'
     Searcher.candidates, less those may_be_hits rules out, gives exactly one store's hits."""
-    from semdb.cluster import ShardAnswer, may_be_hits, merge
-    from semdb.context import StoreContext
+    from semdb.cluster import merge
     from semdb.search.request import SearchRequest
-    from semdb.search.searcher import Searcher
-    from semdb.store import Store
 
     n, rng = 4500, np.random.default_rng(1)
     X = rng.normal(size=(n, 64)).astype(np.float32)
@@ -383,30 +416,71 @@ def test_candidates_merged_give_one_stores_hits_past_the_shortlist(tmp_path, tin
     for j in range(3):
         with semdb.open(tmp_path / f"s{j}") as db:
             db.import_arrow(table.take(list(range(j, n, 3))).replace_schema_metadata(table.schema.metadata))
-    searchers = [Searcher(StoreContext(Store(tmp_path / name, readonly=True))) for name in ("full", "s0", "s1", "s2")]
+    single, shards = searcher_of(tmp_path / "full"), [searcher_of(tmp_path / f"s{j}") for j in range(3)]
     Q = rng.normal(size=(300, 64)).astype(np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
-    single = searchers[0].search(SearchRequest(vector=Q, k=10))
+    want = single.search(SearchRequest(vector=Q, k=10))
     sent = 0
     for i, q in enumerate(Q):
-        answers = []
-        for j, s in enumerate(searchers[1:]):
-            (c,) = s.candidates(SearchRequest(vector=q, k=10))
-            may = may_be_hits(c.approx, c.exact, c.rows, 10)  # what a shard replica sends
-            sent += int(may.sum())
-            items = s.ctx.store.items(c.rows[may])
-            first = np.lexsort((c.rows, -c.approx.astype(np.float64)))[:74]
-            answers.append(
-                ShardAnswer(
-                    j,
-                    tuple(Hit(it.path, float(e), it.id, shard=j, store="") for it, e in zip(items, c.exact[may])),
-                    tuple(c.approx[may].tolist()),
-                    c.complete,
-                    tuple(zip(c.approx[first].tolist(), c.rows[first].tolist())),
-                )
-            )
-        assert [h.path for h in merge(answers, 10)] == [h.path for h in single[i]], f"query {i}"
+        answers = answers_of(shards, q, 10)
+        sent += sum(len(a.hits) for a in answers)
+        assert [h.path for h in merge(answers, 10)] == [h.path for h in want[i]], f"query {i}"
     assert sent < 0.5 * 3 * 74 * len(Q)  # most candidates cannot be hits and stay on their shard
+
+
+def searcher_of(path):
+    from semdb.context import StoreContext
+    from semdb.search.searcher import Searcher
+    from semdb.store import Store
+
+    return Searcher(StoreContext(Store(path, readonly=True)))
+
+
+def answers_of(searchers, q, k, **where):
+    """What each shard's replica would answer to the query vector `q` (searched here, without Ray)."""
+    from semdb.cluster import ShardQuery, shard_answer
+    from semdb.search.request import SearchRequest
+
+    query = ShardQuery(SearchRequest.of(vector=q, k=k, **where), np.asarray(q, np.float32).reshape(1, -1))
+    return [shard_answer(j, str(s.ctx.path), s, query) for j, s in enumerate(searchers)]
+
+
+def one_index_of(searchers):
+    """What one store holding every shard's codes and staged photos searches: one SetIndex over
+    the shards' parts (each codec's codes, the staged rows); and each row's (shard, path)."""
+    from semdb.search.index import SetIndex
+
+    parts, rows = [], []
+    for j, s in enumerate(searchers):
+        ids, index = s.index()
+        parts += index.parts if isinstance(index, SetIndex) else [index]
+        rows += [(j, it.path) for it in s.ctx.store.items(ids)]
+    return SetIndex(parts), rows
+
+
+def test_shards_of_codec_sets_and_of_another_codec_merge_into_one_stores_hits(set_stores, stores):
+    """Without Ray: the two shards of a two-codec store (each with both codecs and staged
+    photos) merge into that store's hits; beside them a shard of another codec, trained on
+    other photos, merges into the hits of one index over all three shards' codes."""
+    from semdb.cluster import merge
+    from semdb.search.request import SearchRequest
+
+    rng = np.random.default_rng(3)
+    home, turned, between = set_stores["home"], set_stores["turned"], set_stores["between"]
+    Q = np.concatenate([home[::6], turned[::6], between, stores["X"][::12], rng.normal(size=(40, 64))])
+    Q = (Q + 0.025 * rng.normal(size=Q.shape)).astype(np.float32)  # near stored photos, not on them
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    mixed, sets = searcher_of(set_stores["mixed"]), [searcher_of(p) for p in set_stores["shards"]]
+    assert all(len(s.ctx.store.codec_ids()) == 2 and s.ctx.store.staging_count() for s in sets)
+    for k in (1, 10):
+        want = mixed.search(SearchRequest(vector=Q, k=k))
+        for i, q in enumerate(Q):
+            assert [h.path for h in merge(answers_of(sets, q, k), k)] == [h.path for h in want[i]], f"k {k}, query {i}"
+    three = [*sets, searcher_of(stores["odd"])]
+    whole, rows = one_index_of(three)
+    found, _ = whole.search(Q, 10)
+    for i, q in enumerate(Q):
+        assert [(h.shard, h.path) for h in merge(answers_of(three, q, 10), 10)] == [rows[r] for r in found[i]]
 
 
 def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, stores, tmp_path):
@@ -441,3 +515,35 @@ def test_shards_sharing_ivf_centroids_give_the_hits_of_one_store(ray_cluster, st
         ivf_upkeep.build(StoreContext(store), nlist=8, seed=1)
     with pytest.raises(ShardError, match="shard 2 .* has IVF centroids"):
         Cluster.start(shards, name="ivf2")
+
+
+def test_a_cluster_of_codec_sets_beside_another_codec_gives_one_stores_hits(ray_cluster, stores, set_stores):
+    """On Ray: the two shards of a two-codec store and a shard of another codec (other photos,
+    other bits) start as one cluster; text and vector queries get the hits of one index over all
+    their codes; filtered ones the best of every shard's own (exact) filtered search."""
+    from semdb.search.request import SearchRequest
+
+    searchers = [searcher_of(p) for p in set_stores["shards"]] + [searcher_of(stores["odd"])]
+    whole, rows = one_index_of(searchers)
+    rng = np.random.default_rng(4)
+    parts = (set_stores["turned"][:3], set_stores["home"][:3], set_stores["between"][:2], stores["X"][:2])
+    Q = np.concatenate([*parts, rng.normal(size=(3, 64))]).astype(np.float32)
+    Q = Q + 0.025 * rng.normal(size=Q.shape).astype(np.float32)
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    text = searchers[0].encode(SearchRequest(text="2:red car - blue sky"))[0]  # the encoder's model: shard 0's
+    with Cluster.start([*set_stores["shards"], stores["odd"]], name="sets") as c:
+        assert [len(s.codecs) for s in c.specs] == [2, 2, 1] and c.specs[2].codecs[0] not in c.specs[0].codecs
+        for q, got in [(q, c.search(vector=q, k=10)) for q in Q] + [(text, c.search("2:red car - blue sky", k=10))]:
+            found, scores = whole.search(q[None], 10)
+            assert [(h.shard, h.path) for h in got.hits] == [rows[r] for r in found[0]]
+            np.testing.assert_allclose([h.score for h in got.hits], scores[0], rtol=0, atol=1e-5)
+        for where in ({"under": "/new"}, {"under": "/photos/beach"}):
+            for q in Q[::3]:
+                local = [
+                    (-h.score, j, h.id, h.path)
+                    for j, s in enumerate(searchers)
+                    for h in s.search(SearchRequest.of(vector=q, k=5, **where))[0]
+                ]
+                assert [h.path for h in c.search(vector=q, k=5, **where).hits] == [p for *_, p in sorted(local)[:5]]
+        # a stored photo's own embedding finds it first, through the codec that wrote it
+        assert c.search(vector=stores["X"][N - 1 - 3], k=1).hits[0].path == "/photos/beach/img_0003.jpg"

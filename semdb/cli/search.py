@@ -79,7 +79,7 @@ def query(
     shards: str | None = typer.Option(
         None,
         "--shards",
-        help="Comma-separated stores that share one codec: search them as one on Ray Serve "
+        help="Comma-separated stores of one model: search them as one on Ray Serve "
         "(TEXT only; docs/SCALE.md#sharded-search).",
     ),
     ray_address: str | None = typer.Option(

@@ -56,7 +56,7 @@ def serve(
     threads: ThreadsOption = None,
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
     shards: str | None = typer.Option(
-        None, "--shards", help="Stores sharing one codec: GET /api/search over them on Ray Serve (docs/SCALE.md)."
+        None, "--shards", help="Stores of one model: GET /api/search over them on Ray Serve (docs/SCALE.md)."
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --shards: the Ray cluster to run on (default: a local instance)."
