@@ -322,5 +322,6 @@ class IvfIndex(AdcIndex):
                 False,
                 params,
             )
-            found.append(self.reranked(prepared[i : i + 1], cand[0], D[0]))
+            # FAISS's scan scores leave out <q, b>: added, as AdcIndex.scan does, so they compare across codecs
+            found.append(self.reranked(prepared[i : i + 1], cand[0], D[0] + prepared.offset[i]))
         return found

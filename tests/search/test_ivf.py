@@ -81,7 +81,11 @@ def test_every_list_probed_gives_the_exhaustive_results(coded):
     )
     prepared = exhaustive.prepare(q)
     flat_D, flat_I = exhaustive.scan(prepared, 50)
-    flat_D -= prepared.offset[:, None]  # the IVF's scan scores leave out <q, b>
+    # its candidates' scan scores, <q, b> included, are the flat index's (they compare across codecs)
+    (found,) = index.candidates(q, 10, nprobe=32)
+    scanned = dict(zip(flat_I[0].tolist(), flat_D[0].tolist()))
+    assert all(abs(scanned[i] - a) < 1e-5 for i, a in zip(found.rows.tolist(), found.approx.tolist()) if i in scanned)
+    flat_D -= prepared.offset[:, None]  # FAISS's own IVF scan scores leave out <q, b>
     flat = dict(zip(flat_I[0].tolist(), flat_D[0].tolist()))
     shared = [i for i in Ids[0].tolist() if i in flat]
     assert len(shared) >= 40
