@@ -72,7 +72,7 @@ def test_adc_scores_equal_cosine_to_additive_decode(data, k, bits, kw):
     Q = clip_like(7, seed=2)
     xh = c.decode_additive(codes)
     # The tables are exact: LUT sums give <q, x_hat> for the additive decode ...
-    from semdb.search.adc import adc_lut, adc_scores
+    from semdb.codec.lut import adc_lut, adc_scores
 
     lut, off = adc_lut(Q, c.tables, c.tensors["mean"])
     np.testing.assert_allclose(adc_scores(lut, off, c.indices(codes)), Q @ xh.T, atol=1e-4)
