@@ -142,12 +142,13 @@ class SlotSpace:
     def of(cls, tables: np.ndarray) -> SlotSpace:
         tables = np.asarray(tables, np.float64)
         m, k, dim = tables.shape
-        _, power, vectors = np.linalg.svd(tables, full_matrices=False)  # per slot: (K,), (K, D)
-        kept = power > max(power.max(), 1e-30) * 1e-6  # singular values come sorted: a prefix per slot
+        power, mixes = np.linalg.eigh(tables @ tables.transpose(0, 2, 1))  # per slot, K x K: ascending
+        power, mixes = power[:, ::-1], mixes[:, :, ::-1]
+        kept = power > max(power.max(), 1e-30) * 1e-12  # singular values above 1e-6 of the largest: a prefix
         d = max(int(kept.sum(1).max()), 1)
         used = kept[:, :d]
-        basis = np.zeros((m, d, dim))
-        basis[used] = vectors[:, :d][used]
+        vectors = mixes[:, :, :d].transpose(0, 2, 1) @ tables / np.sqrt(np.where(used, power[:, :d], 1.0))[..., None]
+        basis = np.where(used[..., None], vectors, 0.0)  # (M, d, D): slot m's orthonormal rows
         in_slots = np.einsum("mkD,mdD->mkd", tables, basis)
         columns = np.flatnonzero(used.reshape(-1))
         return cls(
@@ -196,15 +197,17 @@ class TableNorms:
     def __init__(self, tables: np.ndarray, slots: SlotSpace, bias: np.ndarray):
         m, k, d = slots.shape
         in_slots = slots.tables.astype(np.float64)
-        gram = np.einsum("mkd,mdne,nle->mnkl", in_slots, slots.overlap(), in_slots, optimize=True)  # (M, M, K, K)
-        crossing = np.abs(gram).max(axis=(2, 3)) > 1e-6 * max(np.abs(gram).max(), 1e-30)
+        overlap = slots.overlap()  # W_m^T W_m': zero but for slots that share directions
+        crossing = np.abs(overlap).max(axis=(1, 3)) > 1e-4  # orthogonal slots meet at ~1e-8, sharing ones at ~1
         self.first, self.second = np.nonzero(np.triu(crossing, 1))
         self.usable = len(self.first) <= 2 * m
         b = np.asarray(bias, np.float64)
         self.constant = float(b @ b)
         squares = (in_slots * in_slots).sum(2).reshape(-1)  # ||T[m, k]||^2: W_m is orthonormal
         self.single = 2 * tables.reshape(m * k, -1).astype(np.float64) @ b + squares  # (M K,)
-        self.pair = (2 * gram[self.first, self.second]).reshape(-1)  # (P K K,)
+        meets = overlap[self.first, :, self.second, :]  # (P, d, d)
+        gram = np.einsum("pkd,pde,ple->pkl", in_slots[self.first], meets, in_slots[self.second])  # <T[m, k], T[m', l]>
+        self.pair = (2 * gram).reshape(-1)  # (P K K,)
         self.k = k
         self.slot_start = np.arange(m) * k  # where slot m's entries start in `single`
         self.pair_start = np.arange(len(self.first)) * k * k  # where pair p's start in `pair`
@@ -219,9 +222,10 @@ class TableNorms:
 
 @dataclass(frozen=True)
 class CodecTables:
-    """What search takes from an additive codec's tables alone, worked out once per codec (a
-    few milliseconds of SVDs and a Gram matrix), not at every index build: the slots' own
-    coordinates of the rerank's tables and of the scan's, and the norms' look-up tables."""
+    """What search takes from an additive codec's tables alone, worked out once per codec (in
+    milliseconds: K x K eigendecompositions and the crossing slots' Gram blocks), not at every
+    index build: the slots' own coordinates of the rerank's tables and of the scan's, and the
+    norms' look-up tables."""
 
     slots: SlotSpace  # the codec's slots: the rerank's exact LUT
     scan: SlotSpace  # FAISS's sub-quantizers: the slots, or pairs of 2-bit slots that share a nibble
