@@ -4,7 +4,7 @@ terms -> vector -> where -> limit -> refine.
 terms ("2:cat + ./x.jpg - dog", an image, a stored item) --CLIP, or the item's stored code-->
 one query vector q (or the request's own vectors) --where: rows whose path is under a folder /
 taken in a date range--> index over the last committed codes (ADC shortlist + exact rerank;
-past semdb.ingest.ivf_upkeep.MIN_ITEMS codes the shortlist comes from the `nprobe` IVF lists nearest q; a
+a codec past semdb.ingest.ivf_upkeep.MIN_ITEMS codes gives its shortlist from its `nprobe` IVF lists nearest q; a
 store without a codec yet: exact search of its staged embeddings) --limit k--> --min_score,
 within X of the best--> Hits (path, score, id, frame_ms) --a video's best frame only (unless
 `frames`)--> the k best
