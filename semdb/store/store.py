@@ -327,16 +327,14 @@ class Store:
         return dict(zip(ids.tolist(), codes))
 
     def ivf_meta(self, codec: str | None = None) -> dict | None:
-        """The meta record of the IVF of codec `codec` (an id of the store's set; None: its
-        first codec), None when that codec has none."""
+        """The meta record of codec `codec`'s IVF (None: the store's first codec's), or None."""
         meta = self.meta()
         return meta.get(ivf_meta_key(slot_of(meta, codec, self.path)))
 
     def load_ivf(self, codec: str | None = None):
         """(generation, ivf meta, centroids float32 (nlist, dim), lists int64 aligned with the
         codes of codec `codec` (None: the store's first) in load_code_groups() of that
-        generation, -1 where a code segment has no valid list row), or None when that codec
-        has no IVF. In a store of one codec, the lists are aligned with load_codes()."""
+        generation, -1 where a code segment has no valid list row), or None without that IVF."""
         with self._read() as v:
             return load_lists(v, slot_of(v.read_meta(), codec, self.path))
 

@@ -215,10 +215,9 @@ class Writer(WriteBatch):
     # -- the IVF (ivf_rows.py) -----------------------------------------------------------------------
 
     def set_ivf(self, centroids, info: dict, ids, lists, codec: str | None = None) -> None:
-        """Install the IVF of codec `codec` (an id of the store's set; None: its first codec),
-        replacing its earlier one: coarse centroids (nlist, dim) float32, its meta record `info`
-        ({nlist, dim, codec_id, built_on, id}) and the list of every item coded by it (ids,
-        lists); every segment of that codec has its list row rewritten when the batch commits."""
+        """Install (replace) the IVF of codec `codec` (None: the store's first): coarse centroids
+        (nlist, dim) float32, its meta record `info` ({nlist, dim, codec_id, built_on, id}) and
+        the list of every item it coded (ids, lists), written to its segments at commit."""
         slot = self._slot(codec)
         C = np.ascontiguousarray(centroids, np.float32)
         ids, lists = np.asarray(ids, np.uint64), np.asarray(lists, np.uint32)
