@@ -5,7 +5,7 @@ their commit; rm, compaction, a dropped codec and verify keep the lists right.""
 
 import numpy as np
 import pytest
-from kit import clip_like_embeddings
+from kit import clip_like_embeddings, semdb_cli
 
 import semdb
 from semdb.context import StoreContext
@@ -87,6 +87,9 @@ def test_each_codec_past_the_threshold_gets_its_own_ivf(tmp_path, monkeypatch, s
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.98
         hits = db.search_vectors(turned[600:700:5], k=1)  # the default nprobe: each finds itself
         assert sum(h[0].path == f"/new/{600 + 5 * i}.jpg" for i, h in enumerate(hits)) >= 18
+        nlists = [c["ivf"]["nlist"] for c in info["codecs"]]
+    lines = [line for line in semdb_cli("info", "--store", tmp_path / "s").stdout.splitlines() if " of 2 " in line]
+    assert len(lines) == 2 and all(line.rstrip().endswith(f"IVF of {n} lists") for line, n in zip(lines, nlists))
 
 
 def test_new_codes_get_their_own_codecs_lists_and_rm_keeps_them(tmp_path, monkeypatch, sources):
