@@ -3,7 +3,8 @@ side by side (single thread).
 
     python bench/ivf_set_speed.py [--n 1000000] [--codecs 2] [--bits 256] [--queries 100] [--rounds 3]
 
-n synthetic CLIP-like embeddings (bench/scan_speed.py's) are split into `codecs` equal parts, each
+n synthetic CLIP-like embeddings (bench/scan_speed.py's, drawn and encoded half a million at a
+time, so that n may be larger than memory's floats) are split into `codecs` equal parts, each
 encoded by a codec trained on its own part (as bench/codec_set_speed.py does); one codec encodes
 all n for the baseline. Variants: one codec scanning every code; one codec's IVF (nlist for n);
 the set scanning every code (semdb.search.index.SetIndex); the set with an IVF per codec (nlist
@@ -27,11 +28,36 @@ from semdb.search.index import SetIndex, codec_index
 from semdb.search.ivf import Assigner, nlist_for, train_centroids
 
 TRAIN = 20_000  # embeddings each codec trains on
+CHUNK = 500_000  # embeddings drawn, encoded and searched exactly at a time: n may exceed memory's floats
 
 
-def encoded(X, bits: int):
-    codec = Codec.train(X[:TRAIN], bits=bits, seed=0)
-    return codec, np.concatenate([codec.encode(X[i : i + 100_000]) for i in range(0, len(X), 100_000)])
+def encode(n: int, parts: int, bits: int, Q: np.ndarray, k: int):
+    """Draw n embeddings chunk by chunk; encode them with one codec (trained on the first TRAIN)
+    and with `parts` codecs (each trained on the first TRAIN of its own equal share of the rows);
+    keep only the codes and the float top k of each query. Returns ((codec, codes), [(codec,
+    codes) per part], the float top-k ids, what the embeddings are drawn like)."""
+    per_part = n // parts
+    chunk = min(CHUNK, per_part)
+    if n % parts or per_part % chunk:
+        raise SystemExit(f"--n {n} must split into {parts} parts of whole chunks of {chunk}")
+    one, mine, source = None, [], None
+    one_codes, part_codes = [], [[] for _ in range(parts)]
+    top_s, top_i = np.full((len(Q), k), -np.inf, np.float32), np.full((len(Q), k), -1, np.int64)
+    for i, start in enumerate(range(0, n, chunk)):
+        X, source = synthetic(chunk, seed=2 + i)
+        p = start // per_part
+        if one is None:
+            one = Codec.train(X[:TRAIN], bits=bits, seed=0)
+        if len(mine) == p:
+            mine.append(Codec.train(X[:TRAIN], bits=bits, seed=0))
+        one_codes.append(one.encode(X))
+        part_codes[p].append(mine[p].encode(X))
+        S = np.concatenate([top_s, Q @ X.T], axis=1)
+        ids = np.concatenate([top_i, np.broadcast_to(np.arange(start, start + chunk), (len(Q), chunk))], axis=1)
+        best = np.argsort(-S, axis=1)[:, :k]
+        top_s, top_i = np.take_along_axis(S, best, 1), np.take_along_axis(ids, best, 1)
+    codes = [(c, np.concatenate(cc)) for c, cc in zip(mine, part_codes)]
+    return (one, np.concatenate(one_codes)), codes, top_i, source
 
 
 def with_ivf(codec, codes):
@@ -49,15 +75,8 @@ def main():
     ap.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per codec (default nlist / 4)")
     ap.add_argument("--k", type=int, default=10)
     args = ap.parse_args()
-    X, source = synthetic(args.n + args.queries, seed=1)
-    X, Q = X[: args.n], X[args.n :]
-    flat = faiss.IndexFlatIP(X.shape[1])
-    flat.add(X)
-    _, truth = flat.search(Q, args.k)
-    del flat
-    one = encoded(X, args.bits)
-    # each part keeps its rows' order, so SetIndex row r is X row r
-    parts = [encoded(X[rows], args.bits) for rows in np.array_split(np.arange(args.n), args.codecs)]
+    Q, _ = synthetic(args.queries, seed=1)
+    one, parts, truth, source = encode(args.n, args.codecs, args.bits, Q, args.k)
     indexes = {
         "one codec, scan": codec_index(*one),
         "one codec, IVF": with_ivf(*one),
