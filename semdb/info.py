@@ -78,7 +78,7 @@ def _ivf_entry(info: dict | None) -> dict | None:
 
 def _codec_entry(codec, meta: dict, items: int) -> dict:
     stats = codec_stats(meta, codec.id) or {}
-    slot = codec_slots(meta).index(codec.id)
+    slots = codec_slots(meta)
     ratio = shift_ratio(stats)
     return {
         "id": codec.id,
@@ -87,5 +87,5 @@ def _codec_entry(codec, meta: dict, items: int) -> dict:
         "trained_at": stats.get("trained_at"),
         "bits": codec.bits,
         "shift_ratio": None if ratio is None else round(ratio, 3),
-        "ivf": _ivf_entry(meta.get(ivf_meta_key(slot))),
+        "ivf": _ivf_entry(meta.get(ivf_meta_key(slots.index(codec.id)))) if codec.id in slots else None,
     }
