@@ -324,7 +324,7 @@ class Database:
 
     def info(self) -> dict:
         """What `semdb info --json` prints: `path`, `items`, `staging`, `bits_per_item`,
-        `bytes_on_disk`, `bytes_per_item`, `model`, `codec`, `ivf`, `codec_trains_at`, `codecs`
-        (the store's set), `waiting` (photos no codec takes yet), `retrain_advice`,
+        `bytes_on_disk`, `bytes_per_item`, `model`, `codec`, `ivf` (the first codec's), `codec_trains_at`,
+        `codecs` (the store's set, each with its `ivf`), `waiting` (photos no codec takes yet), `retrain_advice`,
         `retrain_pending`."""
         return describe(self.store, self._ctx.codecs)

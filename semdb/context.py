@@ -21,6 +21,7 @@ from .store import Store, StoredIvf, Writer
 # first codec (drift and shift: semdb/ingest/training.py), and {codec id: the same} of the others
 STATS_KEY = "codec_stats"
 SET_STATS_KEY = "codec_set_stats"
+ASSIGNERS_KEPT = 8  # one per codec of a full set
 
 
 def codec_stats(meta: dict, codec_id: str) -> dict | None:
@@ -62,7 +63,7 @@ class StoreContext:
             store.check_model(embedder.model_id)
         self._codec: Codec | None = None
         self._others: dict[str, Codec] = {}  # the set's other codecs, loaded by id
-        self._assigner = None  # ((codec id, ivf id), semdb.search.ivf.Assigner)
+        self._assigners: dict[tuple, ivf.Assigner] = {}  # (codec id, ivf id) -> its Assigner
 
     def write(self) -> Writer:
         """A write batch of the store whose new codes get their IVF lists in the same
@@ -70,15 +71,23 @@ class StoreContext:
         return self.store.write(assign_ivf=self.assign_ivf_lists)
 
     def assign_ivf_lists(self, codes: np.ndarray, stored: StoredIvf) -> np.ndarray | None:
-        """The IVF lists (uint32) of `codes` in the store's IVF `stored`, or None when the codec
-        loaded here is not the one the codes are of (their list rows are then left out)."""
-        codec, info = self._codec, stored.info
-        if codec is None or codec.id != stored.codec_id or info.get("codec_id") != codec.id or not ivf.supported(codec):
+        """The IVF lists (uint32) of `codes` in their codec's IVF `stored`, or None when that
+        codec is not loaded here (their list rows are then left out, filled by the next ingest)."""
+        codec, info = self._loaded(stored.codec_id), stored.info
+        if codec is None or info.get("codec_id") != codec.id or not ivf.supported(codec):
             return None
         key = (codec.id, info.get("id"))
-        if self._assigner is None or self._assigner[0] != key:
-            self._assigner = (key, ivf.Assigner(codec, stored.centroids()))
-        return self._assigner[1](codes)
+        if key not in self._assigners:
+            if len(self._assigners) >= ASSIGNERS_KEPT:
+                self._assigners.pop(next(iter(self._assigners)))
+            self._assigners[key] = ivf.Assigner(codec, stored.centroids())
+        return self._assigners[key](codes)
+
+    def _loaded(self, codec_id: str) -> Codec | None:
+        """Codec `codec_id` if this context has loaded it (inside a write batch: read nothing)."""
+        if self._codec is not None and self._codec.id == codec_id:
+            return self._codec
+        return self._others.get(codec_id)
 
     @property
     def path(self):

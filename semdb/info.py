@@ -1,6 +1,6 @@
 """What `semdb info` and `Database.info()` report of a store: counts, size on disk, model, its
-codecs (each with its items and its drift and shift ratios), the photos waiting for a codec of
-their own, the IVF, and whether a retrain is advised or under way."""
+codecs (each with its items, its drift and shift ratios and its IVF), the photos waiting for a
+codec of their own, and whether a retrain is advised or under way."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .ingest import retrain_sample
 from .ingest.training import MIN_TRAIN, drift_ratio, retrain_advice, shift_ratio
 from .search.ivf import default_nprobe
 from .store import Store
+from .store.format import codec_slots, ivf_meta_key
 
 
 def describe(store: Store, codecs: dict) -> dict:
@@ -56,16 +57,7 @@ def describe(store: Store, codecs: dict) -> dict:
     out["codecs"] = [_codec_entry(c, meta, len(groups.get(c.id, ((),))[0])) for c in codecs.values()]
     out["waiting"] = raw["staging"] if codec is not None else 0  # photos no codec knows yet
     out["compressed"] = codec is not None
-    ivf_info = meta.get("ivf")
-    out["ivf"] = (
-        None
-        if not ivf_info
-        else {
-            "nlist": ivf_info["nlist"],
-            "built_on": ivf_info["built_on"],
-            "default_nprobe": default_nprobe(ivf_info["nlist"]),
-        }
-    )
+    out["ivf"] = _ivf_entry(meta.get("ivf"))  # the first codec's (each codec's: in "codecs")
     out["codec_trains_at"] = None if codec is not None else MIN_TRAIN  # items (or `ingest --train-now`)
     out["retrain_advice"] = retrain_advice(meta, raw["items"])
     pending = meta.get("pending_codec")
@@ -78,8 +70,15 @@ def describe(store: Store, codecs: dict) -> dict:
     return out
 
 
+def _ivf_entry(info: dict | None) -> dict | None:
+    if not info:
+        return None
+    return {"nlist": info["nlist"], "built_on": info["built_on"], "default_nprobe": default_nprobe(info["nlist"])}
+
+
 def _codec_entry(codec, meta: dict, items: int) -> dict:
     stats = codec_stats(meta, codec.id) or {}
+    slots = codec_slots(meta)
     ratio = shift_ratio(stats)
     return {
         "id": codec.id,
@@ -88,4 +87,5 @@ def _codec_entry(codec, meta: dict, items: int) -> dict:
         "trained_at": stats.get("trained_at"),
         "bits": codec.bits,
         "shift_ratio": None if ratio is None else round(ratio, 3),
+        "ivf": _ivf_entry(meta.get(ivf_meta_key(slots.index(codec.id)))) if codec.id in slots else None,
     }

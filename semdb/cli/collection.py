@@ -293,7 +293,8 @@ def info(
                 f"codec {n + 1} of {len(facts['codecs'])}",
                 f"{c['id']}: {c['items']} items, trained on {c['trained_on']}"
                 + (f" at {_when(c['trained_at'])}" if c["trained_at"] else "")
-                + (f", shift ratio {c['shift_ratio']}" if c["shift_ratio"] is not None else ""),
+                + (f", shift ratio {c['shift_ratio']}" if c["shift_ratio"] is not None else "")
+                + (f", IVF of {c['ivf']['nlist']} lists" if c["ivf"] else ""),
             )
             for n, c in enumerate(facts["codecs"])
             if len(facts["codecs"]) > 1

@@ -4,7 +4,7 @@ terms -> vector -> where -> limit -> refine.
 terms ("2:cat + ./x.jpg - dog", an image, a stored item) --CLIP, or the item's stored code-->
 one query vector q (or the request's own vectors) --where: rows whose path is under a folder /
 taken in a date range--> index over the last committed codes (ADC shortlist + exact rerank;
-past semdb.ingest.ivf_upkeep.MIN_ITEMS codes the shortlist comes from the `nprobe` IVF lists nearest q; a
+a codec past semdb.ingest.ivf_upkeep.MIN_ITEMS codes gives its shortlist from its `nprobe` IVF lists nearest q; a
 store without a codec yet: exact search of its staged embeddings) --limit k--> --min_score,
 within X of the best--> Hits (path, score, id, frame_ms) --a video's best frame only (unless
 `frames`)--> the k best
@@ -184,8 +184,9 @@ class Searcher:
 
     def index(self):
         """(item ids, index) over the last committed codes and staged embeddings: one codec's
-        index (its IVF past ivf_upkeep.MIN_ITEMS codes) for a store of one codec and nothing
-        staged, else a SetIndex of each codec's and the staged rows' (exact)."""
+        index for a store of one codec and nothing staged, else a SetIndex of each codec's and
+        the staged rows' (exact). A codec's index is its IVF when the store keeps one for it
+        (past ivf_upkeep.MIN_ITEMS of its codes), else a scan of all its codes."""
         store = self.ctx.store
         generation = store.meta().get("generation")
         if self._index is not None and self._index[0] == generation:
@@ -198,7 +199,7 @@ class Searcher:
             return self.index()
         codecs, parts, current = self.ctx.codecs, [], generation
         for codec_id, (ids, codes) in groups.items():
-            index = self._ivf_index(codecs[codec_id], ids, codes, generation) if len(groups) == 1 else None
+            index = self._ivf_index(codecs[codec_id], ids, codes, generation)
             if index is False:  # a commit came in between: exhaustive now, the IVF next time
                 index, current = None, None
             parts.append((ids, index or codec_index(codecs[codec_id], np.asarray(codes))))
@@ -217,7 +218,10 @@ class Searcher:
         is of another commit than the codes."""
         if not len(ids) or not ivf.supported(codec):
             return None
-        got = self.ctx.store.load_ivf()
+        try:
+            got = self.ctx.store.load_ivf(codec.id)
+        except InputError:  # a commit dropped the codec since its codes were read
+            return False
         if got is None or got[1].get("codec_id") != codec.id:
             return None
         got_generation, info, C, lists = got

@@ -41,6 +41,10 @@ CODE_SEGMENT_HEAD = struct.Struct("<QII")  # n, code_bytes, crc32 of the body
 # codec meta["codec_set"][s]. Cursors then walk each codec's segments together, in slot order.
 SLOT_SHIFT = 56
 MAX_CODECS = 1 << (64 - SLOT_SHIFT)
+# The IVF over the codes of the codec in each slot: its meta record's key -> the slot ("ivf": slot 0, as
+# before codec sets existed; its centroids at b"centroids", slot s's at b"centroids/s")
+IVF_META_KEYS = {"ivf": 0, **{f"ivf/{slot}": slot for slot in range(1, MAX_CODECS)}}
+MANAGED_META |= set(IVF_META_KEYS)
 LIST_ROW_HEAD = struct.Struct("<QI")  # n, crc32 of the code segment's body
 ITEM_HEADS = {
     1: struct.Struct("<BQQqIIddH"),  # records written before the date taken existed
@@ -79,6 +83,21 @@ def segment_number(key: int) -> int:
 def codec_key(slot: int) -> bytes:
     """Where the codec of `slot` keeps its bytes in db `codec` (slot 0: b"codec", as always)."""
     return b"codec" if slot == 0 else b"codec/%d" % slot
+
+
+def ivf_meta_key(slot: int) -> str:
+    """The meta key of the IVF over the codes of the codec in `slot` (slot 0: "ivf", as always)."""
+    return "ivf" if slot == 0 else f"ivf/{slot}"
+
+
+def centroids_key(slot: int) -> bytes:
+    """Where that IVF keeps its coarse centroids in db `ivf` (slot 0: b"centroids", as always)."""
+    return b"centroids" if slot == 0 else b"centroids/%d" % slot
+
+
+def ivf_slots(meta: dict) -> dict[int, dict]:
+    """{codec slot: its IVF's meta record} of every IVF the store keeps."""
+    return dict(sorted((IVF_META_KEYS[k], info) for k, info in meta.items() if info and k in IVF_META_KEYS))
 
 
 def codec_slots(meta: dict) -> list:

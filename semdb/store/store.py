@@ -16,7 +16,18 @@ import numpy as np
 
 from ..errors import StoreError
 from . import documents, recoding, segments, verify
-from .format import CorruptValue, Item, codec_key, codec_slots, decode_item_segment, int_key, items_of, key_int
+from .codec_set import slot_of
+from .format import (
+    CorruptValue,
+    Item,
+    codec_key,
+    codec_slots,
+    decode_item_segment,
+    int_key,
+    items_of,
+    ivf_meta_key,
+    key_int,
+)
 from .ivf_rows import AssignLists, load_lists
 from .opening import (
     DEFAULT_MAP_SIZE,
@@ -315,15 +326,17 @@ class Store:
         ids, codes = self.load_codes()
         return dict(zip(ids.tolist(), codes))
 
-    def ivf_meta(self) -> dict | None:
-        return self.meta().get("ivf")
+    def ivf_meta(self, codec: str | None = None) -> dict | None:
+        """The meta record of codec `codec`'s IVF (None: the store's first codec's), or None."""
+        meta = self.meta()
+        return meta.get(ivf_meta_key(slot_of(meta, codec, self.path)))
 
-    def load_ivf(self):
-        """(generation, ivf meta, centroids float32 (nlist, dim), lists int64 aligned with
-        load_codes() of that generation, -1 where a code segment has no valid list row), or
-        None when the store has no IVF."""
+    def load_ivf(self, codec: str | None = None):
+        """(generation, ivf meta, centroids float32 (nlist, dim), lists int64 aligned with the
+        codes of codec `codec` (None: the store's first) in load_code_groups() of that
+        generation, -1 where a code segment has no valid list row), or None without that IVF."""
         with self._read() as v:
-            return load_lists(v)
+            return load_lists(v, slot_of(v.read_meta(), codec, self.path))
 
     # -- the whole store ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from ..errors import InputError
 from . import codec_set, recoding, segments
 from .batch import WriteBatch
 from .code_segments import CodeSegmentWrites
-from .format import MANAGED_META, Item, codec_slots, fs_bytes, int_key, item_of, item_segment_row
+from .format import MANAGED_META, Item, codec_slots, fs_bytes, int_key, item_of, item_segment_row, ivf_meta_key
 from .item_writes import merge_item_segments, write_items
 from .ivf_rows import AssignLists, IvfRows
 from .opening import Environment
@@ -161,7 +161,7 @@ class Writer(WriteBatch):
     def add_codec(self, codec_bytes: bytes, codec_id: str, code_bytes: int) -> None:
         """Add a codec to the store's set (the first one: as set_codec): items may then be given
         codes of it (add_item / set_code(s) with codec=codec_id). Every codec of a store writes
-        codes of the same width. A store with a set keeps no IVF (it indexes one codec's codes)."""
+        codes of the same width. Each codec of a set may have an IVF of its own (set_ivf)."""
         if not codec_slots(self._meta):
             return self.set_codec(codec_bytes, codec_id, code_bytes)
         slot = codec_set.free_slot(self._meta, str(codec_id), code_bytes, self.path)
@@ -214,24 +214,28 @@ class Writer(WriteBatch):
 
     # -- the IVF (ivf_rows.py) -----------------------------------------------------------------------
 
-    def set_ivf(self, centroids, info: dict, ids, lists) -> None:
-        """Install an IVF: coarse centroids (nlist, dim) float32, its meta record `info`
-        ({nlist, dim, codec_id, built_on, id}) and the list of every coded item (ids, lists);
-        every segment's list row is rewritten when the batch commits."""
+    def set_ivf(self, centroids, info: dict, ids, lists, codec: str | None = None) -> None:
+        """Install (replace) the IVF of codec `codec` (None: the store's first): coarse centroids
+        (nlist, dim) float32, its meta record `info` ({nlist, dim, codec_id, built_on, id}) and
+        the list of every item it coded (ids, lists), written to its segments at commit."""
+        slot = self._slot(codec)
         C = np.ascontiguousarray(centroids, np.float32)
         ids, lists = np.asarray(ids, np.uint64), np.asarray(lists, np.uint32)
         if C.ndim != 2 or C.shape != (info.get("nlist"), info.get("dim")) or len(ids) != len(lists):
             raise InputError(f"set_ivf: centroids {C.shape}, info {info}, {len(ids)} ids, {len(lists)} lists")
         if len(lists) and int(lists.max()) >= len(C):
             raise InputError(f"set_ivf: list {int(lists.max())} >= nlist {len(C)}")
-        self._run(self._set_ivf, C.tobytes(), json.loads(json.dumps(info)), ids.tobytes(), lists.tobytes(), True)
+        info = json.loads(json.dumps(info))
+        self._run(self._ivf.set, slot, C.tobytes(), info, ids.tobytes(), lists.tobytes(), True)
 
-    def fill_ivf(self, ids, lists) -> None:
-        """List numbers of coded items whose segment has no valid list row (written at commit)."""
-        if not self._meta.get("ivf"):
-            raise InputError(f"{self.path} has no IVF to fill")
+    def fill_ivf(self, ids, lists, codec: str | None = None) -> None:
+        """List numbers, in the IVF of codec `codec` (None: the first), of items it coded whose
+        segment has no valid list row (written at commit)."""
+        slot = self._slot(codec)
+        if not self._meta.get(ivf_meta_key(slot)):
+            raise InputError(f"{self.path} has no IVF of codec {codec or self._meta['codec_id']} to fill")
         ids, lists = np.asarray(ids, np.uint64).tobytes(), np.asarray(lists, np.uint32).tobytes()
-        self._run(self._set_ivf, None, None, ids, lists, False)
+        self._run(self._ivf.set, slot, None, None, ids, lists, False)
 
     # -- validation (before anything changes) -------------------------------------------------------
 
@@ -330,10 +334,11 @@ class Writer(WriteBatch):
         self._put_meta("code_bytes", code_bytes)
 
     def _add_codec(self, codec: bytes, codec_id: str, slot: int) -> None:
+        self._ivf.drop(slot)  # none of a codec that held this slot before
         codec_set.add(self, self._meta, self._put_meta, codec, codec_id, slot)
-        self._ivf.drop()  # the IVF's lists are of the first codec's codes alone
 
     def _drop_codec(self, slot: int) -> None:
+        self._ivf.drop(slot)
         codec_set.drop(self, self._meta, self._put_meta, slot)
 
     def _set_queries(self, raw: bytes, shape: list) -> None:
@@ -350,12 +355,9 @@ class Writer(WriteBatch):
             (r is not None) if id_ >= self._first_new else -(r is None) for id_, r in self._rows.items()
         )
         ids, codes = recoding.take_for_switch(self, self._meta, self._put_meta, n_items, self.path)
-        self._ivf.drop()  # its lists belong to the old codes (retrain builds a new IVF)
+        self._ivf.drop()  # every IVF's lists belong to the old codes (retrain builds a new IVF)
         codec_set.drop_all_but_first(self, self._meta, self._put_meta)
         self._codes.replace_all(ids, codes)
-
-    def _set_ivf(self, centroids, info, ids, lists, every: bool) -> None:
-        self._ivf.set(centroids, info, ids, lists, every)
 
     def _attach_vector(self, id_: int, slot: int | None, vec: bytes) -> None:
         """A code of the codec in `slot`, or (slot None) a staging row."""

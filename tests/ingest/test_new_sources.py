@@ -47,12 +47,13 @@ def _codec_of(db) -> dict[str, str]:
 
 
 def test_another_source_gets_a_codec_of_its_own_and_the_home_codes_do_not_change(tmp_path, tiny_model, monkeypatch):
-    monkeypatch.setattr(ivf_upkeep, "MIN_ITEMS", 500)  # the home codec's IVF is built, then dropped
+    monkeypatch.setattr(ivf_upkeep, "MIN_ITEMS", 500)  # each codec past 500 codes gets an IVF of its own
     home, turned = _sources()
     with semdb.open(tmp_path / "mixed") as db:
         _feed(db, home, turned, tiny_model)
         info = db.info()
-        assert db.store.ivf_meta() is None  # one IVF cannot list several codecs' codes: none is built
+        assert db.store.ivf_meta()["built_on"] == 600  # the home codec's, built before the other source came
+        assert all((c["ivf"] is not None) == (c["items"] >= 500) for c in info["codecs"])
         of = _codec_of(db)
         first = db.codec.id
         mixed_codes = {it.path: bytes(c) for it, c in zip(db.store.iter_items(), _codes_in_order(db))}

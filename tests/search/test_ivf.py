@@ -179,7 +179,7 @@ def test_codes_written_without_an_assigner_are_assigned_when_read_and_filled_lat
                 w.add_item(Item.new(path, 1, 1, "h" + path, 1, 1), code=code)
         assert (db.store.load_ivf()[3] < 0).sum() == 200 and db.store.verify() == []
         assert db.search_vectors(X[1100:1101], k=1)[0][0].path == _paths(1, 1100)[0]
-        assert ivf_upkeep.maintain(ctx) == "filled"
+        assert ivf_upkeep.maintain(ctx) == {db.codec.id: "filled"}
         assert (db.store.load_ivf()[3] >= 0).all() and db.store.verify() == []
 
 
