@@ -1,14 +1,14 @@
 """Query time of a store whose codes are split over a codec set, against one codec, side by side
 (single thread).
 
-    python bench/codec_set_speed.py [--n 1000000] [--bits 256] [--sets 1,2,4,8] [--queries 100] [--rounds 3]
+    python bench/codec_set_speed.py [--n 1000000] [--bits 256] [--sets 1,2,4,8] [--queries 100] [--rounds 5]
 
 n synthetic CLIP-like embeddings (bench/scan_speed.py's: the mean and covariance of real
 ViT-B/32 embeddings when ../shared/data is there) are split into equal parts, each encoded by a
 codec trained on its own part (one codec per source, as a codec-set store holds them), and
 searched as one (semdb.search.index.SetIndex: one ADC table per codec, one merged top k); the
-one-codec baseline encodes all n with one codec. The rounds interleave the variants so that a
-busy machine slows them alike. Per variant: median ms per single query, its ratio to one codec,
+one-codec baseline encodes all n with one codec. Each query runs on every variant in turn, so
+that a busy machine slows them alike. Per variant: median ms per single query, its ratio to one codec,
 its CPU time (mean; the thread's own, which other work on a busy machine disturbs less) and ratio,
 and recall@10 against the float top 10. The last output line is JSON.
 """
@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--bits", type=int, default=256)
     ap.add_argument("--sets", default="1,2,4,8")
     ap.add_argument("--queries", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--k", type=int, default=10)
     args = ap.parse_args()
     sets = [int(s) for s in args.sets.split(",")]
@@ -60,8 +60,8 @@ def main():
     with threadpool_limits(1):
         faiss.omp_set_num_threads(1)
         for _ in range(args.rounds):
-            for s in sets:
-                for q in Q:
+            for q in Q:
+                for s in sets:
                     t, c = time.perf_counter(), time.thread_time()
                     indexes[s].search(q[None], args.k)
                     cpu[s].append((time.thread_time() - c) * 1e3)

@@ -163,11 +163,15 @@ class SlotSpace:
 
     def read(self, Q: np.ndarray) -> np.ndarray:
         """(nq, D) queries -> (nq, M d) in the slots' coordinates."""
+        return self.expand(Q @ self.basis)
+
+    def expand(self, projected: np.ndarray) -> np.ndarray:
+        """Queries projected on `basis` -> their (nq, M d) slot coordinates, padding put back."""
         if self.columns is None:
-            return np.ascontiguousarray(Q @ self.basis)
+            return np.ascontiguousarray(projected)
         m, _, d = self.tables.shape
-        read = np.zeros((len(Q), m * d), np.float32)
-        read[:, self.columns] = Q @ self.basis
+        read = np.zeros((len(projected), m * d), np.float32)
+        read[:, self.columns] = projected
         return read
 
     def overlap(self) -> np.ndarray:
@@ -217,6 +221,36 @@ class TableNorms:
         sq = self.constant + self.single[idx + self.slot_start].sum(1)
         if len(self.first):
             sq += self.pair[idx[:, self.first] * self.k + idx[:, self.second] + self.pair_start].sum(1)
+        return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
+
+
+class StackedNorms:
+    """The TableNorms of several codecs of one shape as one look-up, where each row's codec picks
+    its tables: a codec set's shortlist gets its norms in one pass, not one pass per codec."""
+
+    def __init__(self, norms: list[TableNorms]):
+        self.k, self.entries = norms[0].k, len(norms[0].single)
+        self.constant = np.array([n.constant for n in norms])
+        self.single = np.concatenate([n.single for n in norms])  # codec c's at c M K
+        self.slot_start = norms[0].slot_start
+        padding = sum(len(n.pair) for n in norms)  # a K x K block of zeros: pairs a codec does not have
+        self.pair = np.concatenate([n.pair for n in norms] + [np.zeros(self.k * self.k)])
+        most = max(len(n.first) for n in norms)
+        self.first, self.second = np.zeros((2, len(norms), most), np.int64)
+        self.pair_start = np.full((len(norms), most), padding)
+        at = 0
+        for c, n in enumerate(norms):
+            p = len(n.first)
+            self.first[c, :p], self.second[c, :p], self.pair_start[c, :p] = n.first, n.second, n.pair_start + at
+            at += len(n.pair)
+
+    def __call__(self, idx: np.ndarray, codec: np.ndarray) -> np.ndarray:
+        """(n, M) indices of rows of codecs `codec` (n,) -> (n,) float32 ||x_hat||."""
+        sq = self.constant[codec] + self.single[idx + self.slot_start + (codec * self.entries)[:, None]].sum(1)
+        if self.first.shape[1]:
+            first = np.take_along_axis(idx, self.first[codec], axis=1)
+            second = np.take_along_axis(idx, self.second[codec], axis=1)
+            sq += self.pair[first * self.k + second + self.pair_start[codec]].sum(1)
         return np.sqrt(np.maximum(sq, 1e-24)).astype(np.float32)
 
 

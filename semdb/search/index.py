@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adc import AdcIndex, Candidates, CodecTables, FlatIndex, best_of, shortlist_size
+from ..packing import unpack
+from .adc import (
+    AdcIndex,
+    Candidates,
+    CodecTables,
+    FlatIndex,
+    Prepared,
+    StackedNorms,
+    TableNorms,
+    best_of,
+    shortlist_size,
+)
 from .ivf import IvfIndex
 
 TABLES_KEPT = 16  # codecs whose CodecTables are kept: a store's set is at most 8
@@ -33,6 +44,55 @@ def codec_index(codec, codes, ivf=None):
     return AdcIndex(codec.tables, bias, codes, codec.nbits, norms=norms, codec_tables=tables)
 
 
+class CodecStack:
+    """The fast-scan parts of a codec set whose codecs share one code shape, prepared and scored
+    together: one projection of the queries into every codec's slots (the bases side by side)
+    and one exact pass over all their shortlisted rows (the LUTs and norm tables stacked). Part
+    by part, each codec would read its basis, and pay its rerank's fixed cost, on its own; each
+    part keeps its own FAISS scan."""
+
+    def __init__(self, parts: list[AdcIndex]):
+        self.parts = parts
+        self.basis = np.ascontiguousarray(np.concatenate([p.slots.basis for p in parts], axis=1))
+        self.cuts = np.cumsum([0] + [p.slots.basis.shape[1] for p in parts])
+        self.bias = np.ascontiguousarray(np.stack([p.bias for p in parts], axis=1))  # (D, P)
+        m, k, _ = parts[0].slots.shape
+        self.m, self.nbits, self.entries = parts[0].m, parts[0].nbits, m * k
+        self.slot_start = np.arange(m) * k
+        self.norms = None if parts[0].norms is None else StackedNorms([p.norms for p in parts])
+
+    @classmethod
+    def of(cls, parts: list) -> CodecStack | None:
+        """The stack of `parts`, or None unless there are several and they can share one: fast-scan
+        indexes of one code shape, scored all by inner product or all by cosine with table norms."""
+        if len(parts) < 2 or not all(type(p) is AdcIndex and p.fast_scan for p in parts):
+            return None
+        if len({(p.nbits, p.codes.shape[1], p.slots.shape[:2]) for p in parts}) > 1:
+            return None
+        if not (all(p.norms is None for p in parts) or all(isinstance(p.norms, TableNorms) for p in parts)):
+            return None
+        return cls(parts)
+
+    def prepare(self, Q: np.ndarray) -> list[Prepared]:
+        """Each part's Prepared queries (AdcIndex.prepare), from one projection."""
+        projected, offsets = Q @ self.basis, Q @ self.bias
+        prepared = []
+        for j, part in enumerate(self.parts):
+            read = part.slots.expand(projected[:, self.cuts[j] : self.cuts[j + 1]])
+            scan = read if part.scan_slots is part.slots else part.scan_slots.read(Q)
+            prepared.append(Prepared(scan, part.slots.lut(read), offsets[:, j]))
+        return prepared
+
+    def exact(self, prepared: list[Prepared], i: int, part: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Query i's exact scores (AdcIndex's) of `rows` of parts `part`, each (n,), sorted by part."""
+        codes = np.concatenate([p.codes[rows[part == j]] for j, p in enumerate(self.parts)])
+        idx = unpack(codes, self.m, self.nbits)
+        lut = np.concatenate([p.lut[i].reshape(-1) for p in prepared])
+        offsets = np.array([p.offset[i] for p in prepared], np.float32)
+        ip = lut[idx + self.slot_start + (part * self.entries)[:, None]].sum(1) + offsets[part]
+        return ip.astype(np.float32) if self.norms is None else (ip / self.norms(idx, part)).astype(np.float32)
+
+
 class SetIndex:
     """One index over the parts of a store that several indexes hold (a codec set's codes, one
     index per codec, and the staged embeddings of photos waiting for a codec): part j holds rows
@@ -44,6 +104,9 @@ class SetIndex:
         self.parts = parts
         self.starts = np.cumsum([0] + [p.n for p in parts])
         self.n = int(self.starts[-1])
+        scanning = [j for j, p in enumerate(parts) if type(p) is AdcIndex and p.fast_scan]
+        self.stack = CodecStack.of([parts[j] for j in scanning])
+        self.stacked = scanning if self.stack else []  # the parts in the stack, in its order
 
     def search(
         self, Q: np.ndarray, k: int = 10, rows: np.ndarray | None = None, nprobe: int | None = None
@@ -60,30 +123,40 @@ class SetIndex:
         Q = np.ascontiguousarray(Q, dtype=np.float32)
         found = [[] for _ in range(len(Q))]
         short, scans = shortlist_size(k), []
-        for part, start, end in zip(self.parts, self.starts[:-1], self.starts[1:]):
+        prepared = dict(zip(self.stacked, self.stack.prepare(Q))) if rows is None and self.stack else {}
+        for j, (part, start, end) in enumerate(zip(self.parts, self.starts[:-1], self.starts[1:])):
             part_rows = None if rows is None else rows[(rows >= start) & (rows < end)] - start
             if part_rows is not None and not len(part_rows):
                 continue
             if part_rows is None and type(part) is AdcIndex and part.fast_scan and short < part.n:
-                prepared = part.prepare(Q)
-                scans.append((part, start, prepared, *part.scan(prepared, short)))
+                ready = prepared.get(j) or part.prepare(Q)
+                scans.append((j, ready, *part.scan(ready, short)))
                 continue
             probe = {"nprobe": nprobe} if nprobe is not None and isinstance(part, IvfIndex) else {}
             for i, c in enumerate(part.candidates(Q, k, rows=part_rows, **probe)):
                 found[i].append(Candidates(c.rows + start, c.approx, c.exact, c.complete))
-        if scans:
-            for i in range(len(Q)):
-                approx = np.concatenate([a[i] for *_, a, _ in scans])
-                cand = np.concatenate([c[i] for *_, c in scans])
-                of = np.concatenate([np.full(len(c[i]), j) for j, (*_, c) in enumerate(scans)])
-                keep = np.flatnonzero(cand >= 0)
-                keep = keep[np.argsort(-approx[keep], kind="stable")[:short]]
-                for j, (part, start, prepared, _, _) in enumerate(scans):
-                    mine = keep[of[keep] == j]
-                    if len(mine):
-                        c = part.reranked(prepared[i : i + 1], cand[mine], approx[mine])
-                        found[i].append(Candidates(c.rows + start, c.approx, c.exact, False))
+        for i in range(len(Q)) if scans else ():
+            found[i].append(self._shortlist(scans, prepared, i, short))
         return [_union(f) for f in found]
+
+    def _shortlist(self, scans: list, prepared: dict, i: int, short: int) -> Candidates:
+        """Query i's best `short` rows by scan score over every scanned part, scored exactly:
+        in one pass when the parts were prepared as a stack."""
+        approx = np.concatenate([a[i] for *_, a, _ in scans])
+        cand = np.concatenate([c[i] for *_, c in scans])
+        of = np.concatenate([np.full(len(c[i]), j) for j, *_, c in scans])  # part numbers
+        keep = np.flatnonzero(cand >= 0)
+        keep = keep[np.argsort(-approx[keep], kind="stable")[:short]]
+        keep = keep[np.argsort(of[keep], kind="stable")]  # grouped by part, as the exact scores come
+        rows, parts, approx = cand[keep], of[keep], approx[keep]
+        if prepared:  # then every scanned part is in the stack
+            stacked = [prepared[j] for j in self.stacked]
+            exact = self.stack.exact(stacked, i, np.searchsorted(self.stacked, parts), rows)
+        else:
+            exact = np.concatenate(
+                [self.parts[j].reranked(p[i : i + 1], rows[parts == j], approx[parts == j]).exact for j, p, *_ in scans]
+            )
+        return Candidates(rows + self.starts[parts], approx, exact, False)
 
 
 def _union(parts: list[Candidates]) -> Candidates:
