@@ -56,6 +56,15 @@ def clip_like_embeddings(n=400, dim=64, seed=0, classes=6):
     return dict(image_emb=X.astype(np.float32), text_emb=T.astype(np.float32), label=label)
 
 
+def sigint_not_ignored() -> None:
+    """A Popen preexec_fn for a child the test interrupts with SIGINT: Python raises
+    KeyboardInterrupt only if its parent did not ignore SIGINT, and a test run started as a
+    background job of a non-interactive shell (`pytest &`, as a CI script may) ignores it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_env(**extra) -> dict:
     """The environment `semdb_cli` runs the command in, plus `extra` (for Popen)."""
     return {**os.environ, **CLI_ENV, **extra}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kit import semdb_app, semdb_cli, write_photos
+from kit import semdb_app, semdb_cli, sigint_not_ignored, write_photos
 
 import semdb
 from semdb.errors import InputError, StoreError
@@ -349,6 +349,7 @@ def test_a_retrain_interrupted_while_it_trains_resumes_without_embedding_again(t
     proc = subprocess.Popen(
         [SEMDB, *args, "--store", str(store)],
         env=cli_env(SEMDB_FAULT_POINT="train:delay=120"),  # training held open
+        preexec_fn=sigint_not_ignored,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
