@@ -55,7 +55,6 @@ class CodecStack:
         self.parts = parts
         self.basis = np.ascontiguousarray(np.concatenate([p.slots.basis for p in parts], axis=1))
         self.cuts = np.cumsum([0] + [p.slots.basis.shape[1] for p in parts])
-        self.bias = np.ascontiguousarray(np.stack([p.bias for p in parts], axis=1))  # (D, P)
         m, k, _ = parts[0].slots.shape
         self.m, self.nbits, self.entries = parts[0].m, parts[0].nbits, m * k
         self.slot_start = np.arange(m) * k
@@ -75,13 +74,8 @@ class CodecStack:
 
     def prepare(self, Q: np.ndarray) -> list[Prepared]:
         """Each part's Prepared queries (AdcIndex.prepare), from one projection."""
-        projected, offsets = Q @ self.basis, Q @ self.bias
-        prepared = []
-        for j, part in enumerate(self.parts):
-            read = part.slots.expand(projected[:, self.cuts[j] : self.cuts[j + 1]])
-            scan = read if part.scan_slots is part.slots else part.scan_slots.read(Q)
-            prepared.append(Prepared(scan, part.slots.lut(read), offsets[:, j]))
-        return prepared
+        projected = Q @ self.basis
+        return [part.prepare(Q, projected[:, a:b]) for part, a, b in zip(self.parts, self.cuts[:-1], self.cuts[1:])]
 
     def exact(self, prepared: list[Prepared], i: int, part: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Query i's exact scores (AdcIndex's) of `rows` of parts `part`, each (n,), sorted by part."""
