@@ -12,6 +12,7 @@ from ..errors import CodecError
 from ..progress import report
 from ..search.ivf import Assigner, nlist_for, supported, train_centroids
 from ..store import StoredIvf
+from ..store.format import ivf_slots
 
 MIN_ITEMS = 1_000_000  # below this many codes the exhaustive scan is fast enough (docs/BENCHMARKS.md)
 REBUILD_GROWTH = 4  # rebuild (new centroids, every code reassigned) when the codec's codes have grown 4x
@@ -85,20 +86,19 @@ def maintain(ctx, progress=None) -> dict[str, str]:
     none: commits assign new codes in their own transaction). Returns {codec id: "built",
     "rebuilt" or "filled"} of the codecs whose IVF it changed."""
     store = ctx.store
-    if store.readonly:
-        return {}
-    done = {}
+    if store.readonly or (store.info()["coded"] < MIN_ITEMS and not ivf_slots(store.meta())):
+        return {}  # no codec can need an IVF yet: its codes are not read
+    groups, done = store.load_code_groups(), {}
     for codec_id, codec in ctx.codecs.items():
-        action = _maintain_one(ctx, codec, progress) if supported(codec) else None
+        action = _maintain_one(ctx, codec, *groups.get(codec_id, ((), ())), progress) if supported(codec) else None
         if action:
             done[codec_id] = action
     return done
 
 
-def _maintain_one(ctx, codec, progress) -> str | None:
+def _maintain_one(ctx, codec, ids, codes, progress) -> str | None:
     store = ctx.store
     info = store.ivf_meta(codec.id)
-    ids, codes = _codes_of(ctx, codec.id)
     if info is None:
         if len(ids) < MIN_ITEMS:
             return None
