@@ -124,9 +124,9 @@ def check_specs(specs: Sequence[ShardSpec]) -> None:
     """One-line ShardError naming the first shard that cannot be searched with shard 0: not
     open, no photos yet, other model weights or dimension, other IVF centroids. Codecs may
     differ: a shard's exact scores and scan scores estimate the same <q, x> whatever its codecs,
-    as the parts of one store's codec set do. IVF scan scores leave the codec's mean out, so
-    they rank only against the same IVF's: a shard searched through an IVF needs every shard
-    searched through the same centroids (of one codec: semdb.ingest.ivf_upkeep.adopt)."""
+    as the parts of one store's codec set do. A shard searched through an IVF needs every shard
+    searched through the same centroids (of one codec: semdb.ingest.ivf_upkeep.adopt), so that a
+    query probes the same lists in each, as it would in one store."""
     first = specs[0]
     for s in specs:
         name = f"shard {s.shard} ({display_path(s.store)})"
